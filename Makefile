@@ -1,0 +1,54 @@
+# recovery-fs: the two commands of the README are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 20490
+DEMO   ?= .cache/demo-storage
+STATE  ?= .cache/state
+
+.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short clean
+
+all: check
+
+deps-run:
+	tools/install-deps tools/apt-run.txt
+
+deps-test: deps-run
+	tools/install-deps tools/apt-test.txt
+
+$(BIN)/.installed: setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+venv: deps-run $(BIN)/.installed
+
+## make run: a demo storage tree, then the server on it in the foreground.
+run: venv
+	$(BIN)/recovery-fs demo --storage $(DEMO)
+	@mkdir -p $(STATE)
+	$(BIN)/recovery-fs serve --storage $(DEMO) --bind 127.0.0.1 --port $(PORT) \
+	    --no-portmap --state-dir $(STATE) --log-file $(STATE)/recovery_fs.log --print-mount
+
+## make check: lint, types and the fast tests.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check xdr nfsd merge
+	$(BIN)/mypy
+
+check: lint
+	$(BIN)/pytest -m "not e2e and not slow" tests
+
+## make test: everything CI runs.
+test: deps-test venv lint
+	$(BIN)/pytest tests
+
+bench: deps-test venv
+	bench/run --full
+
+bench-short: deps-test venv
+	bench/run --short
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
