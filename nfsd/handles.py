@@ -1,0 +1,163 @@
+"""NFS file handles: opaque, at most 64 bytes, derived from the storage.
+
+Design notes
+------------
+A handle names a presented path so that it can be resolved with nothing
+but the storage and the installation secret: after a restart, or on a
+second server given the same storage and state directory, a client's
+handles still work.  Nothing in it comes from a boot time or a counter.
+
+======  ======  ==========================================================
+offset  size    field
+======  ======  ==========================================================
+0       1       version (1)
+1       1       depth ``d``: number of components in the presented path
+2       8       fileid of the entry (from the namespace)
+10      4 × k   hash of each of the first k = min(d, 11) path components
+10+4k   10      MAC: HMAC-SHA256(secret, bytes 0 .. 10+4k)[:10]
+======  ======  ==========================================================
+
+The root handle is 20 bytes, a handle at depth 11 or more 64.  A handle
+whose MAC does not verify is *bad* (``NFS3ERR_BADHANDLE``); a well-formed
+one whose entry cannot be found again is *stale* (``NFS3ERR_STALE``).
+
+Resolution first looks in a bounded cache of fileid → path.  On a miss
+(after a restart) it walks down from the root, at each level following the
+names whose hash matches (several, if hashes collide), and accepts the path
+only if the entry found there has the handle's fileid.  Below depth 11 the
+walk searches the subtree, with a bounded budget of directories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import threading
+from collections import OrderedDict
+
+from merge.namespace import Kind, Namespace, NamespaceError, PresentedPath
+
+VERSION = 1
+MAX_COMPONENTS = 11
+MAC_SIZE = 10
+HEAD = struct.Struct(">BBQ")
+MIN_SIZE = HEAD.size + MAC_SIZE
+MAX_SIZE = 64
+DEEP_SEARCH_BUDGET = 10_000  # directories listed to find a handle below depth 11
+
+
+class BadHandle(Exception):
+    """Not a handle this server issued (wrong size, version or MAC)."""
+
+
+class StaleHandle(Exception):
+    """A handle this server issued, whose entry no longer exists."""
+
+
+def name_hash(name: str) -> bytes:
+    """4-byte hash of one path component."""
+    return hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=4).digest()
+
+
+class HandleCodec:
+    """Encodes presented paths as handles and resolves handles back."""
+
+    def __init__(self, namespace: Namespace, secret: bytes, cache_size: int = 200_000) -> None:
+        self.namespace = namespace
+        self._key = secret
+        self._cache: OrderedDict[int, PresentedPath] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    # -- encoding -------------------------------------------------------
+    def encode(self, path: PresentedPath, fileid: int) -> bytes:
+        body = HEAD.pack(VERSION, min(len(path), 255), fileid) + b"".join(
+            name_hash(n) for n in path[:MAX_COMPONENTS]
+        )
+        self._remember(fileid, path)
+        return body + self._mac(body)
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:MAC_SIZE]
+
+    def _remember(self, fileid: int, path: PresentedPath) -> None:
+        with self._lock:
+            self._cache[fileid] = path
+            self._cache.move_to_end(fileid)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    # -- decoding -------------------------------------------------------
+    def resolve(self, handle: bytes) -> PresentedPath:
+        """The presented path of ``handle``; raises BadHandle or StaleHandle."""
+        if not MIN_SIZE <= len(handle) <= MAX_SIZE:
+            raise BadHandle(f"handle of {len(handle)} bytes")
+        version, depth, fileid = HEAD.unpack_from(handle)
+        k = min(depth, MAX_COMPONENTS)
+        body_len = HEAD.size + 4 * k
+        if version != VERSION or len(handle) != body_len + MAC_SIZE:
+            raise BadHandle("unknown handle layout")
+        if not hmac.compare_digest(handle[body_len:], self._mac(handle[:body_len])):
+            raise BadHandle("handle MAC does not verify")
+        with self._lock:
+            cached = self._cache.get(fileid)
+        if cached is not None and len(cached) == depth:
+            return cached
+        hashes = [handle[HEAD.size + 4 * i : HEAD.size + 4 * i + 4] for i in range(k)]
+        path = self._walk((), hashes, depth, fileid)
+        if path is None:
+            raise StaleHandle(f"no entry with fileid {fileid:#x} at depth {depth}")
+        self._remember(fileid, path)
+        return path
+
+    def _walk(
+        self, prefix: PresentedPath, hashes: list[bytes], depth: int, fileid: int
+    ) -> PresentedPath | None:
+        """Follow the component hashes down; check the fileid at the end."""
+        if not hashes:
+            if len(prefix) == depth:
+                return prefix if self._fileid(prefix) == fileid else None
+            return self._search(prefix, depth, fileid)
+        try:
+            entries = self.namespace.readdir(prefix)
+        except NamespaceError:
+            return None
+        for name, attrs in entries:
+            if name_hash(name) != hashes[0]:
+                continue
+            if len(hashes) > 1 and attrs.kind != Kind.DIR:
+                continue
+            found = self._walk((*prefix, name), hashes[1:], depth, fileid)
+            if found is not None:
+                return found
+        return None
+
+    def _search(self, top: PresentedPath, depth: int, fileid: int) -> PresentedPath | None:
+        """Breadth-first search below ``top`` for ``fileid`` at ``depth``."""
+        level = [top]
+        budget = DEEP_SEARCH_BUDGET
+        while level and budget > 0:
+            below: list[PresentedPath] = []
+            for d in level:
+                budget -= 1
+                if budget < 0:
+                    return None
+                try:
+                    entries = self.namespace.readdir(d)
+                except NamespaceError:
+                    continue
+                for name, attrs in entries:
+                    p = (*d, name)
+                    if len(p) == depth and attrs.fileid == fileid:
+                        return p
+                    if len(p) < depth and attrs.kind == Kind.DIR:
+                        below.append(p)
+            level = below
+        return None
+
+    def _fileid(self, path: PresentedPath) -> int | None:
+        try:
+            return self.namespace.getattr(path).fileid
+        except NamespaceError:
+            return None

@@ -1,0 +1,109 @@
+"""The MOUNT program, version 3 (RFC 1813, Appendix I).
+
+One export, ``/recover/images``; ``MNT`` of any other path is
+``MNT3ERR_NOENT``.  The mount list kept for ``DUMP`` lives in memory only:
+clients do not rely on it (the Linux client never sends ``UMNT``), and the
+server writes nothing it need not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from nfsd.handles import HandleCodec
+from nfsd.rpc import CallContext, Procedure, Program, Reply, no_args
+from xdr import mount3
+from xdr.mount3 import Mount3Packer, Mount3Unpacker
+from xdr.rpc import AUTH_NONE, AUTH_SYS
+
+log = logging.getLogger("recovery_fs.mountd")
+
+MAX_MOUNT_LIST = 1024
+
+
+class MountService:
+    """State and procedures of the MOUNT program."""
+
+    def __init__(self, handles: HandleCodec, export_path: str) -> None:
+        self.handles = handles
+        self.export_path = export_path.encode()
+        self._mounts: dict[tuple[bytes, bytes], None] = {}
+        self._lock = threading.Lock()
+
+    def _host(self, ctx: CallContext) -> bytes:
+        return ctx.peer.rsplit(":", 1)[0].encode()
+
+    def _matches_export(self, path: bytes) -> bool:
+        return path.rstrip(b"/") == self.export_path.rstrip(b"/")
+
+    # RFC 1813 §5.2.0
+    def null(self, ctx: CallContext, args: None) -> Reply:
+        return Reply([])
+
+    # RFC 1813 §5.2.1
+    def mnt(self, ctx: CallContext, path: bytes) -> Reply:
+        p = Mount3Packer()
+        ctx.note = f"path={path!r}"
+        if not self._matches_export(path):
+            ctx.status = mount3.MNT3ERR_NOENT
+            log.info("MNT of %r from %s refused: not exported", path, ctx.peer)
+            p.pack_mountres3(mount3.mountres3(mount3.MNT3ERR_NOENT))
+            return Reply([p.get_buffer()])
+        root = self.handles.namespace.getattr(())
+        fh = self.handles.encode((), root.fileid)
+        with self._lock:
+            if len(self._mounts) < MAX_MOUNT_LIST:
+                self._mounts[(self._host(ctx), self.export_path)] = None
+        log.info("MNT %s from %s", path.decode(errors="replace"), ctx.peer)
+        p.pack_mountres3(
+            mount3.mountres3(mount3.MNT3_OK, mount3.mountres3_ok(fh, [AUTH_SYS, AUTH_NONE]))
+        )
+        return Reply([p.get_buffer()])
+
+    # RFC 1813 §5.2.2
+    def dump(self, ctx: CallContext, args: None) -> Reply:
+        with self._lock:
+            mounts = [mount3.mountbody(h, d) for h, d in self._mounts]
+        p = Mount3Packer()
+        p.pack_mountlist(mounts)
+        return Reply([p.get_buffer()])
+
+    # RFC 1813 §5.2.3
+    def umnt(self, ctx: CallContext, path: bytes) -> Reply:
+        with self._lock:
+            self._mounts.pop((self._host(ctx), path.rstrip(b"/") or b"/"), None)
+            self._mounts.pop((self._host(ctx), path), None)
+        return Reply([])
+
+    # RFC 1813 §5.2.4
+    def umntall(self, ctx: CallContext, args: None) -> Reply:
+        host = self._host(ctx)
+        with self._lock:
+            for key in [k for k in self._mounts if k[0] == host]:
+                del self._mounts[key]
+        return Reply([])
+
+    # RFC 1813 §5.2.5
+    def export(self, ctx: CallContext, args: None) -> Reply:
+        p = Mount3Packer()
+        p.pack_exports([mount3.exportnode(self.export_path, [])])
+        return Reply([p.get_buffer()])
+
+    def program(self) -> Program:
+        """The procedure table: every MOUNT v3 procedure, by number."""
+        return Program(
+            number=mount3.MOUNT_PROGRAM,
+            name="MOUNT",
+            unpacker=Mount3Unpacker,
+            versions={
+                3: {
+                    mount3.MOUNTPROC3_NULL: Procedure("MNT3_NULL", no_args, self.null),
+                    mount3.MOUNTPROC3_MNT: Procedure("MNT", Mount3Unpacker.unpack_dirpath, self.mnt),
+                    mount3.MOUNTPROC3_DUMP: Procedure("DUMP", no_args, self.dump),
+                    mount3.MOUNTPROC3_UMNT: Procedure("UMNT", Mount3Unpacker.unpack_dirpath, self.umnt),
+                    mount3.MOUNTPROC3_UMNTALL: Procedure("UMNTALL", no_args, self.umntall),
+                    mount3.MOUNTPROC3_EXPORT: Procedure("EXPORT", no_args, self.export),
+                }
+            },
+        )

@@ -1,0 +1,94 @@
+"""GETATTR, LOOKUP, ACCESS, READLINK: the procedures that only look."""
+
+from __future__ import annotations
+
+from merge.namespace import Kind, NamespaceError
+from nfsd.errors import nfs_error
+from nfsd.nfs3.service import NO_ATTR, Nfs3Service, decode_name, fattr3_of, post_op_attr_of
+from nfsd.rpc import CallContext, Reply
+from xdr import nfs3
+from xdr.nfs3 import NFS3Packer
+
+def _reply(pack, res) -> Reply:  # type: ignore[no-untyped-def]
+    p = NFS3Packer()
+    pack(p, res)
+    return Reply([p.get_buffer()])
+
+
+# RFC 1813 §3.3.1
+def getattr3(svc: Nfs3Service, ctx: CallContext, args: nfs3.GETATTR3args) -> Reply:
+    path = svc.path_of(args.object)
+    a = svc.attrs(path)
+    ctx.note = "/" + "/".join(path)
+    return _reply(
+        NFS3Packer.pack_GETATTR3res,
+        nfs3.GETATTR3res(nfs3.NFS3_OK, nfs3.GETATTR3resok(fattr3_of(a))),
+    )
+
+
+# RFC 1813 §3.3.3
+def lookup3(svc: Nfs3Service, ctx: CallContext, args: nfs3.LOOKUP3args) -> Reply:
+    dirpath = svc.path_of(args.what.dir)
+    dattrs = svc.attrs(dirpath)
+    ctx.note = f"/{'/'.join(dirpath)} name={args.what.name!r}"
+    if dattrs.kind != Kind.DIR:
+        return _lookup_fail(ctx, nfs3.NFS3ERR_NOTDIR, dattrs)
+    if args.what.name == b".":
+        path = dirpath
+    elif args.what.name == b"..":
+        path = dirpath[:-1]
+    else:
+        try:
+            path = (*dirpath, decode_name(args.what.name))
+        except Exception as e:
+            return _lookup_fail(ctx, nfs_error(e).status, dattrs)
+    try:
+        a = svc.namespace.getattr(path)
+    except NamespaceError as e:
+        return _lookup_fail(ctx, nfs_error(e).status, dattrs)
+    return _reply(
+        NFS3Packer.pack_LOOKUP3res,
+        nfs3.LOOKUP3res(
+            nfs3.NFS3_OK,
+            nfs3.LOOKUP3resok(svc.handle_of(path, a), post_op_attr_of(a), post_op_attr_of(dattrs)),
+        ),
+    )
+
+
+def _lookup_fail(ctx: CallContext, status: int, dattrs) -> Reply:  # type: ignore[no-untyped-def]
+    ctx.status = status
+    return _reply(
+        NFS3Packer.pack_LOOKUP3res,
+        nfs3.LOOKUP3res(status, resfail=nfs3.LOOKUP3resfail(post_op_attr_of(dattrs))),
+    )
+
+
+# RFC 1813 §3.3.4: READ, LOOKUP (directories) and EXECUTE (files) by the mode
+# bits, for every user; MODIFY, EXTEND and DELETE never.
+def access3(svc: Nfs3Service, ctx: CallContext, args: nfs3.ACCESS3args) -> Reply:
+    path = svc.path_of(args.object)
+    a = svc.attrs(path)
+    granted = 0
+    if a.mode & 0o444:
+        granted |= nfs3.ACCESS3_READ
+    if a.mode & 0o111:
+        granted |= nfs3.ACCESS3_LOOKUP if a.kind == Kind.DIR else nfs3.ACCESS3_EXECUTE
+    granted &= args.access
+    ctx.note = f"/{'/'.join(path)} asked={args.access:#x} granted={granted:#x}"
+    return _reply(
+        NFS3Packer.pack_ACCESS3res,
+        nfs3.ACCESS3res(nfs3.NFS3_OK, nfs3.ACCESS3resok(post_op_attr_of(a), granted)),
+    )
+
+
+# RFC 1813 §3.3.5: the export presents no symbolic links.
+def readlink3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READLINK3args) -> Reply:
+    path = svc.path_of(args.symlink)
+    a = svc.attrs(path)
+    ctx.status = nfs3.NFS3ERR_INVAL
+    return _reply(
+        NFS3Packer.pack_READLINK3res,
+        nfs3.READLINK3res(
+            nfs3.NFS3ERR_INVAL, resfail=nfs3.READLINK3resfail(post_op_attr_of(a) if a else NO_ATTR)
+        ),
+    )

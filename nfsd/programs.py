@@ -1,0 +1,26 @@
+"""The RPC programs the server offers on its NFS port: MOUNT v3 and NFS v3.
+
+NFSACL (100227) is deliberately absent: its calls get ``PROG_UNAVAIL``,
+which the Linux client takes as "no ACL support" and mounts anyway.
+"""
+
+from __future__ import annotations
+
+from merge.namespace import Namespace
+from nfsd.buffers import BufferPool
+from nfsd.handles import HandleCodec
+from nfsd.mountd import MountService
+from nfsd.nfs3 import program as nfs3_program
+from nfsd.nfs3.service import RTMAX, Nfs3Service
+from nfsd.rpc import Program
+
+EXPORT_PATH = "/recover/images"
+READ_BUFFERS = 48  # 48 MiB at most in flight in READ replies
+
+
+def build_programs(
+    namespace: Namespace, secret: bytes, export_path: str = EXPORT_PATH
+) -> list[Program]:
+    handles = HandleCodec(namespace, secret)
+    nfs = Nfs3Service(namespace, handles, BufferPool(RTMAX, READ_BUFFERS), secret)
+    return [MountService(handles, export_path).program(), nfs3_program.build(nfs)]

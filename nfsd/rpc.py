@@ -1,0 +1,250 @@
+"""ONC-RPC v2 call dispatch (RFC 5531), sans IO: a record in, a reply out.
+
+The transport hands every complete record to :meth:`Dispatcher.dispatch`
+and sends back whatever buffers it returns.  Everything the RFC says a
+server answers at the RPC level is decided here, in this order:
+
+==========================  ===============================================
+condition                    reply
+==========================  ===============================================
+header undecodable, REPLY    none (the record is dropped and logged)
+``rpcvers != 2``             MSG_DENIED / RPC_MISMATCH (2, 2)
+flavour not NONE or SYS      MSG_DENIED / AUTH_ERROR AUTH_BADCRED
+bad AUTH_SYS body / verf     MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
+unknown program              PROG_UNAVAIL
+unknown version              PROG_MISMATCH (lowest, highest)
+unknown procedure            PROC_UNAVAIL
+arguments undecodable,       GARBAGE_ARGS
+or bytes left over
+procedure raises             its failure body with the status it raised;
+                             anything unexpected is logged with its
+                             traceback and answered with the program's
+                             server-fault status, or SYSTEM_ERR
+==========================  ===============================================
+
+Procedures are plain functions registered in one explicit table per program
+and version (:class:`Program`); there is no dispatch by reflection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from xdr.base import Unpacker, XdrError
+from xdr.rpc import (
+    AUTH_BADCRED,
+    AUTH_BADVERF,
+    AUTH_NONE,
+    AUTH_SYS,
+    CALL,
+    GARBAGE_ARGS,
+    NULL_AUTH,
+    PROC_UNAVAIL,
+    PROG_UNAVAIL,
+    RPC_VERSION,
+    SUCCESS,
+    SYSTEM_ERR,
+    RpcPacker,
+    RpcUnpacker,
+    authsys_parms,
+)
+
+log = logging.getLogger("recovery_fs.rpc")
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(slots=True)
+class Reply:
+    """A procedure's result body as buffers to send in order.
+
+    ``release`` is called once the buffers have been sent (or dropped): it
+    gives back a pooled READ buffer.
+    """
+
+    parts: list[Buffer]
+    release: Callable[[], None] | None = None
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What a procedure may know of the call it serves."""
+
+    xid: int
+    prog: int
+    vers: int
+    proc: int
+    flavor: int
+    cred: authsys_parms | None
+    peer: str
+    transport: str
+    note: str = ""  # key arguments and outcome, for the per-call log line
+    status: int = 0  # the procedure's own status, for the per-call log line
+
+    @property
+    def uid(self) -> int:
+        return self.cred.uid if self.cred else 65534
+
+    @property
+    def gids(self) -> Sequence[int]:
+        return (self.cred.gid, *self.cred.gids) if self.cred else (65534,)
+
+
+class ProcedureError(Exception):
+    """Raised below a procedure: answered with the procedure's failure body."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message or str(status))
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Procedure:
+    """One row of a program's procedure table.
+
+    ``decode`` unpacks the arguments (raising XdrError on bad input);
+    ``run`` serves the call; ``fail`` writes the failure body for a status,
+    given the decoded arguments (or None if unavailable).
+    """
+
+    name: str
+    decode: Callable[[Any], Any]
+    run: Callable[[CallContext, Any], Reply]
+    fail: Callable[[int, Any], Reply] | None = None
+
+
+def no_args(u: Unpacker) -> None:
+    """Decoder of a void argument."""
+    return None
+
+
+@dataclass(slots=True)
+class Program:
+    """An RPC program: its number, one procedure table per version.
+
+    ``unpacker`` builds the argument unpacker from the argument bytes;
+    ``fault_status`` is the status its failure bodies carry for an
+    unexpected exception (NFS3ERR_SERVERFAULT for NFS), or None to answer
+    SYSTEM_ERR.
+    """
+
+    number: int
+    name: str
+    versions: dict[int, dict[int, Procedure]]
+    unpacker: Callable[[bytes], Unpacker] = Unpacker
+    fault_status: int | None = None
+    low: int = field(init=False)
+    high: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.low = min(self.versions)
+        self.high = max(self.versions)
+
+
+_EMPTY = Reply([])
+
+
+class Dispatcher:
+    """Decodes calls, checks them against the programs, runs procedures."""
+
+    def __init__(self, programs: Sequence[Program], slow_call_seconds: float = 5.0) -> None:
+        self.programs = {p.number: p for p in programs}
+        self.slow_call_seconds = slow_call_seconds
+
+    def dispatch(self, record: bytes, peer: str, transport: str) -> Reply | None:
+        """Serve one call; None when no reply may be sent."""
+        u = RpcUnpacker(record)
+        try:
+            xid = u.unpack_uint()
+            if u.unpack_enum() != CALL:
+                log.debug("dropped a non-call message from %s", peer)
+                return None
+            call = u.unpack_call_body()
+        except XdrError as e:
+            log.info("dropped an undecodable RPC header from %s: %s", peer, e)
+            return None
+        p = RpcPacker()
+        if call.rpcvers != RPC_VERSION:
+            p.pack_rpc_mismatch(xid)
+            return Reply([p.get_buffer()])
+        cred: authsys_parms | None = None
+        if call.cred.flavor == AUTH_SYS:
+            try:
+                cu = RpcUnpacker(call.cred.body)
+                cred = cu.unpack_authsys_parms()
+                cu.done()
+            except XdrError:
+                p.pack_auth_error(xid, AUTH_BADCRED)
+                return Reply([p.get_buffer()])
+        elif call.cred.flavor != AUTH_NONE:
+            p.pack_auth_error(xid, AUTH_BADCRED)
+            return Reply([p.get_buffer()])
+        if call.verf.flavor != AUTH_NONE:
+            p.pack_auth_error(xid, AUTH_BADVERF)
+            return Reply([p.get_buffer()])
+
+        program = self.programs.get(call.prog)
+        if program is None:
+            p.pack_accepted_header(xid, NULL_AUTH, PROG_UNAVAIL)
+            return Reply([p.get_buffer()])
+        table = program.versions.get(call.vers)
+        if table is None:
+            p.pack_prog_mismatch(xid, program.low, program.high)
+            return Reply([p.get_buffer()])
+        proc = table.get(call.proc)
+        if proc is None:
+            p.pack_accepted_header(xid, NULL_AUTH, PROC_UNAVAIL)
+            return Reply([p.get_buffer()])
+
+        ctx = CallContext(xid, call.prog, call.vers, call.proc, call.cred.flavor, cred, peer, transport)
+        started = time.monotonic()
+        try:
+            au = program.unpacker(record[u.get_position() :])
+            args = proc.decode(au)
+            au.done()
+        except XdrError as e:
+            log.info("GARBAGE_ARGS for %s xid=%#x from %s: %s", proc.name, xid, peer, e)
+            p.pack_accepted_header(xid, NULL_AUTH, GARBAGE_ARGS)
+            return Reply([p.get_buffer()])
+
+        body = self._run(program, proc, ctx, args)
+        p.pack_accepted_header(xid, NULL_AUTH, SUCCESS if body is not None else SYSTEM_ERR)
+        elapsed = time.monotonic() - started
+        if log.isEnabledFor(logging.DEBUG) or elapsed > self.slow_call_seconds:
+            log.log(
+                logging.DEBUG if elapsed <= self.slow_call_seconds else logging.WARNING,
+                "xid=%#x %s %s %s v%d %s status=%d %.3fms",
+                xid,
+                peer,
+                transport,
+                proc.name,
+                call.vers,
+                ctx.note,
+                ctx.status,
+                elapsed * 1000,
+            )
+        if body is None:
+            return Reply([p.get_buffer()])
+        body.parts.insert(0, p.get_buffer())
+        return body
+
+    def _run(self, program: Program, proc: Procedure, ctx: CallContext, args: Any) -> Reply | None:
+        """Run a procedure; map its failures to its failure body."""
+        try:
+            return proc.run(ctx, args)
+        except ProcedureError as e:
+            ctx.status = e.status
+            if proc.fail is None:
+                log.error("%s raised status %d but has no failure body", proc.name, e.status)
+                return None
+            return proc.fail(e.status, args)
+        except Exception:
+            log.exception("unexpected error in %s xid=%#x from %s", proc.name, ctx.xid, ctx.peer)
+            if program.fault_status is None or proc.fail is None:
+                return None
+            ctx.status = program.fault_status
+            return proc.fail(program.fault_status, args)

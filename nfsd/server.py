@@ -1,0 +1,303 @@
+"""The one module that owns sockets: RPC over TCP and UDP, with threads.
+
+Design notes
+------------
+Every TCP connection has a *reader* thread and a *writer* thread; calls
+are served by a shared pool of *workers*::
+
+    reader --record--> workers --reply--> writer --sendmsg--> client
+
+* The reader reassembles records (``nfsd.record``) and never blocks on
+  storage; a record over the size cap closes the connection.
+* Workers run the sans-IO dispatcher.  They never block on the network: a
+  client that stops reading stalls only its own writer, which gives up
+  after ``send_timeout`` and closes the connection.
+* Several calls of one connection run at once and are answered as each
+  completes (a slow READ does not hold up a GETATTR behind it).  At most
+  ``max_inflight`` calls per connection are in flight; past that the
+  reader stops reading, which pushes back on the client through TCP.
+* READ replies are built in pooled buffers (``nfsd.buffers``): their count
+  bounds the memory that in-flight READs can take, whatever the number of
+  clients.
+
+UDP datagrams go through the same workers; replies go back by ``sendto``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from nfsd.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
+from nfsd.rpc import Dispatcher, Reply
+
+log = logging.getLogger("recovery_fs.server")
+
+RECV_SIZE = 256 * 1024
+UDP_MAX = 65535
+
+
+class _Connection:
+    """One TCP client: a reader thread, a writer thread, a bounded in-flight count."""
+
+    def __init__(self, server: RpcServer, sock: socket.socket, peer: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.inflight = threading.BoundedSemaphore(server.max_inflight)
+        self.outbox: queue.SimpleQueue[Reply | None] = queue.SimpleQueue()
+        self.closed = threading.Event()
+        self.reader = threading.Thread(target=self._read_loop, name=f"rpc-read {peer}", daemon=True)
+        self.writer = threading.Thread(target=self._write_loop, name=f"rpc-write {peer}", daemon=True)
+
+    def start(self) -> None:
+        self.reader.start()
+        self.writer.start()
+
+    def close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.outbox.put(None)
+
+    def _read_loop(self) -> None:
+        reader = RecordReader(self.server.max_record)
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        try:
+            while not self.closed.is_set():
+                n = self.sock.recv_into(buf)
+                if n == 0:
+                    break
+                for record in reader.feed(view[:n]):
+                    # Bound the calls in flight: wait for a slot, checking for close.
+                    while not self.inflight.acquire(timeout=1.0):
+                        if self.closed.is_set():
+                            return
+                    self.server.submit(self._serve, record)
+        except RecordTooLarge as e:
+            log.warning("closing the connection of %s: %s", self.peer, e)
+        except OSError as e:
+            if not self.closed.is_set():
+                log.info("connection of %s ended: %s", self.peer, e)
+        finally:
+            self.close()
+            self.server.forget(self)
+
+    def _serve(self, record: bytes) -> None:
+        try:
+            reply = self.server.dispatcher.dispatch(record, self.peer, "tcp")
+        except Exception:
+            log.exception("dispatch failed for %s", self.peer)
+            reply = None
+        if reply is None or self.closed.is_set():
+            if reply is not None and reply.release:
+                reply.release()
+            self.inflight.release()
+            return
+        self.outbox.put(reply)
+
+    def _write_loop(self) -> None:
+        sock = self.sock
+        sock.settimeout(self.server.send_timeout)
+        try:
+            while True:
+                reply = self.outbox.get()
+                if reply is None:
+                    break
+                try:
+                    if not self.closed.is_set():
+                        _send_all(sock, frame(reply.parts))
+                except (OSError, TimeoutError) as e:
+                    log.info("closing the connection of %s: send failed: %s", self.peer, e)
+                    self.close()
+                finally:
+                    if reply.release:
+                        reply.release()
+                    self.inflight.release()
+        finally:
+            # Drain what workers still hand in, returning their buffers.
+            self.closed.set()
+            try:
+                sock.close()
+            except OSError:
+                pass
+            while True:
+                try:
+                    reply = self.outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if reply is not None:
+                    if reply.release:
+                        reply.release()
+                    self.inflight.release()
+
+
+def _send_all(sock: socket.socket, parts: list) -> None:
+    """sendmsg every buffer, resuming after partial sends without copying."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent:
+            first = views[0]
+            if sent >= len(first):
+                sent -= len(first)
+                views.pop(0)
+            else:
+                views[0] = first[sent:]
+                sent = 0
+
+
+class RpcServer:
+    """Serves one dispatcher on TCP and UDP listeners."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        name: str,
+        workers: int = 8,
+        max_inflight: int = 16,
+        max_connections: int = 512,
+        max_record: int = DEFAULT_MAX_RECORD,
+        send_timeout: float = 120.0,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.name = name
+        self.max_inflight = max_inflight
+        self.max_connections = max_connections
+        self.max_record = max_record
+        self.send_timeout = send_timeout
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._listeners: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._conns: set[_Connection] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    # -- set-up ---------------------------------------------------------
+    def listen(self, host: str, port: int, *, tcp: bool = True, udp: bool = True) -> int:
+        """Bind TCP and/or UDP on ``host:port`` now; returns the bound port."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        bound = port
+        if tcp:
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind((host, bound))
+            s.listen(128)
+            bound = s.getsockname()[1]
+            self._listeners.append(s)
+        if udp:
+            u = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            u.bind((host, bound))
+            bound = u.getsockname()[1]
+            self._listeners.append(u)
+        return bound
+
+    def start(self) -> None:
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"{self.name}-worker")
+        for s in self._listeners:
+            loop: Callable[[socket.socket], None] = (
+                self._accept_loop if s.type == socket.SOCK_STREAM else self._udp_loop
+            )
+            t = threading.Thread(target=loop, args=(s,), name=f"{self.name}-listen", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Close listeners and connections; wait for the threads."""
+        self._stopping.set()
+        for s in self._listeners:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            c.close()
+        for t in self._threads:
+            t.join(timeout=5)
+        for c in conns:
+            c.reader.join(timeout=5)
+            c.writer.join(timeout=5)
+        if self._pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- internals ------------------------------------------------------
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        assert self._pool is not None
+        try:
+            self._pool.submit(fn, *args)
+        except RuntimeError:  # pool shut down: the server is stopping
+            pass
+
+    def forget(self, conn: _Connection) -> None:
+        with self._lock:
+            self._conns.discard(conn)
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, addr = listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            peer = f"{addr[0]}:{addr[1]}"
+            with self._lock:
+                if len(self._conns) >= self.max_connections:
+                    log.warning("refusing %s: %d connections open", peer, len(self._conns))
+                    sock.close()
+                    continue
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                conn = _Connection(self, sock, peer)
+                self._conns.add(conn)
+            log.info("%s: connection from %s", self.name, peer)
+            conn.start()
+
+    def _udp_loop(self, sock: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                data, addr = sock.recvfrom(UDP_MAX)
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            self.submit(self._serve_udp, sock, data, addr)
+
+    def _serve_udp(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
+        peer = f"{addr[0]}:{addr[1]}"
+        reply = None
+        try:
+            reply = self.dispatcher.dispatch(data, peer, "udp")
+            if reply is not None:
+                sock.sendmsg([memoryview(p).cast("B") for p in reply.parts], [], 0, addr)
+        except OSError as e:
+            log.info("UDP reply to %s failed: %s", peer, e)
+        except Exception:
+            log.exception("dispatch failed for %s (udp)", peer)
+        finally:
+            if reply is not None and reply.release:
+                reply.release()
+
+
+def cpu_count() -> int:
+    """Worker threads worth starting on this machine."""
+    return max(4, 4 * (os.cpu_count() or 1))
