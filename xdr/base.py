@@ -30,6 +30,13 @@ class Packer(xdrlib3.Packer):
             raise XdrError(f"opaque of {len(data)} bytes exceeds {maxlen}")
         self.pack_opaque(data)
 
+    def pack_raw(self, data: bytes) -> None:
+        """Bytes already in XDR form (a multiple of 4 long), written as they are."""
+        if len(data) & 3:
+            raise XdrError(f"raw XDR data of {len(data)} bytes is not 4-byte aligned")
+        # An aligned bytes object goes through pack_fopaque without a copy.
+        self.pack_fopaque(len(data), data)
+
     def pack_optional(self, value: T | None, pack_item: Callable[[T], None]) -> None:
         """``T *`` (XDR optional-data)."""
         if value is None:
