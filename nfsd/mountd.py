@@ -1,7 +1,9 @@
 """The MOUNT program, version 3 (RFC 1813, Appendix I).
 
-One export, ``/recover/images``; ``MNT`` of any other path is
-``MNT3ERR_NOENT``.  The mount list kept for ``DUMP`` lives in memory only:
+One export, ``/recover/images``.  ``MNT`` of it, or of a folder below it
+(as libnfs does for ``nfs://host/recover/images/dir/file``, and as the
+Linux server allows), returns that folder's handle; any other path is
+``MNT3ERR_NOENT``, a file ``MNT3ERR_NOTDIR``.  The mount list kept for ``DUMP`` lives in memory only:
 clients do not rely on it (the Linux client never sends ``UMNT``), and the
 server writes nothing it need not.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from merge.namespace import Kind, NamespaceError, NotADirectory
 from nfsd.handles import HandleCodec
 from nfsd.rpc import CallContext, Procedure, Program, Reply, no_args
 from xdr import mount3
@@ -34,8 +37,13 @@ class MountService:
     def _host(self, ctx: CallContext) -> bytes:
         return ctx.peer.rsplit(":", 1)[0].encode()
 
-    def _matches_export(self, path: bytes) -> bool:
-        return path.rstrip(b"/") == self.export_path.rstrip(b"/")
+    def _presented_path(self, path: bytes) -> tuple[str, ...] | None:
+        """The presented path a MNT path names: the export or a folder below it."""
+        parts = [p for p in path.split(b"/") if p]
+        export = [p for p in self.export_path.split(b"/") if p]
+        if parts[: len(export)] != export or any(p in (b".", b"..") for p in parts):
+            return None
+        return tuple(p.decode("utf-8", "surrogateescape") for p in parts[len(export) :])
 
     # RFC 1813 §5.2.0
     def null(self, ctx: CallContext, args: None) -> Reply:
@@ -43,18 +51,28 @@ class MountService:
 
     # RFC 1813 §5.2.1
     def mnt(self, ctx: CallContext, path: bytes) -> Reply:
-        p = Mount3Packer()
         ctx.note = f"path={path!r}"
-        if not self._matches_export(path):
-            ctx.status = mount3.MNT3ERR_NOENT
-            log.info("MNT of %r from %s refused: not exported", path, ctx.peer)
-            p.pack_mountres3(mount3.mountres3(mount3.MNT3ERR_NOENT))
+        presented = self._presented_path(path)
+        status = mount3.MNT3ERR_NOENT
+        if presented is not None:
+            try:
+                attrs = self.handles.namespace.getattr(presented)
+                status = mount3.MNT3_OK if attrs.kind == Kind.DIR else mount3.MNT3ERR_NOTDIR
+            except NotADirectory:
+                status = mount3.MNT3ERR_NOTDIR
+            except NamespaceError:
+                status = mount3.MNT3ERR_NOENT
+        p = Mount3Packer()
+        if status != mount3.MNT3_OK:
+            ctx.status = status
+            log.info("MNT of %r from %s refused: status %d", path, ctx.peer, status)
+            p.pack_mountres3(mount3.mountres3(status))
             return Reply([p.get_buffer()])
-        root = self.handles.namespace.getattr(())
-        fh = self.handles.encode((), root.fileid)
+        assert presented is not None
+        fh = self.handles.encode(presented, attrs.fileid)
         with self._lock:
             if len(self._mounts) < MAX_MOUNT_LIST:
-                self._mounts[(self._host(ctx), self.export_path)] = None
+                self._mounts[(self._host(ctx), path)] = None
         log.info("MNT %s from %s", path.decode(errors="replace"), ctx.peer)
         p.pack_mountres3(
             mount3.mountres3(mount3.MNT3_OK, mount3.mountres3_ok(fh, [AUTH_SYS, AUTH_NONE]))
@@ -72,7 +90,6 @@ class MountService:
     # RFC 1813 §5.2.3
     def umnt(self, ctx: CallContext, path: bytes) -> Reply:
         with self._lock:
-            self._mounts.pop((self._host(ctx), path.rstrip(b"/") or b"/"), None)
             self._mounts.pop((self._host(ctx), path), None)
         return Reply([])
 
@@ -99,9 +116,13 @@ class MountService:
             versions={
                 3: {
                     mount3.MOUNTPROC3_NULL: Procedure("MNT3_NULL", no_args, self.null),
-                    mount3.MOUNTPROC3_MNT: Procedure("MNT", Mount3Unpacker.unpack_dirpath, self.mnt),
+                    mount3.MOUNTPROC3_MNT: Procedure(
+                        "MNT", Mount3Unpacker.unpack_dirpath, self.mnt
+                    ),
                     mount3.MOUNTPROC3_DUMP: Procedure("DUMP", no_args, self.dump),
-                    mount3.MOUNTPROC3_UMNT: Procedure("UMNT", Mount3Unpacker.unpack_dirpath, self.umnt),
+                    mount3.MOUNTPROC3_UMNT: Procedure(
+                        "UMNT", Mount3Unpacker.unpack_dirpath, self.umnt
+                    ),
                     mount3.MOUNTPROC3_UMNTALL: Procedure("UMNTALL", no_args, self.umntall),
                     mount3.MOUNTPROC3_EXPORT: Procedure("EXPORT", no_args, self.export),
                 }

@@ -200,7 +200,9 @@ class Dispatcher:
             p.pack_accepted_header(xid, NULL_AUTH, PROC_UNAVAIL)
             return Reply([p.get_buffer()])
 
-        ctx = CallContext(xid, call.prog, call.vers, call.proc, call.cred.flavor, cred, peer, transport)
+        ctx = CallContext(
+            xid, call.prog, call.vers, call.proc, call.cred.flavor, cred, peer, transport
+        )
         started = time.monotonic()
         try:
             au = program.unpacker(record[u.get_position() :])

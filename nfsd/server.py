@@ -25,6 +25,7 @@ UDP datagrams go through the same workers; replies go back by ``sendto``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -53,7 +54,9 @@ class _Connection:
         self.outbox: queue.SimpleQueue[Reply | None] = queue.SimpleQueue()
         self.closed = threading.Event()
         self.reader = threading.Thread(target=self._read_loop, name=f"rpc-read {peer}", daemon=True)
-        self.writer = threading.Thread(target=self._write_loop, name=f"rpc-write {peer}", daemon=True)
+        self.writer = threading.Thread(
+            target=self._write_loop, name=f"rpc-write {peer}", daemon=True
+        )
 
     def start(self) -> None:
         self.reader.start()
@@ -63,10 +66,8 @@ class _Connection:
         if self.closed.is_set():
             return
         self.closed.set()
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.outbox.put(None)
 
     def _read_loop(self) -> None:
@@ -127,10 +128,8 @@ class _Connection:
         finally:
             # Drain what workers still hand in, returning their buffers.
             self.closed.set()
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
             while True:
                 try:
                     reply = self.outbox.get_nowait()
@@ -222,10 +221,8 @@ class RpcServer:
         """Close listeners and connections; wait for the threads."""
         self._stopping.set()
         for s in self._listeners:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
         with self._lock:
             conns = list(self._conns)
@@ -242,10 +239,8 @@ class RpcServer:
     # -- internals ------------------------------------------------------
     def submit(self, fn: Callable[..., None], *args: object) -> None:
         assert self._pool is not None
-        try:
+        with contextlib.suppress(RuntimeError):  # pool shut down: the server is stopping
             self._pool.submit(fn, *args)
-        except RuntimeError:  # pool shut down: the server is stopping
-            pass
 
     def forget(self, conn: _Connection) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
 
+
 def _reply(pack, res) -> Reply:  # type: ignore[no-untyped-def]
     p = NFS3Packer()
     pack(p, res)

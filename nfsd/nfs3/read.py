@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import struct
 
-from merge.namespace import ZERO_FD, InputChanged, Kind
+from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError
 from nfsd.errors import NfsError, nfs_error
 from nfsd.nfs3.service import RTMAX, UDP_RTMAX, Nfs3Service, post_op_attr_of
 from nfsd.rpc import CallContext, Reply
@@ -48,9 +48,7 @@ def read3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READ3args) -> Reply:
             with svc.namespace.open(path) as reader:
                 size = reader.size
                 n = _fill(memoryview(buf), reader.runs(offset, count))
-        except OSError as e:
-            raise nfs_error(e) from e
-        except Exception as e:
+        except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
         head = NFS3Packer()
         head.pack_uint(nfs3.NFS3_OK)
@@ -69,11 +67,12 @@ def read3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READ3args) -> Reply:
 def _fill(view: memoryview, runs: list) -> int:
     """Copy the runs into ``view``, in order; return the bytes filled."""
     pos = 0
-    for fd, at, length in runs:
+    for fd, start, length in runs:
         end = pos + length
         if fd == ZERO_FD:
             view[pos:end] = ZEROS[:length]
         else:
+            at = start
             while pos < end:
                 got = os.preadv(fd, [view[pos:end]], at)
                 if got <= 0:

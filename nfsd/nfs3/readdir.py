@@ -30,6 +30,7 @@ from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
 
+
 def _padded(n: int) -> int:
     return (n + 3) & ~3
 
@@ -133,5 +134,3 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
         )
     )
     return Reply([p.get_buffer()])
-
-

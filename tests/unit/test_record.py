@@ -1,0 +1,69 @@
+"""Record marking (RFC 5531 §11): random fragmentation, caps, framing."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nfsd.record import LAST_FRAGMENT, RecordReader, RecordTooLarge, frame
+
+
+def encode(record: bytes, cuts: list[int]) -> bytes:
+    """``record`` as fragments split at ``cuts``."""
+    bounds = sorted({c for c in cuts if 0 < c < len(record)})
+    pieces = [record[a:b] for a, b in zip([0, *bounds], [*bounds, len(record)], strict=True)]
+    out = b""
+    for i, piece in enumerate(pieces):
+        last = LAST_FRAGMENT if i == len(pieces) - 1 else 0
+        out += struct.pack(">I", last | len(piece)) + piece
+    return out
+
+
+@given(
+    records=st.lists(st.binary(max_size=300), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(0, 300), max_size=6),
+    chunks=st.lists(st.integers(1, 50), min_size=1, max_size=20),
+)
+def test_any_fragmentation_and_any_chunking_gives_back_the_records(
+    records: list[bytes], cuts: list[int], chunks: list[int]
+) -> None:
+    stream = b"".join(encode(r, cuts) for r in records)
+    reader = RecordReader()
+    got: list[bytes] = []
+    pos = 0
+    i = 0
+    while pos < len(stream):
+        n = chunks[i % len(chunks)]
+        got += reader.feed(stream[pos : pos + n])
+        pos += n
+        i += 1
+    assert got == records
+    assert reader.pending == 0
+
+
+def test_a_claimed_2_gib_fragment_is_refused_at_once() -> None:
+    reader = RecordReader(max_record=1 << 20)
+    with pytest.raises(RecordTooLarge):
+        reader.feed(struct.pack(">I", LAST_FRAGMENT | 0x7FFFFFFF) + b"x")
+
+
+def test_many_small_fragments_adding_up_past_the_cap_are_refused() -> None:
+    reader = RecordReader(max_record=1000)
+    with pytest.raises(RecordTooLarge):
+        for _ in range(20):
+            reader.feed(struct.pack(">I", 100) + b"y" * 100)
+
+
+def test_memory_held_is_what_arrived_not_what_was_claimed() -> None:
+    reader = RecordReader(max_record=1 << 20)
+    assert reader.feed(struct.pack(">I", LAST_FRAGMENT | 500_000) + b"z" * 10) == []
+    assert reader.pending == 14
+
+
+def test_frame_prefixes_one_last_fragment_header() -> None:
+    parts = frame([b"abcd", memoryview(b"efgh")])
+    assert parts[0] == struct.pack(">I", LAST_FRAGMENT | 8)
+    assert RecordReader().feed(b"".join(bytes(p) for p in parts)) == [b"abcdefgh"]
