@@ -344,6 +344,6 @@ def test_server_survives_hostile_clients(storage, tmp_path):
     finally:
         srv.stop()
     bad = {what: how for what, how in outcomes.items() if how not in ("closed", "reply")}
-    assert bad == {}, "expected the connection closed or an RPC error reply"
+    assert bad == {}, f"expected the connection closed or an RPC error reply: {bad}"
     assert answered == 400
     assert rss_after - rss_before < 256 * 1024, f"RSS grew {rss_before} -> {rss_after} KiB"
