@@ -1,0 +1,336 @@
+"""The service: one configured server, from checks to a graceful stop.
+
+Design notes
+------------
+:meth:`Service.start` does, in order, and undoes on any failure:
+
+====  ==================================================================
+step  what
+====  ==================================================================
+1     check the storage (exists, a readable directory, holds neither the
+      state directory nor the log file): ``ConfigError``
+2     state directory (0700), then the pid file's lock: ``AlreadyRunning``
+3     logging at the registry's debug level
+4     the secret; the namespace (``merge.build_namespace``); the programs
+      (``nfsd.programs.build_programs``)
+5     one ``RpcServer`` for MOUNT and NFS on ``port``, TCP and UDP
+6     the portmapper (below)
+7     the registry watcher; ``status.json``
+====  ==================================================================
+
+The portmapper, unless ``--no-portmap``:
+
+* a portmapper answers on 127.0.0.1:111 (rpcbind, or another server's):
+  register every version of MOUNT and NFS, TCP and UDP, with
+  ``PMAPPROC_SET`` (``RPCBPROC_SET`` for tcp6/udp6), after an ``UNSET`` of
+  what a crashed run may have left, and ``UNSET`` them at stop.  rpcbind
+  takes registrations only over its local socket (``/run/rpcbind.sock``)
+  unless started with ``-i`` or ``-L``: that socket is used when present.
+* none answers: serve ``nfsd.portmap`` on port 111 (a second ``RpcServer``).
+* either failing (a refusal, port 111 not ours to bind) is a warning, not an
+  error: clients that give ``port=`` and ``mountport=`` still mount.
+
+:meth:`Service.run` adds SIGTERM/SIGINT → graceful stop, for the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from merge import build_namespace
+from nfsd.config import Config
+from nfsd.logsetup import LevelWatcher, LogSetup
+from nfsd.portmap import NETIDS, build_portmap, netids_for, uaddr
+from nfsd.programs import build_programs
+from nfsd.registry import DEBUG_LEVEL, Registry
+from nfsd.rpc import Dispatcher, Program
+from nfsd.rpcclient import RpcClient, RpcError
+from nfsd.server import RpcServer, cpu_count
+from nfsd.state import PidLock, StateDir, StateError
+from xdr import portmap as pm
+from xdr.portmap import PortmapPacker, PortmapUnpacker
+
+log = logging.getLogger("recovery_fs.service")
+
+PMAP_PORT = pm.PMAP_PORT
+RPCBIND_SOCKETS = (Path("/run/rpcbind.sock"), Path("/var/run/rpcbind.sock"))
+PROBE_TIMEOUT = 2.0
+
+
+class ServiceError(Exception):
+    """The server could not start (the message says why, for the operator)."""
+
+
+class HostPortmapper:
+    """Registration of the server's programs with the host's portmapper."""
+
+    def __init__(self, tcp_port: int, sockets: tuple[Path, ...]) -> None:
+        self.tcp_port = tcp_port
+        self.socket = next((s for s in sockets if s.exists()), None)
+        self.registered: list[tuple[int, int, str]] = []
+
+    def _client(self) -> RpcClient:
+        if self.socket is not None:
+            return RpcClient(str(self.socket), transport="unix", timeout=PROBE_TIMEOUT)
+        return RpcClient("127.0.0.1", self.tcp_port, timeout=PROBE_TIMEOUT)
+
+    @staticmethod
+    def answers(tcp_port: int) -> bool:
+        """Whether a portmapper answers NULL on 127.0.0.1:``tcp_port``."""
+        try:
+            with RpcClient("127.0.0.1", tcp_port, timeout=PROBE_TIMEOUT) as c:
+                return c.call(pm.PMAP_PROG, pm.PMAP_VERS, pm.PMAPPROC_NULL).ok
+        except RpcError:
+            return False
+
+    def _call(self, c: RpcClient, vers: int, proc: int, args: bytes) -> bool:
+        result = c.call(pm.PMAP_PROG, vers, proc, args)
+        return result.ok and PortmapUnpacker(result.body).unpack_bool()
+
+    def _args(self, prog: int, vers: int, netid: str, bind: str, port: int) -> tuple[int, bytes]:
+        """(portmapper version, arguments) of a SET or UNSET for one netid.
+
+        IPv4 netids go through port mapper v2, IPv6 ones through rpcbind v3;
+        SET is procedure 1 and UNSET 2 in both.
+        """
+        p = PortmapPacker()
+        ip_proto, family = NETIDS[netid]
+        if family == 4:
+            p.pack_mapping(pm.mapping(prog, vers, ip_proto, port))
+            return pm.PMAP_VERS, p.get_buffer()
+        addr = uaddr(bind, port).encode()
+        p.pack_rpcb(pm.rpcb(prog, vers, netid.encode(), addr, b"recovery-fs"))
+        return pm.RPCBVERS, p.get_buffer()
+
+    def register(self, programs: list[Program], bind: str, port: int) -> list[str]:
+        """SET every (program, version, netid); the warnings to report.
+
+        Every UNSET comes first: a v2 UNSET removes TCP and UDP at once.
+        """
+        warnings: list[str] = []
+        where = self.socket or f"127.0.0.1:{self.tcp_port}"
+        rows = [
+            (prog, vers, netid, *self._args(prog.number, vers, netid, bind, port))
+            for prog in programs
+            for vers in prog.versions
+            for netid in netids_for(bind)
+        ]
+        try:
+            with self._client() as c:
+                for _, _, _, v, args in rows:
+                    self._call(c, v, pm.PMAPPROC_UNSET, args)  # what a crashed run left
+                for prog, vers, netid, v, args in rows:
+                    if self._call(c, v, pm.PMAPPROC_SET, args):
+                        self.registered.append((prog.number, vers, netid))
+                    else:
+                        warnings.append(
+                            f"the portmapper at {where} refused {prog.name} v{vers} {netid} "
+                            "(rpcbind takes registrations over its local socket, or with -i)"
+                        )
+        except RpcError as e:
+            warnings.append(f"cannot register with the portmapper at {where}: {e}")
+        return warnings
+
+    def unregister(self, bind: str, port: int) -> None:
+        try:
+            with self._client() as c:
+                for prog, vers, netid in self.registered:
+                    v, args = self._args(prog, vers, netid, bind, port)
+                    self._call(c, v, pm.PMAPPROC_UNSET, args)
+        except RpcError as e:
+            log.warning("cannot unregister from the portmapper: %s", e)
+        self.registered = []
+
+
+class Service:
+    """One server: MOUNT + NFS on one port, the portmapper, logs and state.
+
+    ``portmap_port`` and ``rpcbind_sockets`` are where the host's portmapper
+    is looked for (and where ours listens); tests move them.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        foreground: bool = False,
+        portmap_port: int = PMAP_PORT,
+        rpcbind_sockets: tuple[Path, ...] = RPCBIND_SOCKETS,
+    ) -> None:
+        self.config = config
+        self.foreground = foreground
+        self.portmap_port = portmap_port
+        self.rpcbind_sockets = rpcbind_sockets
+        self.state = StateDir(config.state_dir)
+        self.registry = Registry(self.state.registry_path)
+        self.warnings: list[str] = []
+        self.port: int | None = None
+        self.portmap_mode = "off"
+        self.started_at: float | None = None
+        self._pid_lock: PidLock | None = None
+        self._logs: LogSetup | None = None
+        self._watcher: LevelWatcher | None = None
+        self._servers: list[RpcServer] = []
+        self._host_portmapper: HostPortmapper | None = None
+        self._own_portmap_port: int | None = None
+        self._stop_requested = threading.Event()
+        self._stopped = False
+
+    # --- start -----------------------------------------------------------
+    def start(self) -> None:
+        """Bring the server up (see the notes); on failure, undo and raise."""
+        cfg = self.config
+        cfg.check_storage()
+        self.state.ensure()
+        lock = self.state.pid_lock()
+        lock.acquire()
+        self._pid_lock = lock
+        try:
+            self._start_locked()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_locked(self) -> None:
+        cfg = self.config
+        try:
+            level = self.registry.get(DEBUG_LEVEL)
+        except StateError as e:
+            self.warnings.append(f"{e}; debug level 0")
+            level = 0
+        self._logs = LogSetup(cfg.log_file, debug_level=level, stderr=self.foreground)
+        if self._logs.file_error:
+            self.warnings.append(self._logs.file_error)
+        secret = self.state.secret()
+        try:
+            namespace = build_namespace(cfg.storage)
+        except Exception as e:
+            log.exception("cannot build the namespace of %s", cfg.storage)
+            raise ServiceError(f"cannot read the storage {cfg.storage}: {e}") from e
+        programs = build_programs(namespace, secret, cfg.export_path)
+
+        nfs = RpcServer(Dispatcher(programs), name="nfs", workers=cpu_count())
+        self._servers.append(nfs)
+        try:
+            self.port = nfs.listen(cfg.bind, cfg.port)
+        except OSError as e:
+            raise ServiceError(f"cannot listen on {cfg.bind} port {cfg.port}: {e.strerror}") from e
+        if cfg.portmap:
+            self._start_portmap(programs, self.port)
+        for s in self._servers:
+            s.start()
+        self._watcher = LevelWatcher(self.registry, self._logs)
+        self._watcher.start()
+        self.started_at = time.time()
+        self.state.write_status(self.status())
+        for w in self.warnings:
+            log.warning("%s", w)
+        log.info(
+            "serving %s from %s on %s port %d (portmap: %s)",
+            cfg.export_path,
+            cfg.storage,
+            cfg.bind,
+            self.port,
+            self.portmap_mode,
+        )
+
+    def _start_portmap(self, programs: list[Program], port: int) -> None:
+        bind = self.config.bind
+        if HostPortmapper.answers(self.portmap_port):
+            hp = HostPortmapper(self.portmap_port, self.rpcbind_sockets)
+            self._host_portmapper = hp
+            self.warnings += hp.register(programs, bind, port)
+            self.portmap_mode = "registered" if hp.registered else "unavailable"
+            return
+        server = RpcServer(
+            Dispatcher([build_portmap(programs, bind, port, self.portmap_port)]),
+            name="portmap",
+            workers=2,
+        )
+        try:
+            self._own_portmap_port = server.listen(bind, self.portmap_port)
+        except OSError as e:
+            self.warnings.append(
+                f"cannot serve the portmapper on port {self.portmap_port}: {e.strerror}; "
+                f"clients must give port={port},mountport={port}"
+            )
+            self.portmap_mode = "unavailable"
+            return
+        self._servers.append(server)
+        self.portmap_mode = "own"
+
+    # --- running ----------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """What ``recovery-fs status`` shows, as written to ``status.json``."""
+        cfg = self.config
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "bind": cfg.bind,
+            "port": self.port,
+            "transports": ["tcp", "udp"],
+            "portmap": self.portmap_mode,
+            "portmap_port": self._own_portmap_port
+            if self.portmap_mode == "own"
+            else (self.portmap_port if self.portmap_mode == "registered" else None),
+            "export": cfg.export_path,
+            "storage": str(cfg.storage),
+            "state_dir": str(cfg.state_dir),
+            "log_file": str(cfg.log_file),
+            "warnings": self.warnings,
+        }
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop (safe from a signal handler or another thread)."""
+        self._stop_requested.set()
+
+    def run(self, ready: Callable[[Service], None] | None = None) -> None:
+        """Start, call ``ready``, serve until SIGTERM/SIGINT or request_stop, stop.
+
+        Must be called from the main thread (it installs signal handlers).
+        """
+
+        def on_signal(signum: int, frame: object) -> None:
+            log.info("signal %d: stopping", signum)
+            self.request_stop()
+
+        saved = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            if ready is not None:
+                ready(self)
+            while not self._stop_requested.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+
+    # --- stop -------------------------------------------------------------
+    def stop(self) -> None:
+        """Unregister, close every socket, wait for the threads; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._host_portmapper is not None and self.port is not None:
+            self._host_portmapper.unregister(self.config.bind, self.port)
+        for s in self._servers:
+            s.stop()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._pid_lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.state.status_path.unlink()
+            self._pid_lock.release()
+        if self.started_at is not None:
+            log.info("stopped after %.0f s", time.time() - self.started_at)
+        if self._logs is not None:
+            self._logs.close()

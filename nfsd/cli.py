@@ -1,0 +1,440 @@
+"""The ``recovery-fs`` command: serve, start, stop, status, registry, storage tools.
+
+Exit status (also in ``docs/recovery-fs.1.md``), the same meaning for every
+command that can return it:
+
+====  =====================================================================
+code  meaning
+====  =====================================================================
+0     done (``status``: the server is running)
+1     failed: the server could not start, would not stop, a file of the
+      state directory could not be read or written
+2     usage or configuration error: an unknown option, a bad config file,
+      a storage directory that does not exist, a bad registry value
+3     not running: ``status`` found no server (LSB), ``stop`` had nothing to
+      stop
+4     already running: ``start`` or ``serve`` found a server using this
+      state directory (nothing was done); ``status``: unknown (the state
+      directory cannot be read, LSB)
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from nfsd import daemon
+from nfsd.app import Service, ServiceError
+from nfsd.config import DEFAULT_CONFIG_FILE, Config, ConfigError, load
+from nfsd.registry import DEBUG_LEVEL, Registry, RegistryError, setting
+from nfsd.state import AlreadyRunning, StateDir, StateError
+
+try:  # written concurrently: until it lands, the storage commands are absent
+    from nfsd.cli_storage import storage_commands
+except ImportError:  # pragma: no cover
+    storage_commands = []
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_ALREADY_RUNNING = 4
+EXIT_STATUS_UNKNOWN = 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"recovery-fs: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def state_options(f: F) -> F:
+    """--config and --state-dir: what every command needs to find the server."""
+    f = click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="State directory: secret, pid, status, registry.  [default: /var/lib/recovery_fs]",
+    )(f)
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"INI file with a [server] section; options given here win.  "
+        f"[default: {DEFAULT_CONFIG_FILE} if present]",
+    )(f)
+
+
+def server_options(f: F) -> F:
+    """The settings of a server (``serve`` and ``start``)."""
+    for option in reversed(
+        [
+            click.option(
+                "--storage",
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Storage directory to present (read only).  [default: /storage]",
+            ),
+            click.option(
+                "--bind",
+                metavar="ADDR",
+                help="Address to listen on: IPv4, or IPv6 (:: is both).  [default: 0.0.0.0]",
+            ),
+            click.option(
+                "--port",
+                type=click.IntRange(0, 65535),
+                help="Port of NFS and MOUNT, TCP and UDP (0: any free port).  [default: 2049]",
+            ),
+            click.option(
+                "--portmap/--no-portmap",
+                default=None,
+                help="Register with the host's portmapper, or serve one on port 111.  "
+                "[default: --portmap]",
+            ),
+            click.option(
+                "--log-file",
+                type=click.Path(dir_okay=True, path_type=Path),
+                help="Log file (a directory: recovery_fs.log in it).  "
+                "[default: /var/log/recovery_fs]",
+            ),
+        ]
+    ):
+        f = option(f)
+    return state_options(f)
+
+
+def load_config(config_file: Path | None, **overrides: object) -> Config:
+    try:
+        return load(config_file, overrides)
+    except ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+
+
+def serve_args(cfg: Config, config_file: Path | None) -> list[str]:
+    """``serve`` options that reproduce ``cfg`` exactly."""
+    args = ["--storage", str(cfg.storage), "--bind", cfg.bind, "--port", str(cfg.port)]
+    args += ["--portmap" if cfg.portmap else "--no-portmap"]
+    args += ["--state-dir", str(cfg.state_dir), "--log-file", str(cfg.log_file)]
+    if config_file is not None:
+        args += ["--config", str(config_file.absolute())]
+    return args
+
+
+def mount_host(bind: str) -> str:
+    """How a client names this server in ``HOST:/path``."""
+    if ipaddress.ip_address(bind).is_unspecified:
+        return socket.gethostname()
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def mount_commands(bind: str, port: int, export: str) -> str:
+    """The commands that mount this server on Linux and macOS."""
+    host = mount_host(bind)
+    return (
+        "Mount on Linux (as root):\n"
+        f"  mount -t nfs -o ro,vers=3,proto=tcp,port={port},mountport={port},mountproto=tcp,nolock "
+        f"{host}:{export} /mnt\n"
+        "Mount on macOS (as root; any source port is accepted, no resvport needed):\n"
+        f"  mount -t nfs -o ro,vers=3,tcp,port={port},mountport={port},nolocks "
+        f"{host}:{export} /Volumes/recovery"
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="recovery-fs", prog_name="recovery-fs")
+def main() -> None:
+    """A read-only NFSv3 server presenting VMware backups with their changed blocks merged.
+
+    Exit status: 0 done, 1 failed, 2 usage or configuration error, 3 not
+    running, 4 already running (status: unknown).  See recovery-fs(1).
+    """
+
+
+@main.command()
+@server_options
+@click.option("--print-mount", is_flag=True, help="Print the mount commands once listening.")
+@click.option("--ready-fd", type=int, hidden=True)
+def serve(
+    *,
+    config_file: Path | None,
+    state_dir: Path | None,
+    storage: Path | None,
+    bind: str | None,
+    port: int | None,
+    portmap: bool | None,
+    log_file: Path | None,
+    print_mount: bool,
+    ready_fd: int | None,
+) -> None:
+    """Serve in the foreground until SIGTERM or Ctrl-C (logs also to stderr)."""
+
+    def report(r: dict[str, Any]) -> None:
+        """Tell ``start`` (our parent, when there is one) how start-up went."""
+        if ready_fd is not None:
+            os.write(ready_fd, json.dumps(r).encode() + b"\n")
+            os.close(ready_fd)
+
+    try:
+        cfg = load(
+            config_file,
+            {
+                "storage": storage,
+                "bind": bind,
+                "port": port,
+                "portmap": portmap,
+                "state_dir": state_dir,
+                "log_file": log_file,
+            },
+        )
+    except ConfigError as e:
+        report({"ok": False, "error": str(e), "code": EXIT_USAGE})
+        fail(str(e), EXIT_USAGE)
+    service = Service(cfg, foreground=ready_fd is None)
+
+    def ready(s: Service) -> None:
+        if ready_fd is not None:
+            report({"ok": True, "status": s.status()})
+            _detach_stdio()
+            return
+        click.echo(
+            f"recovery-fs: serving {cfg.export_path} from {cfg.storage} on {cfg.bind} port "
+            f"{s.port} (portmap: {s.portmap_mode}); Ctrl-C stops",
+            err=True,
+        )
+        if print_mount and s.port is not None:
+            click.echo(mount_commands(cfg.bind, s.port, cfg.export_path))
+
+    try:
+        service.run(ready)
+    except ConfigError as e:
+        code, message = EXIT_USAGE, str(e)
+    except AlreadyRunning as e:
+        code, message = EXIT_ALREADY_RUNNING, str(e)
+    except (ServiceError, StateError) as e:
+        code, message = EXIT_FAILED, str(e)
+    else:
+        return
+    report({"ok": False, "error": message, "code": code})
+    fail(message, code)
+
+
+def _detach_stdio() -> None:
+    """Point stdin, stdout and stderr at /dev/null (a daemon once ready)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+@main.command()
+@server_options
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the server to be ready.",
+)
+def start(
+    *,
+    config_file: Path | None,
+    state_dir: Path | None,
+    storage: Path | None,
+    bind: str | None,
+    port: int | None,
+    portmap: bool | None,
+    log_file: Path | None,
+    timeout: float,
+) -> None:
+    """Start the server in the background; return once it answers, or failed."""
+    cfg = load_config(
+        config_file,
+        storage=storage,
+        bind=bind,
+        port=port,
+        portmap=portmap,
+        state_dir=state_dir,
+        log_file=log_file,
+    )
+    try:
+        cfg.check_storage()
+    except ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+    pid = _running_pid(StateDir(cfg.state_dir))
+    if pid is not None:
+        fail(f"already running (pid {pid}); nothing done", EXIT_ALREADY_RUNNING)
+    started = daemon.spawn(serve_args(cfg, config_file), timeout)
+    if started.error is not None:
+        fail(started.error, started.code or EXIT_FAILED)
+    st = started.status
+    bound = int(st.get("port") or cfg.port)
+    why = daemon.answers(daemon.local_address(cfg.bind), bound)
+    if why is not None:
+        fail(f"the server started (pid {started.pid}) but does not answer: {why}", EXIT_FAILED)
+    click.echo(
+        f"recovery-fs started (pid {started.pid}): {cfg.export_path} on {cfg.bind} port {bound}, "
+        f"portmap: {st.get('portmap')}; log: {cfg.log_file}"
+    )
+    for w in st.get("warnings", []):
+        click.echo(f"recovery-fs: warning: {w}", err=True)
+
+
+def _running_pid(state: StateDir) -> int | None:
+    try:
+        return state.running_pid()
+    except OSError as e:
+        fail(f"cannot read {state.pid_path}: {e.strerror}", EXIT_FAILED)
+
+
+@main.command()
+@state_options
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
+def stop(config_file: Path | None, state_dir: Path | None, timeout: float) -> None:
+    """Stop the background server: SIGTERM, wait, SIGKILL after --timeout."""
+    cfg = load_config(config_file, state_dir=state_dir)
+    state = StateDir(cfg.state_dir)
+    _running_pid(state)
+    try:
+        result = daemon.stop(state, timeout)
+    except OSError as e:
+        fail(f"cannot stop the server: {e}", EXIT_FAILED)
+    if result.pid is None:
+        fail("not running; nothing to stop", EXIT_NOT_RUNNING)
+    if result.still_running:
+        fail(f"pid {result.pid} is still running after SIGKILL", EXIT_FAILED)
+    if result.killed:
+        click.echo(
+            f"recovery-fs: pid {result.pid} ignored SIGTERM for {timeout:g} s: killed", err=True
+        )
+    click.echo(f"recovery-fs stopped (pid {result.pid})")
+
+
+def format_uptime(seconds: float) -> str:
+    s = int(max(0, seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{s:02d}"
+
+
+@main.command()
+@state_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(config_file: Path | None, state_dir: Path | None, as_json: bool) -> None:
+    """Whether the server runs, and where (exit 0 running, 3 not running)."""
+    cfg = load_config(config_file, state_dir=state_dir)
+    state = StateDir(cfg.state_dir)
+    try:
+        pid = state.running_pid()
+    except OSError as e:
+        fail(f"status unknown: cannot read {state.pid_path}: {e.strerror}", EXIT_STATUS_UNKNOWN)
+    if pid is None:
+        if as_json:
+            click.echo(json.dumps({"running": False}))
+        else:
+            click.echo("recovery-fs is not running")
+        raise click.exceptions.Exit(EXIT_NOT_RUNNING)
+    st = state.read_status() or {}
+    started = st.get("started_at")
+    info: dict[str, Any] = {"running": True, **st, "pid": pid}
+    if isinstance(started, int | float):
+        info["uptime_seconds"] = round(time.time() - started)
+    try:
+        info["debug_level"] = Registry(state.registry_path).get(DEBUG_LEVEL)
+    except StateError as e:
+        info["debug_level"] = str(e)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    port = st.get("port")
+    pm_port = st.get("portmap_port")
+    rows = [
+        ("pid", pid),
+        ("address", st.get("bind", "?")),
+        ("ports", f"NFS and MOUNT {port} (tcp, udp)" if port else "? (starting)"),
+        ("portmap", f"{st.get('portmap')}" + (f", port {pm_port}" if pm_port else "")),
+        ("export", st.get("export", "?")),
+        ("storage", st.get("storage", "?")),
+        ("log", st.get("log_file", "?")),
+        ("uptime", format_uptime(info["uptime_seconds"]) if "uptime_seconds" in info else "?"),
+        ("debug", info["debug_level"]),
+    ]
+    click.echo("recovery-fs is running")
+    for name, value in rows:
+        click.echo(f"  {name + ':':9} {value}")
+    for w in st.get("warnings", []):
+        click.echo(f"  warning:  {w}")
+
+
+@main.group()
+def registry() -> None:
+    """Read or change the registry (the running server follows within seconds).
+
+    \b
+    Keys:
+      appliance.debug.level  0 warnings, 1 info, 2 debug, 3+ debug with a line per RPC
+    """
+
+
+def _registry(config_file: Path | None, state_dir: Path | None) -> tuple[StateDir, Registry]:
+    cfg = load_config(config_file, state_dir=state_dir)
+    state = StateDir(cfg.state_dir)
+    return state, Registry(state.registry_path)
+
+
+@registry.command("get")
+@state_options
+@click.argument("key", required=False)
+def registry_get(config_file: Path | None, state_dir: Path | None, key: str | None) -> None:
+    """Print KEY's value, or every key with its value."""
+    _, reg = _registry(config_file, state_dir)
+    try:
+        if key is None:
+            for k, v in reg.values().items():
+                click.echo(f"{k} = {v}")
+        else:
+            click.echo(reg.get(key))
+    except RegistryError as e:
+        fail(str(e), EXIT_USAGE)
+    except StateError as e:
+        fail(str(e), EXIT_FAILED)
+
+
+@registry.command("set")
+@state_options
+@click.argument("key")
+@click.argument("value")
+def registry_set(config_file: Path | None, state_dir: Path | None, key: str, value: str) -> None:
+    """Set KEY to VALUE (validated; written atomically)."""
+    state, reg = _registry(config_file, state_dir)
+    try:
+        setting(key).parse(value)  # a bad key or value fails before anything is created
+        state.ensure()
+        stored = reg.set(key, value)
+    except RegistryError as e:
+        fail(str(e), EXIT_USAGE)
+    except StateError as e:
+        fail(str(e), EXIT_FAILED)
+    click.echo(f"{key} = {stored}")
+
+
+for _command in storage_commands:
+    main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main(prog_name="recovery-fs")

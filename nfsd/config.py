@@ -1,0 +1,161 @@
+"""The server's settings: defaults, then the config file, then the command line.
+
+Design notes
+------------
+Every setting has one name, used alike as the INI key (section ``[server]``,
+``-`` or ``_`` in the key), the ``Config`` field, and the long option:
+
+=============  ==========================  =================================
+key            default                     meaning
+=============  ==========================  =================================
+``storage``    ``/storage``                the storage directory (read only)
+``bind``       ``0.0.0.0``                 address to listen on (``::`` too)
+``port``       ``2049``                    NFS and MOUNT, TCP and UDP (0: any)
+``portmap``    ``yes``                     register with, or be, the portmapper
+``state-dir``  ``/var/lib/recovery_fs``    secret, pid, status, registry
+``log-file``   ``/var/log/recovery_fs``    log file (a directory: a file in it)
+=============  ==========================  =================================
+
+The file is ``/etc/recovery_fs.conf`` when it exists and no ``--config`` is
+given; a ``--config`` file must exist.  Relative paths in the file are taken
+from the file's directory, on the command line from the working directory,
+so a daemon that changes directory keeps meaning the same files.  Every
+error is a :class:`ConfigError` whose message names the file or the option.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONFIG_FILE = Path("/etc/recovery_fs.conf")
+SECTION = "server"
+EXPORT_PATH = "/recover/images"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or refers to something unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Resolved settings of one server (paths absolute)."""
+
+    storage: Path = Path("/storage")
+    bind: str = "0.0.0.0"
+    port: int = 2049
+    portmap: bool = True
+    state_dir: Path = Path("/var/lib/recovery_fs")
+    log_file: Path = Path("/var/log/recovery_fs")
+    export_path: str = EXPORT_PATH
+
+    def check_storage(self) -> None:
+        """The storage must be an existing, readable directory."""
+        if not self.storage.exists():
+            raise ConfigError(f"the storage directory {self.storage} does not exist")
+        if not self.storage.is_dir():
+            raise ConfigError(f"the storage {self.storage} is not a directory")
+        try:
+            next(iter(self.storage.iterdir()), None)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read the storage directory {self.storage}: {e.strerror}"
+            ) from e
+        storage = self.storage.resolve()
+        for name, path in (("state directory", self.state_dir), ("log file", self.log_file)):
+            if storage == path.resolve() or storage in path.resolve().parents:
+                raise ConfigError(
+                    f"the {name} {path} is inside the storage {self.storage}: "
+                    "recovery-fs never writes into the storage"
+                )
+
+
+FIELDS = {f.name for f in dataclasses.fields(Config)} - {"export_path"}
+
+
+def parse_bind(text: str) -> str:
+    """An IPv4 or IPv6 address literal, normalised."""
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise ConfigError(
+            f"bind: {text!r} is not an IP address (e.g. 0.0.0.0, ::, 127.0.0.1)"
+        ) from None
+
+
+def parse_port(text: object) -> int:
+    try:
+        port = int(str(text))
+    except ValueError:
+        raise ConfigError(f"port: {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port: {port} is not in 0..65535")
+    return port
+
+
+def _read_file(path: Path) -> dict[str, object]:
+    """The [server] settings of an INI file, typed, paths made absolute."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open(encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read the config file {path}: {e.strerror}") from e
+    except (configparser.Error, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid INI file: {e}") from e
+    unknown_sections = [s for s in parser.sections() if s != SECTION]
+    if unknown_sections:
+        raise ConfigError(f"{path}: unknown section [{unknown_sections[0]}] (only [{SECTION}])")
+    if not parser.has_section(SECTION):
+        return {}
+    out: dict[str, object] = {}
+    base = path.parent
+    for key, raw in parser.items(SECTION):
+        name = key.replace("-", "_")
+        where = f"{path}: [{SECTION}] {key}"
+        if name not in FIELDS:
+            raise ConfigError(f"{where}: unknown setting (known: {', '.join(sorted(FIELDS))})")
+        try:
+            if name == "port":
+                out[name] = parse_port(raw)
+            elif name == "bind":
+                out[name] = parse_bind(raw)
+            elif name == "portmap":
+                out[name] = parser.getboolean(SECTION, key)
+            else:
+                if not raw.strip():
+                    raise ConfigError("empty path")
+                out[name] = base / Path(raw.strip()).expanduser()
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return out
+
+
+def load(config_file: Path | None, overrides: Mapping[str, object]) -> Config:
+    """Defaults, then ``config_file`` (or the default file if present), then ``overrides``.
+
+    ``overrides`` holds the command-line values that were given (``None``
+    values are ignored), keyed by field name.
+    """
+    values: dict[str, object] = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"the config file {config_file} does not exist")
+        values.update(_read_file(config_file))
+    elif DEFAULT_CONFIG_FILE.is_file():
+        values.update(_read_file(DEFAULT_CONFIG_FILE))
+    parsers = {"bind": lambda v: parse_bind(str(v)), "port": parse_port}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in FIELDS:
+            raise ConfigError(f"unknown setting {name}")
+        values[name] = parsers[name](value) if name in parsers else value
+    for name in ("storage", "state_dir", "log_file"):
+        if name in values:
+            values[name] = Path(values[name]).absolute()  # type: ignore[arg-type]
+    return Config(**values)  # type: ignore[arg-type]
