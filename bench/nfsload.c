@@ -15,8 +15,8 @@
  * op       what each call is
  * -------  ---------------------------------------------------------------
  * read     READ of --size bytes at the next offset (--random: a random
- *          --size-aligned offset); sequential reads stop after one pass of
- *          the file, or --bytes
+ *          --size-aligned offset); a sequential read makes one pass of the
+ *          file (or of its first --bytes), or passes until --seconds/--ops
  * getattr  GETATTR of --path
  * lookup   LOOKUP of a random name of --names (one a line) in --path
  * null     NFS NULL
@@ -146,8 +146,11 @@ static int budget_left(void)
         return 0;
     if (budget_seconds > 0 && now() >= t_deadline)
         return 0;
-    if (op == OP_READ && !random_offsets && next_offset >= (budget_bytes ? budget_bytes : file_size))
-        return 0;
+    if (op == OP_READ && !random_offsets && next_offset >= (budget_bytes ? budget_bytes : file_size)) {
+        if (budget_seconds <= 0 && !budget_ops)
+            return 0;
+        next_offset = 0; /* a timed sequential read starts the file again */
+    }
     return 1;
 }
 
