@@ -1,0 +1,400 @@
+"""The guest scenarios of the kernel-client tests, and how their results are judged.
+
+Each `run_*` function boots the guest once (sh/<scenario>.sh) against a fresh
+server over the shared storage and returns a `Run`: the guest's result lines
+plus what the host expected. The `problems_*` functions turn a run into a list
+of precise, human-readable discrepancies (empty when all is well), so that an
+assertion message names every wrong file, range and error the guest saw.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import assets, guest, servers, storage
+from .storage import Check, Layout
+
+EXPORT = servers.EXPORT
+PORT = 20490  # any port: the namespace is private
+SMALL_CHECK_PATHS = {
+    "tree/one.txt",
+    "tree/names/with space.txt",
+    "tree/sizes/s131073.bin",
+    "backups/2026-11-22T0100/web01/web01-flat.vmdk",
+    "backups/2026-11-22T0100/db01/db01-flat.vmdk",
+}
+
+
+@dataclass
+class Env:
+    """What every scenario needs: the kernel, the storage and which server to run."""
+
+    assets: assets.Assets
+    layout: Layout
+    kind: str  # servers.KINDS
+    exported: Path  # the directory the server serves
+    work: Path  # run directories go below
+
+
+@dataclass
+class Run:
+    name: str
+    result: guest.GuestResult
+    server: servers.Server
+    checks: list[Check] = field(default_factory=list)
+
+    def fail(self, what: str, problems: list[str]) -> str:
+        shown = problems[:40]
+        more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        return (
+            f"{self.name} against {self.server.kind}: {what}: {len(problems)} problem(s)\n"
+            + "\n".join(shown)
+            + more
+            + "\n\n"
+            + self.result.context()
+        )
+
+
+def _server(env: Env, run_dir: Path, *, portmap: bool = False) -> servers.Server:
+    cfg = servers.ServerConfig(
+        kind=env.kind,
+        storage=str(env.exported),
+        workdir=str(run_dir / "server"),
+        port=PORT,
+        portmap=portmap,
+    )
+    return servers.make(cfg)
+
+
+def explicit_mount_options(server: servers.Server) -> str:
+    """Both ports given: no portmapper is asked. Deliberately without `noacl`."""
+    return (
+        f"vers=3,proto=tcp,port={server.nfs_port},mountport={server.mount_port},"
+        "mountproto=tcp,nolock"
+    )
+
+
+def _checks_file(checks: list[Check]) -> bytes:
+    lines = [
+        f"{c.id} {'-' if c.offset is None else c.offset} {c.length} {c.path}\n" for c in checks
+    ]
+    return "".join(lines).encode()
+
+
+def _run(
+    env: Env,
+    name: str,
+    scenario: str,
+    *,
+    portmap: bool = False,
+    mount_options: str | None = None,
+    checks: list[Check] | None = None,
+    params: dict | None = None,
+    data: dict[str, bytes] | None = None,
+    actions: dict | None = None,
+    timeout: float = 300,
+) -> Run:
+    run_dir = env.work / name
+    server = _server(env, run_dir, portmap=portmap)
+    checks = checks or []
+    p = {
+        "SERVER": guest.GUEST_HOST_ADDR,
+        "EXPORT": EXPORT,
+        "MOUNT_OPTS": mount_options or explicit_mount_options(server),
+        "MOUNT_TIMEOUT": 90,
+        **(params or {}),
+    }
+    files = {"checks.txt": _checks_file(checks), **(data or {})}
+    result = guest.run_guest(
+        scenario=scenario,
+        server=server.config,
+        run_dir=run_dir,
+        params=p,
+        data=files,
+        actions=actions,
+        timeout=timeout,
+        kernel_assets=env.assets,
+    )
+    return Run(name, result, server, checks)
+
+
+def run_main(env: Env) -> Run:
+    """Explicit ports, no noacl: throughput, the whole tree, contents, hidden names, writes."""
+    checks = env.layout.checks()
+    hidden = "".join(f"{h}\n" for h in env.layout.hidden).encode()
+    return _run(
+        env,
+        "main",
+        "main",
+        checks=checks,
+        params={
+            "THROUGHPUT_FILE": storage.STREAM,
+            "RO_FILE": "tree/sizes/s4097.bin",
+            "RO_EMPTY_DIR": "tree/emptydir",
+        },
+        data={"hidden.txt": hidden},
+        timeout=420,
+    )
+
+
+def run_portmap(env: Env) -> Run:
+    """Server with its own portmapper; the guest mounts with no port options."""
+    checks = env.layout.checks(paths=SMALL_CHECK_PATHS)
+    return _run(
+        env,
+        "portmap",
+        "portmap",
+        portmap=True,
+        mount_options="vers=3,nolock",
+        checks=checks,
+        timeout=240,
+    )
+
+
+def run_restart(env: Env, delay: float = 0.5) -> Run:
+    """Kill -9 and restart the server `delay` s after the guest starts a long read."""
+    checks = env.layout.checks(paths=SMALL_CHECK_PATHS)
+    return _run(
+        env,
+        "restart",
+        "restart",
+        checks=checks,
+        params={"RESTART_FILE": storage.RESTART},
+        actions={"READING_STARTED": {"do": "restart_server", "delay": delay}},
+        timeout=300,
+    )
+
+
+def run_hang(env: Env, timeout: float = 25) -> Run:
+    """Harness self-test: the server is killed for good under a hard mount."""
+    return _run(
+        env,
+        "hang",
+        "hang",
+        params={"RESTART_FILE": storage.RESTART},
+        actions={"KILL_SERVER": {"do": "kill_server"}},
+        timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------- judging
+
+
+def mount_problems(run: Run, *, explicit: bool) -> list[str]:
+    r = run.result
+    mount = r.one("MOUNT")
+    if mount is None or not mount.startswith("ok"):
+        return [f"mount failed: MOUNT {mount}"]
+    info = r.one("MOUNTINFO") or ""
+    problems = []
+    opts = info.split(" ")[3].split(",") if len(info.split(" ")) > 3 else []
+    if "vers=3" not in opts:
+        problems.append(f"not an NFSv3 mount: {info}")
+    if "noacl" in opts:
+        problems.append(f"mounted with noacl: {info}")
+    if explicit:
+        for want in (f"port={run.server.nfs_port}", f"mountport={run.server.mount_port}"):
+            if want not in opts:
+                problems.append(f"{want} missing from the mount options: {info}")
+    return problems
+
+
+@dataclass
+class Entry:
+    kind: str
+    size: int
+    mode: int
+    inode: int
+    path: str
+
+
+def entries(run: Run, key: str = "ENTRY") -> dict[str, Entry]:
+    out: dict[str, Entry] = {}
+    for v in run.result.values(key):
+        kind, size, mode, inode, path = v.split("|", 4)
+        rel = path[2:] if path.startswith("./") else "." if path == "." else path
+        out[rel] = Entry(kind, int(size), int(mode, 8), int(inode), rel)
+    return out
+
+
+def listing_problems(run: Run, layout: Layout, key: str = "ENTRY") -> list[str]:
+    r = run.result
+    listed = [v for v in r.values("LISTED") if v.startswith(f"{key} ")]
+    if not listed:
+        return ["the guest never finished listing the tree"]
+    problems = [f"listing error: {e}" for e in r.values("LISTERR")]
+    if listed != [f"{key} rc=0"]:
+        problems.append(f"find in the guest failed: LISTED {listed}")
+    seen = entries(run, key)
+    for d in sorted(layout.dirs):
+        e = seen.get(d)
+        if e is None:
+            problems.append(f"missing directory: {d}")
+        elif e.kind != "directory":
+            problems.append(f"{d}: a {e.kind}, expected a directory")
+    for rel, exp in sorted(layout.files.items()):
+        e = seen.get(rel)
+        if e is None:
+            problems.append(f"missing file: {rel}")
+        elif e.kind not in ("regular file", "regular empty file"):
+            problems.append(f"{rel}: a {e.kind}, expected a regular file")
+        elif e.size != exp.size:
+            problems.append(f"{rel}: size {e.size}, expected {exp.size}")
+    for rel in sorted(set(seen) - layout.dirs - set(layout.files)):
+        problems.append(f"unexpected entry: {rel} ({seen[rel].kind}, {seen[rel].size} bytes)")
+    for rel, e in sorted(seen.items()):
+        if e.mode & 0o222:
+            problems.append(f"{rel}: mode {e.mode:o} has write permission bits")
+    by_inode: dict[int, list[str]] = {}
+    for rel, e in seen.items():
+        by_inode.setdefault(e.inode, []).append(rel)
+    for ino, paths in sorted(by_inode.items()):
+        if len(paths) > 1:
+            problems.append(f"file id {ino} shared by {sorted(paths)}")
+    return problems
+
+
+def check_problems(run: Run, groups: set[str] | None = None) -> tuple[list[str], int, int]:
+    """(problems, files compared, bytes compared) for the run's checks in `groups`."""
+    r = run.result
+    got = {}
+    for v in r.values("SHA"):
+        cid, _, sha = v.partition(" ")
+        got[cid] = sha.strip()
+    errs = {}
+    for v in r.values("READERR"):
+        cid, _, msg = v.partition(" ")
+        errs[cid] = msg
+    problems = []
+    files: set[str] = set()
+    nbytes = 0
+    for c in run.checks:
+        if groups and c.group not in groups:
+            continue
+        where = "whole file" if c.offset is None else f"bytes {c.offset}+{c.length}"
+        if c.id in errs:
+            problems.append(f"{c.path} ({where}): read error in the guest: {errs[c.id]}")
+        elif c.id not in got:
+            problems.append(f"{c.path} ({where}): not checked (the guest stopped before it)")
+        elif got[c.id] != c.sha256:
+            problems.append(
+                f"{c.path} ({where}): sha256 {got[c.id][:16]}..., expected {c.sha256[:16]}..."
+            )
+        else:
+            files.add(c.path)
+            nbytes += c.nbytes
+    return problems, len(files), nbytes
+
+
+def lookup_problems(run: Run, layout: Layout) -> list[str]:
+    problems = []
+    seen = set()
+    for v in run.result.values("LOOKUP"):
+        rc, path, msg = v.split("|", 2)
+        seen.add(path)
+        if rc == "0" or "No such file or directory" not in msg:
+            problems.append(f"{path}: lookup gave rc {rc}: {msg!r}; expected No such file")
+    for h in layout.hidden:
+        if h not in seen:
+            problems.append(f"{h}: lookup not tried (the guest stopped before it)")
+    return problems
+
+
+EROFS = ("Read-only file system",)
+# Opening an existing file for writing: the Linux client asks ACCESS first and fails
+# the open with EACCES when the server grants no MODIFY/EXTEND (as knfsd and ganesha
+# do on read-only exports); no write RPC is ever sent. Either answer refuses it.
+EROFS_OR_EACCES = ("Read-only file system", "Permission denied")
+READ_ONLY_OPS = {
+    "touch-existing": EROFS,
+    "touch-new": EROFS,
+    "create-new": EROFS,
+    "append-existing": EROFS_OR_EACCES,
+    "truncate-existing": EROFS_OR_EACCES,
+    "mkdir": EROFS,
+    "rm": EROFS,
+    "rmdir": EROFS,
+    "rename": EROFS,
+    "chmod": EROFS,
+    "symlink": EROFS,
+    "hardlink": EROFS,
+}
+
+
+def read_only_problems(run: Run, layout: Layout, ro_file: str) -> list[str]:
+    problems = []
+    refused = {}
+    for v in run.result.values("REFUSED"):
+        name, _, rest = v.partition(" ")
+        refused[name] = rest
+    for op, allowed in READ_ONLY_OPS.items():
+        rest = refused.get(op)
+        if rest is None:
+            problems.append(f"{op}: not tried")
+        elif rest.startswith("rc=0") or not any(a in rest for a in allowed):
+            problems.append(f"{op}: {rest!r}; expected it to fail with {' or '.join(allowed)}")
+    after = run.result.values("AFTER")
+    exp = layout.files[ro_file]
+    size_line = next((a for a in after if a.startswith("size ")), "")
+    if not size_line.startswith(f"size {exp.size} "):
+        problems.append(f"{ro_file} after the attempts: {size_line!r}, expected size {exp.size}")
+    if "new-" in size_line or "renamed" in size_line:
+        problems.append(f"a write attempt left an entry: {size_line!r}")
+    sha_line = next((a for a in after if a.startswith("sha ")), "")
+    if sha_line != f"sha {exp.sha256()}":
+        problems.append(f"{ro_file} changed: {sha_line!r}")
+    return problems
+
+
+def throughput(run: Run) -> dict | None:
+    v = run.result.one("THROUGHPUT")
+    if not v:
+        return None
+    size, t0, t1, *records = v.split(" ")
+    secs = max(float(t1) - float(t0), 0.01)
+    return {
+        "file": storage.STREAM,
+        "bytes": int(size),
+        "seconds": round(secs, 2),
+        "MB_per_s": round(int(size) / secs / 1e6, 1),
+        "MiB_per_s": round(int(size) / secs / (1 << 20), 1),
+        "dd": " ".join(records),
+    }
+
+
+def guest_timings(run: Run) -> dict:
+    """Boot, mount and total times in the guest (its uptime) and on the host."""
+    r = run.result
+
+    def up(key: str) -> float | None:
+        v = r.one(key)
+        try:
+            return float(v.split(" ")[-1]) if v else None
+        except ValueError:
+            return None
+
+    mount_t = r.time_of("MOUNT")
+    return {
+        "host_wall_s": round(r.wall_s, 1),
+        "guest_network_up_s": up("NETWORK"),
+        "host_mounted_at_s": mount_t,
+        "guest_end_s": up("END"),
+    }
+
+
+def write_results(kind: str, section: str, data: dict) -> Path:
+    """Merge `data` into .cache/kernel-guest/results.json under [kind][section]."""
+    path = assets.CACHE / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    entry = doc.setdefault(kind, {})
+    entry[section] = data
+    entry["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    return path
