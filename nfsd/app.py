@@ -23,9 +23,9 @@ The portmapper, unless ``--no-portmap``:
 * a portmapper answers on 127.0.0.1:111 (rpcbind, or another server's):
   register every version of MOUNT and NFS, TCP and UDP, with
   ``PMAPPROC_SET`` (``RPCBPROC_SET`` for tcp6/udp6), after an ``UNSET`` of
-  what a crashed run may have left, and ``UNSET`` them at stop.  rpcbind
-  takes registrations only over its local socket (``/run/rpcbind.sock``)
-  unless started with ``-i`` or ``-L``: that socket is used when present.
+  what a crashed run may have left, and ``UNSET`` them at stop.  rpcbind's
+  local socket (``/run/rpcbind.sock``) is used when present: rpcbind may
+  refuse registrations that come over the network, even from loopback.
 * none answers: serve ``nfsd.portmap`` on port 111 (a second ``RpcServer``).
 * either failing (a refusal, port 111 not ours to bind) is a warning, not an
   error: clients that give ``port=`` and ``mountport=`` still mount.
@@ -132,8 +132,8 @@ class HostPortmapper:
                         self.registered.append((prog.number, vers, netid))
                     else:
                         warnings.append(
-                            f"the portmapper at {where} refused {prog.name} v{vers} {netid} "
-                            "(rpcbind takes registrations over its local socket, or with -i)"
+                            f"the portmapper at {where} refused to register "
+                            f"{prog.name} v{vers} {netid}"
                         )
         except RpcError as e:
             warnings.append(f"cannot register with the portmapper at {where}: {e}")

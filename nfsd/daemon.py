@@ -36,8 +36,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import nfsd
 from nfsd.rpcclient import RpcClient, RpcError
 from nfsd.state import StateDir, pid_alive
 
@@ -78,6 +80,11 @@ def _read_until(fds: dict[int, bytearray], ready_fd: int, deadline: float) -> bo
 
 def spawn(serve_args: list[str], timeout: float) -> Started:
     """Start ``serve`` with ``serve_args`` in the background; wait until it is ready."""
+    # The child imports this very nfsd, wherever it came from (cwd is "/").
+    root = str(Path(nfsd.__file__).resolve().parent.parent)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     ready_r, ready_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -89,6 +96,7 @@ def spawn(serve_args: list[str], timeout: float) -> Started:
             pass_fds=(ready_w,),
             start_new_session=True,
             cwd="/",
+            env=env,
         )
     finally:
         os.close(ready_w)

@@ -38,8 +38,8 @@ traffic amplifier that rpcbind itself builds without by default (it then
 drops such calls, which leaves a TCP caller waiting for its timeout; the
 dispatcher cannot drop a reply, and an immediate ``PROC_UNAVAIL`` tells the
 caller the same sooner).  ``UADDR2TADDR``/``TADDR2UADDR`` (which convert to
-the host's ``struct sockaddr`` bytes), ``GETADDRLIST`` and ``GETSTAT`` have
-no client among those that mount NFS.
+the host's ``struct sockaddr`` bytes) and ``GETSTAT`` (rpcbind's call
+counters) have no client among those that mount NFS.
 """
 
 from __future__ import annotations
@@ -296,6 +296,25 @@ class PortmapService:
     def rpcb_getversaddr(self, ctx: CallContext, r: pm.rpcb) -> Reply:
         return self._getaddr(ctx, r, any_version=False)
 
+    # RFC 1833 §2.2 RPCBPROC_GETADDRLIST (v4): this version, every netid
+    def rpcb_getaddrlist(self, ctx: CallContext, r: pm.rpcb) -> Reply:
+        requested = r.r_addr.decode("ascii", errors="replace")
+        entries = [
+            pm.rpcb_entry(
+                uaddr(self._host(b, requested, ctx), b.port).encode(),
+                b.netid.encode(),
+                pm.NC_TPI_COTS_ORD if NETIDS[b.netid][0] == pm.IPPROTO_TCP else pm.NC_TPI_CLTS,
+                b"inet" if NETIDS[b.netid][1] == 4 else b"inet6",
+                b"tcp" if NETIDS[b.netid][0] == pm.IPPROTO_TCP else b"udp",
+            )
+            for b in self.table.dump()
+            if (b.prog, b.vers) == (r.r_prog, r.r_vers)
+        ]
+        ctx.note = f"prog={r.r_prog} vers={r.r_vers} -> {len(entries)}"
+        p = PortmapPacker()
+        p.pack_rpcb_entry_list(entries)
+        return Reply([p.get_buffer()])
+
     # RFC 1833 §2.2 RPCBPROC_DUMP
     def rpcb_dump(self, ctx: CallContext, args: None) -> Reply:
         rows = [
@@ -350,8 +369,11 @@ class PortmapService:
                     pm.RPCBPROC_GETVERSADDR: Procedure(
                         "RPCB_GETVERSADDR", u.unpack_rpcb, self.rpcb_getversaddr
                     ),
-                    # 10 RPCBPROC_INDIRECT, 11 RPCBPROC_GETADDRLIST, 12 RPCBPROC_GETSTAT:
-                    # absent, PROC_UNAVAIL
+                    # 10 RPCBPROC_INDIRECT: absent, PROC_UNAVAIL
+                    pm.RPCBPROC_GETADDRLIST: Procedure(
+                        "RPCB_GETADDRLIST", u.unpack_rpcb, self.rpcb_getaddrlist
+                    ),
+                    # 12 RPCBPROC_GETSTAT: absent, PROC_UNAVAIL
                 },
             },
         )

@@ -166,7 +166,7 @@ def test_set_rejects_bad_protocol_and_port() -> None:
 
 def test_callit_and_other_absent_procedures_are_proc_unavail() -> None:
     d = dispatcher()
-    for vers, proc in ((2, 5), (3, 5), (3, 7), (3, 8), (4, 5), (4, 10), (4, 11), (4, 12), (2, 6)):
+    for vers, proc in ((2, 5), (3, 5), (3, 7), (3, 8), (4, 5), (4, 10), (4, 12), (2, 6)):
         r = ask(d, vers, proc, b"\0" * 16)
         assert (r.reply_stat, r.stat) == (rpc.MSG_ACCEPTED, rpc.PROC_UNAVAIL), (vers, proc)
 
@@ -262,6 +262,30 @@ def test_rpcbind_dump_lists_every_binding_with_universal_addresses() -> None:
     assert (NFS, 3, "udp", "0.0.0.0.8.1") in got
     assert (pm.PMAP_PROG, 4, "tcp", "0.0.0.0.0.111") in got
     assert all(x.r_owner == b"recovery-fs" for x in rows)
+
+
+def test_getaddrlist_names_every_transport_of_a_version() -> None:
+    d = dispatcher(bind="::", port=2049)
+    r = ask(d, 4, pm.RPCBPROC_GETADDRLIST, rpcb(NFS, 3, "tcp"), peer="::1:900")
+    assert r.ok
+    got = {
+        (
+            e.r_maddr.decode(),
+            e.r_nc_netid.decode(),
+            e.r_nc_semantics,
+            e.r_nc_protofmly,
+            e.r_nc_proto,
+        )
+        for e in PortmapUnpacker(r.body).unpack_rpcb_entry_list()
+    }
+    assert got == {
+        ("127.0.0.1.8.1", "tcp", pm.NC_TPI_COTS_ORD, b"inet", b"tcp"),
+        ("127.0.0.1.8.1", "udp", pm.NC_TPI_CLTS, b"inet", b"udp"),
+        ("::1.8.1", "tcp6", pm.NC_TPI_COTS_ORD, b"inet6", b"tcp"),
+        ("::1.8.1", "udp6", pm.NC_TPI_CLTS, b"inet6", b"udp"),
+    }
+    r = ask(d, 4, pm.RPCBPROC_GETADDRLIST, rpcb(NFS, 4, "tcp"))
+    assert PortmapUnpacker(r.body).unpack_rpcb_entry_list() == []
 
 
 def test_gettime_is_now() -> None:
