@@ -148,10 +148,9 @@ def test_merged_image_copies_byte_exact(server, storage, tmp_path, path):
     expected = storage[1][path]
     got = target.read_bytes()
     assert len(got) == len(expected)
-    first_bad = next(
-        (i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b), None
-    )
-    assert first_bad is None, f"{path}: first wrong byte at {first_bad}"
+    if got != expected:
+        first_bad = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+        pytest.fail(f"{path}: first wrong byte at {first_bad}")
 
 
 class _Url(ctypes.Structure):
