@@ -1,0 +1,219 @@
+"""The filter stack: what every layer shares, and the defaults a filter inherits.
+
+Design notes
+------------
+The namespace is a stack of layers, nbdkit-style.  Each holds the layer
+below it and overrides only the calls whose answer it changes; the others
+fall through to the lower layer:
+
+==================  ====================================================
+layer               changes
+==================  ====================================================
+``HideLayer``       top: drops ``*-pancbt.vmdk`` names, reports orphans
+``MergeLayer``      ``NAME-flat.vmdk`` beside a pancbt becomes merged
+``LinksLayer``      SmartMotion ``.json`` links become their target
+``Passthrough``     bottom: the storage directory, read-only
+==================  ====================================================
+
+Inside the stack a layer speaks in :class:`Entry` (attributes, where the
+bytes come from, how many links deep) and :class:`Listing` (a directory's
+entries, and the names withheld by rule 5 so that upper layers can tell "not
+there" from "there but wrong").  The server's four calls
+(:class:`merge.namespace.Namespace`) are built once, here, on three
+internal ones a filter may override:
+
+=====================  ==================================================
+``lookup(path)``       the entry of ``path``, whose parent is known to be
+                       a presented directory
+``listing(dir)``       the entries of a presented directory
+``open_file(path)``    a :class:`~merge.sources.Handle` on a presented file
+=====================  ==================================================
+
+``resolve(path)`` checks every parent of ``path`` is a presented directory
+before looking ``path`` up; ``getattr``, ``readdir``, ``open`` and the link
+layer's target lookups go through it, so nothing below a hidden or
+non-directory entry is ever reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from merge.cache import Clock
+from merge.namespace import (
+    Attrs,
+    FsStats,
+    IsADirectory,
+    Kind,
+    NotADirectory,
+    PresentedPath,
+)
+from merge.problems import Problems
+from merge.sources import Handle
+
+# --- where an entry's bytes come from (for ``ls`` and messages) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A storage file or directory, presented as it is."""
+
+    path: str
+
+    def describe(self) -> str:
+        return "passthrough"
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Linked:
+    """A SmartMotion link file, presenting its target."""
+
+    link: str
+    target: PresentedPath
+    target_origin: Origin
+
+    def describe(self) -> str:
+        return f"link -> /{'/'.join(self.target)} ({self.target_origin.describe()})"
+
+    @property
+    def where(self) -> str:
+        return self.link
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """A base image with a pancbt's extents spliced in."""
+
+    base: Origin
+    pancbt: Origin
+
+    def describe(self) -> str:
+        return f"merged: base {self.base.describe()} + pancbt {self.pancbt.where}"
+
+    @property
+    def where(self) -> str:
+        return self.pancbt.where
+
+
+Origin = Stored | Linked | Merged
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A presented entry inside the stack."""
+
+    attrs: Attrs
+    origin: Origin
+    depth: int = 0  # SmartMotion links followed to reach its bytes (rule 3: at most 16)
+
+
+class Listing:
+    """A presented directory: its entries, and the names rule 5 withholds."""
+
+    __slots__ = ("entries", "items", "withheld")
+
+    def __init__(self, entries: Mapping[str, Entry], withheld: frozenset[str] = frozenset()):
+        self.entries = entries
+        self.withheld = withheld
+        self.items: tuple[tuple[str, Attrs], ...] = tuple(
+            (name, e.attrs) for name, e in entries.items()
+        )
+
+
+# --- what all layers share -------------------------------------------------------
+
+
+class Context:
+    """Settings, clock and problem registry shared by the layers of one stack."""
+
+    def __init__(
+        self,
+        root: str,
+        clock: Clock,
+        problems: Problems,
+        ttl: float = 1.0,
+        recheck: float = 1.0,
+    ) -> None:
+        self.root = root
+        self.clock = clock
+        self.problems = problems
+        self.ttl = ttl  # listings and stats are at most this old
+        self.recheck = recheck  # prepared merges re-stat their inputs this often
+        self._local = threading.local()
+
+    def due(self, checked_at: float) -> bool:
+        """Whether something checked at ``checked_at`` must be checked again now."""
+        return self.forced() or self.clock() - checked_at >= self.recheck
+
+    def forced(self) -> bool:
+        return getattr(self._local, "fresh", 0) > 0
+
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[None]:
+        """Inside, on this thread, cached inputs are re-stat'ed before use.
+
+        A merge being prepared opens its inputs in this mode, so that a base
+        that is itself merged is not taken from a cache checked up to a
+        second ago: the new merge never pairs a new pancbt with an old base.
+        """
+        self._local.fresh = getattr(self._local, "fresh", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.fresh -= 1
+
+
+class Layer:
+    """A namespace filter; by default every call goes to the layer below."""
+
+    def __init__(self, lower: Layer | None, ctx: Context) -> None:
+        self._lower = lower
+        self.ctx = ctx
+
+    @property
+    def lower(self) -> Layer:
+        assert self._lower is not None, "the bottom layer overrides every call"
+        return self._lower
+
+    # -- what a filter overrides --------------------------------------------------
+
+    def lookup(self, path: PresentedPath) -> Entry:
+        return self.lower.lookup(path)
+
+    def listing(self, path: PresentedPath) -> Listing:
+        return self.lower.listing(path)
+
+    def open_file(self, path: PresentedPath) -> Handle:
+        return self.lower.open_file(path)
+
+    def fsstat(self) -> FsStats:
+        return self.lower.fsstat()
+
+    # -- merge.namespace.Namespace, built once on the calls above ------------------
+
+    def resolve(self, path: PresentedPath) -> Entry:
+        """The entry of ``path``, each parent checked to be a presented directory."""
+        for i in range(1, len(path)):
+            if self.lookup(path[:i]).attrs.kind != Kind.DIR:
+                raise NotADirectory("/" + "/".join(path[:i]))
+        return self.lookup(path)
+
+    def getattr(self, path: PresentedPath) -> Attrs:
+        return self.resolve(path).attrs
+
+    def readdir(self, path: PresentedPath) -> Sequence[tuple[str, Attrs]]:
+        if self.resolve(path).attrs.kind != Kind.DIR:
+            raise NotADirectory("/" + "/".join(path))
+        return self.listing(path).items
+
+    def open(self, path: PresentedPath) -> Handle:
+        if self.resolve(path).attrs.kind == Kind.DIR:
+            raise IsADirectory("/" + "/".join(path))
+        return self.open_file(path)

@@ -1,0 +1,220 @@
+"""The merge layer (namespace.md rule 4): ``NAME-flat.vmdk`` beside a pancbt is merged.
+
+Design notes
+------------
+When a directory holds ``NAME-pancbt.vmdk`` and presents ``NAME-flat.vmdk``
+(a real file or a link, from the layer below), this layer presents, under
+that name, the merged image of pancbt.md.  Its attributes:
+
+=========  ==============================================================
+size       the pancbt's ``disk_size``
+mtime      the later of the base's and the pancbt's (rule 7); ctime and
+           atime likewise
+mode       the base's and the pancbt's read bits in common
+used       base's plus pancbt's
+depth      the base's: links followed through a merge count (rule 3)
+=========  ==============================================================
+
+A merge is *prepared* on first use (lookup, listing or open): base and
+pancbt opened, the pancbt read and validated against the base's actual size
+(rule 8 of pancbt.md), the extent map built.  An invalid pancbt withholds
+the flat image (rule 5: an older disk must never be shown as the newer one)
+and is reported once.
+
+Prepared merges live in a bounded LRU.  Each holds its inputs' handles, so
+its descriptors stay valid; an evicted merge closes them when its last
+reader is done.  At most every ``recheck`` seconds a merge in use re-stats
+its inputs (base, pancbt and, through links and merged bases, everything
+below): any change of size, mtime or inode and it is prepared again, from
+inputs opened fresh (``Context.fresh``).  A merge that is not current right
+after being prepared (an input replaced meanwhile) is prepared again; after
+three tries the caller gets ``InputChanged``.  The map and the descriptors of
+a merge are never mixed with those of another.
+"""
+
+from __future__ import annotations
+
+from merge.attrs import fileid_for
+from merge.cache import TtlLru
+from merge.extents import ExtentMap
+from merge.layer import Context, Entry, Layer, Listing, Merged
+from merge.names import flat_of, is_flat, is_pancbt, pancbt_of
+from merge.namespace import Attrs, InputChanged, Kind, NotFound, PresentedPath
+from merge.pancbt import PancbtError, read_pancbt
+from merge.sources import Handle, MergedSource, read_at
+
+PREPARE_TRIES = 3
+
+
+class _Prepared:
+    """A merge ready to read: the source (holding the inputs) and its entry."""
+
+    __slots__ = ("checked_at", "entry", "source")
+
+    def __init__(self, source: MergedSource, entry: Entry, checked_at: float) -> None:
+        self.source = source
+        self.entry = entry
+        self.checked_at = checked_at
+
+    def is_current(self) -> bool:
+        return self.source.is_current()
+
+    def drop(self) -> None:
+        self.source.release()
+
+
+class _Rejected:
+    """A merge whose pancbt is invalid; remembered until an input changes."""
+
+    __slots__ = ("base", "checked_at", "overlay", "reason", "where")
+
+    def __init__(
+        self, base: Handle, overlay: Handle, where: str, reason: str, checked_at: float
+    ) -> None:
+        self.base = base  # closed: kept to re-stat the inputs
+        self.overlay = overlay
+        self.where = where  # the pancbt's storage path
+        self.reason = reason
+        self.checked_at = checked_at
+
+    def is_current(self) -> bool:
+        return self.overlay.is_current() and self.base.is_current()
+
+    def drop(self) -> None:
+        pass
+
+
+class MergeLayer(Layer):
+    """Splices each pancbt into the flat image beside it."""
+
+    def __init__(self, lower: Layer, ctx: Context, *, cache_size: int = 64) -> None:
+        super().__init__(lower, ctx)
+        self._merges: TtlLru[PresentedPath, _Prepared | _Rejected] = TtlLru(
+            cache_size, None, ctx.clock, on_evict=lambda m: m.drop()
+        )
+        self._listings: TtlLru[PresentedPath, Listing] = TtlLru(1024, ctx.ttl, ctx.clock)
+
+    # -- the layer's calls ----------------------------------------------------------
+
+    def lookup(self, path: PresentedPath) -> Entry:
+        if self._has_pancbt(path):
+            return self._merge(path).entry
+        return self.lower.lookup(path)
+
+    def listing(self, path: PresentedPath) -> Listing:
+        found = self._listings.get(path)
+        if found is not None:
+            return found
+        low = self.lower.listing(path)
+        entries = dict(low.entries)
+        withheld = set(low.withheld)
+        for name, entry in low.entries.items():
+            flat = flat_of(name) if is_pancbt(name) else None
+            if flat is None or entry.attrs.kind != Kind.REG:
+                continue
+            base = entries.get(flat)
+            if base is None or base.attrs.kind != Kind.REG:
+                continue  # an orphan: the hide layer reports it
+            try:
+                entries[flat] = self._merge((*path, flat)).entry
+            except NotFound:
+                del entries[flat]
+                withheld.add(flat)
+        found = Listing(entries, frozenset(withheld))
+        self._listings.put(path, found)
+        return found
+
+    def open_file(self, path: PresentedPath) -> Handle:
+        if self._has_pancbt(path):
+            for _ in range(PREPARE_TRIES):
+                merge = self._merge(path)
+                if merge.source.try_retain():
+                    return Handle.adopt(merge.source)
+            raise InputChanged("/" + "/".join(path))
+        return self.lower.open_file(path)
+
+    # -- preparing and checking merges --------------------------------------------------
+
+    def _has_pancbt(self, path: PresentedPath) -> bool:
+        if not path or not is_flat(path[-1]):
+            return False
+        try:
+            pancbt = self.lower.lookup((*path[:-1], pancbt_of(path[-1])))
+        except NotFound:
+            return False
+        return pancbt.attrs.kind == Kind.REG
+
+    def _merge(self, path: PresentedPath) -> _Prepared:
+        """The prepared merge at ``path``, re-prepared if an input changed."""
+        merge: _Prepared | _Rejected | None = self._merges.get(path)
+        if merge is not None and self.ctx.due(merge.checked_at):
+            if merge.is_current():
+                merge.checked_at = self.ctx.clock()
+            else:
+                self._merges.pop(path, merge)
+                merge = None
+        if merge is None:
+            merge = self._prepare(path)
+            self._merges.put(path, merge)
+        if isinstance(merge, _Rejected):
+            raise NotFound(merge.reason)
+        return merge
+
+    def _prepare(self, path: PresentedPath) -> _Prepared | _Rejected:
+        for _ in range(PREPARE_TRIES):
+            merge = self._prepare_once(path)
+            if merge.is_current():
+                if isinstance(merge, _Rejected):
+                    self.ctx.problems.report(5, merge.where, merge.reason)
+                return merge
+            merge.drop()
+        raise InputChanged(f"/{'/'.join(path)}: inputs keep changing")
+
+    def _prepare_once(self, path: PresentedPath) -> _Prepared | _Rejected:
+        pancbt_path = (*path[:-1], pancbt_of(path[-1]))
+        with self.ctx.fresh():
+            base_entry = self.lower.lookup(path)
+            pancbt_entry = self.lower.lookup(pancbt_path)
+            if base_entry.attrs.kind != Kind.REG:
+                raise NotFound("/" + "/".join(path))
+            base = self.lower.open_file(path)
+            try:
+                overlay = self.lower.open_file(pancbt_path)
+            except BaseException:
+                base.close()
+                raise
+        now = self.ctx.clock()
+        where = pancbt_entry.origin.where
+        try:
+            pancbt = read_pancbt(
+                lambda pos, n: read_at(overlay, pos, n), overlay.size, where, base.size
+            )
+            emap = ExtentMap(pancbt.extents, pancbt.header.disk_size, base.size)
+        except PancbtError as e:
+            base.close()
+            overlay.close()
+            reason = f"{path[-1]} not presented: invalid pancbt, rule {e.rule}: {e.message}"
+            return _Rejected(base, overlay, where, reason, now)
+        except BaseException:
+            base.close()
+            overlay.close()
+            raise
+        attrs = _merged_attrs(path, emap.disk_size, base.attrs, overlay.attrs)
+        entry = Entry(attrs, Merged(base_entry.origin, pancbt_entry.origin), base_entry.depth)
+        return _Prepared(MergedSource(base, overlay, emap, attrs), entry, now)
+
+
+def _merged_attrs(path: PresentedPath, size: int, base: Attrs, pancbt: Attrs) -> Attrs:
+    return Attrs(
+        kind=Kind.REG,
+        size=size,
+        used=base.used + pancbt.used,
+        mode=base.mode & pancbt.mode,
+        nlink=1,
+        uid=base.uid,
+        gid=base.gid,
+        fileid=fileid_for(path),
+        atime_ns=max(base.atime_ns, pancbt.atime_ns),
+        mtime_ns=max(base.mtime_ns, pancbt.mtime_ns),
+        ctime_ns=max(base.ctime_ns, pancbt.ctime_ns),
+    )

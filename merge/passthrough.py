@@ -1,0 +1,187 @@
+"""Bottom layer: the storage directory, read-only (namespace.md rule 1).
+
+Design notes
+------------
+* Presented path ``(a, b)`` is storage path ``root/a/b``.  Directories and
+  regular files are presented; so are symbolic links *inside* the root,
+  as what they point to.  Withheld, reported once (rule 5):
+
+  ======================================  =================================
+  entry                                   why
+  ======================================  =================================
+  symbolic link resolving outside root    rule 5, last case
+  dangling symbolic link (or link loop)   nothing to present (spec silent)
+  symbolic link to a directory holding    the tree would be infinite
+  it (or to one of its presented parents)  (spec silent)
+  FIFO, socket, device                    not a file nor a directory
+  ======================================  =================================
+
+* Nothing in the storage is ever written, renamed or locked.  Files are
+  opened ``O_RDONLY | O_NOATIME`` (without ``O_NOATIME`` where the kernel
+  refuses it with ``EPERM``: files of another owner).
+* Caches, all bounded: stats of looked-up paths and directory listings for
+  ``ttl`` seconds (so new, removed and replaced entries show within that
+  time, rule 8); open descriptors (LRU), each checked against a fresh
+  ``stat`` of its path at every open, so a replaced file is reopened and a
+  reader gets the size of the moment it opened.
+* Nothing is read at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from merge.attrs import attrs_from_stat
+from merge.cache import TtlLru
+from merge.layer import Context, Entry, Layer, Listing, Stored
+from merge.names import valid_name
+from merge.namespace import FsStats, NotFound, PresentedPath
+from merge.sources import FileSource, Handle, os_error
+
+
+class _Withheld:
+    """A storage entry that exists but is not presented, and why."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+_Missing = _Withheld("no such file")
+
+
+class Passthrough(Layer):
+    """The storage tree under ``ctx.root``."""
+
+    def __init__(self, ctx: Context, *, fd_cache: int = 128, stat_cache: int = 65536) -> None:
+        super().__init__(None, ctx)
+        self.root = ctx.root
+        self._stats: TtlLru[PresentedPath, Entry | _Withheld] = TtlLru(
+            stat_cache, ctx.ttl, ctx.clock
+        )
+        self._listings: TtlLru[PresentedPath, Listing] = TtlLru(1024, ctx.ttl, ctx.clock)
+        self._files: TtlLru[PresentedPath, FileSource] = TtlLru(
+            fd_cache, None, ctx.clock, on_evict=FileSource.release
+        )
+
+    def storage_path(self, path: PresentedPath) -> str:
+        return os.path.join(self.root, *path)
+
+    # -- lookup and listing ---------------------------------------------------------
+
+    def lookup(self, path: PresentedPath) -> Entry:
+        found = self._stats.get(path)
+        if found is None:
+            found = self._classify(path, None)
+            self._stats.put(path, found)
+        if isinstance(found, _Withheld):
+            raise NotFound("/" + "/".join(path))
+        return found
+
+    def listing(self, path: PresentedPath) -> Listing:
+        found = self._listings.get(path)
+        if found is not None:
+            return found
+        entries: dict[str, Entry] = {}
+        withheld: set[str] = set()
+        try:
+            with os.scandir(self.storage_path(path)) as it:
+                for de in it:
+                    child = (*path, de.name)
+                    got = self._classify(child, de)
+                    self._stats.put(child, got)
+                    if isinstance(got, Entry):
+                        entries[de.name] = got
+                    elif got is not _Missing:
+                        withheld.add(de.name)
+        except OSError as e:
+            raise os_error(e, self.storage_path(path)) from e
+        found = Listing(entries, frozenset(withheld))
+        self._listings.put(path, found)
+        return found
+
+    def _classify(self, path: PresentedPath, de: os.DirEntry[str] | None) -> Entry | _Withheld:
+        """What the storage holds at ``path``: an entry, or why it is not presented."""
+        spath = self.storage_path(path)
+        if path and not valid_name(path[-1]):
+            return _Missing
+        try:
+            is_link = de.is_symlink() if de is not None else os.path.islink(spath)
+            if is_link:
+                reason = self._symlink_problem(path, spath)
+                if reason is not None:
+                    self.ctx.problems.report(5, spath, reason)
+                    return _Withheld(reason)
+            st = de.stat() if de is not None else os.stat(spath)
+        except FileNotFoundError:
+            return _Missing
+        except OSError as e:
+            err = os_error(e, spath)
+            if isinstance(err, NotFound):
+                return _Missing
+            raise err from e
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            reason = "neither a regular file nor a directory"
+            self.ctx.problems.report(5, spath, reason)
+            return _Withheld(reason)
+        return Entry(attrs_from_stat(st, path), Stored(spath))
+
+    def _symlink_problem(self, path: PresentedPath, spath: str) -> str | None:
+        """Why the symbolic link at ``path`` is not presented, or ``None``."""
+        real = os.path.realpath(spath)
+        if not _inside(real, self.root):
+            return "symbolic link leading outside the storage root"
+        try:
+            st = os.stat(spath)
+        except OSError:
+            return "dangling symbolic link"
+        if stat.S_ISDIR(st.st_mode):
+            for i in range(len(path)):
+                above = os.path.realpath(self.storage_path(path[:i]))
+                if above == real or above.startswith(real + os.sep):
+                    return "symbolic link to a directory that holds it (an endless tree)"
+        return None
+
+    # -- open -----------------------------------------------------------------------
+
+    def open_file(self, path: PresentedPath) -> Handle:
+        """A handle on the file at ``path``, reusing a cached descriptor if still current."""
+        spath = self.storage_path(path)
+        try:
+            st = os.stat(spath)
+        except OSError as e:
+            raise os_error(e, spath) from e
+        cached = self._files.get(path)
+        if cached is not None and cached.stamp.matches(st) and cached.try_retain():
+            return Handle.adopt(cached)
+        real = os.path.realpath(spath)
+        if not _inside(real, self.root):
+            raise NotFound(spath)
+        source = FileSource.open(real, lambda fst: attrs_from_stat(fst, path))
+        handle = Handle(source)  # the handle's reference; the born one goes to the cache
+        self._files.put(path, source)
+        return handle
+
+    def fsstat(self) -> FsStats:
+        try:
+            v = os.statvfs(self.root)
+        except OSError as e:
+            raise os_error(e, self.root) from e
+        return FsStats(
+            total_bytes=v.f_blocks * v.f_frsize,
+            free_bytes=v.f_bfree * v.f_frsize,
+            avail_bytes=v.f_bavail * v.f_frsize,
+            total_files=v.f_files,
+            free_files=v.f_ffree,
+            avail_files=v.f_favail,
+        )
+
+    def close(self) -> None:
+        """Close every cached descriptor (handles still open keep theirs)."""
+        self._files.clear()
+
+
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)

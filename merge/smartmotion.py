@@ -1,0 +1,84 @@
+"""SmartMotion link files (namespace.md rule 3): what one says, from its bytes.
+
+A file named ``*.json`` whose content is a JSON object with
+``"smartmotion": 1`` and a string ``"target"`` is a link.  Anything else is
+an ordinary file (rule 1): not JSON, not an object, no ``smartmotion`` key or
+another value, no string target.
+
+Where the spec is silent (also in ``docs/namespace-notes.md``):
+
+* ``"smartmotion"`` must be the JSON integer 1: ``1.0`` and ``true`` make
+  an ordinary file;
+* a file larger than :data:`MAX_LINK_SIZE` is not read and is an ordinary
+  file: a link is a few hundred bytes, and a listing must not read images;
+* JSON is decoded as ``json.loads`` does (UTF-8, -16 or -32);
+* a link whose ``"name"`` is present but not a usable name (not a string,
+  empty, ``.``/``..``, or holding ``/`` or NUL) is a link that cannot be
+  presented: it is withheld and reported (rule 5), not shown as a file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from merge.names import valid_name
+
+MAX_LINK_SIZE = 64 * 1024
+SUFFIX = ".json"
+
+
+class LinkDoc(NamedTuple):
+    """What a link file says: its target as written, and its presented name."""
+
+    target: str
+    name: str
+
+
+class BadLink(Exception):
+    """A SmartMotion link that cannot be presented (reason in the message)."""
+
+
+def parse_link(file_name: str, raw: bytes) -> LinkDoc | None:
+    """The link in ``raw`` (the content of ``file_name``), or ``None`` if not a link.
+
+    Raises :class:`BadLink` for a link with an unusable ``"name"``.
+    """
+    if not file_name.endswith(SUFFIX) or len(raw) > MAX_LINK_SIZE:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    marker = doc.get("smartmotion")
+    target = doc.get("target")
+    if type(marker) is not int or marker != 1 or not isinstance(target, str):
+        return None
+    if "name" not in doc:
+        return LinkDoc(target, file_name[: -len(SUFFIX)])
+    name = doc["name"]
+    if not isinstance(name, str) or not valid_name(name):
+        raise BadLink(f'SmartMotion link with an unusable "name": {name!r}')
+    return LinkDoc(target, name)
+
+
+def target_path(link_dir: tuple[str, ...], target: str) -> tuple[str, ...] | None:
+    """The presented path ``target`` names, from the link's directory ``link_dir``.
+
+    Relative to ``link_dir``, or to the storage root when it starts with
+    ``/``.  Empty and ``.`` components are skipped and ``..`` removes one;
+    ``None`` when a ``..`` would climb above the storage root.
+    """
+    parts = [] if target.startswith("/") else list(link_dir)
+    for comp in target.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(comp)
+    return tuple(parts)

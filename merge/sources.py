@@ -1,0 +1,299 @@
+"""The bytes behind an opened presented file, and the handles the server reads with.
+
+Design notes
+------------
+A *source* is immutable once built and holds what its bytes need: a file
+descriptor, or other sources' handles.  It is reference counted; the
+descriptors close when the last reference goes, never earlier:
+
+===================  =======================================================
+holder               reference it holds
+===================  =======================================================
+a cache entry        the one the source was born with; dropped on eviction
+a :class:`Handle`    one, taken when opened, dropped by ``close``/``__exit__``
+a merged/link source a handle on each source it reads from
+===================  =======================================================
+
+So a source evicted from a cache while a server thread is mid-read keeps
+its descriptors until that thread closes its handle: a descriptor number is
+never closed, and so never reused for another file, under a reader.
+
+``try_retain`` refuses a source whose count already reached zero; a cache
+that loses that race treats it as a miss.
+
+==================  ==========================================================
+source              ``runs(offset, count)``
+==================  ==========================================================
+:class:`FileSource`   ``[Run(fd, offset, n)]``, bounded by the size at open
+:class:`MergedSource` the extent map's runs, each BASE / OVERLAY run replaced
+                      by the base's / pancbt's own runs (composes: a base may
+                      itself be merged or a link)
+:class:`LinkSource`   the target's runs
+==================  ==========================================================
+
+Every source can say whether its inputs are still the files it was built
+from (``is_current``: a ``stat`` per input, no reads).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable
+
+from merge.extents import BASE, OVERLAY, ExtentMap, append_run
+from merge.namespace import (
+    ZERO_FD,
+    AccessDenied,
+    Attrs,
+    InputChanged,
+    NamespaceError,
+    NotADirectory,
+    NotFound,
+    Run,
+    StorageIOError,
+)
+from merge.stamps import Stamp
+
+
+class Source:
+    """Bytes of a presented file; born with one reference, closed at zero."""
+
+    def __init__(self, size: int, attrs: Attrs) -> None:
+        self.size = size
+        self.attrs = attrs
+        self._refs = 1
+        self._lock = threading.Lock()
+
+    def try_retain(self) -> bool:
+        """Take a reference, unless the source is already closed."""
+        with self._lock:
+            if self._refs <= 0:
+                return False
+            self._refs += 1
+            return True
+
+    def release(self) -> None:
+        """Drop a reference; the last one closes the source."""
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._refs <= 0
+
+    def runs(self, offset: int, count: int) -> list[Run]:
+        raise NotImplementedError
+
+    def is_current(self) -> bool:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class Handle:
+    """An opened presented file (``merge.namespace.Reader``): one reference on a source."""
+
+    __slots__ = ("_closed", "_lock", "source")
+
+    def __init__(self, source: Source) -> None:
+        if not source.try_retain():
+            raise InputChanged("the file was closed while being opened")
+        self.source = source
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def adopt(cls, source: Source) -> Handle:
+        """A handle that takes over the reference ``source`` was born with."""
+        handle = cls.__new__(cls)
+        handle.source = source
+        handle._closed = False
+        handle._lock = threading.Lock()
+        return handle
+
+    @property
+    def size(self) -> int:
+        return self.source.size
+
+    @property
+    def attrs(self) -> Attrs:
+        return self.source.attrs
+
+    def runs(self, offset: int, count: int) -> list[Run]:
+        if self._closed:
+            raise InputChanged("read on a closed handle")
+        return self.source.runs(offset, count)
+
+    def is_current(self) -> bool:
+        return self.source.is_current()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.source.release()
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- plain files ------------------------------------------------------------
+
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def open_readonly(path: str) -> int:
+    """Open a storage file for reading, without touching its atime when allowed.
+
+    ``O_NOATIME`` is refused (``EPERM``) on files the process does not own
+    unless it has CAP_FOWNER; then the open is retried without it.
+    ``O_NOFOLLOW``: ``path`` is already resolved, a symbolic link appearing
+    there since is not followed.  ``O_NONBLOCK``: a FIFO swapped in cannot
+    block the server (and is then refused as not a regular file).
+    """
+    try:
+        try:
+            return os.open(path, _FLAGS | _NOATIME)
+        except PermissionError as e:
+            if e.errno != errno.EPERM or not _NOATIME:
+                raise
+            return os.open(path, _FLAGS)
+    except OSError as e:
+        raise os_error(e, path) from e
+
+
+class FileSource(Source):
+    """A regular storage file, read through one descriptor."""
+
+    def __init__(self, fd: int, stamp: Stamp, attrs: Attrs) -> None:
+        super().__init__(stamp.size, attrs)
+        self.fd = fd
+        self.stamp = stamp
+
+    @classmethod
+    def open(cls, path: str, make_attrs: Callable[[os.stat_result], Attrs]) -> FileSource:
+        """Open ``path``; its size, stamp and attributes come from ``fstat`` of the fd."""
+        fd = open_readonly(path)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFound(f"{path}: not a regular file")
+            return cls(fd, Stamp.of(path, st), make_attrs(st))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def runs(self, offset: int, count: int) -> list[Run]:
+        end = min(offset + count, self.size)
+        if offset >= end:
+            return []
+        return [Run(self.fd, offset, end - offset)]
+
+    def is_current(self) -> bool:
+        return self.stamp.current()
+
+    def _close(self) -> None:
+        os.close(self.fd)
+
+
+# --- composed sources -------------------------------------------------------
+
+
+class MergedSource(Source):
+    """A base with a pancbt's extents spliced in (pancbt.md, "The merged image")."""
+
+    def __init__(self, base: Handle, overlay: Handle, emap: ExtentMap, attrs: Attrs) -> None:
+        super().__init__(emap.disk_size, attrs)
+        self.base = base
+        self.overlay = overlay
+        self.emap = emap
+
+    def runs(self, offset: int, count: int) -> list[Run]:
+        out: list[Run] = []
+        for tag, pos, length in self.emap.runs(offset, count):
+            if tag == BASE:
+                pieces = self.base.runs(pos, length)
+            elif tag == OVERLAY:
+                pieces = self.overlay.runs(pos, length)
+            else:
+                pieces = [Run(ZERO_FD, 0, length)]
+            if sum(p.length for p in pieces) != length:
+                raise InputChanged(f"an input of the merged image is shorter than {pos + length}")
+            for piece in pieces:
+                append_run(out, piece)
+        return out
+
+    def is_current(self) -> bool:
+        return self.overlay.is_current() and self.base.is_current()
+
+    def _close(self) -> None:
+        self.base.close()
+        self.overlay.close()
+
+
+class LinkSource(Source):
+    """A SmartMotion link: the target's bytes, and the link file it depends on."""
+
+    def __init__(self, target: Handle, link_file: Source, attrs: Attrs) -> None:
+        super().__init__(target.size, attrs)
+        self.target = target
+        self.link_file = link_file  # the .json's source, maybe closed: only re-stat
+
+    def runs(self, offset: int, count: int) -> list[Run]:
+        return self.target.runs(offset, count)
+
+    def is_current(self) -> bool:
+        return self.link_file.is_current() and self.target.is_current()
+
+    def _close(self) -> None:
+        self.target.close()
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def read_runs(runs: list[Run]) -> bytes:
+    """The bytes the runs stand for (small reads only: link files, pancbt tables)."""
+    out = bytearray()
+    for fd, start, length in runs:
+        if fd == ZERO_FD:
+            out += bytes(length)
+            continue
+        pos, left = start, length
+        while left:
+            chunk = os.pread(fd, left, pos)
+            if not chunk:
+                raise InputChanged(f"short read: {left} bytes missing at {pos}")
+            out += chunk
+            pos += len(chunk)
+            left -= len(chunk)
+    return bytes(out)
+
+
+def read_at(handle: Handle, pos: int, count: int) -> bytes:
+    """Up to ``count`` bytes of ``handle`` at ``pos`` (fewer only at its end)."""
+    return read_runs(handle.runs(pos, count))
+
+
+def os_error(e: OSError, path: str) -> NamespaceError:
+    """The namespace error for an ``OSError`` on a storage path (one place)."""
+    code = e.errno
+    if code in (errno.ENOENT, errno.ELOOP, errno.ENAMETOOLONG):
+        return NotFound(path)
+    if code == errno.ENOTDIR:
+        return NotADirectory(path)
+    if code in (errno.EACCES, errno.EPERM):
+        return AccessDenied(path)
+    return StorageIOError(f"{path}: {e.strerror}")

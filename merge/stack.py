@@ -1,0 +1,80 @@
+"""Building the namespace: the filter stack over one storage directory.
+
+``build_namespace(storage_root)`` is what the server calls, once, at
+start-up.  It reads nothing but the root's own ``stat``: every directory is
+listed, every link read and every merge prepared on first use.
+
+The server may call ``getattr``, ``readdir`` and ``open`` of the returned
+namespace from any number of threads at once.  Each ``Reader`` that
+``open`` returns must be closed (it is a context manager); while it is open
+its descriptors stay valid whatever the caches do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from merge.cache import Clock
+from merge.hide import HideLayer
+from merge.layer import Context, Layer
+from merge.links import LinksLayer
+from merge.namespace import Namespace
+from merge.overlay import MergeLayer
+from merge.passthrough import Passthrough
+from merge.problems import Problems
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The layers of one namespace, bottom to top, and what they share."""
+
+    passthrough: Passthrough
+    links: LinksLayer
+    merge: MergeLayer
+    hide: HideLayer
+    ctx: Context
+
+    @property
+    def top(self) -> Layer:
+        return self.hide
+
+    @property
+    def problems(self) -> Problems:
+        return self.ctx.problems
+
+    def close(self) -> None:
+        """Close the descriptors the caches hold (open readers keep theirs)."""
+        self.passthrough.close()
+
+
+def build_stack(
+    storage_root: str,
+    *,
+    ttl: float = 1.0,
+    recheck: float = 1.0,
+    merge_cache: int = 64,
+    fd_cache: int = 128,
+    clock: Clock = time.monotonic,
+) -> Stack:
+    """The stack over ``storage_root``; see :func:`build_namespace`."""
+    root = os.path.realpath(storage_root)
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"storage root {storage_root} is not a directory")
+    ctx = Context(root, clock, Problems(), ttl=ttl, recheck=recheck)
+    passthrough = Passthrough(ctx, fd_cache=fd_cache)
+    links = LinksLayer(passthrough, ctx)
+    merge = MergeLayer(links, ctx, cache_size=merge_cache)
+    hide = HideLayer(merge, ctx)
+    links.top = hide  # link targets are looked up as presented
+    return Stack(passthrough, links, merge, hide, ctx)
+
+
+def build_namespace(storage_root: str, **options: float) -> Namespace:
+    """The presented tree of ``storage_root`` (namespace.md), top of the filter stack.
+
+    ``options`` tune the caches (``ttl``, ``recheck`` in seconds;
+    ``merge_cache``, ``fd_cache`` entries); the defaults suit the server.
+    """
+    return build_stack(storage_root, **options).top  # type: ignore[arg-type]
