@@ -111,7 +111,7 @@ def server_options(f: F) -> F:
     return state_options(f)
 
 
-def load_config(config_file: Path | None, **overrides: object) -> Config:
+def load_config(config_file: Path | None, overrides: dict[str, Any]) -> Config:
     try:
         return load(config_file, overrides)
     except ConfigError as e:
@@ -163,18 +163,12 @@ def main() -> None:
 @click.option("--print-mount", is_flag=True, help="Print the mount commands once listening.")
 @click.option("--ready-fd", type=int, hidden=True)
 def serve(
-    *,
-    config_file: Path | None,
-    state_dir: Path | None,
-    storage: Path | None,
-    bind: str | None,
-    port: int | None,
-    portmap: bool | None,
-    log_file: Path | None,
-    print_mount: bool,
-    ready_fd: int | None,
+    *, config_file: Path | None, print_mount: bool, ready_fd: int | None, **settings: Any
 ) -> None:
-    """Serve in the foreground until SIGTERM or Ctrl-C (logs also to stderr)."""
+    """Serve in the foreground until SIGTERM or Ctrl-C.
+
+    Logs go to the log file and to stderr.
+    """
 
     def report(r: dict[str, Any]) -> None:
         """Tell ``start`` (our parent, when there is one) how start-up went."""
@@ -182,38 +176,21 @@ def serve(
             os.write(ready_fd, json.dumps(r).encode() + b"\n")
             os.close(ready_fd)
 
-    try:
-        cfg = load(
-            config_file,
-            {
-                "storage": storage,
-                "bind": bind,
-                "port": port,
-                "portmap": portmap,
-                "state_dir": state_dir,
-                "log_file": log_file,
-            },
-        )
-    except ConfigError as e:
-        report({"ok": False, "error": str(e), "code": EXIT_USAGE})
-        fail(str(e), EXIT_USAGE)
-    service = Service(cfg, foreground=ready_fd is None)
-
     def ready(s: Service) -> None:
         if ready_fd is not None:
             report({"ok": True, "status": s.status()})
             _detach_stdio()
             return
         click.echo(
-            f"recovery-fs: serving {cfg.export_path} from {cfg.storage} on {cfg.bind} port "
-            f"{s.port} (portmap: {s.portmap_mode}); Ctrl-C stops",
+            f"recovery-fs: serving {s.config.export_path} from {s.config.storage} on "
+            f"{s.config.bind} port {s.port} (portmap: {s.portmap_mode}); Ctrl-C stops",
             err=True,
         )
         if print_mount and s.port is not None:
-            click.echo(mount_commands(cfg.bind, s.port, cfg.export_path))
+            click.echo(mount_commands(s.config.bind, s.port, s.config.export_path))
 
     try:
-        service.run(ready)
+        Service(load(config_file, settings), foreground=ready_fd is None).run(ready)
     except ConfigError as e:
         code, message = EXIT_USAGE, str(e)
     except AlreadyRunning as e:
@@ -243,27 +220,12 @@ def _detach_stdio() -> None:
     show_default=True,
     help="Seconds to wait for the server to be ready.",
 )
-def start(
-    *,
-    config_file: Path | None,
-    state_dir: Path | None,
-    storage: Path | None,
-    bind: str | None,
-    port: int | None,
-    portmap: bool | None,
-    log_file: Path | None,
-    timeout: float,
-) -> None:
-    """Start the server in the background; return once it answers, or failed."""
-    cfg = load_config(
-        config_file,
-        storage=storage,
-        bind=bind,
-        port=port,
-        portmap=portmap,
-        state_dir=state_dir,
-        log_file=log_file,
-    )
+def start(*, config_file: Path | None, timeout: float, **settings: Any) -> None:
+    """Start the server in the background.
+
+    Returns once the server answers an RPC NULL on its port, or has failed.
+    """
+    cfg = load_config(config_file, settings)
     try:
         cfg.check_storage()
     except ConfigError as e:
@@ -304,8 +266,11 @@ def _running_pid(state: StateDir) -> int | None:
     help="Seconds to wait after SIGTERM before SIGKILL.",
 )
 def stop(config_file: Path | None, state_dir: Path | None, timeout: float) -> None:
-    """Stop the background server: SIGTERM, wait, SIGKILL after --timeout."""
-    cfg = load_config(config_file, state_dir=state_dir)
+    """Stop the background server.
+
+    Sends SIGTERM, waits for the exit, sends SIGKILL after --timeout.
+    """
+    cfg = load_config(config_file, {"state_dir": state_dir})
     state = StateDir(cfg.state_dir)
     _running_pid(state)
     try:
@@ -335,8 +300,11 @@ def format_uptime(seconds: float) -> str:
 @state_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(config_file: Path | None, state_dir: Path | None, as_json: bool) -> None:
-    """Whether the server runs, and where (exit 0 running, 3 not running)."""
-    cfg = load_config(config_file, state_dir=state_dir)
+    """Tell whether the server runs, and where.
+
+    Exit status 0: running; 3: not running; 4: unknown.
+    """
+    cfg = load_config(config_file, {"state_dir": state_dir})
     state = StateDir(cfg.state_dir)
     try:
         pid = state.running_pid()
@@ -382,7 +350,9 @@ def status(config_file: Path | None, state_dir: Path | None, as_json: bool) -> N
 
 @main.group()
 def registry() -> None:
-    """Read or change the registry (the running server follows within seconds).
+    """Read or change the registry.
+
+    A running server follows a change within seconds.
 
     \b
     Keys:
@@ -391,7 +361,7 @@ def registry() -> None:
 
 
 def _registry(config_file: Path | None, state_dir: Path | None) -> tuple[StateDir, Registry]:
-    cfg = load_config(config_file, state_dir=state_dir)
+    cfg = load_config(config_file, {"state_dir": state_dir})
     state = StateDir(cfg.state_dir)
     return state, Registry(state.registry_path)
 
