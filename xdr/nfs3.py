@@ -1242,6 +1242,38 @@ def _fattr3_bytes(a: fattr3) -> bytes:
         raise XdrError(f"fattr3: {e}") from None
 
 
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def _opaque_bytes(data: bytes, maxlen: int) -> bytes:
+    """``opaque<maxlen>`` in XDR form: length, data, padding."""
+    size = len(data)
+    if size > maxlen:
+        raise XdrError(f"opaque of {size} bytes exceeds {maxlen}")
+    return _UINT32.pack(size) + data + _PAD[size & 3]
+
+
+def _post_op_attr_bytes(a: post_op_attr) -> bytes:
+    if a.attributes_follow:
+        return _TRUE + _fattr3_bytes(_arm(a.attributes, "post_op_attr"))
+    return _FALSE
+
+
+def _post_op_fh3_bytes(p: post_op_fh3) -> bytes:
+    if p.handle_follows:
+        return _TRUE + _opaque_bytes(_arm(p.handle, "post_op_fh3").data, NFS3_FHSIZE)
+    return _FALSE
+
+
+def _entry_bytes(fileid: int, name: bytes, cookie: int) -> bytes:
+    """The fileid, name and cookie that entry3 and entryplus3 start with."""
+    try:
+        head, tail = _UINT64.pack(fileid), _UINT64.pack(cookie)
+    except struct.error as e:
+        raise XdrError(f"entry3: {e}") from None
+    return head + _opaque_bytes(name, MAXNAMLEN) + tail
+
+
 def _pack_struct(s: struct.Struct, *values: int) -> bytes:
     """Fixed fields in XDR form; an out-of-range value is an XdrError."""
     try:
@@ -1288,7 +1320,7 @@ class NFS3Packer(Packer):
         self.pack_raw(_pack_struct(_UINT32_PAIR, s.specdata1, s.specdata2))
 
     def pack_nfs_fh3(self, fh: nfs_fh3) -> None:
-        self.pack_opaque_max(fh.data, NFS3_FHSIZE)
+        self.pack_raw(_opaque_bytes(fh.data, NFS3_FHSIZE))
 
     def pack_nfstime3(self, t: nfstime3) -> None:
         self.pack_raw(_pack_struct(_UINT32_PAIR, t.seconds, t.nseconds))
@@ -1297,10 +1329,7 @@ class NFS3Packer(Packer):
         self.pack_raw(_fattr3_bytes(a))
 
     def pack_post_op_attr(self, a: post_op_attr) -> None:
-        if a.attributes_follow:
-            self.pack_raw(_TRUE + _fattr3_bytes(_arm(a.attributes, "post_op_attr")))
-        else:
-            self.pack_bool(False)
+        self.pack_raw(_post_op_attr_bytes(a))
 
     def pack_wcc_attr(self, a: wcc_attr) -> None:
         m, c = a.mtime, a.ctime
@@ -1318,11 +1347,7 @@ class NFS3Packer(Packer):
         self.pack_post_op_attr(w.after)
 
     def pack_post_op_fh3(self, p: post_op_fh3) -> None:
-        if p.handle_follows:
-            self.pack_bool(True)
-            self.pack_opaque_max(_arm(p.handle, "post_op_fh3").data, NFS3_FHSIZE)
-        else:
-            self.pack_bool(False)
+        self.pack_raw(_post_op_fh3_bytes(p))
 
     def _pack_set(self, set_it: bool, value: int | None, pack: Callable[[int], None]) -> None:
         if set_it:
@@ -1363,8 +1388,7 @@ class NFS3Packer(Packer):
         self.pack_set_mtime(s.mtime)
 
     def pack_diropargs3(self, d: diropargs3) -> None:
-        self.pack_opaque_max(d.dir.data, NFS3_FHSIZE)
-        self.pack_opaque_max(d.name, MAXNAMLEN)
+        self.pack_raw(_opaque_bytes(d.dir.data, NFS3_FHSIZE) + _opaque_bytes(d.name, MAXNAMLEN))
 
     def _pack_res(
         self,
@@ -1645,21 +1669,18 @@ class NFS3Packer(Packer):
         self.pack_cookieverf3(a.cookieverf)
         self.pack_uint(a.count)
 
-    def _pack_entry(self, fileid: int, name: bytes, cookie: int) -> None:
-        self.pack_uint64(fileid)
-        self.pack_opaque_max(name, MAXNAMLEN)
-        self.pack_uint64(cookie)
-
     def pack_entry3(self, e: entry3) -> None:
-        self._pack_entry(e.fileid, e.name, e.cookie)
+        self.pack_raw(_entry_bytes(e.fileid, e.name, e.cookie))
 
     def pack_dirlist3(self, d: dirlist3) -> None:
-        pack_entry3 = self.pack_entry3
+        """The entries, each after a TRUE, a FALSE, then eof: in one write."""
+        parts = []
         for e in d.entries:
-            self.pack_bool(True)
-            pack_entry3(e)
-        self.pack_bool(False)
-        self.pack_bool(d.eof)
+            parts.append(_TRUE)
+            parts.append(_entry_bytes(e.fileid, e.name, e.cookie))
+        parts.append(_FALSE)
+        parts.append(_TRUE if d.eof else _FALSE)
+        self.pack_raw(b"".join(parts))
 
     def pack_READDIR3resok(self, r: READDIR3resok) -> None:
         self.pack_post_op_attr(r.dir_attributes)
@@ -1681,17 +1702,23 @@ class NFS3Packer(Packer):
         self.pack_raw(_pack_struct(_UINT32_PAIR, a.dircount, a.maxcount))
 
     def pack_entryplus3(self, e: entryplus3) -> None:
-        self._pack_entry(e.fileid, e.name, e.cookie)
-        self.pack_post_op_attr(e.name_attributes)
-        self.pack_post_op_fh3(e.name_handle)
+        self.pack_raw(
+            _entry_bytes(e.fileid, e.name, e.cookie)
+            + _post_op_attr_bytes(e.name_attributes)
+            + _post_op_fh3_bytes(e.name_handle)
+        )
 
     def pack_dirlistplus3(self, d: dirlistplus3) -> None:
-        pack_entryplus3 = self.pack_entryplus3
+        """The entries, each after a TRUE, a FALSE, then eof: in one write."""
+        parts = []
         for e in d.entries:
-            self.pack_bool(True)
-            pack_entryplus3(e)
-        self.pack_bool(False)
-        self.pack_bool(d.eof)
+            parts.append(_TRUE)
+            parts.append(_entry_bytes(e.fileid, e.name, e.cookie))
+            parts.append(_post_op_attr_bytes(e.name_attributes))
+            parts.append(_post_op_fh3_bytes(e.name_handle))
+        parts.append(_FALSE)
+        parts.append(_TRUE if d.eof else _FALSE)
+        self.pack_raw(b"".join(parts))
 
     def pack_READDIRPLUS3resok(self, r: READDIRPLUS3resok) -> None:
         self.pack_post_op_attr(r.dir_attributes)
