@@ -211,7 +211,7 @@ class Service:
             self.warnings.append(self._logs.file_error)
         secret = self.state.secret()
         try:
-            namespace = build_namespace(cfg.storage)
+            namespace = build_namespace(str(cfg.storage))
         except Exception as e:
             log.exception("cannot build the namespace of %s", cfg.storage)
             raise ServiceError(f"cannot read the storage {cfg.storage}: {e}") from e

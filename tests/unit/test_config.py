@@ -134,9 +134,9 @@ def test_storage_must_exist_and_be_a_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("inside", ["state_dir", "log_file"])
 def test_nothing_may_be_written_into_the_storage(tmp_path: Path, inside: str) -> None:
-    outside = {"state_dir": tmp_path / "state", "log_file": tmp_path / "log"}
-    outside[inside] = tmp_path / "storage" / "sub"
     (tmp_path / "storage").mkdir()
-    c = Config(storage=tmp_path / "storage", **outside)
+    paths = {"state_dir": tmp_path / "st", "log_file": tmp_path / "log"}
+    paths[inside] = tmp_path / "storage" / "sub"
+    c = Config(tmp_path / "storage", state_dir=paths["state_dir"], log_file=paths["log_file"])
     with pytest.raises(ConfigError, match="never writes into the storage"):
         c.check_storage()
