@@ -71,6 +71,7 @@ class FakeNamespace:
         self.fds: dict[PresentedPath, int] = {}
         self.lock = threading.Lock()
         self.open_readers = 0
+        self._listings: dict[tuple[PresentedPath, int], list[tuple[str, Attrs]]] = {}
         for path, data in self.tree.items():
             if data is not None:
                 fd = os.memfd_create("fake")
@@ -110,11 +111,16 @@ class FakeNamespace:
     def readdir(self, path: PresentedPath) -> Sequence[tuple[str, Attrs]]:
         if self.getattr(path).kind != Kind.DIR:
             raise NotADirectory("/".join(path))
-        return [
-            (p[-1], self._attrs(p))
-            for p in self.tree
-            if len(p) == len(path) + 1 and p[: len(path)] == path
-        ]
+        # Like the storage namespace, return the same listing object while
+        # nothing changed (the tests change the tree by adding or removing).
+        key = (path, len(self.tree))
+        if key not in self._listings:
+            self._listings[key] = [
+                (p[-1], self._attrs(p))
+                for p in self.tree
+                if len(p) == len(path) + 1 and p[: len(path)] == path
+            ]
+        return self._listings[key]
 
     def open(self, path: PresentedPath) -> FakeReader:
         if self.getattr(path).kind == Kind.DIR:
