@@ -368,7 +368,7 @@ class LinksLayer(Layer):
     def _why_missing(self, written: str, parts: PresentedPath) -> str:
         name = parts[-1]
         if is_pancbt(name):
-            return f"target {written!r} is a pancbt file, which is never presented (rule 2)"
+            return f"target {written!r} is a pancbt file, never presented (rule 2)"
         real = os.path.realpath(os.path.join(self.ctx.root, *parts))
         if real != self.ctx.root and not real.startswith(self.ctx.root.rstrip(os.sep) + os.sep):
             return f"target {written!r} leads outside the storage root through a symbolic link"

@@ -10,7 +10,7 @@ that name, the merged image of pancbt.md.  Its attributes:
 size       the pancbt's ``disk_size``
 mtime      the later of the base's and the pancbt's (rule 7); ctime and
            atime likewise
-mode       the base's and the pancbt's read bits in common
+mode       the base's (the disk's permissions; the pancbt is an input)
 used       base's plus pancbt's
 depth      the base's: links followed through a merge count (rule 3)
 =========  ==============================================================
@@ -209,7 +209,7 @@ def _merged_attrs(path: PresentedPath, size: int, base: Attrs, pancbt: Attrs) ->
         kind=Kind.REG,
         size=size,
         used=base.used + pancbt.used,
-        mode=base.mode & pancbt.mode,
+        mode=base.mode,
         nlink=1,
         uid=base.uid,
         gid=base.gid,

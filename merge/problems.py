@@ -32,7 +32,7 @@ class Problem:
     rule: int = 5
 
     def __str__(self) -> str:
-        return f"{self.storage_path}: {self.reason} (rule {self.rule})"
+        return f"rule {self.rule}: {self.storage_path}: {self.reason}"
 
 
 def canonical(storage_path: str) -> str:
