@@ -28,8 +28,9 @@ run                    meaning
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 PresentedPath = tuple[str, ...]
 

@@ -3,9 +3,9 @@
 One export, ``/recover/images``.  ``MNT`` of it, or of a folder below it
 (as libnfs does for ``nfs://host/recover/images/dir/file``, and as the
 Linux server allows), returns that folder's handle; any other path is
-``MNT3ERR_NOENT``, a file ``MNT3ERR_NOTDIR``.  The mount list kept for ``DUMP`` lives in memory only:
-clients do not rely on it (the Linux client never sends ``UMNT``), and the
-server writes nothing it need not.
+``MNT3ERR_NOENT``, a file ``MNT3ERR_NOTDIR``.  The mount list kept for
+``DUMP`` lives in memory only: clients do not rely on it (the Linux client
+never sends ``UMNT``), and the server writes nothing it need not.
 """
 
 from __future__ import annotations

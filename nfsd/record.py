@@ -79,7 +79,7 @@ class RecordReader:
         return len(self._buf) + self._size
 
 
-def frame(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+def frame(parts: list[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
     """Prefix a reply, given as buffers, with one last-fragment header."""
     total = sum(len(p) for p in parts)
     return [struct.pack(">I", LAST_FRAGMENT | total), *parts]

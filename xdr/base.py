@@ -10,7 +10,8 @@ of them, and never allocate more than the message holds.
 from __future__ import annotations
 
 import struct
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import xdrlib3
 

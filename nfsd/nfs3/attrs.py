@@ -10,7 +10,7 @@ from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
 
 
-def _reply(pack, res) -> Reply:  # type: ignore[no-untyped-def]
+def _reply(pack, res) -> Reply:
     p = NFS3Packer()
     pack(p, res)
     return Reply([p.get_buffer()])
@@ -56,7 +56,7 @@ def lookup3(svc: Nfs3Service, ctx: CallContext, args: nfs3.LOOKUP3args) -> Reply
     )
 
 
-def _lookup_fail(ctx: CallContext, status: int, dattrs) -> Reply:  # type: ignore[no-untyped-def]
+def _lookup_fail(ctx: CallContext, status: int, dattrs) -> Reply:
     ctx.status = status
     return _reply(
         NFS3Packer.pack_LOOKUP3res,

@@ -12,7 +12,7 @@ from xdr.nfs3 import NFS3Unpacker as U
 
 
 def build(svc: Nfs3Service) -> Program:
-    def proc(number: int, name: str, decode, run) -> tuple[int, Procedure]:  # type: ignore[no-untyped-def]
+    def proc(number: int, name: str, decode, run) -> tuple[int, Procedure]:
         return number, Procedure(name, decode, partial(run, svc), failure_body(number))
 
     table = dict(

@@ -44,7 +44,7 @@ ENTRY_FIXED = 4 + 8 + 4 + 8  # value-follows, fileid, name length, cookie
 HANDLE_MAX = 4 + 4 + 64  # post_op_fh3 with the longest handle
 
 
-def _listing(svc: Nfs3Service, fh: nfs3.nfs_fh3):  # type: ignore[no-untyped-def]
+def _listing(svc: Nfs3Service, fh: nfs3.nfs_fh3):
     path = svc.path_of(fh)
     dattrs = svc.attrs(path)
     if dattrs.kind != Kind.DIR:
