@@ -129,7 +129,9 @@ class LevelWatcher:
         self.registry = registry
         self.logs = logs
         self.interval = interval
-        self._seen = registry.signature()
+        # Nothing seen yet: the first poll reads the registry, in case it
+        # changed between the caller's read and now.
+        self._seen: tuple[int, int, int] | bool | None = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registry-watch", daemon=True)
 
