@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 20490
+BIND   ?= 0.0.0.0
 DEMO   ?= .cache/demo-storage
 STATE  ?= .cache/state
 
@@ -28,7 +29,7 @@ venv: deps-run $(BIN)/.installed
 run: venv
 	$(BIN)/recovery-fs demo --storage $(DEMO)
 	@mkdir -p $(STATE)
-	$(BIN)/recovery-fs serve --storage $(DEMO) --bind 127.0.0.1 --port $(PORT) \
+	$(BIN)/recovery-fs serve --storage $(DEMO) --bind $(BIND) --port $(PORT) \
 	    --no-portmap --state-dir $(STATE) --log-file $(STATE)/recovery_fs.log --print-mount
 
 ## make check: lint, types and the fast tests.
