@@ -211,15 +211,15 @@ def _detach_stdio() -> None:
     os.close(devnull)
 
 
+def timeout_option(default: float, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--timeout", type=click.FloatRange(min=0), default=default, show_default=True, help=help
+    )
+
+
 @main.command()
 @server_options
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the server to be ready.",
-)
+@timeout_option(60.0, "Seconds to wait for the server to be ready.")
 def start(*, config_file: Path | None, timeout: float, **settings: Any) -> None:
     """Start the server in the background.
 
@@ -258,13 +258,7 @@ def _running_pid(state: StateDir) -> int | None:
 
 @main.command()
 @state_options
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait after SIGTERM before SIGKILL.",
-)
+@timeout_option(30.0, "Seconds to wait after SIGTERM before SIGKILL.")
 def stop(config_file: Path | None, state_dir: Path | None, timeout: float) -> None:
     """Stop the background server.
 

@@ -358,25 +358,19 @@ def test_a_second_service_on_the_same_state_dir_is_refused(
 
 
 def test_same_state_dir_or_secret_means_identical_handles(tmp_path: Path, storage: Path) -> None:
+    other = tmp_path / "other-state"
     handles = []
-    for _ in range(2):
-        s = Service(cfg(tmp_path, storage))
+    for state in (tmp_path / "state", tmp_path / "state", other):  # a restart, then a copy
+        if state == other:
+            other.mkdir()
+            shutil.copy(tmp_path / "state" / "secret", other / "secret")
+        s = Service(cfg(tmp_path, storage, state_dir=state))
         s.start()
         try:
             assert s.port
             handles.append(mnt_root(s.port))
         finally:
             s.stop()
-    other = tmp_path / "other-state"
-    other.mkdir()
-    shutil.copy(tmp_path / "state" / "secret", other / "secret")
-    s = Service(cfg(tmp_path, storage, state_dir=other))
-    s.start()
-    try:
-        assert s.port
-        handles.append(mnt_root(s.port))
-    finally:
-        s.stop()
     assert handles[0] == handles[1] == handles[2]
 
 
