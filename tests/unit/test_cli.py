@@ -484,6 +484,25 @@ def test_a_refused_registration_is_a_warning(tmp_path: Path, storage: Path) -> N
         host.stop()
 
 
+def test_port_111_taken_by_something_else_is_a_warning(tmp_path: Path, storage: Path) -> None:
+    with socket.socket() as squatter:  # listens, never answers
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        pm_port = squatter.getsockname()[1]
+        s = Service(cfg(tmp_path, storage, portmap=True), portmap_port=pm_port, rpcbind_sockets=())
+        s.start()
+        try:
+            assert s.portmap_mode == "unavailable"
+            assert any(f"cannot serve the portmapper on port {pm_port}" in w for w in s.warnings)
+            assert s.port
+            with RpcClient("127.0.0.1", s.port) as c:
+                assert c.call(NFS, 3, 0).ok
+        finally:
+            s.stop()
+    log = (tmp_path / "log" / "recovery_fs").read_text()
+    assert "WARNING recovery_fs.service: cannot serve the portmapper" in log
+
+
 # --- start / stop / status, for real -------------------------------------------------------
 
 
