@@ -34,14 +34,10 @@ import click
 
 from nfsd import daemon
 from nfsd.app import Service, ServiceError
+from nfsd.cli_storage import storage_commands
 from nfsd.config import DEFAULT_CONFIG_FILE, Config, ConfigError, load
 from nfsd.registry import DEBUG_LEVEL, Registry, RegistryError, setting
 from nfsd.state import AlreadyRunning, StateDir, StateError
-
-try:  # written concurrently: until it lands, the storage commands are absent
-    from nfsd.cli_storage import storage_commands
-except ImportError:  # pragma: no cover
-    storage_commands = []
 
 EXIT_OK = 0
 EXIT_FAILED = 1
