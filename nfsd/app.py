@@ -56,6 +56,7 @@ from nfsd.rpcclient import RpcClient, RpcError
 from nfsd.server import RpcServer, cpu_count
 from nfsd.state import PidLock, StateDir, StateError
 from xdr import portmap as pm
+from xdr.base import XdrError
 from xdr.portmap import PortmapPacker, PortmapUnpacker
 
 log = logging.getLogger("recovery_fs.service")
@@ -92,8 +93,12 @@ class HostPortmapper:
             return False
 
     def _call(self, c: RpcClient, vers: int, proc: int, args: bytes) -> bool:
+        """A SET or UNSET; its boolean result (False for any other answer)."""
         result = c.call(pm.PMAP_PROG, vers, proc, args)
-        return result.ok and PortmapUnpacker(result.body).unpack_bool()
+        try:
+            return result.ok and PortmapUnpacker(result.body).unpack_bool()
+        except XdrError:
+            return False
 
     def _args(self, prog: int, vers: int, netid: str, bind: str, port: int) -> tuple[int, bytes]:
         """(portmapper version, arguments) of a SET or UNSET for one netid.
