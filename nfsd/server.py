@@ -8,7 +8,8 @@ are served by a shared pool of *workers*::
     reader --record--> workers --reply--> writer --sendmsg--> client
 
 * The reader reassembles records (``nfsd.record``) and never blocks on
-  storage; a record over the size cap closes the connection.
+  storage; a record over the size cap, or one that is not an RPC call,
+  closes the connection (UDP: the datagram is dropped).
 * Workers run the sans-IO dispatcher.  They never block on the network: a
   client that stops reading stalls only its own writer, which gives up
   after ``send_timeout`` and closes the connection.
@@ -100,8 +101,16 @@ class _Connection:
         except Exception:
             log.exception("dispatch failed for %s", self.peer)
             reply = None
-        if reply is None or self.closed.is_set():
-            if reply is not None and reply.release:
+        if reply is None:
+            # Not a call we can answer (undecodable header, not a CALL): a
+            # client that sends such bytes is told by a closed connection
+            # rather than left waiting for a reply that never comes.
+            log.info("closing the connection of %s: a record that is not an RPC call", self.peer)
+            self.inflight.release()
+            self.close()
+            return
+        if self.closed.is_set():
+            if reply.release:
                 reply.release()
             self.inflight.release()
             return

@@ -115,6 +115,14 @@ def test_an_oversized_record_closes_only_that_connection(server) -> None:  # typ
         assert parse(recv_records(good, 1)).body == b"fast"
 
 
+def test_a_record_that_is_not_a_call_closes_the_connection(server) -> None:  # type: ignore[no-untyped-def]
+    _, port = server
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        send(s, b"\xff" * 64)
+        s.settimeout(5)
+        assert s.recv(10) == b""
+
+
 def test_garbage_then_vanishing_peers_leave_the_server_serving(server) -> None:  # type: ignore[no-untyped-def]
     _, port = server
     for junk in (b"\x00" * 3, b"\xff" * 64, struct.pack(">I", LAST_FRAGMENT | 8) + b"12345678"):
