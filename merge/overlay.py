@@ -97,7 +97,7 @@ class MergeLayer(Layer):
     # -- the layer's calls ----------------------------------------------------------
 
     def lookup(self, path: PresentedPath) -> Entry:
-        if self._has_pancbt(path):
+        if self._is_merged(path):
             return self._merge(path).entry
         return self.lower.lookup(path)
 
@@ -125,7 +125,7 @@ class MergeLayer(Layer):
         return found
 
     def open_file(self, path: PresentedPath) -> Handle:
-        if self._has_pancbt(path):
+        if self._is_merged(path):
             for _ in range(PREPARE_TRIES):
                 merge = self._merge(path)
                 if merge.source.try_retain():
@@ -133,16 +133,22 @@ class MergeLayer(Layer):
             raise InputChanged("/" + "/".join(path))
         return self.lower.open_file(path)
 
+    def close(self) -> None:
+        """Drop every prepared merge (readers still open keep their inputs)."""
+        self._merges.clear()
+
     # -- preparing and checking merges --------------------------------------------------
 
-    def _has_pancbt(self, path: PresentedPath) -> bool:
+    def _is_merged(self, path: PresentedPath) -> bool:
+        """Whether ``path`` is a flat image (a file) with a pancbt (a file) beside it."""
         if not path or not is_flat(path[-1]):
             return False
         try:
             pancbt = self.lower.lookup((*path[:-1], pancbt_of(path[-1])))
+            base = self.lower.lookup(path)
         except NotFound:
             return False
-        return pancbt.attrs.kind == Kind.REG
+        return pancbt.attrs.kind == Kind.REG and base.attrs.kind == Kind.REG
 
     def _merge(self, path: PresentedPath) -> _Prepared:
         """The prepared merge at ``path``, re-prepared if an input changed."""

@@ -46,6 +46,7 @@ class Stack:
 
     def close(self) -> None:
         """Close the descriptors the caches hold (open readers keep theirs)."""
+        self.merge.close()
         self.passthrough.close()
 
 

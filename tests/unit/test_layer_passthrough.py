@@ -1,0 +1,220 @@
+"""merge.passthrough alone: the storage directory, read-only (rule 1, rule 5's symlinks)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from merge.attrs import ROOT_FILEID, fileid_for
+from merge.namespace import IsADirectory, Kind, NotADirectory, NotFound
+from merge.passthrough import Passthrough
+from tests.unit.fake_layer import make_ctx
+from tests.unit.merge_helpers import FakeClock, open_fds, read_all, write
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    root = tmp_path / "storage"
+    write(root / "a" / "f.txt", b"hello")
+    write(root / "a" / "b" / "g.bin", b"\0" * 10)
+    write(root / "x.json", b'{"smartmotion": 1, "target": "a/f.txt"}')  # a link for upper layers
+    write(tmp_path / "outside.txt", b"secret")
+    return root
+
+
+def layer(root: Path, clock: FakeClock | None = None, **kw) -> Passthrough:
+    return Passthrough(make_ctx(root, clock, **kw))
+
+
+def test_files_and_directories_as_they_are(storage: Path) -> None:
+    pt = layer(storage)
+    names = {n: a.kind for n, a in pt.readdir(())}
+    assert names == {"a": Kind.DIR, "x.json": Kind.REG}
+    attrs = pt.getattr(("a", "f.txt"))
+    assert attrs.size == 5 and attrs.kind == Kind.REG and attrs.nlink == 1
+    with pt.open(("a", "f.txt")) as r:
+        assert read_all(r) == b"hello"
+
+
+def test_attributes_are_read_only_with_stable_ids(storage: Path) -> None:
+    os.chmod(storage / "a" / "f.txt", 0o764)
+    pt = layer(storage)
+    attrs = pt.getattr(("a", "f.txt"))
+    assert attrs.mode == 0o764 & 0o555 and not attrs.mode & 0o222
+    assert pt.getattr(("a",)).mode & 0o222 == 0
+    assert pt.getattr(()).fileid == ROOT_FILEID
+    assert attrs.fileid == fileid_for(("a", "f.txt")) == layer(storage).getattr(("a", "f.txt")).fileid
+    assert pt.getattr(("a",)).nlink >= 3  # 2 + the subdirectory b
+
+
+def test_errors(storage: Path) -> None:
+    pt = layer(storage)
+    with pytest.raises(NotFound):
+        pt.getattr(("nope",))
+    with pytest.raises(NotADirectory):
+        pt.getattr(("a", "f.txt", "x"))
+    with pytest.raises(NotADirectory):
+        pt.readdir(("a", "f.txt"))
+    with pytest.raises(IsADirectory):
+        pt.open(("a",))
+    for bad in ("..", ".", "a/b", "a\0b", ""):
+        with pytest.raises(NotFound):
+            pt.getattr((bad,))
+
+
+def test_symlink_outside_the_root_is_withheld_and_logged_once(
+    storage: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    os.symlink("../outside.txt", storage / "escape")
+    os.symlink(str(storage.parent), storage / "a" / "escape-dir")
+    pt = layer(storage)
+    caplog.set_level(logging.WARNING, logger="recovery_fs.merge")
+    for _ in range(3):
+        assert "escape" not in dict(pt.readdir(()))
+        assert "escape-dir" not in dict(pt.readdir(("a",)))
+        with pytest.raises(NotFound):
+            pt.getattr(("escape",))
+        with pytest.raises(NotFound):
+            pt.getattr(("a", "escape-dir", "outside.txt"))
+    warnings = [r for r in caplog.records if r.name == "recovery_fs.merge"]
+    assert len(warnings) == 2
+    assert str(storage / "escape") in warnings[0].getMessage() + warnings[1].getMessage()
+    assert "outside the storage root" in warnings[0].getMessage()
+    assert {p.storage_path for p in pt.ctx.problems.all()} == {
+        str(storage / "escape"),
+        str(storage / "a" / "escape-dir"),
+    }
+
+
+def test_symlinks_inside_the_root_are_followed(storage: Path) -> None:
+    os.symlink("a/f.txt", storage / "alias.txt")
+    os.symlink("a", storage / "latest")
+    pt = layer(storage)
+    assert pt.getattr(("alias.txt",)).size == 5
+    assert pt.getattr(("latest",)).kind == Kind.DIR
+    with pt.open(("latest", "f.txt")) as r:
+        assert read_all(r) == b"hello"
+    assert pt.getattr(("latest",)).fileid != pt.getattr(("a",)).fileid  # distinct presented paths
+
+
+@pytest.mark.parametrize(
+    ("where", "target"),
+    [
+        ("loop", "."),  # to its own directory
+        ("a/up", ".."),  # to the root
+        ("a/b/upup", "../.."),
+        ("a/b/toa", "../../a"),  # to an enclosing directory
+    ],
+)
+def test_symlink_to_an_enclosing_directory_is_withheld(storage: Path, where: str, target: str) -> None:
+    os.symlink(target, storage / where)
+    pt = layer(storage)
+    parent, name = os.path.split(where)
+    d = tuple(parent.split("/")) if parent else ()
+    assert name not in dict(pt.readdir(d))
+    assert "enclosing" in str(pt.ctx.problems.all()) or "holds it" in str(pt.ctx.problems.all())
+
+
+def test_mutual_symlinks_make_a_finite_tree(storage: Path) -> None:
+    write(storage / "c" / "h", b"h")
+    os.symlink("../c", storage / "a" / "toc")
+    os.symlink("../a", storage / "c" / "toa")
+    pt = layer(storage)
+    count = 0
+    todo = [()]
+    while todo:
+        d = todo.pop()
+        for name, a in pt.readdir(d):
+            count += 1
+            assert count < 1000, "endless tree"
+            if a.kind == Kind.DIR:
+                todo.append((*d, name))
+
+
+def test_dangling_symlink_and_special_files_are_withheld(storage: Path) -> None:
+    os.symlink("no-such-file", storage / "dangling")
+    os.symlink("self", storage / "self")
+    os.mkfifo(storage / "fifo")
+    pt = layer(storage)
+    names = dict(pt.readdir(()))
+    assert not {"dangling", "self", "fifo"} & set(names)
+    for name in ("dangling", "self", "fifo"):
+        with pytest.raises(NotFound):
+            pt.getattr((name,))
+
+
+def test_new_and_removed_entries_show_within_the_ttl(storage: Path) -> None:
+    clock = FakeClock()
+    pt = layer(storage, clock, ttl=1.0)
+    assert "new" not in dict(pt.readdir(()))
+    with pytest.raises(NotFound):
+        pt.getattr(("new",))
+    write(storage / "new" / "file", b"n")
+    clock.advance(0.5)
+    assert "new" not in dict(pt.readdir(()))  # cached
+    clock.advance(0.5)
+    assert "new" in dict(pt.readdir(()))
+    assert pt.getattr(("new", "file")).size == 1
+
+
+def test_replaced_file_is_reopened_and_size_is_the_one_at_open(storage: Path) -> None:
+    pt = layer(storage)
+    r1 = pt.open(("a", "f.txt"))
+    tmp = storage / "a" / ".tmp"
+    tmp.write_bytes(b"a new, longer content")
+    os.replace(tmp, storage / "a" / "f.txt")
+    r2 = pt.open(("a", "f.txt"))
+    assert read_all(r1) == b"hello" and r1.size == 5  # the old inode, still open
+    assert read_all(r2) == b"a new, longer content"
+    r1.close()
+    r2.close()
+
+
+def test_descriptors_are_cached_bounded_and_closed(storage: Path) -> None:
+    for i in range(20):
+        write(storage / "many" / f"f{i}", bytes([i]) * 3)
+    before = open_fds()
+    pt = layer(storage)
+    pt._files._maxsize = 4
+    for _ in range(3):
+        for i in range(20):
+            with pt.open(("many", f"f{i}")) as r:
+                assert read_all(r) == bytes([i]) * 3
+    assert len(open_fds() - before) <= 4
+    same = [pt.open(("many", "f19")) for _ in range(3)]
+    assert len({h.source.fd for h in same}) == 1  # one descriptor, reused
+    for h in same:
+        h.close()
+    pt.close()
+    assert open_fds() == before
+
+
+def test_never_writes_to_the_storage(storage: Path, monkeypatch) -> None:
+    flags: list[int] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, f, *a: flags.append(f) or real_open(p, f, *a))
+    snapshot = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in storage.rglob("*")}
+    pt = layer(storage)
+    for d in ((), ("a",), ("a", "b")):
+        for name, a in pt.readdir(d):
+            if a.kind == Kind.REG:
+                with pt.open((*d, name)) as r:
+                    read_all(r)
+    assert flags and all(f & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) == 0 for f in flags)
+    assert all(f & os.O_NOATIME for f in flags)  # we run as the owner: permitted
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in storage.rglob("*")}
+    assert after == snapshot
+
+
+def test_fsstat(storage: Path) -> None:
+    st = layer(storage).fsstat()
+    assert st.total_bytes >= st.free_bytes >= st.avail_bytes >= 0 and st.total_files > 0
+
+
+def test_mode_of_directory_entries_is_not_a_regular_file(storage: Path) -> None:
+    assert stat.S_ISDIR(os.stat(storage).st_mode)
+    assert layer(storage).getattr(()).kind == Kind.DIR

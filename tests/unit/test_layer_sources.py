@@ -1,0 +1,179 @@
+"""merge.sources and merge.cache: the pieces every layer reads and caches with.
+
+Reference counting is what keeps a descriptor valid under a reader: these
+tests evict, replace and close around open handles and check the bytes and
+the descriptors.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from merge.attrs import attrs_from_stat
+from merge.cache import TtlLru
+from merge.extents import ExtentMap
+from merge.namespace import InputChanged, Run
+from merge.pancbt import read_pancbt
+from merge.sources import FileSource, Handle, LinkSource, MergedSource, open_readonly
+from tests.unit.merge_helpers import FakeClock, build, naive_merged, open_fds, read_all, read_range
+
+
+def file_source(path: Path, data: bytes) -> FileSource:
+    path.write_bytes(data)
+    return FileSource.open(str(path), lambda st: attrs_from_stat(st, ("x",)))
+
+
+def test_file_source_runs_are_bounded_by_size_at_open(tmp_path: Path) -> None:
+    src = file_source(tmp_path / "f", b"0123456789")
+    with Handle.adopt(src) as h:
+        assert h.runs(0, 100) == [Run(src.fd, 0, 10)]
+        assert h.runs(4, 3) == [Run(src.fd, 4, 3)]
+        assert h.runs(10, 5) == [] and h.runs(11, 5) == [] and h.runs(3, 0) == []
+        (tmp_path / "f").write_bytes(b"0123456789abcdef")  # grows in place
+        assert h.size == 10 and not h.is_current()
+
+
+def test_descriptor_stays_open_while_a_handle_holds_it(tmp_path: Path) -> None:
+    before = open_fds()
+    src = file_source(tmp_path / "f", b"abc")  # born reference: "the cache"
+    reader = Handle(src)
+    src.release()  # the cache evicts it
+    assert src.fd in open_fds() and read_all(reader) == b"abc"
+    reader.close()
+    reader.close()  # idempotent
+    assert open_fds() == before
+    assert not src.try_retain()
+    with pytest.raises(InputChanged):
+        Handle(src)
+    with pytest.raises(InputChanged):
+        reader.runs(0, 1)
+
+
+def test_evicted_descriptor_number_is_not_reused_under_a_reader(tmp_path: Path) -> None:
+    """The hazard refcounting exists for: close, then another open takes the number."""
+    cache: TtlLru[str, FileSource] = TtlLru(1, None, FakeClock(), on_evict=FileSource.release)
+    a = file_source(tmp_path / "a", b"A" * 100)
+    cache.put("a", a)
+    reader = Handle(a)
+    cache.put("b", file_source(tmp_path / "b", b"B" * 100))  # evicts a
+    others = [open_readonly(str(tmp_path / "b")) for _ in range(5)]
+    try:
+        assert a.fd not in others
+        assert read_all(reader) == b"A" * 100
+    finally:
+        for fd in others:
+            os.close(fd)
+        reader.close()
+        cache.clear()
+
+
+def test_open_readonly_falls_back_without_noatime_on_eperm(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    seen: list[int] = []
+    real_open = os.open
+
+    def fake_open(p, flags, *a):
+        seen.append(flags)
+        if flags & os.O_NOATIME:
+            raise PermissionError(1, "Operation not permitted")  # EPERM
+        return real_open(p, flags, *a)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    fd = open_readonly(str(path))
+    os.close(fd)
+    assert len(seen) == 2 and seen[0] & os.O_NOATIME and not seen[1] & os.O_NOATIME
+    assert all(f & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC) == 0 for f in seen)
+
+
+def test_open_readonly_refuses_non_regular_files(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    from merge.namespace import NotFound
+
+    before = open_fds()
+    with pytest.raises(NotFound):
+        FileSource.open(str(tmp_path / "fifo"), lambda st: attrs_from_stat(st, ()))
+    assert open_fds() == before
+
+
+@given(st.binary(max_size=200), st.lists(st.tuples(st.integers(0, 60), st.binary(min_size=1, max_size=20)), max_size=5), st.integers(0, 250), st.integers(0, 300), st.integers(0, 300))
+@settings(max_examples=150, deadline=None)
+def test_merged_source_preadv_matches_naive(base: bytes, spec, disk_size: int, offset: int, count: int) -> None:
+    changes = []
+    pos = 0
+    for gap, data in spec:
+        pos += gap
+        if pos + len(data) > disk_size:
+            break
+        changes.append((pos, data if len(data) % 3 else len(data)))  # some ZERO
+        pos += len(data)
+    pancbt = build(changes, disk_size)
+    with tempfile.TemporaryDirectory() as d:
+        b = Handle.adopt(file_source(Path(d, "base"), base))
+        o = Handle.adopt(file_source(Path(d, "pancbt"), pancbt))
+        p = read_pancbt(lambda pos, n: pancbt[pos : pos + n], len(pancbt), "p", len(base))
+        merged = MergedSource(b, o, ExtentMap(p.extents, disk_size, len(base)), b.attrs)
+        want = naive_merged(base, pancbt)
+        with Handle.adopt(merged) as h:
+            assert read_range(h, offset, count) == want[offset : offset + count]
+            # Composes: a link over the merged image reads the same.
+            with Handle.adopt(LinkSource(Handle(merged), merged, merged.attrs)) as link:
+                assert read_range(link, offset, count) == want[offset : offset + count]
+        assert merged.closed and b._closed and o._closed
+
+
+# --- the cache --------------------------------------------------------------------------------
+
+
+def test_ttl_lru_bounds_and_expiry() -> None:
+    clock = FakeClock()
+    gone: list[int] = []
+    cache: TtlLru[str, int] = TtlLru(2, 1.0, clock, on_evict=gone.append)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)  # evicts b
+    assert cache.get("b") is None and gone == [2] and len(cache) == 2
+    clock.advance(1.0)
+    assert cache.get("a") is None and sorted(gone) == [1, 2]
+    cache.put("c", 4)  # replaced
+    assert 3 in gone
+    cache.pop("c", 99)  # not its value: kept
+    assert cache.get("c") == 4
+    cache.clear()
+    assert len(cache) == 0 and 4 in gone
+
+
+def test_ttl_lru_evicts_outside_its_lock() -> None:
+    cache: TtlLru[int, int] = TtlLru(1, None, FakeClock())
+    cache._on_evict = lambda v: cache.get(v)  # would deadlock if called under the lock
+    cache.put(1, 1)
+    cache.put(2, 2)
+    assert cache.get(2) == 2
+
+
+def test_ttl_lru_thread_safety() -> None:
+    cache: TtlLru[int, int] = TtlLru(50, None, FakeClock())
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for i in range(2000):
+                cache.put((seed * i) % 97, i)
+                cache.get(i % 97)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(cache) <= 50
