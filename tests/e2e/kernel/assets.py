@@ -58,11 +58,15 @@ class Assets:
     modules: tuple[str, ...]
 
 
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+        return subprocess.run(
+            cmd, check=True, text=True, capture_output=True, timeout=timeout, **kw
+        )
     except FileNotFoundError as e:
         raise AssetError(f"{cmd[0]} is not installed (see tools/apt-test.txt)") from e
+    except subprocess.TimeoutExpired as e:
+        raise AssetError(f"{' '.join(cmd)} took more than {timeout:.0f} s") from e
     except subprocess.CalledProcessError as e:
         raise AssetError(f"{' '.join(cmd)} failed ({e.returncode}): {e.stderr.strip()}") from e
 
@@ -97,7 +101,9 @@ def _resolve_package() -> tuple[str, str] | None:
             pass
         if attempt == 0 and os.geteuid() == 0:
             # A fresh machine may have no package lists yet.
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=False)
+            subprocess.run(
+                ["apt-get", "update", "-q"], capture_output=True, check=False, timeout=600
+            )
     return None
 
 
@@ -134,8 +140,8 @@ def _read_module(path: Path) -> bytes:
 
 def _run_bytes(cmd: list[str], data: bytes) -> bytes:
     try:
-        return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
-    except (FileNotFoundError, subprocess.CalledProcessError) as e:
+        return subprocess.run(cmd, input=data, capture_output=True, check=True, timeout=60).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         raise AssetError(f"{' '.join(cmd)} failed: {e}") from e
 
 

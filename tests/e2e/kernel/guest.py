@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import assets, netns, servers
+from . import assets, netns, rpctrace, servers
 
 HERE = Path(__file__).resolve().parent
 SH = HERE / "sh"
@@ -99,6 +100,7 @@ class GuestResult:
     server_log: str = ""
     server_rc: int | None = None  # set when the server had died before the runner stopped it
     wall_s: float = 0.0
+    rpc: dict = field(default_factory=dict)  # rpctrace.Tracer.summary()
 
     # -- reading results
     def values(self, key: str) -> list[str]:
@@ -145,7 +147,8 @@ class GuestResult:
 
     def context(self) -> str:
         """What to show when an assertion about this run fails."""
-        parts = [f"run directory: {self.run_dir}"]
+        kept = assets.CACHE / "runs"
+        parts = [f"run directory: {self.run_dir} (logs also kept below {kept})"]
         if self.error:
             parts.append(f"runner error: {self.error}")
         if self.timed_out:
@@ -157,10 +160,28 @@ class GuestResult:
         if self.server_rc is not None:
             parts.append(f"the server had exited with {self.server_rc} during the run")
         parts.append("events: " + "; ".join(f"{t:.2f}s {e}" for t, e in self.events))
+        parts.append(self.rpc_report())
         parts.append("last result lines:\n" + "\n".join(ln for _, ln in self.lines[-15:]))
         parts.append("console tail:\n" + self.console_tail())
         parts.append("server log tail:\n" + self.server_log)
         return "\n".join(parts)
+
+    def rpc_report(self, most: int = 25) -> str:
+        """What the RPC tracer saw: calls per procedure, error replies, unanswered calls."""
+        if not self.rpc:
+            return "rpc trace: none"
+        out = ["rpc calls: " + ", ".join(f"{k} {v}" for k, v in self.rpc["counts"].items())]
+        for title, key in (
+            ("error replies", "errors"),
+            ("unanswered calls", "unanswered"),
+            ("retransmitted calls", "retransmitted"),
+        ):
+            items = self.rpc.get(key, [])
+            if items:
+                out.append(f"rpc {title} ({len(items)}, see {self.run_dir / 'rpc.log'}):")
+                out += [f"  {x}" for x in items[:most]]
+        out += [f"rpc capture: {x}" for x in self.rpc.get("lost", [])]
+        return "\n".join(out)
 
     def require_completed(self) -> None:
         if not self.completed:
@@ -224,6 +245,7 @@ def run_guest(
             proc.send_signal(signal.SIGKILL)  # --kill-child: the namespace dies with it
             proc.wait()
             host_killed = True
+    _keep_artifacts(run_dir, server.kind, scenario)
     result = GuestResult(run_dir=run_dir, wall_s=time.monotonic() - started)
     if outcome_path.exists():
         o = json.loads(outcome_path.read_text())
@@ -234,6 +256,7 @@ def run_guest(
         result.qemu_rc = o["qemu_rc"]
         result.server_log = o["server_log"]
         result.server_rc = o["server_rc"]
+        result.rpc = o.get("rpc") or {}
     else:
         result.timed_out = host_killed
         runner_log = (run_dir / "runner.log").read_text(errors="replace")[-3000:]
@@ -242,6 +265,18 @@ def run_guest(
             f" (rc {proc.returncode}) without an outcome; its output:\n{runner_log}"
         )
     return result
+
+
+def _keep_artifacts(run_dir: Path, kind: str, scenario: str) -> None:
+    """Copy the logs of the run to .cache/kernel-guest/runs/KIND/SCENARIO (the last run)."""
+    dest = assets.CACHE / "runs" / kind / scenario
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for p in run_dir.rglob("*"):
+        if p.is_file() and p.suffix in (".log", ".json", ".out", ".cmd", ".conf", ".sh"):
+            target = dest / p.relative_to(run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, target)
 
 
 # ---------------------------------------------------------------- inside the namespace
@@ -257,6 +292,7 @@ class _Runner:
         self.server = servers.make(servers.ServerConfig.from_dict(spec["server"]))
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
+        self.tracer: rpctrace.Tracer | None = None
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 3)
@@ -271,7 +307,8 @@ class _Runner:
             what = spec["do"]
             if what == "restart_server":
                 pid = self.server.proc.pid if self.server.proc else None
-                self.event(f"server kill pid {pid}")
+                inflight = self._wait_in_flight(spec.get("in_flight"))
+                self.event(f"server kill pid {pid}{inflight}")
                 self.server.kill()
                 self.event("server killed")
                 time.sleep(float(spec.get("down", 0)))
@@ -287,6 +324,18 @@ class _Runner:
                 self.event(f"action error: unknown action {what!r}")
         except Exception as e:
             self.event(f"action error ({name}): {e}")
+
+    def _wait_in_flight(self, proc: str | None, limit: float = 3.0) -> str:
+        """With the tracer, wait (up to `limit` s) until a `proc` call is unanswered."""
+        if not proc or self.tracer is None:
+            return ""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            xids = self.tracer.outstanding(proc)
+            if xids:
+                return f" with {proc} in flight: xid {', '.join(xids)}"
+            time.sleep(0.0005)
+        return f" (no {proc} seen in flight within {limit} s)"
 
     def follow(self, qemu: subprocess.Popen[bytes], deadline: float) -> bool:
         """Collect result lines until QEMU exits; True when the deadline ended it."""
@@ -332,6 +381,12 @@ class _Runner:
         outcome: dict = {"timed_out": False, "error": None, "qemu_rc": None, "server_rc": None}
         try:
             netns.setup()
+            if os.environ.get("KERNEL_E2E_TRACE", "1") != "0":
+                ports = {self.server.nfs_port, self.server.mount_port, 111}
+                try:
+                    self.tracer = rpctrace.Tracer(ports, self.run_dir / "rpc.log", self.t0)
+                except OSError as e:
+                    self.event(f"rpc tracer unavailable: {e}")
             self.server.start()
             self.event(f"server started pid {self.server.proc.pid if self.server.proc else None}")
         except Exception as e:
@@ -362,6 +417,9 @@ class _Runner:
 
     def main(self) -> None:
         outcome = self.run()
+        if self.tracer is not None:
+            self.tracer.stop()
+            outcome["rpc"] = self.tracer.summary()
         outcome["lines"] = self.lines
         outcome["events"] = self.events
         outcome["server_log"] = self.server.log_tail()

@@ -154,8 +154,9 @@ def run_portmap(env: Env) -> Run:
     )
 
 
-def run_restart(env: Env, delay: float = 0.5) -> Run:
-    """Kill -9 and restart the server `delay` s after the guest starts a long read."""
+def run_restart(env: Env, delay: float = 0.1) -> Run:
+    """Kill -9 and restart the server during a long read: `delay` s after the guest
+    starts it, as soon as a READ is in flight (seen by the RPC tracer)."""
     checks = env.layout.checks(paths=SMALL_CHECK_PATHS)
     return _run(
         env,
@@ -163,7 +164,7 @@ def run_restart(env: Env, delay: float = 0.5) -> Run:
         "restart",
         checks=checks,
         params={"RESTART_FILE": storage.RESTART},
-        actions={"READING_STARTED": {"do": "restart_server", "delay": delay}},
+        actions={"READING_STARTED": {"do": "restart_server", "delay": delay, "in_flight": "READ"}},
         timeout=300,
     )
 
@@ -181,6 +182,14 @@ def run_hang(env: Env, timeout: float = 25) -> Run:
 
 
 # ---------------------------------------------------------------- judging
+
+
+def rpc_problems(run: Run) -> list[str]:
+    """Calls the server never answered, and error replies no scenario asks for."""
+    rpc = run.result.rpc
+    out = [f"unanswered: {c}" for c in rpc.get("unanswered", [])]
+    out += [f"error reply: {c}" for c in rpc.get("errors", [])]
+    return out
 
 
 def mount_problems(run: Run, *, explicit: bool) -> list[str]:
