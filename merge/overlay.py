@@ -126,11 +126,7 @@ class MergeLayer(Layer):
 
     def open_file(self, path: PresentedPath) -> Handle:
         if self._is_merged(path):
-            for _ in range(PREPARE_TRIES):
-                merge = self._merge(path)
-                if merge.source.try_retain():
-                    return Handle.adopt(merge.source)
-            raise InputChanged("/" + "/".join(path))
+            return Handle.adopt(self._merge(path, retain=True).source)
         return self.lower.open_file(path)
 
     def close(self) -> None:
@@ -150,8 +146,14 @@ class MergeLayer(Layer):
             return False
         return pancbt.attrs.kind == Kind.REG and base.attrs.kind == Kind.REG
 
-    def _merge(self, path: PresentedPath) -> _Prepared:
-        """The prepared merge at ``path``, re-prepared if an input changed."""
+    def _merge(self, path: PresentedPath, *, retain: bool = False) -> _Prepared:
+        """The prepared merge at ``path``, re-prepared if an input changed.
+
+        With ``retain``, the caller gets a reference on its source: taken on
+        a cached merge (which another thread may have evicted and closed
+        meanwhile: then it is prepared again), or on a new one *before* it
+        is published in the cache, where an eviction could close it.
+        """
         merge: _Prepared | _Rejected | None = self._merges.get(path)
         if merge is not None and self.ctx.due(merge.checked_at):
             if merge.is_current():
@@ -159,8 +161,12 @@ class MergeLayer(Layer):
             else:
                 self._merges.pop(path, merge)
                 merge = None
+        if retain and isinstance(merge, _Prepared) and not merge.source.try_retain():
+            merge = None
         if merge is None:
             merge = self._prepare(path)
+            if retain and isinstance(merge, _Prepared):
+                merge.source.try_retain()  # not yet shared: cannot fail
             self._merges.put(path, merge)
         if isinstance(merge, _Rejected):
             raise NotFound(merge.reason)

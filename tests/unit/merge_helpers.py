@@ -64,7 +64,7 @@ def encode(
     table_crc: int | None = None,
 ) -> bytes:
     """Header, ``data`` (from offset 512), then the table; any field may lie."""
-    table = b"".join(ENTRY.pack(*(tuple(e) + (0,))[:5]) for e in entries)
+    table = b"".join(ENTRY.pack(*(*e, 0)[:5]) for e in entries)
     if table_offset is None:
         table_offset = 512 + len(data)
     count = len(entries) if extent_count is None else extent_count

@@ -8,6 +8,7 @@ extents, the base's end, ``disk_size``, past it, zero and one byte.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -44,7 +45,7 @@ def resolve(runs: list[Run], base: bytes, pancbt: bytes) -> bytes:
 
 
 def assert_coalesced(runs: list[Run]) -> None:
-    for a, b in zip(runs, runs[1:], strict=False):
+    for a, b in itertools.pairwise(runs):
         same = a.fd == b.fd and (a.fd == ZERO_FD or a.pos + a.length == b.pos)
         assert not same, f"{a} and {b} should be one run"
 
@@ -89,8 +90,6 @@ def test_every_boundary(img) -> None:
     base, pancbt = img
     emap = emap_of(pancbt, len(base))
     edges = {0, len(base), emap.disk_size}
-    for fd, pos, n in emap.runs(0, emap.disk_size):
-        pass
     p = read_pancbt(lambda pos, n: pancbt[pos : pos + n], len(pancbt), "p")
     for e in p.extents:
         edges |= {e.offset, e.offset + e.length}
@@ -197,7 +196,12 @@ def test_cheap_for_10000_extents_and_1_mib_reads() -> None:
     disk = 10 * 1024 * MIB
     starts = sorted(rnd.sample(range(0, disk // 4096), 10_000))
     extents = [
-        Extent(s * 4096, 4096, 512 + i * 4096 if i % 2 else 0, ExtentKind.DATA if i % 2 else ExtentKind.ZERO)
+        Extent(
+            s * 4096,
+            4096,
+            512 + i * 4096 if i % 2 else 0,
+            ExtentKind.DATA if i % 2 else ExtentKind.ZERO,
+        )
         for i, s in enumerate(starts)
     ]
     emap = ExtentMap(extents, disk, disk)

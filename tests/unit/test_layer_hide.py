@@ -12,7 +12,9 @@ from merge.namespace import NotFound
 from tests.unit.fake_layer import FakeLower, make_ctx
 
 
-def stack(tmp_path: Path, tree: dict[str, bytes | None], withheld: dict[str, set[str]] | None = None):
+def stack(
+    tmp_path: Path, tree: dict[str, bytes | None], withheld: dict[str, set[str]] | None = None
+):
     ctx = make_ctx(tmp_path / "root")
     lower = FakeLower(ctx, tmp_path / "blobs", tree, withheld)
     return HideLayer(lower, ctx), lower
@@ -42,14 +44,28 @@ def test_pancbt_names_are_never_listed_nor_found(tmp_path: Path) -> None:
 
 def test_orphan_pancbt_is_reported_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="recovery_fs.merge")
-    ns, _ = stack(tmp_path, {"d/lonely-pancbt.vmdk": b"p", "d/x": b"x", "d/dirbase-flat.vmdk/f": b"", "d/dirbase-pancbt.vmdk": b"p"})
+    ns, _ = stack(
+        tmp_path,
+        {
+            "d/lonely-pancbt.vmdk": b"p",
+            "d/x": b"x",
+            "d/dirbase-flat.vmdk/f": b"",
+            "d/dirbase-pancbt.vmdk": b"p",
+        },
+    )
     for _ in range(3):
         assert {n for n, _ in ns.readdir(("d",))} == {"x", "dirbase-flat.vmdk"}
     problems = ns.ctx.problems.all()
-    assert [p.storage_path.rsplit("/", 1)[1] for p in problems] == ["dirbase-pancbt.vmdk", "lonely-pancbt.vmdk"]
+    assert [p.storage_path.rsplit("/", 1)[1] for p in problems] == [
+        "dirbase-pancbt.vmdk",
+        "lonely-pancbt.vmdk",
+    ]
     assert all("orphan" in p.reason and p.rule == 5 for p in problems)
     records = [r for r in caplog.records if r.name == "recovery_fs.merge"]
-    assert len(records) == 2 and "lonely-pancbt.vmdk" in records[0].getMessage() + records[1].getMessage()
+    assert (
+        len(records) == 2
+        and "lonely-pancbt.vmdk" in records[0].getMessage() + records[1].getMessage()
+    )
 
 
 def test_a_flat_withheld_below_does_not_make_an_orphan(tmp_path: Path) -> None:

@@ -68,7 +68,9 @@ def test_name_key_and_root_relative_target(tmp_path: Path) -> None:
         assert read_all(r) == b"x"
 
 
-@pytest.mark.parametrize("target", ["./file", "sub/../file", ".//file", "/c/file", "/../c/file"[3:]])
+@pytest.mark.parametrize(
+    "target", ["./file", "sub/../file", ".//file", "/c/file", "/../c/file"[3:]]
+)
 def test_target_normalisation(tmp_path: Path, target: str) -> None:
     ns, _ = stack(tmp_path, {"c/file": b"x", "c/sub/.keep": b"", "c/l.json": link(target)})
     assert ns.getattr(("c", "l")).size == 1
@@ -123,7 +125,11 @@ def test_17_deep_found_from_a_cached_tail(tmp_path: Path) -> None:
         {"c/self.json": link("self")},
         {"c/a.json": link("b"), "c/b.json": link("a")},
         {"c/a.json": link("b"), "c/b.json": link("/c/c"), "c/c.json": link("../c/a")},
-        {"c/a.json": link("b"), "c/b.json": link("c"), "c/c.json": link("b")},  # a leads into a loop
+        {
+            "c/a.json": link("b"),
+            "c/b.json": link("c"),
+            "c/c.json": link("b"),
+        },  # a leads into a loop
     ],
 )
 def test_loops_are_withheld(tmp_path: Path, tree: dict[str, bytes | None]) -> None:
@@ -186,19 +192,25 @@ def test_link_with_an_unusable_name_is_withheld(tmp_path: Path, bad: object) -> 
     assert len(problems(ns)) == 1 and "unusable" in problems(ns)[0]
 
 
-def test_rule_6_a_real_file_wins_over_a_link(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_rule_6_a_real_file_wins_over_a_link(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="recovery_fs.merge")
     ns, _ = stack(tmp_path, {"c/f": b"real", "c/g": b"other", "c/f.json": link("g")})
     assert names(ns, "c") == {"f", "g"}
     with ns.open(("c", "f")) as r:
         assert read_all(r) == b"real"
     assert ns.getattr(("c", "f")).size == 4
-    assert problems(ns) == [f'6 {ns.ctx.root}/c/f.json link ignored: a real entry "f" has the name it presents']
+    assert problems(ns) == [
+        f'6 {ns.ctx.root}/c/f.json link ignored: a real entry "f" has the name it presents'
+    ]
     assert len([r for r in caplog.records if r.name == "recovery_fs.merge"]) == 1
 
 
 def test_two_links_presenting_one_name_are_both_ignored(tmp_path: Path) -> None:
-    ns, _ = stack(tmp_path, {"c/g": b"x", "c/a.json": link("g", name="n"), "c/b.json": link("g", name="n")})
+    ns, _ = stack(
+        tmp_path, {"c/g": b"x", "c/a.json": link("g", name="n"), "c/b.json": link("g", name="n")}
+    )
     assert names(ns, "c") == {"g"}
     with pytest.raises(NotFound):
         ns.getattr(("c", "n"))

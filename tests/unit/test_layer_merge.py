@@ -79,7 +79,9 @@ def test_merged_bytes_match_naive_reference(
         ns, lower = stack(Path(d), vm(base, pancbt))
         with ns.open(("d", "disk-flat.vmdk")) as r:
             assert r.size == disk_size
-            assert read_range(r, offset, count) == naive_merged(base, pancbt)[offset : offset + count]
+            assert (
+                read_range(r, offset, count) == naive_merged(base, pancbt)[offset : offset + count]
+            )
         ns.close()
         assert lower.open_handles == 0
 
@@ -113,7 +115,12 @@ def test_base_size_zero_is_not_checked(tmp_path: Path) -> None:
 def test_no_pancbt_no_merge_and_no_flat_nothing_to_merge(tmp_path: Path) -> None:
     ns, _ = stack(
         tmp_path,
-        {"a/x-flat.vmdk": b"plain", "b/y-pancbt.vmdk": PANCBT, "c/z-flat.vmdk/f": b"", "c/z-pancbt.vmdk": PANCBT},
+        {
+            "a/x-flat.vmdk": b"plain",
+            "b/y-pancbt.vmdk": PANCBT,
+            "c/z-flat.vmdk/f": b"",
+            "c/z-pancbt.vmdk": PANCBT,
+        },
     )
     assert ns.getattr(("a", "x-flat.vmdk")).size == 5
     assert set(dict(ns.readdir(("b",)))) == {"y-pancbt.vmdk"}

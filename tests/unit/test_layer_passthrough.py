@@ -47,7 +47,9 @@ def test_attributes_are_read_only_with_stable_ids(storage: Path) -> None:
     assert attrs.mode == 0o764 & 0o555 and not attrs.mode & 0o222
     assert pt.getattr(("a",)).mode & 0o222 == 0
     assert pt.getattr(()).fileid == ROOT_FILEID
-    assert attrs.fileid == fileid_for(("a", "f.txt")) == layer(storage).getattr(("a", "f.txt")).fileid
+    assert (
+        attrs.fileid == fileid_for(("a", "f.txt")) == layer(storage).getattr(("a", "f.txt")).fileid
+    )
     assert pt.getattr(("a",)).nlink >= 3  # 2 + the subdirectory b
 
 
@@ -110,7 +112,9 @@ def test_symlinks_inside_the_root_are_followed(storage: Path) -> None:
         ("a/b/toa", "../../a"),  # to an enclosing directory
     ],
 )
-def test_symlink_to_an_enclosing_directory_is_withheld(storage: Path, where: str, target: str) -> None:
+def test_symlink_to_an_enclosing_directory_is_withheld(
+    storage: Path, where: str, target: str
+) -> None:
     os.symlink(target, storage / where)
     pt = layer(storage)
     parent, name = os.path.split(where)
@@ -197,16 +201,24 @@ def test_never_writes_to_the_storage(storage: Path, monkeypatch) -> None:
     flags: list[int] = []
     real_open = os.open
     monkeypatch.setattr(os, "open", lambda p, f, *a: flags.append(f) or real_open(p, f, *a))
-    snapshot = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in storage.rglob("*")}
+    snapshot = {
+        p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+        for p in storage.rglob("*")
+    }
     pt = layer(storage)
     for d in ((), ("a",), ("a", "b")):
         for name, a in pt.readdir(d):
             if a.kind == Kind.REG:
                 with pt.open((*d, name)) as r:
                     read_all(r)
-    assert flags and all(f & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) == 0 for f in flags)
+    assert flags and all(
+        f & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) == 0 for f in flags
+    )
     assert all(f & os.O_NOATIME for f in flags)  # we run as the owner: permitted
-    after = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in storage.rglob("*")}
+    after = {
+        p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+        for p in storage.rglob("*")
+    }
     assert after == snapshot
 
 

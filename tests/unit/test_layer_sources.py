@@ -103,9 +103,17 @@ def test_open_readonly_refuses_non_regular_files(tmp_path: Path) -> None:
     assert open_fds() == before
 
 
-@given(st.binary(max_size=200), st.lists(st.tuples(st.integers(0, 60), st.binary(min_size=1, max_size=20)), max_size=5), st.integers(0, 250), st.integers(0, 300), st.integers(0, 300))
+@given(
+    st.binary(max_size=200),
+    st.lists(st.tuples(st.integers(0, 60), st.binary(min_size=1, max_size=20)), max_size=5),
+    st.integers(0, 250),
+    st.integers(0, 300),
+    st.integers(0, 300),
+)
 @settings(max_examples=150, deadline=None)
-def test_merged_source_preadv_matches_naive(base: bytes, spec, disk_size: int, offset: int, count: int) -> None:
+def test_merged_source_preadv_matches_naive(
+    base: bytes, spec, disk_size: int, offset: int, count: int
+) -> None:
     changes = []
     pos = 0
     for gap, data in spec:
@@ -153,7 +161,7 @@ def test_ttl_lru_bounds_and_expiry() -> None:
 
 def test_ttl_lru_evicts_outside_its_lock() -> None:
     cache: TtlLru[int, int] = TtlLru(1, None, FakeClock())
-    cache._on_evict = lambda v: cache.get(v)  # would deadlock if called under the lock
+    cache._on_evict = cache.get  # would deadlock if called under the lock
     cache.put(1, 1)
     cache.put(2, 2)
     assert cache.get(2) == 2

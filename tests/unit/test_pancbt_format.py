@@ -132,7 +132,9 @@ def test_pack_table_matches_independent_layout() -> None:
 
 def write(changes, disk_size: int, **kw) -> bytes:
     out = io.BytesIO()
-    write_pancbt(out, disk_size=disk_size, block_size=kw.pop("block_size", 4096), changes=changes, **kw)
+    write_pancbt(
+        out, disk_size=disk_size, block_size=kw.pop("block_size", 4096), changes=changes, **kw
+    )
     return out.getvalue()
 
 
@@ -148,8 +150,13 @@ def test_writer_coalesces_adjacent_changes_of_one_kind() -> None:
         ],
         100,
     )
-    disk_size, entries = decode(raw)
-    assert entries == [(0, 15, 512, DATA), (15, 10, 0, ZERO), (25, 1, 527, DATA), (30, 1, 528, DATA)]
+    _, entries = decode(raw)
+    assert entries == [
+        (0, 15, 512, DATA),
+        (15, 10, 0, ZERO),
+        (25, 1, 527, DATA),
+        (30, 1, 528, DATA),
+    ]
     assert raw[512:529] == b"a" * 10 + b"b" * 5 + b"cd"
 
 
@@ -218,7 +225,9 @@ def test_writer_round_trips_through_independent_decoder(spec, tail: int) -> None
     raw = write(changes, disk_size)
     base = bytes(range(256)) * 2
     # The file says what the changes said: same merged image as the naive encoder's.
-    naive = build([(c.offset, c.data if isinstance(c, DataChange) else c.length) for c in changes], disk_size)
+    naive = build(
+        [(c.offset, c.data if isinstance(c, DataChange) else c.length) for c in changes], disk_size
+    )
     assert naive_merged(base, raw) == naive_merged(base, naive)
     parsed = parse(raw)
     assert parsed.header.extent_count == len(parsed.extents) <= len(changes)

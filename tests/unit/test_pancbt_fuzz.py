@@ -18,9 +18,7 @@ from merge.extents import ExtentMap
 from merge.pancbt import HEADER_SIZE, ExtentKind, Pancbt, PancbtError, read_pancbt
 from tests.unit.merge_helpers import DATA, ZERO, build, encode
 
-FUZZ = settings(
-    max_examples=400, deadline=500, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=400, deadline=500, suppress_health_check=[HealthCheck.too_slow])
 
 
 def try_parse(raw: bytes, base_size: int | None) -> Pancbt | None:
@@ -101,7 +99,10 @@ def test_mutated_fields_with_checksums_fixed(
 ) -> None:
     """Mutations that pass the CRCs, so the deeper rules are reached."""
     raw = bytearray(seed)
-    table_offset, count = struct.unpack_from("<QI", raw, 40)[0], struct.unpack_from("<I", raw, 36)[0]
+    table_offset, count = (
+        struct.unpack_from("<QI", raw, 40)[0],
+        struct.unpack_from("<I", raw, 36)[0],
+    )
     width = struct.calcsize(fmt)
     value &= (1 << (8 * width)) - 1
     if in_table and count:

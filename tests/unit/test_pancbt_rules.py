@@ -39,7 +39,7 @@ def test_the_base_file_is_valid() -> None:
     assert len(parse(valid(), base_size=0).extents) == 2
 
 
-# --- rule 1: magic, version, flags, header_size, header_crc, table_crc -------------------
+# --- rule 1: magic, version, flags, header_size, header_crc, table_crc ---
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_rule_1_shorter_than_a_header(size: int) -> None:
     assert rule_of(valid()[:size]) == 1
 
 
-# --- rule 2: block_size ------------------------------------------------------------------------
+# --- rule 2: block_size ---
 
 
 @pytest.mark.parametrize("bs", [0, 1, 256, 511, 513, 1000, 4095, 3 << 20, 128 << 20, 2**32 - 1])
@@ -91,7 +91,7 @@ def test_rule_2_good_block_sizes(bs: int) -> None:
     parse(valid(block_size=bs))
 
 
-# --- rule 3: table placement ----------------------------------------------------------------
+# --- rule 3: table placement ---
 
 
 @pytest.mark.parametrize("table_offset", [0, 100, 508, 511])
@@ -128,7 +128,7 @@ def test_rule_3_table_may_sit_anywhere_after_the_header() -> None:
     assert parse(raw).extents[0].data_offset == 548
 
 
-# --- rule 4: sorted, non-overlapping ----------------------------------------------------------
+# --- rule 4: sorted, non-overlapping ---
 
 
 def test_rule_4_unsorted() -> None:
@@ -147,11 +147,13 @@ def test_rule_4_same_offset() -> None:
 
 
 def test_rule_4_adjacent_extents_are_accepted() -> None:
-    raw = encode([(100, 10, 0, ZERO), (110, 4, 512, DATA), (114, 1, 0, ZERO)], b"abcd", disk_size=1000)
+    raw = encode(
+        [(100, 10, 0, ZERO), (110, 4, 512, DATA), (114, 1, 0, ZERO)], b"abcd", disk_size=1000
+    )
     assert len(parse(raw).extents) == 3
 
 
-# --- rule 5: length and disk_size ---------------------------------------------------------------
+# --- rule 5: length and disk_size ---
 
 
 def test_rule_5_empty_extent() -> None:
@@ -173,7 +175,7 @@ def test_rule_5_offset_plus_length_overflowing_64_bits() -> None:
     assert rule_of(raw) == 5
 
 
-# --- rule 6: where the bytes are ------------------------------------------------------------------
+# --- rule 6: where the bytes are ---
 
 
 def test_rule_6_data_inside_the_header() -> None:
@@ -198,7 +200,7 @@ def test_rule_6_zero_extent_with_data_offset() -> None:
     assert rule_of(encode([(0, 4, 512, ZERO)], b"abcd", disk_size=10)) == 6
 
 
-# --- rule 7: kind and reserved bytes -------------------------------------------------------------
+# --- rule 7: kind and reserved bytes ---
 
 
 @pytest.mark.parametrize("kind", [0, 3, 255, 2**32 - 1])
@@ -214,7 +216,7 @@ def test_rule_7_header_reserved_bytes() -> None:
     assert rule_of(valid(reserved=b"\1" + bytes(195))) == 7
 
 
-# --- rule 8: the base's actual size ----------------------------------------------------------------
+# --- rule 8: the base's actual size ---
 
 
 def test_rule_8_base_size_mismatch() -> None:
@@ -233,7 +235,7 @@ def test_rule_8_skipped_without_a_base() -> None:
     parse(build([(0, b"x")], 100, base_size=50), base_size=None)
 
 
-# --- order: the first rule broken is the one named -------------------------------------------------
+# --- order: the first rule broken is the one named ---
 
 
 def test_header_rules_come_before_table_rules() -> None:
