@@ -17,6 +17,7 @@ helper                        what
                               server reads them
 ``write_link``                a SmartMotion link file
 ``open_fds``                  the process's open descriptors (leak checks)
+``run_threads``               one function on many threads at once
 ``FakeClock``                 a clock the test moves
 ``FakeLower``                 a layer from a dict, to test one layer alone
 ============================  ===============================================
@@ -27,8 +28,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +177,24 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def run_threads(work: Callable[[int], None], count: int = 8) -> list[BaseException]:
+    """Run ``work(seed)`` on ``count`` threads at once; the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(seed: int) -> None:
+        try:
+            work(seed)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(s,)) for s in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def open_fds() -> set[int]:

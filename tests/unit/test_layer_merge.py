@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,14 @@ from merge.namespace import InputChanged, Kind, NotFound
 from merge.overlay import MergeLayer
 from merge.sources import MergedSource
 from tests.unit.fake_layer import FakeLower, make_ctx
-from tests.unit.merge_helpers import FakeClock, build, naive_merged, read_all, read_range
+from tests.unit.merge_helpers import (
+    FakeClock,
+    build,
+    naive_merged,
+    read_all,
+    read_range,
+    run_threads,
+)
 
 BASE = bytes(range(256)) * 40  # 10240 bytes
 PANCBT = build([(0, b"head"), (5000, 100), (10_000, b"x" * 1000)], 12_000, base_size=len(BASE))
@@ -220,24 +226,15 @@ def test_thread_safety_with_evictions(tmp_path: Path) -> None:
         tree |= {f"v{i}/disk-flat.vmdk": BASE, f"v{i}/disk-pancbt.vmdk": PANCBT}
     ns, lower = stack(tmp_path, tree, cache_size=2)
     want = naive_merged(BASE, PANCBT)
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
-        try:
-            for n in range(60):
-                path = (f"v{(seed + n) % 6}", "disk-flat.vmdk")
-                assert ns.getattr(path).size == 12_000
-                with ns.open(path) as r:
-                    off = (seed * 997 + n * 131) % 11_000
-                    assert read_range(r, off, 1000) == want[off : off + 1000]
-        except BaseException as e:
-            errors.append(e)
+        for n in range(60):
+            path = (f"v{(seed + n) % 6}", "disk-flat.vmdk")
+            assert ns.getattr(path).size == 12_000
+            with ns.open(path) as r:
+                off = (seed * 997 + n * 131) % 11_000
+                assert read_range(r, off, 1000) == want[off : off + 1000]
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_threads(work) == []
     ns.close()
     assert lower.open_handles == 0

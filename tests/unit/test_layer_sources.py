@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,15 @@ from merge.extents import ExtentMap
 from merge.namespace import InputChanged, Run
 from merge.pancbt import read_pancbt
 from merge.sources import FileSource, Handle, LinkSource, MergedSource, open_readonly
-from tests.unit.merge_helpers import FakeClock, build, naive_merged, open_fds, read_all, read_range
+from tests.unit.merge_helpers import (
+    FakeClock,
+    build,
+    naive_merged,
+    open_fds,
+    read_all,
+    read_range,
+    run_threads,
+)
 
 
 def file_source(path: Path, data: bytes) -> FileSource:
@@ -169,19 +176,10 @@ def test_ttl_lru_evicts_outside_its_lock() -> None:
 
 def test_ttl_lru_thread_safety() -> None:
     cache: TtlLru[int, int] = TtlLru(50, None, FakeClock())
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
-        try:
-            for i in range(2000):
-                cache.put((seed * i) % 97, i)
-                cache.get(i % 97)
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
+        for i in range(2000):
+            cache.put((seed * i) % 97, i)
+            cache.get(i % 97)
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(cache) <= 50
+    assert run_threads(work) == [] and len(cache) <= 50
