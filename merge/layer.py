@@ -54,7 +54,7 @@ from merge.namespace import (
 from merge.problems import Problems
 from merge.sources import Handle
 
-# --- where an entry's bytes come from (for ``ls`` and messages) ----------------
+# --- where an entry's bytes come from (for ``ls`` and messages) ---
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +62,6 @@ class Stored:
     """A storage file or directory, presented as it is."""
 
     path: str
-
-    def describe(self) -> str:
-        return "passthrough"
 
     @property
     def where(self) -> str:
@@ -79,9 +76,6 @@ class Linked:
     target: PresentedPath
     target_origin: Origin
 
-    def describe(self) -> str:
-        return f"link -> /{'/'.join(self.target)} ({self.target_origin.describe()})"
-
     @property
     def where(self) -> str:
         return self.link
@@ -93,9 +87,6 @@ class Merged:
 
     base: Origin
     pancbt: Origin
-
-    def describe(self) -> str:
-        return f"merged: base {self.base.describe()} + pancbt {self.pancbt.where}"
 
     @property
     def where(self) -> str:

@@ -146,6 +146,11 @@ class LinksLayer(Layer):
                 entries[name] = self._resolve(path, spec)
             except NotFound:
                 withheld.add(name)
+            except (_LinkLoop, _TooDeep):  # pragma: no cover - a listing is never nested
+                raise
+            except NamespaceError as e:  # a target unreadable now: withhold this one only
+                withheld.add(name)
+                self.ctx.problems.report(5, spec.spath, f"target cannot be read: {e!r}")
         found = Listing(entries, frozenset(withheld))
         self._listings.put(path, found)
         return found

@@ -39,7 +39,7 @@ from merge.cache import TtlLru
 from merge.extents import ExtentMap
 from merge.layer import Context, Entry, Layer, Listing, Merged
 from merge.names import flat_of, is_flat, is_pancbt, pancbt_of
-from merge.namespace import Attrs, InputChanged, Kind, NotFound, PresentedPath
+from merge.namespace import Attrs, InputChanged, Kind, NamespaceError, NotFound, PresentedPath
 from merge.pancbt import PancbtError, read_pancbt
 from merge.sources import Handle, MergedSource, read_at
 
@@ -120,6 +120,10 @@ class MergeLayer(Layer):
             except NotFound:
                 del entries[flat]
                 withheld.add(flat)
+            except NamespaceError as e:  # unreadable inputs: withhold this one, list the rest
+                del entries[flat]
+                withheld.add(flat)
+                self.ctx.problems.report(5, entry.origin.where, f"{flat} not presented: {e!r}")
         found = Listing(entries, frozenset(withheld))
         self._listings.put(path, found)
         return found

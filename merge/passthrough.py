@@ -36,7 +36,7 @@ from merge.attrs import attrs_from_stat
 from merge.cache import TtlLru
 from merge.layer import Context, Entry, Layer, Listing, Stored
 from merge.names import valid_name
-from merge.namespace import FsStats, NotFound, PresentedPath
+from merge.namespace import FsStats, NamespaceError, NotFound, PresentedPath
 from merge.sources import FileSource, Handle, os_error
 
 
@@ -90,7 +90,11 @@ class Passthrough(Layer):
             with os.scandir(self.storage_path(path)) as it:
                 for de in it:
                     child = (*path, de.name)
-                    got = self._classify(child, de)
+                    try:
+                        got = self._classify(child, de)
+                    except NamespaceError as e:  # this entry only (an unreadable symlink...)
+                        got = _Withheld(repr(e))
+                        self.ctx.problems.report(5, self.storage_path(child), f"cannot stat: {e!r}")
                     self._stats.put(child, got)
                     if isinstance(got, Entry):
                         entries[de.name] = got

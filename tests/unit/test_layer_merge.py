@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merge.attrs import fileid_for
-from merge.namespace import InputChanged, Kind, NotFound
+from merge.namespace import AccessDenied, InputChanged, Kind, NotFound
 from merge.overlay import MergeLayer
 from merge.sources import MergedSource
 from tests.unit.fake_layer import FakeLower, make_ctx
@@ -236,5 +236,25 @@ def test_thread_safety_with_evictions(tmp_path: Path) -> None:
                 assert read_range(r, off, 1000) == want[off : off + 1000]
 
     assert run_threads(work) == []
+    ns.close()
+    assert lower.open_handles == 0
+
+
+def test_unreadable_input_withholds_that_flat_only(tmp_path: Path, monkeypatch) -> None:
+    ns, lower = stack(tmp_path, vm() | {"d/other-flat.vmdk": BASE, "d/other-pancbt.vmdk": PANCBT})
+    real_open = lower.open_file
+
+    def refuse(path):
+        if path[-1] == "disk-pancbt.vmdk":
+            raise AccessDenied("/".join(path))
+        return real_open(path)
+
+    monkeypatch.setattr(lower, "open_file", refuse)
+    listing = ns.listing(("d",))
+    assert "other-flat.vmdk" in listing.entries and "disk-flat.vmdk" in listing.withheld
+    with pytest.raises(AccessDenied):
+        ns.getattr(("d", "disk-flat.vmdk"))
+    [problem] = ns.ctx.problems.all()
+    assert "AccessDenied" in problem.reason
     ns.close()
     assert lower.open_handles == 0
