@@ -208,9 +208,14 @@ def run_guest(
     data: dict[str, bytes] | None = None,
     actions: dict[str, dict] | None = None,
     timeout: float = 300.0,
+    deadline_after: dict[str, float] | None = None,
     kernel_assets: assets.Assets | None = None,
 ) -> GuestResult:
-    """Run one guest boot with `scenario` (sh/<scenario>.sh) against `server`."""
+    """Run one guest boot with `scenario` (sh/<scenario>.sh) against `server`.
+
+    `actions`: guest line key -> {"do": "restart_server" | "kill_server", "delay": s,
+    "in_flight": "READ"}. `timeout`: seconds for the whole boot; `deadline_after`:
+    key -> seconds, a shorter host timeout counted from that guest line."""
     run_dir.mkdir(parents=True, exist_ok=True)
     a = kernel_assets or assets.prepare()
     initrd = assets.scenario_initrd(
@@ -224,6 +229,7 @@ def run_guest(
         "accel": choose_accel(),
         "server": server.to_dict(),
         "actions": actions or {},
+        "deadline_after": deadline_after or {},
     }
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
@@ -273,7 +279,7 @@ def _keep_artifacts(run_dir: Path, kind: str, scenario: str) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for p in run_dir.rglob("*"):
-        if p.is_file() and p.suffix in (".log", ".json", ".out", ".cmd", ".conf", ".sh"):
+        if p.is_file() and p.suffix in (".log", ".json", ".out", ".cmd", ".conf", ".sh", ".pcap"):
             target = dest / p.relative_to(run_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, target)
@@ -357,6 +363,10 @@ class _Runner:
                     with self.lock:
                         self.lines.append((self.now(), line))
                     key = line.partition(" ")[0]
+                    after = self.spec.get("deadline_after", {}).get(key)
+                    if after is not None:
+                        deadline = min(deadline, time.monotonic() + float(after))
+                        self.event(f"host timeout now {after} s after {key}")
                     act = self.spec["actions"].get(key)
                     if act and key not in fired:
                         fired.add(key)
@@ -384,7 +394,8 @@ class _Runner:
             if os.environ.get("KERNEL_E2E_TRACE", "1") != "0":
                 ports = {self.server.nfs_port, self.server.mount_port, 111}
                 try:
-                    self.tracer = rpctrace.Tracer(ports, self.run_dir / "rpc.log", self.t0)
+                    pcap = self.run_dir / "rpc.pcap" if os.environ.get("KERNEL_E2E_PCAP") else None
+                    self.tracer = rpctrace.Tracer(ports, self.run_dir / "rpc.log", self.t0, pcap)
                 except OSError as e:
                     self.event(f"rpc tracer unavailable: {e}")
             self.server.start()

@@ -245,8 +245,14 @@ class _Stream:
 class Tracer:
     """Capture RPC on `lo` for the given server ports until `stop()`."""
 
-    def __init__(self, ports: set[int], log_path: Path, t0: float | None = None) -> None:
+    def __init__(
+        self, ports: set[int], log_path: Path, t0: float | None = None, pcap: Path | None = None
+    ) -> None:
         self.ports = ports
+        # Optionally every traced packet's first 200 bytes, for tcpdump -r / wireshark.
+        self.pcap = open(pcap, "wb") if pcap else None  # noqa: SIM115
+        if self.pcap:
+            self.pcap.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 200, 1))
         self.log_path = log_path
         self.streams: dict[tuple, _Stream] = {}
         self.calls: dict[int, Call] = {}  # by xid: a retransmission may use a new connection
@@ -281,6 +287,8 @@ class Tracer:
         except OSError:
             pass
         self.sock.close()
+        if self.pcap:
+            self.pcap.close()
         for c in self.calls.values():
             self._log.write(c.line() + "\n")
         self._log.close()
@@ -315,6 +323,11 @@ class Tracer:
         if not to_server and sport not in self.ports:
             return
         flags = pkt[tcp + 13]
+        if self.pcap:
+            now = time.time()
+            snap = bytes(pkt[:200])
+            head = struct.pack("<IIII", int(now), int(now % 1 * 1e6), len(snap), len(pkt))
+            self.pcap.write(head + snap)
         payload = pkt[tcp + (pkt[tcp + 12] >> 4) * 4 : 14 + total]
         src = socket.inet_ntoa(bytes(pkt[26:30]))
         dst = socket.inet_ntoa(bytes(pkt[30:34]))

@@ -10,6 +10,7 @@ assertion message names every wrong file, range and error the guest saw.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from .storage import Check, Layout
 
 EXPORT = servers.EXPORT
 PORT = 20490  # any port: the namespace is private
+# For slow machines: every boot's host timeout is multiplied by this.
+TIMEOUT_SCALE = float(os.environ.get("KERNEL_E2E_TIMEOUT_SCALE", "1"))
 SMALL_CHECK_PATHS = {
     "tree/one.txt",
     "tree/names/with space.txt",
@@ -96,6 +99,7 @@ def _run(
     data: dict[str, bytes] | None = None,
     actions: dict | None = None,
     timeout: float = 300,
+    deadline_after: dict[str, float] | None = None,
 ) -> Run:
     run_dir = env.work / name
     server = _server(env, run_dir, portmap=portmap)
@@ -115,7 +119,8 @@ def _run(
         params=p,
         data=files,
         actions=actions,
-        timeout=timeout,
+        timeout=timeout * TIMEOUT_SCALE,
+        deadline_after=deadline_after,
         kernel_assets=env.assets,
     )
     return Run(name, result, server, checks)
@@ -169,15 +174,17 @@ def run_restart(env: Env, delay: float = 0.1) -> Run:
     )
 
 
-def run_hang(env: Env, timeout: float = 25) -> Run:
-    """Harness self-test: the server is killed for good under a hard mount."""
+def run_hang(env: Env, hang: float = 12) -> Run:
+    """Harness self-test: the server is killed for good under a hard mount; the host
+    ends the boot `hang` seconds after the kill."""
     return _run(
         env,
         "hang",
         "hang",
         params={"RESTART_FILE": storage.RESTART},
         actions={"KILL_SERVER": {"do": "kill_server"}},
-        timeout=timeout,
+        deadline_after={"KILL_SERVER": hang},
+        timeout=180,
     )
 
 
