@@ -265,6 +265,9 @@ def prepare(*, offline_ok: bool = True) -> Assets:
         resolved = _resolve_package()
         if resolved:
             kdir = _fetch_kernel(*resolved)
+            for old in _kernel_dirs():  # an older kernel, replaced in the archive
+                if old != kdir:
+                    shutil.rmtree(old, ignore_errors=True)
         else:
             cached = _kernel_dirs()
             if not (cached and offline_ok):
