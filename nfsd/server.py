@@ -3,16 +3,19 @@
 Design notes
 ------------
 Every TCP connection has a *reader* thread and a *writer* thread; calls
-are served by a shared pool of *workers*::
+that may wait on storage data (READ, READDIR, READDIRPLUS: the
+dispatcher's ``offload``) are served by a shared pool of *workers*::
 
     reader --record--> workers --reply--> writer --sendmsg--> client
+    reader --quick call, served and sent inline------------> client
 
-* The reader reassembles records (``nfsd.record``) and never blocks on
-  storage; a record over the size cap, or one that is not an RPC call,
-  closes the connection (UDP: the datagram is dropped).
+* The reader reassembles records (``nfsd.record``); a record over the size
+  cap, or one that is not an RPC call, closes the connection (UDP: the
+  datagram is dropped).  Quick calls (GETATTR, LOOKUP, ACCESS, ...) it
+  serves itself: a hand-off to a worker and back costs more than the call.
 * Workers run the sans-IO dispatcher.  They never block on the network: a
-  client that stops reading stalls only its own writer, which gives up
-  after ``send_timeout`` and closes the connection.
+  client that stops reading stalls only its own reader and writer, which
+  give up after ``send_timeout`` and close the connection.
 * Several calls of one connection run at once and are answered as each
   completes (a slow READ does not hold up a GETATTR behind it).  At most
   ``max_inflight`` calls per connection are in flight; past that the
@@ -30,8 +33,10 @@ import contextlib
 import logging
 import os
 import queue
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,6 +59,7 @@ class _Connection:
         self.inflight = threading.BoundedSemaphore(server.max_inflight)
         self.outbox: queue.SimpleQueue[Reply | None] = queue.SimpleQueue()
         self.closed = threading.Event()
+        self.send_lock = threading.Lock()
         self.reader = threading.Thread(target=self._read_loop, name=f"rpc-read {peer}", daemon=True)
         self.writer = threading.Thread(
             target=self._write_loop, name=f"rpc-write {peer}", daemon=True
@@ -73,6 +79,7 @@ class _Connection:
 
     def _read_loop(self) -> None:
         reader = RecordReader(self.server.max_record)
+        dispatcher = self.server.dispatcher
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
         try:
@@ -81,6 +88,9 @@ class _Connection:
                 if n == 0:
                     break
                 for record in reader.feed(view[:n]):
+                    if not dispatcher.offload(record):
+                        self._serve_inline(record)
+                        continue
                     # Bound the calls in flight: wait for a slot, checking for close.
                     while not self.inflight.acquire(timeout=1.0):
                         if self.closed.is_set():
@@ -95,7 +105,7 @@ class _Connection:
             self.close()
             self.server.forget(self)
 
-    def _serve(self, record: bytes) -> None:
+    def _dispatch(self, record: bytes) -> Reply | None:
         try:
             reply = self.server.dispatcher.dispatch(record, self.peer, "tcp")
         except Exception:
@@ -106,8 +116,35 @@ class _Connection:
             # client that sends such bytes is told by a closed connection
             # rather than left waiting for a reply that never comes.
             log.info("closing the connection of %s: a record that is not an RPC call", self.peer)
-            self.inflight.release()
             self.close()
+        return reply
+
+    def _serve_inline(self, record: bytes) -> None:
+        """Serve a quick call on the reader thread and send its reply at once."""
+        reply = self._dispatch(record)
+        if reply is None:
+            return
+        try:
+            self._send(reply)
+        finally:
+            if reply.release:
+                reply.release()
+
+    def _send(self, reply: Reply) -> None:
+        """Send one reply whole; a client that stops reading loses its connection."""
+        if self.closed.is_set():
+            return
+        try:
+            with self.send_lock:
+                _send_all(self.sock, frame(reply.parts), self.server.send_timeout)
+        except OSError as e:
+            log.info("closing the connection of %s: send failed: %s", self.peer, e)
+            self.close()
+
+    def _serve(self, record: bytes) -> None:
+        reply = self._dispatch(record)
+        if reply is None:
+            self.inflight.release()
             return
         if self.closed.is_set():
             if reply.release:
@@ -118,18 +155,13 @@ class _Connection:
 
     def _write_loop(self) -> None:
         sock = self.sock
-        sock.settimeout(self.server.send_timeout)
         try:
             while True:
                 reply = self.outbox.get()
                 if reply is None:
                     break
                 try:
-                    if not self.closed.is_set():
-                        _send_all(sock, frame(reply.parts))
-                except (OSError, TimeoutError) as e:
-                    log.info("closing the connection of %s: send failed: %s", self.peer, e)
-                    self.close()
+                    self._send(reply)
                 finally:
                     if reply.release:
                         reply.release()
@@ -150,11 +182,27 @@ class _Connection:
                     self.inflight.release()
 
 
-def _send_all(sock: socket.socket, parts: list) -> None:
-    """sendmsg every buffer, resuming after partial sends without copying."""
+def _send_all(sock: socket.socket, parts: list, timeout: float) -> None:
+    """sendmsg every buffer, resuming after partial sends without copying.
+
+    The socket stays blocking for the reader; sends use MSG_DONTWAIT and
+    wait for room with poll, so that a client which stops reading costs at
+    most ``timeout`` seconds.
+    """
     views = [memoryview(p).cast("B") for p in parts if len(p)]
+    deadline = time.monotonic() + timeout
+    poller = None
     while views:
-        sent = sock.sendmsg(views)
+        try:
+            sent = sock.sendmsg(views, [], socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError(f"client did not read for {timeout:.0f} s") from None
+            continue
         while sent:
             first = views[0]
             if sent >= len(first):

@@ -12,8 +12,8 @@ from xdr.nfs3 import NFS3Unpacker as U
 
 
 def build(svc: Nfs3Service) -> Program:
-    def proc(number: int, name: str, decode, run) -> tuple[int, Procedure]:
-        return number, Procedure(name, decode, partial(run, svc), failure_body(number))
+    def proc(number: int, name: str, decode, run, offload=False) -> tuple[int, Procedure]:
+        return number, Procedure(name, decode, partial(run, svc), failure_body(number), offload)
 
     table = dict(
         [
@@ -23,7 +23,7 @@ def build(svc: Nfs3Service) -> Program:
             proc(nfs3.NFSPROC3_LOOKUP, "LOOKUP", U.unpack_LOOKUP3args, attrs.lookup3),
             proc(nfs3.NFSPROC3_ACCESS, "ACCESS", U.unpack_ACCESS3args, attrs.access3),
             proc(nfs3.NFSPROC3_READLINK, "READLINK", U.unpack_READLINK3args, attrs.readlink3),
-            proc(nfs3.NFSPROC3_READ, "READ", U.unpack_READ3args, read.read3),
+            proc(nfs3.NFSPROC3_READ, "READ", U.unpack_READ3args, read.read3, offload=True),
             proc(nfs3.NFSPROC3_WRITE, "WRITE", U.unpack_WRITE3args, readonly.write3),
             proc(nfs3.NFSPROC3_CREATE, "CREATE", U.unpack_CREATE3args, readonly.create3),
             proc(nfs3.NFSPROC3_MKDIR, "MKDIR", U.unpack_MKDIR3args, readonly.mkdir3),
@@ -38,12 +38,14 @@ def build(svc: Nfs3Service) -> Program:
                 "READDIR",
                 U.unpack_READDIR3args,
                 readdir.readdir3,
+                offload=True,
             ),
             proc(
                 nfs3.NFSPROC3_READDIRPLUS,
                 "READDIRPLUS",
                 U.unpack_READDIRPLUS3args,
                 readdir.readdirplus3,
+                offload=True,
             ),
             proc(nfs3.NFSPROC3_FSSTAT, "FSSTAT", U.unpack_FSSTAT3args, fsinfo.fsstat3),
             proc(nfs3.NFSPROC3_FSINFO, "FSINFO", U.unpack_FSINFO3args, fsinfo.fsinfo3),

@@ -43,9 +43,9 @@ PROG = Program(
     versions={
         1: {
             0: Procedure("NULL", no_args, lambda c, a: Reply([])),
-            1: Procedure("SLOW", no_args, slow),
+            1: Procedure("SLOW", no_args, slow, offload=True),
             2: Procedure("FAST", no_args, fast),
-            3: Procedure("BIG", no_args, big),
+            3: Procedure("BIG", no_args, big, offload=True),
             4: Procedure("ECHO", echo, lambda c, a: Reply([struct.pack(">I", len(a))])),
         }
     },
@@ -172,3 +172,11 @@ def test_stop_ends_every_thread(server) -> None:  # type: ignore[no-untyped-def]
     assert threading.active_count() <= before - 10
     for c in conns:
         c.close()
+
+
+def test_an_idle_connection_outlives_the_send_timeout(server) -> None:  # type: ignore[no-untyped-def]
+    _, port = server  # send_timeout is 2 s in the fixture
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        time.sleep(3)
+        send(s, call(400001, 1, 2))
+        assert parse(recv_records(s, 1)).body == b"fast"
