@@ -203,6 +203,15 @@ def test_rule_3_and_5_loop_through_merges(new, tmp_path: Path) -> None:
     assert {p.reason for p in s.problems.all()} == {"in a loop of SmartMotion links"}
 
 
+def test_rule_3_and_5_flat_linking_to_its_own_merged_name(new, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    write(root / "d" / "vm-pancbt.vmdk", build([(0, b"x")], 10))
+    write_link(root / "d" / "vm-flat.vmdk.json", "vm-flat.vmdk")  # itself, as presented
+    s = new()
+    assert tree(s.top) == {"d": None}
+    assert [p.reason for p in s.problems.all()] == ["in a loop of SmartMotion links"]
+
+
 def test_rule_3_target_resolved_from_the_links_real_directory(new, tmp_path: Path) -> None:
     root = tmp_path / "storage"
     write(root / "real" / "vm" / "f", b"F")
