@@ -45,7 +45,7 @@ from merge.names import FLAT_SUFFIX, PANCBT_SUFFIX
 MARKER = ".recovery-fs-demo"
 KIB, MIB = 1024, 1024 * 1024
 DAYS = ("2026-11-20T0100", "2026-11-21T0100", "2026-11-22T0100")
-CREATED = 1_795_654_800  # 2026-11-22T01:00Z, so every run writes the same files
+CREATED = 1_795_309_200  # 2026-11-22T01:00Z: every run writes the same bytes
 BLOCK = 4096
 
 
