@@ -78,6 +78,8 @@ class Source:
     def release(self) -> None:
         """Drop a reference; the last one closes the source."""
         with self._lock:
+            if self._refs <= 0:
+                return  # already closed: a stray release must not close twice
             self._refs -= 1
             last = self._refs == 0
         if last:
