@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -225,8 +224,3 @@ def test_never_writes_to_the_storage(storage: Path, monkeypatch) -> None:
 def test_fsstat(storage: Path) -> None:
     st = layer(storage).fsstat()
     assert st.total_bytes >= st.free_bytes >= st.avail_bytes >= 0 and st.total_files > 0
-
-
-def test_mode_of_directory_entries_is_not_a_regular_file(storage: Path) -> None:
-    assert stat.S_ISDIR(os.stat(storage).st_mode)
-    assert layer(storage).getattr(()).kind == Kind.DIR
