@@ -15,6 +15,7 @@ helper                        what
 ``naive_merged``              the merged image, the slow obvious way
 ``read_all``/``preadv_runs``  bytes of a reader, by ``os.preadv`` as the
                               server reads them
+``presented_tree``            every presented path and its bytes
 ``write_link``                a SmartMotion link file
 ``open_fds``                  the process's open descriptors (leak checks)
 ``run_threads``               one function on many threads at once
@@ -34,7 +35,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from merge.namespace import ZERO_FD, InputChanged, Reader, Run
+from merge.namespace import ZERO_FD, InputChanged, Kind, Namespace, Reader, Run
 
 MAGIC = b"PANCBT\0\0"
 HEADER = struct.Struct("<8sHHIQQIIQQ256s196s")  # bytes 0..507, then header_crc
@@ -165,6 +166,21 @@ def read_range(reader: Reader, offset: int, count: int) -> bytes:
 
 def read_all(reader: Reader) -> bytes:
     return read_range(reader, 0, reader.size)
+
+
+def presented_tree(ns: Namespace, start: tuple[str, ...] = ()) -> dict[str, bytes | None]:
+    """What a client sees: path -> bytes (files) or None (directories), attributes checked."""
+    out: dict[str, bytes | None] = {}
+    for name, attrs in ns.readdir(start):
+        path = (*start, name)
+        assert ns.getattr(path) == attrs, path
+        if attrs.kind == Kind.DIR:
+            out["/".join(path)] = None
+            out |= presented_tree(ns, path)
+        else:
+            with ns.open(path) as r:
+                out["/".join(path)] = read_all(r)
+    return out
 
 
 def write_link(path: Path, target: str, **extra: object) -> Path:

@@ -33,6 +33,9 @@ from tests.unit.merge_helpers import (
     write,
     write_link,
 )
+from tests.unit.merge_helpers import (
+    presented_tree as tree,
+)
 
 
 @pytest.fixture
@@ -54,21 +57,6 @@ def new(fds: list[Stack], tmp_path: Path):
         return s
 
     return make
-
-
-def tree(ns, start: tuple[str, ...] = ()) -> dict[str, bytes | None]:
-    """The presented tree: path -> bytes (files) or None (directories)."""
-    out: dict[str, bytes | None] = {}
-    for name, attrs in ns.readdir(start):
-        path = (*start, name)
-        if attrs.kind == Kind.DIR:
-            out["/".join(path)] = None
-            out |= tree(ns, path)
-        else:
-            with ns.open(path) as r:
-                out["/".join(path)] = read_all(r)
-            assert ns.getattr(path) == attrs
-    return out
 
 
 def rnd_bytes(n: int, seed: int) -> bytes:

@@ -11,31 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from merge.namespace import Kind
 from merge.stack import build_stack
-from tests.unit.merge_helpers import open_fds, read_all
+from tests.unit.merge_helpers import open_fds, presented_tree
 
 storage = pytest.importorskip("tests.e2e.support.storage")
-
-
-def presented(ns, start: tuple[str, ...] = ()) -> dict[str, bytes | None]:
-    out: dict[str, bytes | None] = {}
-    for name, attrs in ns.readdir(start):
-        path = (*start, name)
-        if attrs.kind == Kind.DIR:
-            out["/".join(path)] = None
-            out |= presented(ns, path)
-        else:
-            with ns.open(path) as r:
-                out["/".join(path)] = read_all(r)
-    return out
 
 
 def test_sample_tree_as_the_e2e_tests_expect(tmp_path: Path) -> None:
     before = open_fds()
     expected = storage.build_sample(tmp_path / "storage")
     stack = build_stack(str(tmp_path / "storage"))
-    assert presented(stack.top) == expected
+    assert presented_tree(stack.top) == expected
     reasons = sorted(p.storage_path.rsplit("/", 1)[1] for p in stack.problems.all())
     assert reasons == ["ghost-flat.vmdk.json", "orphan-pancbt.vmdk"]
     stack.close()
