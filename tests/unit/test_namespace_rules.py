@@ -27,14 +27,12 @@ from tests.unit.merge_helpers import (
     build,
     naive_merged,
     open_fds,
+    presented_tree,
     read_all,
     read_range,
     run_threads,
     write,
     write_link,
-)
-from tests.unit.merge_helpers import (
-    presented_tree as tree,
 )
 
 
@@ -108,7 +106,7 @@ def test_rule_1_directories_and_files_as_they_are(new, tmp_path: Path) -> None:
     for rel, data in files.items():
         write(root / rel, data)
     (root / "emptydir").mkdir()
-    assert tree(new().top) == files | {"2026": None, "2026/web01": None, "emptydir": None}
+    assert presented_tree(new().top) == files | {"2026": None, "2026/web01": None, "emptydir": None}
 
 
 # --- rule 2: pancbt files are hidden ---
@@ -119,7 +117,7 @@ def test_rule_2_pancbt_never_listed_lookup_fails(new, tmp_path: Path) -> None:
     write(root / "d" / "x-flat.vmdk", b"\0" * 100)
     write(root / "d" / "x-pancbt.vmdk", build([(0, b"new")], 100, base_size=100))
     ns = new().top
-    assert set(tree(ns)) == {"d", "d/x-flat.vmdk"}
+    assert set(presented_tree(ns)) == {"d", "d/x-flat.vmdk"}
     with pytest.raises(NotFound):
         ns.getattr(("d", "x-pancbt.vmdk"))
     with pytest.raises(NotFound):
@@ -136,7 +134,7 @@ def test_rule_3_link_relative_absolute_and_named(new, tmp_path: Path) -> None:
     write_link(root / "c" / "whatever.json", "/a/disk-flat.vmdk", name="shown.vmdk")
     write_link(root / "c" / "via.json", "shown.vmdk")  # a link to a link's presented name
     ns = new().top
-    assert tree(ns) == {
+    assert presented_tree(ns) == {
         "a": None,
         "a/disk-flat.vmdk": b"A" * 10,
         "b": None,
@@ -187,7 +185,7 @@ def test_rule_3_and_5_loop_through_merges(new, tmp_path: Path) -> None:
         write(root / a / "vm-pancbt.vmdk", p)
         write_link(root / a / "vm-flat.vmdk.json", f"../{b}/vm-flat.vmdk")
     s = new()
-    assert tree(s.top) == {"d1": None, "d2": None}
+    assert presented_tree(s.top) == {"d1": None, "d2": None}
     assert {p.reason for p in s.problems.all()} == {"in a loop of SmartMotion links"}
 
 
@@ -196,7 +194,7 @@ def test_rule_3_and_5_flat_linking_to_its_own_merged_name(new, tmp_path: Path) -
     write(root / "d" / "vm-pancbt.vmdk", build([(0, b"x")], 10))
     write_link(root / "d" / "vm-flat.vmdk.json", "vm-flat.vmdk")  # itself, as presented
     s = new()
-    assert tree(s.top) == {"d": None}
+    assert presented_tree(s.top) == {"d": None}
     assert [p.reason for p in s.problems.all()] == ["in a loop of SmartMotion links"]
 
 
@@ -245,7 +243,7 @@ def test_rule_4_flat_that_is_a_link_to_a_link(new, tmp_path: Path) -> None:
     write_link(root / "d3" / "previous.json", "../d2/vm-flat.vmdk", name="prev.vmdk")
     write_link(root / "d3" / "vm-flat.vmdk.json", "prev.vmdk")
     write(root / "d3" / "vm-pancbt.vmdk", p3)
-    got = tree(new().top)
+    got = presented_tree(new().top)
     assert got["d3/prev.vmdk"] == naive_merged(base, p2)
     assert got["d3/vm-flat.vmdk"] == naive_merged(naive_merged(base, p2), p3)
 
@@ -315,7 +313,7 @@ def test_rule_5_invalid_pancbt_hides_the_flat_instead_of_showing_the_base(
         write(root / name / "vm-flat.vmdk", b"\1" * 100)
         write(root / name / "vm-pancbt.vmdk", bytes(pancbt))
     s = new()
-    assert tree(s.top) == {name: None for name in cases}
+    assert presented_tree(s.top) == {name: None for name in cases}
     reasons = {p.storage_path.split("storage/")[1]: p.reason for p in s.problems.all()}
     assert "rule 1" in reasons["corrupt/vm-pancbt.vmdk"]
     assert "rule 8" in reasons["mismatch/vm-pancbt.vmdk"]
@@ -329,7 +327,7 @@ def test_rule_5_orphan_pancbt(new, tmp_path: Path) -> None:
     write_link(root / "d" / "broken-flat.vmdk.json", "nowhere")
     write(root / "d" / "broken-pancbt.vmdk", build([], 10))
     s = new()
-    assert tree(s.top) == {"d": None}
+    assert presented_tree(s.top) == {"d": None}
     reasons = {p.storage_path.rsplit("/", 1)[1]: p.reason for p in s.problems.all()}
     assert "orphan" in reasons["orphan-pancbt.vmdk"]
     assert "missing" in reasons["broken-flat.vmdk.json"]
@@ -344,7 +342,7 @@ def test_rule_5_symlinks_leading_outside(new, tmp_path: Path) -> None:
     os.symlink("../outside/secret", root / "rel-out")
     os.symlink("inside", root / "in")
     s = new()
-    assert tree(s.top) == {"inside": None, "inside/ok": b"ok", "in": None, "in/ok": b"ok"}
+    assert presented_tree(s.top) == {"inside": None, "inside/ok": b"ok", "in": None, "in/ok": b"ok"}
     with pytest.raises(NotFound):
         s.top.getattr(("abs-out", "secret"))
     assert len(s.problems.all()) == 2
@@ -360,7 +358,7 @@ def test_rule_6_real_file_wins(new, tmp_path: Path) -> None:
     write_link(root / "d" / "disk-flat.vmdk.json", "other")
     write_link(root / "d" / "x.json", "other", name="disk-flat.vmdk")
     s = new()
-    assert tree(s.top) == {"d": None, "d/disk-flat.vmdk": b"real", "d/other": b"other"}
+    assert presented_tree(s.top) == {"d": None, "d/disk-flat.vmdk": b"real", "d/other": b"other"}
     assert [p.rule for p in s.problems.all()] == [6, 6]
 
 
