@@ -33,6 +33,16 @@ class BufferPool:
                 self._cond.wait()
             return self._free.pop()
 
+    def try_acquire(self) -> bytearray | None:
+        """A buffer if one is free (or may be created) now; None otherwise."""
+        with self._cond:
+            if self._free:
+                return self._free.pop()
+            if self._created < self.count:
+                self._created += 1
+                return bytearray(self.size)
+            return None
+
     def release(self, buf: bytearray) -> None:
         with self._cond:
             self._free.append(buf)

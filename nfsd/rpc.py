@@ -51,7 +51,9 @@ from xdr.rpc import (
     SYSTEM_ERR,
     RpcPacker,
     RpcUnpacker,
+    accepted_header,
     authsys_parms,
+    decode_call,
 )
 
 log = logging.getLogger("recovery_fs.rpc")
@@ -85,6 +87,7 @@ class CallContext:
     transport: str
     note: str = ""  # key arguments and outcome, for the per-call log line
     status: int = 0  # the procedure's own status, for the per-call log line
+    inline: bool = False  # served on a connection's reader: must not wait on storage
 
     @property
     def uid(self) -> int:
@@ -93,6 +96,13 @@ class CallContext:
     @property
     def gids(self) -> Sequence[int]:
         return (self.cred.gid, *self.cred.gids) if self.cred else (65534,)
+
+
+class WouldBlock(Exception):
+    """Raised by a procedure served inline that would have to wait on storage.
+
+    The transport then serves the same call again on a worker thread.
+    """
 
 
 class ProcedureError(Exception):
@@ -167,17 +177,21 @@ class Dispatcher:
         p = table.get(proc) if table else None
         return p is not None and p.offload
 
-    def dispatch(self, record: bytes, peer: str, transport: str) -> Reply | None:
-        """Serve one call; None when no reply may be sent."""
-        u = RpcUnpacker(record)
+    def dispatch(
+        self, record: bytes, peer: str, transport: str, inline: bool = False
+    ) -> Reply | None:
+        """Serve one call; None when no reply may be sent.
+
+        With ``inline``, a procedure may raise :class:`WouldBlock` rather
+        than wait on storage; it propagates to the caller.
+        """
         try:
-            xid = u.unpack_uint()
-            if u.unpack_enum() != CALL:
-                log.debug("dropped a non-call message from %s", peer)
-                return None
-            call = u.unpack_call_body()
+            xid, mtype, call, args_at = decode_call(record)
         except XdrError as e:
             log.info("dropped an undecodable RPC header from %s: %s", peer, e)
+            return None
+        if mtype != CALL:
+            log.debug("dropped a non-call message from %s", peer)
             return None
         p = RpcPacker()
         if call.rpcvers != RPC_VERSION:
@@ -213,11 +227,19 @@ class Dispatcher:
             return Reply([p.get_buffer()])
 
         ctx = CallContext(
-            xid, call.prog, call.vers, call.proc, call.cred.flavor, cred, peer, transport
+            xid,
+            call.prog,
+            call.vers,
+            call.proc,
+            call.cred.flavor,
+            cred,
+            peer,
+            transport,
+            inline=inline,
         )
         started = time.monotonic()
         try:
-            au = program.unpacker(record[u.get_position() :])
+            au = program.unpacker(record[args_at:])
             args = proc.decode(au)
             au.done()
         except XdrError as e:
@@ -226,7 +248,7 @@ class Dispatcher:
             return Reply([p.get_buffer()])
 
         body = self._run(program, proc, ctx, args)
-        p.pack_accepted_header(xid, NULL_AUTH, SUCCESS if body is not None else SYSTEM_ERR)
+        head = accepted_header(xid, SUCCESS if body is not None else SYSTEM_ERR)
         elapsed = time.monotonic() - started
         if log.isEnabledFor(logging.DEBUG) or elapsed > self.slow_call_seconds:
             log.log(
@@ -242,14 +264,16 @@ class Dispatcher:
                 elapsed * 1000,
             )
         if body is None:
-            return Reply([p.get_buffer()])
-        body.parts.insert(0, p.get_buffer())
+            return Reply([head])
+        body.parts.insert(0, head)
         return body
 
     def _run(self, program: Program, proc: Procedure, ctx: CallContext, args: Any) -> Reply | None:
         """Run a procedure; map its failures to its failure body."""
         try:
             return proc.run(ctx, args)
+        except WouldBlock:
+            raise
         except ProcedureError as e:
             ctx.status = e.status
             if proc.fail is None:

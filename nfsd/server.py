@@ -41,11 +41,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from nfsd.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
-from nfsd.rpc import Dispatcher, Reply
+from nfsd.rpc import Buffer, Dispatcher, Reply, WouldBlock
 
 log = logging.getLogger("recovery_fs.server")
 
 RECV_SIZE = 256 * 1024
+IOV_BATCH = 512  # buffers per sendmsg, under the kernel's IOV_MAX of 1024
+WRITE_BATCH = 32  # replies the writer gathers into one send
 UDP_MAX = 65535
 
 
@@ -87,15 +89,26 @@ class _Connection:
                 n = self.sock.recv_into(buf)
                 if n == 0:
                     break
+                quick: list[Reply] = []
                 for record in reader.feed(view[:n]):
                     if not dispatcher.offload(record):
-                        self._serve_inline(record)
-                        continue
+                        try:
+                            reply = self._dispatch(record, inline=True)
+                        except WouldBlock:
+                            pass  # it needs the storage: a worker serves it
+                        else:
+                            if reply is not None:
+                                quick.append(reply)
+                            continue
                     # Bound the calls in flight: wait for a slot, checking for close.
                     while not self.inflight.acquire(timeout=1.0):
                         if self.closed.is_set():
                             return
                     self.server.submit(self._serve, record)
+                if quick:
+                    # Every quick reply of this batch in one send: on loopback
+                    # the system call costs more than the call itself.
+                    self._send(quick)
         except RecordTooLarge as e:
             log.warning("closing the connection of %s: %s", self.peer, e)
         except OSError as e:
@@ -105,9 +118,11 @@ class _Connection:
             self.close()
             self.server.forget(self)
 
-    def _dispatch(self, record: bytes) -> Reply | None:
+    def _dispatch(self, record: bytes, inline: bool = False) -> Reply | None:
         try:
-            reply = self.server.dispatcher.dispatch(record, self.peer, "tcp")
+            reply = self.server.dispatcher.dispatch(record, self.peer, "tcp", inline)
+        except WouldBlock:
+            raise
         except Exception:
             log.exception("dispatch failed for %s", self.peer)
             reply = None
@@ -119,27 +134,23 @@ class _Connection:
             self.close()
         return reply
 
-    def _serve_inline(self, record: bytes) -> None:
-        """Serve a quick call on the reader thread and send its reply at once."""
-        reply = self._dispatch(record)
-        if reply is None:
-            return
+    def _send(self, replies: list[Reply]) -> None:
+        """Send replies whole, then free them; a client that stops reading
+        loses its connection."""
         try:
-            self._send(reply)
-        finally:
-            if reply.release:
-                reply.release()
-
-    def _send(self, reply: Reply) -> None:
-        """Send one reply whole; a client that stops reading loses its connection."""
-        if self.closed.is_set():
-            return
-        try:
-            with self.send_lock:
-                _send_all(self.sock, frame(reply.parts), self.server.send_timeout)
+            if not self.closed.is_set():
+                parts: list[Buffer] = []
+                for reply in replies:
+                    parts += frame(reply.parts)
+                with self.send_lock:
+                    _send_all(self.sock, parts, self.server.send_timeout)
         except OSError as e:
             log.info("closing the connection of %s: send failed: %s", self.peer, e)
             self.close()
+        finally:
+            for reply in replies:
+                if reply.release:
+                    reply.release()
 
     def _serve(self, record: bytes) -> None:
         reply = self._dispatch(record)
@@ -160,12 +171,21 @@ class _Connection:
                 reply = self.outbox.get()
                 if reply is None:
                     break
+                batch = [reply]
+                while len(batch) < WRITE_BATCH:
+                    try:
+                        more = self.outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self.outbox.put(None)
+                        break
+                    batch.append(more)
                 try:
-                    self._send(reply)
+                    self._send(batch)
                 finally:
-                    if reply.release:
-                        reply.release()
-                    self.inflight.release()
+                    for _ in batch:
+                        self.inflight.release()
         finally:
             # Drain what workers still hand in, returning their buffers.
             self.closed.set()
@@ -194,7 +214,7 @@ def _send_all(sock: socket.socket, parts: list, timeout: float) -> None:
     poller = None
     while views:
         try:
-            sent = sock.sendmsg(views, [], socket.MSG_DONTWAIT)
+            sent = sock.sendmsg(views[:IOV_BATCH], [], socket.MSG_DONTWAIT)
         except BlockingIOError:
             if poller is None:
                 poller = select.poll()

@@ -7,6 +7,7 @@ left to the program's own module.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from xdr.base import Packer, Unpacker, XdrError
@@ -90,6 +91,50 @@ class call_body:
     proc: int
     cred: opaque_auth
     verf: opaque_auth
+
+
+_HEAD = struct.Struct(">IIIIIIII")  # xid, mtype, rpcvers, prog, vers, proc, flavor, length
+_WORD = struct.Struct(">I")
+_ACCEPTED = struct.Struct(">IIIIII")
+
+
+def decode_call(record: bytes) -> tuple[int, int, call_body, int]:
+    """(xid, msg_type, call_body, offset of the arguments) of a call message.
+
+    The same as ``RpcUnpacker`` reading ``xid``, ``msg_type`` and a
+    ``call_body``, with struct for speed: every call passes here.  Raises
+    XdrError on a short or malformed header; for a message that is not a
+    CALL, returns its msg_type with an empty call_body.
+    """
+    if len(record) < 8:
+        raise XdrError("message too short")
+    xid, mtype = struct.unpack_from(">II", record)
+    if mtype != CALL:
+        return xid, mtype, call_body(0, 0, 0, 0, NULL_AUTH, NULL_AUTH), 8
+    if len(record) < _HEAD.size:
+        raise XdrError("call header too short")
+    xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
+    if n > MAX_AUTH_BYTES:
+        raise XdrError(f"credential of {n} bytes")
+    pos = _HEAD.size
+    end = pos + ((n + 3) & ~3)
+    if end + 8 > len(record):
+        raise XdrError("call header too short")
+    cred = opaque_auth(flavor, record[pos : pos + n])
+    vflavor, vn = struct.unpack_from(">II", record, end)
+    if vn > MAX_AUTH_BYTES:
+        raise XdrError(f"verifier of {vn} bytes")
+    pos = end + 8
+    end = pos + ((vn + 3) & ~3)
+    if end > len(record):
+        raise XdrError("call header too short")
+    verf = opaque_auth(vflavor, record[pos : pos + vn])
+    return xid, mtype, call_body(rpcvers, prog, vers, proc, cred, verf), end
+
+
+def accepted_header(xid: int, stat: int) -> bytes:
+    """xid, REPLY, MSG_ACCEPTED, a null verifier and ``stat``, packed."""
+    return _ACCEPTED.pack(xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat)
 
 
 class RpcPacker(Packer):

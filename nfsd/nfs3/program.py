@@ -23,7 +23,7 @@ def build(svc: Nfs3Service) -> Program:
             proc(nfs3.NFSPROC3_LOOKUP, "LOOKUP", U.unpack_LOOKUP3args, attrs.lookup3),
             proc(nfs3.NFSPROC3_ACCESS, "ACCESS", U.unpack_ACCESS3args, attrs.access3),
             proc(nfs3.NFSPROC3_READLINK, "READLINK", U.unpack_READLINK3args, attrs.readlink3),
-            proc(nfs3.NFSPROC3_READ, "READ", U.unpack_READ3args, read.read3, offload=True),
+            proc(nfs3.NFSPROC3_READ, "READ", U.unpack_READ3args, read.read3),
             proc(nfs3.NFSPROC3_WRITE, "WRITE", U.unpack_WRITE3args, readonly.write3),
             proc(nfs3.NFSPROC3_CREATE, "CREATE", U.unpack_CREATE3args, readonly.create3),
             proc(nfs3.NFSPROC3_MKDIR, "MKDIR", U.unpack_MKDIR3args, readonly.mkdir3),
