@@ -21,7 +21,8 @@ The root handle is 20 bytes, a handle at depth 11 or more 64.  A handle
 whose MAC does not verify is *bad* (``NFS3ERR_BADHANDLE``); a well-formed
 one whose entry cannot be found again is *stale* (``NFS3ERR_STALE``).
 
-Resolution first looks in a bounded cache of fileid → path.  On a miss
+Resolution first looks in a bounded cache of the handles issued or
+verified lately (only exact, MAC-checked bytes are ever in it).  On a miss
 (after a restart) it walks down from the root, at each level following the
 names whose hash matches (several, if hashes collide), and accepts the path
 only if the entry found there has the handle's fileid.  Below depth 11 the
@@ -61,36 +62,55 @@ def name_hash(name: str) -> bytes:
 
 
 class HandleCodec:
-    """Encodes presented paths as handles and resolves handles back."""
+    """Encodes presented paths as handles and resolves handles back.
+
+    Handles issued or verified recently are remembered both ways (a bounded
+    LRU), so the common case costs one dictionary lookup: READDIRPLUS
+    hands out a handle per entry, and every call presents one.
+    """
 
     def __init__(self, namespace: Namespace, secret: bytes, cache_size: int = 200_000) -> None:
         self.namespace = namespace
         self._key = secret
-        self._cache: OrderedDict[int, PresentedPath] = OrderedDict()
+        self._by_handle: OrderedDict[bytes, PresentedPath] = OrderedDict()
+        self._by_path: dict[PresentedPath, bytes] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
     # -- encoding -------------------------------------------------------
     def encode(self, path: PresentedPath, fileid: int) -> bytes:
+        handle = self._by_path.get(path)
+        if handle is not None and HEAD.unpack_from(handle)[2] == fileid:
+            return handle
         body = HEAD.pack(VERSION, min(len(path), 255), fileid) + b"".join(
             name_hash(n) for n in path[:MAX_COMPONENTS]
         )
-        self._remember(fileid, path)
-        return body + self._mac(body)
+        handle = body + self._mac(body)
+        self._remember(handle, path)
+        return handle
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:MAC_SIZE]
 
-    def _remember(self, fileid: int, path: PresentedPath) -> None:
+    def _remember(self, handle: bytes, path: PresentedPath) -> None:
         with self._lock:
-            self._cache[fileid] = path
-            self._cache.move_to_end(fileid)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            old = self._by_path.get(path)
+            if old is not None and old != handle:
+                self._by_handle.pop(old, None)
+            self._by_handle[handle] = path
+            self._by_handle.move_to_end(handle)
+            self._by_path[path] = handle
+            while len(self._by_handle) > self._cache_size:
+                h, p = self._by_handle.popitem(last=False)
+                if self._by_path.get(p) == h:
+                    del self._by_path[p]
 
     # -- decoding -------------------------------------------------------
     def resolve(self, handle: bytes) -> PresentedPath:
         """The presented path of ``handle``; raises BadHandle or StaleHandle."""
+        known = self._by_handle.get(handle)
+        if known is not None:
+            return known
         if not MIN_SIZE <= len(handle) <= MAX_SIZE:
             raise BadHandle(f"handle of {len(handle)} bytes")
         version, depth, fileid = HEAD.unpack_from(handle)
@@ -100,15 +120,11 @@ class HandleCodec:
             raise BadHandle("unknown handle layout")
         if not hmac.compare_digest(handle[body_len:], self._mac(handle[:body_len])):
             raise BadHandle("handle MAC does not verify")
-        with self._lock:
-            cached = self._cache.get(fileid)
-        if cached is not None and len(cached) == depth:
-            return cached
         hashes = [handle[HEAD.size + 4 * i : HEAD.size + 4 * i + 4] for i in range(k)]
         path = self._walk((), hashes, depth, fileid)
         if path is None:
             raise StaleHandle(f"no entry with fileid {fileid:#x} at depth {depth}")
-        self._remember(fileid, path)
+        self._remember(bytes(handle), path)
         return path
 
     def _walk(

@@ -1,0 +1,78 @@
+"""File handles: size, tampering, restarts, deep paths, staleness, bounds."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nfsd.handles import MAX_SIZE, BadHandle, HandleCodec, StaleHandle
+from tests.proto.fakens import FakeNamespace
+
+DEEP = tuple(f"d{i}" for i in range(15))
+
+
+def tree() -> dict:
+    t: dict = {("a",): None, ("a", "f"): b"1", ("b",): b"2"}
+    for i in range(1, len(DEEP) + 1):
+        t[DEEP[:i]] = None
+    t[(*DEEP, "leaf")] = b"deep"
+    return t
+
+
+@pytest.fixture(scope="module")
+def ns() -> FakeNamespace:
+    n = FakeNamespace(tree())
+    yield n
+    n.close()
+
+
+def handle(ns: FakeNamespace, path: tuple, secret: bytes = b"s" * 32) -> bytes:
+    return HandleCodec(ns, secret).encode(path, ns.getattr(path).fileid)
+
+
+@pytest.mark.parametrize("path", [(), ("a",), ("a", "f"), ("b",), (*DEEP, "leaf")])
+def test_handles_are_small_and_resolve_after_a_restart(ns: FakeNamespace, path: tuple) -> None:
+    h = handle(ns, path)
+    assert len(h) <= MAX_SIZE
+    fresh = HandleCodec(ns, b"s" * 32)  # new process: nothing cached
+    assert fresh.resolve(h) == path
+
+
+def test_same_secret_same_handles(ns: FakeNamespace) -> None:
+    assert handle(ns, ("a", "f")) == handle(ns, ("a", "f"))
+    assert handle(ns, ("a", "f"), b"t" * 32) != handle(ns, ("a", "f"))
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_any_altered_byte_is_a_bad_handle(ns: FakeNamespace, data: st.DataObject) -> None:
+    h = bytearray(handle(ns, ("a", "f")))
+    i = data.draw(st.integers(0, len(h) - 1))
+    h[i] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(BadHandle):
+        HandleCodec(ns, b"s" * 32).resolve(bytes(h))
+
+
+@given(junk=st.binary(max_size=80))
+def test_forged_bytes_are_bad_handles(ns: FakeNamespace, junk: bytes) -> None:
+    with pytest.raises(BadHandle):
+        HandleCodec(ns, b"s" * 32).resolve(junk)
+
+
+def test_a_removed_entry_is_stale_after_a_restart() -> None:
+    n = FakeNamespace({("x",): None, ("x", "y"): b"1"})
+    h = handle(n, ("x", "y"))
+    del n.tree[("x", "y")]
+    n.tree[("x", "z")] = b"2"
+    with pytest.raises(StaleHandle):
+        HandleCodec(n, b"s" * 32).resolve(h)
+    n.close()
+
+
+def test_the_cache_is_bounded(ns: FakeNamespace) -> None:
+    codec = HandleCodec(ns, b"s" * 32, cache_size=3)
+    for p in [("a",), ("a", "f"), ("b",), (), (*DEEP, "leaf")]:
+        codec.encode(p, ns.getattr(p).fileid)
+    assert len(codec._by_handle) == 3
+    assert len(codec._by_path) <= 3
