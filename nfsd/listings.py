@@ -1,10 +1,12 @@
-"""Directory listings in cookie order (the cookie scheme of READDIR).
+"""Directory listings in cookie order, with their entries encoded once.
 
 An entry's cookie is a 63-bit hash of its name, never 0 (which means "from
 the start"), and a directory is listed in cookie order: see
-``nfsd.nfs3.readdir``.  Sorting is cached per directory while the namespace
-returns the same listing object, so paging through 10,000 entries sorts
-them once.
+``nfsd.nfs3.readdir``.  A :class:`Listing` is built once per listing object
+the namespace returns (the namespace returns the same object while nothing
+changed), so paging through 10,000 entries sorts them once, and encodes
+each entry at most once per procedure: a repeated listing is a join of
+bytes already made.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from merge.namespace import Attrs, PresentedPath
 
@@ -24,29 +26,52 @@ def cookie_of(name: str) -> int:
     return (c >> 1) or 1
 
 
+class Listing:
+    """One directory's entries in cookie order, and their encodings.
+
+    ``encoded(kind, i, encode)`` returns entry ``i`` encoded by ``encode``
+    (one encoder per kind: READDIR, READDIRPLUS), computing it on first use.
+    """
+
+    __slots__ = ("_encoded", "cookies", "rows", "source")
+
+    def __init__(self, source: Sequence[tuple[str, Attrs]]) -> None:
+        self.source = source
+        self.rows = sorted(
+            (cookie_of(name), name.encode("utf-8", "surrogateescape"), name, a)
+            for name, a in source
+        )
+        self.cookies = [r[0] for r in self.rows]
+        self._encoded: dict[str, list[bytes | None]] = {}
+
+    def encoded(self, kind: str, i: int, encode: Callable[[tuple], bytes]) -> bytes:
+        cache = self._encoded.get(kind)
+        if cache is None:
+            cache = self._encoded.setdefault(kind, [None] * len(self.rows))
+        b = cache[i]
+        if b is None:
+            b = cache[i] = encode(self.rows[i])
+        return b
+
+
 class SortedListings:
-    """Per-directory listings in cookie order, cached by listing identity."""
+    """The :class:`Listing` of each directory lately listed (a bounded LRU)."""
 
     def __init__(self, size: int = 64) -> None:
-        self._cache: OrderedDict[PresentedPath, tuple[object, list, list[int]]] = OrderedDict()
+        self._cache: OrderedDict[PresentedPath, Listing] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def get(
-        self, path: PresentedPath, entries: Sequence[tuple[str, Attrs]]
-    ) -> tuple[list[tuple[int, bytes, str, Attrs]], list[int]]:
+    def get(self, path: PresentedPath, entries: Sequence[tuple[str, Attrs]]) -> Listing:
         with self._lock:
             hit = self._cache.get(path)
-            if hit is not None and hit[0] is entries:
+            if hit is not None and hit.source is entries:
                 self._cache.move_to_end(path)
-                return hit[1], hit[2]
-        rows = sorted(
-            (cookie_of(name), name.encode("utf-8", "surrogateescape"), name, a)
-            for name, a in entries
-        )
-        cookies = [r[0] for r in rows]
+                return hit
+        listing = Listing(entries)
         with self._lock:
-            self._cache[path] = (entries, rows, cookies)
+            self._cache[path] = listing
+            self._cache.move_to_end(path)
             if len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        return rows, cookies
+        return listing

@@ -1274,6 +1274,29 @@ def _entry_bytes(fileid: int, name: bytes, cookie: int) -> bytes:
     return head + _opaque_bytes(name, MAXNAMLEN) + tail
 
 
+def entry3_bytes(e: entry3) -> bytes:
+    """One ``entry3`` of a dirlist3 chain, with the TRUE that announces it.
+
+    For servers that keep encoded entries and join them into a reply.
+    """
+    return _TRUE + _entry_bytes(e.fileid, e.name, e.cookie)
+
+
+def entryplus3_bytes(e: entryplus3) -> bytes:
+    """One ``entryplus3`` of a dirlistplus3 chain, with the TRUE that announces it."""
+    return (
+        _TRUE
+        + _entry_bytes(e.fileid, e.name, e.cookie)
+        + _post_op_attr_bytes(e.name_attributes)
+        + _post_op_fh3_bytes(e.name_handle)
+    )
+
+
+def dirlist_end_bytes(eof: bool) -> bytes:
+    """The FALSE that ends an entry chain, then ``eof``."""
+    return _FALSE + (_TRUE if eof else _FALSE)
+
+
 def _pack_struct(s: struct.Struct, *values: int) -> bytes:
     """Fixed fields in XDR form; an out-of-range value is an XdrError."""
     try:

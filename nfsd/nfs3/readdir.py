@@ -10,8 +10,8 @@ listed twice, and a cookie stays meaningful across restarts.  The cookie
 verifier is one constant of the installation; no verifier is refused, so a
 client never sees ``NFS3ERR_BAD_COOKIE``.
 
-The sorted listing of a directory is cached while the namespace returns the
-same listing object, so paging through 10,000 entries sorts them once.
+The sorted listing of a directory, with each entry's encoding, is cached
+while the namespace returns the same listing object (``nfsd.listings``).
 
 Sizes: ``count`` (READDIR) and ``maxcount`` (READDIRPLUS) bound the whole
 reply body; ``dircount`` bounds the fileid, name and cookie bytes of the
@@ -22,9 +22,11 @@ answer is ``NFS3ERR_TOOSMALL``.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 
-from merge.namespace import Kind, NamespaceError
+from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.errors import NfsError, nfs_error
+from nfsd.listings import Listing
 from nfsd.nfs3.service import Nfs3Service, post_op_attr_of
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
@@ -40,11 +42,10 @@ STATUS = 4
 POST_OP_ATTR = 4 + 84
 VERF = 8
 LIST_END = 8  # the "no more entries" word and the eof bool
-ENTRY_FIXED = 4 + 8 + 4 + 8  # value-follows, fileid, name length, cookie
-HANDLE_MAX = 4 + 4 + 64  # post_op_fh3 with the longest handle
+ENTRY_FIXED = 8 + 4 + 8  # fileid, name length, cookie: what dircount counts
 
 
-def _listing(svc: Nfs3Service, fh: nfs3.nfs_fh3):
+def _listing(svc: Nfs3Service, fh: nfs3.nfs_fh3) -> tuple[PresentedPath, Attrs, Listing]:
     path = svc.path_of(fh)
     dattrs = svc.attrs(path)
     if dattrs.kind != Kind.DIR:
@@ -53,84 +54,84 @@ def _listing(svc: Nfs3Service, fh: nfs3.nfs_fh3):
         entries = svc.namespace.readdir(path)
     except NamespaceError as e:
         raise nfs_error(e) from e
-    rows, cookies = svc.listings.get(path, entries)
-    return path, dattrs, rows, cookies
+    return path, dattrs, svc.listings.get(path, entries)
+
+
+def _page(
+    listing: Listing,
+    cookie: int,
+    kind: str,
+    encode: Callable[[tuple], bytes],
+    *,
+    budget: int,
+    dir_budget: int | None,
+) -> tuple[list[bytes], bool]:
+    """The encoded entries after ``cookie`` that fit the budgets, and eof."""
+    rows = listing.rows
+    i = bisect.bisect_right(listing.cookies, cookie) if cookie else 0
+    out: list[bytes] = []
+    while i < len(rows):
+        b = listing.encoded(kind, i, encode)
+        if len(b) > budget:
+            break
+        if dir_budget is not None:
+            info = ENTRY_FIXED + _padded(len(rows[i][1]))
+            if out and info > dir_budget:
+                break
+            dir_budget -= info
+        budget -= len(b)
+        out.append(b)
+        i += 1
+    return out, i == len(rows)
+
+
+def _reply(dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply:
+    p = NFS3Packer()
+    p.pack_uint(nfs3.NFS3_OK)
+    p.pack_post_op_attr(post_op_attr_of(dattrs))
+    p.pack_fopaque(nfs3.NFS3_COOKIEVERFSIZE, verf)
+    return Reply([p.get_buffer(), *entries, nfs3.dirlist_end_bytes(eof)])
 
 
 # RFC 1813 §3.3.16
 def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Reply:
-    path, dattrs, rows, cookies = _listing(svc, args.dir)
-    start = bisect.bisect_right(cookies, args.cookie) if args.cookie else 0
+    path, dattrs, listing = _listing(svc, args.dir)
     budget = args.count - (STATUS + POST_OP_ATTR + VERF + LIST_END)
     if budget < 0:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
-    out: list[nfs3.entry3] = []
-    i = start
-    while i < len(rows):
-        cookie, raw, _name, a = rows[i]
-        size = ENTRY_FIXED + _padded(len(raw))
-        if size > budget:
-            break
-        budget -= size
-        out.append(nfs3.entry3(a.fileid, raw, cookie))
-        i += 1
-    eof = i == len(rows)
+
+    def encode(row: tuple) -> bytes:
+        cookie, raw, _name, a = row
+        return nfs3.entry3_bytes(nfs3.entry3(a.fileid, raw, cookie))
+
+    out, eof = _page(listing, args.cookie, "readdir", encode, budget=budget, dir_budget=None)
     ctx.note = f"/{'/'.join(path)} cookie={args.cookie} count={args.count} entries={len(out)}"
     if not out and not eof:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
-    p = NFS3Packer()
-    p.pack_READDIR3res(
-        nfs3.READDIR3res(
-            nfs3.NFS3_OK,
-            nfs3.READDIR3resok(post_op_attr_of(dattrs), svc.cookieverf, nfs3.dirlist3(out, eof)),
-        )
-    )
-    return Reply([p.get_buffer()])
+    return _reply(dattrs, svc.cookieverf, out, eof)
 
 
 # RFC 1813 §3.3.17
 def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
-    path, dattrs, rows, cookies = _listing(svc, args.dir)
-    start = bisect.bisect_right(cookies, args.cookie) if args.cookie else 0
+    path, dattrs, listing = _listing(svc, args.dir)
     budget = args.maxcount - (STATUS + POST_OP_ATTR + VERF + LIST_END)
     if budget < 0:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
-    dir_budget = args.dircount
-    out: list[nfs3.entryplus3] = []
-    i = start
-    while i < len(rows):
-        cookie, raw, name, a = rows[i]
-        info = ENTRY_FIXED + _padded(len(raw))
-        size = info + POST_OP_ATTR + HANDLE_MAX
-        if size > budget or (out and info > dir_budget):
-            break
-        budget -= size
-        dir_budget -= info
-        child = (*path, name)
-        out.append(
-            nfs3.entryplus3(
-                a.fileid,
-                raw,
-                cookie,
-                post_op_attr_of(a),
-                nfs3.post_op_fh3(True, svc.handle_of(child, a)),
-            )
+
+    def encode(row: tuple) -> bytes:
+        cookie, raw, name, a = row
+        fh = svc.handle_of((*path, name), a)
+        return nfs3.entryplus3_bytes(
+            nfs3.entryplus3(a.fileid, raw, cookie, post_op_attr_of(a), nfs3.post_op_fh3(True, fh))
         )
-        i += 1
-    eof = i == len(rows)
+
+    out, eof = _page(
+        listing, args.cookie, "readdirplus", encode, budget=budget, dir_budget=args.dircount
+    )
     ctx.note = (
         f"/{'/'.join(path)} cookie={args.cookie} dircount={args.dircount} "
         f"maxcount={args.maxcount} entries={len(out)}"
     )
     if not out and not eof:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
-    p = NFS3Packer()
-    p.pack_READDIRPLUS3res(
-        nfs3.READDIRPLUS3res(
-            nfs3.NFS3_OK,
-            nfs3.READDIRPLUS3resok(
-                post_op_attr_of(dattrs), svc.cookieverf, nfs3.dirlistplus3(out, eof)
-            ),
-        )
-    )
-    return Reply([p.get_buffer()])
+    return _reply(dattrs, svc.cookieverf, out, eof)
