@@ -59,7 +59,7 @@ def fsinfo3(svc: Nfs3Service, ctx: CallContext, args: nfs3.FSINFO3args) -> Reply
                 dtpref=DTPREF,
                 maxfilesize=MAXFILESIZE,
                 time_delta=nfs3.nfstime3(0, 1),
-                properties=nfs3.FSF3_HOMOGENEOUS | nfs3.FSF3_CANSETTIME,
+                properties=nfs3.FSF3_HOMOGENEOUS,  # no links to make, no times to set
             ),
         )
     )
