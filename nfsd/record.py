@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 
 LAST_FRAGMENT = 0x80000000
-DEFAULT_MAX_RECORD = 4 * 1024 * 1024 + 64 * 1024  # a 1 MiB WRITE fits with room to spare
+DEFAULT_MAX_RECORD = 1024 * 1024 + 64 * 1024  # a 1 MiB WRITE (refused) still fits
 
 
 class RecordTooLarge(Exception):

@@ -10,8 +10,10 @@ dispatcher's ``offload``) are served by a shared pool of *workers*::
     reader --quick call, served and sent inline------------> client
 
 * The reader reassembles records (``nfsd.record``); a record over the size
-  cap, or one that is not an RPC call, closes the connection (UDP: the
-  datagram is dropped).  Quick calls (GETATTR, LOOKUP, ACCESS, ...) it
+  cap, one that is not an RPC call, or one left unfinished for
+  ``STALL_TIMEOUT`` closes the connection (UDP: the datagram is dropped).
+  Memory held for a connection is thus at most one record cap, for a
+  bounded time.  Quick calls (GETATTR, LOOKUP, ACCESS, ...) it
   serves itself: a hand-off to a worker and back costs more than the call.
 * Workers run the sans-IO dispatcher.  They never block on the network: a
   client that stops reading stalls only its own reader and writer, which
@@ -45,7 +47,8 @@ from nfsd.rpc import Buffer, Dispatcher, Reply, WouldBlock
 
 log = logging.getLogger("recovery_fs.server")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024
+STALL_TIMEOUT = 60.0  # a record begun and not finished for this long closes the connection
 IOV_BATCH = 512  # buffers per sendmsg, under the kernel's IOV_MAX of 1024
 WRITE_BATCH = 32  # replies the writer gathers into one send
 UDP_MAX = 65535
@@ -84,11 +87,27 @@ class _Connection:
         dispatcher = self.server.dispatcher
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
+        stall = self.server.stall_timeout
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        last_data = time.monotonic()
         try:
             while not self.closed.is_set():
+                if not poller.poll(stall * 250):
+                    # Idle is fine; half a record left hanging is a client
+                    # holding memory: it gets STALL_TIMEOUT, then is closed.
+                    if reader.pending and time.monotonic() - last_data > stall:
+                        log.warning(
+                            "closing the connection of %s: half a record for %.0f s",
+                            self.peer,
+                            STALL_TIMEOUT,
+                        )
+                        break
+                    continue
                 n = self.sock.recv_into(buf)
                 if n == 0:
                     break
+                last_data = time.monotonic()
                 quick: list[Reply] = []
                 for record in reader.feed(view[:n]):
                     if not dispatcher.offload(record):
@@ -246,6 +265,7 @@ class RpcServer:
         max_connections: int = 512,
         max_record: int = DEFAULT_MAX_RECORD,
         send_timeout: float = 120.0,
+        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self.dispatcher = dispatcher
         self.name = name
@@ -253,6 +273,7 @@ class RpcServer:
         self.max_connections = max_connections
         self.max_record = max_record
         self.send_timeout = send_timeout
+        self.stall_timeout = stall_timeout
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._listeners: list[socket.socket] = []

@@ -55,7 +55,7 @@ PROG = Program(
 @pytest.fixture()
 def server() -> Iterator[tuple[RpcServer, int]]:
     RELEASE.clear()
-    s = RpcServer(Dispatcher([PROG]), name="t", workers=4, send_timeout=2.0)
+    s = RpcServer(Dispatcher([PROG]), name="t", workers=4, send_timeout=2.0, stall_timeout=1.0)
     port = s.listen("127.0.0.1", 0)
     s.start()
     yield s, port
@@ -180,3 +180,25 @@ def test_an_idle_connection_outlives_the_send_timeout(server) -> None:  # type: 
         time.sleep(3)
         send(s, call(400001, 1, 2))
         assert parse(recv_records(s, 1)).body == b"fast"
+
+
+def test_thousands_of_pipelined_calls_in_one_send_are_all_answered(server) -> None:  # type: ignore[no-untyped-def]
+    _, port = server
+    batch = b"".join(
+        struct.pack(">I", LAST_FRAGMENT | len(r)) + r
+        for r in (call(400001, 1, 2, xid=i) for i in range(3000))
+    )
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(batch)
+        replies = recv_records(s, 3000)
+    assert sorted(parse([r]).xid for r in replies) == list(range(3000))
+
+
+def test_half_a_record_left_hanging_closes_the_connection(server) -> None:  # type: ignore[no-untyped-def]
+    _, port = server  # stall_timeout is 1 s in the fixture
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(struct.pack(">I", LAST_FRAGMENT | 1000) + b"x" * 10)
+        s.settimeout(5)
+        started = time.monotonic()
+        assert s.recv(10) == b""
+        assert time.monotonic() - started < 4
