@@ -16,41 +16,77 @@ Design notes
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
+from hashlib import blake2b as _blake2b
+from stat import S_IMODE, S_ISDIR
 
 from merge.namespace import Attrs, Kind, PresentedPath
 
 ROOT_FILEID = 1
 _MASK63 = (1 << 63) - 1
+_PERSON = b"recovery-fs"
 
 
 def fileid_for(path: PresentedPath) -> int:
     """The stable id of a presented path (63 bits, never 0)."""
     if not path:
         return ROOT_FILEID
-    digest = hashlib.blake2b(digest_size=8, person=b"recovery-fs")
-    for name in path:
-        digest.update(name.encode("utf-8", "surrogateescape"))
-        digest.update(b"\0")
-    fid = int.from_bytes(digest.digest(), "big") & _MASK63
+    return fileid_in(id_prefix(path[:-1]), path[-1])
+
+
+def id_prefix(directory: PresentedPath) -> bytes:
+    """What the ids of ``directory``'s entries are hashed from, before their name."""
+    return "".join(name + "\0" for name in directory).encode("utf-8", "surrogateescape")
+
+
+def fileid_in(prefix: bytes, name: str) -> int:
+    """``fileid_for`` of entry ``name`` of the directory of ``prefix`` (``id_prefix``).
+
+    The digest of each name followed by a NUL byte, in turn: hashing their
+    concatenation in one call gives the same digest.
+    """
+    data = prefix + name.encode("utf-8", "surrogateescape") + b"\0"
+    fid = int.from_bytes(_blake2b(data, digest_size=8, person=_PERSON).digest(), "big") & _MASK63
     return fid if fid > ROOT_FILEID else 2
 
 
 def attrs_from_stat(st: os.stat_result, path: PresentedPath) -> Attrs:
     """Presented attributes of a storage directory or regular file."""
-    is_dir = stat.S_ISDIR(st.st_mode)
+    return attrs_of(st, fileid_for(path))
+
+
+def attrs_of(st: os.stat_result, fileid: int) -> Attrs:
+    """Presented attributes of a storage directory or regular file, its id known."""
+    mode = st.st_mode
+    is_dir = S_ISDIR(mode)
     return Attrs(
-        kind=Kind.DIR if is_dir else Kind.REG,
-        size=st.st_size,
-        used=st.st_blocks * 512,
-        mode=stat.S_IMODE(st.st_mode) & 0o555,
-        nlink=max(st.st_nlink, 2) if is_dir else 1,
-        uid=st.st_uid,
-        gid=st.st_gid,
-        fileid=fileid_for(path),
-        atime_ns=st.st_atime_ns,
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
+        Kind.DIR if is_dir else Kind.REG,  # kind
+        st.st_size,  # size
+        st.st_blocks * 512,  # used
+        S_IMODE(mode) & 0o555,  # mode
+        (st.st_nlink if st.st_nlink > 2 else 2) if is_dir else 1,  # nlink
+        st.st_uid,  # uid
+        st.st_gid,  # gid
+        fileid,
+        st.st_atime_ns,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
+
+
+def stat_matches(a: Attrs, st: os.stat_result) -> bool:
+    """Whether ``attrs_of(st, a.fileid)`` would equal ``a`` (without building it)."""
+    mode = st.st_mode
+    is_dir = S_ISDIR(mode)
+    return (
+        a.ctime_ns == st.st_ctime_ns
+        and a.mtime_ns == st.st_mtime_ns
+        and a.size == st.st_size
+        and a.atime_ns == st.st_atime_ns
+        and a.used == st.st_blocks * 512
+        and a.mode == S_IMODE(mode) & 0o555
+        and a.kind == (Kind.DIR if is_dir else Kind.REG)
+        and a.nlink == ((st.st_nlink if st.st_nlink > 2 else 2) if is_dir else 1)
+        and a.uid == st.st_uid
+        and a.gid == st.st_gid
     )

@@ -7,6 +7,12 @@ Design notes
 * Expiry: with ``ttl`` set, an entry older than ``ttl`` seconds (by the
   injected ``clock``) is a miss and is dropped.  ``ttl=None`` keeps entries
   until evicted (the merge cache revalidates its entries itself).
+  :meth:`TtlLru.find` also returns an expired entry, flagged stale, and
+  keeps it: a layer refreshing a listing compares the new one with it, and
+  hands out the old object again when nothing changed.
+* ``note(until)``, when given, is told how long each value handed out (or
+  stored) stays valid: the memo at the top of the stack (``merge.memo``)
+  keeps an answer no longer than everything it was computed from.
 * ``on_evict(value)`` is called for every value that leaves the cache
   (evicted, expired, replaced, popped, cleared), *after* the lock is
   released: it may close file descriptors, and must not run under a lock
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -35,6 +41,7 @@ class TtlLru(Generic[K, V]):
         ttl: float | None,
         clock: Clock,
         on_evict: Callable[[V], None] | None = None,
+        note: Callable[[float], None] | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
@@ -43,6 +50,7 @@ class TtlLru(Generic[K, V]):
         self._ttl = ttl
         self._clock = clock
         self._on_evict = on_evict
+        self._note = note if ttl is not None else None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -61,9 +69,28 @@ class TtlLru(Generic[K, V]):
                 dropped = value
             else:
                 self._data.move_to_end(key)
+                if self._note is not None and self._ttl is not None:
+                    self._note(born + self._ttl)
                 return value
         self._evicted([dropped])
         return None
+
+    def find(self, key: K) -> tuple[V, bool] | None:
+        """``(value, fresh)`` of ``key``, an expired value included (and kept), or ``None``."""
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            self._data.move_to_end(key)
+            born, value = item
+            ttl = self._ttl
+            if ttl is None:
+                return value, True
+            if self._clock() - born >= ttl:
+                return value, False
+        if self._note is not None:
+            self._note(born + ttl)
+        return value, True
 
     def put(self, key: K, value: V) -> None:
         """Set ``key``; the value it replaces and any evicted ones go to ``on_evict``."""
@@ -72,9 +99,29 @@ class TtlLru(Generic[K, V]):
             old = self._data.pop(key, None)
             if old is not None and old[1] is not value:
                 gone.append(old[1])
-            self._data[key] = (self._clock(), value)
+            now = self._clock()
+            self._data[key] = (now, value)
             while len(self._data) > self._maxsize:
                 gone.append(self._data.popitem(last=False)[1][1])
+        if self._note is not None and self._ttl is not None:
+            self._note(now + self._ttl)
+        self._evicted(gone)
+
+    def put_many(self, items: Iterable[tuple[K, V]]) -> None:
+        """``put`` each pair, with one clock reading and one lock for all."""
+        gone: list[V] = []
+        with self._lock:
+            now = self._clock()
+            data = self._data
+            for key, value in items:
+                old = data.pop(key, None)
+                if old is not None and old[1] is not value:
+                    gone.append(old[1])
+                data[key] = (now, value)
+            while len(data) > self._maxsize:
+                gone.append(data.popitem(last=False)[1][1])
+        if self._note is not None and self._ttl is not None:
+            self._note(now + self._ttl)
         self._evicted(gone)
 
     def pop(self, key: K, value: V | None = None) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from merge.cache import TtlLru
 from merge.layer import Context, Entry, Layer, Listing
-from merge.names import flat_of, is_pancbt
+from merge.names import PANCBT_SUFFIX, flat_of, is_pancbt
 from merge.namespace import Kind, NotFound, PresentedPath
 
 
@@ -38,9 +38,13 @@ class HideLayer(Layer):
         memo = self._derived.get(path)
         if memo is not None and memo[0] is low:
             return memo[1]
+        pancbts = {name for name in low.entries if name.endswith(PANCBT_SUFFIX)}
+        if not pancbts:  # nothing to hide: the listing below, as it is
+            self._derived.put(path, (low, low))
+            return low
         entries: dict[str, Entry] = {}
         for name, entry in low.entries.items():
-            if not is_pancbt(name):
+            if name not in pancbts:
                 entries[name] = entry
                 continue
             flat = flat_of(name)

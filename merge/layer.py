@@ -38,8 +38,9 @@ non-directory entry is ever reached.
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from merge.cache import Clock
@@ -105,17 +106,46 @@ class Entry:
     depth: int = 0  # SmartMotion links followed to reach its bytes (rule 3: at most 16)
 
 
-class Listing:
-    """A presented directory: its entries, and the names rule 5 withholds."""
+_ITEMS_LOCK = threading.Lock()
+_attrs_of = operator.attrgetter("attrs")
 
-    __slots__ = ("entries", "items", "withheld")
+
+class Listing:
+    """A presented directory: its entries, and the names rule 5 withholds.
+
+    Immutable once built, and shared: a layer that changes nothing in a
+    directory hands the lower layer's listing on, and a layer refreshing a
+    listing whose content did not change hands out the previous object again,
+    so the server's sorted copy (cached by identity) stays valid.
+    """
+
+    __slots__ = ("_items", "entries", "withheld")
 
     def __init__(self, entries: Mapping[str, Entry], withheld: frozenset[str] = frozenset()):
         self.entries = entries
         self.withheld = withheld
-        self.items: tuple[tuple[str, Attrs], ...] = tuple(
-            (name, e.attrs) for name, e in entries.items()
-        )
+        self._items: tuple[tuple[str, Attrs], ...] | None = None
+
+    @property
+    def items(self) -> tuple[tuple[str, Attrs], ...]:
+        """``(name, attrs)`` of every entry: built on first use, then always this object."""
+        items = self._items
+        if items is None:
+            with _ITEMS_LOCK:
+                items = self._items
+                if items is None:
+                    entries = self.entries
+                    items = tuple(zip(entries, map(_attrs_of, entries.values()), strict=True))
+                    self._items = items
+        return items
+
+    def same(self, entries: Mapping[str, Entry], withheld: frozenset[str] | set[str]) -> bool:
+        """Whether this listing presents exactly ``entries`` and ``withheld``.
+
+        Fast when the entries are the same objects (a dict comparison checks
+        identity before equality).
+        """
+        return self.withheld == withheld and self.entries == entries
 
 
 # --- what all layers share -------------------------------------------------------
@@ -138,6 +168,7 @@ class Context:
         self.ttl = ttl  # listings and stats are at most this old
         self.recheck = recheck  # prepared merges re-stat their inputs this often
         self._local = threading.local()
+        self._watchers: list[Callable[[PresentedPath], None]] = []
 
     def due(self, checked_at: float) -> bool:
         """Whether something checked at ``checked_at`` must be checked again now."""
@@ -159,6 +190,39 @@ class Context:
             yield
         finally:
             self._local.fresh -= 1
+
+    # -- how long an answer holds (for the memo at the top, ``merge.memo``) ------
+
+    @contextlib.contextmanager
+    def validity(self, until: float) -> Iterator[list[float]]:
+        """Inside, on this thread, ``note`` lowers the deadline in the yielded cell.
+
+        The cell starts at ``until``; on leaving, an enclosing cell is
+        lowered too (an answer holds no longer than the answers it used).
+        """
+        outer = getattr(self._local, "valid", None)
+        cell = [until]
+        self._local.valid = cell
+        try:
+            yield cell
+        finally:
+            self._local.valid = outer
+            if outer is not None and cell[0] < outer[0]:
+                outer[0] = cell[0]
+
+    def note(self, until: float) -> None:
+        """What is being computed on this thread used something valid until ``until``."""
+        cell = getattr(self._local, "valid", None)
+        if cell is not None and until < cell[0]:
+            cell[0] = until
+
+    def watch(self, listener: Callable[[PresentedPath], None]) -> None:
+        """Call ``listener(directory)`` whenever a directory's listing is seen to change."""
+        self._watchers.append(listener)
+
+    def changed(self, path: PresentedPath) -> None:
+        for listener in self._watchers:
+            listener(path)
 
 
 class Layer:

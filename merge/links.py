@@ -103,6 +103,7 @@ class _Index(NamedTuple):
     real: dict[str, Entry]  # presented as they are
     links: dict[str, _Spec]  # presented name -> the one link presenting it
     withheld: frozenset[str]
+    low: Listing  # the lower listing it was made from
 
 
 _Doc = LinkDoc | None | BadLink  # what a .json file is: a link, an ordinary file, a bad link
@@ -117,10 +118,14 @@ class LinksLayer(Layer):
         self._docs: TtlLru[str, tuple[_Doc, _StatKey, Source | None]] = TtlLru(
             cache_size, None, ctx.clock
         )
-        self._indexes: TtlLru[PresentedPath, _Index] = TtlLru(1024, ctx.ttl, ctx.clock)
-        self._listings: TtlLru[PresentedPath, Listing] = TtlLru(1024, ctx.ttl, ctx.clock)
+        self._indexes: TtlLru[PresentedPath, _Index] = TtlLru(
+            1024, ctx.ttl, ctx.clock, note=ctx.note
+        )
+        self._listings: TtlLru[PresentedPath, Listing] = TtlLru(
+            1024, ctx.ttl, ctx.clock, note=ctx.note
+        )
         self._resolved: TtlLru[tuple[PresentedPath, str], tuple[_StatKey, Entry | _Failed]] = (
-            TtlLru(cache_size, ctx.ttl, ctx.clock)
+            TtlLru(cache_size, ctx.ttl, ctx.clock, note=ctx.note)
         )
         self._local = threading.local()
 
@@ -135,10 +140,15 @@ class LinksLayer(Layer):
         return self._resolve(path[:-1], self._spec(path))
 
     def listing(self, path: PresentedPath) -> Listing:
-        found = self._listings.get(path)
-        if found is not None:
-            return found
+        hit = self._listings.find(path)
+        if hit is not None and hit[1]:
+            return hit[0]
         index = self._index(path)
+        low = index.low
+        if not index.links and len(index.real) == len(low.entries):
+            # No link file here: the listing below, as it is.
+            self._listings.put(path, low)
+            return low
         entries = dict(index.real)
         withheld = set(index.withheld)
         for name, spec in index.links.items():
@@ -152,6 +162,8 @@ class LinksLayer(Layer):
                 withheld.add(name)
                 self.ctx.problems.report(5, spec.spath, f"target cannot be read: {e!r}")
         found = Listing(entries, frozenset(withheld))
+        if hit is not None and hit[0].same(found.entries, found.withheld):
+            found = hit[0]  # unchanged: the same object
         self._listings.put(path, found)
         return found
 
@@ -224,14 +236,20 @@ class LinksLayer(Layer):
     # -- the index of a directory ----------------------------------------------------------
 
     def _index(self, path: PresentedPath) -> _Index:
-        found = self._indexes.get(path)
-        if found is not None:
-            return found
+        hit = self._indexes.find(path)
+        if hit is not None and hit[1]:
+            return hit[0]
         low = self.lower.listing(path)
+        if hit is not None and hit[0].low is low:  # nothing changed below: nor here
+            self._indexes.put(path, hit[0])
+            return hit[0]
         real: dict[str, Entry] = {}
         by_name: defaultdict[str, list[_Spec]] = defaultdict(list)
         withheld = set(low.withheld)
         for name, entry in low.entries.items():
+            if not name.endswith(SUFFIX):
+                real[name] = entry  # not a link file (_read_doc would say so)
+                continue
             doc, key, source = self._read_doc((*path, name), entry, fresh=False)
             if doc is None:
                 real[name] = entry
@@ -254,7 +272,7 @@ class LinksLayer(Layer):
                 withheld.add(name)
             else:
                 links[name] = specs[0]
-        found = _Index(real, links, frozenset(withheld))
+        found = _Index(real, links, frozenset(withheld), low)
         self._indexes.put(path, found)
         return found
 
@@ -302,9 +320,9 @@ class LinksLayer(Layer):
         outermost = not self._stack()
         key = (d, spec.file)
         with self._pushed(spec.spath):  # _LinkLoop / _TooDeep go to the link that follows us
-            hit = self._resolved.get(key)
-            if hit is not None and hit[0] == spec.key:
-                return self._outcome(hit[1])
+            hit = self._resolved.find(key)
+            if hit is not None and hit[1] and hit[0][0] == spec.key:
+                return self._outcome(hit[0][1])
             try:
                 result = self._follow(d, spec)
             except _LinkLoop:
@@ -316,13 +334,20 @@ class LinksLayer(Layer):
                 if not outermost:
                     raise  # too deep only as seen from the outermost link: cache nothing
                 result = _Failed(f"more than {MAX_LINK_DEPTH} links deep")
-        self._settle(key, spec, result)
-        return self._outcome(result)
+        return self._outcome(self._settle(key, spec, result))
 
-    def _settle(self, key: tuple[PresentedPath, str], spec: _Spec, result: Entry | _Failed) -> None:
-        self._resolved.put(key, (spec.key, result))
+    def _settle(
+        self, key: tuple[PresentedPath, str], spec: _Spec, result: Entry | _Failed
+    ) -> Entry | _Failed:
+        """Cache ``result``; the object cached before if equal (listings keep theirs)."""
+        value = (spec.key, result)
+        old = self._resolved.find(key)
+        if old is not None and old[0] == value:
+            value = old[0]
+        self._resolved.put(key, value)
         if isinstance(result, _Failed):
             self.ctx.problems.report(5, spec.spath, result.reason)
+        return value[1]
 
     @staticmethod
     def _outcome(result: Entry | _Failed) -> Entry:

@@ -38,7 +38,7 @@ from merge.attrs import fileid_for
 from merge.cache import TtlLru
 from merge.extents import ExtentMap
 from merge.layer import Context, Entry, Layer, Listing, Merged
-from merge.names import flat_of, is_flat, is_pancbt, pancbt_of
+from merge.names import PANCBT_SUFFIX, flat_of, is_flat, pancbt_of
 from merge.namespace import Attrs, InputChanged, Kind, NamespaceError, NotFound, PresentedPath
 from merge.pancbt import PancbtError, read_pancbt
 from merge.sources import Handle, MergedSource, read_at
@@ -92,7 +92,9 @@ class MergeLayer(Layer):
         self._merges: TtlLru[PresentedPath, _Prepared | _Rejected] = TtlLru(
             cache_size, None, ctx.clock, on_evict=lambda m: m.drop()
         )
-        self._listings: TtlLru[PresentedPath, Listing] = TtlLru(1024, ctx.ttl, ctx.clock)
+        self._listings: TtlLru[PresentedPath, Listing] = TtlLru(
+            1024, ctx.ttl, ctx.clock, note=ctx.note
+        )
 
     # -- the layer's calls ----------------------------------------------------------
 
@@ -102,15 +104,20 @@ class MergeLayer(Layer):
         return self.lower.lookup(path)
 
     def listing(self, path: PresentedPath) -> Listing:
-        found = self._listings.get(path)
-        if found is not None:
-            return found
+        hit = self._listings.find(path)
+        if hit is not None and hit[1]:
+            return hit[0]
         low = self.lower.listing(path)
+        pancbts = [name for name in low.entries if name.endswith(PANCBT_SUFFIX)]
+        if not pancbts:  # nothing to merge here: the listing below, as it is
+            self._listings.put(path, low)
+            return low
         entries = dict(low.entries)
         withheld = set(low.withheld)
-        for name, entry in low.entries.items():
-            flat = flat_of(name) if is_pancbt(name) else None
-            if flat is None or entry.attrs.kind != Kind.REG:
+        for name in pancbts:
+            entry = low.entries[name]
+            flat = flat_of(name)
+            if entry.attrs.kind != Kind.REG:
                 continue
             base = entries.get(flat)
             if base is None or base.attrs.kind != Kind.REG:
@@ -125,6 +132,8 @@ class MergeLayer(Layer):
                 withheld.add(flat)
                 self.ctx.problems.report(5, entry.origin.where, f"{flat} not presented: {e!r}")
         found = Listing(entries, frozenset(withheld))
+        if hit is not None and hit[0].same(found.entries, found.withheld):
+            found = hit[0]  # unchanged: the same object
         self._listings.put(path, found)
         return found
 
@@ -172,6 +181,7 @@ class MergeLayer(Layer):
             if retain and isinstance(merge, _Prepared):
                 merge.source.try_retain()  # not yet shared: cannot fail
             self._merges.put(path, merge)
+        self.ctx.note(merge.checked_at + self.ctx.recheck)  # checked again after that
         if isinstance(merge, _Rejected):
             raise NotFound(merge.reason)
         return merge

@@ -24,6 +24,12 @@ Design notes
   time, rule 8); open descriptors (LRU), each checked against a fresh
   ``stat`` of its path at every open, so a replaced file is reopened and a
   reader gets the size of the moment it opened.
+* A listing costs one ``lstat`` per entry (``DirEntry.stat``, which a
+  file or directory that is not a symbolic link needs no other call for).
+  Refreshed after ``ttl``, an entry whose ``stat`` did not change keeps its
+  :class:`Entry` object, and a directory in which nothing changed keeps its
+  :class:`Listing` object; one in which something did is told to
+  ``Context.changed`` (the memo at the top drops what it holds for it).
 * Nothing is read at start-up.
 """
 
@@ -31,8 +37,10 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
+from stat import S_ISDIR, S_ISREG
 
-from merge.attrs import attrs_from_stat
+from merge.attrs import attrs_from_stat, attrs_of, fileid_in, id_prefix, stat_matches
 from merge.cache import TtlLru
 from merge.layer import Context, Entry, Layer, Listing, Stored
 from merge.names import valid_name
@@ -59,9 +67,11 @@ class Passthrough(Layer):
         super().__init__(None, ctx)
         self.root = ctx.root
         self._stats: TtlLru[PresentedPath, Entry | _Withheld] = TtlLru(
-            stat_cache, ctx.ttl, ctx.clock
+            stat_cache, ctx.ttl, ctx.clock, note=ctx.note
         )
-        self._listings: TtlLru[PresentedPath, Listing] = TtlLru(1024, ctx.ttl, ctx.clock)
+        self._listings: TtlLru[PresentedPath, Listing] = TtlLru(
+            1024, ctx.ttl, ctx.clock, note=ctx.note
+        )
         self._files: TtlLru[PresentedPath, FileSource] = TtlLru(
             fd_cache, None, ctx.clock, on_evict=FileSource.release
         )
@@ -81,30 +91,56 @@ class Passthrough(Layer):
         return found
 
     def listing(self, path: PresentedPath) -> Listing:
-        found = self._listings.get(path)
-        if found is not None:
-            return found
+        hit = self._listings.find(path)
+        if hit is not None and hit[1]:
+            return hit[0]
+        prev = hit[0] if hit is not None else None
+        before: Mapping[str, Entry] = prev.entries if prev is not None else {}
+        prefix = id_prefix(path)
         entries: dict[str, Entry] = {}
         withheld: set[str] = set()
+        others: list[tuple[PresentedPath, Entry | _Withheld]] = []
         try:
             with os.scandir(self.storage_path(path)) as it:
                 for de in it:
-                    child = (*path, de.name)
-                    try:
-                        got = self._classify(child, de)
-                    except NamespaceError as e:  # this entry only (an unreadable symlink...)
-                        got = _Withheld(repr(e))
-                        self.ctx.problems.report(5, self.storage_path(child), f"cannot stat: {e!r}")
-                    self._stats.put(child, got)
+                    name = de.name
+                    try:  # the common case: a file or directory, one lstat
+                        st = None if de.is_symlink() else de.stat()
+                    except OSError:
+                        st = None
+                    if st is not None and (S_ISREG(st.st_mode) or S_ISDIR(st.st_mode)):
+                        old = before.get(name)
+                        if old is None or not stat_matches(old.attrs, st):
+                            old = Entry(attrs_of(st, fileid_in(prefix, name)), Stored(de.path))
+                        entries[name] = old
+                        continue
+                    got = self._classify_listed((*path, name), de)  # as a lookup does
                     if isinstance(got, Entry):
-                        entries[de.name] = got
-                    elif got is not _Missing:
-                        withheld.add(de.name)
+                        old = before.get(name)
+                        entries[name] = old if old == got else got
+                    else:
+                        others.append(((*path, name), got))
+                        if got is not _Missing:
+                            withheld.add(name)
         except OSError as e:
             raise os_error(e, self.storage_path(path)) from e
         found = Listing(entries, frozenset(withheld))
+        if prev is not None:
+            if prev.same(found.entries, found.withheld):
+                found = prev  # unchanged: the same object, so upper layers keep theirs
+            else:
+                self.ctx.changed(path)
+        others.extend(((*path, name), e) for name, e in entries.items())
+        self._stats.put_many(others)
         self._listings.put(path, found)
         return found
+
+    def _classify_listed(self, path: PresentedPath, de: os.DirEntry[str]) -> Entry | _Withheld:
+        try:
+            return self._classify(path, de)
+        except NamespaceError as e:  # this entry only (an unreadable symlink...)
+            self.ctx.problems.report(5, self.storage_path(path), f"cannot stat: {e!r}")
+            return _Withheld(repr(e))
 
     def _classify(self, path: PresentedPath, de: os.DirEntry[str] | None) -> Entry | _Withheld:
         """What the storage holds at ``path``: an entry, or why it is not presented."""
