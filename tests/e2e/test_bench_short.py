@@ -31,8 +31,9 @@ def test_bench_short_produces_a_complete_table(tmp_path):
             pytest.fail(f"prerequisites missing in CI: {missing}")
         pytest.skip(f"missing: {missing}")
     out = tmp_path / "out"
+    argv = [sys.executable, str(REPO / "bench" / "run"), "--short", "--out", str(out)]
     res = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run"), "--short", "--out", str(out)],
+        [*argv, "--data", str(tmp_path / "data")],
         capture_output=True,
         text=True,
         timeout=900,
