@@ -92,7 +92,10 @@ def _fill(view: memoryview, runs: list, nowait: bool) -> int:
     the same distance from their place in the reply, with gaps up to
     :data:`BRIDGE` between them, are read as one span first, and every other
     run is then written over the gaps (runs never overlap one another, so
-    the order of the two passes cannot change a byte).
+    the order of the two passes cannot change a byte).  Overlay runs whose
+    bytes are adjacent in their file are read by one scattering preadv: a
+    READ of a merged image then costs about two system calls, as many as a
+    plain file's.
 
     With ``nowait``, data not in the page cache raises WouldBlock instead of
     waiting for the disk (RWF_NOWAIT).
@@ -109,12 +112,43 @@ def _fill(view: memoryview, runs: list, nowait: bool) -> int:
             _read(view, at, fd, start, length, flags)
     else:
         rest = placed
-    for at, fd, start, length in rest:
+    i = 0
+    while i < len(rest):
+        at, fd, start, length = rest[i]
+        i += 1
         if fd == ZERO_FD:
             view[at : at + length] = ZEROS[:length]
-        else:
+            continue
+        # Overlay runs whose bytes follow one another in their file (a
+        # pancbt stores DATA extents in order) scatter in one preadv.
+        pieces = [view[at : at + length]]
+        end = start + length
+        while i < len(rest) and rest[i][1] == fd and rest[i][2] == end:
+            r_at, _, _, r_len = rest[i]
+            pieces.append(view[r_at : r_at + r_len])
+            end += r_len
+            i += 1
+        if len(pieces) == 1:
             _read(view, at, fd, start, length, flags)
+        else:
+            _scatter(pieces, fd, start, end - start, flags)
     return total
+
+
+def _scatter(pieces: list[memoryview], fd: int, start: int, length: int, flags: int) -> None:
+    """One preadv of ``length`` contiguous file bytes into several places."""
+    try:
+        got = os.preadv(fd, pieces, start, flags)
+    except BlockingIOError:
+        raise WouldBlock from None
+    except OSError as e:
+        if flags and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise WouldBlock from None
+        raise
+    if got != length:
+        if flags:
+            raise WouldBlock  # partly cached: read it all on a worker
+        raise InputChanged(f"short read: {length - got} bytes missing at {start + got}")
 
 
 def _spans(
