@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -103,23 +103,6 @@ class TtlLru(Generic[K, V]):
             self._data[key] = (now, value)
             while len(self._data) > self._maxsize:
                 gone.append(self._data.popitem(last=False)[1][1])
-        if self._note is not None and self._ttl is not None:
-            self._note(now + self._ttl)
-        self._evicted(gone)
-
-    def put_many(self, items: Iterable[tuple[K, V]]) -> None:
-        """``put`` each pair, with one clock reading and one lock for all."""
-        gone: list[V] = []
-        with self._lock:
-            now = self._clock()
-            data = self._data
-            for key, value in items:
-                old = data.pop(key, None)
-                if old is not None and old[1] is not value:
-                    gone.append(old[1])
-                data[key] = (now, value)
-            while len(data) > self._maxsize:
-                gone.append(data.popitem(last=False)[1][1])
         if self._note is not None and self._ttl is not None:
             self._note(now + self._ttl)
         self._evicted(gone)

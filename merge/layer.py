@@ -216,6 +216,10 @@ class Context:
         if cell is not None and until < cell[0]:
             cell[0] = until
 
+    def volatile(self) -> None:
+        """What is being computed on this thread used something not cached: keep it not."""
+        self.note(float("-inf"))
+
     def watch(self, listener: Callable[[PresentedPath], None]) -> None:
         """Call ``listener(directory)`` whenever a directory's listing is seen to change."""
         self._watchers.append(listener)

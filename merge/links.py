@@ -220,8 +220,10 @@ class LinksLayer(Layer):
                 raw = read_at(handle, 0, MAX_LINK_SIZE + 1)
                 source = handle.source
         except NotFound:
+            self.ctx.volatile()  # not cached: read again next time
             return None, key, None  # gone since it was listed: nothing to present
         except NamespaceError as e:
+            self.ctx.volatile()
             doc: _Doc = BadLink(f"link file cannot be read: {type(e).__name__}")
             return doc, key, None
         key = (source.attrs.size, source.attrs.mtime_ns, source.attrs.ctime_ns)

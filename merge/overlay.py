@@ -174,10 +174,15 @@ class MergeLayer(Layer):
             else:
                 self._merges.pop(path, merge)
                 merge = None
+                self.ctx.changed(path[:-1])  # seen early when forced: the memo drops its answer
         if retain and isinstance(merge, _Prepared) and not merge.source.try_retain():
             merge = None
         if merge is None:
-            merge = self._prepare(path)
+            try:
+                merge = self._prepare(path)
+            except BaseException:
+                self.ctx.volatile()  # nothing cached: the next call prepares again
+                raise
             if retain and isinstance(merge, _Prepared):
                 merge.source.try_retain()  # not yet shared: cannot fail
             self._merges.put(path, merge)

@@ -19,9 +19,10 @@ Design notes
 * Nothing in the storage is ever written, renamed or locked.  Files are
   opened ``O_RDONLY | O_NOATIME`` (without ``O_NOATIME`` where the kernel
   refuses it with ``EPERM``: files of another owner).
-* Caches, all bounded: stats of looked-up paths and directory listings for
+* Caches, all bounded: directory listings and stats of looked-up paths for
   ``ttl`` seconds (so new, removed and replaced entries show within that
-  time, rule 8); open descriptors (LRU), each checked against a fresh
+  time, rule 8), a lookup answered from its directory's listing while that
+  is fresh; open descriptors (LRU), each checked against a fresh
   ``stat`` of its path at every open, so a replaced file is reopened and a
   reader gets the size of the moment it opened.
 * A listing costs one ``lstat`` per entry (``DirEntry.stat``, which a
@@ -40,7 +41,7 @@ import stat
 from collections.abc import Mapping
 from stat import S_ISDIR, S_ISREG
 
-from merge.attrs import attrs_from_stat, attrs_of, fileid_in, id_prefix, stat_matches
+from merge.attrs import attrs_from_stat, attrs_of, ids_in, stat_matches
 from merge.cache import TtlLru
 from merge.layer import Context, Entry, Layer, Listing, Stored
 from merge.names import valid_name
@@ -58,6 +59,7 @@ class _Withheld:
 
 
 _Missing = _Withheld("no such file")
+_WithheldListed = _Withheld("withheld from its directory's listing")
 
 
 class Passthrough(Layer):
@@ -82,7 +84,9 @@ class Passthrough(Layer):
     # -- lookup and listing ---------------------------------------------------------
 
     def lookup(self, path: PresentedPath) -> Entry:
-        found = self._stats.get(path)
+        found = self._listed(path)
+        if found is None:
+            found = self._stats.get(path)
         if found is None:
             found = self._classify(path, None)
             self._stats.put(path, found)
@@ -90,16 +94,35 @@ class Passthrough(Layer):
             raise NotFound("/" + "/".join(path))
         return found
 
+    def _listed(self, path: PresentedPath) -> Entry | _Withheld | None:
+        """What the listing of ``path``'s directory says of it, while fresh.
+
+        A fresh listing is younger than any stat cached for its entries
+        (a stat is cached only when the listing was not fresh, or did not
+        hold the name), so it is what a lookup gets, as if the listing had
+        cached a stat for each entry.
+        """
+        if not path:
+            return None
+        hit = self._listings.find(path[:-1])
+        if hit is None or not hit[1]:
+            return None
+        listing = hit[0]
+        name = path[-1]
+        entry = listing.entries.get(name)
+        if entry is None and name in listing.withheld:
+            return _WithheldListed
+        return entry
+
     def listing(self, path: PresentedPath) -> Listing:
         hit = self._listings.find(path)
         if hit is not None and hit[1]:
             return hit[0]
         prev = hit[0] if hit is not None else None
         before: Mapping[str, Entry] = prev.entries if prev is not None else {}
-        prefix = id_prefix(path)
+        fileid = ids_in(path)
         entries: dict[str, Entry] = {}
         withheld: set[str] = set()
-        others: list[tuple[PresentedPath, Entry | _Withheld]] = []
         try:
             with os.scandir(self.storage_path(path)) as it:
                 for de in it:
@@ -111,17 +134,15 @@ class Passthrough(Layer):
                     if st is not None and (S_ISREG(st.st_mode) or S_ISDIR(st.st_mode)):
                         old = before.get(name)
                         if old is None or not stat_matches(old.attrs, st):
-                            old = Entry(attrs_of(st, fileid_in(prefix, name)), Stored(de.path))
+                            old = Entry(attrs_of(st, fileid(name)), Stored(de.path))
                         entries[name] = old
                         continue
                     got = self._classify_listed((*path, name), de)  # as a lookup does
                     if isinstance(got, Entry):
                         old = before.get(name)
                         entries[name] = old if old == got else got
-                    else:
-                        others.append(((*path, name), got))
-                        if got is not _Missing:
-                            withheld.add(name)
+                    elif got is not _Missing:
+                        withheld.add(name)
         except OSError as e:
             raise os_error(e, self.storage_path(path)) from e
         found = Listing(entries, frozenset(withheld))
@@ -130,9 +151,7 @@ class Passthrough(Layer):
                 found = prev  # unchanged: the same object, so upper layers keep theirs
             else:
                 self.ctx.changed(path)
-        others.extend(((*path, name), e) for name, e in entries.items())
-        self._stats.put_many(others)
-        self._listings.put(path, found)
+        self._listings.put(path, found)  # and what lookups of its entries get (_listed)
         return found
 
     def _classify_listed(self, path: PresentedPath, de: os.DirEntry[str]) -> Entry | _Withheld:

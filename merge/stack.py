@@ -20,6 +20,7 @@ from merge.cache import Clock
 from merge.hide import HideLayer
 from merge.layer import Context, Layer
 from merge.links import LinksLayer
+from merge.memo import MemoLayer
 from merge.namespace import Namespace
 from merge.overlay import MergeLayer
 from merge.passthrough import Passthrough
@@ -34,11 +35,12 @@ class Stack:
     links: LinksLayer
     merge: MergeLayer
     hide: HideLayer
+    memo: MemoLayer
     ctx: Context
 
     @property
     def top(self) -> Layer:
-        return self.hide
+        return self.memo
 
     @property
     def problems(self) -> Problems:
@@ -46,6 +48,7 @@ class Stack:
 
     def close(self) -> None:
         """Close the descriptors the caches hold (open readers keep theirs)."""
+        self.memo.clear()
         self.merge.close()
         self.passthrough.close()
 
@@ -57,6 +60,7 @@ def build_stack(
     recheck: float = 1.0,
     merge_cache: int = 64,
     fd_cache: int = 128,
+    memo_size: int = 65536,
     clock: Clock = time.monotonic,
 ) -> Stack:
     """The stack over ``storage_root``; see :func:`build_namespace`."""
@@ -68,14 +72,16 @@ def build_stack(
     links = LinksLayer(passthrough, ctx)
     merge = MergeLayer(links, ctx, cache_size=merge_cache)
     hide = HideLayer(merge, ctx)
-    links.top = hide  # link targets are looked up as presented
-    return Stack(passthrough, links, merge, hide, ctx)
+    links.top = hide  # link targets are looked up as presented (never through the memo)
+    memo = MemoLayer(hide, ctx, size=memo_size)
+    return Stack(passthrough, links, merge, hide, memo, ctx)
 
 
 def build_namespace(storage_root: str, **options: float) -> Namespace:
     """The presented tree of ``storage_root`` (namespace.md), top of the filter stack.
 
     ``options`` tune the caches (``ttl``, ``recheck`` in seconds;
-    ``merge_cache``, ``fd_cache`` entries); the defaults suit the server.
+    ``merge_cache``, ``fd_cache``, ``memo_size`` entries); the defaults suit
+    the server.
     """
     return build_stack(storage_root, **options).top  # type: ignore[arg-type]

@@ -1,0 +1,317 @@
+"""Top of the stack: each presented path's answer, kept while it holds.
+
+Design notes
+------------
+Below this layer, one ``getattr`` walks every parent through every layer,
+and every hop of a link chain, with a cache lookup at each step: tens of
+microseconds for a merged image behind links.  The server asks the same
+paths again and again (GETATTR, LOOKUP, and per READ a ``getattr`` then an
+``open``), so this layer keeps, per presented path, what the stack answered,
+and gives it again while it holds:
+
+=====================  ======================================================
+kept for a path        a hit
+=====================  ======================================================
+its attributes         one dict lookup, one clock reading
+``NotFound``,          the same, and the exception raised anew
+``NotADirectory``
+how to open it         the source the stack opened (a prepared merge, or a
+                       plain file's cached descriptor) taken again with
+                       ``try_retain``, and the link sources of a chain above
+                       it made again (as ``LinksLayer.open_file`` does); a
+                       plain file is re-``stat``ed first, as the passthrough
+                       does at every open
+a directory's entries  the very object the stack returned: the server keeps
+                       its sorted copy while it gets the same object
+=====================  ======================================================
+
+How long an answer holds.  Every cache below says, through ``Context.note``,
+until when the value it hands out holds (its birth plus ``ttl``; for a
+prepared merge, its last check plus ``recheck``).  An answer is computed
+inside ``Context.validity`` and kept until the earliest of those deadlines,
+never longer than ``ttl``.  So nothing is served longer than the caches
+below would have served it, and rule 8 holds as before: a change shows
+within ``ttl`` (``recheck`` for a merge's inputs) of when the layers below
+would show it.  One clock reading per call, and no lock, on a hit.
+
+Dropped at once.  When a directory's listing is seen to change (the
+passthrough rescans it and finds a difference: ``Context.changed``; or
+``readdir`` here gets a new object from below), every answer kept for its
+entries, and its own listing, are dropped, so ``getattr`` agrees with the
+listing a client just read.  An answer computed while anything was dropped
+is returned but not kept (a count of drops, compared before storing): it may
+have been computed from what was dropped.
+
+Not kept: ``AccessDenied``, ``StorageIOError``, ``InputChanged``; the layers
+below do not cache them either, each call tries again.  Only the server's
+calls come here: link targets and a merge's inputs are looked up below this
+layer (``LinksLayer.top`` is the hide layer), so loop detection and
+``Context.fresh`` never meet a memoized answer.
+
+Readers.  The memo holds no reference on a source, so it keeps no descriptor
+open: a hit takes one with ``try_retain``, which fails on a source the
+caches have closed since; the stack then opens the path as it always did.
+
+Bounds: ``size`` paths and ``dirs`` listings, the oldest stored going first
+(an answer in use is computed and stored again every ``ttl``, so this is
+close to least recently used).  Lookups take no lock (a dict read); stores
+and drops take one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import NoReturn
+
+from merge.layer import Context, Entry, Layer, Linked, Merged, Stored
+from merge.namespace import (
+    Attrs,
+    IsADirectory,
+    Kind,
+    NamespaceError,
+    NotADirectory,
+    NotFound,
+    PresentedPath,
+)
+from merge.sources import FileSource, Handle, LinkSource, MergedSource, Source
+
+_KEPT_ERRORS = (NotFound, NotADirectory)
+
+
+class _Kept:
+    """What the stack answered for one path, and until when it holds."""
+
+    __slots__ = ("attrs", "error", "links", "source", "spath", "until")
+
+    def __init__(self, until: float, attrs: Attrs | None, error: NamespaceError | None = None):
+        self.until = until
+        self.attrs = attrs  # None: `error` is the answer
+        # Its class and arguments only: a traceback would keep the frames alive.
+        self.error: tuple[type[NamespaceError], tuple] | None = (
+            None if error is None else (type(error), error.args)
+        )
+        self.source: Source | None = None  # a regular file's bytes below its links, once opened
+        self.spath: str | None = None  # a plain file's storage path, re-stat'ed at each open
+        self.links: tuple[tuple[Source, Attrs], ...] = ()  # (link file, attrs), outermost first
+
+    def raise_error(self) -> NoReturn:
+        assert self.error is not None
+        cls, args = self.error
+        raise cls(*args)
+
+    def reopen(self) -> Handle | None:
+        """A handle on the same bytes, or ``None`` if the stack must open it again."""
+        source = self.source
+        if source is None:
+            return None
+        if self.spath is not None:
+            assert isinstance(source, FileSource)
+            try:
+                if not source.stamp.matches(os.stat(self.spath)):
+                    return None  # replaced: the passthrough opens the new file
+            except OSError:
+                return None
+        if not source.try_retain():
+            return None  # closed by the caches since
+        handle = Handle.adopt(source)
+        for link_file, attrs in reversed(self.links):
+            handle = Handle.adopt(LinkSource(handle, link_file, attrs))
+        return handle
+
+
+def _how_to_reopen(entry: Entry, handle: Handle) -> tuple[Source, str | None, tuple] | None:
+    """What ``_Kept.reopen`` needs to hand out ``handle``'s bytes again, if it can."""
+    source = handle.source
+    origin = entry.origin
+    links = []
+    while isinstance(source, LinkSource) and isinstance(origin, Linked):
+        links.append((source.link_file, source.attrs))
+        source = source.target.source
+        origin = origin.target_origin
+    if isinstance(source, MergedSource) and isinstance(origin, Merged):
+        return source, None, tuple(links)
+    if isinstance(source, FileSource) and isinstance(origin, Stored):
+        return source, origin.path, tuple(links)
+    return None  # not what this layer knows how to reopen: always ask the stack
+
+
+class MemoLayer(Layer):
+    """Keeps each presented path's attributes, error or opened source while they hold."""
+
+    def __init__(self, lower: Layer, ctx: Context, *, size: int = 65536, dirs: int = 1024) -> None:
+        super().__init__(lower, ctx)
+        if size < 1 or dirs < 1:
+            raise ValueError("size and dirs must be at least 1")
+        self._clock = ctx.clock
+        self._ttl = ctx.ttl
+        self._size = size
+        self._dirs = dirs
+        self._kept: dict[PresentedPath, _Kept] = {}
+        self._names: dict[PresentedPath, set[str]] = {}  # directory -> names kept in it
+        self._listings: dict[PresentedPath, tuple[float, Sequence[tuple[str, Attrs]]]] = {}
+        self._drops = 0
+        self._lock = threading.Lock()
+        ctx.watch(self.changed)
+
+    # -- the server's calls ---------------------------------------------------------
+
+    def getattr(self, path: PresentedPath) -> Attrs:
+        now = self._clock()
+        kept = self._kept.get(path)
+        if kept is None or now >= kept.until:
+            kept = self._compute(path, now)
+        if kept.attrs is None:
+            kept.raise_error()
+        return kept.attrs
+
+    def open(self, path: PresentedPath) -> Handle:
+        now = self._clock()
+        kept = self._kept.get(path)
+        if kept is not None and now < kept.until:
+            if kept.attrs is None:
+                kept.raise_error()
+            if kept.attrs.kind == Kind.DIR:
+                raise IsADirectory("/" + "/".join(path))
+            handle = kept.reopen()
+            if handle is not None:
+                return handle
+        return self._open(path, now)
+
+    def readdir(self, path: PresentedPath) -> Sequence[tuple[str, Attrs]]:
+        now = self._clock()
+        kept = self._listings.get(path)
+        if kept is not None and now < kept[0]:
+            return kept[1]
+        drops = self._drops
+        with self.ctx.validity(now + self._ttl) as valid:
+            d = self._kept_for(path, now)
+            if d.attrs is None:
+                d.raise_error()
+            if d.attrs.kind != Kind.DIR:
+                raise NotADirectory("/" + "/".join(path))
+            items = self.lower.listing(path).items
+        changed = kept is not None and kept[1] is not items
+        with self._lock:
+            if changed:
+                self._drop(path)  # what was kept for its entries may disagree with it now
+            if self._drops == drops + changed:
+                self._listings.pop(path, None)
+                self._listings[path] = (valid[0], items)
+                while len(self._listings) > self._dirs:
+                    del self._listings[next(iter(self._listings))]
+        return items
+
+    # -- dropping ---------------------------------------------------------------------
+
+    def changed(self, path: PresentedPath) -> None:
+        """The listing of directory ``path`` changed: drop what was kept for it."""
+        with self._lock:
+            self._drop(path)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._drops += 1
+            self._kept.clear()
+            self._names.clear()
+            self._listings.clear()
+
+    def _drop(self, path: PresentedPath) -> None:
+        self._drops += 1
+        self._listings.pop(path, None)
+        for name in self._names.pop(path, ()):
+            self._kept.pop((*path, name), None)
+
+    # -- computing and keeping answers ----------------------------------------------------
+
+    def _kept_for(self, path: PresentedPath, now: float) -> _Kept:
+        """The answer for ``path``, kept or computed; how long it holds noted."""
+        kept = self._kept.get(path)
+        if kept is not None and now < kept.until:
+            self.ctx.note(kept.until)
+            return kept
+        return self._compute(path, now)
+
+    def _compute(self, path: PresentedPath, now: float) -> _Kept:
+        """The answer for ``path`` from the stack, after its parents' (``Layer.resolve``).
+
+        From the nearest ancestor whose answer holds, each path below it is
+        computed in turn, with its parent's answer: no recursion, whatever
+        the depth.
+        """
+        i = len(path) - 1
+        parent = None
+        while i >= 1:
+            kept = self._kept.get(path[:i])
+            if kept is not None and now < kept.until:
+                parent = kept
+                break
+            i -= 1
+        for j in range(i + 1, len(path) + 1):
+            parent = self._lookup(path[:j], parent, now)
+        assert parent is not None
+        return parent
+
+    def _lookup(self, path: PresentedPath, parent: _Kept | None, now: float) -> _Kept:
+        drops = self._drops
+        with self.ctx.validity(now + self._ttl) as valid:
+            try:
+                kept = _Kept(0.0, self._entry(path, parent).attrs)
+            except _KEPT_ERRORS as e:
+                kept = _Kept(0.0, None, e)
+        kept.until = valid[0]
+        self._keep(path, kept, drops, now)
+        return kept
+
+    def _entry(self, path: PresentedPath, parent: _Kept | None) -> Entry:
+        """``path``'s entry from the stack, ``parent`` (the answer for its parent) checked."""
+        if len(path) > 1:  # as Layer.resolve: the root is not checked
+            assert parent is not None
+            self.ctx.note(parent.until)
+            if parent.attrs is None:
+                parent.raise_error()
+            if parent.attrs.kind != Kind.DIR:
+                raise NotADirectory("/" + "/".join(path[:-1]))
+        return self.lower.lookup(path)
+
+    def _open(self, path: PresentedPath, now: float) -> Handle:
+        drops = self._drops
+        handle = None
+        with self.ctx.validity(now + self._ttl) as valid:
+            try:
+                parent = self._kept_for(path[:-1], now) if len(path) > 1 else None
+                entry = self._entry(path, parent)
+            except _KEPT_ERRORS as e:
+                self._keep(path, _Kept(valid[0], None, e), drops, now)
+                raise
+            if entry.attrs.kind != Kind.DIR:
+                handle = self.lower.open_file(path)
+        kept = _Kept(valid[0], entry.attrs)
+        if handle is not None:
+            how = _how_to_reopen(entry, handle)
+            if how is not None:
+                kept.source, kept.spath, kept.links = how
+        self._keep(path, kept, drops, now)
+        if handle is None:
+            raise IsADirectory("/" + "/".join(path))
+        return handle
+
+    def _keep(self, path: PresentedPath, kept: _Kept, drops: int, now: float) -> None:
+        if kept.until <= now:
+            return  # made from something not cached below (Context.volatile)
+        with self._lock:
+            if self._drops != drops:
+                return  # something was dropped since this was computed: it may be stale
+            if self._kept.pop(path, None) is None and path:
+                self._names.setdefault(path[:-1], set()).add(path[-1])
+            self._kept[path] = kept  # last in the order of eviction
+            while len(self._kept) > self._size:
+                gone = next(iter(self._kept))
+                del self._kept[gone]
+                if gone:
+                    names = self._names.get(gone[:-1])
+                    if names is not None:
+                        names.discard(gone[-1])
+                        if not names:
+                            del self._names[gone[:-1]]

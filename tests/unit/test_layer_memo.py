@@ -1,0 +1,564 @@
+"""merge.memo: each path's answer kept while it holds, and the listings' identity.
+
+The memo must change nothing but the speed: the main test here runs random
+calls and storage changes against two stacks over one storage, one with the
+memo on top and one without, and requires the same answers.  The others pin
+down its rules: how long an answer is kept, when it is dropped at once,
+what is never kept, that it holds no descriptor, and its bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from merge.attrs import attrs_of, fileid_for, ids_in
+from merge.layer import Layer
+from merge.memo import MemoLayer
+from merge.namespace import AccessDenied, Attrs, Kind, NamespaceError, NotADirectory, NotFound
+from merge.stack import Stack, build_stack
+from tests.unit.fake_layer import FakeLower, make_ctx
+from tests.unit.merge_helpers import (
+    KIB,
+    FakeClock,
+    build,
+    naive_merged,
+    open_fds,
+    read_all,
+    run_threads,
+    write,
+    write_link,
+)
+from tests.unit.test_namespace_rules import backups
+
+MERGED = ("d02", "web01", "web01-flat.vmdk")  # link -> merged -> link -> merged -> base
+
+
+@pytest.fixture
+def stacks(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Stacks built with ``new(**options)``, closed at the end, leaving no descriptor open."""
+    made: list[Stack] = []
+    before = open_fds()
+
+    def new(root: Path | None = None, **kw) -> Stack:
+        s = build_stack(str(root or tmp_path / "storage"), **kw)
+        made.append(s)
+        return s
+
+    yield new
+    for s in made:
+        s.close()
+    assert open_fds() == before, "descriptors leaked"
+
+
+def storage(root: Path) -> list[bytes]:
+    """Three days of backups (d02's flat: a link to d01's merged image), and plain files."""
+    disks = backups(root, 3, size=32 * KIB)
+    write(root / "plain" / "a.txt", b"a")
+    write(root / "plain" / "b.json", b'{"not": "a link"}')
+    write_link(root / "plain" / "to-a.json", "a.txt")
+    write_link(root / "plain" / "to-merged.json", "/d02/web01/web01-flat.vmdk", name="disk")
+    os.symlink("d02", root / "latest")
+    return disks
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, layer: Layer, name: str) -> list[object]:
+    """Record each call of ``layer.name`` (its argument) in the returned list."""
+    calls: list[object] = []
+    real = getattr(layer, name)
+
+    def counted(*args):
+        calls.append(args[0] if args else None)
+        return real(*args)
+
+    monkeypatch.setattr(layer, name, counted)
+    return calls
+
+
+def fake_stack(tmp_path: Path, tree: dict[str, bytes | None]) -> tuple[MemoLayer, FakeLower]:
+    ctx = make_ctx(tmp_path / "root")
+    lower = FakeLower(ctx, tmp_path / "blobs", tree)
+    return MemoLayer(lower, ctx), lower
+
+
+def outcome(call: Callable[[], object]) -> object:
+    """The answer of ``call``, or the class of its error, for comparing two stacks.
+
+    Access times are left out: listing a directory moves its atime
+    (relatime), so one stack's listing changes what the other then reads.
+    """
+    try:
+        got = call()
+    except NamespaceError as e:
+        return ("error", type(e).__name__)
+    if isinstance(got, Attrs):
+        got = dataclasses.replace(got, atime_ns=0)
+    elif isinstance(got, dict):
+        got = {n: dataclasses.replace(a, atime_ns=0) for n, a in got.items()}
+    return ("ok", got)
+
+
+# --- the memo changes nothing but the speed ------------------------------------------
+
+
+PATHS = [
+    (),
+    ("d00",),
+    ("d00", "web01", "web01-flat.vmdk"),
+    ("d01", "web01", "web01-flat.vmdk"),
+    MERGED,
+    ("d02", "web01", "web01-pancbt.vmdk"),
+    ("d02", "web01", "web01-flat.vmdk.json"),
+    ("d02", "web01", "web01.vmx"),
+    ("d02", "web01", "web01.vmx", "below-a-file"),
+    ("latest", "web01", "web01-flat.vmdk"),
+    ("plain", "a.txt"),
+    ("plain", "b.json"),
+    ("plain", "to-a"),
+    ("plain", "disk"),
+    ("plain", "new"),
+    ("plain", "new-link"),
+    ("nowhere", "x"),
+]
+DIRS = [(), ("d01", "web01"), ("d02", "web01"), ("latest", "web01"), ("plain",), ("nowhere",)]
+
+
+def change(root: Path, rng: random.Random, disks: list[bytes]) -> None:
+    """One change a backup server could make to the storage."""
+    what = rng.randrange(8)
+    plain = root / "plain"
+    if what == 0:  # rewritten in place, another size
+        (plain / "a.txt").write_bytes(b"a" * rng.randrange(1, 50))
+    elif what == 1:  # replaced (new inode)
+        write(plain / ".tmp", b"replaced" * rng.randrange(1, 5))
+        os.replace(plain / ".tmp", plain / "a.txt")
+    elif what == 2:  # a new file, or gone again
+        new = plain / "new"
+        if new.exists():
+            new.unlink()
+        else:
+            write(new, b"new")
+    elif what == 3:  # a new link, re-pointed, or gone
+        link = plain / "new-link.json"
+        if link.exists() and rng.random() < 0.5:
+            link.unlink()
+        else:
+            write_link(link, rng.choice(["a.txt", "b.json", "/d00/web01/web01-flat.vmdk", "no"]))
+    elif what == 4:  # day 2's pancbt replaced by another valid one
+        size = len(disks[2])
+        p = build([(rng.randrange(0, size - 10), b"changed")], size, base_size=len(disks[1]))
+        write(root / "d02" / "web01" / ".tmp", p)
+        os.replace(root / "d02" / "web01" / ".tmp", root / "d02" / "web01" / "web01-pancbt.vmdk")
+    elif what == 5:  # touched
+        os.utime(plain / "b.json", ns=(rng.randrange(1, 10**18), rng.randrange(1, 10**18)))
+    elif what == 6:  # a link's target as good as gone: its flat withheld
+        day0 = root / "d00" / "web01" / "web01-flat.vmdk"
+        hidden = day0.with_name("hidden")
+        if day0.exists():
+            os.rename(day0, hidden)
+        else:
+            os.rename(hidden, day0)
+    else:  # a new directory
+        (root / f"dir{rng.randrange(3)}").mkdir(exist_ok=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_memo_answers_as_the_stack_below_it(stacks, tmp_path: Path, seed: int) -> None:
+    root = tmp_path / "storage"
+    disks = storage(root)
+    clock = FakeClock()
+    with_memo = stacks(clock=clock, recheck=0.6)
+    without = stacks(clock=clock, recheck=0.6)
+    a, b = with_memo.top, without.hide
+    assert isinstance(a, MemoLayer)
+    rng = random.Random(seed)
+    for step in range(400):
+        op = rng.randrange(10)
+        if op < 4:
+            path = rng.choice(PATHS)
+            got = outcome(lambda ns=a, p=path: ns.getattr(p))
+            want = outcome(lambda ns=b, p=path: ns.getattr(p))
+        elif op < 6:
+            d = rng.choice(DIRS)
+            got = outcome(lambda ns=a, d=d: dict(ns.readdir(d)))
+            want = outcome(lambda ns=b, d=d: dict(ns.readdir(d)))
+        elif op < 8:
+            path = rng.choice(PATHS)
+
+            def read(ns: Layer, path=path) -> bytes:
+                with ns.open(path) as r:
+                    return read_all(r)
+
+            got = outcome(lambda ns=a: read(ns))
+            want = outcome(lambda ns=b: read(ns))
+        elif op == 8:
+            change(root, rng, disks)
+            continue
+        else:
+            clock.advance(rng.choice([0.1, 0.3, 0.5, 1.0]))
+            continue
+        assert got == want, (step, op)
+    assert with_memo.problems.all() == without.problems.all()
+
+
+# --- how long an answer is kept ---------------------------------------------------------
+
+
+def test_every_kind_of_path_is_answered_from_the_memo(stacks, tmp_path, monkeypatch) -> None:
+    disks = storage(tmp_path / "storage")
+    s = stacks()
+    paths = [p for p in PATHS if p[-1:] != ("new",)]
+    answers = {p: outcome(lambda p=p: s.top.getattr(p)) for p in paths}
+    with s.top.open(MERGED) as r:
+        assert read_all(r) == disks[2]
+    with s.top.open(("plain", "to-a")) as r:
+        assert read_all(r) == b"a"
+    listing = s.top.readdir(("d02", "web01"))
+    for name in ("lookup", "listing", "open_file"):
+        monkeypatch.setattr(s.hide, name, lambda *a: pytest.fail("not answered from the memo"))
+    for p, want in answers.items():
+        assert outcome(lambda p=p: s.top.getattr(p)) == want, p
+    for _ in range(3):
+        with s.top.open(MERGED) as r:
+            assert read_all(r) == disks[2]
+        with s.top.open(("plain", "to-a")) as r:  # re-stat'ed, then the same descriptor
+            assert read_all(r) == b"a"
+    assert s.top.readdir(("d02", "web01")) is listing
+
+
+def test_an_answer_holds_no_longer_than_what_it_was_made_from(
+    stacks, tmp_path, monkeypatch
+) -> None:
+    storage(tmp_path / "storage")
+    clock = FakeClock()
+    s = stacks(clock=clock, ttl=1.0, recheck=0.5)
+    s.top.readdir(("plain",))  # the listing, cached until 1001.0
+    clock.advance(0.9)
+    calls = count_calls(monkeypatch, s.hide, "lookup")
+    s.top.getattr(("plain", "a.txt"))  # made from that listing: kept until 1001.0, not 1001.9
+    s.top.getattr(("plain", "a.txt"))
+    assert calls.count(("plain", "a.txt")) == 1
+    clock.advance(0.1)
+    s.top.getattr(("plain", "a.txt"))
+    assert calls.count(("plain", "a.txt")) == 2
+    # A merged image: until its inputs are checked again (recheck), not ttl.
+    s.top.getattr(MERGED)
+    clock.advance(0.4)
+    s.top.getattr(MERGED)
+    assert calls.count(MERGED) == 1
+    clock.advance(0.1)
+    s.top.getattr(MERGED)
+    assert calls.count(MERGED) == 2
+
+
+def test_a_changed_listing_drops_what_was_kept_for_its_entries_at_once(
+    stacks, tmp_path: Path
+) -> None:
+    root = tmp_path / "storage"
+    storage(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    s.top.readdir(("plain",))
+    clock.advance(1.0)
+    kept = s.top.getattr(("plain", "a.txt"))  # the listing is stale: a stat, kept until 1002.0
+    other = s.top.getattr(("d02", "web01", "web01.vmx"))
+    (root / "plain" / "a.txt").write_bytes(b"longer now")
+    clock.advance(0.2)
+    listed = dict(s.top.readdir(("plain",)))  # listed again: the change is seen
+    assert listed["a.txt"].size == 10
+    assert s.top.getattr(("plain", "a.txt")) == listed["a.txt"] != kept  # not at 1002.0
+    assert s.top.getattr(("d02", "web01", "web01.vmx")) is other  # other folders: still kept
+
+
+def test_a_change_seen_below_drops_that_directory_only(tmp_path: Path) -> None:
+    memo, lower = fake_stack(tmp_path, {"d/x": b"x", "e/y": b"y"})
+    assert memo.getattr(("d", "x")).size == 1
+    memo.getattr(("e", "y"))
+    lower.set("d/x", b"xx")
+    lower.set("e/y", b"yy")
+    assert memo.getattr(("d", "x")).size == 1  # kept: the stack below is not asked
+    memo.ctx.changed(("d",))  # as the passthrough says when it lists d again and finds a change
+    assert memo.getattr(("d", "x")).size == 2
+    assert memo.getattr(("e", "y")).size == 1
+
+
+def test_not_found_is_kept_other_errors_are_not(tmp_path: Path, monkeypatch) -> None:
+    memo, lower = fake_stack(tmp_path, {"d/x": b"x"})
+    calls = count_calls(monkeypatch, lower, "lookup")
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            memo.getattr(("d", "nope"))
+        with pytest.raises(NotFound):
+            memo.open(("nope",))
+        with pytest.raises(NotFound):
+            memo.getattr(("nope", "below"))
+    assert sorted(calls) == [("d",), ("d", "nope"), ("nope",)]  # once each
+    real = lower.lookup
+
+    def refuse(path):
+        if path == ("d", "x"):
+            raise AccessDenied("/d/x")
+        return real(path)
+
+    monkeypatch.setattr(lower, "lookup", refuse)
+    for _ in range(2):
+        with pytest.raises(AccessDenied):
+            memo.getattr(("d", "x"))
+    monkeypatch.setattr(lower, "lookup", real)
+    assert memo.getattr(("d", "x")).size == 1  # tried again: not kept
+
+
+def test_answers_made_while_something_was_dropped_are_not_kept(tmp_path, monkeypatch) -> None:
+    memo, lower = fake_stack(tmp_path, {"d/x": b"x"})
+    memo.getattr(("d",))
+    real = lower.lookup
+
+    def racing(path):
+        entry = real(path)
+        memo.ctx.changed(("elsewhere",))  # another thread drops something meanwhile
+        return entry
+
+    monkeypatch.setattr(lower, "lookup", racing)
+    memo.getattr(("d", "x"))
+    monkeypatch.setattr(lower, "lookup", real)
+    calls = count_calls(monkeypatch, lower, "lookup")
+    memo.getattr(("d", "x"))
+    memo.getattr(("d", "x"))
+    assert calls == [("d", "x")]  # asked again once, then kept
+
+
+# --- listings keep their identity --------------------------------------------------------
+
+
+def test_readdir_is_the_same_object_while_nothing_changes(stacks, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    storage(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    for _ in range(2):  # listing a folder moves its atime once (relatime): settled after
+        for d in DIRS[:-1]:
+            s.top.readdir(d)
+        clock.advance(1.0)
+    first = {d: s.top.readdir(d) for d in DIRS[:-1]}
+    for _ in range(3):
+        clock.advance(1.0)  # listed again by every layer: nothing changed
+        for d, items in first.items():
+            assert s.top.readdir(d) is items, d
+    write(root / "plain" / "new", b"n")
+    clock.advance(1.0)
+    changed = s.top.readdir(("plain",))
+    assert changed is not first[("plain",)] and "new" in dict(changed)
+    assert s.top.readdir(("d02", "web01")) is first[("d02", "web01")]
+    clock.advance(1.0)
+    assert s.top.readdir(("plain",)) is changed
+
+
+def test_a_layer_that_changes_nothing_hands_the_lower_listing_on(stacks, tmp_path) -> None:
+    root = tmp_path / "storage"
+    for i in range(5):
+        write(root / "flat" / f"f{i}.txt", b"x")
+    s = stacks()
+    low = s.passthrough.listing(("flat",))
+    assert s.links.listing(("flat",)) is low
+    assert s.merge.listing(("flat",)) is low
+    assert s.hide.listing(("flat",)) is low
+
+
+# --- readers -------------------------------------------------------------------------
+
+
+def test_the_memo_keeps_no_descriptor_and_readers_keep_theirs(stacks, tmp_path) -> None:
+    disks = storage(tmp_path / "storage")
+    clock = FakeClock()
+    s = stacks(clock=clock, merge_cache=1, fd_cache=1)
+    before = open_fds()
+    reader = s.top.open(MERGED)
+    s.top.open(("plain", "a.txt")).close()
+    s.top.open(("d01", "web01", "web01-flat.vmdk")).close()  # evicts the merges under the reader
+    s.merge.close()
+    s.passthrough.close()
+    assert read_all(reader) == disks[2]
+    with s.top.open(MERGED) as again:  # the reader's inputs, still open: taken again
+        assert again.source is reader.source
+    reader.close()
+    assert open_fds() <= before, "the memo holds a descriptor"
+    with s.top.open(MERGED) as r:  # closed since: opened again by the stack
+        assert read_all(r) == disks[2]
+
+
+def test_a_replaced_plain_file_is_opened_again_at_once(stacks, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    storage(root)
+    s = stacks(clock=FakeClock())
+    for _ in range(2):
+        with s.top.open(("plain", "a.txt")) as r:
+            assert read_all(r) == b"a"
+    write(root / "plain" / ".tmp", b"new bytes")
+    os.replace(root / "plain" / ".tmp", root / "plain" / "a.txt")
+    with s.top.open(("plain", "a.txt")) as r:  # as the passthrough does: a stat at each open
+        assert read_all(r) == b"new bytes"
+    with s.top.open(("plain", "to-a")) as r:
+        assert read_all(r) == b"new bytes"
+
+
+# --- rule 8 through the memo ---------------------------------------------------------------
+
+
+def test_rule_8_live_updates_show_through_kept_answers(stacks, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    disks = storage(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    ns = s.top
+
+    def hot() -> None:  # what a busy client keeps asking
+        for _ in range(3):
+            ns.readdir(())
+            ns.readdir(("d02", "web01"))
+            ns.getattr(MERGED)
+            ns.getattr(("plain", "disk"))
+            with ns.open(MERGED) as r:
+                r.runs(0, 4096)
+
+    hot()
+    old = ns.open(MERGED)
+    p2 = build([(0, b"day two, again")], len(disks[2]), base_size=len(disks[1]))
+    write(root / "d02" / "web01" / ".tmp", p2)
+    os.replace(root / "d02" / "web01" / ".tmp", root / "d02" / "web01" / "web01-pancbt.vmdk")
+    write(root / "d03" / "web01" / "web01-pancbt.vmdk", build([], 70, base_size=len(disks[2])))
+    write_link(root / "d03" / "web01" / "web01-flat.vmdk.json", "/d02/web01/web01-flat.vmdk")
+    hot()
+    assert "d03" not in dict(ns.readdir(()))  # within the ttl: as before
+    clock.advance(1.0)
+    hot()
+    assert "d03" in dict(ns.readdir(()))
+    assert ns.getattr(("d03", "web01", "web01-flat.vmdk")).size == 70
+    want = naive_merged(disks[1], p2)
+    assert ns.getattr(MERGED).size == len(want)
+    with ns.open(MERGED) as r:
+        assert read_all(r) == want
+    with ns.open(("plain", "disk")) as r:
+        assert read_all(r) == want
+    assert read_all(old) == disks[2]  # opened before the change: its own inputs
+    old.close()
+    (root / "plain" / "to-merged.json").unlink()
+    hot_disk = ns.getattr(("plain", "disk"))
+    clock.advance(1.0)
+    with pytest.raises(NotFound):
+        ns.getattr(("plain", "disk"))
+    assert hot_disk.size == len(want)
+
+
+# --- threads and bounds ----------------------------------------------------------------------
+
+
+def test_threads_with_changes_drops_and_evictions(stacks, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    disks = storage(root)
+    s = stacks(ttl=0.01, recheck=0.01, memo_size=8, merge_cache=2, fd_cache=2)
+    memo = s.memo
+    versions = {b"a", b"version two"}
+    stop = threading.Event()
+
+    def mutate() -> None:
+        rng = random.Random(7)
+        while not stop.is_set():
+            data = rng.choice(sorted(versions))
+            write(root / "plain" / ".tmp", data)
+            os.replace(root / "plain" / ".tmp", root / "plain" / "a.txt")
+            new = root / "plain" / "new"
+            if new.exists():
+                new.unlink()
+            else:
+                write(new, b"n")
+            memo.changed(rng.choice(DIRS))
+            time.sleep(0.001)
+
+    changer = threading.Thread(target=mutate)
+    changer.start()
+
+    readable = {MERGED: {disks[2]}, ("plain", "disk"): {disks[2]}}
+    readable |= {("plain", "a.txt"): versions, ("plain", "to-a"): versions}
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            op = rng.randrange(3)
+            if op == 0:
+                with contextlib.suppress(NotFound, NotADirectory):
+                    s.top.getattr(rng.choice(PATHS))
+            elif op == 1:
+                with contextlib.suppress(NotFound):
+                    s.top.readdir(rng.choice(DIRS))
+            else:
+                path = rng.choice(sorted(readable))
+                with s.top.open(path) as r:
+                    assert read_all(r) in readable[path]
+
+    try:
+        errors = run_threads(work, 6)
+    finally:
+        stop.set()
+        changer.join()
+    assert errors == []
+    assert len(memo._kept) <= 8
+    indexed = {(*d, name) for d, names in memo._names.items() for name in names}
+    assert indexed == {p for p in memo._kept if p}
+
+
+def test_bounded(stacks, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    for d in range(10):
+        for i in range(20):
+            write(root / f"d{d}" / f"f{i}", b"x")
+    s = build_stack(str(root))
+    memo = MemoLayer(s.hide, s.ctx, size=16, dirs=4)
+    for d in range(10):
+        memo.readdir((f"d{d}",))
+        for i in range(20):
+            memo.getattr((f"d{d}", f"f{i}"))
+            with pytest.raises(NotFound):
+                memo.getattr((f"d{d}", f"missing{i}"))
+    assert len(memo._kept) == 16 and len(memo._listings) == 4
+    assert sum(len(names) for names in memo._names.values()) == len([p for p in memo._kept if p])
+    s.close()
+    with pytest.raises(ValueError):
+        MemoLayer(s.hide, s.ctx, size=0)
+
+
+# --- the fast paths below it -----------------------------------------------------------------
+
+
+def test_attrs_of_and_ids_in_agree_with_the_plain_forms(tmp_path: Path) -> None:
+    write(tmp_path / "f", b"12345")
+    for p in (tmp_path, tmp_path / "f"):
+        st = os.stat(p)
+        is_dir = p.is_dir()
+        plain = Attrs(
+            kind=Kind.DIR if is_dir else Kind.REG,
+            size=st.st_size,
+            used=st.st_blocks * 512,
+            mode=st.st_mode & 0o555,
+            nlink=max(st.st_nlink, 2) if is_dir else 1,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            fileid=42,
+            atime_ns=st.st_atime_ns,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+        )
+        made = attrs_of(st, 42)
+        assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+    for directory in [(), ("a",), ("ü", "b\udcff"), ("x" * 300, "y")]:
+        ids = ids_in(directory)
+        for name in ("f", "é", "\udc80", "a\tb"):
+            assert ids(name) == fileid_for((*directory, name))
