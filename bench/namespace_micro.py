@@ -5,6 +5,7 @@
     python3 bench/namespace_micro.py --startup       # and start-up on 100,000 files
     python3 bench/namespace_micro.py --profile       # cProfile of 5,000 READs
     python3 bench/namespace_micro.py --storage DIR   # reuse a tree made earlier
+    python3 -m cProfile -s tottime bench/namespace_micro.py --storage DIR --reads 5000
 
 The storage is the demo's (``recovery-fs demo``) plus ``big/``, a folder of
 10,000 empty files and one SmartMotion link, made once in ``--storage``
@@ -102,6 +103,9 @@ def main() -> int:
     ap.add_argument("--storage", type=Path, help="where the trees are (made if missing)")
     ap.add_argument("--startup", action="store_true", help="also start-up on 100,000 files")
     ap.add_argument("--profile", action="store_true", help="cProfile 5,000 READs of 4 KiB")
+    ap.add_argument(
+        "--reads", type=int, metavar="N", help="only N READs of 4 KiB (for python3 -m cProfile)"
+    )
     args = ap.parse_args()
     scratch = None
     if args.storage is None:
@@ -122,6 +126,16 @@ def run(root: Path, args: argparse.Namespace) -> None:
     stack = build_stack(str(root))
     ns = stack.top
     rnd = random.Random(1)
+    if args.reads:
+        size = ns.getattr(MERGED).size
+        t0 = time.perf_counter()
+        for _ in range(args.reads):
+            ns.getattr(MERGED)
+            with ns.open(MERGED) as r:
+                r.runs(rnd.randrange(0, size - 4096) & ~4095, 4096)
+        print(f"{args.reads} READs: {(time.perf_counter() - t0) / args.reads * 1e6:.2f} µs each")
+        stack.close()
+        return
 
     def show(what: str, us: float, target: float | None = None) -> None:
         mark = "" if target is None else ("  ok" if us <= target else f"  > {target:g}")

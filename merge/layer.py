@@ -9,7 +9,10 @@ fall through to the lower layer:
 ==================  ====================================================
 layer               changes
 ==================  ====================================================
-``HideLayer``       top: drops ``*-pancbt.vmdk`` names, reports orphans
+``MemoLayer``       top: nothing but the speed: keeps each path's answer
+                    while the caches below hold (``merge.memo``)
+``HideLayer``       drops ``*-pancbt.vmdk`` names, reports orphans; the
+                    top as link targets see it
 ``MergeLayer``      ``NAME-flat.vmdk`` beside a pancbt becomes merged
 ``LinksLayer``      SmartMotion ``.json`` links become their target
 ``Passthrough``     bottom: the storage directory, read-only
@@ -33,6 +36,12 @@ internal ones a filter may override:
 before looking ``path`` up; ``getattr``, ``readdir``, ``open`` and the link
 layer's target lookups go through it, so nothing below a hidden or
 non-directory entry is ever reached.
+
+What the layers share for the memo at the top (:class:`Context`): caches
+``note`` until when what they hand out holds, a layer that hands out
+something it did not cache says so (``volatile``), and a layer that sees a
+directory's entries change early says so (``changed``).  A listing that did
+not change is handed out again as the same object.
 """
 
 from __future__ import annotations

@@ -43,6 +43,12 @@ depends on where the resolution started.
 Opening a link opens its target through the top and wraps it in a
 :class:`~merge.sources.LinkSource`, which is current while the link file
 and the target are.
+
+Refreshed after ``ttl``, an index whose lower listing is the same object is
+kept; a resolved link equal to the one cached is kept as it was; a listing
+equal to the last is handed out again (the same object), and a directory
+without a link file is listed as the layer below lists it.  Only ``*.json``
+entries are looked at (and only those of at most 64 KiB are read).
 """
 
 from __future__ import annotations

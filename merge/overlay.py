@@ -30,6 +30,13 @@ inputs opened fresh (``Context.fresh``).  A merge that is not current right
 after being prepared (an input replaced meanwhile) is prepared again; after
 three tries the caller gets ``InputChanged``.  The map and the descriptors of
 a merge are never mixed with those of another.
+
+For the memo at the top (``merge.memo``): an answer made from a prepared
+merge holds until the merge's next check (``Context.note``); a merge found
+changed tells its directory changed; a merge that could not be prepared is
+not cached, nor may an answer made from it be (``Context.volatile``).  A
+directory without a pancbt is listed as the layer below lists it (the same
+object), and a listing that did not change is handed out again.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ Where the spec is silent (also in ``docs/namespace-notes.md``):
   an ordinary file;
 * a file larger than :data:`MAX_LINK_SIZE` is not read and is an ordinary
   file: a link is a few hundred bytes, and a listing must not read images;
+  one whose bytes cannot hold the ``"smartmotion"`` key is not parsed;
 * JSON is decoded as ``json.loads`` does (UTF-8, -16 or -32);
 * a link whose ``"name"`` is present but not a usable name (not a string,
   empty, ``.``/``..``, or holding ``/`` or NUL) is a link that cannot be
@@ -44,7 +45,7 @@ def parse_link(file_name: str, raw: bytes) -> LinkDoc | None:
 
     Raises :class:`BadLink` for a link with an unusable ``"name"``.
     """
-    if not file_name.endswith(SUFFIX) or len(raw) > MAX_LINK_SIZE:
+    if not file_name.endswith(SUFFIX) or len(raw) > MAX_LINK_SIZE or _surely_no_marker(raw):
         return None
     try:
         doc = json.loads(raw)
@@ -62,6 +63,17 @@ def parse_link(file_name: str, raw: bytes) -> LinkDoc | None:
     if not isinstance(name, str) or not valid_name(name):
         raise BadLink(f'SmartMotion link with an unusable "name": {name!r}')
     return LinkDoc(target, name)
+
+
+def _surely_no_marker(raw: bytes) -> bool:
+    """Whether ``raw`` cannot hold a ``"smartmotion"`` key: then it is not parsed.
+
+    In UTF-8 JSON the key is spelt out, or with ``\\u`` escapes: with neither
+    in the bytes, no parse can find it (other encodings are always parsed).
+    """
+    if json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):
+        return False
+    return b"smartmotion" not in raw and b"\\u" not in raw
 
 
 def target_path(link_dir: tuple[str, ...], target: str) -> tuple[str, ...] | None:

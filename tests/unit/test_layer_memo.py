@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import threading
@@ -24,6 +25,7 @@ from merge.attrs import attrs_of, fileid_for, ids_in
 from merge.layer import Layer
 from merge.memo import MemoLayer
 from merge.namespace import AccessDenied, Attrs, Kind, NamespaceError, NotADirectory, NotFound
+from merge.smartmotion import LinkDoc, parse_link
 from merge.stack import Stack, build_stack
 from tests.unit.fake_layer import FakeLower, make_ctx
 from tests.unit.merge_helpers import (
@@ -562,3 +564,18 @@ def test_attrs_of_and_ids_in_agree_with_the_plain_forms(tmp_path: Path) -> None:
         ids = ids_in(directory)
         for name in ("f", "é", "\udc80", "a\tb"):
             assert ids(name) == fileid_for((*directory, name))
+
+
+def test_a_json_file_that_cannot_hold_the_marker_is_not_parsed(monkeypatch) -> None:
+    parsed: list[bytes] = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda raw: parsed.append(raw) or real(raw))
+    link = LinkDoc("x", "a")
+    assert parse_link("a.json", b'{"job": "nightly", "files": [1, 2, 3]}') is None
+    assert parsed == []
+    doc = b'{"smartmotion": 1, "target": "x"}'
+    assert parse_link("a.json", doc) == link
+    assert parse_link("a.json", doc.replace(b"s", b"\\u0073", 1)) == link  # an escaped key
+    assert parse_link("a.json", doc.decode().encode("utf-16")) == link
+    assert parse_link("a.json", b"\xef\xbb\xbf" + doc) == link  # a byte order mark
+    assert len(parsed) == 4
