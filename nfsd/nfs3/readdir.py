@@ -27,7 +27,7 @@ from collections.abc import Callable
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.errors import NfsError, nfs_error
 from nfsd.listings import Listing
-from nfsd.nfs3.service import Nfs3Service, post_op_attr_of
+from nfsd.nfs3.service import UDP_RTMAX, Nfs3Service, post_op_attr_of
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
@@ -55,6 +55,11 @@ def _listing(svc: Nfs3Service, fh: nfs3.nfs_fh3) -> tuple[PresentedPath, Attrs, 
     except NamespaceError as e:
         raise nfs_error(e) from e
     return path, dattrs, svc.listings.get(path, entries)
+
+
+def _cap(ctx: CallContext, count: int) -> int:
+    """The reply size allowed: the client's, and what fits a UDP datagram."""
+    return count if ctx.transport == "tcp" else min(count, UDP_RTMAX)
 
 
 def _page(
@@ -96,7 +101,7 @@ def _reply(dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply
 # RFC 1813 §3.3.16
 def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Reply:
     path, dattrs, listing = _listing(svc, args.dir)
-    budget = args.count - (STATUS + POST_OP_ATTR + VERF + LIST_END)
+    budget = _cap(ctx, args.count) - (STATUS + POST_OP_ATTR + VERF + LIST_END)
     if budget < 0:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
 
@@ -114,7 +119,7 @@ def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Rep
 # RFC 1813 §3.3.17
 def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
     path, dattrs, listing = _listing(svc, args.dir)
-    budget = args.maxcount - (STATUS + POST_OP_ATTR + VERF + LIST_END)
+    budget = _cap(ctx, args.maxcount) - (STATUS + POST_OP_ATTR + VERF + LIST_END)
     if budget < 0:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
 

@@ -287,3 +287,21 @@ def test_every_procedure_number_has_an_answer(c: Caller) -> None:
         r = parse([c.raw(call(nfs3.NFS_PROGRAM, 3, proc, b""))])
         assert r.stat in (rpc.SUCCESS, rpc.GARBAGE_ARGS), proc
     assert parse([c.raw(call(nfs3.NFS_PROGRAM, 3, 22, b""))]).stat == rpc.PROC_UNAVAIL
+
+
+def test_listings_over_udp_fit_a_datagram(ns: FakeNamespace) -> None:
+    c = Caller(ns, transport="udp")
+    fh = c.walk("big")
+    for proc, pack in (
+        (
+            nfs3.NFSPROC3_READDIR,
+            lambda p: p.pack_READDIR3args(nfs3.READDIR3args(fh, 0, b"\0" * 8, 1 << 20)),
+        ),
+        (
+            nfs3.NFSPROC3_READDIRPLUS,
+            lambda p: p.pack_READDIRPLUS3args(
+                nfs3.READDIRPLUS3args(fh, 0, b"\0" * 8, 1 << 20, 1 << 20)
+            ),
+        ),
+    ):
+        assert reply_size(c, proc, pack) <= 32 * 1024
