@@ -34,19 +34,25 @@ below would have served it, and rule 8 holds as before: a change shows
 within ``ttl`` (``recheck`` for a merge's inputs) of when the layers below
 would show it.  One clock reading per call, and no lock, on a hit.
 
-Dropped at once.  When a directory's listing is seen to change (the
-passthrough rescans it and finds a difference: ``Context.changed``; or
-``readdir`` here gets a new object from below), every answer kept for its
-entries, and its own listing, are dropped, so ``getattr`` agrees with the
-listing a client just read.  An answer computed while anything was dropped
-is returned but not kept (a count of drops, compared before storing): it may
-have been computed from what was dropped.
+Dropped at once.  When a directory's listing is seen to change, or is
+listed for the first time (the passthrough scans it: ``Context.changed``; a
+merge found changed; ``readdir`` here gets another object from below), the
+answers kept for its entries are dropped, and with them every answer below
+them: an answer holds the one for its parent it was made with, and holds
+only while that one is alive.  So ``getattr`` agrees with the listing a
+client just read, as it does without the memo.  An answer computed while
+anything was dropped is returned but not kept (a count of drops, compared
+before storing): it may have been made from what was dropped.  A listing
+is kept regardless: it is the object the caches below hand out until its
+deadline anyway.
 
-Not kept: ``AccessDenied``, ``StorageIOError``, ``InputChanged``; the layers
-below do not cache them either, each call tries again.  Only the server's
-calls come here: link targets and a merge's inputs are looked up below this
-layer (``LinksLayer.top`` is the hide layer), so loop detection and
-``Context.fresh`` never meet a memoized answer.
+Not kept: ``AccessDenied``, ``StorageIOError``, ``InputChanged``, nor any
+answer made from something the layers below did not cache (a failed
+``stat`` or listing, a merge that could not be prepared: they say so with
+``Context.volatile``); the next call asks again, as without the memo.  Only
+the server's calls come here: link targets and a merge's inputs are looked
+up below this layer (``LinksLayer.top`` is the hide layer), so loop
+detection and ``Context.fresh`` never meet a memoized answer.
 
 Readers.  The memo holds no reference on a source, so it keeps no descriptor
 open: a hit takes one with ``try_retain``, which fails on a source the
@@ -81,20 +87,40 @@ _KEPT_ERRORS = (NotFound, NotADirectory)
 
 
 class _Kept:
-    """What the stack answered for one path, and until when it holds."""
+    """What the stack answered for one path, and until when it holds.
 
-    __slots__ = ("attrs", "error", "links", "source", "spath", "until")
+    ``parent`` is the answer for the path's parent that it was made with
+    (``None`` for an entry of the root, which ``Layer.resolve`` does not
+    check): an answer holds only while every answer up its chain is alive,
+    so dropping a directory's entries drops everything below them too.
+    """
 
-    def __init__(self, until: float, attrs: Attrs | None, error: NamespaceError | None = None):
-        self.until = until
+    __slots__ = ("attrs", "dead", "error", "links", "parent", "source", "spath", "until")
+
+    def __init__(
+        self, attrs: Attrs | None, error: NamespaceError | None, parent: _Kept | None
+    ) -> None:
+        self.until = float("-inf")  # set once computed
         self.attrs = attrs  # None: `error` is the answer
         # Its class and arguments only: a traceback would keep the frames alive.
         self.error: tuple[type[NamespaceError], tuple] | None = (
             None if error is None else (type(error), error.args)
         )
+        self.parent = parent
+        self.dead = False  # dropped, replaced or evicted
         self.source: Source | None = None  # a regular file's bytes below its links, once opened
         self.spath: str | None = None  # a plain file's storage path, re-stat'ed at each open
         self.links: tuple[tuple[Source, Attrs], ...] = ()  # (link file, attrs), outermost first
+
+    def holds(self, now: float) -> bool:
+        if now >= self.until:
+            return False
+        kept: _Kept | None = self
+        while kept is not None:
+            if kept.dead:
+                return False
+            kept = kept.parent
+        return True
 
     def raise_error(self) -> NoReturn:
         assert self.error is not None
@@ -150,7 +176,8 @@ class MemoLayer(Layer):
         self._dirs = dirs
         self._kept: dict[PresentedPath, _Kept] = {}
         self._names: dict[PresentedPath, set[str]] = {}  # directory -> names kept in it
-        self._listings: dict[PresentedPath, tuple[float, Sequence[tuple[str, Attrs]]]] = {}
+        # A directory's entries, until when, and the answer for the directory.
+        self._listings: dict[PresentedPath, tuple[float, Sequence[tuple[str, Attrs]], _Kept]] = {}
         self._drops = 0
         self._lock = threading.Lock()
         ctx.watch(self.changed)
@@ -160,7 +187,7 @@ class MemoLayer(Layer):
     def getattr(self, path: PresentedPath) -> Attrs:
         now = self._clock()
         kept = self._kept.get(path)
-        if kept is None or now >= kept.until:
+        if kept is None or not kept.holds(now):
             kept = self._compute(path, now)
         if kept.attrs is None:
             kept.raise_error()
@@ -169,7 +196,7 @@ class MemoLayer(Layer):
     def open(self, path: PresentedPath) -> Handle:
         now = self._clock()
         kept = self._kept.get(path)
-        if kept is not None and now < kept.until:
+        if kept is not None and kept.holds(now):
             if kept.attrs is None:
                 kept.raise_error()
             if kept.attrs.kind == Kind.DIR:
@@ -182,9 +209,8 @@ class MemoLayer(Layer):
     def readdir(self, path: PresentedPath) -> Sequence[tuple[str, Attrs]]:
         now = self._clock()
         kept = self._listings.get(path)
-        if kept is not None and now < kept[0]:
+        if kept is not None and now < kept[0] and kept[2].holds(now):
             return kept[1]
-        drops = self._drops
         with self.ctx.validity(now + self._ttl) as valid:
             d = self._kept_for(path, now)
             if d.attrs is None:
@@ -192,21 +218,21 @@ class MemoLayer(Layer):
             if d.attrs.kind != Kind.DIR:
                 raise NotADirectory("/" + "/".join(path))
             items = self.lower.listing(path).items
-        changed = kept is not None and kept[1] is not items
+        # The object the caches below hand out until valid[0] whatever is
+        # dropped meanwhile: kept with no check of the drops.
         with self._lock:
-            if changed:
-                self._drop(path)  # what was kept for its entries may disagree with it now
-            if self._drops == drops + changed:
-                self._listings.pop(path, None)
-                self._listings[path] = (valid[0], items)
-                while len(self._listings) > self._dirs:
-                    del self._listings[next(iter(self._listings))]
+            if kept is None or kept[1] is not items:
+                self._drop(path)  # what was kept for its entries may disagree with it
+            self._listings.pop(path, None)
+            self._listings[path] = (valid[0], items, d)
+            while len(self._listings) > self._dirs:
+                del self._listings[next(iter(self._listings))]
         return items
 
     # -- dropping ---------------------------------------------------------------------
 
     def changed(self, path: PresentedPath) -> None:
-        """The listing of directory ``path`` changed: drop what was kept for it."""
+        """The listing of directory ``path`` changed: drop what was kept for its entries."""
         with self._lock:
             self._drop(path)
 
@@ -219,16 +245,17 @@ class MemoLayer(Layer):
 
     def _drop(self, path: PresentedPath) -> None:
         self._drops += 1
-        self._listings.pop(path, None)
         for name in self._names.pop(path, ()):
-            self._kept.pop((*path, name), None)
+            kept = self._kept.pop((*path, name), None)
+            if kept is not None:
+                kept.dead = True  # and so everything made with it, below it
 
     # -- computing and keeping answers ----------------------------------------------------
 
     def _kept_for(self, path: PresentedPath, now: float) -> _Kept:
         """The answer for ``path``, kept or computed; how long it holds noted."""
         kept = self._kept.get(path)
-        if kept is not None and now < kept.until:
+        if kept is not None and kept.holds(now):
             self.ctx.note(kept.until)
             return kept
         return self._compute(path, now)
@@ -244,7 +271,7 @@ class MemoLayer(Layer):
         parent = None
         while i >= 1:
             kept = self._kept.get(path[:i])
-            if kept is not None and now < kept.until:
+            if kept is not None and kept.holds(now):
                 parent = kept
                 break
             i -= 1
@@ -255,19 +282,20 @@ class MemoLayer(Layer):
 
     def _lookup(self, path: PresentedPath, parent: _Kept | None, now: float) -> _Kept:
         drops = self._drops
+        if len(path) < 2:
+            parent = None  # as Layer.resolve: the root is not checked
         with self.ctx.validity(now + self._ttl) as valid:
             try:
-                kept = _Kept(0.0, self._entry(path, parent).attrs)
+                kept = _Kept(self._entry(path, parent).attrs, None, parent)
             except _KEPT_ERRORS as e:
-                kept = _Kept(0.0, None, e)
+                kept = _Kept(None, e, parent)
         kept.until = valid[0]
         self._keep(path, kept, drops, now)
         return kept
 
     def _entry(self, path: PresentedPath, parent: _Kept | None) -> Entry:
         """``path``'s entry from the stack, ``parent`` (the answer for its parent) checked."""
-        if len(path) > 1:  # as Layer.resolve: the root is not checked
-            assert parent is not None
+        if parent is not None:
             self.ctx.note(parent.until)
             if parent.attrs is None:
                 parent.raise_error()
@@ -278,16 +306,21 @@ class MemoLayer(Layer):
     def _open(self, path: PresentedPath, now: float) -> Handle:
         drops = self._drops
         handle = None
+        parent = None
         with self.ctx.validity(now + self._ttl) as valid:
             try:
-                parent = self._kept_for(path[:-1], now) if len(path) > 1 else None
+                if len(path) > 1:
+                    parent = self._kept_for(path[:-1], now)
                 entry = self._entry(path, parent)
             except _KEPT_ERRORS as e:
-                self._keep(path, _Kept(valid[0], None, e), drops, now)
+                error = _Kept(None, e, parent)
+                error.until = valid[0]
+                self._keep(path, error, drops, now)
                 raise
             if entry.attrs.kind != Kind.DIR:
                 handle = self.lower.open_file(path)
-        kept = _Kept(valid[0], entry.attrs)
+        kept = _Kept(entry.attrs, None, parent)
+        kept.until = valid[0]
         if handle is not None:
             how = _how_to_reopen(entry, handle)
             if how is not None:
@@ -298,17 +331,23 @@ class MemoLayer(Layer):
         return handle
 
     def _keep(self, path: PresentedPath, kept: _Kept, drops: int, now: float) -> None:
+        """Keep ``kept``; or not, and then nothing made with it holds either."""
         if kept.until <= now:
-            return  # made from something not cached below (Context.volatile)
+            kept.dead = True  # made from something not cached below (Context.volatile)
+            return
         with self._lock:
             if self._drops != drops:
-                return  # something was dropped since this was computed: it may be stale
-            if self._kept.pop(path, None) is None and path:
+                kept.dead = True  # something was dropped since it was computed: maybe stale
+                return
+            old = self._kept.pop(path, None)
+            if old is not None:
+                old.dead = True  # what was made with it is made again with this one
+            elif path:
                 self._names.setdefault(path[:-1], set()).add(path[-1])
             self._kept[path] = kept  # last in the order of eviction
             while len(self._kept) > self._size:
                 gone = next(iter(self._kept))
-                del self._kept[gone]
+                self._kept.pop(gone).dead = True  # out of reach of drops: nor below it
                 if gone:
                     names = self._names.get(gone[:-1])
                     if names is not None:

@@ -29,8 +29,9 @@ Design notes
   file or directory that is not a symbolic link needs no other call for).
   Refreshed after ``ttl``, an entry whose ``stat`` did not change keeps its
   :class:`Entry` object, and a directory in which nothing changed keeps its
-  :class:`Listing` object; one in which something did is told to
-  ``Context.changed`` (the memo at the top drops what it holds for it).
+  :class:`Listing` object; one in which something did, or one listed for
+  the first time, is told to ``Context.changed`` (the memo at the top drops
+  what it holds for it: stats taken before may be older than the listing).
 * Nothing is read at start-up.
 """
 
@@ -88,7 +89,11 @@ class Passthrough(Layer):
         if found is None:
             found = self._stats.get(path)
         if found is None:
-            found = self._classify(path, None)
+            try:
+                found = self._classify(path, None)
+            except NamespaceError:
+                self.ctx.volatile()  # not cached: the next lookup tries again
+                raise
             self._stats.put(path, found)
         if isinstance(found, _Withheld):
             raise NotFound("/" + "/".join(path))
@@ -144,13 +149,13 @@ class Passthrough(Layer):
                     elif got is not _Missing:
                         withheld.add(name)
         except OSError as e:
+            self.ctx.volatile()  # not cached: the next listing tries again
             raise os_error(e, self.storage_path(path)) from e
         found = Listing(entries, frozenset(withheld))
-        if prev is not None:
-            if prev.same(found.entries, found.withheld):
-                found = prev  # unchanged: the same object, so upper layers keep theirs
-            else:
-                self.ctx.changed(path)
+        if prev is not None and prev.same(found.entries, found.withheld):
+            found = prev  # unchanged: the same object, so upper layers keep theirs
+        else:
+            self.ctx.changed(path)  # changed, or listed for the first time
         self._listings.put(path, found)  # and what lookups of its entries get (_listed)
         return found
 

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,14 +129,29 @@ PATHS = [
     ("plain", "disk"),
     ("plain", "new"),
     ("plain", "new-link"),
+    ("plain", "loop-a"),
+    ("plain", "loop-b"),
+    ("plain", "sub", "x"),
+    ("plain", "deep", "a", "b", "f"),
+    ("latest", "a.txt"),
     ("nowhere", "x"),
 ]
-DIRS = [(), ("d01", "web01"), ("d02", "web01"), ("latest", "web01"), ("plain",), ("nowhere",)]
+DIRS = [
+    (),
+    ("d01", "web01"),
+    ("d02", "web01"),
+    ("latest", "web01"),
+    ("plain",),
+    ("plain", "sub"),
+    ("plain", "deep", "a"),
+    ("plain", "deep", "a", "b"),
+    ("nowhere",),
+]
 
 
 def change(root: Path, rng: random.Random, disks: list[bytes]) -> None:
     """One change a backup server could make to the storage."""
-    what = rng.randrange(8)
+    what = rng.randrange(12)
     plain = root / "plain"
     if what == 0:  # rewritten in place, another size
         (plain / "a.txt").write_bytes(b"a" * rng.randrange(1, 50))
@@ -154,9 +170,11 @@ def change(root: Path, rng: random.Random, disks: list[bytes]) -> None:
             link.unlink()
         else:
             write_link(link, rng.choice(["a.txt", "b.json", "/d00/web01/web01-flat.vmdk", "no"]))
-    elif what == 4:  # day 2's pancbt replaced by another valid one
+    elif what == 4:  # day 2's pancbt replaced by another one, valid or not
         size = len(disks[2])
         p = build([(rng.randrange(0, size - 10), b"changed")], size, base_size=len(disks[1]))
+        if rng.random() < 0.3:
+            p = p[:-3]  # truncated: the flat is withheld
         write(root / "d02" / "web01" / ".tmp", p)
         os.replace(root / "d02" / "web01" / ".tmp", root / "d02" / "web01" / "web01-pancbt.vmdk")
     elif what == 5:  # touched
@@ -168,11 +186,35 @@ def change(root: Path, rng: random.Random, disks: list[bytes]) -> None:
             os.rename(day0, hidden)
         else:
             os.rename(hidden, day0)
-    else:  # a new directory
+    elif what == 7:  # a new directory
         (root / f"dir{rng.randrange(3)}").mkdir(exist_ok=True)
+    elif what == 8:  # two links in a loop, or undone
+        if (plain / "loop-a.json").exists():
+            (plain / "loop-a.json").unlink()
+        else:
+            write_link(plain / "loop-a.json", "loop-b")
+            write_link(plain / "loop-b.json", rng.choice(["loop-a", "a.txt"]))
+    elif what == 10:  # "latest" moved to another day
+        os.symlink(rng.choice(["d01", "d02", "plain"]), root / ".latest")
+        os.replace(root / ".latest", root / "latest")
+    elif what == 11:  # a folder tree removed, or made again
+        tree = plain / "deep"
+        if tree.exists():
+            shutil.rmtree(tree)
+        else:
+            write(tree / "a" / "b" / "f", b"deep")
+    else:  # a file where a folder was, and back
+        f = plain / "sub"
+        if f.is_dir():
+            (f / "x").unlink()
+            f.rmdir()
+            write(f, b"now a file")
+        else:
+            f.unlink(missing_ok=True)
+            write(f / "x", b"x")
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(10))
 def test_the_memo_answers_as_the_stack_below_it(stacks, tmp_path: Path, seed: int) -> None:
     root = tmp_path / "storage"
     disks = storage(root)
@@ -182,7 +224,7 @@ def test_the_memo_answers_as_the_stack_below_it(stacks, tmp_path: Path, seed: in
     a, b = with_memo.top, without.hide
     assert isinstance(a, MemoLayer)
     rng = random.Random(seed)
-    for step in range(400):
+    for step in range(600):
         op = rng.randrange(10)
         if op < 4:
             path = rng.choice(PATHS)
@@ -218,12 +260,13 @@ def test_every_kind_of_path_is_answered_from_the_memo(stacks, tmp_path, monkeypa
     disks = storage(tmp_path / "storage")
     s = stacks()
     paths = [p for p in PATHS if p[-1:] != ("new",)]
-    answers = {p: outcome(lambda p=p: s.top.getattr(p)) for p in paths}
-    with s.top.open(MERGED) as r:
-        assert read_all(r) == disks[2]
-    with s.top.open(("plain", "to-a")) as r:
-        assert read_all(r) == b"a"
-    listing = s.top.readdir(("d02", "web01"))
+    for _ in range(2):  # the first time, folders are listed below: not all is kept yet
+        answers = {p: outcome(lambda p=p: s.top.getattr(p)) for p in paths}
+        with s.top.open(MERGED) as r:
+            assert read_all(r) == disks[2]
+        with s.top.open(("plain", "to-a")) as r:
+            assert read_all(r) == b"a"
+        listing = s.top.readdir(("d02", "web01"))
     for name in ("lookup", "listing", "open_file"):
         monkeypatch.setattr(s.hide, name, lambda *a: pytest.fail("not answered from the memo"))
     for p, want in answers.items():
@@ -278,6 +321,18 @@ def test_a_changed_listing_drops_what_was_kept_for_its_entries_at_once(
     assert listed["a.txt"].size == 10
     assert s.top.getattr(("plain", "a.txt")) == listed["a.txt"] != kept  # not at 1002.0
     assert s.top.getattr(("d02", "web01", "web01.vmx")) is other  # other folders: still kept
+
+
+def test_a_first_listing_drops_what_was_kept_before_it(stacks, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    storage(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    kept = s.top.getattr(("plain", "a.txt"))  # a stat: kept until 1001.0
+    (root / "plain" / "a.txt").write_bytes(b"longer now")
+    clock.advance(0.5)
+    listed = dict(s.top.readdir(("plain",)))["a.txt"]
+    assert listed.size == 10 and s.top.getattr(("plain", "a.txt")) == listed != kept
 
 
 def test_a_change_seen_below_drops_that_directory_only(tmp_path: Path) -> None:
@@ -345,11 +400,12 @@ def test_readdir_is_the_same_object_while_nothing_changes(stacks, tmp_path: Path
     storage(root)
     clock = FakeClock()
     s = stacks(clock=clock)
+    dirs = [d for d in DIRS if d[:1] != ("nowhere",) and d[1:2] not in (("sub",), ("deep",))]
     for _ in range(2):  # listing a folder moves its atime once (relatime): settled after
-        for d in DIRS[:-1]:
+        for d in dirs:
             s.top.readdir(d)
         clock.advance(1.0)
-    first = {d: s.top.readdir(d) for d in DIRS[:-1]}
+    first = {d: s.top.readdir(d) for d in dirs}
     for _ in range(3):
         clock.advance(1.0)  # listed again by every layer: nothing changed
         for d, items in first.items():
@@ -381,6 +437,7 @@ def test_the_memo_keeps_no_descriptor_and_readers_keep_theirs(stacks, tmp_path) 
     disks = storage(tmp_path / "storage")
     clock = FakeClock()
     s = stacks(clock=clock, merge_cache=1, fd_cache=1)
+    s.top.open(MERGED).close()  # folders listed below on the way: kept from the next open
     before = open_fds()
     reader = s.top.open(MERGED)
     s.top.open(("plain", "a.txt")).close()
@@ -388,9 +445,11 @@ def test_the_memo_keeps_no_descriptor_and_readers_keep_theirs(stacks, tmp_path) 
     s.merge.close()
     s.passthrough.close()
     assert read_all(reader) == disks[2]
-    with s.top.open(MERGED) as again:  # the reader's inputs, still open: taken again
-        assert again.source is reader.source
-    reader.close()
+    try:
+        with s.top.open(MERGED) as again:  # the reader's inputs, still open: taken again
+            assert again.source is reader.source
+    finally:
+        reader.close()
     assert open_fds() <= before, "the memo holds a descriptor"
     with s.top.open(MERGED) as r:  # closed since: opened again by the stack
         assert read_all(r) == disks[2]
