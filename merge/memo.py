@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -174,10 +175,14 @@ class MemoLayer(Layer):
         self._ttl = ctx.ttl
         self._size = size
         self._dirs = dirs
-        self._kept: dict[PresentedPath, _Kept] = {}
+        # Ordered dicts: popping the oldest of a plain dict again and again costs
+        # more each time (it skips the slots emptied before).
+        self._kept: OrderedDict[PresentedPath, _Kept] = OrderedDict()
         self._names: dict[PresentedPath, set[str]] = {}  # directory -> names kept in it
         # A directory's entries, until when, and the answer for the directory.
-        self._listings: dict[PresentedPath, tuple[float, Sequence[tuple[str, Attrs]], _Kept]] = {}
+        self._listings: OrderedDict[
+            PresentedPath, tuple[float, Sequence[tuple[str, Attrs]], _Kept]
+        ] = OrderedDict()
         self._drops = 0
         self._lock = threading.Lock()
         ctx.watch(self.changed)
@@ -226,7 +231,7 @@ class MemoLayer(Layer):
             self._listings.pop(path, None)
             self._listings[path] = (valid[0], items, d)
             while len(self._listings) > self._dirs:
-                del self._listings[next(iter(self._listings))]
+                self._listings.popitem(last=False)
         return items
 
     # -- dropping ---------------------------------------------------------------------
@@ -346,8 +351,8 @@ class MemoLayer(Layer):
                 self._names.setdefault(path[:-1], set()).add(path[-1])
             self._kept[path] = kept  # last in the order of eviction
             while len(self._kept) > self._size:
-                gone = next(iter(self._kept))
-                self._kept.pop(gone).dead = True  # out of reach of drops: nor below it
+                gone, evicted = self._kept.popitem(last=False)
+                evicted.dead = True  # out of reach of drops: nor what was made with it
                 if gone:
                     names = self._names.get(gone[:-1])
                     if names is not None:
