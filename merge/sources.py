@@ -92,6 +92,14 @@ class Source:
     def runs(self, offset: int, count: int) -> list[Run]:
         raise NotImplementedError
 
+    def direct(self) -> tuple[int, int] | None:
+        """``(fd, size)`` when byte ``p`` is byte ``p`` of one descriptor, else None.
+
+        Lets a merged image map its extent map's runs straight to
+        descriptors, without asking its inputs piece by piece.
+        """
+        return None
+
     def is_current(self) -> bool:
         raise NotImplementedError
 
@@ -203,6 +211,9 @@ class FileSource(Source):
             return []
         return [Run(self.fd, offset, end - offset)]
 
+    def direct(self) -> tuple[int, int] | None:
+        return self.fd, self.size
+
     def is_current(self) -> bool:
         return self.stamp.current()
 
@@ -221,8 +232,12 @@ class MergedSource(Source):
         self.base = base
         self.overlay = overlay
         self.emap = emap
+        self._base_direct = base.source.direct()
+        self._overlay_direct = overlay.source.direct()
 
     def runs(self, offset: int, count: int) -> list[Run]:
+        if self._base_direct is not None and self._overlay_direct is not None:
+            return self._direct_runs(offset, count)
         out: list[Run] = []
         for tag, pos, length in self.emap.runs(offset, count):
             if tag == BASE:
@@ -235,6 +250,25 @@ class MergedSource(Source):
                 raise InputChanged(f"an input of the merged image is shorter than {pos + length}")
             for piece in pieces:
                 append_run(out, piece)
+        return out
+
+    def _direct_runs(self, offset: int, count: int) -> list[Run]:
+        """The runs when base and pancbt are each one descriptor: tags become fds."""
+        assert self._base_direct is not None and self._overlay_direct is not None
+        base_fd, base_size = self._base_direct
+        over_fd, over_size = self._overlay_direct
+        out: list[Run] = []
+        for tag, pos, length in self.emap.runs(offset, count):
+            if tag == BASE:
+                if pos + length > base_size:
+                    raise InputChanged(f"the base is shorter than {pos + length}")
+                out.append(Run(base_fd, pos, length))
+            elif tag == OVERLAY:
+                if pos + length > over_size:
+                    raise InputChanged(f"the pancbt is shorter than {pos + length}")
+                out.append(Run(over_fd, pos, length))
+            else:
+                out.append(Run(ZERO_FD, 0, length))
         return out
 
     def is_current(self) -> bool:
@@ -255,6 +289,9 @@ class LinkSource(Source):
 
     def runs(self, offset: int, count: int) -> list[Run]:
         return self.target.runs(offset, count)
+
+    def direct(self) -> tuple[int, int] | None:
+        return self.target.source.direct()
 
     def is_current(self) -> bool:
         return self.link_file.is_current() and self.target.is_current()
