@@ -62,6 +62,10 @@ class SortedListings:
         self._size = size
         self._lock = threading.Lock()
 
+    def known(self, path: PresentedPath) -> bool:
+        """Whether ``path`` was listed lately (its listing is still held)."""
+        return path in self._cache
+
     def get(self, path: PresentedPath, entries: Sequence[tuple[str, Attrs]]) -> Listing:
         with self._lock:
             hit = self._cache.get(path)

@@ -29,7 +29,6 @@ and version (:class:`Program`); there is no dispatch by reflection.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -126,7 +125,6 @@ class Procedure:
     decode: Callable[[Any], Any]
     run: Callable[[CallContext, Any], Reply]
     fail: Callable[[int, Any], Reply] | None = None
-    offload: bool = False  # may wait on storage data: served by a worker thread
 
 
 def no_args(u: Unpacker) -> None:
@@ -157,25 +155,12 @@ class Program:
         self.high = max(self.versions)
 
 
-_CALL_HEAD = struct.Struct(">IIIIII")  # xid, msg_type, rpcvers, prog, vers, proc
-
-
 class Dispatcher:
     """Decodes calls, checks them against the programs, runs procedures."""
 
     def __init__(self, programs: Sequence[Program], slow_call_seconds: float = 5.0) -> None:
         self.programs = {p.number: p for p in programs}
-        self._tables = {(p.number, v): t for p in programs for v, t in p.versions.items()}
         self.slow_call_seconds = slow_call_seconds
-
-    def offload(self, record: bytes) -> bool:
-        """Whether the call in ``record`` should be served off the reader thread."""
-        if len(record) < 24:
-            return False
-        _, _, _, prog, vers, proc = _CALL_HEAD.unpack_from(record)
-        table = self._tables.get((prog, vers))
-        p = table.get(proc) if table else None
-        return p is not None and p.offload
 
     def dispatch(
         self, record: bytes, peer: str, transport: str, inline: bool = False

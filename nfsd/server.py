@@ -2,19 +2,23 @@
 
 Design notes
 ------------
-Every TCP connection has a *reader* thread and a *writer* thread; calls
-that may wait on storage data (READ, READDIR, READDIRPLUS: the
-dispatcher's ``offload``) are served by a shared pool of *workers*::
+Every TCP connection has a *reader* thread and a *writer* thread; the
+reader serves each call itself unless the procedure says it would wait on
+the storage (it raises ``WouldBlock``: a READ of bytes not in the page
+cache or over 64 KiB, a first listing of a folder), and those go to a
+shared pool of *workers*::
 
-    reader --record--> workers --reply--> writer --sendmsg--> client
     reader --quick call, served and sent inline------------> client
+    reader --record--> workers --reply--> writer --sendmsg--> client
 
+* A hand-off to a worker and back costs more than a GETATTR: quick calls
+  stay on the reader, and the replies of one batch of records go out in
+  one ``sendmsg``.
 * The reader reassembles records (``nfsd.record``); a record over the size
   cap, one that is not an RPC call, or one left unfinished for
   ``STALL_TIMEOUT`` closes the connection (UDP: the datagram is dropped).
   Memory held for a connection is thus at most one record cap, for a
-  bounded time.  Quick calls (GETATTR, LOOKUP, ACCESS, ...) it
-  serves itself: a hand-off to a worker and back costs more than the call.
+  bounded time.
 * Workers run the sans-IO dispatcher.  They never block on the network: a
   client that stops reading stalls only its own reader and writer, which
   give up after ``send_timeout`` and close the connection.
@@ -84,7 +88,6 @@ class _Connection:
 
     def _read_loop(self) -> None:
         reader = RecordReader(self.server.max_record)
-        dispatcher = self.server.dispatcher
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
         stall = self.server.stall_timeout
@@ -110,15 +113,14 @@ class _Connection:
                 last_data = time.monotonic()
                 quick: list[Reply] = []
                 for record in reader.feed(view[:n]):
-                    if not dispatcher.offload(record):
-                        try:
-                            reply = self._dispatch(record, inline=True)
-                        except WouldBlock:
-                            pass  # it needs the storage: a worker serves it
-                        else:
-                            if reply is not None:
-                                quick.append(reply)
-                            continue
+                    try:
+                        reply = self._dispatch(record, inline=True)
+                    except WouldBlock:
+                        pass  # it would wait on the storage: a worker serves it
+                    else:
+                        if reply is not None:
+                            quick.append(reply)
+                        continue
                     # Bound the calls in flight: wait for a slot, checking for close.
                     while not self.inflight.acquire(timeout=1.0):
                         if self.closed.is_set():

@@ -12,8 +12,8 @@ from xdr.nfs3 import NFS3Unpacker as U
 
 
 def build(svc: Nfs3Service) -> Program:
-    def proc(number: int, name: str, decode, run, offload=False) -> tuple[int, Procedure]:
-        return number, Procedure(name, decode, partial(run, svc), failure_body(number), offload)
+    def proc(number: int, name: str, decode, run) -> tuple[int, Procedure]:
+        return number, Procedure(name, decode, partial(run, svc), failure_body(number))
 
     table = dict(
         [
@@ -38,14 +38,12 @@ def build(svc: Nfs3Service) -> Program:
                 "READDIR",
                 U.unpack_READDIR3args,
                 readdir.readdir3,
-                offload=True,
             ),
             proc(
                 nfs3.NFSPROC3_READDIRPLUS,
                 "READDIRPLUS",
                 U.unpack_READDIRPLUS3args,
                 readdir.readdirplus3,
-                offload=True,
             ),
             proc(nfs3.NFSPROC3_FSSTAT, "FSSTAT", U.unpack_FSSTAT3args, fsinfo.fsstat3),
             proc(nfs3.NFSPROC3_FSINFO, "FSINFO", U.unpack_FSINFO3args, fsinfo.fsinfo3),

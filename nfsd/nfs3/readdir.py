@@ -28,7 +28,7 @@ from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.errors import NfsError, nfs_error
 from nfsd.listings import Listing
 from nfsd.nfs3.service import UDP_RTMAX, Nfs3Service, post_op_attr_of
-from nfsd.rpc import CallContext, Reply
+from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
 
@@ -45,11 +45,17 @@ LIST_END = 8  # the "no more entries" word and the eof bool
 ENTRY_FIXED = 8 + 4 + 8  # fileid, name length, cookie: what dircount counts
 
 
-def _listing(svc: Nfs3Service, fh: nfs3.nfs_fh3) -> tuple[PresentedPath, Attrs, Listing]:
+def _listing(
+    svc: Nfs3Service, ctx: CallContext, fh: nfs3.nfs_fh3
+) -> tuple[PresentedPath, Attrs, Listing]:
     path = svc.path_of(fh)
     dattrs = svc.attrs(path)
     if dattrs.kind != Kind.DIR:
         raise NfsError(nfs3.NFS3ERR_NOTDIR)
+    if ctx.inline and not svc.listings.known(path):
+        # A first listing may scan a large folder: not on the reader.  The
+        # pages after it (a client pages through in many calls) come inline.
+        raise WouldBlock
     try:
         entries = svc.namespace.readdir(path)
     except NamespaceError as e:
@@ -100,7 +106,7 @@ def _reply(dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply
 
 # RFC 1813 §3.3.16
 def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Reply:
-    path, dattrs, listing = _listing(svc, args.dir)
+    path, dattrs, listing = _listing(svc, ctx, args.dir)
     budget = _cap(ctx, args.count) - (STATUS + POST_OP_ATTR + VERF + LIST_END)
     if budget < 0:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
@@ -118,7 +124,7 @@ def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Rep
 
 # RFC 1813 §3.3.17
 def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
-    path, dattrs, listing = _listing(svc, args.dir)
+    path, dattrs, listing = _listing(svc, ctx, args.dir)
     budget = _cap(ctx, args.maxcount) - (STATUS + POST_OP_ATTR + VERF + LIST_END)
     if budget < 0:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)

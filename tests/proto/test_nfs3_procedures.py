@@ -305,3 +305,19 @@ def test_listings_over_udp_fit_a_datagram(ns: FakeNamespace) -> None:
         ),
     ):
         assert reply_size(c, proc, pack) <= 32 * 1024
+
+
+def test_a_first_listing_leaves_the_reader_then_its_pages_stay(ns: FakeNamespace) -> None:
+    import pytest as _pytest
+
+    from nfsd.rpc import WouldBlock
+
+    c = Caller(ns)
+    fh = c.walk("d")
+    p = NFS3Packer()
+    p.pack_READDIR3args(nfs3.READDIR3args(fh, 0, b"\0" * 8, 4096))
+    record = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READDIR, p.get_buffer())
+    with _pytest.raises(WouldBlock):
+        c.dispatcher.dispatch(record, "peer", "tcp", inline=True)
+    assert c.dispatcher.dispatch(record, "peer", "tcp") is not None  # on a worker
+    assert c.dispatcher.dispatch(record, "peer", "tcp", inline=True) is not None

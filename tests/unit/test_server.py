@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from nfsd.record import LAST_FRAGMENT, RecordReader
-from nfsd.rpc import Dispatcher, Procedure, Program, Reply, no_args
+from nfsd.rpc import Dispatcher, Procedure, Program, Reply, WouldBlock, no_args
 from nfsd.server import RpcServer
 from tests.proto.calls import call, parse
 from xdr import rpc
@@ -21,6 +21,8 @@ RELEASE = threading.Event()
 
 
 def slow(ctx, args):  # type: ignore[no-untyped-def]
+    if ctx.inline:
+        raise WouldBlock  # as a READ of bytes not in the page cache does
     RELEASE.wait(10)
     return Reply([b"slow"])
 
@@ -30,6 +32,8 @@ def fast(ctx, args):  # type: ignore[no-untyped-def]
 
 
 def big(ctx, args):  # type: ignore[no-untyped-def]
+    if ctx.inline:
+        raise WouldBlock
     return Reply([bytes(4 * 1024 * 1024)])
 
 
@@ -43,9 +47,9 @@ PROG = Program(
     versions={
         1: {
             0: Procedure("NULL", no_args, lambda c, a: Reply([])),
-            1: Procedure("SLOW", no_args, slow, offload=True),
+            1: Procedure("SLOW", no_args, slow),
             2: Procedure("FAST", no_args, fast),
-            3: Procedure("BIG", no_args, big, offload=True),
+            3: Procedure("BIG", no_args, big),
             4: Procedure("ECHO", echo, lambda c, a: Reply([struct.pack(">I", len(a))])),
         }
     },
