@@ -148,6 +148,15 @@ class Listing:
                     self._items = items
         return items
 
+    @classmethod
+    def renewed(
+        cls, previous: Listing | None, entries: Mapping[str, Entry], withheld: set[str]
+    ) -> Listing:
+        """A listing of ``entries``: ``previous`` itself when it presents the same."""
+        if previous is not None and previous.same(entries, withheld):
+            return previous
+        return cls(entries, frozenset(withheld))
+
     def same(self, entries: Mapping[str, Entry], withheld: frozenset[str] | set[str]) -> bool:
         """Whether this listing presents exactly ``entries`` and ``withheld``.
 

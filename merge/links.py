@@ -167,9 +167,7 @@ class LinksLayer(Layer):
             except NamespaceError as e:  # a target unreadable now: withhold this one only
                 withheld.add(name)
                 self.ctx.problems.report(5, spec.spath, f"target cannot be read: {e!r}")
-        found = Listing(entries, frozenset(withheld))
-        if hit is not None and hit[0].same(found.entries, found.withheld):
-            found = hit[0]  # unchanged: the same object
+        found = Listing.renewed(hit[0] if hit else None, entries, withheld)
         self._listings.put(path, found)
         return found
 

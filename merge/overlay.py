@@ -138,9 +138,7 @@ class MergeLayer(Layer):
                 del entries[flat]
                 withheld.add(flat)
                 self.ctx.problems.report(5, entry.origin.where, f"{flat} not presented: {e!r}")
-        found = Listing(entries, frozenset(withheld))
-        if hit is not None and hit[0].same(found.entries, found.withheld):
-            found = hit[0]  # unchanged: the same object
+        found = Listing.renewed(hit[0] if hit else None, entries, withheld)
         self._listings.put(path, found)
         return found
 

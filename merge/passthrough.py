@@ -151,10 +151,8 @@ class Passthrough(Layer):
         except OSError as e:
             self.ctx.volatile()  # not cached: the next listing tries again
             raise os_error(e, self.storage_path(path)) from e
-        found = Listing(entries, frozenset(withheld))
-        if prev is not None and prev.same(found.entries, found.withheld):
-            found = prev  # unchanged: the same object, so upper layers keep theirs
-        else:
+        found = Listing.renewed(prev, entries, withheld)
+        if found is not prev:
             self.ctx.changed(path)  # changed, or listed for the first time
         self._listings.put(path, found)  # and what lookups of its entries get (_listed)
         return found

@@ -25,23 +25,24 @@ class BufferPool:
         self._cond = threading.Condition()
 
     def acquire(self) -> bytearray:
+        """A buffer, waiting for one to come back if all ``count`` are out."""
         with self._cond:
-            while not self._free:
-                if self._created < self.count:
-                    self._created += 1
-                    return bytearray(self.size)
+            while (buf := self._take()) is None:
                 self._cond.wait()
-            return self._free.pop()
+            return buf
 
     def try_acquire(self) -> bytearray | None:
         """A buffer if one is free (or may be created) now; None otherwise."""
         with self._cond:
-            if self._free:
-                return self._free.pop()
-            if self._created < self.count:
-                self._created += 1
-                return bytearray(self.size)
-            return None
+            return self._take()
+
+    def _take(self) -> bytearray | None:
+        if self._free:
+            return self._free.pop()
+        if self._created < self.count:
+            self._created += 1
+            return bytearray(self.size)
+        return None
 
     def release(self, buf: bytearray) -> None:
         with self._cond:

@@ -71,6 +71,11 @@ class Reply:
     parts: list[Buffer]
     release: Callable[[], None] | None = None
 
+    def free(self) -> None:
+        """Give back what the reply holds (a pooled buffer), if anything."""
+        if self.release is not None:
+            self.release()
+
 
 @dataclass(slots=True)
 class CallContext:

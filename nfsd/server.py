@@ -170,8 +170,7 @@ class _Connection:
             self.close()
         finally:
             for reply in replies:
-                if reply.release:
-                    reply.release()
+                reply.free()
 
     def _serve(self, record: bytes) -> None:
         reply = self._dispatch(record)
@@ -179,8 +178,7 @@ class _Connection:
             self.inflight.release()
             return
         if self.closed.is_set():
-            if reply.release:
-                reply.release()
+            reply.free()
             self.inflight.release()
             return
         self.outbox.put(reply)
@@ -218,8 +216,7 @@ class _Connection:
                 except queue.Empty:
                     break
                 if reply is not None:
-                    if reply.release:
-                        reply.release()
+                    reply.free()
                     self.inflight.release()
 
 
@@ -389,8 +386,8 @@ class RpcServer:
         except Exception:
             log.exception("dispatch failed for %s (udp)", peer)
         finally:
-            if reply is not None and reply.release:
-                reply.release()
+            if reply is not None:
+                reply.free()
 
 
 def cpu_count() -> int:

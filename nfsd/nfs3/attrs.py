@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from merge.namespace import Kind, NamespaceError
 from nfsd.errors import nfs_error
-from nfsd.nfs3.service import NO_ATTR, Nfs3Service, decode_name, fattr3_of, post_op_attr_of
+from nfsd.nfs3.service import Nfs3Service, decode_name, fattr3_of, post_op_attr_of
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
@@ -89,7 +89,5 @@ def readlink3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READLINK3args) -> R
     ctx.status = nfs3.NFS3ERR_INVAL
     return _reply(
         NFS3Packer.pack_READLINK3res,
-        nfs3.READLINK3res(
-            nfs3.NFS3ERR_INVAL, resfail=nfs3.READLINK3resfail(post_op_attr_of(a) if a else NO_ATTR)
-        ),
+        nfs3.READLINK3res(nfs3.NFS3ERR_INVAL, resfail=nfs3.READLINK3resfail(post_op_attr_of(a))),
     )

@@ -137,18 +137,23 @@ def _fill(view: memoryview, runs: list, nowait: bool) -> int:
 
 def _scatter(pieces: list[memoryview], fd: int, start: int, length: int, flags: int) -> None:
     """One preadv of ``length`` contiguous file bytes into several places."""
-    try:
-        got = os.preadv(fd, pieces, start, flags)
-    except BlockingIOError:
-        raise WouldBlock from None
-    except OSError as e:
-        if flags and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise WouldBlock from None
-        raise
+    got = _preadv(fd, pieces, start, flags)
     if got != length:
         if flags:
             raise WouldBlock  # partly cached: read it all on a worker
         raise InputChanged(f"short read: {length - got} bytes missing at {start + got}")
+
+
+def _preadv(fd: int, pieces: list[memoryview], start: int, flags: int) -> int:
+    """``os.preadv``, with "would wait for the disk" turned into WouldBlock."""
+    try:
+        return os.preadv(fd, pieces, start, flags)
+    except BlockingIOError:
+        raise WouldBlock from None
+    except OSError as e:
+        if flags and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise WouldBlock from None  # no RWF_NOWAIT on this file system
+        raise
 
 
 def _spans(
@@ -176,18 +181,10 @@ def _spans(
 
 def _read(view: memoryview, at: int, fd: int, start: int, length: int, flags: int) -> None:  # noqa: PLR0917
     """preadv ``length`` bytes of ``fd`` at ``start`` into ``view[at:]``, whole."""
-    nowait = bool(flags)
     end = at + length
     while at < end:
-        try:
-            got = os.preadv(fd, [view[at:end]], start, flags)
-        except BlockingIOError:
-            raise WouldBlock from None
-        except OSError as e:
-            if nowait and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise WouldBlock from None  # no RWF_NOWAIT on this file system
-            raise
-        if got < end - at and nowait:
+        got = _preadv(fd, [view[at:end]], start, flags)
+        if got < end - at and flags:
             raise WouldBlock  # partly cached: read it all on a worker
         if got <= 0:
             raise InputChanged(f"short read: {end - at} bytes missing at {start}")

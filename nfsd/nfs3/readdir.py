@@ -69,15 +69,23 @@ def _cap(ctx: CallContext, count: int) -> int:
 
 
 def _page(
+    ctx: CallContext,
     listing: Listing,
     cookie: int,
     kind: str,
     encode: Callable[[tuple], bytes],
     *,
-    budget: int,
+    maxsize: int,
     dir_budget: int | None,
 ) -> tuple[list[bytes], bool]:
-    """The encoded entries after ``cookie`` that fit the budgets, and eof."""
+    """The encoded entries after ``cookie`` that fit the budgets, and eof.
+
+    ``maxsize`` is the client's bound on the whole reply (count, maxcount);
+    when not even one entry fits, the answer is NFS3ERR_TOOSMALL.
+    """
+    budget = _cap(ctx, maxsize) - (STATUS + POST_OP_ATTR + VERF + LIST_END)
+    if budget < 0:
+        raise NfsError(nfs3.NFS3ERR_TOOSMALL)
     rows = listing.rows
     i = bisect.bisect_right(listing.cookies, cookie) if cookie else 0
     out: list[bytes] = []
@@ -93,7 +101,10 @@ def _page(
         budget -= len(b)
         out.append(b)
         i += 1
-    return out, i == len(rows)
+    eof = i == len(rows)
+    if not out and not eof:
+        raise NfsError(nfs3.NFS3ERR_TOOSMALL)
+    return out, eof
 
 
 def _reply(dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply:
@@ -107,27 +118,21 @@ def _reply(dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply
 # RFC 1813 §3.3.16
 def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Reply:
     path, dattrs, listing = _listing(svc, ctx, args.dir)
-    budget = _cap(ctx, args.count) - (STATUS + POST_OP_ATTR + VERF + LIST_END)
-    if budget < 0:
-        raise NfsError(nfs3.NFS3ERR_TOOSMALL)
 
     def encode(row: tuple) -> bytes:
         cookie, raw, _name, a = row
         return nfs3.entry3_bytes(nfs3.entry3(a.fileid, raw, cookie))
 
-    out, eof = _page(listing, args.cookie, "readdir", encode, budget=budget, dir_budget=None)
+    out, eof = _page(
+        ctx, listing, args.cookie, "readdir", encode, maxsize=args.count, dir_budget=None
+    )
     ctx.note = f"/{'/'.join(path)} cookie={args.cookie} count={args.count} entries={len(out)}"
-    if not out and not eof:
-        raise NfsError(nfs3.NFS3ERR_TOOSMALL)
     return _reply(dattrs, svc.cookieverf, out, eof)
 
 
 # RFC 1813 §3.3.17
 def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
     path, dattrs, listing = _listing(svc, ctx, args.dir)
-    budget = _cap(ctx, args.maxcount) - (STATUS + POST_OP_ATTR + VERF + LIST_END)
-    if budget < 0:
-        raise NfsError(nfs3.NFS3ERR_TOOSMALL)
 
     def encode(row: tuple) -> bytes:
         cookie, raw, name, a = row
@@ -137,12 +142,16 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
         )
 
     out, eof = _page(
-        listing, args.cookie, "readdirplus", encode, budget=budget, dir_budget=args.dircount
+        ctx,
+        listing,
+        args.cookie,
+        "readdirplus",
+        encode,
+        maxsize=args.maxcount,
+        dir_budget=args.dircount,
     )
     ctx.note = (
         f"/{'/'.join(path)} cookie={args.cookie} dircount={args.dircount} "
         f"maxcount={args.maxcount} entries={len(out)}"
     )
-    if not out and not eof:
-        raise NfsError(nfs3.NFS3ERR_TOOSMALL)
     return _reply(dattrs, svc.cookieverf, out, eof)

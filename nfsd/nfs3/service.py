@@ -133,12 +133,6 @@ class Nfs3Service:
                 err.status = nfs3.NFS3ERR_STALE
             raise err from None
 
-    def attrs_or_none(self, path: PresentedPath) -> Attrs | None:
-        try:
-            return self.namespace.getattr(path)
-        except NamespaceError:
-            return None
-
     def handle_of(self, path: PresentedPath, a: Attrs) -> nfs3.nfs_fh3:
         return nfs3.nfs_fh3(self.handles.encode(path, a.fileid))
 
