@@ -35,7 +35,7 @@ run: venv
 ## make check: lint, types and the fast tests.
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check xdr nfsd merge
+	$(BIN)/ruff format --check xdr nfsd merge exports
 	$(BIN)/mypy
 
 check: lint
