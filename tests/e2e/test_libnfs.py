@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.support.prereq import require as _require
 from tests.e2e.support.server import Server, null_call, ping, recovery_fs_command, recv_record
 from tests.e2e.support.storage import KIB, MIB, Presented, big_dir_name, build_big_dir, build_sample
 
@@ -46,15 +47,6 @@ HIDDEN = (  # storage names that must never be listed nor looked up
     "2026-11-22T0100/db01/ghost-flat.vmdk",
     "2026-11-22T0100/orphan-pancbt.vmdk",
 )
-
-
-def _require(ok: bool, what: str) -> None:
-    """A missing prerequisite skips, except in CI, where it fails."""
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"prerequisite missing in CI: {what}")
-    pytest.skip(what)
 
 
 @pytest.fixture(scope="module")

@@ -90,8 +90,17 @@ class Server:
     """``recovery-fs serve`` on ``host``:``port`` over ``storage``, until ``stop()``."""
 
     def __init__(
-        self, storage: Path, workdir: Path, host: str = "127.0.0.1", port: int | None = None
+        self,
+        storage: Path,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        args: tuple[str, ...] = (),
+        portmap: bool = False,
     ) -> None:
+        """``args`` are added to ``serve``'s (``--exports FILE``, ``--udp``); ``portmap``
+        leaves out ``--no-portmap`` (only inside a private network namespace)."""
         command = recovery_fs_command()
         if command is None:
             raise FileNotFoundError("no recovery-fs command (pip install -e .)")
@@ -109,12 +118,14 @@ class Server:
             host,
             "--port",
             str(self.port),
-            "--no-portmap",
+            *([] if portmap else ["--no-portmap"]),
             "--state-dir",
             str(self.state),
             "--log-file",
             str(self.log),
+            *args,
         ]
+        self.command = command
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdout=self.output, stderr=subprocess.STDOUT)
         try:
@@ -131,6 +142,11 @@ class Server:
             f"nfs://{self.host}/recover/images/{path}"
             f"?version=3&nfsport={self.port}&mountport={self.port}"
         )
+
+    def exports(self, action: str) -> subprocess.CompletedProcess[str]:
+        """``recovery-fs exports ACTION --state-dir`` of this server (``reload``, ``show``)."""
+        argv = [*self.command, "exports", action, "--state-dir", str(self.state)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
     def diagnostics(self) -> str:
         """The server's output and log, for an assertion message."""
