@@ -26,11 +26,16 @@ $(BIN)/.installed: setup.cfg
 venv: deps-run $(BIN)/.installed
 
 ## make run: a demo storage tree, then the server on it in the foreground.
+## The demo's own exports list: any host, any source port (EXPORTS= to change).
+EXPORTS ?= /recover/images *(ro,insecure)
 run: venv
 	$(BIN)/recovery-fs demo --storage $(DEMO)
 	@mkdir -p $(STATE)
+	@printf '# written by make run\n%s\n' '$(EXPORTS)' > $(STATE)/exports
+	@echo "exports ($(STATE)/exports):"; $(BIN)/recovery-fs exports show --exports $(STATE)/exports --state-dir $(STATE)
 	$(BIN)/recovery-fs serve --storage $(DEMO) --bind $(BIND) --port $(PORT) \
-	    --no-portmap --state-dir $(STATE) --log-file $(STATE)/recovery_fs.log --print-mount
+	    --no-portmap --state-dir $(STATE) --log-file $(STATE)/recovery_fs.log \
+	    --exports $(STATE)/exports --print-mount
 
 ## make check: lint, types and the fast tests.
 lint: venv

@@ -11,7 +11,8 @@ step  what
       state directory nor the log file): ``ConfigError``
 2     state directory (0700), then the pid file's lock: ``AlreadyRunning``
 3     logging at the registry's debug level
-4     the secret; the namespace (``merge.build_namespace``); the programs
+4     the exports list (``nfsd.access``: a bad file is ``ConfigError``);
+      the secret; the namespace (``merge.build_namespace``); the programs
       (``nfsd.programs.build_programs``)
 5     one ``RpcServer`` for MOUNT and NFS on ``port``, TCP and UDP
 6     the portmapper (below)
@@ -30,7 +31,11 @@ The portmapper, unless ``--no-portmap``:
 * either failing (a refusal, port 111 not ours to bind) is a warning, not an
   error: clients that give ``port=`` and ``mountport=`` still mount.
 
-:meth:`Service.run` adds SIGTERM/SIGINT → graceful stop, for the CLI.
+:meth:`Service.run` adds SIGTERM/SIGINT → graceful stop, and SIGHUP →
+:meth:`Service.reload_exports`, for the CLI.  Every reload, applied or not,
+is written to ``status.json`` (``exports``: generation, attempts, error,
+the effective list), which is how ``recovery-fs exports reload`` learns
+the outcome.
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from exports import ExportsError
 from merge import build_namespace
-from nfsd.config import Config
+from nfsd.access import AccessControl
+from nfsd.config import Config, ConfigError
 from nfsd.logsetup import LevelWatcher, LogSetup
 from nfsd.portmap import NETIDS, build_portmap, netids_for, uaddr
 from nfsd.programs import build_programs
@@ -127,6 +134,7 @@ class HostPortmapper:
             for prog in programs
             for vers in prog.versions
             for netid in netids_for(bind)
+            if prog.udp or not netid.startswith("udp")
         ]
         try:
             with self._client() as c:
@@ -187,7 +195,10 @@ class Service:
         self._host_portmapper: HostPortmapper | None = None
         self._own_portmap_port: int | None = None
         self._stop_requested = threading.Event()
+        self._reload_requested = threading.Event()
         self._stopped = False
+        self.access: AccessControl | None = None
+        self.reload_attempts = 0
 
     # --- start -----------------------------------------------------------
     def start(self) -> None:
@@ -214,13 +225,21 @@ class Service:
         self._logs = LogSetup(cfg.log_file, debug_level=level, stderr=self.foreground)
         if self._logs.file_error:
             self.warnings.append(self._logs.file_error)
+        try:
+            self.access = AccessControl(cfg.exports_file(), cfg.export_path, cfg.storage)
+        except ExportsError as e:
+            raise ConfigError(f"exports: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"cannot read the exports file: {e}") from e
+        for w in self.access.table.warnings:
+            self.warnings.append(w)
         secret = self.state.secret()
         try:
             namespace = build_namespace(str(cfg.storage))
         except Exception as e:
             log.exception("cannot build the namespace of %s", cfg.storage)
             raise ServiceError(f"cannot read the storage {cfg.storage}: {e}") from e
-        programs = build_programs(namespace, secret, cfg.export_path)
+        programs = build_programs(namespace, secret, self.access, cfg.export_path, udp=cfg.udp)
 
         nfs = RpcServer(Dispatcher(programs), name="nfs", workers=cpu_count())
         self._servers.append(nfs)
@@ -239,13 +258,26 @@ class Service:
         for w in self.warnings:
             log.warning("%s", w)
         log.info(
-            "serving %s from %s on %s port %d (portmap: %s)",
+            "serving %s from %s on %s port %d (portmap: %s, NFS over UDP: %s)",
             cfg.export_path,
             cfg.storage,
             cfg.bind,
             self.port,
             self.portmap_mode,
+            "on" if cfg.udp else "off",
         )
+        log.warning("%s", self.access.describe())
+        for line in self.access.table.show().splitlines():
+            log.info("export: %s", line)
+
+    def reload_exports(self) -> str | None:
+        """Read the exports file again (SIGHUP); None if applied, else why not."""
+        if self.access is None:
+            return "not started"
+        self.reload_attempts += 1
+        error = self.access.reload()
+        self.state.write_status(self.status())
+        return error
 
     def _start_portmap(self, programs: list[Program], port: int) -> None:
         bind = self.config.bind
@@ -291,6 +323,21 @@ class Service:
             "state_dir": str(cfg.state_dir),
             "log_file": str(cfg.log_file),
             "warnings": self.warnings,
+            "udp": cfg.udp,
+            "exports": self._exports_status(),
+        }
+
+    def _exports_status(self) -> dict[str, Any] | None:
+        a = self.access
+        if a is None:
+            return None
+        return {
+            "source": str(a.source) if a.source is not None else None,
+            "generation": a.generation,
+            "attempts": self.reload_attempts,
+            "loaded_at": a.loaded_at,
+            "error": a.last_error,
+            "effective": a.table.show(),
         }
 
     def request_stop(self) -> None:
@@ -307,13 +354,19 @@ class Service:
             log.info("signal %d: stopping", signum)
             self.request_stop()
 
+        def on_hangup(signum: int, frame: object) -> None:
+            self._reload_requested.set()
+
         saved = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        saved[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
         try:
             self.start()
             if ready is not None:
                 ready(self)
-            while not self._stop_requested.wait(1.0):
-                pass
+            while not self._stop_requested.wait(0.1):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self.reload_exports()
         finally:
             self.stop()
             for s, handler in saved.items():

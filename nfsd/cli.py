@@ -1,4 +1,4 @@
-"""The ``recovery-fs`` command: serve, start, stop, status, registry, storage tools.
+"""The ``recovery-fs`` command: serve, start, stop, status, registry, exports, storage tools.
 
 Exit status (also in ``docs/recovery-fs.1.md``), the same meaning for every
 command that can return it:
@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from exports import ExportsError, loopback_only
+from exports import load as load_exports
 from nfsd import daemon
 from nfsd.app import Service, ServiceError
 from nfsd.cli_storage import storage_commands
@@ -96,6 +99,17 @@ def server_options(f: F) -> F:
                 "[default: --portmap]",
             ),
             click.option(
+                "--exports",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Exports file, Linux exports(5) syntax (and FILE.d/*.exports).  "
+                "[default: /etc/recovery_fs/exports; absent: loopback only]",
+            ),
+            click.option(
+                "--udp/--no-udp",
+                default=None,
+                help="Serve NFS over UDP too (MOUNT always answers on UDP).  [default: --no-udp]",
+            ),
+            click.option(
                 "--log-file",
                 type=click.Path(dir_okay=True, path_type=Path),
                 help="Log file (a directory: recovery_fs.log in it).  "
@@ -119,6 +133,9 @@ def serve_args(cfg: Config, config_file: Path | None) -> list[str]:
     args = ["--storage", str(cfg.storage), "--bind", cfg.bind, "--port", str(cfg.port)]
     args += ["--portmap" if cfg.portmap else "--no-portmap"]
     args += ["--state-dir", str(cfg.state_dir), "--log-file", str(cfg.log_file)]
+    args += ["--udp" if cfg.udp else "--no-udp"]
+    if cfg.exports is not None:
+        args += ["--exports", str(cfg.exports)]
     if config_file is not None:
         args += ["--config", str(config_file.absolute())]
     return args
@@ -278,6 +295,17 @@ def stop(config_file: Path | None, state_dir: Path | None, timeout: float) -> No
     click.echo(f"recovery-fs stopped (pid {result.pid})")
 
 
+def _exports_line(info: dict[str, Any] | None) -> str:
+    """The status line of the exports list in force."""
+    if not info:
+        return "?"
+    where = info.get("source") or "no exports file: loopback only"
+    line = f"{where} (generation {info.get('generation')})"
+    if info.get("error"):
+        line += f"; last reload failed: {info['error']}"
+    return line
+
+
 def format_uptime(seconds: float) -> str:
     s = int(max(0, seconds))
     days, s = divmod(s, 86400)
@@ -323,9 +351,15 @@ def status(config_file: Path | None, state_dir: Path | None, as_json: bool) -> N
     rows = [
         ("pid", pid),
         ("address", st.get("bind", "?")),
-        ("ports", f"NFS and MOUNT {port} (tcp, udp)" if port else "? (starting)"),
+        (
+            "ports",
+            f"NFS {port} (tcp{', udp' if st.get('udp') else ''}), MOUNT {port} (tcp, udp)"
+            if port
+            else "? (starting)",
+        ),
         ("portmap", f"{st.get('portmap')}" + (f", port {pm_port}" if pm_port else "")),
         ("export", st.get("export", "?")),
+        ("clients", _exports_line(st.get("exports"))),
         ("storage", st.get("storage", "?")),
         ("log", st.get("log_file", "?")),
         ("uptime", format_uptime(info["uptime_seconds"]) if "uptime_seconds" in info else "?"),
@@ -390,6 +424,85 @@ def registry_set(config_file: Path | None, state_dir: Path | None, key: str, val
     except StateError as e:
         fail(str(e), EXIT_FAILED)
     click.echo(f"{key} = {stored}")
+
+
+@main.group()
+def exports() -> None:
+    """Show or reload the list of clients allowed (the exports file).
+
+    \b
+    The file uses Linux exports(5) syntax (see recovery-fs-exports(5)):
+      /recover/images  10.0.0.0/8(ro) backup1.example(no_root_squash)
+    """
+
+
+@exports.command("show")
+@state_options
+@click.option(
+    "--exports",
+    "exports_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Parse this file rather than ask the running server.",
+)
+def exports_show(
+    config_file: Path | None, state_dir: Path | None, exports_file: Path | None
+) -> None:
+    """Print the effective list, as `exportfs -v` does.
+
+    The running server's list when one runs on this state directory (and no
+    --exports is given), else the configured file as it would be read now.
+    """
+    cfg = load_config(config_file, {"state_dir": state_dir, "exports": exports_file})
+    state = StateDir(cfg.state_dir)
+    st = state.read_status() if exports_file is None and _running_pid(state) else None
+    info = (st or {}).get("exports")
+    if info:
+        click.echo(info["effective"], nl=False)
+        if info.get("error"):
+            click.echo(f"recovery-fs: the last reload failed: {info['error']}", err=True)
+        return
+    try:
+        source = cfg.exports_file()
+        table = load_exports(source) if source is not None else loopback_only(cfg.export_path)
+    except (ConfigError, ExportsError) as e:
+        fail(str(e), EXIT_USAGE)
+    except OSError as e:
+        fail(f"cannot read the exports file: {e}", EXIT_FAILED)
+    for w in table.warnings:
+        click.echo(f"recovery-fs: warning: {w}", err=True)
+    click.echo(table.show(), nl=False)
+
+
+@exports.command("reload")
+@state_options
+@timeout_option(10.0, "Seconds to wait for the server to apply the list.")
+def exports_reload(config_file: Path | None, state_dir: Path | None, timeout: float) -> None:
+    """Make the running server read its exports file again (as SIGHUP does).
+
+    A client taken off the list is refused from its next call on; the
+    connections of clients still allowed are kept.  On an error the server
+    keeps its previous list, and this command says why and exits 1.
+    """
+    cfg = load_config(config_file, {"state_dir": state_dir})
+    state = StateDir(cfg.state_dir)
+    pid = _running_pid(state)
+    if pid is None:
+        fail("not running; nothing to reload", EXIT_NOT_RUNNING)
+    before = ((state.read_status() or {}).get("exports") or {}).get("attempts", 0)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = (state.read_status() or {}).get("exports") or {}
+        if info.get("attempts", 0) > before:
+            if info.get("error"):
+                fail(
+                    f"exports not reloaded (the previous list stays): {info['error']}", EXIT_FAILED
+                )
+            click.echo(f"exports reloaded (generation {info['generation']})")
+            click.echo(info["effective"], nl=False)
+            return
+        time.sleep(0.05)
+    fail(f"pid {pid} did not report the reload within {timeout:g} s", EXIT_FAILED)
 
 
 for _command in storage_commands:

@@ -14,7 +14,14 @@ key            default                     meaning
 ``portmap``    ``yes``                     register with, or be, the portmapper
 ``state-dir``  ``/var/lib/recovery_fs``    secret, pid, status, registry
 ``log-file``   ``/var/log/recovery_fs``    log file (a directory: a file in it)
+``exports``    ``/etc/recovery_fs/exports``  who may mount (exports(5) syntax);
+                                           absent: loopback only
+``udp``        ``no``                      NFS over UDP too (MOUNT always)
 =============  ==========================  =================================
+
+An ``exports`` file named on the command line or in the config file must
+exist (it, or its ``.d`` folder); the default one may be absent, and then
+the server admits loopback only and says so.
 
 The file is ``/etc/recovery_fs.conf`` when it exists and no ``--config`` is
 given; a ``--config`` file must exist.  Relative paths in the file are taken
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_CONFIG_FILE = Path("/etc/recovery_fs.conf")
+DEFAULT_EXPORTS_FILE = Path("/etc/recovery_fs/exports")
 SECTION = "server"
 EXPORT_PATH = "/recover/images"
 
@@ -51,7 +59,20 @@ class Config:
     portmap: bool = True
     state_dir: Path = Path("/var/lib/recovery_fs")
     log_file: Path = Path("/var/log/recovery_fs")
+    exports: Path | None = None  # None: DEFAULT_EXPORTS_FILE when present
+    udp: bool = False
     export_path: str = EXPORT_PATH
+
+    def exports_file(self) -> Path | None:
+        """The exports file to read, or None for the built-in loopback-only list."""
+        if self.exports is not None:
+            if not self.exports.exists() and not Path(f"{self.exports}.d").is_dir():
+                raise ConfigError(f"the exports file {self.exports} does not exist")
+            return self.exports
+        default = DEFAULT_EXPORTS_FILE
+        if default.exists() or Path(f"{default}.d").is_dir():
+            return default
+        return None
 
     def check_storage(self) -> None:
         """The storage must be an existing, readable directory."""
@@ -124,7 +145,7 @@ def _read_file(path: Path) -> dict[str, object]:
                 out[name] = parse_port(raw)
             elif name == "bind":
                 out[name] = parse_bind(raw)
-            elif name == "portmap":
+            elif name in ("portmap", "udp"):
                 out[name] = parser.getboolean(SECTION, key)
             else:
                 if not raw.strip():
@@ -155,7 +176,7 @@ def load(config_file: Path | None, overrides: Mapping[str, object]) -> Config:
         if name not in FIELDS:
             raise ConfigError(f"unknown setting {name}")
         values[name] = parsers[name](value) if name in parsers else value
-    for name in ("storage", "state_dir", "log_file"):
+    for name in ("storage", "state_dir", "log_file", "exports"):
         if name in values:
             values[name] = Path(values[name]).absolute()  # type: ignore[arg-type]
     return Config(**values)  # type: ignore[arg-type]

@@ -6,6 +6,14 @@ Linux server allows), returns that folder's handle; any other path is
 ``MNT3ERR_NOENT``, a file ``MNT3ERR_NOTDIR``.  The mount list kept for
 ``DUMP`` lives in memory only: clients do not rely on it (the Linux client
 never sends ``UMNT``), and the server writes nothing it need not.
+
+Who may mount is ``nfsd.access``'s answer, asked *before* the path is
+looked at, so that a stranger learns nothing of the tree; the MNT reply
+lists only the flavours the client's ``sec=`` allows (a list holding
+AUTH_NONE tells the Linux client any flavour will do).  ``EXPORT`` and
+``DUMP`` answer the export's client groups and the mounts only to a host
+the list admits; anyone else gets an empty list, as ganesha does: export
+names and client lists are not for strangers.
 """
 
 from __future__ import annotations
@@ -14,11 +22,11 @@ import logging
 import threading
 
 from merge.namespace import Kind, NamespaceError, NotADirectory
+from nfsd.access import AccessControl
 from nfsd.handles import HandleCodec
 from nfsd.rpc import CallContext, Procedure, Program, Reply, no_args
 from xdr import mount3
 from xdr.mount3 import Mount3Packer, Mount3Unpacker
-from xdr.rpc import AUTH_NONE, AUTH_SYS
 
 log = logging.getLogger("recovery_fs.mountd")
 
@@ -28,8 +36,9 @@ MAX_MOUNT_LIST = 1024
 class MountService:
     """State and procedures of the MOUNT program."""
 
-    def __init__(self, handles: HandleCodec, export_path: str) -> None:
+    def __init__(self, handles: HandleCodec, export_path: str, access: AccessControl) -> None:
         self.handles = handles
+        self.access = access
         self.export_path = export_path.encode()
         self._mounts: dict[tuple[bytes, bytes], None] = {}
         self._lock = threading.Lock()
@@ -52,8 +61,10 @@ class MountService:
     # RFC 1813 §5.2.1
     def mnt(self, ctx: CallContext, path: bytes) -> Reply:
         ctx.note = f"path={path!r}"
-        presented = self._presented_path(path)
-        status = mount3.MNT3ERR_NOENT
+        status, options = self.access.check_mount(ctx)
+        presented = self._presented_path(path) if options is not None else None
+        if options is not None:
+            status = mount3.MNT3ERR_NOENT
         if presented is not None:
             try:
                 attrs = self.handles.namespace.getattr(presented)
@@ -68,21 +79,25 @@ class MountService:
             log.info("MNT of %r from %s refused: status %d", path, ctx.peer, status)
             p.pack_mountres3(mount3.mountres3(status))
             return Reply([p.get_buffer()])
-        assert presented is not None
+        assert presented is not None and options is not None
         fh = self.handles.encode(presented, attrs.fileid)
         with self._lock:
             if len(self._mounts) < MAX_MOUNT_LIST:
                 self._mounts[(self._host(ctx), path)] = None
         log.info("MNT %s from %s", path.decode(errors="replace"), ctx.peer)
         p.pack_mountres3(
-            mount3.mountres3(mount3.MNT3_OK, mount3.mountres3_ok(fh, [AUTH_SYS, AUTH_NONE]))
+            mount3.mountres3(
+                mount3.MNT3_OK, mount3.mountres3_ok(fh, list(self.access.flavors(options)))
+            )
         )
         return Reply([p.get_buffer()])
 
     # RFC 1813 §5.2.2
     def dump(self, ctx: CallContext, args: None) -> Reply:
-        with self._lock:
-            mounts = [mount3.mountbody(h, d) for h, d in self._mounts]
+        mounts = []
+        if self.access.admits(ctx):
+            with self._lock:
+                mounts = [mount3.mountbody(h, d) for h, d in self._mounts]
         p = Mount3Packer()
         p.pack_mountlist(mounts)
         return Reply([p.get_buffer()])
@@ -103,8 +118,13 @@ class MountService:
 
     # RFC 1813 §5.2.5
     def export(self, ctx: CallContext, args: None) -> Reply:
+        nodes = []
+        export = self.access.table.get(self.access.export_path)
+        if export is not None and self.access.admits(ctx):
+            groups = [c.text.encode() for c in export.clients]
+            nodes.append(mount3.exportnode(self.export_path, groups))
         p = Mount3Packer()
-        p.pack_exports([mount3.exportnode(self.export_path, [])])
+        p.pack_exports(nodes)
         return Reply([p.get_buffer()])
 
     def program(self) -> Program:

@@ -351,6 +351,7 @@ class PortmapService:
             number=pm.PMAP_PROG,
             name="PORTMAP",
             unpacker=PortmapUnpacker,
+            udp_no_amplify=True,  # no reflection: DUMP over UDP answers only if no larger
             versions={
                 pm.PMAP_VERS: {
                     pm.PMAPPROC_NULL: Procedure("PMAP_NULL", no_args, self.null),
@@ -390,6 +391,7 @@ def own_bindings(
         for p in programs
         for v in p.versions
         for n in netids
+        if p.udp or not n.startswith("udp")
     ]
     if portmap_port is not None:
         rows += [

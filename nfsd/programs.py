@@ -7,6 +7,7 @@ which the Linux client takes as "no ACL support" and mounts anyway.
 from __future__ import annotations
 
 from merge.namespace import Namespace
+from nfsd.access import AccessControl
 from nfsd.buffers import BufferPool
 from nfsd.handles import HandleCodec
 from nfsd.mountd import MountService
@@ -19,8 +20,23 @@ READ_BUFFERS = 48  # 48 MiB at most in flight in READ replies
 
 
 def build_programs(
-    namespace: Namespace, secret: bytes, export_path: str = EXPORT_PATH
+    namespace: Namespace,
+    secret: bytes,
+    access: AccessControl,
+    export_path: str = EXPORT_PATH,
+    *,
+    udp: bool = False,
 ) -> list[Program]:
+    """MOUNT and NFS over one namespace, both behind ``access``.
+
+    NFS over UDP only with ``udp`` (off by default, as knfsd since 2017: a
+    lost fragment of a 32 KiB datagram costs the whole READ, and UDP is the
+    reflection vector); MOUNT answers over UDP regardless (showmount, and
+    clients whose mountproto is udp).
+    """
     handles = HandleCodec(namespace, secret)
     nfs = Nfs3Service(namespace, handles, BufferPool(RTMAX, READ_BUFFERS), secret)
-    return [MountService(handles, export_path).program(), nfs3_program.build(nfs)]
+    nfs_program = nfs3_program.build(nfs)
+    nfs_program.guard = access.nfs_status
+    nfs_program.udp = udp
+    return [MountService(handles, export_path, access).program(), nfs_program]

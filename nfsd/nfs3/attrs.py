@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from merge.namespace import Kind, NamespaceError
 from nfsd.errors import nfs_error
-from nfsd.nfs3.service import Nfs3Service, decode_name, fattr3_of, post_op_attr_of
+from nfsd.nfs3.service import (
+    MAY_EXEC,
+    MAY_READ,
+    Nfs3Service,
+    decode_name,
+    fattr3_of,
+    may,
+    post_op_attr_of,
+)
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
@@ -34,6 +42,8 @@ def lookup3(svc: Nfs3Service, ctx: CallContext, args: nfs3.LOOKUP3args) -> Reply
     ctx.note = f"/{'/'.join(dirpath)} name={args.what.name!r}"
     if dattrs.kind != Kind.DIR:
         return _lookup_fail(ctx, nfs3.NFS3ERR_NOTDIR, dattrs)
+    if not may(dattrs, ctx, MAY_EXEC):
+        return _lookup_fail(ctx, nfs3.NFS3ERR_ACCES, dattrs)
     if args.what.name == b".":
         path = dirpath
     elif args.what.name == b"..":
@@ -65,14 +75,15 @@ def _lookup_fail(ctx: CallContext, status: int, dattrs) -> Reply:
 
 
 # RFC 1813 §3.3.4: READ, LOOKUP (directories) and EXECUTE (files) by the mode
-# bits, for every user; MODIFY, EXTEND and DELETE never.
+# bits for the call's credentials, squashed as the export says (nfsd.access);
+# MODIFY, EXTEND and DELETE never.
 def access3(svc: Nfs3Service, ctx: CallContext, args: nfs3.ACCESS3args) -> Reply:
     path = svc.path_of(args.object)
     a = svc.attrs(path)
     granted = 0
-    if a.mode & 0o444:
+    if may(a, ctx, MAY_READ):
         granted |= nfs3.ACCESS3_READ
-    if a.mode & 0o111:
+    if may(a, ctx, MAY_EXEC):
         granted |= nfs3.ACCESS3_LOOKUP if a.kind == Kind.DIR else nfs3.ACCESS3_EXECUTE
     granted &= args.access
     ctx.note = f"/{'/'.join(path)} asked={args.access:#x} granted={granted:#x}"

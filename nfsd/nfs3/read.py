@@ -27,7 +27,7 @@ import struct
 
 from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError
 from nfsd.errors import NfsError, nfs_error
-from nfsd.nfs3.service import RTMAX, UDP_RTMAX, Nfs3Service, post_op_attr_of
+from nfsd.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
@@ -45,6 +45,8 @@ def read3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READ3args) -> Reply:
     attrs = svc.attrs(path)
     if attrs.kind == Kind.DIR:
         raise NfsError(nfs3.NFS3ERR_ISDIR)
+    if not may(attrs, ctx, MAY_READ, owner_override=True):
+        raise NfsError(nfs3.NFS3ERR_ACCES)
     count = min(args.count, RTMAX if ctx.transport == "tcp" else UDP_RTMAX)
     offset = args.offset
     ctx.note = f"/{'/'.join(path)} off={offset} count={args.count}"

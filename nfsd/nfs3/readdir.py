@@ -27,7 +27,7 @@ from collections.abc import Callable
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.errors import NfsError, nfs_error
 from nfsd.listings import Listing
-from nfsd.nfs3.service import UDP_RTMAX, Nfs3Service, post_op_attr_of
+from nfsd.nfs3.service import MAY_READ, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
@@ -52,6 +52,8 @@ def _listing(
     dattrs = svc.attrs(path)
     if dattrs.kind != Kind.DIR:
         raise NfsError(nfs3.NFS3ERR_NOTDIR)
+    if not may(dattrs, ctx, MAY_READ):
+        raise NfsError(nfs3.NFS3ERR_ACCES)
     if ctx.inline and not svc.listings.known(path):
         # A first listing may scan a large folder: not on the reader.  The
         # pages after it (a client pages through in many calls) come inline.

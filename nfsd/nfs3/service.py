@@ -25,7 +25,7 @@ from nfsd.buffers import BufferPool
 from nfsd.errors import NfsError, nfs_error
 from nfsd.handles import BadHandle, HandleCodec, StaleHandle
 from nfsd.listings import SortedListings
-from nfsd.rpc import Reply
+from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 
 FSID = 0x7265636F76657279  # "recovery": one file system for the whole export
@@ -135,6 +135,31 @@ class Nfs3Service:
 
     def handle_of(self, path: PresentedPath, a: Attrs) -> nfs3.nfs_fh3:
         return nfs3.nfs_fh3(self.handles.encode(path, a.fileid))
+
+
+MAY_READ, MAY_EXEC = 4, 1  # the permission bits ``may`` tests, as in a mode's rwx
+
+
+def may(a: Attrs, ctx: CallContext, want: int, *, owner_override: bool = False) -> bool:
+    """Whether the call's (squashed) credentials hold permission ``want`` on ``a``.
+
+    The Unix rule knfsd applies: root reads anything and searches any
+    folder; everyone else gets the owner, group or other bits of the mode.
+    ``owner_override`` lets a file's owner READ it whatever its mode, as
+    knfsd does (a client may have opened it before a chmod).
+    """
+    uid = ctx.uid
+    if uid == 0:
+        return want != MAY_EXEC or a.kind == Kind.DIR or bool(a.mode & 0o111)
+    if uid == a.uid:
+        if owner_override:
+            return True
+        bits = a.mode >> 6
+    elif a.gid in ctx.gids:
+        bits = a.mode >> 3
+    else:
+        bits = a.mode
+    return bits & want == want
 
 
 def decode_name(name: bytes) -> str:

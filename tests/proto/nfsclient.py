@@ -8,8 +8,11 @@ whole reply was consumed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from exports import parse as parse_exports
+from nfsd.access import AccessControl
 from nfsd.programs import build_programs
 from nfsd.rpc import Dispatcher
 from tests.proto.calls import call, parse
@@ -20,9 +23,30 @@ from xdr.nfs3 import NFS3Packer, NFS3Unpacker
 SECRET = b"k" * 32
 
 
+# Everyone, any port, both flavours, no squashing: the tests of the procedures
+# themselves; tests/proto/test_access.py passes lists of its own.
+OPEN_EXPORTS = "/recover/images *(insecure,no_root_squash,sec=sys:none)\n"
+
+
+def open_access(text: str = OPEN_EXPORTS) -> AccessControl:
+    """An AccessControl over the exports ``text`` (not read from a file)."""
+    return AccessControl(
+        None, "/recover/images", Path("/nonexistent"), table=parse_exports(text, "<test>")
+    )
+
+
 class Caller:
-    def __init__(self, namespace: Any, secret: bytes = SECRET, transport: str = "tcp") -> None:
-        self.dispatcher = Dispatcher(build_programs(namespace, secret))
+    def __init__(
+        self,
+        namespace: Any,
+        secret: bytes = SECRET,
+        transport: str = "tcp",
+        access: AccessControl | None = None,
+        *,
+        udp: bool = True,
+    ) -> None:
+        self.access = access or open_access()
+        self.dispatcher = Dispatcher(build_programs(namespace, secret, self.access, udp=udp))
         self.transport = transport
         self.xid = 1
         self.released = 0

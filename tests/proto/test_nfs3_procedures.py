@@ -318,6 +318,6 @@ def test_a_first_listing_leaves_the_reader_then_its_pages_stay(ns: FakeNamespace
     p.pack_READDIR3args(nfs3.READDIR3args(fh, 0, b"\0" * 8, 4096))
     record = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READDIR, p.get_buffer())
     with _pytest.raises(WouldBlock):
-        c.dispatcher.dispatch(record, "peer", "tcp", inline=True)
-    assert c.dispatcher.dispatch(record, "peer", "tcp") is not None  # on a worker
-    assert c.dispatcher.dispatch(record, "peer", "tcp", inline=True) is not None
+        c.dispatcher.dispatch(record, "127.0.0.1:900", "tcp", inline=True)
+    assert c.dispatcher.dispatch(record, "127.0.0.1:900", "tcp") is not None  # on a worker
+    assert c.dispatcher.dispatch(record, "127.0.0.1:900", "tcp", inline=True) is not None

@@ -6,6 +6,7 @@ Servers listen on 127.0.0.1 and free ports; the portmapper tests move port
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from nfsd.config import Config, ConfigError
 from nfsd.portmap import PortmapService, PortmapTable
 from nfsd.registry import DEBUG_LEVEL, Registry
 from nfsd.rpc import Dispatcher
-from nfsd.rpcclient import RpcClient
+from nfsd.rpcclient import RpcClient, auth_sys
 from nfsd.server import RpcServer
 from nfsd.state import AlreadyRunning, StateDir, StateError, running_pid
 from xdr import portmap as pm
@@ -99,7 +100,7 @@ def mnt_root(port: int) -> bytes:
     """The root handle MOUNT v3 MNT hands out on ``port``."""
     p = Packer()
     p.pack_string(b"/recover/images")
-    with RpcClient("127.0.0.1", port) as c:
+    with RpcClient("127.0.0.1", port, cred=auth_sys()) as c:  # sec=sys: AUTH_NONE is refused
         r = c.call(MOUNT, 3, 1, p.get_buffer())
     assert r.ok
     u = Unpacker(r.body)
@@ -325,9 +326,21 @@ def test_service_answers_mount_and_nfs_on_tcp_and_udp(service: Service) -> None:
     assert service.port
     for transport in ("tcp", "udp"):
         with RpcClient("127.0.0.1", service.port, transport=transport) as c:
-            assert c.call(NFS, 3, 0).ok
+            # NFS over UDP is opt-in (--udp); MOUNT always answers on UDP
+            assert c.call(NFS, 3, 0).ok == (transport == "tcp")
             assert c.call(MOUNT, 3, 0).ok
     assert len(mnt_root(service.port)) >= 20
+
+
+def test_service_with_udp_serves_nfs_over_udp(tmp_path: Path, storage: Path) -> None:
+    s = Service(dataclasses.replace(cfg(tmp_path, storage), udp=True))
+    s.start()
+    try:
+        assert s.port
+        with RpcClient("127.0.0.1", s.port, transport="udp") as c:
+            assert c.call(NFS, 3, 0).ok
+    finally:
+        s.stop()
 
 
 def test_service_writes_status_then_cleans_up(tmp_path: Path, storage: Path) -> None:
@@ -340,7 +353,7 @@ def test_service_writes_status_then_cleans_up(tmp_path: Path, storage: Path) -> 
         assert st["storage"] == str(storage)
         code, out, _ = invoke("status", "--state-dir", str(tmp_path / "state"))
         assert code == 0
-        assert f"NFS and MOUNT {s.port} (tcp, udp)" in out and str(storage) in out
+        assert f"NFS {s.port} (tcp), MOUNT {s.port} (tcp, udp)" in out and str(storage) in out
         code, out, _ = invoke("status", "--json", "--state-dir", str(tmp_path / "state"))
         assert json.loads(out)["running"] is True and json.loads(out)["debug_level"] == 0
     finally:
@@ -520,7 +533,7 @@ def test_start_status_stop_round_trip(tmp_path: Path, storage: Path) -> None:
             assert c.call(NFS, 3, 0).ok
         r = run("status", "--state-dir", str(state))
         assert r.returncode == 0
-        assert f"pid:      {pid}" in r.stdout and f"NFS and MOUNT {port}" in r.stdout
+        assert f"pid:      {pid}" in r.stdout and f"NFS {port} (tcp), MOUNT {port}" in r.stdout
         assert "uptime:" in r.stdout and "export:   /recover/images" in r.stdout
         r = run("start", *args)
         assert r.returncode == 4 and "already running" in r.stderr

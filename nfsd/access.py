@@ -1,0 +1,318 @@
+"""Who may call: the exports list applied to every MOUNT and NFS call.
+
+Design notes
+------------
+A handle is never a capability by itself.  MNT checks the caller, and so
+does every NFS call except NULL, *before* its handle is resolved: a host
+that copied a valid handle from an allowed one gets no attribute, name or
+byte.  The answers are knfsd's, because the Linux client is built against
+them:
+
+==============================  ==================  =====================
+the caller                      MNT                  any other NFS call
+==============================  ==================  =====================
+not in the list                 MNT3ERR_ACCES        NFS3ERR_STALE
+source port >= 1024, `secure`   MNT3ERR_ACCES        NFS3ERR_PERM
+flavour not in `sec=`           MNT3ERR_ACCES        NFS3ERR_ACCES
+`mountpoint` not mounted        MNT3ERR_NOENT        NFS3ERR_STALE
+==============================  ==================  =====================
+
+(ganesha answers AUTH_TOOWEAK at the RPC level instead; knfsd's statuses
+keep the refusal inside NFS, where the Linux client turns it into an
+ordinary errno - ``ESTALE``, ``EPERM``, ``EACCES`` - rather than retrying.)
+
+Cost on the READ path: one dict look-up by the peer's ``host:port``
+string.  Decisions are kept per peer and per list *generation*; a reload
+starts a new generation, so a client taken off the list is refused from
+its next call on, while connections of clients still allowed are kept.
+Host names and wildcards are resolved by ``exports.Resolver`` on its own
+thread: a per-call check never waits for a resolver (``wait=0``); MNT waits
+at most :data:`MOUNT_RESOLVE_WAIT`.
+
+Squashing (``root_squash``, ``all_squash``, AUTH_NONE) rewrites the call's
+credentials here, once: ACCESS and the permission checks below then see the
+squashed uid and gids.  Each refusal is logged at level 0 (a warning) once
+per client, reason and generation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exports import ClientSpec, ExportOptions, ExportsError, ExportTable, Resolver, loopback_only
+from exports import load as load_exports
+from nfsd.rpc import CallContext
+from xdr import mount3, nfs3
+from xdr.rpc import AUTH_NONE, AUTH_SYS, authsys_parms
+
+log = logging.getLogger("recovery_fs.access")
+
+MOUNT_RESOLVE_WAIT = 2.0  # seconds a MNT may wait for a first name look-up
+MOUNTPOINT_RECHECK = 1.0  # seconds between checks of a `mountpoint` export
+MAX_DECISIONS = 8192  # peers remembered; past that the memo starts again
+MAX_LOGGED = 4096
+
+_FLAVOR = {"sys": AUTH_SYS, "none": AUTH_NONE}
+
+# Refusal reasons, with the status each program answers.
+OK, NOT_LISTED, INSECURE_PORT, WEAK_FLAVOR, NOT_MOUNTED = range(5)
+_NFS_STATUS = {
+    NOT_LISTED: nfs3.NFS3ERR_STALE,
+    INSECURE_PORT: nfs3.NFS3ERR_PERM,
+    WEAK_FLAVOR: nfs3.NFS3ERR_ACCES,
+    NOT_MOUNTED: nfs3.NFS3ERR_STALE,
+}
+_MNT_STATUS = {
+    NOT_LISTED: mount3.MNT3ERR_ACCES,
+    INSECURE_PORT: mount3.MNT3ERR_ACCES,
+    WEAK_FLAVOR: mount3.MNT3ERR_ACCES,
+    NOT_MOUNTED: mount3.MNT3ERR_NOENT,
+}
+_WHY = {
+    NOT_LISTED: "not in the exports list",
+    INSECURE_PORT: "source port {port} is not below 1024 and the export is `secure`",
+    WEAK_FLAVOR: "credential flavour {flavor} not in sec={sec}",
+    NOT_MOUNTED: "{mp} is not a mounted file system (`mountpoint`)",
+}
+
+
+def split_peer(peer: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 hosts unbracketed) → (normalised address, port).
+
+    IPv4-mapped IPv6 addresses are the IPv4 address: a dual-stack socket
+    must not make 10.1.2.3 and ::ffff:10.1.2.3 two different clients.
+    """
+    host, _, port = peer.rpartition(":")
+    host = host.strip("[]").split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host, int(port) if port.isdigit() else 65535
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), int(port) if port.isdigit() else 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the list says of one peer: a reason (OK or a refusal) and its spec."""
+
+    reason: int
+    spec: ClientSpec | None
+    generation: int
+
+
+class _MountpointCheck:
+    """Whether a `mountpoint` path is mounted, re-checked at most once a second."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, bool]] = {}
+
+    def mounted(self, path: str) -> bool:
+        now = time.monotonic()
+        seen = self._seen.get(path)
+        if seen is not None and now - seen[0] < MOUNTPOINT_RECHECK:
+            return seen[1]
+        ok = os.path.ismount(path)
+        self._seen[path] = (now, ok)
+        return ok
+
+
+class AccessControl:
+    """The exports list in force, and the checks every call goes through.
+
+    ``source`` is the exports file, or None for the built-in loopback-only
+    list.  ``storage`` is what a bare ``mountpoint`` option names.
+    """
+
+    def __init__(
+        self,
+        source: Path | None,
+        export_path: str,
+        storage: Path,
+        *,
+        resolver: Resolver | None = None,
+        on_change: Callable[[AccessControl], None] | None = None,
+        table: ExportTable | None = None,
+    ) -> None:
+        self.source = source
+        self.export_path = export_path
+        self.storage = storage
+        self.resolver = resolver or Resolver()
+        self.on_change = on_change
+        # ``table`` given (tests, embedders) is used as is; else read: an
+        # ExportsError here stops the server at start.
+        self.table: ExportTable = table if table is not None else self._read()
+        self.generation = 1
+        self.loaded_at = time.time()
+        self.last_error: str | None = None
+        self._decisions: dict[tuple[str, int], Decision] = {}
+        self._logged: set[tuple[str, int, int]] = set()
+        self._mountpoints = _MountpointCheck()
+        self._reload_lock = threading.Lock()
+
+    # -- the list ------------------------------------------------------------
+    def _read(self) -> ExportTable:
+        if self.source is None:
+            return loopback_only(self.export_path)
+        table = load_exports(self.source)
+        for export in table.exports:
+            if export.path != self.export_path:
+                where = export.clients[0].source if export.clients else str(self.source)
+                raise ExportsError(
+                    f"{where}: {export.path} is not an export of this server "
+                    f"(it serves {self.export_path})"
+                )
+        if table.get(self.export_path) is None:
+            log.warning(
+                "%s lists no client for %s: nobody can mount", self.source, self.export_path
+            )
+        return table
+
+    def reload(self) -> str | None:
+        """Read the list again; None when applied, else why it was not (old list kept)."""
+        with self._reload_lock:
+            try:
+                table = self._read()
+            except (ExportsError, OSError) as e:
+                why = str(e) if isinstance(e, ExportsError) else f"{self.source}: {e.strerror or e}"
+                self.last_error = why
+                log.error("exports not reloaded, the previous list stays in force: %s", why)
+                if self.on_change:
+                    self.on_change(self)
+                return why
+            self.table = table
+            self.generation += 1
+            self.loaded_at = time.time()
+            self.last_error = None
+            self._decisions = {}
+            for w in table.warnings:
+                log.warning("%s", w)
+            log.warning("exports reloaded from %s (generation %d)", self.source, self.generation)
+            if self.on_change:
+                self.on_change(self)
+            return None
+
+    def describe(self) -> str:
+        """Where the list comes from, for the start-up line."""
+        if self.source is None:
+            return "no exports file: serving loopback only (127.0.0.1, ::1)"
+        return f"exports from {self.source}"
+
+    # -- decisions ----------------------------------------------------------
+    def _spec(self, addr: str, wait: float) -> ClientSpec | None:
+        return self.table.match(self.export_path, addr, self.resolver, wait=wait)
+
+    def decide(self, ctx: CallContext, wait: float = 0.0) -> Decision:
+        """The list's verdict on this call's peer, port and flavour."""
+        addr, port = split_peer(ctx.peer)
+        key = (ctx.peer, ctx.flavor)
+        d = self._decisions.get(key)
+        if d is not None and d.generation == self.generation:
+            if d.reason == OK and not self._mounted(d.spec):
+                return Decision(NOT_MOUNTED, d.spec, d.generation)
+            return d
+        generation = self.generation
+        spec = self._spec(addr, wait)
+        if spec is None:
+            d = Decision(NOT_LISTED, None, generation)
+            # A name not resolved yet is no verdict: ask again next call.
+            if wait == 0.0 and self._has_names():
+                return d
+        else:
+            o = spec.options
+            if o.secure and port >= 1024:
+                d = Decision(INSECURE_PORT, spec, generation)
+            elif ctx.flavor not in self.flavors(o):
+                d = Decision(WEAK_FLAVOR, spec, generation)
+            else:
+                d = Decision(OK, spec, generation)
+        if len(self._decisions) >= MAX_DECISIONS:
+            self._decisions = {}
+        self._decisions[key] = d
+        if d.reason == OK and not self._mounted(spec):
+            return Decision(NOT_MOUNTED, spec, generation)
+        return d
+
+    def _has_names(self) -> bool:
+        export = self.table.get(self.export_path)
+        return export is not None and any(c.kind in ("host", "wildcard") for c in export.clients)
+
+    def _mounted(self, spec: ClientSpec | None) -> bool:
+        mp = spec.options.mountpoint if spec is not None else None
+        if mp is None:
+            return True
+        return self._mountpoints.mounted(mp or str(self.storage))
+
+    @staticmethod
+    def flavors(options: ExportOptions) -> tuple[int, ...]:
+        """The RPC flavour numbers ``sec=`` allows, in its order."""
+        return tuple(_FLAVOR[s] for s in options.sec if s in _FLAVOR)
+
+    def _log_refusal(self, ctx: CallContext, d: Decision, what: str) -> None:
+        addr, port = split_peer(ctx.peer)
+        key = (addr, d.reason, d.generation)
+        if key in self._logged:
+            return
+        if len(self._logged) >= MAX_LOGGED:
+            self._logged.clear()
+        self._logged.add(key)
+        o = d.spec.options if d.spec is not None else None
+        why = _WHY[d.reason].format(
+            port=port,
+            flavor=ctx.flavor,
+            sec=":".join(o.sec) if o else "",
+            mp=(o.mountpoint or str(self.storage)) if o else "",
+        )
+        log.warning("refused %s from %s: %s", what, addr, why)
+
+    # -- the checks the programs call -----------------------------------------
+    def check_mount(self, ctx: CallContext) -> tuple[int, ExportOptions | None]:
+        """(MNT3_OK, options) or (an MNT3ERR status, None) for a MNT call."""
+        d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT)
+        if d.reason != OK:
+            self._log_refusal(ctx, d, "MNT")
+            return _MNT_STATUS[d.reason], None
+        assert d.spec is not None
+        return mount3.MNT3_OK, d.spec.options
+
+    def admits(self, ctx: CallContext) -> bool:
+        """Whether the list admits this caller at all (EXPORT and DUMP answers)."""
+        return self.decide(ctx, wait=MOUNT_RESOLVE_WAIT).reason == OK
+
+    def nfs_status(self, ctx: CallContext) -> int:
+        """NFS3_OK after squashing ``ctx``'s credentials, else the refusal status."""
+        d = self.decide(ctx)
+        if d.reason != OK:
+            self._log_refusal(ctx, d, "NFS calls")
+            return _NFS_STATUS[d.reason]
+        assert d.spec is not None
+        squash(ctx, d.spec.options)
+        return nfs3.NFS3_OK
+
+
+def squash(ctx: CallContext, o: ExportOptions) -> None:
+    """Rewrite the call's credentials as the export's squash options say.
+
+    AUTH_NONE is always the anonymous user; `root_squash` maps uid 0 and
+    gid 0 (in the primary and the supplementary groups) to anonuid/anongid;
+    `all_squash` maps everyone.
+    """
+    cred = ctx.cred
+    if cred is None or o.squash == "all":
+        ctx.cred = authsys_parms(0, b"", o.anonuid, o.anongid, [])
+    elif o.squash == "root" and (cred.uid == 0 or cred.gid == 0 or 0 in cred.gids):
+        ctx.cred = authsys_parms(
+            cred.stamp,
+            cred.machinename,
+            o.anonuid if cred.uid == 0 else cred.uid,
+            o.anongid if cred.gid == 0 else cred.gid,
+            [o.anongid if g == 0 else g for g in cred.gids],
+        )
