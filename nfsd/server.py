@@ -1,254 +1,236 @@
-"""The one module that owns sockets: RPC over TCP and UDP, with threads.
+"""The one module that owns sockets: RPC over TCP and UDP.
 
 Design notes
 ------------
-Every TCP connection has a *reader* thread and a *writer* thread; the
-reader serves each call itself unless the procedure says it would wait on
-the storage (it raises ``WouldBlock``: a READ of bytes not in the page
-cache or over 64 KiB, a first listing of a folder), and those go to a
-shared pool of *workers*::
+One *loop* thread (``selectors``, epoll on Linux) accepts and reads every
+TCP connection, reassembles records (``nfsd.record``) and serves each call
+itself unless the procedure says it would wait on the storage (it raises
+``WouldBlock``: a READ of bytes not in the page cache or over 64 KiB, a
+first listing of a folder); those go to a fixed pool of *workers*, started
+with the server::
 
-    reader --quick call, served and sent inline------------> client
-    reader --record--> workers --reply--> writer --sendmsg--> client
+    loop --quick call, served inline, sent MSG_DONTWAIT----------> client
+    loop --record--> worker --reply, sent MSG_DONTWAIT------------> client
+                         └── what did not fit: the connection's queue,
+                             sent by the loop when POLLOUT says so
 
-* A hand-off to a worker and back costs more than a GETATTR: quick calls
-  stay on the reader, and the replies of one batch of records go out in
-  one ``sendmsg``.
-* The reader reassembles records (``nfsd.record``); a record over the size
-  cap, one that is not an RPC call, or one left unfinished for
-  ``STALL_TIMEOUT`` closes the connection (UDP: the datagram is dropped).
-  Memory held for a connection is thus at most one record cap, for a
-  bounded time.
-* Workers run the sans-IO dispatcher.  They never block on the network: a
-  client that stops reading stalls only its own reader and writer, which
-  give up after ``send_timeout`` and close the connection.
-* Several calls of one connection run at once and are answered as each
-  completes (a slow READ does not hold up a GETATTR behind it).  At most
-  ``max_inflight`` calls per connection are in flight; past that the
-  reader stops reading, which pushes back on the client through TCP.
-* READ replies are built in pooled buffers (``nfsd.buffers``): their count
-  bounds the memory that in-flight READs can take, whatever the number of
-  clients.
+Why not a thread per connection (the design until issue 7): measured with
+1,100 connections (1,000 trickling a byte a second, 100 idle) it took
+2,204 threads and 125 MB of RSS (15.5 MB idle, so ~100 KB a connection),
+and a good client's NULL took up to 104 ms; a flood up to the descriptor
+limit would need two threads per descriptor.  With one loop the same load
+costs a few KB a connection and no thread; the GIL serialised the readers
+anyway.
 
-UDP datagrams go through the same workers; replies go back by ``sendto``.
+* Quick calls stay on the loop (a hand-off to a worker costs more than a
+  GETATTR), and the replies of one batch of records go out in one
+  ``sendmsg``.  Workers send their own replies (the GIL is released in the
+  system call, so large READ replies are copied in parallel); nobody ever
+  blocks on a socket: every send is ``MSG_DONTWAIT``, and the rest waits in
+  the connection's queue for POLLOUT.
+* Only the loop touches the selector and closes sockets.  A worker that
+  needs the loop (a connection to resume or to close, bytes left to send)
+  appends the connection to a wake list and writes one byte to a socket
+  pair.  A connection's lock covers its queue, its in-flight count and its
+  socket: a worker never sends on a closed (possibly reused) descriptor.
+* READ replies are built in pooled buffers (``nfsd.buffers``).  A queue
+  that makes no progress for ``DETACH_AFTER`` copies its replies out of
+  the pool, so a client that does not read cannot starve the others of
+  buffers.
+
+Limits (:class:`Limits`), each logged when it bites, at most once per kind
+per ``log_interval`` (a flood cannot flood the log):
+
+=====================  =====================================================
+limit                  when it bites
+=====================  =====================================================
+``max_connections``    a new connection past it: the oldest unvalidated one
+                       is closed, or, if every one has made a valid call,
+                       the new one is refused
+``max_unvalidated``    connections that have not yet had a call answered
+                       (a complete record that decoded as an RPC CALL): a
+                       new one past it closes the oldest (as knfsd does)
+``idle_timeout``       nothing received and nothing in flight: closed
+``record_timeout``     a record begun and not completed, from its first
+                       byte (a byte-a-second trickle is not progress)
+``max_inflight``,      past either, the connection is no longer read until
+``max_unsent``         it drains (TCP pushes back on the client)
+``send_timeout``       replies queued and none of their bytes taken: closed
+``max_buffered``       bytes of incomplete records and of detached replies,
+                       over all connections: the largest holder is closed
+``max_record``         a record announced larger: closed (``nfsd.record``)
+=====================  =====================================================
+
+Out of descriptors (``accept`` fails with EMFILE, ENFILE, ENOBUFS or
+ENOMEM): the oldest unvalidated connection is closed to make room; with
+none, the listeners are set aside for a growing delay (10 ms to 1 s) and
+the burst is logged once: the loop never spins on a listener it cannot
+accept from.  No thread is started after :meth:`RpcServer.start`, so a
+thread that cannot be started cannot take a connection (or the loop) down.
+
+Memory, whatever the number of connections (``make`` defaults): the pool
+(48 MiB of READ buffers), plus ``max_buffered`` (64 MiB), plus about 5 KB
+per connection (socket object, reader state, selector key: 1,024
+connections ~ 5 MiB), plus up to ``max_unsent`` of small replies queued on
+each connection that stopped reading (closed after ``send_timeout``).
+
+UDP datagrams are read by a thread of their own and served by the workers;
+replies go back by ``sendto``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import logging
 import os
 import queue
-import select
+import selectors
 import socket
 import threading
 import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from nfsd.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
-from nfsd.rpc import Buffer, Dispatcher, Reply, WouldBlock
+from nfsd.rpc import Dispatcher, Reply, WouldBlock
 
 log = logging.getLogger("recovery_fs.server")
 
 RECV_SIZE = 64 * 1024
-STALL_TIMEOUT = 60.0  # a record begun and not finished for this long closes the connection
 IOV_BATCH = 512  # buffers per sendmsg, under the kernel's IOV_MAX of 1024
-WRITE_BATCH = 32  # replies the writer gathers into one send
+ACCEPT_BATCH = 64  # connections accepted per wake-up before others are served
+DETACH_AFTER = 1.0  # seconds a queue may make no progress before it leaves the pool
+BACKOFF_FIRST = 0.01
+BACKOFF_MAX = 1.0
 UDP_MAX = 65535
+FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client, or a crowd of them, may hold of the server."""
+
+    max_connections: int = 1024
+    max_unvalidated: int = 64
+    idle_timeout: float = 300.0
+    record_timeout: float = 30.0
+    max_inflight: int = 16
+    max_unsent: int = 4 * 1024 * 1024
+    send_timeout: float = 120.0
+    max_record: int = DEFAULT_MAX_RECORD
+    max_buffered: int = 64 * 1024 * 1024
+    log_interval: float = 60.0
+
+
+class _Throttle:
+    """Warnings of one kind at most once per interval, with a count of the
+    ones held back, so that a flood of events makes a trickle of lines."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def warn(self, kind: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._held[kind] += 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        if held:
+            msg += " (and %d more since the last report)"
+            args = (*args, held)
+        log.warning(msg, *args)
 
 
 class _Connection:
-    """One TCP client: a reader thread, a writer thread, a bounded in-flight count."""
+    """One TCP client's state; the loop owns it, workers take ``lock``."""
 
-    def __init__(self, server: RpcServer, sock: socket.socket, peer: str) -> None:
-        self.server = server
+    __slots__ = (
+        "backlog",
+        "closed",
+        "detached",
+        "events",
+        "failed",
+        "inflight",
+        "last_recv",
+        "lock",
+        "outq",
+        "paused",
+        "peer",
+        "reader",
+        "record_started",
+        "send_progress",
+        "sock",
+        "unsent",
+        "validated",
+    )
+
+    def __init__(self, sock: socket.socket, peer: str, max_record: int, now: float) -> None:
         self.sock = sock
         self.peer = peer
-        self.inflight = threading.BoundedSemaphore(server.max_inflight)
-        self.outbox: queue.SimpleQueue[Reply | None] = queue.SimpleQueue()
-        self.closed = threading.Event()
-        self.send_lock = threading.Lock()
-        self.reader = threading.Thread(target=self._read_loop, name=f"rpc-read {peer}", daemon=True)
-        self.writer = threading.Thread(
-            target=self._write_loop, name=f"rpc-write {peer}", daemon=True
+        self.reader = RecordReader(max_record)
+        self.lock = threading.Lock()
+        # Bytes to send: [view, reply to free once the view is sent, or None].
+        self.outq: deque[list] = deque()
+        self.unsent = 0
+        self.inflight = 0
+        self.backlog: deque[bytes] = deque()  # complete records not yet dispatched
+        self.events = 0  # what the selector watches for
+        self.paused = False  # not read: too much in flight or unsent
+        self.detached = False  # the queue left the buffer pool (stalled client)
+        self.validated = False
+        self.closed = False
+        self.failed: tuple[str, str] | None = None  # (kind, why), set by a worker
+        self.last_recv = now
+        self.record_started: float | None = None
+        self.send_progress = now
+
+    def held(self) -> int:
+        """Bytes counted against ``max_buffered``."""
+        return self.reader.pending + (self.unsent if self.detached else 0)
+
+
+class _Workers:
+    """A fixed pool of threads, all started up front: no thread is ever
+    started while serving, so none can fail to start under load."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple] | None] = (
+            queue.SimpleQueue()
         )
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-worker-{i}", daemon=True)
+            for i in range(count)
+        ]
 
     def start(self) -> None:
-        self.reader.start()
-        self.writer.start()
+        for t in self._threads:
+            t.start()
 
-    def close(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.outbox.put(None)
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        self._queue.put((fn, args))
 
-    def _read_loop(self) -> None:
-        reader = RecordReader(self.server.max_record)
-        buf = bytearray(RECV_SIZE)
-        view = memoryview(buf)
-        stall = self.server.stall_timeout
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        last_data = time.monotonic()
-        try:
-            while not self.closed.is_set():
-                if not poller.poll(stall * 250):
-                    # Idle is fine; half a record left hanging is a client
-                    # holding memory: it gets STALL_TIMEOUT, then is closed.
-                    if reader.pending and time.monotonic() - last_data > stall:
-                        log.warning(
-                            "closing the connection of %s: half a record for %.0f s",
-                            self.peer,
-                            STALL_TIMEOUT,
-                        )
-                        break
-                    continue
-                n = self.sock.recv_into(buf)
-                if n == 0:
-                    break
-                last_data = time.monotonic()
-                quick: list[Reply] = []
-                for record in reader.feed(view[:n]):
-                    try:
-                        reply = self._dispatch(record, inline=True)
-                    except WouldBlock:
-                        pass  # it would wait on the storage: a worker serves it
-                    else:
-                        if reply is not None:
-                            quick.append(reply)
-                        continue
-                    # Bound the calls in flight: wait for a slot, checking for close.
-                    while not self.inflight.acquire(timeout=1.0):
-                        if self.closed.is_set():
-                            return
-                    self.server.submit(self._serve, record)
-                if quick:
-                    # Every quick reply of this batch in one send: on loopback
-                    # the system call costs more than the call itself.
-                    self._send(quick)
-        except RecordTooLarge as e:
-            log.warning("closing the connection of %s: %s", self.peer, e)
-        except OSError as e:
-            if not self.closed.is_set():
-                log.info("connection of %s ended: %s", self.peer, e)
-        finally:
-            self.close()
-            self.server.forget(self)
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=5)
 
-    def _dispatch(self, record: bytes, inline: bool = False) -> Reply | None:
-        try:
-            reply = self.server.dispatcher.dispatch(record, self.peer, "tcp", inline)
-        except WouldBlock:
-            raise
-        except Exception:
-            log.exception("dispatch failed for %s", self.peer)
-            reply = None
-        if reply is None:
-            # Not a call we can answer (undecodable header, not a CALL): a
-            # client that sends such bytes is told by a closed connection
-            # rather than left waiting for a reply that never comes.
-            log.info("closing the connection of %s: a record that is not an RPC call", self.peer)
-            self.close()
-        return reply
-
-    def _send(self, replies: list[Reply]) -> None:
-        """Send replies whole, then free them; a client that stops reading
-        loses its connection."""
-        try:
-            if not self.closed.is_set():
-                parts: list[Buffer] = []
-                for reply in replies:
-                    parts += frame(reply.parts)
-                with self.send_lock:
-                    _send_all(self.sock, parts, self.server.send_timeout)
-        except OSError as e:
-            log.info("closing the connection of %s: send failed: %s", self.peer, e)
-            self.close()
-        finally:
-            for reply in replies:
-                reply.free()
-
-    def _serve(self, record: bytes) -> None:
-        reply = self._dispatch(record)
-        if reply is None:
-            self.inflight.release()
-            return
-        if self.closed.is_set():
-            reply.free()
-            self.inflight.release()
-            return
-        self.outbox.put(reply)
-
-    def _write_loop(self) -> None:
-        sock = self.sock
-        try:
-            while True:
-                reply = self.outbox.get()
-                if reply is None:
-                    break
-                batch = [reply]
-                while len(batch) < WRITE_BATCH:
-                    try:
-                        more = self.outbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self.outbox.put(None)
-                        break
-                    batch.append(more)
-                try:
-                    self._send(batch)
-                finally:
-                    for _ in batch:
-                        self.inflight.release()
-        finally:
-            # Drain what workers still hand in, returning their buffers.
-            self.closed.set()
-            with contextlib.suppress(OSError):
-                sock.close()
-            while True:
-                try:
-                    reply = self.outbox.get_nowait()
-                except queue.Empty:
-                    break
-                if reply is not None:
-                    reply.free()
-                    self.inflight.release()
-
-
-def _send_all(sock: socket.socket, parts: list, timeout: float) -> None:
-    """sendmsg every buffer, resuming after partial sends without copying.
-
-    The socket stays blocking for the reader; sends use MSG_DONTWAIT and
-    wait for room with poll, so that a client which stops reading costs at
-    most ``timeout`` seconds.
-    """
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    deadline = time.monotonic() + timeout
-    poller = None
-    while views:
-        try:
-            sent = sock.sendmsg(views[:IOV_BATCH], [], socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            if poller is None:
-                poller = select.poll()
-                poller.register(sock, select.POLLOUT)
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                raise TimeoutError(f"client did not read for {timeout:.0f} s") from None
-            continue
-        while sent:
-            first = views[0]
-            if sent >= len(first):
-                sent -= len(first)
-                views.pop(0)
-            else:
-                views[0] = first[sent:]
-                sent = 0
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("worker task failed")
 
 
 class RpcServer:
@@ -260,26 +242,37 @@ class RpcServer:
         *,
         name: str,
         workers: int = 8,
-        max_inflight: int = 16,
-        max_connections: int = 512,
-        max_record: int = DEFAULT_MAX_RECORD,
-        send_timeout: float = 120.0,
-        stall_timeout: float = STALL_TIMEOUT,
+        limits: Limits = Limits(),
     ) -> None:
         self.dispatcher = dispatcher
         self.name = name
-        self.max_inflight = max_inflight
-        self.max_connections = max_connections
-        self.max_record = max_record
-        self.send_timeout = send_timeout
-        self.stall_timeout = stall_timeout
-        self._workers = workers
-        self._pool: ThreadPoolExecutor | None = None
+        self.limits = limits
+        self._workers = _Workers(workers, name)
         self._listeners: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
-        self._conns: set[_Connection] = set()
-        self._lock = threading.Lock()
+        self._sel = selectors.DefaultSelector()
+        self._conns: dict[_Connection, None] = {}
+        self._unvalidated: OrderedDict[_Connection, None] = OrderedDict()
+        self._lock = threading.Lock()  # _unvalidated, validated flags, _calls
         self._stopping = threading.Event()
+        self._throttle = _Throttle(limits.log_interval)
+        self._buf = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buf)
+        self._pending_total = 0  # sum of reader.pending over connections
+        self._wakes: deque[_Connection | None] = deque()
+        self._wake_sent = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._accept_paused_until: float | None = None
+        self._backoff = 0.0
+        self._sweep_every = max(
+            0.02, min(1.0, limits.idle_timeout, limits.record_timeout, limits.send_timeout) / 4
+        )
+        self._next_sweep = 0.0
+        self._calls = 0
+        self._refused: Counter[str] = Counter()
+        self._closed: Counter[str] = Counter()
 
     # -- set-up ---------------------------------------------------------
     def listen(self, host: str, port: int, *, tcp: bool = True, udp: bool = True) -> int:
@@ -293,6 +286,7 @@ class RpcServer:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             s.bind((host, bound))
             s.listen(128)
+            s.setblocking(False)
             bound = s.getsockname()[1]
             self._listeners.append(s)
         if udp:
@@ -305,65 +299,468 @@ class RpcServer:
         return bound
 
     def start(self) -> None:
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"{self.name}-worker")
+        self._workers.start()
+        self._sel.register(self._wake_r, READ, None)
+        for s in self._tcp_listeners():
+            self._sel.register(s, READ, s)
+        self._spawn(self._loop, "loop")
         for s in self._listeners:
-            loop: Callable[[socket.socket], None] = (
-                self._accept_loop if s.type == socket.SOCK_STREAM else self._udp_loop
-            )
-            t = threading.Thread(target=loop, args=(s,), name=f"{self.name}-listen", daemon=True)
-            t.start()
-            self._threads.append(t)
+            if s.type == socket.SOCK_DGRAM:
+                self._spawn(self._udp_loop, "udp", s)
+
+    def _spawn(self, target: Callable[..., None], what: str, *args: object) -> None:
+        t = threading.Thread(target=target, args=args, name=f"{self.name}-{what}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _tcp_listeners(self) -> list[socket.socket]:
+        return [s for s in self._listeners if s.type == socket.SOCK_STREAM]
 
     def stop(self) -> None:
         """Close listeners and connections; wait for the threads."""
         self._stopping.set()
+        self._wake(None)
         for s in self._listeners:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            c.close()
+            if s.type == socket.SOCK_DGRAM:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
         for t in self._threads:
             t.join(timeout=5)
-        for c in conns:
-            c.reader.join(timeout=5)
-            c.writer.join(timeout=5)
-        if self._pool:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        for s in self._listeners:
+            s.close()
+        self._workers.stop()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._sel.close()
 
-    # -- internals ------------------------------------------------------
-    def submit(self, fn: Callable[..., None], *args: object) -> None:
-        assert self._pool is not None
-        with contextlib.suppress(RuntimeError):  # pool shut down: the server is stopping
-            self._pool.submit(fn, *args)
-
-    def forget(self, conn: _Connection) -> None:
+    def stats(self) -> dict[str, object]:
+        """Counts for ``recovery-fs status``: connections open, those not yet
+        validated, calls answered, connections refused and closed by reason."""
         with self._lock:
-            self._conns.discard(conn)
+            return {
+                "connections": len(self._conns),
+                "unvalidated": len(self._unvalidated),
+                "calls": self._calls,
+                "refused": dict(self._refused),
+                "closed": dict(self._closed),
+            }
 
-    def _accept_loop(self, listener: socket.socket) -> None:
-        while not self._stopping.is_set():
+    # -- the loop -------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                timeout = self._next_sweep - now
+                if self._accept_paused_until is not None:
+                    timeout = min(timeout, self._accept_paused_until - now)
+                for key, mask in self._sel.select(max(timeout, 0.0)):
+                    data = key.data
+                    if data is None:
+                        self._drain_wakes()
+                    elif isinstance(data, socket.socket):
+                        self._accept(data)
+                    elif not data.closed:
+                        if mask & WRITE:
+                            self._on_writable(data)
+                        if mask & READ and not data.closed:
+                            self._on_readable(data)
+                now = time.monotonic()
+                if self._accept_paused_until is not None and now >= self._accept_paused_until:
+                    self._accept_paused_until = None
+                    for s in self._tcp_listeners():
+                        self._sel.register(s, READ, s)
+                if now >= self._next_sweep:
+                    self._next_sweep = now + self._sweep_every
+                    self._sweep(now)
+        except Exception:
+            log.exception("%s: the connection loop failed", self.name)
+            raise
+        finally:
+            for conn in list(self._conns):
+                self._close(conn)
+            for s in self._tcp_listeners():
+                s.close()
+
+    def _wake(self, conn: _Connection | None) -> None:
+        """Ask the loop to look at ``conn`` (any thread)."""
+        self._wakes.append(conn)
+        if not self._wake_sent:
+            self._wake_sent = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"w")
+
+    def _drain_wakes(self) -> None:
+        self._wake_sent = False
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        while self._wakes:
+            conn = self._wakes.popleft()
+            if conn is not None and not conn.closed:
+                self._update(conn)
+
+    # -- accepting ------------------------------------------------------
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
             try:
                 sock, addr = listener.accept()
-            except OSError:
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in FD_ERRNOS:
+                    self._out_of_descriptors(e)
+                    return
                 if self._stopping.is_set():
                     return
+                log.info("%s: accept failed: %s", self.name, e)
                 continue
-            peer = f"{addr[0]}:{addr[1]}"
-            with self._lock:
-                if len(self._conns) >= self.max_connections:
-                    log.warning("refusing %s: %d connections open", peer, len(self._conns))
-                    sock.close()
-                    continue
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                conn = _Connection(self, sock, peer)
-                self._conns.add(conn)
-            log.info("%s: connection from %s", self.name, peer)
-            conn.start()
+            self._backoff = 0.0
+            self._admit(sock, f"{addr[0]}:{addr[1]}")
 
+    def _out_of_descriptors(self, e: OSError) -> None:
+        """Make room by closing the oldest unvalidated connection, or set the
+        listeners aside for a growing delay: never spin on accept."""
+        with self._lock:
+            self._refused["fd_limit"] += 1
+        if self._evict_oldest("fd_limit", f"out of descriptors ({e.strerror})"):
+            return
+        self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
+        if self._backoff == BACKOFF_FIRST:
+            self._throttle.warn(
+                "fd_limit",
+                "%s: cannot accept (%s, %d connections open): pausing accepts",
+                self.name,
+                e.strerror,
+                len(self._conns),
+            )
+        self._accept_paused_until = time.monotonic() + self._backoff
+        for s in self._tcp_listeners():
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(s)
+
+    def _admit(self, sock: socket.socket, peer: str) -> None:
+        lim = self.limits
+        if len(self._unvalidated) >= lim.max_unvalidated:
+            self._evict_oldest("unvalidated", f"over {lim.max_unvalidated} unvalidated")
+        if len(self._conns) >= lim.max_connections and not self._evict_oldest(
+            "max_connections", f"{len(self._conns)} connections open"
+        ):
+            with self._lock:
+                self._refused["max_connections"] += 1
+            self._throttle.warn(
+                "refused",
+                "%s: refusing %s: %d connections open, all validated",
+                self.name,
+                peer,
+                len(self._conns),
+            )
+            sock.close()
+            return
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except OSError:
+            sock.close()  # reset before we got to it
+            return
+        conn = _Connection(sock, peer, self.limits.max_record, time.monotonic())
+        self._conns[conn] = None
+        with self._lock:
+            self._unvalidated[conn] = None
+        conn.events = READ
+        self._sel.register(sock, READ, conn)
+        log.info("%s: connection from %s", self.name, peer)
+
+    def _evict_oldest(self, kind: str, why: str) -> bool:
+        """Close the oldest unvalidated connection; False if there is none."""
+        with self._lock:
+            if not self._unvalidated:
+                return False
+            conn = next(iter(self._unvalidated))
+        self._close(conn, kind, f"{why}: closing the oldest unvalidated connection")
+        return True
+
+    # -- reading and serving --------------------------------------------
+    def _on_readable(self, conn: _Connection) -> None:
+        try:
+            n = conn.sock.recv_into(self._buf)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            log.info("connection of %s ended: %s", conn.peer, e)
+            self._close(conn)
+            return
+        if n == 0:
+            self._close(conn)
+            return
+        now = time.monotonic()
+        conn.last_recv = now
+        before = conn.reader.pending
+        try:
+            records = conn.reader.feed(self._view[:n])
+        except RecordTooLarge as e:
+            self._close(conn, "record_too_large", str(e))
+            return
+        pending = conn.reader.pending
+        self._pending_total += pending - before
+        if not pending:
+            conn.record_started = None
+        elif records or conn.record_started is None:
+            conn.record_started = now  # a new record begins in this read
+        conn.backlog.extend(records)
+        self._update(conn)
+        if self._pending_total > self.limits.max_buffered:
+            self._shed()
+
+    def _process(self, conn: _Connection) -> None:
+        """Dispatch backlogged records while the connection's limits allow:
+        quick ones here, the rest on workers; send the quick replies at once."""
+        lim = self.limits
+        queued = False
+        while conn.backlog and conn.inflight < lim.max_inflight and conn.unsent < lim.max_unsent:
+            record = conn.backlog.popleft()
+            try:
+                reply = self._dispatch(conn, record, inline=True)
+            except WouldBlock:
+                with conn.lock:
+                    conn.inflight += 1
+                self._workers.submit(self._serve, conn, record)
+                continue
+            if reply is None:
+                self._close(conn, "not_rpc", "a record that is not an RPC call")
+                return
+            with conn.lock:
+                self._enqueue(conn, reply)
+            queued = True
+        if queued:
+            with conn.lock:
+                self._flush_locked(conn)
+
+    def _dispatch(self, conn: _Connection, record: bytes, inline: bool) -> Reply | None:
+        try:
+            reply = self.dispatcher.dispatch(record, conn.peer, "tcp", inline)
+        except WouldBlock:
+            raise
+        except Exception:
+            log.exception("dispatch failed for %s", conn.peer)
+            return None
+        if reply is not None:
+            with self._lock:
+                self._calls += 1
+                if not conn.validated:
+                    conn.validated = True
+                    self._unvalidated.pop(conn, None)
+        return reply
+
+    def _serve(self, conn: _Connection, record: bytes) -> None:
+        """A worker's call: dispatch, send or queue the reply, wake the loop
+        if it has something to do about this connection."""
+        reply = self._dispatch(conn, record, inline=False)
+        with conn.lock:
+            conn.inflight -= 1
+            if conn.closed:
+                wake = False
+            elif reply is None:
+                conn.failed = ("not_rpc", "a record that is not an RPC call")
+                wake = True
+            else:
+                self._enqueue(conn, reply)
+                reply = None
+                self._flush_locked(conn)
+                wake = (
+                    conn.failed is not None
+                    or conn.paused
+                    or bool(conn.backlog)
+                    or (bool(conn.outq) and not conn.events & WRITE)
+                )
+        if reply is not None:
+            reply.free()
+        if wake:
+            self._wake(conn)
+
+    def _update(self, conn: _Connection) -> None:
+        """(loop) Serve what the limits allow, then watch for what is next:
+        reading only while under ``max_inflight`` and ``max_unsent``."""
+        if conn.failed is not None:
+            self._close(conn, *conn.failed)
+            return
+        if conn.backlog:
+            self._process(conn)
+            if conn.closed:
+                return
+        lim = self.limits
+        with conn.lock:
+            if conn.failed is not None:
+                pass
+            else:
+                reading = (
+                    not conn.backlog
+                    and conn.inflight < lim.max_inflight
+                    and conn.unsent < lim.max_unsent
+                )
+                if not reading and not conn.paused:
+                    self._throttle.warn(
+                        "paused",
+                        "%s: not reading %s: %d calls in flight, %d bytes unsent",
+                        self.name,
+                        conn.peer,
+                        conn.inflight,
+                        conn.unsent,
+                    )
+                elif reading and conn.paused and conn.reader.pending:
+                    conn.record_started = time.monotonic()  # its wait was ours
+                conn.paused = not reading
+                events = (READ if reading else 0) | (WRITE if conn.outq else 0)
+                if events != conn.events:
+                    if not conn.events:
+                        self._sel.register(conn.sock, events, conn)
+                    elif not events:
+                        self._sel.unregister(conn.sock)
+                    else:
+                        self._sel.modify(conn.sock, events, conn)
+                    conn.events = events
+        if conn.failed is not None:
+            self._close(conn, *conn.failed)
+
+    # -- sending ----------------------------------------------------------
+    def _enqueue(self, conn: _Connection, reply: Reply) -> None:
+        """(conn.lock held) Queue a reply's framed buffers; it is freed once
+        its last byte is sent."""
+        views = [memoryview(p).cast("B") for p in frame(reply.parts) if len(p)]
+        if not conn.outq:
+            conn.send_progress = time.monotonic()
+        if conn.detached:
+            views = [memoryview(bytes(v)) for v in views]
+            reply.free()
+            conn.outq.extend([v, None] for v in views)
+        else:
+            conn.outq.extend([v, None] for v in views)
+            conn.outq[-1][1] = reply
+        conn.unsent += sum(len(v) for v in views)
+
+    def _flush_locked(self, conn: _Connection) -> None:
+        """(conn.lock held) Send what the socket takes now, without waiting."""
+        q = conn.outq
+        try:
+            while q:
+                views = [e[0] for e in itertools.islice(q, IOV_BATCH)]
+                try:
+                    sent = conn.sock.sendmsg(views, [], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return
+                conn.unsent -= sent
+                conn.send_progress = time.monotonic()
+                full = sent == sum(len(v) for v in views)
+                while sent:
+                    entry = q[0]
+                    view = entry[0]
+                    if sent >= len(view):
+                        sent -= len(view)
+                        q.popleft()
+                        if entry[1] is not None:
+                            entry[1].free()
+                    else:
+                        entry[0] = view[sent:]
+                        sent = 0
+                if not full:
+                    return
+            conn.detached = False
+        except OSError as e:
+            if conn.failed is None:
+                conn.failed = ("", f"send failed: {e}")
+
+    def _on_writable(self, conn: _Connection) -> None:
+        with conn.lock:
+            self._flush_locked(conn)
+        self._update(conn)
+
+    # -- closing and sweeping -------------------------------------------
+    def _close(self, conn: _Connection, kind: str = "", why: str = "") -> None:
+        """(loop) Close a connection; a limit that bit is counted and logged."""
+        if conn.closed:
+            return
+        with conn.lock:
+            conn.closed = True
+            if conn.events:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(conn.sock)
+                conn.events = 0
+            conn.sock.close()
+            for entry in conn.outq:
+                if entry[1] is not None:
+                    entry[1].free()
+            conn.outq.clear()
+            conn.unsent = 0
+            conn.backlog.clear()
+        self._pending_total -= conn.reader.pending
+        self._conns.pop(conn, None)
+        with self._lock:
+            self._unvalidated.pop(conn, None)
+            if kind:
+                self._closed[kind] += 1
+        if kind:
+            self._throttle.warn(
+                kind, "%s: closing the connection of %s: %s", self.name, conn.peer, why
+            )
+        elif why:
+            log.info("%s: closing the connection of %s: %s", self.name, conn.peer, why)
+
+    def _sweep(self, now: float) -> None:
+        """(loop) The timeouts, stalled queues leaving the pool, the budget."""
+        lim = self.limits
+        held = 0
+        for conn in list(self._conns):
+            why = self._expired(conn, now)
+            if why is not None:
+                self._close(conn, *why)
+                continue
+            if conn.outq and now - conn.send_progress > DETACH_AFTER and not conn.detached:
+                self._detach(conn)
+            held += conn.held()
+        if held > lim.max_buffered:
+            self._shed()
+
+    def _expired(self, conn: _Connection, now: float) -> tuple[str, str] | None:
+        """The (kind, why) of a timeout that closes ``conn`` now, if any."""
+        lim = self.limits
+        if conn.failed is not None:
+            return conn.failed
+        if conn.outq and now - conn.send_progress > lim.send_timeout:
+            return "send_timeout", f"no reply bytes taken for {lim.send_timeout:.0f} s"
+        started = conn.record_started
+        if started is not None and not conn.paused and now - started > lim.record_timeout:
+            return "record_timeout", f"a record unfinished after {lim.record_timeout:.0f} s"
+        busy = conn.outq or conn.inflight or conn.backlog or started is not None
+        if not busy and now - conn.last_recv > lim.idle_timeout:
+            return "idle", f"idle for {lim.idle_timeout:.0f} s"
+        return None
+
+    def _detach(self, conn: _Connection) -> None:
+        """Copy a stalled queue out of the READ buffer pool."""
+        with conn.lock:
+            for entry in conn.outq:
+                entry[0] = memoryview(bytes(entry[0]))
+                if entry[1] is not None:
+                    entry[1].free()
+                    entry[1] = None
+            conn.detached = True
+
+    def _shed(self) -> None:
+        """Over ``max_buffered``: close the largest holders until under."""
+        lim = self.limits
+        holders = sorted(self._conns, key=_Connection.held, reverse=True)
+        total = sum(c.held() for c in holders)
+        for conn in holders:
+            if total <= lim.max_buffered:
+                break
+            total -= conn.held()
+            self._close(
+                conn,
+                "max_buffered",
+                f"holding {conn.held()} bytes, over {lim.max_buffered} for all connections",
+            )
+
+    # -- UDP --------------------------------------------------------------
     def _udp_loop(self, sock: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
@@ -372,7 +769,7 @@ class RpcServer:
                 if self._stopping.is_set():
                     return
                 continue
-            self.submit(self._serve_udp, sock, data, addr)
+            self._workers.submit(self._serve_udp, sock, data, addr)
 
     def _serve_udp(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
         peer = f"{addr[0]}:{addr[1]}"

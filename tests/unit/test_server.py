@@ -12,7 +12,7 @@ import pytest
 
 from nfsd.record import LAST_FRAGMENT, RecordReader
 from nfsd.rpc import Dispatcher, Procedure, Program, Reply, WouldBlock, no_args
-from nfsd.server import RpcServer
+from nfsd.server import Limits, RpcServer
 from tests.proto.calls import call, parse
 from xdr import rpc
 from xdr.base import Unpacker
@@ -59,7 +59,12 @@ PROG = Program(
 @pytest.fixture()
 def server() -> Iterator[tuple[RpcServer, int]]:
     RELEASE.clear()
-    s = RpcServer(Dispatcher([PROG]), name="t", workers=4, send_timeout=2.0, stall_timeout=1.0)
+    s = RpcServer(
+        Dispatcher([PROG]),
+        name="t",
+        workers=4,
+        limits=Limits(send_timeout=2.0, record_timeout=1.0),
+    )
     port = s.listen("127.0.0.1", 0)
     s.start()
     yield s, port
@@ -168,12 +173,13 @@ def test_udp_calls_are_answered(server) -> None:  # type: ignore[no-untyped-def]
 def test_stop_ends_every_thread(server) -> None:  # type: ignore[no-untyped-def]
     s, port = server
     conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    for c in conns:
+        send(c, call(400001, 1, 1))  # a worker is busy with each until RELEASE
     time.sleep(0.2)
-    before = threading.active_count()
+    assert any(t.name.startswith("t-") for t in threading.enumerate())
     RELEASE.set()
     s.stop()
-    time.sleep(0.2)
-    assert threading.active_count() <= before - 10
+    assert [t.name for t in threading.enumerate() if t.name.startswith("t-")] == []
     for c in conns:
         c.close()
 
@@ -199,7 +205,7 @@ def test_thousands_of_pipelined_calls_in_one_send_are_all_answered(server) -> No
 
 
 def test_half_a_record_left_hanging_closes_the_connection(server) -> None:  # type: ignore[no-untyped-def]
-    _, port = server  # stall_timeout is 1 s in the fixture
+    _, port = server  # record_timeout is 1 s in the fixture
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(struct.pack(">I", LAST_FRAGMENT | 1000) + b"x" * 10)
         s.settimeout(5)
