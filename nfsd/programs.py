@@ -12,7 +12,7 @@ from nfsd.buffers import BufferPool
 from nfsd.handles import HandleCodec
 from nfsd.mountd import MountService
 from nfsd.nfs3 import program as nfs3_program
-from nfsd.nfs3.service import RTMAX, Nfs3Service
+from nfsd.nfs3.service import RTMAX, Nfs3Service, fsid_of
 from nfsd.rpc import Program
 
 EXPORT_PATH = "/recover/images"
@@ -36,6 +36,10 @@ def build_programs(
     """
     handles = HandleCodec(namespace, secret)
     nfs = Nfs3Service(namespace, handles, BufferPool(RTMAX, READ_BUFFERS), secret)
+    export = access.table.get(export_path)
+    fsids = {c.options.fsid for c in export.clients} - {None} if export else set()
+    if len(fsids) == 1:
+        nfs.fsid = fsid_of(fsids.pop())
     nfs_program = nfs3_program.build(nfs)
     nfs_program.guard = access.nfs_status
     nfs_program.udp = udp

@@ -31,7 +31,7 @@ def getattr3(svc: Nfs3Service, ctx: CallContext, args: nfs3.GETATTR3args) -> Rep
     ctx.note = "/" + "/".join(path)
     return _reply(
         NFS3Packer.pack_GETATTR3res,
-        nfs3.GETATTR3res(nfs3.NFS3_OK, nfs3.GETATTR3resok(fattr3_of(a))),
+        nfs3.GETATTR3res(nfs3.NFS3_OK, nfs3.GETATTR3resok(fattr3_of(a, svc.fsid))),
     )
 
 
@@ -41,9 +41,9 @@ def lookup3(svc: Nfs3Service, ctx: CallContext, args: nfs3.LOOKUP3args) -> Reply
     dattrs = svc.attrs(dirpath)
     ctx.note = f"/{'/'.join(dirpath)} name={args.what.name!r}"
     if dattrs.kind != Kind.DIR:
-        return _lookup_fail(ctx, nfs3.NFS3ERR_NOTDIR, dattrs)
+        return _lookup_fail(svc, ctx, nfs3.NFS3ERR_NOTDIR, dattrs)
     if not may(dattrs, ctx, MAY_EXEC):
-        return _lookup_fail(ctx, nfs3.NFS3ERR_ACCES, dattrs)
+        return _lookup_fail(svc, ctx, nfs3.NFS3ERR_ACCES, dattrs)
     if args.what.name == b".":
         path = dirpath
     elif args.what.name == b"..":
@@ -52,25 +52,29 @@ def lookup3(svc: Nfs3Service, ctx: CallContext, args: nfs3.LOOKUP3args) -> Reply
         try:
             path = (*dirpath, decode_name(args.what.name))
         except Exception as e:
-            return _lookup_fail(ctx, nfs_error(e).status, dattrs)
+            return _lookup_fail(svc, ctx, nfs_error(e).status, dattrs)
     try:
         a = svc.namespace.getattr(path)
     except NamespaceError as e:
-        return _lookup_fail(ctx, nfs_error(e).status, dattrs)
+        return _lookup_fail(svc, ctx, nfs_error(e).status, dattrs)
     return _reply(
         NFS3Packer.pack_LOOKUP3res,
         nfs3.LOOKUP3res(
             nfs3.NFS3_OK,
-            nfs3.LOOKUP3resok(svc.handle_of(path, a), post_op_attr_of(a), post_op_attr_of(dattrs)),
+            nfs3.LOOKUP3resok(
+                svc.handle_of(path, a),
+                post_op_attr_of(a, svc.fsid),
+                post_op_attr_of(dattrs, svc.fsid),
+            ),
         ),
     )
 
 
-def _lookup_fail(ctx: CallContext, status: int, dattrs) -> Reply:
+def _lookup_fail(svc: Nfs3Service, ctx: CallContext, status: int, dattrs) -> Reply:
     ctx.status = status
     return _reply(
         NFS3Packer.pack_LOOKUP3res,
-        nfs3.LOOKUP3res(status, resfail=nfs3.LOOKUP3resfail(post_op_attr_of(dattrs))),
+        nfs3.LOOKUP3res(status, resfail=nfs3.LOOKUP3resfail(post_op_attr_of(dattrs, svc.fsid))),
     )
 
 
@@ -89,7 +93,7 @@ def access3(svc: Nfs3Service, ctx: CallContext, args: nfs3.ACCESS3args) -> Reply
     ctx.note = f"/{'/'.join(path)} asked={args.access:#x} granted={granted:#x}"
     return _reply(
         NFS3Packer.pack_ACCESS3res,
-        nfs3.ACCESS3res(nfs3.NFS3_OK, nfs3.ACCESS3resok(post_op_attr_of(a), granted)),
+        nfs3.ACCESS3res(nfs3.NFS3_OK, nfs3.ACCESS3resok(post_op_attr_of(a, svc.fsid), granted)),
     )
 
 
@@ -100,5 +104,7 @@ def readlink3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READLINK3args) -> R
     ctx.status = nfs3.NFS3ERR_INVAL
     return _reply(
         NFS3Packer.pack_READLINK3res,
-        nfs3.READLINK3res(nfs3.NFS3ERR_INVAL, resfail=nfs3.READLINK3resfail(post_op_attr_of(a))),
+        nfs3.READLINK3res(
+            nfs3.NFS3ERR_INVAL, resfail=nfs3.READLINK3resfail(post_op_attr_of(a, svc.fsid))
+        ),
     )

@@ -26,7 +26,7 @@ def fsstat3(svc: Nfs3Service, ctx: CallContext, args: nfs3.FSSTAT3args) -> Reply
         nfs3.FSSTAT3res(
             nfs3.NFS3_OK,
             nfs3.FSSTAT3resok(
-                post_op_attr_of(a),
+                post_op_attr_of(a, svc.fsid),
                 tbytes=st.total_bytes,
                 fbytes=st.free_bytes,
                 abytes=0,
@@ -49,7 +49,7 @@ def fsinfo3(svc: Nfs3Service, ctx: CallContext, args: nfs3.FSINFO3args) -> Reply
         nfs3.FSINFO3res(
             nfs3.NFS3_OK,
             nfs3.FSINFO3resok(
-                post_op_attr_of(a),
+                post_op_attr_of(a, svc.fsid),
                 rtmax=RTMAX,
                 rtpref=RTMAX,
                 rtmult=4096,
@@ -75,7 +75,7 @@ def pathconf3(svc: Nfs3Service, ctx: CallContext, args: nfs3.PATHCONF3args) -> R
         nfs3.PATHCONF3res(
             nfs3.NFS3_OK,
             nfs3.PATHCONF3resok(
-                post_op_attr_of(a),
+                post_op_attr_of(a, svc.fsid),
                 linkmax=1,
                 name_max=MAXNAMLEN,
                 no_trunc=True,

@@ -70,7 +70,7 @@ def read3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READ3args) -> Reply:
             raise nfs_error(e) from e
         head = NFS3Packer()
         head.pack_uint(nfs3.NFS3_OK)
-        head.pack_post_op_attr(post_op_attr_of(attrs))
+        head.pack_post_op_attr(post_op_attr_of(attrs, svc.fsid))
         eof = offset + n >= size
         header = head.get_buffer() + _TAIL.pack(n, eof, n)
     except BaseException:

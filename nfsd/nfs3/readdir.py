@@ -15,8 +15,8 @@ while the namespace returns the same listing object (``nfsd.listings``).
 
 Sizes: ``count`` (READDIR) and ``maxcount`` (READDIRPLUS) bound the whole
 reply body; ``dircount`` bounds the fileid, name and cookie bytes of the
-entries.  A reply never exceeds them; if not even one entry fits, the
-answer is ``NFS3ERR_TOOSMALL``.
+entries.  A reply never exceeds them, nor 1 MiB (32 KiB over UDP); if not
+even one entry fits, the answer is ``NFS3ERR_TOOSMALL``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.errors import NfsError, nfs_error
 from nfsd.listings import Listing
-from nfsd.nfs3.service import MAY_READ, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
+from nfsd.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
@@ -66,8 +66,11 @@ def _listing(
 
 
 def _cap(ctx: CallContext, count: int) -> int:
-    """The reply size allowed: the client's, and what fits a UDP datagram."""
-    return count if ctx.transport == "tcp" else min(count, UDP_RTMAX)
+    """The reply size allowed: the client's, and no more than a READ's (1 MiB,
+    FSINFO's rtmax; knfsd clamps to its largest payload too) or than fits a
+    UDP datagram: a count of 2^32-1 over a large folder must not build one
+    reply of every entry."""
+    return min(count, RTMAX if ctx.transport == "tcp" else UDP_RTMAX)
 
 
 def _page(
@@ -109,10 +112,10 @@ def _page(
     return out, eof
 
 
-def _reply(dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply:
+def _reply(svc: Nfs3Service, dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply:
     p = NFS3Packer()
     p.pack_uint(nfs3.NFS3_OK)
-    p.pack_post_op_attr(post_op_attr_of(dattrs))
+    p.pack_post_op_attr(post_op_attr_of(dattrs, svc.fsid))
     p.pack_fopaque(nfs3.NFS3_COOKIEVERFSIZE, verf)
     return Reply([p.get_buffer(), *entries, nfs3.dirlist_end_bytes(eof)])
 
@@ -129,7 +132,7 @@ def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Rep
         ctx, listing, args.cookie, "readdir", encode, maxsize=args.count, dir_budget=None
     )
     ctx.note = f"/{'/'.join(path)} cookie={args.cookie} count={args.count} entries={len(out)}"
-    return _reply(dattrs, svc.cookieverf, out, eof)
+    return _reply(svc, dattrs, svc.cookieverf, out, eof)
 
 
 # RFC 1813 §3.3.17
@@ -140,7 +143,9 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
         cookie, raw, name, a = row
         fh = svc.handle_of((*path, name), a)
         return nfs3.entryplus3_bytes(
-            nfs3.entryplus3(a.fileid, raw, cookie, post_op_attr_of(a), nfs3.post_op_fh3(True, fh))
+            nfs3.entryplus3(
+                a.fileid, raw, cookie, post_op_attr_of(a, svc.fsid), nfs3.post_op_fh3(True, fh)
+            )
         )
 
     out, eof = _page(
@@ -156,4 +161,4 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
         f"/{'/'.join(path)} cookie={args.cookie} dircount={args.dircount} "
         f"maxcount={args.maxcount} entries={len(out)}"
     )
-    return _reply(dattrs, svc.cookieverf, out, eof)
+    return _reply(svc, dattrs, svc.cookieverf, out, eof)

@@ -21,13 +21,13 @@ from xdr.nfs3 import NFS3Packer
 _ROFS = struct.pack(">I", nfs3.NFS3ERR_ROFS)
 
 
-def _wcc(p: NFS3Packer, a: Attrs | None) -> None:
+def _wcc(svc: Nfs3Service, p: NFS3Packer, a: Attrs | None) -> None:
     """wcc_data with identical before and after attributes."""
     if a is None:
-        p.pack_wcc_data(nfs3.wcc_data(nfs3.pre_op_attr(False, None), post_op_attr_of(None)))
+        p.pack_wcc_data(nfs3.wcc_data(nfs3.pre_op_attr(False, None), post_op_attr_of(None, 0)))
         return
     before = nfs3.wcc_attr(a.size, nfstime(a.mtime_ns), nfstime(a.ctime_ns))
-    p.pack_wcc_data(nfs3.wcc_data(nfs3.pre_op_attr(True, before), post_op_attr_of(a)))
+    p.pack_wcc_data(nfs3.wcc_data(nfs3.pre_op_attr(True, before), post_op_attr_of(a, svc.fsid)))
 
 
 def _attrs(svc: Nfs3Service, fh: nfs3.nfs_fh3) -> Attrs:
@@ -49,9 +49,9 @@ def refuse(
         for get in fields:
             f = get(args)
             if isinstance(f, tuple):
-                p.pack_post_op_attr(post_op_attr_of(_attrs(svc, f[1])))
+                p.pack_post_op_attr(post_op_attr_of(_attrs(svc, f[1]), svc.fsid))
             else:
-                _wcc(p, _attrs(svc, f))
+                _wcc(svc, p, _attrs(svc, f))
         ctx.status = nfs3.NFS3ERR_ROFS
         return Reply([p.get_buffer()])
 

@@ -75,7 +75,24 @@ def nfstime(ns: int) -> nfs3.nfstime3:
     return nfs3.nfstime3(ns // 1_000_000_000 & 0xFFFFFFFF, ns % 1_000_000_000)
 
 
-def fattr3_of(a: Attrs) -> nfs3.fattr3:
+def fsid_of(option: str | None) -> int:
+    """The fattr3 ``fsid`` an export's ``fsid=`` option gives (None: :data:`FSID`).
+
+    A number is used as it is; ``root`` is 0, as knfsd's; a UUID is folded
+    to 64 bits.  Servers that share a storage behind a balancer give the
+    same value, so a client sees one file system whichever answers.
+    """
+    if option is None:
+        return FSID
+    if option == "root":
+        return 0
+    if option.isdigit():
+        return int(option)
+    raw = bytes.fromhex(option.replace("-", ""))
+    return int.from_bytes(raw[:8], "big") ^ int.from_bytes(raw[8:16], "big")
+
+
+def fattr3_of(a: Attrs, fsid: int) -> nfs3.fattr3:
     """RFC 1813 §2.6 fattr3 of a presented entry."""
     return nfs3.fattr3(
         type=_FTYPE[a.kind],
@@ -86,7 +103,7 @@ def fattr3_of(a: Attrs) -> nfs3.fattr3:
         size=a.size,
         used=a.used,
         rdev=nfs3.specdata3(0, 0),
-        fsid=FSID,
+        fsid=fsid,
         fileid=a.fileid,
         atime=nfstime(a.atime_ns),
         mtime=nfstime(a.mtime_ns),
@@ -97,8 +114,8 @@ def fattr3_of(a: Attrs) -> nfs3.fattr3:
 NO_ATTR = nfs3.post_op_attr(False, None)
 
 
-def post_op_attr_of(a: Attrs | None) -> nfs3.post_op_attr:
-    return NO_ATTR if a is None else nfs3.post_op_attr(True, fattr3_of(a))
+def post_op_attr_of(a: Attrs | None, fsid: int) -> nfs3.post_op_attr:
+    return NO_ATTR if a is None else nfs3.post_op_attr(True, fattr3_of(a, fsid))
 
 
 class Nfs3Service:
@@ -110,6 +127,7 @@ class Nfs3Service:
         self.namespace = namespace
         self.handles = handles
         self.buffers = buffers
+        self.fsid = FSID  # the export's fsid= option may change it (nfsd.programs)
         self.listings = SortedListings()
         # Constant for this installation: a cookie this server issued is never refused.
         self.cookieverf = struct.pack(">Q", int.from_bytes(secret[:8], "big") | 1)

@@ -304,3 +304,14 @@ def test_refusals_logged_once_per_client(ns, caplog: pytest.LogCaptureFixture) -
             Peer(d, f"{STRANGER}:700").nfs(nfs3.NFSPROC3_GETATTR, root)
     lines = [r for r in caplog.records if STRANGER in r.getMessage()]
     assert len(lines) == 1 and "not in the exports list" in lines[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("option", "fsid"),
+    [("", 0x7265636F76657279), (",fsid=1234", 1234), (",fsid=root", 0)],
+)
+def test_fsid_option_is_the_attributes_fsid(ns, option: str, fsid: int) -> None:
+    d, _ = build(ns, f"/recover/images {ALLOWED}(insecure{option})\n")
+    p = Peer(d, f"{ALLOWED}:40000")
+    res = NFS3Unpacker(p.nfs(nfs3.NFSPROC3_GETATTR, p.mnt().mountinfo.fhandle)).unpack_GETATTR3res()
+    assert res.resok.obj_attributes.fsid == fsid
