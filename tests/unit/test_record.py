@@ -67,3 +67,19 @@ def test_frame_prefixes_one_last_fragment_header() -> None:
     parts = frame([b"abcd", memoryview(b"efgh")])
     assert parts[0] == struct.pack(">I", LAST_FRAGMENT | 8)
     assert RecordReader().feed(b"".join(bytes(p) for p in parts)) == [b"abcdefgh"]
+
+
+def test_zero_length_fragments_without_end_are_refused_at_the_fragment_cap() -> None:
+    reader = RecordReader(max_fragments=100)
+    with pytest.raises(RecordTooLarge, match="fragments"):
+        reader.feed(b"\0\0\0\0" * 100)
+
+
+def test_one_byte_fragments_are_held_as_their_bytes() -> None:
+    reader = RecordReader()
+    record = bytes(range(256)) * 8
+    stream = b"".join(struct.pack(">I", 1) + record[i : i + 1] for i in range(len(record) - 1))
+    assert reader.feed(stream) == []
+    assert reader.pending == len(record) - 1
+    assert reader.feed(struct.pack(">I", LAST_FRAGMENT | 1) + record[-1:]) == [record]
+    assert reader.pending == 0
