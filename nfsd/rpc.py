@@ -11,6 +11,7 @@ header undecodable, REPLY    none (the record is dropped and logged)
 ``rpcvers != 2``             MSG_DENIED / RPC_MISMATCH (2, 2)
 flavour not NONE or SYS      MSG_DENIED / AUTH_ERROR AUTH_BADCRED
 bad AUTH_SYS body / verf     MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
+cred / verf over 400 bytes   MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
 unknown program              PROG_UNAVAIL
 unknown version              PROG_MISMATCH (lowest, highest)
 unknown procedure            PROC_UNAVAIL
@@ -48,6 +49,7 @@ from xdr.rpc import (
     RPC_VERSION,
     SUCCESS,
     SYSTEM_ERR,
+    BadAuthLength,
     RpcPacker,
     RpcUnpacker,
     accepted_header,
@@ -177,6 +179,11 @@ class Dispatcher:
         """
         try:
             xid, mtype, call, args_at = decode_call(record)
+        except BadAuthLength as e:
+            log.info("%s in a call from %s", e, peer)
+            p = RpcPacker()
+            p.pack_auth_error(e.xid, e.stat)
+            return Reply([p.get_buffer()])
         except XdrError as e:
             log.info("dropped an undecodable RPC header from %s: %s", peer, e)
             return None

@@ -93,6 +93,20 @@ class call_body:
     verf: opaque_auth
 
 
+class BadAuthLength(XdrError):
+    """A call's credential or verifier claims more than 400 bytes (RFC 5531 §8.2).
+
+    The call is answered AUTH_ERROR with ``stat`` (AUTH_BADCRED or
+    AUTH_BADVERF), not dropped: its xid is known, and a TCP client waits for
+    an answer.
+    """
+
+    def __init__(self, xid: int, stat: int, message: str) -> None:
+        super().__init__(message)
+        self.xid = xid
+        self.stat = stat
+
+
 _HEAD = struct.Struct(">IIIIIIII")  # xid, mtype, rpcvers, prog, vers, proc, flavor, length
 _WORD = struct.Struct(">I")
 _ACCEPTED = struct.Struct(">IIIIII")
@@ -103,8 +117,9 @@ def decode_call(record: bytes) -> tuple[int, int, call_body, int]:
 
     The same as ``RpcUnpacker`` reading ``xid``, ``msg_type`` and a
     ``call_body``, with struct for speed: every call passes here.  Raises
-    XdrError on a short or malformed header; for a message that is not a
-    CALL, returns its msg_type with an empty call_body.
+    XdrError on a short or malformed header (:class:`BadAuthLength` for an
+    oversized credential or verifier); for a message that is not a CALL,
+    returns its msg_type with an empty call_body.
     """
     if len(record) < 8:
         raise XdrError("message too short")
@@ -115,7 +130,7 @@ def decode_call(record: bytes) -> tuple[int, int, call_body, int]:
         raise XdrError("call header too short")
     xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
     if n > MAX_AUTH_BYTES:
-        raise XdrError(f"credential of {n} bytes")
+        raise BadAuthLength(xid, AUTH_BADCRED, f"credential of {n} bytes")
     pos = _HEAD.size
     end = pos + ((n + 3) & ~3)
     if end + 8 > len(record):
@@ -123,7 +138,7 @@ def decode_call(record: bytes) -> tuple[int, int, call_body, int]:
     cred = opaque_auth(flavor, record[pos : pos + n])
     vflavor, vn = struct.unpack_from(">II", record, end)
     if vn > MAX_AUTH_BYTES:
-        raise XdrError(f"verifier of {vn} bytes")
+        raise BadAuthLength(xid, AUTH_BADVERF, f"verifier of {vn} bytes")
     pos = end + 8
     end = pos + ((vn + 3) & ~3)
     if end > len(record):

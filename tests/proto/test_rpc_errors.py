@@ -119,6 +119,26 @@ def test_malformed_auth_sys_body_is_badcred() -> None:
     assert struct.unpack(">IIIII", data)[3:] == (rpc.AUTH_ERROR, rpc.AUTH_BADCRED)
 
 
+@pytest.mark.parametrize(
+    ("cred_len", "verf_len", "stat"),
+    [(401, 0, rpc.AUTH_BADCRED), (0xFFFFFFFF, 0, rpc.AUTH_BADCRED), (0, 401, rpc.AUTH_BADVERF)],
+)
+def test_credential_or_verifier_over_400_bytes_is_an_auth_error(
+    cred_len: int, verf_len: int, stat: int
+) -> None:
+    """RFC 5531 §8.2: opaque_auth bodies are at most 400 bytes; the call is
+    answered (a TCP client would wait for it), never dropped."""
+    head = struct.pack(">IIIIIII", 0x51, rpc.CALL, 2, 400000, 3, 0, rpc.AUTH_NONE)
+    if cred_len == 0:
+        record = head + struct.pack(">III", 0, rpc.AUTH_NONE, verf_len) + bytes(404)
+    else:
+        record = head + struct.pack(">I", cred_len) + bytes(404) + bytes(8)
+    reply = D.dispatch(record, "p", "tcp")
+    assert reply is not None
+    data = b"".join(bytes(p) for p in reply.parts)
+    assert struct.unpack(">IIIII", data) == (0x51, rpc.REPLY, rpc.MSG_DENIED, rpc.AUTH_ERROR, stat)
+
+
 def test_unexpected_exception_is_system_err_without_a_fault_status() -> None:
     r = dispatch(call(400000, 3, 2))
     assert r.stat == rpc.SYSTEM_ERR

@@ -7,7 +7,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xdr.base import XdrError
-from xdr.rpc import CALL, RpcPacker, RpcUnpacker, call_body, decode_call, opaque_auth
+from xdr.rpc import (
+    AUTH_BADCRED,
+    CALL,
+    BadAuthLength,
+    RpcPacker,
+    RpcUnpacker,
+    call_body,
+    decode_call,
+    opaque_auth,
+)
 
 u32 = st.integers(0, 2**32 - 1)
 auth = st.builds(opaque_auth, st.integers(0, 10), st.binary(max_size=400))
@@ -37,7 +46,8 @@ def test_any_truncated_header_is_an_xdr_error(xid: int, body: call_body, cut: in
         decode_call(record[:cut])
 
 
-def test_an_overlong_credential_is_an_xdr_error() -> None:
-    record = bytes(24) + b"\0\0\0\1" + (401).to_bytes(4, "big") + bytes(500)
-    with pytest.raises(XdrError):
+def test_an_overlong_credential_is_a_bad_auth_length_naming_xid_and_stat() -> None:
+    record = b"\0\0\0\7" + bytes(20) + b"\0\0\0\1" + (401).to_bytes(4, "big") + bytes(500)
+    with pytest.raises(BadAuthLength) as e:
         decode_call(record)
+    assert (e.value.xid, e.value.stat) == (7, AUTH_BADCRED)
