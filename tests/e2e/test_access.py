@@ -60,6 +60,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Presented]:
     _require(recovery_fs_command() is not None, "the recovery-fs command (pip install -e .)")
     _require(os.geteuid() == 0, "root: source ports below 1024, network namespaces")
     root = tmp_path_factory.mktemp("storage")
+    root.chmod(0o755)  # root_squash: our uid 0 calls run as nobody, who must search it
     return root, build_sample(root)
 
 
@@ -80,8 +81,12 @@ def server(storage, tmp_path_factory):
     srv, _ = start(storage[0], tmp_path_factory.mktemp("access"), EXPORTS)
     yield srv
     alive = srv.alive()
+    log = srv.log.read_text(errors="replace")  # before the stop: what the tests caused
     srv.stop()
     assert alive, f"the server died during the tests\n{srv.diagnostics()}"
+    assert "Traceback" not in log, log[-4000:]
+    # refusals are logged once per client, not once per call
+    assert len([ln for ln in log.splitlines() if "127.0.0.3" in ln]) <= 1, log[-4000:]
 
 
 def client(srv: Server, source: str, **kw) -> Client:
@@ -122,6 +127,9 @@ def test_mnt_from_an_unlisted_host_is_refused(server):
     # refused at the export's folders too, not only at its root
     with client(server, "127.0.0.3") as c:
         assert c.mount(f"/recover/images/{DIR}".encode())[0] == w.MNT3ERR_ACCES
+    said = [ln for ln in server.log.read_text().splitlines() if "127.0.0.3" in ln]
+    assert said, "the refusal is logged, with the host"
+    assert " WARNING " in said[0] or " ERROR " in said[0], said
 
 
 def test_secure_export_needs_a_port_below_1024(server):
@@ -280,6 +288,8 @@ def test_reload_revokes_and_adds_clients_on_live_connections(storage, tmp_path):
             assert getattr_status(c, file) == w.NFS3ERR_STALE
         assert getattr_status(kept, file) == w.NFS3_OK
 
+        log = srv.log.read_text(errors="replace")
+        assert "Traceback" not in log, log[-4000:]
         shown = srv.exports("show")
         assert shown.returncode == 0, shown.stderr
         lines = [ln for ln in shown.stdout.splitlines() if ln.strip()]
@@ -328,8 +338,8 @@ def test_nfs_over_udp_only_with_the_udp_option(storage, tmp_path):
         root, _, _ = handles(plain)
         with client(plain, "127.0.0.2", udp=True) as c:
             assert c.mount()[0] == w.MNT3_OK, "MOUNT answers over UDP"
-        reply = _udp_getattr(plain, root)
-        assert reply is None or reply.accept_stat == w.PROG_UNAVAIL, reply
+        reply = _udp_getattr(plain, root)  # the server's choice: PROG_UNAVAIL (nfsd/rpc.py)
+        assert reply is not None and reply.accept_stat == w.PROG_UNAVAIL, reply
     finally:
         plain.stop()
     served, _ = start(storage[0], tmp_path / "udp", UDP_EXPORTS, "--udp")
