@@ -60,7 +60,7 @@ from nfsd.programs import build_programs
 from nfsd.registry import DEBUG_LEVEL, Registry
 from nfsd.rpc import Dispatcher, Program
 from nfsd.rpcclient import RpcClient, RpcError
-from nfsd.server import RpcServer, cpu_count
+from nfsd.server import Limits, RpcServer, cpu_count
 from nfsd.state import PidLock, StateDir, StateError
 from xdr import portmap as pm
 from xdr.base import XdrError
@@ -71,6 +71,7 @@ log = logging.getLogger("recovery_fs.service")
 PMAP_PORT = pm.PMAP_PORT
 RPCBIND_SOCKETS = (Path("/run/rpcbind.sock"), Path("/var/run/rpcbind.sock"))
 PROBE_TIMEOUT = 2.0
+STATUS_INTERVAL = 5.0  # seconds between rewrites of status.json (its counters)
 
 
 class ServiceError(Exception):
@@ -241,7 +242,15 @@ class Service:
             raise ServiceError(f"cannot read the storage {cfg.storage}: {e}") from e
         programs = build_programs(namespace, secret, self.access, cfg.export_path, udp=cfg.udp)
 
-        nfs = RpcServer(Dispatcher(programs), name="nfs", workers=cpu_count())
+        limits = Limits(
+            max_connections=cfg.max_connections,
+            max_unvalidated=cfg.max_unvalidated,
+            idle_timeout=cfg.idle_timeout,
+            record_timeout=cfg.record_timeout,
+            max_inflight=cfg.max_inflight,
+            max_unsent=cfg.max_unsent,
+        )
+        nfs = RpcServer(Dispatcher(programs), name="nfs", workers=cpu_count(), limits=limits)
         self._servers.append(nfs)
         try:
             self.port = nfs.listen(cfg.bind, cfg.port)
@@ -266,7 +275,11 @@ class Service:
             self.portmap_mode,
             "on" if cfg.udp else "off",
         )
-        log.warning("%s", self.access.describe())
+        log.log(
+            logging.WARNING if self.access.source is None else logging.INFO,
+            "%s",
+            self.access.describe(),
+        )
         for line in self.access.table.show().splitlines():
             log.info("export: %s", line)
 
@@ -325,6 +338,7 @@ class Service:
             "warnings": self.warnings,
             "udp": cfg.udp,
             "exports": self._exports_status(),
+            "transport": self._servers[0].stats() if self._servers else None,
         }
 
     def _exports_status(self) -> dict[str, Any] | None:
@@ -363,10 +377,15 @@ class Service:
             self.start()
             if ready is not None:
                 ready(self)
+            next_status = time.monotonic() + STATUS_INTERVAL
             while not self._stop_requested.wait(0.1):
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self.reload_exports()
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + STATUS_INTERVAL
+                    with contextlib.suppress(OSError):
+                        self.state.write_status(self.status())
         finally:
             self.stop()
             for s, handler in saved.items():

@@ -38,7 +38,7 @@ from exports import load as load_exports
 from nfsd import daemon
 from nfsd.app import Service, ServiceError
 from nfsd.cli_storage import storage_commands
-from nfsd.config import DEFAULT_CONFIG_FILE, Config, ConfigError, load
+from nfsd.config import DEFAULT_CONFIG_FILE, LIMITS, Config, ConfigError, load
 from nfsd.registry import DEBUG_LEVEL, Registry, RegistryError, setting
 from nfsd.state import AlreadyRunning, StateDir, StateError
 
@@ -110,6 +110,39 @@ def server_options(f: F) -> F:
                 help="Serve NFS over UDP too (MOUNT always answers on UDP).  [default: --no-udp]",
             ),
             click.option(
+                "--max-connections",
+                type=click.IntRange(1),
+                help="TCP connections open at once; past it the oldest not yet "
+                "validated is closed, else the new one refused.  [default: 1024]",
+            ),
+            click.option(
+                "--max-unvalidated",
+                type=click.IntRange(1),
+                help="Connections that have made no valid call yet (the oldest "
+                "is closed past it).  [default: 64]",
+            ),
+            click.option(
+                "--idle-timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                help="Seconds without a call before a connection is closed.  [default: 300]",
+            ),
+            click.option(
+                "--record-timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                help="Seconds to complete a record once begun.  [default: 30]",
+            ),
+            click.option(
+                "--max-inflight",
+                type=click.IntRange(1),
+                help="Calls in flight per connection.  [default: 16]",
+            ),
+            click.option(
+                "--max-unsent",
+                type=click.IntRange(1),
+                help="Reply bytes unsent per connection before it is no longer "
+                "read.  [default: 4194304]",
+            ),
+            click.option(
                 "--log-file",
                 type=click.Path(dir_okay=True, path_type=Path),
                 help="Log file (a directory: recovery_fs.log in it).  "
@@ -134,6 +167,8 @@ def serve_args(cfg: Config, config_file: Path | None) -> list[str]:
     args += ["--portmap" if cfg.portmap else "--no-portmap"]
     args += ["--state-dir", str(cfg.state_dir), "--log-file", str(cfg.log_file)]
     args += ["--udp" if cfg.udp else "--no-udp"]
+    for name in sorted(LIMITS):
+        args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
     if cfg.exports is not None:
         args += ["--exports", str(cfg.exports)]
     if config_file is not None:
@@ -306,6 +341,21 @@ def _exports_line(info: dict[str, Any] | None) -> str:
     return line
 
 
+def _transport_line(t: dict[str, Any] | None) -> str:
+    """Connections and calls, from the server's last status (every few seconds)."""
+    if not t:
+        return "?"
+    line = f"{t.get('connections')} open ({t.get('unvalidated')} not validated)"
+    line += f", {t.get('calls')} calls"
+    closed = ", ".join(f"{k} {v}" for k, v in sorted((t.get("closed") or {}).items()))
+    refused = sum((t.get("refused") or {}).values())
+    if closed:
+        line += f"; closed: {closed}"
+    if refused:
+        line += f"; refused {refused}"
+    return line
+
+
 def format_uptime(seconds: float) -> str:
     s = int(max(0, seconds))
     days, s = divmod(s, 86400)
@@ -360,6 +410,7 @@ def status(config_file: Path | None, state_dir: Path | None, as_json: bool) -> N
         ("portmap", f"{st.get('portmap')}" + (f", port {pm_port}" if pm_port else "")),
         ("export", st.get("export", "?")),
         ("clients", _exports_line(st.get("exports"))),
+        ("conns", _transport_line(st.get("transport"))),
         ("storage", st.get("storage", "?")),
         ("log", st.get("log_file", "?")),
         ("uptime", format_uptime(info["uptime_seconds"]) if "uptime_seconds" in info else "?"),

@@ -19,6 +19,20 @@ key            default                     meaning
 ``udp``        ``no``                      NFS over UDP too (MOUNT always)
 =============  ==========================  =================================
 
+Limits of the transport (``nfsd.server.Limits``), each logged when it bites:
+
+====================  =======  ============================================
+key                   default  meaning
+====================  =======  ============================================
+``max-connections``   1024     TCP connections open at once
+``max-unvalidated``   64       connections that have not made a valid call
+                               yet; past it the oldest is closed
+``idle-timeout``      300      seconds without a call before a close
+``record-timeout``    30       seconds to complete a record once begun
+``max-inflight``      16       calls in flight per connection
+``max-unsent``        4194304  reply bytes unsent per connection
+====================  =======  ============================================
+
 An ``exports`` file named on the command line or in the config file must
 exist (it, or its ``.d`` folder); the default one may be absent, and then
 the server admits loopback only and says so.
@@ -61,6 +75,12 @@ class Config:
     log_file: Path = Path("/var/log/recovery_fs")
     exports: Path | None = None  # None: DEFAULT_EXPORTS_FILE when present
     udp: bool = False
+    max_connections: int = 1024
+    max_unvalidated: int = 64
+    idle_timeout: float = 300.0
+    record_timeout: float = 30.0
+    max_inflight: int = 16
+    max_unsent: int = 4 * 1024 * 1024
     export_path: str = EXPORT_PATH
 
     def exports_file(self) -> Path | None:
@@ -96,6 +116,26 @@ class Config:
 
 
 FIELDS = {f.name for f in dataclasses.fields(Config)} - {"export_path"}
+LIMITS = {
+    "max_connections",
+    "max_unvalidated",
+    "idle_timeout",
+    "record_timeout",
+    "max_inflight",
+    "max_unsent",
+}
+
+
+def parse_limit(name: str, text: object) -> int | float:
+    """A positive number for the limit ``name`` (seconds may be fractional)."""
+    kind = float if name.endswith("timeout") else int
+    try:
+        value = kind(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{name.replace('_', '-')}: {text!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name.replace('_', '-')}: must be above 0, not {value}")
+    return value
 
 
 def parse_bind(text: str) -> str:
@@ -147,6 +187,8 @@ def _read_file(path: Path) -> dict[str, object]:
                 out[name] = parse_bind(raw)
             elif name in ("portmap", "udp"):
                 out[name] = parser.getboolean(SECTION, key)
+            elif name in LIMITS:
+                out[name] = parse_limit(name, raw)
             else:
                 if not raw.strip():
                     raise ConfigError("empty path")
@@ -175,7 +217,10 @@ def load(config_file: Path | None, overrides: Mapping[str, object]) -> Config:
             continue
         if name not in FIELDS:
             raise ConfigError(f"unknown setting {name}")
-        values[name] = parsers[name](value) if name in parsers else value
+        if name in LIMITS:
+            values[name] = parse_limit(name, value)
+        else:
+            values[name] = parsers[name](value) if name in parsers else value
     for name in ("storage", "state_dir", "log_file", "exports"):
         if name in values:
             values[name] = Path(values[name]).absolute()  # type: ignore[arg-type]

@@ -140,3 +140,20 @@ def test_nothing_may_be_written_into_the_storage(tmp_path: Path, inside: str) ->
     c = Config(tmp_path / "storage", state_dir=paths["state_dir"], log_file=paths["log_file"])
     with pytest.raises(ConfigError, match="never writes into the storage"):
         c.check_storage()
+
+
+def test_limits_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.conf"
+    f.write_text("[server]\nmax-connections = 10\nidle_timeout = 2.5\nmax-unsent = 65536\n")
+    c = load(f, {"max_unvalidated": 3})
+    assert (c.max_connections, c.idle_timeout, c.max_unsent, c.max_unvalidated) == (
+        10,
+        2.5,
+        65536,
+        3,
+    )
+    assert c.record_timeout == 30.0 and c.max_inflight == 16  # the defaults
+    for bad in ("max-connections = 0", "record-timeout = soon", "max-inflight = -1"):
+        f.write_text(f"[server]\n{bad}\n")
+        with pytest.raises(ConfigError, match=bad.split(" ")[0].replace("_", "-")):
+            load(f, {})
