@@ -87,6 +87,26 @@ def test_readdir_reply_never_exceeds_count(ns: FakeNamespace, count: int) -> Non
         assert res.status == nfs3.NFS3ERR_TOOSMALL
 
 
+@pytest.mark.parametrize("plus", [False, True])
+def test_a_count_of_2_32_minus_1_gets_one_page_of_at_most_1_mib(c: Caller, plus: bool) -> None:
+    """READDIRPLUS of 10,000 entries does not fit 1 MiB: the page stops there."""
+    fh = c.walk("big")
+    huge = 2**32 - 1
+    if plus:
+        args = nfs3.READDIRPLUS3args(fh, 0, b"\0" * 8, huge, huge)
+        size = reply_size(c, nfs3.NFSPROC3_READDIRPLUS, lambda p: p.pack_READDIRPLUS3args(args))
+        reply = c.readdirplus(fh, 0, dircount=huge, maxcount=huge).resok.reply
+    else:
+        args3 = nfs3.READDIR3args(fh, 0, b"\0" * 8, huge)
+        size = reply_size(c, nfs3.NFSPROC3_READDIR, lambda p: p.pack_READDIR3args(args3))
+        reply = c.readdir(fh, 0, count=huge).resok.reply
+    assert size <= 1024 * 1024
+    assert reply.entries
+    assert reply.eof == (not plus)
+    if plus:
+        assert size > 1024 * 1024 - 300
+
+
 @settings(max_examples=30, deadline=None)
 @given(maxcount=st.integers(0, 40000), dircount=st.integers(0, 40000))
 def test_readdirplus_reply_never_exceeds_maxcount(
