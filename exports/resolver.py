@@ -99,6 +99,7 @@ class Resolver:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._full = False  # the queue limit was hit and logged
 
     def addresses(self, name: str, wait: float = 0.0) -> set[str] | None:
         """The addresses of host ``name``; None when not known (yet), or when it has none."""
@@ -157,7 +158,9 @@ class Resolver:
         if event is not None or self._closed:
             return event
         if len(self._pending) >= self._maxsize:
-            log.warning("name look-ups: %d pending, %s %s not looked up", len(self._pending), *key)
+            if not self._full:  # once until the queue drains: a flood must not flood the log
+                self._full = True
+                log.warning("name look-ups: %d pending; new names not looked up", self._maxsize)
             return None
         event = self._pending[key] = threading.Event()
         if len(self._threads) < self._threads_wanted:
@@ -173,6 +176,7 @@ class Resolver:
             value = self._look_up(key)
             with self._lock:
                 event = self._pending.pop(key, None)
+                self._full = self._full and bool(self._pending)
                 if self._closed:
                     continue
                 ttl = self._ttl if value else self._neg_ttl
