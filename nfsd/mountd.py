@@ -48,6 +48,8 @@ class MountService:
 
     def _presented_path(self, path: bytes) -> tuple[str, ...] | None:
         """The presented path a MNT path names: the export or a folder below it."""
+        if not path.startswith(b"/") or b"\0" in path:
+            return None  # relative (mountd refuses those too), or no file's name
         parts = [p for p in path.split(b"/") if p]
         export = [p for p in self.export_path.split(b"/") if p]
         if parts[: len(export)] != export or any(p in (b".", b"..") for p in parts):

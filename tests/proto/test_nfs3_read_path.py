@@ -43,7 +43,18 @@ def test_mnt_of_the_export_gives_the_root_handle_and_both_flavours(c: Caller) ->
 
 
 @pytest.mark.parametrize(
-    "path", [b"/", b"/recover", b"/storage", b"/recover/images/nope", b"/recover/images/../x", b""]
+    "path",
+    [
+        b"/",
+        b"/recover",
+        b"/storage",
+        b"/recover/images/nope",
+        b"/recover/images/../x",
+        b"",
+        b"recover/images",
+        b"recover/images/vm",
+        b"/recover/images/vm\0",
+    ],
 )
 def test_mnt_of_anything_else_is_noent(c: Caller, path: bytes) -> None:
     assert c.mount(path).fhs_status == mount3.MNT3ERR_NOENT
