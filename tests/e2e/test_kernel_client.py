@@ -5,12 +5,13 @@ How to run (root, Debian 12; `make deps-test` installs QEMU, busybox-static...):
     pytest -m e2e tests/e2e/test_kernel_client.py -v          # recovery-fs
     KERNEL_E2E_SERVER=ganesha pytest tests/e2e/test_kernel_client.py   # the reference
 
-Four guest boots, each against a fresh server in a private namespace
+Five guest boots, each against a fresh server in a private namespace
 (tests/e2e/kernel/guest.py): `main` (explicit ports, no `noacl`: throughput,
 the whole tree, contents, the recovery rules, write attempts), `portmap` (no
 port options), `restart` (the server is killed and restarted during a read),
-`hang` (a harness self-test: a dead server must end in a host timeout). The
-tests of one boot share it through a module fixture.
+`access` (the exports file: refused, allowed by a reload, revoked while
+mounted), `hang` (a harness self-test: a dead server must end in a host
+timeout). The tests of one boot share it through a module fixture.
 """
 
 from __future__ import annotations
@@ -244,6 +245,47 @@ def test_read_continues_across_server_restart(kernel_env, kernel_report) -> None
         },
     )
     assert not problems, run.fail("read across a restart", problems)
+    r.require_completed()
+
+
+# ---------------------------------------------------------------- access boot
+
+
+@pytest.fixture(scope="module")
+def access_run(kernel_env: scenarios.Env) -> scenarios.Run:
+    if kernel_env.kind != "recovery-fs":
+        pytest.skip(f"the access boot drives recovery-fs's exports file, not {kernel_env.kind}")
+    return scenarios.run_access(kernel_env)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_mount_refused_cleanly_when_not_listed(access_run) -> None:
+    """Not in the exports file: the mount fails with "Permission denied" at once, no hang."""
+    problems = scenarios.access_refused_problems(access_run)
+    assert not problems, access_run.fail("refused mount", problems)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_mount_allowed_after_a_reload(access_run, kernel_env) -> None:
+    problems = scenarios.access_allowed_problems(access_run, kernel_env.layout)
+    assert not problems, access_run.fail("mount once allowed", problems)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_revoked_while_mounted_gets_errors_never_data(access_run, kernel_env, kernel_report):
+    problems, seen = scenarios.access_revoked_problems(access_run, kernel_env.layout)
+    r = access_run.result
+    refused = [v for v in r.values("ACCESS_MOUNT") if not v.startswith("allowed rc=0")]
+    kernel_report.append(f"access: after the revocation the guest saw: {'; '.join(seen)}")
+    scenarios.write_results(
+        kernel_env.kind,
+        "access",
+        {"mounts": r.values("ACCESS_MOUNT"), "revoked": seen, "refused": refused},
+    )
+    assert not problems, access_run.fail("revoked while mounted", problems)
     r.require_completed()
 
 

@@ -214,8 +214,9 @@ def run_guest(
     """Run one guest boot with `scenario` (sh/<scenario>.sh) against `server`.
 
     `actions`: guest line key -> {"do": "restart_server" | "kill_server", "delay": s,
-    "in_flight": "READ"}. `timeout`: seconds for the whole boot; `deadline_after`:
-    key -> seconds, a shorter host timeout counted from that guest line."""
+    "in_flight": "READ"} or {"do": "set_exports", "text": EXPORTS} (rewrite + reload).
+    `timeout`: seconds for the whole boot; `deadline_after`: key -> seconds, a shorter
+    host timeout counted from that guest line."""
     run_dir.mkdir(parents=True, exist_ok=True)
     a = kernel_assets or assets.prepare()
     initrd = assets.scenario_initrd(
@@ -322,6 +323,9 @@ class _Runner:
                 self.event(
                     f"server started pid {self.server.proc.pid if self.server.proc else None}"
                 )
+            elif what == "set_exports":
+                self.event(f"exports set: {spec['text'].strip()!r}")
+                self.event(self.server.set_exports(spec["text"]))
             elif what == "kill_server":
                 self.event("server kill")
                 self.server.kill()

@@ -61,13 +61,16 @@ class Run:
         )
 
 
-def _server(env: Env, run_dir: Path, *, portmap: bool = False) -> servers.Server:
+def _server(
+    env: Env, run_dir: Path, *, portmap: bool = False, exports: str | None = None
+) -> servers.Server:
     cfg = servers.ServerConfig(
         kind=env.kind,
         storage=str(env.exported),
         workdir=str(run_dir / "server"),
         port=PORT,
         portmap=portmap,
+        exports=exports,
     )
     return servers.make(cfg)
 
@@ -93,6 +96,7 @@ def _run(
     scenario: str,
     *,
     portmap: bool = False,
+    exports: str | None = None,
     mount_options: str | None = None,
     checks: list[Check] | None = None,
     params: dict | None = None,
@@ -102,7 +106,7 @@ def _run(
     deadline_after: dict[str, float] | None = None,
 ) -> Run:
     run_dir = env.work / name
-    server = _server(env, run_dir, portmap=portmap)
+    server = _server(env, run_dir, portmap=portmap, exports=exports)
     checks = checks or []
     p = {
         "SERVER": guest.GUEST_HOST_ADDR,
@@ -186,6 +190,141 @@ def run_hang(env: Env, hang: float = 12) -> Run:
         deadline_after={"KILL_SERVER": hang},
         timeout=180,
     )
+
+
+# The guest's calls reach the server from 127.0.0.1 with an unprivileged source port
+# (QEMU's user networking NATs them): allowing it takes `127.0.0.1(insecure)`.
+ACCESS_ALLOW = f"# the guest, through QEMU's NAT\n{EXPORT} 127.0.0.1(insecure)\n"
+ACCESS_DENY = f"# anyone but the guest\n{EXPORT} 10.9.9.9(insecure) 127.0.0.2(insecure)\n"
+ACCESS_READ_FIRST = "tree/sizes/s131073.bin"  # read while allowed, again after drop_caches
+ACCESS_READ_LATER = "tree/sizes/s4097.bin"  # first read after the revocation
+ACCESS_SETTLE = 5  # seconds the guest waits after REVOKE_ME for the host's reload
+
+
+def run_access(env: Env) -> Run:
+    """One boot, three phases: a mount refused (not listed); allowed after a reload (the
+    guest retries); revoked by a reload while mounted: reads, a listing, a new mount."""
+    return _run(
+        env,
+        "access",
+        "access",
+        exports=ACCESS_DENY,
+        params={
+            "READ_FIRST": ACCESS_READ_FIRST,
+            "READ_LATER": ACCESS_READ_LATER,
+            "SETTLE": ACCESS_SETTLE,
+            "ALLOW_TRIES": 20,
+            "MOUNT_TIMEOUT": 30,
+        },
+        actions={
+            "ALLOW_ME": {"do": "set_exports", "text": ACCESS_ALLOW},
+            "REVOKE_ME": {"do": "set_exports", "text": ACCESS_DENY},
+        },
+        timeout=180,
+    )
+
+
+REFUSED_MOUNT = ("Permission denied", "access denied")
+REFUSED_MOUNT_SECONDS = 10.0
+
+
+def _mount_refusal_problems(label: str, line: str | None) -> list[str]:
+    if line is None:
+        return [f"{label}: no mount attempt (the guest stopped before it)"]
+    rc, t0, t1, *msg = line.split(" ")
+    said = " ".join(msg)
+    problems = []
+    if rc == "rc=0":
+        problems.append(f"{label}: the mount succeeded: {line}")
+    elif not any(m in said for m in REFUSED_MOUNT):
+        want = " or ".join(REFUSED_MOUNT)
+        problems.append(f"{label}: failed, but not as refused ({want}): {line}")
+    if float(t1) - float(t0) > REFUSED_MOUNT_SECONDS:
+        problems.append(f"{label}: took {float(t1) - float(t0):.1f} s (a hang, not a refusal)")
+    return problems
+
+
+def _reads(run: Run) -> dict[str, list[str]]:
+    """ACCESS_READ lines: label -> [rc=N, bytes=N, sha256, message...]."""
+    return {v.split(" ")[0]: v.split(" ")[1:] for v in run.result.values("ACCESS_READ")}
+
+
+def access_refused_problems(run: Run) -> list[str]:
+    """Not listed: the first mount fails with "Permission denied", at once."""
+    r = run.result
+    mounts = [v.split(" ", 1) for v in r.values("ACCESS_MOUNT")]
+    first = next((rest for label, rest in mounts if label == "refused"), None)
+    problems = _mount_refusal_problems("mount while not listed", first)
+    again = next((rest for label, rest in mounts if label == "again"), None)
+    problems += _mount_refusal_problems("mount after the revocation", again)
+    problems += [f"guest: {e}" for e in r.values("ERROR")]
+    return problems
+
+
+def _reload_times(run: Run) -> list[float]:
+    """Host times at which each `exports reload` had returned 0."""
+    return [t for t, e in run.result.events if e.startswith("exports reloaded rc=0")]
+
+
+def access_allowed_problems(run: Run, layout: Layout) -> list[str]:
+    """Allowed by a reload: the guest's retried mount succeeds and reads the right bytes."""
+    r = run.result
+    reloads = _reload_times(run)
+    problems = [] if reloads else [f"no successful exports reload: events {r.events}"]
+    allowed = [v for v in r.values("ACCESS_MOUNT") if v.startswith("allowed ")]
+    if not allowed or not allowed[-1].startswith("allowed rc=0 "):
+        problems.append(f"mount after the reload that allows the guest: {allowed[-1:]}")
+    elif reloads and r.time_of("MOUNTINFO") is not None and r.time_of("MOUNTINFO") < reloads[0]:
+        problems.append("mounted before the host's reload allowed it")
+    before = _reads(run).get("before")
+    exp = layout.files[ACCESS_READ_FIRST]
+    if before is None or before[:3] != ["rc=0", f"bytes={exp.size}", exp.sha256()]:
+        problems.append(f"{ACCESS_READ_FIRST} while allowed: {before}; expected {exp.sha256()}")
+    return problems
+
+
+# A reply to one of these, NFS3_OK, after the revocation: the server served a revoked client.
+SERVED = ("-> NFS3_OK", "-> MNT3_OK")
+
+
+def access_revoked_problems(run: Run, layout: Layout) -> tuple[list[str], list[str]]:
+    """(problems, what the guest saw) once revoked: reads and listing fail, no data, no
+    call after the reload served (from the RPC trace)."""
+    r = run.result
+    reloads = _reload_times(run)
+    start = r.time_of("REVOKED_START")
+    if len(reloads) < 2 or start is None:
+        return [f"no revocation happened: reloads at {reloads}, REVOKED_START at {start}"], []
+    problems = []
+    if start < reloads[1]:
+        problems.append(f"the guest read at {start:.2f} s, before the reload ({reloads[1]:.2f} s)")
+    reads = _reads(run)
+    seen = []
+    for label, path in (("unread", ACCESS_READ_LATER), ("dropped", ACCESS_READ_FIRST)):
+        got = reads.get(label)
+        seen.append(f"{label} {path}: {' '.join(got or ['not tried'])}")
+        if got is None:
+            problems.append(f"{path} ({label}): not tried (the guest stopped before it)")
+        elif got[0] == "rc=0" or got[1] != "bytes=0":
+            problems.append(f"{path} ({label}) after the revocation: {' '.join(got)}")
+    ls = r.one("ACCESS_LS") or "not tried"
+    seen.append(f"ls: {ls}")
+    if not ls.startswith("rc=") or ls.startswith("rc=0"):
+        problems.append(f"ls of the export after the revocation: {ls}")
+    names = {p.split("/")[0] for p in layout.files}
+    if any(f" {n}" in f" {ls.split(' ', 1)[-1]}" for n in names):
+        problems.append(f"names listed after the revocation: {ls}")
+    log = run.result.run_dir / "rpc.log"
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            t = float(line.split(None, 1)[0])
+            if t > reloads[1] and any(s in line for s in SERVED) and " NULL(" not in line:
+                problems.append(f"served after the revocation: {line}")
+    elif os.environ.get("KERNEL_E2E_TRACE", "1") != "0":
+        problems.append(f"no RPC trace ({log}): cannot tell what the server answered")
+    problems += [f"unanswered: {c}" for c in r.rpc.get("unanswered", [])]
+    problems += [f"guest: {e}" for e in r.values("ERROR")]
+    return problems, seen
 
 
 # ---------------------------------------------------------------- judging

@@ -48,6 +48,7 @@ class ServerConfig:
     workdir: str  # state, logs and config of the server live here
     port: int = 20490
     portmap: bool = False  # recovery-fs: also serve a portmapper on 111
+    exports: str | None = None  # recovery-fs: the text of its exports file (None: the default)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -185,12 +186,22 @@ class Server:
         self.kill()
         self.start(timeout)
 
+    def set_exports(self, text: str) -> str:
+        """Replace the exports file and apply it live; return what happened, for the events."""
+        raise ServerError(f"{self.kind}: live exports changes are not driven by this harness")
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(f"== {p.name}\n{_tail(p, lines)}" for p in self.log_files())
 
 
 class RecoveryFs(Server):
     kind = "recovery-fs"
+
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config)
+        self.exports_file = self.workdir / "exports"
+        if config.exports is not None:
+            self.exports_file.write_text(config.exports)
 
     def command(self) -> list[str]:
         c = self.config
@@ -200,7 +211,20 @@ class RecoveryFs(Server):
         cmd += ["--log-file", str(self.workdir / "recovery_fs.log")]
         if not c.portmap:
             cmd.append("--no-portmap")
+        if c.exports is not None:
+            cmd += ["--exports", str(self.exports_file)]
         return cmd
+
+    def set_exports(self, text: str) -> str:
+        """Rewrite the exports file, then `recovery-fs exports reload` (as an administrator)."""
+        self.exports_file.write_text(text)
+        cmd = [sys.executable, "-m", "nfsd.cli", "exports", "reload"]
+        cmd += ["--state-dir", str(self.workdir / "state")]
+        p = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=30, cwd=REPO, env=self.env(), check=False
+        )
+        said = " ".join((p.stdout + p.stderr).split())[:300]
+        return f"exports reloaded rc={p.returncode}: {text.strip()!r} {said}"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
