@@ -649,3 +649,78 @@ def test_check_storage_errors_come_before_the_state_dir(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         Service(cfg(tmp_path, tmp_path / "missing")).start()
     assert not (tmp_path / "state").exists()
+
+
+# --- the exports file at start and in the operator's commands ------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("/recover/images 10.0.0.1(rw)", "rw"),
+        ("/recover/images 10.0.0.1(ro,frobnicate)", "frobnicate"),
+        ("/recover/images 10.0.0.1(ro", ""),
+        ("/srv/elsewhere 10.0.0.1(ro)", "not an export of this server"),
+    ],
+)
+def test_serve_refuses_a_bad_exports_file_naming_file_and_line(
+    tmp_path: Path, storage: Path, line: str, why: str
+) -> None:
+    exports = tmp_path / "exports"
+    exports.write_text(f"# comment\n\n{line}\n")
+    code, _, err = invoke("serve", *_serve_opts(tmp_path, storage), "--exports", str(exports))
+    assert code == 2
+    assert f"{exports}:3" in err and why in err
+
+
+def _serve_opts(tmp_path: Path, storage: Path) -> list[str]:
+    return [
+        "--storage", str(storage), "--bind", "127.0.0.1", "--port", "0", "--no-portmap",
+        "--state-dir", str(tmp_path / "state"), "--log-file", str(tmp_path / "log"),
+    ]  # fmt: skip
+
+
+def test_a_named_exports_file_must_exist(tmp_path: Path, storage: Path) -> None:
+    code, _, err = invoke(
+        "serve", *_serve_opts(tmp_path, storage), "--exports", str(tmp_path / "missing")
+    )
+    assert code == 2 and "does not exist" in err
+
+
+def test_exports_show_of_a_file(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    exports.write_text("/recover/images 10.0.0.0/8 *.example(insecure,no_root_squash)\n")
+    code, out, _ = invoke(
+        "exports", "show", "--exports", str(exports), "--state-dir", str(tmp_path / "s")
+    )
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "/recover/images" and "10.0.0.0/8(ro,secure,root_squash" in out
+    assert "*.example(ro,insecure,no_root_squash" in lines[1]
+
+
+def test_exports_reload_without_a_server(tmp_path: Path) -> None:
+    code, _, err = invoke("exports", "reload", "--state-dir", str(tmp_path / "s"))
+    assert code == 3 and "not running" in err
+
+
+def test_service_reload_applies_or_keeps(tmp_path: Path, storage: Path) -> None:
+    exports = tmp_path / "exports"
+    exports.write_text("/recover/images 127.0.0.1(insecure)\n")
+    s = Service(cfg(tmp_path, storage, exports=exports))
+    s.start()
+    try:
+        assert s.port and len(mnt_root(s.port)) >= 20
+        exports.write_text("/recover/images 127.0.0.9(insecure)\n")
+        assert s.reload_exports() is None
+        st = json.loads((tmp_path / "state" / "status.json").read_text())
+        assert st["exports"]["generation"] == 2 and "127.0.0.9(" in st["exports"]["effective"]
+        with pytest.raises(AssertionError):
+            mnt_root(s.port)  # 127.0.0.1 is no longer listed: MNT3ERR_ACCES
+        exports.write_text("/recover/images 127.0.0.1(insecure,bogus)\n")
+        why = s.reload_exports()
+        assert why is not None and f"{exports}:1" in why
+        st = json.loads((tmp_path / "state" / "status.json").read_text())
+        assert st["exports"]["generation"] == 2 and st["exports"]["error"] == why
+    finally:
+        s.stop()
