@@ -130,9 +130,22 @@ def parse_options(
 
     Empty items (``ro,,secure``, a trailing comma) are skipped.
     """
+    return apply_options(text, base, None, where, allow_rw=allow_rw)[0]
+
+
+def apply_options(
+    text: str, base: ExportOptions, root: str | None, where: str, *, allow_rw: bool = False
+) -> tuple[ExportOptions, str]:
+    """:func:`parse_options`, carrying the root squash choice ``no_all_squash`` returns to.
+
+    ``root`` is that choice made before ``text`` (``"root"`` or ``"none"``;
+    None: the one ``base`` shows).  Returns the options and the choice after
+    ``text``: ``-no_root_squash,all_squash host(no_all_squash)`` gives host
+    no_root_squash.
+    """
     opts = base
-    # no_all_squash goes back to the root squash choice last made.
-    root = "none" if base.squash == "none" else "root"
+    if root is None:
+        root = "none" if base.squash == "none" else "root"
     for item in text.split(","):
         name, eq, value = item.strip().partition("=")
         if not name and not eq:
@@ -161,7 +174,7 @@ def parse_options(
             opts = replace(opts, mountpoint="")
         else:
             raise ExportsError(where, f"{item.strip()}: unknown option")
-    return opts
+    return opts, root
 
 
 def _valued(opts: ExportOptions, name: str, value: str, where: str, item: str) -> ExportOptions:

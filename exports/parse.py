@@ -28,7 +28,7 @@ from pathlib import Path
 
 from exports.clients import classify
 from exports.errors import ExportsError
-from exports.options import ExportOptions, parse_options
+from exports.options import ExportOptions, apply_options
 from exports.table import ClientSpec, Export, ExportTable, normalize_path
 
 BUILT_IN = "<built-in>"
@@ -59,9 +59,11 @@ class _Builder:
             return
         path = _path(tokens[0], where)
         rest = tokens[1:]
-        defaults = ExportOptions()
+        defaults, root = ExportOptions(), "root"
         if rest and rest[0].startswith("-"):
-            defaults = parse_options(rest[0][1:], defaults, where, allow_rw=self.allow_rw)
+            defaults, root = apply_options(
+                rest[0][1:], defaults, root, where, allow_rw=self.allow_rw
+            )
             rest = rest[1:]
         specs = self.clients.setdefault(path, [])
         if not rest:
@@ -76,7 +78,7 @@ class _Builder:
             client, body = _client_token(token, where)
             options = defaults
             if body is not None:
-                options = parse_options(body, defaults, where, allow_rw=self.allow_rw)
+                options, _ = apply_options(body, defaults, root, where, allow_rw=self.allow_rw)
             if client == "":
                 self._warn_blank(previous, body or "", where)
             kind, _ = classify(client, where)

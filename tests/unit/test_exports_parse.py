@@ -135,6 +135,12 @@ def test_line_defaults_apply_to_every_client_and_options_start_from_them() -> No
     ]
 
 
+def test_no_all_squash_returns_to_the_root_squash_choice_of_the_defaults() -> None:
+    table = parse("/e -no_root_squash,all_squash a b(no_all_squash) c(root_squash,no_all_squash)")
+    squash = [c.options.squash for c in table.exports[0].clients]
+    assert squash == ["all", "none", "root"]
+
+
 def test_defaults_must_follow_the_path() -> None:
     assert (
         error("/e a -insecure") == "f:1: -insecure: default options must come right after the path"
@@ -331,3 +337,41 @@ def test_exports_error_from_a_whole_message() -> None:
         "/x is not an export: it serves /y",
     )
     assert str(ExportsError("no place")) == "no place"
+
+
+# -- the manual's examples are what the parser reads ---------------------------------
+
+MANUAL = Path(__file__).resolve().parents[2] / "docs" / "exports.5.md"
+
+
+def manual_blocks() -> list[str]:
+    """The indented lines of the manual's EXAMPLES section: the good ones, then the mistakes."""
+    section = MANUAL.read_text().split("## EXAMPLES", 1)[1].split("\n## ", 1)[0]
+    return [
+        "".join(line[4:] + "\n" for line in part.splitlines() if line.startswith("    "))
+        for part in section.split("Mistakes")
+    ]
+
+
+def test_the_manual_examples_parse_cleanly() -> None:
+    good, mistakes = manual_blocks()
+    table = parse(good, "manual")
+    assert table.warnings == ()
+    assert [e.path for e in table.exports] == ["/recover/images"]
+    export = table.exports[0]
+    assert [c.kind for c in export.clients].count("wildcard") == 1
+    assert {c.options.squash for c in export.clients} == {"none", "all", "root"}
+    lines = [line.split("#")[0] for line in mistakes.splitlines()]
+    assert len(parse(lines[0]).warnings) == 1
+    assert parse(lines[1]).match("/recover/images", "10.0.0.1", _NoNames()) is None
+    for line, message in ((lines[2], "rw: this export"), (lines[3], "unbalanced parentheses")):
+        with pytest.raises(ExportsError, match=message):
+            parse(line)
+
+
+class _NoNames:
+    def addresses(self, name: str, wait: float = 0.0) -> set[str] | None:
+        return None
+
+    def names(self, addr: str, wait: float = 0.0) -> set[str] | None:
+        return {"10.0.0.1"}
