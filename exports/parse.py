@@ -41,6 +41,7 @@ class _Builder:
     def __init__(self, allow_rw: bool) -> None:
         self.allow_rw = allow_rw
         self.clients: dict[str, list[ClientSpec]] = {}
+        self.first: dict[tuple[str, str], ClientSpec] = {}  # (path, client): its first spec
         self.warnings: list[str] = []
 
     def table(self) -> ExportTable:
@@ -97,9 +98,8 @@ class _Builder:
             )
 
     def _add(self, path: str, specs: list[ClientSpec], spec: ClientSpec) -> None:
-        key = spec.text.lower()
-        first = next((s for s in specs if s.text.lower() == key), None)
-        if first is not None:
+        first = self.first.setdefault((path, spec.text.lower()), spec)
+        if first is not spec:
             self.warnings.append(
                 f"{spec.source}: {spec.text} is listed again for {path} "
                 f"(first at {first.source}); the first one applies"

@@ -158,11 +158,11 @@ def test_a_slow_resolver_never_blocks_beyond_wait(closing: list[Resolver]) -> No
     r = make(closing, forward=forward)
     start = time.monotonic()
     assert r.addresses("h") is None
-    assert time.monotonic() - start < 0.05
+    assert time.monotonic() - start < 0.5  # the look-up itself is held for 10 s
     start = time.monotonic()
     assert r.addresses("h", wait=0.1) is None
     took = time.monotonic() - start
-    assert 0.09 <= took < 0.5
+    assert 0.09 <= took < 1.0
     forward.release.set()
     assert r.addresses("h", wait=5) == {"10.0.0.1"}
 
@@ -173,11 +173,11 @@ def test_match_with_a_hanging_resolver_answers_within_wait(closing: list[Resolve
     table = parse("/e h.example(anonuid=1) *.example(anonuid=2) 10.0.0.0/8(anonuid=3)")
     start = time.monotonic()
     assert table.match("/e", "192.168.0.1", r, wait=0.1) is None
-    assert time.monotonic() - start < 0.5  # one budget for the whole match, not per look-up
+    assert time.monotonic() - start < 1.0  # one budget for the whole match, not per look-up
     start = time.monotonic()
     spec = table.match("/e", "10.0.0.1", r)
     assert spec is not None and spec.text == "10.0.0.0/8"
-    assert time.monotonic() - start < 0.05
+    assert time.monotonic() - start < 0.5
     hung.release.set()
 
 
@@ -223,7 +223,7 @@ def test_pending_look_ups_are_bounded_and_threads_too(closing: list[Resolver]) -
     start = time.monotonic()
     for i in range(1000):
         assert r.addresses(f"stranger{i}.example") is None
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 2.0
     assert r.pending() == 5
     assert threading.active_count() - before <= 2
     eventually(lambda: len(forward.calls) == 2)  # two threads, each stuck in one look-up
