@@ -7,7 +7,7 @@ BIND   ?= 0.0.0.0
 DEMO   ?= .cache/demo-storage
 STATE  ?= .cache/state
 
-.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short clean
+.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short soak clean
 
 all: check
 
@@ -55,6 +55,10 @@ bench: deps-test venv
 
 bench-short: deps-test venv
 	bench/run --short
+
+## make soak: the hostile loads of issue 7, full size, recovery-fs and ganesha side by side.
+soak: deps-test venv
+	bench/soak --full
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
