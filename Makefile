@@ -7,7 +7,7 @@ BIND   ?= 0.0.0.0
 DEMO   ?= .cache/demo-storage
 STATE  ?= .cache/state
 
-.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short soak clean
+.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short soak fuzz fuzz-short clean
 
 all: check
 
@@ -59,6 +59,19 @@ bench-short: deps-test venv
 ## make soak: the hostile loads of issue 7, full size, recovery-fs and ganesha side by side.
 soak: deps-test venv
 	bench/soak --full
+
+## make fuzz: atheris over the sans-IO path for FUZZ_SECONDS (tests/fuzz/README.md);
+## crashes land in tests/fuzz/crashes/, where tests/unit/test_fuzz_corpus.py replays them.
+FUZZ_SECONDS ?= 600
+fuzz: venv
+	@mkdir -p .cache/fuzz-corpus
+	$(BIN)/python -m tests.fuzz.fuzz_rpc -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	    -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=tests/fuzz/crashes/ \
+	    .cache/fuzz-corpus tests/fuzz/corpus
+
+## make fuzz-short: the 30 s run that make test includes.
+fuzz-short: venv
+	$(BIN)/pytest tests/fuzz/test_fuzz_short.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

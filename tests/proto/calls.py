@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xdr import nfs3
 from xdr.rpc import (
     AUTH_NONE,
     AUTH_SYS,
@@ -20,6 +21,18 @@ def auth_sys(uid: int = 0, gid: int = 0) -> opaque_auth:
     p = RpcPacker()
     p.pack_authsys_parms(authsys_parms(0, b"test", uid, gid, []))
     return opaque_auth(AUTH_SYS, p.get_buffer())
+
+
+def unchanged_sattr() -> nfs3.sattr3:
+    """A sattr3 that sets nothing: the attributes of a CREATE, MKDIR, SETATTR..."""
+    return nfs3.sattr3(
+        nfs3.set_mode3(False),
+        nfs3.set_uid3(False),
+        nfs3.set_gid3(False),
+        nfs3.set_size3(False),
+        nfs3.set_atime(nfs3.DONT_CHANGE),
+        nfs3.set_mtime(nfs3.DONT_CHANGE),
+    )
 
 
 def call(

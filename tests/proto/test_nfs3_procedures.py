@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.proto.calls import call, parse
+from tests.proto.calls import call, parse, unchanged_sattr
 from tests.proto.fakens import FakeNamespace
 from tests.proto.nfsclient import Caller
 from xdr import nfs3, rpc
@@ -207,17 +207,6 @@ def test_readlink_is_inval_there_are_no_symlinks(c: Caller) -> None:
     assert res.status == nfs3.NFS3ERR_INVAL
 
 
-def _sattr() -> nfs3.sattr3:
-    return nfs3.sattr3(
-        nfs3.set_mode3(False),
-        nfs3.set_uid3(False),
-        nfs3.set_gid3(False),
-        nfs3.set_size3(False),
-        nfs3.set_atime(nfs3.DONT_CHANGE),
-        nfs3.set_mtime(nfs3.DONT_CHANGE),
-    )
-
-
 def modifying_calls(f: nfs3.nfs_fh3, d: nfs3.nfs_fh3) -> list[tuple[int, str, object, int]]:
     """(proc, name, args, wcc/attr words expected to carry attributes)."""
     where = nfs3.diropargs3(d, b"new")
@@ -225,27 +214,29 @@ def modifying_calls(f: nfs3.nfs_fh3, d: nfs3.nfs_fh3) -> list[tuple[int, str, ob
         (
             nfs3.NFSPROC3_SETATTR,
             "SETATTR3",
-            nfs3.SETATTR3args(f, _sattr(), nfs3.sattrguard3(False)),
+            nfs3.SETATTR3args(f, unchanged_sattr(), nfs3.sattrguard3(False)),
             1,
         ),
         (nfs3.NFSPROC3_WRITE, "WRITE3", nfs3.WRITE3args(f, 0, 3, nfs3.FILE_SYNC, b"abc"), 1),
         (
             nfs3.NFSPROC3_CREATE,
             "CREATE3",
-            nfs3.CREATE3args(where, nfs3.createhow3(nfs3.UNCHECKED, _sattr())),
+            nfs3.CREATE3args(where, nfs3.createhow3(nfs3.UNCHECKED, unchanged_sattr())),
             1,
         ),
-        (nfs3.NFSPROC3_MKDIR, "MKDIR3", nfs3.MKDIR3args(where, _sattr()), 1),
+        (nfs3.NFSPROC3_MKDIR, "MKDIR3", nfs3.MKDIR3args(where, unchanged_sattr()), 1),
         (
             nfs3.NFSPROC3_SYMLINK,
             "SYMLINK3",
-            nfs3.SYMLINK3args(where, nfs3.symlinkdata3(_sattr(), b"x")),
+            nfs3.SYMLINK3args(where, nfs3.symlinkdata3(unchanged_sattr(), b"x")),
             1,
         ),
         (
             nfs3.NFSPROC3_MKNOD,
             "MKNOD3",
-            nfs3.MKNOD3args(where, nfs3.mknoddata3(nfs3.NF3FIFO, pipe_attributes=_sattr())),
+            nfs3.MKNOD3args(
+                where, nfs3.mknoddata3(nfs3.NF3FIFO, pipe_attributes=unchanged_sattr())
+            ),
             1,
         ),
         (nfs3.NFSPROC3_REMOVE, "REMOVE3", nfs3.REMOVE3args(nfs3.diropargs3(d, b"x")), 1),
@@ -284,7 +275,9 @@ def test_modifying_with_a_bad_handle_is_badhandle_not_rofs(c: Caller) -> None:
     bad = nfs3.nfs_fh3(b"\1" * 30)
     res = c.nfs(
         nfs3.NFSPROC3_SETATTR,
-        lambda p: p.pack_SETATTR3args(nfs3.SETATTR3args(bad, _sattr(), nfs3.sattrguard3(False))),
+        lambda p: p.pack_SETATTR3args(
+            nfs3.SETATTR3args(bad, unchanged_sattr(), nfs3.sattrguard3(False))
+        ),
         "unpack_SETATTR3res",
     )
     assert res.status == nfs3.NFS3ERR_BADHANDLE
