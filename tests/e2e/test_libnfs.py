@@ -55,6 +55,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Presented]:
         _require(shutil.which(tool) is not None, f"{tool} (Debian package libnfs-utils)")
     _require(recovery_fs_command() is not None, "the recovery-fs command (pip install -e .)")
     root = tmp_path_factory.mktemp("storage")
+    root.chmod(0o755)  # root_squash (the default): uid 0 is nobody, who must search it
     presented = build_sample(root)
     presented |= build_big_dir(root, BIG, BIG_COUNT)
     return root, presented
