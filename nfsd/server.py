@@ -2,7 +2,7 @@
 
 Design notes
 ------------
-One *loop* thread (``selectors``, epoll on Linux) accepts and reads every
+One *loop* thread (epoll) accepts and reads every
 TCP connection, reassembles records (``nfsd.record``) and serves each call
 itself unless the procedure says it would wait on the storage (it raises
 ``WouldBlock``: a READ of bytes not in the page cache or over 64 KiB, a
@@ -86,7 +86,7 @@ import itertools
 import logging
 import os
 import queue
-import selectors
+import select
 import socket
 import threading
 import time
@@ -107,7 +107,37 @@ BACKOFF_FIRST = 0.01
 BACKOFF_MAX = 1.0
 UDP_MAX = 65535
 FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+READ, WRITE = select.EPOLLIN, select.EPOLLOUT
+TROUBLE = select.EPOLLERR | select.EPOLLHUP
+
+
+class _Poller:
+    """epoll keyed by descriptor, with the object each stands for: the
+    ``selectors`` module costs microseconds a wake-up, a GETATTR's worth."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._data: dict[int, object] = {}
+
+    def register(self, sock: socket.socket, events: int, data: object) -> None:
+        fd = sock.fileno()
+        self._epoll.register(fd, events)
+        self._data[fd] = data
+
+    def modify(self, sock: socket.socket, events: int) -> None:
+        self._epoll.modify(sock.fileno(), events)
+
+    def unregister(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        self._epoll.unregister(fd)
+        del self._data[fd]
+
+    def poll(self, timeout: float) -> list[tuple[object, int]]:
+        data = self._data
+        return [(data[fd], mask) for fd, mask in self._epoll.poll(timeout) if fd in data]
+
+    def close(self) -> None:
+        self._epoll.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +280,7 @@ class RpcServer:
         self._workers = _Workers(workers, name)
         self._listeners: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
-        self._sel = selectors.DefaultSelector()
+        self._sel = _Poller()
         self._conns: dict[_Connection, None] = {}
         self._unvalidated: OrderedDict[_Connection, None] = OrderedDict()
         self._lock = threading.Lock()  # _unvalidated, validated flags, _calls
@@ -271,6 +301,7 @@ class RpcServer:
         )
         self._next_sweep = 0.0
         self._calls = 0
+        self._accepted = 0
         self._refused: Counter[str] = Counter()
         self._closed: Counter[str] = Counter()
 
@@ -335,11 +366,13 @@ class RpcServer:
 
     def stats(self) -> dict[str, object]:
         """Counts for ``recovery-fs status``: connections open, those not yet
-        validated, calls answered, connections refused and closed by reason."""
+        validated, connections accepted and calls answered since the start,
+        connections refused and closed by a limit, by reason."""
         with self._lock:
             return {
                 "connections": len(self._conns),
                 "unvalidated": len(self._unvalidated),
+                "accepted": self._accepted,
                 "calls": self._calls,
                 "refused": dict(self._refused),
                 "closed": dict(self._closed),
@@ -353,17 +386,13 @@ class RpcServer:
                 timeout = self._next_sweep - now
                 if self._accept_paused_until is not None:
                     timeout = min(timeout, self._accept_paused_until - now)
-                for key, mask in self._sel.select(max(timeout, 0.0)):
-                    data = key.data
-                    if data is None:
-                        self._drain_wakes()
+                for data, mask in self._sel.poll(max(timeout, 0.0)):
+                    if isinstance(data, _Connection):
+                        self._ready(data, mask)
                     elif isinstance(data, socket.socket):
                         self._accept(data)
-                    elif not data.closed:
-                        if mask & WRITE:
-                            self._on_writable(data)
-                        if mask & READ and not data.closed:
-                            self._on_readable(data)
+                    else:
+                        self._drain_wakes()
                 now = time.monotonic()
                 if self._accept_paused_until is not None and now >= self._accept_paused_until:
                     self._accept_paused_until = None
@@ -381,6 +410,16 @@ class RpcServer:
             for s in self._tcp_listeners():
                 s.close()
 
+    def _ready(self, conn: _Connection, mask: int) -> None:
+        if conn.closed:
+            return
+        if mask & TROUBLE:
+            mask |= conn.events  # an error or a hang-up: the next call says which
+        if mask & WRITE:
+            self._on_writable(conn)
+        if mask & READ and not conn.closed:
+            self._on_readable(conn)
+
     def _wake(self, conn: _Connection | None) -> None:
         """Ask the loop to look at ``conn`` (any thread)."""
         self._wakes.append(conn)
@@ -390,10 +429,12 @@ class RpcServer:
                 self._wake_w.send(b"w")
 
     def _drain_wakes(self) -> None:
-        self._wake_sent = False
+        # The bytes first, then the flag: a wake that set the flag after the
+        # reset has its byte still to come, so none is lost.
         with contextlib.suppress(OSError):
             while self._wake_r.recv(4096):
                 pass
+        self._wake_sent = False
         while self._wakes:
             conn = self._wakes.popleft()
             if conn is not None and not conn.closed:
@@ -408,7 +449,10 @@ class RpcServer:
                 return
             except OSError as e:
                 if e.errno in FD_ERRNOS:
-                    self._out_of_descriptors(e)
+                    # Linux takes the descriptor before it looks at the queue:
+                    # EMFILE with no one waiting is no shortage yet.
+                    if _waiting(listener):
+                        self._out_of_descriptors(e)
                     return
                 if self._stopping.is_set():
                     return
@@ -427,7 +471,7 @@ class RpcServer:
         self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
         if self._backoff == BACKOFF_FIRST:
             self._throttle.warn(
-                "fd_limit",
+                "accept_paused",
                 "%s: cannot accept (%s, %d connections open): pausing accepts",
                 self.name,
                 e.strerror,
@@ -435,7 +479,7 @@ class RpcServer:
             )
         self._accept_paused_until = time.monotonic() + self._backoff
         for s in self._tcp_listeners():
-            with contextlib.suppress(KeyError, ValueError):
+            with contextlib.suppress(KeyError, OSError):
                 self._sel.unregister(s)
 
     def _admit(self, sock: socket.socket, peer: str) -> None:
@@ -467,6 +511,7 @@ class RpcServer:
         self._conns[conn] = None
         with self._lock:
             self._unvalidated[conn] = None
+            self._accepted += 1
         conn.events = READ
         self._sel.register(sock, READ, conn)
         log.info("%s: connection from %s", self.name, peer)
@@ -516,9 +561,11 @@ class RpcServer:
         """Dispatch backlogged records while the connection's limits allow:
         quick ones here, the rest on workers; send the quick replies at once."""
         lim = self.limits
-        queued = False
-        while conn.backlog and conn.inflight < lim.max_inflight and conn.unsent < lim.max_unsent:
-            record = conn.backlog.popleft()
+        quick: list[Reply] = []
+        size = conn.unsent
+        backlog = conn.backlog
+        while backlog and conn.inflight < lim.max_inflight and size < lim.max_unsent:
+            record = backlog.popleft()
             try:
                 reply = self._dispatch(conn, record, inline=True)
             except WouldBlock:
@@ -527,13 +574,16 @@ class RpcServer:
                 self._workers.submit(self._serve, conn, record)
                 continue
             if reply is None:
+                for r in quick:
+                    r.free()
                 self._close(conn, "not_rpc", "a record that is not an RPC call")
                 return
+            quick.append(reply)
+            size += sum(len(p) for p in reply.parts)
+        if quick:
             with conn.lock:
-                self._enqueue(conn, reply)
-            queued = True
-        if queued:
-            with conn.lock:
+                for reply in quick:
+                    self._enqueue(conn, reply)
                 self._flush_locked(conn)
 
     def _dispatch(self, conn: _Connection, record: bytes, inline: bool) -> Reply | None:
@@ -589,6 +639,13 @@ class RpcServer:
             if conn.closed:
                 return
         lim = self.limits
+        if (
+            conn.events == READ
+            and not conn.outq
+            and conn.inflight < lim.max_inflight
+            and conn.failed is None
+        ):
+            return  # reading, nothing to send: the common case, without the lock
         with conn.lock:
             if conn.failed is not None:
                 pass
@@ -617,7 +674,7 @@ class RpcServer:
                     elif not events:
                         self._sel.unregister(conn.sock)
                     else:
-                        self._sel.modify(conn.sock, events, conn)
+                        self._sel.modify(conn.sock, events)
                     conn.events = events
         if conn.failed is not None:
             self._close(conn, *conn.failed)
@@ -626,44 +683,46 @@ class RpcServer:
     def _enqueue(self, conn: _Connection, reply: Reply) -> None:
         """(conn.lock held) Queue a reply's framed buffers; it is freed once
         its last byte is sent."""
-        views = [memoryview(p).cast("B") for p in frame(reply.parts) if len(p)]
+        parts = [p for p in frame(reply.parts) if len(p)]
         if not conn.outq:
             conn.send_progress = time.monotonic()
         if conn.detached:
-            views = [memoryview(bytes(v)) for v in views]
+            parts = [bytes(p) for p in parts]
             reply.free()
-            conn.outq.extend([v, None] for v in views)
+            conn.outq.extend([p, None] for p in parts)
         else:
-            conn.outq.extend([v, None] for v in views)
+            conn.outq.extend([p, None] for p in parts)
             conn.outq[-1][1] = reply
-        conn.unsent += sum(len(v) for v in views)
+        conn.unsent += sum(len(p) for p in parts)
 
     def _flush_locked(self, conn: _Connection) -> None:
         """(conn.lock held) Send what the socket takes now, without waiting."""
         q = conn.outq
         try:
             while q:
-                views = [e[0] for e in itertools.islice(q, IOV_BATCH)]
+                parts = [e[0] for e in itertools.islice(q, IOV_BATCH)]
                 try:
-                    sent = conn.sock.sendmsg(views, [], socket.MSG_DONTWAIT)
+                    sent = conn.sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     return
                 conn.unsent -= sent
                 conn.send_progress = time.monotonic()
-                full = sent == sum(len(v) for v in views)
-                while sent:
-                    entry = q[0]
-                    view = entry[0]
-                    if sent >= len(view):
-                        sent -= len(view)
-                        q.popleft()
+                if len(parts) == len(q) and not conn.unsent:
+                    for entry in q:  # all of it: the common case
                         if entry[1] is not None:
                             entry[1].free()
-                    else:
-                        entry[0] = view[sent:]
-                        sent = 0
-                if not full:
-                    return
+                    q.clear()
+                    break
+                while sent:
+                    entry = q[0]
+                    n = len(entry[0])
+                    if sent < n:
+                        entry[0] = memoryview(entry[0]).cast("B")[sent:]
+                        return  # the socket is full
+                    sent -= n
+                    q.popleft()
+                    if entry[1] is not None:
+                        entry[1].free()
             conn.detached = False
         except OSError as e:
             if conn.failed is None:
@@ -682,7 +741,7 @@ class RpcServer:
         with conn.lock:
             conn.closed = True
             if conn.events:
-                with contextlib.suppress(KeyError, ValueError):
+                with contextlib.suppress(KeyError, OSError):
                     self._sel.unregister(conn.sock)
                 conn.events = 0
             conn.sock.close()
@@ -716,6 +775,10 @@ class RpcServer:
                 continue
             if conn.outq and now - conn.send_progress > DETACH_AFTER and not conn.detached:
                 self._detach(conn)
+            if conn.paused or conn.backlog or (conn.outq and not conn.events & WRITE):
+                self._update(conn)  # what a wake asks for, in case one was missed
+                if conn.closed:
+                    continue
             held += conn.held()
         if held > lim.max_buffered:
             self._shed()
@@ -739,7 +802,7 @@ class RpcServer:
         """Copy a stalled queue out of the READ buffer pool."""
         with conn.lock:
             for entry in conn.outq:
-                entry[0] = memoryview(bytes(entry[0]))
+                entry[0] = bytes(entry[0])
                 if entry[1] is not None:
                     entry[1].free()
                     entry[1] = None
@@ -785,6 +848,13 @@ class RpcServer:
         finally:
             if reply is not None:
                 reply.free()
+
+
+def _waiting(listener: socket.socket) -> bool:
+    """Whether a connection waits in ``listener``'s queue."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def cpu_count() -> int:
