@@ -72,7 +72,7 @@ FORWARDS = ("CALLIT", "BCAST", "INDIRECT")
 def _portmap_udp() -> list[dict]:
     out = []
     for what, vers, proc, args in PORTMAP_UDP:
-        with w.Client(("127.0.0.1", 111), "127.0.0.2", udp=True, timeout=1.0) as c:
+        with w.Client(("127.0.0.1", 111), "127.0.0.2", udp=True, timeout=0.5) as c:
             xid = c.send(w.PORTMAP_PROGRAM, vers, proc, args, None)
             call = len(w.call_record(xid, w.PORTMAP_PROGRAM, vers, proc, args))
             try:
