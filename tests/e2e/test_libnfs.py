@@ -313,14 +313,20 @@ def test_server_survives_hostile_clients(storage, tmp_path):
             with _connect(srv):
                 pass
 
-        # Many connections at once, each with a NULL call; answered, then all closed.
-        many = [_connect(srv) for _ in range(400)]
+        # Many connections open at once, each having made a valid call (NULL):
+        # all kept and answered.  (Connections that make no call are capped at
+        # 64, the oldest closed first: tests/unit/test_server_limits.py.)
+        many: list[socket.socket] = []
+        answered = 0
         try:
-            for i, s in enumerate(many):
+            for i in range(400):
+                s = _connect(srv)
+                many.append(s)
                 s.sendall(null_call(0x1000 + i))
-            answered = sum(
-                recv_record(s)[:4] == struct.pack(">I", 0x1000 + i) for i, s in enumerate(many)
-            )
+                answered += recv_record(s)[:4] == struct.pack(">I", 0x1000 + i)
+            for i, s in enumerate(many):  # still open, still served
+                s.sendall(null_call(0x2000 + i))
+                answered += recv_record(s)[:4] == struct.pack(">I", 0x2000 + i)
         finally:
             for s in many:
                 s.close()
@@ -337,5 +343,5 @@ def test_server_survives_hostile_clients(storage, tmp_path):
         srv.stop()
     bad = {what: how for what, how in outcomes.items() if how not in ("closed", "reply")}
     assert bad == {}, f"expected the connection closed or an RPC error reply: {bad}"
-    assert answered == 400
+    assert answered == 800
     assert rss_after - rss_before < 256 * 1024, f"RSS grew {rss_before} -> {rss_after} KiB"
