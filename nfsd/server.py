@@ -300,7 +300,8 @@ class RpcServer:
             0.02, min(1.0, limits.idle_timeout, limits.record_timeout, limits.send_timeout) / 4
         )
         self._next_sweep = 0.0
-        self._calls = 0
+        self._calls = 0  # answered by workers
+        self._calls_inline = 0  # answered by the loop
         self._accepted = 0
         self._refused: Counter[str] = Counter()
         self._closed: Counter[str] = Counter()
@@ -373,7 +374,7 @@ class RpcServer:
                 "connections": len(self._conns),
                 "unvalidated": len(self._unvalidated),
                 "accepted": self._accepted,
-                "calls": self._calls,
+                "calls": self._calls + self._calls_inline,
                 "refused": dict(self._refused),
                 "closed": dict(self._closed),
             }
@@ -595,9 +596,13 @@ class RpcServer:
             log.exception("dispatch failed for %s", conn.peer)
             return None
         if reply is not None:
-            with self._lock:
-                self._calls += 1
-                if not conn.validated:
+            if inline:
+                self._calls_inline += 1  # the loop's own count: no lock
+            else:
+                with self._lock:
+                    self._calls += 1
+            if not conn.validated:
+                with self._lock:
                     conn.validated = True
                     self._unvalidated.pop(conn, None)
         return reply
