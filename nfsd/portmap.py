@@ -14,10 +14,12 @@ server's own bindings (MOUNT, NFS, the portmapper itself) are *fixed*: no
 call replaces or removes them.
 
 ``SET`` and ``UNSET`` are taken only from loopback callers (anyone else is
-answered FALSE), as rpcbind does.  ``GETPORT`` and ``GETADDR`` fall back to
-another version of the program when the one asked is not registered (the
-client then learns the versions from ``PROG_MISMATCH``), as rpcbind does;
-``GETVERSADDR`` does not.
+answered FALSE), as rpcbind does, and only while the table holds fewer
+than :data:`MAX_BINDINGS` rows, with an owner of at most 255 bytes: a
+local process cannot grow the table, or a DUMP reply, without bound.
+``GETPORT`` and ``GETADDR`` fall back to another version of the program
+when the one asked is not registered (the client then learns the versions
+from ``PROG_MISMATCH``), as rpcbind does; ``GETVERSADDR`` does not.
 
 The universal address (``h1.h2.h3.h4.p1.p2``, RFC 5665 §5.2.3) of a
 binding registered without a specific address names, in this order:
@@ -57,6 +59,8 @@ from xdr.portmap import PortmapPacker, PortmapUnpacker
 log = logging.getLogger("recovery_fs.portmap")
 
 OWNER = "recovery-fs"
+MAX_BINDINGS = 1024  # rows in the table: SET from loopback cannot grow it (or DUMP) forever
+MAX_OWNER = 255  # longest r_owner a SET may carry (rpcbind stores a user name there)
 
 # netid → (IP protocol, address family version)
 NETIDS: dict[str, tuple[int, int]] = {
@@ -127,10 +131,11 @@ class PortmapTable:
         self._lock = threading.Lock()
 
     def add(self, b: Binding) -> bool:
-        """Add a binding; False if (prog, vers, netid) is taken (RFC 1833)."""
+        """Add a binding; False if (prog, vers, netid) is taken (RFC 1833), or
+        if the table holds :data:`MAX_BINDINGS` already."""
         with self._lock:
             key = (b.prog, b.vers, b.netid)
-            if key in self._rows:
+            if key in self._rows or len(self._rows) >= MAX_BINDINGS:
                 return False
             self._rows[key] = b
             return True
@@ -254,7 +259,7 @@ class PortmapService:
     def rpcb_set(self, ctx: CallContext, r: pm.rpcb) -> Reply:
         netid = r.r_netid.decode(errors="replace")
         ctx.note = f"prog={r.r_prog} vers={r.r_vers} {netid} {r.r_addr!r}"
-        if netid not in NETIDS or not peer_is_loopback(ctx.peer):
+        if netid not in NETIDS or not peer_is_loopback(ctx.peer) or len(r.r_owner) > MAX_OWNER:
             return _bool(False)
         try:
             ip, port = parse_uaddr(r.r_addr.decode("ascii"))

@@ -55,6 +55,7 @@ import pytest
 
 from nfsd.handles import HandleCodec
 from nfsd.nfs3.service import RTMAX
+from nfsd.portmap import MAX_BINDINGS
 from nfsd.record import (
     DEFAULT_MAX_FRAGMENTS,
     DEFAULT_MAX_RECORD,
@@ -602,3 +603,27 @@ def test_mnt_of_the_export_still_works(h: Harness) -> None:
     res = u.unpack_mountres3()
     u.done()
     assert res.fhs_status == mount3.MNT3_OK
+
+
+# -- portmapper SET (RFC 1833): loopback may register, never without bound ------
+
+
+def rpcb_set(h: Harness, prog: int, owner: bytes) -> bool:
+    p = PortmapPacker()
+    p.pack_rpcb(pm.rpcb(prog, 1, b"tcp", b"127.0.0.1.15.160", owner))
+    r = ask(h, call(pm.PMAP_PROG, pm.RPCBVERS, pm.RPCBPROC_SET, p.get_buffer()))
+    assert rpc_stat(r) == (rpc.MSG_ACCEPTED, rpc.SUCCESS)
+    return r.body == b"\0\0\0\1"
+
+
+def test_rpcb_set_keeps_the_table_and_dump_bounded() -> None:
+    h = Harness()  # a table of its own: this test fills it
+    assert not rpcb_set(h, 500000, b"o" * 256)
+    assert rpcb_set(h, 500000, b"o" * 255)
+    added = 1 + sum(rpcb_set(h, 500001 + i, b"o" * 255) for i in range(MAX_BINDINGS))
+    assert added < MAX_BINDINGS
+    assert not rpcb_set(h, 600000, b"")
+    r = ask(h, call(pm.PMAP_PROG, pm.RPCBVERS, pm.RPCBPROC_DUMP))
+    u = PortmapUnpacker(r.body)
+    assert len(u.unpack_rpcblist()) == MAX_BINDINGS
+    u.done()
