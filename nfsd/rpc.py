@@ -12,11 +12,13 @@ header undecodable, REPLY    none (the record is dropped and logged)
 flavour not NONE or SYS      MSG_DENIED / AUTH_ERROR AUTH_BADCRED
 bad AUTH_SYS body / verf     MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
 cred / verf over 400 bytes   MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
-unknown program              PROG_UNAVAIL
+unknown program, or one not  PROG_UNAVAIL
+served over this transport
 unknown version              PROG_MISMATCH (lowest, highest)
 unknown procedure            PROC_UNAVAIL
 arguments undecodable,       GARBAGE_ARGS
 or bytes left over
+the program's guard refuses  the procedure's failure body with that status
 procedure raises             its failure body with the status it raised;
                              anything unexpected is logged with its
                              traceback and answered with the program's
@@ -146,7 +148,11 @@ class Program:
     ``unpacker`` builds the argument unpacker from the argument bytes;
     ``fault_status`` is the status its failure bodies carry for an
     unexpected exception (NFS3ERR_SERVERFAULT for NFS), or None to answer
-    SYSTEM_ERR.
+    SYSTEM_ERR.  ``guard`` admits every call but NULL before it runs: it
+    returns 0, or the status of the procedure's failure body (the access
+    check, ``nfsd.access``).  ``udp`` False answers the program's calls over
+    UDP with PROG_UNAVAIL; ``udp_no_amplify`` sends no UDP reply larger
+    than its call (portmapper DUMP: no reflection amplifier).
     """
 
     number: int
@@ -154,6 +160,9 @@ class Program:
     versions: dict[int, dict[int, Procedure]]
     unpacker: Callable[[bytes], Unpacker] = Unpacker
     fault_status: int | None = None
+    guard: Callable[[CallContext], int] | None = None
+    udp: bool = True
+    udp_no_amplify: bool = False
     low: int = field(init=False)
     high: int = field(init=False)
 
@@ -211,7 +220,7 @@ class Dispatcher:
             return Reply([p.get_buffer()])
 
         program = self.programs.get(call.prog)
-        if program is None:
+        if program is None or (transport == "udp" and not program.udp):
             p.pack_accepted_header(xid, NULL_AUTH, PROG_UNAVAIL)
             return Reply([p.get_buffer()])
         table = program.versions.get(call.vers)
@@ -244,7 +253,13 @@ class Dispatcher:
             p.pack_accepted_header(xid, NULL_AUTH, GARBAGE_ARGS)
             return Reply([p.get_buffer()])
 
-        body = self._run(program, proc, ctx, args)
+        status = program.guard(ctx) if program.guard is not None and call.proc != 0 else 0
+        if status:
+            # Refused before the procedure runs: no handle is even resolved.
+            ctx.status = status
+            body = proc.fail(status, args) if proc.fail is not None else None
+        else:
+            body = self._run(program, proc, ctx, args)
         head = accepted_header(xid, SUCCESS if body is not None else SYSTEM_ERR)
         elapsed = time.monotonic() - started
         if log.isEnabledFor(logging.DEBUG) or elapsed > self.slow_call_seconds:
@@ -263,6 +278,18 @@ class Dispatcher:
         if body is None:
             return Reply([head])
         body.parts.insert(0, head)
+        if transport == "udp" and program.udp_no_amplify:
+            size = sum(len(b) for b in body.parts)
+            if size > len(record):
+                log.info(
+                    "no UDP reply of %d bytes to a %d-byte %s call from %s (amplification)",
+                    size,
+                    len(record),
+                    proc.name,
+                    peer,
+                )
+                body.free()
+                return None
         return body
 
     def _run(self, program: Program, proc: Procedure, ctx: CallContext, args: Any) -> Reply | None:
