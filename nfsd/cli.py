@@ -41,6 +41,7 @@ from nfsd.cli_storage import storage_commands
 from nfsd.config import DEFAULT_CONFIG_FILE, LIMITS, Config, ConfigError, load
 from nfsd.registry import DEBUG_LEVEL, Registry, RegistryError, setting
 from nfsd.state import AlreadyRunning, StateDir, StateError
+from nfsd.tlsinit import tls_group
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -558,6 +559,7 @@ def exports_reload(config_file: Path | None, state_dir: Path | None, timeout: fl
 
 for _command in storage_commands:
     main.add_command(_command)
+main.add_command(tls_group)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ condition                    reply
 ==========================  ===============================================
 header undecodable, REPLY    none (the record is dropped and logged)
 ``rpcvers != 2``             MSG_DENIED / RPC_MISMATCH (2, 2)
+AUTH_TLS (RFC 9289)          NULL on plain TCP: the STARTTLS reply
+                             (``Reply.starttls``); else AUTH_BADCRED /
+                             AUTH_BADVERF (``nfsd.tls``)
 flavour not NONE or SYS      MSG_DENIED / AUTH_ERROR AUTH_BADCRED
 bad AUTH_SYS body / verf     MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
 cred / verf over 400 bytes   MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
@@ -37,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nfsd.tls import AUTH_TLS, PLAIN, Security, starttls_refusal, starttls_reply
 from xdr.base import Unpacker, XdrError
 from xdr.rpc import (
     AUTH_BADCRED,
@@ -69,11 +73,14 @@ class Reply:
     """A procedure's result body as buffers to send in order.
 
     ``release`` is called once the buffers have been sent (or dropped): it
-    gives back a pooled READ buffer.
+    gives back a pooled READ buffer.  ``starttls``: the STARTTLS reply; once
+    it is sent the connection reads no more records and a TLS handshake
+    must follow (``nfsd.tls``).
     """
 
     parts: list[Buffer]
     release: Callable[[], None] | None = None
+    starttls: bool = False
 
     def free(self) -> None:
         """Give back what the reply holds (a pooled buffer), if anything."""
@@ -96,6 +103,7 @@ class CallContext:
     note: str = ""  # key arguments and outcome, for the per-call log line
     status: int = 0  # the procedure's own status, for the per-call log line
     inline: bool = False  # served on a connection's reader: must not wait on storage
+    security: Security = PLAIN  # what the connection proved: none, tls, mtls (+ names)
 
     @property
     def uid(self) -> int:
@@ -177,11 +185,20 @@ class Dispatcher:
     def __init__(self, programs: Sequence[Program], slow_call_seconds: float = 5.0) -> None:
         self.programs = {p.number: p for p in programs}
         self.slow_call_seconds = slow_call_seconds
+        self.starttls = False  # True once a TLS certificate is configured
 
     def dispatch(
-        self, record: bytes, peer: str, transport: str, inline: bool = False
+        self,
+        record: bytes,
+        peer: str,
+        transport: str,
+        inline: bool = False,
+        security: Security = PLAIN,
     ) -> Reply | None:
         """Serve one call; None when no reply may be sent.
+
+        ``security`` is what the connection proved (``nfsd.tls``): it
+        decides the answer to AUTH_TLS and is handed to the procedures.
 
         With ``inline``, a procedure may raise :class:`WouldBlock` rather
         than wait on storage; it propagates to the caller.
@@ -212,6 +229,14 @@ class Dispatcher:
             except XdrError:
                 p.pack_auth_error(xid, AUTH_BADCRED)
                 return Reply([p.get_buffer()])
+        elif call.cred.flavor == AUTH_TLS:
+            stat = starttls_refusal(call, transport, security.level, self.starttls)
+            if stat:
+                log.info("AUTH_TLS refused (auth_stat %d) from %s %s", stat, peer, transport)
+                p.pack_auth_error(xid, stat)
+                return Reply([p.get_buffer()])
+            log.debug("STARTTLS to %s", peer)
+            return Reply([starttls_reply(xid)], starttls=True)
         elif call.cred.flavor != AUTH_NONE:
             p.pack_auth_error(xid, AUTH_BADCRED)
             return Reply([p.get_buffer()])
@@ -242,6 +267,7 @@ class Dispatcher:
             peer,
             transport,
             inline=inline,
+            security=security,
         )
         started = time.monotonic()
         try:
