@@ -92,6 +92,12 @@ class RecordReader:
         """Bytes held for records not yet complete."""
         return len(self._buf) + len(self._part)
 
+    @property
+    def begun(self) -> bool:
+        """Whether a record is begun and not complete, even one that holds no
+        byte yet (empty fragments): the transport times it from its start."""
+        return bool(self._buf or self._count)
+
 
 def frame(parts: list[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
     """Prefix a reply, given as buffers, with one last-fragment header."""

@@ -54,7 +54,9 @@ limit                  when it bites
 ``record_timeout``     a record begun and not completed, from its first
                        byte (a byte-a-second trickle is not progress)
 ``max_inflight``,      past either, the connection is no longer read until
-``max_unsent``         it drains (TCP pushes back on the client)
+``max_unsent``         it drains (TCP pushes back on the client); logged
+                       for ``max_unsent`` only: a client that fills its
+                       call slots is busy, not hostile
 ``send_timeout``       replies queued and none of their bytes taken: closed
 ``max_buffered``       bytes of incomplete records and of detached replies,
                        over all connections: the largest holder is closed
@@ -549,7 +551,7 @@ class RpcServer:
             return
         pending = conn.reader.pending
         self._pending_total += pending - before
-        if not pending:
+        if not conn.reader.begun:
             conn.record_started = None
         elif records or conn.record_started is None:
             conn.record_started = now  # a new record begins in this read
@@ -660,16 +662,17 @@ class RpcServer:
                     and conn.inflight < lim.max_inflight
                     and conn.unsent < lim.max_unsent
                 )
-                if not reading and not conn.paused:
+                if not reading and not conn.paused and conn.unsent >= lim.max_unsent:
+                    # A client that does not read its replies.  (A full
+                    # max_inflight is a client using its slots: not logged.)
                     self._throttle.warn(
-                        "paused",
-                        "%s: not reading %s: %d calls in flight, %d bytes unsent",
+                        "unsent",
+                        "%s: not reading %s: %d reply bytes unsent",
                         self.name,
                         conn.peer,
-                        conn.inflight,
                         conn.unsent,
                     )
-                elif reading and conn.paused and conn.reader.pending:
+                elif reading and conn.paused and conn.reader.begun:
                     conn.record_started = time.monotonic()  # its wait was ours
                 conn.paused = not reading
                 events = (READ if reading else 0) | (WRITE if conn.outq else 0)
@@ -836,6 +839,8 @@ class RpcServer:
             except OSError:
                 if self._stopping.is_set():
                     return
+                continue
+            if addr is None:  # shut down
                 continue
             self._workers.submit(self._serve_udp, sock, data, addr)
 

@@ -260,12 +260,15 @@ def test_zero_length_fragments_and_a_stream_without_a_last_fragment(serve) -> No
     with connect(server, port) as s:
         s.sendall(struct.pack(">I", 0) * 5000 + wire(call(PROG_NO, 1, NULL, xid=3)))
         assert parse(recv_records(s, 1)).xid == 3  # thousands of empty fragments: one call
+    empty = connect(server, port)
+    empty.sendall(struct.pack(">I", 0) * 100)  # a record begun that holds no byte
+    assert closed_by_server(empty, 3.0)
     endless = connect(server, port)
     fragment = struct.pack(">I", 100) + b"f" * 100  # the last-fragment bit never set
     with pytest.raises(OSError):
         for _ in range(200_000):  # 20 MiB, over DEFAULT_MAX_RECORD
             endless.sendall(fragment)
-    assert server.stats()["closed"] == {"record_too_large": 1}
+    assert server.stats()["closed"] == {"record_timeout": 1, "record_too_large": 1}
 
 
 # -- the server as a process --------------------------------------------------
