@@ -40,7 +40,7 @@ run: venv
 ## make check: lint, types and the fast tests.
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check xdr nfsd merge exports
+	$(BIN)/ruff format --check xdr nfsd merge exports instant
 	$(BIN)/mypy
 
 check: lint

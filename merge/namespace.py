@@ -71,6 +71,7 @@ class Kind(enum.IntEnum):
 
     REG = 1
     DIR = 2
+    LNK = 5  # only a writable namespace (instant/) presents symbolic links
 
 
 @dataclass(frozen=True, slots=True)

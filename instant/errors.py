@@ -1,0 +1,58 @@
+"""Errors of the writable namespace, beside ``merge.namespace``'s.
+
+Every class derives from :class:`merge.namespace.NamespaceError`, so a
+server that maps those already answers something for these; each is meant
+to become one ``nfsstat3``:
+
+=======================  ===================
+error                    nfsstat3
+=======================  ===================
+``Exists``               ``NFS3ERR_EXIST``
+``NotEmpty``             ``NFS3ERR_NOTEMPTY``
+``NoSpace``              ``NFS3ERR_NOSPC``
+``NotSupported``         ``NFS3ERR_NOTSUPP``
+``InvalidArgument``      ``NFS3ERR_INVAL``
+``NotSync``              ``NFS3ERR_NOT_SYNC``
+``NameTooLong``          ``NFS3ERR_NAMETOOLONG``
+``Stale``                ``NFS3ERR_STALE``
+=======================  ===================
+
+``NotFound``, ``NotADirectory``, ``IsADirectory`` and ``StorageIOError``
+are merge's, reused as they are.
+"""
+
+from __future__ import annotations
+
+from merge.namespace import NamespaceError
+
+
+class Exists(NamespaceError):
+    """The name exists (CREATE GUARDED, EXCLUSIVE with another verifier, MKDIR...)."""
+
+
+class NotEmpty(NamespaceError):
+    """RMDIR, or RENAME over a directory, that still has entries."""
+
+
+class NoSpace(NamespaceError):
+    """The session's quota, or the cache file system, is full; nothing was written."""
+
+
+class NotSupported(NamespaceError):
+    """An operation the session refuses by design (hard links, device nodes)."""
+
+
+class InvalidArgument(NamespaceError):
+    """A bad name (``.``, ``..``, ``/``, NUL) or a directory renamed into itself."""
+
+
+class NotSync(NamespaceError):
+    """SETATTR guarded by a ctime that is no longer the file's."""
+
+
+class NameTooLong(NamespaceError):
+    """A name longer than :data:`instant.namespace.NAME_MAX` bytes."""
+
+
+class Stale(NamespaceError):
+    """The session was stopped (or the entry's node is gone) while in use."""

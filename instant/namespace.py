@@ -1,0 +1,585 @@
+"""The writable namespace of an instant-recovery session, stacked on the read-only one.
+
+Design notes
+------------
+A session presents some folders of the read-only namespace (``roots``:
+name → presented path of ``/recover/images``), each under its own name at
+the session's root.  Every entry is a *node* of the session database
+(``instant.db``); nodes are keyed for the server by their ``fileid``:
+
+================  ===========================================================
+entry             node
+================  ===========================================================
+root              fileid 1 (``merge.attrs.ROOT_FILEID``), a directory
+backup folder     copied at session start (the whole subtree: VM folders are
+or file           small), keeping the base's fileid; a file also keeps its
+                  base path and size, and reads its bytes from there through
+                  the overlay store (``instant.store``, object = node id)
+new entry         a fresh fileid: 63 bits of BLAKE2b(session id, node id)
+================  ===========================================================
+
+Consequences, the invariants the server relies on:
+
+* *Stable identity.*  A fileid is fixed when its node is made and never
+  changes: not on the first write (there is no copy-up of a file, only
+  pieces in the overlay), not on RENAME (a dirent moves, the node stays),
+  not on a restart (it is in the database).
+* *Deletions are durable without whiteouts.*  Directories are copied at
+  session start, so a directory's entries are exactly its dirents: REMOVE
+  of a base file deletes a dirent, and nothing can show the base entry
+  again.  A removed node's overlay is dropped in the same transaction.
+* *Durable before the reply* (RFC 1813 §4.7).  Every change is one sqlite
+  transaction (WAL, ``synchronous=FULL``) that commits before the method
+  returns.  A WRITE's mtime goes into its group's commit (no extra flush).
+* *Multi-process.*  All state is in the database and the logs: two
+  processes on the same session directory see each other's changes at
+  their next call.
+* *Hard links are refused* (``NotSupported``): one name per node keeps
+  REMOVE, RENAME and the fileid→path map simple, and no hypervisor needs
+  them.  MKNOD likewise (the server answers it without calling here).
+* A base file whose size is no longer the one recorded (the storage was
+  changed under a running session) is not read: ``InputChanged``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from hashlib import blake2b
+from pathlib import Path
+from sqlite3 import Connection
+from typing import Any
+
+from instant.errors import (
+    Exists,
+    InvalidArgument,
+    NameTooLong,
+    NotEmpty,
+    NotSupported,
+    NotSync,
+    Stale,
+)
+from instant.store import Hook, Store, Tx
+from merge.attrs import ROOT_FILEID
+from merge.namespace import (
+    Attrs,
+    FsStats,
+    InputChanged,
+    IsADirectory,
+    Kind,
+    Namespace,
+    NotADirectory,
+    NotFound,
+    PresentedPath,
+    Reader,
+    Run,
+)
+
+NAME_MAX = 255
+NOW = -1
+"""A time given as ``NOW`` is the server's clock (SET_TO_SERVER_TIME)."""
+MAX_COPIED_ENTRIES = 100_000
+_MASK63 = (1 << 63) - 1
+_DIR_SIZE = 4096
+_FILES = 1 << 32
+
+_NODE_COLS = "id, fileid, kind, base, mode, uid, gid, atime, mtime, ctime, target, verifier"
+
+
+class CreateHow(enum.IntEnum):
+    """createmode3 of RFC 1813 §3.3.8."""
+
+    UNCHECKED = 0
+    GUARDED = 1
+    EXCLUSIVE = 2
+
+
+@dataclass(slots=True)
+class Node:
+    id: int
+    fileid: int
+    kind: Kind
+    base: PresentedPath | None
+    mode: int
+    uid: int
+    gid: int
+    atime: int
+    mtime: int
+    ctime: int
+    target: bytes | None
+    verifier: bytes | None
+    base_size: int = 0
+
+
+def _encode_path(path: PresentedPath, size: int) -> str:
+    return "\0".join((str(size), *path))
+
+
+def _decode_path(text: str | None) -> tuple[PresentedPath | None, int]:
+    if text is None:
+        return None, 0
+    size, *names = text.split("\0")
+    return tuple(names), int(size)
+
+
+def _node(row: Sequence[Any]) -> Node:
+    base, base_size = _decode_path(row[3])
+    mode, uid, gid, atime, mtime, ctime, target, verifier = row[4:12]
+    return Node(
+        row[0], row[1], Kind(row[2]), base, mode, uid, gid, atime, mtime, ctime,
+        target, verifier, base_size,
+    )  # fmt: skip
+
+
+def check_name(name: str) -> None:
+    """A name NFS may create: not empty, ``.``, ``..``, and no ``/`` or NUL."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise InvalidArgument(f"invalid name {name!r}")
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise NameTooLong(name)
+
+
+class SessionNamespace:
+    """The writable tree of one session directory; every method is durable on return."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        base: Namespace,
+        roots: Mapping[str, PresentedPath] | None = None,
+        *,
+        quota: int | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        hook: Hook | None = None,
+    ) -> None:
+        """Open the session in ``directory``, made from ``roots`` if it is new."""
+        self.dir = Path(directory)
+        self.base = base
+        self.clock = clock
+        self.store = Store(self.dir, quota=quota, hook=hook)
+        with self.store.transaction() as tx:
+            row = tx.conn.execute("SELECT value FROM meta WHERE key='id'").fetchone()
+            if row is None:
+                self._make(tx, roots or {})
+                row = tx.conn.execute("SELECT value FROM meta WHERE key='id'").fetchone()
+        self.session_id: bytes = row[0]
+
+    # -- making a session ----------------------------------------------------------
+
+    def _make(self, tx: Tx, roots: Mapping[str, PresentedPath]) -> None:
+        tx.conn.execute("INSERT INTO meta VALUES ('id', ?)", (os.urandom(16),))
+        now = self.clock()
+        tx.conn.execute(
+            f"INSERT INTO nodes({_NODE_COLS}) VALUES (1,?,?,NULL,493,0,0,?,?,?,NULL,NULL)",
+            (ROOT_FILEID, int(Kind.DIR), now, now, now),
+        )
+        budget = [MAX_COPIED_ENTRIES]
+        for name, path in roots.items():
+            check_name(name)
+            self._copy(tx, 1, name, path, a=self.base.getattr(path), budget=budget)
+
+    def _copy(
+        self, tx: Tx, parent: int, name: str, path: PresentedPath, *, a: Attrs, budget: list[int]
+    ) -> None:
+        """Copy the base entry ``path`` (and below) as a node named ``name`` in ``parent``."""
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise InvalidArgument(f"more than {MAX_COPIED_ENTRIES} entries in the session")
+        base = _encode_path(path, a.size) if a.kind == Kind.REG else None
+        node = tx.conn.execute(
+            f"INSERT INTO nodes({_NODE_COLS}) VALUES (NULL,?,?,?,?,?,?,?,?,?,NULL,NULL)",
+            (a.fileid, int(a.kind), base, a.mode | 0o200, a.uid, a.gid,
+             a.atime_ns, a.mtime_ns, a.ctime_ns),
+        ).lastrowid  # fmt: skip
+        tx.conn.execute("INSERT INTO dirents VALUES (?,?,?)", (parent, name, node))
+        if a.kind == Kind.DIR:
+            for child, ca in self.base.readdir(path):
+                self._copy(tx, node or 0, child, (*path, child), a=ca, budget=budget)
+
+    # -- nodes -------------------------------------------------------------------------
+
+    def _by_fileid(self, conn: Connection, fileid: int) -> Node:
+        row = conn.execute(f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?", (fileid,)).fetchone()
+        if row is None:
+            raise Stale(f"no entry with fileid {fileid}")
+        return _node(row)
+
+    def _child(self, conn: Connection, parent: Node, name: str) -> Node | None:
+        if parent.kind != Kind.DIR:
+            raise NotADirectory(str(parent.fileid))
+        row = conn.execute(
+            f"SELECT {', '.join('n.' + c.strip() for c in _NODE_COLS.split(','))} "
+            "FROM dirents d JOIN nodes n ON n.id = d.node WHERE d.parent=? AND d.name=?",
+            (parent.id, name),
+        ).fetchone()
+        return None if row is None else _node(row)
+
+    def _attrs(self, conn: Connection, n: Node) -> Attrs:
+        if n.kind == Kind.REG:
+            size = self.store.size(n.id, n.base_size)
+            used = size
+            nlink = 1
+        elif n.kind == Kind.DIR:
+            size = used = _DIR_SIZE
+            (subdirs,) = conn.execute(
+                "SELECT COUNT(*) FROM dirents d JOIN nodes n ON n.id = d.node "
+                "WHERE d.parent=? AND n.kind=?",
+                (n.id, int(Kind.DIR)),
+            ).fetchone()
+            nlink = 2 + subdirs
+        else:
+            size = used = len(n.target or b"")
+            nlink = 1
+        return Attrs(
+            kind=n.kind, size=size, used=used, mode=n.mode, nlink=nlink, uid=n.uid, gid=n.gid,
+            fileid=n.fileid, atime_ns=n.atime, mtime_ns=n.mtime, ctime_ns=n.ctime,
+        )  # fmt: skip
+
+    @contextmanager
+    def _changing(self) -> Iterator[Tx]:
+        with self.store.transaction() as tx:
+            yield tx
+
+    def _new_fileid(self, conn: Connection, node: int) -> int:
+        salt = 0
+        while True:
+            digest = blake2b(
+                self.session_id + node.to_bytes(8, "big") + salt.to_bytes(4, "big"),
+                digest_size=8,
+                person=b"rfs-instant",
+            )
+            fid = int.from_bytes(digest.digest(), "big") & _MASK63
+            taken = conn.execute("SELECT 1 FROM nodes WHERE fileid=?", (fid,)).fetchone()
+            if fid > ROOT_FILEID and taken is None:
+                return fid
+            salt += 1
+
+    def _insert(
+        self, tx: Tx, parent: Node, name: str, *, kind: Kind, mode: int, uid: int, gid: int,
+        target: bytes | None = None, verifier: bytes | None = None,
+    ) -> Node:  # fmt: skip
+        now = self.clock()
+        c = tx.conn
+        node = (
+            c.execute(
+                f"INSERT INTO nodes({_NODE_COLS}) VALUES (NULL,0,?,NULL,?,?,?,?,?,?,?,?)",
+                (int(kind), mode & 0o7777, uid, gid, now, now, now, target, verifier),
+            ).lastrowid
+            or 0
+        )
+        fid = self._new_fileid(c, node)
+        c.execute("UPDATE nodes SET fileid=? WHERE id=?", (fid, node))
+        c.execute("INSERT INTO dirents VALUES (?,?,?)", (parent.id, name, node))
+        self._touch_dir(tx, parent, now)
+        return self._by_fileid(c, fid)
+
+    def _touch_dir(self, tx: Tx, d: Node, now: int) -> None:
+        tx.conn.execute("UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, d.id))
+
+    def _unlink(self, tx: Tx, parent: Node, name: str, n: Node) -> None:
+        """Delete the dirent and its node (one name per node) with its overlay."""
+        tx.conn.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent.id, name))
+        tx.conn.execute("DELETE FROM nodes WHERE id=?", (n.id,))
+        if n.kind == Kind.REG:
+            tx.drop(n.id)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def root(self) -> int:
+        return ROOT_FILEID
+
+    def getattr(self, fileid: int) -> Attrs:
+        with self.store.read() as conn:
+            return self._attrs(conn, self._by_fileid(conn, fileid))
+
+    def lookup(self, dir_fileid: int, name: str) -> Attrs:
+        """The attributes (and so the fileid) of ``name`` in a directory."""
+        with self.store.read() as conn:
+            d = self._by_fileid(conn, dir_fileid)
+            n = self._child(conn, d, name)
+            if n is None:
+                raise NotFound(name)
+            return self._attrs(conn, n)
+
+    def resolve(self, path: PresentedPath) -> int:
+        """The fileid of a path below the session root (for tools and tests)."""
+        fid = ROOT_FILEID
+        for name in path:
+            fid = self.lookup(fid, name).fileid
+        return fid
+
+    def readdir(self, dir_fileid: int) -> Sequence[tuple[str, Attrs]]:
+        with self.store.read() as conn:
+            d = self._by_fileid(conn, dir_fileid)
+            if d.kind != Kind.DIR:
+                raise NotADirectory(str(dir_fileid))
+            rows = conn.execute(
+                f"SELECT d.name, {', '.join('n.' + c.strip() for c in _NODE_COLS.split(','))} "
+                "FROM dirents d JOIN nodes n ON n.id = d.node WHERE d.parent=?",
+                (d.id,),
+            ).fetchall()
+            return [(r[0], self._attrs(conn, _node(r[1:]))) for r in rows]
+
+    def readlink(self, fileid: int) -> bytes:
+        with self.store.read() as conn:
+            n = self._by_fileid(conn, fileid)
+        if n.kind != Kind.LNK or n.target is None:
+            raise InvalidArgument("not a symbolic link")
+        return n.target
+
+    def open(self, fileid: int) -> Reader:
+        with self.store.read() as conn:
+            n = self._by_fileid(conn, fileid)
+        if n.kind == Kind.DIR:
+            raise IsADirectory(str(fileid))
+        if n.kind != Kind.REG:
+            raise InvalidArgument("not a regular file")
+        return SessionReader(self, n)
+
+    def fsstat(self) -> FsStats:
+        """The quota's room, or the cache file system's when that is smaller."""
+        st = os.statvfs(self.dir)
+        fs_free = st.f_bavail * st.f_frsize
+        fs_total = st.f_blocks * st.f_frsize
+        use = self.store.usage()
+        if use.quota is None:
+            total, free = fs_total, fs_free
+        else:
+            total, free = use.quota, min(fs_free, max(0, use.quota - use.logged))
+        return FsStats(total, free, free, _FILES, _FILES, _FILES)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def create(
+        self, dir_fileid: int, name: str, *, mode: int = 0o644,
+        how: CreateHow = CreateHow.UNCHECKED, verifier: bytes = b"", uid: int = 0, gid: int = 0,
+    ) -> Attrs:  # fmt: skip
+        """CREATE (RFC 1813 §3.3.8): a retried EXCLUSIVE with the same verifier succeeds."""
+        check_name(name)
+        with self._changing() as tx:
+            d = self._by_fileid(tx.conn, dir_fileid)
+            old = self._child(tx.conn, d, name)
+            if old is not None:
+                same_exclusive = how == CreateHow.EXCLUSIVE and old.verifier == verifier
+                if old.kind != Kind.REG or how == CreateHow.GUARDED:
+                    raise Exists(name)
+                if how == CreateHow.EXCLUSIVE and not same_exclusive:
+                    raise Exists(name)
+                n = old
+            else:
+                keep = verifier if how == CreateHow.EXCLUSIVE else None
+                n = self._insert(
+                    tx, d, name, kind=Kind.REG, mode=mode, uid=uid, gid=gid, verifier=keep
+                )
+            return self._attrs(tx.conn, n)
+
+    def mkdir(
+        self, dir_fileid: int, name: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0
+    ) -> Attrs:
+        check_name(name)
+        with self._changing() as tx:
+            d = self._by_fileid(tx.conn, dir_fileid)
+            if self._child(tx.conn, d, name) is not None:
+                raise Exists(name)
+            return self._attrs(
+                tx.conn, self._insert(tx, d, name, kind=Kind.DIR, mode=mode, uid=uid, gid=gid)
+            )
+
+    def symlink(
+        self,
+        dir_fileid: int,
+        name: str,
+        target: bytes,
+        *,
+        mode: int = 0o777,
+        uid: int = 0,
+        gid: int = 0,
+    ) -> Attrs:
+        check_name(name)
+        with self._changing() as tx:
+            d = self._by_fileid(tx.conn, dir_fileid)
+            if self._child(tx.conn, d, name) is not None:
+                raise Exists(name)
+            n = self._insert(
+                tx, d, name, kind=Kind.LNK, mode=mode, uid=uid, gid=gid, target=bytes(target)
+            )
+            return self._attrs(tx.conn, n)
+
+    def link(self, fileid: int, dir_fileid: int, name: str) -> Attrs:
+        """Hard links are refused by design (see the design notes)."""
+        raise NotSupported("hard links are not supported in a session")
+
+    def write(self, fileid: int, offset: int, data: bytes | memoryview) -> Attrs:
+        """WRITE, FILE_SYNC: the data and the new mtime are durable when this returns."""
+        with self.store.read() as conn:
+            n = self._by_fileid(conn, fileid)
+        if n.kind == Kind.DIR:
+            raise IsADirectory(str(fileid))
+        if n.kind != Kind.REG:
+            raise InvalidArgument("not a regular file")
+        if offset < 0 or offset + len(data) > 1 << 63:
+            raise InvalidArgument("offset out of range")
+        now = self.clock()
+
+        def stamp(tx: Tx) -> None:
+            tx.conn.execute("UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, n.id))
+
+        self.store.write(n.id, offset, data, n.base_size, extra=stamp)
+        return self.getattr(fileid)
+
+    def commit(self, fileid: int) -> None:
+        """COMMIT: nothing to do, every write was FILE_SYNC; checks the file exists."""
+        self.getattr(fileid)
+
+    def setattr(
+        self, fileid: int, *, size: int | None = None, mode: int | None = None,
+        uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
+        mtime_ns: int | None = None, guard_ctime_ns: int | None = None,
+    ) -> Attrs:  # fmt: skip
+        """SETATTR (RFC 1813 §3.3.2); times may be ``NOW``; guarded by ctime when asked."""
+        with self._changing() as tx:
+            n = self._by_fileid(tx.conn, fileid)
+            if guard_ctime_ns is not None and guard_ctime_ns != n.ctime:
+                raise NotSync(str(fileid))
+            now = self.clock()
+            if size is not None:
+                if n.kind == Kind.DIR:
+                    raise IsADirectory(str(fileid))
+                if n.kind != Kind.REG or size < 0:
+                    raise InvalidArgument("size of a non-file")
+                tx.truncate(n.id, size, n.base_size)
+                n.mtime = now
+            n.mode = n.mode if mode is None else mode & 0o7777
+            n.uid = n.uid if uid is None else uid
+            n.gid = n.gid if gid is None else gid
+            n.atime = n.atime if atime_ns is None else (now if atime_ns == NOW else atime_ns)
+            n.mtime = n.mtime if mtime_ns is None else (now if mtime_ns == NOW else mtime_ns)
+            tx.conn.execute(
+                "UPDATE nodes SET mode=?, uid=?, gid=?, atime=?, mtime=?, ctime=? WHERE id=?",
+                (n.mode, n.uid, n.gid, n.atime, n.mtime, now, n.id),
+            )
+            return self._attrs(tx.conn, n)
+
+    def remove(self, dir_fileid: int, name: str) -> None:
+        """REMOVE a file or symbolic link (a base file too: the session forgets it)."""
+        with self._changing() as tx:
+            d = self._by_fileid(tx.conn, dir_fileid)
+            n = self._child(tx.conn, d, name)
+            if n is None:
+                raise NotFound(name)
+            if n.kind == Kind.DIR:
+                raise IsADirectory(name)
+            self._unlink(tx, d, name, n)
+            self._touch_dir(tx, d, self.clock())
+
+    def rmdir(self, dir_fileid: int, name: str) -> None:
+        with self._changing() as tx:
+            d = self._by_fileid(tx.conn, dir_fileid)
+            n = self._child(tx.conn, d, name)
+            if n is None:
+                raise NotFound(name)
+            if n.kind != Kind.DIR:
+                raise NotADirectory(name)
+            if tx.conn.execute("SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (n.id,)).fetchone():
+                raise NotEmpty(name)
+            self._unlink(tx, d, name, n)
+            self._touch_dir(tx, d, self.clock())
+
+    def rename(self, from_dir: int, from_name: str, to_dir: int, to_name: str) -> None:
+        """RENAME (RFC 1813 §3.3.14): over an existing name, across directories; atomic."""
+        check_name(to_name)
+        with self._changing() as tx:
+            c = tx.conn
+            fd = self._by_fileid(c, from_dir)
+            td = self._by_fileid(c, to_dir)
+            src = self._child(c, fd, from_name)
+            if src is None:
+                raise NotFound(from_name)
+            dst = self._child(c, td, to_name)
+            if dst is not None and dst.id == src.id:
+                return
+            if src.kind == Kind.DIR and self._is_below(c, td.id, src.id):
+                raise InvalidArgument("a directory cannot move below itself")
+            if dst is not None:
+                if src.kind == Kind.DIR and dst.kind != Kind.DIR:
+                    raise NotADirectory(to_name)
+                if src.kind != Kind.DIR and dst.kind == Kind.DIR:
+                    raise IsADirectory(to_name)
+                if (
+                    dst.kind == Kind.DIR
+                    and c.execute(
+                        "SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (dst.id,)
+                    ).fetchone()
+                ):
+                    raise NotEmpty(to_name)
+                self._unlink(tx, td, to_name, dst)
+            c.execute(
+                "UPDATE dirents SET parent=?, name=? WHERE parent=? AND name=?",
+                (td.id, to_name, fd.id, from_name),
+            )
+            now = self.clock()
+            c.execute("UPDATE nodes SET ctime=? WHERE id=?", (now, src.id))
+            self._touch_dir(tx, fd, now)
+            self._touch_dir(tx, td, now)
+
+    def _is_below(self, conn: Connection, node: int, ancestor: int) -> bool:
+        """Whether ``node`` is ``ancestor`` or lies below it."""
+        while node != ancestor:
+            row = conn.execute("SELECT parent FROM dirents WHERE node=?", (node,)).fetchone()
+            if row is None:
+                return False
+            node = row[0]
+        return True
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> SessionNamespace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SessionReader:
+    """An opened session file: runs of its base, the overlay's logs and zeros.
+
+    The base reader is opened on the first read that needs it and held
+    until the reader is closed.
+    """
+
+    def __init__(self, ns: SessionNamespace, node: Node) -> None:
+        self._ns = ns
+        self._node = node
+        self._base: Reader | None = None
+
+    @property
+    def size(self) -> int:
+        return self._ns.store.size(self._node.id, self._node.base_size)
+
+    def _base_runs(self, offset: int, count: int) -> list[Run]:
+        n = self._node
+        if n.base is None:
+            return []
+        if self._base is None:
+            self._base = self._ns.base.open(n.base)
+            if self._base.size != n.base_size:
+                raise InputChanged(f"{'/'.join(n.base)} changed size under the session")
+        return self._base.runs(offset, count)
+
+    def runs(self, offset: int, count: int) -> list[Run]:
+        return self._ns.store.runs(
+            self._node.id, offset, count, self._base_runs, self._node.base_size
+        )
+
+    def __enter__(self) -> SessionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._base is not None:
+            self._base.__exit__(*exc)
+            self._base = None

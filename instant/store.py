@@ -1,0 +1,490 @@
+"""The overlay store: file contents written over a read-only base, in a session directory.
+
+Design notes
+------------
+Data goes to append-only *data logs*, one per ``Store`` (one per process):
+a write never touches bytes already written, so an overwrite cannot tear.
+What finds the data (``instant.rangemap`` maps, sizes) is in the session's
+sqlite database (``instant.db``).  A WRITE is acknowledged only when both
+are on stable storage, in this order:
+
+====  ========================  ============================================
+step  what                      if the process dies right after it
+====  ========================  ============================================
+1     reserve ``[pos, pos+n)``  nothing happened
+      at the end of the log
+2     ``pwrite`` the bytes      bytes in the log, no map points at them:
+                                invisible, reclaimed by compaction
+3     ``fdatasync`` the log     the same, now durable
+      (one per group)
+4     map edits + COMMIT        the write is there whole (WAL, synchronous=
+      (one per group)           FULL); it was not acknowledged, allowed
+5     acknowledge               the write is there whole
+====  ========================  ============================================
+
+Step 4 is one sqlite transaction: every piece of the write appears, or
+none does, and the pieces it replaced stay until it does.  Truncates and
+the namespace's changes are transactions of the same database
+(:meth:`Store.transaction`), durable before they return.
+
+Group commit
+------------
+Writers append their bytes in parallel (step 2), then queue.  The first
+writer to find no leader leads: it takes sqlite's write lock (``BEGIN
+IMMEDIATE``, waiting for another process's commit if one runs), *then*
+takes every write queued meanwhile, makes one ``fdatasync`` and one COMMIT
+for all of them, and wakes them.  Writes that arrive during a flush form
+the next group.  So 16 writes in flight cost one ``fdatasync`` and one WAL
+fsync, not sixteen of each; and while one process commits, the others'
+writers pile up behind sqlite's lock and go in one group each.
+``Store.stats`` counts writes, groups and syncs.
+
+Reading
+-------
+Each process caches the map of each file it reads (:class:`FileState`).
+The cache is checked with ``PRAGMA data_version`` of a read-only connection
+(no I/O: it changes only when another connection committed); when it moved,
+one indexed query of the file's ``gen`` says whether *this* file changed.
+Commits of this process apply their edits to the cache directly.  A read of
+a file never written costs that pragma and the base's own runs.
+
+Space
+-----
+``Usage.logged`` (the sum of the logs' committed ends) is what the session
+holds on disk and what the quota limits; ``Usage.live`` is what maps point
+at.  Overwritten bytes stay in the logs until :func:`instant.compact.compact`
+(offline: with no other process on the session) copies the live pieces to a
+new log.  Past the quota a write is refused with ``NoSpace`` before any byte
+is written (a quick check), and again under the write lock (the exact one).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from instant import db
+from instant.errors import NoSpace
+from instant.rangemap import Edits, FileState, Piece, RangeMap
+from merge.namespace import NamespaceError, Run, StorageIOError
+
+BaseRuns = Callable[[int, int], list[Run]]
+"""``base(offset, count)``: the base file's runs (``merge.namespace.Reader.runs``)."""
+
+Hook = Callable[[str], None]
+"""Called at each step of a write (``HOOK_POINTS``); the crash tests kill there."""
+
+HOOK_POINTS = ("before-data", "after-data", "after-sync", "after-commit")
+ABSENT = -1
+"""``gen`` of a file without an overlay."""
+CACHE_MAX = 4096
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of this process's store, for tests and ``instant list``."""
+
+    writes: int = 0
+    bytes_written: int = 0
+    groups: int = 0
+    data_syncs: int = 0
+    commits: int = 0
+
+
+class Usage(NamedTuple):
+    logged: int
+    live: int
+    quota: int | None
+
+
+class _Change(NamedTuple):
+    """One committed change of one file, for the read cache: ``edits`` None drops it."""
+
+    obj: int
+    old_gen: int
+    new_gen: int
+    size: int
+    base_limit: int
+    edits: Edits | None
+
+
+@dataclass(slots=True)
+class _Entry:
+    state: FileState | None
+    gen: int
+    checked: int = -1
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    obj: int
+    offset: int
+    length: int
+    pos: int
+    base_size: int
+    extra: Callable[[Tx], None] | None = None
+    done: bool = False
+    error: Exception | None = None
+
+
+@dataclass(slots=True)
+class Tx:
+    """An open write transaction: the connection, and the file changes made in it."""
+
+    store: Store
+    conn: sqlite3.Connection
+    changes: list[_Change] = field(default_factory=list)
+
+    def truncate(self, obj: int, size: int, base_size: int) -> None:
+        """Set the size of ``obj``; bytes past ``size`` are gone for good."""
+        ent = self.store._wstate(self.conn, obj, base_size)
+        assert ent.state is not None
+        self._changed(obj, ent, ent.state.truncate(size))
+
+    def write_piece(self, obj: int, piece: Piece, base_size: int) -> None:
+        ent = self.store._wstate(self.conn, obj, base_size)
+        assert ent.state is not None
+        self._changed(obj, ent, ent.state.write(piece))
+
+    def drop(self, obj: int) -> None:
+        """Forget ``obj``'s overlay (its file was removed)."""
+        self.conn.execute("DELETE FROM pieces WHERE obj=?", (obj,))
+        self.conn.execute("DELETE FROM objects WHERE id=?", (obj,))
+        self.store._wstates.pop(obj, None)
+        self.changes.append(_Change(obj, ABSENT, ABSENT, 0, 0, None))
+
+    def _changed(self, obj: int, ent: _Entry, edits: Edits) -> None:
+        assert ent.state is not None
+        c = self.conn
+        c.executemany(
+            "DELETE FROM pieces WHERE obj=? AND start=?", [(obj, s) for s in edits.removed]
+        )
+        c.executemany("INSERT INTO pieces VALUES (?,?,?,?,?)", [(obj, *p) for p in edits.added])
+        c.execute(
+            "UPDATE objects SET size=?, base_limit=?, gen=? WHERE id=?",
+            (ent.state.size, ent.state.base_limit, ent.gen + 1, obj),
+        )
+        self.changes.append(
+            _Change(obj, ent.gen, ent.gen + 1, ent.state.size, ent.state.base_limit, edits)
+        )
+        ent.gen += 1
+
+
+class Store:
+    """The overlay of every file of one session, as seen by one process."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        quota: int | None = None,
+        hook: Hook | None = None,
+    ) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.quota = quota
+        self.hook: Hook = hook or _no_hook
+        self.stats = Stats()
+        self._w = db.connect(self.dir)
+        self._r = db.connect(self.dir)
+        self._wlock = threading.Lock()  # the write connection, _wstates
+        self._rlock = threading.RLock()  # the read connection, _rstates, _fds
+        self._cv = threading.Condition()  # _queue, _leading
+        self._queue: list[_Pending] = []
+        self._leading = False
+        self._wstates: dict[int, _Entry] = {}
+        self._rstates: dict[int, _Entry] = {}
+        self._fds: dict[int, int] = {}
+        self._log_lock = threading.Lock()
+        self._log_id = 0
+        self._log_fd = -1
+        self._log_end = 0
+        self._used_hint = 0
+
+    # -- writing -----------------------------------------------------------------
+
+    def write(
+        self,
+        obj: int,
+        offset: int,
+        data: bytes | memoryview,
+        base_size: int,
+        extra: Callable[[Tx], None] | None = None,
+    ) -> None:
+        """Write ``data`` at ``offset`` of ``obj``; durable (FILE_SYNC) when it returns.
+
+        ``base_size`` is the base file's size, used if this is ``obj``'s first change.
+        ``extra(tx)`` runs in the group's transaction (the namespace sets mtime
+        there, so a write's metadata is as durable as its data at no extra flush).
+        Raises ``NoSpace`` past the quota or when the cache file system is full.
+        """
+        n = len(data)
+        if n == 0:
+            return
+        if self.quota is not None and self._used_hint + n > self.quota:
+            raise NoSpace(f"quota of {self.quota} bytes reached")
+        pos = self._reserve(n)
+        self.hook("before-data")
+        _pwrite_all(self._log_fd, data, pos)
+        self.hook("after-data")
+        p = _Pending(obj, offset, n, pos, base_size, extra)
+        with self._cv:
+            self._queue.append(p)
+            while not p.done and self._leading:
+                self._cv.wait()
+            lead = not p.done
+            if lead:
+                self._leading = True
+        if lead:
+            try:
+                self._lead()
+            finally:
+                with self._cv:
+                    self._leading = False
+                    self._cv.notify_all()
+        if p.error is not None:
+            raise p.error
+
+    def _reserve(self, n: int) -> int:
+        with self._log_lock:
+            if self._log_fd < 0:
+                self._open_log()
+            pos = self._log_end
+            self._log_end += n
+            return pos
+
+    def _open_log(self) -> None:
+        """This process's data log: created, its name durable, then registered."""
+        name = f"log-{uuid.uuid4().hex}.dat"
+        fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        _fsync_dir(self.dir)
+        with self.transaction() as tx:
+            self._log_id = (
+                tx.conn.execute("INSERT INTO logs(name) VALUES (?)", (name,)).lastrowid or 0
+            )
+        self._log_fd = fd
+
+    def _lead(self) -> None:
+        """Commit every queued write as one group: one fdatasync, one COMMIT."""
+        batch: list[_Pending] = []
+        try:
+            with self.transaction() as tx:
+                with self._cv:
+                    batch, self._queue = self._queue, []
+                os.fdatasync(self._log_fd)
+                self.stats.data_syncs += 1
+                self.hook("after-sync")
+                self._apply(tx, batch)
+            self.stats.commits += 1
+            self.stats.groups += 1
+            self.hook("after-commit")
+        except Exception as e:  # every write of the group gets the error
+            err = e if isinstance(e, NamespaceError) else _storage_error(e)
+            for p in batch:
+                p.error = p.error or err
+        with self._cv:
+            for p in batch:
+                p.done = True
+                if p.error is None:
+                    self.stats.writes += 1
+                    self.stats.bytes_written += p.length
+
+    def _apply(self, tx: Tx, batch: list[_Pending]) -> None:
+        """Map every write of ``batch`` (quota permitting) and move the log's end."""
+        c = tx.conn
+        used = c.execute("SELECT COALESCE(SUM(end), 0) FROM logs").fetchone()[0]
+        (end,) = c.execute("SELECT end FROM logs WHERE id=?", (self._log_id,)).fetchone()
+        for p in batch:
+            grow = max(0, p.pos + p.length - end)
+            if self.quota is not None and used + grow > self.quota:
+                p.error = NoSpace(f"quota of {self.quota} bytes reached")
+                continue
+            used += grow
+            end += grow
+            tx.write_piece(p.obj, Piece(p.offset, p.length, self._log_id, p.pos), p.base_size)
+            if p.extra is not None:
+                p.extra(tx)
+        c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
+        self._used_hint = used
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A write transaction, durable when the block ends (for truncates and names)."""
+        with self._wlock:
+            self._w.execute("BEGIN IMMEDIATE")
+            tx = Tx(self, self._w)
+            try:
+                yield tx
+                self._w.execute("COMMIT")
+            except BaseException:
+                self._w.execute("ROLLBACK")
+                self._wstates.clear()
+                raise
+        self._publish(tx.changes)
+
+    def _wstate(self, conn: sqlite3.Connection, obj: int, base_size: int) -> _Entry:
+        """``obj``'s entry for changing it, inside a write transaction; created if new."""
+        row = conn.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO objects(id, size, base_limit, gen) VALUES (?,?,?,0)",
+                (obj, base_size, base_size),
+            )
+            ent = _Entry(FileState(base_size, base_size), 0)
+        else:
+            cached = self._wstates.get(obj)
+            if cached is not None and cached.gen == row[0]:
+                return cached
+            ent = _load(conn, obj)
+        _bounded_put(self._wstates, obj, ent)
+        return ent
+
+    def _publish(self, changes: list[_Change]) -> None:
+        """Apply committed changes to the read cache, or drop what it cannot follow."""
+        if not changes:
+            return
+        with self._rlock:
+            for ch in changes:
+                ent = self._rstates.get(ch.obj)
+                if ent is None:
+                    continue
+                if ch.edits is None or ent.state is None or ent.gen != ch.old_gen:
+                    del self._rstates[ch.obj]
+                    continue
+                ent.state.map.apply(ch.edits)
+                ent.state.size, ent.state.base_limit = ch.size, ch.base_limit
+                ent.gen = ch.new_gen
+
+    # -- reading -----------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The read connection, in one read transaction (a consistent snapshot)."""
+        with self._rlock:
+            if self._r.in_transaction:
+                yield self._r
+                return
+            self._r.execute("BEGIN")
+            try:
+                yield self._r
+            finally:
+                self._r.execute("COMMIT")
+
+    def state(self, obj: int) -> FileState | None:
+        """A copy-free look at ``obj``'s overlay (None: never changed); for sizes."""
+        with self._rlock:
+            return self._rstate(obj).state
+
+    def size(self, obj: int, base_size: int) -> int:
+        st = self.state(obj)
+        return base_size if st is None else st.size
+
+    def runs(self, obj: int, offset: int, count: int, base: BaseRuns, base_size: int) -> list[Run]:
+        """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros."""
+        with self._rlock:
+            st = self._rstate(obj).state
+            if st is None:
+                st = FileState(base_size, base_size)
+            return st.runs(offset, count, base, self._fd_of)
+
+    def _rstate(self, obj: int) -> _Entry:
+        version = self._r.execute("PRAGMA data_version").fetchone()[0]
+        ent = self._rstates.get(obj)
+        if ent is not None and ent.checked == version:
+            return ent
+        row = self._r.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
+        gen = ABSENT if row is None else row[0]
+        if ent is None or ent.gen != gen:
+            with self.read() as conn:
+                ent = _load(conn, obj)
+            _bounded_put(self._rstates, obj, ent)
+        ent.checked = version
+        return ent
+
+    def _fd_of(self, log: int) -> int:
+        fd = self._fds.get(log)
+        if fd is None:
+            (name,) = self._r.execute("SELECT name FROM logs WHERE id=?", (log,)).fetchone()
+            fd = self._fds[log] = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
+        return fd
+
+    def usage(self) -> Usage:
+        with self._rlock:
+            logged = self._r.execute("SELECT COALESCE(SUM(end), 0) FROM logs").fetchone()[0]
+            live = self._r.execute("SELECT COALESCE(SUM(length), 0) FROM pieces").fetchone()[0]
+        self._used_hint = logged
+        return Usage(logged, live, self.quota)
+
+    def close(self) -> None:
+        with self._rlock, self._wlock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            if self._log_fd >= 0:
+                os.close(self._log_fd)
+                self._log_fd = -1
+            self._r.close()
+            self._w.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _load(conn: sqlite3.Connection, obj: int) -> _Entry:
+    row = conn.execute("SELECT size, base_limit, gen FROM objects WHERE id=?", (obj,)).fetchone()
+    if row is None:
+        return _Entry(None, ABSENT)
+    pieces = [
+        Piece(*r)
+        for r in conn.execute(
+            "SELECT start, length, log, pos FROM pieces WHERE obj=? ORDER BY start", (obj,)
+        )
+    ]
+    return _Entry(FileState(row[0], row[1], RangeMap(pieces)), row[2])
+
+
+def _bounded_put(cache: dict[int, _Entry], obj: int, ent: _Entry) -> None:
+    if len(cache) >= CACHE_MAX and obj not in cache:
+        cache.clear()
+    cache[obj] = ent
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, pos: int) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+    except OSError as e:
+        raise _storage_error(e) from e
+
+
+def _storage_error(e: BaseException) -> NamespaceError:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(str(e))
+    if isinstance(e, sqlite3.OperationalError) and "full" in str(e):
+        return NoSpace(str(e))
+    return StorageIOError(str(e))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _no_hook(point: str) -> None:
+    pass
