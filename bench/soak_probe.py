@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import random
 import socket
 import time
@@ -51,8 +52,10 @@ def wrong_bytes(got: bytes, want: bytes) -> int:
 
 
 def run(cfg: dict) -> dict:
-    """cfg: host, port, handles {name: hex}, files {name: path}, seconds, timeout, pause."""
+    """cfg: host, port, handles {name: hex}, files {name: path}, seconds, timeout, pause,
+    stop (a path: the client stops once it exists, or at ``seconds``)."""
     deadline = time.monotonic() + cfg["seconds"]
+    stop = cfg.get("stop", "")
     timeout, pause = cfg.get("timeout", 5.0), cfg.get("pause", 0.004)
     handles = {k: bytes.fromhex(v) for k, v in cfg["handles"].items()}
     maps = {}
@@ -67,7 +70,7 @@ def run(cfg: dict) -> dict:
     wrong = late = bytes_read = 0
     client: Client | None = None
     turn = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop and os.path.exists(stop)):
         turn += 1
         t0 = time.monotonic()
         try:
