@@ -466,25 +466,23 @@ class SessionNamespace:
 
     def remove(self, dir_fileid: int, name: str) -> None:
         """REMOVE a file or symbolic link (a base file too: the session forgets it)."""
-        with self._changing() as tx:
-            d = self._by_fileid(tx.conn, dir_fileid)
-            n = self._child(tx.conn, d, name)
-            if n is None:
-                raise NotFound(name)
-            if n.kind == Kind.DIR:
-                raise IsADirectory(name)
-            self._unlink(tx, d, name, n)
-            self._touch_dir(tx, d, self.clock())
+        self._delete(dir_fileid, name, want_dir=False)
 
     def rmdir(self, dir_fileid: int, name: str) -> None:
+        """RMDIR of an empty directory."""
+        self._delete(dir_fileid, name, want_dir=True)
+
+    def _delete(self, dir_fileid: int, name: str, *, want_dir: bool) -> None:
         with self._changing() as tx:
             d = self._by_fileid(tx.conn, dir_fileid)
             n = self._child(tx.conn, d, name)
             if n is None:
                 raise NotFound(name)
-            if n.kind != Kind.DIR:
+            if want_dir and n.kind != Kind.DIR:
                 raise NotADirectory(name)
-            if tx.conn.execute("SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (n.id,)).fetchone():
+            if not want_dir and n.kind == Kind.DIR:
+                raise IsADirectory(name)
+            if want_dir and _has_entries(tx.conn, n):
                 raise NotEmpty(name)
             self._unlink(tx, d, name, n)
             self._touch_dir(tx, d, self.clock())
@@ -509,12 +507,7 @@ class SessionNamespace:
                     raise NotADirectory(to_name)
                 if src.kind != Kind.DIR and dst.kind == Kind.DIR:
                     raise IsADirectory(to_name)
-                if (
-                    dst.kind == Kind.DIR
-                    and c.execute(
-                        "SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (dst.id,)
-                    ).fetchone()
-                ):
+                if dst.kind == Kind.DIR and _has_entries(c, dst):
                     raise NotEmpty(to_name)
                 self._unlink(tx, td, to_name, dst)
             c.execute(
@@ -543,6 +536,12 @@ class SessionNamespace:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _has_entries(conn: Connection, d: Node) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (d.id,)).fetchone() is not None
+    )
 
 
 class SessionReader:
