@@ -72,7 +72,7 @@ class _Builder:
                 f"{where}: no client given for {path}: exported to anyone; "
                 f"write *({defaults.describe()}) to say so"
             )
-            specs.append(ClientSpec("*", "anyone", defaults, where))
+            self._add(path, specs, ClientSpec("*", "anyone", defaults, where))
             return
         previous: str | None = None
         for token in rest:
