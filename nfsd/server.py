@@ -393,12 +393,18 @@ class RpcServer:
                 if self._accept_paused_until is not None:
                     timeout = min(timeout, self._accept_paused_until - now)
                 for data, mask in self._sel.poll(max(timeout, 0.0)):
-                    if isinstance(data, _Connection):
-                        self._ready(data, mask)
-                    elif isinstance(data, socket.socket):
-                        self._accept(data)
-                    else:
-                        self._drain_wakes()
+                    try:
+                        if isinstance(data, _Connection):
+                            self._ready(data, mask)
+                        elif isinstance(data, socket.socket):
+                            self._accept(data)
+                        else:
+                            self._drain_wakes()
+                    except Exception:
+                        # A bug must cost one connection, never the server.
+                        log.exception("%s: serving %s failed", self.name, data)
+                        if isinstance(data, _Connection):
+                            self._close(data, "error", "an internal error")
                 now = time.monotonic()
                 if self._accept_paused_until is not None and now >= self._accept_paused_until:
                     self._accept_paused_until = None

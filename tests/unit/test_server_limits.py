@@ -271,6 +271,25 @@ def test_zero_length_fragments_and_a_stream_without_a_last_fragment(serve) -> No
     assert server.stats()["closed"] == {"record_timeout": 1, "record_too_large": 1}
 
 
+def test_an_internal_error_costs_one_connection_not_the_server(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    server, port = serve(Limits())
+    victim = connect(server, port)
+    peer = f"127.0.0.1:{victim.getsockname()[1]}"
+    on_readable = server._on_readable
+
+    def buggy(conn):  # type: ignore[no-untyped-def]
+        if conn.peer == peer:
+            raise RuntimeError("a bug")
+        on_readable(conn)
+
+    monkeypatch.setattr(server, "_on_readable", buggy)
+    victim.sendall(b"x")
+    assert closed_by_server(victim, 2.0)
+    with connect(server, port) as other:
+        assert null_ok(other)
+    assert server.stats()["closed"] == {"error": 1}
+
+
 # -- the server as a process --------------------------------------------------
 
 SERVE = """
