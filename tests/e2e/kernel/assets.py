@@ -156,7 +156,12 @@ def _depends(ko: Path) -> list[str]:
     return []
 
 
-def _load_order(modules: dict[str, Path], builtin: set[str], work: Path) -> list[str]:
+def _load_order(
+    modules: dict[str, Path],
+    builtin: set[str],
+    work: Path,
+    wanted: tuple[str, ...] = WANTED_MODULES,
+) -> list[str]:
     """Uncompress the wanted modules and their dependencies into `work`; return load order."""
     order: list[str] = []
     visiting: set[str] = set()
@@ -176,7 +181,7 @@ def _load_order(modules: dict[str, Path], builtin: set[str], work: Path) -> list
         visiting.discard(name)
         order.append(name)
 
-    for name in WANTED_MODULES:
+    for name in wanted:
         visit(name)
     return order
 
