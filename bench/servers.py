@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -131,7 +132,7 @@ class NfsServer:
     proc: subprocess.Popen | None = None
     startup: float = 0.0
     failure: str = ""
-    out: object = field(default=None, repr=False)
+    out: IO[bytes] | None = field(default=None, repr=False)
 
     def url(self, path: str = "") -> str:
         return (

@@ -28,6 +28,7 @@ import socket
 import statistics
 import struct
 import time
+from typing import Any
 
 from soak_rpc import NFS_PROGRAM, NFS_V3, NULL, call, record
 
@@ -78,7 +79,7 @@ def trickle_idle(cfg: dict) -> dict:
     host, port = cfg["host"], cfg["port"]
     sel = selectors.DefaultSelector()
     kinds = ("trickle", "idle")
-    st = {
+    st: dict[str, dict[str, Any]] = {
         k: dict.fromkeys(("opened", "connect_failed", "closed_by_server", "replies"), 0)
         for k in kinds
     }

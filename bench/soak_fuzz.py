@@ -214,7 +214,7 @@ def run(cfg: dict) -> dict:
     pool = seeds({k: bytes.fromhex(v) for k, v in cfg["handles"].items()})
     ports = {"nfs": cfg["nfs_port"], "mount": cfg["mount_port"]}
     total, share = cfg["inputs"], cfg.get("udp_share", 0.0)
-    st = dict.fromkeys(
+    st: dict[str, float] = dict.fromkeys(
         (
             "tcp_sent",
             "udp_sent",

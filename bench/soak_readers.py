@@ -95,7 +95,7 @@ def run(cfg: dict) -> dict:
     for name in names:
         with open(cfg["files"][name], "rb") as f:
             maps[name] = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-    st = dict.fromkeys(
+    st: dict[str, float] = dict.fromkeys(
         ("whole_files", "vanished", "bytes_verified", "wrong_bytes", "errors", "connect_failed"),
         0,
     )
