@@ -22,9 +22,11 @@ keep the refusal inside NFS, where the Linux client turns it into an
 ordinary errno - ``ESTALE``, ``EPERM``, ``EACCES`` - rather than retrying.)
 
 Cost on the READ path: one dict look-up by the peer's ``host:port``
-string.  Decisions are kept per peer and per list *generation*; a reload
-starts a new generation, so a client taken off the list is refused from
-its next call on, while connections of clients still allowed are kept.
+string and a clock read.  Decisions are kept per peer and per list
+*generation*, for at most :data:`DECISION_TTL` seconds (a decision made
+from a host name must not outlive the resolver's answer); a reload starts
+a new generation, so a client taken off the list is refused from its next
+call on, while connections of clients still allowed are kept.
 Host names and wildcards are resolved by ``exports.Resolver`` on its own
 thread: a per-call check never waits for a resolver (``wait=0``); MNT waits
 at most :data:`MOUNT_RESOLVE_WAIT`.
@@ -56,6 +58,7 @@ log = logging.getLogger("recovery_fs.access")
 
 MOUNT_RESOLVE_WAIT = 2.0  # seconds a MNT may wait for a first name look-up
 MOUNTPOINT_RECHECK = 1.0  # seconds between checks of a `mountpoint` export
+DECISION_TTL = 30.0  # seconds a peer's decision is reused before it is made again
 MAX_DECISIONS = 8192  # peers remembered; past that the memo starts again
 MAX_LOGGED = 4096
 
@@ -107,6 +110,7 @@ class Decision:
     reason: int
     spec: ClientSpec | None
     generation: int
+    until: float = 0.0  # monotonic time after which it is made again
 
 
 class _MountpointCheck:
@@ -215,25 +219,27 @@ class AccessControl:
         addr, port = split_peer(ctx.peer)
         key = (ctx.peer, ctx.flavor)
         d = self._decisions.get(key)
-        if d is not None and d.generation == self.generation:
+        now = time.monotonic()
+        if d is not None and d.generation == self.generation and now < d.until:
             if d.reason == OK and not self._mounted(d.spec):
                 return Decision(NOT_MOUNTED, d.spec, d.generation)
             return d
         generation = self.generation
+        until = now + DECISION_TTL
         spec = self._spec(addr, wait)
         if spec is None:
-            d = Decision(NOT_LISTED, None, generation)
+            d = Decision(NOT_LISTED, None, generation, until)
             # A name not resolved yet is no verdict: ask again next call.
             if wait == 0.0 and self._has_names():
                 return d
         else:
             o = spec.options
             if o.secure and port >= 1024:
-                d = Decision(INSECURE_PORT, spec, generation)
+                d = Decision(INSECURE_PORT, spec, generation, until)
             elif ctx.flavor not in self.flavors(o):
-                d = Decision(WEAK_FLAVOR, spec, generation)
+                d = Decision(WEAK_FLAVOR, spec, generation, until)
             else:
-                d = Decision(OK, spec, generation)
+                d = Decision(OK, spec, generation, until)
         if len(self._decisions) >= MAX_DECISIONS:
             self._decisions = {}
         self._decisions[key] = d

@@ -315,3 +315,22 @@ def test_fsid_option_is_the_attributes_fsid(ns, option: str, fsid: int) -> None:
     p = Peer(d, f"{ALLOWED}:40000")
     res = NFS3Unpacker(p.nfs(nfs3.NFSPROC3_GETATTR, p.mnt().mountinfo.fhandle)).unpack_GETATTR3res()
     assert res.resok.obj_attributes.fsid == fsid
+
+
+def test_a_decision_is_made_again_after_its_time(ns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name-based verdict must not outlive the resolver's answer."""
+    import nfsd.access
+
+    d, access = build(ns, EXPORTS)
+    root = Peer(d, f"{ALLOWED}:40000").mnt().mountinfo.fhandle
+    calls = []
+    real = access._spec
+    monkeypatch.setattr(access, "_spec", lambda *a: calls.append(1) or real(*a))
+    p = Peer(d, f"{ALLOWED}:40000")
+    p.nfs(nfs3.NFSPROC3_GETATTR, root)
+    assert calls == []  # the MNT's decision is reused
+    monkeypatch.setattr(nfsd.access, "DECISION_TTL", 0.0)
+    access._decisions.clear()
+    p.nfs(nfs3.NFSPROC3_GETATTR, root)
+    p.nfs(nfs3.NFSPROC3_GETATTR, root)
+    assert len(calls) == 2  # made again each time its time is up
