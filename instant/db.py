@@ -25,6 +25,7 @@ table       rows
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 DB_NAME = "session.sqlite"
@@ -59,7 +60,7 @@ def connect(directory: Path) -> sqlite3.Connection:
     )
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA page_size=1024")  # only takes effect on a new file
-    conn.execute("PRAGMA journal_mode=WAL")
+    _wal(conn)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("BEGIN IMMEDIATE")
     for stmt in SCHEMA.split(";"):
@@ -67,3 +68,16 @@ def connect(directory: Path) -> sqlite3.Connection:
             conn.execute(stmt)
     conn.execute("COMMIT")
     return conn
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL; sqlite answers BUSY without waiting when another process opens too."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
