@@ -462,6 +462,7 @@ class SessionNamespace:
                 "UPDATE nodes SET mode=?, uid=?, gid=?, atime=?, mtime=?, ctime=? WHERE id=?",
                 (n.mode, n.uid, n.gid, n.atime, n.mtime, now, n.id),
             )
+            n.ctime = now
             return self._attrs(tx.conn, n)
 
     def remove(self, dir_fileid: int, name: str) -> None:
