@@ -52,9 +52,9 @@ Space
 -----
 ``Usage.logged`` (the sum of the logs' committed ends) is what the session
 holds on disk and what the quota limits; ``Usage.live`` is what maps point
-at.  Overwritten bytes stay in the logs until :func:`instant.compact.compact`
-(offline: with no other process on the session) copies the live pieces to a
-new log.  Past the quota a write is refused with ``NoSpace`` before any byte
+at.  Overwritten bytes stay in the logs until a compaction (planned, not
+written: offline, with no other process on the session) copies the live
+pieces to a new log.  Past the quota a write is refused with ``NoSpace`` before any byte
 is written (a quick check), and again under the write lock (the exact one).
 """
 
