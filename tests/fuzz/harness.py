@@ -153,10 +153,18 @@ class Harness:
         self.dispatcher = Dispatcher([*programs, portmap])
         self.errors = _Errors()
         server_log = logging.getLogger("recovery_fs")
+        self._saved_log = (server_log.level, server_log.propagate)
         server_log.addHandler(self.errors)
         server_log.setLevel(logging.ERROR)
         server_log.propagate = False
         self.out = 0  # READ buffers handed out and not yet back
+
+    def close(self) -> None:
+        """Give the server's logger back as it was (other tests share the process)."""
+        server_log = logging.getLogger("recovery_fs")
+        server_log.removeHandler(self.errors)
+        server_log.setLevel(self._saved_log[0])
+        server_log.propagate = self._saved_log[1]
 
     # -- one input ------------------------------------------------------
     def one_input(self, data: bytes) -> None:

@@ -10,6 +10,7 @@ resolve (a stale corpus would quietly fuzz nothing but BADHANDLE).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,10 @@ FILES = sorted(CORPUS.iterdir()) + sorted(p for p in CRASHES.iterdir() if p.suff
 
 
 @pytest.fixture(scope="module")
-def harness() -> Harness:
-    return Harness()
+def harness() -> Iterator[Harness]:
+    h = Harness()
+    yield h
+    h.close()
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
