@@ -31,9 +31,23 @@ the connection (:class:`TlsSession` raises :class:`TlsRefused`).
 The policy of :func:`server_context`:
 
 * TLS 1.3 only (the RFC's floor); ALPN ``sunrpc`` offered.  OpenSSL
-  completes a handshake whose client offered no ALPN, or another one:
-  :meth:`TlsSession.receive` checks ``selected_alpn_protocol()`` itself and
-  closes such a connection.
+  completes a handshake whose client offered no ALPN, or another one
+  (Python cannot make its ALPN callback fatal), so :class:`TlsSession`
+  reads the ALPN list of the ClientHello itself (:func:`client_hello_alpn`)
+  and decides after the handshake:
+
+  ===========================  =========================================
+  the client's ALPN            the connection
+  ===========================  =========================================
+  a list holding ``sunrpc``    kept (``sunrpc`` is what was agreed)
+  a list without ``sunrpc``    closed (RFC 9289 §7.2)
+  no ALPN extension at all     kept, unless ``require_alpn``: the Linux
+                               client's tlshd (ktls-utils 1.0.0, Debian
+                               13) sends none - measured, and its binary
+                               links no ``gnutls_alpn_*`` - and knfsd,
+                               whose handshakes tlshd does, accepts it
+  ===========================  =========================================
+
 * No session tickets: RPC connections live long and are not resumed, and
   a NewSessionTicket arriving after tlshd handed the socket to the kernel
   is one more record the Linux client must discard.
@@ -92,6 +106,7 @@ READ_CHUNK = 64 * 1024
 COALESCE = 16 * 1024  # reply parts below this are joined: one TLS record, not several
 TCP_ULP = getattr(socket, "TCP_ULP", 31)
 TLS_HANDSHAKE = 0x16  # TLS record content type of a ClientHello
+MAX_HELLO = 16 * 1024  # bytes a ClientHello may take (real ones: under 2 KiB)
 
 Buffer = bytes | bytearray | memoryview
 SECURITY_LEVELS = ("none", "tls", "mtls")
@@ -166,24 +181,138 @@ def certificate_names(cert: dict) -> tuple[str, ...]:
     )
 
 
-def established_security(obj: ssl.SSLObject | ssl.SSLSocket) -> Security:
+def established_security(
+    obj: ssl.SSLObject | ssl.SSLSocket,
+    offered: Sequence[str] | None,
+    require_alpn: bool = False,
+) -> Security:
     """The checks OpenSSL does not make, once a handshake has finished.
 
-    Raises :class:`TlsRefused` unless TLS 1.3 with ALPN ``sunrpc`` was
-    agreed; returns "mtls" with the names of a verified client certificate,
-    "tls" without one.
+    ``offered`` is the ALPN list of the ClientHello (None: no ALPN
+    extension).  Raises :class:`TlsRefused` unless TLS 1.3 was agreed and
+    ALPN ``sunrpc`` too - or, without ``require_alpn``, the client sent no
+    ALPN at all (see the design notes); returns "mtls" with the names of a
+    verified client certificate, "tls" without one.
     """
     version = obj.version()
     if version != "TLSv1.3":
         raise TlsRefused(f"handshake agreed {version}, not TLSv1.3")
     alpn = obj.selected_alpn_protocol()
-    if alpn != ALPN:
-        raise TlsRefused(f"ALPN {alpn!r} agreed, not {ALPN!r}" if alpn else "no ALPN agreed")
+    if offered is not None and ALPN not in offered:
+        raise TlsRefused(f"client offered ALPN {list(offered)}, not {ALPN!r}")
+    if offered is None and require_alpn:
+        raise TlsRefused("client offered no ALPN")
+    if offered is not None and alpn != ALPN:
+        raise TlsRefused(f"ALPN {alpn!r} agreed, not {ALPN!r}")
     cert = obj.getpeercert()
     if not cert:  # none sent, or no client CA to verify it against
         return Security("tls")
     der = obj.getpeercert(binary_form=True) or b""
     return Security("mtls", certificate_names(cert), hashlib.sha256(der).hexdigest())
+
+
+# ---------------------------------------------------------------- the ClientHello
+
+
+class _Short(Exception):
+    pass
+
+
+def _take(buf: memoryview, at: int, n: int) -> tuple[memoryview, int]:
+    if at + n > len(buf):
+        raise _Short
+    return buf[at : at + n], at + n
+
+
+def _int(buf: memoryview, at: int, n: int) -> tuple[int, int]:
+    raw, at = _take(buf, at, n)
+    return int.from_bytes(raw, "big"), at
+
+
+class HelloReader:
+    """Reads the ALPN list of a ClientHello from the first bytes a client sends.
+
+    Fed incrementally, each byte looked at once (a trickle of one-byte
+    records costs no more than one record): ``complete`` once the
+    ClientHello is whole; ``alpn`` is then its ALPN list, or None without
+    an ALPN extension.  Raises :class:`TlsRefused` for bytes that are no
+    ClientHello, or more than :data:`MAX_HELLO` of them.
+    """
+
+    def __init__(self) -> None:
+        self._raw = bytearray()  # bytes of a record not yet whole
+        self._body = bytearray()  # handshake fragments joined
+        self._fed = 0
+        self.complete = False
+        self.alpn: list[str] | None = None
+
+    def feed(self, data: Buffer) -> bool:
+        if self.complete:
+            return True
+        self._fed += len(data)
+        if self._fed > MAX_HELLO:
+            raise TlsRefused(f"no complete ClientHello in {MAX_HELLO} bytes")
+        self._raw += data
+        while len(self._raw) >= 5:
+            if self._raw[0] != TLS_HANDSHAKE:
+                raise TlsRefused("bytes other than a ClientHello after STARTTLS")
+            length = int.from_bytes(self._raw[3:5], "big")
+            if len(self._raw) < 5 + length:
+                break
+            self._body += self._raw[5 : 5 + length]
+            del self._raw[: 5 + length]
+        if self._raw and self._raw[0] != TLS_HANDSHAKE:
+            raise TlsRefused("bytes other than a ClientHello after STARTTLS")
+        if len(self._body) < 4:
+            return False
+        if self._body[0] != 1:
+            raise TlsRefused("first handshake message is not a ClientHello")
+        need = int.from_bytes(self._body[1:4], "big")
+        if len(self._body) < 4 + need:
+            return False
+        self.alpn = _hello_alpn(memoryview(bytes(self._body[4 : 4 + need])))
+        self.complete = True
+        self._raw = self._body = bytearray()
+        return True
+
+
+def _hello_alpn(hello: memoryview) -> list[str] | None:
+    """The ALPN list of a ClientHello body (RFC 8446 §4.1.2), None without one."""
+    try:
+        at = 2 + 32  # legacy_version, random
+        n, at = _int(hello, at, 1)
+        _, at = _take(hello, at, n)  # legacy_session_id
+        n, at = _int(hello, at, 2)
+        _, at = _take(hello, at, n)  # cipher_suites
+        n, at = _int(hello, at, 1)
+        _, at = _take(hello, at, n)  # legacy_compression_methods
+        if at == len(hello):
+            return None
+        n, at = _int(hello, at, 2)
+        exts, _ = _take(hello, at, n)
+        at = 0
+        while at < len(exts):
+            etype, at = _int(exts, at, 2)
+            n, at = _int(exts, at, 2)
+            ext, at = _take(exts, at, n)
+            if etype != 16:  # application_layer_protocol_negotiation
+                continue
+            n, pos = _int(ext, 0, 2)
+            names: list[str] = []
+            while pos < 2 + n:
+                k, pos = _int(ext, pos, 1)
+                name, pos = _take(ext, pos, k)
+                names.append(bytes(name).decode("ascii", "replace"))
+            return names
+    except _Short:
+        raise TlsRefused("malformed ClientHello") from None
+    return None
+
+
+def client_hello_alpn(data: Buffer) -> tuple[bool, list[str] | None]:
+    """(complete, ALPN list) of the ClientHello at the start of ``data`` (:class:`HelloReader`)."""
+    r = HelloReader()
+    return r.feed(data), r.alpn
 
 
 # ---------------------------------------------------------------- the context
@@ -202,6 +331,7 @@ class TlsSettings:
     key: Path
     client_ca: Path | None = None
     require_client_cert: bool = False
+    require_alpn: bool = False  # also close clients that send no ALPN (Linux's tlshd 1.0)
 
     def files(self) -> tuple[Path, ...]:
         return (self.cert, self.key) + ((self.client_ca,) if self.client_ca else ())
@@ -300,12 +430,19 @@ class TlsSession:
     :class:`TlsRefused`: close the connection and log the message.
     """
 
-    def __init__(self, ctx: ssl.SSLContext, now: float, timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        ctx: ssl.SSLContext,
+        now: float,
+        timeout: float = HANDSHAKE_TIMEOUT,
+        require_alpn: bool = False,
+    ) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._obj = ctx.wrap_bio(self._in, self._out, server_side=True)
         self._lock = threading.Lock()
-        self._seen_bytes = False
+        self._hello = HelloReader()
+        self.require_alpn = require_alpn
         self.deadline = now + timeout
         self.security: Security | None = None  # set once established
 
@@ -320,10 +457,7 @@ class TlsSession:
     def receive(self, data: Buffer) -> bytes:
         """Feed received ciphertext; return the plaintext it completes (maybe b"")."""
         with self._lock:
-            if not self._seen_bytes and data:
-                self._seen_bytes = True
-                if data[0] != TLS_HANDSHAKE:
-                    raise TlsRefused("bytes other than a ClientHello after STARTTLS")
+            self._hello.feed(data)
             self._in.write(data)
             if self.security is None:
                 try:
@@ -332,7 +466,9 @@ class TlsSession:
                     return b""
                 except ssl.SSLError as e:
                     raise TlsRefused(f"handshake failed: {e.reason or e}") from e
-                self.security = established_security(self._obj)
+                if not self._hello.complete:
+                    raise TlsRefused("handshake finished before the ClientHello was read")
+                self.security = established_security(self._obj, self._hello.alpn, self.require_alpn)
             return self._read_plain()
 
     def _read_plain(self) -> bytes:

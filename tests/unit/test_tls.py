@@ -25,6 +25,7 @@ from nfsd.tls import (
     TlsSession,
     TlsSettings,
     certificate_names,
+    client_hello_alpn,
     ktls_in_use,
     server_context,
     starttls_refusal,
@@ -126,13 +127,23 @@ def test_client_alpn_list_holding_sunrpc_is_accepted(pki: Pki) -> None:
     assert server.established
 
 
-@pytest.mark.parametrize("alpn", [None, ["h2"], ["sunrpc2"]])
-def test_handshake_without_sunrpc_alpn_is_refused(pki: Pki, alpn: list | None) -> None:
+@pytest.mark.parametrize("alpn", [["h2"], ["sunrpc2"], ["http/1.1", "h2"]])
+def test_client_offering_alpn_without_sunrpc_is_refused(pki: Pki, alpn: list) -> None:
     """OpenSSL completes these handshakes; the session must refuse them itself."""
     server = session(pki)
-    with pytest.raises(TlsRefused, match="no ALPN agreed"):
+    with pytest.raises(TlsRefused, match="offered ALPN"):
         MemoryClient(client_context(pki, alpn=alpn), server).handshake()
     assert not server.established
+
+
+def test_client_offering_no_alpn_is_kept_unless_required(pki: Pki) -> None:
+    """Linux's tlshd (ktls-utils 1.0.0) offers no ALPN; a strict server closes it."""
+    server = session(pki)
+    MemoryClient(client_context(pki), server).handshake()
+    assert server.security == Security("tls")
+    strict = TlsSession(server_context(settings(pki)), now=0.0, require_alpn=True)
+    with pytest.raises(TlsRefused, match="no ALPN"):
+        MemoryClient(client_context(pki), strict).handshake()
 
 
 def test_tls12_only_client_is_refused(pki: Pki) -> None:
@@ -154,9 +165,44 @@ def test_bytes_other_than_a_client_hello_are_refused(pki: Pki, first: bytes) -> 
         session(pki).receive(first)
 
 
-def test_garbage_after_a_handshake_record_header_is_refused(pki: Pki) -> None:
-    with pytest.raises(TlsRefused, match="handshake failed"):
-        session(pki).receive(b"\x16\x03\x01\x00\x10" + b"\xff" * 16)
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x16\x03\x01\x00\x10" + b"\xff" * 16,  # a handshake record, not a ClientHello
+        b"\x16\x03\x01\x00\x08\x01\x00\x00\x04" + b"\xff" * 4,  # a truncated ClientHello
+        b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",  # a ClientHello that OpenSSL refuses
+    ],
+)
+def test_garbage_in_a_handshake_record_is_refused(pki: Pki, data: bytes) -> None:
+    with pytest.raises(TlsRefused):
+        session(pki).receive(data)
+
+
+def test_a_client_hello_that_never_ends_is_refused(pki: Pki) -> None:
+    """A trickle of one-byte handshake fragments: bounded, not re-read without end."""
+    server = session(pki)
+    server.receive(b"\x16\x03\x01\x00\x04\x01\x00\xff\xff")  # announces 65535 bytes
+    with pytest.raises(TlsRefused, match="no complete ClientHello"):
+        for _ in range(4000):
+            server.receive(b"\x16\x03\x01\x00\x01\x00")
+
+
+def test_client_hello_alpn_parsing_across_records(pki: Pki) -> None:
+    """The ALPN list is read from a ClientHello split over records and receives."""
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_context(pki, alpn=["h2", "sunrpc"]).wrap_bio(inc, out, server_hostname="x")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    hello = out.read()
+    body = hello[5:]
+    split = b"".join(
+        b"\x16\x03\x01" + len(body[i : i + 50]).to_bytes(2, "big") + body[i : i + 50]
+        for i in range(0, len(body), 50)
+    )
+    for cut in (1, 5, 60, len(split) - 1):
+        assert client_hello_alpn(split[:cut]) == (False, None)
+    assert client_hello_alpn(split) == (True, ["h2", "sunrpc"])
+    assert client_hello_alpn(hello) == (True, ["h2", "sunrpc"])
 
 
 def test_plain_call_after_tls_was_agreed_is_refused(pki: Pki) -> None:

@@ -22,7 +22,8 @@ read for sources nor written, and nothing is installed on the host.
     initramfs-<hash>.cpio.gz              assets.py's initramfs (busybox, modules, /init)
                                           followed by a second archive holding tlshd
 
-What the kernel must have built in, checked in its ``/boot/config-*``:
+The kernel's crypto for kTLS (AES-GCM, ChaCha20-Poly1305) is modules too,
+loaded by hand.  What the kernel must have built in, checked in its ``/boot/config-*``:
 ``CONFIG_NET_HANDSHAKE=y`` (the netlink upcall; not a module) and
 ``CONFIG_SUNRPC``'s TLS support (``CONFIG_TLS`` as a module is loaded by
 hand, as ``nfsv3`` is: the guest has no modprobe).  tlshd's libraries come
@@ -57,7 +58,14 @@ MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 META_PACKAGE = "linux-image-amd64"
 TLSHD_PACKAGE = "ktls-utils"
-WANTED_MODULES = ("virtio_pci", "virtio_net", "nfsv3", "tls")
+# tls: the kernel's TLS records once tlshd hands the socket back.  The ciphers kTLS
+# allocates by name ("gcm(aes)", "rfc7539(chacha20,poly1305)") are modules in Debian's
+# kernel and are request_module()d, which this guest cannot do: they are loaded by hand
+# (without them tlshd logs "The kernel does not support the requested algorithm").
+WANTED_MODULES = (
+    "virtio_pci", "virtio_net", "nfsv3", "tls",
+    "gcm", "ghash_generic", "chacha20poly1305", "chacha_generic", "poly1305_generic",
+)  # fmt: skip
 REQUIRED_CONFIG = {"CONFIG_NET_HANDSHAKE": "y", "CONFIG_SUNRPC": "m", "CONFIG_TLS": "m"}
 LISTS_MAX_AGE = 24 * 3600  # seconds before the private package lists are fetched again
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64")
