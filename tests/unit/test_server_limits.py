@@ -426,7 +426,7 @@ def test_hostile_load_trickle_and_idle_connections_beside_a_good_client(children
     idle = [child.connect() for _ in range(IDLE)]
     record = wire(call(PROG_NO, 1, NULL))
     worst = 0.0
-    for k in range(6):  # three seconds, every trickler sends a byte each half second
+    for k in range(4):  # two seconds, every trickler sends a byte each half second
         for s in trickle:
             s.send(record[k : k + 1])
         for i in range(3):
