@@ -11,7 +11,7 @@ header undecodable, REPLY    none (the record is dropped and logged)
 ``rpcvers != 2``             MSG_DENIED / RPC_MISMATCH (2, 2)
 AUTH_TLS (RFC 9289)          NULL on plain TCP: the STARTTLS reply
                              (``Reply.starttls``); else AUTH_BADCRED /
-                             AUTH_BADVERF (``nfsd.tls``)
+                             AUTH_BADVERF (``nfsd.transport.tls``)
 flavour not NONE or SYS      MSG_DENIED / AUTH_ERROR AUTH_BADCRED
 bad AUTH_SYS body / verf     MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
 cred / verf over 400 bytes   MSG_DENIED / AUTH_ERROR AUTH_BADCRED / BADVERF
@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nfsd.tls import AUTH_TLS, PLAIN, Security, starttls_refusal, starttls_reply
+from nfsd.transport.tls import AUTH_TLS, PLAIN, Security, starttls_refusal, starttls_reply
 from xdr.base import Unpacker, XdrError
 from xdr.rpc import (
     AUTH_BADCRED,
@@ -75,7 +75,7 @@ class Reply:
     ``release`` is called once the buffers have been sent (or dropped): it
     gives back a pooled READ buffer.  ``starttls``: the STARTTLS reply; once
     it is sent the connection reads no more records and a TLS handshake
-    must follow (``nfsd.tls``).
+    must follow (``nfsd.transport.tls``).
     """
 
     parts: list[Buffer]
@@ -158,7 +158,7 @@ class Program:
     unexpected exception (NFS3ERR_SERVERFAULT for NFS), or None to answer
     SYSTEM_ERR.  ``guard`` admits every call but NULL before it runs: it
     returns 0, or the status of the procedure's failure body (the access
-    check, ``nfsd.access``).  ``udp`` False answers the program's calls over
+    check, ``nfsd.programs.access``).  ``udp`` False answers the program's calls over
     UDP with PROG_UNAVAIL; ``udp_no_amplify`` sends no UDP reply larger
     than its call (portmapper DUMP: no reflection amplifier).
     """
@@ -197,7 +197,7 @@ class Dispatcher:
     ) -> Reply | None:
         """Serve one call; None when no reply may be sent.
 
-        ``security`` is what the connection proved (``nfsd.tls``): it
+        ``security`` is what the connection proved (``nfsd.transport.tls``): it
         decides the answer to AUTH_TLS and is handed to the procedures.
 
         With ``inline``, a procedure may raise :class:`WouldBlock` rather

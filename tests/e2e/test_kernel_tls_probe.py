@@ -1,9 +1,9 @@
-"""The Linux 6.12 client (Debian 13, tlshd) over RPC-with-TLS against ``nfsd.tls``.
+"""The Linux 6.12 client (Debian 13, tlshd) over RPC-with-TLS against ``nfsd.transport.tls``.
 
 One guest boot (~10 s with TCG, plus ~20 s of downloads on a cold cache):
 ``xprtsec=tls`` then ``xprtsec=mtls`` mount, list and read a 3 MiB file
 byte-exact through the throwaway endpoint of ``kernel/tls_probe.py`` (the
-real dispatcher, ``nfsd.tls.TlsSession`` after STARTTLS).  The server's own
+real dispatcher, ``nfsd.transport.tls.TlsSession`` after STARTTLS).  The server's own
 transport gets its TLS boots once it speaks TLS.
 """
 

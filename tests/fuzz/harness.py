@@ -13,7 +13,7 @@ An input is one byte of *mode*, then what the peer sends:
 ====  ==========================================================================
 bits  meaning
 ====  ==========================================================================
-0     0: a TCP stream (record marking, ``nfsd.record``); 1: one UDP datagram
+0     0: a TCP stream (record marking, ``nfsd.transport.record``); 1: one UDP datagram
 1     dispatch inline first (a procedure may raise WouldBlock, then a worker
       serves the same call, as the transport does)
 2-3   the peer: allowed (``127.0.0.1:900``), insecure port, not in the list
@@ -47,10 +47,10 @@ from typing import Any
 
 from merge.demo import make_demo
 from merge.stack import build_namespace
-from nfsd.nfs3.service import RTMAX
-from nfsd.portmap import build_portmap
-from nfsd.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge
+from nfsd.programs.nfs3.service import RTMAX
+from nfsd.programs.portmap import build_portmap
 from nfsd.rpc import Dispatcher, WouldBlock
+from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge
 from tests.proto.nfsclient import Caller
 from xdr import mount3, nfs3, rpc
 from xdr import portmap as pm

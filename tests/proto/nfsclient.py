@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from exports import parse as parse_exports
-from nfsd.access import AccessControl
 from nfsd.programs import build_programs
+from nfsd.programs.access import AccessControl
 from nfsd.rpc import Dispatcher
 from tests.proto.calls import call, parse
 from xdr import mount3, nfs3, rpc

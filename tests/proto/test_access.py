@@ -1,6 +1,6 @@
 """Access control through the dispatcher: who may mount, who may call, as whom.
 
-Every case runs a real exports list through ``nfsd.access`` and the real
+Every case runs a real exports list through ``nfsd.programs.access`` and the real
 programs; peers are the ``host:port`` strings the transport hands in.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nfsd.access import AccessControl
-from nfsd.portmap import build_portmap
+from nfsd.programs.access import AccessControl
+from nfsd.programs.portmap import build_portmap
 from nfsd.rpc import Dispatcher
 from tests.proto.calls import auth_sys, call, parse
 from tests.proto.fakens import FakeNamespace
@@ -319,7 +319,7 @@ def test_fsid_option_is_the_attributes_fsid(ns, option: str, fsid: int) -> None:
 
 def test_a_decision_is_made_again_after_its_time(ns, monkeypatch: pytest.MonkeyPatch) -> None:
     """A name-based verdict must not outlive the resolver's answer."""
-    import nfsd.access
+    import nfsd.programs.access
 
     d, access = build(ns, EXPORTS)
     root = Peer(d, f"{ALLOWED}:40000").mnt().mountinfo.fhandle
@@ -329,7 +329,7 @@ def test_a_decision_is_made_again_after_its_time(ns, monkeypatch: pytest.MonkeyP
     p = Peer(d, f"{ALLOWED}:40000")
     p.nfs(nfs3.NFSPROC3_GETATTR, root)
     assert calls == []  # the MNT's decision is reused
-    monkeypatch.setattr(nfsd.access, "DECISION_TTL", 0.0)
+    monkeypatch.setattr(nfsd.programs.access, "DECISION_TTL", 0.0)
     access._decisions.clear()
     p.nfs(nfs3.NFSPROC3_GETATTR, root)
     p.nfs(nfs3.NFSPROC3_GETATTR, root)

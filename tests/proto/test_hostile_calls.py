@@ -53,10 +53,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from nfsd.handles import HandleCodec
-from nfsd.nfs3.service import RTMAX
-from nfsd.portmap import MAX_BINDINGS
-from nfsd.record import (
+from nfsd.programs.handles import HandleCodec
+from nfsd.programs.nfs3.service import RTMAX
+from nfsd.programs.portmap import MAX_BINDINGS
+from nfsd.transport.record import (
     DEFAULT_MAX_FRAGMENTS,
     DEFAULT_MAX_RECORD,
     LAST_FRAGMENT,

@@ -24,15 +24,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from nfsd import cli, config
-from nfsd.app import HostPortmapper, Service
-from nfsd.config import Config, ConfigError
-from nfsd.portmap import PortmapService, PortmapTable
-from nfsd.registry import DEBUG_LEVEL, Registry
+from nfsd.cli import commands as cli
+from nfsd.programs.portmap import PortmapService, PortmapTable
 from nfsd.rpc import Dispatcher
-from nfsd.rpcclient import RpcClient, auth_sys
-from nfsd.server import RpcServer
-from nfsd.state import AlreadyRunning, StateDir, StateError, running_pid
+from nfsd.service import config
+from nfsd.service.app import HostPortmapper, Service
+from nfsd.service.config import Config, ConfigError
+from nfsd.service.registry import DEBUG_LEVEL, Registry
+from nfsd.service.state import AlreadyRunning, StateDir, StateError, running_pid
+from nfsd.transport.rpcclient import RpcClient, auth_sys
+from nfsd.transport.server import RpcServer
 from xdr import portmap as pm
 from xdr.base import Packer, Unpacker
 
@@ -388,7 +389,7 @@ def test_same_state_dir_or_secret_means_identical_handles(tmp_path: Path, storag
 
 
 def test_service_refuses_a_busy_port(service: Service, tmp_path: Path, storage: Path) -> None:
-    from nfsd.app import ServiceError
+    from nfsd.service.app import ServiceError
 
     other = Service(cfg(tmp_path, storage, port=service.port, state_dir=tmp_path / "s2"))
     with pytest.raises(ServiceError, match="cannot listen"):
@@ -480,7 +481,7 @@ def test_a_refused_registration_is_a_warning(tmp_path: Path, storage: Path) -> N
     host = RpcServer(Dispatcher([PortmapService(table, "127.0.0.1").program()]), name="pm")
     host.listen("127.0.0.1", pm_port)
     host.start()
-    from nfsd.portmap import Binding
+    from nfsd.programs.portmap import Binding
 
     for netid in ("tcp", "udp"):
         table.add(Binding(NFS, 3, netid, None, 9, fixed=True))  # someone else's, kept
@@ -571,7 +572,7 @@ def test_stop_kills_a_server_that_ignores_sigterm(tmp_path: Path) -> None:
         f"""
         import signal, sys, time
         from pathlib import Path
-        from nfsd.state import StateDir
+        from nfsd.service.state import StateDir
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         StateDir(Path({str(tmp_path)!r})).pid_lock().acquire()
         print("locked", flush=True)

@@ -1,4 +1,4 @@
-"""nfsd.cli_storage: ls, check, pancbt inspect/create and demo, run as a user would."""
+"""nfsd.cli.storage: ls, check, pancbt inspect/create and demo, run as a user would."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from merge import build_namespace
 from merge.demo import MARKER
-from nfsd.cli_storage import storage_commands
+from nfsd.cli.storage import storage_commands
 from tests.unit.merge_helpers import DATA, MIB, ZERO, build, decode, naive_merged, read_all, write
 
 COMMANDS = {c.name: c for c in storage_commands}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nfsd import config
-from nfsd.config import Config, ConfigError, load
+from nfsd.service import config
+from nfsd.service.config import Config, ConfigError, load
 
 
 @pytest.fixture(autouse=True)

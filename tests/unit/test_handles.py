@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsd.handles import MAX_SIZE, BadHandle, HandleCodec, StaleHandle
+from nfsd.programs.handles import MAX_SIZE, BadHandle, HandleCodec, StaleHandle
 from tests.proto.fakens import FakeNamespace
 
 DEEP = tuple(f"d{i}" for i in range(15))

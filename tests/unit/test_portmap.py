@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nfsd.portmap import (
+from nfsd.programs.portmap import (
     Binding,
     PortmapService,
     PortmapTable,
@@ -18,7 +18,7 @@ from nfsd.portmap import (
     uaddr,
 )
 from nfsd.rpc import Dispatcher, Procedure, Program, Reply, no_args
-from nfsd.rpcclient import CallResult, decode_reply, encode_call
+from nfsd.transport.rpcclient import CallResult, decode_reply, encode_call
 from xdr import portmap as pm
 from xdr import rpc
 from xdr.portmap import PortmapPacker, PortmapUnpacker

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merge.namespace import ZERO_FD, Run
-from nfsd.nfs3.read import BRIDGE, _fill
+from nfsd.programs.nfs3.read import BRIDGE, _fill
 
 BASE = os.urandom(1 << 20)
 OVER = os.urandom(1 << 16)
@@ -90,7 +90,7 @@ def test_nowait_on_cached_data_reads_inline(tmp_path) -> None:  # type: ignore[n
 
 
 def test_adjacent_overlay_bytes_are_read_in_one_scatter(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from nfsd.nfs3 import read
+    from nfsd.programs.nfs3 import read
 
     calls: list[int] = []
     real = read._scatter

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nfsd.record import LAST_FRAGMENT, RecordReader, RecordTooLarge, frame
+from nfsd.transport.record import LAST_FRAGMENT, RecordReader, RecordTooLarge, frame
 
 
 def encode(record: bytes, cuts: list[int]) -> bytes:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nfsd.logsetup import RPC_LOGGER, LevelWatcher, LogSetup, levels_for
-from nfsd.registry import DEBUG_LEVEL, Registry, RegistryError, setting
-from nfsd.state import StateError
+from nfsd.service.logsetup import RPC_LOGGER, LevelWatcher, LogSetup, levels_for
+from nfsd.service.registry import DEBUG_LEVEL, Registry, RegistryError, setting
+from nfsd.service.state import StateError
 
 
 @pytest.fixture

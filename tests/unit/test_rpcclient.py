@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nfsd.record import LAST_FRAGMENT, RecordReader
 from nfsd.rpc import CallContext, Dispatcher, Procedure, Program, Reply, no_args
-from nfsd.rpcclient import RpcClient, RpcError, RpcTimeout, auth_sys, encode_call
+from nfsd.transport.record import LAST_FRAGMENT, RecordReader
+from nfsd.transport.rpcclient import RpcClient, RpcError, RpcTimeout, auth_sys, encode_call
 from xdr import rpc
 from xdr.base import Packer, Unpacker
 

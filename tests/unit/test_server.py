@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from nfsd.record import LAST_FRAGMENT, RecordReader
 from nfsd.rpc import Dispatcher, Procedure, Program, Reply, WouldBlock, no_args
-from nfsd.server import Limits, RpcServer
+from nfsd.transport.record import LAST_FRAGMENT, RecordReader
+from nfsd.transport.server import Limits, RpcServer
 from tests.proto.calls import call, parse
 from xdr import rpc
 from xdr.base import Unpacker

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from nfsd.buffers import BufferPool
-from nfsd.record import LAST_FRAGMENT
+from nfsd.programs.buffers import BufferPool
 from nfsd.rpc import Dispatcher, Procedure, Program, Reply, WouldBlock, no_args
-from nfsd.server import Limits, RpcServer
+from nfsd.transport.record import LAST_FRAGMENT
+from nfsd.transport.server import Limits, RpcServer
 from tests.proto.calls import call, parse
 from tests.unit.test_server import recv_records, send
 from xdr.base import Unpacker
@@ -294,9 +294,9 @@ def test_an_internal_error_costs_one_connection_not_the_server(serve, monkeypatc
 
 SERVE = """
 import json, logging, resource, sys, time
-from nfsd.buffers import BufferPool
+from nfsd.programs.buffers import BufferPool
 from nfsd.rpc import Dispatcher
-from nfsd.server import Limits, RpcServer
+from nfsd.transport.server import Limits, RpcServer
 from tests.unit.test_server_limits import toy_program
 limits, nofile = json.loads(sys.argv[1]), int(sys.argv[2])
 if nofile:

@@ -1,4 +1,4 @@
-"""nfsd.tls: the STARTTLS policy, the TLS session over memory BIOs, the context and its reload.
+"""nfsd.transport.tls: STARTTLS policy, the TLS session over memory BIOs, the context, its reload.
 
 Python's ``ssl`` is the client, over memory BIOs too: no socket, no thread.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nfsd.tls import (
+from nfsd.transport.tls import (
     AUTH_TLS,
     HANDSHAKE_TIMEOUT,
     ContextSource,

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from nfsd.rpc import CallContext, Dispatcher, Procedure, Program, Reply, no_args
-from nfsd.tls import AUTH_TLS, PLAIN, Security
+from nfsd.transport.tls import AUTH_TLS, PLAIN, Security
 from tests.proto.calls import call, parse
 from xdr import rpc
 

@@ -16,9 +16,9 @@ from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from nfsd import cli
-from nfsd.tls import TlsSettings, server_context
-from nfsd.tlsinit import TlsInitError, init
+from nfsd.cli import commands as cli
+from nfsd.cli.tls import TlsInitError, init
+from nfsd.transport.tls import TlsSettings, server_context
 
 
 def load(path: Path) -> x509.Certificate:

@@ -1,4 +1,4 @@
-"""Certificates and an in-memory TLS client for the tests of ``nfsd.tls``."""
+"""Certificates and an in-memory TLS client for the tests of ``nfsd.transport.tls``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from nfsd.tls import TlsSession
-from nfsd.tlsinit import make_certificate
+from nfsd.cli.tls import make_certificate
+from nfsd.transport.tls import TlsSession
 
 
 @dataclass

@@ -3,8 +3,8 @@
 Until the server's transport speaks TLS, this checks the other half: that the
 Debian 13 guest of ``assets_tls`` asks for TLS as RFC 9289 says and that its
 tlshd completes a TLS 1.3 handshake with ALPN ``sunrpc`` against
-``nfsd.tls``.  The endpoint is a thread per connection around the real
-dispatcher (MOUNT and NFS over a one-file storage), ``nfsd.tls.TlsSession``
+``nfsd.transport.tls``.  The endpoint is a thread per connection around the real
+dispatcher (MOUNT and NFS over a one-file storage), ``nfsd.transport.tls.TlsSession``
 after the STARTTLS reply, and a log line per handshake.
 
     python -m tests.e2e.kernel.tls_probe [--modes "tls mtls"]   # as root
@@ -30,12 +30,12 @@ import threading
 import time
 from pathlib import Path
 
-from nfsd.access import AccessControl
+from nfsd.cli.tls import init as tls_init
 from nfsd.programs import build_programs
-from nfsd.record import RecordReader, frame
+from nfsd.programs.access import AccessControl
 from nfsd.rpc import Dispatcher
-from nfsd.tls import PLAIN, ContextSource, TlsRefused, TlsSession, TlsSettings
-from nfsd.tlsinit import init as tls_init
+from nfsd.transport.record import RecordReader, frame
+from nfsd.transport.tls import PLAIN, ContextSource, TlsRefused, TlsSession, TlsSettings
 
 from . import assets, assets_tls, guest, netns
 

@@ -2,7 +2,7 @@
 
 An entry's cookie is a 63-bit hash of its name, never 0 (which means "from
 the start"), and a directory is listed in cookie order: see
-``nfsd.nfs3.readdir``.  A :class:`Listing` is built once per listing object
+``nfsd.programs.nfs3.readdir``.  A :class:`Listing` is built once per listing object
 the namespace returns (the namespace returns the same object while nothing
 changed), so paging through 10,000 entries sorts them once, and encodes
 each entry at most once per procedure: a repeated listing is a join of

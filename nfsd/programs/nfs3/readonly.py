@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from merge.namespace import Attrs
-from nfsd.nfs3.service import Nfs3Service, nfstime, post_op_attr_of
+from nfsd.programs.nfs3.service import Nfs3Service, nfstime, post_op_attr_of
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from merge.namespace import Kind, NamespaceError
-from nfsd.errors import nfs_error
-from nfsd.nfs3.service import (
+from nfsd.programs.errors import nfs_error
+from nfsd.programs.nfs3.service import (
     MAY_EXEC,
     MAY_READ,
     Nfs3Service,
@@ -79,7 +79,7 @@ def _lookup_fail(svc: Nfs3Service, ctx: CallContext, status: int, dattrs) -> Rep
 
 
 # RFC 1813 §3.3.4: READ, LOOKUP (directories) and EXECUTE (files) by the mode
-# bits for the call's credentials, squashed as the export says (nfsd.access);
+# bits for the call's credentials, squashed as the export says (nfsd.programs.access);
 # MODIFY, EXTEND and DELETE never.
 def access3(svc: Nfs3Service, ctx: CallContext, args: nfs3.ACCESS3args) -> Reply:
     path = svc.path_of(args.object)

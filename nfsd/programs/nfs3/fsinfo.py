@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from merge.namespace import NamespaceError
-from nfsd.errors import nfs_error
-from nfsd.nfs3.service import MAXFILESIZE, RTMAX, Nfs3Service, post_op_attr_of
+from nfsd.programs.errors import nfs_error
+from nfsd.programs.nfs3.service import MAXFILESIZE, RTMAX, Nfs3Service, post_op_attr_of
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer

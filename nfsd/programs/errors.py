@@ -1,7 +1,7 @@
 """The one place where failures become NFS status codes.
 
 Code below the dispatcher raises; the procedure table writes the status
-and the procedure's failure body (``nfsd.nfs3.common``).
+and the procedure's failure body (``nfsd.programs.nfs3.common``).
 """
 
 from __future__ import annotations

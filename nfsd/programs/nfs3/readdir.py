@@ -11,7 +11,7 @@ verifier is one constant of the installation; no verifier is refused, so a
 client never sees ``NFS3ERR_BAD_COOKIE``.
 
 The sorted listing of a directory, with each entry's encoding, is cached
-while the namespace returns the same listing object (``nfsd.listings``).
+while the namespace returns the same listing object (``nfsd.programs.listings``).
 
 Sizes: ``count`` (READDIR) and ``maxcount`` (READDIRPLUS) bound the whole
 reply body; ``dircount`` bounds the fileid, name and cookie bytes of the
@@ -25,9 +25,9 @@ import bisect
 from collections.abc import Callable
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
-from nfsd.errors import NfsError, nfs_error
-from nfsd.listings import Listing
-from nfsd.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
+from nfsd.programs.errors import NfsError, nfs_error
+from nfsd.programs.listings import Listing
+from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer

@@ -27,7 +27,7 @@ import struct
 import time
 from typing import NamedTuple
 
-from nfsd.record import LAST_FRAGMENT, RecordReader
+from nfsd.transport.record import LAST_FRAGMENT, RecordReader
 from xdr.base import XdrError
 from xdr.rpc import (
     AUTH_SYS,

@@ -11,7 +11,7 @@ step  what
       state directory nor the log file): ``ConfigError``
 2     state directory (0700), then the pid file's lock: ``AlreadyRunning``
 3     logging at the registry's debug level
-4     the exports list (``nfsd.access``: a bad file is ``ConfigError``);
+4     the exports list (``nfsd.programs.access``: a bad file is ``ConfigError``);
       the secret; the namespace (``merge.build_namespace``); the programs
       (``nfsd.programs.build_programs``)
 5     one ``RpcServer`` for MOUNT and NFS on ``port``, TCP and UDP
@@ -27,7 +27,7 @@ The portmapper, unless ``--no-portmap``:
   what a crashed run may have left, and ``UNSET`` them at stop.  rpcbind's
   local socket (``/run/rpcbind.sock``) is used when present: rpcbind may
   refuse registrations that come over the network, even from loopback.
-* none answers: serve ``nfsd.portmap`` on port 111 (a second ``RpcServer``).
+* none answers: serve ``nfsd.programs.portmap`` on port 111 (a second ``RpcServer``).
 * either failing (a refusal, port 111 not ours to bind) is a warning, not an
   error: clients that give ``port=`` and ``mountport=`` still mount.
 
@@ -52,16 +52,16 @@ from typing import Any
 
 from exports import ExportsError
 from merge import build_namespace
-from nfsd.access import AccessControl
-from nfsd.config import Config, ConfigError
-from nfsd.logsetup import LevelWatcher, LogSetup
-from nfsd.portmap import NETIDS, build_portmap, netids_for, uaddr
 from nfsd.programs import build_programs
-from nfsd.registry import DEBUG_LEVEL, Registry
+from nfsd.programs.access import AccessControl
+from nfsd.programs.portmap import NETIDS, build_portmap, netids_for, uaddr
 from nfsd.rpc import Dispatcher, Program
-from nfsd.rpcclient import RpcClient, RpcError
-from nfsd.server import Limits, RpcServer, cpu_count
-from nfsd.state import PidLock, StateDir, StateError
+from nfsd.service.config import Config, ConfigError
+from nfsd.service.logsetup import LevelWatcher, LogSetup
+from nfsd.service.registry import DEBUG_LEVEL, Registry
+from nfsd.service.state import PidLock, StateDir, StateError
+from nfsd.transport.rpcclient import RpcClient, RpcError
+from nfsd.transport.server import Limits, RpcServer, cpu_count
 from xdr import portmap as pm
 from xdr.base import XdrError
 from xdr.portmap import PortmapPacker, PortmapUnpacker

@@ -7,12 +7,12 @@ which the Linux client takes as "no ACL support" and mounts anyway.
 from __future__ import annotations
 
 from merge.namespace import Namespace
-from nfsd.access import AccessControl
-from nfsd.buffers import BufferPool
-from nfsd.handles import HandleCodec
-from nfsd.mountd import MountService
-from nfsd.nfs3 import program as nfs3_program
-from nfsd.nfs3.service import RTMAX, Nfs3Service, fsid_of
+from nfsd.programs.access import AccessControl
+from nfsd.programs.buffers import BufferPool
+from nfsd.programs.handles import HandleCodec
+from nfsd.programs.mountd import MountService
+from nfsd.programs.nfs3 import program as nfs3_program
+from nfsd.programs.nfs3.service import RTMAX, Nfs3Service, fsid_of
 from nfsd.rpc import Program
 
 EXPORT_PATH = "/recover/images"

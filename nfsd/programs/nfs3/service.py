@@ -2,7 +2,7 @@
 
 Design notes
 ------------
-* Handles resolve to presented paths (``nfsd.handles``); a bad one is
+* Handles resolve to presented paths (``nfsd.programs.handles``); a bad one is
   ``NFS3ERR_BADHANDLE``, a stale one ``NFS3ERR_STALE``.
 * Attributes come from the namespace already read-only; ``fsid`` is one
   constant for the whole export, so clients see one file system.
@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from merge.namespace import Attrs, Kind, Namespace, NamespaceError, PresentedPath
-from nfsd.buffers import BufferPool
-from nfsd.errors import NfsError, nfs_error
-from nfsd.handles import BadHandle, HandleCodec, StaleHandle
-from nfsd.listings import SortedListings
+from nfsd.programs.buffers import BufferPool
+from nfsd.programs.errors import NfsError, nfs_error
+from nfsd.programs.handles import BadHandle, HandleCodec, StaleHandle
+from nfsd.programs.listings import SortedListings
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
 

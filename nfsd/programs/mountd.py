@@ -7,7 +7,7 @@ Linux server allows), returns that folder's handle; any other path is
 ``DUMP`` lives in memory only: clients do not rely on it (the Linux client
 never sends ``UMNT``), and the server writes nothing it need not.
 
-Who may mount is ``nfsd.access``'s answer, asked *before* the path is
+Who may mount is ``nfsd.programs.access``'s answer, asked *before* the path is
 looked at, so that a stranger learns nothing of the tree; the MNT reply
 lists only the flavours the client's ``sec=`` allows (a list holding
 AUTH_NONE tells the Linux client any flavour will do).  ``EXPORT`` and
@@ -22,8 +22,8 @@ import logging
 import threading
 
 from merge.namespace import Kind, NamespaceError, NotADirectory
-from nfsd.access import AccessControl
-from nfsd.handles import HandleCodec
+from nfsd.programs.access import AccessControl
+from nfsd.programs.handles import HandleCodec
 from nfsd.rpc import CallContext, Procedure, Program, Reply, no_args
 from xdr import mount3
 from xdr.mount3 import Mount3Packer, Mount3Unpacker

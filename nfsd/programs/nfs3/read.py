@@ -7,7 +7,7 @@ The data flow, in order::
            -> preadv each file run into one pooled buffer, zero-fill the rest
            -> reply = [header, buffer[:n], padding], sent as it lies
 
-No reply allocates its data: the buffer comes from ``nfsd.buffers`` and
+No reply allocates its data: the buffer comes from ``nfsd.programs.buffers`` and
 goes back once the writer has sent it.  A small READ whose bytes are all in
 the page cache is served on the connection's reader thread (``RWF_NOWAIT``
 proves they are); any other goes to a worker, so that a read waiting on
@@ -26,8 +26,8 @@ import os
 import struct
 
 from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError
-from nfsd.errors import NfsError, nfs_error
-from nfsd.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
+from nfsd.programs.errors import NfsError, nfs_error
+from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer

@@ -32,8 +32,8 @@ import sys
 import threading
 from pathlib import Path
 
-from nfsd.registry import DEBUG_LEVEL, Registry
-from nfsd.state import StateError
+from nfsd.service.registry import DEBUG_LEVEL, Registry
+from nfsd.service.state import StateError
 
 RPC_LOGGER = "recovery_fs.rpc"
 FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"

@@ -3,7 +3,7 @@
 It is one JSON object in the state directory (``registry.json``), written
 whole and atomically by ``recovery-fs registry set``; the running server
 polls the file and follows changes within about a second
-(``nfsd.logsetup.LevelWatcher``).  Keys absent from the file have their
+(``nfsd.service.logsetup.LevelWatcher``).  Keys absent from the file have their
 default value.
 
 =========================  =======  =====  ==================================
@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nfsd.state import StateError, atomic_write
+from nfsd.service.state import StateError, atomic_write
 
 DEBUG_LEVEL = "appliance.debug.level"
 

@@ -35,13 +35,13 @@ import click
 
 from exports import ExportsError, loopback_only
 from exports import load as load_exports
-from nfsd import daemon
-from nfsd.app import Service, ServiceError
-from nfsd.cli_storage import storage_commands
-from nfsd.config import DEFAULT_CONFIG_FILE, LIMITS, Config, ConfigError, load
-from nfsd.registry import DEBUG_LEVEL, Registry, RegistryError, setting
-from nfsd.state import AlreadyRunning, StateDir, StateError
-from nfsd.tlsinit import tls_group
+from nfsd.cli.storage import storage_commands
+from nfsd.cli.tls import tls_group
+from nfsd.service import daemon
+from nfsd.service.app import Service, ServiceError
+from nfsd.service.config import DEFAULT_CONFIG_FILE, LIMITS, Config, ConfigError, load
+from nfsd.service.registry import DEBUG_LEVEL, Registry, RegistryError, setting
+from nfsd.service.state import AlreadyRunning, StateDir, StateError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -3,7 +3,7 @@
 Design notes
 ------------
 One *loop* thread (epoll) accepts and reads every TCP connection,
-reassembles records (``nfsd.record``) and serves each call
+reassembles records (``nfsd.transport.record``) and serves each call
 itself unless the procedure says it would wait on the storage (it raises
 ``WouldBlock``: a READ of bytes not in the page cache or over 64 KiB, a
 first listing of a folder); those go to a fixed pool of *workers*, started
@@ -35,7 +35,7 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   appends the connection to a wake list and writes one byte to a socket
   pair.  A connection's lock covers its queue, its in-flight count and its
   socket: a worker never sends on a closed (possibly reused) descriptor.
-* READ replies are built in pooled buffers (``nfsd.buffers``).  A queue
+* READ replies are built in pooled buffers (``nfsd.programs.buffers``).  A queue
   that makes no progress for ``DETACH_AFTER`` copies its replies out of
   the pool, so a client that does not read cannot starve the others of
   buffers.
@@ -62,7 +62,7 @@ limit                  when it bites
 ``send_timeout``       replies queued and none of their bytes taken: closed
 ``max_buffered``       bytes of incomplete records and of detached replies,
                        over all connections: the largest holder is closed
-``max_record``         a record announced larger: closed (``nfsd.record``)
+``max_record``         a record announced larger: closed (``nfsd.transport.record``)
 =====================  =====================================================
 
 Out of descriptors (``accept`` fails with EMFILE, ENFILE, ENOBUFS or
@@ -99,8 +99,8 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nfsd.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 from nfsd.rpc import Dispatcher, Reply, WouldBlock
+from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 
 log = logging.getLogger("recovery_fs.server")
 

@@ -13,7 +13,7 @@ file                 mode    content
 ``recovery_fs.pid``  0644    the server's PID; the server holds an exclusive
                              ``flock`` on it while it lives
 ``status.json``      0644    what ``recovery-fs status`` shows (ports, ...)
-``registry.json``    0600    the registry (``nfsd.registry``)
+``registry.json``    0600    the registry (``nfsd.service.registry``)
 ===================  ======  ================================================
 
 *Running* means "someone holds the lock of the pid file", not "the PID in it

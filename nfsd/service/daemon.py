@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import nfsd
-from nfsd.rpcclient import RpcClient, RpcError
-from nfsd.state import StateDir, pid_alive
+from nfsd.service.state import StateDir, pid_alive
+from nfsd.transport.rpcclient import RpcClient, RpcError
 
 NFS_PROGRAM = 100003
 NFS_V3 = 3

@@ -19,7 +19,7 @@ key            default                     meaning
 ``udp``        ``no``                      NFS over UDP too (MOUNT always)
 =============  ==========================  =================================
 
-Limits of the transport (``nfsd.server.Limits``), each logged when it bites:
+Limits of the transport (``nfsd.transport.server.Limits``), each logged when it bites:
 
 ====================  =======  ============================================
 key                   default  meaning

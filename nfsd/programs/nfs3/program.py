@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from nfsd.nfs3 import attrs, fsinfo, read, readdir, readonly
-from nfsd.nfs3.service import Nfs3Service, failure_body
+from nfsd.programs.nfs3 import attrs, fsinfo, read, readdir, readonly
+from nfsd.programs.nfs3.service import Nfs3Service, failure_body
 from nfsd.rpc import Procedure, Program, Reply, no_args
 from xdr import nfs3
 from xdr.nfs3 import NFS3Unpacker as U
