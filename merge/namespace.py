@@ -10,7 +10,7 @@ Design notes
 * A *presented path* is a tuple of names below the export root; ``()`` is
   the root itself.  Names never contain ``/`` and are never ``.`` or ``..``.
 * Errors are the exceptions below, never ``OSError``: the server maps each
-  to one ``nfsstat3`` in one place (``nfsd/errors.py``).
+  to one ``nfsstat3`` in one place (``nfsd/programs/errors.py``).
 * Reading is done in *runs*: ``Reader.runs(offset, count)`` cuts a byte range
   of the presented file into pieces that are either a range of an open file
   descriptor or zeros.  The server ``preadv``s file runs straight into its
