@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -218,6 +219,7 @@ class Service:
 
     def _start_locked(self) -> None:
         cfg = self.config
+        self._raise_fd_limit()
         try:
             level = self.registry.get(DEBUG_LEVEL)
         except StateError as e:
@@ -282,6 +284,25 @@ class Service:
         )
         for line in self.access.table.show().splitlines():
             log.info("export: %s", line)
+
+    def _raise_fd_limit(self) -> None:
+        """Soft descriptor limit up to the hard one: ``max_connections`` should
+        be what bites, not a 1,024 soft limit inherited from a shell."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            except (ValueError, OSError) as e:
+                self.warnings.append(f"cannot raise the descriptor limit from {soft}: {e}")
+                return
+            soft = want
+        needed = self.config.max_connections + 64  # listeners, storage files, logs
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            self.warnings.append(
+                f"descriptor limit {soft} is below max-connections {self.config.max_connections}"
+                " plus what the server itself holds: raise it (ulimit -n, LimitNOFILE=)"
+            )
 
     def reload_exports(self) -> str | None:
         """Read the exports file again (SIGHUP); None if applied, else why not."""
