@@ -191,7 +191,7 @@ def mount_commands(bind: str, port: int, export: str) -> str:
         "Mount on Linux (as root):\n"
         f"  mount -t nfs -o ro,vers=3,proto=tcp,port={port},mountport={port},mountproto=tcp,nolock "
         f"{host}:{export} /mnt\n"
-        "Mount on macOS (as root; any source port is accepted, no resvport needed):\n"
+        "Mount on macOS (as root; add resvport unless the exports say insecure):\n"
         f"  mount -t nfs -o ro,vers=3,tcp,port={port},mountport={port},nolocks "
         f"{host}:{export} /Volumes/recovery"
     )
