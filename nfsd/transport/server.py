@@ -81,6 +81,31 @@ replies just queued (under ``max_unsent`` a connection).
 
 UDP datagrams are read by a thread of their own and served by the workers;
 replies go back by ``sendto``.
+
+RPC-with-TLS (``nfsd.transport.tls``, RFC 9289), when the server is given a
+:class:`~nfsd.transport.tls.ContextSource`: a reply marked ``starttls`` (the
+answer to an AUTH_TLS NULL) is sent in clear, and from then on everything
+the connection receives goes to its :class:`~nfsd.transport.tls.TlsSession`;
+the plaintext that comes out is fed to the same record reader, and each
+reply is encrypted (``TlsSession.encrypt``) into one buffer, queued and
+sent like any other.  The invariants:
+
+* No record is read between the STARTTLS call and the handshake: a STARTTLS
+  call with anything behind it (bytes buffered, records waiting, calls in
+  flight) closes the connection, and so do bytes that are no ClientHello.
+* What the session emits (handshake, alerts) and every encrypted reply
+  enter the queue under ``conn.lock``, taken from the session's output in
+  the same critical section: TLS records leave in the order they were
+  made, whichever thread made them.
+* A connection is validated by its first call answered *inside* TLS, not
+  by the STARTTLS reply; a handshake unfinished after
+  ``handshake_timeout`` is closed; ciphertext of an incomplete TLS record
+  counts as a record begun (``record_timeout``) and as bytes held
+  (``max_buffered``).
+* A refusal (:class:`~nfsd.transport.tls.TlsRefused`: a failed handshake,
+  a plain call, garbage or an alert inside TLS) closes that connection
+  only, counted and logged as ``tls``; a close_notify is an ordinary close.
+* The plain path pays one attribute test per reply and per read.
 """
 
 from __future__ import annotations
@@ -101,6 +126,15 @@ from dataclasses import dataclass
 
 from nfsd.rpc import Dispatcher, Reply, WouldBlock
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
+from nfsd.transport.tls import (
+    HANDSHAKE_TIMEOUT,
+    PLAIN,
+    ContextSource,
+    Security,
+    TlsClosed,
+    TlsRefused,
+    TlsSession,
+)
 
 log = logging.getLogger("recovery_fs.server")
 
@@ -159,6 +193,7 @@ class Limits:
     max_record: int = DEFAULT_MAX_RECORD
     max_buffered: int = 64 * 1024 * 1024
     log_interval: float = 60.0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT  # STARTTLS reply to a finished TLS handshake
 
 
 class _Throttle:
@@ -201,8 +236,10 @@ class _Connection:
         "peer",
         "reader",
         "record_started",
+        "security",
         "send_progress",
         "sock",
+        "tls",
         "unsent",
         "validated",
     )
@@ -226,10 +263,13 @@ class _Connection:
         self.last_recv = now
         self.record_started: float | None = None
         self.send_progress = now
+        self.tls: TlsSession | None = None  # set once STARTTLS was answered
+        self.security: Security = PLAIN  # what the TLS handshake proved
 
     def held(self) -> int:
         """Bytes counted against ``max_buffered``."""
-        return self.reader.pending + (self.unsent if self.detached else 0)
+        tls = self.tls.pending if self.tls is not None else 0
+        return self.reader.pending + tls + (self.unsent if self.detached else 0)
 
 
 class _Workers:
@@ -278,10 +318,14 @@ class RpcServer:
         name: str,
         workers: int = 8,
         limits: Limits = Limits(),
+        tls: ContextSource | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.name = name
         self.limits = limits
+        self.tls = tls  # RPC-with-TLS offered (the dispatcher's ``starttls``) when set
+        if tls is not None:
+            dispatcher.starttls = True
         self._workers = _Workers(workers, name)
         self._listeners: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -302,7 +346,15 @@ class RpcServer:
         self._accept_paused_until: float | None = None
         self._backoff = 0.0
         self._sweep_every = max(
-            0.02, min(1.0, limits.idle_timeout, limits.record_timeout, limits.send_timeout) / 4
+            0.02,
+            min(
+                1.0,
+                limits.idle_timeout,
+                limits.record_timeout,
+                limits.send_timeout,
+                limits.handshake_timeout,
+            )
+            / 4,
         )
         self._next_sweep = 0.0
         self._calls = 0  # answered by workers
@@ -552,15 +604,21 @@ class RpcServer:
             return
         now = time.monotonic()
         conn.last_recv = now
+        data: memoryview | bytes = self._view[:n]
+        if conn.tls is not None:
+            plain = self._tls_receive(conn, data)
+            if plain is None:
+                return
+            data = plain
         before = conn.reader.pending
         try:
-            records = conn.reader.feed(self._view[:n])
+            records = conn.reader.feed(data)
         except RecordTooLarge as e:
             self._close(conn, "record_too_large", str(e))
             return
         pending = conn.reader.pending
         self._pending_total += pending - before
-        if not conn.reader.begun:
+        if not conn.reader.begun and not (conn.tls is not None and conn.tls.pending):
             conn.record_started = None
         elif records or conn.record_started is None:
             conn.record_started = now  # a new record begins in this read
@@ -568,6 +626,47 @@ class RpcServer:
         self._update(conn)
         if self._pending_total > self.limits.max_buffered:
             self._shed()
+
+    def _tls_receive(self, conn: _Connection, data: memoryview | bytes) -> bytes | None:
+        """(loop) Ciphertext in, plaintext out; what the session has to send
+        is queued at once.  None: the connection was closed."""
+        session = conn.tls
+        assert session is not None
+        was = session.established
+        try:
+            plain = session.receive(data)
+        except TlsClosed as e:
+            self._close(conn, "", str(e))
+            return None
+        except TlsRefused as e:
+            with conn.lock:  # the alert, if OpenSSL wrote one
+                self._queue_bytes(conn, session.outgoing())
+                self._flush_locked(conn)
+            self._close(conn, "tls", str(e))
+            return None
+        with conn.lock:
+            self._queue_bytes(conn, session.outgoing())
+            self._flush_locked(conn)
+        if not was and session.security is not None:
+            conn.security = session.security
+            log.info("%s: TLS with %s: %s", self.name, conn.peer, session.security.describe())
+        return plain
+
+    def _start_tls(self, conn: _Connection) -> None:
+        """(loop) The STARTTLS reply is queued: read no more records, expect a
+        ClientHello.  Anything already behind the call closes the connection."""
+        assert self.tls is not None
+        if conn.backlog or conn.reader.begun or conn.inflight:
+            self._close(conn, "tls", "bytes or calls after the STARTTLS call")
+            return
+        conn.tls = TlsSession(
+            self.tls.context(),
+            time.monotonic(),
+            self.limits.handshake_timeout,
+            require_alpn=self.tls.settings.require_alpn,
+        )
+        conn.record_started = None
+        log.debug("%s: STARTTLS with %s", self.name, conn.peer)
 
     def _process(self, conn: _Connection) -> None:
         """Dispatch backlogged records while the connection's limits allow:
@@ -592,15 +691,21 @@ class RpcServer:
                 return
             quick.append(reply)
             size += sum(len(p) for p in reply.parts)
+            if reply.starttls:
+                break
         if quick:
             with conn.lock:
                 for reply in quick:
                     self._enqueue(conn, reply)
                 self._flush_locked(conn)
+            if quick[-1].starttls and conn.tls is None and self.tls is not None:
+                self._start_tls(conn)
 
     def _dispatch(self, conn: _Connection, record: bytes, inline: bool) -> Reply | None:
         try:
-            reply = self.dispatcher.dispatch(record, conn.peer, "tcp", inline)
+            reply = self.dispatcher.dispatch(
+                record, conn.peer, "tcp", inline, security=conn.security
+            )
         except WouldBlock:
             raise
         except Exception:
@@ -612,7 +717,7 @@ class RpcServer:
             else:
                 with self._lock:
                     self._calls += 1
-            if not conn.validated:
+            if not conn.validated and not reply.starttls:
                 with self._lock:
                     conn.validated = True
                     self._unvalidated.pop(conn, None)
@@ -700,6 +805,14 @@ class RpcServer:
     def _enqueue(self, conn: _Connection, reply: Reply) -> None:
         """(conn.lock held) Queue a reply's framed buffers; it is freed once
         its last byte is sent."""
+        if conn.tls is not None:
+            try:
+                self._queue_bytes(conn, conn.tls.encrypt(frame(reply.parts)))
+            except TlsRefused as e:
+                if conn.failed is None:
+                    conn.failed = ("tls", str(e))
+            reply.free()
+            return
         parts = [p for p in frame(reply.parts) if len(p)]
         if not conn.outq:
             conn.send_progress = time.monotonic()
@@ -711,6 +824,15 @@ class RpcServer:
             conn.outq.extend([p, None] for p in parts)
             conn.outq[-1][1] = reply
         conn.unsent += sum(len(p) for p in parts)
+
+    def _queue_bytes(self, conn: _Connection, data: bytes) -> None:
+        """(conn.lock held) Queue bytes that hold no pooled buffer (TLS output)."""
+        if not data:
+            return
+        if not conn.outq:
+            conn.send_progress = time.monotonic()
+        conn.outq.append([data, None])
+        conn.unsent += len(data)
 
     def _flush_locked(self, conn: _Connection) -> None:
         """(conn.lock held) Send what the socket takes now, without waiting."""
@@ -805,6 +927,8 @@ class RpcServer:
         lim = self.limits
         if conn.failed is not None:
             return conn.failed
+        if conn.tls is not None and conn.tls.expired(now):
+            return "tls", f"TLS handshake not finished within {lim.handshake_timeout:g} s"
         if conn.outq and now - conn.send_progress > lim.send_timeout:
             return "send_timeout", f"no reply bytes taken for {lim.send_timeout:.0f} s"
         started = conn.record_started

@@ -120,6 +120,10 @@ class TlsRefused(Exception):
     """A TLS connection to close; the message says why, for the log line."""
 
 
+class TlsClosed(TlsRefused):
+    """The client ended TLS with a close_notify: an ordinary close, not a refusal."""
+
+
 # ---------------------------------------------------------------- STARTTLS
 
 
@@ -445,6 +449,7 @@ class TlsSession:
         self.require_alpn = require_alpn
         self.deadline = now + timeout
         self.security: Security | None = None  # set once established
+        self.pending = 0  # ciphertext bytes received since plaintext last came out
 
     @property
     def established(self) -> bool:
@@ -459,7 +464,9 @@ class TlsSession:
         with self._lock:
             self._hello.feed(data)
             self._in.write(data)
-            if self.security is None:
+            if self.security is not None:
+                self.pending += len(data)
+            else:
                 try:
                     self._obj.do_handshake()
                 except ssl.SSLWantReadError:
@@ -469,7 +476,10 @@ class TlsSession:
                 if not self._hello.complete:
                     raise TlsRefused("handshake finished before the ClientHello was read")
                 self.security = established_security(self._obj, self._hello.alpn, self.require_alpn)
-            return self._read_plain()
+            plain = self._read_plain()
+            if plain:
+                self.pending = 0
+            return plain
 
     def _read_plain(self) -> bytes:
         chunks: list[bytes] = []
@@ -479,11 +489,11 @@ class TlsSession:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError as e:
-                raise TlsRefused("client closed TLS (close_notify)") from e
+                raise TlsClosed("client closed TLS (close_notify)") from e
             except ssl.SSLError as e:
                 raise TlsRefused(f"TLS record refused: {e.reason or e}") from e
             if not chunk:  # over memory BIOs, b"" is only ever a close_notify
-                raise TlsRefused("client closed TLS (close_notify)")
+                raise TlsClosed("client closed TLS (close_notify)")
             chunks.append(chunk)
         return b"".join(chunks)
 
