@@ -25,7 +25,7 @@ def main() -> None:
     with atheris.instrument_imports(include=["xdr", "nfsd", "merge"]):
         from tests.fuzz.harness import Harness
 
-    harness = Harness()
+    harness = Harness(quiet=True)
     atheris.Setup(sys.argv, harness.one_input)
     atheris.Fuzz()
 

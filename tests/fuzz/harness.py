@@ -141,7 +141,9 @@ class _Errors(logging.Handler):
 class Harness:
     """The demo storage, the real programs, and the checks of every reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: bool = False) -> None:
+        """``quiet`` (the fuzzer's own run) keeps the server's logger at ERROR
+        for speed; tests leave the levels alone (other tests share the logger)."""
         self._tmp = tempfile.mkdtemp(prefix="recovery-fs-fuzz-")
         atexit.register(shutil.rmtree, self._tmp, True)
         self.storage = Path(self._tmp) / "storage"
@@ -155,8 +157,9 @@ class Harness:
         server_log = logging.getLogger("recovery_fs")
         self._saved_log = (server_log.level, server_log.propagate)
         server_log.addHandler(self.errors)
-        server_log.setLevel(logging.ERROR)
-        server_log.propagate = False
+        if quiet:
+            server_log.setLevel(logging.ERROR)
+            server_log.propagate = False
         self.out = 0  # READ buffers handed out and not yet back
 
     def close(self) -> None:
