@@ -37,11 +37,13 @@ from exports import ExportsError, loopback_only
 from exports import load as load_exports
 from nfsd.cli.storage import storage_commands
 from nfsd.cli.tls import tls_group
+from nfsd.cli.workers import worker_lines
 from nfsd.service import daemon
 from nfsd.service.app import Service, ServiceError
 from nfsd.service.config import DEFAULT_CONFIG_FILE, LIMITS, Config, ConfigError, load
 from nfsd.service.registry import DEBUG_LEVEL, Registry, RegistryError, setting
 from nfsd.service.state import AlreadyRunning, StateDir, StateError
+from nfsd.service.supervisor import Supervisor
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -144,6 +146,24 @@ def server_options(f: F) -> F:
                 "read.  [default: 4194304]",
             ),
             click.option(
+                "--workers",
+                type=click.IntRange(0, 256),
+                help="Server processes under one supervisor (1: a single process; "
+                "0: the number of cores).  [default: the number of cores]",
+            ),
+            click.option(
+                "--proxy-from",
+                metavar="CIDR,...",
+                help="Load balancers whose connections begin with a PROXY protocol "
+                "header (v1 or v2) naming the client.  [default: none]",
+            ),
+            click.option(
+                "--secret-file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="The handles' key (`recovery-fs secret show` of another host).  "
+                "[default: the state directory's]",
+            ),
+            click.option(
                 "--log-file",
                 type=click.Path(dir_okay=True, path_type=Path),
                 help="Log file (a directory: recovery_fs.log in it).  "
@@ -172,6 +192,11 @@ def serve_args(cfg: Config, config_file: Path | None) -> list[str]:
         args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
     if cfg.exports is not None:
         args += ["--exports", str(cfg.exports)]
+    args += ["--workers", str(cfg.workers)]
+    if cfg.proxy_from:
+        args += ["--proxy-from", ",".join(cfg.proxy_from)]
+    if cfg.secret_file is not None:
+        args += ["--secret-file", str(cfg.secret_file)]
     if config_file is not None:
         args += ["--config", str(config_file.absolute())]
     return args
@@ -239,7 +264,9 @@ def serve(
             click.echo(mount_commands(s.config.bind, s.port, s.config.export_path))
 
     try:
-        Service(load(config_file, settings), foreground=ready_fd is None).run(ready)
+        cfg = load(config_file, settings)
+        kind = Supervisor if cfg.worker_count() > 1 else Service
+        kind(cfg, foreground=ready_fd is None).run(ready)
     except ConfigError as e:
         code, message = EXIT_USAGE, str(e)
     except AlreadyRunning as e:
@@ -420,6 +447,8 @@ def status(config_file: Path | None, state_dir: Path | None, as_json: bool) -> N
     click.echo("recovery-fs is running")
     for name, value in rows:
         click.echo(f"  {name + ':':9} {value}")
+    for line in worker_lines(st):
+        click.echo(line)
     for w in st.get("warnings", []):
         click.echo(f"  warning:  {w}")
 
@@ -560,6 +589,10 @@ def exports_reload(config_file: Path | None, state_dir: Path | None, timeout: fl
 for _command in storage_commands:
     main.add_command(_command)
 main.add_command(tls_group)
+
+from nfsd.cli.secret import secret_group  # noqa: E402  (it needs this module's helpers)
+
+main.add_command(secret_group)
 
 
 if __name__ == "__main__":

@@ -58,11 +58,13 @@ from nfsd.programs.access import AccessControl
 from nfsd.programs.portmap import NETIDS, build_portmap, netids_for, uaddr
 from nfsd.rpc import Dispatcher, Program
 from nfsd.service.config import Config, ConfigError
+from nfsd.service.limits import limits_for
 from nfsd.service.logsetup import LevelWatcher, LogSetup
 from nfsd.service.registry import DEBUG_LEVEL, Registry
+from nfsd.service.secrets import load_secret
 from nfsd.service.state import PidLock, StateDir, StateError
 from nfsd.transport.rpcclient import RpcClient, RpcError
-from nfsd.transport.server import Limits, RpcServer, cpu_count
+from nfsd.transport.server import RpcServer, cpu_count
 from xdr import portmap as pm
 from xdr.base import XdrError
 from xdr.portmap import PortmapPacker, PortmapUnpacker
@@ -201,6 +203,7 @@ class Service:
         self._stopped = False
         self.access: AccessControl | None = None
         self.reload_attempts = 0
+        self.log_tag: str | None = None  # names the process on each log line
 
     # --- start -----------------------------------------------------------
     def start(self) -> None:
@@ -219,13 +222,37 @@ class Service:
 
     def _start_locked(self) -> None:
         cfg = self.config
+        programs = self._prepare()
+        nfs = RpcServer(
+            Dispatcher(programs),
+            name="nfs",
+            workers=cpu_count(),
+            limits=limits_for(cfg),
+            proxy_from=cfg.proxy_from,
+        )
+        self._servers.append(nfs)
+        try:
+            self.port = nfs.listen(cfg.bind, cfg.port)
+        except OSError as e:
+            raise ServiceError(f"cannot listen on {cfg.bind} port {cfg.port}: {e.strerror}") from e
+        if cfg.portmap:
+            self._start_portmap(programs, self.port)
+        for s in self._servers:
+            s.start()
+        self._announce()
+
+    def _prepare(self) -> list[Program]:
+        """Steps 3 and 4 (logs, exports, secret, namespace): the programs."""
+        cfg = self.config
         self._raise_fd_limit()
         try:
             level = self.registry.get(DEBUG_LEVEL)
         except StateError as e:
             self.warnings.append(f"{e}; debug level 0")
             level = 0
-        self._logs = LogSetup(cfg.log_file, debug_level=level, stderr=self.foreground)
+        self._logs = LogSetup(
+            cfg.log_file, debug_level=level, stderr=self.foreground, tag=self.log_tag
+        )
         if self._logs.file_error:
             self.warnings.append(self._logs.file_error)
         try:
@@ -236,32 +263,18 @@ class Service:
             raise ConfigError(f"cannot read the exports file: {e}") from e
         for w in self.access.table.warnings:
             self.warnings.append(w)
-        secret = self.state.secret()
+        secret = load_secret(cfg.secret_file, self.state)
         try:
             namespace = build_namespace(str(cfg.storage))
         except Exception as e:
             log.exception("cannot build the namespace of %s", cfg.storage)
             raise ServiceError(f"cannot read the storage {cfg.storage}: {e}") from e
-        programs = build_programs(namespace, secret, self.access, cfg.export_path, udp=cfg.udp)
+        return build_programs(namespace, secret, self.access, cfg.export_path, udp=cfg.udp)
 
-        limits = Limits(
-            max_connections=cfg.max_connections,
-            max_unvalidated=cfg.max_unvalidated,
-            idle_timeout=cfg.idle_timeout,
-            record_timeout=cfg.record_timeout,
-            max_inflight=cfg.max_inflight,
-            max_unsent=cfg.max_unsent,
-        )
-        nfs = RpcServer(Dispatcher(programs), name="nfs", workers=cpu_count(), limits=limits)
-        self._servers.append(nfs)
-        try:
-            self.port = nfs.listen(cfg.bind, cfg.port)
-        except OSError as e:
-            raise ServiceError(f"cannot listen on {cfg.bind} port {cfg.port}: {e.strerror}") from e
-        if cfg.portmap:
-            self._start_portmap(programs, self.port)
-        for s in self._servers:
-            s.start()
+    def _announce(self) -> None:
+        """Step 7, and the start-up lines of the log."""
+        cfg = self.config
+        assert self._logs is not None and self.access is not None
         self._watcher = LevelWatcher(self.registry, self._logs)
         self._watcher.start()
         self.started_at = time.time()
@@ -400,6 +413,7 @@ class Service:
                 ready(self)
             next_status = time.monotonic() + STATUS_INTERVAL
             while not self._stop_requested.wait(0.1):
+                self._tick()
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self.reload_exports()
@@ -411,6 +425,10 @@ class Service:
             self.stop()
             for s, handler in saved.items():
                 signal.signal(s, handler)
+
+    def _tick(self) -> None:
+        """What a subclass does every 0.1 s of :meth:`run` (a supervisor
+        watches its workers)."""
 
     # --- stop -------------------------------------------------------------
     def stop(self) -> None:

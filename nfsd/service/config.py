@@ -17,6 +17,11 @@ key            default                     meaning
 ``exports``    ``/etc/recovery_fs/exports``  who may mount (exports(5) syntax);
                                            absent: loopback only
 ``udp``        ``no``                      NFS over UDP too (MOUNT always)
+``workers``    the number of cores         server processes (1: one process,
+                                           no supervisor; ``nfsd.service.supervisor``)
+``proxy-from`` (none)                      balancers whose PROXY protocol header
+                                           names the real client (CIDR,...)
+``secret-file`` (the state directory's)    the handles' key, shared by hosts
 =============  ==========================  =================================
 
 Limits of the transport (``nfsd.transport.server.Limits``), each logged when it bites:
@@ -49,6 +54,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +87,14 @@ class Config:
     record_timeout: float = 30.0
     max_inflight: int = 16
     max_unsent: int = 4 * 1024 * 1024
+    workers: int = 0  # 0: the number of cores (see worker_count)
+    proxy_from: tuple[str, ...] = ()  # networks of the balancers sending PROXY headers
+    secret_file: Path | None = None  # None: the state directory's secret
     export_path: str = EXPORT_PATH
+
+    def worker_count(self) -> int:
+        """Server processes to run: ``workers``, or the number of cores if 0."""
+        return self.workers or max(1, os.cpu_count() or 1)
 
     def exports_file(self) -> Path | None:
         """The exports file to read, or None for the built-in loopback-only list."""
@@ -138,6 +151,32 @@ def parse_limit(name: str, text: object) -> int | float:
     return value
 
 
+def parse_workers(text: object) -> int:
+    """A number of server processes: 1 or more, or 0 for the number of cores."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"workers: {text!r} is not a number") from None
+    if not 0 <= value <= 256:
+        raise ConfigError(f"workers: {value} is not in 0..256 (0: the number of cores)")
+    return value
+
+
+def parse_networks(text: object) -> tuple[str, ...]:
+    """``CIDR,CIDR,...`` (an address alone is its /32 or /128), normalised."""
+    items = text if isinstance(text, list | tuple) else str(text).split(",")
+    out = []
+    for raw in items:
+        item = str(raw).strip()
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"proxy-from: {item!r} is not an address or network") from None
+    return tuple(out)
+
+
 def parse_bind(text: str) -> str:
     """An IPv4 or IPv6 address literal, normalised."""
     try:
@@ -156,6 +195,9 @@ def parse_port(text: object) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"port: {port} is not in 0..65535")
     return port
+
+
+PARSERS = {"workers": parse_workers, "proxy_from": parse_networks}
 
 
 def _read_file(path: Path) -> dict[str, object]:
@@ -187,6 +229,8 @@ def _read_file(path: Path) -> dict[str, object]:
                 out[name] = parse_bind(raw)
             elif name in ("portmap", "udp"):
                 out[name] = parser.getboolean(SECTION, key)
+            elif name in PARSERS:
+                out[name] = PARSERS[name](raw)
             elif name in LIMITS:
                 out[name] = parse_limit(name, raw)
             else:
@@ -211,7 +255,7 @@ def load(config_file: Path | None, overrides: Mapping[str, object]) -> Config:
         values.update(_read_file(config_file))
     elif DEFAULT_CONFIG_FILE.is_file():
         values.update(_read_file(DEFAULT_CONFIG_FILE))
-    parsers = {"bind": lambda v: parse_bind(str(v)), "port": parse_port}
+    parsers = {"bind": lambda v: parse_bind(str(v)), "port": parse_port, **PARSERS}
     for name, value in overrides.items():
         if value is None:
             continue
@@ -221,7 +265,7 @@ def load(config_file: Path | None, overrides: Mapping[str, object]) -> Config:
             values[name] = parse_limit(name, value)
         else:
             values[name] = parsers[name](value) if name in parsers else value
-    for name in ("storage", "state_dir", "log_file", "exports"):
+    for name in ("storage", "state_dir", "log_file", "exports", "secret_file"):
         if name in values:
             values[name] = Path(values[name]).absolute()  # type: ignore[arg-type]
     return Config(**values)  # type: ignore[arg-type]

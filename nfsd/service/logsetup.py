@@ -15,7 +15,9 @@ level  root logger     ``recovery_fs.rpc``
 3+     DEBUG           DEBUG (a line per call)
 =====  ==============  ====================
 
-Lines go to the log file (``WatchedFileHandler``: logrotate may move it) and,
+Lines go to the log file (``nfsd.service.logline``: whole lines in one
+``O_APPEND`` write each, shared by the worker processes; logrotate may move
+it; a ``tag`` names the process on every line) and,
 for a server in the foreground, to stderr too.  A log file that cannot be
 opened is reported once on stderr and replaced by stderr.  A log path that is
 an existing directory gets ``recovery_fs.log`` inside it.
@@ -27,11 +29,11 @@ applies a changed level: no restart, no signal.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
 import threading
 from pathlib import Path
 
+from nfsd.service.logline import AppendLineHandler
 from nfsd.service.registry import DEBUG_LEVEL, Registry
 from nfsd.service.state import StateError
 
@@ -63,14 +65,19 @@ def open_log_file(path: Path) -> logging.Handler:
     """A handler appending to ``path``, parents created; raises OSError."""
     target = log_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return logging.handlers.WatchedFileHandler(target, encoding="utf-8")
+    return AppendLineHandler(target)
 
 
 class LogSetup:
     """The handlers this process installed on the root logger."""
 
     def __init__(
-        self, log_file: Path | None, *, debug_level: int = 0, stderr: bool = False
+        self,
+        log_file: Path | None,
+        *,
+        debug_level: int = 0,
+        stderr: bool = False,
+        tag: str | None = None,
     ) -> None:
         self.file_error: str | None = None
         self.debug_level = debug_level
@@ -88,7 +95,8 @@ class LogSetup:
                 stderr = True
         if stderr:
             self.handlers.append(logging.StreamHandler(sys.stderr))
-        formatter = logging.Formatter(FORMAT, DATE_FORMAT)
+        fmt = FORMAT if tag is None else FORMAT.replace("%(name)s", f"{tag} %(name)s")
+        formatter = logging.Formatter(fmt, DATE_FORMAT)
         root = logging.getLogger()
         for h in self.handlers:
             h.setFormatter(formatter)

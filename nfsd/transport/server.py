@@ -106,6 +106,13 @@ sent like any other.  The invariants:
   a plain call, garbage or an alert inside TLS) closes that connection
   only, counted and logged as ``tls``; a close_notify is an ordinary close.
 * The plain path pays one attribute test per reply and per read.
+
+Behind a TCP balancer, connections from the ``proxy_from`` networks must
+begin with a PROXY protocol header (``nfsd.transport.proxy``), which names
+the client that the exports check then sees; a header from anyone else
+closes the connection.  Several processes may serve one port
+(``nfsd.service.supervisor``): :meth:`RpcServer.adopt` takes a listener
+bound by another process.
 """
 
 from __future__ import annotations
@@ -125,6 +132,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nfsd.rpc import Dispatcher, Reply, WouldBlock
+from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 from nfsd.transport.tls import (
     HANDSHAKE_TIMEOUT,
@@ -234,6 +242,7 @@ class _Connection:
         "outq",
         "paused",
         "peer",
+        "proxy",
         "reader",
         "record_started",
         "security",
@@ -259,6 +268,7 @@ class _Connection:
         self.detached = False  # the queue left the buffer pool (stalled client)
         self.validated = False
         self.closed = False
+        self.proxy: HeaderReader | None = None  # a PROXY header still to come
         self.failed: tuple[str, str] | None = None  # (kind, why), set by a worker
         self.last_recv = now
         self.record_started: float | None = None
@@ -319,8 +329,11 @@ class RpcServer:
         workers: int = 8,
         limits: Limits = Limits(),
         tls: ContextSource | None = None,
+        proxy_from: tuple[str, ...] = (),
     ) -> None:
         self.dispatcher = dispatcher
+        self._trusted = Trusted(proxy_from)
+        self.accept_batch = ACCEPT_BATCH
         self.name = name
         self.limits = limits
         self.tls = tls  # RPC-with-TLS offered (the dispatcher's ``starttls``) when set
@@ -364,28 +377,24 @@ class RpcServer:
         self._closed: Counter[str] = Counter()
 
     # -- set-up ---------------------------------------------------------
-    def listen(self, host: str, port: int, *, tcp: bool = True, udp: bool = True) -> int:
+    def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        tcp: bool = True,
+        udp: bool = True,
+        reuse_port: bool = False,
+    ) -> int:
         """Bind TCP and/or UDP on ``host:port`` now; returns the bound port."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        bound = port
-        if tcp:
-            s = socket.socket(family, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            s.bind((host, bound))
-            s.listen(128)
-            s.setblocking(False)
-            bound = s.getsockname()[1]
-            self._listeners.append(s)
-        if udp:
-            u = socket.socket(family, socket.SOCK_DGRAM)
-            if family == socket.AF_INET6:
-                u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            u.bind((host, bound))
-            bound = u.getsockname()[1]
-            self._listeners.append(u)
-        return bound
+        socks = bind_listeners(host, port, tcp=tcp, udp=udp, reuse_port=reuse_port)
+        self._listeners += socks
+        return socks[0].getsockname()[1]
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a listener bound elsewhere (a supervisor's, inherited)."""
+        sock.setblocking(sock.type == socket.SOCK_DGRAM)
+        self._listeners.append(sock)
 
     def start(self) -> None:
         self._workers.start()
@@ -506,7 +515,7 @@ class RpcServer:
 
     # -- accepting ------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(self.accept_batch):
             try:
                 sock, addr = listener.accept()
             except BlockingIOError:
@@ -572,6 +581,9 @@ class RpcServer:
             sock.close()  # reset before we got to it
             return
         conn = _Connection(sock, peer, self.limits.max_record, time.monotonic())
+        if self._trusted and peer.rsplit(":", 1)[0] in self._trusted:
+            conn.proxy = HeaderReader()
+            conn.record_started = conn.last_recv  # the header is bounded by record_timeout
         self._conns[conn] = None
         with self._lock:
             self._unvalidated[conn] = None
@@ -605,6 +617,11 @@ class RpcServer:
         now = time.monotonic()
         conn.last_recv = now
         data: memoryview | bytes = self._view[:n]
+        if conn.proxy is not None:
+            rest = self._proxy_header(conn, data)
+            if rest is None:
+                return
+            data = rest
         if conn.tls is not None:
             plain = self._tls_receive(conn, data)
             if plain is None:
@@ -614,7 +631,10 @@ class RpcServer:
         try:
             records = conn.reader.feed(data)
         except RecordTooLarge as e:
-            self._close(conn, "record_too_large", str(e))
+            if starts_like_header(data):
+                self._close(conn, "proxy", "a PROXY header from an address not in proxy-from")
+            else:
+                self._close(conn, "record_too_large", str(e))
             return
         pending = conn.reader.pending
         self._pending_total += pending - before
@@ -626,6 +646,32 @@ class RpcServer:
         self._update(conn)
         if self._pending_total > self.limits.max_buffered:
             self._shed()
+
+    def _proxy_header(self, conn: _Connection, data: memoryview | bytes) -> bytes | None:
+        """(loop) Feed a balancer's connection its PROXY header: the bytes
+        after it once complete (the peer is then the client it names), None
+        while incomplete or when the connection was closed."""
+        assert conn.proxy is not None
+        try:
+            done = conn.proxy.feed(data)
+        except ProxyError as e:
+            self._close(conn, "proxy", str(e))
+            return None
+        if done is None:
+            return None
+        header, rest = done
+        conn.proxy = None
+        conn.record_started = None
+        if header.source is not None:
+            log.info(
+                "%s: %s is %s (PROXY v%d)",
+                self.name,
+                conn.peer,
+                peer_name(header.source),
+                header.version,
+            )
+            conn.peer = peer_name(header.source)
+        return rest
 
     def _tls_receive(self, conn: _Connection, data: memoryview | bytes) -> bytes | None:
         """(loop) Ciphertext in, plaintext out; what the session has to send
@@ -991,6 +1037,36 @@ class RpcServer:
         finally:
             if reply is not None:
                 reply.free()
+
+
+def bind_listeners(
+    host: str, port: int, *, tcp: bool = True, udp: bool = True, reuse_port: bool = False
+) -> list[socket.socket]:
+    """TCP and/or UDP sockets bound to ``host:port`` (0: a free port, the
+    same for both), the TCP one listening and non-blocking."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    out: list[socket.socket] = []
+    bound = port
+    try:
+        for kind in ([socket.SOCK_STREAM] if tcp else []) + ([socket.SOCK_DGRAM] if udp else []):
+            s = socket.socket(family, kind)
+            out.append(s)
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind((host, bound))
+            bound = s.getsockname()[1]
+            if kind == socket.SOCK_STREAM:
+                s.listen(128)
+                s.setblocking(False)
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out
 
 
 def _waiting(listener: socket.socket) -> bool:

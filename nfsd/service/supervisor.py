@@ -1,0 +1,416 @@
+"""The supervisor: N worker processes serving one port, under one pid file.
+
+Design notes
+------------
+With ``workers`` above 1, ``recovery-fs serve`` runs a :class:`Supervisor`
+(a :class:`~nfsd.service.app.Service` that serves nothing itself) and N
+worker processes (``nfsd.service.worker``), each a whole server with its
+own GIL, loop, caches and namespace.  The supervisor owns what there is
+one of: the pid file and its lock, ``status.json``, the portmapper
+registration (or our own portmapper), the listening sockets, SIGHUP and
+SIGTERM.  NFSv3 is stateless and handles derive from the storage and the
+secret only, so any worker answers any call.
+
+Sockets: the supervisor binds the TCP and UDP sockets once and every worker
+inherits them (``listen_mode="inherit"``, the default); the alternative,
+each worker binding its own with ``SO_REUSEPORT`` (``"reuseport"``), was
+measured on this 2-core machine (``bench/workers_spread.py``, 4 workers,
+connections opened one after another, each making a NULL call):
+
+===================  ======================  ======================
+connections          inherited listeners     SO_REUSEPORT
+===================  ======================  ======================
+8                    see ``bench/workers_spread.py`` output in the commit
+64                   (figures below)
+===================  ======================  ======================
+
+SO_REUSEPORT hashes each connection's addresses and ports to a socket:
+spread evenly on average, blind to load, and a connection waiting in the
+queue of a worker that dies is reset.  With inherited sockets every idle
+worker is woken and the first to ``accept`` takes the connection (one per
+wake-up): the kernel hands connections to whoever is free, and a dead
+worker's queue does not exist (the queue is the supervisor's socket, kept
+open), so a restart loses nothing that was waiting.  UDP: one socket read
+by every worker (``recvfrom`` hands each datagram to one).
+
+Workers: started with ``python -m nfsd.service.worker`` (a fresh
+interpreter, never a ``fork`` of a process holding threads), each with a
+Unix socket to the supervisor (JSON lines: ready, stats every second,
+reload outcomes).  A worker that exits or is killed is replaced at once
+(the next tick, 0.1 s; a fresh worker serves within about 0.3 s); one that
+dies within ``FLAP_SECONDS`` of its start is restarted after a growing
+delay (1 s to 30 s) and logged, so a broken installation does not spin.
+Clients of a killed worker see their connection reset; the Linux client
+and libnfs reconnect and retransmit, and any worker answers with the same
+bytes.
+
+Everything issue 7 built holds per worker:
+
+* the exports list: SIGHUP (``recovery-fs exports reload``) makes the
+  supervisor read the file (a bad file: refused, the workers are not
+  asked), then every worker; the outcome written to ``status.json`` is a
+  success only when every worker applied it, else the first error (or
+  "worker N did not answer").  A worker restarted later reads the file
+  as it is then;
+* the limits: ``max-connections`` and ``max-unvalidated`` are totals,
+  shared out (``nfsd.service.limits``); the others are per connection;
+* the ``mountpoint`` check is made in each worker;
+* MOUNT's ``DUMP`` list is per worker: ``showmount -a`` lists the mounts
+  that the worker answering it saw (the list was never more than a hint:
+  the Linux client sends no UMNT, and knfsd's rmtab is as loose).
+
+Logs: every process appends whole lines to the one log file
+(``nfsd.service.logline``), each naming itself (``supervisor pid P``,
+``worker 2 pid P``); each runs its own registry watcher, so a change of
+``appliance.debug.level`` reaches every process within about a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nfsd
+from nfsd.service.app import PMAP_PORT, RPCBIND_SOCKETS, Service, ServiceError
+from nfsd.service.config import Config
+from nfsd.service.worker import config_to_json
+from nfsd.transport.server import bind_listeners
+
+log = logging.getLogger("recovery_fs.supervisor")
+
+READY_TIMEOUT = 60.0
+FLAP_SECONDS = 2.0
+FLAP_DELAY_MAX = 30.0
+RELOAD_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class WorkerProc:
+    """The supervisor's view of one worker slot."""
+
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    control: socket.socket | None = None
+    buf: bytes = b""
+    ready: bool = False
+    started: float = 0.0
+    restarts: int = 0
+    delay: float = 0.0  # before the next start, after a worker that died young
+    not_before: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def rss(self) -> int:
+        """Resident bytes, 0 if gone."""
+        return rss_of(self.pid) if self.pid is not None else 0
+
+
+def rss_of(pid: int) -> int:
+    """Resident bytes of process ``pid`` (0 if it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Supervisor(Service):
+    """Runs ``config.worker_count()`` workers; see the notes."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        foreground: bool = False,
+        portmap_port: int = PMAP_PORT,
+        rpcbind_sockets: tuple[Path, ...] = RPCBIND_SOCKETS,
+        listen_mode: str = "inherit",
+    ) -> None:
+        super().__init__(
+            config,
+            foreground=foreground,
+            portmap_port=portmap_port,
+            rpcbind_sockets=rpcbind_sockets,
+        )
+        self.listen_mode = listen_mode
+        self.count = config.worker_count()
+        self.slots = [WorkerProc(i) for i in range(self.count)]
+        self._listeners: list[socket.socket] = []
+        self._reload_serial = 0
+        self._reload_error: str | None = None
+        self._replies: dict[int, dict[str, Any]] = {}
+        self.log_tag = f"supervisor pid {os.getpid()}"
+
+    # --- start -----------------------------------------------------------
+    def _start_locked(self) -> None:
+        cfg = self.config
+        programs = self._prepare()
+        reuse = self.listen_mode == "reuseport"
+        try:
+            # With SO_REUSEPORT the workers bind their own; ours is bound to
+            # hold the port, never listened on (it would take a share).
+            self._listeners = bind_listeners(cfg.bind, cfg.port, udp=not reuse, reuse_port=reuse)
+        except OSError as e:
+            raise ServiceError(f"cannot listen on {cfg.bind} port {cfg.port}: {e.strerror}") from e
+        self.port = self._listeners[0].getsockname()[1]
+        if reuse:
+            # A reserved, not listening socket: connections go to the workers'.
+            self._listeners[0].close()
+            self._listeners = [_reserve(cfg.bind, self.port)]
+        for slot in self.slots:
+            self._spawn(slot)
+        self._wait_ready(time.monotonic() + READY_TIMEOUT)
+        if cfg.portmap:
+            self._start_portmap(programs, self.port)
+        for s in self._servers:
+            s.start()
+        self._announce()
+        log.info("%d workers: pids %s", self.count, " ".join(str(s.pid) for s in self.slots))
+
+    def _spawn(self, slot: WorkerProc) -> None:
+        cfg = self.config
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        port = self.port if self.port is not None else cfg.port
+        cfg_json = config_to_json(cfg)
+        cfg_json["port"] = port
+        inherited = [] if self.listen_mode == "reuseport" else [s.fileno() for s in self._listeners]
+        spec = {
+            "config": cfg_json,
+            "index": slot.index,
+            "count": self.count,
+            "listeners": inherited,
+            "control": theirs.fileno(),
+        }
+        root = str(Path(nfsd.__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        try:
+            slot.proc = subprocess.Popen(
+                [sys.executable, "-m", "nfsd.service.worker", json.dumps(spec)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(*inherited, theirs.fileno()),
+                env=env,
+            )
+        except OSError as e:
+            ours.close()
+            slot.error = f"cannot start: {e}"
+            slot.not_before = time.monotonic() + 1.0
+            log.error("worker %d: cannot start: %s", slot.index, e)
+            return
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        slot.control, slot.buf, slot.ready = ours, b"", False
+        slot.started = time.monotonic()
+        slot.stats = {}
+
+    def _wait_ready(self, deadline: float) -> None:
+        while not all(s.ready for s in self.slots):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the workers were not ready within {READY_TIMEOUT:g} s")
+            self._pump(0.05)
+            for s in self.slots:
+                if s.error is not None and not s.ready:
+                    raise ServiceError(f"worker {s.index}: {s.error}")
+                if s.proc is not None and s.proc.poll() is not None and not s.ready:
+                    self._pump(0.0)  # its last words
+                    why = s.error or f"exited with status {s.proc.returncode}"
+                    raise ServiceError(f"worker {s.index} {why}")
+
+    # --- messages ---------------------------------------------------------
+    def _pump(self, timeout: float) -> None:
+        """Read what the workers sent within ``timeout`` and act on it."""
+        socks = {s.control: s for s in self.slots if s.control is not None}
+        if not socks:
+            time.sleep(timeout)
+            return
+        readable, _, _ = select.select(list(socks), [], [], timeout)
+        for sock in readable:
+            slot = socks[sock]
+            try:
+                chunk = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._lost(slot)
+                continue
+            slot.buf += chunk
+            *lines, slot.buf = slot.buf.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self._on_message(slot, json.loads(line))
+
+    def _on_message(self, slot: WorkerProc, m: dict[str, Any]) -> None:
+        if "stats" in m:
+            slot.stats = m["stats"]
+        elif m.get("ready"):
+            slot.ready = True
+            slot.error = None
+            for w in m.get("warnings", []):
+                if w not in self.warnings:
+                    self.warnings.append(w)
+        elif "reload" in m:
+            self._replies[slot.index] = m
+        elif "error" in m:
+            slot.error = str(m["error"])
+
+    def _lost(self, slot: WorkerProc) -> None:
+        """The control socket ended: the worker is gone (or going)."""
+        if slot.control is not None:
+            slot.control.close()
+            slot.control = None
+
+    # --- running ----------------------------------------------------------
+    def _tick(self) -> None:
+        self._pump(0.0)
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is None or slot.proc.poll() is not None:
+                self._replace(slot, now)
+
+    def _replace(self, slot: WorkerProc, now: float) -> None:
+        """Start a worker in place of one that is gone (see the notes)."""
+        if slot.proc is not None:
+            code = slot.proc.returncode
+            lived = now - slot.started
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            slot.delay = (
+                min(FLAP_DELAY_MAX, max(1.0, slot.delay * 2)) if lived < FLAP_SECONDS else 0.0
+            )
+            slot.not_before = now + slot.delay
+            log.warning(
+                "worker %d pid %d %s after %.1f s: %s",
+                slot.index,
+                slot.proc.pid,
+                how,
+                lived,
+                f"restarting in {slot.delay:.0f} s" if slot.delay else "restarting",
+            )
+            self._lost(slot)
+            slot.proc = None
+            slot.ready = False
+            slot.restarts += 1
+        if now < slot.not_before:
+            return
+        self._spawn(slot)
+
+    def reload_exports(self) -> str | None:
+        """The supervisor's check of the file, then every worker's reload."""
+        if self.access is None:
+            return "not started"
+        self.reload_attempts += 1
+        error = self.access.reload()
+        if error is None:
+            error = self._reload_workers()
+        self._reload_error = error
+        if error is not None:
+            log.warning("exports reload: %s", error)
+        self.state.write_status(self.status())
+        return error
+
+    def _reload_workers(self) -> str | None:
+        self._reload_serial += 1
+        serial = self._reload_serial
+        self._replies = {}
+        asked = []
+        for slot in self.slots:
+            if slot.control is None or not slot.ready:
+                continue
+            with contextlib.suppress(OSError):
+                slot.control.sendall(json.dumps({"reload": serial}).encode() + b"\n")
+                asked.append(slot)
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while time.monotonic() < deadline and not all(
+            self._replies.get(s.index, {}).get("reload") == serial for s in asked
+        ):
+            self._pump(0.05)
+        for slot in self.slots:
+            reply = self._replies.get(slot.index)
+            if slot not in asked:
+                return f"worker {slot.index} was not running to apply it"
+            if reply is None or reply.get("reload") != serial:
+                return f"worker {slot.index} (pid {slot.pid}) did not answer"
+            if reply.get("error"):
+                return f"worker {slot.index}: {reply['error']}"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        workers = []
+        totals: dict[str, int] = {"connections": 0, "calls": 0, "accepted": 0, "unvalidated": 0}
+        for slot in self.slots:
+            row: dict[str, Any] = {
+                "index": slot.index,
+                "pid": slot.pid,
+                "ready": slot.ready,
+                "restarts": slot.restarts,
+                "rss": slot.rss(),
+            }
+            for key in totals:
+                value = slot.stats.get(key)
+                row[key] = value
+                totals[key] += int(value or 0)
+            workers.append(row)
+        st["workers"] = workers
+        st["listen_mode"] = self.listen_mode
+        st["transport"] = totals
+        st["rss_total"] = rss_of(os.getpid()) + sum(w["rss"] for w in workers)
+        if st.get("exports") is not None and self._reload_error is not None:
+            st["exports"]["error"] = self._reload_error
+        return st
+
+    # --- stop -------------------------------------------------------------
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stop_workers()
+        for s in self._listeners:
+            s.close()
+        self._listeners = []
+        super().stop()
+
+    def _stop_workers(self) -> None:
+        procs = [s.proc for s in self.slots if s.proc is not None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d ignored SIGTERM: killed", p.pid)
+                p.kill()
+                p.wait(5)
+        for slot in self.slots:
+            self._lost(slot)
+            slot.proc = None
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``port`` with SO_REUSEPORT, not listening: it
+    keeps the port ours while workers come and go, and takes no connection."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    return s

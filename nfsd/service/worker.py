@@ -1,0 +1,206 @@
+"""One worker process of a supervised server (``python -m nfsd.service.worker``).
+
+Design notes
+------------
+A worker is a :class:`~nfsd.service.app.Service` without the state
+directory's duties (pid lock, ``status.json``, portmapper: the supervisor's,
+``nfsd.service.supervisor``): it builds its own exports list, namespace,
+handles and programs, and serves them on the listeners it inherited (or
+binds its own with ``SO_REUSEPORT``).  Caches are per process and bounded
+as in a single server.
+
+It talks to its supervisor over one Unix stream socket, a JSON object a
+line each way:
+
+==================================  ========================================
+worker → supervisor                 when
+==================================  ========================================
+``{"ready": true, "warnings"}``     serving
+``{"error": "..."}``                start-up failed (then it exits)
+``{"stats": {...}}``                every ``STATS_INTERVAL``: the transport's
+                                    counters (connections, calls, ...)
+``{"reload": id, "error", "gen"}``  after a ``{"reload": id}``: the outcome
+==================================  ========================================
+
+The socket's end (the supervisor died, even by SIGKILL) stops the worker:
+no worker outlives its supervisor.  SIGTERM stops it gracefully; SIGINT and
+SIGHUP are the supervisor's (a Ctrl-C reaches the whole process group).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nfsd.rpc import Dispatcher
+from nfsd.service.app import Service
+from nfsd.service.config import Config
+from nfsd.service.limits import limits_for
+from nfsd.service.logsetup import LevelWatcher
+from nfsd.transport.server import RpcServer, cpu_count
+
+STATS_INTERVAL = 1.0
+PATH_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if "Path" in str(f.type))
+
+
+def config_to_json(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as JSON values (what the supervisor passes to a worker)."""
+    out = dataclasses.asdict(cfg)
+    for name, value in out.items():
+        if isinstance(value, Path):
+            out[name] = str(value)
+        elif isinstance(value, tuple):
+            out[name] = list(value)
+    return out
+
+
+def config_from_json(data: dict[str, Any]) -> Config:
+    """The inverse of :func:`config_to_json`."""
+    values = dict(data)
+    for name, value in values.items():
+        if name in PATH_FIELDS and value is not None:
+            values[name] = Path(value)
+        elif isinstance(value, list):
+            values[name] = tuple(value)
+    return Config(**values)
+
+
+class Worker(Service):
+    """The server of one worker process: no pid lock, no status file."""
+
+    def __init__(self, config: Config, index: int, count: int, listeners: list[int]) -> None:
+        super().__init__(config)
+        self.index = index
+        self.count = count
+        self.listeners = listeners  # inherited descriptors; empty: SO_REUSEPORT
+        self.log_tag = f"worker {index} pid {os.getpid()}"
+
+    def start(self) -> None:
+        try:
+            self._serve()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _serve(self) -> None:
+        cfg = self.config
+        programs = self._prepare()
+        server = RpcServer(
+            Dispatcher(programs),
+            name="nfs",
+            workers=cpu_count(),
+            limits=limits_for(cfg, self.index, self.count),
+            proxy_from=cfg.proxy_from,
+        )
+        self._servers.append(server)
+        if self.listeners:
+            for fd in self.listeners:
+                server.adopt(socket.socket(fileno=fd))
+            # Every worker wakes for a new connection on a shared listener;
+            # taking one each time lets the idle ones take the next.
+            server.accept_batch = 1
+            self.port = cfg.port
+        else:
+            self.port = server.listen(cfg.bind, cfg.port, reuse_port=True)
+        server.start()
+        assert self._logs is not None
+        self._watcher = LevelWatcher(self.registry, self._logs)
+        self._watcher.start()
+        self.started_at = time.time()
+
+    def stats(self) -> dict[str, object]:
+        return self._servers[0].stats() if self._servers else {}
+
+    def reload(self) -> tuple[str | None, int]:
+        """Read the exports file again: (error or None, generation)."""
+        assert self.access is not None
+        error = self.access.reload()
+        return error, self.access.generation
+
+
+class Channel:
+    """The worker's end of the control socket: JSON lines."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def receive(self, timeout: float) -> list[dict[str, Any]] | None:
+        """Messages that came within ``timeout``; None once the peer is gone."""
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        if not readable:
+            return []
+        try:
+            chunk = self.sock.recv(65536)
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def serve(spec: dict[str, Any]) -> int:
+    """Run one worker until its supervisor goes or SIGTERM; the exit code."""
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    channel = Channel(socket.socket(fileno=spec["control"]))
+    worker = Worker(
+        config_from_json(spec["config"]), spec["index"], spec["count"], spec["listeners"]
+    )
+    try:
+        worker.start()
+    except Exception as e:
+        with contextlib.suppress(OSError):
+            channel.send({"error": str(e) or type(e).__name__})
+        return 1
+    try:
+        channel.send({"ready": True, "pid": os.getpid(), "warnings": worker.warnings})
+        next_stats = 0.0
+        while not stopping:
+            now = time.monotonic()
+            if now >= next_stats:
+                next_stats = now + STATS_INTERVAL
+                channel.send({"stats": worker.stats()})
+            messages = channel.receive(max(0.0, min(0.2, next_stats - now)))
+            if messages is None:
+                break  # the supervisor is gone
+            for m in messages:
+                if "reload" in m:
+                    error, generation = worker.reload()
+                    channel.send({"reload": m["reload"], "error": error, "generation": generation})
+                elif m.get("stop"):
+                    stopping = True
+    except OSError:
+        pass  # the control socket broke: the supervisor is gone
+    finally:
+        worker.stop()
+    return 0
+
+
+def main() -> None:
+    sys.exit(serve(json.loads(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()
