@@ -19,6 +19,8 @@ table       rows
 ``nodes``   an entry of the writable namespace (``instant.namespace``)
 ``dirents`` ``(parent, name) → node``; node 0 is a whiteout
 ``meta``    key/value: the session's fixed facts (id, quota)
+``calls``   the server's duplicate request cache keys of changes that
+            succeeded, committed with the change (``SessionNamespace.recording``)
 ==========  ==================================================================
 """
 
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS dirents(
     parent INTEGER NOT NULL, name TEXT NOT NULL, node INTEGER NOT NULL,
     PRIMARY KEY(parent, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dirents_node ON dirents(node);
+CREATE TABLE IF NOT EXISTS calls(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -83,6 +84,8 @@ NAME_MAX = 255
 NOW = -1
 """A time given as ``NOW`` is the server's clock (SET_TO_SERVER_TIME)."""
 MAX_COPIED_ENTRIES = 100_000
+CALLS_KEPT_NS = 3600 * 10**9  # recorded call keys older than this are pruned
+CALLS_PRUNE_EVERY = 256
 _MASK63 = (1 << 63) - 1
 _DIR_SIZE = 4096
 _FILES = 1 << 32
@@ -161,6 +164,8 @@ class SessionNamespace:
         self.base = base
         self.clock = clock
         self.store = Store(self.dir, quota=quota, hook=hook)
+        self._calls = threading.local()
+        self._recorded = 0
         with self.store.transaction() as tx:
             row = tx.conn.execute("SELECT value FROM meta WHERE key='id'").fetchone()
             if row is None:
@@ -243,6 +248,36 @@ class SessionNamespace:
     def _changing(self) -> Iterator[Tx]:
         with self.store.transaction() as tx:
             yield tx
+            key = getattr(self._calls, "key", None)
+            if key is not None:
+                self._calls.key = None
+                self._record_call(tx, key)
+
+    def _record_call(self, tx: Tx, key: bytes) -> None:
+        now = self.clock()
+        tx.conn.execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, now))
+        self._recorded += 1
+        if self._recorded % CALLS_PRUNE_EVERY == 0:
+            tx.conn.execute("DELETE FROM calls WHERE at < ?", (now - CALLS_KEPT_NS,))
+
+    @contextmanager
+    def recording(self, key: bytes) -> Iterator[None]:
+        """The first change made by this thread in the block records ``key`` with it.
+
+        The server's duplicate request cache (``nfsd.programs.drc``) uses it
+        so that a retransmission after a restart learns the change was made:
+        the key commits in the change's own transaction, or not at all.
+        """
+        self._calls.key = key
+        try:
+            yield
+        finally:
+            self._calls.key = None
+
+    def recorded(self, key: bytes) -> bool:
+        """Whether a change recorded under ``key`` committed."""
+        with self.store.read() as conn:
+            return conn.execute("SELECT 1 FROM calls WHERE key=?", (key,)).fetchone() is not None
 
     def _new_fileid(self, conn: Connection, node: int) -> int:
         salt = 0
@@ -304,6 +339,16 @@ class SessionNamespace:
             if n is None:
                 raise NotFound(name)
             return self._attrs(conn, n)
+
+    def parent(self, fileid: int) -> int:
+        """The fileid of the directory holding ``fileid`` (the root's is the root)."""
+        with self.store.read() as conn:
+            n = self._by_fileid(conn, fileid)
+            row = conn.execute(
+                "SELECT p.fileid FROM dirents d JOIN nodes p ON p.id = d.parent WHERE d.node=?",
+                (n.id,),
+            ).fetchone()
+        return ROOT_FILEID if row is None else row[0]
 
     def resolve(self, path: PresentedPath) -> int:
         """The fileid of a path below the session root (for tools and tests)."""
@@ -462,8 +507,8 @@ class SessionNamespace:
                 "UPDATE nodes SET mode=?, uid=?, gid=?, atime=?, mtime=?, ctime=? WHERE id=?",
                 (n.mode, n.uid, n.gid, n.atime, n.mtime, now, n.id),
             )
-            n.ctime = now
-            return self._attrs(tx.conn, n)
+        # After the commit: a truncate reaches this process's size cache only then.
+        return self.getattr(fileid)
 
     def remove(self, dir_fileid: int, name: str) -> None:
         """REMOVE a file or symbolic link (a base file too: the session forgets it)."""

@@ -121,6 +121,14 @@ class WouldBlock(Exception):
     """
 
 
+class DropCall(Exception):
+    """Raised by a procedure whose call must get no reply at all.
+
+    The duplicate request cache drops a retransmission of a call still
+    running (``nfsd.programs.drc``): the client sends it again later.
+    """
+
+
 class ProcedureError(Exception):
     """Raised below a procedure: answered with the procedure's failure body."""
 
@@ -285,7 +293,11 @@ class Dispatcher:
             ctx.status = status
             body = proc.fail(status, args) if proc.fail is not None else None
         else:
-            body = self._run(program, proc, ctx, args)
+            try:
+                body = self._run(program, proc, ctx, args)
+            except DropCall as e:
+                log.debug("xid=%#x %s from %s dropped: %s", xid, proc.name, peer, e)
+                return None
         head = accepted_header(xid, SUCCESS if body is not None else SYSTEM_ERR)
         elapsed = time.monotonic() - started
         if log.isEnabledFor(logging.DEBUG) or elapsed > self.slow_call_seconds:
@@ -322,7 +334,7 @@ class Dispatcher:
         """Run a procedure; map its failures to its failure body."""
         try:
             return proc.run(ctx, args)
-        except WouldBlock:
+        except (WouldBlock, DropCall):
             raise
         except ProcedureError as e:
             ctx.status = e.status

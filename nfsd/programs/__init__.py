@@ -12,7 +12,9 @@ from nfsd.programs.buffers import BufferPool
 from nfsd.programs.handles import HandleCodec
 from nfsd.programs.mountd import MountService
 from nfsd.programs.nfs3 import program as nfs3_program
+from nfsd.programs.nfs3.router import route_sessions
 from nfsd.programs.nfs3.service import RTMAX, Nfs3Service, fsid_of
+from nfsd.programs.sessions import SessionManager
 from nfsd.rpc import Program
 
 EXPORT_PATH = "/recover/images"
@@ -26,13 +28,15 @@ def build_programs(
     export_path: str = EXPORT_PATH,
     *,
     udp: bool = False,
+    sessions: SessionManager | None = None,
 ) -> list[Program]:
     """MOUNT and NFS over one namespace, both behind ``access``.
 
     NFS over UDP only with ``udp`` (off by default, as knfsd since 2017: a
     lost fragment of a 32 KiB datagram costs the whole READ, and UDP is the
     reflection vector); MOUNT answers over UDP regardless (showmount, and
-    clients whose mountproto is udp).
+    clients whose mountproto is udp).  ``sessions``: the instant-recovery
+    sessions, exports of their own beside ``export_path`` (``nfs3.router``).
     """
     handles = HandleCodec(namespace, secret)
     nfs = Nfs3Service(namespace, handles, BufferPool(RTMAX, READ_BUFFERS), secret)
@@ -43,4 +47,6 @@ def build_programs(
     nfs_program = nfs3_program.build(nfs)
     nfs_program.guard = access.nfs_status
     nfs_program.udp = udp
-    return [MountService(handles, export_path, access).program(), nfs_program]
+    if sessions is not None:
+        route_sessions(nfs_program, nfs, access, sessions)
+    return [MountService(handles, export_path, access, sessions).program(), nfs_program]

@@ -154,10 +154,13 @@ class AccessControl:
         # ``table`` given (tests, embedders) is used as is; else read: an
         # ExportsError here stops the server at start.
         self.table: ExportTable = table if table is not None else self._read()
+        # The instant-recovery sessions' exports (nfsd.programs.sessions): each
+        # session path has its own clients, checked like the file's.
+        self.sessions_table = ExportTable(())
         self.generation = 1
         self.loaded_at = time.time()
         self.last_error: str | None = None
-        self._decisions: dict[tuple[str, int], Decision] = {}
+        self._decisions: dict[tuple[str, int, str | None], Decision] = {}
         self._logged: set[tuple[str, int, int]] = set()
         self._mountpoints = _MountpointCheck()
         self._reload_lock = threading.Lock()
@@ -204,6 +207,18 @@ class AccessControl:
                 self.on_change(self)
             return None
 
+    def set_sessions(self, table: ExportTable) -> None:
+        """The sessions' exports changed: a new generation, every decision made again."""
+        self.sessions_table = table
+        self.generation += 1
+        self._decisions = {}
+
+    def table_for(self, export: str | None) -> ExportTable:
+        """The list holding ``export`` (None: the read-only export)."""
+        if export is None or export == self.export_path:
+            return self.table
+        return self.sessions_table
+
     def describe(self) -> str:
         """Where the list comes from, for the start-up line."""
         if self.source is None:
@@ -211,13 +226,14 @@ class AccessControl:
         return f"exports from {self.source}"
 
     # -- decisions ----------------------------------------------------------
-    def _spec(self, addr: str, wait: float) -> ClientSpec | None:
-        return self.table.match(self.export_path, addr, self.resolver, wait=wait)
+    def _spec(self, addr: str, wait: float, export: str | None = None) -> ClientSpec | None:
+        path = export or self.export_path
+        return self.table_for(export).match(path, addr, self.resolver, wait=wait)
 
-    def decide(self, ctx: CallContext, wait: float = 0.0) -> Decision:
-        """The list's verdict on this call's peer, port and flavour."""
+    def decide(self, ctx: CallContext, wait: float = 0.0, export: str | None = None) -> Decision:
+        """The list's verdict on this call's peer, port and flavour, for ``export``."""
         addr, port = split_peer(ctx.peer)
-        key = (ctx.peer, ctx.flavor)
+        key = (ctx.peer, ctx.flavor, export)
         d = self._decisions.get(key)
         now = time.monotonic()
         if d is not None and d.generation == self.generation and now < d.until:
@@ -226,11 +242,11 @@ class AccessControl:
             return d
         generation = self.generation
         until = now + DECISION_TTL
-        spec = self._spec(addr, wait)
+        spec = self._spec(addr, wait, export)
         if spec is None:
             d = Decision(NOT_LISTED, None, generation, until)
             # A name not resolved yet is no verdict: ask again next call.
-            if wait == 0.0 and self._has_names():
+            if wait == 0.0 and self._has_names(export):
                 return d
         else:
             o = spec.options
@@ -247,8 +263,8 @@ class AccessControl:
             return Decision(NOT_MOUNTED, spec, generation)
         return d
 
-    def _has_names(self) -> bool:
-        export = self.table.get(self.export_path)
+    def _has_names(self, path: str | None = None) -> bool:
+        export = self.table_for(path).get(path or self.export_path)
         return export is not None and any(c.kind in ("host", "wildcard") for c in export.clients)
 
     def _mounted(self, spec: ClientSpec | None) -> bool:
@@ -280,22 +296,27 @@ class AccessControl:
         log.warning("refused %s from %s: %s", what, addr, why)
 
     # -- the checks the programs call -----------------------------------------
-    def check_mount(self, ctx: CallContext) -> tuple[int, ExportOptions | None]:
+    def check_mount(
+        self, ctx: CallContext, export: str | None = None
+    ) -> tuple[int, ExportOptions | None]:
         """(MNT3_OK, options) or (an MNT3ERR status, None) for a MNT call."""
-        d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT)
+        d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
         if d.reason != OK:
             self._log_refusal(ctx, d, "MNT")
             return _MNT_STATUS[d.reason], None
         assert d.spec is not None
         return mount3.MNT3_OK, d.spec.options
 
-    def admits(self, ctx: CallContext) -> bool:
+    def admits(self, ctx: CallContext, export: str | None = None) -> bool:
         """Whether the list admits this caller at all (EXPORT and DUMP answers)."""
-        return self.decide(ctx, wait=MOUNT_RESOLVE_WAIT).reason == OK
+        return self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export).reason == OK
 
-    def nfs_status(self, ctx: CallContext) -> int:
-        """NFS3_OK after squashing ``ctx``'s credentials, else the refusal status."""
-        d = self.decide(ctx)
+    def nfs_status(self, ctx: CallContext, export: str | None = None) -> int:
+        """NFS3_OK after squashing ``ctx``'s credentials, else the refusal status.
+
+        ``export``: the export the call's handle belongs to (None: the read-only one).
+        """
+        d = self.decide(ctx, export=export)
         if d.reason != OK:
             self._log_refusal(ctx, d, "NFS calls")
             return _NFS_STATUS[d.reason]

@@ -8,6 +8,16 @@ from __future__ import annotations
 
 import errno
 
+from instant.errors import (
+    Exists,
+    InvalidArgument,
+    NameTooLong,
+    NoSpace,
+    NotEmpty,
+    NotSupported,
+    NotSync,
+    Stale,
+)
 from merge.namespace import (
     AccessDenied,
     InputChanged,
@@ -32,6 +42,15 @@ _NAMESPACE_STATUS: dict[type[NamespaceError], int] = {
     AccessDenied: nfs3.NFS3ERR_ACCES,
     InputChanged: nfs3.NFS3ERR_IO,
     StorageIOError: nfs3.NFS3ERR_IO,
+    # instant recovery's writable sessions (instant.errors)
+    Exists: nfs3.NFS3ERR_EXIST,
+    NotEmpty: nfs3.NFS3ERR_NOTEMPTY,
+    NoSpace: nfs3.NFS3ERR_NOSPC,
+    NotSupported: nfs3.NFS3ERR_NOTSUPP,
+    InvalidArgument: nfs3.NFS3ERR_INVAL,
+    NotSync: nfs3.NFS3ERR_NOT_SYNC,
+    NameTooLong: nfs3.NFS3ERR_NAMETOOLONG,
+    Stale: nfs3.NFS3ERR_STALE,
 }
 
 _ERRNO_STATUS = {
@@ -43,6 +62,8 @@ _ERRNO_STATUS = {
     errno.ENAMETOOLONG: nfs3.NFS3ERR_NAMETOOLONG,
     errno.EROFS: nfs3.NFS3ERR_ROFS,
     errno.ESTALE: nfs3.NFS3ERR_STALE,
+    errno.ENOSPC: nfs3.NFS3ERR_NOSPC,
+    errno.EDQUOT: nfs3.NFS3ERR_DQUOT,
 }
 
 

@@ -24,6 +24,8 @@ import threading
 from merge.namespace import Kind, NamespaceError, NotADirectory
 from nfsd.programs.access import AccessControl
 from nfsd.programs.handles import HandleCodec
+from nfsd.programs.session_mount import is_session_path, mount_session, session_exports
+from nfsd.programs.sessions import SessionManager
 from nfsd.rpc import CallContext, Procedure, Program, Reply, no_args
 from xdr import mount3
 from xdr.mount3 import Mount3Packer, Mount3Unpacker
@@ -36,8 +38,15 @@ MAX_MOUNT_LIST = 1024
 class MountService:
     """State and procedures of the MOUNT program."""
 
-    def __init__(self, handles: HandleCodec, export_path: str, access: AccessControl) -> None:
+    def __init__(
+        self,
+        handles: HandleCodec,
+        export_path: str,
+        access: AccessControl,
+        sessions: SessionManager | None = None,
+    ) -> None:
         self.handles = handles
+        self.sessions = sessions  # instant-recovery sessions: exports of their own
         self.access = access
         self.export_path = export_path.encode()
         self._mounts: dict[tuple[bytes, bytes], None] = {}
@@ -63,6 +72,8 @@ class MountService:
     # RFC 1813 §5.2.1
     def mnt(self, ctx: CallContext, path: bytes) -> Reply:
         ctx.note = f"path={path!r}"
+        if self.sessions is not None and is_session_path(path):
+            return self._mnt_session(ctx, path)
         status, options = self.access.check_mount(ctx)
         presented = self._presented_path(path) if options is not None else None
         if options is not None:
@@ -75,23 +86,37 @@ class MountService:
                 status = mount3.MNT3ERR_NOTDIR
             except NamespaceError:
                 status = mount3.MNT3ERR_NOENT
+        if status != mount3.MNT3_OK:
+            return self._answer(ctx, path, status)
+        assert presented is not None and options is not None
+        fh = self.handles.encode(presented, attrs.fileid)
+        return self._answer(ctx, path, status, fh, list(self.access.flavors(options)))
+
+    def _mnt_session(self, ctx: CallContext, path: bytes) -> Reply:
+        assert self.sessions is not None
+        status, fh, flavors = mount_session(self.sessions, self.access, ctx, path)
+        return self._answer(ctx, path, status, fh, flavors)
+
+    def _answer(
+        self,
+        ctx: CallContext,
+        path: bytes,
+        status: int,
+        fh: bytes = b"",
+        flavors: list[int] | None = None,
+    ) -> Reply:
+        """MNT's reply: a refusal (logged), or the handle, with the mount listed for DUMP."""
         p = Mount3Packer()
         if status != mount3.MNT3_OK:
             ctx.status = status
             log.info("MNT of %r from %s refused: status %d", path, ctx.peer, status)
             p.pack_mountres3(mount3.mountres3(status))
             return Reply([p.get_buffer()])
-        assert presented is not None and options is not None
-        fh = self.handles.encode(presented, attrs.fileid)
         with self._lock:
             if len(self._mounts) < MAX_MOUNT_LIST:
                 self._mounts[(self._host(ctx), path)] = None
         log.info("MNT %s from %s", path.decode(errors="replace"), ctx.peer)
-        p.pack_mountres3(
-            mount3.mountres3(
-                mount3.MNT3_OK, mount3.mountres3_ok(fh, list(self.access.flavors(options)))
-            )
-        )
+        p.pack_mountres3(mount3.mountres3(mount3.MNT3_OK, mount3.mountres3_ok(fh, flavors or [])))
         return Reply([p.get_buffer()])
 
     # RFC 1813 §5.2.2
@@ -125,6 +150,8 @@ class MountService:
         if export is not None and self.access.admits(ctx):
             groups = [c.text.encode() for c in export.clients]
             nodes.append(mount3.exportnode(self.export_path, groups))
+        if self.sessions is not None:
+            nodes += session_exports(self.sessions, self.access, ctx)
         p = Mount3Packer()
         p.pack_exports(nodes)
         return Reply([p.get_buffer()])

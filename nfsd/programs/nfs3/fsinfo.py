@@ -41,28 +41,43 @@ def fsstat3(svc: Nfs3Service, ctx: CallContext, args: nfs3.FSSTAT3args) -> Reply
 
 
 # RFC 1813 §3.3.19: 1 MiB transfers, files up to 2^63-1 (VM disks are large).
+def fsinfo_resok(attrs: nfs3.post_op_attr, properties: int) -> nfs3.FSINFO3resok:
+    """FSINFO's figures, the same for every export; ``properties`` says what it allows."""
+    return nfs3.FSINFO3resok(
+        attrs,
+        rtmax=RTMAX,
+        rtpref=RTMAX,
+        rtmult=4096,
+        wtmax=RTMAX,
+        wtpref=RTMAX,
+        wtmult=4096,
+        dtpref=DTPREF,
+        maxfilesize=MAXFILESIZE,
+        time_delta=nfs3.nfstime3(0, 1),
+        properties=properties,
+    )
+
+
+def pathconf_resok(attrs: nfs3.post_op_attr) -> nfs3.PATHCONF3resok:
+    """PATHCONF's answer: one name per file, names up to 255 bytes, case kept."""
+    return nfs3.PATHCONF3resok(
+        attrs,
+        linkmax=1,
+        name_max=MAXNAMLEN,
+        no_trunc=True,
+        chown_restricted=True,
+        case_insensitive=False,
+        case_preserving=True,
+    )
+
+
 def fsinfo3(svc: Nfs3Service, ctx: CallContext, args: nfs3.FSINFO3args) -> Reply:
     path = svc.path_of(args.fsroot)
     a = svc.attrs(path)
     p = NFS3Packer()
-    p.pack_FSINFO3res(
-        nfs3.FSINFO3res(
-            nfs3.NFS3_OK,
-            nfs3.FSINFO3resok(
-                post_op_attr_of(a, svc.fsid),
-                rtmax=RTMAX,
-                rtpref=RTMAX,
-                rtmult=4096,
-                wtmax=RTMAX,
-                wtpref=RTMAX,
-                wtmult=4096,
-                dtpref=DTPREF,
-                maxfilesize=MAXFILESIZE,
-                time_delta=nfs3.nfstime3(0, 1),
-                properties=nfs3.FSF3_HOMOGENEOUS,  # no links to make, no times to set
-            ),
-        )
-    )
+    # no links to make, no times to set
+    ok = fsinfo_resok(post_op_attr_of(a, svc.fsid), nfs3.FSF3_HOMOGENEOUS)
+    p.pack_FSINFO3res(nfs3.FSINFO3res(nfs3.NFS3_OK, ok))
     return Reply([p.get_buffer()])
 
 
@@ -71,18 +86,6 @@ def pathconf3(svc: Nfs3Service, ctx: CallContext, args: nfs3.PATHCONF3args) -> R
     path = svc.path_of(args.object)
     a = svc.attrs(path)
     p = NFS3Packer()
-    p.pack_PATHCONF3res(
-        nfs3.PATHCONF3res(
-            nfs3.NFS3_OK,
-            nfs3.PATHCONF3resok(
-                post_op_attr_of(a, svc.fsid),
-                linkmax=1,
-                name_max=MAXNAMLEN,
-                no_trunc=True,
-                chown_restricted=True,
-                case_insensitive=False,
-                case_preserving=True,
-            ),
-        )
-    )
+    ok = pathconf_resok(post_op_attr_of(a, svc.fsid))
+    p.pack_PATHCONF3res(nfs3.PATHCONF3res(nfs3.NFS3_OK, ok))
     return Reply([p.get_buffer()])

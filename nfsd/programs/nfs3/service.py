@@ -33,7 +33,7 @@ RTMAX = 1024 * 1024
 UDP_RTMAX = 32 * 1024
 MAXFILESIZE = 2**63 - 1
 
-_FTYPE = {Kind.REG: nfs3.NF3REG, Kind.DIR: nfs3.NF3DIR}
+_FTYPE = {Kind.REG: nfs3.NF3REG, Kind.DIR: nfs3.NF3DIR, Kind.LNK: nfs3.NF3LNK}
 
 # Zero words after the status in each procedure's failure body (RFC 1813 §3.3).
 FAIL_WORDS = {

@@ -1,0 +1,224 @@
+"""The on-disk registry of instant-recovery sessions, shared by the CLI and every server process.
+
+Design notes
+------------
+A session is published by one file, ``<state>/instant/<name>.json``
+(:class:`SessionInfo`), written last and atomically (temporary file,
+``fsync``, ``rename``, ``fsync`` of the folder).  Its overlay directory
+(``instant.namespace``'s database and data logs) is made *before* the file
+appears, so a server that sees the file finds a complete session; the
+overlay lives in the state directory or a cache directory, never in the
+storage.
+
+Identity: each session has a random 64-bit ``key`` that server handles
+carry.  A stopped session's file is gone, and a new session of the same
+name has another key, so no handle of the old one can reach it: clients
+get ``NFS3ERR_STALE``, never the old bytes.
+
+Stopping removes the file first (from then on every server answers STALE:
+servers check the file on each call of a session), then the overlay.
+
+Several processes (the CLI, server workers) read the folder; only the CLI
+writes it.  Servers notice changes by listing the folder (names and inodes of the
+files) a few times a second, and re-read it when that moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from exports import ExportsError
+from exports import parse as parse_exports
+from instant.namespace import SessionNamespace
+from instant.store import _fsync_dir
+from merge.namespace import Namespace, PresentedPath
+
+EXPORT_PREFIX = "/recover/instant/"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DEFAULT_CLIENTS = "127.0.0.1(insecure) ::1(insecure)"
+DEFAULT_OPTIONS = "rw,no_root_squash"
+
+
+class SessionError(Exception):
+    """A session cannot be made, found or removed (the message says why)."""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What publishes one session; the JSON file's fields."""
+
+    name: str
+    key: str  # 16 hex digits: the handles' session key
+    roots: dict[str, list[str]]  # folder name at the session root → presented path
+    created: float
+    overlay: str  # the session's directory (instant.namespace)
+    clients: str = DEFAULT_CLIENTS  # exports(5) client list, options default rw,no_root_squash
+    quota: int | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # folder name → as the user gave it
+
+    @property
+    def export_path(self) -> str:
+        return EXPORT_PREFIX + self.name
+
+    @property
+    def key_bytes(self) -> bytes:
+        return bytes.fromhex(self.key)
+
+    def presented_roots(self) -> dict[str, PresentedPath]:
+        return {name: tuple(path) for name, path in self.roots.items()}
+
+    def exports_line(self) -> str:
+        """The session's line in exports(5) syntax: its path, defaults, clients."""
+        return f"{self.export_path} -{DEFAULT_OPTIONS} {self.clients}\n"
+
+
+def check_session_name(name: str) -> None:
+    if not NAME_RE.fullmatch(name):
+        raise SessionError(
+            f"bad session name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def new_key() -> str:
+    return secrets.token_hex(8)
+
+
+class SessionRegistry:
+    """The ``instant`` folder of a state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / "instant"
+
+    def path_of(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def stamp(self) -> tuple[tuple[str, int], ...]:
+        """Changes whenever a session is published or removed: names and inodes."""
+        try:
+            with os.scandir(self.dir) as it:
+                return tuple(sorted((e.name, e.inode()) for e in it if e.name.endswith(".json")))
+        except FileNotFoundError:
+            return ()
+
+    def list(self) -> list[SessionInfo]:
+        """Every published session, by name; unreadable files are skipped."""
+        out = []
+        try:
+            names = sorted(p for p in os.listdir(self.dir) if p.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        for n in names:
+            info = self.get(n[: -len(".json")])
+            if info is not None:
+                out.append(info)
+        return out
+
+    def get(self, name: str) -> SessionInfo | None:
+        try:
+            raw = json.loads(self.path_of(name).read_text())
+            raw["roots"] = {k: list(v) for k, v in raw["roots"].items()}
+            return SessionInfo(**raw)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def overlay_for(self, name: str, key: str, cache_dir: Path | None) -> Path:
+        return Path(cache_dir or self.dir) / f"{name}.{key}.d"
+
+    def publish(self, info: SessionInfo) -> None:
+        """Write the session's file atomically; refuse a name in use."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = self.path_of(info.name)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{info.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(info), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            # link, not rename: never replaces a session published meanwhile
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise SessionError(f"a session named {info.name} exists") from None
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(self.dir)
+
+    def remove(self, name: str) -> SessionInfo:
+        """Unpublish ``name`` (servers answer STALE from then on), then discard its overlay."""
+        info = self.get(name)
+        if info is None:
+            raise SessionError(f"no session named {name}")
+        self.path_of(name).unlink()
+        _fsync_dir(self.dir)
+        shutil.rmtree(info.overlay, ignore_errors=True)
+        return info
+
+
+def make_info(
+    name: str,
+    roots: Mapping[str, PresentedPath],
+    overlay: Path,
+    key: str,
+    *,
+    clients: str | None = None,
+    quota: int | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> SessionInfo:
+    return SessionInfo(
+        name=name,
+        key=key,
+        roots={k: list(v) for k, v in roots.items()},
+        created=time.time(),
+        overlay=str(overlay),
+        clients=clients or DEFAULT_CLIENTS,
+        quota=quota,
+        sources=dict(sources or {}),
+    )
+
+
+def create_session(
+    registry: SessionRegistry,
+    base: Namespace,
+    name: str,
+    roots: Mapping[str, PresentedPath],
+    *,
+    cache_dir: Path | None = None,
+    clients: str | None = None,
+    quota: int | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> SessionInfo:
+    """Make a session's overlay (folders copied from ``base``), then publish it.
+
+    The overlay is complete before the registry file appears; a failure
+    leaves no file and removes the overlay.
+    """
+    check_session_name(name)
+    if registry.get(name) is not None:
+        raise SessionError(f"a session named {name} exists")
+    if not roots:
+        raise SessionError("a session needs at least one folder")
+    key = new_key()
+    overlay = registry.overlay_for(name, key, cache_dir)
+    info = make_info(name, roots, overlay, key, clients=clients, quota=quota, sources=sources)
+    try:
+        parse_exports(info.exports_line(), "--clients", allow_rw=True)
+    except ExportsError as e:
+        raise SessionError(f"bad client list: {e}") from None
+    try:
+        overlay.mkdir(parents=True, mode=0o700)
+        SessionNamespace(overlay, base, roots, quota=quota).close()
+        registry.publish(info)
+    except BaseException:
+        shutil.rmtree(overlay, ignore_errors=True)
+        raise
+    return info

@@ -1,0 +1,216 @@
+"""One NFS program, two kinds of export: each call goes where its handle belongs.
+
+Design notes
+------------
+The read-only export (``/recover/images``, path handles of
+``nfsd.programs.handles``) and the instant-recovery sessions
+(``/recover/instant/NAME``, handles of ``nfsd.programs.sessions``) share
+the NFS program.  Every procedure is routed by its first handle (the
+object, or the directory of a directory operation): a session handle
+(version byte 2) goes to ``session``/``write``, anything else to the
+read-only procedures, which stay exactly as they were (their changes are
+ROFS refusals).
+
+The access check (``nfsd.programs.access``) is made here rather than as
+the program's guard, because which client list applies depends on the
+export the handle belongs to: a handle claiming a session is checked
+against that session's clients before anything else is looked at (the
+claim is not even MAC-verified yet; a forged claim only picks a list that
+must admit the caller anyway).  A handle of a session this process does
+not know (stopped, or never was) is STALE, which is also what an unlisted
+client gets.
+
+Session calls never run inline on a connection's reader (they touch
+sqlite): :class:`nfsd.rpc.WouldBlock` sends them to a worker.
+
+The duplicate request cache (``nfsd.programs.drc``) wraps the session's
+non-idempotent procedures.  A cache miss for REMOVE, RMDIR, RENAME,
+CREATE, MKDIR or SYMLINK also asks the session database whether the same
+call already succeeded before a restart (the key commits in the change's
+transaction): such a retransmission is answered success rather than
+NOENT or EXIST.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from nfsd.programs.access import AccessControl
+from nfsd.programs.drc import ReplyCache, key_of
+from nfsd.programs.errors import NfsError
+from nfsd.programs.nfs3 import session, write
+from nfsd.programs.nfs3.replay import replay
+from nfsd.programs.nfs3.service import Nfs3Service
+from nfsd.programs.nfs3.session import SessionNfs
+from nfsd.programs.sessions import SessionManager, is_session_handle
+from nfsd.rpc import CallContext, Procedure, ProcedureError, Program, Reply, WouldBlock
+from xdr import nfs3
+
+Run = Callable[[CallContext, Any], Reply]
+
+# The handle each procedure is routed (and access-checked) by.
+HANDLE: dict[int, Callable[[Any], nfs3.nfs_fh3]] = {
+    nfs3.NFSPROC3_GETATTR: lambda a: a.object,
+    nfs3.NFSPROC3_SETATTR: lambda a: a.object,
+    nfs3.NFSPROC3_LOOKUP: lambda a: a.what.dir,
+    nfs3.NFSPROC3_ACCESS: lambda a: a.object,
+    nfs3.NFSPROC3_READLINK: lambda a: a.symlink,
+    nfs3.NFSPROC3_READ: lambda a: a.file,
+    nfs3.NFSPROC3_WRITE: lambda a: a.file,
+    nfs3.NFSPROC3_CREATE: lambda a: a.where.dir,
+    nfs3.NFSPROC3_MKDIR: lambda a: a.where.dir,
+    nfs3.NFSPROC3_SYMLINK: lambda a: a.where.dir,
+    nfs3.NFSPROC3_MKNOD: lambda a: a.where.dir,
+    nfs3.NFSPROC3_REMOVE: lambda a: a.object.dir,
+    nfs3.NFSPROC3_RMDIR: lambda a: a.object.dir,
+    nfs3.NFSPROC3_RENAME: lambda a: a.from_.dir,
+    nfs3.NFSPROC3_LINK: lambda a: a.file,
+    nfs3.NFSPROC3_READDIR: lambda a: a.dir,
+    nfs3.NFSPROC3_READDIRPLUS: lambda a: a.dir,
+    nfs3.NFSPROC3_FSSTAT: lambda a: a.fsroot,
+    nfs3.NFSPROC3_FSINFO: lambda a: a.fsroot,
+    nfs3.NFSPROC3_PATHCONF: lambda a: a.object,
+    nfs3.NFSPROC3_COMMIT: lambda a: a.file,
+}
+
+SESSION_RUN: dict[int, Callable[[SessionNfs, CallContext, Any], Reply]] = {
+    nfs3.NFSPROC3_GETATTR: session.getattr3,
+    nfs3.NFSPROC3_SETATTR: write.setattr3,
+    nfs3.NFSPROC3_LOOKUP: session.lookup3,
+    nfs3.NFSPROC3_ACCESS: session.access3,
+    nfs3.NFSPROC3_READLINK: session.readlink3,
+    nfs3.NFSPROC3_READ: session.read3,
+    nfs3.NFSPROC3_WRITE: write.write3,
+    nfs3.NFSPROC3_CREATE: write.create3,
+    nfs3.NFSPROC3_MKDIR: write.mkdir3,
+    nfs3.NFSPROC3_SYMLINK: write.symlink3,
+    nfs3.NFSPROC3_MKNOD: write.mknod3,
+    nfs3.NFSPROC3_REMOVE: write.remove3,
+    nfs3.NFSPROC3_RMDIR: write.rmdir3,
+    nfs3.NFSPROC3_RENAME: write.rename3,
+    nfs3.NFSPROC3_LINK: write.link3,
+    nfs3.NFSPROC3_READDIR: session.readdir3,
+    nfs3.NFSPROC3_READDIRPLUS: session.readdirplus3,
+    nfs3.NFSPROC3_FSSTAT: session.fsstat3,
+    nfs3.NFSPROC3_FSINFO: session.fsinfo3,
+    nfs3.NFSPROC3_PATHCONF: session.pathconf3,
+    nfs3.NFSPROC3_COMMIT: write.commit3,
+}
+
+# knfsd's and ganesha's list of procedures whose replies are cached.
+CACHED = frozenset(
+    {
+        nfs3.NFSPROC3_SETATTR,
+        nfs3.NFSPROC3_WRITE,
+        nfs3.NFSPROC3_CREATE,
+        nfs3.NFSPROC3_MKDIR,
+        nfs3.NFSPROC3_SYMLINK,
+        nfs3.NFSPROC3_MKNOD,
+        nfs3.NFSPROC3_REMOVE,
+        nfs3.NFSPROC3_RMDIR,
+        nfs3.NFSPROC3_RENAME,
+        nfs3.NFSPROC3_LINK,
+    }
+)
+# ...of which a success is recorded in the session database, for after a restart.
+RECORDED = frozenset(
+    {
+        nfs3.NFSPROC3_CREATE,
+        nfs3.NFSPROC3_MKDIR,
+        nfs3.NFSPROC3_SYMLINK,
+        nfs3.NFSPROC3_REMOVE,
+        nfs3.NFSPROC3_RMDIR,
+        nfs3.NFSPROC3_RENAME,
+    }
+)
+
+
+class Router:
+    """Routes each NFS call to the read-only export or to a session."""
+
+    def __init__(self, svc: SessionNfs, access: AccessControl, drc: ReplyCache) -> None:
+        self.svc = svc
+        self.access = access
+        self.drc = drc
+
+    def table(self, readonly: dict[int, Procedure]) -> dict[int, Procedure]:
+        """The procedure table: ``readonly``'s rows, routed."""
+        out = {}
+        for number, proc in readonly.items():
+            if number not in HANDLE:
+                out[number] = proc  # NULL
+                continue
+            run = partial(self._route, number, proc)
+            out[number] = Procedure(proc.name, proc.decode, run, proc.fail)
+        return out
+
+    def _route(self, number: int, ro: Procedure, ctx: CallContext, args: Any) -> Reply:
+        fh = HANDLE[number](args)
+        if not is_session_handle(fh.data):
+            self._check(ctx, None)
+            return ro.run(ctx, args)
+        if ctx.inline:
+            raise WouldBlock
+        export = self.svc.manager.export_of(self.svc.manager.session_key(fh.data))
+        if export is None:
+            raise NfsError(nfs3.NFS3ERR_STALE, "no such session")
+        self._check(ctx, export)
+        self.svc.manager.note_client(self.svc.manager.session_key(fh.data), ctx.peer)
+        run = SESSION_RUN[number]
+        if number not in CACHED:
+            return run(self.svc, ctx, args)
+        return self._cached(number, ro, ctx, args, run)
+
+    def _check(self, ctx: CallContext, export: str | None) -> None:
+        status = self.access.nfs_status(ctx, export)
+        if status:
+            raise NfsError(status)
+
+    def _cached(
+        self, number: int, ro: Procedure, ctx: CallContext, args: Any,
+        run: Callable[[SessionNfs, CallContext, Any], Reply],
+    ) -> Reply:  # fmt: skip
+        key = key_of(ctx, args)
+        hit = self.drc.begin(key)
+        if hit is not None:
+            ctx.note += " (duplicate: the first reply)"
+            return Reply([hit])
+        try:
+            s, _ = self.svc.target(HANDLE[number](args))
+            if number in RECORDED:
+                again = replay(self.svc, ctx, number, args, s, key)
+                if again is not None:
+                    reply = again
+                else:
+                    with s.ns.recording(key):
+                        reply = run(self.svc, ctx, args)
+            else:
+                reply = run(self.svc, ctx, args)
+        except ProcedureError as e:
+            if ro.fail is None:
+                self.drc.abandon(key)
+                raise
+            ctx.status = e.status
+            reply = ro.fail(e.status, args)
+        except BaseException:
+            self.drc.abandon(key)
+            raise
+        data = b"".join(bytes(p) for p in reply.parts)
+        reply.free()
+        self.drc.finish(key, data)
+        return Reply([data])
+
+
+def route_sessions(
+    program: Program, nfs: Nfs3Service, access: AccessControl, sessions: SessionManager
+) -> Router:
+    """Serve ``sessions`` through the NFS ``program`` too; the access check moves here."""
+    svc = SessionNfs(sessions, access, nfs.buffers, nfs.cookieverf)
+    router = Router(svc, access, ReplyCache())
+    program.versions[3] = router.table(program.versions[3])
+    program.guard = None  # checked per export in Router._route
+    sessions.on_change.append(access.set_sessions)
+    sessions.refresh(force=True)
+    return router

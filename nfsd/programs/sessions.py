@@ -1,0 +1,271 @@
+"""The instant-recovery sessions a server process serves, and their handles.
+
+Design notes
+------------
+Sessions are published by the CLI in the state directory
+(``instant.sessions``); every server process (one, or the workers of a
+supervisor) discovers them on its own: :meth:`SessionManager.refresh`
+re-reads the registry when its folder's listing moved, at most every
+:data:`REFRESH_EVERY` seconds, on the calls that need it (MNT, EXPORT, a
+session handle it does not know).  Each process opens the session's
+overlay (``instant.namespace.SessionNamespace``), which is multi-process
+safe: two processes on one session see each other's writes.
+
+A session handle is 27 bytes, told from a read-only handle by its first
+byte (``nfsd.programs.handles`` is version 1)::
+
+    version 2 (1) | session key (8) | fileid (8) | HMAC-SHA256(secret)[:10]
+
+It names a node by fileid, which ``instant.namespace`` keeps across the
+first write, RENAME and restarts, so a handle stays valid across all of
+them; the key is random per session, so a handle of a stopped session (or
+of an older session of the same name) reaches nothing: ``NFS3ERR_STALE``.
+Every call of a session checks that its registry file is still the one
+that was opened (one ``stat``): after ``instant stop`` no process answers
+a single byte of the discarded overlay, even before its next refresh.
+
+A stopped session's namespace is closed a while after it disappears
+(:data:`CLOSE_AFTER`): calls still running on it finish first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from exports import Export, ExportsError, ExportTable
+from exports import parse as parse_exports
+from instant.namespace import SessionNamespace
+from instant.sessions import SessionInfo, SessionRegistry
+from merge.namespace import Namespace
+from nfsd.programs.access import split_peer
+from nfsd.programs.handles import BadHandle, StaleHandle
+
+log = logging.getLogger("recovery_fs.instant")
+
+VERSION = 2
+_BODY = struct.Struct(">B8sQ")
+MAC_SIZE = 10
+HANDLE_SIZE = _BODY.size + MAC_SIZE
+MAX_CLIENTS_SEEN = 256
+CLIENT_SEEN_FOR = 600.0  # seconds after its last call a client still counts as mounted
+REFRESH_EVERY = 0.2  # seconds between looks at the registry folder
+CLOSE_AFTER = 30.0  # seconds a stopped session's namespace stays open for calls in flight
+
+
+def is_session_handle(data: bytes) -> bool:
+    """Whether a handle is a session's (by its layout; not yet verified)."""
+    return len(data) == HANDLE_SIZE and data[0] == VERSION
+
+
+@dataclass(eq=False)
+class Session:
+    """One session as this process serves it."""
+
+    info: SessionInfo
+    ns: SessionNamespace
+    ino: int  # the registry file's inode when opened
+
+    @property
+    def key(self) -> bytes:
+        return self.info.key_bytes
+
+    @property
+    def fsid(self) -> int:
+        """One file system per session: fileids are unique only within it."""
+        return int.from_bytes(self.key, "big")
+
+
+class SessionManager:
+    """The sessions published in ``registry``, opened over the read-only ``base``."""
+
+    def __init__(self, registry: SessionRegistry, base: Namespace, secret: bytes) -> None:
+        self.registry = registry
+        self.base = base
+        self._key = hashlib.sha256(b"instant-handles" + secret).digest()
+        self._by_key: dict[bytes, Session] = {}
+        self._by_export: dict[str, Session] = {}
+        self._stamp: tuple[tuple[str, int], ...] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self._retired: list[tuple[float, Session]] = []
+        self.table = ExportTable(())
+        self.on_change: list[Callable[[ExportTable], None]] = []  # run when sessions change
+        self._clients: dict[bytes, dict[str, float]] = {}  # key → client address → last call
+
+    # -- handles ----------------------------------------------------------------
+    def encode(self, s: Session, fileid: int) -> bytes:
+        body = _BODY.pack(VERSION, s.key, fileid)
+        return body + self._mac(body)
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:MAC_SIZE]
+
+    def decode(self, data: bytes) -> tuple[bytes, int]:
+        """(session key, fileid) of a MAC-checked session handle, else BadHandle."""
+        if not is_session_handle(data):
+            raise BadHandle("not a session handle")
+        body = data[: _BODY.size]
+        if not hmac.compare_digest(data[_BODY.size :], self._mac(body)):
+            raise BadHandle("handle MAC does not verify")
+        _, key, fileid = _BODY.unpack(body)
+        return key, fileid
+
+    def session_key(self, data: bytes) -> bytes:
+        """The key a session handle claims (not verified: for the access check only)."""
+        return bytes(data[1:9])
+
+    # -- clients ----------------------------------------------------------------
+    def note_client(self, s: Session | bytes, peer: str) -> None:
+        """A client called (or mounted) a session: for ``instant list``."""
+        key = s.key if isinstance(s, Session) else s
+        seen = self._clients.setdefault(key, {})
+        if len(seen) < MAX_CLIENTS_SEEN:
+            seen[split_peer(peer)[0]] = time.time()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per session name: the clients seen lately (status.json's ``instant``)."""
+        now = time.time()
+        out = {}
+        for key, s in list(self._by_key.items()):
+            seen = self._clients.get(key, {})
+            out[s.info.name] = {
+                "clients": sorted(a for a, t in seen.items() if now - t < CLIENT_SEEN_FOR),
+                "export": s.info.export_path,
+            }
+        return out
+
+    # -- sessions ----------------------------------------------------------------
+    def by_key(self, key: bytes) -> Session:
+        """The live session of ``key``; StaleHandle if it was stopped or never was."""
+        s = self._by_key.get(key)
+        if s is None:
+            self.refresh(force=True)
+            s = self._by_key.get(key)
+        if s is None or not self._alive(s):
+            raise StaleHandle("no such instant-recovery session")
+        return s
+
+    def by_export(self, path: str) -> Session | None:
+        path = path.rstrip("/") or "/"
+        self.refresh()
+        s = self._by_export.get(path)
+        if s is None:
+            self.refresh(force=True)
+            s = self._by_export.get(path)
+        return s if s is not None and self._alive(s) else None
+
+    def export_of(self, key: bytes) -> str | None:
+        """The export path of a session key, for the per-call access check."""
+        s = self._by_key.get(key)
+        if s is None:
+            self.refresh()
+            s = self._by_key.get(key)
+        return s.info.export_path if s is not None else None
+
+    def sessions(self) -> list[Session]:
+        """Every live session, the registry read again (EXPORT: rare, and must be current)."""
+        self.refresh(force=True)
+        return list(self._by_export.values())
+
+    def _alive(self, s: Session) -> bool:
+        try:
+            ino = os.stat(self.registry.path_of(s.info.name)).st_ino
+        except OSError:
+            ino = -1
+        if ino == s.ino:
+            return True
+        self.refresh(force=True)
+        return False
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Open the sessions published since the last look, retire the stopped ones."""
+        now = time.monotonic()
+        if not force and now - self._checked < REFRESH_EVERY:
+            return
+        with self._lock:
+            self._checked = now
+            stamp = self.registry.stamp()
+            if stamp == self._stamp and not force:
+                self._close_retired(now)
+                return
+            self._stamp = stamp
+            wanted = {i.key_bytes: i for i in self.registry.list()}
+            changed = False
+            for key, s in list(self._by_key.items()):
+                if key not in wanted or not self._same_file(s):
+                    self._retire(s, now)
+                    changed = True
+            for key, info in wanted.items():
+                if key not in self._by_key:
+                    s2 = self._open(info)
+                    if s2 is not None:
+                        self._by_key[key] = s2
+                        changed = True
+            self._by_export = {s.info.export_path: s for s in self._by_key.values()}
+            self._close_retired(now)
+            if changed or force:
+                self._publish_table()
+
+    def _same_file(self, s: Session) -> bool:
+        try:
+            return os.stat(self.registry.path_of(s.info.name)).st_ino == s.ino
+        except OSError:
+            return False
+
+    def _open(self, info: SessionInfo) -> Session | None:
+        try:
+            ino = os.stat(self.registry.path_of(info.name)).st_ino
+            if not os.path.isdir(info.overlay):
+                raise FileNotFoundError(f"overlay {info.overlay} is missing")
+            ns = SessionNamespace(info.overlay, self.base, None, quota=info.quota)
+        except Exception as e:
+            log.error("cannot open instant-recovery session %s: %s", info.name, e)
+            return None
+        log.info("instant-recovery session %s served at %s", info.name, info.export_path)
+        return Session(info, ns, ino)
+
+    def _retire(self, s: Session, now: float) -> None:
+        del self._by_key[s.key]
+        self._retired.append((now + CLOSE_AFTER, s))
+        log.info("instant-recovery session %s stopped", s.info.name)
+
+    def _close_retired(self, now: float) -> None:
+        keep = []
+        for when, s in self._retired:
+            if when <= now:
+                s.ns.close()
+            else:
+                keep.append((when, s))
+        self._retired = keep
+
+    def _publish_table(self) -> None:
+        exports: list[Export] = []
+        for s in self._by_key.values():
+            try:
+                t = parse_exports(s.info.exports_line(), s.info.name, allow_rw=True)
+            except ExportsError as e:
+                log.error("session %s: bad client list, nobody may mount it: %s", s.info.name, e)
+                continue
+            exports.extend(t.exports)
+        self.table = ExportTable(tuple(exports))
+        for callback in self.on_change:
+            callback(self.table)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._by_key.values():
+                s.ns.close()
+            for _, s in self._retired:
+                s.ns.close()
+            self._by_key.clear()
+            self._by_export.clear()
+            self._retired.clear()

@@ -1,0 +1,311 @@
+"""Every NFSv3 procedure on an instant-recovery session, bytes in and bytes out.
+
+The base is an in-memory read-only tree; the session copies its folder
+``vm`` and is served beside ``/recover/images`` by the same dispatcher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from instant.sessions import SessionError
+from nfsd.programs.nfs3.router import CACHED
+from tests.proto.calls import unchanged_sattr
+from tests.proto.fakens import FakeNamespace
+from tests.proto.sessionclient import SessionCaller, raw_nfs
+from xdr import mount3, nfs3
+
+DISK = bytes(range(256)) * 64  # 16 KiB
+
+
+@pytest.fixture()
+def base() -> FakeNamespace:
+    ns = FakeNamespace({("vm",): None, ("vm", "disk-flat.vmdk"): DISK, ("vm", "a.vmx"): b"x=1\n"})
+    yield ns
+    ns.close()
+
+
+@pytest.fixture()
+def c(base: FakeNamespace, tmp_path: Path) -> SessionCaller:
+    caller = SessionCaller(base, tmp_path / "state")
+    caller.start("s1", {"web01": ("vm",)})
+    yield caller
+    caller.manager.close()
+
+
+def ok(res) -> object:  # type: ignore[no-untyped-def]
+    assert res.status == nfs3.NFS3_OK, res.status
+    return res.resok
+
+
+def sattr(**kw: int) -> nfs3.sattr3:
+    s = unchanged_sattr()
+    if "size" in kw:
+        s.size = nfs3.set_size3(True, kw["size"])
+    if "mode" in kw:
+        s.mode = nfs3.set_mode3(True, kw["mode"])
+    if "mtime" in kw:
+        s.mtime = nfs3.set_mtime(nfs3.SET_TO_CLIENT_TIME, nfs3.nfstime3(kw["mtime"], 0))
+    return s
+
+
+def folder(c: SessionCaller) -> nfs3.nfs_fh3:
+    return ok(c.lookup(c.session_root("s1"), b"web01")).object
+
+
+def test_mount_lookup_read_the_base_through_the_session(c: SessionCaller) -> None:
+    d = folder(c)
+    disk = ok(c.lookup(d, b"disk-flat.vmdk"))
+    assert disk.obj_attributes.attributes.size == len(DISK)
+    assert c.read_all(disk.object, len(DISK)) == DISK
+    names = {e.name for e in ok(c.readdirplus(d)).reply.entries}
+    assert names == {b"disk-flat.vmdk", b"a.vmx"}
+    # the read-only export is unchanged beside it
+    assert c.mount().fhs_status == mount3.MNT3_OK
+
+
+def test_write_is_file_sync_and_read_back_over_the_base(c: SessionCaller) -> None:
+    d = folder(c)
+    fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    fid = ok(c.getattr(fh).resok if False else c.lookup(d, b"disk-flat.vmdk")).obj_attributes
+    w = ok(c.write(fh, 4096, b"N" * 4096))
+    assert w.committed == nfs3.FILE_SYNC and w.count == 4096
+    assert w.file_wcc.before.attributes_follow and w.file_wcc.after.attributes_follow
+    want = DISK[:4096] + b"N" * 4096 + DISK[8192:]
+    assert c.read_all(fh, len(DISK)) == want
+    # identity kept across the first write
+    assert c.getattr(fh).resok.obj_attributes.fileid == fid.attributes.fileid
+    v2 = ok(c.write(fh, 0, b"x")).verf
+    assert v2 == w.verf  # one verifier per boot
+    assert ok(c.commit(fh)).verf == w.verf
+
+
+def test_create_modes_and_exclusive_verifier(c: SessionCaller) -> None:
+    d = folder(c)
+    a = ok(c.create(d, b"new"))
+    assert a.obj.handle_follows
+    assert c.create(d, b"new", nfs3.GUARDED).status == nfs3.NFS3ERR_EXIST
+    ok(c.create(d, b"new"))  # UNCHECKED over an existing file
+    e1 = ok(c.create(d, b".lck-01", nfs3.EXCLUSIVE, verf=b"12345678"))
+    e2 = ok(c.create(d, b".lck-01", nfs3.EXCLUSIVE, verf=b"12345678"))
+    assert e1.obj.handle.data == e2.obj.handle.data
+    assert c.create(d, b".lck-01", nfs3.EXCLUSIVE, verf=b"87654321").status == nfs3.NFS3ERR_EXIST
+
+
+def test_unchecked_create_with_size_zero_truncates(c: SessionCaller) -> None:
+    d = folder(c)
+    fh = ok(c.create(d, b"f")).obj.handle
+    ok(c.write(fh, 0, b"hello"))
+    res = ok(c.create(d, b"f", nfs3.UNCHECKED, sattr=sattr(size=0)))
+    assert res.obj_attributes.attributes.size == 0
+
+
+def test_setattr_size_down_and_up_reads_zeros_and_guard(c: SessionCaller) -> None:
+    d = folder(c)
+    fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    ok(c.setattr(fh, sattr(size=100)))
+    after = ok(c.setattr(fh, sattr(size=8192))).obj_wcc.after.attributes
+    assert after.size == 8192
+    assert c.read_all(fh, 8192) == DISK[:100] + bytes(8092)
+    stale = nfs3.nfstime3(1, 2)
+    assert c.setattr(fh, sattr(mode=0o600), guard=stale).status == nfs3.NFS3ERR_NOT_SYNC
+    ok(c.setattr(fh, sattr(mode=0o600), guard=after.ctime))
+    assert c.getattr(fh).resok.obj_attributes.mode == 0o600
+
+
+def test_swap_file_sparse(c: SessionCaller) -> None:
+    d = folder(c)
+    fh = ok(c.create(d, b"vm.vswp")).obj.handle
+    ok(c.setattr(fh, sattr(size=1 << 33)))
+    assert c.getattr(fh).resok.obj_attributes.size == 1 << 33
+    assert ok(c.read(fh, 1 << 32, 4096)).data == bytes(4096)
+    fs = ok(c.fsstat(fh))
+    assert fs.fbytes > 0
+
+
+def test_rename_over_existing_across_folders_keeps_identity(c: SessionCaller) -> None:
+    d = folder(c)
+    root = c.session_root("s1")
+    sub = ok(c.mkdir(d, b"sub")).obj.handle
+    new = ok(c.create(d, b"a.vmx~")).obj.handle
+    ok(c.write(new, 0, b"x=2\n"))
+    res = ok(c.rename(d, b"a.vmx~", d, b"a.vmx"))
+    assert res.fromdir_wcc.after.attributes_follow
+    assert c.read_all(ok(c.lookup(d, b"a.vmx")).object, 4) == b"x=2\n"
+    assert c.getattr(new).resok.obj_attributes.size == 4  # same handle after rename
+    ok(c.rename(d, b"a.vmx", sub, b"moved"))
+    assert c.lookup(d, b"a.vmx").status == nfs3.NFS3ERR_NOENT
+    assert ok(c.lookup(sub, b"moved")).object.data == new.data
+    assert c.rename(d, b"missing", root, b"x").status == nfs3.NFS3ERR_NOENT
+    ro = c.root()
+    assert c.rename(d, b"disk-flat.vmdk", ro, b"x").status == nfs3.NFS3ERR_XDEV
+
+
+def test_remove_rmdir_symlink_readlink(c: SessionCaller) -> None:
+    d = folder(c)
+    ok(c.remove(d, b"a.vmx"))  # a base file: the session forgets it
+    assert c.lookup(d, b"a.vmx").status == nfs3.NFS3ERR_NOENT
+    assert c.remove(d, b"a.vmx").status == nfs3.NFS3ERR_NOENT
+    sub = ok(c.mkdir(d, b"sub")).obj.handle
+    ok(c.create(sub, b"f"))
+    assert c.remove(d, b"sub", nfs3.NFSPROC3_RMDIR).status == nfs3.NFS3ERR_NOTEMPTY
+    assert c.remove(d, b"sub").status == nfs3.NFS3ERR_ISDIR
+    ok(c.remove(sub, b"f"))
+    ok(c.remove(d, b"sub", nfs3.NFSPROC3_RMDIR))
+    ln = ok(c.symlink(d, b"ln", b"disk-flat.vmdk"))
+    assert ln.obj_attributes.attributes.type == nfs3.NF3LNK
+    assert ok(c.readlink(ln.obj.handle)).data == b"disk-flat.vmdk"
+
+
+def test_link_and_mknod_refused_cleanly(c: SessionCaller) -> None:
+    d = folder(c)
+    fh = ok(c.lookup(d, b"a.vmx")).object
+    r = c.link(fh, d, b"hard")
+    assert r.status == nfs3.NFS3ERR_NOTSUPP
+    assert r.resfail.file_attributes.attributes_follow
+    m = c.mknod(d, b"fifo")
+    assert m.status == nfs3.NFS3ERR_NOTSUPP
+    assert m.resfail.dir_wcc.before.attributes_follow
+
+
+def test_access_grants_modify_extend_delete(c: SessionCaller) -> None:
+    d = folder(c)
+    got = ok(c.access3(d)).access
+    assert got & nfs3.ACCESS3_MODIFY and got & nfs3.ACCESS3_EXTEND and got & nfs3.ACCESS3_DELETE
+    # the read-only export grants none of them
+    ro = ok(c.access3(c.root())).access
+    assert not ro & (nfs3.ACCESS3_MODIFY | nfs3.ACCESS3_EXTEND | nfs3.ACCESS3_DELETE)
+
+
+def test_read_only_export_still_refuses_with_rofs(c: SessionCaller) -> None:
+    assert c.create(c.root(), b"x").status == nfs3.NFS3ERR_ROFS
+
+
+def test_quota_gives_nospc_at_once(base: FakeNamespace, tmp_path: Path) -> None:
+    c = SessionCaller(base, tmp_path / "state")
+    c.start("q", {"web01": ("vm",)}, quota=64 * 1024)
+    d = ok(c.lookup(c.session_root("q"), b"web01")).object
+    fh = ok(c.create(d, b"big")).obj.handle
+    ok(c.write(fh, 0, b"a" * 32768))
+    assert c.write(fh, 32768, b"b" * 65536).status == nfs3.NFS3ERR_NOSPC
+    assert c.getattr(fh).resok.obj_attributes.size == 32768
+    fs = ok(c.fsstat(fh))
+    assert fs.tbytes == 64 * 1024 and fs.fbytes <= 32768
+    c.manager.close()
+
+
+def test_stop_makes_handles_stale_never_old_bytes(c: SessionCaller) -> None:
+    d = folder(c)
+    fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    ok(c.write(fh, 0, b"SECRET"))
+    c.registry.remove("s1")
+    assert c.read(fh, 0, 6).status == nfs3.NFS3ERR_STALE
+    assert c.getattr(fh).status == nfs3.NFS3ERR_STALE
+    # a new session of the same name: the old handle still reaches nothing
+    c.start("s1", {"web01": ("vm",)})
+    assert c.read(fh, 0, 6).status == nfs3.NFS3ERR_STALE
+    new = ok(c.lookup(folder(c), b"disk-flat.vmdk")).object
+    assert c.read_all(new, 6) == DISK[:6]
+
+
+def test_handles_survive_a_restart(c: SessionCaller, base: FakeNamespace, tmp_path: Path) -> None:
+    d = folder(c)
+    fh = ok(c.create(d, b"f")).obj.handle
+    ok(c.write(fh, 0, b"kept"))
+    c.manager.close()
+    c2 = SessionCaller(base, tmp_path / "state")
+    assert c2.read_all(fh, 4) == b"kept"
+    c2.manager.close()
+
+
+def test_forged_and_foreign_handles(c: SessionCaller) -> None:
+    d = folder(c)
+    bad = nfs3.nfs_fh3(d.data[:-1] + bytes([d.data[-1] ^ 1]))
+    assert c.getattr(bad).status == nfs3.NFS3ERR_BADHANDLE
+    unknown = nfs3.nfs_fh3(b"\x02" + b"\xff" * 26)
+    assert c.getattr(unknown).status == nfs3.NFS3ERR_STALE
+
+
+def test_session_clients_are_its_own(base: FakeNamespace, tmp_path: Path) -> None:
+    c = SessionCaller(base, tmp_path / "state", peer="10.1.2.3:700")
+    c.start("only", {"web01": ("vm",)}, clients="10.9.9.9")
+    assert c.mount(b"/recover/instant/only").fhs_status == mount3.MNT3ERR_ACCES
+    c.start("mine", {"web01": ("vm",)}, clients="10.1.2.3")
+    root = c.session_root("mine")
+    assert c.getattr(root).status == nfs3.NFS3_OK
+    # a handle of the other session, copied from an allowed host, gets nobody in
+    other = SessionCaller(base, tmp_path / "state", peer="10.9.9.9:700")
+    theirs = other.session_root("only")
+    assert c.getattr(theirs).status == nfs3.NFS3ERR_STALE
+    c.manager.close()
+    other.manager.close()
+
+
+def test_export_lists_sessions(c: SessionCaller) -> None:
+    body = c._call(mount3.MOUNT_PROGRAM, 3, mount3.MOUNTPROC3_EXPORT, b"")
+    assert b"/recover/instant/s1" in body and b"/recover/images" in body
+
+
+def test_bad_session_names_and_clients(c: SessionCaller) -> None:
+    with pytest.raises(SessionError):
+        c.start("../x", {"a": ("vm",)})
+    with pytest.raises(SessionError):
+        c.start("s1", {"a": ("vm",)})
+    with pytest.raises(SessionError):
+        c.start("s2", {"a": ("vm",)}, clients="*(bogus)")
+
+
+def test_duplicate_request_gets_the_first_reply(c: SessionCaller) -> None:
+    d = folder(c)
+    c.fixed_xid = 77
+    first = raw_nfs(
+        c, nfs3.NFSPROC3_REMOVE,
+        lambda p: p.pack_REMOVE3args(nfs3.REMOVE3args(nfs3.diropargs3(d, b"a.vmx"))),
+    )  # fmt: skip
+    again = raw_nfs(
+        c, nfs3.NFSPROC3_REMOVE,
+        lambda p: p.pack_REMOVE3args(nfs3.REMOVE3args(nfs3.diropargs3(d, b"a.vmx"))),
+    )  # fmt: skip
+    assert first == again and first[:4] == b"\0\0\0\0"
+    c.fixed_xid = None
+    assert c.remove(d, b"a.vmx").status == nfs3.NFS3ERR_NOENT  # a new xid runs
+    assert nfs3.NFSPROC3_WRITE in CACHED
+
+
+def test_duplicate_after_restart_is_success(
+    c: SessionCaller, base: FakeNamespace, tmp_path: Path
+) -> None:
+    d = folder(c)
+    c.fixed_xid = 99
+
+    def remove(caller: SessionCaller) -> bytes | None:
+        return raw_nfs(
+            caller, nfs3.NFSPROC3_REMOVE,
+            lambda p: p.pack_REMOVE3args(nfs3.REMOVE3args(nfs3.diropargs3(d, b"a.vmx"))),
+        )  # fmt: skip
+
+    assert remove(c)[:4] == b"\0\0\0\0"
+    c.manager.close()
+    c2 = SessionCaller(base, tmp_path / "state")
+    c2.fixed_xid = 99
+    assert remove(c2)[:4] == b"\0\0\0\0"  # the restart lost the cache, not the answer
+    c2.fixed_xid = 100
+    assert remove(c2)[4:0] == b"" and remove(c2)[:4] != b"\0\0\0\0"
+    c2.manager.close()
+
+
+def test_duplicate_of_a_running_call_is_dropped(c: SessionCaller) -> None:
+    from nfsd.programs.drc import ReplyCache
+    from nfsd.rpc import DropCall
+
+    drc = ReplyCache(max_entries=2)
+    assert drc.begin(b"k") is None
+    with pytest.raises(DropCall):
+        drc.begin(b"k")
+    drc.finish(b"k", b"reply")
+    assert drc.begin(b"k") == b"reply"
+    drc.begin(b"a")
+    drc.begin(b"b")
+    assert len(drc) == 2  # bounded
