@@ -85,7 +85,7 @@ class ExportOptions:
     sec: tuple[str, ...] = ("sys",)
     mountpoint: str | None = None
     fsid: str | None = None
-    xprtsec: tuple[str, ...] = ("none",)
+    xprtsec: tuple[str, ...] = XPRTSEC  # any transport, as knfsd without xprtsec=
 
     def __post_init__(self) -> None:
         # Options built in code (loopback_only, tests, the server) are held to
@@ -114,7 +114,7 @@ class ExportOptions:
         if self.fsid is not None:
             parts.append(f"fsid={self.fsid}")
         parts.append("sec=" + ":".join(self.sec))
-        if self.xprtsec != ("none",):
+        if self.xprtsec != XPRTSEC:
             parts.append("xprtsec=" + ":".join(self.xprtsec))
         return ",".join(parts)
 

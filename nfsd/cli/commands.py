@@ -40,7 +40,14 @@ from nfsd.cli.tls import tls_group
 from nfsd.cli.workers import worker_lines
 from nfsd.service import daemon
 from nfsd.service.app import Service, ServiceError
-from nfsd.service.config import DEFAULT_CONFIG_FILE, LIMITS, Config, ConfigError, load
+from nfsd.service.config import (
+    DEFAULT_CONFIG_FILE,
+    LIMITS,
+    TLS_FILES,
+    Config,
+    ConfigError,
+    load,
+)
 from nfsd.service.registry import DEBUG_LEVEL, Registry, RegistryError, setting
 from nfsd.service.state import AlreadyRunning, StateDir, StateError
 from nfsd.service.supervisor import Supervisor
@@ -164,6 +171,22 @@ def server_options(f: F) -> F:
                 "[default: the state directory's]",
             ),
             click.option(
+                "--tls-cert",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Server certificate (PEM, chain after it): offers RPC-with-TLS "
+                "(xprtsec=tls).  See `recovery-fs tls init`.",
+            ),
+            click.option(
+                "--tls-key",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="The private key of --tls-cert (PEM).",
+            ),
+            click.option(
+                "--tls-client-ca",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="CA that client certificates must verify against (xprtsec=mtls).",
+            ),
+            click.option(
                 "--log-file",
                 type=click.Path(dir_okay=True, path_type=Path),
                 help="Log file (a directory: recovery_fs.log in it).  "
@@ -192,6 +215,9 @@ def serve_args(cfg: Config, config_file: Path | None) -> list[str]:
         args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
     if cfg.exports is not None:
         args += ["--exports", str(cfg.exports)]
+    for name in TLS_FILES:
+        if getattr(cfg, name) is not None:
+            args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
     args += ["--workers", str(cfg.workers)]
     if cfg.proxy_from:
         args += ["--proxy-from", ",".join(cfg.proxy_from)]

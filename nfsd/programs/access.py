@@ -15,7 +15,14 @@ not in the list                 MNT3ERR_ACCES        NFS3ERR_STALE
 source port >= 1024, `secure`   MNT3ERR_ACCES        NFS3ERR_PERM
 flavour not in `sec=`           MNT3ERR_ACCES        NFS3ERR_ACCES
 `mountpoint` not mounted        MNT3ERR_NOENT        NFS3ERR_STALE
+connection not in `xprtsec=`    MNT3ERR_ACCES (TLS)  NFS3ERR_ACCES
 ==============================  ==================  =====================
+
+(``xprtsec=``: a MNT in clear is not held to it - the Linux client sends
+MOUNT without TLS even with ``xprtsec=tls`` - and, on an ``mtls``
+connection, a host name or wildcard client also admits a client whose
+certificate names it: ``nfsd.programs.xprtsec``.  The connection's security
+level is part of the key of a remembered decision.)
 
 (ganesha answers AUTH_TOOWEAK at the RPC level instead; knfsd's statuses
 keep the refusal inside NFS, where the Linux client turns it into an
@@ -50,7 +57,9 @@ from pathlib import Path
 
 from exports import ClientSpec, ExportOptions, ExportsError, ExportTable, Resolver, loopback_only
 from exports import load as load_exports
+from nfsd.programs.xprtsec import lookups_for
 from nfsd.rpc import CallContext
+from nfsd.transport.tls import PLAIN, Security
 from xdr import mount3, nfs3
 from xdr.rpc import AUTH_NONE, AUTH_SYS, authsys_parms
 
@@ -66,23 +75,27 @@ _FLAVOR = {"sys": AUTH_SYS, "none": AUTH_NONE}
 
 # Refusal reasons, with the status each program answers.
 OK, NOT_LISTED, INSECURE_PORT, WEAK_FLAVOR, NOT_MOUNTED = range(5)
+WRONG_XPRTSEC = 5  # the connection's TLS is not what the export's xprtsec= asks
 _NFS_STATUS = {
     NOT_LISTED: nfs3.NFS3ERR_STALE,
     INSECURE_PORT: nfs3.NFS3ERR_PERM,
     WEAK_FLAVOR: nfs3.NFS3ERR_ACCES,
     NOT_MOUNTED: nfs3.NFS3ERR_STALE,
+    WRONG_XPRTSEC: nfs3.NFS3ERR_ACCES,  # knfsd's answer to a wrong xprtsec policy
 }
 _MNT_STATUS = {
     NOT_LISTED: mount3.MNT3ERR_ACCES,
     INSECURE_PORT: mount3.MNT3ERR_ACCES,
     WEAK_FLAVOR: mount3.MNT3ERR_ACCES,
     NOT_MOUNTED: mount3.MNT3ERR_NOENT,
+    WRONG_XPRTSEC: mount3.MNT3ERR_ACCES,
 }
 _WHY = {
     NOT_LISTED: "not in the exports list",
     INSECURE_PORT: "source port {port} is not below 1024 and the export is `secure`",
     WEAK_FLAVOR: "credential flavour {flavor} not in sec={sec}",
     NOT_MOUNTED: "{mp} is not a mounted file system (`mountpoint`)",
+    WRONG_XPRTSEC: "a {level} connection, the export wants xprtsec={xprtsec}",
 }
 
 
@@ -160,7 +173,7 @@ class AccessControl:
         self.generation = 1
         self.loaded_at = time.time()
         self.last_error: str | None = None
-        self._decisions: dict[tuple[str, int, str | None], Decision] = {}
+        self._decisions: dict[tuple, Decision] = {}  # (peer, flavour, ..., security)
         self._logged: set[tuple[str, int, int]] = set()
         self._mountpoints = _MountpointCheck()
         self._reload_lock = threading.Lock()
@@ -226,14 +239,18 @@ class AccessControl:
         return f"exports from {self.source}"
 
     # -- decisions ----------------------------------------------------------
-    def _spec(self, addr: str, wait: float, export: str | None = None) -> ClientSpec | None:
+    def _spec(
+        self, addr: str, wait: float, export: str | None = None, security: Security = PLAIN
+    ) -> ClientSpec | None:
         path = export or self.export_path
-        return self.table_for(export).match(path, addr, self.resolver, wait=wait)
+        return self.table_for(export).match(
+            path, addr, lookups_for(self.resolver, addr, security), wait=wait
+        )
 
     def decide(self, ctx: CallContext, wait: float = 0.0, export: str | None = None) -> Decision:
         """The list's verdict on this call's peer, port and flavour, for ``export``."""
         addr, port = split_peer(ctx.peer)
-        key = (ctx.peer, ctx.flavor, export)
+        key = (ctx.peer, ctx.flavor, export, ctx.security)
         d = self._decisions.get(key)
         now = time.monotonic()
         if d is not None and d.generation == self.generation and now < d.until:
@@ -242,7 +259,7 @@ class AccessControl:
             return d
         generation = self.generation
         until = now + DECISION_TTL
-        spec = self._spec(addr, wait, export)
+        spec = self._spec(addr, wait, export, ctx.security)
         if spec is None:
             d = Decision(NOT_LISTED, None, generation, until)
             # A name not resolved yet is no verdict: ask again next call.
@@ -254,6 +271,8 @@ class AccessControl:
                 d = Decision(INSECURE_PORT, spec, generation, until)
             elif ctx.flavor not in self.flavors(o):
                 d = Decision(WEAK_FLAVOR, spec, generation, until)
+            elif ctx.security.level not in o.xprtsec:
+                d = Decision(WRONG_XPRTSEC, spec, generation, until)
             else:
                 d = Decision(OK, spec, generation, until)
         if len(self._decisions) >= MAX_DECISIONS:
@@ -292,6 +311,8 @@ class AccessControl:
             flavor=ctx.flavor,
             sec=":".join(o.sec) if o else "",
             mp=(o.mountpoint or str(self.storage)) if o else "",
+            level=ctx.security.level,
+            xprtsec=":".join(o.xprtsec) if o else "",
         )
         log.warning("refused %s from %s: %s", what, addr, why)
 
@@ -301,6 +322,8 @@ class AccessControl:
     ) -> tuple[int, ExportOptions | None]:
         """(MNT3_OK, options) or (an MNT3ERR status, None) for a MNT call."""
         d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
+        if d.reason == WRONG_XPRTSEC and ctx.security.level == "none":
+            d = Decision(OK, d.spec, d.generation)  # MOUNT in clear: see nfsd.programs.xprtsec
         if d.reason != OK:
             self._log_refusal(ctx, d, "MNT")
             return _MNT_STATUS[d.reason], None

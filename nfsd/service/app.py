@@ -63,8 +63,11 @@ from nfsd.service.logsetup import LevelWatcher, LogSetup
 from nfsd.service.registry import DEBUG_LEVEL, Registry
 from nfsd.service.secrets import load_secret
 from nfsd.service.state import PidLock, StateDir, StateError
+from nfsd.service.tlsconfig import describe as describe_tls
+from nfsd.service.tlsconfig import tls_source
 from nfsd.transport.rpcclient import RpcClient, RpcError
 from nfsd.transport.server import RpcServer, cpu_count
+from nfsd.transport.tls import ContextSource
 from xdr import portmap as pm
 from xdr.base import XdrError
 from xdr.portmap import PortmapPacker, PortmapUnpacker
@@ -203,6 +206,7 @@ class Service:
         self._stopped = False
         self.access: AccessControl | None = None
         self.reload_attempts = 0
+        self.tls: ContextSource | None = None  # RPC-with-TLS of every listener
         self.log_tag: str | None = None  # names the process on each log line
 
     # --- start -----------------------------------------------------------
@@ -229,6 +233,7 @@ class Service:
             workers=cpu_count(),
             limits=limits_for(cfg),
             proxy_from=cfg.proxy_from,
+            tls=self._tls_source(),
         )
         self._servers.append(nfs)
         try:
@@ -298,6 +303,14 @@ class Service:
         for line in self.access.table.show().splitlines():
             log.info("export: %s", line)
 
+    def _tls_source(self) -> ContextSource | None:
+        """The TLS context of every listener, loaded once (``nfsd.service.tlsconfig``):
+        files that cannot be used stop the start with a ConfigError."""
+        if self.tls is None and self.config.tls_cert is not None:
+            self.tls = tls_source(self.config)
+            log.info("RPC-with-TLS offered (%s)", describe_tls(self.config))
+        return self.tls
+
     def _raise_fd_limit(self) -> None:
         """Soft descriptor limit up to the hard one: ``max_connections`` should
         be what bites, not a 1,024 soft limit inherited from a shell."""
@@ -338,6 +351,7 @@ class Service:
             Dispatcher([build_portmap(programs, bind, port, self.portmap_port)]),
             name="portmap",
             workers=2,
+            tls=self._tls_source(),
         )
         try:
             self._own_portmap_port = server.listen(bind, self.portmap_port)
@@ -371,6 +385,7 @@ class Service:
             "log_file": str(cfg.log_file),
             "warnings": self.warnings,
             "udp": cfg.udp,
+            "tls": describe_tls(cfg),
             "exports": self._exports_status(),
             "transport": self._servers[0].stats() if self._servers else None,
         }

@@ -17,6 +17,11 @@ key            default                     meaning
 ``exports``    ``/etc/recovery_fs/exports``  who may mount (exports(5) syntax);
                                            absent: loopback only
 ``udp``        ``no``                      NFS over UDP too (MOUNT always)
+``tls-cert``   (none)                      the server's certificate (PEM): offers
+                                           RPC-with-TLS (``nfsd.service.tlsconfig``)
+``tls-key``    (none)                      its private key (PEM)
+``tls-client-ca`` (none)                   CA that client certificates must verify
+                                           against (``xprtsec=mtls``)
 ``workers``    the number of cores         server processes (1: one process,
                                            no supervisor; ``nfsd.service.supervisor``)
 ``proxy-from`` (none)                      balancers whose PROXY protocol header
@@ -87,6 +92,9 @@ class Config:
     record_timeout: float = 30.0
     max_inflight: int = 16
     max_unsent: int = 4 * 1024 * 1024
+    tls_cert: Path | None = None  # RPC-with-TLS offered when set (with tls_key)
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     workers: int = 0  # 0: the number of cores (see worker_count)
     proxy_from: tuple[str, ...] = ()  # networks of the balancers sending PROXY headers
     secret_file: Path | None = None  # None: the state directory's secret
@@ -129,6 +137,7 @@ class Config:
 
 
 FIELDS = {f.name for f in dataclasses.fields(Config)} - {"export_path"}
+TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 LIMITS = {
     "max_connections",
     "max_unvalidated",
@@ -266,6 +275,9 @@ def load(config_file: Path | None, overrides: Mapping[str, object]) -> Config:
         else:
             values[name] = parsers[name](value) if name in parsers else value
     for name in ("storage", "state_dir", "log_file", "exports", "secret_file"):
+        if name in values:
+            values[name] = Path(values[name]).absolute()  # type: ignore[arg-type]
+    for name in TLS_FILES:
         if name in values:
             values[name] = Path(values[name]).absolute()  # type: ignore[arg-type]
     return Config(**values)  # type: ignore[arg-type]

@@ -161,6 +161,7 @@ class Supervisor(Service):
     def _start_locked(self) -> None:
         cfg = self.config
         programs = self._prepare()
+        self._tls_source()  # TLS files that cannot be used stop the start here, once
         reuse = self.listen_mode == "reuseport"
         try:
             # With SO_REUSEPORT the workers bind their own; ours is bound to

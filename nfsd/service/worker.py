@@ -100,6 +100,7 @@ class Worker(Service):
             workers=cpu_count(),
             limits=limits_for(cfg, self.index, self.count),
             proxy_from=cfg.proxy_from,
+            tls=self._tls_source(),
         )
         self._servers.append(server)
         if self.listeners:

@@ -63,7 +63,8 @@ def test_defaults_are_those_of_exports5() -> None:
             ExportOptions(fsid="8a0c1c2e-55d5-4e8c-9a4f-1234567890ab"),
         ),
         ("xprtsec=tls:mtls", ExportOptions(xprtsec=("tls", "mtls"))),
-        ("xprtsec=none", DEFAULT),
+        ("xprtsec=none", ExportOptions(xprtsec=("none",))),
+        ("xprtsec=none:tls:mtls", DEFAULT),
         ("ro,,secure,", DEFAULT),
     ],
 )
