@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from exports import ExportsError
 from exports import parse as parse_exports
+from instant.db import DB_NAME
 from instant.namespace import SessionNamespace
 from instant.store import _fsync_dir
 from merge.namespace import Namespace, PresentedPath
@@ -131,6 +133,15 @@ class SessionRegistry:
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
+    def clients_dir(self, name: str) -> Path:
+        """One empty file per client address, touched by the servers that see it call."""
+        return self.dir / f"{name}.clients"
+
+    def touch_client(self, name: str, address: str) -> None:
+        folder = self.clients_dir(name)
+        folder.mkdir(exist_ok=True, mode=0o700)
+        (folder / address.replace("/", "_")).touch()
+
     def overlay_for(self, name: str, key: str, cache_dir: Path | None) -> Path:
         return Path(cache_dir or self.dir) / f"{name}.{key}.d"
 
@@ -161,6 +172,7 @@ class SessionRegistry:
         self.path_of(name).unlink()
         _fsync_dir(self.dir)
         shutil.rmtree(info.overlay, ignore_errors=True)
+        shutil.rmtree(self.clients_dir(name), ignore_errors=True)
         return info
 
 
@@ -222,3 +234,36 @@ def create_session(
         shutil.rmtree(overlay, ignore_errors=True)
         raise
     return info
+
+
+@dataclass(frozen=True)
+class SessionUsage:
+    """What ``instant list`` shows of a session's overlay."""
+
+    written: int  # bytes in the data logs (what the quota counts)
+    live: int  # bytes the maps point at
+    clients: list[str]  # clients seen lately by any server process
+
+
+def usage(registry: SessionRegistry, info: SessionInfo, seen_for: float = 600.0) -> SessionUsage:
+    """Read the overlay's figures without writing anything (sqlite opened read-only)."""
+    written = live = 0
+    db_path = Path(info.overlay) / DB_NAME
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            written = conn.execute("SELECT COALESCE(SUM(end), 0) FROM logs").fetchone()[0]
+            live = conn.execute("SELECT COALESCE(SUM(length), 0) FROM pieces").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass
+    now = time.time()
+    clients = []
+    folder = registry.clients_dir(info.name)
+    try:
+        with os.scandir(folder) as it:
+            clients = sorted(e.name for e in it if now - e.stat().st_mtime < seen_for)
+    except FileNotFoundError:
+        pass
+    return SessionUsage(written, live, clients)

@@ -620,6 +620,10 @@ from nfsd.cli.secret import secret_group  # noqa: E402  (it needs this module's 
 
 main.add_command(secret_group)
 
+from nfsd.cli.instant import instant_group  # noqa: E402  (it needs this module's helpers)
+
+main.add_command(instant_group)
+
 
 if __name__ == "__main__":
     main(prog_name="recovery-fs")

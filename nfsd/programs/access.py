@@ -221,9 +221,11 @@ class AccessControl:
             return None
 
     def set_sessions(self, table: ExportTable) -> None:
-        """The sessions' exports changed: a new generation, every decision made again."""
+        """The sessions' exports changed: every decision is made again.
+
+        (Not a new generation: that counts reloads of the exports file.)
+        """
         self.sessions_table = table
-        self.generation += 1
         self._decisions = {}
 
     def table_for(self, export: str | None) -> ExportTable:

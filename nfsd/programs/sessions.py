@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from exports import Export, ExportsError, ExportTable
 from exports import parse as parse_exports
@@ -56,7 +55,7 @@ _BODY = struct.Struct(">B8sQ")
 MAC_SIZE = 10
 HANDLE_SIZE = _BODY.size + MAC_SIZE
 MAX_CLIENTS_SEEN = 256
-CLIENT_SEEN_FOR = 600.0  # seconds after its last call a client still counts as mounted
+CLIENT_TOUCH_EVERY = 60.0  # seconds between two notes of the same client
 REFRESH_EVERY = 0.2  # seconds between looks at the registry folder
 CLOSE_AFTER = 30.0  # seconds a stopped session's namespace stays open for calls in flight
 
@@ -128,20 +127,20 @@ class SessionManager:
         """A client called (or mounted) a session: for ``instant list``."""
         key = s.key if isinstance(s, Session) else s
         seen = self._clients.setdefault(key, {})
-        if len(seen) < MAX_CLIENTS_SEEN:
-            seen[split_peer(peer)[0]] = time.time()
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        """Per session name: the clients seen lately (status.json's ``instant``)."""
+        addr = split_peer(peer)[0]
         now = time.time()
-        out = {}
-        for key, s in list(self._by_key.items()):
-            seen = self._clients.get(key, {})
-            out[s.info.name] = {
-                "clients": sorted(a for a, t in seen.items() if now - t < CLIENT_SEEN_FOR),
-                "export": s.info.export_path,
-            }
-        return out
+        last = seen.get(addr)
+        if last is not None and now - last < CLIENT_TOUCH_EVERY:
+            return
+        if last is None and len(seen) >= MAX_CLIENTS_SEEN:
+            return
+        seen[addr] = now
+        session = self._by_key.get(key)
+        if session is not None:
+            try:  # shared with the other processes and the CLI
+                self.registry.touch_client(session.info.name, addr)
+            except OSError as e:
+                log.debug("cannot record client %s of %s: %s", addr, session.info.name, e)
 
     # -- sessions ----------------------------------------------------------------
     def by_key(self, key: bytes) -> Session:
@@ -256,7 +255,10 @@ class SessionManager:
                 log.error("session %s: bad client list, nobody may mount it: %s", s.info.name, e)
                 continue
             exports.extend(t.exports)
-        self.table = ExportTable(tuple(exports))
+        table = ExportTable(tuple(exports))
+        if table.show() == self.table.show():
+            return
+        self.table = table
         for callback in self.on_change:
             callback(self.table)
 

@@ -52,10 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from exports import ExportsError
+from instant.sessions import SessionRegistry
 from merge import build_namespace
 from nfsd.programs import build_programs
 from nfsd.programs.access import AccessControl
 from nfsd.programs.portmap import NETIDS, build_portmap, netids_for, uaddr
+from nfsd.programs.sessions import SessionManager
 from nfsd.rpc import Dispatcher, Program
 from nfsd.service.config import Config, ConfigError
 from nfsd.service.limits import limits_for
@@ -274,7 +276,11 @@ class Service:
         except Exception as e:
             log.exception("cannot build the namespace of %s", cfg.storage)
             raise ServiceError(f"cannot read the storage {cfg.storage}: {e}") from e
-        return build_programs(namespace, secret, self.access, cfg.export_path, udp=cfg.udp)
+        # Instant-recovery sessions published in the state directory (every process finds them).
+        sessions = SessionManager(SessionRegistry(cfg.state_dir), namespace, secret)
+        return build_programs(
+            namespace, secret, self.access, cfg.export_path, udp=cfg.udp, sessions=sessions
+        )
 
     def _announce(self) -> None:
         """Step 7, and the start-up lines of the log."""
