@@ -49,6 +49,7 @@ class ServerConfig:
     port: int = 20490
     portmap: bool = False  # recovery-fs: also serve a portmapper on 111
     exports: str | None = None  # recovery-fs: the text of its exports file (None: the default)
+    tls_dir: str | None = None  # recovery-fs: RPC-with-TLS from `recovery-fs tls init` files
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,6 +214,10 @@ class RecoveryFs(Server):
             cmd.append("--no-portmap")
         if c.exports is not None:
             cmd += ["--exports", str(self.exports_file)]
+        if c.tls_dir is not None:
+            d = Path(c.tls_dir)
+            cmd += ["--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key")]
+            cmd += ["--tls-client-ca", str(d / "ca.pem")]
         return cmd
 
     def set_exports(self, text: str) -> str:
