@@ -7,7 +7,7 @@ BIND   ?= 0.0.0.0
 DEMO   ?= .cache/demo-storage
 STATE  ?= .cache/state
 
-.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short soak fuzz fuzz-short clean
+.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short bench-tls soak fuzz fuzz-short clean
 
 all: check
 
@@ -55,6 +55,10 @@ bench: deps-test venv
 
 bench-short: deps-test venv
 	bench/run --short
+
+## make bench-tls: sequential 1 MiB READ over RPC-with-TLS against plain TCP (docs/performance.md).
+bench-tls: venv
+	$(BIN)/python bench/tls_read.py --update-docs
 
 ## make soak: the hostile loads of issue 7, full size, recovery-fs and ganesha side by side.
 soak: deps-test venv
