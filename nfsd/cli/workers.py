@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def mib(n: object) -> str:
+def mib(n: int | float | None) -> str:
     return f"{int(n or 0) / (1 << 20):.1f} MiB"
 
 

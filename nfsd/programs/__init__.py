@@ -11,6 +11,7 @@ from nfsd.programs.access import AccessControl
 from nfsd.programs.buffers import BufferPool
 from nfsd.programs.handles import HandleCodec
 from nfsd.programs.mountd import MountService
+from nfsd.programs.mountlist import MountList
 from nfsd.programs.nfs3 import program as nfs3_program
 from nfsd.programs.nfs3.router import route_sessions
 from nfsd.programs.nfs3.service import RTMAX, Nfs3Service, fsid_of
@@ -29,6 +30,7 @@ def build_programs(
     *,
     udp: bool = False,
     sessions: SessionManager | None = None,
+    mounts: MountList | None = None,
 ) -> list[Program]:
     """MOUNT and NFS over one namespace, both behind ``access``.
 
@@ -49,4 +51,5 @@ def build_programs(
     nfs_program.udp = udp
     if sessions is not None:
         route_sessions(nfs_program, nfs, access, sessions)
-    return [MountService(handles, export_path, access, sessions).program(), nfs_program]
+    mount = MountService(handles, export_path, access, sessions, mounts)  # mounts: DUMP's list
+    return [mount.program(), nfs_program]

@@ -4,7 +4,8 @@ One export, ``/recover/images``.  ``MNT`` of it, or of a folder below it
 (as libnfs does for ``nfs://host/recover/images/dir/file``, and as the
 Linux server allows), returns that folder's handle; any other path is
 ``MNT3ERR_NOENT``, a file ``MNT3ERR_NOTDIR``.  The mount list kept for
-``DUMP`` lives in memory only: clients do not rely on it (the Linux client
+``DUMP`` (``nfsd.programs.mountlist``: shared by worker processes) lives
+as long as the server only: clients do not rely on it (the Linux client
 never sends ``UMNT``), and the server writes nothing it need not.
 
 Who may mount is ``nfsd.programs.access``'s answer, asked *before* the path is
@@ -19,11 +20,11 @@ names and client lists are not for strangers.
 from __future__ import annotations
 
 import logging
-import threading
 
 from merge.namespace import Kind, NamespaceError, NotADirectory
 from nfsd.programs.access import AccessControl
 from nfsd.programs.handles import HandleCodec
+from nfsd.programs.mountlist import MountList
 from nfsd.programs.session_mount import is_session_path, mount_session, session_exports
 from nfsd.programs.sessions import SessionManager
 from nfsd.rpc import CallContext, Procedure, Program, Reply, no_args
@@ -31,8 +32,6 @@ from xdr import mount3
 from xdr.mount3 import Mount3Packer, Mount3Unpacker
 
 log = logging.getLogger("recovery_fs.mountd")
-
-MAX_MOUNT_LIST = 1024
 
 
 class MountService:
@@ -44,13 +43,13 @@ class MountService:
         export_path: str,
         access: AccessControl,
         sessions: SessionManager | None = None,
+        mounts: MountList | None = None,
     ) -> None:
         self.handles = handles
         self.sessions = sessions  # instant-recovery sessions: exports of their own
         self.access = access
         self.export_path = export_path.encode()
-        self._mounts: dict[tuple[bytes, bytes], None] = {}
-        self._lock = threading.Lock()
+        self._mounts = mounts if mounts is not None else MountList()  # for DUMP
 
     def _host(self, ctx: CallContext) -> bytes:
         return ctx.peer.rsplit(":", 1)[0].encode()
@@ -112,9 +111,7 @@ class MountService:
             log.info("MNT of %r from %s refused: status %d", path, ctx.peer, status)
             p.pack_mountres3(mount3.mountres3(status))
             return Reply([p.get_buffer()])
-        with self._lock:
-            if len(self._mounts) < MAX_MOUNT_LIST:
-                self._mounts[(self._host(ctx), path)] = None
+        self._mounts.add(self._host(ctx), path)
         log.info("MNT %s from %s", path.decode(errors="replace"), ctx.peer)
         p.pack_mountres3(mount3.mountres3(mount3.MNT3_OK, mount3.mountres3_ok(fh, flavors or [])))
         return Reply([p.get_buffer()])
@@ -123,24 +120,19 @@ class MountService:
     def dump(self, ctx: CallContext, args: None) -> Reply:
         mounts = []
         if self.access.admits(ctx):
-            with self._lock:
-                mounts = [mount3.mountbody(h, d) for h, d in self._mounts]
+            mounts = [mount3.mountbody(h, d) for h, d in self._mounts.entries()]
         p = Mount3Packer()
         p.pack_mountlist(mounts)
         return Reply([p.get_buffer()])
 
     # RFC 1813 §5.2.3
     def umnt(self, ctx: CallContext, path: bytes) -> Reply:
-        with self._lock:
-            self._mounts.pop((self._host(ctx), path), None)
+        self._mounts.remove(self._host(ctx), path)
         return Reply([])
 
     # RFC 1813 §5.2.4
     def umntall(self, ctx: CallContext, args: None) -> Reply:
-        host = self._host(ctx)
-        with self._lock:
-            for key in [k for k in self._mounts if k[0] == host]:
-                del self._mounts[key]
+        self._mounts.remove_host(self._host(ctx))
         return Reply([])
 
     # RFC 1813 §5.2.5

@@ -56,6 +56,7 @@ from instant.sessions import SessionRegistry
 from merge import build_namespace
 from nfsd.programs import build_programs
 from nfsd.programs.access import AccessControl
+from nfsd.programs.mountlist import MountList
 from nfsd.programs.portmap import NETIDS, build_portmap, netids_for, uaddr
 from nfsd.programs.sessions import SessionManager
 from nfsd.rpc import Dispatcher, Program
@@ -210,6 +211,7 @@ class Service:
         self.reload_attempts = 0
         self.tls: ContextSource | None = None  # RPC-with-TLS of every listener
         self.log_tag: str | None = None  # names the process on each log line
+        self.mount_list: MountList | None = None  # DUMP's list; None: this process's own
 
     # --- start -----------------------------------------------------------
     def start(self) -> None:
@@ -279,7 +281,13 @@ class Service:
         # Instant-recovery sessions published in the state directory (every process finds them).
         sessions = SessionManager(SessionRegistry(cfg.state_dir), namespace, secret)
         return build_programs(
-            namespace, secret, self.access, cfg.export_path, udp=cfg.udp, sessions=sessions
+            namespace,
+            secret,
+            self.access,
+            cfg.export_path,
+            udp=cfg.udp,
+            sessions=sessions,
+            mounts=self.mount_list,
         )
 
     def _announce(self) -> None:

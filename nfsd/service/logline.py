@@ -38,8 +38,11 @@ def chunks(data: bytes, limit: int = PIPE_BUF) -> list[bytes]:
     most ``limit`` bytes; a longer line is cut and marked."""
     out: list[bytes] = []
     piece = b""
-    for raw in data.splitlines(keepends=True):
-        line = raw if raw.endswith(b"\n") else raw + b"\n"
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    for raw in lines:
+        line = raw + b"\n"  # only \n ends a line: a \r in a message stays in it
         if len(line) > limit:
             line = line[: limit - len(CUT_MARK)] + CUT_MARK
         if len(piece) + len(line) > limit:

@@ -11,27 +11,40 @@ registration (or our own portmapper), the listening sockets, SIGHUP and
 SIGTERM.  NFSv3 is stateless and handles derive from the storage and the
 secret only, so any worker answers any call.
 
-Sockets: the supervisor binds the TCP and UDP sockets once and every worker
-inherits them (``listen_mode="inherit"``, the default); the alternative,
-each worker binding its own with ``SO_REUSEPORT`` (``"reuseport"``), was
-measured on this 2-core machine (``bench/workers_spread.py``, 4 workers,
-connections opened one after another, each making a NULL call):
+Sockets: each worker binds its own TCP and UDP sockets with
+``SO_REUSEPORT`` (``listen_mode="reuseport"``, the default); the supervisor
+holds a bound, not listening, TCP socket that keeps the port reserved while
+workers come and go.  The alternative, the supervisor binding the sockets
+once and every worker inheriting them (``"inherit"``;
+``RECOVERY_FS_LISTEN=inherit`` selects it), was measured with
+``bench/workers_spread.py`` (4 workers on this 2-core machine, load
+average 1.1 and 1.7 during the two runs: noisy; connections opened one
+after another, each making a NULL call and staying open; then nfsload's
+random 4 KiB READs, 16 in flight a connection, 4 s):
 
-===================  ======================  ======================
-connections          inherited listeners     SO_REUSEPORT
-===================  ======================  ======================
-8                    see ``bench/workers_spread.py`` output in the commit
-64                   (figures below)
-===================  ======================  ======================
+=========================  ===========================  ===========================
+per worker                 inherited listeners          SO_REUSEPORT
+=========================  ===========================  ===========================
+8 connections              [1, 4, 1, 2]; [1, 3, 0, 4]   [3, 1, 2, 2]; [3, 2, 0, 3]
+64 connections             [13, 6, 1, 44]; [7, 0, 3,    [9, 13, 23, 19];
+                           54]                          [19, 12, 17, 16]
+calls, 4 connections       3 workers busy, 1 idle       3 workers busy, 1 idle
+                           (both runs)                  (both runs)
+calls, 8 connections       3 busy; 4 busy               3 busy; 4 busy
+4-connection READ rate     27,859; 40,021 calls/s       23,685; 37,632 calls/s
+8-connection READ rate     19,882; 36,655 calls/s       32,692; 36,309 calls/s
+=========================  ===========================  ===========================
 
-SO_REUSEPORT hashes each connection's addresses and ports to a socket:
-spread evenly on average, blind to load, and a connection waiting in the
-queue of a worker that dies is reset.  With inherited sockets every idle
-worker is woken and the first to ``accept`` takes the connection (one per
-wake-up): the kernel hands connections to whoever is free, and a dead
-worker's queue does not exist (the queue is the supervisor's socket, kept
-open), so a restart loses nothing that was waiting.  UDP: one socket read
-by every worker (``recvfrom`` hands each datagram to one).
+With inherited listeners every worker's epoll wakes for a new connection
+and the first to ``accept`` takes it: when the workers are idle that is
+mostly the same one (44 and 54 of 64), so the spread depends on luck and
+load.  SO_REUSEPORT hashes each connection's addresses and ports to a
+socket: blind to load, but even on average (at most 23 of 64); the rates
+are the same within the noise.  What SO_REUSEPORT gives up: connections
+waiting in the accept queue of a worker that dies are reset (the clients
+reconnect, as they do for the worker's own connections).  UDP: each
+worker's socket gets the datagrams hashed to it; with inherited sockets,
+one socket read by every worker.
 
 Workers: started with ``python -m nfsd.service.worker`` (a fresh
 interpreter, never a ``fork`` of a process holding threads), each with a
@@ -54,10 +67,10 @@ Everything issue 7 built holds per worker:
   as it is then;
 * the limits: ``max-connections`` and ``max-unvalidated`` are totals,
   shared out (``nfsd.service.limits``); the others are per connection;
-* the ``mountpoint`` check is made in each worker;
-* MOUNT's ``DUMP`` list is per worker: ``showmount -a`` lists the mounts
-  that the worker answering it saw (the list was never more than a hint:
-  the Linux client sends no UMNT, and knfsd's rmtab is as loose).
+* the ``mountpoint`` check is made in each worker; a refusal is logged
+  once per client and reason in each worker (so at most N times);
+* MOUNT's ``DUMP`` list is one for all workers (``nfsd.programs.mountlist``:
+  a file per mount in the state directory's ``mounts/``, emptied at start).
 
 Logs: every process appends whole lines to the one log file
 (``nfsd.service.logline``), each naming itself (``supervisor pid P``,
@@ -82,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 import nfsd
+from nfsd.programs.mountlist import MOUNTS_DIR, SharedMountList
 from nfsd.service.app import PMAP_PORT, RPCBIND_SOCKETS, Service, ServiceError
 from nfsd.service.config import Config
 from nfsd.service.worker import config_to_json
@@ -90,10 +104,12 @@ from nfsd.transport.server import bind_listeners
 log = logging.getLogger("recovery_fs.supervisor")
 
 READY_TIMEOUT = 60.0
+LISTEN_MODE = "reuseport"  # the default way workers share a port (see the notes)
 FLAP_SECONDS = 2.0
 FLAP_DELAY_MAX = 30.0
 RELOAD_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+STATUS_EVERY = 1.0  # seconds between rewrites of status.json
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -140,7 +156,7 @@ class Supervisor(Service):
         foreground: bool = False,
         portmap_port: int = PMAP_PORT,
         rpcbind_sockets: tuple[Path, ...] = RPCBIND_SOCKETS,
-        listen_mode: str = "inherit",
+        listen_mode: str | None = None,
     ) -> None:
         super().__init__(
             config,
@@ -148,13 +164,17 @@ class Supervisor(Service):
             portmap_port=portmap_port,
             rpcbind_sockets=rpcbind_sockets,
         )
-        self.listen_mode = listen_mode
+        # RECOVERY_FS_LISTEN=reuseport: the measured alternative (see the notes)
+        self.listen_mode = listen_mode or os.environ.get("RECOVERY_FS_LISTEN", LISTEN_MODE)
+        if self.listen_mode not in ("inherit", "reuseport"):
+            raise ServiceError(f"RECOVERY_FS_LISTEN={self.listen_mode!r}: inherit or reuseport")
         self.count = config.worker_count()
         self.slots = [WorkerProc(i) for i in range(self.count)]
         self._listeners: list[socket.socket] = []
         self._reload_serial = 0
         self._reload_error: str | None = None
         self._replies: dict[int, dict[str, Any]] = {}
+        self._next_status = 0.0
         self.log_tag = f"supervisor pid {os.getpid()}"
 
     # --- start -----------------------------------------------------------
@@ -174,6 +194,7 @@ class Supervisor(Service):
             # A reserved, not listening socket: connections go to the workers'.
             self._listeners[0].close()
             self._listeners = [_reserve(cfg.bind, self.port)]
+        SharedMountList.reset(self.state.path / MOUNTS_DIR)
         for slot in self.slots:
             self._spawn(slot)
         self._wait_ready(time.monotonic() + READY_TIMEOUT)
@@ -265,6 +286,7 @@ class Supervisor(Service):
         elif m.get("ready"):
             slot.ready = True
             slot.error = None
+            self._next_status = 0.0  # a replaced worker shows at once
             for w in m.get("warnings", []):
                 if w not in self.warnings:
                     self.warnings.append(w)
@@ -286,6 +308,11 @@ class Supervisor(Service):
         for slot in self.slots:
             if slot.proc is None or slot.proc.poll() is not None:
                 self._replace(slot, now)
+        if now >= self._next_status:
+            # The workers' counters arrive every second: status.json follows.
+            self._next_status = now + STATUS_EVERY
+            with contextlib.suppress(OSError):
+                self.state.write_status(self.status())
 
     def _replace(self, slot: WorkerProc, now: float) -> None:
         """Start a worker in place of one that is gone (see the notes)."""

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nfsd.programs.mountlist import MOUNTS_DIR, SharedMountList
 from nfsd.rpc import Dispatcher
 from nfsd.service.app import Service
 from nfsd.service.config import Config
@@ -83,6 +84,7 @@ class Worker(Service):
         self.count = count
         self.listeners = listeners  # inherited descriptors; empty: SO_REUSEPORT
         self.log_tag = f"worker {index} pid {os.getpid()}"
+        self.mount_list = SharedMountList(self.state.path / MOUNTS_DIR)
 
     def start(self) -> None:
         try:

@@ -85,8 +85,9 @@ def server(storage, tmp_path_factory):
     srv.stop()
     assert alive, f"the server died during the tests\n{srv.diagnostics()}"
     assert "Traceback" not in log, log[-4000:]
-    # refusals are logged once per client, not once per call
-    assert len([ln for ln in log.splitlines() if "127.0.0.3" in ln]) <= 1, log[-4000:]
+    # refusals are logged once per client and worker process (the server runs
+    # two: support.server), not once per call
+    assert len([ln for ln in log.splitlines() if "127.0.0.3" in ln]) <= 2, log[-4000:]
 
 
 def client(srv: Server, source: str, **kw) -> Client:

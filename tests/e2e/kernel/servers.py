@@ -50,6 +50,7 @@ class ServerConfig:
     portmap: bool = False  # recovery-fs: also serve a portmapper on 111
     exports: str | None = None  # recovery-fs: the text of its exports file (None: the default)
     tls_dir: str | None = None  # recovery-fs: RPC-with-TLS from `recovery-fs tls init` files
+    workers: int = 2  # recovery-fs: worker processes (2: the supervised path, on any machine)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,6 +219,7 @@ class RecoveryFs(Server):
             d = Path(c.tls_dir)
             cmd += ["--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key")]
             cmd += ["--tls-client-ca", str(d / "ca.pem")]
+        cmd += ["--workers", str(c.workers)]
         return cmd
 
     def set_exports(self, text: str) -> str:

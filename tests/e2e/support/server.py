@@ -123,6 +123,9 @@ class Server:
             str(self.state),
             "--log-file",
             str(self.log),
+            # the supervised path (a supervisor and two worker processes) on any
+            # machine, unless the test asks for another number
+            *([] if "--workers" in args else ["--workers", "2"]),
             *args,
         ]
         self.command = command

@@ -1,0 +1,295 @@
+"""End-to-end: ``recovery-fs serve --workers N``: a supervisor over worker processes.
+
+What each test holds the supervised server to (``nfsd.service.supervisor``):
+
+* ``status`` shows each worker (pid, connections, calls, RSS) and the total;
+* a worker killed with SIGKILL mid-read is replaced within a second, and the
+  reading client (libnfs's ``nfs-cat``, which reconnects and retransmits)
+  gets every byte right;
+* ``exports reload`` reaches every worker (a host taken off the list is
+  refused on connections held by both workers) and reports a bad file;
+* ``appliance.debug.level`` reaches every process, each line naming it;
+* two servers on two state directories with one secret are interchangeable
+  (a handle, a cookie verifier from one valid on the other);
+* ``--proxy-from``: the exports check sees the client a PROXY header names,
+  and only when a listed balancer sends it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.support import rpcwire as w
+from tests.e2e.support.prereq import require as _require
+from tests.e2e.support.rpcwire import Client
+from tests.e2e.support.server import Server, recovery_fs_command
+
+pytestmark = pytest.mark.e2e
+
+BIG = 48 << 20
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _require(recovery_fs_command() is not None, "the recovery-fs command (pip install -e .)")
+    _require(shutil.which("nfs-cat") is not None, "nfs-cat (Debian package libnfs-utils)")
+    root = tmp_path_factory.mktemp("storage")
+    root.chmod(0o755)
+    (root / "big.img").write_bytes(os.urandom(BIG))
+    (root / "dir").mkdir()
+    for i in range(50):
+        (root / "dir" / f"f{i:03}.txt").write_text(f"file {i}\n")
+    return root
+
+
+def start(storage: Path, workdir: Path, exports: str, *args: str) -> Server:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "exports"
+    path.write_text(exports)
+    try:
+        srv = Server(storage, workdir, args=("--exports", str(path), *args))
+    except (RuntimeError, TimeoutError) as e:
+        out = workdir / "recovery-fs.out"
+        pytest.fail(f"recovery-fs serve did not start: {e}\n{out.read_text(errors='replace')}")
+    # NULL answers once the first worker listens; status.json, once all do
+    wait_for(lambda: srv.state.joinpath("status.json").exists())
+    return srv
+
+
+def cli(srv: Server, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*srv.command, *argv, "--state-dir", str(srv.state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def status(srv: Server) -> dict:
+    p = cli(srv, "status", "--json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def wait_for(what, timeout: float = 10.0, every: float = 0.02):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(storage: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    srv = start(
+        storage, tmp_path_factory.mktemp("workers"), "/recover/images 127.0.0.0/8(insecure)\n"
+    )
+    yield srv
+    srv.stop()
+
+
+def test_status_shows_each_worker_and_the_total(server: Server) -> None:
+    for _ in range(4):
+        subprocess.run(["nfs-cat", server.url("dir/f001.txt")], capture_output=True, check=True)
+    st = wait_for(lambda: (s := status(server))["transport"]["calls"] >= 4 * 3 and s)
+    workers = st["workers"]
+    assert [x["index"] for x in workers] == [0, 1]
+    assert len({x["pid"] for x in workers} | {st["pid"]}) == 3
+    assert all(x["ready"] and x["rss"] > 10 << 20 for x in workers)
+    assert st["transport"]["calls"] == sum(x["calls"] for x in workers)
+    assert st["rss_total"] > sum(x["rss"] for x in workers)
+    text = cli(server, "status").stdout
+    for x in workers:
+        assert re.search(
+            rf"worker {x['index']}: pid {x['pid']}, \d+ connections, \d+ calls, RSS", text
+        )
+    assert "total:" in text
+
+
+def test_a_worker_killed_mid_read_is_replaced_and_the_read_is_byte_exact(
+    server: Server, storage: Path
+) -> None:
+    want = hashlib.sha256((storage / "big.img").read_bytes()).hexdigest()
+    reader = subprocess.Popen(
+        ["nfs-cat", server.url("big.img")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert reader.stdout is not None
+    digest = hashlib.sha256()
+    got = 0
+    first = reader.stdout.read(1 << 20)  # started: then it stalls on the full pipe
+    digest.update(first)
+    got += len(first)
+    holder = wait_for(
+        lambda: next((x for x in status(server)["workers"] if x["connections"]), None)
+    )
+    os.kill(holder["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    replaced = wait_for(
+        lambda: (
+            (x := status(server)["workers"][holder["index"]])["pid"] != holder["pid"]
+            and x["ready"]
+            and x
+        ),
+        every=0.01,
+    )
+    took = time.monotonic() - killed
+    while chunk := reader.stdout.read(1 << 20):
+        digest.update(chunk)
+        got += len(chunk)
+    assert reader.wait(60) == 0, reader.stderr.read() if reader.stderr else ""
+    assert got == BIG and digest.hexdigest() == want
+    assert replaced["restarts"] == holder["restarts"] + 1
+    assert took < 1.0, f"replaced after {took:.2f} s"
+    assert "killed by signal 9" in server.log.read_text()
+
+
+def test_exports_reload_reaches_every_worker(storage: Path, tmp_path: Path) -> None:
+    srv = start(
+        storage, tmp_path / "s", "/recover/images 127.0.0.2(insecure) 127.0.0.3(insecure)\n"
+    )
+    try:
+        # 16 connections: the chance that SO_REUSEPORT's hash puts all on one
+        # worker of two is 2 ** -15
+        clients = [Client((srv.host, srv.port), "127.0.0.3") for _ in range(16)]
+        roots = [c.mount()[1] for c in clients]
+        assert all(roots)
+        spread = wait_for(
+            lambda: sum(r := [x["connections"] for x in status(srv)["workers"]]) == 16 and r
+        )
+        assert all(spread), f"16 connections, per worker: {spread}"
+        assert all(
+            c.nfs(w.GETATTR, w.fh_args(r)).status() == w.NFS3_OK
+            for c, r in zip(clients, roots, strict=True)
+        )
+        (tmp_path / "s" / "exports").write_text("/recover/images 127.0.0.2(insecure)\n")
+        p = cli(srv, "exports", "reload")
+        assert p.returncode == 0 and "generation 2" in p.stdout, p.stderr
+        assert all(
+            c.nfs(w.GETATTR, w.fh_args(r)).status() == w.NFS3ERR_STALE
+            for c, r in zip(clients, roots, strict=True)
+        )
+        (tmp_path / "s" / "exports").write_text("/recover/images 127.0.0.2(rw)\n")
+        p = cli(srv, "exports", "reload")
+        assert p.returncode == 1 and "rw" in p.stderr, p.stderr
+        for c in clients:
+            c.close()
+        log = srv.log.read_text()
+        assert re.search(r"worker 0 pid \d+ ", log) and re.search(r"worker 1 pid \d+ ", log)
+    finally:
+        srv.stop()
+
+
+def test_the_debug_level_reaches_every_process(server: Server) -> None:
+    p = cli(server, "registry", "set", "appliance.debug.level", "1")
+    assert p.returncode == 0, p.stderr
+    try:
+        pids = {x["pid"] for x in status(server)["workers"]} | {status(server)["pid"]}
+
+        def changed() -> bool:
+            lines = [ln for ln in server.log.read_text().splitlines() if "debug level 0 -> 1" in ln]
+            return {int(m.group(1)) for ln in lines if (m := re.search(r" pid (\d+) ", ln))} >= pids
+
+        wait_for(changed, timeout=5)
+    finally:
+        cli(server, "registry", "set", "appliance.debug.level", "0")
+
+
+def test_two_servers_with_one_secret_are_interchangeable(storage: Path, tmp_path: Path) -> None:
+    exports = "/recover/images 127.0.0.0/8(insecure)\n"
+    (tmp_path / "b" / "state").mkdir(parents=True)
+    a = start(storage, tmp_path / "a", exports)
+    try:
+        shown = cli(a, "secret", "show")
+        assert shown.returncode == 0 and len(shown.stdout.strip()) == 64
+        (tmp_path / "secret.hex").write_text(shown.stdout)
+        b_state = tmp_path / "b" / "state"
+        p = subprocess.run(
+            [
+                *a.command,
+                "secret",
+                "install",
+                str(tmp_path / "secret.hex"),
+                "--state-dir",
+                str(b_state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert p.returncode == 0, p.stderr
+        b = start(storage, tmp_path / "b", exports, "--workers", "1")
+        try:
+            with (
+                Client((a.host, a.port), "127.0.0.2") as ca,
+                Client((b.host, b.port), "127.0.0.2") as cb,
+            ):
+                root = ca.mount()[1]
+                assert root is not None
+                folder_a = w.lookup_ok(ca.nfs(w.LOOKUP, w.lookup(root, b"dir")).body)
+                folder_b = w.lookup_ok(
+                    cb.nfs(w.LOOKUP, w.lookup(root, b"dir")).body
+                )  # A's root on B
+                assert folder_a == folder_b
+                file_b = w.lookup_ok(cb.nfs(w.LOOKUP, w.lookup(folder_a, b"f007.txt")).body)
+                assert w.read_data(ca.nfs(w.READ, w.read(file_b)).body) == b"file 7\n"
+                list_a = ca.nfs(w.READDIR, w.readdir(folder_a, 512)).body
+                list_b = cb.nfs(w.READDIR, w.readdir(folder_a, 512)).body
+                assert list_a == list_b  # the same attributes, cookie verifier and cookies
+        finally:
+            b.stop()
+        other = start(storage, tmp_path / "c", exports, "--workers", "1")  # its own secret
+        try:
+            with Client((other.host, other.port), "127.0.0.2") as cc:
+                assert cc.nfs(w.GETATTR, w.fh_args(root)).status() != w.NFS3_OK
+        finally:
+            other.stop()
+    finally:
+        a.stop()
+
+
+def test_proxy_from_the_client_behind_the_balancer_is_checked(
+    storage: Path, tmp_path: Path
+) -> None:
+    srv = start(
+        storage,
+        tmp_path / "p",
+        "/recover/images 127.0.0.9(insecure)\n",
+        "--proxy-from",
+        "127.0.0.2",
+    )
+    try:
+
+        def through_balancer(client_addr: str) -> int:
+            with Client((srv.host, srv.port), "127.0.0.2") as c:
+                c.sock.sendall(f"PROXY TCP4 {client_addr} 127.0.0.1 40000 {srv.port}\r\n".encode())
+                return c.mount()[0]
+
+        assert through_balancer("127.0.0.9") == w.MNT3_OK
+        assert through_balancer("127.0.0.5") == w.MNT3ERR_ACCES
+        with Client((srv.host, srv.port), "127.0.0.9") as c:
+            assert c.mount()[0] == w.MNT3_OK  # direct clients as always
+        with Client((srv.host, srv.port), "127.0.0.9") as c:
+            c.sock.sendall(f"PROXY TCP4 127.0.0.9 127.0.0.1 40000 {srv.port}\r\n".encode())
+            with pytest.raises((EOFError, ConnectionResetError)):
+                c.mount()  # a header from a host not in --proxy-from: closed
+        with (
+            Client((srv.host, srv.port), "127.0.0.2") as c,
+            pytest.raises((EOFError, ConnectionResetError)),
+        ):
+            c.mount()  # the balancer without a header: closed
+    finally:
+        srv.stop()
