@@ -431,7 +431,10 @@ class TlsSession:
     back, once the handshake is done), sends whatever :meth:`outgoing` holds
     after every call (handshake messages, alerts, key updates), and turns
     reply buffers into ciphertext with :meth:`encrypt`.  A failure raises
-    :class:`TlsRefused`: close the connection and log the message.
+    :class:`TlsRefused` (:class:`TlsClosed` for a close_notify): close the
+    connection and log the message.  ``pending`` counts the ciphertext bytes
+    received since plaintext last came out: a TLS record begun and not
+    finished, which the transport times and counts like an RPC record.
     """
 
     def __init__(
