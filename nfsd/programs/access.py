@@ -323,9 +323,7 @@ class AccessControl:
         self, ctx: CallContext, export: str | None = None
     ) -> tuple[int, ExportOptions | None]:
         """(MNT3_OK, options) or (an MNT3ERR status, None) for a MNT call."""
-        d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
-        if d.reason == WRONG_XPRTSEC and ctx.security.level == "none":
-            d = Decision(OK, d.spec, d.generation)  # MOUNT in clear: see nfsd.programs.xprtsec
+        d = self._mount_decision(ctx, export)
         if d.reason != OK:
             self._log_refusal(ctx, d, "MNT")
             return _MNT_STATUS[d.reason], None
@@ -334,7 +332,16 @@ class AccessControl:
 
     def admits(self, ctx: CallContext, export: str | None = None) -> bool:
         """Whether the list admits this caller at all (EXPORT and DUMP answers)."""
-        return self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export).reason == OK
+        return self._mount_decision(ctx, export).reason == OK
+
+    def _mount_decision(self, ctx: CallContext, export: str | None) -> Decision:
+        """:meth:`decide` for MOUNT's procedures, which Linux sends in clear even
+        with ``xprtsec=tls``: a plain connection is not held to ``xprtsec``
+        (``nfsd.programs.xprtsec``)."""
+        d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
+        if d.reason == WRONG_XPRTSEC and ctx.security.level == "none":
+            return Decision(OK, d.spec, d.generation)
+        return d
 
     def nfs_status(self, ctx: CallContext, export: str | None = None) -> int:
         """NFS3_OK after squashing ``ctx``'s credentials, else the refusal status.

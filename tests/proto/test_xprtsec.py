@@ -140,3 +140,12 @@ def test_a_refusal_names_the_level_and_the_policy(ns, caplog) -> None:  # type: 
     fh = bytes(Conn(d, "10.0.0.2:730", GUEST).mnt().mountinfo.fhandle)
     assert Conn(d, "10.0.0.2:731", TLS).getattr(fh) == nfs3.NFS3ERR_ACCES
     assert "a tls connection, the export wants xprtsec=mtls" in caplog.text
+
+
+def test_showmount_in_clear_lists_a_tls_export_to_its_clients(ns) -> None:  # type: ignore[no-untyped-def]
+    """EXPORT, like MNT, comes in clear from showmount and the Linux client."""
+    d = build(ns, "/recover/images 10.0.0.0/8(insecure,xprtsec=tls)\n")
+    listed = Conn(d, "10.0.0.2:740", PLAIN).raw(mount3.MOUNT_PROGRAM, mount3.MOUNTPROC3_EXPORT, b"")
+    assert b"/recover/images" in listed.body
+    stranger = Conn(d, "192.0.2.1:741", PLAIN).raw(mount3.MOUNT_PROGRAM, 5, b"")
+    assert b"/recover/images" not in stranger.body
