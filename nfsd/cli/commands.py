@@ -463,6 +463,7 @@ def status(config_file: Path | None, state_dir: Path | None, as_json: bool) -> N
         ),
         ("portmap", f"{st.get('portmap')}" + (f", port {pm_port}" if pm_port else "")),
         ("export", st.get("export", "?")),
+        ("tls", st.get("tls", "off")),
         ("clients", _exports_line(st.get("exports"))),
         ("conns", _transport_line(st.get("transport"))),
         ("storage", st.get("storage", "?")),

@@ -16,6 +16,7 @@ from nfsd.service.app import Service
 from nfsd.service.config import Config, ConfigError, load
 from nfsd.service.tlsconfig import tls_settings
 from tests.proto.calls import auth_sys, call, parse
+from tests.unit.test_cli import invoke
 from tests.unit.test_tls_transport import read_records, record
 from tests.unit.tls_helpers import Pki, client_context
 from xdr import mount3, nfs3, rpc
@@ -93,6 +94,8 @@ def mnt_args() -> bytes:
 
 def test_mount_and_nfs_inside_tls_on_the_nfs_port(service: Service, pki: Pki) -> None:
     assert service.port and service.status()["tls"] == "tls and mtls"
+    code, out, _ = invoke("status", "--state-dir", str(service.config.state_dir))
+    assert code == 0 and "tls:      tls and mtls" in out
     c = TlsRpc(pki, service.port, mount3.MOUNT_PROGRAM)  # MOUNT asks for TLS too
     try:
         u = Unpacker(c.call(mount3.MOUNT_PROGRAM, 3, mount3.MOUNTPROC3_MNT, mnt_args()))
