@@ -16,6 +16,8 @@ timeout). The tests of one boot share it through a module fixture.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .kernel import pancbt, scenarios, storage
@@ -245,6 +247,49 @@ def test_read_continues_across_server_restart(kernel_env, kernel_report) -> None
         },
     )
     assert not problems, run.fail("read across a restart", problems)
+    r.require_completed()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_read_continues_across_a_worker_kill(kernel_env, kernel_report) -> None:
+    """A worker of the supervised server (2 workers) killed with SIGKILL while
+    dd reads 128 MiB over a hard mount: replaced within a second, the read
+    completes byte-exact through the retransmissions."""
+    if kernel_env.kind != "recovery-fs":
+        pytest.skip("worker processes are recovery-fs's")
+    run = scenarios.run_worker_kill(kernel_env)
+    r = run.result
+    problems = scenarios.mount_problems(run, explicit=True)
+    exp = kernel_env.layout.files[storage.RESTART]
+    read = (r.one("RESTART_READ") or "").split(" ")
+    sha = (r.one("RESTART_SHA") or "").split(" ")
+    if read[:1] != ["rc=0"]:
+        problems.append(f"the read across the worker kill failed: {' '.join(read)}")
+    if sha[:2] != ["rc=0", exp.sha256()]:
+        problems.append(f"bytes read across the worker kill: {sha}; expected {exp.sha256()}")
+    killed = next((e for _, e in r.events if " killed" in e and e.startswith("worker ")), "")
+    m = re.search(r"replaced by pid \d+ within ([0-9.]+) s", killed)
+    if m is None or float(m.group(1)) >= 1.0:
+        problems.append(f"the worker was not replaced within a second: events {r.events}")
+    done = r.time_of("RESTART_READ")
+    at = r.event_time("worker kill")
+    if at is None or done is None or not at < done:
+        problems.append(f"no worker was killed during the read (events {r.events})")
+    check, _, _ = scenarios.check_problems(run)
+    problems += check + scenarios.rpc_problems(run)
+    secs = float(read[2]) - float(read[1]) if len(read) > 2 else float("nan")
+    again = r.rpc.get("retransmitted", [])
+    kernel_report.append(
+        f"worker kill: {exp.size} bytes read by dd across it in {secs:.1f} s ({killed}; "
+        f"{len(again)} call(s) retransmitted after it)"
+    )
+    scenarios.write_results(
+        kernel_env.kind,
+        "worker-kill",
+        {"read": " ".join(read), "sha256_ok": sha[1:2] == [exp.sha256()], "events": r.events},
+    )
+    assert not problems, run.fail("read across a worker kill", problems)
     r.require_completed()
 
 

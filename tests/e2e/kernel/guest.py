@@ -326,6 +326,10 @@ class _Runner:
             elif what == "set_exports":
                 self.event(f"exports set: {spec['text'].strip()!r}")
                 self.event(self.server.set_exports(spec["text"]))
+            elif what == "kill_worker":
+                inflight = self._wait_in_flight(spec.get("in_flight"))
+                self.event(f"worker kill{inflight}")
+                self.event(self.server.kill_worker())  # type: ignore[attr-defined]
             elif what == "kill_server":
                 self.event("server kill")
                 self.server.kill()

@@ -178,6 +178,21 @@ def run_restart(env: Env, delay: float = 0.1) -> Run:
     )
 
 
+def run_worker_kill(env: Env, delay: float = 0.1) -> Run:
+    """Kill -9 one worker process of the supervised server during a long read
+    (the restart boot's guest script; the supervisor replaces the worker)."""
+    checks = env.layout.checks(paths=SMALL_CHECK_PATHS)
+    return _run(
+        env,
+        "worker-kill",
+        "restart",
+        checks=checks,
+        params={"RESTART_FILE": storage.RESTART},
+        actions={"READING_STARTED": {"do": "kill_worker", "delay": delay, "in_flight": "READ"}},
+        timeout=300,
+    )
+
+
 def run_hang(env: Env, hang: float = 12) -> Run:
     """Harness self-test: the server is killed for good under a hard mount; the host
     ends the boot `hang` seconds after the kill."""

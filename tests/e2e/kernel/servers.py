@@ -19,8 +19,10 @@ programs (and on the portmapper when it serves one).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -240,6 +242,55 @@ class RecoveryFs(Server):
 
     def log_files(self) -> list[Path]:
         return [self.workdir / "recovery_fs.log", *super().log_files()]
+
+    def workers(self) -> list[dict]:
+        """The workers of the supervisor's status.json (written each second)."""
+        try:
+            return json.loads((self.workdir / "state" / "status.json").read_text())["workers"]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    def connection_pids(self) -> set[int]:
+        """The processes holding established connections to the server's port (ss),
+        by their PIDs in our PID namespace (ss reads the host's /proc)."""
+        out = subprocess.run(
+            ["ss", "-Htnp", "state", "established", f"( sport = :{self.config.port} )"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return {_own_pid(int(pid)) for pid in re.findall(r"pid=(\d+)", out)}
+
+    def kill_worker(self, timeout: float = 5.0) -> str:
+        """SIGKILL the worker holding a connection (the guest's), wait for its
+        replacement; what happened, for the events."""
+        rows = self.workers()
+        holders = self.connection_pids()
+        victim = next((w for w in rows if w["pid"] in holders), None)
+        if victim is None:
+            return f"worker kill: none of {rows} holds a connection ({holders})"
+        os.kill(victim["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            now = next((w for w in self.workers() if w["index"] == victim["index"]), {})
+            if now.get("pid") not in (None, victim["pid"]) and now.get("ready"):
+                return (
+                    f"worker {victim['index']} pid {victim['pid']} killed (it held a "
+                    f"connection); replaced by pid {now['pid']} "
+                    f"within {time.monotonic() - t0:.2f} s"
+                )
+            time.sleep(0.01)
+        return f"worker {victim['index']} pid {victim['pid']} killed; not replaced in {timeout} s"
+
+
+def _own_pid(pid: int) -> int:
+    """``pid`` (the host's /proc numbering) in the innermost PID namespace (NSpid)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return pid
+    m = re.search(r"^NSpid:\s+([\d\s]+)$", status, re.M)
+    return int(m.group(1).split()[-1]) if m else pid
 
 
 GANESHA_CONF = """\
