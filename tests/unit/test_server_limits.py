@@ -208,7 +208,9 @@ def test_a_record_trickled_a_byte_at_a_time_is_closed_at_the_record_timeout(serv
             closed_at = time.monotonic() - started
             break
         time.sleep(0.15)
-    assert closed_at is not None and 1.5 <= closed_at < 3.0
+    # The whole record takes ~10 s to trickle: a clock reset by each byte would
+    # never close it in time.  The upper bound is loose for a loaded CI machine.
+    assert closed_at is not None and 1.5 <= closed_at < 6.0
     assert server.stats()["closed"] == {"record_timeout": 1}
 
 
