@@ -326,6 +326,11 @@ class _Runner:
             elif what == "set_exports":
                 self.event(f"exports set: {spec['text'].strip()!r}")
                 self.event(self.server.set_exports(spec["text"]))
+            elif what == "kill_instance":
+                self.event(f"backend connections {self.server.backend_connections()}")  # type: ignore[attr-defined]
+                inflight = self._wait_in_flight(spec.get("in_flight"))
+                self.event(f"instance kill{inflight}")
+                self.event(self.server.kill_instance(spec.get("name", "a")))  # type: ignore[attr-defined]
             elif what == "kill_worker":
                 inflight = self._wait_in_flight(spec.get("in_flight"))
                 self.event(f"worker kill{inflight}")

@@ -9,8 +9,10 @@ assertion message names every wrong file, range and error the guest saw.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +192,62 @@ def run_worker_kill(env: Env, delay: float = 0.1) -> Run:
         params={"RESTART_FILE": storage.RESTART},
         actions={"READING_STARTED": {"do": "kill_worker", "delay": delay, "in_flight": "READ"}},
         timeout=300,
+    )
+
+
+BALANCED_IMAGE = "backups/2026-11-21T0100/big01/big01-flat.vmdk"
+
+
+def balanced_storage(root: Path) -> storage.Layout:
+    """A storage of its own for the scale-out boot: one large merged image
+    (96 MiB base, changes spliced in) over a SmartMotion link, and a few files."""
+    b = storage._Builder(root)
+    r = random.Random("balanced")
+    base = r.randbytes(96 * storage.MiB)
+    b.passthrough("backups/2026-11-20T0100/big01/big01-flat.vmdk", base, "chain")
+    changes = [
+        storage.Change(0, 4096, r.randbytes(4096)),
+        storage.Change(17 * storage.MiB + 5, 300 * storage.KiB, r.randbytes(300 * storage.KiB)),
+        storage.Change(60 * storage.MiB, 8 * storage.MiB, r.randbytes(8 * storage.MiB)),
+        storage.Change(95 * storage.MiB, 2 * storage.MiB, r.randbytes(2 * storage.MiB)),
+    ]
+    b.merged(
+        "backups/2026-11-21T0100/big01",
+        "big01",
+        base,
+        97 * storage.MiB,
+        changes,
+        link=("big01-flat.vmdk.json", "../../2026-11-20T0100/big01/big01-flat.vmdk", {}),
+        base_size=96 * storage.MiB,
+    )
+    for i in range(20):
+        b.passthrough(f"tree/f{i:02}.txt", f"file {i}\n".encode())
+    for d in sorted(b.layout.dirs):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    return b.layout
+
+
+def run_balanced(env: Env) -> tuple[Run, storage.Layout]:
+    """Two instances behind HAProxy; the guest mounts the balanced address with
+    nconnect=4 and reads the large merged image; instance a is killed with
+    SIGKILL mid-read (the restart boot's guest script: list, read, list)."""
+    run_dir = env.work / "balanced"
+    layout = balanced_storage(run_dir / "storage")
+    benv = dataclasses.replace(env, kind="balanced", exported=run_dir / "storage", layout=layout)
+    server = _server(benv, run_dir)
+    checks = layout.checks()
+    return (
+        _run(
+            benv,
+            "balanced",
+            "restart",
+            checks=checks,
+            mount_options=explicit_mount_options(server) + ",nconnect=4,hard",
+            params={"RESTART_FILE": BALANCED_IMAGE},
+            actions={"READING_STARTED": {"do": "kill_instance", "delay": 0.2, "in_flight": "READ"}},
+            timeout=300,
+        ),
+        layout,
     )
 
 

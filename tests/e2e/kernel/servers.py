@@ -384,6 +384,10 @@ KINDS: dict[str, type[Server]] = {"recovery-fs": RecoveryFs, "ganesha": Ganesha}
 
 
 def make(config: ServerConfig) -> Server:
+    if config.kind == "balanced":  # two instances behind HAProxy (scale-out)
+        from .balanced import Balanced
+
+        return Balanced(config)
     try:
         return KINDS[config.kind](config)
     except KeyError:
