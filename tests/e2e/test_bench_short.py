@@ -51,6 +51,11 @@ def test_bench_short_produces_a_complete_table(tmp_path):
             assert all(r["value"] > 0 for r in runs), f"{key}: {server}"
     for size, point in results["sweep"].items():
         assert set(point) == {"ganesha", "recovery-fs"}, f"sweep {size}: {point}"
+    for key, points in results["conn_sweep"].items():
+        assert sorted(points, key=int) == ["1", "2", "4", "8"], f"{key}: {points}"
+        for n, point in points.items():
+            assert point and all(len(v) == results["runs"] for v in point.values()), (key, n)
+    assert results["recovery_processes"] >= 2, "recovery-fs ran without its workers"
     for path, sums in results["checksums"].items():
         assert len(sums) == 2 and len(set(sums.values())) == 1, f"{path}: {sums}"
     for server in ("ganesha", "recovery-fs"):
@@ -59,4 +64,6 @@ def test_bench_short_produces_a_complete_table(tmp_path):
             assert scale[key] > 0, f"scale {key}: {server}"
     table = (out / "table.md").read_text()
     assert "FAILED" not in table and "ratio rf/g" in table
-    assert (out / "performance.png").stat().st_size > 1000
+    assert "s/GiB" in table and "s/100k calls" in table
+    for png in ("performance.png", "performance-conns.png"):
+        assert (out / png).stat().st_size > 1000, png
