@@ -9,9 +9,10 @@ memory (one process); :class:`SharedMountList` keeps one empty file per
 (host, path) in a directory of the state directory, named by the hex of
 both, so that MNT, UMNT and DUMP in any worker see the same list without
 a lock: creating, removing and listing directory entries are atomic.  The
-supervisor empties the directory when it starts (the list lives as long as
-the server, as before).  Both are bounded by ``MAX_MOUNT_LIST`` entries.
-MNT is rare; a DUMP lists one directory.
+supervisor empties the directory when it starts and removes it when it
+stops (the list lives as long as the server, as before).  Both are
+bounded by ``MAX_MOUNT_LIST`` entries.  MNT is rare; a DUMP lists one
+directory.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ class SharedMountList(MountList):
         """Empty (or create) the directory: a new server has no mounts yet."""
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @staticmethod
+    def discard(directory: Path) -> None:
+        """Remove the directory (the server stops: the list goes with it)."""
+        shutil.rmtree(directory, ignore_errors=True)
 
     def _name(self, host: bytes, path: bytes) -> Path:
         return self.directory / f"{host.hex()}_{path.hex()}"

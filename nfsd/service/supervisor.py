@@ -410,6 +410,8 @@ class Supervisor(Service):
         if self._stopped:
             return
         self._stop_workers()
+        if self._pid_lock is not None:  # ours, not another server's
+            SharedMountList.discard(self.state.path / MOUNTS_DIR)
         for s in self._listeners:
             s.close()
         self._listeners = []

@@ -923,6 +923,9 @@ class RpcServer:
         """(loop) Close a connection; a limit that bit is counted and logged."""
         if conn.closed:
             return
+        if kind:  # counted before the peer can see the close (status, tests)
+            with self._lock:
+                self._closed[kind] += 1
         with conn.lock:
             conn.closed = True
             if conn.events:
@@ -940,8 +943,6 @@ class RpcServer:
         self._conns.pop(conn, None)
         with self._lock:
             self._unvalidated.pop(conn, None)
-            if kind:
-                self._closed[kind] += 1
         if kind:
             self._throttle.warn(
                 kind, "%s: closing the connection of %s: %s", self.name, conn.peer, why
