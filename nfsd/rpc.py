@@ -187,6 +187,9 @@ class Program:
         self.high = max(self.versions)
 
 
+CRED_CACHE = 1024  # distinct AUTH_SYS credentials kept decoded (cleared when full)
+
+
 class Dispatcher:
     """Decodes calls, checks them against the programs, runs procedures."""
 
@@ -194,6 +197,7 @@ class Dispatcher:
         self.programs = {p.number: p for p in programs}
         self.slow_call_seconds = slow_call_seconds
         self.starttls = False  # True once a TLS certificate is configured
+        self._creds: dict[bytes, tuple[int, bytes, int, int, tuple[int, ...]]] = {}
 
     def dispatch(
         self,
@@ -230,11 +234,8 @@ class Dispatcher:
             return Reply([p.get_buffer()])
         cred: authsys_parms | None = None
         if call.cred.flavor == AUTH_SYS:
-            try:
-                cu = RpcUnpacker(call.cred.body)
-                cred = cu.unpack_authsys_parms()
-                cu.done()
-            except XdrError:
+            cred = self._authsys(call.cred.body)
+            if cred is None:
                 p.pack_auth_error(xid, AUTH_BADCRED)
                 return Reply([p.get_buffer()])
         elif call.cred.flavor == AUTH_TLS:
@@ -329,6 +330,33 @@ class Dispatcher:
                 body.free()
                 return None
         return body
+
+    def _authsys(self, body: bytes) -> authsys_parms | None:
+        """The AUTH_SYS credentials of ``body``, None if malformed.
+
+        A client sends the same credential bytes on every call: they are
+        decoded once and kept (bounded by :data:`CRED_CACHE`), which saves
+        a third of a GETATTR's decoding.  Each call gets its own
+        ``authsys_parms`` (squashing replaces ``ctx.cred``; nothing shares it).
+        """
+        fields = self._creds.get(body)
+        if fields is None:
+            try:
+                cu = RpcUnpacker(body)
+                c = cu.unpack_authsys_parms()
+                cu.done()
+            except XdrError:
+                return None
+            if len(self._creds) >= CRED_CACHE:
+                self._creds.clear()
+            fields = self._creds[bytes(body)] = (
+                c.stamp,
+                c.machinename,
+                c.uid,
+                c.gid,
+                tuple(c.gids),
+            )
+        return authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
 
     def _run(self, program: Program, proc: Procedure, ctx: CallContext, args: Any) -> Reply | None:
         """Run a procedure; map its failures to its failure body."""

@@ -251,7 +251,6 @@ class AccessControl:
 
     def decide(self, ctx: CallContext, wait: float = 0.0, export: str | None = None) -> Decision:
         """The list's verdict on this call's peer, port and flavour, for ``export``."""
-        addr, port = split_peer(ctx.peer)
         key = (ctx.peer, ctx.flavor, export, ctx.security)
         d = self._decisions.get(key)
         now = time.monotonic()
@@ -259,6 +258,7 @@ class AccessControl:
             if d.reason == OK and not self._mounted(d.spec):
                 return Decision(NOT_MOUNTED, d.spec, d.generation)
             return d
+        addr, port = split_peer(ctx.peer)  # only when deciding: ipaddress costs ~4 µs a call
         generation = self.generation
         until = now + DECISION_TTL
         spec = self._spec(addr, wait, export, ctx.security)

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""What one NFS call costs the server in Python: records through the dispatcher, in-process.
+
+    .venv/bin/python bench/dispatch_micro.py --storage .cache/bench-data-short/storage
+    .venv/bin/python bench/dispatch_micro.py --storage DIR --profile read_4k
+
+No socket and no client: each figure is the best of ``--repeat`` passes of
+``--calls`` records (already encoded, AUTH_SYS, as libnfs sends them)
+through ``Dispatcher.dispatch`` as the transport's loop calls it (``inline``
+for the quick calls), the reply's buffer released.  This is the part of a
+call the GIL serialises, so on one connection it caps the calls a second
+(1 / µs per call); the benchmark (``bench/run``) measures the rest.  Used to
+measure each hot-path change before and after on a busy machine: the
+figures are CPU time of one thread, much steadier than a throughput.
+
+The storage is ``bench/run``'s (``plain/big.img``, ``vm/disk-flat.vmdk``
+with its pancbt, ``big/`` of 10,000 entries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from merge.stack import build_namespace  # noqa: E402
+from nfsd.rpc import Dispatcher, WouldBlock  # noqa: E402
+from tests.proto.calls import call  # noqa: E402
+from tests.proto.nfsclient import Caller  # noqa: E402
+from xdr import nfs3  # noqa: E402
+from xdr.nfs3 import NFS3Packer  # noqa: E402
+
+PEER = "127.0.0.1:40123"
+
+
+def records(caller: Caller, names: list[str]) -> dict[str, tuple[list[bytes], bool]]:
+    """Encoded calls of each figure, and whether the loop serves them inline."""
+    plain, merged = caller.walk("plain", "big.img"), caller.walk("vm", "disk-flat.vmdk")
+    big = caller.walk("big")
+    rnd = random.Random(7)
+    size = caller.getattr(plain).resok.obj_attributes.size
+
+    def encode(proc: int, pack: Callable[[NFS3Packer], None]) -> bytes:
+        p = NFS3Packer()
+        pack(p)
+        return call(nfs3.NFS_PROGRAM, 3, proc, p.get_buffer(), xid=rnd.getrandbits(32))
+
+    def read(fh: nfs3.nfs_fh3, offset: int, count: int) -> bytes:
+        return encode(
+            nfs3.NFSPROC3_READ, lambda p: p.pack_READ3args(nfs3.READ3args(fh, offset, count))
+        )
+
+    n = 2000
+    blocks = size // 4096
+    mib = size // (1 << 20)
+    return {
+        "null": ([call(nfs3.NFS_PROGRAM, 3, 0)] * n, True),
+        "getattr": (
+            [encode(nfs3.NFSPROC3_GETATTR, lambda p: p.pack_GETATTR3args(nfs3.GETATTR3args(plain)))]
+            * n,
+            True,
+        ),
+        "lookup": (
+            [
+                encode(
+                    nfs3.NFSPROC3_LOOKUP,
+                    lambda p, nm=nm: p.pack_LOOKUP3args(
+                        nfs3.LOOKUP3args(nfs3.diropargs3(big, nm.encode()))
+                    ),
+                )
+                for nm in rnd.choices(names, k=n)
+            ],
+            True,
+        ),
+        "read_4k": ([read(plain, rnd.randrange(blocks) * 4096, 4096) for _ in range(n)], True),
+        "read_1m_plain": ([read(plain, (i % mib) << 20, 1 << 20) for i in range(256)], False),
+        "read_1m_merged": ([read(merged, (i % mib) << 20, 1 << 20) for i in range(256)], False),
+    }
+
+
+def run(dispatcher: Dispatcher, recs: list[bytes], inline: bool) -> float:
+    """µs per call over one pass of ``recs`` (thread CPU time)."""
+    t0 = time.thread_time()
+    for rec in recs:
+        try:
+            reply = dispatcher.dispatch(rec, PEER, "tcp", inline)
+        except WouldBlock:  # not in the page cache: a worker serves it, as in the server
+            reply = dispatcher.dispatch(rec, PEER, "tcp")
+        if reply is None:
+            raise SystemExit("a call got no reply")
+        if reply.release:
+            reply.release()
+    return (time.thread_time() - t0) / len(recs) * 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--storage", required=True, help="bench/run's storage folder")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--only", nargs="*", help="figures to measure (default: all)")
+    ap.add_argument("--profile", help="cProfile this figure instead")
+    args = ap.parse_args()
+    storage = Path(args.storage)
+    caller = Caller(build_namespace(str(storage)))
+    names = [p.name for p in (storage / "big").iterdir()][:2000]
+    recs = records(caller, names)
+    if args.profile:
+        todo, inline = recs[args.profile]
+        prof = cProfile.Profile()
+        prof.runcall(lambda: [run(caller.dispatcher, todo, inline) for _ in range(args.repeat)])
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return 0
+    for key, (todo, inline) in recs.items():
+        if args.only and key not in args.only:
+            continue
+        run(caller.dispatcher, todo[:50], inline)  # warm the caches
+        best = min(run(caller.dispatcher, todo, inline) for _ in range(args.repeat))
+        print(f"{key:16s} {best:8.1f} µs a call")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
