@@ -4,8 +4,10 @@ Design notes
 ------------
 Everything a client keeps from the server is derived from the storage and
 the secret alone: a file handle (``nfsd.programs.handles``: the entry's
-fileid, hashes of its path, an HMAC keyed by the secret), a fileid (the
-namespace's, from the storage), the READDIR cookie verifier
+fileid, hashes of its path, an HMAC keyed by the secret), a fileid (a
+hash of the presented path, ``merge.attrs.fileid_for``: not an inode
+number, so a CIFS import's client-made inode numbers do not matter), the
+READDIR cookie verifier
 (``Nfs3Service.cookieverf``: the secret's first bytes) and the cookies
 (positions in the listing, which is sorted).  Nothing comes from a boot
 time, a PID or a counter.  So servers on several hosts over the same
