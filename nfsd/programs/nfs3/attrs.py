@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from merge.namespace import Kind, NamespaceError
 from nfsd.programs.errors import nfs_error
+from nfsd.programs.nfs3.fastattr import getattr3_ok, post_op_attr_bytes
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
     MAY_READ,
     Nfs3Service,
     decode_name,
-    fattr3_of,
     may,
     post_op_attr_of,
 )
@@ -29,10 +29,7 @@ def getattr3(svc: Nfs3Service, ctx: CallContext, args: nfs3.GETATTR3args) -> Rep
     path = svc.path_of(args.object)
     a = svc.attrs(path)
     ctx.note = "/" + "/".join(path)
-    return _reply(
-        NFS3Packer.pack_GETATTR3res,
-        nfs3.GETATTR3res(nfs3.NFS3_OK, nfs3.GETATTR3resok(fattr3_of(a, svc.fsid))),
-    )
+    return Reply([getattr3_ok(a, svc.fsid)])
 
 
 # RFC 1813 §3.3.3
@@ -57,17 +54,11 @@ def lookup3(svc: Nfs3Service, ctx: CallContext, args: nfs3.LOOKUP3args) -> Reply
         a = svc.namespace.getattr(path)
     except NamespaceError as e:
         return _lookup_fail(svc, ctx, nfs_error(e).status, dattrs)
-    return _reply(
-        NFS3Packer.pack_LOOKUP3res,
-        nfs3.LOOKUP3res(
-            nfs3.NFS3_OK,
-            nfs3.LOOKUP3resok(
-                svc.handle_of(path, a),
-                post_op_attr_of(a, svc.fsid),
-                post_op_attr_of(dattrs, svc.fsid),
-            ),
-        ),
-    )
+    p = NFS3Packer()
+    p.pack_enum(nfs3.NFS3_OK)
+    p.pack_nfs_fh3(svc.handle_of(path, a))
+    p.pack_raw(post_op_attr_bytes(a, svc.fsid) + post_op_attr_bytes(dattrs, svc.fsid))
+    return Reply([p.get_buffer()])
 
 
 def _lookup_fail(svc: Nfs3Service, ctx: CallContext, status: int, dattrs) -> Reply:

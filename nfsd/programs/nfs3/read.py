@@ -27,14 +27,15 @@ import struct
 
 from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError
 from nfsd.programs.errors import NfsError, nfs_error
-from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
+from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
+from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
-from xdr.nfs3 import NFS3Packer
 
 ZEROS = bytes(RTMAX)
 PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 _TAIL = struct.Struct(">III")  # count, eof, opaque length
+_OK = struct.pack(">I", nfs3.NFS3_OK)
 
 
 INLINE_MAX = 64 * 1024  # larger READs always go to a worker: their copies overlap there
@@ -68,11 +69,8 @@ def read3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READ3args) -> Reply:
                 n = _fill(memoryview(buf), reader.runs(offset, count), ctx.inline)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
-        head = NFS3Packer()
-        head.pack_uint(nfs3.NFS3_OK)
-        head.pack_post_op_attr(post_op_attr_of(attrs, svc.fsid))
         eof = offset + n >= size
-        header = head.get_buffer() + _TAIL.pack(n, eof, n)
+        header = _OK + post_op_attr_bytes(attrs, svc.fsid) + _TAIL.pack(n, eof, n)
     except BaseException:
         svc.buffers.release(buf)
         raise
