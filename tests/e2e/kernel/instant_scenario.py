@@ -1,0 +1,99 @@
+"""The `instant` boot: the kernel client works read-write on an instant-recovery session.
+
+The host starts a session of the merged web01 folder with ``recovery-fs
+instant start`` in the server's state directory (the server finds it when
+it starts, as after a restart), then boots the guest (sh/instant.sh): file
+operations, then an fsx-style run of random writes, truncates and reads
+over the merged disk image, checked against a model in the guest's memory.
+Two seconds into that run, as soon as a WRITE is in flight, the host
+SIGKILLs the server and starts it again (hard mount: the run must complete
+and verify).
+
+The storage is fingerprinted before and after (:func:`tree_digest`): every
+entry's name, type, size, mode, mtime and ctime, and the bytes of every
+file up to 64 MiB; a write to a larger file would change its ctime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import scenarios, servers
+from .scenarios import Env, Run
+
+FOLDER_PATH = "backups/2026-11-22T0100/web01"
+FOLDER = "web01"
+DISK = "web01-flat.vmdk"
+VMX = "web01.vmx"
+DESCRIPTOR = "web01.vmdk"
+SESSION = "ir"
+EXPORT = f"/recover/instant/{SESSION}"
+HASH_LIMIT = 64 * 1024 * 1024
+
+
+def tree_digest(root: Path) -> str:
+    """A fingerprint of a storage tree: names, kinds, sizes, modes, times, small files' bytes."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted([*dirnames, *filenames]):
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = p.relative_to(root).as_posix()
+            h.update(
+                f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode()
+            )
+            if p.is_file() and not p.is_symlink() and st.st_size <= HASH_LIMIT:
+                with open(p, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+    return h.hexdigest()
+
+
+def start_session(env: Env, state: Path) -> str:
+    """``recovery-fs instant start`` as an administrator would; its output."""
+    cmd = [sys.executable, "-m", "nfsd.cli", "instant", "start", "--storage", str(env.exported)]
+    cmd += ["--state-dir", str(state), "--name", SESSION, "--clients", "127.0.0.1(insecure)"]
+    cmd += [FOLDER_PATH]
+    env_vars = dict(os.environ)
+    env_vars["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(servers.REPO), env_vars.get("PYTHONPATH")])
+    )
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, cwd=servers.REPO, env=env_vars,
+        check=False,
+    )  # fmt: skip
+    if p.returncode != 0:
+        raise RuntimeError(f"instant start failed ({p.returncode}): {p.stdout}{p.stderr}")
+    return p.stdout
+
+
+def run_instant(env: Env, *, ops: int = 300, seed: int = 10, kill_after: float = 2.0) -> tuple[
+    Run, str, str
+]:  # fmt: skip
+    """Boot the guest against a session; (run, storage digest before, after)."""
+    before = tree_digest(env.exported)
+    start_session(env, env.work / "instant" / "server" / "state")
+    run = scenarios._run(
+        env,
+        "instant",
+        "instant",
+        params={
+            "EXPORT": EXPORT,
+            "FOLDER": FOLDER,
+            "DISK": DISK,
+            "VMX": VMX,
+            "DESCRIPTOR": DESCRIPTOR,
+            "OPS": ops,
+            "SEED": seed,
+        },
+        actions={
+            "FSX_STARTED": {"do": "restart_server", "delay": kill_after, "in_flight": "WRITE"}
+        },
+        timeout=600,
+    )
+    return run, before, tree_digest(env.exported)
