@@ -57,6 +57,26 @@ Clients of a killed worker see their connection reset; the Linux client
 and libnfs reconnect and retransmit, and any worker answers with the same
 bytes.
 
+Measured: a worker killed with SIGKILL while the Linux client reads 128
+MiB was replaced in 0.40 s, one READ retransmitted, the bytes exact
+(``tests/e2e/test_kernel_client.py``); libnfs's ``nfs-cat`` likewise
+(``tests/e2e/test_workers.py``).  Throughput, nfsload on 4 connections
+over loopback, 1 vs 2 workers (2 cores shared with the load generator and
+with other work: load average 0.9 to 2.9, noisy; three runs each):
+random 4 KiB READs, 16 in flight a connection, 28,128 / 29,288 / 28,329
+calls/s with 1 worker, 47,999 / 51,911 / 51,215 with 2 (a fourth run with
+2 workers, at load 2.1, made 27,533); sequential 1 MiB READs 2,335 to 2,506
+MiB/s with 1 (one run 1,719), 2,589 / 2,756 / 2,875 with 2 (one 1,649).
+The per-call path is unchanged (one attribute test per read for the PROXY
+protocol).  Memory: a worker idles at about 31 MiB RSS, the supervisor
+about 42 MiB (it builds the programs to register them with the
+portmapper); caches are per worker and bounded as in a single server.
+
+A supervisor killed with SIGKILL takes its workers with it (each sees its
+control socket end and stops); a new one binds the port beside the
+sockets of workers still stopping (SO_REUSEPORT), so a restart never waits
+for them.
+
 Everything issue 7 built holds per worker:
 
 * the exports list: SIGHUP (``recovery-fs exports reload``) makes the
