@@ -66,6 +66,7 @@ class SessionInfo:
     clients: str = DEFAULT_CLIENTS  # exports(5) client list, options default rw,no_root_squash
     quota: int | None = None
     sources: dict[str, str] = field(default_factory=dict)  # folder name → as the user gave it
+    storage: str = ""  # the storage directory the folders were read from
 
     @property
     def export_path(self) -> str:
@@ -185,6 +186,7 @@ def make_info(
     clients: str | None = None,
     quota: int | None = None,
     sources: Mapping[str, str] | None = None,
+    storage: str = "",
 ) -> SessionInfo:
     return SessionInfo(
         name=name,
@@ -195,6 +197,7 @@ def make_info(
         clients=clients or DEFAULT_CLIENTS,
         quota=quota,
         sources=dict(sources or {}),
+        storage=storage,
     )
 
 
@@ -208,6 +211,7 @@ def create_session(
     clients: str | None = None,
     quota: int | None = None,
     sources: Mapping[str, str] | None = None,
+    storage: str = "",
 ) -> SessionInfo:
     """Make a session's overlay (folders copied from ``base``), then publish it.
 
@@ -221,7 +225,9 @@ def create_session(
         raise SessionError("a session needs at least one folder")
     key = new_key()
     overlay = registry.overlay_for(name, key, cache_dir)
-    info = make_info(name, roots, overlay, key, clients=clients, quota=quota, sources=sources)
+    info = make_info(
+        name, roots, overlay, key, clients=clients, quota=quota, sources=sources, storage=storage
+    )
     try:
         parse_exports(info.exports_line(), "--clients", allow_rw=True)
     except ExportsError as e:

@@ -144,7 +144,7 @@ def instant_start(
             _outside(cfg.storage, cache_dir)
         info = create_session(
             registry, base, name, roots, cache_dir=cache_dir, clients=clients, quota=limit,
-            sources=sources,
+            sources=sources, storage=str(cfg.storage.resolve()),
         )  # fmt: skip
     except SessionError as e:
         fail(str(e), EXIT_USAGE)
@@ -223,11 +223,12 @@ def instant_export(
     config_file: Path | None, state_dir: Path | None, storage: Path | None, name: str, target: Path
 ) -> None:
     """Write a session's folders as plain files with every change applied."""
-    cfg = _config(config_file, state_dir=state_dir, storage=storage)
-    registry = SessionRegistry(cfg.state_dir)
+    registry = SessionRegistry(_config(config_file, state_dir=state_dir).state_dir)
     info = registry.get(name)
     if info is None:
         fail(f"no session named {name}", EXIT_USAGE)
+    # The storage the session was made from, unless told otherwise.
+    cfg = _config(config_file, state_dir=state_dir, storage=storage or info.storage or None)
     try:
         _outside(cfg.storage, target)
         base = build_namespace(str(cfg.storage))
