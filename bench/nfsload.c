@@ -10,6 +10,10 @@
  *           --op read|getattr|lookup|null --path /plain/big.img
  *           [--size 1048576] [--inflight 4] [--conns 1] [--random]
  *           [--seconds S] [--ops N] [--bytes B] [--names FILE] [--checksum]
+ *   nfsload --url URL --op write --path P [--size N] [--stable 0|1|2] [--seed S]
+ *           [--offset O] [--bytes B] [--random] [--written FILE] ...   (as read)
+ *   nfsload --size N [--offset O] [--bytes B] --op sumfile FILE
+ *                               the --checksum of a local file, as read makes it
  *   nfsload --op tcpcap [--size 1048576] [--bytes B]   loopback TCP ceiling
  *   nfsload --op pin FILE...    keep FILEs in the page cache (mlock) until killed
  *
@@ -18,9 +22,21 @@
  * read     READ of --size bytes at the next offset (--random: a random
  *          --size-aligned offset); a sequential read makes one pass of the
  *          file (or of its first --bytes), or passes until --seconds/--ops
+ * write    WRITE of --size bytes (stable_how --stable, default 2: FILE_SYNC)
+ *          at the next offset or a random --size-aligned one, as read; the
+ *          bytes are the pattern below; a reply must say committed >= --stable
  * getattr  GETATTR of --path
  * lookup   LOOKUP of a random name of --names (one a line) in --path
  * null     NFS NULL
+ *
+ * --offset O starts a sequential read or write at O (default 0), and --bytes
+ * then counts from O.  WRITE's bytes: each 4 KiB block at file position p
+ * (offsets and --size are multiples of 4 KiB) is the little-endian 64-bit
+ * p ^ --seed, then 4088 bytes of an LCG (x = x * 1103515245 + 12345 mod 2^32
+ * from x = (seed mod 2^32) ^ 0x9E3779B9, each byte x >> 24): the same block
+ * for the same place whatever the order of the replies, so the expected file
+ * is known (bench/instant_bench builds it).  --written FILE: the offset of
+ * every WRITE acknowledged, little-endian 64-bit, in reply order.
  *
  * Output: one JSON line on stdout: ops, bytes, seconds (wall time from the
  * first call to the last reply), client_cpu (utime + stime of this process
@@ -57,7 +73,9 @@ struct nfs_fh {
     char *val;
 };
 
-enum op { OP_READ, OP_GETATTR, OP_LOOKUP, OP_NULL, OP_TCPCAP, OP_PIN };
+enum op { OP_READ, OP_GETATTR, OP_LOOKUP, OP_NULL, OP_TCPCAP, OP_PIN, OP_WRITE, OP_SUMFILE };
+
+#define BLOCK 4096
 
 struct conn {
     struct nfs_context *nfs;
@@ -71,11 +89,15 @@ struct req {
     struct conn *c;
     uint64_t offset;
     uint64_t want;
+    char *buf; /* WRITE's bytes, alive until the reply */
 };
 
 static enum op op = OP_READ;
-static const char *url_text, *path, *names_file;
-static uint64_t size = 1048576, budget_ops, budget_bytes;
+static const char *url_text, *path, *names_file, *written_file;
+static uint64_t size = 1048576, budget_ops, budget_bytes, start_offset, region_end, seed = 1;
+static int stable = 2; /* FILE_SYNC */
+static FILE *written;
+static unsigned char fill[BLOCK - 8];
 static double budget_seconds;
 static int inflight = 4, nconns = 1, random_offsets, want_checksum;
 
@@ -148,10 +170,10 @@ static int budget_left(void)
         return 0;
     if (budget_seconds > 0 && now() >= t_deadline)
         return 0;
-    if (op == OP_READ && !random_offsets && next_offset >= (budget_bytes ? budget_bytes : file_size)) {
+    if ((op == OP_READ || op == OP_WRITE) && !random_offsets && next_offset >= region_end) {
         if (budget_seconds <= 0 && !budget_ops)
             return 0;
-        next_offset = 0; /* a timed sequential read starts the file again */
+        next_offset = start_offset; /* a timed sequential run starts its region again */
     }
     return 1;
 }
@@ -164,6 +186,7 @@ static void completed(struct req *r, uint64_t nbytes)
     c->inflight--;
     done_ops++;
     done_bytes += nbytes;
+    free(r->buf);
     free(r);
     issue(c);
 }
@@ -195,6 +218,54 @@ static void read_cb(struct rpc_context *rpc, int status, void *data, void *priv)
     completed(r, 0);
 }
 
+static void write_cb(struct rpc_context *rpc, int status, void *data, void *priv)
+{
+    struct req *r = priv;
+    WRITE3res *res = data;
+    char msg[128];
+    (void)rpc;
+    if (status != RPC_STATUS_SUCCESS) {
+        fail("WRITE", status == RPC_STATUS_ERROR ? (char *)data : "cancelled or timed out");
+    } else if (res->status != NFS3_OK) {
+        snprintf(msg, sizeof msg, "nfsstat3 %d at offset %" PRIu64, res->status, r->offset);
+        fail("WRITE", msg);
+    } else if (res->WRITE3res_u.resok.count != r->want) {
+        snprintf(msg, sizeof msg, "short write at %" PRIu64 ": %u of %" PRIu64 " bytes", r->offset,
+                 res->WRITE3res_u.resok.count, r->want);
+        fail("WRITE", msg);
+    } else if ((int)res->WRITE3res_u.resok.committed < stable) {
+        snprintf(msg, sizeof msg, "committed %d < stable_how %d at %" PRIu64,
+                 res->WRITE3res_u.resok.committed, stable, r->offset);
+        fail("WRITE", msg);
+    } else {
+        if (written && fwrite(&r->offset, sizeof r->offset, 1, written) != 1)
+            fail("--written", strerror(errno));
+        completed(r, r->want);
+        return;
+    }
+    completed(r, 0);
+}
+
+/* The pattern of the header comment, for n bytes at file position pos (4 KiB aligned). */
+static void pattern(char *buf, uint64_t pos, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i += BLOCK) {
+        uint64_t head = (pos + i) ^ seed;
+        for (int b = 0; b < 8; b++)
+            buf[i + b] = (char)(head >> (8 * b));
+        memcpy(buf + i + 8, fill, n - i < BLOCK ? n - i - 8 : sizeof fill);
+    }
+}
+
+static void make_fill(void)
+{
+    uint32_t x = (uint32_t)seed ^ 0x9E3779B9u;
+    for (size_t i = 0; i < sizeof fill; i++) {
+        x = x * 1103515245u + 12345u;
+        fill[i] = x >> 24;
+    }
+}
+
 static void status_cb(struct rpc_context *rpc, int status, void *data, void *priv)
 {
     /* GETATTR3res and LOOKUP3res both start with nfsstat3 */
@@ -217,7 +288,27 @@ static void issue(struct conn *c)
         int rc = 0;
         r->c = c;
         issued++;
-        if (op == OP_READ) {
+        if (op == OP_WRITE) {
+            WRITE3args a;
+            if (random_offsets) {
+                uint64_t slots = file_size / size;
+                r->offset = (xorshift() % (slots ? slots : 1)) * size;
+                r->want = size;
+            } else {
+                r->offset = next_offset;
+                next_offset += size;
+                r->want = region_end - r->offset < size ? region_end - r->offset : size;
+            }
+            r->buf = malloc(r->want);
+            pattern(r->buf, r->offset, r->want);
+            a.file = c->fh;
+            a.offset = r->offset;
+            a.count = r->want;
+            a.stable = stable;
+            a.data.data_len = r->want;
+            a.data.data_val = r->buf;
+            rc = rpc_nfs3_write_async(c->rpc, write_cb, &a, r);
+        } else if (op == OP_READ) {
             READ3args a;
             if (random_offsets) {
                 uint64_t slots = file_size / size;
@@ -243,6 +334,7 @@ static void issue(struct conn *c)
             rc = rpc_nfs3_null_async(c->rpc, status_cb, r);
         }
         if (rc) {
+            free(r->buf);
             free(r);
             fail("queueing a call", rpc_get_error(c->rpc));
             return;
@@ -326,9 +418,19 @@ static int run_nfs(void)
     conns = calloc(nconns, sizeof *conns);
     for (int i = 0; i < nconns; i++)
         connect_one(&conns[i]);
-    if (op == OP_READ && random_offsets && file_size < size) {
+    if ((op == OP_READ || op == OP_WRITE) && random_offsets && file_size < size) {
         fprintf(stderr, "nfsload: %s is smaller than one request\n", path);
         return 2;
+    }
+    region_end = budget_bytes ? start_offset + budget_bytes : file_size;
+    if (op == OP_WRITE && region_end > file_size) {
+        fprintf(stderr, "nfsload: --offset + --bytes is past the end of %s\n", path);
+        return 2;
+    }
+    next_offset = start_offset;
+    if (written_file && !(written = fopen(written_file, "wb"))) {
+        perror(written_file);
+        return 1;
     }
     t_start = now();
     t_deadline = t_start + budget_seconds;
@@ -360,6 +462,10 @@ static int run_nfs(void)
         }
     }
     t_end = now();
+    if (written && fclose(written)) {
+        perror(written_file);
+        return 1;
+    }
     for (int i = 0; i < nconns; i++) {
         if (conns[i].file)
             nfs_close(conns[i].nfs, conns[i].file);
@@ -370,11 +476,36 @@ static int run_nfs(void)
     printf("{\"op\": \"%s\", \"ops\": %" PRIu64 ", \"bytes\": %" PRIu64
            ", \"seconds\": %.6f, \"client_cpu\": %.2f, \"size\": %" PRIu64
            ", \"inflight\": %d, \"conns\": %d",
-           op == OP_READ ? "read" : op == OP_GETATTR ? "getattr" : op == OP_LOOKUP ? "lookup" : "null",
+           op == OP_READ ? "read" : op == OP_WRITE ? "write" : op == OP_GETATTR ? "getattr" : op == OP_LOOKUP ? "lookup" : "null",
            done_ops, done_bytes, t_end - t_start, cpu_seconds(), size, inflight, nconns);
     if (want_checksum)
         printf(", \"checksum\": \"%016" PRIx64 "\"", checksum);
     printf("}\n");
+    return 0;
+}
+
+/* The --checksum a sequential read of FILE would make, from the local file. */
+static int run_sumfile(const char *file)
+{
+    int fd = open(file, O_RDONLY);
+    struct stat st;
+    unsigned char *buf = malloc(size);
+    if (fd < 0 || fstat(fd, &st)) {
+        perror(file);
+        return 1;
+    }
+    uint64_t end = budget_bytes ? start_offset + budget_bytes : (uint64_t)st.st_size;
+    for (uint64_t off = start_offset; off < end; off += size) {
+        uint64_t want = end - off < size ? end - off : size;
+        ssize_t n = pread(fd, buf, want, off);
+        if (n != (ssize_t)want) {
+            fprintf(stderr, "nfsload: %s: short read at %" PRIu64 "\n", file, off);
+            return 1;
+        }
+        checksum += hash_block(off, buf, want);
+    }
+    printf("{\"op\": \"sumfile\", \"bytes\": %" PRIu64 ", \"checksum\": \"%016" PRIx64 "\"}\n",
+           end - start_offset, checksum);
     return 0;
 }
 
@@ -461,6 +592,9 @@ static void usage(void)
     fprintf(stderr, "usage: nfsload --url URL --op read|getattr|lookup|null --path PATH [--size N]\n"
                     "               [--inflight N] [--conns N] [--random] [--seconds S] [--ops N]\n"
                     "               [--bytes B] [--names FILE] [--checksum]\n"
+                    "       nfsload --url URL --op write --path PATH [--stable N] [--seed S]\n"
+                    "               [--offset O] [--written FILE] (and read's options)\n"
+                    "       nfsload --size N [--offset O] [--bytes B] --op sumfile FILE\n"
                     "       nfsload --op tcpcap [--size N] [--bytes B]\n"
                     "       nfsload --op pin FILE...\n");
     exit(2);
@@ -488,6 +622,14 @@ int main(int argc, char **argv)
             path = v;
         else if (!strcmp(a, "--names"))
             names_file = v;
+        else if (!strcmp(a, "--written"))
+            written_file = v;
+        else if (!strcmp(a, "--offset"))
+            start_offset = strtoull(v, NULL, 0);
+        else if (!strcmp(a, "--stable"))
+            stable = atoi(v);
+        else if (!strcmp(a, "--seed"))
+            seed = strtoull(v, NULL, 0);
         else if (!strcmp(a, "--size"))
             size = strtoull(v, NULL, 0);
         else if (!strcmp(a, "--inflight"))
@@ -511,6 +653,10 @@ int main(int argc, char **argv)
                 op = OP_NULL;
             else if (!strcmp(v, "tcpcap"))
                 op = OP_TCPCAP;
+            else if (!strcmp(v, "write"))
+                op = OP_WRITE;
+            else if (!strcmp(v, "sumfile"))
+                return size && i + 2 == argc ? run_sumfile(argv[i + 1]) : (usage(), 2);
             else if (!strcmp(v, "pin"))
                 return run_pin(argc - i - 1, argv + i + 1);
             else
@@ -522,9 +668,14 @@ int main(int argc, char **argv)
         usage();
     if (op == OP_TCPCAP)
         return run_tcpcap();
+    if (op == OP_WRITE && (size % BLOCK || start_offset % BLOCK || stable < 0 || stable > 2)) {
+        fprintf(stderr, "nfsload: WRITE needs --size and --offset in 4 KiB multiples, --stable 0-2\n");
+        return 2;
+    }
+    make_fill();
     if (!url_text || (op != OP_NULL && !path))
         usage();
-    if (!budget_seconds && !budget_ops && (op != OP_READ || random_offsets)) {
+    if (!budget_seconds && !budget_ops && ((op != OP_READ && op != OP_WRITE) || random_offsets)) {
         fprintf(stderr, "nfsload: give --seconds or --ops\n");
         return 2;
     }

@@ -174,8 +174,11 @@ class NfsServer:
             self.out = None
 
 
-def ganesha(tree: Path, work: Path, *, udp: bool = False) -> NfsServer:
-    """nfs-ganesha (VFS) exporting ``tree`` read-only as /recover/images, TCP (and UDP)."""
+def ganesha(tree: Path, work: Path, *, udp: bool = False, access: str = "RO") -> NfsServer:
+    """nfs-ganesha (VFS) exporting ``tree`` as /recover/images, TCP (and UDP).
+
+    ``access`` is the export's Access_Type: RO, or RW for the write benchmark.
+    """
     state = work / "ganesha-state"
     state.mkdir(parents=True, exist_ok=True)
     conf = work / "ganesha.conf"
@@ -186,7 +189,7 @@ def ganesha(tree: Path, work: Path, *, udp: bool = False) -> NfsServer:
   Enable_RQUOTA = false; Enable_UDP = {"true" if udp else "false"}; mount_path_pseudo = true; }}
 NFSV4 {{ RecoveryBackend = fs; RecoveryRoot = {state}; Graceless = true; }}
 EXPORT {{ Export_Id = 1; Path = {tree}; Pseudo = /recover/images; Protocols = 3;
-  Transports = {transports}; Access_Type = RO; Squash = No_Root_Squash; SecType = sys;
+  Transports = {transports}; Access_Type = {access}; Squash = No_Root_Squash; SecType = sys;
   PrivilegedPort = false; FSAL {{ Name = VFS; }} }}
 LOG {{ Default_Log_Level = EVENT; }}
 NFS_KRB5 {{ Active_krb5 = false; }}
