@@ -264,6 +264,7 @@ def test_duplicate_request_gets_the_first_reply(c: SessionCaller) -> None:
         c, nfs3.NFSPROC3_REMOVE,
         lambda p: p.pack_REMOVE3args(nfs3.REMOVE3args(nfs3.diropargs3(d, b"a.vmx"))),
     )  # fmt: skip
+    c.peer = "127.0.0.1:901"  # a reconnect: another source port, the same client
     again = raw_nfs(
         c, nfs3.NFSPROC3_REMOVE,
         lambda p: p.pack_REMOVE3args(nfs3.REMOVE3args(nfs3.diropargs3(d, b"a.vmx"))),
