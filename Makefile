@@ -7,7 +7,7 @@ BIND   ?= 0.0.0.0
 DEMO   ?= .cache/demo-storage
 STATE  ?= .cache/state
 
-.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short bench-tls soak fuzz fuzz-short clean
+.PHONY: all deps-run deps-test venv run demo test check lint unit proto e2e bench bench-short bench-writes bench-tls soak fuzz fuzz-short clean
 
 all: check
 
@@ -51,10 +51,15 @@ test: deps-test venv lint
 	$(BIN)/pytest tests
 
 bench: deps-test venv
-	bench/run --full
+	bench/run --full && bench/instant_bench --full
 
 bench-short: deps-test venv
 	bench/run --short
+
+## make bench-writes: instant recovery's writes against ganesha's read-write export
+## (docs/performance-writes.md); the short form runs in make test.
+bench-writes: deps-test venv
+	bench/instant_bench --full --update-docs
 
 ## make bench-tls: sequential 1 MiB READ over RPC-with-TLS against plain TCP (docs/performance.md).
 bench-tls: venv
