@@ -118,12 +118,14 @@ import nfsd
 from nfsd.programs.mountlist import MOUNTS_DIR, SharedMountList
 from nfsd.service.app import PMAP_PORT, RPCBIND_SOCKETS, Service, ServiceError
 from nfsd.service.config import Config
+from nfsd.service.state import atomic_write
 from nfsd.service.worker import config_to_json
 from nfsd.transport.server import bind_listeners
 
 log = logging.getLogger("recovery_fs.supervisor")
 
 READY_TIMEOUT = 60.0
+EXPORTS_SNAPSHOT = "exports.in-force"  # the list the workers read (state directory)
 LISTEN_MODE = "reuseport"  # the default way workers share a port (see the notes)
 FLAP_SECONDS = 2.0
 FLAP_DELAY_MAX = 30.0
@@ -215,6 +217,7 @@ class Supervisor(Service):
             self._listeners[0].close()
             self._listeners = [_reserve(cfg.bind, self.port)]
         SharedMountList.reset(self.state.path / MOUNTS_DIR)
+        self._snapshot_exports()
         for slot in self.slots:
             self._spawn(slot)
         self._wait_ready(time.monotonic() + READY_TIMEOUT)
@@ -231,6 +234,9 @@ class Supervisor(Service):
         port = self.port if self.port is not None else cfg.port
         cfg_json = config_to_json(cfg)
         cfg_json["port"] = port
+        # Workers read the list the supervisor validated, never the file an
+        # operator may be editing: a replaced worker serves what the others do.
+        cfg_json["exports"] = str(self._exports_snapshot)
         inherited = [] if self.listen_mode == "reuseport" else [s.fileno() for s in self._listeners]
         spec = {
             "config": cfg_json,
@@ -367,12 +373,23 @@ class Supervisor(Service):
         self.reload_attempts += 1
         error = self.access.reload()
         if error is None:
+            self._snapshot_exports()
             error = self._reload_workers()
         self._reload_error = error
         if error is not None:
             log.warning("exports reload: %s", error)
         self.state.write_status(self.status())
         return error
+
+    @property
+    def _exports_snapshot(self) -> Path:
+        return self.state.path / EXPORTS_SNAPSHOT
+
+    def _snapshot_exports(self) -> None:
+        """Write the list in force (as ``exportfs -v`` prints it, which parses
+        back to the same list) for the workers to read."""
+        assert self.access is not None
+        atomic_write(self._exports_snapshot, self.access.table.show().encode(), mode=0o600)
 
     def _reload_workers(self) -> str | None:
         self._reload_serial += 1
@@ -432,6 +449,8 @@ class Supervisor(Service):
         self._stop_workers()
         if self._pid_lock is not None:  # ours, not another server's
             SharedMountList.discard(self.state.path / MOUNTS_DIR)
+            with contextlib.suppress(FileNotFoundError):
+                self._exports_snapshot.unlink()
         for s in self._listeners:
             s.close()
         self._listeners = []

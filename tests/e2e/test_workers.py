@@ -82,6 +82,14 @@ def status(srv: Server) -> dict:
     return json.loads(p.stdout)
 
 
+def status_file(srv: Server) -> dict:
+    """status.json as the supervisor last wrote it (no process started)."""
+    try:
+        return json.loads(srv.state.joinpath("status.json").read_text())
+    except (OSError, ValueError):
+        return {"workers": [{"pid": None, "ready": False}] * 8}
+
+
 def wait_for(what, timeout: float = 10.0, every: float = 0.02):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,9 +145,11 @@ def test_a_worker_killed_mid_read_is_replaced_and_the_read_is_byte_exact(
     )
     os.kill(holder["pid"], signal.SIGKILL)
     killed = time.monotonic()
+    # status.json itself (rewritten at once when a worker is replaced): a
+    # `recovery-fs status` process per poll would cost more than the bound.
     replaced = wait_for(
         lambda: (
-            (x := status(server)["workers"][holder["index"]])["pid"] != holder["pid"]
+            (x := status_file(server)["workers"][holder["index"]])["pid"] != holder["pid"]
             and x["ready"]
             and x
         ),
@@ -190,6 +200,31 @@ def test_exports_reload_reaches_every_worker(storage: Path, tmp_path: Path) -> N
         assert re.search(r"worker 0 pid \d+ ", log) and re.search(r"worker 1 pid \d+ ", log)
     finally:
         srv.stop()
+
+
+def test_a_replaced_worker_serves_the_list_in_force_not_the_edited_file(
+    storage: Path, tmp_path: Path
+) -> None:
+    """An operator editing the file has not reloaded it: a worker started
+    meanwhile must not apply the edit while the others do not."""
+    srv = start(storage, tmp_path / "s", "/recover/images 127.0.0.2(insecure)\n")
+    try:
+        (tmp_path / "s" / "exports").write_text("/recover/images 127.0.0.3(insecure)\n")
+        for x in status(srv)["workers"]:
+            os.kill(x["pid"], signal.SIGKILL)
+        wait_for(lambda: all(x["ready"] and x["restarts"] for x in status(srv)["workers"]))
+        for _ in range(8):  # over both workers (SO_REUSEPORT hashes each connection)
+            allowed, stranger = (
+                Client((srv.host, srv.port), "127.0.0.2"),
+                Client((srv.host, srv.port), "127.0.0.3"),
+            )
+            assert allowed.mount()[1] and not stranger.mount()[1]
+            allowed.close()
+            stranger.close()
+        assert "127.0.0.2(" in cli(srv, "exports", "show").stdout
+    finally:
+        srv.stop()
+    assert not (srv.state / "exports.in-force").exists()
 
 
 def test_the_debug_level_reaches_every_process(server: Server) -> None:
