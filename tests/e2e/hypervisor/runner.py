@@ -104,6 +104,14 @@ def qemu_command(spec: Spec, boot_dir: Path, step: str, session: str) -> list[st
     ]  # fmt: skip
 
 
+def _read(path: Path) -> str:
+    """A log QEMU may not have written (it fails before opening its serial files)."""
+    try:
+        return path.read_bytes().decode(errors="replace").replace("\r", "")
+    except OSError:
+        return ""
+
+
 class _Inside:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
@@ -181,11 +189,10 @@ class _Inside:
                 q.wait()
                 b.timed_out = True
         b.seconds = round(time.monotonic() - t, 2)
-        text = (d / "results.log").read_bytes().decode(errors="replace").replace("\r", "")
-        b.lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        console = (d / "console.log").read_bytes().decode(errors="replace").replace("\r", "")
-        qemu_said = (d / "qemu.log").read_text(errors="replace").strip()
-        b.console_tail = "\n".join([*console.splitlines()[-25:], f"qemu: {qemu_said[-800:]}"])
+        b.lines = [ln.strip() for ln in _read(d / "results.log").splitlines() if ln.strip()]
+        qemu_said = _read(d / "qemu.log").strip()
+        tail = _read(d / "console.log").splitlines()[-25:]
+        b.console_tail = "\n".join([*tail, f"qemu: {qemu_said[-800:]}"])
         self.event(f"boot {step} ended: rc={b.qemu_rc} timed_out={b.timed_out} {b.seconds} s")
         return b
 
