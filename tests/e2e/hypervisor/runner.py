@@ -14,6 +14,8 @@ starts ``python -m <this module> SPEC`` in the namespace and reads
 2. boot ``write``: QEMU boots the VM with ``-drive file=nfs://127.0.0.1/
    recover/instant/ir1/vm1/vm1-flat.vmdk``; its /sbin/init reports the
    files, writes new ones, syncs and reboots (``-no-reboot``: QEMU exits);
+   when it says ``WRITING`` the server is SIGKILLed (as soon as the RPC
+   tracer sees a WRITE unanswered) and started again;
 3. boot ``verify``: a second QEMU on the same session finds them;
 4. ``instant export ir1`` (the host side checks that image), ``instant stop
    ir1``, ``instant start --name ir2`` of the same folder;
@@ -30,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,6 +132,7 @@ class _Inside:
             )
         )
         self.state = self.work / "server" / "state"
+        self.tracer: rpctrace.Tracer | None = None
 
     def event(self, text: str) -> None:
         self.out.events.append((round(time.monotonic() - self.t0, 3), text))
@@ -171,7 +175,30 @@ class _Inside:
             time.sleep(0.2)
         self.event(f"session {session} served (nfs-ls) after {time.monotonic() - t:.2f} s")
 
-    def boot(self, step: str, session: str) -> Boot:
+    def kill_on(self, key: str, results: Path, qemu: subprocess.Popen[bytes]) -> None:
+        """(A thread.) When the guest says ``key``, SIGKILL the server with a WRITE in
+        flight if the tracer sees one within 3 s, and start it again at once."""
+        while qemu.poll() is None:
+            if any(ln.startswith(key) for ln in _read(results).splitlines()):
+                break
+            time.sleep(0.02)
+        else:
+            return
+        inflight = ""
+        deadline = time.monotonic() + 3
+        while self.tracer is not None and time.monotonic() < deadline:
+            xids = self.tracer.outstanding("WRITE")
+            if xids:
+                inflight = f" with WRITE in flight: xid {', '.join(xids)}"
+                break
+            time.sleep(0.0005)
+        self.event(f"server kill on {key}{inflight}")
+        self.server.kill()
+        self.event("server killed")
+        self.server.start()
+        self.event("server started again")
+
+    def boot(self, step: str, session: str, kill_on: str | None = None) -> Boot:
         b = Boot(step=step, session=session)
         self.out.boots.append(b)
         d = self.work / f"boot-{step}"
@@ -182,12 +209,19 @@ class _Inside:
         t = time.monotonic()
         with open(d / "qemu.log", "wb") as log:
             q = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            killer = None
+            if kill_on:
+                args = (kill_on, d / "results.log", q)
+                killer = threading.Thread(target=self.kill_on, args=args, daemon=True)
+                killer.start()
             try:
                 b.qemu_rc = q.wait(self.spec.boot_timeout)
             except subprocess.TimeoutExpired:
                 q.send_signal(signal.SIGKILL)
                 q.wait()
                 b.timed_out = True
+            if killer is not None:
+                killer.join(60)
         b.seconds = round(time.monotonic() - t, 2)
         b.lines = [ln.strip() for ln in _read(d / "results.log").splitlines() if ln.strip()]
         qemu_said = _read(d / "qemu.log").strip()
@@ -197,11 +231,10 @@ class _Inside:
         return b
 
     def run(self) -> Outcome:
-        tracer = None
         try:
             netns.setup()
             try:
-                tracer = rpctrace.Tracer({PORT, 111}, self.work / "rpc.log", self.t0)
+                self.tracer = rpctrace.Tracer({PORT, 111}, self.work / "rpc.log", self.t0)
             except OSError as e:
                 self.event(f"rpc tracer unavailable: {e}")
             self.server.start()
@@ -211,9 +244,9 @@ class _Inside:
             self.out.error = f"{type(e).__name__}: {e}"
         finally:
             self.server.stop()
-            if tracer is not None:
-                tracer.stop()
-                self.out.rpc = tracer.summary()
+            if self.tracer is not None:
+                self.tracer.stop()
+                self.out.rpc = self.tracer.summary()
             self.out.server_log = self.server.log_tail(30)
         return self.out
 
@@ -236,7 +269,7 @@ class _Inside:
 
     def _scenario(self) -> None:
         self.open_session("ir1")
-        if not self._ok(self.boot("write", "ir1")):
+        if not self._ok(self.boot("write", "ir1", kill_on="WRITING")):
             return
         if not self._ok(self.boot("verify", "ir1")):
             return

@@ -30,7 +30,8 @@ report
 if [ "$step" = write ]; then
     echo "written by the VM booted from session $(sed -n 's/.*hv_session=\([a-z0-9]*\).*/\1/p' /proc/cmdline)" \
         > /data/written.txt
-    dd if=/dev/urandom of=/data/written.bin bs=64k count=32 2>/dev/null
+    say "WRITING $(cut -d' ' -f1 /proc/uptime)"
+    dd if=/dev/urandom of=/data/written.bin bs=64k count=256 conv=fsync 2>/dev/null
     sync
     say "WROTE /data/written.bin $(sha256sum /data/written.bin | cut -d' ' -f1)"
     say "WROTE /data/written.txt $(sha256sum /data/written.txt | cut -d' ' -f1)"
