@@ -202,6 +202,10 @@ class Store:
         self._leading = False
         self._wstates: dict[int, _Entry] = {}
         self._rstates: dict[int, _Entry] = {}
+        # (old gen, new gen) of this process's changes from just before their
+        # COMMIT until _publish has applied them to _rstates (see _rstate).
+        self._publishing: dict[int, list[tuple[int, int]]] = {}
+        self._plock = threading.Lock()
         self._fds: dict[int, int] = {}
         self._log_lock = threading.Lock()
         self._log_id = 0
@@ -323,12 +327,41 @@ class Store:
             tx = Tx(self, self._w)
             try:
                 yield tx
+                self._mark(tx.changes, publishing=True)
                 self._w.execute("COMMIT")
             except BaseException:
                 self._w.execute("ROLLBACK")
                 self._wstates.clear()
+                self._mark(tx.changes, publishing=False)
                 raise
-        self._publish(tx.changes)
+        try:
+            self._publish(tx.changes)
+        finally:
+            self._mark(tx.changes, publishing=False)
+
+    def _mark(self, changes: list[_Change], *, publishing: bool) -> None:
+        with self._plock:
+            for ch in changes:
+                if ch.edits is None:
+                    continue
+                if publishing:
+                    self._publishing.setdefault(ch.obj, []).append((ch.old_gen, ch.new_gen))
+                elif (spans := self._publishing.get(ch.obj)) is not None:
+                    spans.remove((ch.old_gen, ch.new_gen))
+                    if not spans:
+                        del self._publishing[ch.obj]
+
+    def _being_published(self, obj: int, have: int, gen: int) -> bool:
+        """Whether the committed ``gen`` is ``have`` moved on only by this process's own
+        commits not yet published (so the cached entry will follow without a reload)."""
+        with self._plock:
+            spans = sorted(self._publishing.get(obj, ()))
+        for old, new in spans:
+            if old == have:
+                have = new
+                if have == gen:
+                    return True
+        return False
 
     def _wstate(self, conn: sqlite3.Connection, obj: int, base_size: int) -> _Entry:
         """``obj``'s entry for changing it, inside a write transaction; created if new."""
@@ -356,6 +389,8 @@ class Store:
                 ent = self._rstates.get(ch.obj)
                 if ent is None:
                     continue
+                if ch.edits is not None and ent.state is not None and ent.gen >= ch.new_gen:
+                    continue  # reloaded since: the entry already holds this change
                 if ch.edits is None or ent.state is None or ent.gen != ch.old_gen:
                     del self._rstates[ch.obj]
                     continue
@@ -402,6 +437,17 @@ class Store:
             return ent
         row = self._r.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
         gen = ABSENT if row is None else row[0]
+        # This process's commit of obj is between COMMIT and _publish: answer from
+        # the entry as it was (the write is not acknowledged yet) rather than reload
+        # the whole map, which _publish would then throw away.  ``checked`` stays,
+        # so the next call looks again.
+        if (
+            ent is not None
+            and ent.state is not None
+            and ent.gen != gen
+            and self._being_published(obj, ent.gen, gen)
+        ):
+            return ent
         if ent is None or ent.gen != gen:
             with self.read() as conn:
                 ent = _load(conn, obj)

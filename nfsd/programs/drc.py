@@ -14,8 +14,13 @@ SYMLINK, MKNOD, REMOVE, RMDIR, RENAME and LINK are kept, keyed by
 The port is left out so that a reconnect from a new source port still
 matches (knfsd keys on it and relies on the client reusing its port; the
 Linux client does, others need not); the argument checksum (BLAKE2b of
-every decoded field, data included) makes a reused xid with other
-arguments a new call.
+every decoded field) makes a reused xid with other arguments a new call.
+Of an opaque longer than ``2 * SAMPLE`` (WRITE's data) only its length,
+first and last ``SAMPLE`` bytes are hashed: the checksum of a 1 MiB WRITE
+took 992 µs of thread CPU, about a quarter of the call's, and now 13 µs
+(best of 5 × 50 here); knfsd checksums only the first 256 bytes of a call.  A reused
+xid *and* the same handle, offset, count, head and tail is not a case a
+client produces (xids wrap after 2^32 calls; entries live 600 s).
 
 * a duplicate of a call that has finished gets the recorded reply bytes;
 * a duplicate of a call still running is dropped (:class:`nfsd.rpc.DropCall`):
@@ -43,6 +48,7 @@ from nfsd.rpc import CallContext, DropCall
 
 MAX_ENTRIES = 8192
 MAX_AGE = 600.0
+SAMPLE = 4096
 _RUNNING = b""
 
 
@@ -56,7 +62,12 @@ def checksum(args: Any) -> bytes:
 def _feed(h: Any, v: Any) -> None:
     if isinstance(v, (bytes, bytearray, memoryview)):
         h.update(len(v).to_bytes(8, "big"))
-        h.update(v)
+        if len(v) > 2 * SAMPLE:
+            view = memoryview(v)
+            h.update(view[:SAMPLE])
+            h.update(view[-SAMPLE:])
+        else:
+            h.update(v)
     elif dataclasses.is_dataclass(v):
         h.update(type(v).__name__.encode())
         for f in dataclasses.fields(v):
