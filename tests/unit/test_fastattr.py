@@ -7,7 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from merge.namespace import Attrs, Kind
-from nfsd.programs.nfs3.fastattr import fattr3_bytes, getattr3_ok, post_op_attr_bytes
+from nfsd.programs.nfs3.fastattr import (
+    entryplus3_bytes,
+    fattr3_bytes,
+    getattr3_ok,
+    post_op_attr_bytes,
+)
 from nfsd.programs.nfs3.service import fattr3_of, post_op_attr_of
 from xdr import nfs3
 from xdr.base import XdrError
@@ -55,3 +60,25 @@ def test_out_of_range_is_an_xdr_error_as_with_the_packer():
     for fn in (fattr3_bytes, post_op_attr_bytes):
         with pytest.raises(XdrError):
             fn(a, 1)
+
+
+@given(
+    attrs,
+    U64,
+    U64,
+    st.binary(min_size=1, max_size=255),
+    st.binary(min_size=0, max_size=64),
+)
+def test_entryplus3_same_bytes_as_the_packer(a, fsid, cookie, name, fh):
+    e = nfs3.entryplus3(
+        a.fileid, name, cookie, post_op_attr_of(a, fsid), nfs3.post_op_fh3(True, nfs3.nfs_fh3(fh))
+    )
+    assert entryplus3_bytes(cookie, name, a, fsid, fh) == nfs3.entryplus3_bytes(e)
+
+
+def test_entryplus3_too_long_is_an_xdr_error():
+    a = Attrs(Kind.REG, 1, 0, 0o444, 1, 0, 0, 5, 0, 0, 0)
+    with pytest.raises(XdrError):
+        entryplus3_bytes(1, b"n" * 256, a, 1, b"h")
+    with pytest.raises(XdrError):
+        entryplus3_bytes(1, b"n", a, 1, b"h" * 65)

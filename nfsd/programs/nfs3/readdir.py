@@ -27,6 +27,7 @@ from collections.abc import Callable
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.listings import Listing
+from nfsd.programs.nfs3.fastattr import entryplus3_bytes
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
@@ -141,11 +142,8 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
 
     def encode(row: tuple) -> bytes:
         cookie, raw, name, a = row
-        fh = svc.handle_of((*path, name), a)
-        return nfs3.entryplus3_bytes(
-            nfs3.entryplus3(
-                a.fileid, raw, cookie, post_op_attr_of(a, svc.fsid), nfs3.post_op_fh3(True, fh)
-            )
+        return entryplus3_bytes(
+            cookie, raw, a, svc.fsid, svc.handles.encode((*path, name), a.fileid)
         )
 
     out, eof = _page(
