@@ -56,6 +56,8 @@ at.  Overwritten bytes stay in the logs until a compaction (planned, not
 written: offline, with no other process on the session) copies the live
 pieces to a new log.  Past the quota a write is refused with ``NoSpace`` before any byte
 is written (a quick check), and again under the write lock (the exact one).
+A log file runs up to ``ZERO_AHEAD`` bytes of zeros past its committed end, so
+that small writes overwrite allocated blocks (:meth:`Store._zero_ahead`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ HOOK_POINTS = ("before-data", "after-data", "after-sync", "after-commit")
 ABSENT = -1
 """``gen`` of a file without an overlay."""
 CACHE_MAX = 4096
+SMALL_WRITE = 64 * 1024
+"""Writes below this land in a zeroed stretch of the log (:meth:`Store._zero_ahead`)."""
+ZERO_AHEAD = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -211,6 +216,7 @@ class Store:
         self._log_id = 0
         self._log_fd = -1
         self._log_end = 0
+        self._log_zeroed = 0  # the log's bytes [_log_end, _log_zeroed) are zeros on disk
         self._used_hint = 0
 
     # -- writing -----------------------------------------------------------------
@@ -263,7 +269,28 @@ class Store:
                 self._open_log()
             pos = self._log_end
             self._log_end += n
+            if n < SMALL_WRITE and self._log_end > self._log_zeroed:
+                self._zero_ahead()
             return pos
+
+    def _zero_ahead(self) -> None:
+        """Write zeros past the log's end, so small writes overwrite allocated blocks.
+
+        An append changes the file's size and extents, so its fdatasync commits
+        ext4's journal as well as the data: 480 µs against 150 µs for an
+        overwrite here (4 KiB, then fdatasync).  A small write lands in this
+        zeroed stretch instead, and only every ``ZERO_AHEAD`` bytes one group's
+        sync carries the zeros and the journal.  Large writes skip it: their
+        data costs more than the journal, and the zeros would double it.  Past
+        the committed end the log's bytes are never read, so the zeros are
+        invisible; failing to write them costs only speed.
+        """
+        start = max(self._log_zeroed, self._log_end)
+        try:
+            _pwrite_all(self._log_fd, bytes(ZERO_AHEAD), start)
+        except NamespaceError:
+            return
+        self._log_zeroed = start + ZERO_AHEAD
 
     def _open_log(self) -> None:
         """This process's data log: created, its name durable, then registered."""

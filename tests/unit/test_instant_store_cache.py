@@ -10,6 +10,7 @@ elsewhere is read back.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,22 @@ def test_another_process_commit_in_between_is_reloaded(tmp_path: Path, loads: li
         assert a.size(1, SIZE) == 2 * SIZE + 4096
         runs = a.runs(1, SIZE, 4096, no_base, SIZE)
         assert [r.length for r in runs] == [4096] and runs[0].fd >= 0
+
+
+def test_small_writes_land_in_a_zeroed_stretch_invisible_past_the_end(tmp_path: Path) -> None:
+    """The log is zeroed ahead of small writes; those zeros are never read, even after reopening."""
+    with Store(tmp_path / "s") as s:
+        s.write(1, 8192, b"x" * 4096, SIZE)
+        s.write(2, 0, b"y" * (128 * 1024), SIZE)  # a large write: no zeros ahead of it
+        (log,) = (tmp_path / "s").glob("log-*.dat")
+        assert s.usage().logged == 4096 + 128 * 1024
+        assert log.stat().st_size == 4096 + store_mod.ZERO_AHEAD
+        s.write(1, 0, b"z" * 4096, SIZE)  # inside the stretch: the file does not grow
+        assert log.stat().st_size == 4096 + store_mod.ZERO_AHEAD
+    with Store(tmp_path / "s") as s:
+        assert s.size(1, SIZE) == SIZE and s.usage().logged == 2 * 4096 + 128 * 1024
+        runs = s.runs(1, 0, 3 * 4096, no_base, SIZE)
+        got = b"".join(
+            os.pread(r.fd, r.length, r.pos) if r.fd >= 0 else bytes(r.length) for r in runs
+        )
+        assert got == b"z" * 4096 + bytes(4096) + b"x" * 4096
