@@ -223,12 +223,14 @@ class SessionNamespace:
         ).fetchone()
         return None if row is None else _node(row)
 
-    def _attrs(self, conn: Connection, n: Node) -> Attrs:
+    def _attrs(self, conn: Connection | None, n: Node) -> Attrs:
+        """``n``'s attributes; ``conn`` (a read) is needed for a directory's link count only."""
         if n.kind == Kind.REG:
             size = self.store.size(n.id, n.base_size)
             used = size
             nlink = 1
         elif n.kind == Kind.DIR:
+            assert conn is not None
             size = used = _DIR_SIZE
             (subdirs,) = conn.execute(
                 "SELECT COUNT(*) FROM dirents d JOIN nodes n ON n.id = d.node "
@@ -474,7 +476,11 @@ class SessionNamespace:
             tx.conn.execute("UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, n.id))
 
         self.store.write(n.id, offset, data, n.base_size, extra=stamp)
-        return self.getattr(fileid)
+        # The node as read above, with the times just committed and the size now:
+        # no second read per WRITE (a SETATTR racing this WRITE shows at the next
+        # GETATTR, as with any attribute cache).
+        n.mtime = n.ctime = now
+        return self._attrs(None, n)
 
     def commit(self, fileid: int) -> None:
         """COMMIT: nothing to do, every write was FILE_SYNC; checks the file exists."""
