@@ -280,7 +280,9 @@ class Dispatcher:
         )
         started = time.monotonic()
         try:
-            au = program.unpacker(record[args_at:])
+            # The arguments are read in place: a slice would copy a WRITE's data.
+            au = program.unpacker(record)
+            au.set_position(args_at)
             args = proc.decode(au)
             au.done()
         except XdrError as e:
