@@ -92,6 +92,7 @@ class SessionManager:
         self._key = hashlib.sha256(b"instant-handles" + secret).digest()
         self._by_key: dict[bytes, Session] = {}
         self._by_export: dict[str, Session] = {}
+        self._paths: dict[str, str] = {}  # session name -> its registry file
         self._stamp: tuple[tuple[str, int], ...] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -176,8 +177,11 @@ class SessionManager:
         return list(self._by_export.values())
 
     def _alive(self, s: Session) -> bool:
+        path = self._paths.get(s.info.name)
+        if path is None:  # a str, not a Path built and formatted on every call
+            path = self._paths[s.info.name] = os.fspath(self.registry.path_of(s.info.name))
         try:
-            ino = os.stat(self.registry.path_of(s.info.name)).st_ino
+            ino = os.stat(path).st_ino
         except OSError:
             ino = -1
         if ino == s.ino:
