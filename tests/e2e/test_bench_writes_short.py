@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.support.prereq import require
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,22 +35,14 @@ SERVERS = {
 
 def test_instant_bench_short_writes_and_verifies(tmp_path: Path) -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
-    if os.geteuid() != 0:
-        missing.append("root (unshare --net --mount --pid)")
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"prerequisites missing in CI: {missing}")
-        pytest.skip(f"missing: {missing}")
-    out = tmp_path / "out"
-    argv = [sys.executable, str(REPO / "bench" / "instant_bench"), "--short", "--out", str(out)]
+    require(not missing, f"missing: {missing}")
+    require(os.geteuid() == 0, "root (unshare --net --mount --pid)")
+    out, data = tmp_path / "out", tmp_path / "data"
+    script = REPO / "bench" / "instant_bench"
     res = subprocess.run(
-        [*argv, "--data", str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO,
-    )
+        [sys.executable, script, "--short", "--out", out, "--data", data],
+        capture_output=True, text=True, timeout=300, check=False, cwd=REPO,
+    )  # fmt: skip
     report = f"stdout:\n{res.stdout}\nstderr:\n{res.stderr[-6000:]}"
     assert res.returncode == 0, report
     results = json.loads((out / "results.json").read_text())
