@@ -378,14 +378,18 @@ class SessionNamespace:
             raise InvalidArgument("not a symbolic link")
         return n.target
 
-    def open(self, fileid: int) -> Reader:
+    def _regular(self, fileid: int) -> Node:
+        """The node of a regular file (READ and WRITE refuse anything else)."""
         with self.store.read() as conn:
             n = self._by_fileid(conn, fileid)
         if n.kind == Kind.DIR:
             raise IsADirectory(str(fileid))
         if n.kind != Kind.REG:
             raise InvalidArgument("not a regular file")
-        return SessionReader(self, n)
+        return n
+
+    def open(self, fileid: int) -> Reader:
+        return SessionReader(self, self._regular(fileid))
 
     def fsstat(self) -> FsStats:
         """The quota's room, or the cache file system's when that is smaller."""
@@ -462,12 +466,7 @@ class SessionNamespace:
 
     def write(self, fileid: int, offset: int, data: bytes | memoryview) -> Attrs:
         """WRITE, FILE_SYNC: the data and the new mtime are durable when this returns."""
-        with self.store.read() as conn:
-            n = self._by_fileid(conn, fileid)
-        if n.kind == Kind.DIR:
-            raise IsADirectory(str(fileid))
-        if n.kind != Kind.REG:
-            raise InvalidArgument("not a regular file")
+        n = self._regular(fileid)
         if offset < 0 or offset + len(data) > 1 << 63:
             raise InvalidArgument("offset out of range")
         now = self.clock()

@@ -69,7 +69,7 @@ from nfsd.service.state import PidLock, StateDir, StateError
 from nfsd.service.tlsconfig import describe as describe_tls
 from nfsd.service.tlsconfig import tls_source
 from nfsd.transport.rpcclient import RpcClient, RpcError
-from nfsd.transport.server import RpcServer, cpu_count
+from nfsd.transport.server import Limits, RpcServer, cpu_count
 from nfsd.transport.tls import ContextSource
 from xdr import portmap as pm
 from xdr.base import XdrError
@@ -231,15 +231,7 @@ class Service:
     def _start_locked(self) -> None:
         cfg = self.config
         programs = self._prepare()
-        nfs = RpcServer(
-            Dispatcher(programs),
-            name="nfs",
-            workers=cpu_count(),
-            limits=limits_for(cfg),
-            proxy_from=cfg.proxy_from,
-            tls=self._tls_source(),
-        )
-        self._servers.append(nfs)
+        nfs = self._nfs_server(programs, limits_for(cfg))
         try:
             self.port = nfs.listen(cfg.bind, cfg.port)
         except OSError as e:
@@ -249,6 +241,19 @@ class Service:
         for s in self._servers:
             s.start()
         self._announce()
+
+    def _nfs_server(self, programs: list[Program], limits: Limits) -> RpcServer:
+        """The RpcServer of MOUNT and NFS (not yet listening), kept for stop."""
+        server = RpcServer(
+            Dispatcher(programs),
+            name="nfs",
+            workers=cpu_count(),
+            limits=limits,
+            proxy_from=self.config.proxy_from,
+            tls=self._tls_source(),
+        )
+        self._servers.append(server)
+        return server
 
     def _prepare(self) -> list[Program]:
         """Steps 3 and 4 (logs, exports, secret, namespace): the programs."""

@@ -64,6 +64,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from nfsd.transport.server import Limits
+
+_LIMITS = Limits()  # the transport's defaults are the settings' defaults
+
 DEFAULT_CONFIG_FILE = Path("/etc/recovery_fs.conf")
 DEFAULT_EXPORTS_FILE = Path("/etc/recovery_fs/exports")
 SECTION = "server"
@@ -86,12 +90,12 @@ class Config:
     log_file: Path = Path("/var/log/recovery_fs")
     exports: Path | None = None  # None: DEFAULT_EXPORTS_FILE when present
     udp: bool = False
-    max_connections: int = 1024
-    max_unvalidated: int = 64
-    idle_timeout: float = 300.0
-    record_timeout: float = 30.0
-    max_inflight: int = 16
-    max_unsent: int = 4 * 1024 * 1024
+    max_connections: int = _LIMITS.max_connections
+    max_unvalidated: int = _LIMITS.max_unvalidated
+    idle_timeout: float = _LIMITS.idle_timeout
+    record_timeout: float = _LIMITS.record_timeout
+    max_inflight: int = _LIMITS.max_inflight
+    max_unsent: int = _LIMITS.max_unsent
     tls_cert: Path | None = None  # RPC-with-TLS offered when set (with tls_key)
     tls_key: Path | None = None
     tls_client_ca: Path | None = None

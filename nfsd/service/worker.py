@@ -42,12 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from nfsd.programs.mountlist import MOUNTS_DIR, SharedMountList
-from nfsd.rpc import Dispatcher
 from nfsd.service.app import Service
 from nfsd.service.config import Config
 from nfsd.service.limits import limits_for
 from nfsd.service.logsetup import LevelWatcher
-from nfsd.transport.server import RpcServer, cpu_count
 
 STATS_INTERVAL = 1.0
 PATH_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if "Path" in str(f.type))
@@ -96,15 +94,7 @@ class Worker(Service):
     def _serve(self) -> None:
         cfg = self.config
         programs = self._prepare()
-        server = RpcServer(
-            Dispatcher(programs),
-            name="nfs",
-            workers=cpu_count(),
-            limits=limits_for(cfg, self.index, self.count),
-            proxy_from=cfg.proxy_from,
-            tls=self._tls_source(),
-        )
-        self._servers.append(server)
+        server = self._nfs_server(programs, limits_for(cfg, self.index, self.count))
         if self.listeners:
             for fd in self.listeners:
                 server.adopt(socket.socket(fileno=fd))

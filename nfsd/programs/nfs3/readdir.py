@@ -113,12 +113,19 @@ def _page(
     return out, eof
 
 
-def _reply(svc: Nfs3Service, dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply:
+def dirlist_reply(
+    dir_attributes: nfs3.post_op_attr, verf: bytes, entries: list[bytes], eof: bool
+) -> Reply:
+    """A READDIR or READDIRPLUS success: head, the entries' cached bytes, the end."""
     p = NFS3Packer()
     p.pack_uint(nfs3.NFS3_OK)
-    p.pack_post_op_attr(post_op_attr_of(dattrs, svc.fsid))
+    p.pack_post_op_attr(dir_attributes)
     p.pack_fopaque(nfs3.NFS3_COOKIEVERFSIZE, verf)
     return Reply([p.get_buffer(), *entries, nfs3.dirlist_end_bytes(eof)])
+
+
+def _reply(svc: Nfs3Service, dattrs: Attrs, verf: bytes, entries: list[bytes], eof: bool) -> Reply:
+    return dirlist_reply(post_op_attr_of(dattrs, svc.fsid), verf, entries, eof)
 
 
 # RFC 1813 §3.3.16

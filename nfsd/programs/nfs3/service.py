@@ -146,10 +146,7 @@ class Nfs3Service:
         try:
             return self.namespace.getattr(path)
         except NamespaceError as e:
-            err = nfs_error(e)
-            if err.status in (nfs3.NFS3ERR_NOENT, nfs3.NFS3ERR_NOTDIR):
-                err.status = nfs3.NFS3ERR_STALE
-            raise err from None
+            raise stale_if_gone(e) from None
 
     def handle_of(self, path: PresentedPath, a: Attrs) -> nfs3.nfs_fh3:
         return nfs3.nfs_fh3(self.handles.encode(path, a.fileid))
@@ -178,6 +175,14 @@ def may(a: Attrs, ctx: CallContext, want: int, *, owner_override: bool = False) 
     else:
         bits = a.mode
     return bits & want == want
+
+
+def stale_if_gone(e: NamespaceError) -> NfsError:
+    """The error of an entry named by a handle: one that is gone is STALE, not NOENT."""
+    err = nfs_error(e)
+    if err.status in (nfs3.NFS3ERR_NOENT, nfs3.NFS3ERR_NOTDIR):
+        err.status = nfs3.NFS3ERR_STALE
+    return err
 
 
 def decode_name(name: bytes) -> str:

@@ -38,7 +38,7 @@ from nfsd.programs.handles import BadHandle, StaleHandle
 from nfsd.programs.listings import Listing
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
 from nfsd.programs.nfs3.read import PADDING, _fill
-from nfsd.programs.nfs3.readdir import _page
+from nfsd.programs.nfs3.readdir import _page, dirlist_reply
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
     MAY_READ,
@@ -48,6 +48,7 @@ from nfsd.programs.nfs3.service import (
     fattr3_of,
     may,
     nfstime,
+    stale_if_gone,
 )
 from nfsd.programs.sessions import Session, SessionManager
 from nfsd.rpc import CallContext, Reply
@@ -92,10 +93,7 @@ class SessionNfs:
         try:
             return s.ns.getattr(fileid)
         except NamespaceError as e:
-            err = nfs_error(e)
-            if err.status in (nfs3.NFS3ERR_NOENT, nfs3.NFS3ERR_NOTDIR):
-                err.status = nfs3.NFS3ERR_STALE
-            raise err from None
+            raise stale_if_gone(e) from None
 
     def maybe_attrs(self, s: Session, fileid: int) -> Attrs | None:
         try:
@@ -264,11 +262,7 @@ def _listing(svc: SessionNfs, ctx: CallContext, fh: nfs3.nfs_fh3) -> tuple[Sessi
 
 
 def _dir_reply(svc: SessionNfs, s: Session, d: Attrs, entries: list[bytes], eof: bool) -> Reply:
-    p = NFS3Packer()
-    p.pack_uint(nfs3.NFS3_OK)
-    p.pack_post_op_attr(svc.post(s, d))
-    p.pack_fopaque(nfs3.NFS3_COOKIEVERFSIZE, svc.cookieverf)
-    return Reply([p.get_buffer(), *entries, nfs3.dirlist_end_bytes(eof)])
+    return dirlist_reply(svc.post(s, d), svc.cookieverf, entries, eof)
 
 
 # RFC 1813 §3.3.16 (cookies: hashes of names, as the read-only export's)
