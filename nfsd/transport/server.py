@@ -923,9 +923,12 @@ class RpcServer:
         """(loop) Close a connection; a limit that bit is counted and logged."""
         if conn.closed:
             return
-        if kind:  # counted before the peer can see the close (status, tests)
+        if kind:  # counted and logged before the peer can see the close (status, tests)
             with self._lock:
                 self._closed[kind] += 1
+            self._throttle.warn(
+                kind, "%s: closing the connection of %s: %s", self.name, conn.peer, why
+            )
         with conn.lock:
             conn.closed = True
             if conn.events:
@@ -943,11 +946,7 @@ class RpcServer:
         self._conns.pop(conn, None)
         with self._lock:
             self._unvalidated.pop(conn, None)
-        if kind:
-            self._throttle.warn(
-                kind, "%s: closing the connection of %s: %s", self.name, conn.peer, why
-            )
-        elif why:
+        if not kind and why:
             log.info("%s: closing the connection of %s: %s", self.name, conn.peer, why)
 
     def _sweep(self, now: float) -> None:
