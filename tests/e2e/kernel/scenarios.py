@@ -403,10 +403,35 @@ def access_revoked_problems(run: Run, layout: Layout) -> tuple[list[str], list[s
 # ---------------------------------------------------------------- judging
 
 
+def _serverless(run: Run) -> list[tuple[float, float]]:
+    """The spans with no server: from each kill to the next start."""
+    spans, down = [], None
+    for t, e in run.result.events:
+        if e.startswith("server kill"):
+            down = t if down is None else down
+        elif e.startswith("server started") and down is not None:
+            spans.append((down, t))
+            down = None
+    return spans
+
+
 def rpc_problems(run: Run) -> list[str]:
-    """Calls the server never answered, and error replies no scenario asks for."""
+    """Calls the server never answered, and error replies no scenario asks for.
+
+    A call sent while no server ran (between a kill and the restart) has
+    nobody to answer it; the client retries on a new connection.
+    """
     rpc = run.result.rpc
-    out = [f"unanswered: {c}" for c in rpc.get("unanswered", [])]
+    spans = _serverless(run)
+
+    def sent_while_down(line: str) -> bool:
+        try:
+            t = float(line.split(maxsplit=1)[0])
+        except (IndexError, ValueError):
+            return False
+        return any(a <= t <= b for a, b in spans)
+
+    out = [f"unanswered: {c}" for c in rpc.get("unanswered", []) if not sent_while_down(c)]
     out += [f"error reply: {c}" for c in rpc.get("errors", [])]
     return out
 
