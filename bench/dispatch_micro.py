@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from merge.stack import build_namespace  # noqa: E402
 from nfsd.rpc import Dispatcher, WouldBlock  # noqa: E402
-from tests.proto.calls import call  # noqa: E402
+from tests.proto.calls import call, parse  # noqa: E402
 from tests.proto.nfsclient import Caller  # noqa: E402
 from xdr import nfs3  # noqa: E402
-from xdr.nfs3 import NFS3Packer  # noqa: E402
+from xdr.nfs3 import NFS3Packer, NFS3Unpacker  # noqa: E402
 
 PEER = "127.0.0.1:40123"
 
@@ -101,6 +101,48 @@ def run(dispatcher: Dispatcher, recs: list[bytes], inline: bool) -> float:
     return (time.thread_time() - t0) / len(recs) * 1e6
 
 
+def listing_ms(storage: Path, repeated: int = 0, prof: cProfile.Profile | None = None) -> float:
+    """Server CPU (ms) of one whole listing of ``big/`` by READDIRPLUS, as nfs-ls pages it.
+
+    A fresh namespace each time: the first listing after start-up, the
+    storage's inodes in the kernel's cache (as on a running server).  With
+    ``repeated``, that many listings are made first and the next is timed.
+    """
+    caller = Caller(build_namespace(str(storage)))
+    big = caller.walk("big")
+    for _ in range(repeated):
+        _list_all(caller, big)
+    return _list_all(caller, big, prof) * 1e3
+
+
+def _list_all(caller: Caller, fh: nfs3.nfs_fh3, prof: cProfile.Profile | None = None) -> float:
+    """Seconds of thread CPU the dispatcher spent on one listing of ``fh`` (profiled if asked)."""
+    cookie, verf, spent, xid = 0, b"\0" * 8, 0.0, 1
+    while True:
+        p = NFS3Packer()
+        p.pack_READDIRPLUS3args(nfs3.READDIRPLUS3args(fh, cookie, verf, 8192, 32768))
+        xid += 1
+        rec = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READDIRPLUS, p.get_buffer(), xid=xid)
+        if prof is not None:
+            prof.enable()
+        t0 = time.thread_time()
+        try:
+            reply = caller.dispatcher.dispatch(rec, PEER, "tcp", True)
+        except WouldBlock:
+            reply = caller.dispatcher.dispatch(rec, PEER, "tcp")
+        spent += time.thread_time() - t0
+        if prof is not None:
+            prof.disable()
+        assert reply is not None
+        u = NFS3Unpacker(parse(reply.parts).body)
+        res = u.unpack_READDIRPLUS3res()
+        assert res.status == nfs3.NFS3_OK, res.status
+        verf = res.resok.cookieverf
+        cookie = res.resok.reply.entries[-1].cookie
+        if res.resok.reply.eof:
+            return spent
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,8 +151,23 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", nargs="*", help="figures to measure (default: all)")
     ap.add_argument("--profile", help="cProfile this figure instead")
+    ap.add_argument(
+        "--listing", action="store_true", help="only the listings of big/ (first, repeated)"
+    )
     args = ap.parse_args()
     storage = Path(args.storage)
+    if args.listing:
+        if args.profile:
+            prof = cProfile.Profile()  # the server's part only
+            for _ in range(args.repeat):
+                listing_ms(storage, 0, prof)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+            return 0
+        first = [listing_ms(storage) for _ in range(args.repeat)]
+        again = [listing_ms(storage, 1) for _ in range(args.repeat)]
+        print(f"listing first    {min(first):8.1f} ms (best of {args.repeat}; all {first})")
+        print(f"listing repeated {min(again):8.1f} ms")
+        return 0
     caller = Caller(build_namespace(str(storage)))
     names = [p.name for p in (storage / "big").iterdir()][:2000]
     recs = records(caller, names)

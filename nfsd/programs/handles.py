@@ -36,6 +36,7 @@ import hmac
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from merge.namespace import Kind, Namespace, NamespaceError, PresentedPath
 
@@ -43,6 +44,7 @@ VERSION = 1
 MAX_COMPONENTS = 11
 MAC_SIZE = 10
 HEAD = struct.Struct(">BBQ")
+_FILEID = slice(2, 10)  # where HEAD puts the fileid
 MIN_SIZE = HEAD.size + MAC_SIZE
 MAX_SIZE = 64
 DEEP_SEARCH_BUDGET = 10_000  # directories listed to find a handle below depth 11
@@ -71,7 +73,7 @@ class HandleCodec:
 
     def __init__(self, namespace: Namespace, secret: bytes, cache_size: int = 200_000) -> None:
         self.namespace = namespace
-        self._key = secret
+        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
         self._by_handle: OrderedDict[bytes, PresentedPath] = OrderedDict()
         self._by_path: dict[PresentedPath, bytes] = {}
         self._cache_size = cache_size
@@ -79,18 +81,53 @@ class HandleCodec:
 
     # -- encoding -------------------------------------------------------
     def encode(self, path: PresentedPath, fileid: int) -> bytes:
-        handle = self._by_path.get(path)
-        if handle is not None and HEAD.unpack_from(handle)[2] == fileid:
-            return handle
+        known = self._known(path, fileid)
+        if known is not None:
+            return known
         body = HEAD.pack(VERSION, min(len(path), 255), fileid) + b"".join(
             name_hash(n) for n in path[:MAX_COMPONENTS]
         )
+        return self._issue(body, path)
+
+    def encoder_in(self, directory: PresentedPath) -> Callable[[str, int], bytes]:
+        """``encode((*directory, name), fileid)`` as a function of ``name`` and ``fileid``.
+
+        The directory's part of the body (its components' hashes) is made
+        once: READDIRPLUS encodes a handle for each of a folder's entries.
+        """
+        depth = len(directory) + 1
+        byte_depth = min(depth, 255)
+        prefix = b"".join(name_hash(n) for n in directory[:MAX_COMPONENTS])
+        hashed = depth <= MAX_COMPONENTS
+        head = HEAD.pack
+        known, issue = self._known, self._issue
+
+        def encode(name: str, fileid: int) -> bytes:
+            path = (*directory, name)
+            handle = known(path, fileid)
+            if handle is not None:
+                return handle
+            body = head(VERSION, byte_depth, fileid) + prefix
+            return issue(body + name_hash(name) if hashed else body, path)
+
+        return encode
+
+    def _known(self, path: PresentedPath, fileid: int) -> bytes | None:
+        """The handle issued lately for ``path``, if it still names ``fileid``."""
+        handle = self._by_path.get(path)
+        if handle is not None and handle[_FILEID] == fileid.to_bytes(8, "big"):
+            return handle
+        return None
+
+    def _issue(self, body: bytes, path: PresentedPath) -> bytes:
         handle = body + self._mac(body)
         self._remember(handle, path)
         return handle
 
     def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._key, body, hashlib.sha256).digest()[:MAC_SIZE]
+        mac = self._hmac.copy()  # the key's pads hashed once, not per handle
+        mac.update(body)
+        return mac.digest()[:MAC_SIZE]
 
     def _remember(self, handle: bytes, path: PresentedPath) -> None:
         with self._lock:
@@ -106,6 +143,11 @@ class HandleCodec:
                     del self._by_path[p]
 
     # -- decoding -------------------------------------------------------
+    def cached(self, handle: bytes) -> PresentedPath | None:
+        """The path of a handle issued or verified lately, else None (no MAC
+        is checked, no storage read: only verified bytes are remembered)."""
+        return self._by_handle.get(handle)
+
     def resolve(self, handle: bytes) -> PresentedPath:
         """The presented path of ``handle``; raises BadHandle or StaleHandle."""
         known = self._by_handle.get(handle)

@@ -76,3 +76,25 @@ def test_the_cache_is_bounded(ns: FakeNamespace) -> None:
         codec.encode(p, ns.getattr(p).fileid)
     assert len(codec._by_handle) == 3
     assert len(codec._by_path) <= 3
+
+
+@given(
+    depth=st.integers(0, 14),
+    name=st.text(min_size=1, max_size=20),
+    fileid=st.integers(2, 2**63 - 1),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_listing_encoder_issues_the_handles_encode_does(
+    depth: int, name: str, fileid: int
+) -> None:
+    """READDIRPLUS's per-directory encoder: the same bytes as ``encode``, at any depth."""
+    directory = DEEP[:depth]
+    reference = HandleCodec(None, b"s" * 32).encode((*directory, name), fileid)  # type: ignore[arg-type]
+    codec = HandleCodec(None, b"s" * 32)  # type: ignore[arg-type]
+    assert codec.encoder_in(directory)(name, fileid) == reference
+    assert codec.encoder_in(directory)(name, fileid) == reference  # remembered
+    assert codec.resolve(reference) == (*directory, name)
+    other = fileid ^ 1 or 3  # the path now names another entry: a new handle
+    assert codec.encoder_in(directory)(name, other) == HandleCodec(None, b"s" * 32).encode(  # type: ignore[arg-type]
+        (*directory, name), other
+    )

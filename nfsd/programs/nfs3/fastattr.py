@@ -54,32 +54,35 @@ def getattr3_ok(a: Attrs, fsid: int) -> bytes:
 def entryplus3_bytes(cookie: int, name: bytes, a: Attrs, fsid: int, fh: bytes) -> bytes:
     """One READDIRPLUS entry with the TRUE that announces it, its attributes and handle.
 
-    The bytes of ``nfs3.entryplus3_bytes`` for the same entry: the first
-    listing of a folder encodes one per entry.
+    The bytes of ``nfs3.entryplus3_bytes`` for the same entry, in one
+    ``struct`` call (a format per name and handle length, its ``s`` fields
+    padding with zeros): the first listing of a folder encodes one per entry.
     """
     if len(name) > nfs3.MAXNAMLEN or len(fh) > nfs3.NFS3_FHSIZE:
         raise XdrError("entryplus3: name or handle too long")
+    layout = _ENTRYPLUS.get((len(name), len(fh)))
+    if layout is None:
+        layout = _entryplus_layout(len(name), len(fh))
     try:
-        return b"".join(
-            (
-                _ENTRY_HEAD.pack(1, a.fileid, len(name)),
-                name,
-                _PAD[len(name) & 3],
-                _U64.pack(cookie),
-                _POST_OP.pack(1, *_fields(a, fsid)),
-                _HANDLE_HEAD.pack(1, len(fh)),
-                fh,
-                _PAD[len(fh) & 3],
-            )
+        return layout.pack(
+            1, a.fileid, len(name), name, cookie, 1, *_fields(a, fsid), 1, len(fh), fh
         )
     except struct.error as e:
         raise XdrError(f"entryplus3: {e}") from None
 
 
-_ENTRY_HEAD = struct.Struct(">IQI")  # TRUE (an entry follows), fileid, name length
-_HANDLE_HEAD = struct.Struct(">II")  # TRUE (handle_follows), handle length
-_U64 = struct.Struct(">Q")
-_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+# TRUE (an entry follows), fileid, name length, name, cookie | post_op_attr | TRUE, handle
+_ENTRYPLUS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _entryplus_layout(name_len: int, fh_len: int) -> struct.Struct:
+    layout = struct.Struct(f">IQI{_padded(name_len)}sQI5I2Q2I2Q6III{_padded(fh_len)}s")
+    _ENTRYPLUS[name_len, fh_len] = layout  # at most 256 x 65 of them
+    return layout
+
+
+def _padded(n: int) -> int:
+    return (n + 3) & ~3
 
 
 def _fields(a: Attrs, fsid: int) -> tuple[int, ...]:

@@ -147,11 +147,12 @@ def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Rep
 def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
     path, dattrs, listing = _listing(svc, ctx, args.dir)
 
+    handle_in = svc.handles.encoder_in(path)
+    fsid = svc.fsid
+
     def encode(row: tuple) -> bytes:
         cookie, raw, name, a = row
-        return entryplus3_bytes(
-            cookie, raw, a, svc.fsid, svc.handles.encode((*path, name), a.fileid)
-        )
+        return entryplus3_bytes(cookie, raw, a, fsid, handle_in(name, a.fileid))
 
     out, eof = _page(
         ctx,
