@@ -35,6 +35,7 @@ and version (:class:`Program`); there is no dispatch by reflection.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,17 @@ def no_args(u: Unpacker) -> None:
     return None
 
 
+# The decoded AUTH_SYS credentials by their bytes: (stamp, machinename, uid, gid, gids).
+CredCache = dict[bytes, tuple[int, bytes, int, int, tuple[int, ...]]]
+
+# A program's shortcut (``Program.fast``): given a TCP record, the peer,
+# ``inline``, the connection's security and the dispatcher's credentials,
+# the whole reply (RPC header included), or None to leave the call to the
+# general path.  It must answer exactly what the general path would, byte
+# for byte, and may raise WouldBlock as a procedure may.
+FastPath = Callable[[bytes, str, bool, Security, CredCache], Reply | None]
+
+
 @dataclass(slots=True)
 class Program:
     """An RPC program: its number, one procedure table per version.
@@ -168,7 +180,9 @@ class Program:
     returns 0, or the status of the procedure's failure body (the access
     check, ``nfsd.programs.access``).  ``udp`` False answers the program's calls over
     UDP with PROG_UNAVAIL; ``udp_no_amplify`` sends no UDP reply larger
-    than its call (portmapper DUMP: no reflection amplifier).
+    than its call (portmapper DUMP: no reflection amplifier).  ``fast``: a
+    shortcut for the program's commonest calls over TCP, tried before the
+    general path (``nfsd.programs.nfs3.fastpath``; see :data:`FastPath`).
     """
 
     number: int
@@ -179,6 +193,7 @@ class Program:
     guard: Callable[[CallContext], int] | None = None
     udp: bool = True
     udp_no_amplify: bool = False
+    fast: FastPath | None = None
     low: int = field(init=False)
     high: int = field(init=False)
 
@@ -187,6 +202,7 @@ class Program:
         self.high = max(self.versions)
 
 
+_CALL_HEAD = struct.Struct(">6I")  # xid, msg_type, rpcvers, prog, vers, proc
 CRED_CACHE = 1024  # distinct AUTH_SYS credentials kept decoded (cleared when full)
 
 
@@ -197,7 +213,9 @@ class Dispatcher:
         self.programs = {p.number: p for p in programs}
         self.slow_call_seconds = slow_call_seconds
         self.starttls = False  # True once a TLS certificate is configured
-        self._creds: dict[bytes, tuple[int, bytes, int, int, tuple[int, ...]]] = {}
+        self._creds: CredCache = {}
+        fast = [p.fast for p in programs if p.fast is not None]
+        self._fast: FastPath | None = fast[0] if len(fast) == 1 else None
 
     def dispatch(
         self,
@@ -214,7 +232,35 @@ class Dispatcher:
 
         With ``inline``, a procedure may raise :class:`WouldBlock` rather
         than wait on storage; it propagates to the caller.
+
+        A program's fast path (``Program.fast``) is tried first, for TCP
+        calls while no per-call log line is wanted; a call it leaves, or one
+        it fails on unexpectedly, takes the general path below.
         """
+        fast = self._fast
+        if fast is not None and transport == "tcp" and not log.isEnabledFor(logging.DEBUG):
+            started = time.monotonic()
+            try:
+                reply = fast(record, peer, inline, security, self._creds)
+            except WouldBlock:
+                raise
+            except Exception:
+                log.exception("the fast path failed on a call from %s (served the usual way)", peer)
+                reply = None
+            if reply is not None:
+                elapsed = time.monotonic() - started
+                if elapsed > self.slow_call_seconds:
+                    xid, _, _, prog, vers, proc = _CALL_HEAD.unpack_from(record)
+                    log.warning(
+                        "xid=%#x %s tcp program %d v%d procedure %d (fast path) %.3fms",
+                        xid,
+                        peer,
+                        prog,
+                        vers,
+                        proc,
+                        elapsed * 1000,
+                    )
+                return reply
         try:
             xid, mtype, call, args_at = decode_call(record)
         except BadAuthLength as e:

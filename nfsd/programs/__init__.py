@@ -13,6 +13,7 @@ from nfsd.programs.handles import HandleCodec
 from nfsd.programs.mountd import MountService
 from nfsd.programs.mountlist import MountList
 from nfsd.programs.nfs3 import program as nfs3_program
+from nfsd.programs.nfs3.fastpath import FastPath
 from nfsd.programs.nfs3.router import route_sessions
 from nfsd.programs.nfs3.service import RTMAX, Nfs3Service, fsid_of
 from nfsd.programs.sessions import SessionManager
@@ -48,6 +49,7 @@ def build_programs(
         nfs.fsid = fsid_of(fsids.pop())
     nfs_program = nfs3_program.build(nfs)
     nfs_program.guard = access.nfs_status
+    nfs_program.fast = FastPath(nfs, access)  # GETATTR and READ: the same answers, sooner
     nfs_program.udp = udp
     if sessions is not None:
         route_sessions(nfs_program, nfs, access, sessions)

@@ -1,0 +1,126 @@
+"""GETATTR and READ of the read-only export, served straight from the record's bytes.
+
+Design notes
+------------
+A libnfs or Linux client's steady state is GETATTR and READ with the same
+AUTH_SYS credentials, on handles the server issued.  Through the general
+path (``nfsd.rpc.Dispatcher``) such a call builds a ``call_body``, two
+``opaque_auth``, an argument unpacker and its objects, then routes through
+the procedure table, ``nfs3.router`` and ``Nfs3Service.path_of``: about
+half a GETATTR's time in the dispatcher (``bench/dispatch_micro.py``).
+Here one ``struct`` call reads the header, the arguments are sliced out
+of the record, and the reply goes out as one buffer (plus a READ's data).
+
+What it may skip and what it may not:
+
+* It serves only what it recognises *exactly*: an RPC v2 CALL of NFSv3
+  GETATTR or READ over TCP, AUTH_SYS whose bytes the dispatcher already
+  decoded (its credential cache), a null verifier, a handle of the
+  read-only export that ``HandleCodec`` has already verified (its cache
+  holds only MAC-checked bytes), and no byte more or less than the
+  arguments.  Anything else - and every refusal or error - returns None:
+  the general path then serves the call and writes the answer, so no
+  failure reply is ever built here.
+* It keeps no state of its own, so it has no deadline to honour: each
+  call asks ``AccessControl.nfs_status`` (the exports' decisions, their
+  TTL and generation, squashing), the namespace (rule 8's expiry, a
+  replaced file noticed by ``open``) and ``may`` exactly as the general
+  path does, in the same order: the access check before the handle.
+* READ shares ``read.read_reply`` with the general path; the bytes are
+  the same (``tests/unit/test_fastpath.py`` runs generated calls through
+  both and compares the replies byte for byte).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from merge.namespace import Kind, NamespaceError
+from nfsd.programs.access import AccessControl
+from nfsd.programs.errors import NfsError
+from nfsd.programs.nfs3.fastattr import getattr3_ok
+from nfsd.programs.nfs3.read import read_reply
+from nfsd.programs.nfs3.service import MAY_READ, RTMAX, Nfs3Service, may
+from nfsd.programs.sessions import is_session_handle
+from nfsd.rpc import CallContext, CredCache, Reply
+from nfsd.transport.tls import Security
+from xdr import nfs3
+from xdr.base import XdrError
+from xdr.rpc import (
+    AUTH_SYS,
+    CALL,
+    MAX_AUTH_BYTES,
+    RPC_VERSION,
+    SUCCESS,
+    accepted_header,
+    authsys_parms,
+)
+
+_HEAD = struct.Struct(">8I")  # xid, msg_type, rpcvers, prog, vers, proc, cred flavour, length
+_VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle length
+_READ_ARGS = struct.Struct(">QI")  # offset, count
+_GETATTR, _READ = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ
+
+
+class FastPath:
+    """``Program.fast`` of the NFS program: see the notes above."""
+
+    def __init__(self, svc: Nfs3Service, access: AccessControl) -> None:
+        self.svc = svc
+        self.access = access
+
+    def __call__(
+        self, record: bytes, peer: str, inline: bool, security: Security, creds: CredCache
+    ) -> Reply | None:
+        size = len(record)
+        if size < _HEAD.size + _VERF_FH.size:
+            return None
+        xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
+        if (
+            (proc != _GETATTR and proc != _READ)  # noqa: PLR1714 (a set costs more)
+            or mtype != CALL
+            or rpcvers != RPC_VERSION
+            or prog != nfs3.NFS_PROGRAM
+            or vers != 3
+            or flavor != AUTH_SYS
+            or n > MAX_AUTH_BYTES
+        ):
+            return None
+        end = _HEAD.size + ((n + 3) & ~3)
+        if end + _VERF_FH.size > size:
+            return None
+        fields = creds.get(record[_HEAD.size : _HEAD.size + n])
+        if fields is None:
+            return None  # not decoded yet: the general path decodes and keeps it
+        vflavor, vlen, fhlen = _VERF_FH.unpack_from(record, end)
+        if vflavor or vlen or fhlen > nfs3.NFS3_FHSIZE:
+            return None
+        pos = end + _VERF_FH.size
+        fh = record[pos : pos + fhlen]
+        pos += (fhlen + 3) & ~3
+        if size != (pos if proc == _GETATTR else pos + _READ_ARGS.size):
+            return None
+        if is_session_handle(fh):
+            return None
+        cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
+        ctx = CallContext(
+            xid, prog, 3, proc, AUTH_SYS, cred, peer, "tcp", inline=inline, security=security
+        )
+        if self.access.nfs_status(ctx):
+            return None  # refused: the general path answers (and logs) it
+        svc = self.svc
+        path = svc.handles.cached(fh)
+        if path is None:
+            return None
+        try:
+            attrs = svc.namespace.getattr(path)
+            if proc == _GETATTR:
+                return Reply([accepted_header(xid, SUCCESS) + getattr3_ok(attrs, svc.fsid)])
+            if attrs.kind == Kind.DIR or not may(attrs, ctx, MAY_READ, owner_override=True):
+                return None
+            offset, count = _READ_ARGS.unpack_from(record, pos)
+            return read_reply(
+                svc, path, attrs, offset, min(count, RTMAX), inline, accepted_header(xid, SUCCESS)
+            )
+        except (NamespaceError, NfsError, XdrError):
+            return None
