@@ -21,6 +21,7 @@ code  meaning
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import json
 import os
@@ -35,8 +36,6 @@ import click
 
 from exports import ExportsError, loopback_only
 from exports import load as load_exports
-from nfsd.cli.storage import storage_commands
-from nfsd.cli.tls import tls_group
 from nfsd.cli.workers import worker_lines
 from nfsd.service import daemon
 from nfsd.service.app import Service, ServiceError
@@ -248,7 +247,45 @@ def mount_commands(bind: str, port: int, export: str) -> str:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose ``lazy`` commands are imported when first named.
+
+    ``recovery-fs serve`` is the supervisor's process for as long as the
+    server runs: the storage tools (the merge code), ``tls init``
+    (``cryptography``), ``secret`` and ``instant`` would be about 11 MB of
+    it if imported up front.  Each is ``name: "module:attribute"``.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+LAZY_COMMANDS = {
+    "ls": "nfsd.cli.storage:ls_command",
+    "check": "nfsd.cli.storage:check_command",
+    "pancbt": "nfsd.cli.storage:pancbt_group",
+    "demo": "nfsd.cli.storage:demo_command",
+    "tls": "nfsd.cli.tls:tls_group",
+    "secret": "nfsd.cli.secret:secret_group",
+    "instant": "nfsd.cli.instant:instant_group",
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="recovery-fs", prog_name="recovery-fs")
 def main() -> None:
     """A read-only NFSv3 server presenting VMware backups with their changed blocks merged.
@@ -611,19 +648,6 @@ def exports_reload(config_file: Path | None, state_dir: Path | None, timeout: fl
             return
         time.sleep(0.05)
     fail(f"pid {pid} did not report the reload within {timeout:g} s", EXIT_FAILED)
-
-
-for _command in storage_commands:
-    main.add_command(_command)
-main.add_command(tls_group)
-
-from nfsd.cli.secret import secret_group  # noqa: E402  (it needs this module's helpers)
-
-main.add_command(secret_group)
-
-from nfsd.cli.instant import instant_group  # noqa: E402  (it needs this module's helpers)
-
-main.add_command(instant_group)
 
 
 if __name__ == "__main__":

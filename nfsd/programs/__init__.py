@@ -2,56 +2,26 @@
 
 NFSACL (100227) is deliberately absent: its calls get ``PROG_UNAVAIL``,
 which the Linux client takes as "no ACL support" and mounts anyway.
+
+:func:`build_programs` lives in ``nfsd.programs.build`` and is imported
+from there on first use: this package's light modules (``access``,
+``portmap``, ``mountlist``) serve a supervisor that never builds them.
 """
 
 from __future__ import annotations
 
-from merge.namespace import Namespace
-from nfsd.programs.access import AccessControl
-from nfsd.programs.buffers import BufferPool
-from nfsd.programs.handles import HandleCodec
-from nfsd.programs.mountd import MountService
-from nfsd.programs.mountlist import MountList
-from nfsd.programs.nfs3 import program as nfs3_program
-from nfsd.programs.nfs3.fastpath import FastPath
-from nfsd.programs.nfs3.router import route_sessions
-from nfsd.programs.nfs3.service import RTMAX, Nfs3Service, fsid_of
-from nfsd.programs.sessions import SessionManager
-from nfsd.rpc import Program
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nfsd.programs.build import READ_BUFFERS, build_programs
 
 EXPORT_PATH = "/recover/images"
-READ_BUFFERS = 48  # 48 MiB at most in flight in READ replies
+
+__all__ = ["EXPORT_PATH", "READ_BUFFERS", "build_programs"]
 
 
-def build_programs(
-    namespace: Namespace,
-    secret: bytes,
-    access: AccessControl,
-    export_path: str = EXPORT_PATH,
-    *,
-    udp: bool = False,
-    sessions: SessionManager | None = None,
-    mounts: MountList | None = None,
-) -> list[Program]:
-    """MOUNT and NFS over one namespace, both behind ``access``.
-
-    NFS over UDP only with ``udp`` (off by default, as knfsd since 2017: a
-    lost fragment of a 32 KiB datagram costs the whole READ, and UDP is the
-    reflection vector); MOUNT answers over UDP regardless (showmount, and
-    clients whose mountproto is udp).  ``sessions``: the instant-recovery
-    sessions, exports of their own beside ``export_path`` (``nfs3.router``).
-    """
-    handles = HandleCodec(namespace, secret)
-    nfs = Nfs3Service(namespace, handles, BufferPool(RTMAX, READ_BUFFERS), secret)
-    export = access.table.get(export_path)
-    fsids = {c.options.fsid for c in export.clients} - {None} if export else set()
-    if len(fsids) == 1:
-        nfs.fsid = fsid_of(fsids.pop())
-    nfs_program = nfs3_program.build(nfs)
-    nfs_program.guard = access.nfs_status
-    nfs_program.fast = FastPath(nfs, access)  # GETATTR and READ: the same answers, sooner
-    nfs_program.udp = udp
-    if sessions is not None:
-        route_sessions(nfs_program, nfs, access, sessions)
-    mount = MountService(handles, export_path, access, sessions, mounts)  # mounts: DUMP's list
-    return [mount.program(), nfs_program]
+def __getattr__(name: str) -> Any:
+    if name in ("build_programs", "READ_BUFFERS"):
+        return getattr(importlib.import_module("nfsd.programs.build"), name)
+    raise AttributeError(f"module 'nfsd.programs' has no attribute {name!r}")

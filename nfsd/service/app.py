@@ -52,13 +52,9 @@ from pathlib import Path
 from typing import Any
 
 from exports import ExportsError
-from instant.sessions import SessionRegistry
-from merge import build_namespace
-from nfsd.programs import build_programs
 from nfsd.programs.access import AccessControl
 from nfsd.programs.mountlist import MountList
 from nfsd.programs.portmap import NETIDS, build_portmap, netids_for, uaddr
-from nfsd.programs.sessions import SessionManager
 from nfsd.rpc import Dispatcher, Program
 from nfsd.service.config import Config, ConfigError
 from nfsd.service.limits import limits_for
@@ -257,6 +253,10 @@ class Service:
 
     def _prepare(self) -> list[Program]:
         """Steps 3 and 4 (logs, exports, secret, namespace): the programs."""
+        return self._programs(self._prepare_access())
+
+    def _prepare_access(self) -> bytes:
+        """Step 3 and the light part of step 4 (logs, exports, secret): the secret."""
         cfg = self.config
         self._raise_fd_limit()
         try:
@@ -277,23 +277,22 @@ class Service:
             raise ConfigError(f"cannot read the exports file: {e}") from e
         for w in self.access.table.warnings:
             self.warnings.append(w)
-        secret = load_secret(cfg.secret_file, self.state)
+        return load_secret(cfg.secret_file, self.state)
+
+    def _programs(self, secret: bytes) -> list[Program]:
+        """The rest of step 4: the namespace and the programs that serve it.
+
+        ``nfsd.service.serving`` is imported here, not at the top: a supervisor
+        (``nfsd.service.supervisor``) never serves, and what serving imports is
+        about 10 MB of a process.
+        """
+        from nfsd.service import serving  # noqa: PLC0415  (see the docstring)
+
+        assert self.access is not None
         try:
-            namespace = build_namespace(str(cfg.storage))
-        except Exception as e:
-            log.exception("cannot build the namespace of %s", cfg.storage)
-            raise ServiceError(f"cannot read the storage {cfg.storage}: {e}") from e
-        # Instant-recovery sessions published in the state directory (every process finds them).
-        sessions = SessionManager(SessionRegistry(cfg.state_dir), namespace, secret)
-        return build_programs(
-            namespace,
-            secret,
-            self.access,
-            cfg.export_path,
-            udp=cfg.udp,
-            sessions=sessions,
-            mounts=self.mount_list,
-        )
+            return serving.serving_programs(self.config, secret, self.access, self.mount_list)
+        except serving.StorageUnreadable as e:
+            raise ServiceError(str(e)) from e
 
     def _announce(self) -> None:
         """Step 7, and the start-up lines of the log."""

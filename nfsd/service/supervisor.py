@@ -8,7 +8,9 @@ worker processes (``nfsd.service.worker``), each a whole server with its
 own GIL, loop, caches and namespace.  The supervisor owns what there is
 one of: the pid file and its lock, ``status.json``, the portmapper
 registration (or our own portmapper), the listening sockets, SIGHUP and
-SIGTERM.  NFSv3 is stateless and handles derive from the storage and the
+SIGTERM.  It never reads the storage and imports nothing that serves a call
+(namespace, NFS procedures): a worker reports a storage it cannot read.
+NFSv3 is stateless and handles derive from the storage and the
 secret only, so any worker answers any call.
 
 Sockets: each worker binds its own TCP and UDP sockets with
@@ -116,11 +118,13 @@ from typing import Any
 
 import nfsd
 from nfsd.programs.mountlist import MOUNTS_DIR, SharedMountList
+from nfsd.rpc import Program
 from nfsd.service.app import PMAP_PORT, RPCBIND_SOCKETS, Service, ServiceError
 from nfsd.service.config import Config
 from nfsd.service.state import atomic_write
 from nfsd.service.worker import config_to_json
 from nfsd.transport.server import bind_listeners
+from xdr import mount3, nfs3
 
 log = logging.getLogger("recovery_fs.supervisor")
 
@@ -200,6 +204,14 @@ class Supervisor(Service):
         self.log_tag = f"supervisor pid {os.getpid()}"
 
     # --- start -----------------------------------------------------------
+    def _programs(self, secret: bytes) -> list[Program]:
+        """What the workers serve, as the portmapper needs it; no namespace.
+
+        The supervisor serves nothing: it neither reads the storage nor imports
+        the NFS procedures (a worker does both, and reports a storage it cannot
+        read as its start-up error)."""
+        return advertised_programs(udp=self.config.udp)
+
     def _start_locked(self) -> None:
         cfg = self.config
         programs = self._prepare()
@@ -472,6 +484,15 @@ class Supervisor(Service):
         for slot in self.slots:
             self._lost(slot)
             slot.proc = None
+
+
+def advertised_programs(*, udp: bool) -> list[Program]:
+    """MOUNT and NFS as ``nfsd.programs.build_programs`` makes them, reduced to
+    what a portmapper registers (number, versions, UDP), with no procedures."""
+    return [
+        Program(number=mount3.MOUNT_PROGRAM, name="MOUNT", versions={3: {}}),
+        Program(number=nfs3.NFS_PROGRAM, name="NFS", versions={3: {}}, udp=udp),
+    ]
 
 
 def _reserve(host: str, port: int) -> socket.socket:
