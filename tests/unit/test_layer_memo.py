@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from merge import memo
 from merge.attrs import attrs_of, fileid_for, ids_in
 from merge.layer import Layer
 from merge.memo import MemoLayer
@@ -283,6 +284,7 @@ def test_an_answer_holds_no_longer_than_what_it_was_made_from(
     stacks, tmp_path, monkeypatch
 ) -> None:
     storage(tmp_path / "storage")
+    monkeypatch.setattr(memo, "_renewable_at", lambda path, entry: None)  # no renewal here
     clock = FakeClock()
     s = stacks(clock=clock, ttl=1.0, recheck=0.5)
     s.top.readdir(("plain",))  # the listing, cached until 1001.0
@@ -516,6 +518,130 @@ def test_rule_8_live_updates_show_through_kept_answers(stacks, tmp_path: Path) -
     with pytest.raises(NotFound):
         ns.getattr(("plain", "disk"))
     assert hot_disk.size == len(want)
+
+
+# --- an expired answer renewed by one lstat ---------------------------------------------
+
+
+def settled(root: Path) -> None:
+    """Every atime in the tree already past its mtime: listing or reading moves none."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, ""]:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            os.utime(p, ns=(st.st_mtime_ns + 10**9, st.st_mtime_ns), follow_symlinks=False)
+
+
+def test_an_expired_plain_answer_is_renewed_by_one_lstat(stacks, tmp_path, monkeypatch) -> None:
+    root = tmp_path / "storage"
+    storage(root)
+    write(root / "plain" / "sub" / "x", b"x")
+    settled(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    paths = [("plain", "a.txt"), ("plain", "b.json"), ("plain", "sub"), ("plain", "sub", "x")]
+    want = {p: s.top.getattr(p) for p in paths}
+    with s.top.open(("plain", "a.txt")) as r:  # kept with its source
+        assert read_all(r) == b"a"
+    clock.advance(5.0)
+    calls = count_calls(monkeypatch, s.hide, "lookup")
+    lstats = count_calls(monkeypatch, os, "lstat")
+    for _ in range(2):
+        assert {p: s.top.getattr(p) for p in paths} == want
+    assert calls == []
+    assert len(lstats) == 5  # each path and "plain" once; then held again for a ttl
+    clock.advance(5.0)
+    with s.top.open(("plain", "a.txt")) as r:  # open renews the same way
+        assert read_all(r) == b"a"
+    assert calls == []
+    assert s.top.getattr(("plain", "a.txt")) == want[("plain", "a.txt")]
+
+
+def test_a_flat_image_a_link_and_an_error_are_never_renewed(stacks, tmp_path, monkeypatch) -> None:
+    root = tmp_path / "storage"
+    storage(root)
+    write(root / "plain" / "new-flat.vmdk", b"x" * 1024)
+    settled(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    paths = [("plain", "new-flat.vmdk"), ("plain", "to-a"), ("plain", "gone"), MERGED, ()]
+    for p in paths:
+        outcome(lambda p=p: s.top.getattr(p))
+    clock.advance(5.0)
+    calls = count_calls(monkeypatch, s.hide, "lookup")
+    for p in paths:
+        outcome(lambda p=p: s.top.getattr(p))
+    assert set(paths) <= set(calls)
+
+
+def _replace_with_symlink(p: Path) -> None:
+    os.replace(p, p.with_name("moved"))
+    os.symlink("moved", p.with_name(".tmp"))
+    os.replace(p.with_name(".tmp"), p)
+
+
+CHANGES: dict[str, Callable[[Path], None]] = {
+    "rewritten in place": lambda p: p.write_bytes(b"other bytes"),
+    "replaced": lambda p: (write(p.with_name(".tmp"), b"n"), os.replace(p.with_name(".tmp"), p)),
+    "removed": lambda p: p.unlink(),
+    "touched": lambda p: os.utime(p, ns=(1, 2)),
+    "a symbolic link now": _replace_with_symlink,
+    "a fifo now": lambda p: (p.unlink(), os.mkfifo(p)),
+    "a folder now": lambda p: (p.unlink(), p.mkdir()),
+}
+
+
+@pytest.mark.parametrize("how", list(CHANGES))
+def test_a_changed_entry_is_not_renewed(stacks, tmp_path: Path, how: str) -> None:
+    """After the ttl, what changed shows as the stack without the memo shows it."""
+    root = tmp_path / "storage"
+    storage(root)
+    settled(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    target = ("plain", "a.txt")
+    before = s.top.getattr(target)
+    CHANGES[how](root / "plain" / "a.txt")
+    assert s.top.getattr(target) == before  # within the ttl: as before
+    clock.advance(1.0)
+    fresh = stacks(clock=clock).top
+    assert outcome(lambda: s.top.getattr(target)) == outcome(lambda: fresh.getattr(target))
+    assert outcome(lambda: s.top.getattr(target)) != ("ok", dataclasses.replace(before, atime_ns=0))
+
+
+@pytest.mark.parametrize("folder", [(), ("plain",)])
+def test_a_pancbt_beside_a_plain_flat_shows_after_the_ttl(stacks, tmp_path, folder) -> None:
+    """Also at the root, whose own answer is not checked (Layer.resolve): the flat's
+    name, not its folder's stat, is what keeps it from being renewed."""
+    root = tmp_path / "storage"
+    storage(root)
+    base = b"b" * (16 * KIB)
+    write(root.joinpath(*folder, "img-flat.vmdk"), base)
+    settled(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    flat = (*folder, "img-flat.vmdk")
+    for _ in range(2):  # the first answer, made while its folder was first listed, is not kept
+        assert s.top.getattr(flat).size == len(base)
+    pancbt = build([(0, b"new")], 20 * KIB, base_size=len(base))
+    write(root.joinpath(*folder, "img-pancbt.vmdk"), pancbt)
+    clock.advance(1.0)
+    assert s.top.getattr(flat).size == 20 * KIB
+
+
+def test_a_parent_replaced_by_a_link_is_walked_again(stacks, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    storage(root)
+    write(root / "plain" / "sub" / "x", b"x")
+    write(root / "elsewhere" / "x", b"elsewhere")
+    settled(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    assert s.top.getattr(("plain", "sub", "x")).size == 1
+    os.rename(root / "plain" / "sub", root / "plain" / "old-sub")
+    os.symlink("../elsewhere", root / "plain" / "sub")
+    clock.advance(1.0)
+    assert s.top.getattr(("plain", "sub", "x")).size == len(b"elsewhere")
 
 
 # --- threads and bounds ----------------------------------------------------------------------
