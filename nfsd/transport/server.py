@@ -125,6 +125,7 @@ import os
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -133,7 +134,13 @@ from dataclasses import dataclass
 
 from nfsd.rpc import Dispatcher, Reply, WouldBlock
 from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
-from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
+from nfsd.transport.record import (
+    DEFAULT_MAX_RECORD,
+    LAST_FRAGMENT,
+    RecordReader,
+    RecordTooLarge,
+    frame,
+)
 from nfsd.transport.tls import (
     HANDSHAKE_TIMEOUT,
     PLAIN,
@@ -147,6 +154,7 @@ from nfsd.transport.tls import (
 log = logging.getLogger("recovery_fs.server")
 
 RECV_SIZE = 64 * 1024
+_MARK = struct.Struct(">I")  # a record's one fragment header
 IOV_BATCH = 512  # buffers per sendmsg, under the kernel's IOV_MAX of 1024
 ACCEPT_BATCH = 64  # connections accepted per wake-up before others are served
 DETACH_AFTER = 1.0  # seconds a queue may make no progress before it leaves the pool
@@ -741,9 +749,10 @@ class RpcServer:
                 break
         if quick:
             with conn.lock:
-                for reply in quick:
-                    self._enqueue(conn, reply)
-                self._flush_locked(conn)
+                if not self._send_now(conn, quick):
+                    for reply in quick:
+                        self._enqueue(conn, reply)
+                    self._flush_locked(conn)
             if quick[-1].starttls and conn.tls is None and self.tls is not None:
                 self._start_tls(conn)
 
@@ -871,6 +880,52 @@ class RpcServer:
             conn.outq[-1][1] = reply
         conn.unsent += sum(len(p) for p in parts)
 
+    def _send_now(self, conn: _Connection, replies: list[Reply]) -> bool:
+        """(conn.lock held) Send a batch of replies in one ``sendmsg`` without
+        queueing them: True if all of it went (the replies are then freed).
+
+        The common case of the loop's quick calls: nothing queued before,
+        no TLS, and the socket takes the lot.  Otherwise (False) nothing
+        was sent and the caller queues the replies as usual; the queue's
+        entries, a list per buffer, cost more than the send itself.
+        """
+        if conn.outq or conn.tls is not None or conn.closed:
+            return False
+        iov: list[bytes | bytearray | memoryview] = []
+        total = 0
+        for reply in replies:
+            parts = reply.parts
+            size = 0
+            for part in parts:
+                size += len(part)
+            iov.append(_MARK.pack(LAST_FRAGMENT | size))
+            iov += parts
+            total += size + 4
+        if len(iov) > IOV_BATCH:
+            return False
+        try:
+            sent = conn.sock.sendmsg(iov, [], socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if conn.failed is None:
+                conn.failed = ("", f"send failed: {e}")
+            for reply in replies:
+                reply.free()
+            return True
+        if sent != total:
+            # Part of it went: queue the rest from where the socket stopped.
+            for reply in replies:
+                self._enqueue(conn, reply)
+            conn.unsent -= sent
+            conn.send_progress = time.monotonic()
+            self._drop_sent(conn.outq, sent)
+            return True
+        for reply in replies:
+            if reply.release is not None:
+                reply.release()
+        return True
+
     def _queue_bytes(self, conn: _Connection, data: bytes) -> None:
         """(conn.lock held) Queue bytes that hold no pooled buffer (TLS output)."""
         if not data:
@@ -898,20 +953,28 @@ class RpcServer:
                             entry[1].free()
                     q.clear()
                     break
-                while sent:
-                    entry = q[0]
-                    n = len(entry[0])
-                    if sent < n:
-                        entry[0] = memoryview(entry[0]).cast("B")[sent:]
-                        return  # the socket is full
-                    sent -= n
-                    q.popleft()
-                    if entry[1] is not None:
-                        entry[1].free()
+                if self._drop_sent(q, sent):
+                    return  # the socket is full
             conn.detached = False
         except OSError as e:
             if conn.failed is None:
                 conn.failed = ("", f"send failed: {e}")
+
+    @staticmethod
+    def _drop_sent(q: deque[list], sent: int) -> bool:
+        """(conn.lock held) Take ``sent`` bytes off the queue's head, freeing
+        each reply whose last byte went; True if a buffer was sent in part."""
+        while sent:
+            entry = q[0]
+            n = len(entry[0])
+            if sent < n:
+                entry[0] = memoryview(entry[0]).cast("B")[sent:]
+                return True
+            sent -= n
+            q.popleft()
+            if entry[1] is not None:
+                entry[1].free()
+        return False
 
     def _on_writable(self, conn: _Connection) -> None:
         with conn.lock:
