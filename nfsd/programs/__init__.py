@@ -14,14 +14,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nfsd.programs.build import READ_BUFFERS, build_programs
+    from nfsd.programs.build import build_programs
 
 EXPORT_PATH = "/recover/images"
+READ_BUFFERS = 48  # 48 MiB at most in flight in READ replies (shared by a server's workers)
 
 __all__ = ["EXPORT_PATH", "READ_BUFFERS", "build_programs"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("build_programs", "READ_BUFFERS"):
+    if name == "build_programs":
         return getattr(importlib.import_module("nfsd.programs.build"), name)
     raise AttributeError(f"module 'nfsd.programs' has no attribute {name!r}")

@@ -10,7 +10,7 @@ a process's memory).
 from __future__ import annotations
 
 from merge.namespace import Namespace
-from nfsd.programs import EXPORT_PATH
+from nfsd.programs import EXPORT_PATH, READ_BUFFERS
 from nfsd.programs.access import AccessControl
 from nfsd.programs.buffers import BufferPool
 from nfsd.programs.handles import HandleCodec
@@ -22,8 +22,6 @@ from nfsd.programs.nfs3.router import route_sessions
 from nfsd.programs.nfs3.service import RTMAX, Nfs3Service, fsid_of
 from nfsd.programs.sessions import SessionManager
 from nfsd.rpc import Program
-
-READ_BUFFERS = 48  # 48 MiB at most in flight in READ replies
 
 
 def build_programs(

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from exports import ExportsError
+from nfsd.programs import READ_BUFFERS
 from nfsd.programs.access import AccessControl
 from nfsd.programs.mountlist import MountList
 from nfsd.programs.portmap import NETIDS, build_portmap, netids_for, uaddr
@@ -208,6 +209,7 @@ class Service:
         self.tls: ContextSource | None = None  # RPC-with-TLS of every listener
         self.log_tag: str | None = None  # names the process on each log line
         self.mount_list: MountList | None = None  # DUMP's list; None: this process's own
+        self.read_buffers = READ_BUFFERS  # this process's share of the READ buffers
 
     # --- start -----------------------------------------------------------
     def start(self) -> None:
@@ -290,7 +292,9 @@ class Service:
 
         assert self.access is not None
         try:
-            return serving.serving_programs(self.config, secret, self.access, self.mount_list)
+            return serving.serving_programs(
+                self.config, secret, self.access, self.mount_list, self.read_buffers
+            )
         except serving.StorageUnreadable as e:
             raise ServiceError(str(e)) from e
 

@@ -7,6 +7,9 @@ The operator sets totals: ``max-connections`` is what the whole server
 ``i`` gets ``max_connections // N``, plus one for the first
 ``max_connections % N`` workers, so the shares add up to exactly the
 setting.  ``max-unvalidated`` is shared the same way (at least one each).
+The READ buffers (``nfsd.programs.READ_BUFFERS``, 1 MiB each) are shared
+the same way by the worker (``nfsd.service.worker``): with their own pools
+N workers held N times the memory of one server after a read-heavy load.
 The other limits are per connection or per time and apply unchanged in
 every worker.  A worker whose share is full refuses (or evicts) while
 another may have room: the kernel does not know the shares when it hands

@@ -12,6 +12,7 @@ import logging
 
 from instant.sessions import SessionRegistry
 from merge import build_namespace
+from nfsd.programs import READ_BUFFERS
 from nfsd.programs.access import AccessControl
 from nfsd.programs.build import build_programs
 from nfsd.programs.mountlist import MountList
@@ -27,11 +28,18 @@ class StorageUnreadable(Exception):
 
 
 def serving_programs(
-    cfg: Config, secret: bytes, access: AccessControl, mounts: MountList | None
+    cfg: Config,
+    secret: bytes,
+    access: AccessControl,
+    mounts: MountList | None,
+    read_buffers: int = READ_BUFFERS,
 ) -> list[Program]:
-    """MOUNT and NFS over the storage's namespace, sessions included."""
+    """MOUNT and NFS over the storage's namespace, sessions included;
+    ``read_buffers``: this process's share of the server's READ buffers."""
     try:
-        namespace = build_namespace(str(cfg.storage))
+        # Several processes: large listings shared through the state directory (merge.shared).
+        shared = str(cfg.state_dir / "listings") if cfg.worker_count() > 1 else None
+        namespace = build_namespace(str(cfg.storage), shared_listings=shared)
     except Exception as e:
         log.exception("cannot build the namespace of %s", cfg.storage)
         raise StorageUnreadable(f"cannot read the storage {cfg.storage}: {e}") from e
@@ -45,4 +53,5 @@ def serving_programs(
         udp=cfg.udp,
         sessions=sessions,
         mounts=mounts,
+        read_buffers=read_buffers,
     )

@@ -7,7 +7,9 @@ directory's duties (pid lock, ``status.json``, portmapper: the supervisor's,
 ``nfsd.service.supervisor``): it builds its own exports list, namespace,
 handles and programs, and serves them on the listeners it inherited (or
 binds its own with ``SO_REUSEPORT``).  Caches are per process and bounded
-as in a single server.
+as in a single server; the READ buffers (1 MiB each, the larger part of a
+busy worker's memory) are shared out like ``max-connections``
+(``nfsd.service.limits``): N workers hold at most what one server would.
 
 It talks to its supervisor over one Unix stream socket, a JSON object a
 line each way:
@@ -41,10 +43,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nfsd.programs import READ_BUFFERS
 from nfsd.programs.mountlist import MOUNTS_DIR, SharedMountList
 from nfsd.service.app import Service
 from nfsd.service.config import Config
-from nfsd.service.limits import limits_for
+from nfsd.service.limits import limits_for, share
 from nfsd.service.logsetup import LevelWatcher
 
 STATS_INTERVAL = 1.0
@@ -83,6 +86,7 @@ class Worker(Service):
         self.listeners = listeners  # inherited descriptors; empty: SO_REUSEPORT
         self.log_tag = f"worker {index} pid {os.getpid()}"
         self.mount_list = SharedMountList(self.state.path / MOUNTS_DIR)
+        self.read_buffers = share(READ_BUFFERS, index, count)
 
     def start(self) -> None:
         try:

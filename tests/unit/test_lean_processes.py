@@ -1,10 +1,11 @@
-"""The supervisor's process stays lean (``nfsd.service.supervisor``'s notes).
+"""The server's processes stay lean (``nfsd.service.supervisor``'s notes).
 
 ``recovery-fs serve`` with workers is the supervisor for as long as the
 server runs: it must not import what only serves calls (namespace, NFS
 procedures) or what only other commands use (``cryptography`` for
 ``tls init``); and what it registers with the portmapper, without building
-the programs, must be what the workers serve.
+the programs, must be what the workers serve.  The READ buffers, a busy
+worker's larger part, are shared out and resident only where filled.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from click.testing import CliRunner
 
 from merge import build_namespace
 from nfsd.cli.commands import LAZY_COMMANDS, main
+from nfsd.programs import READ_BUFFERS
+from nfsd.programs.buffers import BufferPool
 from nfsd.programs.build import build_programs
 from nfsd.rpc import Program
+from nfsd.service.config import Config
 from nfsd.service.supervisor import advertised_programs
+from nfsd.service.worker import Worker
 from tests.proto.nfsclient import SECRET, open_access
 
 SERVING_ONLY = (
@@ -59,3 +64,33 @@ def test_lazy_commands_load_when_named() -> None:
         result = CliRunner().invoke(main, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert main.commands[name].name == name
+
+
+def _rss_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
+
+def test_read_buffers_become_resident_only_where_filled() -> None:
+    """64 buffers of 1 MiB handed out for 4 KiB READs: a few pages each, not 64 MiB."""
+    pool = BufferPool(1 << 20, 64)
+    before = _rss_kib()
+    bufs = [pool.acquire() for _ in range(64)]
+    for buf in bufs:
+        view = memoryview(buf)
+        assert len(view) == 1 << 20 and not view.readonly
+        assert view[:4096] == bytes(4096) and view[-1] == 0
+        view[:4096] = b"\xab" * 4096
+        assert buf[:4096] == b"\xab" * 4096
+        view.release()
+    assert _rss_kib() - before < 16 * 1024
+    for buf in bufs:
+        pool.release(buf)
+    assert pool.acquire() is bufs[-1]  # the last one back, the warmest, goes out first
+
+
+def test_the_workers_share_the_read_buffers_of_one_server(tmp_path: Path) -> None:
+    cfg = Config(storage=tmp_path, state_dir=tmp_path / "state", log_file=tmp_path / "log")
+    for count in (1, 2, 3, 5):
+        shares = [Worker(cfg, i, count, []).read_buffers for i in range(count)]
+        assert sum(shares) == READ_BUFFERS
