@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from hashlib import blake2b as _blake2b
 from stat import S_IMODE, S_ISDIR
 
@@ -112,3 +112,22 @@ def stat_matches(a: Attrs, st: os.stat_result) -> bool:
         and a.uid == st.st_uid
         and a.gid == st.st_gid
     )
+
+
+def attrs_from_fields(fields: Sequence[int], kind: Kind) -> Attrs:
+    """``Attrs(kind, *fields)`` (size ... ctime_ns, in the dataclass's order), built as
+    ``attrs_of`` builds its own: a shared listing (``merge.shared``) makes 10,000."""
+    a = object.__new__(Attrs)
+    _set_kind(a, kind)
+    size, used, mode, nlink, uid, gid, fileid, atime, mtime, ctime = fields
+    _set_size(a, size)
+    _set_used(a, used)
+    _set_mode(a, mode)
+    _set_nlink(a, nlink)
+    _set_uid(a, uid)
+    _set_gid(a, gid)
+    _set_fileid(a, fileid)
+    _set_atime(a, atime)
+    _set_mtime(a, mtime)
+    _set_ctime(a, ctime)
+    return a

@@ -72,6 +72,11 @@ Readers.  The memo holds no reference on a source, so it keeps no descriptor
 open: a hit takes one with ``try_retain``, which fails on a source the
 caches have closed since; the stack then opens the path as it always did.
 
+Shared listings.  Given a :class:`merge.shared.SharedListings`, a large
+listing computed here is also written there, with the deadline it holds
+until, and one another process wrote is read there (if it still holds)
+before the stack is asked to scan: see that module.
+
 Bounds: ``size`` paths and ``dirs`` listings, the oldest stored going first
 (an answer in use is computed and stored again every ``ttl``, so this is
 close to least recently used).  Lookups take no lock (a dict read); stores
@@ -99,6 +104,7 @@ from merge.namespace import (
     NotFound,
     PresentedPath,
 )
+from merge.shared import SharedListings, folder_stamp
 from merge.sources import FileSource, Handle, LinkSource, MergedSource, Source
 
 _KEPT_ERRORS = (NotFound, NotADirectory)
@@ -242,8 +248,17 @@ def _renewable_at(path: PresentedPath, entry: Entry) -> str | None:
 class MemoLayer(Layer):
     """Keeps each presented path's attributes, error or opened source while they hold."""
 
-    def __init__(self, lower: Layer, ctx: Context, *, size: int = 65536, dirs: int = 1024) -> None:
+    def __init__(
+        self,
+        lower: Layer,
+        ctx: Context,
+        *,
+        size: int = 65536,
+        dirs: int = 1024,
+        shared: SharedListings | None = None,
+    ) -> None:
         super().__init__(lower, ctx)
+        self._shared = shared if shared is not None and shared.enabled else None
         if size < 1 or dirs < 1:
             raise ValueError("size and dirs must be at least 1")
         self._clock = ctx.clock
@@ -291,13 +306,23 @@ class MemoLayer(Layer):
         kept = self._listings.get(path)
         if kept is not None and now < kept[0] and kept[2].current(now, self._ttl):
             return kept[1]
+        shared, stamp, got = self._shared, None, None
         with self.ctx.validity(now + self._ttl) as valid:
             d = self._kept_for(path, now)
             if d.attrs is None:
                 d.raise_error()
             if d.attrs.kind != Kind.DIR:
                 raise NotADirectory("/" + "/".join(path))
-            items = self.lower.listing(path).items
+            if shared is not None:  # another process's listing, if it holds
+                stamp = folder_stamp(os.path.join(self.ctx.root, *path))
+                got = None if stamp is None else shared.load(path, now, stamp)
+            if got is not None:
+                items, until = got
+                self.ctx.note(until)
+            else:
+                items = self.lower.listing(path).items
+        if shared is not None and got is None and valid[0] > now:
+            shared.store(path, items, valid[0], stamp)
         # The object the caches below hand out until valid[0] whatever is
         # dropped meanwhile: kept with no check of the drops.
         with self._lock:

@@ -25,6 +25,7 @@ from merge.namespace import Namespace
 from merge.overlay import MergeLayer
 from merge.passthrough import Passthrough
 from merge.problems import Problems
+from merge.shared import SharedListings
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def build_stack(
     fd_cache: int = 128,
     memo_size: int = 65536,
     clock: Clock = time.monotonic,
+    shared_listings: str | SharedListings | None = None,
 ) -> Stack:
     """The stack over ``storage_root``; see :func:`build_namespace`."""
     root = os.path.realpath(storage_root)
@@ -73,15 +75,21 @@ def build_stack(
     merge = MergeLayer(links, ctx, cache_size=merge_cache)
     hide = HideLayer(merge, ctx)
     links.top = hide  # link targets are looked up as presented (never through the memo)
-    memo = MemoLayer(hide, ctx, size=memo_size)
+    shared = (
+        SharedListings(shared_listings) if isinstance(shared_listings, str) else shared_listings
+    )
+    memo = MemoLayer(hide, ctx, size=memo_size, shared=shared)
     return Stack(passthrough, links, merge, hide, memo, ctx)
 
 
-def build_namespace(storage_root: str, **options: float) -> Namespace:
+def build_namespace(
+    storage_root: str, *, shared_listings: str | None = None, **options: float
+) -> Namespace:
     """The presented tree of ``storage_root`` (namespace.md), top of the filter stack.
 
     ``options`` tune the caches (``ttl``, ``recheck`` in seconds;
     ``merge_cache``, ``fd_cache``, ``memo_size`` entries); the defaults suit
-    the server.
+    the server.  ``shared_listings``: a folder of the server's own where its
+    processes share large listings (``merge.shared``), if it runs several.
     """
-    return build_stack(storage_root, **options).top  # type: ignore[arg-type]
+    return build_stack(storage_root, shared_listings=shared_listings, **options).top  # type: ignore[arg-type]

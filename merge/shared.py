@@ -1,0 +1,273 @@
+"""Large listings shared by the server's processes, through files: a folder listed once.
+
+Design notes
+------------
+Each server process has its own namespace caches, and a client's new
+connection may land on a process that never listed a folder another one
+listed a moment ago.  Scanning a folder of 10,000 entries again costs ~50 ms
+of CPU; reading what the other process found costs a few.  So the memo at the
+top of the stack (``merge.memo``) writes each large listing it computes here,
+and reads one here before scanning.
+
+What a listing holds, and until when.  A listing is written with the
+deadline the writer's own memo keeps it until (its ``Context.validity``:
+never later than its scan plus rule 8's ``ttl``), and a reader uses it no
+later than that deadline: no process serves a listing longer than the one
+that scanned it would have.  The deadline is a reading of the stack's clock,
+``time.monotonic`` (Linux's ``CLOCK_MONOTONIC``: one clock for every process
+of the host, reset at boot), so a listing names the boot it was made in and
+is ignored in any other.  The storage folder's own ``stat`` (device, inode,
+modification and change times), taken before the listing was computed, must
+also match a fresh one: an entry added, removed or renamed there since shows
+at once, as it would after a scan.
+
+Two kinds of files, in the folder the caller gives (the server's state
+directory; it must be the server's own: nothing is unpacked before its
+digest is checked, but a process that can write there can still present
+what it likes):
+
+=====================  ====================================================
+``<digest>.entries``   the entries, ``marshal``-ed names and integers; named
+                       by the BLAKE2b digest of their bytes, written once
+                       per content and never changed
+``<path hash>.head``   one folder's latest: boot, path, deadline, the
+                       folder's stamp, the digest of its entries; rewritten
+                       (small) each time the writer's memo renews the listing
+=====================  ====================================================
+
+Each is written to a temporary name and renamed into place, so a reader
+sees a whole file or the one before.  A file that is truncated, corrupt (its
+digest does not match), of another boot or format, or gone meanwhile is
+ignored: the reader scans, as without this cache.  Nothing of the storage is
+ever written.
+
+A reader that already holds the entries of the digest a head names (it read
+or wrote them before) hands out the very same object again, so the server's
+encoded copy of it stays valid (``nfsd.programs.listings``).
+
+Bounds: at most ``files`` of each kind (the oldest go first), none kept
+longer than ``max_age`` seconds unrenewed; temporary files of a process
+that died are removed after the same age.  Only listings of ``min_entries``
+or more are shared: a small folder is scanned faster than a file is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import marshal
+import operator
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from merge.attrs import attrs_from_fields
+from merge.namespace import Attrs, Kind, PresentedPath
+
+_MAGIC = b"rfs-lst1"
+_DIGEST = 16
+_MAX_ENTRIES_BYTES = 256 << 20
+
+Items = Sequence[tuple[str, Attrs]]
+Stamp = tuple[int, int, int, int]
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux), or ``None``: then nothing is shared."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def folder_stamp(spath: str) -> Stamp | None:
+    """What changes when an entry of the storage folder ``spath`` comes, goes or is renamed."""
+    try:
+        st = os.stat(spath)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_KINDS = {int(k): k for k in Kind}
+# An entry's fields after its kind, in the dataclass's order (attrs_from_fields).
+_FIELDS = operator.attrgetter(
+    "size", "used", "mode", "nlink", "uid", "gid", "fileid", "atime_ns", "mtime_ns", "ctime_ns"
+)
+_KIND = operator.attrgetter("kind")
+_ROW = struct.Struct("10q")  # what _FIELDS gets
+
+
+class SharedListings:
+    """Large listings written and read by every process serving one storage."""
+
+    def __init__(
+        self,
+        folder: str,
+        *,
+        min_entries: int = 1000,
+        files: int = 64,
+        max_age: float = 600.0,
+        boot: str | None = None,
+    ) -> None:
+        self.folder = folder
+        self.min_entries = min_entries
+        self._files = files
+        self._max_age = max_age
+        self._boot = boot if boot is not None else boot_id()
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        except OSError:
+            self._boot = None  # nowhere to share: each process scans
+        # Per folder: the digest of the entries last read or written, and them.
+        self._known: OrderedDict[PresentedPath, tuple[bytes, Items]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self._boot is not None
+
+    # -- reading --------------------------------------------------------------------
+
+    def load(self, path: PresentedPath, now: float, stamp: Stamp) -> tuple[Items, float] | None:
+        """The entries another process listed for ``path`` and until when, if they hold."""
+        if self._boot is None:
+            return None
+        try:
+            head = self._read_head(path)
+            if head is None:
+                return None
+            boot, hpath, until, hstamp, digest = head
+            if boot != self._boot or hpath != path or not now < until or tuple(hstamp) != stamp:
+                return None
+            known = self._known.get(path)
+            if known is not None and known[0] == digest:
+                return known[1], until
+            items = self._read_entries(path, digest)
+        except (OSError, ValueError, TypeError, EOFError, KeyError, IndexError, struct.error):
+            return None  # gone, truncated or not ours: scan
+        if items is None:
+            return None
+        self._remember(path, digest, items)
+        return items, until
+
+    def _read_head(self, path: PresentedPath) -> tuple | None:
+        with open(self._head_path(path), "rb") as f:
+            data = f.read(1 << 16)
+        if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _DIGEST:
+            return None
+        body = data[len(_MAGIC) + _DIGEST :]
+        if _digest(body) != data[len(_MAGIC) : len(_MAGIC) + _DIGEST]:
+            return None
+        head = marshal.loads(body)
+        if not isinstance(head, tuple) or len(head) != 5:
+            return None
+        return head
+
+    def _read_entries(self, path: PresentedPath, digest: bytes) -> Items | None:
+        with open(self._entries_path(digest), "rb") as f:
+            data = f.read(_MAX_ENTRIES_BYTES)
+        if _digest(data) != digest:
+            return None
+        names, kinds, packed = marshal.loads(data)
+        n = len(names)
+        if len(kinds) != n or len(packed) != n * _ROW.size:
+            return None
+        items = []
+        for name, kind, row in zip(names, kinds, _ROW.iter_unpack(packed), strict=True):
+            if not isinstance(name, str):
+                return None
+            items.append((name, attrs_from_fields(row, _KINDS[kind])))
+        return tuple(items)
+
+    # -- writing --------------------------------------------------------------------
+
+    def store(self, path: PresentedPath, items: Items, until: float, stamp: Stamp | None) -> None:
+        """Share ``items``, listed after the folder's ``stamp`` was taken, until ``until``."""
+        if self._boot is None or stamp is None or len(items) < self.min_entries:
+            return
+        try:
+            known = self._known.get(path)
+            if known is not None and known[1] is items:
+                digest = known[0]  # renewed: the entries were written already
+                try:
+                    os.utime(self._entries_path(digest))  # in use: not the oldest
+                except FileNotFoundError:
+                    known = None  # pruned meanwhile: written again
+            if known is None or known[1] is not items:
+                data = marshal.dumps(_rows(items))
+                digest = _digest(data)
+                target = self._entries_path(digest)
+                if not os.path.exists(target):
+                    self._write(target, data)
+                    self._prune()
+                self._remember(path, digest, items)
+            head = marshal.dumps((self._boot, path, until, stamp, digest))
+            self._write(self._head_path(path), _MAGIC + _digest(head) + head)
+        except (OSError, ValueError, struct.error):
+            pass  # not shared: each process scans, as without this cache
+
+    def _write(self, target: str, data: bytes) -> None:
+        tmp = os.path.join(self.folder, f".{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _prune(self) -> None:
+        """At most ``files`` of each kind, none older than ``max_age``."""
+        cutoff = time.time() - self._max_age
+        kinds: dict[str, list[tuple[float, str]]] = {".head": [], ".entries": [], ".tmp": []}
+        with os.scandir(self.folder) as it:
+            for de in it:
+                kind = os.path.splitext(de.name)[1]
+                if kind in kinds:
+                    with contextlib.suppress(OSError):
+                        kinds[kind].append((de.stat(follow_symlinks=False).st_mtime, de.path))
+        for kind, found in kinds.items():
+            found.sort()
+            keep = len(found) if kind == ".tmp" else self._files  # one being written: by age
+            for i, (mtime, p) in enumerate(found):
+                if mtime < cutoff or i < len(found) - keep:
+                    with contextlib.suppress(OSError):
+                        os.unlink(p)
+
+    # -- names --------------------------------------------------------------------------
+
+    def _remember(self, path: PresentedPath, digest: bytes, items: Items) -> None:
+        with self._lock:
+            self._known[path] = (digest, items)
+            self._known.move_to_end(path)
+            while len(self._known) > self._files:
+                self._known.popitem(last=False)
+
+    def _head_path(self, path: PresentedPath) -> str:
+        key = "".join(n + "\0" for n in path).encode("utf-8", "surrogateescape")
+        return os.path.join(self.folder, hashlib.blake2b(key, digest_size=16).hexdigest() + ".head")
+
+    def _entries_path(self, digest: bytes) -> str:
+        return os.path.join(self.folder, digest.hex() + ".entries")
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=_DIGEST).digest()
+
+
+def _rows(items: Items) -> tuple[list[str], bytes, bytes]:
+    """Names, kinds (a byte each) and the other fields (machine integers): for marshal.
+
+    Every field fits a signed 64-bit integer (``struct.error`` otherwise: the
+    listing is not shared); the integers are in the host's byte order, read
+    only by processes of the same boot.
+    """
+    attrs = [a for _, a in items]
+    pack = _ROW.pack
+    rows = b"".join([pack(*fields) for fields in map(_FIELDS, attrs)])
+    return [name for name, _ in items], bytes(map(_KIND, attrs)), rows
