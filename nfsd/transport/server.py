@@ -744,7 +744,7 @@ class RpcServer:
                 self._close(conn, "not_rpc", "a record that is not an RPC call")
                 return
             quick.append(reply)
-            size += sum(len(p) for p in reply.parts)
+            size += sum(map(len, reply.parts))
             if reply.starttls:
                 break
         if quick:
@@ -895,9 +895,7 @@ class RpcServer:
         total = 0
         for reply in replies:
             parts = reply.parts
-            size = 0
-            for part in parts:
-                size += len(part)
+            size = sum(map(len, parts))
             iov.append(_MARK.pack(LAST_FRAGMENT | size))
             iov += parts
             total += size + 4

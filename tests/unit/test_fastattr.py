@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from merge.namespace import Attrs, Kind
 from nfsd.programs.nfs3.fastattr import (
+    LastFattr3,
     entryplus3_bytes,
     fattr3_bytes,
     getattr3_ok,
@@ -82,3 +83,14 @@ def test_entryplus3_too_long_is_an_xdr_error():
         entryplus3_bytes(1, b"n" * 256, a, 1, b"h")
     with pytest.raises(XdrError):
         entryplus3_bytes(1, b"n", a, 1, b"h" * 65)
+
+
+@given(st.lists(st.tuples(attrs, st.sampled_from([1, 2])), min_size=1, max_size=8), st.data())
+def test_last_fattr3_is_the_bytes_of_the_object_asked_for(seq, data):
+    """Objects asked for again (the same object) or replaced (another one,
+    perhaps with other fields): always the bytes of the one given now."""
+    memo = LastFattr3()
+    for a, fsid in seq:
+        again = data.draw(st.sampled_from([a, *(b for b, _ in seq)]))
+        for obj in (a, again, a):
+            assert memo.get(obj, fsid) == fattr3_bytes(obj, fsid)

@@ -92,7 +92,7 @@ def _dispatchers(ns: Moded, exports: str) -> tuple[Dispatcher, Dispatcher]:
         if fast:
             # As on a server that has run a while: every handle verified once
             # (by an allowed client, perhaps not the one calling now).
-            codec = d._fast.svc.handles  # type: ignore[union-attr]
+            codec = d._fast.__self__.svc.handles  # type: ignore[union-attr]
             for path in PATHS:
                 codec.resolve(codec.encode(path, fileid_of(path)))
         out.append(d)

@@ -46,6 +46,30 @@ def post_op_attr_bytes(a: Attrs, fsid: int) -> bytes:
         raise XdrError(f"fattr3: {e}") from None
 
 
+class LastFattr3:
+    """The fattr3 bytes of the ``Attrs`` object asked for last.
+
+    ``Attrs`` is frozen, and the namespace hands out the same object for a
+    path while its answer holds (rule 8's second): a client reading one file
+    asks for the same object call after call, and the bytes are one
+    identity test away instead of a ``struct`` call (~1.2 µs).  A different
+    object, even with equal fields, is packed again.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[Attrs | None, int, bytes] = (None, 0, b"")
+
+    def get(self, a: Attrs, fsid: int) -> bytes:
+        last = self._last  # one tuple: read and replaced whole, safe across threads
+        if last[0] is a and last[1] == fsid:
+            return last[2]
+        data = fattr3_bytes(a, fsid)
+        self._last = (a, fsid, data)
+        return data
+
+
 def getattr3_ok(a: Attrs, fsid: int) -> bytes:
     """A whole GETATTR3res with NFS3_OK."""
     return _OK + fattr3_bytes(a, fsid)

@@ -38,7 +38,7 @@ import struct
 from merge.namespace import Kind, NamespaceError
 from nfsd.programs.access import AccessControl
 from nfsd.programs.errors import NfsError
-from nfsd.programs.nfs3.fastattr import getattr3_ok
+from nfsd.programs.nfs3.fastattr import LastFattr3
 from nfsd.programs.nfs3.read import read_reply
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, Nfs3Service, may
 from nfsd.programs.sessions import is_session_handle
@@ -60,16 +60,22 @@ _HEAD = struct.Struct(">8I")  # xid, msg_type, rpcvers, prog, vers, proc, cred f
 _VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle length
 _READ_ARGS = struct.Struct(">QI")  # offset, count
 _GETATTR, _READ = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ
+_OK = struct.pack(">I", nfs3.NFS3_OK)
+_OK_ATTRS = struct.pack(">II", nfs3.NFS3_OK, 1)  # NFS3_OK, post_op_attr TRUE
 
 
 class FastPath:
-    """``Program.fast`` of the NFS program: see the notes above."""
+    """Its :meth:`serve` is the NFS program's ``Program.fast``: see the notes above.
+
+    (A bound method rather than a callable object: a call costs 0.1 µs less.)
+    """
 
     def __init__(self, svc: Nfs3Service, access: AccessControl) -> None:
         self.svc = svc
         self.access = access
+        self._fattr3 = LastFattr3()
 
-    def __call__(
+    def serve(
         self, record: bytes, peer: str, inline: bool, security: Security, creds: CredCache
     ) -> Reply | None:
         size = len(record)
@@ -114,13 +120,13 @@ class FastPath:
             return None
         try:
             attrs = svc.namespace.getattr(path)
+            fattr3 = self._fattr3.get(attrs, svc.fsid)
             if proc == _GETATTR:
-                return Reply([accepted_header(xid, SUCCESS) + getattr3_ok(attrs, svc.fsid)])
+                return Reply([accepted_header(xid, SUCCESS) + _OK + fattr3])
             if attrs.kind == Kind.DIR or not may(attrs, ctx, MAY_READ, owner_override=True):
                 return None
             offset, count = _READ_ARGS.unpack_from(record, pos)
-            return read_reply(
-                svc, path, attrs, offset, min(count, RTMAX), inline, accepted_header(xid, SUCCESS)
-            )
+            head = accepted_header(xid, SUCCESS) + _OK_ATTRS + fattr3
+            return read_reply(svc, path, offset, min(count, RTMAX), inline, head)
         except (NamespaceError, NfsError, XdrError):
             return None

@@ -25,7 +25,7 @@ import errno
 import os
 import struct
 
-from merge.namespace import ZERO_FD, Attrs, InputChanged, Kind, NamespaceError, PresentedPath
+from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError, PresentedPath
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may
@@ -51,22 +51,18 @@ def read3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READ3args) -> Reply:
     count = min(args.count, RTMAX if ctx.transport == "tcp" else UDP_RTMAX)
     offset = args.offset
     ctx.note = f"/{'/'.join(path)} off={offset} count={args.count}"
-    return read_reply(svc, path, attrs, offset, count, ctx.inline)
+    head = _OK + post_op_attr_bytes(attrs, svc.fsid)
+    return read_reply(svc, path, offset, count, ctx.inline, head)
 
 
 def read_reply(  # noqa: PLR0917
-    svc: Nfs3Service,
-    path: PresentedPath,
-    attrs: Attrs,
-    offset: int,
-    count: int,
-    inline: bool,
-    head: bytes = b"",
+    svc: Nfs3Service, path: PresentedPath, offset: int, count: int, inline: bool, head: bytes
 ) -> Reply:
     """The READ3resok of ``count`` bytes at ``offset`` of a file the caller may read.
 
-    ``head`` goes before the body in its first buffer (the fast path's RPC
-    reply header, ``nfsd.programs.nfs3.fastpath``): one buffer fewer to send.
+    ``head`` is what goes before the count: the status and the file's
+    post_op_attr (and, from the fast path, ``nfsd.programs.nfs3.fastpath``,
+    the RPC reply header before them: one buffer fewer to send).
     """
     # Served inline on the connection's reader only when it cannot wait:
     # a free buffer now, and every byte already in the page cache.
@@ -86,7 +82,7 @@ def read_reply(  # noqa: PLR0917
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
         eof = offset + n >= size
-        header = head + _OK + post_op_attr_bytes(attrs, svc.fsid) + _TAIL.pack(n, eof, n)
+        header = head + _TAIL.pack(n, eof, n)
     except BaseException:
         svc.buffers.release(buf)
         raise
