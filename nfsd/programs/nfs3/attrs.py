@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from merge.namespace import Kind, NamespaceError
+import struct
+
+from merge.namespace import Attrs, Kind, NamespaceError
 from nfsd.programs.errors import nfs_error
 from nfsd.programs.nfs3.fastattr import getattr3_ok, post_op_attr_bytes
 from nfsd.programs.nfs3.service import (
@@ -15,6 +17,7 @@ from nfsd.programs.nfs3.service import (
 )
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
+from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
 
 
@@ -54,11 +57,26 @@ def lookup3(svc: Nfs3Service, ctx: CallContext, args: nfs3.LOOKUP3args) -> Reply
         a = svc.namespace.getattr(path)
     except NamespaceError as e:
         return _lookup_fail(svc, ctx, nfs_error(e).status, dattrs)
-    p = NFS3Packer()
-    p.pack_enum(nfs3.NFS3_OK)
-    p.pack_nfs_fh3(svc.handle_of(path, a))
-    p.pack_raw(post_op_attr_bytes(a, svc.fsid) + post_op_attr_bytes(dattrs, svc.fsid))
-    return Reply([p.get_buffer()])
+    return Reply([lookup3_ok(svc.handles.encode(path, a.fileid), a, dattrs, svc.fsid)])
+
+
+_OK_FH = struct.Struct(">II")  # NFS3_OK, the handle's length
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def lookup3_ok(fh: bytes, a: Attrs, dattrs: Attrs, fsid: int) -> bytes:
+    """A whole LOOKUP3res with NFS3_OK, as bytes: the packer's, without its objects."""
+    if len(fh) > nfs3.NFS3_FHSIZE:
+        raise XdrError("lookup3: handle too long")
+    return b"".join(
+        (
+            _OK_FH.pack(nfs3.NFS3_OK, len(fh)),
+            fh,
+            _PAD[len(fh) & 3],
+            post_op_attr_bytes(a, fsid),
+            post_op_attr_bytes(dattrs, fsid),
+        )
+    )
 
 
 def _lookup_fail(svc: Nfs3Service, ctx: CallContext, status: int, dattrs) -> Reply:
