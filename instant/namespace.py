@@ -55,6 +55,7 @@ from pathlib import Path
 from sqlite3 import Connection
 from typing import Any
 
+from instant.answers import Answers
 from instant.errors import (
     Exists,
     InvalidArgument,
@@ -166,6 +167,7 @@ class SessionNamespace:
         self.store = Store(self.dir, quota=quota, hook=hook)
         self._calls = threading.local()
         self._recorded = 0
+        self._answers = Answers()  # nodes, directories' attributes, names: per db version
         with self.store.transaction() as tx:
             row = tx.conn.execute("SELECT value FROM meta WHERE key='id'").fetchone()
             if row is None:
@@ -223,10 +225,10 @@ class SessionNamespace:
         ).fetchone()
         return None if row is None else _node(row)
 
-    def _attrs(self, conn: Connection | None, n: Node) -> Attrs:
+    def _attrs(self, conn: Connection | None, n: Node, version: int | None = None) -> Attrs:
         """``n``'s attributes; ``conn`` (a read) is needed for a directory's link count only."""
         if n.kind == Kind.REG:
-            size = self.store.size(n.id, n.base_size)
+            size = self.store.size(n.id, n.base_size, version)
             used = size
             nlink = 1
         elif n.kind == Kind.DIR:
@@ -329,18 +331,63 @@ class SessionNamespace:
     def root(self) -> int:
         return ROOT_FILEID
 
+    # What the database answered is kept while its version holds (instant.answers):
+    # a call that finds it costs one look at the version, no read transaction.
+    # A regular file's size is not kept here: it is the store's, asked at the
+    # same version (the store knows when its own commits are not yet readable).
+
+    def _node_at(self, version: int, fileid: int) -> Node:
+        """``fileid``'s node as of ``version``; ``Stale`` if there is none.
+
+        The node is shared by the calls of this version: never change it.
+        """
+        n = self._answers.get(version, fileid)
+        if n is None:
+            with self.store.read() as conn:
+                row = conn.execute(
+                    f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?", (fileid,)
+                ).fetchone()
+            n = _GONE if row is None else _node(row)
+            self._answers.put(version, fileid, n)
+        if n is _GONE:
+            raise Stale(f"no entry with fileid {fileid}")
+        assert isinstance(n, Node)
+        return n
+
+    def _attrs_at(self, version: int, n: Node) -> Attrs:
+        """``n``'s attributes as of ``version``."""
+        if n.kind == Kind.REG:
+            return self._attrs(None, n, version)
+        key = ("attrs", n.fileid)
+        a = self._answers.get(version, key)
+        if a is None:
+            with self.store.read() as conn:
+                a = self._attrs(conn, n)
+            self._answers.put(version, key, a)
+        assert isinstance(a, Attrs)
+        return a
+
     def getattr(self, fileid: int) -> Attrs:
-        with self.store.read() as conn:
-            return self._attrs(conn, self._by_fileid(conn, fileid))
+        v = self.store.version()
+        return self._attrs_at(v, self._node_at(v, fileid))
 
     def lookup(self, dir_fileid: int, name: str) -> Attrs:
         """The attributes (and so the fileid) of ``name`` in a directory."""
-        with self.store.read() as conn:
-            d = self._by_fileid(conn, dir_fileid)
-            n = self._child(conn, d, name)
-            if n is None:
-                raise NotFound(name)
-            return self._attrs(conn, n)
+        v = self.store.version()
+        key = ("child", dir_fileid, name)
+        fid = self._answers.get(v, key)
+        if fid is None:
+            d = self._node_at(v, dir_fileid)
+            with self.store.read() as conn:
+                n = self._child(conn, d, name)
+            fid = _NO_CHILD if n is None else n.fileid
+            self._answers.put(v, key, fid)
+            if n is not None:
+                self._answers.put(v, n.fileid, n)
+        if fid == _NO_CHILD:
+            raise NotFound(name)
+        assert isinstance(fid, int)
+        return self._attrs_at(v, self._node_at(v, fid))
 
     def parent(self, fileid: int) -> int:
         """The fileid of the directory holding ``fileid`` (the root's is the root)."""
@@ -360,36 +407,39 @@ class SessionNamespace:
         return fid
 
     def readdir(self, dir_fileid: int) -> Sequence[tuple[str, Attrs]]:
-        with self.store.read() as conn:
-            d = self._by_fileid(conn, dir_fileid)
-            if d.kind != Kind.DIR:
-                raise NotADirectory(str(dir_fileid))
-            rows = conn.execute(
-                f"SELECT d.name, {', '.join('n.' + c.strip() for c in _NODE_COLS.split(','))} "
-                "FROM dirents d JOIN nodes n ON n.id = d.node WHERE d.parent=?",
-                (d.id,),
-            ).fetchall()
-            return [(r[0], self._attrs(conn, _node(r[1:]))) for r in rows]
+        v = self.store.version()
+        d = self._node_at(v, dir_fileid)
+        if d.kind != Kind.DIR:
+            raise NotADirectory(str(dir_fileid))
+        key = ("entries", dir_fileid)
+        entries = self._answers.get(v, key)
+        if entries is None:
+            with self.store.read() as conn:
+                rows = conn.execute(
+                    f"SELECT d.name, {', '.join('n.' + c.strip() for c in _NODE_COLS.split(','))} "
+                    "FROM dirents d JOIN nodes n ON n.id = d.node WHERE d.parent=?",
+                    (d.id,),
+                ).fetchall()
+            entries = [(r[0], _node(r[1:])) for r in rows]
+            self._answers.put(v, key, entries)
+        assert isinstance(entries, list)
+        return [(name, self._attrs_at(v, n)) for name, n in entries]
 
     def readlink(self, fileid: int) -> bytes:
-        with self.store.read() as conn:
-            n = self._by_fileid(conn, fileid)
+        n = self._node_at(self.store.version(), fileid)
         if n.kind != Kind.LNK or n.target is None:
             raise InvalidArgument("not a symbolic link")
         return n.target
 
     def _regular(self, fileid: int) -> Node:
-        """The node of a regular file (READ and WRITE refuse anything else)."""
+        """The node of a regular file, read now (WRITE changes it: not a kept one)."""
         with self.store.read() as conn:
-            n = self._by_fileid(conn, fileid)
-        if n.kind == Kind.DIR:
-            raise IsADirectory(str(fileid))
-        if n.kind != Kind.REG:
-            raise InvalidArgument("not a regular file")
-        return n
+            return _check_regular(self._by_fileid(conn, fileid))
 
-    def open(self, fileid: int) -> Reader:
-        return SessionReader(self, self._regular(fileid))
+    def open(self, fileid: int) -> SessionReader:
+        """A regular file's reader, as of one look at the database's version."""
+        v = self.store.version()
+        return SessionReader(self, _check_regular(self._node_at(v, fileid)), v)
 
     def fsstat(self) -> FsStats:
         """The quota's room, or the cache file system's when that is smaller."""
@@ -589,6 +639,19 @@ class SessionNamespace:
         self.close()
 
 
+_GONE = object()  # kept for a fileid without a node
+_NO_CHILD = -1  # kept for a name without an entry (fileids are never negative)
+
+
+def _check_regular(n: Node) -> Node:
+    """``n`` if it is a regular file (READ and WRITE refuse anything else)."""
+    if n.kind == Kind.DIR:
+        raise IsADirectory(str(n.fileid))
+    if n.kind != Kind.REG:
+        raise InvalidArgument("not a regular file")
+    return n
+
+
 def _has_entries(conn: Connection, d: Node) -> bool:
     return (
         conn.execute("SELECT 1 FROM dirents WHERE parent=? LIMIT 1", (d.id,)).fetchone() is not None
@@ -599,17 +662,25 @@ class SessionReader:
     """An opened session file: runs of its base, the overlay's logs and zeros.
 
     The base reader is opened on the first read that needs it and held
-    until the reader is closed.
+    until the reader is closed.  ``attrs``, ``size`` and the first ``runs``
+    answer as of the database version seen by ``open`` (one look per READ);
+    later ``runs`` look again (``instant export`` reads a whole file through
+    one reader).
     """
 
-    def __init__(self, ns: SessionNamespace, node: Node) -> None:
+    def __init__(self, ns: SessionNamespace, node: Node, version: int | None = None) -> None:
         self._ns = ns
         self._node = node
+        self._version = version
         self._base: Reader | None = None
 
     @property
+    def attrs(self) -> Attrs:
+        return self._ns._attrs(None, self._node, self._version)
+
+    @property
     def size(self) -> int:
-        return self._ns.store.size(self._node.id, self._node.base_size)
+        return self._ns.store.size(self._node.id, self._node.base_size, self._version)
 
     def _base_runs(self, offset: int, count: int) -> list[Run]:
         n = self._node
@@ -622,8 +693,9 @@ class SessionReader:
         return self._base.runs(offset, count)
 
     def runs(self, offset: int, count: int) -> list[Run]:
+        version, self._version = self._version, None
         return self._ns.store.runs(
-            self._node.id, offset, count, self._base_runs, self._node.base_size
+            self._node.id, offset, count, self._base_runs, self._node.base_size, version=version
         )
 
     def __enter__(self) -> SessionReader:

@@ -440,25 +440,46 @@ class Store:
             finally:
                 self._r.execute("COMMIT")
 
-    def state(self, obj: int) -> FileState | None:
+    def version(self) -> int:
+        """Moves whenever a connection (of any process, this one's writer too) committed.
+
+        ``PRAGMA data_version`` of the read connection: no I/O beyond a look
+        at the WAL index.  Callers that ask several things of one call pass it
+        on (``version=``), so a call costs one such look, not one per question.
+        """
+        with self._rlock:
+            return self._r.execute("PRAGMA data_version").fetchone()[0]
+
+    def state(self, obj: int, version: int | None = None) -> FileState | None:
         """A copy-free look at ``obj``'s overlay (None: never changed); for sizes."""
         with self._rlock:
-            return self._rstate(obj).state
+            return self._rstate(obj, version).state
 
-    def size(self, obj: int, base_size: int) -> int:
-        st = self.state(obj)
+    def size(self, obj: int, base_size: int, version: int | None = None) -> int:
+        st = self.state(obj, version)
         return base_size if st is None else st.size
 
-    def runs(self, obj: int, offset: int, count: int, base: BaseRuns, base_size: int) -> list[Run]:
+    def runs(
+        self,
+        obj: int,
+        offset: int,
+        count: int,
+        base: BaseRuns,
+        base_size: int,
+        *,
+        version: int | None = None,
+    ) -> list[Run]:
         """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros."""
         with self._rlock:
-            st = self._rstate(obj).state
+            st = self._rstate(obj, version).state
             if st is None:
                 st = FileState(base_size, base_size)
             return st.runs(offset, count, base, self._fd_of)
 
-    def _rstate(self, obj: int) -> _Entry:
-        version = self._r.execute("PRAGMA data_version").fetchone()[0]
+    def _rstate(self, obj: int, version: int | None = None) -> _Entry:
+        """``obj``'s read entry, checked against ``version`` (``version()`` if not given)."""
+        if version is None:
+            version = self._r.execute("PRAGMA data_version").fetchone()[0]
         ent = self._rstates.get(obj)
         if ent is not None and ent.checked == version:
             return ent

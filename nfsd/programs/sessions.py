@@ -58,6 +58,7 @@ MAX_CLIENTS_SEEN = 256
 CLIENT_TOUCH_EVERY = 60.0  # seconds between two notes of the same client
 REFRESH_EVERY = 0.2  # seconds between looks at the registry folder
 CLOSE_AFTER = 30.0  # seconds a stopped session's namespace stays open for calls in flight
+VERIFIED_MAX = 16384  # handles whose MAC verified, kept (~200 bytes each)
 
 
 def is_session_handle(data: bytes) -> bool:
@@ -90,6 +91,9 @@ class SessionManager:
         self.registry = registry
         self.base = base
         self._key = hashlib.sha256(b"instant-handles" + secret).digest()
+        # handle bytes → (key, fileid), for handles whose MAC verified: the MAC is
+        # a function of the bytes alone, so each distinct handle is checked once.
+        self._verified: dict[bytes, tuple[bytes, int]] = {}
         self._by_key: dict[bytes, Session] = {}
         self._by_export: dict[str, Session] = {}
         self._paths: dict[str, str] = {}  # session name -> its registry file
@@ -111,12 +115,18 @@ class SessionManager:
 
     def decode(self, data: bytes) -> tuple[bytes, int]:
         """(session key, fileid) of a MAC-checked session handle, else BadHandle."""
+        known = self._verified.get(data)
+        if known is not None:
+            return known
         if not is_session_handle(data):
             raise BadHandle("not a session handle")
         body = data[: _BODY.size]
         if not hmac.compare_digest(data[_BODY.size :], self._mac(body)):
             raise BadHandle("handle MAC does not verify")
         _, key, fileid = _BODY.unpack(body)
+        if len(self._verified) >= VERIFIED_MAX:
+            self._verified = {}
+        self._verified[bytes(data)] = (key, fileid)
         return key, fileid
 
     def session_key(self, data: bytes) -> bytes:

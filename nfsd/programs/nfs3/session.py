@@ -36,6 +36,7 @@ from nfsd.programs.buffers import BufferPool
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.handles import BadHandle, StaleHandle
 from nfsd.programs.listings import Listing
+from nfsd.programs.nfs3.fastattr import getattr3_ok, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
 from nfsd.programs.nfs3.read import PADDING, _fill
 from nfsd.programs.nfs3.readdir import _page, dirlist_reply
@@ -57,6 +58,7 @@ from xdr.nfs3 import NFS3Packer
 
 MAY_WRITE = 2
 _TAIL = struct.Struct(">III")  # READ: count, eof, opaque length
+_OK = struct.pack(">I", nfs3.NFS3_OK)
 
 
 class SessionNfs:
@@ -135,10 +137,7 @@ def getattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.GETATTR3args) -> Repl
     s, fid = svc.target(args.object)
     a = svc.attrs(s, fid)
     ctx.note = f"{s.info.name} fileid={fid}"
-    return reply(
-        NFS3Packer.pack_GETATTR3res,
-        nfs3.GETATTR3res(nfs3.NFS3_OK, nfs3.GETATTR3resok(fattr3_of(a, s.fsid))),
-    )
+    return Reply([getattr3_ok(a, s.fsid)])
 
 
 # RFC 1813 §3.3.3
@@ -216,13 +215,15 @@ def readlink3(svc: SessionNfs, ctx: CallContext, args: nfs3.READLINK3args) -> Re
 
 
 # RFC 1813 §3.3.6: base bytes, overlay bytes and zeros in one pooled buffer.
+# The file's attributes, size and runs as of one look at the session database
+# (``SessionNamespace.open``); a directory is ISDIR, any other non-file INVAL.
 def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
     s, fid = svc.target(args.file)
-    a = svc.attrs(s, fid)
-    if a.kind == Kind.DIR:
-        raise NfsError(nfs3.NFS3ERR_ISDIR)
-    if a.kind != Kind.REG:
-        raise NfsError(nfs3.NFS3ERR_INVAL)
+    try:
+        reader = s.ns.open(fid)
+        a = reader.attrs
+    except NamespaceError as e:
+        raise stale_if_gone(e) from None
     if not may(a, ctx, MAY_READ, owner_override=True):
         raise NfsError(nfs3.NFS3ERR_ACCES)
     count = min(args.count, RTMAX if ctx.transport == "tcp" else UDP_RTMAX)
@@ -230,15 +231,12 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
     buf = svc.buffers.acquire()
     try:
         try:
-            with s.ns.open(fid) as reader:
-                size = reader.size
+            with reader:
                 n = _fill(memoryview(buf), reader.runs(args.offset, count), False)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
-        head = NFS3Packer()
-        head.pack_uint(nfs3.NFS3_OK)
-        head.pack_post_op_attr(svc.post(s, a))
-        header = head.get_buffer() + _TAIL.pack(n, args.offset + n >= size, n)
+        eof = args.offset + n >= a.size
+        header = _OK + post_op_attr_bytes(a, s.fsid) + _TAIL.pack(n, eof, n)
     except BaseException:
         svc.buffers.release(buf)
         raise
