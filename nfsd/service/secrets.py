@@ -25,7 +25,6 @@ takes either form, so that the secret can be copied as text between hosts.
 from __future__ import annotations
 
 import binascii
-import hashlib
 from pathlib import Path
 
 from nfsd.service.config import ConfigError
@@ -82,4 +81,6 @@ def show(secret: bytes) -> str:
 
 def fingerprint(secret: bytes) -> str:
     """A short, non-secret name of the secret, to compare hosts in ``status``."""
+    import hashlib  # noqa: PLC0415  (OpenSSL's libcrypto: 3.7 MB of a supervisor that never needs it)
+
     return hashlib.sha256(b"recovery-fs secret\0" + secret).hexdigest()[:16]

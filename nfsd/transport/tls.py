@@ -74,16 +74,15 @@ A session's SSL object is used by the loop (receive) and by workers
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xdr.rpc import (
     AUTH_BADCRED,
@@ -94,6 +93,13 @@ from xdr.rpc import (
     call_body,
     opaque_auth,
 )
+
+if TYPE_CHECKING:
+    import ssl
+
+# ``ssl`` and ``hashlib`` (OpenSSL's libraries, about 5 MB of a process) are
+# imported where a TLS session or context is made: a server offering no TLS
+# never loads them in its supervisor, nor ``ssl`` in its workers.
 
 log = logging.getLogger("recovery_fs.tls")
 
@@ -212,6 +218,8 @@ def established_security(
     if not cert:  # none sent, or no client CA to verify it against
         return Security("tls")
     der = obj.getpeercert(binary_form=True) or b""
+    import hashlib  # noqa: PLC0415  (see the imports)
+
     return Security("mtls", certificate_names(cert), hashlib.sha256(der).hexdigest())
 
 
@@ -343,6 +351,8 @@ class TlsSettings:
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
     """The server's SSLContext under the policy of the design notes."""
+    import ssl  # noqa: PLC0415  (see the imports)
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols([ALPN])
@@ -444,6 +454,8 @@ class TlsSession:
         timeout: float = HANDSHAKE_TIMEOUT,
         require_alpn: bool = False,
     ) -> None:
+        import ssl  # noqa: PLC0415  (see the imports)
+
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._obj = ctx.wrap_bio(self._in, self._out, server_side=True)
@@ -464,6 +476,8 @@ class TlsSession:
 
     def receive(self, data: Buffer) -> bytes:
         """Feed received ciphertext; return the plaintext it completes (maybe b"")."""
+        import ssl  # noqa: PLC0415  (see the imports)
+
         with self._lock:
             self._hello.feed(data)
             self._in.write(data)
@@ -485,6 +499,8 @@ class TlsSession:
             return plain
 
     def _read_plain(self) -> bytes:
+        import ssl  # noqa: PLC0415  (see the imports)
+
         chunks: list[bytes] = []
         while True:
             try:

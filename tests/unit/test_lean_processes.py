@@ -36,6 +36,8 @@ SERVING_ONLY = (
     "nfsd.programs.build",
     "nfsd.programs.nfs3",
     "nfsd.service.serving",
+    "ssl",  # OpenSSL's libraries: imported where TLS is configured
+    "hashlib",
 )
 
 
@@ -46,6 +48,14 @@ def test_the_supervisor_imports_nothing_that_serves() -> None:
     ).stdout.split()
     loaded = [m for m in out if any(m == p or m.startswith(p + ".") for p in SERVING_ONLY)]
     assert loaded == []
+
+
+def test_a_worker_without_tls_loads_no_ssl() -> None:
+    code = "import sys, nfsd.service.worker, nfsd.service.serving; print(*sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "ssl" not in out and "_ssl" not in out
 
 
 def _shape(programs: list[Program]) -> list[tuple[int, str, list[int], bool]]:
