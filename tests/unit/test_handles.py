@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsd.programs.handles import MAX_SIZE, BadHandle, HandleCodec, StaleHandle
+from nfsd.programs.handles import MAX_SIZE, BadHandle, HandleCodec, StaleHandle, name_hash
 from tests.proto.fakens import FakeNamespace
 
 DEEP = tuple(f"d{i}" for i in range(15))
@@ -98,3 +98,16 @@ def test_a_listing_encoder_issues_the_handles_encode_does(
     assert codec.encoder_in(directory)(name, other) == HandleCodec(None, b"s" * 32).encode(  # type: ignore[arg-type]
         (*directory, name), other
     )
+
+
+@given(key=st.binary(min_size=0, max_size=100), body=st.binary(max_size=80), name=st.text())
+@settings(max_examples=200, deadline=None)
+def test_the_mac_and_name_hashes_are_the_standard_ones(key: bytes, body: bytes, name: str) -> None:
+    """Handles issued before keep verifying: HMAC-SHA256 and BLAKE2b, whatever their build."""
+    import hashlib
+    import hmac
+
+    codec = HandleCodec(None, key)  # type: ignore[arg-type]
+    assert codec._mac(body) == hmac.new(key, body, hashlib.sha256).digest()[:10]
+    data = name.encode("utf-8", "surrogateescape")
+    assert name_hash(name) == hashlib.blake2b(data, digest_size=4).digest()
