@@ -88,6 +88,14 @@ MAX_COPIED_ENTRIES = 100_000
 CALLS_KEPT_NS = 3600 * 10**9  # recorded call keys older than this are pruned
 CALLS_PRUNE_EVERY = 256
 _MASK63 = (1 << 63) - 1
+BASE_KEPT_FOR = 1.0
+"""Seconds a base file's reader is shared by READs before it is opened again.
+
+Opening it through the read-only namespace costs as much as the base's
+runs; so it is kept, at most this long: a storage file replaced under a
+session shows this much later than it would on the read-only export (whose
+own caches hold it ``ttl``, 1 s), within rule 8's few seconds."""
+BASES_KEPT = 64
 _DIR_SIZE = 4096
 _FILES = 1 << 32
 
@@ -168,6 +176,8 @@ class SessionNamespace:
         self._calls = threading.local()
         self._recorded = 0
         self._answers = Answers()  # nodes, directories' attributes, names: per db version
+        self._bases: dict[PresentedPath, _KeptBase] = {}  # base path → its shared reader
+        self._bases_lock = threading.Lock()
         with self.store.transaction() as tx:
             row = tx.conn.execute("SELECT value FROM meta WHERE key='id'").fetchone()
             if row is None:
@@ -441,6 +451,32 @@ class SessionNamespace:
         v = self.store.version()
         return SessionReader(self, _check_regular(self._node_at(v, fileid)), v)
 
+    def _base_reader(self, path: PresentedPath, size: int) -> _KeptBase:
+        """The shared reader of base file ``path``, a reference taken for the caller.
+
+        Opened again when older than :data:`BASE_KEPT_FOR`, or when the one kept
+        was closed meanwhile; ``InputChanged`` if its size is no longer ``size``.
+        """
+        now = time.monotonic()
+        kept = self._bases.get(path)
+        if kept is not None and now < kept.until and kept.take():
+            return kept
+        reader = self.base.open(path)
+        if reader.size != size:
+            reader.__exit__(None, None, None)
+            raise InputChanged(f"{'/'.join(path)} changed size under the session")
+        fresh = _KeptBase(reader, now + BASE_KEPT_FOR)
+        fresh.take()
+        with self._bases_lock:
+            gone = [self._bases.pop(path)] if path in self._bases else []
+            if len(self._bases) >= BASES_KEPT:
+                gone.extend(self._bases.values())
+                self._bases = {}
+            self._bases[path] = fresh
+        for old in gone:
+            old.drop()  # the cache's reference: closed once no READ holds it
+        return fresh
+
     def fsstat(self) -> FsStats:
         """The quota's room, or the cache file system's when that is smaller."""
         st = os.statvfs(self.dir)
@@ -630,6 +666,10 @@ class SessionNamespace:
         return True
 
     def close(self) -> None:
+        with self._bases_lock:
+            gone, self._bases = list(self._bases.values()), {}
+        for kept in gone:
+            kept.drop()
         self.store.close()
 
     def __enter__(self) -> SessionNamespace:
@@ -637,6 +677,37 @@ class SessionNamespace:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _KeptBase:
+    """A base file's reader shared by READs: one reference for the cache, one per READ.
+
+    The last reference dropped closes it, so eviction never closes a reader
+    a READ is still copying from.
+    """
+
+    __slots__ = ("_lock", "_refs", "reader", "until")
+
+    def __init__(self, reader: Reader, until: float) -> None:
+        self.reader = reader
+        self.until = until
+        self._refs = 1
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Take a reference, unless it is closed already."""
+        with self._lock:
+            if self._refs <= 0:
+                return False
+            self._refs += 1
+            return True
+
+    def drop(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self.reader.__exit__(None, None, None)
 
 
 _GONE = object()  # kept for a fileid without a node
@@ -661,9 +732,10 @@ def _has_entries(conn: Connection, d: Node) -> bool:
 class SessionReader:
     """An opened session file: runs of its base, the overlay's logs and zeros.
 
-    The base reader is opened on the first read that needs it and held
-    until the reader is closed.  ``attrs``, ``size`` and the first ``runs``
-    answer as of the database version seen by ``open`` (one look per READ);
+    The base's reader is taken (shared, ``SessionNamespace._base_reader``) on
+    the first read that needs it and held until the reader is closed.
+    ``attrs``, ``size`` and the first ``runs`` answer as of the database
+    version seen by ``open`` (one look per READ);
     later ``runs`` look again (``instant export`` reads a whole file through
     one reader).
     """
@@ -672,7 +744,7 @@ class SessionReader:
         self._ns = ns
         self._node = node
         self._version = version
-        self._base: Reader | None = None
+        self._base: _KeptBase | None = None
 
     @property
     def attrs(self) -> Attrs:
@@ -687,10 +759,8 @@ class SessionReader:
         if n.base is None:
             return []
         if self._base is None:
-            self._base = self._ns.base.open(n.base)
-            if self._base.size != n.base_size:
-                raise InputChanged(f"{'/'.join(n.base)} changed size under the session")
-        return self._base.runs(offset, count)
+            self._base = self._ns._base_reader(n.base, n.base_size)
+        return self._base.reader.runs(offset, count)
 
     def runs(self, offset: int, count: int) -> list[Run]:
         version, self._version = self._version, None
@@ -703,5 +773,5 @@ class SessionReader:
 
     def __exit__(self, *exc: object) -> None:
         if self._base is not None:
-            self._base.__exit__(*exc)
+            self._base.drop()
             self._base = None

@@ -9,15 +9,18 @@ first gives must equal one read from the database at that moment.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from instant import namespace
 from instant.answers import Answers
 from instant.namespace import SessionNamespace
-from merge.namespace import Attrs, NamespaceError
+from merge.namespace import ZERO_FD, Attrs, NamespaceError
 from nfsd.programs.handles import BadHandle
 from nfsd.programs.sessions import _BODY, VERSION, SessionManager
 from tests.unit.test_instant_namespace import make_storage, open_session
@@ -171,3 +174,42 @@ def test_a_verified_handle_is_remembered_a_forged_one_never(tmp_path: Path) -> N
     other = SessionManager(SessionRegistry(tmp_path), None, b"t" * 32)  # type: ignore[arg-type]
     with pytest.raises(BadHandle):  # another secret's server never saw it verify
         other.decode(good)
+
+
+def _pread(runs: list) -> bytes:  # type: ignore[type-arg]
+    return b"".join(
+        bytes(r.length) if r.fd == ZERO_FD else os.pread(r.fd, r.length, r.pos) for r in runs
+    )
+
+
+def test_the_base_reader_is_shared_then_opened_again(storage: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Kept across READs; a replaced storage file shows once it is older than
+    BASE_KEPT_FOR; a READ holding the old one still reads it whole."""
+    with open_session(storage, "b") as ns:
+        opened = []
+        real_open = ns.base.open
+        monkeypatch.setattr(ns.base, "open", lambda p: opened.append(p) or real_open(p))
+        f = ns.resolve(("web01", "web01.vmx"))
+        for _ in range(3):
+            with ns.open(f) as r:
+                assert _pread(r.runs(0, 100)) == b"config"
+        assert len(opened) == 1
+        held = ns.open(f)
+        held_runs = held.runs(0, 100)
+        new = storage / "storage/day1/web01/.new"
+        new.write_bytes(b"CONFIG")
+        os.replace(new, storage / "storage/day1/web01/web01.vmx")
+        monkeypatch.setattr(namespace, "BASE_KEPT_FOR", 0.0)
+        deadline = time.monotonic() + 5  # the read-only stack's own ttl (1 s) too
+        while True:
+            with ns.open(f) as r:
+                got = _pread(r.runs(0, 100))
+            if got == b"CONFIG" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert got == b"CONFIG"
+        assert _pread(held_runs) == b"config"  # not closed under the READ holding it
+        held.__exit__(None, None, None)
+        kept = list(ns._bases.values())
+        assert kept
+    assert all(k._refs == 0 for k in kept)  # closed with the session
