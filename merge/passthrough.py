@@ -44,7 +44,7 @@ from stat import S_ISDIR, S_ISREG
 
 from merge.attrs import attrs_from_stat, attrs_of, ids_in, stat_matches
 from merge.cache import TtlLru
-from merge.layer import Context, Entry, Layer, Listing, Stored
+from merge.layer import Context, Entry, Layer, Listing, Stored, stored_entry
 from merge.names import valid_name
 from merge.namespace import FsStats, NamespaceError, NotFound, PresentedPath
 from merge.sources import FileSource, Handle, os_error
@@ -139,7 +139,7 @@ class Passthrough(Layer):
                     if st is not None and (S_ISREG(st.st_mode) or S_ISDIR(st.st_mode)):
                         old = before.get(name)
                         if old is None or not stat_matches(old.attrs, st):
-                            old = Entry(attrs_of(st, fileid(name)), Stored(de.path))
+                            old = stored_entry(attrs_of(st, fileid(name)), de.path)
                         entries[name] = old
                         continue
                     got = self._classify_listed((*path, name), de)  # as a lookup does

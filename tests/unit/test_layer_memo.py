@@ -24,7 +24,7 @@ import pytest
 
 from merge import memo
 from merge.attrs import attrs_of, fileid_for, ids_in
-from merge.layer import Layer
+from merge.layer import Entry, Layer, Stored, stored_entry
 from merge.memo import MemoLayer
 from merge.namespace import AccessDenied, Attrs, Kind, NamespaceError, NotADirectory, NotFound
 from merge.smartmotion import LinkDoc, parse_link
@@ -725,6 +725,14 @@ def test_bounded(stacks, tmp_path: Path) -> None:
 # --- the fast paths below it -----------------------------------------------------------------
 
 
+def shared_attrs(a: Attrs) -> Attrs:
+    """``a`` written to and read from a shared listing's fields."""
+    from merge.attrs import attrs_from_fields
+    from merge.shared import _FIELDS, _KINDS
+
+    return attrs_from_fields(_FIELDS(a), _KINDS[int(a.kind)])
+
+
 def test_attrs_of_and_ids_in_agree_with_the_plain_forms(tmp_path: Path) -> None:
     write(tmp_path / "f", b"12345")
     for p in (tmp_path, tmp_path / "f"):
@@ -745,6 +753,9 @@ def test_attrs_of_and_ids_in_agree_with_the_plain_forms(tmp_path: Path) -> None:
         )
         made = attrs_of(st, 42)
         assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+        entry, want = stored_entry(made, str(p)), Entry(plain, Stored(str(p)))
+        assert entry == want and hash(entry) == hash(want) and repr(entry) == repr(want)
+        assert shared_attrs(made) == plain  # merge.shared's way back from the stored fields
     for directory in [(), ("a",), ("ü", "b\udcff"), ("x" * 300, "y")]:
         ids = ids_in(directory)
         for name in ("f", "é", "\udc80", "a\tb"):
