@@ -441,11 +441,6 @@ class SessionNamespace:
             raise InvalidArgument("not a symbolic link")
         return n.target
 
-    def _regular(self, fileid: int) -> Node:
-        """The node of a regular file, read now (WRITE changes it: not a kept one)."""
-        with self.store.read() as conn:
-            return _check_regular(self._by_fileid(conn, fileid))
-
     def open(self, fileid: int) -> SessionReader:
         """A regular file's reader, as of one look at the database's version."""
         v = self.store.version()
@@ -552,20 +547,27 @@ class SessionNamespace:
 
     def write(self, fileid: int, offset: int, data: bytes | memoryview) -> Attrs:
         """WRITE, FILE_SYNC: the data and the new mtime are durable when this returns."""
-        n = self._regular(fileid)
+        # The node as kept for this version (the server's wcc read just asked for
+        # it): the kept node is shared, so the new times go into the answer only.
+        n = _check_regular(self._node_at(self.store.version(), fileid))
         if offset < 0 or offset + len(data) > 1 << 63:
             raise InvalidArgument("offset out of range")
         now = self.clock()
+        node = n.id
 
         def stamp(tx: Tx) -> None:
-            tx.conn.execute("UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, n.id))
+            tx.last(
+                ("times", node), "UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, node)
+            )
 
-        self.store.write(n.id, offset, data, n.base_size, extra=stamp)
-        # The node as read above, with the times just committed and the size now:
-        # no second read per WRITE (a SETATTR racing this WRITE shows at the next
-        # GETATTR, as with any attribute cache).
-        n.mtime = n.ctime = now
-        return self._attrs(None, n)
+        size = self.store.write(node, offset, data, n.base_size, extra=stamp)
+        # The node as read above, with the times just committed and the size the
+        # write made: no second read per WRITE (a SETATTR racing this WRITE shows
+        # at the next GETATTR, as with any attribute cache).
+        return Attrs(
+            kind=n.kind, size=size, used=size, mode=n.mode, nlink=1, uid=n.uid, gid=n.gid,
+            fileid=n.fileid, atime_ns=n.atime, mtime_ns=now, ctime_ns=now,
+        )  # fmt: skip
 
     def commit(self, fileid: int) -> None:
         """COMMIT: nothing to do, every write was FILE_SYNC; checks the file exists."""

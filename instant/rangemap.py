@@ -110,6 +110,10 @@ class RangeMap:
     def _replace(self, start: int, end: int, middle: list[Piece]) -> Edits:
         """Cut ``[start, end)`` out of the map and put ``middle`` there."""
         i, j = self._span(start, end)
+        if i == j:  # nothing there (a first write of a region): no piece to cut
+            self._pieces[i:i] = middle
+            self._starts[i:i] = [p.start for p in middle]
+            return Edits([], list(middle))
         old = self._pieces[i:j]
         new: list[Piece] = []
         if old and old[0].start < start:

@@ -130,57 +130,119 @@ class _Entry:
 
 @dataclass(slots=True, eq=False)
 class _Pending:
+    """A write waiting for its group: ``wake`` is held until it is done or must lead."""
+
     obj: int
     offset: int
     length: int
     pos: int
     base_size: int
     extra: Callable[[Tx], None] | None = None
-    done: bool = False
     error: Exception | None = None
+    size: int = 0  # the file's size once written
+    lead: bool = False
+    wake: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(slots=True)
+class _Net:
+    """One file's edits in one transaction, net of each other.
+
+    A group of 16 writes to one file becomes one ``DELETE`` of the pieces it
+    replaced that were durable before it, one ``INSERT`` of the pieces still
+    there after it, and one ``UPDATE`` of the file's size and ``gen``: a
+    piece added and replaced within the group never reaches the database.
+    """
+
+    ent: _Entry
+    old_gen: int
+    removed: set[int] = field(default_factory=set)  # starts of pieces durable before
+    added: dict[int, Piece] = field(default_factory=dict)  # start → piece
+
+    def add(self, edits: Edits) -> None:
+        for start in edits.removed:
+            if self.added.pop(start, None) is None:
+                self.removed.add(start)
+        for p in edits.added:
+            self.added[p.start] = p
 
 
 @dataclass(slots=True)
 class Tx:
-    """An open write transaction: the connection, and the file changes made in it."""
+    """An open write transaction: the connection, and the file changes made in it.
+
+    Map edits are gathered per file (:class:`_Net`) and written, with the
+    statements given to :meth:`last`, by :meth:`_flush` just before COMMIT.
+    """
 
     store: Store
     conn: sqlite3.Connection
     changes: list[_Change] = field(default_factory=list)
+    nets: dict[int, _Net] = field(default_factory=dict)
+    lasts: dict[object, tuple[str, tuple]] = field(default_factory=dict)
 
     def truncate(self, obj: int, size: int, base_size: int) -> None:
         """Set the size of ``obj``; bytes past ``size`` are gone for good."""
-        ent = self.store._wstate(self.conn, obj, base_size)
-        assert ent.state is not None
-        self._changed(obj, ent, ent.state.truncate(size))
+        net = self._net(obj, base_size)
+        assert net.ent.state is not None
+        net.add(net.ent.state.truncate(size))
 
-    def write_piece(self, obj: int, piece: Piece, base_size: int) -> None:
-        ent = self.store._wstate(self.conn, obj, base_size)
-        assert ent.state is not None
-        self._changed(obj, ent, ent.state.write(piece))
+    def write_piece(self, obj: int, piece: Piece, base_size: int) -> int:
+        """Map ``piece``; the file's size after it."""
+        net = self._net(obj, base_size)
+        st = net.ent.state
+        assert st is not None
+        net.add(st.write(piece))
+        return st.size
+
+    def last(self, key: object, sql: str, params: tuple) -> None:
+        """Run ``sql`` at COMMIT; a later call with the same ``key`` replaces it.
+
+        For what only the last of a group's writes decides (a file's mtime):
+        one statement per group rather than one per write.
+        """
+        self.lasts[key] = (sql, params)
 
     def drop(self, obj: int) -> None:
         """Forget ``obj``'s overlay (its file was removed)."""
         self.conn.execute("DELETE FROM pieces WHERE obj=?", (obj,))
         self.conn.execute("DELETE FROM objects WHERE id=?", (obj,))
+        self.nets.pop(obj, None)
         self.store._wstates.pop(obj, None)
         self.changes.append(_Change(obj, ABSENT, ABSENT, 0, 0, None))
 
-    def _changed(self, obj: int, ent: _Entry, edits: Edits) -> None:
-        assert ent.state is not None
+    def _net(self, obj: int, base_size: int) -> _Net:
+        net = self.nets.get(obj)
+        if net is None:
+            ent = self.store._wstate(self.conn, obj, base_size)
+            net = self.nets[obj] = _Net(ent, ent.gen)
+        return net
+
+    def _flush(self) -> None:
+        """Write the gathered edits: one statement of each kind for the transaction."""
         c = self.conn
-        c.executemany(
-            "DELETE FROM pieces WHERE obj=? AND start=?", [(obj, s) for s in edits.removed]
-        )
-        c.executemany("INSERT INTO pieces VALUES (?,?,?,?,?)", [(obj, *p) for p in edits.added])
-        c.execute(
-            "UPDATE objects SET size=?, base_limit=?, gen=? WHERE id=?",
-            (ent.state.size, ent.state.base_limit, ent.gen + 1, obj),
-        )
-        self.changes.append(
-            _Change(obj, ent.gen, ent.gen + 1, ent.state.size, ent.state.base_limit, edits)
-        )
-        ent.gen += 1
+        if self.nets:
+            gone = [(obj, s) for obj, net in self.nets.items() for s in net.removed]
+            new = [(obj, *p) for obj, net in self.nets.items() for p in net.added.values()]
+            if gone:
+                c.executemany("DELETE FROM pieces WHERE obj=? AND start=?", gone)
+            if new:
+                c.executemany("INSERT INTO pieces VALUES (?,?,?,?,?)", new)
+            for obj, net in self.nets.items():
+                st = net.ent.state
+                assert st is not None
+                gen = net.old_gen + 1
+                c.execute(
+                    "UPDATE objects SET size=?, base_limit=?, gen=? WHERE id=?",
+                    (st.size, st.base_limit, gen, obj),
+                )
+                net.ent.gen = gen
+                edits = Edits(sorted(net.removed), sorted(net.added.values()))
+                self.changes.append(_Change(obj, net.old_gen, gen, st.size, st.base_limit, edits))
+            self.nets = {}
+        for sql, params in self.lasts.values():
+            c.execute(sql, params)
+        self.lasts = {}
 
 
 class Store:
@@ -202,7 +264,7 @@ class Store:
         self._r = db.connect(self.dir)
         self._wlock = threading.Lock()  # the write connection, _wstates
         self._rlock = threading.RLock()  # the read connection, _rstates, _fds
-        self._cv = threading.Condition()  # _queue, _leading
+        self._qlock = threading.Lock()  # _queue, _leading
         self._queue: list[_Pending] = []
         self._leading = False
         self._wstates: dict[int, _Entry] = {}
@@ -228,8 +290,11 @@ class Store:
         data: bytes | memoryview,
         base_size: int,
         extra: Callable[[Tx], None] | None = None,
-    ) -> None:
+    ) -> int:
         """Write ``data`` at ``offset`` of ``obj``; durable (FILE_SYNC) when it returns.
+
+        Returns the file's size just after this write (later writes of its
+        group may have grown it further).
 
         ``base_size`` is the base file's size, used if this is ``obj``'s first change.
         ``extra(tx)`` runs in the group's transaction (the namespace sets mtime
@@ -238,7 +303,7 @@ class Store:
         """
         n = len(data)
         if n == 0:
-            return
+            return self.size(obj, base_size)
         if self.quota is not None and self._used_hint + n > self.quota:
             raise NoSpace(f"quota of {self.quota} bytes reached")
         pos = self._reserve(n)
@@ -246,22 +311,19 @@ class Store:
         _pwrite_all(self._log_fd, data, pos)
         self.hook("after-data")
         p = _Pending(obj, offset, n, pos, base_size, extra)
-        with self._cv:
+        p.wake.acquire()
+        with self._qlock:
             self._queue.append(p)
-            while not p.done and self._leading:
-                self._cv.wait()
-            lead = not p.done
-            if lead:
-                self._leading = True
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            p.wake.acquire()  # released once: done, or handed the lead
+            lead = p.lead
         if lead:
-            try:
-                self._lead()
-            finally:
-                with self._cv:
-                    self._leading = False
-                    self._cv.notify_all()
+            self._lead()
         if p.error is not None:
             raise p.error
+        return p.size
 
     def _reserve(self, n: int) -> int:
         with self._log_lock:
@@ -304,11 +366,16 @@ class Store:
         self._log_fd = fd
 
     def _lead(self) -> None:
-        """Commit every queued write as one group: one fdatasync, one COMMIT."""
+        """Commit every queued write as one group: one fdatasync, one COMMIT.
+
+        Then wake each writer of the group once, and hand the lead to the
+        first writer queued meanwhile (or give it up): no writer is woken
+        for nothing.
+        """
         batch: list[_Pending] = []
         try:
             with self.transaction() as tx:
-                with self._cv:
+                with self._qlock:
                     batch, self._queue = self._queue, []
                 os.fdatasync(self._log_fd)
                 self.stats.data_syncs += 1
@@ -319,20 +386,35 @@ class Store:
             self.hook("after-commit")
         except Exception as e:  # every write of the group gets the error
             err = e if isinstance(e, NamespaceError) else _storage_error(e)
+            if not batch:  # failed before taking the queue: no write may go unanswered
+                with self._qlock:
+                    batch, self._queue = self._queue, []
             for p in batch:
                 p.error = p.error or err
-        with self._cv:
+        finally:
+            with self._qlock:
+                for p in batch:
+                    if p.error is None:
+                        self.stats.writes += 1
+                        self.stats.bytes_written += p.length
+                nxt = self._queue[0] if self._queue else None
+                if nxt is None:
+                    self._leading = False
+                else:
+                    nxt.lead = True
             for p in batch:
-                p.done = True
-                if p.error is None:
-                    self.stats.writes += 1
-                    self.stats.bytes_written += p.length
+                if p.wake.locked():
+                    p.wake.release()
+            if nxt is not None:
+                nxt.wake.release()
 
     def _apply(self, tx: Tx, batch: list[_Pending]) -> None:
         """Map every write of ``batch`` (quota permitting) and move the log's end."""
         c = tx.conn
-        used = c.execute("SELECT COALESCE(SUM(end), 0) FROM logs").fetchone()[0]
-        (end,) = c.execute("SELECT end FROM logs WHERE id=?", (self._log_id,)).fetchone()
+        used, end = c.execute(
+            "SELECT (SELECT COALESCE(SUM(end), 0) FROM logs), (SELECT end FROM logs WHERE id=?)",
+            (self._log_id,),
+        ).fetchone()
         for p in batch:
             grow = max(0, p.pos + p.length - end)
             if self.quota is not None and used + grow > self.quota:
@@ -340,7 +422,8 @@ class Store:
                 continue
             used += grow
             end += grow
-            tx.write_piece(p.obj, Piece(p.offset, p.length, self._log_id, p.pos), p.base_size)
+            piece = Piece(p.offset, p.length, self._log_id, p.pos)
+            p.size = tx.write_piece(p.obj, piece, p.base_size)
             if p.extra is not None:
                 p.extra(tx)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
@@ -354,6 +437,7 @@ class Store:
             tx = Tx(self, self._w)
             try:
                 yield tx
+                tx._flush()
                 self._mark(tx.changes, publishing=True)
                 self._w.execute("COMMIT")
             except BaseException:

@@ -149,6 +149,28 @@ def test_setattr_fields_guard_and_times(storage: Path) -> None:
     ns.close()
 
 
+def test_write_answers_and_commits_its_times_and_size_kept_node_untouched(storage: Path) -> None:
+    """WRITE takes the node kept for the version it finds; the new times and size go
+    into its answer and the database, never into the kept node."""
+    clock = iter(range(10**9, 10**10, 1000))
+    ns = SessionNamespace(
+        storage / "s", build_namespace(str(storage / "storage")), {"w": ("day1", "web01")},
+        clock=lambda: next(clock),
+    )  # fmt: skip
+    f = ns.resolve(("w", "web01.vmx"))
+    before = ns.getattr(f)
+    kept = ns._node_at(ns.store.version(), f)
+    a = ns.write(f, before.size + 10, b"tail")
+    assert a.size == before.size + 14 and a.mtime_ns == a.ctime_ns != before.mtime_ns
+    assert (kept.mtime, kept.ctime) == (before.mtime_ns, before.ctime_ns)
+    g = ns.getattr(f)
+    assert (g.size, g.mtime_ns, g.ctime_ns) == (a.size, a.mtime_ns, a.ctime_ns)
+    ns.close()
+    with open_session(storage, "s") as again:  # durable: a new process reads the same
+        g2 = again.getattr(f)
+        assert (g2.size, g2.mtime_ns, g2.ctime_ns) == (a.size, a.mtime_ns, a.ctime_ns)
+
+
 def test_errors(storage: Path) -> None:
     with open_session(storage) as ns:
         root, w = ns.root(), ns.resolve(("web01",))

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from instant.errors import NoSpace
+from instant.rangemap import Piece
 from instant.store import HOOK_POINTS, Store
 from merge.namespace import ZERO_FD, Run
 
@@ -103,6 +104,43 @@ def test_store_reads_as_the_model_and_after_reopening(
     with Store(d) as s:
         assert read(s, 1, base_fd) == model
         assert s.size(1, len(BASE)) == len(model)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops, ops)
+def test_one_transaction_of_many_edits_reads_as_the_model(
+    tmp_path: Path, base_fd: int, before: list, script: list
+) -> None:  # type: ignore[type-arg]
+    """A group's edits go to the database net of each other (``_Net``): pieces added
+    and replaced within it, truncates among writes, two files; the cache, another
+    connection and a reopened store all read the model."""
+    d = tmp_path / f"s{os.urandom(4).hex()}"
+    models = {1: bytearray(BASE), 2: bytearray(BASE)}
+    with Store(d) as s, Store(d) as other:
+        for op in before:  # durable pieces for the group to replace
+            run_op(s, 1, op)
+            apply(models[1], op)
+        assert read(other, 1, base_fd) == models[1]  # other caches the map before the group
+        s._reserve(0)  # the log is opened (in a transaction of its own)
+        with s.transaction() as tx:
+            for i, op in enumerate(script):
+                obj = 1 + i % 2
+                kind, off, n, fill = op
+                if kind == "w":
+                    pos = s._reserve(n)
+                    os.pwrite(s._log_fd, bytes([fill]) * n, pos)
+                    tx.write_piece(obj, Piece(off, n, s._log_id, pos), len(BASE))
+                else:
+                    tx.truncate(obj, off, len(BASE))
+                apply(models[obj], op)
+        for obj, model in models.items():
+            assert read(s, obj, base_fd) == model
+            assert read(other, obj, base_fd) == model
+    with Store(d) as s:
+        for obj, model in models.items():
+            assert read(s, obj, base_fd) == model
 
 
 def test_truncated_and_regrown_reads_zeros_durably(tmp_path: Path, base_fd: int) -> None:

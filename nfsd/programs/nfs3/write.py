@@ -22,18 +22,22 @@ Design notes
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from instant.namespace import NOW, CreateHow
 from merge.namespace import Attrs, Kind, NamespaceError, NotFound
 from nfsd.programs.errors import NfsError, nfs_error
+from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_EXEC, decode_name, may
 from nfsd.programs.nfs3.session import MAY_WRITE, SessionNfs
 from nfsd.programs.sessions import Session, is_session_handle
 from nfsd.rpc import CallContext, Reply
 from xdr import nfs3
+from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
 
+_BILLION = 1_000_000_000
 _HOW = {
     nfs3.UNCHECKED: CreateHow.UNCHECKED,
     nfs3.GUARDED: CreateHow.GUARDED,
@@ -261,6 +265,25 @@ def link3(svc: SessionNfs, ctx: CallContext, args: nfs3.LINK3args) -> Reply:
     return Reply([p.get_buffer()])
 
 
+_PRE_OP = struct.Struct(">IQ4I")  # TRUE, then a wcc_attr: size, mtime, ctime
+_OK = struct.pack(">I", nfs3.NFS3_OK)
+_WRITE_TAIL = struct.Struct(">II8s")  # count, committed, verifier
+
+
+def wcc_ok_bytes(before: Attrs, after: Attrs, fsid: int) -> bytes:
+    """``NFS3_OK`` and the ``wcc_data`` of a change: the bytes ``NFS3Packer`` writes for
+    ``svc.wcc(s, before, after)``, without building its objects (a WRITE's reply)."""
+    m, c = before.mtime_ns, before.ctime_ns
+    try:
+        pre = _PRE_OP.pack(
+            1, before.size, m // _BILLION & 0xFFFFFFFF, m % _BILLION,
+            c // _BILLION & 0xFFFFFFFF, c % _BILLION,
+        )  # fmt: skip
+    except struct.error as e:
+        raise XdrError(f"wcc_attr: {e}") from None
+    return _OK + pre + post_op_attr_bytes(after, fsid)
+
+
 def _file_change(svc: SessionNfs, ctx: CallContext, fh: nfs3.nfs_fh3, run) -> Reply:
     """Run ``run(s, fid, before) -> (after, tail bytes)`` on an object; wcc either way."""
     s, fid = svc.target(fh)
@@ -272,10 +295,7 @@ def _file_change(svc: SessionNfs, ctx: CallContext, fh: nfs3.nfs_fh3, run) -> Re
     except (NfsError, NamespaceError) as e:
         status = nfs_error(e).status
         return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
-    p = NFS3Packer()
-    p.pack_uint(nfs3.NFS3_OK)
-    p.pack_wcc_data(svc.wcc(s, before, after))
-    return Reply([p.get_buffer() + tail])
+    return Reply([wcc_ok_bytes(before, after, s.fsid) + tail])
 
 
 # RFC 1813 §3.3.2: size up and down, times, mode, owner; guarded by ctime.
@@ -315,11 +335,7 @@ def write3(svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args) -> Reply:
         data = memoryview(args.data)[: args.count]
         ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={len(data)}"
         after = s.ns.write(fid, args.offset, data)
-        p = NFS3Packer()
-        p.pack_uint(len(data))
-        p.pack_uint(nfs3.FILE_SYNC)
-        p.pack_fopaque(nfs3.NFS3_WRITEVERFSIZE, svc.write_verf)
-        return after, p.get_buffer()
+        return after, _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
 
     return _file_change(svc, ctx, args.file, run)
 
