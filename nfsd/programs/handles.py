@@ -31,12 +31,13 @@ walk searches the subtree, with a bounded budget of directories.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from merge.namespace import Kind, Namespace, NamespaceError, PresentedPath
 
@@ -112,25 +113,46 @@ class HandleCodec:
         return self._issue(body, path)
 
     def encoder_in(self, directory: PresentedPath) -> Callable[[str, int], bytes]:
-        """``encode((*directory, name), fileid)`` as a function of ``name`` and ``fileid``.
+        """``encode((*directory, name), fileid)`` as a function of ``name`` and ``fileid``."""
+        return self._encoder(directory, None)
 
-        The directory's part of the body (its components' hashes) is made
-        once: READDIRPLUS encodes a handle for each of a folder's entries.
+    @contextlib.contextmanager
+    def issuing(self, directory: PresentedPath) -> Iterator[Callable[[str, int], bytes]]:
+        """``encoder_in(directory)``, the handles it makes remembered together on leaving.
+
+        READDIRPLUS encodes a handle for each of a folder's entries: the
+        directory's part of the body (its components' hashes) is made once,
+        and the cache's lock taken once a call, not once a handle.
         """
+        issued: list[tuple[bytes, PresentedPath]] = []
+        try:
+            yield self._encoder(directory, issued)
+        finally:
+            self._remember_all(issued)
+
+    def _encoder(
+        self, directory: PresentedPath, issued: list[tuple[bytes, PresentedPath]] | None
+    ) -> Callable[[str, int], bytes]:
         depth = len(directory) + 1
         byte_depth = min(depth, 255)
         prefix = b"".join(name_hash(n) for n in directory[:MAX_COMPONENTS])
         hashed = depth <= MAX_COMPONENTS
-        head = HEAD.pack
-        known, issue = self._known, self._issue
+        head, by_path, mac = HEAD.pack, self._by_path, self._mac
 
         def encode(name: str, fileid: int) -> bytes:
             path = (*directory, name)
-            handle = known(path, fileid)
-            if handle is not None:
+            handle = by_path.get(path)
+            if handle is not None and handle[_FILEID] == fileid.to_bytes(8, "big"):
                 return handle
             body = head(VERSION, byte_depth, fileid) + prefix
-            return issue(body + name_hash(name) if hashed else body, path)
+            if hashed:
+                body += name_hash(name)
+            handle = body + mac(body)
+            if issued is None:
+                self._remember(handle, path)
+            else:
+                issued.append((handle, path))
+            return handle
 
         return encode
 
@@ -154,17 +176,22 @@ class HandleCodec:
         return outer.digest()[:MAC_SIZE]
 
     def _remember(self, handle: bytes, path: PresentedPath) -> None:
+        self._remember_all(((handle, path),))
+
+    def _remember_all(self, issued: Iterable[tuple[bytes, PresentedPath]]) -> None:
+        by_handle, by_path = self._by_handle, self._by_path
         with self._lock:
-            old = self._by_path.get(path)
-            if old is not None and old != handle:
-                self._by_handle.pop(old, None)
-            self._by_handle[handle] = path
-            self._by_handle.move_to_end(handle)
-            self._by_path[path] = handle
-            while len(self._by_handle) > self._cache_size:
-                h, p = self._by_handle.popitem(last=False)
-                if self._by_path.get(p) == h:
-                    del self._by_path[p]
+            for handle, path in issued:
+                old = by_path.get(path)
+                if old is not None and old != handle:
+                    by_handle.pop(old, None)
+                by_handle[handle] = path
+                by_handle.move_to_end(handle)
+                by_path[path] = handle
+            while len(by_handle) > self._cache_size:
+                h, p = by_handle.popitem(last=False)
+                if by_path.get(p) == h:
+                    del by_path[p]
 
     # -- decoding -------------------------------------------------------
     def cached(self, handle: bytes) -> PresentedPath | None:

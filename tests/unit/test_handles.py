@@ -91,8 +91,11 @@ def test_a_listing_encoder_issues_the_handles_encode_does(
     directory = DEEP[:depth]
     reference = HandleCodec(None, b"s" * 32).encode((*directory, name), fileid)  # type: ignore[arg-type]
     codec = HandleCodec(None, b"s" * 32)  # type: ignore[arg-type]
+    with codec.issuing(directory) as encode:
+        assert encode(name, fileid) == reference
+        assert codec.cached(reference) is None  # remembered on leaving, all together
+    assert codec.cached(reference) == (*directory, name)  # no walk: namespace is None
     assert codec.encoder_in(directory)(name, fileid) == reference
-    assert codec.encoder_in(directory)(name, fileid) == reference  # remembered
     assert codec.resolve(reference) == (*directory, name)
     other = fileid ^ 1 or 3  # the path now names another entry: a new handle
     assert codec.encoder_in(directory)(name, other) == HandleCodec(None, b"s" * 32).encode(  # type: ignore[arg-type]

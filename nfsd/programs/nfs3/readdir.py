@@ -147,22 +147,22 @@ def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Rep
 def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
     path, dattrs, listing = _listing(svc, ctx, args.dir)
 
-    handle_in = svc.handles.encoder_in(path)
     fsid = svc.fsid
+    with svc.handles.issuing(path) as handle_in:
 
-    def encode(row: tuple) -> bytes:
-        cookie, raw, name, a = row
-        return entryplus3_bytes(cookie, raw, a, fsid, handle_in(name, a.fileid))
+        def encode(row: tuple) -> bytes:
+            cookie, raw, name, a = row
+            return entryplus3_bytes(cookie, raw, a, fsid, handle_in(name, a.fileid))
 
-    out, eof = _page(
-        ctx,
-        listing,
-        args.cookie,
-        "readdirplus",
-        encode,
-        maxsize=args.maxcount,
-        dir_budget=args.dircount,
-    )
+        out, eof = _page(
+            ctx,
+            listing,
+            args.cookie,
+            "readdirplus",
+            encode,
+            maxsize=args.maxcount,
+            dir_budget=args.dircount,
+        )
     ctx.note = (
         f"/{'/'.join(path)} cookie={args.cookie} dircount={args.dircount} "
         f"maxcount={args.maxcount} entries={len(out)}"
