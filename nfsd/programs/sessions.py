@@ -73,15 +73,12 @@ class Session:
     info: SessionInfo
     ns: SessionNamespace
     ino: int  # the registry file's inode when opened
+    key: bytes = b""  # the handles' session key (from ``info``; asked on every call)
+    fsid: int = 0  # one file system per session: fileids are unique only within it
 
-    @property
-    def key(self) -> bytes:
-        return self.info.key_bytes
-
-    @property
-    def fsid(self) -> int:
-        """One file system per session: fileids are unique only within it."""
-        return int.from_bytes(self.key, "big")
+    def __post_init__(self) -> None:
+        self.key = self.info.key_bytes
+        self.fsid = int.from_bytes(self.key, "big")
 
 
 class SessionManager:
