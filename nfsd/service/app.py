@@ -210,6 +210,7 @@ class Service:
         self.log_tag: str | None = None  # names the process on each log line
         self.mount_list: MountList | None = None  # DUMP's list; None: this process's own
         self.read_buffers = READ_BUFFERS  # this process's share of the READ buffers
+        self.shared_listings: Path | None = None  # a worker's: listings shared (merge.shared)
 
     # --- start -----------------------------------------------------------
     def start(self) -> None:
@@ -293,7 +294,12 @@ class Service:
         assert self.access is not None
         try:
             return serving.serving_programs(
-                self.config, secret, self.access, self.mount_list, self.read_buffers
+                self.config,
+                secret,
+                self.access,
+                self.mount_list,
+                read_buffers=self.read_buffers,
+                shared_listings=self.shared_listings,
             )
         except serving.StorageUnreadable as e:
             raise ServiceError(str(e)) from e

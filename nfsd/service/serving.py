@@ -9,6 +9,7 @@ the XDR of their calls are about 10 MB of an interpreter's memory.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from instant.sessions import SessionRegistry
 from merge import build_namespace
@@ -32,13 +33,16 @@ def serving_programs(
     secret: bytes,
     access: AccessControl,
     mounts: MountList | None,
+    *,
     read_buffers: int = READ_BUFFERS,
+    shared_listings: Path | None = None,
 ) -> list[Program]:
     """MOUNT and NFS over the storage's namespace, sessions included;
-    ``read_buffers``: this process's share of the server's READ buffers."""
+    ``read_buffers``: this process's share of the server's READ buffers;
+    ``shared_listings``: where a worker shares large listings with the
+    others (``merge.shared``), None for a server of one process."""
     try:
-        # Several processes: large listings shared through the state directory (merge.shared).
-        shared = str(cfg.state_dir / "listings") if cfg.worker_count() > 1 else None
+        shared = str(shared_listings) if shared_listings is not None else None
         namespace = build_namespace(str(cfg.storage), shared_listings=shared)
     except Exception as e:
         log.exception("cannot build the namespace of %s", cfg.storage)

@@ -107,6 +107,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,7 +123,7 @@ from nfsd.rpc import Program
 from nfsd.service.app import PMAP_PORT, RPCBIND_SOCKETS, Service, ServiceError
 from nfsd.service.config import Config
 from nfsd.service.state import atomic_write
-from nfsd.service.worker import config_to_json
+from nfsd.service.worker import LISTINGS_DIR, config_to_json
 from nfsd.transport.server import bind_listeners
 from xdr import mount3, nfs3
 
@@ -229,6 +230,7 @@ class Supervisor(Service):
             self._listeners[0].close()
             self._listeners = [_reserve(cfg.bind, self.port)]
         SharedMountList.reset(self.state.path / MOUNTS_DIR)
+        shutil.rmtree(self.state.path / LISTINGS_DIR, ignore_errors=True)  # a previous run's
         self._snapshot_exports()
         for slot in self.slots:
             self._spawn(slot)
@@ -461,6 +463,7 @@ class Supervisor(Service):
         self._stop_workers()
         if self._pid_lock is not None:  # ours, not another server's
             SharedMountList.discard(self.state.path / MOUNTS_DIR)
+            shutil.rmtree(self.state.path / LISTINGS_DIR, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 self._exports_snapshot.unlink()
         for s in self._listeners:

@@ -51,6 +51,7 @@ from nfsd.service.limits import limits_for, share
 from nfsd.service.logsetup import LevelWatcher
 
 STATS_INTERVAL = 1.0
+LISTINGS_DIR = "listings"  # large listings the workers share (state directory; merge.shared)
 PATH_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if "Path" in str(f.type))
 
 
@@ -87,6 +88,7 @@ class Worker(Service):
         self.log_tag = f"worker {index} pid {os.getpid()}"
         self.mount_list = SharedMountList(self.state.path / MOUNTS_DIR)
         self.read_buffers = share(READ_BUFFERS, index, count)
+        self.shared_listings = self.state.path / LISTINGS_DIR
 
     def start(self) -> None:
         try:
