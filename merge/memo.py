@@ -322,7 +322,7 @@ class MemoLayer(Layer):
             else:
                 items = self.lower.listing(path).items
         if shared is not None and got is None and valid[0] > now:
-            shared.store(path, items, valid[0], stamp)
+            items = shared.store(path, items, valid[0], stamp)
         # The object the caches below hand out until valid[0] whatever is
         # dropped meanwhile: kept with no check of the drops.
         with self._lock:

@@ -43,7 +43,9 @@ ever written.
 
 A reader that already holds the entries of the digest a head names (it read
 or wrote them before) hands out the very same object again, so the server's
-encoded copy of it stays valid (``nfsd.programs.listings``).
+encoded copy of it stays valid (``nfsd.programs.listings``); so does a
+process whose own scan, once a listing it read here expired, finds the same
+entries (a new object from the layers below, the same content).
 
 Bounds: at most ``files`` of each kind (the oldest go first), none kept
 longer than ``max_age`` seconds unrenewed; temporary files of a process
@@ -63,6 +65,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from merge.attrs import attrs_from_fields
 from merge.namespace import Attrs, Kind, PresentedPath
@@ -102,6 +105,15 @@ _KIND = operator.attrgetter("kind")
 _ROW = struct.Struct("10q")  # what _FIELDS gets
 
 
+class _Known(NamedTuple):
+    """A folder's entries this process handed out, their digest, and the lower
+    listing last found to hold the same entries (see ``store``)."""
+
+    digest: bytes
+    items: Items
+    source: Items | None
+
+
 class SharedListings:
     """Large listings written and read by every process serving one storage."""
 
@@ -124,7 +136,7 @@ class SharedListings:
         except OSError:
             self._boot = None  # nowhere to share: each process scans
         # Per folder: the digest of the entries last read or written, and them.
-        self._known: OrderedDict[PresentedPath, tuple[bytes, Items]] = OrderedDict()
+        self._known: OrderedDict[PresentedPath, _Known] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -145,8 +157,8 @@ class SharedListings:
             if boot != self._boot or hpath != path or not now < until or tuple(hstamp) != stamp:
                 return None
             known = self._known.get(path)
-            if known is not None and known[0] == digest:
-                return known[1], until
+            if known is not None and known.digest == digest:
+                return known.items, until
             items = self._read_entries(path, digest)
         except (OSError, ValueError, TypeError, EOFError, KeyError, IndexError, struct.error):
             return None  # gone, truncated or not ours: scan
@@ -186,30 +198,40 @@ class SharedListings:
 
     # -- writing --------------------------------------------------------------------
 
-    def store(self, path: PresentedPath, items: Items, until: float, stamp: Stamp | None) -> None:
-        """Share ``items``, listed after the folder's ``stamp`` was taken, until ``until``."""
+    def store(self, path: PresentedPath, items: Items, until: float, stamp: Stamp | None) -> Items:
+        """Share ``items``, listed after the folder's ``stamp`` was taken, until ``until``.
+
+        Returns what to hand out: ``items``, or the object this process
+        already handed out for the same entries (read here earlier, while
+        its own scan is new): the server's encoded copy stays valid.
+        """
         if self._boot is None or stamp is None or len(items) < self.min_entries:
-            return
+            return items
+        known = self._known.get(path)
         try:
-            known = self._known.get(path)
-            if known is not None and known[1] is items:
-                digest = known[0]  # renewed: the entries were written already
+            if known is not None and (known.items is items or known.source is items):
+                digest = known.digest  # renewed: the entries were written already
                 try:
                     os.utime(self._entries_path(digest))  # in use: not the oldest
                 except FileNotFoundError:
-                    known = None  # pruned meanwhile: written again
-            if known is None or known[1] is not items:
+                    self._write(self._entries_path(digest), marshal.dumps(_rows(items)))
+            else:
                 data = marshal.dumps(_rows(items))
                 digest = _digest(data)
                 target = self._entries_path(digest)
                 if not os.path.exists(target):
                     self._write(target, data)
                     self._prune()
-                self._remember(path, digest, items)
+                if known is not None and known.digest == digest:
+                    self._remember(path, digest, known.items, source=items)
+                else:
+                    self._remember(path, digest, items)
             head = marshal.dumps((self._boot, path, until, stamp, digest))
             self._write(self._head_path(path), _MAGIC + _digest(head) + head)
         except (OSError, ValueError, struct.error):
-            pass  # not shared: each process scans, as without this cache
+            return items  # not shared: each process scans, as without this cache
+        known = self._known.get(path)
+        return known.items if known is not None and known.digest == digest else items
 
     def _write(self, target: str, data: bytes) -> None:
         tmp = os.path.join(self.folder, f".{os.getpid()}.{threading.get_ident()}.tmp")
@@ -241,9 +263,11 @@ class SharedListings:
 
     # -- names --------------------------------------------------------------------------
 
-    def _remember(self, path: PresentedPath, digest: bytes, items: Items) -> None:
+    def _remember(
+        self, path: PresentedPath, digest: bytes, items: Items, source: Items | None = None
+    ) -> None:
         with self._lock:
-            self._known[path] = (digest, items)
+            self._known[path] = _Known(digest, items, source)
             self._known.move_to_end(path)
             while len(self._known) > self._files:
                 self._known.popitem(last=False)
