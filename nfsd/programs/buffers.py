@@ -27,18 +27,27 @@ class BufferPool:
         self.count = count
         self._free: list[mmap.mmap] = []
         self._created = 0
-        self._cond = threading.Condition()
+        # A plain lock for taking and giving back (the Condition's own
+        # ``with`` is Python code: 1.7 -> 0.4 µs a READ's pair); the
+        # Condition only for a READ that must wait, notified only then.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0
 
     def acquire(self) -> mmap.mmap:
         """A buffer, waiting for one to come back if all ``count`` are out."""
-        with self._cond:
+        with self._lock:
             while (buf := self._take()) is None:
-                self._cond.wait()
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
             return buf
 
     def try_acquire(self) -> mmap.mmap | None:
         """A buffer if one is free (or may be created) now; None otherwise."""
-        with self._cond:
+        with self._lock:
             return self._take()
 
     def _take(self) -> mmap.mmap | None:
@@ -50,9 +59,10 @@ class BufferPool:
         return None
 
     def release(self, buf: mmap.mmap) -> None:
-        with self._cond:
+        with self._lock:
             self._free.append(buf)
-            self._cond.notify()
+            if self._waiting:
+                self._cond.notify()
 
     @property
     def created(self) -> int:
