@@ -178,8 +178,8 @@ class Router:
             ctx.note += " (duplicate: the first reply)"
             return Reply([hit])
         try:
-            s, _ = self.svc.target(HANDLE[number](args))
             if number in RECORDED:
+                s, _ = self.svc.target(HANDLE[number](args))
                 again = replay(self.svc, ctx, number, args, s, key)
                 if again is not None:
                     reply = again
