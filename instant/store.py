@@ -39,6 +39,14 @@ fsync, not sixteen of each; and while one process commits, the others'
 writers pile up behind sqlite's lock and go in one group each.
 ``Store.stats`` counts writes, groups and syncs.
 
+The group's map edits are written net (:class:`_Net`): per file one
+``DELETE`` of the durable pieces it replaced, one ``INSERT`` of the pieces
+left, one ``UPDATE`` of size and ``gen``; statements only the last write
+decides (a file's mtime) once (:meth:`Tx.last`).  Each waiting writer holds
+a lock of its own, released once by the leader: when its write is done, or
+to hand it the lead of the writes queued meanwhile (no writer is woken to
+find it must sleep again).
+
 Reading
 -------
 Each process caches the map of each file it reads (:class:`FileState`).
