@@ -122,7 +122,7 @@ class SharedListings:
         folder: str,
         *,
         min_entries: int = 1000,
-        files: int = 64,
+        files: int = 32,
         max_age: float = 600.0,
         boot: str | None = None,
     ) -> None:
