@@ -270,8 +270,10 @@ class Store:
         self.stats = Stats()
         self._w = db.connect(self.dir)
         self._r = db.connect(self.dir)
+        self._v = db.connect(self.dir)  # only asked for data_version (see version())
         self._wlock = threading.Lock()  # the write connection, _wstates
         self._rlock = threading.RLock()  # the read connection, _rstates, _fds
+        self._vlock = threading.Lock()  # the version connection; taken inside _rlock, never around
         self._qlock = threading.Lock()  # _queue, _leading
         self._queue: list[_Pending] = []
         self._leading = False
@@ -535,15 +537,25 @@ class Store:
     def version(self) -> int:
         """Moves whenever a connection (of any process, this one's writer too) committed.
 
-        ``PRAGMA data_version`` of the read connection: no I/O beyond a look
-        at the WAL index.  Callers that ask several things of one call pass it
-        on (``version=``), so a call costs one such look, not one per question.
+        ``PRAGMA data_version`` of a connection of its own, which never writes:
+        no I/O beyond a look at the WAL index, and no wait for the read
+        connection, which another thread may hold for seconds while it loads
+        a large map.  Callers that ask several things of one call pass it on
+        (``version=``), so a call costs one such look, not one per question.
         """
-        with self._rlock:
-            return self._r.execute("PRAGMA data_version").fetchone()[0]
+        with self._vlock:
+            return self._v.execute("PRAGMA data_version").fetchone()[0]
 
     def state(self, obj: int, version: int | None = None) -> FileState | None:
-        """A copy-free look at ``obj``'s overlay (None: never changed); for sizes."""
+        """A copy-free look at ``obj``'s overlay (None: never changed); for sizes.
+
+        An entry already checked at ``version`` is answered without the read
+        lock (a dict read): a GETATTR never waits for another file's reload.
+        """
+        if version is not None:
+            ent = self._rstates.get(obj)
+            if ent is not None and ent.checked == version:
+                return ent.state
         with self._rlock:
             return self._rstate(obj, version).state
 
@@ -571,7 +583,7 @@ class Store:
     def _rstate(self, obj: int, version: int | None = None) -> _Entry:
         """``obj``'s read entry, checked against ``version`` (``version()`` if not given)."""
         if version is None:
-            version = self._r.execute("PRAGMA data_version").fetchone()[0]
+            version = self.version()
         ent = self._rstates.get(obj)
         if ent is not None and ent.checked == version:
             return ent
@@ -619,6 +631,8 @@ class Store:
                 self._log_fd = -1
             self._r.close()
             self._w.close()
+            with self._vlock:
+                self._v.close()
 
     def __enter__(self) -> Store:
         return self

@@ -10,6 +10,7 @@ first gives must equal one read from the database at that moment.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -213,3 +214,32 @@ def test_the_base_reader_is_shared_then_opened_again(storage: Path, monkeypatch)
         kept = list(ns._bases.values())
         assert kept
     assert all(k._refs == 0 for k in kept)  # closed with the session
+
+
+def test_a_kept_getattr_does_not_wait_for_the_read_connection(storage: Path) -> None:
+    """Another thread may hold the read connection for long (loading a large map):
+    GETATTRs answered from what is kept (ESXi's heartbeats) must not wait for it."""
+    with open_session(storage, "l") as ns:
+        f = ns.resolve(("web01", "web01.vmx"))
+        d = ns.resolve(("web01",))
+        want = (ns.getattr(f), ns.getattr(d))
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with ns.store._rlock:
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+        try:
+            got: list[object] = []
+            asker = threading.Thread(target=lambda: got.append((ns.getattr(f), ns.getattr(d))))
+            asker.start()
+            asker.join(2)
+            assert got == [want], "GETATTR waited for the read connection"
+        finally:
+            release.set()
+            holder.join()
+            asker.join()
