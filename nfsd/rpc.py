@@ -104,6 +104,7 @@ class CallContext:
     note: str = ""  # key arguments and outcome, for the per-call log line
     status: int = 0  # the procedure's own status, for the per-call log line
     inline: bool = False  # served on a connection's reader: must not wait on storage
+    alone: bool = False  # inline on the server's only connection: no one waits behind it
     security: Security = PLAIN  # what the connection proved: none, tls, mtls (+ names)
 
     @property
@@ -162,11 +163,11 @@ def no_args(u: Unpacker) -> None:
 CredCache = dict[bytes, tuple[int, bytes, int, int, tuple[int, ...]]]
 
 # A program's shortcut (``Program.fast``): given a TCP record, the peer,
-# ``inline``, the connection's security and the dispatcher's credentials,
+# ``inline``, the connection's security, the dispatcher's credentials and ``alone``,
 # the whole reply (RPC header included), or None to leave the call to the
 # general path.  It must answer exactly what the general path would, byte
 # for byte, and may raise WouldBlock as a procedure may.
-FastPath = Callable[[bytes, str, bool, Security, CredCache], Reply | None]
+FastPath = Callable[[bytes, str, bool, Security, CredCache, bool], Reply | None]
 
 
 @dataclass(slots=True)
@@ -224,6 +225,8 @@ class Dispatcher:
         transport: str,
         inline: bool = False,
         security: Security = PLAIN,
+        *,
+        alone: bool = False,
     ) -> Reply | None:
         """Serve one call; None when no reply may be sent.
 
@@ -231,7 +234,9 @@ class Dispatcher:
         decides the answer to AUTH_TLS and is handed to the procedures.
 
         With ``inline``, a procedure may raise :class:`WouldBlock` rather
-        than wait on storage; it propagates to the caller.
+        than wait on storage; it propagates to the caller.  ``alone`` (with
+        ``inline``): the caller serves no other connection, so a call may
+        take long on the CPU (a large READ from the page cache) inline.
 
         A program's fast path (``Program.fast``) is tried first, for TCP
         calls while no per-call log line is wanted; a call it leaves, or one
@@ -241,7 +246,7 @@ class Dispatcher:
         if fast is not None and transport == "tcp" and not log.isEnabledFor(logging.DEBUG):
             started = time.monotonic()
             try:
-                reply = fast(record, peer, inline, security, self._creds)
+                reply = fast(record, peer, inline, security, self._creds, alone)
             except WouldBlock:
                 raise
             except Exception:
@@ -322,6 +327,7 @@ class Dispatcher:
             peer,
             transport,
             inline=inline,
+            alone=alone,
             security=security,
         )
         started = time.monotonic()

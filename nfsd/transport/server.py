@@ -729,10 +729,11 @@ class RpcServer:
         quick: list[Reply] = []
         size = conn.unsent
         backlog = conn.backlog
+        alone = len(self._conns) == 1  # no other connection waits while the loop serves this one
         while backlog and conn.inflight < lim.max_inflight and size < lim.max_unsent:
             record = backlog.popleft()
             try:
-                reply = self._dispatch(conn, record, inline=True)
+                reply = self._dispatch(conn, record, inline=True, alone=alone)
             except WouldBlock:
                 with conn.lock:
                     conn.inflight += 1
@@ -756,10 +757,12 @@ class RpcServer:
             if quick[-1].starttls and conn.tls is None and self.tls is not None:
                 self._start_tls(conn)
 
-    def _dispatch(self, conn: _Connection, record: bytes, inline: bool) -> Reply | None:
+    def _dispatch(
+        self, conn: _Connection, record: bytes, inline: bool, alone: bool = False
+    ) -> Reply | None:
         try:
             reply = self.dispatcher.dispatch(
-                record, conn.peer, "tcp", inline, security=conn.security
+                record, conn.peer, "tcp", inline, security=conn.security, alone=alone
             )
         except WouldBlock:
             raise

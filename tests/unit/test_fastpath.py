@@ -105,9 +105,11 @@ def _cred(uid: int, gid: int, gids: list[int]) -> opaque_auth:
     return opaque_auth(AUTH_SYS, p.get_buffer())
 
 
-def _answer(d: Dispatcher, record: bytes, peer: str, inline: bool) -> bytes | str | None:
+def _answer(
+    d: Dispatcher, record: bytes, peer: str, inline: bool, alone: bool = False
+) -> bytes | str | None:
     try:
-        reply = d.dispatch(record, peer, "tcp", inline)
+        reply = d.dispatch(record, peer, "tcp", inline, alone=alone)
     except WouldBlock:
         return "WouldBlock"
     if reply is None:
@@ -179,13 +181,16 @@ def records(draw: st.DrawFn) -> bytes:
     record=records(),
     # Inline READs of these memfd files are always WouldBlock (no RWF_NOWAIT): mostly not inline.
     inline=st.sampled_from([False, False, False, True]),
+    alone=st.booleans(),
 )
-def test_fast_path_answers_as_the_general_path(
-    ns: Moded, exports: str, peer: str, record: bytes, inline: bool
+def test_fast_path_answers_as_the_general_path(  # noqa: PLR0917 (hypothesis arguments)
+    ns: Moded, exports: str, peer: str, record: bytes, inline: bool, alone: bool
 ) -> None:
     fast, general = _dispatchers(ns, exports)
     for _ in range(2):
-        assert _answer(fast, record, peer, inline) == _answer(general, record, peer, inline)
+        assert _answer(fast, record, peer, inline, alone) == _answer(
+            general, record, peer, inline, alone
+        )
 
 
 def test_fast_path_serves_the_ordinary_calls(ns: Moded, monkeypatch: pytest.MonkeyPatch) -> None:

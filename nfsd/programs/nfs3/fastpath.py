@@ -75,8 +75,14 @@ class FastPath:
         self.access = access
         self._fattr3 = LastFattr3()
 
-    def serve(
-        self, record: bytes, peer: str, inline: bool, security: Security, creds: CredCache
+    def serve(  # noqa: PLR0917 (FastPath's signature)
+        self,
+        record: bytes,
+        peer: str,
+        inline: bool,
+        security: Security,
+        creds: CredCache,
+        alone: bool,
     ) -> Reply | None:
         size = len(record)
         if size < _HEAD.size + _VERF_FH.size:
@@ -110,7 +116,17 @@ class FastPath:
             return None
         cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
         ctx = CallContext(
-            xid, prog, 3, proc, AUTH_SYS, cred, peer, "tcp", inline=inline, security=security
+            xid,
+            prog,
+            3,
+            proc,
+            AUTH_SYS,
+            cred,
+            peer,
+            "tcp",
+            inline=inline,
+            alone=alone,
+            security=security,
         )
         if self.access.nfs_status(ctx):
             return None  # refused: the general path answers (and logs) it
@@ -127,6 +143,6 @@ class FastPath:
                 return None
             offset, count = _READ_ARGS.unpack_from(record, pos)
             head = accepted_header(xid, SUCCESS) + _OK_ATTRS + fattr3
-            return read_reply(svc, path, offset, min(count, RTMAX), inline, head)
+            return read_reply(svc, path, offset, min(count, RTMAX), ctx, head)
         except (NamespaceError, NfsError, XdrError):
             return None
