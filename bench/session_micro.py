@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What a READ of an instant-recovery session costs the server in Python, against the read-only export.
+"""What a session's READ costs the server in Python, against the read-only export's.
 
     .venv/bin/python bench/session_micro.py --storage .cache/bench-data-short/storage
     .venv/bin/python bench/session_micro.py --storage DIR --profile ses_read_4k_unwritten
@@ -19,6 +19,7 @@ ses_read_1m_unwritten      the same bytes through the session
 ses_read_1m_rewritten      READ of the rewritten part through the session
 ses_read_4k_*              the same, 4 KiB at random 4 KiB offsets
 ro_getattr / ses_getattr   GETATTR of the image
+ses_lookup, ses_access     LOOKUP of the image in its folder, ACCESS of it
 ns_ro_read_4k              the namespace alone: ``getattr``, ``open``,
 ns_ses_read_4k_*           ``runs(offset, 4096)``, close (no bytes copied)
 =========================  =================================================
@@ -91,7 +92,7 @@ def run_ns(read: Callable[[int], None], offsets: list[int]) -> float:
     return (time.thread_time() - t0) / len(offsets) * 1e6
 
 
-def main() -> int:  # noqa: PLR0914
+def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -120,9 +121,11 @@ def main() -> int:  # noqa: PLR0914
         rw_mibs = [(i % args.rewrite) * MIB for i in range(128)]
         blocks = [lo + rnd.randrange((size - lo) // 4096) * 4096 for _ in range(2000)]
         rw_blocks = [rnd.randrange(lo // 4096) * 4096 for _ in range(2000)]
-        get = lambda fh: [  # noqa: E731
-            _encode(rnd, nfs3.NFSPROC3_GETATTR, lambda p: p.pack_GETATTR3args(nfs3.GETATTR3args(fh)))
-        ] * 2000
+
+        def get(fh: nfs3.nfs_fh3) -> list[bytes]:
+            args = nfs3.GETATTR3args(fh)
+            return [_encode(rnd, nfs3.NFSPROC3_GETATTR, lambda p: p.pack_GETATTR3args(args))] * 2000
+
         figures: dict[str, Callable[[], float]] = {}
         for name, recs in {
             "ro_read_1m": _reads(rnd, ro, mibs, MIB),
@@ -133,6 +136,24 @@ def main() -> int:  # noqa: PLR0914
             "ses_read_4k_rewritten": _reads(rnd, ses, rw_blocks, 4096),
             "ro_getattr": get(ro),
             "ses_getattr": get(ses),
+            "ses_lookup": [
+                _encode(
+                    rnd,
+                    nfs3.NFSPROC3_LOOKUP,
+                    lambda p: p.pack_LOOKUP3args(
+                        nfs3.LOOKUP3args(nfs3.diropargs3(ses_dir, b"disk-flat.vmdk"))
+                    ),
+                )
+            ]
+            * 2000,
+            "ses_access": [
+                _encode(
+                    rnd,
+                    nfs3.NFSPROC3_ACCESS,
+                    lambda p: p.pack_ACCESS3args(nfs3.ACCESS3args(ses, 0x3F)),
+                )
+            ]
+            * 2000,
         }.items():
             figures[name] = lambda recs=recs: run(c.dispatcher, recs)
         path = ("vm", "disk-flat.vmdk")

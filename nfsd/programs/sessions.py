@@ -91,6 +91,7 @@ class SessionManager:
         # handle bytes → (key, fileid), for handles whose MAC verified: the MAC is
         # a function of the bytes alone, so each distinct handle is checked once.
         self._verified: dict[bytes, tuple[bytes, int]] = {}
+        self._issued: dict[tuple[bytes, int], bytes] = {}  # and the other way, for replies
         self._by_key: dict[bytes, Session] = {}
         self._by_export: dict[str, Session] = {}
         self._paths: dict[str, str] = {}  # session name -> its registry file
@@ -104,8 +105,15 @@ class SessionManager:
 
     # -- handles ----------------------------------------------------------------
     def encode(self, s: Session, fileid: int) -> bytes:
+        issued = self._issued.get((s.key, fileid))
+        if issued is not None:
+            return issued
         body = _BODY.pack(VERSION, s.key, fileid)
-        return body + self._mac(body)
+        data = body + self._mac(body)
+        if len(self._issued) >= VERIFIED_MAX:
+            self._issued = {}
+        self._issued[s.key, fileid] = data
+        return data
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:MAC_SIZE]

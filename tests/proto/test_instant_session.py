@@ -16,6 +16,7 @@ from tests.proto.calls import unchanged_sattr
 from tests.proto.fakens import FakeNamespace
 from tests.proto.sessionclient import SessionCaller, raw_nfs
 from xdr import mount3, nfs3
+from xdr.nfs3 import NFS3Packer, NFS3Unpacker
 
 DISK = bytes(range(256)) * 64  # 16 KiB
 
@@ -310,3 +311,31 @@ def test_duplicate_of_a_running_call_is_dropped(c: SessionCaller) -> None:
     drc.begin(b"a")
     drc.begin(b"b")
     assert len(drc) == 2  # bounded
+
+
+def test_replies_packed_from_attrs_are_the_packers_bytes(c: SessionCaller) -> None:
+    """GETATTR, LOOKUP, ACCESS and READ replies are built as bytes (fastattr): each
+    must be exactly what NFS3Packer writes for the same result."""
+    d = folder(c)
+    fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    ok(c.write(fh, 100, b"w" * 50))
+    calls = [
+        (nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(fh)),
+        (nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(d)),
+        (nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 0, 4096)),
+        (nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, len(DISK) - 10, 4096)),
+        (nfs3.NFSPROC3_ACCESS, "ACCESS3", nfs3.ACCESS3args(fh, 0x3F)),
+        (nfs3.NFSPROC3_ACCESS, "ACCESS3", nfs3.ACCESS3args(d, 0x1F)),
+    ]
+    for name in (b"disk-flat.vmdk", b"a.vmx", b"nothing", b".", b".."):
+        calls.append((nfs3.NFSPROC3_LOOKUP, "LOOKUP3", nfs3.LOOKUP3args(nfs3.diropargs3(d, name))))
+    for _ in range(2):  # the second time from what the session keeps
+        for proc, kind, args in calls:
+            body = raw_nfs(c, proc, lambda p, k=kind, a=args: getattr(p, f"pack_{k}args")(a))
+            assert body is not None
+            u = NFS3Unpacker(body)
+            res = getattr(u, f"unpack_{kind}res")()
+            u.done()
+            p = NFS3Packer()
+            getattr(p, f"pack_{kind}res")(res)
+            assert p.get_buffer() == body, (kind, args)

@@ -36,6 +36,7 @@ from nfsd.programs.buffers import BufferPool
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.handles import BadHandle, StaleHandle
 from nfsd.programs.listings import Listing
+from nfsd.programs.nfs3.attrs import lookup3_ok
 from nfsd.programs.nfs3.fastattr import getattr3_ok, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
 from nfsd.programs.nfs3.read import PADDING, _fill
@@ -59,6 +60,7 @@ from xdr.nfs3 import NFS3Packer
 MAY_WRITE = 2
 _TAIL = struct.Struct(">III")  # READ: count, eof, opaque length
 _OK = struct.pack(">I", nfs3.NFS3_OK)
+_U32 = struct.Struct(">I")
 
 
 class SessionNfs:
@@ -166,13 +168,7 @@ def lookup3(svc: SessionNfs, ctx: CallContext, args: nfs3.LOOKUP3args) -> Reply:
             a = s.ns.lookup(dfid, decode_name(args.what.name))
     except (NamespaceError, NfsError) as e:
         return fail(nfs_error(e).status)
-    return reply(
-        NFS3Packer.pack_LOOKUP3res,
-        nfs3.LOOKUP3res(
-            nfs3.NFS3_OK,
-            nfs3.LOOKUP3resok(svc.fh(s, a.fileid), svc.post(s, a), svc.post(s, d)),
-        ),
-    )
+    return Reply([lookup3_ok(svc.manager.encode(s, a.fileid), a, d, s.fsid)])
 
 
 # RFC 1813 §3.3.4: the mode bits for the (squashed) credentials; MODIFY,
@@ -191,10 +187,7 @@ def access3(svc: SessionNfs, ctx: CallContext, args: nfs3.ACCESS3args) -> Reply:
             granted |= nfs3.ACCESS3_DELETE
     granted &= args.access
     ctx.note = f"{s.info.name} fileid={fid} asked={args.access:#x} granted={granted:#x}"
-    return reply(
-        NFS3Packer.pack_ACCESS3res,
-        nfs3.ACCESS3res(nfs3.NFS3_OK, nfs3.ACCESS3resok(svc.post(s, a), granted)),
-    )
+    return Reply([_OK + post_op_attr_bytes(a, s.fsid) + _U32.pack(granted)])
 
 
 # RFC 1813 §3.3.5
