@@ -314,7 +314,7 @@ def test_duplicate_of_a_running_call_is_dropped(c: SessionCaller) -> None:
 
 
 def test_replies_packed_from_attrs_are_the_packers_bytes(c: SessionCaller) -> None:
-    """GETATTR, LOOKUP, ACCESS and READ replies are built as bytes (fastattr): each
+    """GETATTR, LOOKUP, ACCESS, READ and READDIRPLUS replies are built as bytes: each
     must be exactly what NFS3Packer writes for the same result."""
     d = folder(c)
     fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
@@ -327,6 +327,9 @@ def test_replies_packed_from_attrs_are_the_packers_bytes(c: SessionCaller) -> No
         (nfs3.NFSPROC3_ACCESS, "ACCESS3", nfs3.ACCESS3args(fh, 0x3F)),
         (nfs3.NFSPROC3_ACCESS, "ACCESS3", nfs3.ACCESS3args(d, 0x1F)),
     ]
+    for count in (4096, 200):  # whole, then paged
+        rdp = nfs3.READDIRPLUS3args(d, 0, b"\0" * 8, count, count)
+        calls.append((nfs3.NFSPROC3_READDIRPLUS, "READDIRPLUS3", rdp))
     for name in (b"disk-flat.vmdk", b"a.vmx", b"nothing", b".", b".."):
         calls.append((nfs3.NFSPROC3_LOOKUP, "LOOKUP3", nfs3.LOOKUP3args(nfs3.diropargs3(d, name))))
     for _ in range(2):  # the second time from what the session keeps
@@ -336,6 +339,7 @@ def test_replies_packed_from_attrs_are_the_packers_bytes(c: SessionCaller) -> No
             u = NFS3Unpacker(body)
             res = getattr(u, f"unpack_{kind}res")()
             u.done()
+            assert res.status == nfs3.NFS3_OK or args == calls[-3][2], (kind, args)
             p = NFS3Packer()
             getattr(p, f"pack_{kind}res")(res)
             assert p.get_buffer() == body, (kind, args)

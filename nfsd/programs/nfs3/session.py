@@ -37,7 +37,7 @@ from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.handles import BadHandle, StaleHandle
 from nfsd.programs.listings import Listing
 from nfsd.programs.nfs3.attrs import lookup3_ok
-from nfsd.programs.nfs3.fastattr import getattr3_ok, post_op_attr_bytes
+from nfsd.programs.nfs3.fastattr import entryplus3_bytes, getattr3_ok, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
 from nfsd.programs.nfs3.read import PADDING, _fill
 from nfsd.programs.nfs3.readdir import _page, dirlist_reply
@@ -274,12 +274,7 @@ def readdirplus3(svc: SessionNfs, ctx: CallContext, args: nfs3.READDIRPLUS3args)
 
     def encode(row: tuple) -> bytes:
         cookie, raw, _name, a = row
-        return nfs3.entryplus3_bytes(
-            nfs3.entryplus3(
-                a.fileid, raw, cookie, svc.post(s, a),
-                nfs3.post_op_fh3(True, svc.fh(s, a.fileid)),
-            )
-        )  # fmt: skip
+        return entryplus3_bytes(cookie, raw, a, s.fsid, svc.manager.encode(s, a.fileid))
 
     out, eof = _page(
         ctx, listing, args.cookie, "p", encode, maxsize=args.maxcount, dir_budget=args.dircount
