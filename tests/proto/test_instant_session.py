@@ -327,7 +327,7 @@ def test_replies_packed_from_attrs_are_the_packers_bytes(c: SessionCaller) -> No
         (nfs3.NFSPROC3_ACCESS, "ACCESS3", nfs3.ACCESS3args(fh, 0x3F)),
         (nfs3.NFSPROC3_ACCESS, "ACCESS3", nfs3.ACCESS3args(d, 0x1F)),
     ]
-    for count in (4096, 200):  # whole, then paged
+    for count in (4096, 400):  # whole, then in a small reply
         rdp = nfs3.READDIRPLUS3args(d, 0, b"\0" * 8, count, count)
         calls.append((nfs3.NFSPROC3_READDIRPLUS, "READDIRPLUS3", rdp))
     for name in (b"disk-flat.vmdk", b"a.vmx", b"nothing", b".", b".."):
