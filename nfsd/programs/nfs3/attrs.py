@@ -6,7 +6,7 @@ import struct
 
 from merge.namespace import Attrs, Kind, NamespaceError
 from nfsd.programs.errors import nfs_error
-from nfsd.programs.nfs3.fastattr import getattr3_ok, post_op_attr_bytes
+from nfsd.programs.nfs3.fastattr import LastFattr3, getattr3_ok, post_op_attr_bytes
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
     MAY_READ,
@@ -74,9 +74,14 @@ def lookup3_ok(fh: bytes, a: Attrs, dattrs: Attrs, fsid: int) -> bytes:
             fh,
             _PAD[len(fh) & 3],
             post_op_attr_bytes(a, fsid),
-            post_op_attr_bytes(dattrs, fsid),
+            _TRUE,
+            _FOLDER.get(dattrs, fsid),  # LOOKUPs come in runs in one folder: packed once
         )
     )
+
+
+_TRUE = struct.pack(">I", 1)  # post_op_attr: attributes follow
+_FOLDER = LastFattr3()
 
 
 def _lookup_fail(svc: Nfs3Service, ctx: CallContext, status: int, dattrs) -> Reply:
