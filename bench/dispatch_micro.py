@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/dispatch_micro.py --storage .cache/bench-data-short/storage
     .venv/bin/python bench/dispatch_micro.py --storage DIR --profile read_4k
+    .venv/bin/python bench/dispatch_micro.py --storage DIR --listing [--profile x]
 
 No socket and no client: each figure is the best of ``--repeat`` passes of
 ``--calls`` records (already encoded, AUTH_SYS, as libnfs sends them)
@@ -12,6 +13,13 @@ call the GIL serialises, so on one connection it caps the calls a second
 (1 / µs per call); the benchmark (``bench/run``) measures the rest.  Used to
 measure each hot-path change before and after on a busy machine: the
 figures are CPU time of one thread, much steadier than a throughput.
+
+``lookup_expired``: LOOKUPs of names whose kept answers are past rule 8's
+ttl (the namespace's clock moved between passes), as a client looking up
+random names of a large folder makes them.  ``--listing``: the server CPU
+of whole READDIRPLUS listings of ``big/`` paged as ``nfs-ls`` pages them:
+the first on a fresh namespace, a repeated one, and the first on a second
+process that finds the listing another one shared (``merge.shared``).
 
 The storage is ``bench/run``'s (``plain/big.img``, ``vm/disk-flat.vmdk``
 with its pancbt, ``big/`` of 10,000 entries).
