@@ -1,4 +1,4 @@
-"""The GETATTR/READ fast path answers exactly what the general path answers.
+"""The GETATTR/READ/LOOKUP fast path answers exactly what the general path answers.
 
 Every generated call goes through two dispatchers over the same namespace
 and the same exports: one with the NFS program's fast path, one without.
@@ -48,10 +48,23 @@ class Moded(FakeNamespace):
             return dataclasses.replace(a, mode=0o040, uid=7, gid=1000)
         if path == ("closed",):
             return dataclasses.replace(a, mode=0o000, uid=7, gid=7)
+        if path == ("locked",):
+            return dataclasses.replace(a, mode=0o700, uid=1000, gid=1000)
         return a
 
 
-PATHS: list[PresentedPath] = [(), ("f",), ("d",), ("private",), ("group",), ("closed",)]
+PATHS: list[PresentedPath] = [
+    (),
+    ("f",),
+    ("d",),
+    ("private",),
+    ("group",),
+    ("closed",),
+    ("locked",),
+    ("locked", "inside"),
+]
+NAMES = [b"f", b"d", b"private", b"locked", b"inside", b"nope", b".", b"..", b"", b"a/b", b"x\0"]
+LOOKUPS = [((), b"f"), ((), b"locked"), ((), b"nope"), (("locked",), b"inside")]
 
 EXPORTS = [
     "/recover/images *(insecure,no_root_squash,sec=sys:none)\n",
@@ -72,6 +85,8 @@ def ns() -> Iterator[Moded]:
             ("private",): DATA[:100],
             ("group",): DATA[:33],
             ("closed",): b"x",
+            ("locked",): None,
+            ("locked", "inside"): b"in",
         }
     )
     yield n
@@ -119,9 +134,11 @@ def _answer(
     return data
 
 
-valid_handles = st.sampled_from(PATHS).map(
-    lambda p: HandleCodec(None, SECRET).encode(p, fileid_of(p))  # type: ignore[arg-type]
-)
+def _handle(path: PresentedPath) -> bytes:
+    return HandleCodec(None, SECRET).encode(path, fileid_of(path))  # type: ignore[arg-type]
+
+
+valid_handles = st.sampled_from(PATHS).map(_handle)
 handles = st.one_of(
     valid_handles,
     valid_handles,
@@ -143,16 +160,23 @@ FLAWS = [ORDINARY] * 8 + ["vers", "rpcvers", "verf", "auth_none", "short", "long
 @st.composite
 def records(draw: st.DrawFn) -> bytes:
     flaw = draw(st.sampled_from(FLAWS))
-    proc = draw(st.sampled_from([nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ]))
+    proc = draw(st.sampled_from([nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP]))
     if flaw == "access":
         proc = nfs3.NFSPROC3_ACCESS
     fh = draw(handles)
+    name = draw(st.sampled_from(NAMES) | st.binary(max_size=300))
+    if proc == nfs3.NFSPROC3_LOOKUP and draw(st.booleans()):  # mostly a name in a folder
+        folder, name = draw(st.sampled_from(LOOKUPS))
+        fh = _handle(folder)
     p = NFS3Packer()
     p.pack_uint(len(fh))
     p.pack_fopaque(len(fh), fh)
     if proc == nfs3.NFSPROC3_READ:
         p.pack_uhyper(draw(st.sampled_from([0, 1, 4095, 4096, 10_000, 10_240, 2**40])))
         p.pack_uint(draw(st.sampled_from([0, 1, 100, 4096, 65_536, 65_537, 2**20, 2**21])))
+    elif proc == nfs3.NFSPROC3_LOOKUP:
+        p.pack_uint(len(name))
+        p.pack_fopaque(len(name), name)
     elif proc == nfs3.NFSPROC3_ACCESS:
         p.pack_uint(0x3F)
     record = call(
@@ -173,7 +197,7 @@ def records(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     exports=st.sampled_from(EXPORTS),

@@ -1,4 +1,4 @@
-"""GETATTR and READ of the read-only export, served straight from the record's bytes.
+"""GETATTR, READ and LOOKUP of the read-only export, served straight from the record's bytes.
 
 Design notes
 ------------
@@ -14,19 +14,21 @@ of the record, and the reply goes out as one buffer (plus a READ's data).
 What it may skip and what it may not:
 
 * It serves only what it recognises *exactly*: an RPC v2 CALL of NFSv3
-  GETATTR or READ over TCP, AUTH_SYS whose bytes the dispatcher already
-  decoded (its credential cache), a null verifier, a handle of the
-  read-only export that ``HandleCodec`` has already verified (its cache
-  holds only MAC-checked bytes), and no byte more or less than the
-  arguments.  Anything else - and every refusal or error - returns None:
+  GETATTR, READ or LOOKUP (of a name that exists) over TCP, AUTH_SYS
+  whose bytes the dispatcher already decoded (its credential cache), a
+  null verifier, a handle of the read-only export that ``HandleCodec``
+  has already verified (its cache holds only MAC-checked bytes), and no
+  byte more or less than the arguments.  Anything else - and every refusal or error - returns None:
   the general path then serves the call and writes the answer, so no
   failure reply is ever built here.
-* It keeps no state of its own, so it has no deadline to honour: each
+* It keeps no state of its own (but the fattr3 bytes of the last
+  ``Attrs`` object), so it has no deadline to honour: each
   call asks ``AccessControl.nfs_status`` (the exports' decisions, their
   TTL and generation, squashing), the namespace (rule 8's expiry, a
   replaced file noticed by ``open``) and ``may`` exactly as the general
   path does, in the same order: the access check before the handle.
-* READ shares ``read.read_reply`` with the general path; the bytes are
+* READ shares ``read.read_reply`` with the general path, LOOKUP
+  ``attrs.lookup3_ok``; the bytes are
   the same (``tests/unit/test_fastpath.py`` runs generated calls through
   both and compares the replies byte for byte).
 """
@@ -35,12 +37,13 @@ from __future__ import annotations
 
 import struct
 
-from merge.namespace import Kind, NamespaceError
+from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.access import AccessControl
 from nfsd.programs.errors import NfsError
+from nfsd.programs.nfs3.attrs import lookup3_ok
 from nfsd.programs.nfs3.fastattr import LastFattr3
 from nfsd.programs.nfs3.read import read_reply
-from nfsd.programs.nfs3.service import MAY_READ, RTMAX, Nfs3Service, may
+from nfsd.programs.nfs3.service import MAY_EXEC, MAY_READ, RTMAX, Nfs3Service, may
 from nfsd.programs.sessions import is_session_handle
 from nfsd.rpc import CallContext, CredCache, Reply
 from nfsd.transport.tls import Security
@@ -59,7 +62,8 @@ from xdr.rpc import (
 _HEAD = struct.Struct(">8I")  # xid, msg_type, rpcvers, prog, vers, proc, cred flavour, length
 _VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle length
 _READ_ARGS = struct.Struct(">QI")  # offset, count
-_GETATTR, _READ = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ
+_GETATTR, _READ, _LOOKUP = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP
+_U32 = struct.Struct(">I")
 _OK = struct.pack(">I", nfs3.NFS3_OK)
 _OK_ATTRS = struct.pack(">II", nfs3.NFS3_OK, 1)  # NFS3_OK, post_op_attr TRUE
 
@@ -89,7 +93,7 @@ class FastPath:
             return None
         xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
         if (
-            (proc != _GETATTR and proc != _READ)  # noqa: PLR1714 (a set costs more)
+            (proc != _GETATTR and proc != _READ and proc != _LOOKUP)  # noqa: PLR1714 (a set costs more)
             or mtype != CALL
             or rpcvers != RPC_VERSION
             or prog != nfs3.NFS_PROGRAM
@@ -110,7 +114,15 @@ class FastPath:
         pos = end + _VERF_FH.size
         fh = record[pos : pos + fhlen]
         pos += (fhlen + 3) & ~3
-        if size != (pos if proc == _GETATTR else pos + _READ_ARGS.size):
+        name = b""
+        if proc == _LOOKUP:
+            if pos + 4 > size:
+                return None
+            (namelen,) = _U32.unpack_from(record, pos)
+            if namelen > nfs3.MAXNAMLEN or size != pos + 4 + ((namelen + 3) & ~3):
+                return None
+            name = record[pos + 4 : pos + 4 + namelen]
+        elif size != (pos if proc == _GETATTR else pos + _READ_ARGS.size):
             return None
         if is_session_handle(fh):
             return None
@@ -136,6 +148,8 @@ class FastPath:
             return None
         try:
             attrs = svc.namespace.getattr(path)
+            if proc == _LOOKUP:
+                return self._lookup(xid, ctx, path, attrs, name)
             fattr3 = self._fattr3.get(attrs, svc.fsid)
             if proc == _GETATTR:
                 return Reply([accepted_header(xid, SUCCESS) + _OK + fattr3])
@@ -146,3 +160,18 @@ class FastPath:
             return read_reply(svc, path, offset, min(count, RTMAX), ctx, head)
         except (NamespaceError, NfsError, XdrError):
             return None
+
+    def _lookup(
+        self, xid: int, ctx: CallContext, dirpath: PresentedPath, dattrs: Attrs, name: bytes
+    ) -> Reply | None:
+        """LOOKUP's answer when it finds the name; None for anything else
+        (".", "..", a name no entry can have, a refusal, an error)."""
+        if dattrs.kind != Kind.DIR or not may(dattrs, ctx, MAY_EXEC):
+            return None
+        if not name or name in {b".", b".."} or b"/" in name or b"\0" in name:
+            return None
+        svc = self.svc
+        path = (*dirpath, name.decode("utf-8", "surrogateescape"))
+        a = svc.namespace.getattr(path)
+        fh = svc.handles.encode(path, a.fileid)
+        return Reply([accepted_header(xid, SUCCESS) + lookup3_ok(fh, a, dattrs, svc.fsid)])
