@@ -119,6 +119,10 @@ def _fill(view: memoryview, runs: list, nowait: bool) -> int:
     waiting for the disk (RWF_NOWAIT).
     """
     flags = os.RWF_NOWAIT if nowait else 0
+    if len(runs) == 1 and runs[0][0] != ZERO_FD:  # a plain file's READ: what follows, shorter
+        fd, start, length = runs[0]
+        _read(view, 0, fd, start, length, flags)
+        return length
     placed: list[tuple[int, int, int, int]] = []  # (view offset, fd, file pos, length)
     total = 0
     for fd, start, length in runs:
