@@ -64,8 +64,12 @@ _VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle len
 _READ_ARGS = struct.Struct(">QI")  # offset, count
 _GETATTR, _READ, _LOOKUP = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP
 _U32 = struct.Struct(">I")
-_OK = struct.pack(">I", nfs3.NFS3_OK)
-_OK_ATTRS = struct.pack(">II", nfs3.NFS3_OK, 1)  # NFS3_OK, post_op_attr TRUE
+# A successful reply's header after its xid (the call's own four bytes):
+# REPLY, MSG_ACCEPTED, a null verifier, SUCCESS; then NFS3_OK (and TRUE, the
+# post_op_attr that follows for READ).
+_ACCEPTED = accepted_header(0, SUCCESS)[4:]
+_ACCEPTED_OK = _ACCEPTED + struct.pack(">I", nfs3.NFS3_OK)
+_ACCEPTED_OK_ATTRS = _ACCEPTED + struct.pack(">II", nfs3.NFS3_OK, 1)
 
 
 class FastPath:
@@ -149,20 +153,20 @@ class FastPath:
         try:
             attrs = svc.namespace.getattr(path)
             if proc == _LOOKUP:
-                return self._lookup(xid, ctx, path, attrs, name)
+                return self._lookup(record[:4], ctx, path, attrs, name)
             fattr3 = self._fattr3.get(attrs, svc.fsid)
             if proc == _GETATTR:
-                return Reply([accepted_header(xid, SUCCESS) + _OK + fattr3])
+                return Reply([record[:4] + _ACCEPTED_OK + fattr3])
             if attrs.kind == Kind.DIR or not may(attrs, ctx, MAY_READ, owner_override=True):
                 return None
             offset, count = _READ_ARGS.unpack_from(record, pos)
-            head = accepted_header(xid, SUCCESS) + _OK_ATTRS + fattr3
+            head = record[:4] + _ACCEPTED_OK_ATTRS + fattr3
             return read_reply(svc, path, offset, min(count, RTMAX), ctx, head)
         except (NamespaceError, NfsError, XdrError):
             return None
 
     def _lookup(
-        self, xid: int, ctx: CallContext, dirpath: PresentedPath, dattrs: Attrs, name: bytes
+        self, xid: bytes, ctx: CallContext, dirpath: PresentedPath, dattrs: Attrs, name: bytes
     ) -> Reply | None:
         """LOOKUP's answer when it finds the name; None for anything else
         (".", "..", a name no entry can have, a refusal, an error)."""
@@ -174,4 +178,4 @@ class FastPath:
         path = (*dirpath, name.decode("utf-8", "surrogateescape"))
         a = svc.namespace.getattr(path)
         fh = svc.handles.encode(path, a.fileid)
-        return Reply([accepted_header(xid, SUCCESS) + lookup3_ok(fh, a, dattrs, svc.fsid)])
+        return Reply([xid + _ACCEPTED + lookup3_ok(fh, a, dattrs, svc.fsid)])
