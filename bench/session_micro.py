@@ -20,6 +20,8 @@ ses_read_1m_rewritten      READ of the rewritten part through the session
 ses_read_4k_*              the same, 4 KiB at random 4 KiB offsets
 ro_getattr / ses_getattr   GETATTR of the image
 ses_lookup, ses_access     LOOKUP of the image in its folder, ACCESS of it
+*_read_1m*_alone           the 1 MiB READs as the loop serving one connection
+                           alone serves them (``CallContext.alone``: inline)
 ns_ro_read_4k              the namespace alone: ``getattr``, ``open``,
 ns_ses_read_4k_*           ``runs(offset, 4096)``, close (no bytes copied)
 =========================  =================================================
@@ -70,12 +72,13 @@ def _reads(rnd: random.Random, fh: nfs3.nfs_fh3, offsets: list[int], count: int)
     ]
 
 
-def run(dispatcher: Dispatcher, recs: list[bytes]) -> float:
-    """µs per call over one pass of ``recs`` (thread CPU time), inline first as the loop does."""
+def run(dispatcher: Dispatcher, recs: list[bytes], alone: bool = False) -> float:
+    """µs per call over one pass of ``recs`` (thread CPU time), inline first as the loop does
+    (``alone``: as the loop serving one connection)."""
     t0 = time.thread_time()
     for rec in recs:
         try:
-            reply = dispatcher.dispatch(rec, PEER, "tcp", True)
+            reply = dispatcher.dispatch(rec, PEER, "tcp", True, alone=alone)
         except WouldBlock:
             reply = dispatcher.dispatch(rec, PEER, "tcp")
         if reply is None:
@@ -156,6 +159,8 @@ def main() -> int:
             * 2000,
         }.items():
             figures[name] = lambda recs=recs: run(c.dispatcher, recs)
+            if "read_1m" in name:
+                figures[name + "_alone"] = lambda recs=recs: run(c.dispatcher, recs, alone=True)
         path = ("vm", "disk-flat.vmdk")
 
         def ro_read(o: int) -> None:

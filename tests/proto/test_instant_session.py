@@ -12,7 +12,8 @@ import pytest
 
 from instant.sessions import SessionError
 from nfsd.programs.nfs3.router import CACHED
-from tests.proto.calls import unchanged_sattr
+from nfsd.rpc import Reply, WouldBlock
+from tests.proto.calls import call, unchanged_sattr
 from tests.proto.fakens import FakeNamespace
 from tests.proto.sessionclient import SessionCaller, raw_nfs
 from xdr import mount3, nfs3
@@ -343,3 +344,44 @@ def test_replies_packed_from_attrs_are_the_packers_bytes(c: SessionCaller) -> No
             p = NFS3Packer()
             getattr(p, f"pack_{kind}res")(res)
             assert p.get_buffer() == body, (kind, args)
+
+
+def test_quick_reads_inline_only_when_the_loop_serves_one_connection(c: SessionCaller) -> None:
+    """READ, GETATTR, ACCESS and LOOKUP of a session are served inline while the loop
+    serves this connection alone (same bytes as on a worker); not otherwise, and
+    never a change."""
+    d = folder(c)
+    fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    ok(c.write(fh, 4096, b"N" * 100))
+
+    def record(proc: int, kind: str, args: object) -> bytes:
+        p = NFS3Packer()
+        getattr(p, f"pack_{kind}args")(args)
+        return call(nfs3.NFS_PROGRAM, 3, proc, p.get_buffer(), xid=77)
+
+    def body(reply: Reply | None) -> bytes:
+        assert reply is not None
+        data = b"".join(bytes(x) for x in reply.parts)
+        reply.free()
+        return data
+
+    quick = [
+        # written bytes, in the data log (the fake base's memfd has no RWF_NOWAIT:
+        # its bytes always go to a worker, as a real base's not in the page cache)
+        record(nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 4096, 100)),
+        record(nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(fh)),
+        record(nfs3.NFSPROC3_ACCESS, "ACCESS3", nfs3.ACCESS3args(fh, 0x3F)),
+        record(nfs3.NFSPROC3_LOOKUP, "LOOKUP3", nfs3.LOOKUP3args(nfs3.diropargs3(d, b"a.vmx"))),
+    ]
+    change = record(nfs3.NFSPROC3_WRITE, "WRITE3", nfs3.WRITE3args(fh, 0, 1, nfs3.FILE_SYNC, b"x"))
+    base_read = record(nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 0, 1 << 20))
+    with pytest.raises(WouldBlock):
+        c.dispatcher.dispatch(base_read, c.peer, "tcp", True, alone=True)
+    assert body(c.dispatcher.dispatch(base_read, c.peer, "tcp"))
+    for rec in quick:
+        on_worker = body(c.dispatcher.dispatch(rec, c.peer, "tcp"))
+        assert body(c.dispatcher.dispatch(rec, c.peer, "tcp", True, alone=True)) == on_worker
+        with pytest.raises(WouldBlock):
+            c.dispatcher.dispatch(rec, c.peer, "tcp", True)
+    with pytest.raises(WouldBlock):
+        c.dispatcher.dispatch(change, c.peer, "tcp", True, alone=True)

@@ -53,7 +53,7 @@ from nfsd.programs.nfs3.service import (
     stale_if_gone,
 )
 from nfsd.programs.sessions import Session, SessionManager
-from nfsd.rpc import CallContext, Reply
+from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
 
@@ -221,11 +221,18 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
         raise NfsError(nfs3.NFS3ERR_ACCES)
     count = min(args.count, RTMAX if ctx.transport == "tcp" else UDP_RTMAX)
     ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={args.count}"
-    buf = svc.buffers.acquire()
+    # Inline (the router allows it only when alone): a free buffer now, and
+    # every byte in the page cache (RWF_NOWAIT), or a worker serves it.
+    if ctx.inline:
+        buf = svc.buffers.try_acquire()
+        if buf is None:
+            raise WouldBlock
+    else:
+        buf = svc.buffers.acquire()
     try:
         try:
             with reader:
-                n = _fill(memoryview(buf), reader.runs(args.offset, count), False)
+                n = _fill(memoryview(buf), reader.runs(args.offset, count), ctx.inline)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
         eof = args.offset + n >= a.size
