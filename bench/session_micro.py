@@ -20,7 +20,7 @@ ses_read_1m_rewritten      READ of the rewritten part through the session
 ses_read_4k_*              the same, 4 KiB at random 4 KiB offsets
 ro_getattr / ses_getattr   GETATTR of the image
 ses_lookup, ses_access     LOOKUP of the image in its folder, ACCESS of it
-*_read_1m*_alone           the 1 MiB READs as the loop serving one connection
+*_read_*_alone             the READs as the loop serving one connection
                            alone serves them (``CallContext.alone``: inline)
 ns_ro_read_4k              the namespace alone: ``getattr``, ``open``,
 ns_ses_read_4k_*           ``runs(offset, 4096)``, close (no bytes copied)
@@ -159,7 +159,7 @@ def main() -> int:
             * 2000,
         }.items():
             figures[name] = lambda recs=recs: run(c.dispatcher, recs)
-            if "read_1m" in name:
+            if "_read_" in name:
                 figures[name + "_alone"] = lambda recs=recs: run(c.dispatcher, recs, alone=True)
         path = ("vm", "disk-flat.vmdk")
 
