@@ -43,7 +43,11 @@ kept attributes, and every parent's answer holds or is renewed the same
 way, the answer is kept ``ttl`` more.  A change to the entry (rewritten,
 replaced, touched, removed, a link or a folder now) shows as soon as its
 answer expires, as before; a new pancbt beside a flat image too, since a
-flat image is never renewed.  Under a busy client (LOOKUPs of random
+flat image is never renewed.  The layers below are then not walked, so their
+caches are refreshed at other moments than without the memo, and a change
+may show a little later or sooner than it would there: never later than the
+ttl after the storage changed (``tests/unit/test_layer_memo.py``, the
+differential test, checks both).  Under a busy client (LOOKUPs of random
 names of a large folder, each coming back after its answer expired) this
 is one system call instead of a walk of every layer (14 against 3 µs,
 ``bench/namespace_micro.py``).

@@ -2,7 +2,9 @@
 
 The memo must change nothing but the speed: the main test here runs random
 calls and storage changes against two stacks over one storage, one with the
-memo on top and one without, and requires the same answers.  The others pin
+memo on top and one without, and requires the same answers (or, rarely, since
+an expired answer can be renewed without walking the layers, an answer the
+storage gave within the ttl: rule 8).  The others pin
 down its rules: how long an answer is kept, when it is dropped at once,
 what is never kept, that it holds no descriptor, and its bounds.
 """
@@ -215,8 +217,35 @@ def change(root: Path, rng: random.Random, disks: list[bytes]) -> None:
             write(f / "x", b"x")
 
 
+def read_path(ns: Layer, path: tuple) -> bytes:
+    with ns.open(path) as r:
+        return read_all(r)
+
+
+def truths(root: Path) -> dict[tuple, object]:
+    """Every question the test asks, answered by a stack with nothing cached."""
+    s = build_stack(str(root))
+    try:
+        out: dict[tuple, object] = {}
+        for p in PATHS:
+            out["getattr", p] = outcome(lambda p=p: s.top.getattr(p))
+            out["read", p] = outcome(lambda p=p: read_path(s.top, p))
+        for d in DIRS:
+            out["readdir", d] = outcome(lambda d=d: dict(s.top.readdir(d)))
+        return out
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_the_memo_answers_as_the_stack_below_it(stacks, tmp_path: Path, seed: int) -> None:
+    """The same answers as the stack without the memo, or what the storage held within the ttl.
+
+    The second case is an expired answer renewed by one ``lstat`` (``_Kept.renew``):
+    the memo then does not walk the layers, so their caches are refreshed at other
+    moments than in the stack without it, and either may show a change first.  Both
+    show it within the ttl (rule 8), checked against a stack with nothing cached.
+    """
     root = tmp_path / "storage"
     disks = storage(root)
     clock = FakeClock()
@@ -225,32 +254,35 @@ def test_the_memo_answers_as_the_stack_below_it(stacks, tmp_path: Path, seed: in
     a, b = with_memo.top, without.hide
     assert isinstance(a, MemoLayer)
     rng = random.Random(seed)
+    history = [(clock(), truths(root))]  # (since when, every answer), after each change
+    differed = 0
     for step in range(600):
         op = rng.randrange(10)
         if op < 4:
-            path = rng.choice(PATHS)
-            got = outcome(lambda ns=a, p=path: ns.getattr(p))
-            want = outcome(lambda ns=b, p=path: ns.getattr(p))
+            key: tuple = ("getattr", rng.choice(PATHS))
+            got = outcome(lambda ns=a, p=key[1]: ns.getattr(p))
+            want = outcome(lambda ns=b, p=key[1]: ns.getattr(p))
         elif op < 6:
-            d = rng.choice(DIRS)
-            got = outcome(lambda ns=a, d=d: dict(ns.readdir(d)))
-            want = outcome(lambda ns=b, d=d: dict(ns.readdir(d)))
+            key = ("readdir", rng.choice(DIRS))
+            got = outcome(lambda ns=a, d=key[1]: dict(ns.readdir(d)))
+            want = outcome(lambda ns=b, d=key[1]: dict(ns.readdir(d)))
         elif op < 8:
-            path = rng.choice(PATHS)
-
-            def read(ns: Layer, path=path) -> bytes:
-                with ns.open(path) as r:
-                    return read_all(r)
-
-            got = outcome(lambda ns=a: read(ns))
-            want = outcome(lambda ns=b: read(ns))
+            key = ("read", rng.choice(PATHS))
+            got = outcome(lambda ns=a, p=key[1]: read_path(ns, p))
+            want = outcome(lambda ns=b, p=key[1]: read_path(ns, p))
         elif op == 8:
             change(root, rng, disks)
+            history.append((clock(), truths(root)))
             continue
         else:
             clock.advance(rng.choice([0.1, 0.3, 0.5, 1.0]))
             continue
-        assert got == want, (step, op)
+        if got != want:
+            ends = [since for since, _ in history[1:]] + [float("inf")]
+            held = [t[key] for (_, t), end in zip(history, ends, strict=True) if end > clock() - 1]
+            assert got in held, (step, op, key)
+            differed += 1
+    assert differed <= 6  # rare: the rule is the same answers
     assert with_memo.problems.all() == without.problems.all()
 
 
