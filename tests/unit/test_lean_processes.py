@@ -24,9 +24,13 @@ from nfsd.programs.buffers import BufferPool
 from nfsd.programs.build import build_programs
 from nfsd.rpc import Program
 from nfsd.service.config import Config
-from nfsd.service.supervisor import advertised_programs
+from nfsd.service.supervisor import Supervisor, advertised_programs
 from nfsd.service.worker import Worker
+from nfsd.transport.rpcclient import RpcClient
 from tests.proto.nfsclient import SECRET, open_access
+from tests.unit.test_cli import MOUNT, NFS, cfg, free_port
+from xdr import portmap as pm
+from xdr.base import Packer, Unpacker
 
 SERVING_ONLY = (
     "merge",
@@ -104,3 +108,36 @@ def test_the_workers_share_the_read_buffers_of_one_server(tmp_path: Path) -> Non
     for count in (1, 2, 3, 5):
         shares = [Worker(cfg, i, count, []).read_buffers for i in range(count)]
         assert sum(shares) == READ_BUFFERS
+
+
+def _port_of(pm_port: int, prog: int, prot: int) -> int:
+    """PMAPPROC_GETPORT of version 3 of ``prog`` over ``prot``."""
+    p = Packer()
+    for value in (prog, 3, prot, 0):
+        p.pack_uint(value)
+    with RpcClient("127.0.0.1", pm_port) as c:
+        r = c.call(pm.PMAP_PROG, pm.PMAP_VERS, pm.PMAPPROC_GETPORT, p.get_buffer())
+    assert r.ok
+    return Unpacker(r.body).unpack_uint()
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_a_supervisor_maps_what_its_workers_serve(tmp_path: Path, udp: bool) -> None:
+    """Its own portmapper, from the advertised programs, points at the workers."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "file").write_bytes(b"x")
+    pm_port = free_port()
+    config = cfg(tmp_path, storage, portmap=True, workers=2, udp=udp)
+    s = Supervisor(config, portmap_port=pm_port, rpcbind_sockets=())
+    s.start()
+    try:
+        assert s.portmap_mode == "own"
+        tcp, udp_ = pm.IPPROTO_TCP, pm.IPPROTO_UDP
+        assert _port_of(pm_port, MOUNT, tcp) == _port_of(pm_port, MOUNT, udp_) == s.port
+        assert _port_of(pm_port, NFS, tcp) == s.port
+        assert _port_of(pm_port, NFS, udp_) == (s.port if udp else 0)
+        with RpcClient("127.0.0.1", s.port) as c:  # a worker answers
+            assert c.call(NFS, 3, 0).ok
+    finally:
+        s.stop()
