@@ -52,7 +52,8 @@ def build_programs(
         nfs.fsid = fsid_of(fsids.pop())
     nfs_program = nfs3_program.build(nfs)
     nfs_program.guard = access.nfs_status
-    nfs_program.fast = FastPath(nfs, access).serve  # GETATTR and READ: the same answers, sooner
+    fast = FastPath(nfs, access, sessions=sessions is not None)
+    nfs_program.fast = fast.serve  # GETATTR, READ and LOOKUP: the same answers, sooner
     nfs_program.udp = udp
     if sessions is not None:
         route_sessions(nfs_program, nfs, access, sessions)

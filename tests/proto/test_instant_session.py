@@ -385,3 +385,34 @@ def test_quick_reads_inline_only_when_the_loop_serves_one_connection(c: SessionC
             c.dispatcher.dispatch(rec, c.peer, "tcp", True)
     with pytest.raises(WouldBlock):
         c.dispatcher.dispatch(change, c.peer, "tcp", True, alone=True)
+
+
+def test_a_session_call_that_goes_to_a_worker_is_not_decoded_on_the_loop(
+    c: SessionCaller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path sees a session's GETATTR, READ or LOOKUP and sends it to a
+    worker at once (the router would, after the whole general decode)."""
+    import nfsd.rpc
+
+    d = folder(c)
+    fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    recs = []
+    for proc, kind, args in [
+        (nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(fh)),
+        (nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 0, 4096)),
+        (nfs3.NFSPROC3_LOOKUP, "LOOKUP3", nfs3.LOOKUP3args(nfs3.diropargs3(d, b"a.vmx"))),
+    ]:
+        p = NFS3Packer()
+        getattr(p, f"pack_{kind}args")(args)
+        recs.append(call(nfs3.NFS_PROGRAM, 3, proc, p.get_buffer(), xid=5))
+    for rec in recs:  # the credentials decoded once (the fast path needs them)
+        reply = c.dispatcher.dispatch(rec, c.peer, "tcp")
+        assert reply is not None
+        reply.free()
+    decoded = []
+    real = nfsd.rpc.decode_call
+    monkeypatch.setattr(nfsd.rpc, "decode_call", lambda r: decoded.append(1) or real(r))
+    for rec in recs:
+        with pytest.raises(WouldBlock):
+            c.dispatcher.dispatch(rec, c.peer, "tcp", True)
+    assert decoded == []

@@ -21,6 +21,9 @@ What it may skip and what it may not:
   byte more or less than the arguments.  Anything else - and every refusal or error - returns None:
   the general path then serves the call and writes the answer, so no
   failure reply is ever built here.
+* A session's handle (``nfs3.router``) is left to the general path, or,
+  inline while the loop serves several connections, sent to a worker at
+  once (WouldBlock): the router would say so after the whole decode.
 * It keeps no state of its own (but the fattr3 bytes of the last
   ``Attrs`` object), so it has no deadline to honour: each
   call asks ``AccessControl.nfs_status`` (the exports' decisions, their
@@ -45,7 +48,7 @@ from nfsd.programs.nfs3.fastattr import LastFattr3
 from nfsd.programs.nfs3.read import read_reply
 from nfsd.programs.nfs3.service import MAY_EXEC, MAY_READ, RTMAX, Nfs3Service, may
 from nfsd.programs.sessions import is_session_handle
-from nfsd.rpc import CallContext, CredCache, Reply
+from nfsd.rpc import CallContext, CredCache, Reply, WouldBlock
 from nfsd.transport.tls import Security
 from xdr import nfs3
 from xdr.base import XdrError
@@ -78,10 +81,12 @@ class FastPath:
     (A bound method rather than a callable object: a call costs 0.1 µs less.)
     """
 
-    def __init__(self, svc: Nfs3Service, access: AccessControl) -> None:
+    def __init__(self, svc: Nfs3Service, access: AccessControl, *, sessions: bool = False) -> None:
         self.svc = svc
         self.access = access
         self._fattr3 = LastFattr3()
+        # Sessions routed (nfs3.router): a session's call inline goes to a worker.
+        self.sessions = sessions
 
     def serve(  # noqa: PLR0917 (FastPath's signature)
         self,
@@ -129,6 +134,8 @@ class FastPath:
         elif size != (pos if proc == _GETATTR else pos + _READ_ARGS.size):
             return None
         if is_session_handle(fh):
+            if inline and not alone and self.sessions:
+                raise WouldBlock  # what the router says, once all is decoded: a worker's
             return None
         cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
         ctx = CallContext(
