@@ -61,7 +61,8 @@ from exports import load as load_exports
 from nfsd.programs.xprtsec import lookups_for
 from nfsd.rpc import CallContext
 from nfsd.transport.tls import PLAIN, Security
-from xdr import mount3, nfs3
+from xdr import mount3
+from xdr import nfs3const as nfs3
 from xdr.rpc import AUTH_NONE, AUTH_SYS, authsys_parms
 
 log = logging.getLogger("recovery_fs.access")

@@ -125,7 +125,8 @@ from nfsd.service.config import Config
 from nfsd.service.state import atomic_write
 from nfsd.service.worker import LISTINGS_DIR, config_to_json
 from nfsd.transport.server import bind_listeners
-from xdr import mount3, nfs3
+from xdr import mount3
+from xdr import nfs3const as nfs3
 
 log = logging.getLogger("recovery_fs.supervisor")
 

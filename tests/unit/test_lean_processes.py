@@ -39,6 +39,7 @@ SERVING_ONLY = (
     "cryptography",
     "nfsd.programs.build",
     "nfsd.programs.nfs3",
+    "xdr.nfs3",  # every NFS type; the supervisor needs a few numbers (xdr.nfs3const)
     "nfsd.service.serving",
     "ssl",  # OpenSSL's libraries: imported where TLS is configured
     "hashlib",
