@@ -52,10 +52,10 @@ def build_programs(
         nfs.fsid = fsid_of(fsids.pop())
     nfs_program = nfs3_program.build(nfs)
     nfs_program.guard = access.nfs_status
-    fast = FastPath(nfs, access, sessions=sessions is not None)
+    fast = FastPath(nfs, access)
     nfs_program.fast = fast.serve  # GETATTR, READ and LOOKUP: the same answers, sooner
     nfs_program.udp = udp
     if sessions is not None:
-        route_sessions(nfs_program, nfs, access, sessions)
+        fast.sessions = route_sessions(nfs_program, nfs, access, sessions).quick
     mount = MountService(handles, export_path, access, sessions, mounts)  # mounts: DUMP's list
     return [mount.program(), nfs_program]

@@ -13,7 +13,7 @@ import pytest
 from instant.sessions import SessionError
 from nfsd.programs.nfs3.router import CACHED
 from nfsd.rpc import Reply, WouldBlock
-from tests.proto.calls import call, unchanged_sattr
+from tests.proto.calls import auth_sys, call, unchanged_sattr
 from tests.proto.fakens import FakeNamespace
 from tests.proto.sessionclient import SessionCaller, raw_nfs
 from xdr import mount3, nfs3
@@ -416,3 +416,48 @@ def test_a_session_call_that_goes_to_a_worker_is_not_decoded_on_the_loop(
         with pytest.raises(WouldBlock):
             c.dispatcher.dispatch(rec, c.peer, "tcp", True)
     assert decoded == []
+
+
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_fast_path_answers_a_session_as_the_general_path(c: SessionCaller, uid: int) -> None:
+    """The fast path answers a session's GETATTR, READ and LOOKUP through the router's
+    ``quick``: byte for byte the general path's reply (``Dispatcher._fast`` off),
+    failures included (left to the general path), and the same WouldBlock."""
+    d = folder(c)
+    fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    vmx = ok(c.lookup(d, b"a.vmx")).object
+    ok(c.setattr(vmx, sattr(mode=0o600)))  # not readable by uid 1000
+    ok(c.write(fh, 4096, b"N" * 100))
+    forged = nfs3.nfs_fh3(bytes(fh.data[:-1]) + bytes([fh.data[-1] ^ 1]))
+    gone = nfs3.nfs_fh3(bytes(fh.data[:1]) + b"\xee" * 8 + bytes(fh.data[9:]))
+    cases = []
+    for h in (fh, vmx, d, forged, gone):
+        cases.append((nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(h)))
+        cases.append((nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(h, 4096, 100)))
+        cases.append((nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(h, 0, 1 << 20)))
+    for name in (b"disk-flat.vmdk", b"a.vmx", b"nothing", b".", b"..", b"a/b"):
+        cases.append((nfs3.NFSPROC3_LOOKUP, "LOOKUP3", nfs3.LOOKUP3args(nfs3.diropargs3(d, name))))
+    fast = c.dispatcher._fast
+    assert fast is not None
+    quick = fast.__self__.sessions  # type: ignore[attr-defined]
+    answered = []
+    fast.__self__.sessions = lambda *a: answered.append(1) or quick(*a)  # type: ignore[attr-defined]
+    for proc, kind, args in cases:
+        p = NFS3Packer()
+        getattr(p, f"pack_{kind}args")(args)
+        rec = call(nfs3.NFS_PROGRAM, 3, proc, p.get_buffer(), xid=9, cred=auth_sys(uid, uid))
+        for inline, alone in ((False, False), (True, True), (True, False)):
+            answers = []
+            for path in (fast, None):
+                c.dispatcher._fast = path
+                try:
+                    reply = c.dispatcher.dispatch(rec, c.peer, "tcp", inline, alone=alone)
+                except WouldBlock:
+                    answers.append(b"WouldBlock")
+                    continue
+                assert reply is not None
+                answers.append(b"".join(bytes(x) for x in reply.parts))
+                reply.free()
+            c.dispatcher._fast = fast
+            assert answers[0] == answers[1], (kind, args, inline, alone)
+    assert len(answered) > len(cases)  # the fast path did answer

@@ -21,9 +21,12 @@ What it may skip and what it may not:
   byte more or less than the arguments.  Anything else - and every refusal or error - returns None:
   the general path then serves the call and writes the answer, so no
   failure reply is ever built here.
-* A session's handle (``nfs3.router``) is left to the general path, or,
-  inline while the loop serves several connections, sent to a worker at
-  once (WouldBlock): the router would say so after the whole decode.
+* A session's handle (``nfs3.router``): inline while the loop serves
+  several connections, sent to a worker at once (WouldBlock, as the router
+  would say after the whole decode); otherwise answered by the router's
+  ``quick`` (the session's access check and procedure, the same code as the
+  general path's; None on any refusal or failure), or left to the general
+  path when no sessions are routed.
 * It keeps no state of its own (but the fattr3 bytes of the last
   ``Attrs`` object), so it has no deadline to honour: each
   call asks ``AccessControl.nfs_status`` (the exports' decisions, their
@@ -39,6 +42,8 @@ What it may skip and what it may not:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.access import AccessControl
@@ -67,6 +72,9 @@ _VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle len
 _READ_ARGS = struct.Struct(">QI")  # offset, count
 _GETATTR, _READ, _LOOKUP = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP
 _U32 = struct.Struct(">I")
+SessionQuick = Callable[[int, CallContext, Any], "Reply | None"]
+"""``nfs3.router.Router.quick``: a session's GETATTR, READ or LOOKUP, or None."""
+
 # A successful reply's header after its xid (the call's own four bytes):
 # REPLY, MSG_ACCEPTED, a null verifier, SUCCESS; then NFS3_OK (and TRUE, the
 # post_op_attr that follows for READ).
@@ -81,12 +89,12 @@ class FastPath:
     (A bound method rather than a callable object: a call costs 0.1 µs less.)
     """
 
-    def __init__(self, svc: Nfs3Service, access: AccessControl, *, sessions: bool = False) -> None:
+    def __init__(self, svc: Nfs3Service, access: AccessControl) -> None:
         self.svc = svc
         self.access = access
         self._fattr3 = LastFattr3()
-        # Sessions routed (nfs3.router): a session's call inline goes to a worker.
-        self.sessions = sessions
+        # Sessions routed: ``nfs3.router.Router.quick``, set by ``route_sessions``.
+        self.sessions: SessionQuick | None = None
 
     def serve(  # noqa: PLR0917 (FastPath's signature)
         self,
@@ -133,10 +141,12 @@ class FastPath:
             name = record[pos + 4 : pos + 4 + namelen]
         elif size != (pos if proc == _GETATTR else pos + _READ_ARGS.size):
             return None
-        if is_session_handle(fh):
-            if inline and not alone and self.sessions:
+        session = is_session_handle(fh)
+        if session:
+            if self.sessions is None:
+                return None
+            if inline and not alone:
                 raise WouldBlock  # what the router says, once all is decoded: a worker's
-            return None
         cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
         ctx = CallContext(
             xid,
@@ -151,6 +161,8 @@ class FastPath:
             alone=alone,
             security=security,
         )
+        if session:
+            return self._session(record, ctx, proc, fh, pos, name)
         if self.access.nfs_status(ctx):
             return None  # refused: the general path answers (and logs) it
         svc = self.svc
@@ -171,6 +183,27 @@ class FastPath:
             return read_reply(svc, path, offset, min(count, RTMAX), ctx, head)
         except (NamespaceError, NfsError, XdrError):
             return None
+
+    def _session(  # noqa: PLR0917
+        self, record: bytes, ctx: CallContext, proc: int, fh: bytes, pos: int, name: bytes
+    ) -> Reply | None:
+        """A session's call, answered by the router's ``quick`` (its access check,
+        the session procedure) with the RPC header put in front; None for the
+        general path (a refusal, a failure)."""
+        assert self.sessions is not None
+        handle = nfs3.nfs_fh3(fh)
+        args: object
+        if proc == _GETATTR:
+            args = nfs3.GETATTR3args(handle)
+        elif proc == _READ:
+            offset, count = _READ_ARGS.unpack_from(record, pos)
+            args = nfs3.READ3args(handle, offset, count)
+        else:
+            args = nfs3.LOOKUP3args(nfs3.diropargs3(handle, name))
+        reply = self.sessions(proc, ctx, args)
+        if reply is not None:
+            reply.parts[0] = record[:4] + _ACCEPTED + bytes(reply.parts[0])
+        return reply
 
     def _lookup(
         self, xid: bytes, ctx: CallContext, dirpath: PresentedPath, dattrs: Attrs, name: bytes

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from merge.namespace import NamespaceError
 from nfsd.programs.access import AccessControl
 from nfsd.programs.drc import ReplyCache, key_of
 from nfsd.programs.errors import NfsError
@@ -50,6 +51,7 @@ from nfsd.programs.nfs3.session import SessionNfs
 from nfsd.programs.sessions import SessionManager, is_session_handle
 from nfsd.rpc import CallContext, Procedure, ProcedureError, Program, Reply, WouldBlock
 from xdr import nfs3
+from xdr.base import XdrError
 
 Run = Callable[[CallContext, Any], Reply]
 
@@ -175,6 +177,25 @@ class Router:
         if number not in CACHED:
             return run(self.svc, ctx, args)
         return self._cached(number, ro, ctx, args, run)
+
+    def quick(self, number: int, ctx: CallContext, args: Any) -> Reply | None:
+        """A session's GETATTR, READ or LOOKUP for the fast path (``nfs3.fastpath``):
+        its reply, or None to leave the call to the general path (a refusal, an
+        error, a failure body: that path answers and logs them)."""
+        manager = self.svc.manager
+        key = manager.session_key(HANDLE[number](args).data)
+        export = manager.export_of(key)
+        if export is None or self.access.nfs_status(ctx, export):
+            return None
+        manager.note_client(key, ctx.peer)
+        try:
+            reply = SESSION_RUN[number](self.svc, ctx, args)
+        except (ProcedureError, NamespaceError, XdrError):
+            return None
+        if ctx.status:
+            reply.free()
+            return None
+        return reply
 
     def _check(self, ctx: CallContext, export: str | None) -> None:
         status = self.access.nfs_status(ctx, export)
