@@ -47,6 +47,15 @@ encoded copy of it stays valid (``nfsd.programs.listings``); so does a
 process whose own scan, once a listing it read here expired, finds the same
 entries (a new object from the layers below, the same content).
 
+Extras.  The server keeps things derived from a listing (its encoded
+READDIRPLUS entries) next to it, opaque to this module: ``sharing(items)``
+names the digest of entries this process read or wrote here, and
+``store_extra``/``load_extra`` keep bytes under that digest and a tag that
+names everything else they depend on.  An extra is a function of the
+entries and the tag, so it never outlives them in use: a reader asks for
+one only with entries it got here within their deadline.  It is checked by
+its own digest, the entries' digest and the tag's before it is returned.
+
 Bounds: at most ``files`` of each kind (the oldest go first), none kept
 longer than ``max_age`` seconds unrenewed; temporary files of a process
 that died are removed after the same age.  Only listings of ``min_entries``
@@ -63,6 +72,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -71,6 +81,7 @@ from merge.attrs import attrs_from_fields
 from merge.namespace import Attrs, Kind, PresentedPath
 
 _MAGIC = b"rfs-lst1"
+_EXTRA_MAGIC = b"rfs-ext1"
 _DIGEST = 16
 _MAX_ENTRIES_BYTES = 256 << 20
 
@@ -138,6 +149,7 @@ class SharedListings:
         # Per folder: the digest of the entries last read or written, and them.
         self._known: OrderedDict[PresentedPath, _Known] = OrderedDict()
         self._lock = threading.Lock()
+        _INSTANCES.add(self)
 
     @property
     def enabled(self) -> bool:
@@ -246,7 +258,12 @@ class SharedListings:
     def _prune(self) -> None:
         """At most ``files`` of each kind, none older than ``max_age``."""
         cutoff = time.time() - self._max_age
-        kinds: dict[str, list[tuple[float, str]]] = {".head": [], ".entries": [], ".tmp": []}
+        kinds: dict[str, list[tuple[float, str]]] = {
+            ".head": [],
+            ".entries": [],
+            ".extra": [],
+            ".tmp": [],
+        }
         with os.scandir(self.folder) as it:
             for de in it:
                 kind = os.path.splitext(de.name)[1]
@@ -260,6 +277,46 @@ class SharedListings:
                 if mtime < cutoff or i < len(found) - keep:
                     with contextlib.suppress(OSError):
                         os.unlink(p)
+
+    # -- extras --------------------------------------------------------------------
+
+    def digest_of(self, items: Items) -> bytes | None:
+        """The digest of ``items`` if this process read or wrote them here (the same object)."""
+        with self._lock:
+            for known in self._known.values():
+                if known.items is items:
+                    return known.digest
+        return None
+
+    def load_extra(self, digest: bytes, tag: bytes) -> bytes | None:
+        """The bytes kept for the entries ``digest`` and ``tag``, if whole and theirs."""
+        if self._boot is None:
+            return None
+        try:
+            with open(self._extra_path(digest, tag), "rb") as f:
+                data = f.read(_MAX_ENTRIES_BYTES)
+        except OSError:
+            return None
+        n = len(_EXTRA_MAGIC)
+        if not data.startswith(_EXTRA_MAGIC) or len(data) < n + 3 * _DIGEST:
+            return None
+        body = memoryview(data)[n + _DIGEST :]
+        if _digest(body) != data[n : n + _DIGEST]:
+            return None
+        if body[:_DIGEST] != digest or body[_DIGEST : 2 * _DIGEST] != _digest(tag):
+            return None
+        return bytes(body[2 * _DIGEST :])
+
+    def store_extra(self, digest: bytes, tag: bytes, data: bytes) -> None:
+        """Keep ``data`` for the entries ``digest`` and ``tag`` (best effort)."""
+        if self._boot is None:
+            return
+        body = digest + _digest(tag) + data
+        try:
+            self._write(self._extra_path(digest, tag), _EXTRA_MAGIC + _digest(body) + body)
+            self._prune()
+        except OSError:
+            pass  # not shared: the other processes encode their own
 
     # -- names --------------------------------------------------------------------------
 
@@ -279,8 +336,27 @@ class SharedListings:
     def _entries_path(self, digest: bytes) -> str:
         return os.path.join(self.folder, digest.hex() + ".entries")
 
+    def _extra_path(self, digest: bytes, tag: bytes) -> str:
+        return os.path.join(self.folder, _digest(digest + tag).hex() + ".extra")
 
-def _digest(data: bytes) -> bytes:
+
+_INSTANCES: weakref.WeakSet[SharedListings] = weakref.WeakSet()
+
+
+def sharing(items: Items) -> tuple[SharedListings, bytes] | None:
+    """Where ``items`` were shared and their digest, if this process read or wrote them there.
+
+    How the server finds, from a listing the namespace handed out, where
+    to keep what it derives from it (``load_extra``, ``store_extra``).
+    """
+    for shared in list(_INSTANCES):
+        digest = shared.digest_of(items)
+        if digest is not None:
+            return shared, digest
+    return None
+
+
+def _digest(data: bytes | memoryview) -> bytes:
     return hashlib.blake2b(data, digest_size=_DIGEST).digest()
 
 

@@ -156,6 +156,28 @@ class HandleCodec:
 
         return encode
 
+    def key_id(self) -> bytes:
+        """A fingerprint of the secret (its HMAC of a constant): what handles depend on,
+        for keying bytes that hold handles (it reveals nothing of the secret)."""
+        inner = self._inner.copy()
+        inner.update(b"recovery-fs handle key id")
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:16]
+
+    @staticmethod
+    def size_at(depth: int) -> int:
+        """The size of every handle of a path of ``depth`` components."""
+        return HEAD.size + 4 * min(depth, MAX_COMPONENTS) + MAC_SIZE
+
+    def adopt(self, directory: PresentedPath, named: Iterable[tuple[str, bytes]]) -> None:
+        """Remember handles ``encoder_in(directory)`` made for these names, elsewhere.
+
+        Only for bytes this server made with this secret (checked by their
+        digest: ``nfsd.programs.shared_encodings``), as the MAC-checked cache.
+        """
+        self._remember_all((h, (*directory, name)) for name, h in named)
+
     def _known(self, path: PresentedPath, fileid: int) -> bytes | None:
         """The handle issued lately for ``path``, if it still names ``fileid``."""
         handle = self._by_path.get(path)

@@ -6,7 +6,8 @@ the start"), and a directory is listed in cookie order: see
 the namespace returns (the namespace returns the same object while nothing
 changed), so paging through 10,000 entries sorts them once, and encodes
 each entry at most once per procedure: a repeated listing is a join of
-bytes already made.
+bytes already made.  A large listing's READDIRPLUS entries are also shared
+with the server's other processes (``nfsd.programs.shared_encodings``).
 """
 
 from __future__ import annotations
@@ -33,16 +34,38 @@ class Listing:
     (one encoder per kind: READDIR, READDIRPLUS), computing it on first use.
     """
 
-    __slots__ = ("_encoded", "cookies", "rows", "source")
+    __slots__ = ("_encoded", "cookies", "rows", "share", "source")
 
-    def __init__(self, source: Sequence[tuple[str, Attrs]]) -> None:
+    def __init__(
+        self, source: Sequence[tuple[str, Attrs]], rows: list[tuple] | None = None
+    ) -> None:
+        """``rows``: the sorted rows, when known already (made by this class for ``source``)."""
         self.source = source
-        self.rows = sorted(
-            (cookie_of(name), name.encode("utf-8", "surrogateescape"), name, a)
-            for name, a in source
+        self.rows = (
+            rows
+            if rows is not None
+            else sorted(
+                (cookie_of(name), name.encode("utf-8", "surrogateescape"), name, a)
+                for name, a in source
+            )
         )
         self.cookies = [r[0] for r in self.rows]
         self._encoded: dict[str, list[bytes | None]] = {}
+        # Called with the listing once a READDIRPLUS reaches its end, until it returns True.
+        self.share: Callable[[Listing], bool] | None = None
+
+    def preload(self, kind: str, encoded: list[bytes]) -> None:
+        """Every entry's encoding for ``kind``, made elsewhere (the same bytes)."""
+        if len(encoded) != len(self.rows):
+            raise ValueError("one encoding per entry")
+        self._encoded[kind] = list(encoded)
+
+    def encodings(self, kind: str) -> list[bytes] | None:
+        """Every entry's encoding for ``kind``, if all were made."""
+        cache = self._encoded.get(kind)
+        if cache is None or None in cache:
+            return None
+        return cache  # type: ignore[return-value]
 
     def encoded(self, kind: str, i: int, encode: Callable[[tuple], bytes]) -> bytes:
         cache = self._encoded.get(kind)
@@ -66,13 +89,19 @@ class SortedListings:
         """Whether ``path`` was listed lately (its listing is still held)."""
         return path in self._cache
 
-    def get(self, path: PresentedPath, entries: Sequence[tuple[str, Attrs]]) -> Listing:
+    def get(
+        self,
+        path: PresentedPath,
+        entries: Sequence[tuple[str, Attrs]],
+        make: Callable[[Sequence[tuple[str, Attrs]]], Listing] = Listing,
+    ) -> Listing:
+        """The listing of ``entries``, made by ``make`` unless held already."""
         with self._lock:
             hit = self._cache.get(path)
             if hit is not None and hit.source is entries:
                 self._cache.move_to_end(path)
                 return hit
-        listing = Listing(entries)
+        listing = make(entries)
         with self._lock:
             self._cache[path] = listing
             self._cache.move_to_end(path)

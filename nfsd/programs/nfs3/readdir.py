@@ -29,6 +29,8 @@ from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.listings import Listing
 from nfsd.programs.nfs3.fastattr import entryplus3_bytes
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
+from nfsd.programs.shared_encodings import KIND as PLUS
+from nfsd.programs.shared_encodings import listing_for
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
@@ -63,7 +65,12 @@ def _listing(
         entries = svc.namespace.readdir(path)
     except NamespaceError as e:
         raise nfs_error(e) from e
-    return path, dattrs, svc.listings.get(path, entries)
+    fsid, handles = svc.fsid, svc.handles
+    return (
+        path,
+        dattrs,
+        svc.listings.get(path, entries, lambda e: listing_for(path, e, fsid, handles)),
+    )
 
 
 def _cap(ctx: CallContext, count: int) -> int:
@@ -158,11 +165,13 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
             ctx,
             listing,
             args.cookie,
-            "readdirplus",
+            PLUS,
             encode,
             maxsize=args.maxcount,
             dir_budget=args.dircount,
         )
+    if eof and listing.share is not None and listing.share(listing):
+        listing.share = None
     ctx.note = (
         f"/{'/'.join(path)} cookie={args.cookie} dircount={args.dircount} "
         f"maxcount={args.maxcount} entries={len(out)}"

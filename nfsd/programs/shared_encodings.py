@@ -1,0 +1,117 @@
+"""A large folder's READDIRPLUS entries, encoded once for all the server's processes.
+
+Design notes
+------------
+``merge.shared`` lets a process read a large listing another process made
+a moment ago instead of scanning; the reader would still encode each of
+its 10,000 entries (handle, attributes, cookie order) before answering.
+So the process that encodes a shared listing's READDIRPLUS entries first
+keeps them, as an extra of that listing (``SharedListings.store_extra``),
+and a process that reads the same listing takes them.
+
+What the bytes depend on, and so what keys them: the entries (names and
+every attribute: the shared listing's digest), the order of the cookies
+(a function of the names), the fattr3 ``fsid`` of the export, and the
+handles: the secret (its fingerprint, ``HandleCodec.key_id``), the
+folder's path and the handle layout (this format's tag).  The cookie
+verifier is not in an entry.  The digest is asked of ``merge.shared`` for
+the very object the namespace handed out, so the entries are the ones it
+checked, within their deadline.
+
+A file that is damaged or of another key is ignored by ``merge.shared``
+(its digests); one that does not fit the listing (another count, offsets
+past its end) is ignored here: the reader encodes, as without this cache.
+The handles taken are remembered by the codec as if it had issued them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from array import array
+from collections.abc import Sequence
+
+from merge.namespace import Attrs, PresentedPath
+from merge.shared import sharing
+from nfsd.programs.handles import HandleCodec
+from nfsd.programs.listings import Listing
+
+KIND = "readdirplus"  # the Listing kind readdir.py encodes READDIRPLUS entries under
+_FORMAT = b"rdp1"
+_COUNT = struct.Struct("=Q")
+
+Entries = Sequence[tuple[str, Attrs]]
+
+
+def tag(path: PresentedPath, fsid: int, key_id: bytes) -> bytes:
+    """What the encoded entries depend on besides the entries themselves."""
+    names = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in path)
+    return _FORMAT + struct.pack(">Q", fsid) + key_id + names
+
+
+def listing_for(path: PresentedPath, entries: Entries, fsid: int, handles: HandleCodec) -> Listing:
+    """The listing of ``entries``: with its READDIRPLUS entries when another process
+    shared them, else one that shares them once all are encoded."""
+    found = sharing(entries)
+    if found is None:
+        return Listing(entries)
+    shared, digest = found
+    key = tag(path, fsid, handles.key_id())
+    data = shared.load_extra(digest, key)
+    if data is not None:
+        listing = unpack(entries, data, path, handles)
+        if listing is not None:
+            return listing
+
+    def share(listing: Listing) -> bool:
+        encoded = listing.encodings(KIND)
+        if encoded is None:
+            return False  # a client started midway: not yet
+        shared.store_extra(digest, key, pack(listing, encoded))
+        return True
+
+    listing = Listing(entries)
+    listing.share = share
+    return listing
+
+
+def pack(listing: Listing, encoded: list[bytes]) -> bytes:
+    """The count; each row's index in the source, cookie and encoding's length; the encodings."""
+    pos = {name: i for i, (name, _) in enumerate(listing.source)}
+    order = array("I", [pos[r[2]] for r in listing.rows])
+    cookies = array("q", listing.cookies)
+    lengths = array("I", map(len, encoded))
+    return b"".join(
+        [_COUNT.pack(len(encoded)), order.tobytes(), cookies.tobytes(), lengths.tobytes(), *encoded]
+    )
+
+
+def unpack(
+    entries: Entries, data: bytes, path: PresentedPath, handles: HandleCodec
+) -> Listing | None:
+    """The listing ``pack`` described, its handles adopted; None if it does not fit."""
+    n = len(entries)
+    if len(data) < _COUNT.size or _COUNT.unpack_from(data)[0] != n:
+        return None
+    at = _COUNT.size
+    order, cookies, lengths = array("I"), array("q"), array("I")
+    for arr in (order, cookies, lengths):
+        size = n * arr.itemsize
+        arr.frombytes(data[at : at + size])
+        at += size
+    if at > len(data) or at + sum(lengths) != len(data) or (n and max(order) >= n):
+        return None
+    sorted_entries = [entries[i] for i in order]
+    rows = [
+        (c, name.encode("utf-8", "surrogateescape"), name, a)
+        for c, (name, a) in zip(cookies, sorted_entries, strict=True)
+    ]
+    ends = list(itertools.accumulate(lengths, initial=at))
+    encoded = [data[a:b] for a, b in itertools.pairwise(ends)]
+    hsize = handles.size_at(len(path) + 1)
+    if any(len(e) < hsize for e in encoded):
+        return None
+    listing = Listing(entries, rows)
+    listing.preload(KIND, encoded)
+    handles.adopt(path, ((r[2], e[-hsize:]) for r, e in zip(rows, encoded, strict=True)))
+    return listing
