@@ -43,7 +43,6 @@ Consequences, the invariants the server relies on:
 
 from __future__ import annotations
 
-import enum
 import os
 import threading
 import time
@@ -56,6 +55,7 @@ from sqlite3 import Connection
 from typing import Any
 
 from instant.answers import Answers
+from instant.callvalues import NOW, CreateHow
 from instant.errors import (
     Exists,
     InvalidArgument,
@@ -82,8 +82,6 @@ from merge.namespace import (
 )
 
 NAME_MAX = 255
-NOW = -1
-"""A time given as ``NOW`` is the server's clock (SET_TO_SERVER_TIME)."""
 MAX_COPIED_ENTRIES = 100_000
 CALLS_KEPT_NS = 3600 * 10**9  # recorded call keys older than this are pruned
 CALLS_PRUNE_EVERY = 256
@@ -100,14 +98,6 @@ _DIR_SIZE = 4096
 _FILES = 1 << 32
 
 _NODE_COLS = "id, fileid, kind, base, mode, uid, gid, atime, mtime, ctime, target, verifier"
-
-
-class CreateHow(enum.IntEnum):
-    """createmode3 of RFC 1813 §3.3.8."""
-
-    UNCHECKED = 0
-    GUARDED = 1
-    EXCLUSIVE = 2
 
 
 @dataclass(slots=True)

@@ -39,14 +39,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exports import Export, ExportsError, ExportTable
 from exports import parse as parse_exports
-from instant.namespace import SessionNamespace
 from instant.sessions import SessionInfo, SessionRegistry
 from merge.namespace import Namespace
 from nfsd.programs.access import split_peer
 from nfsd.programs.handles import BadHandle, StaleHandle
+
+if TYPE_CHECKING:  # imported by _open: sqlite3 and the store only once a session exists
+    from instant.namespace import SessionNamespace
 
 log = logging.getLogger("recovery_fs.instant")
 
@@ -244,6 +247,8 @@ class SessionManager:
             ino = os.stat(self.registry.path_of(info.name)).st_ino
             if not os.path.isdir(info.overlay):
                 raise FileNotFoundError(f"overlay {info.overlay} is missing")
+            from instant.namespace import SessionNamespace  # noqa: PLC0415  (TYPE_CHECKING)
+
             ns = SessionNamespace(info.overlay, self.base, None, quota=info.quota)
         except Exception as e:
             log.error("cannot open instant-recovery session %s: %s", info.name, e)

@@ -142,3 +142,53 @@ def test_a_supervisor_maps_what_its_workers_serve(tmp_path: Path, udp: bool) -> 
             assert c.call(NFS, 3, 0).ok
     finally:
         s.stop()
+
+
+SESSION_ONLY = ("sqlite3", "instant.namespace", "instant.store", "instant.db")
+"""What a server process imports once an instant-recovery session exists (3 to 4 MB)."""
+
+_WORKER = """
+import sys
+from pathlib import Path
+from instant.sessions import SessionRegistry
+from merge import build_namespace
+from nfsd.programs.build import build_programs
+from nfsd.programs.sessions import SessionManager
+from tests.proto.nfsclient import SECRET, open_access
+storage, state = sys.argv[1:]
+ns = build_namespace(storage)
+sessions = SessionManager(SessionRegistry(Path(state)), ns, SECRET)
+build_programs(ns, SECRET, open_access(), sessions=sessions)
+served = [s.info.export_path for s in sessions.sessions()]
+print(served, *sys.modules)
+"""
+
+
+def _worker_modules(storage: Path, state: Path) -> tuple[str, list[str]]:
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER, str(storage), str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+    ).stdout
+    served, _, modules = out.partition("] ")
+    return served + "]", modules.split()
+
+
+def test_a_server_imports_the_session_store_once_a_session_exists(tmp_path: Path) -> None:
+    from instant.sessions import SessionRegistry, create_session
+
+    storage, state = tmp_path / "storage", tmp_path / "state"
+    (storage / "vm").mkdir(parents=True)
+    (storage / "vm" / "a.vmx").write_bytes(b"x=1\n")
+    served, modules = _worker_modules(storage, state)
+    assert served == "[]"
+    assert [m for m in modules if m in SESSION_ONLY or m == "_sqlite3"] == []
+
+    info = create_session(
+        SessionRegistry(state), build_namespace(str(storage)), "s1", {"web01": ("vm",)}
+    )
+    served, modules = _worker_modules(storage, state)
+    assert served == repr([info.export_path])
+    assert set(SESSION_ONLY) <= set(modules)

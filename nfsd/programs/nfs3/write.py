@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from instant.namespace import NOW, CreateHow
+from instant.callvalues import NOW, CreateHow
 from merge.namespace import Attrs, Kind, NamespaceError, NotFound
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
