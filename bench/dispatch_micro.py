@@ -77,6 +77,16 @@ def records(caller: Caller, names: list[str]) -> dict[str, tuple[list[bytes], bo
             * n,
             True,
         ),
+        "access": (
+            [
+                encode(
+                    nfs3.NFSPROC3_ACCESS,
+                    lambda p: p.pack_ACCESS3args(nfs3.ACCESS3args(plain, 0x3F)),
+                )
+            ]
+            * n,
+            True,
+        ),
         "lookup": (
             [
                 encode(

@@ -1,4 +1,4 @@
-"""The GETATTR/READ/LOOKUP fast path answers exactly what the general path answers.
+"""The GETATTR/ACCESS/READ/LOOKUP fast path answers exactly what the general path answers.
 
 Every generated call goes through two dispatchers over the same namespace
 and the same exports: one with the NFS program's fast path, one without.
@@ -64,6 +64,7 @@ PATHS: list[PresentedPath] = [
     ("locked", "inside"),
 ]
 NAMES = [b"f", b"d", b"private", b"locked", b"inside", b"nope", b".", b"..", b"", b"a/b", b"x\0"]
+PROCS = [nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP, nfs3.NFSPROC3_ACCESS]
 LOOKUPS = [((), b"f"), ((), b"locked"), ((), b"nope"), (("locked",), b"inside")]
 
 EXPORTS = [
@@ -154,15 +155,15 @@ creds = st.builds(
 )
 # Mostly ordinary calls (the fast path's), each of the rest now and then.
 ORDINARY = "ordinary"
-FLAWS = [ORDINARY] * 8 + ["vers", "rpcvers", "verf", "auth_none", "short", "long", "access"]
+FLAWS = [ORDINARY] * 8 + ["vers", "rpcvers", "verf", "auth_none", "short", "long", "fsstat"]
 
 
 @st.composite
 def records(draw: st.DrawFn) -> bytes:
     flaw = draw(st.sampled_from(FLAWS))
-    proc = draw(st.sampled_from([nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP]))
-    if flaw == "access":
-        proc = nfs3.NFSPROC3_ACCESS
+    proc = draw(st.sampled_from(PROCS))
+    if flaw == "fsstat":
+        proc = nfs3.NFSPROC3_FSSTAT  # one the fast path leaves: the same handle argument
     fh = draw(handles)
     name = draw(st.sampled_from(NAMES) | st.binary(max_size=300))
     if proc == nfs3.NFSPROC3_LOOKUP and draw(st.booleans()):  # mostly a name in a folder
@@ -178,7 +179,7 @@ def records(draw: st.DrawFn) -> bytes:
         p.pack_uint(len(name))
         p.pack_fopaque(len(name), name)
     elif proc == nfs3.NFSPROC3_ACCESS:
-        p.pack_uint(0x3F)
+        p.pack_uint(draw(st.sampled_from([0x3F, 0x1, 0x2, 0x20, 0xFFFFFFFF, 0])))
     record = call(
         nfs3.NFS_PROGRAM,
         2 if flaw == "vers" else 3,

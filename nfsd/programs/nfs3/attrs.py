@@ -92,18 +92,23 @@ def _lookup_fail(svc: Nfs3Service, ctx: CallContext, status: int, dattrs) -> Rep
     )
 
 
+def access_granted(a: Attrs, ctx: CallContext, asked: int) -> int:
+    """ACCESS's answer: of the bits ``asked``, those the (squashed) caller holds on ``a``."""
+    granted = 0
+    if may(a, ctx, MAY_READ):
+        granted |= nfs3.ACCESS3_READ
+    if may(a, ctx, MAY_EXEC):
+        granted |= nfs3.ACCESS3_LOOKUP if a.kind == Kind.DIR else nfs3.ACCESS3_EXECUTE
+    return granted & asked
+
+
 # RFC 1813 §3.3.4: READ, LOOKUP (directories) and EXECUTE (files) by the mode
 # bits for the call's credentials, squashed as the export says (nfsd.programs.access);
 # MODIFY, EXTEND and DELETE never.
 def access3(svc: Nfs3Service, ctx: CallContext, args: nfs3.ACCESS3args) -> Reply:
     path = svc.path_of(args.object)
     a = svc.attrs(path)
-    granted = 0
-    if may(a, ctx, MAY_READ):
-        granted |= nfs3.ACCESS3_READ
-    if may(a, ctx, MAY_EXEC):
-        granted |= nfs3.ACCESS3_LOOKUP if a.kind == Kind.DIR else nfs3.ACCESS3_EXECUTE
-    granted &= args.access
+    granted = access_granted(a, ctx, args.access)
     ctx.note = f"/{'/'.join(path)} asked={args.access:#x} granted={granted:#x}"
     return _reply(
         NFS3Packer.pack_ACCESS3res,

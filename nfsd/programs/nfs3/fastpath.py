@@ -1,4 +1,4 @@
-"""GETATTR, READ and LOOKUP of the read-only export, served straight from the record's bytes.
+"""GETATTR, ACCESS, READ and LOOKUP of the read-only export, from the record's bytes.
 
 Design notes
 ------------
@@ -14,7 +14,7 @@ of the record, and the reply goes out as one buffer (plus a READ's data).
 What it may skip and what it may not:
 
 * It serves only what it recognises *exactly*: an RPC v2 CALL of NFSv3
-  GETATTR, READ or LOOKUP (of a name that exists) over TCP, AUTH_SYS
+  GETATTR, ACCESS, READ or LOOKUP (of a name that exists) over TCP, AUTH_SYS
   whose bytes the dispatcher already decoded (its credential cache), a
   null verifier, a handle of the read-only export that ``HandleCodec``
   has already verified (its cache holds only MAC-checked bytes), and no
@@ -34,7 +34,7 @@ What it may skip and what it may not:
   replaced file noticed by ``open``) and ``may`` exactly as the general
   path does, in the same order: the access check before the handle.
 * READ shares ``read.read_reply`` with the general path, LOOKUP
-  ``attrs.lookup3_ok``; the bytes are
+  ``attrs.lookup3_ok``, ACCESS ``attrs.access_granted``; the bytes are
   the same (``tests/unit/test_fastpath.py`` runs generated calls through
   both and compares the replies byte for byte).
 """
@@ -48,7 +48,7 @@ from typing import Any
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.access import AccessControl
 from nfsd.programs.errors import NfsError
-from nfsd.programs.nfs3.attrs import lookup3_ok
+from nfsd.programs.nfs3.attrs import access_granted, lookup3_ok
 from nfsd.programs.nfs3.fastattr import LastFattr3
 from nfsd.programs.nfs3.read import read_reply
 from nfsd.programs.nfs3.service import MAY_EXEC, MAY_READ, RTMAX, Nfs3Service, may
@@ -71,6 +71,9 @@ _HEAD = struct.Struct(">8I")  # xid, msg_type, rpcvers, prog, vers, proc, cred f
 _VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle length
 _READ_ARGS = struct.Struct(">QI")  # offset, count
 _GETATTR, _READ, _LOOKUP = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP
+_ACCESS = nfs3.NFSPROC3_ACCESS
+_ARGS_AFTER_HANDLE = {_GETATTR: 0, _READ: _READ_ARGS.size, _ACCESS: 4}  # LOOKUP: its name
+_SERVED = frozenset((*_ARGS_AFTER_HANDLE, _LOOKUP))
 _U32 = struct.Struct(">I")
 SessionQuick = Callable[[int, CallContext, Any], "Reply | None"]
 """``nfs3.router.Router.quick``: a session's GETATTR, READ or LOOKUP, or None."""
@@ -110,7 +113,7 @@ class FastPath:
             return None
         xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
         if (
-            (proc != _GETATTR and proc != _READ and proc != _LOOKUP)  # noqa: PLR1714 (a set costs more)
+            proc not in _SERVED
             or mtype != CALL
             or rpcvers != RPC_VERSION
             or prog != nfs3.NFS_PROGRAM
@@ -139,7 +142,7 @@ class FastPath:
             if namelen > nfs3.MAXNAMLEN or size != pos + 4 + ((namelen + 3) & ~3):
                 return None
             name = record[pos + 4 : pos + 4 + namelen]
-        elif size != (pos if proc == _GETATTR else pos + _READ_ARGS.size):
+        elif size != pos + _ARGS_AFTER_HANDLE[proc]:
             return None
         session = is_session_handle(fh)
         if session:
@@ -176,6 +179,9 @@ class FastPath:
             fattr3 = self._fattr3.get(attrs, svc.fsid)
             if proc == _GETATTR:
                 return Reply([record[:4] + _ACCEPTED_OK + fattr3])
+            if proc == _ACCESS:
+                granted = access_granted(attrs, ctx, _U32.unpack_from(record, pos)[0])
+                return Reply([record[:4] + _ACCEPTED_OK_ATTRS + fattr3 + _U32.pack(granted)])
             if attrs.kind == Kind.DIR or not may(attrs, ctx, MAY_READ, owner_override=True):
                 return None
             offset, count = _READ_ARGS.unpack_from(record, pos)
