@@ -419,7 +419,9 @@ def test_a_session_call_that_goes_to_a_worker_is_not_decoded_on_the_loop(
 
 
 @pytest.mark.parametrize("uid", [0, 1000])
-def test_fast_path_answers_a_session_as_the_general_path(c: SessionCaller, uid: int) -> None:
+def test_fast_path_answers_a_session_as_the_general_path(
+    c: SessionCaller, uid: int, caplog: pytest.LogCaptureFixture
+) -> None:
     """The fast path answers a session's GETATTR, READ and LOOKUP through the router's
     ``quick``: byte for byte the general path's reply (``Dispatcher._fast`` off),
     failures included (left to the general path), and the same WouldBlock."""
@@ -435,6 +437,7 @@ def test_fast_path_answers_a_session_as_the_general_path(c: SessionCaller, uid: 
         cases.append((nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(h)))
         cases.append((nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(h, 4096, 100)))
         cases.append((nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(h, 0, 1 << 20)))
+        cases.append((nfs3.NFSPROC3_ACCESS, "ACCESS3", nfs3.ACCESS3args(h, 0x3F)))
     for name in (b"disk-flat.vmdk", b"a.vmx", b"nothing", b".", b"..", b"a/b"):
         cases.append((nfs3.NFSPROC3_LOOKUP, "LOOKUP3", nfs3.LOOKUP3args(nfs3.diropargs3(d, name))))
     fast = c.dispatcher._fast
@@ -461,3 +464,4 @@ def test_fast_path_answers_a_session_as_the_general_path(c: SessionCaller, uid: 
             c.dispatcher._fast = fast
             assert answers[0] == answers[1], (kind, args, inline, alone)
     assert len(answered) > len(cases)  # the fast path did answer
+    assert "fast path failed" not in caplog.text

@@ -76,7 +76,7 @@ _ARGS_AFTER_HANDLE = {_GETATTR: 0, _READ: _READ_ARGS.size, _ACCESS: 4}  # LOOKUP
 _SERVED = frozenset((*_ARGS_AFTER_HANDLE, _LOOKUP))
 _U32 = struct.Struct(">I")
 SessionQuick = Callable[[int, CallContext, Any], "Reply | None"]
-"""``nfs3.router.Router.quick``: a session's GETATTR, READ or LOOKUP, or None."""
+"""``nfs3.router.Router.quick``: a session's GETATTR, ACCESS, READ or LOOKUP, or None."""
 
 # A successful reply's header after its xid (the call's own four bytes):
 # REPLY, MSG_ACCEPTED, a null verifier, SUCCESS; then NFS3_OK (and TRUE, the
@@ -204,6 +204,8 @@ class FastPath:
         elif proc == _READ:
             offset, count = _READ_ARGS.unpack_from(record, pos)
             args = nfs3.READ3args(handle, offset, count)
+        elif proc == _ACCESS:
+            args = nfs3.ACCESS3args(handle, _U32.unpack_from(record, pos)[0])
         else:
             args = nfs3.LOOKUP3args(nfs3.diropargs3(handle, name))
         reply = self.sessions(proc, ctx, args)

@@ -179,7 +179,7 @@ class Router:
         return self._cached(number, ro, ctx, args, run)
 
     def quick(self, number: int, ctx: CallContext, args: Any) -> Reply | None:
-        """A session's GETATTR, READ or LOOKUP for the fast path (``nfs3.fastpath``):
+        """A session's GETATTR, ACCESS, READ or LOOKUP for the fast path (``nfs3.fastpath``):
         its reply, or None to leave the call to the general path (a refusal, an
         error, a failure body: that path answers and logs them)."""
         manager = self.svc.manager
