@@ -37,7 +37,7 @@ from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.handles import BadHandle, StaleHandle
 from nfsd.programs.listings import Listing
 from nfsd.programs.nfs3.attrs import lookup3_ok
-from nfsd.programs.nfs3.fastattr import entryplus3_bytes, getattr3_ok, post_op_attr_bytes
+from nfsd.programs.nfs3.fastattr import LastFattr3, entryplus3_bytes, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
 from nfsd.programs.nfs3.read import PADDING, _fill
 from nfsd.programs.nfs3.readdir import _page, dirlist_reply
@@ -60,6 +60,7 @@ from xdr.nfs3 import NFS3Packer
 MAY_WRITE = 2
 _TAIL = struct.Struct(">III")  # READ: count, eof, opaque length
 _OK = struct.pack(">I", nfs3.NFS3_OK)
+_OK_ATTRS = struct.pack(">II", nfs3.NFS3_OK, 1)  # and TRUE: a post_op_attr follows
 _U32 = struct.Struct(">I")
 
 
@@ -79,6 +80,9 @@ class SessionNfs:
         self.cookieverf = cookieverf
         # WRITE/COMMIT verifier: constant for this boot (every write is FILE_SYNC anyway).
         self.write_verf = os.urandom(8)
+        # GETATTR's and READ's fattr3 of the Attrs object asked last (the namespace
+        # gives a file's same object again while it holds: instant.namespace).
+        self.fattr3 = LastFattr3()
 
     # -- handles and attributes ------------------------------------------------
     def target(self, fh: nfs3.nfs_fh3) -> tuple[Session, int]:
@@ -139,7 +143,7 @@ def getattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.GETATTR3args) -> Repl
     s, fid = svc.target(args.object)
     a = svc.attrs(s, fid)
     ctx.note = f"{s.info.name} fileid={fid}"
-    return Reply([getattr3_ok(a, s.fsid)])
+    return Reply([_OK + svc.fattr3.get(a, s.fsid)])
 
 
 # RFC 1813 §3.3.3
@@ -236,7 +240,7 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
         eof = args.offset + n >= a.size
-        header = _OK + post_op_attr_bytes(a, s.fsid) + _TAIL.pack(n, eof, n)
+        header = _OK_ATTRS + svc.fattr3.get(a, s.fsid) + _TAIL.pack(n, eof, n)
     except BaseException:
         svc.buffers.release(buf)
         raise
