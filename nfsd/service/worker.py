@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import select
@@ -173,6 +174,10 @@ def serve(spec: dict[str, Any]) -> int:
         with contextlib.suppress(OSError):
             channel.send({"error": str(e) or type(e).__name__})
         return 1
+    # What start-up built (modules, programs, namespace) lives as long as the
+    # worker: out of the collector's reach, a full collection during a large
+    # listing skips it (first listing of 10,000, median 130-134 -> 113-115 ms).
+    gc.freeze()
     try:
         channel.send({"ready": True, "pid": os.getpid(), "warnings": worker.warnings})
         next_stats = 0.0
