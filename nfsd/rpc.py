@@ -204,6 +204,7 @@ class Program:
 
 
 _CALL_HEAD = struct.Struct(">6I")  # xid, msg_type, rpcvers, prog, vers, proc
+FAST_FAILURE_LOG_EVERY = 10_000
 CRED_CACHE = 1024  # distinct AUTH_SYS credentials kept decoded (cleared when full)
 
 
@@ -217,6 +218,7 @@ class Dispatcher:
         self._creds: CredCache = {}
         fast = [p.fast for p in programs if p.fast is not None]
         self._fast: FastPath | None = fast[0] if len(fast) == 1 else None
+        self.fast_failures = 0  # calls the fast path raised on (served the usual way)
 
     def dispatch(
         self,
@@ -250,7 +252,16 @@ class Dispatcher:
             except WouldBlock:
                 raise
             except Exception:
-                log.exception("the fast path failed on a call from %s (served the usual way)", peer)
+                # A bug, not bad input: logged with its traceback the first time and
+                # every FAST_FAILURE_LOG_EVERY-th after, so it cannot flood the log.
+                self.fast_failures += 1
+                if (self.fast_failures - 1) % FAST_FAILURE_LOG_EVERY == 0:
+                    log.exception(
+                        "the fast path failed on a call from %s (served the usual way; "
+                        "%d failures so far)",
+                        peer,
+                        self.fast_failures,
+                    )
                 reply = None
             if reply is not None:
                 elapsed = time.monotonic() - started

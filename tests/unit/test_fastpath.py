@@ -247,3 +247,25 @@ def test_fast_path_serves_the_ordinary_calls(ns: Moded, monkeypatch: pytest.Monk
             reply.free()
         # The first call may fill the caches; the others take the fast path.
         assert served[1:] == [True, True]
+
+
+def test_a_failing_fast_path_leaves_the_call_to_the_general_path_and_logs_rarely(
+    ns: Moded, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the fast path costs a traceback now and then, never a reply."""
+    fast, general = _dispatchers(ns, EXPORTS[0])
+
+    def broken(*args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    fast._fast = broken
+    fh = _handle(("f",))
+    p = NFS3Packer()
+    p.pack_GETATTR3args(nfs3.GETATTR3args(nfs3.nfs_fh3(fh)))
+    record = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_GETATTR, p.get_buffer(), cred=_cred(1, 1, []))
+    for _ in range(50):
+        assert _answer(fast, record, "10.0.0.2:1", False) == _answer(
+            general, record, "10.0.0.2:1", False
+        )
+    assert fast.fast_failures == 50
+    assert caplog.text.count("the fast path failed") == 1
