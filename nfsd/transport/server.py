@@ -5,9 +5,9 @@ Design notes
 One *loop* thread (epoll) accepts and reads every TCP connection,
 reassembles records (``nfsd.transport.record``) and serves each call
 itself unless the procedure says it would wait on the storage (it raises
-``WouldBlock``: a READ of bytes not in the page cache or over 64 KiB, a
-first listing of a folder); those go to a fixed pool of *workers*, started
-with the server::
+``WouldBlock``: a READ of bytes not in the page cache, or over 64 KiB while
+the loop serves other connections too, a first listing of a folder); those
+go to a fixed pool of *workers*, started with the server::
 
     loop --quick call, served inline, sent MSG_DONTWAIT----------> client
     loop --record--> worker --reply, sent MSG_DONTWAIT------------> client
@@ -26,7 +26,11 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
 
 * Quick calls stay on the loop (a hand-off to a worker costs more than a
   GETATTR), and the replies of one batch of records go out in one
-  ``sendmsg``.  Workers send their own replies (the GIL is released in the
+  ``sendmsg``, straight from their buffers when nothing is queued before
+  them (``_send_now``).  With one connection open the loop has no one else
+  to keep waiting, so a large READ from the page cache is served there too
+  (``CallContext.alone``): on a worker its hand-off cost a third of its
+  CPU.  Workers send their own replies (the GIL is released in the
   system call, so large READ replies are copied in parallel); nobody ever
   blocks on a socket: every send is ``MSG_DONTWAIT``, and the rest waits in
   the connection's queue for POLLOUT.
