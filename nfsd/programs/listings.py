@@ -17,6 +17,7 @@ import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from merge.namespace import Attrs, PresentedPath
 
@@ -57,7 +58,7 @@ class Listing:
     (one encoder per kind: READDIR, READDIRPLUS), computing it on first use.
     """
 
-    __slots__ = ("_encoded", "cookies", "rows", "share", "source")
+    __slots__ = ("_encoded", "cookies", "preloaded", "rows", "share", "sizes", "source")
 
     def __init__(
         self, source: Sequence[tuple[str, Attrs]], rows: list[tuple] | None = None
@@ -69,12 +70,17 @@ class Listing:
         self._encoded: dict[str, list[bytes | None]] = {}
         # Called with the listing once a READDIRPLUS reaches its end, until it returns True.
         self.share: Callable[[Listing], bool] | None = None
+        # Per kind whose entries are all encoded: what the procedure pages by
+        # (nfsd.programs.nfs3.readdir's running sizes), made once.
+        self.sizes: dict[str, Any] = {}
+        self.preloaded: set[str] = set()  # the kinds given whole by ``preload``
 
     def preload(self, kind: str, encoded: list[bytes]) -> None:
         """Every entry's encoding for ``kind``, made elsewhere (the same bytes)."""
         if len(encoded) != len(self.rows):
             raise ValueError("one encoding per entry")
         self._encoded[kind] = list(encoded)
+        self.preloaded.add(kind)
 
     def encodings(self, kind: str) -> list[bytes] | None:
         """Every entry's encoding for ``kind``, if all were made."""

@@ -22,6 +22,7 @@ even one entry fits, the answer is ``NFS3ERR_TOOSMALL``.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
@@ -101,6 +102,11 @@ def _page(
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
     rows = listing.rows
     i = bisect.bisect_right(listing.cookies, cookie) if cookie else 0
+    sizes = listing.sizes.get(kind)
+    if sizes is None and kind in listing.preloaded:
+        sizes = _note_sizes(listing, kind)
+    if sizes is not None:
+        return _page_by_sizes(sizes, i, budget=budget, dir_budget=dir_budget)
     out: list[bytes] = []
     while i < len(rows):
         b = listing.encoded(kind, i, encode)
@@ -117,7 +123,48 @@ def _page(
     eof = i == len(rows)
     if not out and not eof:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
+    if eof and kind not in listing.sizes:
+        _note_sizes(listing, kind)
     return out, eof
+
+
+def _note_sizes(listing: Listing, kind: str) -> tuple[list[bytes], list[int], list[int]] | None:
+    """Once every entry of ``kind`` is encoded: the running sums a page is cut by.
+
+    ``at[k]``: the bytes of entries ``0 .. k-1``; ``info[k]``: their dircount
+    bytes.  A page is then two bisections and a slice, not a loop over its
+    entries: the same entries as the loop (each entry's size is positive).
+    """
+    encoded = listing.encodings(kind)
+    if encoded is None:
+        return None
+    at = list(itertools.accumulate(map(len, encoded), initial=0))
+    info = list(
+        itertools.accumulate((ENTRY_FIXED + _padded(len(r[1])) for r in listing.rows), initial=0)
+    )
+    listing.sizes[kind] = sizes = (encoded, at, info)
+    return sizes
+
+
+def _page_by_sizes(
+    sizes: tuple[list[bytes], list[int], list[int]],
+    i: int,
+    *,
+    budget: int,
+    dir_budget: int | None,
+) -> tuple[list[bytes], bool]:
+    """``_page``'s answer from the running sums (``_note_sizes``)."""
+    encoded, at, info = sizes
+    n = len(encoded)
+    j = bisect.bisect_right(at, at[i] + budget, i) - 1  # the bytes' budget: entries i .. j-1
+    if dir_budget is not None:
+        # The first entry is counted even past dircount; the others must fit.
+        j = min(j, max(bisect.bisect_right(info, info[i] + dir_budget, i) - 1, i + 1))
+    j = min(j, n)
+    eof = j == n
+    if j <= i and not eof:
+        raise NfsError(nfs3.NFS3ERR_TOOSMALL)
+    return encoded[i:j], eof
 
 
 def dirlist_reply(
