@@ -75,6 +75,13 @@ class TtlLru(Generic[K, V]):
         self._evicted([dropped])
         return None
 
+    def peek(self, key: K) -> V | None:
+        """The value of ``key``, an expired one included, or ``None``; no lock taken and
+        the order of eviction untouched (a single dict look-up: for a caller that only
+        reuses a value it checks itself)."""
+        item = self._data.get(key)
+        return None if item is None else item[1]
+
     def find(self, key: K) -> tuple[V, bool] | None:
         """``(value, fresh)`` of ``key``, an expired value included (and kept), or ``None``."""
         with self._lock:

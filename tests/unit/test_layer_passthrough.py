@@ -224,3 +224,32 @@ def test_never_writes_to_the_storage(storage: Path, monkeypatch) -> None:
 def test_fsstat(storage: Path) -> None:
     st = layer(storage).fsstat()
     assert st.total_bytes >= st.free_bytes >= st.avail_bytes >= 0 and st.total_files > 0
+
+
+def test_a_name_looked_up_and_listed_is_one_entry_and_never_a_stale_one(storage: Path) -> None:
+    """Memory: a lookup and a listing of the same name share one Entry while it is
+    what the storage holds; a changed file gets a new one, on either side."""
+    clock = FakeClock()
+    pt = layer(storage, clock, ttl=1.0)
+    looked = pt.lookup(("a", "f.txt"))
+    assert pt.listing(("a",)).entries["f.txt"] is looked  # the listing took the lookup's
+    assert looked == layer(storage).lookup(("a", "f.txt"))  # as if made anew
+    clock.advance(1.0)  # both expired: the lookup stats again, gets the listing's
+    assert pt.lookup(("a", "f.txt")) is looked
+
+    write(storage / "a" / "f.txt", b"hello, longer")
+    clock.advance(1.0)
+    changed = pt.lookup(("a", "f.txt"))  # the expired listing's entry is stale: not that
+    assert changed.attrs.size == 13 and changed == layer(storage).lookup(("a", "f.txt"))
+    write(storage / "a" / "f.txt", b"x")  # and the lookup's is stale for the next listing
+    clock.advance(1.0)
+    listed = pt.listing(("a",)).entries["f.txt"]
+    assert listed.attrs.size == 1 and listed == layer(storage).listing(("a",)).entries["f.txt"]
+    clock.advance(1.0)
+    assert pt.lookup(("a", "f.txt")) is listed
+
+    stale = pt.lookup(("a", "b", "g.bin"))  # and a first listing does not take a stale one
+    write(storage / "a" / "b" / "g.bin", b"\1" * 3)
+    clock.advance(1.0)
+    listed = pt.listing(("a", "b")).entries["g.bin"]
+    assert listed != stale and listed == layer(storage).lookup(("a", "b", "g.bin"))
