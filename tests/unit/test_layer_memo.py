@@ -788,6 +788,9 @@ def test_attrs_of_and_ids_in_agree_with_the_plain_forms(tmp_path: Path) -> None:
         entry, want = stored_entry(made, str(p)), Entry(plain, Stored(str(p)))
         assert entry == want and hash(entry) == hash(want) and repr(entry) == repr(want)
         assert shared_attrs(made) == plain  # merge.shared's way back from the stored fields
+    write(tmp_path / "g", b"67890")  # the fields that repeat are shared ints (memory)
+    f, g = attrs_of(os.stat(tmp_path / "f"), 1), attrs_of(os.stat(tmp_path / "g"), 2)
+    assert f.mode is g.mode and f.used is g.used and f.used > 256
     for directory in [(), ("a",), ("ü", "b\udcff"), ("x" * 300, "y")]:
         ids = ids_in(directory)
         for name in ("f", "é", "\udc80", "a\tb"):
