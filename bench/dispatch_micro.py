@@ -19,7 +19,10 @@ ttl (the namespace's clock moved between passes), as a client looking up
 random names of a large folder makes them.  ``--listing``: the server CPU
 of whole READDIRPLUS listings of ``big/`` paged as ``nfs-ls`` pages them:
 the first on a fresh namespace, a repeated one, and the first on a second
-process that finds the listing another one shared (``merge.shared``).
+process that finds the listing another one shared (``merge.shared``) and
+the READDIRPLUS entries that one encoded (``nfsd.programs.shared_encodings``).
+Each figure is the best and the median of ``--repeat``; with ``--freeze``,
+``gc.freeze()`` once a namespace is built, as a worker does once started.
 
 The storage is ``bench/run``'s (``plain/big.img``, ``vm/disk-flat.vmdk``
 with its pancbt, ``big/`` of 10,000 entries).
@@ -29,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import pstats
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -148,9 +153,20 @@ def other_worker_ms(storage: Path) -> tuple[float, float]:
     listings (``merge.shared``), then in a second one that finds it there."""
     with tempfile.TemporaryDirectory() as folder:
         first = Caller(build_namespace(str(storage), shared_listings=folder))
+        started()
         a = _list_all(first, first.walk("big")) * 1e3
         other = Caller(build_namespace(str(storage), shared_listings=folder))
+        started()
         return a, _list_all(other, other.walk("big")) * 1e3
+
+
+FREEZE = [False]  # --freeze
+
+
+def started() -> None:
+    """What a worker does once started (``nfsd.service.worker``), if ``--freeze``."""
+    if FREEZE[0]:
+        gc.freeze()
 
 
 def listing_ms(storage: Path, repeated: int = 0, prof: cProfile.Profile | None = None) -> float:
@@ -161,6 +177,7 @@ def listing_ms(storage: Path, repeated: int = 0, prof: cProfile.Profile | None =
     ``repeated``, that many listings are made first and the next is timed.
     """
     caller = Caller(build_namespace(str(storage)))
+    started()
     big = caller.walk("big")
     for _ in range(repeated):
         _list_all(caller, big)
@@ -206,7 +223,11 @@ def main() -> int:
     ap.add_argument(
         "--listing", action="store_true", help="only the listings of big/ (first, repeated)"
     )
+    ap.add_argument(
+        "--freeze", action="store_true", help="gc.freeze() once a namespace is built (a worker's)"
+    )
     args = ap.parse_args()
+    FREEZE[0] = args.freeze
     storage = Path(args.storage)
     if args.listing:
         if args.profile:
@@ -222,6 +243,13 @@ def main() -> int:
         pairs = [other_worker_ms(storage) for _ in range(args.repeat)]
         print(f"listing first, sharing its listings   {min(p[0] for p in pairs):8.1f} ms")
         print(f"listing first on another worker       {min(p[1] for p in pairs):8.1f} ms")
+        for label, ms in (
+            ("first", first),
+            ("repeated", again),
+            ("first, sharing", [p[0] for p in pairs]),
+            ("first on another worker", [p[1] for p in pairs]),
+        ):
+            print(f"median: listing {label:24s} {statistics.median(ms):8.1f} ms")
         return 0
     caller = Caller(build_namespace(str(storage)))
     names = [p.name for p in (storage / "big").iterdir()][:2000]
