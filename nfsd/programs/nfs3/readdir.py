@@ -107,6 +107,7 @@ def _page(
         sizes = _note_sizes(listing, kind)
     if sizes is not None:
         return _page_by_sizes(sizes, i, budget=budget, dir_budget=dir_budget)
+    first = i
     out: list[bytes] = []
     while i < len(rows):
         b = listing.encoded(kind, i, encode)
@@ -123,8 +124,8 @@ def _page(
     eof = i == len(rows)
     if not out and not eof:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
-    if eof and kind not in listing.sizes:
-        _note_sizes(listing, kind)
+    if eof and first > 0 and kind not in listing.sizes:
+        _note_sizes(listing, kind)  # paged: the next listing is paged by sums
     return out, eof
 
 
