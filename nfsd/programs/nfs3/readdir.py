@@ -11,7 +11,10 @@ verifier is one constant of the installation; no verifier is refused, so a
 client never sees ``NFS3ERR_BAD_COOKIE``.
 
 The sorted listing of a directory, with each entry's encoding, is cached
-while the namespace returns the same listing object (``nfsd.programs.listings``).
+while the namespace returns the same listing object (``nfsd.programs.listings``);
+a large one's READDIRPLUS entries are shared with the server's other
+processes (``nfsd.programs.shared_encodings``).  Once every entry is
+encoded, a page is cut by running sums of the sizes (``_note_sizes``).
 
 Sizes: ``count`` (READDIR) and ``maxcount`` (READDIRPLUS) bound the whole
 reply body; ``dircount`` bounds the fileid, name and cookie bytes of the
