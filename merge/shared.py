@@ -21,7 +21,7 @@ modification and change times), taken before the listing was computed, must
 also match a fresh one: an entry added, removed or renamed there since shows
 at once, as it would after a scan.
 
-Two kinds of files, in the folder the caller gives (the server's state
+Three kinds of files, in the folder the caller gives (the server's state
 directory; it must be the server's own: nothing is unpacked before its
 digest is checked, but a process that can write there can still present
 what it likes):
@@ -33,6 +33,8 @@ what it likes):
 ``<path hash>.head``   one folder's latest: boot, path, deadline, the
                        folder's stamp, the digest of its entries; rewritten
                        (small) each time the writer's memo renews the listing
+``<hash>.extra``       bytes the caller derived from one entries' digest
+                       and a tag of its own (see Extras below)
 =====================  ====================================================
 
 Each is written to a temporary name and renamed into place, so a reader
