@@ -189,7 +189,7 @@ class Program:
     number: int
     name: str
     versions: dict[int, dict[int, Procedure]]
-    unpacker: Callable[[bytes], Unpacker] = Unpacker
+    unpacker: Callable[[bytes | bytearray], Unpacker] = Unpacker
     fault_status: int | None = None
     guard: Callable[[CallContext], int] | None = None
     udp: bool = True
@@ -222,7 +222,7 @@ class Dispatcher:
 
     def dispatch(
         self,
-        record: bytes,
+        record: bytes | bytearray,
         peer: str,
         transport: str,
         inline: bool = False,
@@ -245,7 +245,12 @@ class Dispatcher:
         it fails on unexpectedly, takes the general path below.
         """
         fast = self._fast
-        if fast is not None and transport == "tcp" and not log.isEnabledFor(logging.DEBUG):
+        if (
+            fast is not None
+            and transport == "tcp"
+            and type(record) is bytes  # a large record (bytearray) is never a fast call
+            and not log.isEnabledFor(logging.DEBUG)
+        ):
             started = time.monotonic()
             try:
                 reply = fast(record, peer, inline, security, self._creds, alone)

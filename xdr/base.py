@@ -92,6 +92,19 @@ class Unpacker(xdrlib3.Unpacker):
     unpack_string = unpack_opaque
     unpack_bytes = unpack_opaque
 
+    def unpack_opaque_view(self) -> memoryview:
+        """``opaque<>`` as a view of the message, not a copy (a WRITE's data):
+        it keeps the message alive, and the message must not change while it
+        is held (a record buffer is never reused: ``nfsd.transport.record``)."""
+        n = self.unpack_uint()
+        i = self.get_position()
+        buf = self.get_buffer()
+        end = i + ((n + 3) & ~3)
+        if end > len(buf):
+            raise XdrError("message too short")
+        self.set_position(end)
+        return memoryview(buf)[i : i + n]
+
     def unpack_opaque_max(self, maxlen: int) -> bytes:
         """``opaque<maxlen>`` / ``string<maxlen>``: longer is an error."""
         n = self.unpack_uint()

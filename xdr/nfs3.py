@@ -523,7 +523,7 @@ class WRITE3args:
     offset: int
     count: int
     stable: int
-    data: bytes
+    data: bytes | memoryview  # a view of the call record when decoded by the server
 
 
 @dataclass(slots=True)
@@ -1470,7 +1470,7 @@ class NFS3Packer(Packer):
         self.pack_nfs_fh3(a.file)
         self.pack_raw(_pack_struct(_UINT64_UINT32, a.offset, a.count))
         self.pack_enum(a.stable)
-        self.pack_opaque(a.data)
+        self.pack_opaque(bytes(a.data))  # xdrlib3 pads with ``+``: a view would not do
 
     def pack_WRITE3resok(self, r: WRITE3resok) -> None:
         self.pack_wcc_data(r.file_wcc)
@@ -2030,7 +2030,8 @@ class NFS3Unpacker(Unpacker):
     def unpack_WRITE3args(self) -> WRITE3args:
         fh = nfs_fh3(self.unpack_opaque_max(NFS3_FHSIZE))
         offset, count = _UINT64_UINT32.unpack(self.unpack_fopaque(12))
-        return WRITE3args(fh, offset, count, self.unpack_stable_how(), self.unpack_opaque())
+        stable = self.unpack_stable_how()
+        return WRITE3args(fh, offset, count, stable, self.unpack_opaque_view())
 
     def unpack_WRITE3resok(self) -> WRITE3resok:
         return WRITE3resok(

@@ -112,7 +112,7 @@ _WORD = struct.Struct(">I")
 _ACCEPTED = struct.Struct(">IIIIII")
 
 
-def decode_call(record: bytes) -> tuple[int, int, call_body, int]:
+def decode_call(record: bytes | bytearray) -> tuple[int, int, call_body, int]:
     """(xid, msg_type, call_body, offset of the arguments) of a call message.
 
     The same as ``RpcUnpacker`` reading ``xid``, ``msg_type`` and a
@@ -135,7 +135,7 @@ def decode_call(record: bytes) -> tuple[int, int, call_body, int]:
     end = pos + ((n + 3) & ~3)
     if end + 8 > len(record):
         raise XdrError("call header too short")
-    cred = opaque_auth(flavor, record[pos : pos + n])
+    cred = opaque_auth(flavor, bytes(record[pos : pos + n]))  # a key of the credential cache
     vflavor, vn = struct.unpack_from(">II", record, end)
     if vn > MAX_AUTH_BYTES:
         raise BadAuthLength(xid, AUTH_BADVERF, f"verifier of {vn} bytes")
@@ -143,7 +143,7 @@ def decode_call(record: bytes) -> tuple[int, int, call_body, int]:
     end = pos + ((vn + 3) & ~3)
     if end > len(record):
         raise XdrError("call header too short")
-    verf = opaque_auth(vflavor, record[pos : pos + vn])
+    verf = opaque_auth(vflavor, bytes(record[pos : pos + vn]))
     return xid, mtype, call_body(rpcvers, prog, vers, proc, cred, verf), end
 
 

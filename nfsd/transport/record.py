@@ -13,7 +13,23 @@ state              what the reader holds
                    against ``max_record``
 ``_count``         how many fragments it holds, checked against
                    ``max_fragments``
+``_need``          bytes of a large fragment (``STRAIGHT_MIN`` or more) not
+                   yet received: they go straight into ``_part``
+``_free``          bytes at the end of ``_part`` allocated for them and not
+                   yet filled (``_part`` grows as they arrive)
+``_last``          whether that fragment ends the record
 =================  ==========================================================
+
+A large fragment (a 1 MiB WRITE) is not built by concatenation: once its
+header is read, its bytes are received straight into the record's buffer
+(:meth:`RecordReader.space`, then :meth:`RecordReader.filled`), and the
+complete record is that buffer, handed out as it is (a ``bytearray``
+never touched again by the reader: a fresh one starts the next record, so
+a view of a record, such as a WRITE's data, stays valid for as long as it
+is held).  Smaller records are ``bytes``.  The buffer grows as the bytes
+arrive, at most doubling (never more than ``STRAIGHT_MIN`` past twice what
+arrived, never past the fragment): what a header claims is still not
+allocated up front, and ``pending`` counts only what arrived.
 
 A client can claim up to 2 GiB per fragment and chain fragments forever:
 the reader never allocates what a header claims.  It only keeps what has
@@ -35,6 +51,8 @@ LAST_FRAGMENT = 0x80000000
 _HEADER = struct.Struct(">I")
 DEFAULT_MAX_RECORD = 1024 * 1024 + 64 * 1024  # a 1 MiB WRITE (refused) still fits
 DEFAULT_MAX_FRAGMENTS = 8192
+STRAIGHT_MIN = 64 * 1024  # a fragment this large is received into the record's buffer
+_ZEROS = memoryview(bytes(1 << 20))  # what a record's buffer grows by, a slice of it
 
 
 class RecordTooLarge(Exception):
@@ -44,7 +62,16 @@ class RecordTooLarge(Exception):
 class RecordReader:
     """Turns a TCP byte stream into complete RPC records."""
 
-    __slots__ = ("_buf", "_count", "_part", "max_fragments", "max_record")
+    __slots__ = (
+        "_buf",
+        "_count",
+        "_free",
+        "_last",
+        "_need",
+        "_part",
+        "max_fragments",
+        "max_record",
+    )
 
     def __init__(
         self, max_record: int = DEFAULT_MAX_RECORD, max_fragments: int = DEFAULT_MAX_FRAGMENTS
@@ -54,21 +81,79 @@ class RecordReader:
         self._buf = bytearray()
         self._part = bytearray()
         self._count = 0
+        self._need = 0
+        self._free = 0
+        self._last = False
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+    def space(self) -> memoryview | None:
+        """Where the next bytes received belong, while a large fragment is
+        being received (None otherwise): a view of the record's buffer, to
+        be released before :meth:`filled` says how much of it was filled."""
+        need = self._need
+        if not need:
+            return None
+        part = self._part
+        if not self._free:
+            held = len(part)
+            grow = min(need, max(held, STRAIGHT_MIN), len(_ZEROS))
+            part += _ZEROS[:grow]
+            self._free = grow
+        end = len(part) - self._free
+        return memoryview(part)[end : end + min(self._free, need)]
+
+    def filled(self, n: int) -> list[bytes | bytearray]:
+        """``n`` bytes were received into :meth:`space`: the record they
+        complete, if they do (a record of one large last fragment, or ending
+        with one)."""
+        self._need -= n
+        self._free -= n
+        if self._need or not self._last:
+            return []
+        return [self._take()]
+
+    def _take(self) -> bytes | bytearray:
+        """The record assembled in ``_part``, a new one begun."""
+        part = self._part
+        record: bytes | bytearray = part if len(part) >= STRAIGHT_MIN else bytes(part)
+        self._part = bytearray()
+        self._count = 0
+        self._last = False
+        return record
+
+    def _absorb(self, view: memoryview, records: list[bytes | bytearray]) -> int:
+        """Copy the start of ``view`` into the large fragment being received;
+        how many bytes it took."""
+        taken = 0
+        while self._need and taken < len(view):
+            space = self.space()
+            assert space is not None
+            with space:
+                n = min(len(space), len(view) - taken)
+                space[:n] = view[taken : taken + n]
+            taken += n
+            records.extend(self.filled(n))
+        return taken
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         """Add received bytes; return the records they complete, in order.
 
         With nothing held from before (the common case: a read that ends on
         a record boundary), records are cut straight from ``data``, and
         only an incomplete tail is kept.
         """
+        records: list[bytes | bytearray] = []
+        if self._need:
+            with memoryview(data) as whole:
+                taken = self._absorb(whole, records)
+                if taken == len(whole):
+                    return records
+                data = whole[taken:].tobytes()  # the rare case: a TLS or test feed
         buf = self._buf
         if buf or self._count:
             buf += data
             src: bytes | bytearray | memoryview = buf
         else:
             src = data
-        records: list[bytes] = []
         pos = 0
         end = len(src)
         with memoryview(src) as view:  # released before ``buf`` is resized
@@ -81,6 +166,9 @@ class RecordReader:
                         f"record of at least {size} bytes exceeds {self.max_record}"
                     )
                 if end - pos - 4 < length:
+                    if length >= STRAIGHT_MIN:
+                        self._straight(header, view[pos + 4 : end])
+                        pos = end
                     break
                 start = pos + 4
                 pos = start + length
@@ -91,9 +179,7 @@ class RecordReader:
                     self._part += view[start:pos]
                 elif self._count:
                     self._part += view[start:pos]
-                    records.append(bytes(self._part))
-                    self._part = bytearray()
-                    self._count = 0
+                    records.append(self._take())
                 else:
                     # One copy, not two (a bytearray slice, then bytes of it): for a
                     # 1 MiB WRITE, 961 -> 657 µs of CPU a record fed in 64 KiB reads.
@@ -104,16 +190,30 @@ class RecordReader:
             del buf[:pos]
         return records
 
+    def _straight(self, header: int, body: memoryview) -> None:
+        """A large fragment begins with ``body``: the rest of it will be
+        received straight into ``_part`` (its size already checked)."""
+        if not header & LAST_FRAGMENT:
+            self._count += 1
+            if self._count >= self.max_fragments:
+                raise RecordTooLarge(f"record of more than {self.max_fragments} fragments")
+        self._part += body
+        self._need = (header & ~LAST_FRAGMENT) - len(body)
+        self._last = bool(header & LAST_FRAGMENT)
+
     @property
     def pending(self) -> int:
         """Bytes held for records not yet complete."""
-        return len(self._buf) + len(self._part)
+        held = len(self._buf) + len(self._part) - self._free
+        # A fragment received straight still counts its header, as it did
+        # when held in ``_buf``: ``max_buffered`` bites exactly as before.
+        return held + 4 if self._need else held
 
     @property
     def begun(self) -> bool:
         """Whether a record is begun and not complete, even one that holds no
         byte yet (empty fragments): the transport times it from its start."""
-        return bool(self._buf or self._count)
+        return bool(self._buf or self._count or self._need)
 
 
 def frame(parts: list[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:

@@ -208,7 +208,7 @@ class RpcClient:
                 raise RpcError(f"{self._where()} closed the connection without replying")
             for record in self._reader.feed(data):
                 if xid is None or record[:4] == struct.pack(">I", xid):
-                    return record
+                    return bytes(record)  # a large record comes as a bytearray
 
     def _exchange_udp(self, message: bytes, xid: int | None, deadline: float) -> bytes:
         sock = self._connect(deadline)
