@@ -78,10 +78,13 @@ thread that cannot be started cannot take a connection (or the loop) down.
 
 Memory, whatever the number of connections (the defaults): the pool
 (48 MiB of READ buffers), plus ``max_buffered`` (64 MiB: incomplete
-records, and the replies of every queue stalled for ``DETACH_AFTER``),
-plus about 2.5 KB per connection (socket object, reader state: 1,024
-connections ~ 2.5 MiB), plus, for at most ``DETACH_AFTER``, the small
-replies just queued (under ``max_unsent`` a connection).
+records, and the replies of every queue stalled for ``DETACH_AFTER``;
+a large fragment received straight into its record's buffer may have up
+to as much again allocated ahead of its bytes, and 64 KiB more a
+connection: ``nfsd.transport.record``), plus about 2.5 KB per connection
+(socket object, reader state: 1,024 connections ~ 2.5 MiB), plus, for at
+most ``DETACH_AFTER``, the small replies just queued (under ``max_unsent``
+a connection).
 
 UDP datagrams are read by a thread of their own and served by the workers;
 replies go back by ``sendto``.
