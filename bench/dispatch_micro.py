@@ -110,12 +110,13 @@ def records(caller: Caller, names: list[str]) -> dict[str, tuple[list[bytes], bo
     }
 
 
-def run(dispatcher: Dispatcher, recs: list[bytes], inline: bool) -> float:
-    """µs per call over one pass of ``recs`` (thread CPU time)."""
+def run(dispatcher: Dispatcher, recs: list[bytes], inline: bool, alone: bool = False) -> float:
+    """µs per call over one pass of ``recs`` (thread CPU time), inline first if asked as
+    the loop does (``alone``: as the loop serving one connection)."""
     t0 = time.thread_time()
     for rec in recs:
         try:
-            reply = dispatcher.dispatch(rec, PEER, "tcp", inline)
+            reply = dispatcher.dispatch(rec, PEER, "tcp", inline, alone=alone)
         except WouldBlock:  # not in the page cache: a worker serves it, as in the server
             reply = dispatcher.dispatch(rec, PEER, "tcp")
         if reply is None:

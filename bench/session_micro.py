@@ -46,8 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.dispatch_micro import run  # noqa: E402
 from merge.stack import build_namespace  # noqa: E402
-from nfsd.rpc import Dispatcher, WouldBlock  # noqa: E402
 from tests.proto.calls import call  # noqa: E402
 from tests.proto.sessionclient import SessionCaller  # noqa: E402
 from xdr import nfs3  # noqa: E402
@@ -70,22 +70,6 @@ def _reads(rnd: random.Random, fh: nfs3.nfs_fh3, offsets: list[int], count: int)
         )
         for o in offsets
     ]
-
-
-def run(dispatcher: Dispatcher, recs: list[bytes], alone: bool = False) -> float:
-    """µs per call over one pass of ``recs`` (thread CPU time), inline first as the loop does
-    (``alone``: as the loop serving one connection)."""
-    t0 = time.thread_time()
-    for rec in recs:
-        try:
-            reply = dispatcher.dispatch(rec, PEER, "tcp", True, alone=alone)
-        except WouldBlock:
-            reply = dispatcher.dispatch(rec, PEER, "tcp")
-        if reply is None:
-            raise SystemExit("a call got no reply")
-        if reply.release:
-            reply.release()
-    return (time.thread_time() - t0) / len(recs) * 1e6
 
 
 def run_ns(read: Callable[[int], None], offsets: list[int]) -> float:
@@ -158,9 +142,11 @@ def main() -> int:
             ]
             * 2000,
         }.items():
-            figures[name] = lambda recs=recs: run(c.dispatcher, recs)
+            figures[name] = lambda recs=recs: run(c.dispatcher, recs, True)
             if "_read_" in name:
-                figures[name + "_alone"] = lambda recs=recs: run(c.dispatcher, recs, alone=True)
+                figures[name + "_alone"] = lambda recs=recs: run(
+                    c.dispatcher, recs, True, alone=True
+                )
         path = ("vm", "disk-flat.vmdk")
 
         def ro_read(o: int) -> None:
