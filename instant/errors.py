@@ -56,3 +56,10 @@ class NameTooLong(NamespaceError):
 
 class Stale(NamespaceError):
     """The session was stopped (or the entry's node is gone) while in use."""
+
+
+class WouldWait(Exception):
+    """A call that must not wait (``SessionNamespace.nowait``) would have: the
+    session's read connection is another thread's, or the answer needs a
+    file's map loaded.  Not a NamespaceError: no client ever sees it; the
+    server hands the call to a thread that may wait."""

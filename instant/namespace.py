@@ -47,7 +47,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
@@ -441,6 +441,11 @@ class SessionNamespace:
         if n.kind != Kind.LNK or n.target is None:
             raise InvalidArgument("not a symbolic link")
         return n.target
+
+    def nowait(self) -> AbstractContextManager[None]:
+        """Reads that must not wait on the database (``Store.nowait``): inside,
+        what would wait raises ``instant.errors.WouldWait`` instead."""
+        return self.store.nowait()
 
     def open(self, fileid: int) -> SessionReader:
         """A regular file's reader, as of one look at the database's version."""

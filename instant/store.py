@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from instant import db
-from instant.errors import NoSpace
+from instant.errors import NoSpace, WouldWait
 from instant.rangemap import Edits, FileState, Piece, RangeMap
 from merge.namespace import NamespaceError, Run, StorageIOError
 
@@ -274,6 +274,7 @@ class Store:
         self._wlock = threading.Lock()  # the write connection, _wstates
         self._rlock = threading.RLock()  # the read connection, _rstates, _fds
         self._vlock = threading.Lock()  # the version connection; taken inside _rlock, never around
+        self._nowait = threading.local()  # .on: this thread is in nowait() (see there)
         self._qlock = threading.Lock()  # _queue, _leading
         self._queue: list[_Pending] = []
         self._leading = False
@@ -534,6 +535,23 @@ class Store:
             finally:
                 self._r.execute("COMMIT")
 
+    @contextmanager
+    def nowait(self) -> Iterator[None]:
+        """Read answers for a thread that must not wait (the server's loop, serving
+        one connection alone): the read lock taken at once or :class:`WouldWait`,
+        and held for the block, in which a file's map that would have to be loaded
+        (another thread may hold the lock for seconds doing that for a large one)
+        is :class:`WouldWait` too.  The caller hands the call to a thread that may
+        wait; nothing was changed."""
+        if not self._rlock.acquire(blocking=False):
+            raise WouldWait
+        self._nowait.on = True
+        try:
+            yield
+        finally:
+            self._nowait.on = False
+            self._rlock.release()
+
     def version(self) -> int:
         """Moves whenever a connection (of any process, this one's writer too) committed.
 
@@ -601,6 +619,8 @@ class Store:
         ):
             return ent
         if ent is None or ent.gen != gen:
+            if getattr(self._nowait, "on", False):
+                raise WouldWait
             with self.read() as conn:
                 ent = _load(conn, obj)
             _bounded_put(self._rstates, obj, ent)

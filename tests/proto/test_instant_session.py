@@ -465,3 +465,61 @@ def test_fast_path_answers_a_session_as_the_general_path(
             assert answers[0] == answers[1], (kind, args, inline, alone)
     assert len(answered) > len(cases)  # the fast path did answer
     assert "fast path failed" not in caplog.text
+
+
+def test_a_session_call_inline_never_waits_on_the_database(c: SessionCaller) -> None:
+    """Served inline (the loop, one connection alone), a session's READ or GETATTR
+    that would wait - the read connection held by another thread, or a file's map
+    to load - goes to a worker instead (WouldBlock): the loop, and this
+    connection's heartbeat GETATTRs with it, never stall behind a large map."""
+    import threading
+
+    d = folder(c)
+    fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    ok(c.write(fh, 4096, b"N" * 100))
+    store = c.manager.by_key(c.manager.session_key(fh.data)).ns.store
+
+    def record(proc: int, kind: str, args: object) -> bytes:
+        p = NFS3Packer()
+        getattr(p, f"pack_{kind}args")(args)
+        return call(nfs3.NFS_PROGRAM, 3, proc, p.get_buffer(), xid=78)
+
+    read = record(nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 4096, 100))
+    getattr3 = record(nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(fh))
+
+    def inline(rec: bytes) -> Reply | None:
+        return c.dispatcher.dispatch(rec, c.peer, "tcp", True, alone=True)
+
+    for rec in (read, getattr3):  # the map loaded, every answer checked: inline serves
+        assert c.dispatcher.dispatch(rec, c.peer, "tcp") is not None
+        warm = inline(rec)
+        assert warm is not None
+        warm.free()
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._rlock:
+            held.set()
+            done.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(5)
+        for rec in (read, getattr3):
+            with pytest.raises(WouldBlock):
+                inline(rec)
+    finally:
+        done.set()
+        t.join()
+    store._rstates.clear()  # the map must be loaded again: a worker's job
+    with pytest.raises(WouldBlock):
+        inline(read)
+    on_worker = c.dispatcher.dispatch(read, c.peer, "tcp")
+    assert on_worker is not None
+    served = inline(read)  # loaded now: inline again, the same bytes
+    assert served is not None
+    assert b"".join(bytes(x) for x in served.parts) == b"".join(bytes(x) for x in on_worker.parts)
+    assert b"N" * 100 in b"".join(bytes(x) for x in served.parts)
+    served.free()
+    on_worker.free()

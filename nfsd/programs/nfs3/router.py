@@ -40,6 +40,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from instant.errors import WouldWait
 from merge.namespace import NamespaceError
 from nfsd.programs.access import AccessControl
 from nfsd.programs.drc import ReplyCache, key_of
@@ -174,9 +175,26 @@ class Router:
         self._check(ctx, export)
         self.svc.manager.note_client(self.svc.manager.session_key(fh.data), ctx.peer)
         run = SESSION_RUN[number]
+        if ctx.inline:
+            return self._inline(run, ctx, args, fh)
         if number not in CACHED:
             return run(self.svc, ctx, args)
         return self._cached(number, ro, ctx, args, run)
+
+    def _inline(
+        self, run: Callable[[SessionNfs, CallContext, Any], Reply], ctx: CallContext, args: Any,
+        fh: nfs3.nfs_fh3,
+    ) -> Reply:  # fmt: skip
+        """One of INLINE_ALONE on the loop: never waiting on the session's database
+        (``Store.nowait``), else a worker serves it (WouldBlock).  A READ of a file
+        whose map another thread is loading would otherwise stall the loop, and with
+        it this connection's heartbeat GETATTRs, for as long as the load takes."""
+        s, _ = self.svc.target(fh)
+        try:
+            with s.ns.nowait():
+                return run(self.svc, ctx, args)
+        except WouldWait:
+            raise WouldBlock from None
 
     def quick(self, number: int, ctx: CallContext, args: Any) -> Reply | None:
         """A session's GETATTR, ACCESS, READ or LOOKUP for the fast path (``nfs3.fastpath``):
@@ -189,7 +207,10 @@ class Router:
             return None
         manager.note_client(key, ctx.peer)
         try:
-            reply = SESSION_RUN[number](self.svc, ctx, args)
+            if ctx.inline:
+                reply = self._inline(SESSION_RUN[number], ctx, args, HANDLE[number](args))
+            else:
+                reply = SESSION_RUN[number](self.svc, ctx, args)
         except (ProcedureError, NamespaceError, XdrError):
             return None
         if ctx.status:
