@@ -395,13 +395,15 @@ class Store:
             self.stats.commits += 1
             self.stats.groups += 1
             self.hook("after-commit")
-        except Exception as e:  # every write of the group gets the error
+        except BaseException as e:  # every write of the group gets the error
             err = e if isinstance(e, NamespaceError) else _storage_error(e)
             if not batch:  # failed before taking the queue: no write may go unanswered
                 with self._qlock:
                     batch, self._queue = self._queue, []
             for p in batch:
                 p.error = p.error or err
+            if not isinstance(e, Exception):
+                raise  # KeyboardInterrupt...: the leader's, the group woken with errors first
         finally:
             with self._qlock:
                 for p in batch:

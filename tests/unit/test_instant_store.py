@@ -199,6 +199,54 @@ def test_group_commit_16_writers_share_flushes(tmp_path: Path, base_fd: int) -> 
                 assert read(s, 1, base_fd, (r * 16 + i) * BLOCK, 1) == bytes([i + 1])
 
 
+class _Interrupted(BaseException):
+    """As KeyboardInterrupt or SystemExit: not an Exception."""
+
+
+def test_a_group_ended_by_a_base_exception_acknowledges_none_of_its_writes(
+    tmp_path: Path, base_fd: int
+) -> None:
+    """The leader of a group is interrupted after its fdatasync, before COMMIT (the
+    transaction is rolled back): every other writer of the group gets an error, none
+    returns as if its write were durable, and the leader's interruption propagates."""
+    interrupt = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-sync" and interrupt.is_set():
+            interrupt.clear()
+            raise _Interrupted
+
+    with Store(tmp_path / "s", hook=hook) as s:
+        outcome: dict[int, object] = {}
+
+        def writer(i: int) -> None:
+            try:
+                s.write(1, i * BLOCK, bytes([i + 1]) * BLOCK, len(BASE))
+                outcome[i] = "acknowledged"
+            except BaseException as e:  # the interruption too
+                outcome[i] = e
+
+        def queued(n: int) -> None:
+            while len(s._queue) < n:
+                threading.Event().wait(0.001)
+
+        s.write(2, 0, b"o" * BLOCK, len(BASE))  # the log is open: a write only queues
+        with s.transaction():  # the leader waits for it with its write queued
+            interrupt.set()
+            threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+            for n, t in enumerate(threads, 1):
+                t.start()
+                queued(n)  # all three in the leader's group
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
+        assert sum(isinstance(o, _Interrupted) for o in outcome.values()) == 1
+        assert "acknowledged" not in outcome.values(), outcome
+        assert read(s, 1, base_fd, 0, 3 * BLOCK) == BASE[: 3 * BLOCK]  # nothing committed
+        s.write(1, 0, b"z" * BLOCK, len(BASE))  # the store still works
+        assert read(s, 1, base_fd, 0, BLOCK) == b"z" * BLOCK
+
+
 def test_a_4k_write_reads_and_writes_about_4k(tmp_path: Path, base_fd: int) -> None:
     """No copy-up: no read at all, the 4 KiB of data plus the map's few small WAL pages."""
     with Store(tmp_path / "s") as s:
