@@ -328,7 +328,15 @@ class Store:
             lead = not self._leading
             self._leading = True
         if not lead:
-            p.wake.acquire()  # released once: done, or handed the lead
+            try:
+                p.wake.acquire()  # released once: done, or handed the lead
+            except BaseException:
+                # Interrupted (a signal's handler raised): this write is queued, and
+                # the lead may be handed to it; wait for that, lead if so, then raise.
+                p.wake.acquire()
+                if p.lead:
+                    self._lead()
+                raise
             lead = p.lead
         if lead:
             self._lead()

@@ -247,6 +247,57 @@ def test_a_group_ended_by_a_base_exception_acknowledges_none_of_its_writes(
         assert read(s, 1, base_fd, 0, BLOCK) == b"z" * BLOCK
 
 
+def test_a_waiting_writer_interrupted_still_passes_the_lead_on(
+    tmp_path: Path, base_fd: int
+) -> None:
+    """A writer waiting for its group (the main thread, interrupted by a signal) may be
+    handed the lead after it stopped waiting: it must still lead, else every later write
+    waits for ever."""
+    go_on = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-sync" and threading.current_thread().name == "leader":
+            go_on.wait(10)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    with Store(tmp_path / "s", hook=hook) as s:
+        s.write(2, 0, b"o" * BLOCK, len(BASE))  # the log is open
+        leader = threading.Thread(
+            target=s.write, args=(1, 0, b"a" * BLOCK, len(BASE)), name="leader"
+        )
+        leader.start()
+        while not (s._leading and not s._queue):  # its group taken, the leader in its sync
+            threading.Event().wait(0.001)
+        main = threading.main_thread().ident
+        assert main == threading.get_ident()
+
+        def interrupt() -> None:
+            while not s._queue:  # the main thread's write waits for the next group
+                threading.Event().wait(0.001)
+            signal.pthread_kill(main, signal.SIGUSR1)
+            threading.Event().wait(0.2)
+            go_on.set()
+
+        old = signal.signal(signal.SIGUSR1, interrupted)
+        try:
+            threading.Thread(target=interrupt).start()
+            with pytest.raises(_Interrupted):
+                s.write(1, BLOCK, b"m" * BLOCK, len(BASE))
+        finally:
+            signal.signal(signal.SIGUSR1, old)
+            go_on.set()
+        leader.join(10)
+        later = threading.Thread(
+            target=s.write, args=(1, 2 * BLOCK, b"l" * BLOCK, len(BASE)), daemon=True
+        )
+        later.start()
+        later.join(10)
+        assert not later.is_alive(), "a write after the interrupted one never returned"
+        assert read(s, 1, base_fd, 2 * BLOCK, BLOCK) == b"l" * BLOCK
+
+
 def test_a_4k_write_reads_and_writes_about_4k(tmp_path: Path, base_fd: int) -> None:
     """No copy-up: no read at all, the 4 KiB of data plus the map's few small WAL pages."""
     with Store(tmp_path / "s") as s:
