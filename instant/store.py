@@ -400,6 +400,7 @@ class Store:
                 self.stats.data_syncs += 1
                 self.hook("after-sync")
                 self._apply(tx, batch)
+            self._drop_cached(batch)
             self.stats.commits += 1
             self.stats.groups += 1
             self.hook("after-commit")
@@ -428,6 +429,26 @@ class Store:
                     p.wake.release()
             if nxt is not None:
                 nxt.wake.release()
+
+    def _drop_cached(self, batch: list[_Pending]) -> None:
+        """Drop the page cache of ``batch``'s large writes, durable and clean by now.
+
+        A long run of large writes otherwise fills the page cache with pages
+        nobody reads soon, and on this kind of host (a VM) taking fresh pages
+        gets ten times dearer once a few hundred MiB are cached: ``pwrite``
+        of 1 MiB 0.25 -> 2.5 ms of system time after ~600 MiB, the cost per
+        GiB of a long sequential run growing with its size.  Dropped pages
+        are reused by the next writes at the early cost.  Small writes keep
+        theirs (a random 4 KiB write is often read back, and lands in the
+        zeroed stretch).  Only a hint: it changes no byte, and failing costs
+        only speed.
+        """
+        for p in batch:
+            if p.length >= SMALL_WRITE:
+                try:
+                    os.posix_fadvise(self._log_fd, p.pos, p.length, os.POSIX_FADV_DONTNEED)
+                except OSError:
+                    return
 
     def _apply(self, tx: Tx, batch: list[_Pending]) -> None:
         """Map every write of ``batch`` (quota permitting) and move the log's end."""
