@@ -40,6 +40,16 @@ def open_session(root: Path, name: str = "sess") -> SessionNamespace:
     )
 
 
+def ticking_session(storage: Path) -> SessionNamespace:
+    """A session of ``web01`` as ``w`` whose clock steps 1 µs a reading: every change
+    gets a later time than the one before."""
+    clock = iter(range(10**9, 10**10, 1000))
+    return SessionNamespace(
+        storage / "s", build_namespace(str(storage / "storage")), {"w": ("day1", "web01")},
+        clock=lambda: next(clock),
+    )  # fmt: skip
+
+
 def cat(ns: SessionNamespace, fid: int) -> bytes:
     with ns.open(fid) as r:
         return b"".join(
@@ -132,11 +142,7 @@ def test_swap_file_is_sparse_and_truncate_regrow_reads_zeros(storage: Path) -> N
 
 
 def test_setattr_fields_guard_and_times(storage: Path) -> None:
-    clock = iter(range(10**9, 10**10, 1000))
-    ns = SessionNamespace(
-        storage / "s", build_namespace(str(storage / "storage")), {"w": ("day1", "web01")},
-        clock=lambda: next(clock),
-    )  # fmt: skip
+    ns = ticking_session(storage)
     f = ns.resolve(("w", "web01.vmx"))
     a = ns.setattr(f, mode=0o600, uid=5, gid=6, atime_ns=123, mtime_ns=NOW)
     assert (a.mode, a.uid, a.gid, a.atime_ns) == (0o600, 5, 6, 123) and a.mtime_ns == a.ctime_ns
@@ -152,11 +158,7 @@ def test_setattr_fields_guard_and_times(storage: Path) -> None:
 def test_write_answers_and_commits_its_times_and_size_kept_node_untouched(storage: Path) -> None:
     """WRITE takes the node kept for the version it finds; the new times and size go
     into its answer and the database, never into the kept node."""
-    clock = iter(range(10**9, 10**10, 1000))
-    ns = SessionNamespace(
-        storage / "s", build_namespace(str(storage / "storage")), {"w": ("day1", "web01")},
-        clock=lambda: next(clock),
-    )  # fmt: skip
+    ns = ticking_session(storage)
     f = ns.resolve(("w", "web01.vmx"))
     before = ns.getattr(f)
     kept = ns._node_at(ns.store.version(), f)
