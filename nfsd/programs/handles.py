@@ -104,13 +104,15 @@ class HandleCodec:
 
     # -- encoding -------------------------------------------------------
     def encode(self, path: PresentedPath, fileid: int) -> bytes:
-        known = self._known(path, fileid)
-        if known is not None:
-            return known
+        handle = self._by_path.get(path)
+        if handle is not None and handle[_FILEID] == fileid.to_bytes(8, "big"):
+            return handle
         body = HEAD.pack(VERSION, min(len(path), 255), fileid) + b"".join(
             name_hash(n) for n in path[:MAX_COMPONENTS]
         )
-        return self._issue(body, path)
+        handle = body + self._mac(body)
+        self._remember(handle, path)
+        return handle
 
     def encoder_in(self, directory: PresentedPath) -> Callable[[str, int], bytes]:
         """``encode((*directory, name), fileid)`` as a function of ``name`` and ``fileid``."""
@@ -177,18 +179,6 @@ class HandleCodec:
         digest: ``nfsd.programs.shared_encodings``), as the MAC-checked cache.
         """
         self._remember_all((h, (*directory, name)) for name, h in named)
-
-    def _known(self, path: PresentedPath, fileid: int) -> bytes | None:
-        """The handle issued lately for ``path``, if it still names ``fileid``."""
-        handle = self._by_path.get(path)
-        if handle is not None and handle[_FILEID] == fileid.to_bytes(8, "big"):
-            return handle
-        return None
-
-    def _issue(self, body: bytes, path: PresentedPath) -> bytes:
-        handle = body + self._mac(body)
-        self._remember(handle, path)
-        return handle
 
     def _mac(self, body: bytes) -> bytes:
         inner = self._inner.copy()
