@@ -173,9 +173,7 @@ class RecordReader:
                 start = pos + 4
                 pos = start + length
                 if not header & LAST_FRAGMENT:
-                    self._count += 1
-                    if self._count >= self.max_fragments:
-                        raise RecordTooLarge(f"record of more than {self.max_fragments} fragments")
+                    self._one_more()
                     self._part += view[start:pos]
                 elif self._count:
                     self._part += view[start:pos]
@@ -194,12 +192,16 @@ class RecordReader:
         """A large fragment begins with ``body``: the rest of it will be
         received straight into ``_part`` (its size already checked)."""
         if not header & LAST_FRAGMENT:
-            self._count += 1
-            if self._count >= self.max_fragments:
-                raise RecordTooLarge(f"record of more than {self.max_fragments} fragments")
+            self._one_more()
         self._part += body
         self._need = (header & ~LAST_FRAGMENT) - len(body)
         self._last = bool(header & LAST_FRAGMENT)
+
+    def _one_more(self) -> None:
+        """Count a fragment that does not end its record, against ``max_fragments``."""
+        self._count += 1
+        if self._count >= self.max_fragments:
+            raise RecordTooLarge(f"record of more than {self.max_fragments} fragments")
 
     @property
     def pending(self) -> int:
