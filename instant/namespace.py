@@ -98,6 +98,7 @@ _DIR_SIZE = 4096
 _FILES = 1 << 32
 
 _NODE_COLS = "id, fileid, kind, base, mode, uid, gid, atime, mtime, ctime, target, verifier"
+_N_NODE_COLS = ", ".join("n." + c.strip() for c in _NODE_COLS.split(","))  # joined with dirents
 
 
 @dataclass(slots=True)
@@ -219,7 +220,7 @@ class SessionNamespace:
         if parent.kind != Kind.DIR:
             raise NotADirectory(str(parent.fileid))
         row = conn.execute(
-            f"SELECT {', '.join('n.' + c.strip() for c in _NODE_COLS.split(','))} "
+            f"SELECT {_N_NODE_COLS} "
             "FROM dirents d JOIN nodes n ON n.id = d.node WHERE d.parent=? AND d.name=?",
             (parent.id, name),
         ).fetchone()
@@ -427,7 +428,7 @@ class SessionNamespace:
         if entries is None:
             with self.store.read() as conn:
                 rows = conn.execute(
-                    f"SELECT d.name, {', '.join('n.' + c.strip() for c in _NODE_COLS.split(','))} "
+                    f"SELECT d.name, {_N_NODE_COLS} "
                     "FROM dirents d JOIN nodes n ON n.id = d.node WHERE d.parent=?",
                     (d.id,),
                 ).fetchall()
