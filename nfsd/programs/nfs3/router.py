@@ -169,11 +169,13 @@ class Router:
             return ro.run(ctx, args)
         if ctx.inline and not (ctx.alone and number in INLINE_ALONE):
             raise WouldBlock
-        export = self.svc.manager.export_of(self.svc.manager.session_key(fh.data))
+        manager = self.svc.manager
+        key = manager.session_key(fh.data)
+        export = manager.export_of(key)
         if export is None:
             raise NfsError(nfs3.NFS3ERR_STALE, "no such session")
         self._check(ctx, export)
-        self.svc.manager.note_client(self.svc.manager.session_key(fh.data), ctx.peer)
+        manager.note_client(key, ctx.peer)
         run = SESSION_RUN[number]
         if ctx.inline:
             return self._inline(run, ctx, args, fh)
@@ -201,14 +203,15 @@ class Router:
         its reply, or None to leave the call to the general path (a refusal, an
         error, a failure body: that path answers and logs them)."""
         manager = self.svc.manager
-        key = manager.session_key(HANDLE[number](args).data)
+        fh = HANDLE[number](args)
+        key = manager.session_key(fh.data)
         export = manager.export_of(key)
         if export is None or self.access.nfs_status(ctx, export):
             return None
         manager.note_client(key, ctx.peer)
         try:
             if ctx.inline:
-                reply = self._inline(SESSION_RUN[number], ctx, args, HANDLE[number](args))
+                reply = self._inline(SESSION_RUN[number], ctx, args, fh)
             else:
                 reply = SESSION_RUN[number](self.svc, ctx, args)
         except (ProcedureError, NamespaceError, XdrError):
