@@ -161,11 +161,7 @@ class HandleCodec:
     def key_id(self) -> bytes:
         """A fingerprint of the secret (its HMAC of a constant): what handles depend on,
         for keying bytes that hold handles (it reveals nothing of the secret)."""
-        inner = self._inner.copy()
-        inner.update(b"recovery-fs handle key id")
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()[:16]
+        return self._mac(b"recovery-fs handle key id", 16)
 
     @staticmethod
     def size_at(depth: int) -> int:
@@ -180,12 +176,13 @@ class HandleCodec:
         """
         self._remember_all((h, (*directory, name)) for name, h in named)
 
-    def _mac(self, body: bytes) -> bytes:
+    def _mac(self, body: bytes, size: int = MAC_SIZE) -> bytes:
+        """HMAC-SHA256 of ``body`` under the secret, its first ``size`` bytes."""
         inner = self._inner.copy()
         inner.update(body)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return outer.digest()[:MAC_SIZE]
+        return outer.digest()[:size]
 
     def _remember(self, handle: bytes, path: PresentedPath) -> None:
         self._remember_all(((handle, path),))
