@@ -37,6 +37,7 @@ change, so its retransmission after a restart is answered success.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import threading
 import time
@@ -59,20 +60,13 @@ def checksum(args: Any) -> bytes:
     return hashlib.blake2b(out, digest_size=16).digest()
 
 
-_FIELDS: dict[type, tuple[bytes, tuple[str, ...]] | None] = {}
-"""Per argument type: its name and fields if a dataclass (``dataclasses.fields``
-per value cost a third of a WRITE's key), else None."""
-
-
+@functools.cache
 def _plan(t: type) -> tuple[bytes, tuple[str, ...]] | None:
-    plan = _FIELDS.get(t, False)
-    if plan is False:
-        plan = _FIELDS[t] = (
-            (t.__name__.encode(), tuple(f.name for f in dataclasses.fields(t)))
-            if dataclasses.is_dataclass(t)
-            else None
-        )
-    return plan  # type: ignore[return-value]
+    """Per argument type: its name and fields if a dataclass (``dataclasses.fields``
+    per value cost a third of a WRITE's key), else None."""
+    if not dataclasses.is_dataclass(t):
+        return None
+    return t.__name__.encode(), tuple(f.name for f in dataclasses.fields(t))
 
 
 def _feed(out: bytearray, v: Any) -> None:
@@ -89,7 +83,7 @@ def _feed(out: bytearray, v: Any) -> None:
         else:
             out += v
         return
-    plan = _plan(type(v))
+    plan = _plan(v.__class__)
     if plan is not None:
         out += plan[0]
         for name in plan[1]:
