@@ -164,7 +164,6 @@ def _page_by_sizes(
     if dir_budget is not None:
         # The first entry is counted even past dircount; the others must fit.
         j = min(j, max(bisect.bisect_right(info, info[i] + dir_budget, i) - 1, i + 1))
-    j = min(j, n)
     eof = j == n
     if j <= i and not eof:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
