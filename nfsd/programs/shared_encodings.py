@@ -99,7 +99,7 @@ def unpack(
         size = n * arr.itemsize
         arr.frombytes(data[at : at + size])
         at += size
-    if at > len(data) or at + sum(lengths) != len(data) or (n and max(order) >= n):
+    if at + sum(lengths) != len(data) or (n and max(order) >= n):
         return None
     sorted_entries = [entries[i] for i in order]
     rows = [
