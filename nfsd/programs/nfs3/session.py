@@ -37,7 +37,7 @@ from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.handles import BadHandle, StaleHandle
 from nfsd.programs.listings import Listing
 from nfsd.programs.nfs3.attrs import lookup3_ok
-from nfsd.programs.nfs3.fastattr import LastFattr3, entryplus3_bytes, post_op_attr_bytes
+from nfsd.programs.nfs3.fastattr import _OK, LastFattr3, entryplus3_bytes, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
 from nfsd.programs.nfs3.read import PADDING, _fill
 from nfsd.programs.nfs3.readdir import _page, dirlist_reply
@@ -59,7 +59,6 @@ from xdr.nfs3 import NFS3Packer
 
 MAY_WRITE = 2
 _TAIL = struct.Struct(">III")  # READ: count, eof, opaque length
-_OK = struct.pack(">I", nfs3.NFS3_OK)
 _OK_ATTRS = struct.pack(">II", nfs3.NFS3_OK, 1)  # and TRUE: a post_op_attr follows
 _U32 = struct.Struct(">I")
 

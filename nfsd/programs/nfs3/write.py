@@ -28,7 +28,7 @@ from typing import Any
 from instant.callvalues import NOW, CreateHow
 from merge.namespace import Attrs, Kind, NamespaceError, NotFound
 from nfsd.programs.errors import NfsError, nfs_error
-from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
+from nfsd.programs.nfs3.fastattr import _BILLION, _OK, post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_EXEC, decode_name, may
 from nfsd.programs.nfs3.session import MAY_WRITE, SessionNfs
 from nfsd.programs.sessions import Session, is_session_handle
@@ -37,7 +37,6 @@ from xdr import nfs3
 from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
 
-_BILLION = 1_000_000_000
 _HOW = {
     nfs3.UNCHECKED: CreateHow.UNCHECKED,
     nfs3.GUARDED: CreateHow.GUARDED,
@@ -266,7 +265,6 @@ def link3(svc: SessionNfs, ctx: CallContext, args: nfs3.LINK3args) -> Reply:
 
 
 _PRE_OP = struct.Struct(">IQ4I")  # TRUE, then a wcc_attr: size, mtime, ctime
-_OK = struct.pack(">I", nfs3.NFS3_OK)
 _WRITE_TAIL = struct.Struct(">II8s")  # count, committed, verifier
 
 
