@@ -220,5 +220,5 @@ class RecordReader:
 
 def frame(parts: list[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
     """Prefix a reply, given as buffers, with one last-fragment header."""
-    total = sum(len(p) for p in parts)
+    total = sum(map(len, parts))
     return [_HEADER.pack(LAST_FRAGMENT | total), *parts]

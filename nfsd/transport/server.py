@@ -132,7 +132,6 @@ import os
 import queue
 import select
 import socket
-import struct
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -141,13 +140,7 @@ from dataclasses import dataclass
 
 from nfsd.rpc import Dispatcher, Reply, WouldBlock
 from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
-from nfsd.transport.record import (
-    DEFAULT_MAX_RECORD,
-    LAST_FRAGMENT,
-    RecordReader,
-    RecordTooLarge,
-    frame,
-)
+from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 from nfsd.transport.tls import (
     HANDSHAKE_TIMEOUT,
     PLAIN,
@@ -161,7 +154,6 @@ from nfsd.transport.tls import (
 log = logging.getLogger("recovery_fs.server")
 
 RECV_SIZE = 64 * 1024
-_MARK = struct.Struct(">I")  # a record's one fragment header
 IOV_BATCH = 512  # buffers per sendmsg, under the kernel's IOV_MAX of 1024
 ACCEPT_BATCH = 64  # connections accepted per wake-up before others are served
 DETACH_AFTER = 1.0  # seconds a queue may make no progress before it leaves the pool
@@ -912,13 +904,9 @@ class RpcServer:
         if conn.outq or conn.tls is not None or conn.closed:
             return False
         iov: list[bytes | bytearray | memoryview] = []
-        total = 0
         for reply in replies:
-            parts = reply.parts
-            size = sum(map(len, parts))
-            iov.append(_MARK.pack(LAST_FRAGMENT | size))
-            iov += parts
-            total += size + 4
+            iov += frame(reply.parts)
+        total = sum(map(len, iov))
         if len(iov) > IOV_BATCH:
             return False
         try:
