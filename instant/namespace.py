@@ -344,11 +344,11 @@ class SessionNamespace:
         """
         n = self._answers.get(version, fileid)
         if n is None:
-            with self.store.read() as conn:
-                row = conn.execute(
-                    f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?", (fileid,)
-                ).fetchone()
-            n = _GONE if row is None else _node(row)
+            try:
+                with self.store.read() as conn:
+                    n = self._by_fileid(conn, fileid)
+            except Stale:
+                n = _GONE
             self._answers.put(version, fileid, n)
         if n is _GONE:
             raise Stale(f"no entry with fileid {fileid}")
