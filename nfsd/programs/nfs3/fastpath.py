@@ -51,7 +51,14 @@ from nfsd.programs.errors import NfsError
 from nfsd.programs.nfs3.attrs import access_granted, lookup3_ok
 from nfsd.programs.nfs3.fastattr import LastFattr3
 from nfsd.programs.nfs3.read import read_reply
-from nfsd.programs.nfs3.service import MAY_EXEC, MAY_READ, RTMAX, Nfs3Service, may
+from nfsd.programs.nfs3.service import (
+    MAY_EXEC,
+    MAY_READ,
+    RTMAX,
+    Nfs3Service,
+    decode_name,
+    may,
+)
 from nfsd.programs.sessions import is_session_handle
 from nfsd.rpc import CallContext, CredCache, Reply, WouldBlock
 from nfsd.transport.tls import Security
@@ -220,10 +227,10 @@ class FastPath:
         (".", "..", a name no entry can have, a refusal, an error)."""
         if dattrs.kind != Kind.DIR or not may(dattrs, ctx, MAY_EXEC):
             return None
-        if not name or name in {b".", b".."} or b"/" in name or b"\0" in name:
+        if name in {b".", b".."}:
             return None
         svc = self.svc
-        path = (*dirpath, name.decode("utf-8", "surrogateescape"))
+        path = (*dirpath, decode_name(name))  # NfsError for a name no entry can have
         a = svc.namespace.getattr(path)
         fh = svc.handles.encode(path, a.fileid)
         return Reply([xid + _ACCEPTED + lookup3_ok(fh, a, dattrs, svc.fsid)])
