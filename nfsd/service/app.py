@@ -256,10 +256,6 @@ class Service:
 
     def _prepare(self) -> list[Program]:
         """Steps 3 and 4 (logs, exports, secret, namespace): the programs."""
-        return self._programs(self._prepare_access())
-
-    def _prepare_access(self) -> bytes:
-        """Step 3 and the light part of step 4 (logs, exports, secret): the secret."""
         cfg = self.config
         self._raise_fd_limit()
         try:
@@ -280,7 +276,7 @@ class Service:
             raise ConfigError(f"cannot read the exports file: {e}") from e
         for w in self.access.table.warnings:
             self.warnings.append(w)
-        return load_secret(cfg.secret_file, self.state)
+        return self._programs(load_secret(cfg.secret_file, self.state))
 
     def _programs(self, secret: bytes) -> list[Program]:
         """The rest of step 4: the namespace and the programs that serve it.
