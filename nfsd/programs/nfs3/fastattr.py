@@ -100,12 +100,13 @@ _ENTRYPLUS: dict[tuple[int, int], struct.Struct] = {}
 
 
 def _entryplus_layout(name_len: int, fh_len: int) -> struct.Struct:
-    layout = struct.Struct(f">IQI{_padded(name_len)}sQI5I2Q2I2Q6III{_padded(fh_len)}s")
+    layout = struct.Struct(f">IQI{padded(name_len)}sQI5I2Q2I2Q6III{padded(fh_len)}s")
     _ENTRYPLUS[name_len, fh_len] = layout  # at most 256 x 65 of them
     return layout
 
 
-def _padded(n: int) -> int:
+def padded(n: int) -> int:
+    """``n`` bytes of XDR opaque data rounded up to the 4-byte unit they take."""
     return (n + 3) & ~3
 
 

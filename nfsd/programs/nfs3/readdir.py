@@ -31,18 +31,13 @@ from collections.abc import Callable
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.listings import Listing
-from nfsd.programs.nfs3.fastattr import entryplus3_bytes
+from nfsd.programs.nfs3.fastattr import entryplus3_bytes, padded
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
 from nfsd.programs.shared_encodings import KIND as PLUS
 from nfsd.programs.shared_encodings import listing_for
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
-
-
-def _padded(n: int) -> int:
-    return (n + 3) & ~3
-
 
 # Fixed XDR sizes (bytes) of the parts of a reply.
 STATUS = 4
@@ -117,7 +112,7 @@ def _page(
         if len(b) > budget:
             break
         if dir_budget is not None:
-            info = ENTRY_FIXED + _padded(len(rows[i][1]))
+            info = ENTRY_FIXED + padded(len(rows[i][1]))
             if out and info > dir_budget:
                 break
             dir_budget -= info
@@ -144,7 +139,7 @@ def _note_sizes(listing: Listing, kind: str) -> tuple[list[bytes], list[int], li
         return None
     at = list(itertools.accumulate(map(len, encoded), initial=0))
     info = list(
-        itertools.accumulate((ENTRY_FIXED + _padded(len(r[1])) for r in listing.rows), initial=0)
+        itertools.accumulate((ENTRY_FIXED + padded(len(r[1])) for r in listing.rows), initial=0)
     )
     listing.sizes[kind] = sizes = (encoded, at, info)
     return sizes
