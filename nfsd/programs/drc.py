@@ -54,7 +54,8 @@ _RUNNING = b""
 
 
 def checksum(args: Any) -> bytes:
-    """A digest of decoded arguments: every field, bytes fed as they are."""
+    """A digest of decoded arguments: every field; of an opaque longer than
+    ``2 * SAMPLE``, its length and first and last ``SAMPLE`` bytes (see above)."""
     out = bytearray()
     _feed(out, args)
     return hashlib.blake2b(out, digest_size=16).digest()
