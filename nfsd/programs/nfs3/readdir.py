@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.errors import NfsError, nfs_error
@@ -127,26 +128,31 @@ def _page(
     return out, eof
 
 
-def _note_sizes(listing: Listing, kind: str) -> tuple[list[bytes], list[int], list[int]] | None:
+def _note_sizes(
+    listing: Listing, kind: str
+) -> tuple[list[bytes], Sequence[int], Sequence[int]] | None:
     """Once every entry of ``kind`` is encoded: the running sums a page is cut by.
 
     ``at[k]``: the bytes of entries ``0 .. k-1``; ``info[k]``: their dircount
     bytes.  A page is then two bisections and a slice, not a loop over its
     entries: the same entries as the loop (each entry's size is positive).
+    The sums are 64-bit arrays, 8 bytes an entry, not lists of int objects
+    (36: most sums are past the small ints CPython shares).
     """
     encoded = listing.encodings(kind)
     if encoded is None:
         return None
-    at = list(itertools.accumulate(map(len, encoded), initial=0))
-    info = list(
-        itertools.accumulate((ENTRY_FIXED + padded(len(r[1])) for r in listing.rows), initial=0)
+    at = array("q", itertools.accumulate(map(len, encoded), initial=0))
+    info = array(
+        "q",
+        itertools.accumulate((ENTRY_FIXED + padded(len(r[1])) for r in listing.rows), initial=0),
     )
     listing.sizes[kind] = sizes = (encoded, at, info)
     return sizes
 
 
 def _page_by_sizes(
-    sizes: tuple[list[bytes], list[int], list[int]],
+    sizes: tuple[list[bytes], Sequence[int], Sequence[int]],
     i: int,
     *,
     budget: int,
