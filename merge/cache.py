@@ -103,11 +103,15 @@ class TtlLru(Generic[K, V]):
         """Set ``key``; the value it replaces and any evicted ones go to ``on_evict``."""
         gone: list[V] = []
         with self._lock:
-            old = self._data.pop(key, None)
+            old = self._data.get(key)
             if old is not None and old[1] is not value:
                 gone.append(old[1])
             now = self._clock()
+            # A key present is replaced in place (then moved last): the dict keeps
+            # the key object it holds, not one more copy of an equal key per put.
             self._data[key] = (now, value)
+            if old is not None:
+                self._data.move_to_end(key)
             while len(self._data) > self._maxsize:
                 gone.append(self._data.popitem(last=False)[1][1])
         if self._note is not None and self._ttl is not None:

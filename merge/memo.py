@@ -217,6 +217,12 @@ class _Kept:
         return handle
 
 
+# What a dropped path's key holds until its answer is made again (``MemoLayer._drop``):
+# an answer that never holds, and nothing below it was made with it.
+_DROPPED = _Kept(None, NotFound("dropped"), None)
+_DROPPED.dead = True
+
+
 def _how_to_reopen(entry: Entry, handle: Handle) -> tuple[Source, str | None, tuple] | None:
     """What ``_Kept.reopen`` needs to hand out ``handle``'s bytes again, if it can."""
     source = handle.source
@@ -354,10 +360,15 @@ class MemoLayer(Layer):
 
     def _drop(self, path: PresentedPath) -> None:
         self._drops += 1
-        for name in self._names.pop(path, ()):
-            kept = self._kept.pop((*path, name), None)
-            if kept is not None:
+        kept_at = self._kept
+        for name in self._names.get(path, ()):
+            key = (*path, name)
+            kept = kept_at.get(key)
+            if kept is not None and kept is not _DROPPED:
                 kept.dead = True  # and so everything made with it, below it
+                # The key stays (and so its name in _names): the answer made again
+                # is stored under the same tuple, not one more copy of the path.
+                kept_at[key] = _DROPPED
 
     # -- computing and keeping answers ----------------------------------------------------
 
@@ -451,12 +462,18 @@ class MemoLayer(Layer):
             if self._drops != drops:
                 kept.dead = True  # something was dropped since it was computed: maybe stale
                 return
-            old = self._kept.pop(path, None)
+            old = self._kept.get(path)
             if old is not None:
                 old.dead = True  # what was made with it is made again with this one
-            elif path:
-                self._names.setdefault(path[:-1], set()).add(path[-1])
-            self._kept[path] = kept  # last in the order of eviction
+                # Replaced in place (or a dropped one, _DROPPED): the dict keeps the
+                # key it holds, so a path asked again is one tuple (and name), not one
+                # more per answer made again.
+                self._kept[path] = kept
+                self._kept.move_to_end(path)  # last in the order of eviction
+            else:
+                if path:
+                    self._names.setdefault(path[:-1], set()).add(path[-1])
+                self._kept[path] = kept  # last in the order of eviction
             while len(self._kept) > self._size:
                 gone, evicted = self._kept.popitem(last=False)
                 evicted.dead = True  # out of reach of drops: nor what was made with it

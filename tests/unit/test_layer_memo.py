@@ -369,6 +369,35 @@ def test_a_first_listing_drops_what_was_kept_before_it(stacks, tmp_path: Path) -
     assert listed.size == 10 and s.top.getattr(("plain", "a.txt")) == listed != kept
 
 
+def test_a_dropped_path_asked_again_is_kept_under_its_first_key(stacks, tmp_path) -> None:
+    """Memory: an answer dropped (a first listing) and made again is stored under the
+    key the memo held, not a new copy of the path; it is the storage's answer."""
+    root = tmp_path / "storage"
+    storage(root)
+    clock = FakeClock()
+    s = stacks(clock=clock)
+    top = s.memo
+    first = ("plain", "".join(["a", ".txt"]))
+    kept = top.getattr(first)
+    (root / "plain" / "a.txt").write_bytes(b"longer now")
+    clock.advance(0.5)
+    top.readdir(("plain",))  # a first listing: what was kept for its entries is dropped
+    assert top._kept[first] is memo._DROPPED
+    again = ("plain", "".join(["a", ".txt"]))
+    assert again == first and again is not first
+    now = top.getattr(again)
+    assert now.size == 10 and now != kept  # made again, not the dropped answer
+    assert next(k for k in top._kept if k == first) is first
+    assert top.getattr(first) is now and not top._kept[first].dead
+    assert "a.txt" in top._names[("plain",)]
+    with pytest.raises(NotFound):  # a dropped answer never holds, even for an error
+        (root / "plain" / "b.json").unlink()
+        top.readdir(("plain",))  # not a change yet (the listing holds): then one
+        clock.advance(1.0)
+        top.readdir(("plain",))
+        top.getattr(("plain", "b.json"))
+
+
 def test_a_change_seen_below_drops_that_directory_only(tmp_path: Path) -> None:
     memo, lower = fake_stack(tmp_path, {"d/x": b"x", "e/y": b"y"})
     assert memo.getattr(("d", "x")).size == 1
