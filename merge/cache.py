@@ -82,6 +82,25 @@ class TtlLru(Generic[K, V]):
         item = self._data.get(key)
         return None if item is None else item[1]
 
+    def discard(self, keys: Sequence[K]) -> None:
+        """Drop every one of ``keys`` present (one lock for all; ``on_evict`` as ``pop``).
+
+        Copied when most of it went, so that the memory of what went is returned.
+        """
+        gone: list[V] = []
+        with self._lock:
+            data = self._data
+            pop = data.pop
+            for key in keys:
+                item = pop(key, None)
+                if item is not None:
+                    gone.append(item[1])
+            if len(gone) > len(data):
+                # A dict never shrinks: copied, the table of what went is given back
+                # (costs no more than the pops did).
+                self._data = OrderedDict(data)
+        self._evicted(gone)
+
     def find(self, key: K) -> tuple[V, bool] | None:
         """``(value, fresh)`` of ``key``, an expired value included (and kept), or ``None``."""
         with self._lock:

@@ -99,7 +99,9 @@ class Passthrough(Layer):
                 self.ctx.volatile()  # not cached: the next lookup tries again
                 raise
             if path and isinstance(found, Entry):
-                found = self._as_listed(path, found)
+                listed = self._as_listed(path, found)
+                if listed is not found:
+                    return listed  # the listing holds it: not a second record (see below)
                 if len(self._looked_in) >= LOOKED_IN_MAX:
                     self._looked_in.clear()
                 self._looked_in.add(path[:-1])
@@ -117,6 +119,14 @@ class Passthrough(Layer):
     # path, attributes and depth), so answers are unchanged; a folder of 10,000
     # names both listed and looked up holds ~5 MB less (Attrs and its ints,
     # Entry, Stored and the storage path, once instead of twice).
+    #
+    # Nor a second record of it in ``_stats`` (~170 bytes a name): a lookup that
+    # hands out the listing's Entry caches nothing (the stat it just made holds
+    # the rule's ttl for the memo above, as a cached one would; a layer below the
+    # memo asking again stats again), and a scan forgets the stats it took from
+    # lookups (``taken``): while the listing is fresh lookups read it, and a stat
+    # cached before the scan expires no later than the listing does, so none of
+    # them would ever be handed out again.
 
     def _as_listed(self, path: PresentedPath, found: Entry) -> Entry:
         """The listing's own Entry for ``path`` if equal to ``found`` (fresh or not)."""
@@ -153,7 +163,11 @@ class Passthrough(Layer):
         prev = hit[0] if hit is not None else None
         before: Mapping[str, Entry] = prev.entries if prev is not None else {}
         fileid = ids_in(path)
-        peek = self._stats.peek if path in self._looked_in else None
+        peek = None
+        taken: list[PresentedPath] = []  # looked-up stats this scan makes useless
+        if path in self._looked_in:
+            peek = self._stats.peek
+            self._looked_in.discard(path)
         entries: dict[str, Entry] = {}
         withheld: set[str] = set()
         try:
@@ -167,8 +181,12 @@ class Passthrough(Layer):
                     if st is not None and (S_ISREG(st.st_mode) or S_ISDIR(st.st_mode)):
                         old = before.get(name)
                         if old is None and peek is not None:
-                            cached = peek((*path, name))  # what a lookup cached (_looked_in)
-                            old = cached if isinstance(cached, Entry) else None
+                            key = (*path, name)
+                            cached = peek(key)  # what a lookup cached (_looked_in)
+                            if cached is not None:
+                                taken.append(key)  # now the listing's: forgotten below
+                                if isinstance(cached, Entry):
+                                    old = cached
                         if old is None or not stat_matches(old.attrs, st):
                             old = stored_entry(attrs_of(st, fileid(name)), de.path)
                         entries[name] = old
@@ -182,6 +200,8 @@ class Passthrough(Layer):
         except OSError as e:
             self.ctx.volatile()  # not cached: the next listing tries again
             raise os_error(e, self.storage_path(path)) from e
+        if taken:
+            self._stats.discard(taken)
         found = Listing.renewed(prev, entries, withheld)
         if found is not prev:
             self.ctx.changed(path)  # changed, or listed for the first time

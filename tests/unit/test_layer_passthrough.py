@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from merge.attrs import ROOT_FILEID, fileid_for
 from merge.namespace import IsADirectory, Kind, NotADirectory, NotFound
@@ -253,3 +256,101 @@ def test_a_name_looked_up_and_listed_is_one_entry_and_never_a_stale_one(storage:
     clock.advance(1.0)
     listed = pt.listing(("a", "b")).entries["g.bin"]
     assert listed != stale and listed == layer(storage).lookup(("a", "b", "g.bin"))
+
+
+def test_a_listing_forgets_the_stats_looked_up_in_its_folder(storage: Path) -> None:
+    """Memory: once a folder is scanned, the stats lookups cached for its names are
+    dropped (a fresh listing answers those lookups, and a stat cached before the
+    scan expires no later than the listing); answers stay the storage's."""
+    clock = FakeClock()
+    pt = layer(storage, clock, ttl=1.0)
+    looked = pt.lookup(("a", "f.txt"))
+    pt.lookup(("a", "b"))
+    with pytest.raises(NotFound):
+        pt.lookup(("a", "nothing"))
+    assert pt._stats.peek(("a", "f.txt")) is looked
+    listing = pt.listing(("a",))
+    assert listing.entries["f.txt"] is looked  # taken, as before
+    for name in ("f.txt", "b"):
+        assert pt._stats.peek(("a", name)) is None  # forgotten
+        assert pt.lookup(("a", name)) is listing.entries[name]  # from the listing
+    with pytest.raises(NotFound):  # a name the listing does not hold: still not found
+        pt.lookup(("a", "nothing"))
+    assert ("a",) not in pt._looked_in
+    clock.advance(1.0)  # the listing expired: a lookup of an unchanged name gets its
+    assert pt.lookup(("a", "b")) is listing.entries["b"]  # Entry, and caches nothing
+    assert pt._stats.peek(("a", "b")) is None and ("a",) not in pt._looked_in
+    write(storage / "a" / "f.txt", b"changed")  # a changed one is cached, as before
+    assert pt.lookup(("a", "f.txt")).attrs.size == 7 and pt._stats.peek(("a", "f.txt"))
+
+    write(storage / "a" / "f.txt", b"hello, longer")
+    write(storage / "a" / "nothing", b"now here")
+    clock.advance(1.0)
+    fresh = layer(storage)
+    for name in ("f.txt", "b", "nothing"):
+        assert pt.lookup(("a", name)) == fresh.lookup(("a", name))
+    assert pt.listing(("a",)).entries == fresh.listing(("a",)).entries
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["lookup", "listing", "write", "remove", "tick"]),
+            st.sampled_from(["f0", "f1", "f2", "d"]),
+            st.sampled_from([0.3, 0.6, 1.0]),
+        ),
+        max_size=30,
+    )
+)
+@example([("listing", "f0", 1), ("write", "f0", 0.6), ("tick", "f0", 1), ("listing", "f0", 1)])
+@example(
+    [
+        *[("lookup", "f0", 1), ("listing", "f0", 1), ("write", "f0", 0.3), ("tick", "f0", 1.0)],
+        *[("lookup", "f0", 1), ("remove", "f0", 1), ("tick", "f0", 1), ("lookup", "f0", 1)],
+    ]
+)
+def test_lookups_and_listings_show_the_storage_once_the_ttl_passed(ops: list) -> None:
+    """Random lookups, listings and changes of one folder: whatever the caches keep
+    (and forget: the stats a scan makes useless), an answer asked a ttl or more
+    after the storage last changed is what a layer with nothing cached gives."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "f").mkdir()
+        write(root / "f" / "f0", b"0")
+        clock = FakeClock()
+        pt = layer(root, clock, ttl=1.0)
+        changed = clock.now
+        for op, name, dt in ops:
+            p = root / "f" / name
+            if op == "tick":
+                clock.advance(dt)
+            elif op == "write":
+                if name == "d":
+                    p.mkdir(exist_ok=True)
+                else:
+                    write(p, b"x" * int(dt * 10))
+                changed = clock.now
+            elif op == "remove":
+                if p.is_dir():
+                    p.rmdir()
+                elif p.exists():
+                    p.unlink()
+                changed = clock.now
+            settled = clock.now >= changed + 1.0
+            fresh = layer(root)
+            if op == "listing":
+                got = pt.listing(("f",)).entries
+                if settled:
+                    assert got == fresh.listing(("f",)).entries
+            elif op == "lookup":
+                try:
+                    got_entry: object = pt.lookup(("f", name))
+                except NotFound:
+                    got_entry = None
+                if settled:
+                    try:
+                        want: object = fresh.lookup(("f", name))
+                    except NotFound:
+                        want = None
+                    assert got_entry == want

@@ -166,6 +166,36 @@ def test_ttl_lru_bounds_and_expiry() -> None:
     assert len(cache) == 0 and 4 in gone
 
 
+def test_ttl_lru_keeps_the_key_it_holds_and_discards_in_one_go() -> None:
+    """Memory: a key put again is replaced in place (the first key object stays, no
+    copy per put) and moved last in the order of eviction; ``discard`` drops some."""
+    clock = FakeClock()
+    gone: list[int] = []
+    cache: TtlLru[tuple, int] = TtlLru(2, 1.0, clock, on_evict=gone.append)
+    first = ("d", "x".join("ab"))  # built, not a shared constant
+    cache.put(first, 1)
+    cache.put(("d", "b"), 2)
+    again = ("d", "x".join("ab"))
+    assert again == first and again is not first
+    cache.put(again, 3)  # replaced: 1 goes, and ("d", "b") is now the oldest
+    assert next(iter(cache._data)) == ("d", "b") and gone == [1]
+    assert next(k for k in cache._data if k == first) is first
+    cache.put(("d", "c"), 4)  # evicts ("d", "b"), not the key put again
+    assert cache.get(first) == 3 and cache.get(("d", "b")) is None and gone == [1, 2]
+    cache.discard([("d", "c"), ("d", "none"), first])
+    assert len(cache) == 0 and gone == [1, 2, 4, 3]
+
+    big: TtlLru[int, int] = TtlLru(100, None, clock)
+    for i in range(10):
+        big.put(i, i)
+    table = big._data
+    big.discard([0, 2, 4])  # under half: the same dict
+    assert big._data is table
+    big.discard([1, 3, 5, 6])  # most of it: copied, in the same order, all there
+    assert big._data is not table and list(big._data) == [7, 8, 9]
+    assert [big.get(i) for i in (7, 8, 9)] == [7, 8, 9] and big.get(6) is None
+
+
 def test_ttl_lru_evicts_outside_its_lock() -> None:
     cache: TtlLru[int, int] = TtlLru(1, None, FakeClock())
     cache._on_evict = cache.get  # would deadlock if called under the lock
