@@ -149,7 +149,7 @@ class _Kept:
         self.source: Source | None = None  # a regular file's bytes below its links, once opened
         self.spath: str | None = None  # a plain file's storage path, re-stat'ed at each open
         self.links: tuple[tuple[Source, Attrs], ...] = ()  # (link file, attrs), outermost first
-        self.renewable: str | None = None  # storage path whose lstat alone decides: see renew
+        self.renewable: Stored | None = None  # the entry whose lstat alone decides: see renew
 
     def current(self, now: float, ttl: float) -> bool:
         """Whether the answer holds now: unexpired, or expired and renewed."""
@@ -166,14 +166,14 @@ class _Kept:
         for one system call instead of a walk through every layer.  Its
         parents must hold (or be renewed) as before.
         """
-        spath = self.renewable
-        if spath is None or self.dead:
+        stored = self.renewable
+        if stored is None or self.dead:
             return False
         parent = self.parent
         if parent is not None and not parent.current(now, ttl):
             return False
         try:
-            st = os.lstat(spath)
+            st = os.lstat(stored.folder + stored.name)
         except OSError:
             return False
         assert self.attrs is not None
@@ -239,8 +239,8 @@ def _how_to_reopen(entry: Entry, handle: Handle) -> tuple[Source, str | None, tu
     return None  # not what this layer knows how to reopen: always ask the stack
 
 
-def _renewable_at(path: PresentedPath, entry: Entry) -> str | None:
-    """The storage path whose ``lstat`` alone decides ``entry``'s answer, if there is one.
+def _renewable_at(path: PresentedPath, entry: Entry) -> Stored | None:
+    """The storage entry whose ``lstat`` alone decides ``entry``'s answer, if there is one.
 
     A :class:`Stored` entry is the passthrough's, unchanged by every layer
     above: no link presents it (a real file wins a name clash, rule 6), no
@@ -252,7 +252,7 @@ def _renewable_at(path: PresentedPath, entry: Entry) -> str | None:
     """
     if not path or path[-1].endswith(FLAT_SUFFIX) or not isinstance(entry.origin, Stored):
         return None
-    return entry.origin.path
+    return entry.origin  # its path joined at each renewal: no string of it kept
 
 
 class MemoLayer(Layer):

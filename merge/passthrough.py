@@ -44,7 +44,7 @@ from stat import S_ISDIR, S_ISREG
 
 from merge.attrs import attrs_from_stat, attrs_of, ids_in, stat_matches
 from merge.cache import TtlLru
-from merge.layer import Context, Entry, Layer, Listing, Stored, stored_entry
+from merge.layer import Context, Entry, Layer, Listing, Stored, stored_entry, stored_in
 from merge.names import valid_name
 from merge.namespace import FsStats, NamespaceError, NotFound, PresentedPath
 from merge.sources import FileSource, Handle, os_error
@@ -79,6 +79,7 @@ class Passthrough(Layer):
             1024, ctx.ttl, ctx.clock, note=ctx.note
         )
         self._looked_in: set[PresentedPath] = set()  # folders whose entries lookups cached
+        self._last_folder: tuple[PresentedPath, str] | None = None  # see _stored
         self._files: TtlLru[PresentedPath, FileSource] = TtlLru(
             fd_cache, None, ctx.clock, on_evict=FileSource.release
         )
@@ -163,6 +164,7 @@ class Passthrough(Layer):
         prev = hit[0] if hit is not None else None
         before: Mapping[str, Entry] = prev.entries if prev is not None else {}
         fileid = ids_in(path)
+        folder = os.path.join(self.storage_path(path), "")  # one string for every entry
         peek = None
         taken: list[PresentedPath] = []  # looked-up stats this scan makes useless
         if path in self._looked_in:
@@ -188,7 +190,7 @@ class Passthrough(Layer):
                                 if isinstance(cached, Entry):
                                     old = cached
                         if old is None or not stat_matches(old.attrs, st):
-                            old = stored_entry(attrs_of(st, fileid(name)), de.path)
+                            old = stored_entry(attrs_of(st, fileid(name)), folder, name)
                         entries[name] = old
                         continue
                     got = self._classify_listed((*path, name), de)  # as a lookup does
@@ -239,7 +241,18 @@ class Passthrough(Layer):
             reason = "neither a regular file nor a directory"
             self.ctx.problems.report(5, spath, reason)
             return _Withheld(reason)
-        return Entry(attrs_from_stat(st, path), Stored(spath))
+        return Entry(attrs_from_stat(st, path), self._stored(path, spath))
+
+    def _stored(self, path: PresentedPath, spath: str) -> Stored:
+        """``Stored(spath)``, its folder string shared with the lookups before it in
+        the same folder, its name the very one of ``path`` (memory: see ``Stored``)."""
+        if not path:
+            return Stored(spath)
+        parent = path[:-1]
+        last = self._last_folder
+        if last is None or last[0] != parent:
+            last = self._last_folder = (parent, os.path.join(self.storage_path(parent), ""))
+        return stored_in(last[1], path[-1])
 
     def _symlink_problem(self, path: PresentedPath, spath: str) -> str | None:
         """Why the symbolic link at ``path`` is not presented, or ``None``."""

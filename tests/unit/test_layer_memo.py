@@ -26,7 +26,7 @@ import pytest
 
 from merge import memo
 from merge.attrs import attrs_of, fileid_for, ids_in
-from merge.layer import Entry, Layer, Stored, stored_entry
+from merge.layer import Entry, Layer, Stored, stored_entry, stored_in
 from merge.memo import MemoLayer
 from merge.namespace import AccessDenied, Attrs, Kind, NamespaceError, NotADirectory, NotFound
 from merge.smartmotion import LinkDoc, parse_link
@@ -814,8 +814,11 @@ def test_attrs_of_and_ids_in_agree_with_the_plain_forms(tmp_path: Path) -> None:
         )
         made = attrs_of(st, 42)
         assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
-        entry, want = stored_entry(made, str(p)), Entry(plain, Stored(str(p)))
+        folder = os.path.join(str(p.parent), "")
+        entry, want = stored_entry(made, folder, p.name), Entry(plain, Stored(str(p)))
         assert entry == want and hash(entry) == hash(want) and repr(entry) == repr(want)
+        assert entry.origin.path == want.origin.path == str(p) == want.origin.where
+        assert stored_in(folder, p.name) == want.origin
         assert shared_attrs(made) == plain  # merge.shared's way back from the stored fields
     write(tmp_path / "g", b"67890")  # the fields that repeat are shared ints (memory)
     f, g = attrs_of(os.stat(tmp_path / "f"), 1), attrs_of(os.stat(tmp_path / "g"), 2)
