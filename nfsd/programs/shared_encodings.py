@@ -78,7 +78,7 @@ def listing_for(path: PresentedPath, entries: Entries, fsid: int, handles: Handl
 def pack(listing: Listing, encoded: list[bytes]) -> bytes:
     """The count; each row's index in the source, cookie and encoding's length; the encodings."""
     pos = {name: i for i, (name, _) in enumerate(listing.source)}
-    order = array("I", [pos[r[2]] for r in listing.rows])
+    order = array("I", [pos[r[0]] for r in listing.rows])
     cookies = array("q", listing.cookies)
     lengths = array("I", map(len, encoded))
     return b"".join(
@@ -101,17 +101,13 @@ def unpack(
         at += size
     if at + sum(lengths) != len(data) or (n and max(order) >= n):
         return None
-    sorted_entries = [entries[i] for i in order]
-    rows = [
-        (c, name.encode("utf-8", "surrogateescape"), name, a)
-        for c, (name, a) in zip(cookies, sorted_entries, strict=True)
-    ]
+    rows = [entries[i] for i in order]
     ends = list(itertools.accumulate(lengths, initial=at))
     encoded = [data[a:b] for a, b in itertools.pairwise(ends)]
     hsize = handles.size_at(len(path) + 1)
     if any(len(e) < hsize for e in encoded):
         return None
-    listing = Listing(entries, rows)
+    listing = Listing(entries, rows, cookies)
     listing.preload(KIND, encoded)
-    handles.adopt(path, ((r[2], e[-hsize:]) for r, e in zip(rows, encoded, strict=True)))
+    handles.adopt(path, ((r[0], e[-hsize:]) for r, e in zip(rows, encoded, strict=True)))
     return listing

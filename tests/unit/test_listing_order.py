@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsd.programs.listings import Listing, cookie_of, sorted_rows
+from nfsd.programs.listings import Listing, cookie_of, raw_len, raw_name, sorted_rows
 from tests.unit.test_shared_encodings import attrs, names
 
 
@@ -25,7 +25,13 @@ def test_rows_are_sorted_by_cookie_then_name_as_the_reference(entries) -> None:
     want = sorted(
         (reference_cookie(n), n.encode("utf-8", "surrogateescape"), n, a) for n, a in items
     )
-    assert sorted_rows(items) == want
-    assert Listing(items).rows == want
+    want_rows, want_cookies = [(n, a) for _, _, n, a in want], [c for c, _, _, _ in want]
+    rows, cookies = sorted_rows(items)
+    assert rows == want_rows and list(cookies) == want_cookies
+    assert all(any(r is pair for pair in items) for r in rows)  # the source's own pairs
+    listing = Listing(items)
+    assert listing.rows == want_rows and list(listing.cookies) == want_cookies
     assert [cookie_of(n) for n, _ in items] == [reference_cookie(n) for n, _ in items]
-    assert sorted_rows(tuple(reversed(items))) == want  # whatever order the scan gave
+    rows, cookies = sorted_rows(tuple(reversed(items)))  # whatever order the scan gave
+    assert rows == want_rows and list(cookies) == want_cookies
+    assert [raw_len(n) for n, _ in items] == [len(raw_name(n)) for n, _ in items]

@@ -15,9 +15,9 @@ from tests.unit.test_shared_encodings import attrs, names
 CTX = types.SimpleNamespace(transport="tcp")
 
 
-def encode(row: tuple) -> bytes:
+def encode(cookie: int, row: tuple) -> bytes:
     """Entries of unequal sizes (multiples of 4, as XDR's)."""
-    return b"e" * (4 * (1 + row[0] % 23) + 4 * len(row[1]))
+    return b"e" * (4 * (1 + cookie % 23) + 4 * len(row[0]))
 
 
 def page(listing: Listing, cookie: int, maxsize: int, dir_budget: int | None):

@@ -21,7 +21,7 @@ from merge.shared import SharedListings
 from merge.stack import Stack, build_stack
 from nfsd.programs import shared_encodings
 from nfsd.programs.handles import HandleCodec
-from nfsd.programs.listings import Listing
+from nfsd.programs.listings import Listing, raw_name
 from nfsd.programs.nfs3 import readdir
 from nfsd.programs.nfs3.fastattr import entryplus3_bytes
 from nfsd.programs.shared_encodings import KIND, listing_for
@@ -63,7 +63,9 @@ def encode_all(listing: Listing, path, codec: HandleCodec, fsid: int = FSID) -> 
             listing.encoded(
                 KIND,
                 i,
-                lambda r: entryplus3_bytes(r[0], r[1], r[3], fsid, handle_in(r[2], r[3].fileid)),
+                lambda c, r: entryplus3_bytes(
+                    c, raw_name(r[0]), r[1], fsid, handle_in(r[0], r[1].fileid)
+                ),
             )
             for i in range(len(listing.rows))
         ]

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.errors import NfsError, nfs_error
-from nfsd.programs.listings import Listing
+from nfsd.programs.listings import Listing, Row, raw_len, raw_name
 from nfsd.programs.nfs3.fastattr import entryplus3_bytes, padded
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
 from nfsd.programs.shared_encodings import KIND as PLUS
@@ -86,7 +86,7 @@ def _page(
     listing: Listing,
     cookie: int,
     kind: str,
-    encode: Callable[[tuple], bytes],
+    encode: Callable[[int, Row], bytes],
     *,
     maxsize: int,
     dir_budget: int | None,
@@ -113,7 +113,7 @@ def _page(
         if len(b) > budget:
             break
         if dir_budget is not None:
-            info = ENTRY_FIXED + padded(len(rows[i][1]))
+            info = ENTRY_FIXED + padded(raw_len(rows[i][0]))
             if out and info > dir_budget:
                 break
             dir_budget -= info
@@ -145,7 +145,9 @@ def _note_sizes(
     at = array("q", itertools.accumulate(map(len, encoded), initial=0))
     info = array(
         "q",
-        itertools.accumulate((ENTRY_FIXED + padded(len(r[1])) for r in listing.rows), initial=0),
+        itertools.accumulate(
+            (ENTRY_FIXED + padded(raw_len(r[0])) for r in listing.rows), initial=0
+        ),
     )
     listing.sizes[kind] = sizes = (encoded, at, info)
     return sizes
@@ -190,9 +192,9 @@ def _reply(svc: Nfs3Service, dattrs: Attrs, verf: bytes, entries: list[bytes], e
 def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Reply:
     path, dattrs, listing = _listing(svc, ctx, args.dir)
 
-    def encode(row: tuple) -> bytes:
-        cookie, raw, _name, a = row
-        return nfs3.entry3_bytes(nfs3.entry3(a.fileid, raw, cookie))
+    def encode(cookie: int, row: Row) -> bytes:
+        name, a = row
+        return nfs3.entry3_bytes(nfs3.entry3(a.fileid, raw_name(name), cookie))
 
     out, eof = _page(
         ctx, listing, args.cookie, "readdir", encode, maxsize=args.count, dir_budget=None
@@ -208,8 +210,9 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
     fsid = svc.fsid
     with svc.handles.issuing(path) as handle_in:
 
-        def encode(row: tuple) -> bytes:
-            cookie, raw, name, a = row
+        def encode(cookie: int, row: Row) -> bytes:
+            name, a = row
+            raw = name.encode("utf-8", "surrogateescape")
             return entryplus3_bytes(cookie, raw, a, fsid, handle_in(name, a.fileid))
 
         out, eof = _page(

@@ -35,7 +35,7 @@ from nfsd.programs.access import AccessControl
 from nfsd.programs.buffers import BufferPool
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.handles import BadHandle, StaleHandle
-from nfsd.programs.listings import Listing
+from nfsd.programs.listings import Listing, Row, raw_name
 from nfsd.programs.nfs3.attrs import lookup3_ok
 from nfsd.programs.nfs3.fastattr import _OK, LastFattr3, entryplus3_bytes, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
@@ -270,9 +270,9 @@ def _dir_reply(svc: SessionNfs, s: Session, d: Attrs, entries: list[bytes], eof:
 def readdir3(svc: SessionNfs, ctx: CallContext, args: nfs3.READDIR3args) -> Reply:
     s, d, listing = _listing(svc, ctx, args.dir)
 
-    def encode(row: tuple) -> bytes:
-        cookie, raw, _name, a = row
-        return nfs3.entry3_bytes(nfs3.entry3(a.fileid, raw, cookie))
+    def encode(cookie: int, row: Row) -> bytes:
+        name, a = row
+        return nfs3.entry3_bytes(nfs3.entry3(a.fileid, raw_name(name), cookie))
 
     out, eof = _page(ctx, listing, args.cookie, "r", encode, maxsize=args.count, dir_budget=None)
     return _dir_reply(svc, s, d, out, eof)
@@ -282,9 +282,9 @@ def readdir3(svc: SessionNfs, ctx: CallContext, args: nfs3.READDIR3args) -> Repl
 def readdirplus3(svc: SessionNfs, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
     s, d, listing = _listing(svc, ctx, args.dir)
 
-    def encode(row: tuple) -> bytes:
-        cookie, raw, _name, a = row
-        return entryplus3_bytes(cookie, raw, a, s.fsid, svc.manager.encode(s, a.fileid))
+    def encode(cookie: int, row: Row) -> bytes:
+        name, a = row
+        return entryplus3_bytes(cookie, raw_name(name), a, s.fsid, svc.manager.encode(s, a.fileid))
 
     out, eof = _page(
         ctx, listing, args.cookie, "p", encode, maxsize=args.maxcount, dir_budget=args.dircount
