@@ -121,34 +121,25 @@ class _Kept:
     (``None`` for an entry of the root, which ``Layer.resolve`` does not
     check): an answer holds only while every answer up its chain is alive,
     so dropping a directory's entries drops everything below them too.
+
+    Memory: one is kept per path asked (65,536 at most), so it has only the
+    slots every answer needs; an error (:class:`_Failed`) and how to open a
+    file again (:class:`_Opened`) are subclasses with their own.
     """
 
-    __slots__ = (
-        "attrs",
-        "dead",
-        "error",
-        "links",
-        "parent",
-        "renewable",
-        "source",
-        "spath",
-        "until",
-    )
+    __slots__ = ("attrs", "dead", "parent", "renewable", "until")
 
-    def __init__(
-        self, attrs: Attrs | None, error: NamespaceError | None, parent: _Kept | None
-    ) -> None:
+    # What the subclasses hold, for an answer that is neither.
+    error: tuple[type[NamespaceError], tuple] | None = None
+    source: Source | None = None  # a regular file's bytes below its links, once opened
+    spath: str | None = None  # a plain file's storage path, re-stat'ed at each open
+    links: tuple[tuple[Source, Attrs], ...] = ()  # (link file, attrs), outermost first
+
+    def __init__(self, attrs: Attrs | None, parent: _Kept | None) -> None:
         self.until = float("-inf")  # set once computed
         self.attrs = attrs  # None: `error` is the answer
-        # Its class and arguments only: a traceback would keep the frames alive.
-        self.error: tuple[type[NamespaceError], tuple] | None = (
-            None if error is None else (type(error), error.args)
-        )
         self.parent = parent
         self.dead = False  # dropped, replaced or evicted
-        self.source: Source | None = None  # a regular file's bytes below its links, once opened
-        self.spath: str | None = None  # a plain file's storage path, re-stat'ed at each open
-        self.links: tuple[tuple[Source, Attrs], ...] = ()  # (link file, attrs), outermost first
         self.renewable: Stored | None = None  # the entry whose lstat alone decides: see renew
 
     def current(self, now: float, ttl: float) -> bool:
@@ -217,9 +208,32 @@ class _Kept:
         return handle
 
 
+class _Failed(_Kept):
+    """``NotFound`` or ``NotADirectory`` as the answer."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: NamespaceError, parent: _Kept | None) -> None:
+        super().__init__(None, parent)
+        # Its class and arguments only: a traceback would keep the frames alive.
+        self.error = (type(error), error.args)
+
+
+class _Opened(_Kept):
+    """A file's answer, and how ``reopen`` hands out its bytes again."""
+
+    __slots__ = ("links", "source", "spath")
+
+    def __init__(
+        self, attrs: Attrs, parent: _Kept | None, how: tuple[Source, str | None, tuple]
+    ) -> None:
+        super().__init__(attrs, parent)
+        self.source, self.spath, self.links = how
+
+
 # What a dropped path's key holds until its answer is made again (``MemoLayer._drop``):
 # an answer that never holds, and nothing below it was made with it.
-_DROPPED = _Kept(None, NotFound("dropped"), None)
+_DROPPED = _Kept(None, None)
 _DROPPED.dead = True
 
 
@@ -407,10 +421,10 @@ class MemoLayer(Layer):
         with self.ctx.validity(now + self._ttl) as valid:
             try:
                 entry = self._entry(path, parent)
-                kept = _Kept(entry.attrs, None, parent)
+                kept = _Kept(entry.attrs, parent)
                 kept.renewable = _renewable_at(path, entry)
             except _KEPT_ERRORS as e:
-                kept = _Kept(None, e, parent)
+                kept = _Failed(e, parent)
         kept.until = valid[0]
         self._keep(path, kept, drops, now)
         return kept
@@ -435,19 +449,16 @@ class MemoLayer(Layer):
                     parent = self._kept_for(path[:-1], now)
                 entry = self._entry(path, parent)
             except _KEPT_ERRORS as e:
-                error = _Kept(None, e, parent)
+                error = _Failed(e, parent)
                 error.until = valid[0]
                 self._keep(path, error, drops, now)
                 raise
             if entry.attrs.kind != Kind.DIR:
                 handle = self.lower.open_file(path)
-        kept = _Kept(entry.attrs, None, parent)
+        how = None if handle is None else _how_to_reopen(entry, handle)
+        kept = _Kept(entry.attrs, parent) if how is None else _Opened(entry.attrs, parent, how)
         kept.until = valid[0]
         kept.renewable = _renewable_at(path, entry)
-        if handle is not None:
-            how = _how_to_reopen(entry, handle)
-            if how is not None:
-                kept.source, kept.spath, kept.links = how
         self._keep(path, kept, drops, now)
         if handle is None:
             raise IsADirectory("/" + "/".join(path))
