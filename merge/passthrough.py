@@ -48,6 +48,7 @@ from merge.layer import Context, Entry, Layer, Listing, Stored, stored_entry, st
 from merge.names import valid_name
 from merge.namespace import FsStats, NamespaceError, NotFound, PresentedPath
 from merge.sources import FileSource, Handle, os_error
+from merge.watch import FolderWatches
 
 
 class _Withheld:
@@ -69,9 +70,17 @@ LOOKED_IN_MAX = 4096  # folders remembered in Passthrough._looked_in (then forgo
 class Passthrough(Layer):
     """The storage tree under ``ctx.root``."""
 
-    def __init__(self, ctx: Context, *, fd_cache: int = 128, stat_cache: int = 65536) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        fd_cache: int = 128,
+        stat_cache: int = 65536,
+        watches: FolderWatches | None = None,
+    ) -> None:
         super().__init__(None, ctx)
         self.root = ctx.root
+        self._watches = watches  # large folders renewed without a scan (merge.watch)
         self._stats: TtlLru[PresentedPath, Entry | _Withheld] = TtlLru(
             stat_cache, ctx.ttl, ctx.clock, note=ctx.note
         )
@@ -162,6 +171,14 @@ class Passthrough(Layer):
         if hit is not None and hit[1]:
             return hit[0]
         prev = hit[0] if hit is not None else None
+        watches, watched = self._watches, None
+        if watches is not None and prev is not None and watches.wants(len(prev.entries)):
+            if watches.renew(path, prev):  # nothing changed since its scan (merge.watch)
+                self._listings.put(path, prev)
+                return prev
+            watched = watches.prepare(path, self.storage_path(path))
+        checks: list[tuple[str, Entry]] | None = [] if watched is not None else None
+        max_checks = watches.max_checks if watches is not None else 0
         before: Mapping[str, Entry] = prev.entries if prev is not None else {}
         fileid = ids_in(path)
         folder = os.path.join(self.storage_path(path), "")  # one string for every entry
@@ -192,7 +209,12 @@ class Passthrough(Layer):
                         if old is None or not stat_matches(old.attrs, st):
                             old = stored_entry(attrs_of(st, fileid(name)), folder, name)
                         entries[name] = old
+                        if checks is not None and (st.st_nlink > 1 or S_ISDIR(st.st_mode)):
+                            checks.append((name, old))  # no event says it changed
+                            if len(checks) > max_checks:
+                                checks = None  # renewing would cost what a scan does
                         continue
+                    checks = None  # a link, a special file...: never renewed
                     got = self._classify_listed((*path, name), de)  # as a lookup does
                     if isinstance(got, Entry):
                         old = before.get(name)
@@ -208,6 +230,8 @@ class Passthrough(Layer):
         if found is not prev:
             self.ctx.changed(path)  # changed, or listed for the first time
         self._listings.put(path, found)  # and what lookups of its entries get (_listed)
+        if watched is not None and watches is not None:
+            watches.scanned(watched, found, checks)
         return found
 
     def _classify_listed(self, path: PresentedPath, de: os.DirEntry[str]) -> Entry | _Withheld:
@@ -307,6 +331,8 @@ class Passthrough(Layer):
     def close(self) -> None:
         """Close every cached descriptor (handles still open keep theirs)."""
         self._files.clear()
+        if self._watches is not None:
+            self._watches.close()
 
 
 def _inside(real: str, root: str) -> bool:

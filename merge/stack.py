@@ -26,6 +26,7 @@ from merge.overlay import MergeLayer
 from merge.passthrough import Passthrough
 from merge.problems import Problems
 from merge.shared import SharedListings
+from merge.watch import FolderWatches
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,17 @@ def build_stack(
     memo_size: int = 65536,
     clock: Clock = time.monotonic,
     shared_listings: str | SharedListings | None = None,
+    watch_folders: bool = True,
 ) -> Stack:
     """The stack over ``storage_root``; see :func:`build_namespace`."""
     root = os.path.realpath(storage_root)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"storage root {storage_root} is not a directory")
     ctx = Context(root, clock, Problems(), ttl=ttl, recheck=recheck)
-    passthrough = Passthrough(ctx, fd_cache=fd_cache)
+    # Large folders on a local file system renewed without a rescan while inotify
+    # says nothing changed (merge.watch); elsewhere, and when off, scanned.
+    watches = FolderWatches(clock) if watch_folders else None
+    passthrough = Passthrough(ctx, fd_cache=fd_cache, watches=watches)
     links = LinksLayer(passthrough, ctx)
     merge = MergeLayer(links, ctx, cache_size=merge_cache)
     hide = HideLayer(merge, ctx)
@@ -88,7 +93,8 @@ def build_namespace(
     """The presented tree of ``storage_root`` (namespace.md), top of the filter stack.
 
     ``options`` tune the caches (``ttl``, ``recheck`` in seconds;
-    ``merge_cache``, ``fd_cache``, ``memo_size`` entries); the defaults suit
+    ``merge_cache``, ``fd_cache``, ``memo_size`` entries; ``watch_folders``:
+    inotify on large local folders, ``merge.watch``); the defaults suit
     the server.  ``shared_listings``: a folder of the server's own where its
     processes share large listings (``merge.shared``), if it runs several.
     """

@@ -1,0 +1,293 @@
+"""merge.watch: a large local folder's listing renewed without a scan, never a stale one.
+
+Real inotify on the test's folder (the tests need a local file system, as
+the server does); a fake clock moves the listings past their ttl.  Every
+kind of change must show in the next listing past the ttl exactly as a
+passthrough with nothing cached lists it; nothing changed, no scan.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from merge import watch
+from merge.passthrough import Passthrough
+from merge.stack import build_stack
+from merge.watch import IN_Q_OVERFLOW, LOCAL_FS, FolderWatches, fs_type
+from tests.unit.fake_layer import make_ctx
+from tests.unit.merge_helpers import FakeClock, write
+
+NFS_SUPER_MAGIC = 0x6969
+
+pytestmark = pytest.mark.skipif(
+    fs_type(os.getcwd()) is None, reason="no statfs/inotify through ctypes here"
+)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "storage"
+    for i in range(5):
+        write(r / "d" / f"f{i}", b"x" * i)
+    (r / "d" / "sub").mkdir()
+    write(r / "d" / "sub" / "inner", b"i")
+    write(r / "other" / "g", b"g")
+    if fs_type(str(r)) not in LOCAL_FS:
+        pytest.skip("the test folder is not on a local file system")
+    return r
+
+
+class Counted:
+    """A passthrough with watches, its scans counted."""
+
+    def __init__(self, root: Path, clock: FakeClock, **kw) -> None:
+        self.clock = clock
+        self.watches = FolderWatches(clock, min_entries=3, **kw)
+        self.pt = Passthrough(make_ctx(root, clock, ttl=1.0), watches=self.watches)
+        self.scans = 0
+        real = os.scandir
+
+        def scandir(p):  # type: ignore[no-untyped-def]
+            self.scans += 1
+            return real(p)
+
+        self._real = real
+        self.scandir = scandir
+
+    def listing(self, monkeypatch: pytest.MonkeyPatch, path: tuple = ("d",)):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(os, "scandir", self.scandir)
+        try:
+            return self.pt.listing(path)
+        finally:
+            monkeypatch.setattr(os, "scandir", self._real)
+
+    def watched(self, monkeypatch: pytest.MonkeyPatch) -> object:
+        """List until the folder is watched and its listing renewable (first + one scan)."""
+        self.listing(monkeypatch)
+        self.clock.advance(1.0)
+        return self.listing(monkeypatch)
+
+
+def fresh(root: Path, path: tuple = ("d",)) -> dict:
+    return dict(Passthrough(make_ctx(root)).listing(path).entries)
+
+
+def test_nothing_changed_no_scan_the_same_listing(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock())
+    listed = c.watched(monkeypatch)
+    assert c.scans == 2
+    for _ in range(2):
+        c.clock.advance(1.0)
+        assert c.listing(monkeypatch) is listed
+    assert c.scans == 2 and c.watches.renewed == 2
+    assert dict(listed.entries) == fresh(root)  # type: ignore[attr-defined]
+
+
+def _rename_in(d: Path) -> None:
+    os.rename(d.parent / "other" / "g", d / "g")
+
+
+def _replace_folder(d: Path) -> None:
+    os.rename(d, d.parent / "old-d")
+    shutil.copytree(d.parent / "old-d", d)
+
+
+def _hard_link_write(d: Path) -> None:
+    os.link(d / "f3", d.parent / "other" / "link")  # f3 now has two names
+
+
+CHANGES: dict[str, Callable[[Path], None]] = {
+    "create": lambda d: write(d / "new", b"n"),
+    "mkdir": lambda d: (d / "newdir").mkdir(),
+    "delete": lambda d: (d / "f1").unlink(),
+    "rename inside": lambda d: os.rename(d / "f1", d / "f1-renamed"),
+    "move in": _rename_in,
+    "move out": lambda d: os.rename(d / "f2", d.parent / "other" / "f2"),
+    "write": lambda d: write(d / "f2", b"longer now"),
+    "append same fd": lambda d: open(d / "f3", "ab").write(b"more"),  # noqa: SIM115
+    "truncate": lambda d: os.truncate(d / "f4", 1),
+    "chmod": lambda d: os.chmod(d / "f1", 0o600),
+    "touch": lambda d: os.utime(d / "f1", ns=(1_000_000_000, 2_000_000_000)),
+    "inside a subfolder": lambda d: write(d / "sub" / "more", b"m"),
+    "subfolder touched": lambda d: os.utime(d / "sub", ns=(5, 6)),
+    "symlink added": lambda d: os.symlink("f1", d / "link"),
+    "special file": lambda d: os.mkfifo(d / "fifo"),
+    "folder replaced": _replace_folder,
+    "a pancbt beside": lambda d: write(d / "f0-pancbt.vmdk", b"p"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CHANGES))
+def test_every_change_shows_past_the_ttl(root: Path, monkeypatch, kind: str) -> None:
+    c = Counted(root, FakeClock())
+    listed = c.watched(monkeypatch)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed  # renewed, no change yet
+    CHANGES[kind](root / "d")
+    assert c.listing(monkeypatch) is listed  # within the ttl: as without watches
+    c.clock.advance(1.0)
+    now = c.listing(monkeypatch)
+    assert dict(now.entries) == fresh(root) and now.withheld == fresh_withheld(root)
+    assert now is not listed or dict(listed.entries) == fresh(root)  # type: ignore[attr-defined]
+
+
+def fresh_withheld(root: Path) -> frozenset:
+    return Passthrough(make_ctx(root)).listing(("d",)).withheld
+
+
+def test_a_file_with_other_names_is_checked_at_each_renewal(root: Path, monkeypatch) -> None:
+    """Written through another name, a file's folder gets no event: its lstat says."""
+    _hard_link_write(root / "d")
+    c = Counted(root, FakeClock())
+    listed = c.watched(monkeypatch)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed
+    with open(root / "other" / "link", "ab") as f:  # not through d/
+        f.write(b"through the other name")
+    c.clock.advance(1.0)
+    assert dict(c.listing(monkeypatch).entries) == fresh(root)
+    assert c.listing(monkeypatch).entries["f3"].attrs.size == 3 + len(b"through the other name")
+
+
+def test_no_renewal_past_the_span(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock(), span=3.0)
+    c.watched(monkeypatch)
+    scans = c.scans
+    c.clock.advance(1.0)
+    c.listing(monkeypatch)
+    c.clock.advance(1.0)
+    c.listing(monkeypatch)
+    assert c.scans == scans  # 2 s after the scan: renewed twice
+    c.clock.advance(1.0)
+    c.listing(monkeypatch)
+    assert c.scans == scans + 1  # 3 s: scanned again, whatever inotify says
+
+
+def test_a_network_file_system_is_never_watched(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock(), fs_type_of=lambda p: NFS_SUPER_MAGIC)
+    c.watched(monkeypatch)
+    for _ in range(3):
+        c.clock.advance(1.0)
+        c.listing(monkeypatch)
+    assert c.scans == 5 and c.watches.renewed == 0 and not c.watches._by_path
+
+
+def test_an_unknown_file_system_type_is_never_watched(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock(), fs_type_of=lambda p: None)
+    c.watched(monkeypatch)
+    c.clock.advance(1.0)
+    c.listing(monkeypatch)
+    assert c.scans == 3 and c.watches.renewed == 0
+
+
+def test_a_queue_overflow_means_a_scan(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock())
+    listed = c.watched(monkeypatch)
+    overflow = struct.pack("iIII", -1, IN_Q_OVERFLOW, 0, 0)
+    fed = [overflow]
+    real = watch._read
+
+    def read(fd: int, n: int) -> bytes:
+        return fed.pop() if fed else real(fd, n)
+
+    monkeypatch.setattr(watch, "_read", read)
+    c.clock.advance(1.0)
+    scans = c.scans
+    assert c.listing(monkeypatch) is listed  # the same entries: the same object...
+    assert c.scans == scans + 1  # ...but scanned
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed and c.scans == scans + 1  # watched again
+
+
+def test_small_folders_and_first_listings_are_not_watched(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock())
+    for _ in range(3):
+        c.listing(monkeypatch, ("other",))  # one entry: below min_entries
+        c.clock.advance(1.0)
+    assert c.scans == 3 and not c.watches._by_path
+
+
+def test_at_most_limit_folders_watched(root: Path, monkeypatch) -> None:
+    for i in range(4):
+        write(root / "e" / f"f{i}", b"e")
+    c = Counted(root, FakeClock(), limit=1)
+    c.watched(monkeypatch)
+    c.listing(monkeypatch, ("e",))
+    c.clock.advance(1.0)
+    c.listing(monkeypatch, ("e",))  # watched now: d is not any more
+    assert list(c.watches._by_path) == [("e",)]
+    scans = c.scans
+    c.clock.advance(1.0)
+    c.listing(monkeypatch, ("e",))
+    c.listing(monkeypatch)
+    assert c.scans == scans + 1  # d scanned, e renewed
+
+
+def test_a_scan_prepared_again_meanwhile_is_not_recorded(root: Path) -> None:
+    """Two scans of one folder at once: only the later one's listing can be renewed
+    (its clearing of the flag may hide an event the earlier one missed)."""
+    w = FolderWatches(FakeClock(), min_entries=1)
+    spath = str(root / "d")
+    first = w.prepare(("d",), spath)
+    second = w.prepare(("d",), spath)
+    assert first is not None and second is not None
+    w.scanned(first, "A", [])
+    assert not w.renew(("d",), "A")
+    w.scanned(second, "B", [])
+    assert w.renew(("d",), "B")
+    w.close()
+
+
+def test_a_forked_child_opens_its_own_descriptor(root: Path) -> None:
+    w = FolderWatches(FakeClock(), min_entries=1)
+    assert w.prepare(("d",), str(root / "d")) is not None
+    fd = w._fd
+    w._pid = -1  # as in a child of the process that opened it
+    assert w.prepare(("d",), str(root / "d")) is not None
+    assert w._fd != fd
+    os.close(fd)
+    w.close()
+
+
+def test_the_stack_watches_by_default_and_can_be_told_not_to(root: Path) -> None:
+    on, off = build_stack(str(root)), build_stack(str(root), watch_folders=False)
+    assert on.passthrough._watches is not None and off.passthrough._watches is None
+    on.close()
+    off.close()
+
+
+def test_a_folder_whose_ancestor_was_replaced_is_scanned(root: Path, monkeypatch) -> None:
+    """The watch follows the folder moved away with its parent (no event on it): the
+    path's folder is another one now."""
+    for i in range(4):
+        write(root / "p" / "d" / f"f{i}", b"p")
+    c = Counted(root, FakeClock())
+    c.listing(monkeypatch, ("p", "d"))
+    c.clock.advance(1.0)
+    listed = c.listing(monkeypatch, ("p", "d"))
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch, ("p", "d")) is listed
+    os.rename(root / "p", root / "p-old")  # nothing read nor written in p-old/d
+    for i in range(4):
+        write(root / "p" / "d" / f"f{i}", b"q" * i)
+    c.clock.advance(1.0)
+    now = c.listing(monkeypatch, ("p", "d"))
+    assert dict(now.entries) == fresh(root, ("p", "d")) and now is not listed
+
+
+def test_a_folder_of_many_hard_links_is_scanned(root: Path, monkeypatch) -> None:
+    """More entries to lstat than ``max_checks``: renewing costs what a scan does."""
+    for i in range(3):
+        os.link(root / "d" / f"f{i}", root / "other" / f"l{i}")
+    c = Counted(root, FakeClock(), max_checks=2)  # f0..f2 and sub: 4 to check
+    c.watched(monkeypatch)
+    scans = c.scans
+    c.clock.advance(1.0)
+    c.listing(monkeypatch)
+    assert c.scans == scans + 1 and c.watches.renewed == 0
