@@ -29,14 +29,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.dispatch_micro import _list_all as list_all  # noqa: E402
+from bench.dispatch_micro import run  # noqa: E402
 from merge.stack import build_namespace  # noqa: E402
-from nfsd.rpc import Dispatcher, WouldBlock  # noqa: E402
-from tests.proto.calls import call, parse  # noqa: E402
+from tests.proto.calls import call  # noqa: E402
 from tests.proto.nfsclient import Caller  # noqa: E402
 from xdr import nfs3  # noqa: E402
-from xdr.nfs3 import NFS3Packer, NFS3Unpacker  # noqa: E402
-
-PEER = "127.0.0.1:40123"
+from xdr.nfs3 import NFS3Packer  # noqa: E402
 
 
 def vm_rss_kib() -> int:
@@ -47,42 +46,13 @@ def vm_rss_kib() -> int:
     return 0
 
 
-def dispatch(dispatcher: Dispatcher, rec: bytes) -> bytes:
-    try:
-        reply = dispatcher.dispatch(rec, PEER, "tcp", True)
-    except WouldBlock:
-        reply = dispatcher.dispatch(rec, PEER, "tcp")
-    assert reply is not None
-    data = b"".join(bytes(p) for p in reply.parts)
-    if reply.release:
-        reply.release()
-    return data
-
-
-def lookups(caller: Caller, big: nfs3.nfs_fh3, names: list[str]) -> list[bytes]:
+def lookups(big: nfs3.nfs_fh3, names: list[str]) -> list[bytes]:
     recs = []
     for i, name in enumerate(names):
         p = NFS3Packer()
         p.pack_LOOKUP3args(nfs3.LOOKUP3args(nfs3.diropargs3(big, name.encode())))
         recs.append(call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_LOOKUP, p.get_buffer(), xid=i + 7))
     return recs
-
-
-def list_all(caller: Caller, fh: nfs3.nfs_fh3) -> int:
-    cookie, verf, xid, n = 0, b"\0" * 8, 1, 0
-    while True:
-        p = NFS3Packer()
-        p.pack_READDIRPLUS3args(nfs3.READDIRPLUS3args(fh, cookie, verf, 8192, 32768))
-        xid += 1
-        rec = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READDIRPLUS, p.get_buffer(), xid=xid)
-        res = NFS3Unpacker(parse([dispatch(caller.dispatcher, rec)]).body)
-        r = res.unpack_READDIRPLUS3res()
-        assert r.status == nfs3.NFS3_OK, r.status
-        verf = r.resok.cookieverf
-        n += len(r.resok.reply.entries)
-        cookie = r.resok.reply.entries[-1].cookie
-        if r.resok.reply.eof:
-            return n
 
 
 def main() -> int:
@@ -97,7 +67,7 @@ def main() -> int:
     moved = [0.0]
     caller = Caller(build_namespace(str(args.storage), clock=lambda: time.monotonic() + moved[0]))
     big = caller.walk("big")
-    recs = [] if args.listing_only else lookups(caller, big, names)
+    recs = [] if args.listing_only else lookups(big, names)
     gc.collect()
     gc.freeze()  # as a worker once started
     if not args.no_trace:
@@ -105,20 +75,14 @@ def main() -> int:
     base = tracemalloc.get_traced_memory()[0] if not args.no_trace else 0
     rss0 = vm_rss_kib()
     for rnd in range(args.rounds):
-        t0 = time.thread_time()
-        for rec in recs:
-            dispatch(caller.dispatcher, rec)
-        t1 = time.thread_time()
-        listed = list_all(caller, big)
-        t2 = time.thread_time()
-        assert listed == len(names), (listed, len(names))
+        lookup_us = run(caller.dispatcher, recs, True) if recs else 0.0
+        listing_s = list_all(caller, big)
         gc.collect()
         held = (tracemalloc.get_traced_memory()[0] - base) if not args.no_trace else 0
         print(
             f"round {rnd + 1}: traced {held / 2**20:6.2f} MiB ({held / len(names):6.0f} B a name)"
             f"  VmRSS +{(vm_rss_kib() - rss0) / 1024:6.2f} MiB"
-            f"  CPU: LOOKUP {(t1 - t0) / max(len(recs), 1) * 1e6:5.1f} us,"
-            f" listing {(t2 - t1) * 1e3:6.1f} ms"
+            f"  CPU: LOOKUP {lookup_us:5.1f} us, listing {listing_s * 1e3:6.1f} ms"
         )
         moved[0] += 1.5
     if args.top and not args.no_trace:
