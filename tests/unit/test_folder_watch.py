@@ -9,8 +9,10 @@ passthrough with nothing cached lists it; nothing changed, no scan.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from merge.passthrough import Passthrough
 from merge.stack import build_stack
 from merge.watch import IN_Q_OVERFLOW, LOCAL_FS, FolderWatches, fs_type
 from tests.unit.fake_layer import make_ctx
-from tests.unit.merge_helpers import FakeClock, write
+from tests.unit.merge_helpers import FakeClock, run_threads, write
 
 NFS_SUPER_MAGIC = 0x6969
 
@@ -291,3 +293,39 @@ def test_a_folder_of_many_hard_links_is_scanned(root: Path, monkeypatch) -> None
     c.clock.advance(1.0)
     c.listing(monkeypatch)
     assert c.scans == scans + 1 and c.watches.renewed == 0
+
+
+def test_threads_listing_while_the_folder_changes(root: Path) -> None:
+    """Listers on several threads (the clock moving past the ttl) while one thread
+    changes the folder: once the changes stop and a ttl passes, every thread lists
+    what the storage holds, renewed or scanned."""
+    clock = FakeClock()
+    watches = FolderWatches(clock, min_entries=3)
+    pt = Passthrough(make_ctx(root, clock, ttl=1.0), watches=watches)
+    stop = threading.Event()
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        if seed == 0:  # the writer
+            for i in range(200):
+                p = root / "d" / f"w{rng.randrange(8)}"
+                if p.exists() and rng.random() < 0.5:
+                    p.unlink()
+                else:
+                    write(p, b"w" * rng.randrange(5))
+                if i % 20 == 0:
+                    clock.advance(0.6)
+            stop.set()
+            return
+        while not stop.is_set():
+            pt.listing(("d",))
+            if rng.random() < 0.2:
+                clock.advance(0.3)
+
+    assert run_threads(work, 6) == []
+    clock.advance(1.0)
+    want = fresh(root)
+    for _ in range(3):
+        assert dict(pt.listing(("d",)).entries) == want
+        clock.advance(1.0)
+    watches.close()
