@@ -34,9 +34,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import itertools
 import struct
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
 from merge.namespace import Kind, Namespace, NamespaceError, PresentedPath
@@ -97,7 +97,10 @@ class HandleCodec:
     def __init__(self, namespace: Namespace, secret: bytes, cache_size: int = 200_000) -> None:
         self.namespace = namespace
         self._inner, self._outer = hmac_pads(secret)
-        self._by_handle: OrderedDict[bytes, PresentedPath] = OrderedDict()
+        # Plain dicts (an OrderedDict costs ~45 bytes more a handle): the oldest
+        # issued go first, a sixteenth at a time once full (handles are issued
+        # once and found again by lookup, so this is close to least recently used).
+        self._by_handle: dict[bytes, PresentedPath] = {}
         self._by_path: dict[PresentedPath, bytes] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -195,12 +198,15 @@ class HandleCodec:
                 if old is not None and old != handle:
                     by_handle.pop(old, None)
                 by_handle[handle] = path
-                by_handle.move_to_end(handle)
                 by_path[path] = handle
-            while len(by_handle) > self._cache_size:
-                h, p = by_handle.popitem(last=False)
-                if by_path.get(p) == h:
-                    del by_path[p]
+            if len(by_handle) > self._cache_size:
+                # Popping the first of a dict one at a time costs more each time (it
+                # skips the slots emptied before): a batch, then the dict compacts.
+                extra = len(by_handle) - self._cache_size + self._cache_size // 16
+                for h in list(itertools.islice(by_handle, extra)):
+                    p = by_handle.pop(h)
+                    if by_path.get(p) == h:
+                        del by_path[p]
 
     # -- decoding -------------------------------------------------------
     def cached(self, handle: bytes) -> PresentedPath | None:

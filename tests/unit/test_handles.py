@@ -78,6 +78,18 @@ def test_the_cache_is_bounded(ns: FakeNamespace) -> None:
     assert len(codec._by_path) <= 3
 
 
+def test_the_cache_drops_the_oldest_issued_a_sixteenth_at_a_time() -> None:
+    codec = HandleCodec(None, b"s" * 32, cache_size=64)  # type: ignore[arg-type]
+    issued = [codec.encode(("d", f"n{i}"), 1000 + i) for i in range(65)]
+    assert len(codec._by_handle) == 64 - 4  # one past the bound: 1 + 64 // 16 go
+    assert all(codec.cached(h) is None for h in issued[:5])
+    assert [codec.cached(h) for h in issued[5:]] == [("d", f"n{i}") for i in range(5, 65)]
+    assert set(codec._by_path) == set(codec._by_handle.values())
+    assert all(codec._by_handle[h] == p for p, h in codec._by_path.items())
+    again = codec.encode(("d", "n0"), 1000)  # made again, the same bytes
+    assert again == issued[0] and codec.cached(again) == ("d", "n0")
+
+
 @given(
     depth=st.integers(0, 14),
     name=st.text(min_size=1, max_size=20),
