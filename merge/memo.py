@@ -82,13 +82,14 @@ until, and one another process wrote is read there (if it still holds)
 before the stack is asked to scan: see that module.
 
 Bounds: ``size`` paths and ``dirs`` listings, the oldest stored going first
-(an answer in use is computed and stored again every ``ttl``, so this is
-close to least recently used).  Lookups take no lock (a dict read); stores
-and drops take one.
+(paths a 64th at a time; an answer made again keeps its place and its key,
+so an answer in use may go, and is then made again: one walk).  Lookups take
+no lock (a dict read); stores and drops take one.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
@@ -289,9 +290,11 @@ class MemoLayer(Layer):
         self._ttl = ctx.ttl
         self._size = size
         self._dirs = dirs
-        # Ordered dicts: popping the oldest of a plain dict again and again costs
-        # more each time (it skips the slots emptied before).
-        self._kept: OrderedDict[PresentedPath, _Kept] = OrderedDict()
+        # A plain dict (an OrderedDict costs ~45 bytes more a path): the oldest
+        # stored go first, a 64th of them at a time once full (popping the first of
+        # a dict one at a time costs more each time: it skips the slots emptied
+        # before, until the dict compacts).  An answer made again keeps its place.
+        self._kept: dict[PresentedPath, _Kept] = {}
         self._names: dict[PresentedPath, set[str]] = {}  # directory -> names kept in it
         # A directory's entries, until when, and the answer for the directory.
         self._listings: OrderedDict[
@@ -480,17 +483,21 @@ class MemoLayer(Layer):
                 # key it holds, so a path asked again is one tuple (and name), not one
                 # more per answer made again.
                 self._kept[path] = kept
-                self._kept.move_to_end(path)  # last in the order of eviction
             else:
                 if path:
                     self._names.setdefault(path[:-1], set()).add(path[-1])
                 self._kept[path] = kept  # last in the order of eviction
-            while len(self._kept) > self._size:
-                gone, evicted = self._kept.popitem(last=False)
-                evicted.dead = True  # out of reach of drops: nor what was made with it
-                if gone:
-                    names = self._names.get(gone[:-1])
-                    if names is not None:
-                        names.discard(gone[-1])
-                        if not names:
-                            del self._names[gone[:-1]]
+            if len(self._kept) > self._size:
+                self._evict(len(self._kept) - self._size + self._size // 64)
+
+    def _evict(self, count: int) -> None:
+        """Drop the ``count`` answers stored first (the lock held)."""
+        kept_at = self._kept
+        for gone in list(itertools.islice(kept_at, count)):
+            kept_at.pop(gone).dead = True  # out of reach of drops: nor what was made with it
+            if gone:
+                names = self._names.get(gone[:-1])
+                if names is not None:
+                    names.discard(gone[-1])
+                    if not names:
+                        del self._names[gone[:-1]]

@@ -783,6 +783,26 @@ def test_bounded(stacks, tmp_path: Path) -> None:
         MemoLayer(s.hide, s.ctx, size=0)
 
 
+def test_the_oldest_stored_go_a_64th_at_a_time(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    for i in range(70):
+        write(root / "d" / f"f{i}", b"x")
+    s = build_stack(str(root))
+    memo = MemoLayer(s.hide, s.ctx, size=64)
+    memo.getattr(("d",))
+    firsts = [memo._kept[("d",)]]
+    for i in range(63):
+        memo.getattr(("d", f"f{i}"))
+        firsts.append(memo._kept[("d", f"f{i}")])
+    assert len(memo._kept) == 64
+    memo.getattr(("d", "f63"))  # one past the bound: 1 + 64 // 64 go, the first stored
+    assert len(memo._kept) == 63 and ("d",) not in memo._kept and ("d", "f0") not in memo._kept
+    assert firsts[0].dead and firsts[1].dead and not any(k.dead for k in firsts[2:])
+    assert memo._names[("d",)] == {f"f{i}" for i in range(1, 64)}
+    assert memo.getattr(("d", "f0")) == s.top.getattr(("d", "f0"))  # made again
+    s.close()
+
+
 # --- the fast paths below it -----------------------------------------------------------------
 
 
