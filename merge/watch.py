@@ -316,7 +316,9 @@ class FolderWatches:
         known = self._by_wd.get(wd)  # the same folder under another path (a link)
         if known is not None:
             known.dirty = True
-            self._by_path.pop(next(p for p, v in self._by_path.items() if v is known), None)
+            for p, v in list(self._by_path.items()):
+                if v is known:
+                    del self._by_path[p]
         w = _Watched(wd, spath)
         self._by_path[path] = w
         self._by_wd[wd] = w

@@ -329,3 +329,22 @@ def test_threads_listing_while_the_folder_changes(root: Path) -> None:
         assert dict(pt.listing(("d",)).entries) == want
         clock.advance(1.0)
     watches.close()
+
+
+def test_one_folder_under_two_paths_is_one_watch(root: Path) -> None:
+    """Reached through a symbolic link above it, the folder is the same watch for the
+    kernel: the later path has it, the earlier one's listing is not renewed.  A
+    symbolic link to the folder itself is not watched (IN_DONT_FOLLOW)."""
+    os.symlink(".", root / "alias")
+    os.symlink("d", root / "link")
+    w = FolderWatches(FakeClock(), min_entries=1)
+    first = w.prepare(("d",), str(root / "d"))
+    assert first is not None
+    w.scanned(first, "A", [])
+    second = w.prepare(("alias", "d"), str(root / "alias" / "d"))
+    assert second is not None and second[0] is not first[0]
+    w.scanned(second, "B", [])
+    assert list(w._by_path) == [("alias", "d")]
+    assert not w.renew(("d",), "A") and w.renew(("alias", "d"), "B")
+    assert w.prepare(("link",), str(root / "link")) is None
+    w.close()
