@@ -137,8 +137,9 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
-from nfsd.rpc import Dispatcher, Reply, WouldBlock
+from nfsd.rpc import Buffer, Dispatcher, FileRun, Reply, WouldBlock
 from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 from nfsd.transport.tls import (
@@ -771,7 +772,13 @@ class RpcServer:
     ) -> Reply | None:
         try:
             reply = self.dispatcher.dispatch(
-                record, conn.peer, "tcp", inline, security=conn.security, alone=alone
+                record,
+                conn.peer,
+                "tcp",
+                inline,
+                security=conn.security,
+                alone=alone,
+                sendfile=conn.tls is None,
             )
         except WouldBlock:
             raise
@@ -874,7 +881,8 @@ class RpcServer:
         its last byte is sent."""
         if conn.tls is not None:
             try:
-                self._queue_bytes(conn, conn.tls.encrypt(frame(reply.parts)))
+                plain = frame(cast(list[Buffer], reply.parts))  # no FileRun: not plain TCP
+                self._queue_bytes(conn, conn.tls.encrypt(plain))
             except TlsRefused as e:
                 if conn.failed is None:
                     conn.failed = ("tls", str(e))
@@ -883,14 +891,21 @@ class RpcServer:
         parts = [p for p in frame(reply.parts) if len(p)]
         if not conn.outq:
             conn.send_progress = time.monotonic()
+        # A FileRun is its own entry's to free (its descriptor: once sent, or
+        # with the connection); a reply with runs holds no pooled buffer, so
+        # it is not kept (its release would close runs still queued).
+        entries: list[list[Any]] = [[p, p if type(p) is FileRun else None] for p in parts]
+        runs = any(entry[1] is not None for entry in entries)
         if conn.detached:
-            parts = [bytes(p) for p in parts]
-            reply.free()
-            conn.outq.extend([p, None] for p in parts)
-        else:
-            conn.outq.extend([p, None] for p in parts)
-            conn.outq[-1][1] = reply
-        conn.unsent += sum(len(p) for p in parts)
+            for entry in entries:
+                if entry[1] is None:
+                    entry[0] = bytes(entry[0])
+            if not runs:
+                reply.free()
+        elif not runs:
+            entries[-1][1] = reply
+        conn.outq.extend(entries)
+        conn.unsent += sum(map(len, parts))
 
     def _send_now(self, conn: _Connection, replies: list[Reply]) -> bool:
         """(conn.lock held) Send a batch of replies in one ``sendmsg`` without
@@ -903,7 +918,7 @@ class RpcServer:
         """
         if conn.outq or conn.tls is not None or conn.closed:
             return False
-        iov: list[bytes | bytearray | memoryview] = []
+        iov: list[Any] = []  # buffers, or a FileRun that sendmsg refuses
         for reply in replies:
             iov += frame(reply.parts)
         total = sum(map(len, iov))
@@ -911,7 +926,9 @@ class RpcServer:
             return False
         try:
             sent = conn.sock.sendmsg(iov, [], socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        except (BlockingIOError, TypeError):
+            # TypeError: a FileRun, which sendmsg refuses before it sends a
+            # byte (it takes every buffer first): the queue sends the runs.
             return False
         except OSError as e:
             if conn.failed is None:
@@ -946,7 +963,16 @@ class RpcServer:
         q = conn.outq
         try:
             while q:
-                parts = [e[0] for e in itertools.islice(q, IOV_BATCH)]
+                run = q[0][0]
+                if type(run) is FileRun:
+                    if not self._send_run(conn, run):
+                        return
+                    continue
+                parts = []
+                for e in itertools.islice(q, IOV_BATCH):
+                    if type(e[0]) is FileRun:
+                        break
+                    parts.append(e[0])
                 try:
                     sent = conn.sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -965,6 +991,32 @@ class RpcServer:
         except OSError as e:
             if conn.failed is None:
                 conn.failed = ("", f"send failed: {e}")
+
+    @staticmethod
+    def _send_run(conn: _Connection, run: FileRun) -> bool:
+        """(conn.lock held) ``sendfile`` the file run at the queue's head as far
+        as the socket takes it; True if the socket may take more now."""
+        try:
+            sent = os.sendfile(conn.sock.fileno(), run.fd, run.offset, run.count)
+        except BlockingIOError:
+            return False
+        if sent == 0:
+            # The file ended before the run: it changed under the server
+            # (the storage is read-only to us; a file replaced by rename keeps
+            # its inode).  The record's length is already sent: only closing
+            # the connection keeps the client from taking wrong bytes.
+            if conn.failed is None:
+                conn.failed = ("", "a file shrank under a queued READ reply")
+            return False
+        conn.unsent -= sent
+        conn.send_progress = time.monotonic()
+        if sent < run.count:
+            run.offset += sent
+            run.count -= sent
+            return True  # the next call says whether the socket is full
+        conn.outq.popleft()
+        run.free()
+        return True
 
     @staticmethod
     def _drop_sent(q: deque[list], sent: int) -> bool:
@@ -1058,6 +1110,8 @@ class RpcServer:
         """Copy a stalled queue out of the READ buffer pool."""
         with conn.lock:
             for entry in conn.outq:
+                if type(entry[0]) is FileRun:
+                    continue  # no pooled buffer; its bytes count as the rest do
                 entry[0] = bytes(entry[0])
                 if entry[1] is not None:
                     entry[1].free()
@@ -1098,7 +1152,8 @@ class RpcServer:
         try:
             reply = self.dispatcher.dispatch(data, peer, "udp")
             if reply is not None:
-                sock.sendmsg([memoryview(p).cast("B") for p in reply.parts], [], 0, addr)
+                parts = [memoryview(cast(Buffer, p)).cast("B") for p in reply.parts]  # no FileRun
+                sock.sendmsg(parts, [], 0, addr)
         except OSError as e:
             log.info("UDP reply to %s failed: %s", peer, e)
         except Exception:
