@@ -43,6 +43,32 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   that makes no progress for ``DETACH_AFTER`` copies its replies out of
   the pool, so a client that does not read cannot starve the others of
   buffers.
+* A large READ on plain TCP sends its file bytes by reference: its reply
+  holds :class:`~nfsd.rpc.FileRun` parts (a descriptor of its own, an
+  offset, a count), which the queue sends with ``os.sendfile`` (the kernel
+  references page-cache pages: no copy in user space, none into a pooled
+  buffer); a partial send moves the run on and the rest goes on POLLOUT,
+  like any buffer.  ``sendmsg`` refuses a FileRun before it sends a byte, so
+  ``_send_now`` leaves such a batch to the queue.  A run's descriptor is a
+  ``dup`` (0.3 µs with its close): no cache eviction can close it under a
+  queued run; it is closed once the run is sent, or with the connection.
+  A run holds no pooled buffer: a stalled queue keeps it as it is when it
+  leaves the pool, its bytes counted in ``unsent`` and ``max_buffered``.
+  The bytes are read when they are sent, not when the READ was served:
+  the same bytes, because the storage is read-only to us (nothing writes
+  it; a file replaced by rename keeps its old inode open behind the
+  ``dup``).  The READ takes this form only when every byte is in the page
+  cache (``cachestat``), so the loop sending a run on POLLOUT does not
+  wait for the disk (unless the pages were evicted in between); a file
+  cut short under a queued run (a fault of the storage) closes the
+  connection, its record's length already sent.  Not under TLS: there the
+  bytes must be read and encrypted.  Not to a loopback peer (unless
+  ``sendfile_loopback``): there the client reads the page-cache pages
+  itself, from memory rather than from the cache a copy leaves them in;
+  measured with one connection of 1 MiB READs (``bench/oneworker.py``),
+  the server's CPU fell from 408 to 290 µs a call and the client's rose
+  from 176 to 383: the calls a second fell by 15 %.  Over a network the
+  saving is the server's alone.
 
 Limits (:class:`Limits`), each logged when it bites, at most once per kind
 per ``log_interval`` (a flood cannot flood the log):
@@ -126,6 +152,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import itertools
 import logging
 import os
@@ -255,6 +282,7 @@ class _Connection:
         "record_started",
         "security",
         "send_progress",
+        "sendfile",
         "sock",
         "tls",
         "unsent",
@@ -283,6 +311,7 @@ class _Connection:
         self.send_progress = now
         self.tls: TlsSession | None = None  # set once STARTTLS was answered
         self.security: Security = PLAIN  # what the TLS handshake proved
+        self.sendfile = False  # large READs by reference (FileRun): a remote peer
 
     def held(self) -> int:
         """Bytes counted against ``max_buffered``."""
@@ -381,6 +410,9 @@ class RpcServer:
         self._calls = 0  # answered by workers
         self._calls_inline = 0  # answered by the loop
         self._accepted = 0
+        # Large READs by reference to a peer on this machine too (tests):
+        # see the design notes, "not to a loopback peer".
+        self.sendfile_loopback = False
         self._refused: Counter[str] = Counter()
         self._closed: Counter[str] = Counter()
 
@@ -589,6 +621,7 @@ class RpcServer:
             sock.close()  # reset before we got to it
             return
         conn = _Connection(sock, peer, self.limits.max_record, time.monotonic())
+        conn.sendfile = self.sendfile_loopback or not _loopback(peer)
         if self._trusted and peer.rsplit(":", 1)[0] in self._trusted:
             conn.proxy = HeaderReader()
             conn.record_started = conn.last_recv  # the header is bounded by record_timeout
@@ -778,7 +811,7 @@ class RpcServer:
                 inline,
                 security=conn.security,
                 alone=alone,
-                sendfile=conn.tls is None,
+                sendfile=conn.sendfile and conn.tls is None,
             )
         except WouldBlock:
             raise
@@ -1191,6 +1224,17 @@ def bind_listeners(
             s.close()
         raise
     return out
+
+
+def _loopback(peer: str) -> bool:
+    """Whether ``host:port`` is an address of this machine (127/8, ::1, mapped)."""
+    try:
+        ip = ipaddress.ip_address(peer.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def _waiting(listener: socket.socket) -> bool:

@@ -77,6 +77,7 @@ class Served:
         self.merged = self.caller.walk("d", "disk-flat.vmdk")
         self.plain = self.caller.walk("plain.img")
         self.server = RpcServer(self.caller.dispatcher, name="t", workers=2)
+        self.server.sendfile_loopback = True
         self.port = self.server.listen("127.0.0.1", 0, udp=False)
         for s in self.server._listeners:  # accepted sockets inherit it
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
@@ -248,6 +249,7 @@ def test_a_file_cut_short_under_a_queued_run_closes_the_connection(tmp_path: Pat
     s.caller = Caller(build_namespace(str(tmp_path)))
     s.plain = s.caller.walk("f.img")
     s.server = RpcServer(s.caller.dispatcher, name="t", workers=1)
+    s.server.sendfile_loopback = True
     s.port = s.server.listen("127.0.0.1", 0, udp=False)
     for ls in s.server._listeners:
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
@@ -268,3 +270,33 @@ def test_a_file_cut_short_under_a_queued_run_closes_the_connection(tmp_path: Pat
         _wait(lambda: not s.server._conns)
     finally:
         s.server.stop()
+
+
+def test_a_loopback_peer_gets_copies_unless_asked(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    made: list[object] = []
+    real = read.by_reference
+    monkeypatch.setattr(read, "by_reference", lambda runs: made.append(1) or real(runs))
+    monkeypatch.setattr(served.server, "sendfile_loopback", False)
+    record = served.record(served.plain, 0, MIB)
+    expected = reference(served, record)
+    with served.connect() as c:
+        c.sendall(marked(record))
+        assert recv_record(c) == expected
+    assert not made
+
+
+@pytest.mark.parametrize(
+    ("peer", "loopback"),
+    [
+        ("127.0.0.1:1", True),
+        ("127.9.9.9:1", True),
+        ("::1:1", True),
+        ("::ffff:127.0.0.1:1", True),
+        ("10.0.0.1:1", False),
+        ("::ffff:10.0.0.1:1", False),
+        ("fe80::1:1", False),
+        ("nonsense", False),
+    ],
+)
+def test_loopback_peers(peer: str, loopback: bool) -> None:
+    assert server_mod._loopback(peer) is loopback
