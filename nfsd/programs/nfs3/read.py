@@ -17,6 +17,16 @@ merged image costs what a plain file costs plus one ``preadv`` per
 extent boundary.  A short read inside a run means an input changed under
 the server: the READ fails with ``NFS3ERR_IO`` rather than send bytes it
 is not sure of.
+
+By reference: a READ of at least :data:`SENDFILE_MIN` bytes whose context
+allows it (``CallContext.sendfile``: plain TCP to a remote peer, see
+``nfsd.transport.server``) and whose file bytes are all in the page cache
+is answered as ``[header, FileRun | bytes | zeros ..., padding]``
+(:func:`by_reference`): the transport sends the file runs with
+``os.sendfile``, so they are read when sent, not now.  The same bytes: the
+storage is read-only to us and each run holds a ``dup`` of its descriptor
+(a file replaced by rename keeps its inode); a file cut short meanwhile
+closes the connection rather than send what it no longer holds.
 """
 
 from __future__ import annotations
