@@ -35,6 +35,7 @@ and version (:class:`Program`); there is no dispatch by reflection.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,39 @@ log = logging.getLogger("recovery_fs.rpc")
 Buffer = bytes | bytearray | memoryview
 
 
+class FileRun:
+    """``count`` bytes of an open file at ``offset``, to be sent as they lie.
+
+    A part of a large READ reply on plain TCP (``CallContext.sendfile``):
+    the transport sends it with ``os.sendfile`` (socket <- page cache, no
+    copy in user space) and moves ``offset``/``count`` on as the socket
+    takes bytes.  It owns ``fd`` (a ``dup`` of the reader's descriptor, so
+    that no cache eviction closes it under a queued run) and closes it with
+    :meth:`free`, once, whoever gets there first: the transport when the
+    run is sent or its connection closes, or the reply's release.  It is no
+    buffer: ``len`` is its bytes, and ``socket.sendmsg`` refuses it whole.
+    """
+
+    __slots__ = ("count", "fd", "offset")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def free(self) -> None:
+        """Close the descriptor (idempotent)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+Part = Buffer | FileRun
+
+
 @dataclass(slots=True)
 class Reply:
     """A procedure's result body as buffers to send in order.
@@ -79,7 +113,7 @@ class Reply:
     must follow (``nfsd.transport.tls``).
     """
 
-    parts: list[Buffer]
+    parts: list[Part]  # FileRun only where the context allowed it (``CallContext.sendfile``)
     release: Callable[[], None] | None = None
     starttls: bool = False
 
@@ -106,6 +140,7 @@ class CallContext:
     inline: bool = False  # served on a connection's reader: must not wait on storage
     alone: bool = False  # inline on the server's only connection: no one waits behind it
     security: Security = PLAIN  # what the connection proved: none, tls, mtls (+ names)
+    sendfile: bool = False  # the transport takes FileRun parts (plain TCP, not TLS)
 
     @property
     def uid(self) -> int:
@@ -163,11 +198,11 @@ def no_args(u: Unpacker) -> None:
 CredCache = dict[bytes, tuple[int, bytes, int, int, tuple[int, ...]]]
 
 # A program's shortcut (``Program.fast``): given a TCP record, the peer,
-# ``inline``, the connection's security, the dispatcher's credentials and ``alone``,
+# ``inline``, the connection's security, the dispatcher's credentials, ``alone`` and ``sendfile``,
 # the whole reply (RPC header included), or None to leave the call to the
 # general path.  It must answer exactly what the general path would, byte
 # for byte, and may raise WouldBlock as a procedure may.
-FastPath = Callable[[bytes, str, bool, Security, CredCache, bool], Reply | None]
+FastPath = Callable[[bytes, str, bool, Security, CredCache, bool, bool], Reply | None]
 
 
 @dataclass(slots=True)
@@ -229,6 +264,7 @@ class Dispatcher:
         security: Security = PLAIN,
         *,
         alone: bool = False,
+        sendfile: bool = False,
     ) -> Reply | None:
         """Serve one call; None when no reply may be sent.
 
@@ -239,6 +275,8 @@ class Dispatcher:
         than wait on storage; it propagates to the caller.  ``alone`` (with
         ``inline``): the caller serves no other connection, so a call may
         take long on the CPU (a large READ from the page cache) inline.
+        ``sendfile``: the caller sends :class:`FileRun` parts (plain TCP);
+        without it every part of the reply is a buffer.
 
         A program's fast path (``Program.fast``) is tried first, for TCP
         calls while no per-call log line is wanted; a call it leaves, or one
@@ -253,7 +291,7 @@ class Dispatcher:
         ):
             started = time.monotonic()
             try:
-                reply = fast(record, peer, inline, security, self._creds, alone)
+                reply = fast(record, peer, inline, security, self._creds, alone, sendfile)
             except WouldBlock:
                 raise
             except Exception:
@@ -345,6 +383,7 @@ class Dispatcher:
             inline=inline,
             alone=alone,
             security=security,
+            sendfile=sendfile,
         )
         started = time.monotonic()
         try:

@@ -46,9 +46,12 @@ client could send them forever without completing a record.  pynfs sends a
 from __future__ import annotations
 
 import struct
+from collections.abc import Sized
+from typing import TypeVar
 
 LAST_FRAGMENT = 0x80000000
 _HEADER = struct.Struct(">I")
+_P = TypeVar("_P", bound=Sized)
 DEFAULT_MAX_RECORD = 1024 * 1024 + 64 * 1024  # a 1 MiB WRITE (refused) still fits
 DEFAULT_MAX_FRAGMENTS = 8192
 STRAIGHT_MIN = 64 * 1024  # a fragment this large is received into the record's buffer
@@ -218,7 +221,8 @@ class RecordReader:
         return bool(self._buf or self._count or self._need)
 
 
-def frame(parts: list[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
-    """Prefix a reply, given as buffers, with one last-fragment header."""
+def frame(parts: list[_P]) -> list[bytes | _P]:
+    """Prefix a reply, given as parts (buffers, or ``nfsd.rpc.FileRun``: anything
+    with a length), with one last-fragment header."""
     total = sum(map(len, parts))
     return [_HEADER.pack(LAST_FRAGMENT | total), *parts]

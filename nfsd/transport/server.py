@@ -43,6 +43,32 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   that makes no progress for ``DETACH_AFTER`` copies its replies out of
   the pool, so a client that does not read cannot starve the others of
   buffers.
+* A large READ on plain TCP sends its file bytes by reference: its reply
+  holds :class:`~nfsd.rpc.FileRun` parts (a descriptor of its own, an
+  offset, a count), which the queue sends with ``os.sendfile`` (the kernel
+  references page-cache pages: no copy in user space, none into a pooled
+  buffer); a partial send moves the run on and the rest goes on POLLOUT,
+  like any buffer.  ``sendmsg`` refuses a FileRun before it sends a byte, so
+  ``_send_now`` leaves such a batch to the queue.  A run's descriptor is a
+  ``dup`` (0.3 µs with its close): no cache eviction can close it under a
+  queued run; it is closed once the run is sent, or with the connection.
+  A run holds no pooled buffer: a stalled queue keeps it as it is when it
+  leaves the pool, its bytes counted in ``unsent`` and ``max_buffered``.
+  The bytes are read when they are sent, not when the READ was served:
+  the same bytes, because the storage is read-only to us (nothing writes
+  it; a file replaced by rename keeps its old inode open behind the
+  ``dup``).  The READ takes this form only when every byte is in the page
+  cache (``cachestat``), so the loop sending a run on POLLOUT does not
+  wait for the disk (unless the pages were evicted in between); a file
+  cut short under a queued run (a fault of the storage) closes the
+  connection, its record's length already sent.  Not under TLS: there the
+  bytes must be read and encrypted.  Not to a loopback peer (unless
+  ``sendfile_loopback``): there the client reads the page-cache pages
+  itself, from memory rather than from the cache a copy leaves them in;
+  measured with one connection of 1 MiB READs (``bench/oneworker.py``),
+  the server's CPU fell from 408 to 290 µs a call and the client's rose
+  from 176 to 383: the calls a second fell by 15 %.  Over a network the
+  saving is the server's alone.
 
 Limits (:class:`Limits`), each logged when it bites, at most once per kind
 per ``log_interval`` (a flood cannot flood the log):
@@ -126,6 +152,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import itertools
 import logging
 import os
@@ -137,8 +164,9 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
-from nfsd.rpc import Dispatcher, Reply, WouldBlock
+from nfsd.rpc import Buffer, Dispatcher, FileRun, Reply, WouldBlock
 from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 from nfsd.transport.tls import (
@@ -254,6 +282,7 @@ class _Connection:
         "record_started",
         "security",
         "send_progress",
+        "sendfile",
         "sock",
         "tls",
         "unsent",
@@ -282,6 +311,7 @@ class _Connection:
         self.send_progress = now
         self.tls: TlsSession | None = None  # set once STARTTLS was answered
         self.security: Security = PLAIN  # what the TLS handshake proved
+        self.sendfile = False  # large READs by reference (FileRun): a remote peer
 
     def held(self) -> int:
         """Bytes counted against ``max_buffered``."""
@@ -380,6 +410,9 @@ class RpcServer:
         self._calls = 0  # answered by workers
         self._calls_inline = 0  # answered by the loop
         self._accepted = 0
+        # Large READs by reference to a peer on this machine too (tests):
+        # see the design notes, "not to a loopback peer".
+        self.sendfile_loopback = False
         self._refused: Counter[str] = Counter()
         self._closed: Counter[str] = Counter()
 
@@ -588,6 +621,7 @@ class RpcServer:
             sock.close()  # reset before we got to it
             return
         conn = _Connection(sock, peer, self.limits.max_record, time.monotonic())
+        conn.sendfile = self.sendfile_loopback or not _loopback(peer)
         if self._trusted and peer.rsplit(":", 1)[0] in self._trusted:
             conn.proxy = HeaderReader()
             conn.record_started = conn.last_recv  # the header is bounded by record_timeout
@@ -771,7 +805,13 @@ class RpcServer:
     ) -> Reply | None:
         try:
             reply = self.dispatcher.dispatch(
-                record, conn.peer, "tcp", inline, security=conn.security, alone=alone
+                record,
+                conn.peer,
+                "tcp",
+                inline,
+                security=conn.security,
+                alone=alone,
+                sendfile=conn.sendfile and conn.tls is None,
             )
         except WouldBlock:
             raise
@@ -874,7 +914,8 @@ class RpcServer:
         its last byte is sent."""
         if conn.tls is not None:
             try:
-                self._queue_bytes(conn, conn.tls.encrypt(frame(reply.parts)))
+                plain = frame(cast(list[Buffer], reply.parts))  # no FileRun: not plain TCP
+                self._queue_bytes(conn, conn.tls.encrypt(plain))
             except TlsRefused as e:
                 if conn.failed is None:
                     conn.failed = ("tls", str(e))
@@ -883,14 +924,21 @@ class RpcServer:
         parts = [p for p in frame(reply.parts) if len(p)]
         if not conn.outq:
             conn.send_progress = time.monotonic()
+        # A FileRun is its own entry's to free (its descriptor: once sent, or
+        # with the connection); a reply with runs holds no pooled buffer, so
+        # it is not kept (its release would close runs still queued).
+        entries: list[list[Any]] = [[p, p if type(p) is FileRun else None] for p in parts]
+        runs = any(entry[1] is not None for entry in entries)
         if conn.detached:
-            parts = [bytes(p) for p in parts]
-            reply.free()
-            conn.outq.extend([p, None] for p in parts)
-        else:
-            conn.outq.extend([p, None] for p in parts)
-            conn.outq[-1][1] = reply
-        conn.unsent += sum(len(p) for p in parts)
+            for entry in entries:
+                if entry[1] is None:
+                    entry[0] = bytes(entry[0])
+            if not runs:
+                reply.free()
+        elif not runs:
+            entries[-1][1] = reply
+        conn.outq.extend(entries)
+        conn.unsent += sum(map(len, parts))
 
     def _send_now(self, conn: _Connection, replies: list[Reply]) -> bool:
         """(conn.lock held) Send a batch of replies in one ``sendmsg`` without
@@ -903,7 +951,7 @@ class RpcServer:
         """
         if conn.outq or conn.tls is not None or conn.closed:
             return False
-        iov: list[bytes | bytearray | memoryview] = []
+        iov: list[Any] = []  # buffers, or a FileRun that sendmsg refuses
         for reply in replies:
             iov += frame(reply.parts)
         total = sum(map(len, iov))
@@ -911,7 +959,9 @@ class RpcServer:
             return False
         try:
             sent = conn.sock.sendmsg(iov, [], socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        except (BlockingIOError, TypeError):
+            # TypeError: a FileRun, which sendmsg refuses before it sends a
+            # byte (it takes every buffer first): the queue sends the runs.
             return False
         except OSError as e:
             if conn.failed is None:
@@ -946,7 +996,16 @@ class RpcServer:
         q = conn.outq
         try:
             while q:
-                parts = [e[0] for e in itertools.islice(q, IOV_BATCH)]
+                run = q[0][0]
+                if type(run) is FileRun:
+                    if not self._send_run(conn, run):
+                        return
+                    continue
+                parts = []
+                for e in itertools.islice(q, IOV_BATCH):
+                    if type(e[0]) is FileRun:
+                        break
+                    parts.append(e[0])
                 try:
                     sent = conn.sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -965,6 +1024,32 @@ class RpcServer:
         except OSError as e:
             if conn.failed is None:
                 conn.failed = ("", f"send failed: {e}")
+
+    @staticmethod
+    def _send_run(conn: _Connection, run: FileRun) -> bool:
+        """(conn.lock held) ``sendfile`` the file run at the queue's head as far
+        as the socket takes it; True if the socket may take more now."""
+        try:
+            sent = os.sendfile(conn.sock.fileno(), run.fd, run.offset, run.count)
+        except BlockingIOError:
+            return False
+        if sent == 0:
+            # The file ended before the run: it changed under the server
+            # (the storage is read-only to us; a file replaced by rename keeps
+            # its inode).  The record's length is already sent: only closing
+            # the connection keeps the client from taking wrong bytes.
+            if conn.failed is None:
+                conn.failed = ("", "a file shrank under a queued READ reply")
+            return False
+        conn.unsent -= sent
+        conn.send_progress = time.monotonic()
+        if sent < run.count:
+            run.offset += sent
+            run.count -= sent
+            return True  # the next call says whether the socket is full
+        conn.outq.popleft()
+        run.free()
+        return True
 
     @staticmethod
     def _drop_sent(q: deque[list], sent: int) -> bool:
@@ -1058,6 +1143,8 @@ class RpcServer:
         """Copy a stalled queue out of the READ buffer pool."""
         with conn.lock:
             for entry in conn.outq:
+                if type(entry[0]) is FileRun:
+                    continue  # no pooled buffer; its bytes count as the rest do
                 entry[0] = bytes(entry[0])
                 if entry[1] is not None:
                     entry[1].free()
@@ -1098,7 +1185,8 @@ class RpcServer:
         try:
             reply = self.dispatcher.dispatch(data, peer, "udp")
             if reply is not None:
-                sock.sendmsg([memoryview(p).cast("B") for p in reply.parts], [], 0, addr)
+                parts = [memoryview(cast(Buffer, p)).cast("B") for p in reply.parts]  # no FileRun
+                sock.sendmsg(parts, [], 0, addr)
         except OSError as e:
             log.info("UDP reply to %s failed: %s", peer, e)
         except Exception:
@@ -1136,6 +1224,17 @@ def bind_listeners(
             s.close()
         raise
     return out
+
+
+def _loopback(peer: str) -> bool:
+    """Whether ``host:port`` is an address of this machine (127/8, ::1, mapped)."""
+    try:
+        ip = ipaddress.ip_address(peer.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def _waiting(listener: socket.socket) -> bool:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.access import AccessControl
@@ -60,7 +60,7 @@ from nfsd.programs.nfs3.service import (
     may,
 )
 from nfsd.programs.sessions import is_session_handle
-from nfsd.rpc import CallContext, CredCache, Reply, WouldBlock
+from nfsd.rpc import Buffer, CallContext, CredCache, Reply, WouldBlock
 from nfsd.transport.tls import Security
 from xdr import nfs3
 from xdr.base import XdrError
@@ -114,6 +114,7 @@ class FastPath:
         security: Security,
         creds: CredCache,
         alone: bool,
+        sendfile: bool = False,
     ) -> Reply | None:
         size = len(record)
         if size < _HEAD.size + _VERF_FH.size:
@@ -170,6 +171,7 @@ class FastPath:
             inline=inline,
             alone=alone,
             security=security,
+            sendfile=sendfile,
         )
         if session:
             return self._session(record, ctx, proc, fh, pos, name)
@@ -217,7 +219,7 @@ class FastPath:
             args = nfs3.LOOKUP3args(nfs3.diropargs3(handle, name))
         reply = self.sessions(proc, ctx, args)
         if reply is not None:
-            reply.parts[0] = record[:4] + _ACCEPTED + bytes(reply.parts[0])
+            reply.parts[0] = record[:4] + _ACCEPTED + bytes(cast(Buffer, reply.parts[0]))
         return reply
 
     def _lookup(

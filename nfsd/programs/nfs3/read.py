@@ -17,22 +17,35 @@ merged image costs what a plain file costs plus one ``preadv`` per
 extent boundary.  A short read inside a run means an input changed under
 the server: the READ fails with ``NFS3ERR_IO`` rather than send bytes it
 is not sure of.
+
+By reference: a READ of at least :data:`SENDFILE_MIN` bytes whose context
+allows it (``CallContext.sendfile``: plain TCP to a remote peer, see
+``nfsd.transport.server``) and whose file bytes are all in the page cache
+is answered as ``[header, FileRun | bytes | zeros ..., padding]``
+(:func:`by_reference`): the transport sends the file runs with
+``os.sendfile``, so they are read when sent, not now.  The same bytes: the
+storage is read-only to us and each run holds a ``dup`` of its descriptor
+(a file replaced by rename keeps its inode); a file cut short meanwhile
+closes the connection rather than send what it no longer holds.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import struct
 
-from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError, PresentedPath
+from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError, PresentedPath, Run
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may
-from nfsd.rpc import CallContext, Reply, WouldBlock
+from nfsd.rpc import CallContext, FileRun, Part, Reply, WouldBlock
 from xdr import nfs3
 
 ZEROS = bytes(RTMAX)
+_ZEROS_VIEW = memoryview(ZEROS)
 PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 _TAIL = struct.Struct(">III")  # count, eof, opaque length
 _OK = struct.pack(">I", nfs3.NFS3_OK)
@@ -72,9 +85,22 @@ def read_reply(  # noqa: PLR0917
     # Served inline on the connection's reader only when it cannot wait:
     # a free buffer now, and every byte already in the page cache.
     inline = ctx.inline
+    if inline and count > INLINE_MAX and not ctx.alone:
+        raise WouldBlock
+    if count >= SENDFILE_MIN and ctx.sendfile and cachestat_works():
+        try:
+            with svc.namespace.open(path) as reader:
+                size = reader.size
+                parts = by_reference(reader.runs(offset, count))
+        except (OSError, NamespaceError) as e:
+            raise nfs_error(e) from e
+        if parts is not None:
+            n = sum(map(len, parts))
+            eof = offset + n >= size
+            parts[:0] = [head + _TAIL.pack(n, eof, n)]
+            parts.append(PADDING[n & 3])
+            return Reply(parts, release=lambda: _free_runs(parts))
     if inline:
-        if count > INLINE_MAX and not ctx.alone:
-            raise WouldBlock
         buf = svc.buffers.try_acquire()
         if buf is None:
             raise WouldBlock
@@ -96,6 +122,107 @@ def read_reply(  # noqa: PLR0917
         [header, memoryview(buf)[:n], PADDING[n & 3]],
         release=lambda: svc.buffers.release(buf),
     )
+
+
+# READs of at least this many bytes on plain TCP send their file runs by
+# reference (``FileRun``: sendfile from the page cache) instead of copying
+# them into a pooled buffer; file runs shorter than RUN_MIN are copied.
+# The sending thread's CPU per READ, by reference / copied (cached file,
+# TCP socket, 5 alternating rounds, twice): 64 KiB 1.10-1.14, 128 KiB
+# 1.05-1.13, 256 KiB 0.89-0.96, 1 MiB 0.64-0.70.
+SENDFILE_MIN = 256 * 1024
+RUN_MIN = 16 * 1024
+
+
+def by_reference(runs: list[Run]) -> list[Part] | None:
+    """The data of a READ as parts to send: a FileRun (a ``dup`` of the run's
+    descriptor) per file run of at least :data:`RUN_MIN`, the bytes of a
+    shorter one, zeros as a view of :data:`ZEROS`.  None, with nothing
+    held, unless every file byte is in the page cache (``cachestat``): the
+    run is read when it is sent, possibly by the loop, which must not wait
+    for the disk; the copying path reads it on a worker instead.
+
+    Short runs whose bytes follow one another in their file (a pancbt's
+    DATA extents, between base runs) are read by one ``preadv`` into a
+    buffer each, with one ``cachestat`` for them all, as ``_fill`` does.
+    """
+    parts: list[Part] = []
+    chains: dict[int, list] = {}  # fd: [start, end, buffers] of the chain it continues
+    reads: list[list] = []
+    try:
+        for fd, start, length in runs:
+            if fd == ZERO_FD:
+                parts.append(_ZEROS_VIEW[:length])
+            elif length >= RUN_MIN:
+                if not resident(fd, start, length):
+                    _free_runs(parts)
+                    return None
+                parts.append(FileRun(os.dup(fd), start, length))
+            else:
+                buf = bytearray(length)
+                parts.append(buf)
+                chain = chains.get(fd)
+                if chain is not None and chain[1] == start:
+                    chain[1] += length
+                    chain[2].append(buf)
+                else:
+                    chain = chains[fd] = [start, start + length, [buf]]
+                    reads.append([fd, *chain[:2], chain])
+        for fd, start, _, chain in reads:
+            length = chain[1] - start
+            if not resident(fd, start, length):
+                _free_runs(parts)
+                return None
+            got = os.preadv(fd, chain[2], start)
+            if got != length:
+                raise InputChanged(f"short read: {length - got} bytes missing at {start + got}")
+    except BaseException:
+        _free_runs(parts)
+        raise
+    return parts
+
+
+def _free_runs(parts: list[Part]) -> None:
+    """Close the descriptors of a reply's FileRuns (those not closed yet)."""
+    for p in parts:
+        if type(p) is FileRun:
+            p.free()
+
+
+_PAGE = mmap.PAGESIZE
+_CACHESTAT = 451  # the system call's number, the same on every architecture (Linux 6.5)
+_libc = ctypes.CDLL(None, use_errno=True)
+_cachestat_state: list[bool | None] = [
+    None
+]  # [None]: not tried yet; [True]/[False]: the system has it or not
+
+
+def resident(fd: int, start: int, length: int) -> bool:
+    """Whether every page of ``length`` bytes of ``fd`` at ``start`` is in the page cache.
+
+    One ``cachestat`` call (0.6 µs): it counts the range's cached pages
+    without touching them.  False where it cannot tell (no cachestat, a
+    file system without a page cache).
+    """
+    rng = (ctypes.c_uint64 * 2)(start, length)
+    stat = (ctypes.c_uint64 * 5)()
+    if _libc.syscall(_CACHESTAT, fd, rng, stat, 0) != 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
+            _cachestat_state[0] = False
+        return False
+    pages = (start + length - 1) // _PAGE - start // _PAGE + 1
+    return stat[0] >= pages
+
+
+def cachestat_works() -> bool:
+    """Whether this system has ``cachestat`` (asked once, on a file of our own)."""
+    state = _cachestat_state[0]
+    if state is None:
+        with open(__file__, "rb") as f:
+            f.read(1)
+            resident(f.fileno(), 0, 1)
+        state = _cachestat_state[0] = _cachestat_state[0] is not False
+    return state
 
 
 BRIDGE = 64 * 1024  # base gaps up to this size are read through, then overwritten

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from instant.errors import WouldWait
 from merge.namespace import NamespaceError
@@ -50,7 +50,7 @@ from nfsd.programs.nfs3.replay import replay
 from nfsd.programs.nfs3.service import Nfs3Service
 from nfsd.programs.nfs3.session import SessionNfs
 from nfsd.programs.sessions import SessionManager, is_session_handle
-from nfsd.rpc import CallContext, Procedure, ProcedureError, Program, Reply, WouldBlock
+from nfsd.rpc import Buffer, CallContext, Procedure, ProcedureError, Program, Reply, WouldBlock
 from xdr import nfs3
 from xdr.base import XdrError
 
@@ -255,7 +255,7 @@ class Router:
         except BaseException:
             self.drc.abandon(key)
             raise
-        data = b"".join(bytes(p) for p in reply.parts)
+        data = b"".join(bytes(cast(Buffer, p)) for p in reply.parts)  # no FileRun: a session's
         reply.free()
         self.drc.finish(key, data)
         return Reply([data])
