@@ -29,23 +29,27 @@ the namespace's changes are transactions of the same database
 
 Group commit
 ------------
-Writers append their bytes in parallel (step 2), then queue.  The first
-writer to find no leader leads: it takes sqlite's write lock (``BEGIN
-IMMEDIATE``, waiting for another process's commit if one runs), *then*
-takes every write queued meanwhile, makes one ``fdatasync`` and one COMMIT
-for all of them, and wakes them.  Writes that arrive during a flush form
-the next group.  So 16 writes in flight cost one ``fdatasync`` and one WAL
-fsync, not sixteen of each; and while one process commits, the others'
-writers pile up behind sqlite's lock and go in one group each.
+Writers append their bytes in parallel (step 2), queue, and return
+(:meth:`Store.write_async`: the caller is told by ``done`` later; the
+synchronous :meth:`Store.write` waits for it).  One *committer* thread per
+store (started with the first write, stopped by :meth:`Store.close`) takes
+sqlite's write lock (``BEGIN IMMEDIATE``, waiting for another process's
+commit if one runs), *then* takes every write queued meanwhile, makes one
+``fdatasync`` and one COMMIT for all of them, and calls each ``done``.
+Writes that arrive during a flush form the next group.  So 16 writes in
+flight cost one ``fdatasync`` and one WAL fsync, not sixteen of each, and
+no thread of the caller is held while a group commits: a server's worker
+(a few per process) hands its WRITE on and serves the next call, so a
+group holds every write in flight, not one per worker.  While one process
+commits, the others' writes pile up behind sqlite's lock and go in one
+group each.  ``done`` is called after the COMMIT (step 5), never before;
+a group that fails calls every ``done`` of it with the error.
 ``Store.stats`` counts writes, groups and syncs.
 
 The group's map edits are written net (:class:`_Net`): per file one
 ``DELETE`` of the durable pieces it replaced, one ``INSERT`` of the pieces
 left, one ``UPDATE`` of size and ``gen``; statements only the last write
-decides (a file's mtime) once (:meth:`Tx.last`).  Each waiting writer holds
-a lock of its own, released once by the leader: when its write is done, or
-to hand it the lead of the writes queued meanwhile (no writer is woken to
-find it must sleep again).
+decides (a file's mtime) once (:meth:`Tx.last`).
 
 Reading
 -------
@@ -71,6 +75,7 @@ that small writes overwrite allocated blocks (:meth:`Store._zero_ahead`).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
 import threading
@@ -85,6 +90,8 @@ from instant import db
 from instant.errors import NoSpace, WouldWait
 from instant.rangemap import Edits, FileState, Piece, RangeMap
 from merge.namespace import NamespaceError, Run, StorageIOError
+
+log = logging.getLogger("recovery_fs.instant")
 
 BaseRuns = Callable[[int, int], list[Run]]
 """``base(offset, count)``: the base file's runs (``merge.namespace.Reader.runs``)."""
@@ -136,20 +143,24 @@ class _Entry:
     checked: int = -1
 
 
+Done = Callable[[int | Exception], None]
+"""``done(size)`` once a write is durable (the file's size just after it), or
+``done(error)``; called once, on the store's committer thread."""
+
+
 @dataclass(slots=True, eq=False)
 class _Pending:
-    """A write waiting for its group: ``wake`` is held until it is done or must lead."""
+    """A write in the log, waiting for its group's COMMIT."""
 
     obj: int
     offset: int
     length: int
     pos: int
     base_size: int
-    extra: Callable[[Tx], None] | None = None
+    extra: Callable[[Tx], None] | None
+    done: Done
     error: Exception | None = None
     size: int = 0  # the file's size once written
-    lead: bool = False
-    wake: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(slots=True)
@@ -275,9 +286,11 @@ class Store:
         self._rlock = threading.RLock()  # the read connection, _rstates, _fds
         self._vlock = threading.Lock()  # the version connection; taken inside _rlock, never around
         self._nowait = threading.local()  # .on: this thread is in nowait() (see there)
-        self._qlock = threading.Lock()  # _queue, _leading
+        self._qlock = threading.Lock()  # _queue, _committer, _closing
+        self._qwake = threading.Condition(self._qlock)  # the committer waits for writes
         self._queue: list[_Pending] = []
-        self._leading = False
+        self._committer: threading.Thread | None = None
+        self._closing = False
         self._wstates: dict[int, _Entry] = {}
         self._rstates: dict[int, _Entry] = {}
         # (old gen, new gen) of this process's changes from just before their
@@ -305,44 +318,85 @@ class Store:
         """Write ``data`` at ``offset`` of ``obj``; durable (FILE_SYNC) when it returns.
 
         Returns the file's size just after this write (later writes of its
-        group may have grown it further).
+        group may have grown it further).  :meth:`write_async`, waited for.
+        """
+        if not data:
+            return self.size(obj, base_size)
+        box: list[int | Exception] = []
+        ready = threading.Lock()
+        ready.acquire()
 
-        ``base_size`` is the base file's size, used if this is ``obj``'s first change.
-        ``extra(tx)`` runs in the group's transaction (the namespace sets mtime
-        there, so a write's metadata is as durable as its data at no extra flush).
-        Raises ``NoSpace`` past the quota or when the cache file system is full.
+        def done(outcome: int | Exception) -> None:
+            box.append(outcome)
+            ready.release()
+
+        self.write_async(obj, offset, data, base_size, extra=extra, done=done)
+        ready.acquire()  # interrupted (a signal): the write stays queued, committed anyway
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return box[0]
+
+    def write_async(
+        self,
+        obj: int,
+        offset: int,
+        data: bytes | memoryview,
+        base_size: int,
+        *,
+        extra: Callable[[Tx], None] | None = None,
+        done: Done,
+    ) -> None:
+        """Write ``data`` at ``offset`` of ``obj``; ``done`` is told once it is durable.
+
+        Returns as soon as the bytes are in the log (steps 1-2) and the write
+        is queued for the committer; ``done(size)`` is called after its
+        group's fdatasync and COMMIT, on the committer thread, or
+        ``done(error)`` if the group failed.  ``base_size`` is the base
+        file's size, used if this is ``obj``'s first change.  ``extra(tx)``
+        runs in the group's transaction (the namespace sets mtime there, so a
+        write's metadata is as durable as its data at no extra flush).
+
+        Raises (and ``done`` is never called) what fails before the write is
+        queued: ``NoSpace`` past the quota or when the cache file system is
+        full, a storage error.  ``data`` is not needed once this returns.
         """
         n = len(data)
         if n == 0:
-            return self.size(obj, base_size)
+            done(self.size(obj, base_size))
+            return
         if self.quota is not None and self._used_hint + n > self.quota:
             raise NoSpace(f"quota of {self.quota} bytes reached")
         pos = self._reserve(n)
         self.hook("before-data")
         _pwrite_all(self._log_fd, data, pos)
         self.hook("after-data")
-        p = _Pending(obj, offset, n, pos, base_size, extra)
-        p.wake.acquire()
+        p = _Pending(obj, offset, n, pos, base_size, extra, done)
         with self._qlock:
+            if self._closing:
+                raise StorageIOError("the session store is closed")
+            if self._committer is None:
+                self._start_committer()
             self._queue.append(p)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            try:
-                p.wake.acquire()  # released once: done, or handed the lead
-            except BaseException:
-                # Interrupted (a signal's handler raised): this write is queued, and
-                # the lead may be handed to it; wait for that, lead if so, then raise.
-                p.wake.acquire()
-                if p.lead:
-                    self._lead()
-                raise
-            lead = p.lead
-        if lead:
-            self._lead()
-        if p.error is not None:
-            raise p.error
-        return p.size
+            self._qwake.notify()
+
+    def _start_committer(self) -> None:
+        """(``_qlock`` held) The committer thread, on the first write."""
+        t = threading.Thread(target=self._commit_loop, name="store-committer", daemon=True)
+        try:
+            t.start()
+        except RuntimeError as e:  # no thread to be had: this write fails, the next tries again
+            raise StorageIOError(f"cannot start the committer: {e}") from e
+        self._committer = t
+
+    def _commit_loop(self) -> None:
+        """The committer: a group per round, until closed with nothing queued."""
+        while True:
+            with self._qlock:
+                while not self._queue and not self._closing:
+                    self._qwake.wait()
+                if not self._queue:
+                    return
+            self._commit_group()
 
     def _reserve(self, n: int) -> int:
         with self._log_lock:
@@ -384,13 +438,9 @@ class Store:
             )
         self._log_fd = fd
 
-    def _lead(self) -> None:
-        """Commit every queued write as one group: one fdatasync, one COMMIT.
-
-        Then wake each writer of the group once, and hand the lead to the
-        first writer queued meanwhile (or give it up): no writer is woken
-        for nothing.
-        """
+    def _commit_group(self) -> None:
+        """Commit every queued write as one group: one fdatasync, one COMMIT;
+        then tell each of them (an error to all if the group failed)."""
         batch: list[_Pending] = []
         try:
             with self.transaction() as tx:
@@ -411,24 +461,16 @@ class Store:
                     batch, self._queue = self._queue, []
             for p in batch:
                 p.error = p.error or err
-            if not isinstance(e, Exception):
-                raise  # KeyboardInterrupt...: the leader's, the group woken with errors first
-        finally:
-            with self._qlock:
-                for p in batch:
-                    if p.error is None:
-                        self.stats.writes += 1
-                        self.stats.bytes_written += p.length
-                nxt = self._queue[0] if self._queue else None
-                if nxt is None:
-                    self._leading = False
-                else:
-                    nxt.lead = True
-            for p in batch:
-                if p.wake.locked():
-                    p.wake.release()
-            if nxt is not None:
-                nxt.wake.release()
+            if not isinstance(e, Exception):  # the thread goes on: later writes need it
+                log.error("the session store's group commit was interrupted: %r", e)
+        for p in batch:
+            if p.error is None:
+                self.stats.writes += 1
+                self.stats.bytes_written += p.length
+            try:
+                p.done(p.size if p.error is None else p.error)
+            except Exception:
+                log.exception("a write's completion failed")
 
     def _drop_cached(self, batch: list[_Pending]) -> None:
         """Drop the page cache of ``batch``'s large writes, durable and clean by now.
@@ -673,6 +715,13 @@ class Store:
         return Usage(logged, live, self.quota)
 
     def close(self) -> None:
+        """Commit what is queued (the committer's last groups), then close."""
+        with self._qlock:
+            self._closing = True
+            self._qwake.notify()
+            committer = self._committer
+        if committer is not None and committer is not threading.current_thread():
+            committer.join()
         with self._rlock, self._wlock:
             for fd in self._fds.values():
                 os.close(fd)

@@ -27,7 +27,9 @@ ACCESS and LOOKUP while the loop serves one connection alone
 large READs.
 
 The duplicate request cache (``nfsd.programs.drc``) wraps the session's
-non-idempotent procedures.  A cache miss for REMOVE, RMDIR, RENAME,
+non-idempotent procedures; a deferred reply (WRITE, ``nfsd.rpc.Later``) is
+recorded when it resolves, and a duplicate meanwhile is dropped as the
+duplicate of a call still running.  A cache miss for REMOVE, RMDIR, RENAME,
 CREATE, MKDIR or SYMLINK also asks the session database whether the same
 call already succeeded before a restart (the key commits in the change's
 transaction): such a retransmission is answered success rather than
@@ -50,7 +52,7 @@ from nfsd.programs.nfs3.replay import replay
 from nfsd.programs.nfs3.service import Nfs3Service
 from nfsd.programs.nfs3.session import SessionNfs
 from nfsd.programs.sessions import SessionManager, is_session_handle
-from nfsd.rpc import CallContext, Procedure, ProcedureError, Program, Reply, WouldBlock
+from nfsd.rpc import CallContext, Later, Procedure, ProcedureError, Program, Reply, WouldBlock
 from xdr import nfs3
 from xdr.base import XdrError
 
@@ -246,17 +248,36 @@ class Router:
                         reply = run(self.svc, ctx, args)
             else:
                 reply = run(self.svc, ctx, args)
-        except ProcedureError as e:
-            if ro.fail is None:
+        except BaseException as e:
+            return self._keep(key, ro, ctx, args, e)
+        if reply.later is not None:
+            # Deferred (WRITE): recorded once its answer is there; until then a
+            # duplicate finds the call running and is dropped.
+            def keep(done: Later[Reply | None]) -> Reply:
+                try:
+                    settled = done.result()
+                except BaseException as e:
+                    return self._keep(key, ro, ctx, args, e)
+                assert settled is not None
+                return self._keep(key, ro, ctx, args, settled)
+
+            return Reply([], later=reply.later.map(keep))
+        return self._keep(key, ro, ctx, args, reply)
+
+    def _keep(
+        self, key: bytes, ro: Procedure, ctx: CallContext, args: Any,
+        outcome: Reply | BaseException,
+    ) -> Reply:  # fmt: skip
+        """Record a finished call's reply bytes; a failure as its failure body, or
+        (no body to record) forgotten and raised."""
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, ProcedureError) or ro.fail is None:
                 self.drc.abandon(key)
-                raise
-            ctx.status = e.status
-            reply = ro.fail(e.status, args)
-        except BaseException:
-            self.drc.abandon(key)
-            raise
-        data = b"".join(bytes(p) for p in reply.parts)
-        reply.free()
+                raise outcome
+            ctx.status = outcome.status
+            outcome = ro.fail(outcome.status, args)
+        data = b"".join(bytes(p) for p in outcome.parts)
+        outcome.free()
         self.drc.finish(key, data)
         return Reply([data])
 

@@ -32,7 +32,7 @@ from nfsd.programs.nfs3.fastattr import _BILLION, _OK, post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_EXEC, decode_name, may
 from nfsd.programs.nfs3.session import MAY_WRITE, SessionNfs
 from nfsd.programs.sessions import Session, is_session_handle
-from nfsd.rpc import CallContext, Reply
+from nfsd.rpc import CallContext, Later, Reply
 from xdr import nfs3
 from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
@@ -323,19 +323,38 @@ def setattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.SETATTR3args) -> Repl
 
 # RFC 1813 §3.3.7: on stable storage before the reply, always FILE_SYNC.
 def write3(svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args) -> Reply:
-    def run(s: Session, fid: int, a: Attrs) -> tuple[Attrs, bytes]:
-        if a.kind == Kind.DIR:
+    """Answered later (``nfsd.rpc.Later``): once the write's group is durable, on the
+    store's committer thread; no worker waits for it.  What is refused before a byte
+    is written is answered now; either way with wcc."""
+    s, fid = svc.target(args.file)
+    before = svc.attrs(s, fid)
+    later: Later[Attrs] = Later()
+    try:
+        if not svc.writable(ctx, s):
+            raise Refused(nfs3.NFS3ERR_ROFS)
+        if before.kind == Kind.DIR:
             raise Refused(nfs3.NFS3ERR_ISDIR)
-        if a.kind != Kind.REG:
+        if before.kind != Kind.REG:
             raise Refused(nfs3.NFS3ERR_INVAL)
-        if not (ctx.uid == a.uid or may(a, ctx, MAY_WRITE)):
+        if not (ctx.uid == before.uid or may(before, ctx, MAY_WRITE)):
             raise Refused(nfs3.NFS3ERR_ACCES)
         data = memoryview(args.data)[: args.count]
         ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={len(data)}"
-        after = s.ns.write(fid, args.offset, data)
-        return after, _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
+        s.ns.write_async(fid, args.offset, data, later.complete)
+    except (NfsError, NamespaceError) as e:
+        status = nfs_error(e).status
+        return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
+    tail = _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
 
-    return _file_change(svc, ctx, args.file, run)
+    def answer(done: Later[Attrs]) -> Reply:
+        try:
+            after = done.result()
+        except (NfsError, NamespaceError) as e:
+            status = nfs_error(e).status
+            return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
+        return Reply([wcc_ok_bytes(before, after, s.fsid) + tail])
+
+    return Reply([], later=later.map(answer))
 
 
 # RFC 1813 §3.3.21: every WRITE was FILE_SYNC; nothing is left to flush.

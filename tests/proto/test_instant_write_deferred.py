@@ -1,0 +1,109 @@
+"""A session WRITE answered later, by the store's committer (``nfsd.rpc.Later``).
+
+The dispatcher returns at once with a deferred reply; the answer is there
+only once the write's group is durable.  The duplicate request cache drops
+a retransmission while the first runs and answers the first reply after;
+a group that fails answers each of its WRITEs with an error and wcc.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.proto.calls import call, parse
+from tests.proto.fakens import FakeNamespace
+from tests.proto.sessionclient import SessionCaller
+from xdr import nfs3
+from xdr.nfs3 import NFS3Packer, NFS3Unpacker
+
+DISK = bytes(range(256)) * 64  # 16 KiB
+
+
+@pytest.fixture()
+def c(tmp_path: Path) -> SessionCaller:
+    base = FakeNamespace({("vm",): None, ("vm", "disk-flat.vmdk"): DISK})
+    caller = SessionCaller(base, tmp_path / "state")
+    caller.start("s1", {"web01": ("vm",)})
+    yield caller
+    caller.manager.close()
+    base.close()
+
+
+def disk(c: SessionCaller) -> nfs3.nfs_fh3:
+    d = c.lookup(c.session_root("s1"), b"web01").resok.object
+    return c.lookup(d, b"disk-flat.vmdk").resok.object
+
+
+def write_record(fh: nfs3.nfs_fh3, offset: int, data: bytes, xid: int) -> bytes:
+    p = NFS3Packer()
+    p.pack_WRITE3args(nfs3.WRITE3args(fh, offset, len(data), nfs3.FILE_SYNC, data))
+    return call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_WRITE, p.get_buffer(), xid=xid)
+
+
+def write_res(parts: list) -> nfs3.WRITE3res:  # type: ignore[type-arg]
+    r = parse(parts)
+    assert r.stat == 0
+    u = NFS3Unpacker(r.body)
+    res = u.unpack_WRITE3res()
+    u.done()
+    return res
+
+
+def test_a_write_is_answered_only_once_durable_and_its_duplicate_meanwhile_is_dropped(
+    c: SessionCaller,
+) -> None:
+    fh = disk(c)
+    store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
+    assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK  # committer up
+    hold = threading.Event()
+    store.hook = lambda point: hold.wait(10) if point == "after-sync" else None
+    rec = write_record(fh, 4096, b"N" * 4096, xid=4242)
+    first = c.dispatcher.dispatch(rec, c.peer, "tcp")
+    assert first is not None and first.later is not None
+    threading.Event().wait(0.05)
+    assert not first.later.done  # the group is not durable: no answer yet
+    assert c.dispatcher.dispatch(rec, c.peer, "tcp") is None  # a duplicate while it runs
+    hold.set()
+    answer = first.later.wait(10)
+    assert answer is not None
+    res = write_res(answer.parts)
+    assert res.status == nfs3.NFS3_OK and res.resok.committed == nfs3.FILE_SYNC
+    assert res.resok.file_wcc.before.attributes_follow
+    assert res.resok.file_wcc.after.attributes.size == len(DISK)
+    again = c.dispatcher.dispatch(rec, c.peer, "tcp")  # finished: the first answer
+    assert again is not None and again.later is None
+    assert b"".join(bytes(p) for p in again.parts) == b"".join(bytes(p) for p in answer.parts)
+    assert c.read_all(fh, len(DISK))[4096:8192] == b"N" * 4096
+
+
+def test_a_failed_group_answers_each_of_its_writes_with_an_error_and_wcc(
+    c: SessionCaller,
+) -> None:
+    fh = disk(c)
+    store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
+    assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK
+    fail = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-sync" and fail.is_set():
+            raise OSError(5, "I/O error")
+
+    store.hook = hook
+    fail.set()
+    with store.transaction():  # the committer waits: the three go in one group
+        replies = [
+            c.dispatcher.dispatch(write_record(fh, i * 4096, b"X" * 4096, 700 + i), c.peer, "tcp")
+            for i in range(3)
+        ]
+    for r in replies:
+        assert r is not None and r.later is not None
+        res = write_res(r.later.wait(10).parts)  # type: ignore[union-attr]
+        assert res.status == nfs3.NFS3ERR_IO
+        assert res.resfail.file_wcc.before.attributes_follow
+        assert res.resfail.file_wcc.after.attributes_follow
+    fail.clear()
+    assert c.read_all(fh, len(DISK))[:4096] == b"w" * 10 + DISK[10:4096]  # none of them
+    assert c.write(fh, 0, b"y" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK
