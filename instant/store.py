@@ -399,7 +399,16 @@ class Store:
             self._commit_group()
 
     def _reserve(self, n: int) -> int:
-        with self._log_lock:
+        """``[pos, pos+n)`` at the log's end; in :meth:`nowait`, WouldWait rather
+        than wait for the log's lock, open the log or write the zeros ahead."""
+        nowait = getattr(self._nowait, "on", False)
+        if not self._log_lock.acquire(blocking=not nowait):
+            raise WouldWait
+        try:
+            if nowait and (
+                self._log_fd < 0 or (n < SMALL_WRITE and self._log_end + n > self._log_zeroed)
+            ):
+                raise WouldWait
             if self._log_fd < 0:
                 self._open_log()
             pos = self._log_end
@@ -407,6 +416,8 @@ class Store:
             if n < SMALL_WRITE and self._log_end > self._log_zeroed:
                 self._zero_ahead()
             return pos
+        finally:
+            self._log_lock.release()
 
     def _zero_ahead(self) -> None:
         """Write zeros past the log's end, so small writes overwrite allocated blocks.
@@ -614,7 +625,8 @@ class Store:
         one connection alone): the read lock taken at once or :class:`WouldWait`,
         and held for the block, in which a file's map that would have to be loaded
         (another thread may hold the lock for seconds doing that for a large one)
-        is :class:`WouldWait` too.  The caller hands the call to a thread that may
+        is :class:`WouldWait` too, and so is a write that would wait for the log
+        (:meth:`_reserve`).  The caller hands the call to a thread that may
         wait; nothing was changed."""
         if not self._rlock.acquire(blocking=False):
             raise WouldWait

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from nfsd.programs.nfs3.router import INLINE_WRITE
+from nfsd.rpc import WouldBlock, settle
 from tests.proto.calls import call, parse
 from tests.proto.fakens import FakeNamespace
 from tests.proto.sessionclient import SessionCaller
@@ -107,3 +109,61 @@ def test_a_failed_group_answers_each_of_its_writes_with_an_error_and_wcc(
     fail.clear()
     assert c.read_all(fh, len(DISK))[:4096] == b"w" * 10 + DISK[10:4096]  # none of them
     assert c.write(fh, 0, b"y" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK
+
+
+def test_a_small_write_is_served_on_the_loop_and_answered_later(c: SessionCaller) -> None:
+    """Inline (the loop): a WRITE up to INLINE_WRITE bytes is taken there, its bytes in
+    the log, answered when its group commits; the same answer as on a worker."""
+    fh = disk(c)
+    assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK  # the log open
+    assert c.getattr(fh).status == nfs3.NFS3_OK  # the file's map loaded (else: a worker's)
+    inline = c.dispatcher.dispatch(write_record(fh, 8192, b"L" * 4096, 801), c.peer, "tcp", True)
+    assert inline is not None and inline.later is not None
+    res = write_res(inline.later.wait(10).parts)  # type: ignore[union-attr]
+    assert res.status == nfs3.NFS3_OK and res.resok.count == 4096
+    assert c.read_all(fh, len(DISK))[8192 : 8192 + 4096] == b"L" * 4096
+    big = write_record(fh, 0, b"B" * (INLINE_WRITE + 1), 802)
+    with pytest.raises(WouldBlock):
+        c.dispatcher.dispatch(big, c.peer, "tcp", True)
+
+
+def test_an_inline_write_that_would_wait_goes_to_a_worker_having_changed_nothing(
+    c: SessionCaller,
+) -> None:
+    """The store's read lock held by another thread, or the log's zeros to extend:
+    WouldBlock before a byte is written, and the same call then served on a worker
+    (the reply cache forgot the first attempt)."""
+    fh = disk(c)
+    store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
+    assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK
+    assert c.getattr(fh).status == nfs3.NFS3_OK
+    rec = write_record(fh, 4096, b"K" * 4096, 803)
+    end = store._log_end
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store.read():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    try:
+        with pytest.raises(WouldBlock):
+            c.dispatcher.dispatch(rec, c.peer, "tcp", True)
+    finally:
+        release.set()
+        t.join(10)
+    zeroed = store._log_zeroed
+    store._log_zeroed = store._log_end  # the next write would need the zeros ahead
+    try:
+        with pytest.raises(WouldBlock):
+            c.dispatcher.dispatch(rec, c.peer, "tcp", True)
+    finally:
+        store._log_zeroed = zeroed
+    assert store._log_end == end  # nothing reserved, nothing written
+    on_worker = settle(c.dispatcher.dispatch(rec, c.peer, "tcp"), 10)  # not a duplicate
+    assert on_worker is not None
+    assert write_res(on_worker.parts).status == nfs3.NFS3_OK
+    assert c.read_all(fh, len(DISK))[4096:8192] == b"K" * 4096

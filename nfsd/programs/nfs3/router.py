@@ -24,7 +24,13 @@ Session calls do not run inline on the loop (they touch sqlite):
 :class:`nfsd.rpc.WouldBlock` sends them to a worker; except READ, GETATTR,
 ACCESS and LOOKUP while the loop serves one connection alone
 (``CallContext.alone``, :data:`INLINE_ALONE`), as the read-only export's
-large READs.
+large READs; and a WRITE of up to :data:`INLINE_WRITE` bytes on any
+connection: it only checks, writes its bytes into the data log and queues
+them for the store's committer, its reply deferred (``nfsd.rpc.Later``) and
+under ``Store.nowait`` (a node or map to load, the log's lock held, the
+log's zeros to extend: a worker serves it, nothing changed).  Measured end
+to end (16 random 4 KiB FILE_SYNC WRITEs in flight, one worker process):
+the hand-off to a worker cost more than the call's own work there.
 
 The duplicate request cache (``nfsd.programs.drc``) wraps the session's
 non-idempotent procedures; a deferred reply (WRITE, ``nfsd.rpc.Later``) is
@@ -117,6 +123,12 @@ INLINE_ALONE = frozenset(
     {nfs3.NFSPROC3_READ, nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_ACCESS, nfs3.NFSPROC3_LOOKUP}
 )
 
+# A session WRITE up to this many bytes is served on the loop (any connection): it
+# only decodes, checks, pwrites into the log and queues for the store's committer;
+# its reply comes later (nfsd.rpc.Later).  No hand-off to a worker; what would wait
+# (a map or node to load, the log's lock held, a zero-ahead to write) goes to one.
+INLINE_WRITE = 64 * 1024
+
 # knfsd's and ganesha's list of procedures whose replies are cached.
 CACHED = frozenset(
     {
@@ -169,7 +181,10 @@ class Router:
         if not is_session_handle(fh.data):
             self._check(ctx, None)
             return ro.run(ctx, args)
-        if ctx.inline and not (ctx.alone and number in INLINE_ALONE):
+        if ctx.inline and not (
+            (ctx.alone and number in INLINE_ALONE)
+            or (number == nfs3.NFSPROC3_WRITE and args.count <= INLINE_WRITE)
+        ):
             raise WouldBlock
         manager = self.svc.manager
         key = manager.session_key(fh.data)
@@ -179,6 +194,9 @@ class Router:
         self._check(ctx, export)
         manager.note_client(key, ctx.peer)
         run = SESSION_RUN[number]
+        if ctx.inline and number == nfs3.NFSPROC3_WRITE:
+            inline = partial(self._inline_write, fh)
+            return self._cached(number, ro, ctx, args, inline)
         if ctx.inline:
             return self._inline(run, ctx, args, fh)
         if number not in CACHED:
@@ -199,6 +217,14 @@ class Router:
                 return run(self.svc, ctx, args)
         except WouldWait:
             raise WouldBlock from None
+
+    def _inline_write(
+        self, fh: nfs3.nfs_fh3, svc: SessionNfs, ctx: CallContext, args: Any
+    ) -> Reply:
+        """A small WRITE on the loop: decoded, checked, its bytes in the log and
+        queued for the committer, answered later (``write.write3``); anything that
+        would wait on the database or on the log's lock is WouldBlock."""
+        return self._inline(write.write3, ctx, args, fh)
 
     def quick(self, number: int, ctx: CallContext, args: Any) -> Reply | None:
         """A session's GETATTR, ACCESS, READ or LOOKUP for the fast path (``nfs3.fastpath``):
