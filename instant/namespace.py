@@ -379,8 +379,10 @@ class SessionNamespace:
         assert isinstance(a, Attrs)
         return a
 
-    def getattr(self, fileid: int) -> Attrs:
-        v = self.store.version()
+    def getattr(self, fileid: int, version: int | None = None) -> Attrs:
+        """``version``: the store's ``version()`` the caller just read (a WRITE asks it
+        once for its wcc read and its write), else asked here."""
+        v = self.store.version() if version is None else version
         return self._attrs_at(v, self._node_at(v, fileid))
 
     def lookup(self, dir_fileid: int, name: str) -> Attrs:

@@ -327,7 +327,8 @@ def write3(svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args) -> Reply:
     store's committer thread; no worker waits for it.  What is refused before a byte
     is written is answered now; either way with wcc."""
     s, fid = svc.target(args.file)
-    before = svc.attrs(s, fid)
+    version = s.ns.store.version()  # once for the wcc read and the write
+    before = svc.attrs(s, fid, version)
     later: Later[Attrs] = Later()
     try:
         if not svc.writable(ctx, s):
@@ -340,7 +341,7 @@ def write3(svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args) -> Reply:
             raise Refused(nfs3.NFS3ERR_ACCES)
         data = memoryview(args.data)[: args.count]
         ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={len(data)}"
-        s.ns.write_async(fid, args.offset, data, later.complete)
+        s.ns.write_async(fid, args.offset, data, later.complete, version=version)
     except (NfsError, NamespaceError) as e:
         status = nfs_error(e).status
         return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
