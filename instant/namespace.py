@@ -65,7 +65,7 @@ from instant.errors import (
     NotSync,
     Stale,
 )
-from instant.store import Hook, Store, Tx
+from instant.store import Hook, Store, Tx, waited
 from merge.attrs import ROOT_FILEID
 from merge.namespace import (
     Attrs,
@@ -556,19 +556,11 @@ class SessionNamespace:
 
     def write(self, fileid: int, offset: int, data: bytes | memoryview) -> Attrs:
         """WRITE, FILE_SYNC: the data and the new mtime are durable when this returns."""
-        box: list[Attrs | Exception] = []
-        ready = threading.Lock()
-        ready.acquire()
 
-        def done(outcome: Attrs | Exception) -> None:
-            box.append(outcome)
-            ready.release()
+        def start(done: Callable[[Attrs | Exception], None]) -> None:
+            self.write_async(fileid, offset, data, done)
 
-        self.write_async(fileid, offset, data, done)
-        ready.acquire()
-        if isinstance(box[0], Exception):
-            raise box[0]
-        return box[0]
+        return waited(start)
 
     def write_async(
         self,

@@ -84,7 +84,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from instant import db
 from instant.errors import NoSpace, WouldWait
@@ -96,6 +96,7 @@ log = logging.getLogger("recovery_fs.instant")
 BaseRuns = Callable[[int, int], list[Run]]
 """``base(offset, count)``: the base file's runs (``merge.namespace.Reader.runs``)."""
 
+T = TypeVar("T")
 Hook = Callable[[str], None]
 """Called at each step of a write (``HOOK_POINTS``); the crash tests kill there."""
 
@@ -322,19 +323,11 @@ class Store:
         """
         if not data:
             return self.size(obj, base_size)
-        box: list[int | Exception] = []
-        ready = threading.Lock()
-        ready.acquire()
 
-        def done(outcome: int | Exception) -> None:
-            box.append(outcome)
-            ready.release()
+        def start(done: Done) -> None:
+            self.write_async(obj, offset, data, base_size, extra=extra, done=done)
 
-        self.write_async(obj, offset, data, base_size, extra=extra, done=done)
-        ready.acquire()  # interrupted (a signal): the write stays queued, committed anyway
-        if isinstance(box[0], Exception):
-            raise box[0]
-        return box[0]
+        return waited(start)
 
     def write_async(
         self,
@@ -751,6 +744,27 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def waited(start: Callable[[Callable[[T | Exception], None]], None]) -> T:
+    """``start(done)``, then wait for its ``done(value | error)``: the value, or raise.
+
+    Interrupted (a signal's handler raised), the waiting stops and what was
+    started goes on (a write stays queued and is committed anyway).
+    """
+    box: list[T | Exception] = []
+    ready = threading.Lock()
+    ready.acquire()
+
+    def done(outcome: T | Exception) -> None:
+        box.append(outcome)
+        ready.release()
+
+    start(done)
+    ready.acquire()
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
 
 
 def _load(conn: sqlite3.Connection, obj: int) -> _Entry:
