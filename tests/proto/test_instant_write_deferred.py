@@ -167,3 +167,28 @@ def test_an_inline_write_that_would_wait_goes_to_a_worker_having_changed_nothing
     assert on_worker is not None
     assert write_res(on_worker.parts).status == nfs3.NFS3_OK
     assert c.read_all(fh, len(DISK))[4096:8192] == b"K" * 4096
+
+
+def test_an_inline_write_returns_while_a_commit_holds_the_database(c: SessionCaller) -> None:
+    """The loop never waits for a group: with sqlite's write lock held (another
+    process's commit, here this test's transaction) an inline WRITE still returns
+    at once, its answer to come once the lock is free."""
+    fh = disk(c)
+    store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
+    assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK
+    assert c.getattr(fh).status == nfs3.NFS3_OK
+    got: list[object] = []
+    rec = write_record(fh, 12288, b"H" * 4096, 804)
+    with store.transaction():
+        t = threading.Thread(
+            target=lambda: got.append(c.dispatcher.dispatch(rec, c.peer, "tcp", True)),
+            daemon=True,
+        )
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "an inline WRITE waited for the database"
+        (reply,) = got
+        assert reply.later is not None and not reply.later.done  # type: ignore[attr-defined]
+    res = write_res(reply.later.wait(10).parts)  # type: ignore[attr-defined]
+    assert res.status == nfs3.NFS3_OK
+    assert c.read_all(fh, len(DISK))[12288 : 12288 + 4096] == b"H" * 4096
