@@ -84,6 +84,8 @@ _SERVED = frozenset((*_ARGS_AFTER_HANDLE, _LOOKUP))
 _U32 = struct.Struct(">I")
 SessionQuick = Callable[[int, CallContext, Any], "Reply | None"]
 """``nfs3.router.Router.quick``: a session's GETATTR, ACCESS, READ or LOOKUP, or None."""
+SessionWrite = Callable[[bytes, str, bool, Security, CredCache, bool], "Reply | None"]
+"""``nfs3.fastwrite.FastWrite.serve``: a session's WRITE (the signature of ``serve``)."""
 
 # A successful reply's header after its xid (the call's own four bytes):
 # REPLY, MSG_ACCEPTED, a null verifier, SUCCESS; then NFS3_OK (and TRUE, the
@@ -105,6 +107,8 @@ class FastPath:
         self._fattr3 = LastFattr3()
         # Sessions routed: ``nfs3.router.Router.quick``, set by ``route_sessions``.
         self.sessions: SessionQuick | None = None
+        # Session WRITEs: ``nfs3.fastwrite.FastWrite.serve``, set by ``programs.build``.
+        self.writes: SessionWrite | None = None
 
     def serve(  # noqa: PLR0917 (FastPath's signature)
         self,
@@ -119,6 +123,8 @@ class FastPath:
         if size < _HEAD.size + _VERF_FH.size:
             return None
         xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
+        if proc == nfs3.NFSPROC3_WRITE and self.writes is not None:  # a session's: fastwrite
+            return self.writes(record, peer, inline, security, creds, alone)
         if (
             proc not in _SERVED
             or mtype != CALL

@@ -58,7 +58,16 @@ from nfsd.programs.nfs3.replay import replay
 from nfsd.programs.nfs3.service import Nfs3Service
 from nfsd.programs.nfs3.session import SessionNfs
 from nfsd.programs.sessions import SessionManager, is_session_handle
-from nfsd.rpc import CallContext, Later, Procedure, ProcedureError, Program, Reply, WouldBlock
+from nfsd.rpc import (
+    CallContext,
+    DropCall,
+    Later,
+    Procedure,
+    ProcedureError,
+    Program,
+    Reply,
+    WouldBlock,
+)
 from xdr import nfs3
 from xdr.base import XdrError
 
@@ -164,9 +173,11 @@ class Router:
         self.svc = svc
         self.access = access
         self.drc = drc
+        self._ro_write: Procedure | None = None  # the read-only WRITE (its failure body)
 
     def table(self, readonly: dict[int, Procedure]) -> dict[int, Procedure]:
         """The procedure table: ``readonly``'s rows, routed."""
+        self._ro_write = readonly[nfs3.NFSPROC3_WRITE]
         out = {}
         for number, proc in readonly.items():
             if number not in HANDLE:
@@ -223,8 +234,36 @@ class Router:
     ) -> Reply:
         """A small WRITE on the loop: decoded, checked, its bytes in the log and
         queued for the committer, answered later (``write.write3``); anything that
-        would wait on the database or on the log's lock is WouldBlock."""
-        return self._inline(write.write3, ctx, args, fh)
+        would wait on the database or on the log's lock is WouldBlock.  The handle
+        is resolved once (``write.write_to``: a session's liveness is a ``stat``)."""
+        s, fid = svc.target(fh)
+        try:
+            with s.ns.nowait():
+                return write.write_to(svc, ctx, args, s, fid)
+        except WouldWait:
+            raise WouldBlock from None
+
+    def quick_write(self, ctx: CallContext, args: nfs3.WRITE3args) -> Reply | None:
+        """A session WRITE for the fast path (``nfs3.fastwrite``): what :meth:`_route`
+        does with it, in the same order.  None leaves the call to the general path,
+        always before the reply cache has begun it: a refused client or an unknown
+        session (that path answers and logs them), a duplicate of a call still
+        running (that path drops it, or finds its reply if it has finished since)."""
+        if ctx.inline and args.count > INLINE_WRITE:
+            raise WouldBlock
+        assert self._ro_write is not None, "quick_write before table()"
+        manager = self.svc.manager
+        key = manager.session_key(args.file.data)
+        export = manager.export_of(key)
+        if export is None or self.access.nfs_status(ctx, export):
+            return None
+        manager.note_client(key, ctx.peer)
+        number = nfs3.NFSPROC3_WRITE
+        run = partial(self._inline_write, args.file) if ctx.inline else write.write3
+        try:
+            return self._cached(number, self._ro_write, ctx, args, run)
+        except DropCall:
+            return None
 
     def quick(self, number: int, ctx: CallContext, args: Any) -> Reply | None:
         """A session's GETATTR, ACCESS, READ or LOOKUP for the fast path (``nfs3.fastpath``):

@@ -327,6 +327,13 @@ def write3(svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args) -> Reply:
     store's committer thread; no worker waits for it.  What is refused before a byte
     is written is answered now; either way with wcc."""
     s, fid = svc.target(args.file)
+    return write_to(svc, ctx, args, s, fid)
+
+
+def write_to(
+    svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args, s: Session, fid: int
+) -> Reply:
+    """:func:`write3` on the handle's (session, fileid), resolved by the caller."""
     version = s.ns.store.version()  # once for the wcc read and the write
     before = svc.attrs(s, fid, version)
     later: Later[Attrs] = Later()
