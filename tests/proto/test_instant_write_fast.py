@@ -190,6 +190,11 @@ def test_the_fast_path_serves_ordinary_writes_and_their_duplicates(
         again = answer(world, rec, WRITABLE, inline, fast=True)  # finished: the first answer
         assert served == [True, True]
         assert first == again and isinstance(first, bytes)
+        drc = writes.__self__.quick.__self__.drc
+        hits = drc.hits
+        # Its retransmission through the general path is the same call (the same key).
+        assert answer(world, rec, WRITABLE, inline, fast=False) == first
+        assert drc.hits == hits + 1
         u = NFS3Unpacker(first[20:])  # after the accepted header
         res = u.unpack_WRITE3res()
         assert res.status == nfs3.NFS3_OK and res.resok.committed == nfs3.FILE_SYNC
