@@ -602,7 +602,8 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """The read connection, in one read transaction (a consistent snapshot)."""
-        with self._rlock:
+        self._rtake()
+        try:
             if self._r.in_transaction:
                 yield self._r
                 return
@@ -611,24 +612,35 @@ class Store:
                 yield self._r
             finally:
                 self._r.execute("COMMIT")
+        finally:
+            self._rlock.release()
 
     @contextmanager
     def nowait(self) -> Iterator[None]:
-        """Read answers for a thread that must not wait (the server's loop, serving
-        one connection alone): the read lock taken at once or :class:`WouldWait`,
-        and held for the block, in which a file's map that would have to be loaded
-        (another thread may hold the lock for seconds doing that for a large one)
-        is :class:`WouldWait` too, and so is a write that would wait for the log
-        (:meth:`_reserve`).  The caller hands the call to a thread that may
-        wait; nothing was changed."""
-        if not self._rlock.acquire(blocking=False):
-            raise WouldWait
+        """Read answers for a thread that must not wait (the server's loop): in the
+        block, the read lock is taken at once or :class:`WouldWait` (:meth:`_rtake`),
+        each time it is needed, not held for the whole block; a file's map that
+        would have to be loaded (another thread may hold the lock for seconds
+        doing that for a large one) is :class:`WouldWait` too, and so is a write
+        that would wait for the log (:meth:`_reserve`).  The caller hands the
+        call to a thread that may wait; nothing was changed.
+
+        Not holding the lock for the block: the loop's small WRITE held it while
+        it checked, wrote its bytes and queued them, and the committer's
+        ``_publish`` waited for it (a context switch) or the next inline call
+        found it taken and went to a worker.  Each read is a snapshot of its own,
+        as on a worker, which never held the lock across a call's reads either."""
+        before = getattr(self._nowait, "on", False)
         self._nowait.on = True
         try:
             yield
         finally:
-            self._nowait.on = False
-            self._rlock.release()
+            self._nowait.on = before
+
+    def _rtake(self) -> None:
+        """Take the read lock; in :meth:`nowait`, at once or :class:`WouldWait`."""
+        if not self._rlock.acquire(blocking=not getattr(self._nowait, "on", False)):
+            raise WouldWait
 
     def version(self) -> int:
         """Moves whenever a connection (of any process, this one's writer too) committed.
@@ -652,8 +664,11 @@ class Store:
             ent = self._rstates.get(obj)
             if ent is not None and ent.checked == version:
                 return ent.state
-        with self._rlock:
+        self._rtake()
+        try:
             return self._rstate(obj, version).state
+        finally:
+            self._rlock.release()
 
     def size(self, obj: int, base_size: int, version: int | None = None) -> int:
         st = self.state(obj, version)
@@ -670,11 +685,14 @@ class Store:
         version: int | None = None,
     ) -> list[Run]:
         """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros."""
-        with self._rlock:
+        self._rtake()
+        try:
             st = self._rstate(obj, version).state
             if st is None:
                 st = FileState(base_size, base_size)
             return st.runs(offset, count, base, self._fd_of)
+        finally:
+            self._rlock.release()
 
     def _rstate(self, obj: int, version: int | None = None) -> _Entry:
         """``obj``'s read entry, checked against ``version`` (``version()`` if not given)."""

@@ -130,7 +130,8 @@ def test_a_small_write_is_served_on_the_loop_and_answered_later(c: SessionCaller
 def test_an_inline_write_that_would_wait_goes_to_a_worker_having_changed_nothing(
     c: SessionCaller,
 ) -> None:
-    """The store's read lock held by another thread, or the log's zeros to extend:
+    """The store's read lock held by another thread when the write must read, or the
+    log's zeros to extend:
     WouldBlock before a byte is written, and the same call then served on a worker
     (the reply cache forgot the first attempt)."""
     fh = disk(c)
@@ -150,6 +151,7 @@ def test_an_inline_write_that_would_wait_goes_to_a_worker_having_changed_nothing
     t.start()
     held.wait(10)
     try:
+        store._rstates.clear()  # the file's size must be read: the lock is needed
         with pytest.raises(WouldBlock):
             c.dispatcher.dispatch(rec, c.peer, "tcp", True)
     finally:
@@ -192,3 +194,33 @@ def test_an_inline_write_returns_while_a_commit_holds_the_database(c: SessionCal
     res = write_res(reply.later.wait(10).parts)  # type: ignore[attr-defined]
     assert res.status == nfs3.NFS3_OK
     assert c.read_all(fh, len(DISK))[12288 : 12288 + 4096] == b"H" * 4096
+
+
+def test_an_inline_write_does_not_need_the_read_lock_when_its_answers_are_kept(
+    c: SessionCaller,
+) -> None:
+    """``Store.nowait`` takes the read lock only for a read that needs it: a WRITE
+    whose node and size are kept at this version is served inline while another
+    thread (the committer publishing a group, a worker loading a map) holds it."""
+    fh = disk(c)
+    store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
+    assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK
+    assert c.getattr(fh).status == nfs3.NFS3_OK  # node and size kept at this version
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store.read():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    try:
+        reply = c.dispatcher.dispatch(write_record(fh, 4096, b"L" * 4096, 812), c.peer, "tcp", True)
+        assert reply is not None and reply.later is not None
+    finally:
+        release.set()
+        t.join(10)
+    assert write_res(settle(reply, 10).parts).status == nfs3.NFS3_OK  # type: ignore[union-attr]
+    assert c.read_all(fh, len(DISK))[4096:8192] == b"L" * 4096
