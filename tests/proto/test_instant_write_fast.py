@@ -202,3 +202,34 @@ def test_the_fast_path_serves_ordinary_writes_and_their_duplicates(
         assert answer(world, b"\1\2\3\4" + rec[4:], REFUSED, inline, fast=True)
         assert served == [False]  # refused: left to the general path
     assert world.c.read_all(fh, len(DISK))[8192:12288] == b"F" * 4096
+
+
+def test_an_unexpected_failure_of_a_deferred_write_is_answered_as_the_general_path(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug once the write is durable (here: its wcc bytes) is logged and answered
+    NFS3ERR_SERVERFAULT by either path, the same bytes, and the reply cache forgets
+    the call (a retransmission runs it again)."""
+    from nfsd.programs.nfs3 import write
+
+    def broken(*a: object) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(write, "wcc_ok_bytes", broken)
+    p = NFS3Packer()
+    p.pack_WRITE3args(nfs3.WRITE3args(world.handles["s1-disk"], 0, 4, nfs3.FILE_SYNC, b"bug!"))
+
+    def rec(xid: int) -> bytes:
+        return call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_WRITE, p.get_buffer(), xid=xid,
+                    cred=auth_sys(0, 0))  # fmt: skip
+
+    answer(world, rec(500), WRITABLE, True, fast=False)  # the credential cache warm
+    fast = answer(world, rec(501), WRITABLE, True, fast=True)
+    general = answer(world, rec(502), WRITABLE, True, fast=False)
+    assert fast == general and isinstance(fast, bytes)
+    u = NFS3Unpacker(fast[20:])
+    assert u.unpack_uint() == nfs3.NFS3ERR_SERVERFAULT
+    assert caplog.text.count("unexpected error in WRITE") == 3
+    monkeypatch.undo()
+    again = answer(world, rec(501), WRITABLE, True, fast=True)  # forgotten: run again
+    assert isinstance(again, bytes) and NFS3Unpacker(again[20:]).unpack_uint() == nfs3.NFS3_OK

@@ -42,11 +42,12 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from nfsd.programs.nfs3.service import failure_body
 from nfsd.programs.sessions import is_session_handle
-from nfsd.rpc import CallContext, CredCache, Later, Reply
+from nfsd.rpc import CallContext, CredCache, Reply
 from nfsd.transport.tls import Security
 from xdr import nfs3
 from xdr.rpc import (
@@ -68,7 +69,9 @@ _ACCEPTED = accepted_header(0, SUCCESS)[4:]  # after the xid
 _STABLE = frozenset((nfs3.UNSTABLE, nfs3.DATA_SYNC, nfs3.FILE_SYNC))
 _FAIL = failure_body(nfs3.NFSPROC3_WRITE)
 
-QuickWrite = Callable[[CallContext, nfs3.WRITE3args], "Reply | None"]
+QuickWrite = Callable[
+    [CallContext, nfs3.WRITE3args, Callable[[Callable[[], Reply]], Reply]], "Reply | None"
+]
 """``nfs3.router.Router.quick_write``."""
 
 
@@ -138,22 +141,19 @@ class FastWrite:
         args = nfs3.WRITE3args(
             nfs3.nfs_fh3(fh), offset, count, stable, memoryview(record)[pos : pos + dlen]
         )
-        reply = self.quick(ctx, args)
-        if reply is None:
-            return None
         head = record[:4] + _ACCEPTED
-        if reply.later is None:
-            reply.parts[0] = head + bytes(reply.parts[0])
-            return reply
-        return Reply([], later=reply.later.map(lambda done: _headed(head, ctx, args, done)))
+        reply = self.quick(ctx, args, partial(_headed, head, ctx, args))
+        if reply is None or reply.later is not None:
+            return reply  # deferred: _headed puts the header on
+        reply.parts[0] = head + bytes(reply.parts[0])
+        return reply
 
 
-def _headed(head: bytes, ctx: CallContext, args: Any, done: Later[Reply | None]) -> Reply:
-    """A deferred reply with its RPC header; an unexpected failure as the
-    dispatcher answers one (logged, NFS3ERR_SERVERFAULT)."""
+def _headed(head: bytes, ctx: CallContext, args: Any, recorded: Callable[[], Reply]) -> Reply:
+    """A deferred reply (``recorded()``, from the reply cache) with its RPC header;
+    an unexpected failure as the dispatcher answers one (logged, NFS3ERR_SERVERFAULT)."""
     try:
-        reply = done.result()
-        assert reply is not None  # Router._keep gives a reply or raises
+        reply = recorded()
     except Exception:
         log.exception("unexpected error in WRITE xid=%#x from %s", ctx.xid, ctx.peer)
         ctx.status = nfs3.NFS3ERR_SERVERFAULT

@@ -72,6 +72,8 @@ from xdr import nfs3
 from xdr.base import XdrError
 
 Run = Callable[[CallContext, Any], Reply]
+Finish = Callable[[Callable[[], Reply]], Reply]
+"""Given the recorded reply's maker (which may raise), the reply to send."""
 
 # The handle each procedure is routed (and access-checked) by.
 HANDLE: dict[int, Callable[[Any], nfs3.nfs_fh3]] = {
@@ -243,12 +245,13 @@ class Router:
         except WouldWait:
             raise WouldBlock from None
 
-    def quick_write(self, ctx: CallContext, args: nfs3.WRITE3args) -> Reply | None:
+    def quick_write(self, ctx: CallContext, args: nfs3.WRITE3args, finish: Finish) -> Reply | None:
         """A session WRITE for the fast path (``nfs3.fastwrite``): what :meth:`_route`
         does with it, in the same order.  None leaves the call to the general path,
         always before the reply cache has begun it: a refused client or an unknown
         session (that path answers and logs them), a duplicate of a call still
-        running (that path drops it, or finds its reply if it has finished since)."""
+        running (that path drops it, or finds its reply if it has finished since).
+        ``finish``: see :meth:`_cached`."""
         if ctx.inline and args.count > INLINE_WRITE:
             raise WouldBlock
         assert self._ro_write is not None, "quick_write before table()"
@@ -261,7 +264,7 @@ class Router:
         number = nfs3.NFSPROC3_WRITE
         run = partial(self._inline_write, args.file) if ctx.inline else write.write3
         try:
-            return self._cached(number, self._ro_write, ctx, args, run)
+            return self._cached(number, self._ro_write, ctx, args, run, finish=finish)
         except DropCall:
             return None
 
@@ -295,8 +298,10 @@ class Router:
 
     def _cached(
         self, number: int, ro: Procedure, ctx: CallContext, args: Any,
-        run: Callable[[SessionNfs, CallContext, Any], Reply],
+        run: Callable[[SessionNfs, CallContext, Any], Reply], *, finish: Finish | None = None,
     ) -> Reply:  # fmt: skip
+        """``run`` under the reply cache.  ``finish``: what the fast path does with a
+        deferred reply once recorded (its RPC header), in the same step."""
         key = key_of(ctx, args)
         hit = self.drc.begin(key)
         if hit is not None:
@@ -318,7 +323,7 @@ class Router:
         if reply.later is not None:
             # Deferred (WRITE): recorded once its answer is there; until then a
             # duplicate finds the call running and is dropped.
-            def keep(done: Later[Reply | None]) -> Reply:
+            def kept(done: Later[Reply | None]) -> Reply:
                 try:
                     settled = done.result()
                 except BaseException as e:
@@ -326,7 +331,9 @@ class Router:
                 assert settled is not None
                 return self._keep(key, ro, ctx, args, settled)
 
-            return Reply([], later=reply.later.map(keep))
+            if finish is None:
+                return Reply([], later=reply.later.map(kept))
+            return Reply([], later=reply.later.map(lambda done: finish(lambda: kept(done))))
         return self._keep(key, ro, ctx, args, reply)
 
     def _keep(

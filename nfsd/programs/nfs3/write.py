@@ -336,7 +336,26 @@ def write_to(
     """:func:`write3` on the handle's (session, fileid), resolved by the caller."""
     version = s.ns.store.version()  # once for the wcc read and the write
     before = svc.attrs(s, fid, version)
-    later: Later[Attrs] = Later()
+    out: Later[Reply | None] = Later()
+    tail = b""
+
+    def answer(outcome: Attrs | Exception) -> None:
+        """The store's ``done``, on its committer: the reply, settled straight into
+        ``out`` (not a Later mapped onto another: one fewer hop per WRITE)."""
+        try:
+            if isinstance(outcome, (NfsError, NamespaceError)):
+                status = nfs_error(outcome).status
+                wcc = svc.wcc(s, before, svc.maybe_attrs(s, fid))
+                reply = _wcc_reply(svc, ctx, status, wcc)
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                reply = Reply([wcc_ok_bytes(before, outcome, s.fsid) + tail])
+        except BaseException as e:  # handed on, raised where it is read
+            out.fail(e)
+            return
+        out.resolve(reply)
+
     try:
         if not svc.writable(ctx, s):
             raise Refused(nfs3.NFS3ERR_ROFS)
@@ -348,21 +367,12 @@ def write_to(
             raise Refused(nfs3.NFS3ERR_ACCES)
         data = memoryview(args.data)[: args.count]
         ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={len(data)}"
-        s.ns.write_async(fid, args.offset, data, later.complete, version=version)
+        tail = _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
+        s.ns.write_async(fid, args.offset, data, answer, version=version)
     except (NfsError, NamespaceError) as e:
         status = nfs_error(e).status
         return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
-    tail = _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
-
-    def answer(done: Later[Attrs]) -> Reply:
-        try:
-            after = done.result()
-        except (NfsError, NamespaceError) as e:
-            status = nfs_error(e).status
-            return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
-        return Reply([wcc_ok_bytes(before, after, s.fsid) + tail])
-
-    return Reply([], later=later.map(answer))
+    return Reply([], later=out)
 
 
 # RFC 1813 §3.3.21: every WRITE was FILE_SYNC; nothing is left to flush.
