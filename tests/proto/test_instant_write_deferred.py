@@ -9,10 +9,13 @@ a group that fails answers each of its WRITEs with an error and wcc.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from instant.store import Store
 from nfsd.programs.nfs3.router import INLINE_WRITE
 from nfsd.rpc import WouldBlock, settle
 from tests.proto.calls import call, parse
@@ -43,6 +46,26 @@ def write_record(fh: nfs3.nfs_fh3, offset: int, data: bytes, xid: int) -> bytes:
     p = NFS3Packer()
     p.pack_WRITE3args(nfs3.WRITE3args(fh, offset, len(data), nfs3.FILE_SYNC, data))
     return call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_WRITE, p.get_buffer(), xid=xid)
+
+
+@contextmanager
+def read_lock_held(store: Store) -> Iterator[None]:
+    """The store's read lock held by another thread for the block."""
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store.read():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join(10)
 
 
 def write_res(parts: list) -> nfs3.WRITE3res:  # type: ignore[type-arg]
@@ -140,23 +163,10 @@ def test_an_inline_write_that_would_wait_goes_to_a_worker_having_changed_nothing
     assert c.getattr(fh).status == nfs3.NFS3_OK
     rec = write_record(fh, 4096, b"K" * 4096, 803)
     end = store._log_end
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with store.read():
-            held.set()
-            release.wait(10)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    held.wait(10)
-    try:
+    with read_lock_held(store):
         store._rstates.clear()  # the file's size must be read: the lock is needed
         with pytest.raises(WouldBlock):
             c.dispatcher.dispatch(rec, c.peer, "tcp", True)
-    finally:
-        release.set()
-        t.join(10)
     zeroed = store._log_zeroed
     store._log_zeroed = store._log_end  # the next write would need the zeros ahead
     try:
@@ -206,21 +216,8 @@ def test_an_inline_write_does_not_need_the_read_lock_when_its_answers_are_kept(
     store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
     assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK
     assert c.getattr(fh).status == nfs3.NFS3_OK  # node and size kept at this version
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with store.read():
-            held.set()
-            release.wait(10)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    held.wait(10)
-    try:
+    with read_lock_held(store):
         reply = c.dispatcher.dispatch(write_record(fh, 4096, b"L" * 4096, 812), c.peer, "tcp", True)
         assert reply is not None and reply.later is not None
-    finally:
-        release.set()
-        t.join(10)
     assert write_res(settle(reply, 10).parts).status == nfs3.NFS3_OK  # type: ignore[union-attr]
     assert c.read_all(fh, len(DISK))[4096:8192] == b"L" * 4096

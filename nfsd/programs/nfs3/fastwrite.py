@@ -8,10 +8,12 @@ decoded the RPC header and its ``opaque_auth`` objects, built an argument
 unpacker, went through the procedure table, the router's partial and its
 per-procedure lookups, and its deferred reply passed one more ``Later``
 (the dispatcher's finish) before the transport: about a third of the
-loop's CPU per WRITE (measured: docs/performance-writes.md).  Here one
-``struct`` call reads the call header and the ``WRITE3args`` head, the data
-is a view of the record (as ``unpack_opaque_view`` gives it), and the reply
-gets its RPC header put in front once the router's reply is there.
+loop's CPU per WRITE (measured: docs/performance-writes.md).  Here
+``FastPath.serve`` reads the call header as for its own procedures (one
+``struct`` call, the credentials from the dispatcher's cache, the handle),
+one more reads the ``WRITE3args`` head, the data is a view of the record
+(as ``unpack_opaque_view`` gives it), and the reply gets its RPC header put
+in front once the router's reply is there.
 
 What it may skip and what it may not:
 
@@ -47,14 +49,11 @@ from typing import Any
 
 from nfsd.programs.nfs3.service import failure_body
 from nfsd.programs.sessions import is_session_handle
-from nfsd.rpc import CallContext, CredCache, Reply
+from nfsd.rpc import CallContext, Reply
 from nfsd.transport.tls import Security
 from xdr import nfs3
 from xdr.rpc import (
     AUTH_SYS,
-    CALL,
-    MAX_AUTH_BYTES,
-    RPC_VERSION,
     SUCCESS,
     accepted_header,
     authsys_parms,
@@ -62,8 +61,6 @@ from xdr.rpc import (
 
 log = logging.getLogger("recovery_fs.rpc")
 
-_HEAD = struct.Struct(">8I")  # xid, msg_type, rpcvers, prog, vers, proc, cred flavour, length
-_VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle length
 _WRITE_HEAD = struct.Struct(">QIII")  # offset, count, stable, data length
 _ACCEPTED = accepted_header(0, SUCCESS)[4:]  # after the xid
 _STABLE = frozenset((nfs3.UNSTABLE, nfs3.DATA_SYNC, nfs3.FILE_SYNC))
@@ -76,48 +73,28 @@ QuickWrite = Callable[
 
 
 class FastWrite:
-    """Its :meth:`serve` is called by ``FastPath.serve`` for a WRITE (same signature)."""
+    """Its :meth:`serve` is ``FastPath.writes``: a WRITE once its header is read."""
 
     def __init__(self, quick: QuickWrite) -> None:
         self.quick = quick
 
-    def serve(  # noqa: PLR0917 (FastPath's signature)
+    def serve(  # noqa: PLR0917 (what FastPath.serve has read)
         self,
         record: bytes,
+        pos: int,
+        xid: int,
+        fh: bytes,
+        fields: tuple[int, bytes, int, int, tuple[int, ...]],
         peer: str,
         inline: bool,
         security: Security,
-        creds: CredCache,
         alone: bool,
     ) -> Reply | None:
+        """A WRITE whose RPC header, credentials and handle ``FastPath.serve`` has
+        read and checked (``pos``: where the handle's padding ends)."""
         size = len(record)
-        if size < _HEAD.size + _VERF_FH.size:
-            return None
-        xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
-        if (
-            proc != nfs3.NFSPROC3_WRITE
-            or mtype != CALL
-            or rpcvers != RPC_VERSION
-            or prog != nfs3.NFS_PROGRAM
-            or vers != 3
-            or flavor != AUTH_SYS
-            or n > MAX_AUTH_BYTES
-        ):
-            return None
-        end = _HEAD.size + ((n + 3) & ~3)
-        if end + _VERF_FH.size > size:
-            return None
-        fields = creds.get(record[_HEAD.size : _HEAD.size + n])
-        if fields is None:
-            return None  # not decoded yet: the general path decodes and keeps it
-        vflavor, vlen, fhlen = _VERF_FH.unpack_from(record, end)
-        if vflavor or vlen or fhlen > nfs3.NFS3_FHSIZE:
-            return None
-        pos = end + _VERF_FH.size
-        fh = record[pos : pos + fhlen]
         if not is_session_handle(fh):
             return None  # the read-only export's (ROFS) or garbage: the general path's
-        pos += (fhlen + 3) & ~3
         if pos + _WRITE_HEAD.size > size:
             return None
         offset, count, stable, dlen = _WRITE_HEAD.unpack_from(record, pos)
@@ -127,9 +104,9 @@ class FastWrite:
         cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
         ctx = CallContext(
             xid,
-            prog,
+            nfs3.NFS_PROGRAM,
             3,
-            proc,
+            nfs3.NFSPROC3_WRITE,
             AUTH_SYS,
             cred,
             peer,
