@@ -12,7 +12,13 @@ costs what it costs there).  Figures, each the median of ``--repeat`` passes:
   each making random 4 KiB writes through ``SessionNamespace.write``;
 * ``rpc_4k``: the same as encoded WRITE3 calls (FILE_SYNC, AUTH_SYS)
   through ``Dispatcher.dispatch``, as the server's worker threads call it;
-* ``rpc_1m``: sequential 1 MiB WRITEs, 4 threads, through the dispatcher.
+* ``rpc_1m``: sequential 1 MiB WRITEs, 4 threads, through the dispatcher;
+* ``srv_4k``: the server's shape: one *loop* thread dispatching each call
+  inline (``inline=True``) while fewer than ``--threads`` are in flight,
+  handing what raises WouldBlock to 8 *worker* threads, a deferred reply
+  (``Reply.later``) counted in flight until it resolves (on the store's
+  committer thread).  The other figures wait for a deferred reply in the
+  calling thread (``nfsd.rpc.settle``), as a client would.
 
 CPU is the process's (``getrusage``, user + system: every thread, the group
 commit's leaders included) divided by the calls; wall time and the
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import queue
 import random
 import resource
 import shutil
@@ -33,11 +40,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from nfsd.rpc import WouldBlock  # noqa: E402
 from tests.proto.calls import call  # noqa: E402
 from tests.proto.fakens import FakeNamespace  # noqa: E402
 from tests.proto.sessionclient import SessionCaller  # noqa: E402
@@ -109,6 +118,10 @@ def figures(c: SessionCaller, fh: nfs3.nfs_fh3, fid: int, args: argparse.Namespa
         def f() -> None:
             reply = c.dispatcher.dispatch(rec, PEER, "tcp")
             assert reply is not None
+            later = getattr(reply, "later", None)  # none before deferred replies
+            if later is not None:
+                reply = later.wait(60)
+                assert reply is not None
             reply.free()
 
         return f
@@ -139,8 +152,57 @@ def figures(c: SessionCaller, fh: nfs3.nfs_fh3, fid: int, args: argparse.Namespa
             pos[0] += 1 << 20
         return out
 
+    def srv_4k() -> list[list[Callable[[], object]]]:
+        recs = []
+        for _i in range(args.calls):
+            xid[0] += 1
+            recs.append(write_record(fh, rnd.randrange(DISK // 4096) * 4096, block, xid[0]))
+        return [[partial(served, c, recs, args.threads)]]
+
     return {"ns_4k": (ns_4k, args.calls), "rpc_4k": (rpc_4k, args.calls),
-            "rpc_1m": (rpc_1m, args.calls_1m)}  # fmt: skip
+            "rpc_1m": (rpc_1m, args.calls_1m), "srv_4k": (srv_4k, args.calls)}  # fmt: skip
+
+
+def served(c: SessionCaller, recs: list[bytes], inflight: int, workers: int = 8) -> None:
+    """``recs`` served as the server does (see ``srv_4k``), on this thread as its loop."""
+    slots = threading.Semaphore(inflight)
+    work: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def complete(reply: object) -> None:
+        assert reply is not None
+        later = getattr(reply, "later", None)
+        if later is None:
+            reply.free()  # type: ignore[attr-defined]
+            slots.release()
+            return
+
+        def sent(done: object) -> None:
+            done.result().free()  # type: ignore[attr-defined]
+            slots.release()
+
+        later.then(sent)
+
+    def worker() -> None:
+        while (rec := work.get()) is not None:
+            complete(c.dispatcher.dispatch(rec, PEER, "tcp"))
+
+    ts = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in ts:
+        t.start()
+    for rec in recs:
+        slots.acquire()
+        try:
+            reply = c.dispatcher.dispatch(rec, PEER, "tcp", True)
+        except WouldBlock:
+            work.put(rec)
+            continue
+        complete(reply)
+    for _ in range(inflight):
+        slots.acquire()
+    for _ in ts:
+        work.put(None)
+    for t in ts:
+        t.join()
 
 
 def main() -> int:

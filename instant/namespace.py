@@ -65,7 +65,7 @@ from instant.errors import (
     NotSync,
     Stale,
 )
-from instant.store import Hook, Store, Tx
+from instant.store import Hook, Store, Tx, waited
 from merge.attrs import ROOT_FILEID
 from merge.namespace import (
     Attrs,
@@ -379,8 +379,10 @@ class SessionNamespace:
         assert isinstance(a, Attrs)
         return a
 
-    def getattr(self, fileid: int) -> Attrs:
-        v = self.store.version()
+    def getattr(self, fileid: int, version: int | None = None) -> Attrs:
+        """``version``: the store's ``version()`` the caller just read (a WRITE asks it
+        once for its wcc read and its write), else asked here."""
+        v = self.store.version() if version is None else version
         return self._attrs_at(v, self._node_at(v, fileid))
 
     def lookup(self, dir_fileid: int, name: str) -> Attrs:
@@ -554,9 +556,32 @@ class SessionNamespace:
 
     def write(self, fileid: int, offset: int, data: bytes | memoryview) -> Attrs:
         """WRITE, FILE_SYNC: the data and the new mtime are durable when this returns."""
+
+        def start(done: Callable[[Attrs | Exception], None]) -> None:
+            self.write_async(fileid, offset, data, done)
+
+        return waited(start)
+
+    def write_async(
+        self,
+        fileid: int,
+        offset: int,
+        data: bytes | memoryview,
+        done: Callable[[Attrs | Exception], None],
+        *,
+        version: int | None = None,
+    ) -> None:
+        """WRITE, FILE_SYNC, answered later: ``done(attrs after)`` once the data and
+        the new mtime are durable, or ``done(error)``; on the store's committer thread
+        (:meth:`instant.store.Store.write_async`).  What is refused before any byte
+        is written (not a file, out of range, over the quota) is raised here, and
+        ``done`` is never called.  ``version``: the store's ``version()`` the caller
+        just read the node at (its wcc read), not asked again."""
         # The node as kept for this version (the server's wcc read just asked for
         # it): the kept node is shared, so the new times go into the answer only.
-        n = _check_regular(self._node_at(self.store.version(), fileid))
+        if version is None:
+            version = self.store.version()
+        n = _check_regular(self._node_at(version, fileid))
         if offset < 0 or offset + len(data) > 1 << 63:
             raise InvalidArgument("offset out of range")
         now = self.clock()
@@ -567,14 +592,20 @@ class SessionNamespace:
                 ("times", node), "UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, node)
             )
 
-        size = self.store.write(node, offset, data, n.base_size, extra=stamp)
-        # The node as read above, with the times just committed and the size the
-        # write made: no second read per WRITE (a SETATTR racing this WRITE shows
-        # at the next GETATTR, as with any attribute cache).
-        return Attrs(
-            kind=n.kind, size=size, used=size, mode=n.mode, nlink=1, uid=n.uid, gid=n.gid,
-            fileid=n.fileid, atime_ns=n.atime, mtime_ns=now, ctime_ns=now,
-        )  # fmt: skip
+        def written(outcome: int | Exception) -> None:
+            if isinstance(outcome, Exception):
+                done(outcome)
+                return
+            # The node as read above, with the times just committed and the size the
+            # write made: no second read per WRITE (a SETATTR racing this WRITE shows
+            # at the next GETATTR, as with any attribute cache).
+            after = Attrs(
+                kind=n.kind, size=outcome, used=outcome, mode=n.mode, nlink=1, uid=n.uid,
+                gid=n.gid, fileid=n.fileid, atime_ns=n.atime, mtime_ns=now, ctime_ns=now,
+            )  # fmt: skip
+            done(after)
+
+        self.store.write_async(node, offset, data, n.base_size, extra=stamp, done=written)
 
     def commit(self, fileid: int) -> None:
         """COMMIT: nothing to do, every write was FILE_SYNC; checks the file exists."""

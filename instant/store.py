@@ -29,23 +29,27 @@ the namespace's changes are transactions of the same database
 
 Group commit
 ------------
-Writers append their bytes in parallel (step 2), then queue.  The first
-writer to find no leader leads: it takes sqlite's write lock (``BEGIN
-IMMEDIATE``, waiting for another process's commit if one runs), *then*
-takes every write queued meanwhile, makes one ``fdatasync`` and one COMMIT
-for all of them, and wakes them.  Writes that arrive during a flush form
-the next group.  So 16 writes in flight cost one ``fdatasync`` and one WAL
-fsync, not sixteen of each; and while one process commits, the others'
-writers pile up behind sqlite's lock and go in one group each.
+Writers append their bytes in parallel (step 2), queue, and return
+(:meth:`Store.write_async`: the caller is told by ``done`` later; the
+synchronous :meth:`Store.write` waits for it).  One *committer* thread per
+store (started with the first write, stopped by :meth:`Store.close`) takes
+sqlite's write lock (``BEGIN IMMEDIATE``, waiting for another process's
+commit if one runs), *then* takes every write queued meanwhile, makes one
+``fdatasync`` and one COMMIT for all of them, and calls each ``done``.
+Writes that arrive during a flush form the next group.  So 16 writes in
+flight cost one ``fdatasync`` and one WAL fsync, not sixteen of each, and
+no thread of the caller is held while a group commits: a server's worker
+(a few per process) hands its WRITE on and serves the next call, so a
+group holds every write in flight, not one per worker.  While one process
+commits, the others' writes pile up behind sqlite's lock and go in one
+group each.  ``done`` is called after the COMMIT (step 5), never before;
+a group that fails calls every ``done`` of it with the error.
 ``Store.stats`` counts writes, groups and syncs.
 
 The group's map edits are written net (:class:`_Net`): per file one
 ``DELETE`` of the durable pieces it replaced, one ``INSERT`` of the pieces
 left, one ``UPDATE`` of size and ``gen``; statements only the last write
-decides (a file's mtime) once (:meth:`Tx.last`).  Each waiting writer holds
-a lock of its own, released once by the leader: when its write is done, or
-to hand it the lead of the writes queued meanwhile (no writer is woken to
-find it must sleep again).
+decides (a file's mtime) once (:meth:`Tx.last`).
 
 Reading
 -------
@@ -71,6 +75,7 @@ that small writes overwrite allocated blocks (:meth:`Store._zero_ahead`).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
 import threading
@@ -79,16 +84,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from instant import db
 from instant.errors import NoSpace, WouldWait
 from instant.rangemap import Edits, FileState, Piece, RangeMap
 from merge.namespace import NamespaceError, Run, StorageIOError
 
+log = logging.getLogger("recovery_fs.instant")
+
 BaseRuns = Callable[[int, int], list[Run]]
 """``base(offset, count)``: the base file's runs (``merge.namespace.Reader.runs``)."""
 
+T = TypeVar("T")
 Hook = Callable[[str], None]
 """Called at each step of a write (``HOOK_POINTS``); the crash tests kill there."""
 
@@ -136,20 +144,24 @@ class _Entry:
     checked: int = -1
 
 
+Done = Callable[[int | Exception], None]
+"""``done(size)`` once a write is durable (the file's size just after it), or
+``done(error)``; called once, on the store's committer thread."""
+
+
 @dataclass(slots=True, eq=False)
 class _Pending:
-    """A write waiting for its group: ``wake`` is held until it is done or must lead."""
+    """A write in the log, waiting for its group's COMMIT."""
 
     obj: int
     offset: int
     length: int
     pos: int
     base_size: int
-    extra: Callable[[Tx], None] | None = None
+    extra: Callable[[Tx], None] | None
+    done: Done
     error: Exception | None = None
     size: int = 0  # the file's size once written
-    lead: bool = False
-    wake: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(slots=True)
@@ -275,9 +287,11 @@ class Store:
         self._rlock = threading.RLock()  # the read connection, _rstates, _fds
         self._vlock = threading.Lock()  # the version connection; taken inside _rlock, never around
         self._nowait = threading.local()  # .on: this thread is in nowait() (see there)
-        self._qlock = threading.Lock()  # _queue, _leading
+        self._qlock = threading.Lock()  # _queue, _committer, _closing
+        self._qwake = threading.Condition(self._qlock)  # the committer waits for writes
         self._queue: list[_Pending] = []
-        self._leading = False
+        self._committer: threading.Thread | None = None
+        self._closing = False
         self._wstates: dict[int, _Entry] = {}
         self._rstates: dict[int, _Entry] = {}
         # (old gen, new gen) of this process's changes from just before their
@@ -305,47 +319,89 @@ class Store:
         """Write ``data`` at ``offset`` of ``obj``; durable (FILE_SYNC) when it returns.
 
         Returns the file's size just after this write (later writes of its
-        group may have grown it further).
+        group may have grown it further).  :meth:`write_async`, waited for.
+        """
+        if not data:
+            return self.size(obj, base_size)
 
-        ``base_size`` is the base file's size, used if this is ``obj``'s first change.
-        ``extra(tx)`` runs in the group's transaction (the namespace sets mtime
-        there, so a write's metadata is as durable as its data at no extra flush).
-        Raises ``NoSpace`` past the quota or when the cache file system is full.
+        def start(done: Done) -> None:
+            self.write_async(obj, offset, data, base_size, extra=extra, done=done)
+
+        return waited(start)
+
+    def write_async(
+        self,
+        obj: int,
+        offset: int,
+        data: bytes | memoryview,
+        base_size: int,
+        *,
+        extra: Callable[[Tx], None] | None = None,
+        done: Done,
+    ) -> None:
+        """Write ``data`` at ``offset`` of ``obj``; ``done`` is told once it is durable.
+
+        Returns as soon as the bytes are in the log (steps 1-2) and the write
+        is queued for the committer; ``done(size)`` is called after its
+        group's fdatasync and COMMIT, on the committer thread, or
+        ``done(error)`` if the group failed.  ``base_size`` is the base
+        file's size, used if this is ``obj``'s first change.  ``extra(tx)``
+        runs in the group's transaction (the namespace sets mtime there, so a
+        write's metadata is as durable as its data at no extra flush).
+
+        Raises (and ``done`` is never called) what fails before the write is
+        queued: ``NoSpace`` past the quota or when the cache file system is
+        full, a storage error.  ``data`` is not needed once this returns.
         """
         n = len(data)
         if n == 0:
-            return self.size(obj, base_size)
+            done(self.size(obj, base_size))
+            return
         if self.quota is not None and self._used_hint + n > self.quota:
             raise NoSpace(f"quota of {self.quota} bytes reached")
         pos = self._reserve(n)
         self.hook("before-data")
         _pwrite_all(self._log_fd, data, pos)
         self.hook("after-data")
-        p = _Pending(obj, offset, n, pos, base_size, extra)
-        p.wake.acquire()
+        p = _Pending(obj, offset, n, pos, base_size, extra, done)
         with self._qlock:
+            if self._closing:
+                raise StorageIOError("the session store is closed")
+            if self._committer is None:
+                self._start_committer()
             self._queue.append(p)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            try:
-                p.wake.acquire()  # released once: done, or handed the lead
-            except BaseException:
-                # Interrupted (a signal's handler raised): this write is queued, and
-                # the lead may be handed to it; wait for that, lead if so, then raise.
-                p.wake.acquire()
-                if p.lead:
-                    self._lead()
-                raise
-            lead = p.lead
-        if lead:
-            self._lead()
-        if p.error is not None:
-            raise p.error
-        return p.size
+            self._qwake.notify()
+
+    def _start_committer(self) -> None:
+        """(``_qlock`` held) The committer thread, on the first write."""
+        t = threading.Thread(target=self._commit_loop, name="store-committer", daemon=True)
+        try:
+            t.start()
+        except RuntimeError as e:  # no thread to be had: this write fails, the next tries again
+            raise StorageIOError(f"cannot start the committer: {e}") from e
+        self._committer = t
+
+    def _commit_loop(self) -> None:
+        """The committer: a group per round, until closed with nothing queued."""
+        while True:
+            with self._qlock:
+                while not self._queue and not self._closing:
+                    self._qwake.wait()
+                if not self._queue:
+                    return
+            self._commit_group()
 
     def _reserve(self, n: int) -> int:
-        with self._log_lock:
+        """``[pos, pos+n)`` at the log's end; in :meth:`nowait`, WouldWait rather
+        than wait for the log's lock, open the log or write the zeros ahead."""
+        nowait = getattr(self._nowait, "on", False)
+        if not self._log_lock.acquire(blocking=not nowait):
+            raise WouldWait
+        try:
+            if nowait and (
+                self._log_fd < 0 or (n < SMALL_WRITE and self._log_end + n > self._log_zeroed)
+            ):
+                raise WouldWait
             if self._log_fd < 0:
                 self._open_log()
             pos = self._log_end
@@ -353,6 +409,8 @@ class Store:
             if n < SMALL_WRITE and self._log_end > self._log_zeroed:
                 self._zero_ahead()
             return pos
+        finally:
+            self._log_lock.release()
 
     def _zero_ahead(self) -> None:
         """Write zeros past the log's end, so small writes overwrite allocated blocks.
@@ -384,13 +442,9 @@ class Store:
             )
         self._log_fd = fd
 
-    def _lead(self) -> None:
-        """Commit every queued write as one group: one fdatasync, one COMMIT.
-
-        Then wake each writer of the group once, and hand the lead to the
-        first writer queued meanwhile (or give it up): no writer is woken
-        for nothing.
-        """
+    def _commit_group(self) -> None:
+        """Commit every queued write as one group: one fdatasync, one COMMIT;
+        then tell each of them (an error to all if the group failed)."""
         batch: list[_Pending] = []
         try:
             with self.transaction() as tx:
@@ -411,24 +465,16 @@ class Store:
                     batch, self._queue = self._queue, []
             for p in batch:
                 p.error = p.error or err
-            if not isinstance(e, Exception):
-                raise  # KeyboardInterrupt...: the leader's, the group woken with errors first
-        finally:
-            with self._qlock:
-                for p in batch:
-                    if p.error is None:
-                        self.stats.writes += 1
-                        self.stats.bytes_written += p.length
-                nxt = self._queue[0] if self._queue else None
-                if nxt is None:
-                    self._leading = False
-                else:
-                    nxt.lead = True
-            for p in batch:
-                if p.wake.locked():
-                    p.wake.release()
-            if nxt is not None:
-                nxt.wake.release()
+            if not isinstance(e, Exception):  # the thread goes on: later writes need it
+                log.error("the session store's group commit was interrupted: %r", e)
+        for p in batch:
+            if p.error is None:
+                self.stats.writes += 1
+                self.stats.bytes_written += p.length
+            try:
+                p.done(p.size if p.error is None else p.error)
+            except Exception:
+                log.exception("a write's completion failed")
 
     def _drop_cached(self, batch: list[_Pending]) -> None:
         """Drop the page cache of ``batch``'s large writes, durable and clean by now.
@@ -556,7 +602,8 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """The read connection, in one read transaction (a consistent snapshot)."""
-        with self._rlock:
+        self._rtake()
+        try:
             if self._r.in_transaction:
                 yield self._r
                 return
@@ -565,23 +612,35 @@ class Store:
                 yield self._r
             finally:
                 self._r.execute("COMMIT")
+        finally:
+            self._rlock.release()
 
     @contextmanager
     def nowait(self) -> Iterator[None]:
-        """Read answers for a thread that must not wait (the server's loop, serving
-        one connection alone): the read lock taken at once or :class:`WouldWait`,
-        and held for the block, in which a file's map that would have to be loaded
-        (another thread may hold the lock for seconds doing that for a large one)
-        is :class:`WouldWait` too.  The caller hands the call to a thread that may
-        wait; nothing was changed."""
-        if not self._rlock.acquire(blocking=False):
-            raise WouldWait
+        """Read answers for a thread that must not wait (the server's loop): in the
+        block, the read lock is taken at once or :class:`WouldWait` (:meth:`_rtake`),
+        each time it is needed, not held for the whole block; a file's map that
+        would have to be loaded (another thread may hold the lock for seconds
+        doing that for a large one) is :class:`WouldWait` too, and so is a write
+        that would wait for the log (:meth:`_reserve`).  The caller hands the
+        call to a thread that may wait; nothing was changed.
+
+        Not holding the lock for the block: the loop's small WRITE held it while
+        it checked, wrote its bytes and queued them, and the committer's
+        ``_publish`` waited for it (a context switch) or the next inline call
+        found it taken and went to a worker.  Each read is a snapshot of its own,
+        as on a worker, which never held the lock across a call's reads either."""
+        before = getattr(self._nowait, "on", False)
         self._nowait.on = True
         try:
             yield
         finally:
-            self._nowait.on = False
-            self._rlock.release()
+            self._nowait.on = before
+
+    def _rtake(self) -> None:
+        """Take the read lock; in :meth:`nowait`, at once or :class:`WouldWait`."""
+        if not self._rlock.acquire(blocking=not getattr(self._nowait, "on", False)):
+            raise WouldWait
 
     def version(self) -> int:
         """Moves whenever a connection (of any process, this one's writer too) committed.
@@ -605,8 +664,11 @@ class Store:
             ent = self._rstates.get(obj)
             if ent is not None and ent.checked == version:
                 return ent.state
-        with self._rlock:
+        self._rtake()
+        try:
             return self._rstate(obj, version).state
+        finally:
+            self._rlock.release()
 
     def size(self, obj: int, base_size: int, version: int | None = None) -> int:
         st = self.state(obj, version)
@@ -623,11 +685,14 @@ class Store:
         version: int | None = None,
     ) -> list[Run]:
         """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros."""
-        with self._rlock:
+        self._rtake()
+        try:
             st = self._rstate(obj, version).state
             if st is None:
                 st = FileState(base_size, base_size)
             return st.runs(offset, count, base, self._fd_of)
+        finally:
+            self._rlock.release()
 
     def _rstate(self, obj: int, version: int | None = None) -> _Entry:
         """``obj``'s read entry, checked against ``version`` (``version()`` if not given)."""
@@ -673,6 +738,13 @@ class Store:
         return Usage(logged, live, self.quota)
 
     def close(self) -> None:
+        """Commit what is queued (the committer's last groups), then close."""
+        with self._qlock:
+            self._closing = True
+            self._qwake.notify()
+            committer = self._committer
+        if committer is not None and committer is not threading.current_thread():
+            committer.join()
         with self._rlock, self._wlock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -690,6 +762,27 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def waited(start: Callable[[Callable[[T | Exception], None]], None]) -> T:
+    """``start(done)``, then wait for its ``done(value | error)``: the value, or raise.
+
+    Interrupted (a signal's handler raised), the waiting stops and what was
+    started goes on (a write stays queued and is committed anyway).
+    """
+    box: list[T | Exception] = []
+    ready = threading.Lock()
+    ready.acquire()
+
+    def done(outcome: T | Exception) -> None:
+        box.append(outcome)
+        ready.release()
+
+    start(done)
+    ready.acquire()
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
 
 
 def _load(conn: sqlite3.Connection, obj: int) -> _Entry:

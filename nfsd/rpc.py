@@ -30,6 +30,19 @@ procedure raises             its failure body with the status it raised;
 
 Procedures are plain functions registered in one explicit table per program
 and version (:class:`Program`); there is no dispatch by reflection.
+
+Deferred replies
+----------------
+A procedure may answer before its work is done: it returns a
+``Reply([], later=...)`` whose :class:`Later` resolves to the body (or
+fails with what the procedure would have raised) on another thread, e.g.
+the session store's committer once a WRITE's group is durable.  Whoever
+finishes a call composes onto the ``Later`` (:meth:`Later.map`) rather than
+onto the body: the dispatcher's accepted header, failure mapping, per-call
+log line and UDP amplification rule; the session router's duplicate request
+cache; the transport's send.  So no thread waits for the storage, and the
+reply leaves exactly as a plain one would, only later.  :func:`settle` waits
+for one (for callers that are themselves synchronous: tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -37,10 +50,11 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from nfsd.transport.tls import AUTH_TLS, PLAIN, Security, starttls_refusal, starttls_reply
 from xdr.base import Unpacker, XdrError
@@ -68,6 +82,103 @@ from xdr.rpc import (
 log = logging.getLogger("recovery_fs.rpc")
 
 Buffer = bytes | bytearray | memoryview
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class Later(Generic[T]):
+    """A result that arrives later, exactly once: a value or an exception.
+
+    Thread-safe, and safe whichever comes first: a callback added after the
+    result is called at once (on the adding thread), one added before is
+    called on the thread that settles it.  Settling twice is a bug
+    (RuntimeError): a reply must not be sent twice.  A callback that raises
+    is logged and does not stop the others.
+    """
+
+    __slots__ = ("_callbacks", "_done", "_error", "_lock", "_value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Later[T]], None]] = []
+
+    def resolve(self, value: T) -> None:
+        self._settle(value, None)
+
+    def fail(self, error: BaseException) -> None:
+        self._settle(None, error)
+
+    def complete(self, outcome: T | BaseException) -> None:
+        """``resolve`` a value, ``fail`` an exception: the storage's ``done(size | error)``."""
+        if isinstance(outcome, BaseException):
+            self._settle(None, outcome)
+        else:
+            self._settle(outcome, None)
+
+    def _settle(self, value: T | None, error: BaseException | None) -> None:
+        with self._lock:
+            if self._done:
+                raise RuntimeError("a Later is settled once")
+            self._value, self._error, self._done = value, error, True
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            _call_back(fn, self)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> T:
+        """The value, or raise the exception (only once settled)."""
+        if not self._done:
+            raise RuntimeError("a Later asked for its result before it was settled")
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def then(self, fn: Callable[[Later[T]], None]) -> None:
+        """Call ``fn(self)`` once settled: now if it is, else on the settling thread."""
+        with self._lock:
+            if not self._done:
+                self._callbacks.append(fn)
+                return
+        _call_back(fn, self)
+
+    def map(self, fn: Callable[[Later[T]], U]) -> Later[U]:
+        """A Later of ``fn(self)`` once this one is settled (``fn`` calls
+        :meth:`result` and maps its exceptions as it would a call's); what
+        ``fn`` raises fails the new one."""
+        out: Later[U] = Later()
+
+        def step(src: Later[T]) -> None:
+            try:
+                value = fn(src)
+            except BaseException as e:  # handed on, raised where it is read
+                out.fail(e)
+                return
+            out.resolve(value)
+
+        self.then(step)
+        return out
+
+    def wait(self, timeout: float | None = None) -> T:
+        """Block until settled (TimeoutError after ``timeout``), then :meth:`result`."""
+        if not self._done:
+            ev = threading.Event()
+            self.then(lambda _: ev.set())
+            if not ev.wait(timeout):
+                raise TimeoutError("a deferred reply did not come")
+        return self.result()
+
+
+def _call_back(fn: Callable[[Later[Any]], None], src: Later[Any]) -> None:
+    try:
+        fn(src)
+    except Exception:
+        log.exception("a deferred reply's callback failed")
 
 
 class FileRun:
@@ -110,17 +221,27 @@ class Reply:
     ``release`` is called once the buffers have been sent (or dropped): it
     gives back a pooled READ buffer.  ``starttls``: the STARTTLS reply; once
     it is sent the connection reads no more records and a TLS handshake
-    must follow (``nfsd.transport.tls``).
+    must follow (``nfsd.transport.tls``).  ``later``: the reply is not
+    ready; ``parts`` is empty and the real reply (or None: no reply) comes
+    from it (see "Deferred replies" above).
     """
 
     parts: list[Part]  # FileRun only where the context allowed it (``CallContext.sendfile``)
     release: Callable[[], None] | None = None
     starttls: bool = False
+    later: Later[Reply | None] | None = None
 
     def free(self) -> None:
         """Give back what the reply holds (a pooled buffer), if anything."""
         if self.release is not None:
             self.release()
+
+
+def settle(reply: Reply | None, timeout: float | None = None) -> Reply | None:
+    """``reply`` itself, or the reply a deferred one resolves to (waiting for it)."""
+    if reply is None or reply.later is None:
+        return reply
+    return reply.later.wait(timeout)
 
 
 @dataclass(slots=True)
@@ -408,17 +529,37 @@ class Dispatcher:
             except DropCall as e:
                 log.debug("xid=%#x %s from %s dropped: %s", xid, proc.name, peer, e)
                 return None
-        head = accepted_header(xid, SUCCESS if body is not None else SYSTEM_ERR)
+        if body is not None and body.later is not None:
+            # Deferred: the same finishing work, once the body is there.
+            size = len(record)
+
+            def finish(src: Later[Reply | None]) -> Reply | None:
+                try:
+                    done = self._mapped(program, proc, ctx, args, src.result)
+                except DropCall as e:
+                    log.debug("xid=%#x %s from %s dropped: %s", xid, proc.name, peer, e)
+                    return None
+                return self._finish(program, proc, ctx, size=size, started=started, body=done)
+
+            return Reply([], later=body.later.map(finish))
+        return self._finish(program, proc, ctx, size=len(record), started=started, body=body)
+
+    def _finish(
+        self, program: Program, proc: Procedure, ctx: CallContext, *, size: int,
+        started: float, body: Reply | None,
+    ) -> Reply | None:  # fmt: skip
+        """The accepted header, the per-call log line, the UDP amplification rule."""
+        head = accepted_header(ctx.xid, SUCCESS if body is not None else SYSTEM_ERR)
         elapsed = time.monotonic() - started
         if log.isEnabledFor(logging.DEBUG) or elapsed > self.slow_call_seconds:
             log.log(
                 logging.DEBUG if elapsed <= self.slow_call_seconds else logging.WARNING,
                 "xid=%#x %s %s %s v%d %s status=%d %.3fms",
-                xid,
-                peer,
-                transport,
+                ctx.xid,
+                ctx.peer,
+                ctx.transport,
                 proc.name,
-                call.vers,
+                ctx.vers,
                 ctx.note,
                 ctx.status,
                 elapsed * 1000,
@@ -426,15 +567,15 @@ class Dispatcher:
         if body is None:
             return Reply([head])
         body.parts.insert(0, head)
-        if transport == "udp" and program.udp_no_amplify:
-            size = sum(len(b) for b in body.parts)
-            if size > len(record):
+        if ctx.transport == "udp" and program.udp_no_amplify:
+            total = sum(len(b) for b in body.parts)
+            if total > size:
                 log.info(
                     "no UDP reply of %d bytes to a %d-byte %s call from %s (amplification)",
+                    total,
                     size,
-                    len(record),
                     proc.name,
-                    peer,
+                    ctx.peer,
                 )
                 body.free()
                 return None
@@ -469,8 +610,16 @@ class Dispatcher:
 
     def _run(self, program: Program, proc: Procedure, ctx: CallContext, args: Any) -> Reply | None:
         """Run a procedure; map its failures to its failure body."""
+        return self._mapped(program, proc, ctx, args, lambda: proc.run(ctx, args))
+
+    def _mapped(
+        self, program: Program, proc: Procedure, ctx: CallContext, args: Any,
+        body: Callable[[], Reply | None],
+    ) -> Reply | None:  # fmt: skip
+        """``body()``, its failures mapped to the procedure's failure body (a call
+        run now, or a deferred reply's result)."""
         try:
-            return proc.run(ctx, args)
+            return body()
         except (WouldBlock, DropCall):
             raise
         except ProcedureError as e:

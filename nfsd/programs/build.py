@@ -18,6 +18,7 @@ from nfsd.programs.mountd import MountService
 from nfsd.programs.mountlist import MountList
 from nfsd.programs.nfs3 import program as nfs3_program
 from nfsd.programs.nfs3.fastpath import FastPath
+from nfsd.programs.nfs3.fastwrite import FastWrite
 from nfsd.programs.nfs3.router import route_sessions
 from nfsd.programs.nfs3.service import RTMAX, Nfs3Service, fsid_of
 from nfsd.programs.sessions import SessionManager
@@ -56,6 +57,8 @@ def build_programs(
     nfs_program.fast = fast.serve  # GETATTR, READ and LOOKUP: the same answers, sooner
     nfs_program.udp = udp
     if sessions is not None:
-        fast.sessions = route_sessions(nfs_program, nfs, access, sessions).quick
+        router = route_sessions(nfs_program, nfs, access, sessions)
+        fast.sessions = router.quick
+        fast.writes = FastWrite(router.quick_write).serve
     mount = MountService(handles, export_path, access, sessions, mounts)  # mounts: DUMP's list
     return [mount.program(), nfs_program]

@@ -46,6 +46,7 @@ from typing import Any
 
 from nfsd.programs.access import split_peer
 from nfsd.rpc import CallContext, DropCall
+from xdr.nfs3 import WRITE3args
 
 MAX_ENTRIES = 8192
 MAX_AGE = 600.0
@@ -56,9 +57,38 @@ _RUNNING = b""
 def checksum(args: Any) -> bytes:
     """A digest of decoded arguments: every field; of an opaque longer than
     ``2 * SAMPLE``, its length and first and last ``SAMPLE`` bytes (see above)."""
+    if type(args) is WRITE3args:
+        return hashlib.blake2b(_write_input(args), digest_size=16).digest()
     out = bytearray()
     _feed(out, args)
     return hashlib.blake2b(out, digest_size=16).digest()
+
+
+def _write_input(a: WRITE3args) -> bytes:
+    """What :func:`_feed` appends for a WRITE3args, without its walk over the fields
+    (a third of a 4 KiB session WRITE's key on the loop); equal byte for byte
+    (``tests/unit/test_drc.py``), else the general walk: fields of other types
+    take :func:`_feed`'s other branches."""
+    fh, data = a.file.data, a.data
+    if not (
+        type(a.offset) is int
+        and type(a.count) is int
+        and type(a.stable) is int
+        and isinstance(fh, bytes)
+        and len(fh) <= 2 * SAMPLE
+        and isinstance(data, (bytes, memoryview))
+    ):
+        out = bytearray()
+        _feed(out, a)
+        return bytes(out)
+    n = len(data)
+    head = b"WRITE3argsnfs_fh3%b%b%d;%d;%d;%b" % (
+        len(fh).to_bytes(8, "big"), fh, a.offset, a.count, a.stable, n.to_bytes(8, "big"),
+    )  # fmt: skip
+    if n > 2 * SAMPLE:
+        view = memoryview(data)
+        return b"".join((head, view[:SAMPLE], view[-SAMPLE:]))
+    return b"".join((head, data))
 
 
 @functools.cache

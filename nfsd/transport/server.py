@@ -39,6 +39,11 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   appends the connection to a wake list and writes one byte to a socket
   pair.  A connection's lock covers its queue, its in-flight count and its
   socket: a worker never sends on a closed (possibly reused) descriptor.
+* A deferred reply (``Reply.later``, ``nfsd.rpc``: a session WRITE answered
+  when its group commits) keeps its call counted in ``conn.inflight`` until
+  it resolves, on whichever thread resolves it; it is then sent or queued
+  as a worker's reply is (``_deliver``); a connection closed meanwhile
+  just frees it.
 * READ replies are built in pooled buffers (``nfsd.programs.buffers``).  A queue
   that makes no progress for ``DETACH_AFTER`` copies its replies out of
   the pool, so a client that does not read cannot starve the others of
@@ -164,9 +169,10 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
-from nfsd.rpc import Buffer, Dispatcher, FileRun, Reply, WouldBlock
+from nfsd.rpc import Buffer, Dispatcher, FileRun, Later, Reply, WouldBlock
 from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 from nfsd.transport.tls import (
@@ -782,6 +788,11 @@ class RpcServer:
                     conn.inflight += 1
                 self._workers.submit(self._serve, conn, record)
                 continue
+            if reply is not None and reply.later is not None:  # in flight until it resolves
+                with conn.lock:
+                    conn.inflight += 1
+                reply.later.then(partial(self._deferred, conn))
+                continue
             if reply is None:
                 for r in quick:
                     r.free()
@@ -834,6 +845,24 @@ class RpcServer:
         """A worker's call: dispatch, send or queue the reply, wake the loop
         if it has something to do about this connection."""
         reply = self._dispatch(conn, record, inline=False)
+        if reply is not None and reply.later is not None:
+            reply.later.then(partial(self._deferred, conn))  # conn.inflight counts it meanwhile
+            return
+        self._deliver(conn, reply)
+
+    def _deferred(self, conn: _Connection, done: Later[Reply | None]) -> None:
+        """A deferred reply resolved (on whichever thread resolved it): delivered
+        as a worker's reply is; a connection closed meanwhile just frees it."""
+        try:
+            reply = done.result()
+        except Exception:
+            log.exception("a deferred reply failed for %s", conn.peer)
+            reply = None
+        self._deliver(conn, reply)
+
+    def _deliver(self, conn: _Connection, reply: Reply | None) -> None:
+        """Send or queue a reply of a call counted in ``conn.inflight``, and
+        wake the loop if it has something to do about this connection."""
         with conn.lock:
             conn.inflight -= 1
             if conn.closed:
@@ -1181,19 +1210,37 @@ class RpcServer:
 
     def _serve_udp(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
         peer = f"{addr[0]}:{addr[1]}"
-        reply = None
         try:
             reply = self.dispatcher.dispatch(data, peer, "udp")
-            if reply is not None:
-                parts = [memoryview(cast(Buffer, p)).cast("B") for p in reply.parts]  # no FileRun
-                sock.sendmsg(parts, [], 0, addr)
-        except OSError as e:
-            log.info("UDP reply to %s failed: %s", peer, e)
         except Exception:
             log.exception("dispatch failed for %s (udp)", peer)
+            return
+        if reply is not None and reply.later is not None:
+            reply.later.then(partial(self._deferred_udp, sock, addr, peer))
+            return
+        self._send_udp(sock, addr, peer, reply)
+
+    def _deferred_udp(
+        self, sock: socket.socket, addr: tuple, peer: str, done: Later[Reply | None]
+    ) -> None:
+        try:
+            reply = done.result()
+        except Exception:
+            log.exception("a deferred reply failed for %s (udp)", peer)
+            return
+        self._send_udp(sock, addr, peer, reply)
+
+    @staticmethod
+    def _send_udp(sock: socket.socket, addr: tuple, peer: str, reply: Reply | None) -> None:
+        if reply is None:
+            return
+        try:
+            parts = [memoryview(cast(Buffer, p)).cast("B") for p in reply.parts]  # no FileRun
+            sock.sendmsg(parts, [], 0, addr)
+        except OSError as e:
+            log.info("UDP reply to %s failed: %s", peer, e)
         finally:
-            if reply is not None:
-                reply.free()
+            reply.free()
 
 
 def bind_listeners(

@@ -14,7 +14,7 @@ from typing import Any
 from exports import parse as parse_exports
 from nfsd.programs import build_programs
 from nfsd.programs.access import AccessControl
-from nfsd.rpc import Dispatcher
+from nfsd.rpc import Dispatcher, settle
 from tests.proto.calls import call, parse
 from xdr import mount3, nfs3, rpc
 from xdr.mount3 import Mount3Packer, Mount3Unpacker
@@ -52,7 +52,7 @@ class Caller:
         self.released = 0
 
     def raw(self, record: bytes) -> bytes:
-        reply = self.dispatcher.dispatch(record, "127.0.0.1:900", self.transport)
+        reply = settle(self.dispatcher.dispatch(record, "127.0.0.1:900", self.transport), 30)
         assert reply is not None
         data = b"".join(bytes(p) for p in reply.parts)
         if reply.release:
@@ -62,8 +62,11 @@ class Caller:
 
     def _call(self, prog: int, vers: int, proc: int, args: bytes) -> bytes:
         self.xid += 1
-        reply = self.dispatcher.dispatch(
-            call(prog, vers, proc, args, xid=self.xid), "127.0.0.1:900", self.transport
+        reply = settle(
+            self.dispatcher.dispatch(
+                call(prog, vers, proc, args, xid=self.xid), "127.0.0.1:900", self.transport
+            ),
+            30,
         )
         assert reply is not None
         r = parse(reply.parts)

@@ -11,7 +11,7 @@ from merge.namespace import Namespace
 from nfsd.programs import build_programs
 from nfsd.programs.access import AccessControl
 from nfsd.programs.sessions import SessionManager
-from nfsd.rpc import Dispatcher
+from nfsd.rpc import Dispatcher, settle
 from tests.proto.calls import call, parse, unchanged_sattr
 from tests.proto.nfsclient import OPEN_EXPORTS, SECRET, Caller
 from xdr import mount3, nfs3
@@ -49,7 +49,9 @@ class SessionCaller(Caller):
         if self.fixed_xid is None:
             self.xid += 1
         xid = self.fixed_xid or self.xid
-        reply = self.dispatcher.dispatch(call(prog, vers, proc, args, xid=xid), self.peer, "tcp")
+        reply = settle(
+            self.dispatcher.dispatch(call(prog, vers, proc, args, xid=xid), self.peer, "tcp"), 30
+        )
         if reply is None:
             return None
         r = parse(reply.parts)

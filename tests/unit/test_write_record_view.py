@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nfsd.programs import drc
+from nfsd.rpc import settle
 from nfsd.transport.record import RecordReader
 from tests.proto.calls import call
 from tests.proto.fakens import FakeNamespace
@@ -72,7 +73,7 @@ def test_a_1_mib_write_received_straight_is_served_and_durable(tmp_path: Path) -
     )
     (record,) = receive_one(RecordReader(), body, 65536, 100_000)
     assert type(record) is bytearray
-    reply = c.dispatcher.dispatch(record, c.peer, "tcp")
+    reply = settle(c.dispatcher.dispatch(record, c.peer, "tcp"), 30)
     assert reply is not None
     reply.free()
     record[:] = b"\xee" * len(record)  # the record is gone once answered

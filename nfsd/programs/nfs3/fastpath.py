@@ -27,6 +27,8 @@ What it may skip and what it may not:
   ``quick`` (the session's access check and procedure, the same code as the
   general path's; None on any refusal or failure), or left to the general
   path when no sessions are routed.
+* A WRITE: a session's only, its header read here, the rest by
+  ``nfs3.fastwrite`` (``FastPath.writes``); None without sessions.
 * It keeps no state of its own (but the fattr3 bytes of the last
   ``Attrs`` object), so it has no deadline to honour: each
   call asks ``AccessControl.nfs_status`` (the exports' decisions, their
@@ -80,10 +82,13 @@ _READ_ARGS = struct.Struct(">QI")  # offset, count
 _GETATTR, _READ, _LOOKUP = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP
 _ACCESS = nfs3.NFSPROC3_ACCESS
 _ARGS_AFTER_HANDLE = {_GETATTR: 0, _READ: _READ_ARGS.size, _ACCESS: 4}  # LOOKUP: its name
-_SERVED = frozenset((*_ARGS_AFTER_HANDLE, _LOOKUP))
+_WRITE = nfs3.NFSPROC3_WRITE  # a session's: nfs3.fastwrite (FastPath.writes)
+_SERVED = frozenset((*_ARGS_AFTER_HANDLE, _LOOKUP, _WRITE))
 _U32 = struct.Struct(">I")
 SessionQuick = Callable[[int, CallContext, Any], "Reply | None"]
 """``nfs3.router.Router.quick``: a session's GETATTR, ACCESS, READ or LOOKUP, or None."""
+SessionWrite = Callable[..., "Reply | None"]
+"""``nfs3.fastwrite.FastWrite.serve``: a WRITE, its call header read (see there)."""
 
 # A successful reply's header after its xid (the call's own four bytes):
 # REPLY, MSG_ACCEPTED, a null verifier, SUCCESS; then NFS3_OK (and TRUE, the
@@ -105,6 +110,8 @@ class FastPath:
         self._fattr3 = LastFattr3()
         # Sessions routed: ``nfs3.router.Router.quick``, set by ``route_sessions``.
         self.sessions: SessionQuick | None = None
+        # Session WRITEs: ``nfs3.fastwrite.FastWrite.serve``, set by ``programs.build``.
+        self.writes: SessionWrite | None = None
 
     def serve(  # noqa: PLR0917 (FastPath's signature)
         self,
@@ -142,6 +149,10 @@ class FastPath:
         pos = end + _VERF_FH.size
         fh = record[pos : pos + fhlen]
         pos += (fhlen + 3) & ~3
+        if proc == _WRITE:
+            if self.writes is None:
+                return None
+            return self.writes(record, pos, xid, fh, fields, peer, inline, security, alone)
         name = b""
         if proc == _LOOKUP:
             if pos + 4 > size:

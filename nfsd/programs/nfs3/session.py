@@ -95,10 +95,11 @@ class SessionNfs:
         except StaleHandle as e:
             raise NfsError(nfs3.NFS3ERR_STALE, str(e)) from None
 
-    def attrs(self, s: Session, fileid: int) -> Attrs:
-        """Attributes of an entry named by a handle: gone is STALE."""
+    def attrs(self, s: Session, fileid: int, version: int | None = None) -> Attrs:
+        """Attributes of an entry named by a handle: gone is STALE.  ``version``:
+        the session store's ``version()`` the caller just read (else asked here)."""
         try:
-            return s.ns.getattr(fileid)
+            return s.ns.getattr(fileid, version)
         except NamespaceError as e:
             raise stale_if_gone(e) from None
 

@@ -32,7 +32,7 @@ from nfsd.programs.nfs3.fastattr import _BILLION, _OK, post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_EXEC, decode_name, may
 from nfsd.programs.nfs3.session import MAY_WRITE, SessionNfs
 from nfsd.programs.sessions import Session, is_session_handle
-from nfsd.rpc import CallContext, Reply
+from nfsd.rpc import CallContext, Later, Reply
 from xdr import nfs3
 from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
@@ -323,19 +323,56 @@ def setattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.SETATTR3args) -> Repl
 
 # RFC 1813 §3.3.7: on stable storage before the reply, always FILE_SYNC.
 def write3(svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args) -> Reply:
-    def run(s: Session, fid: int, a: Attrs) -> tuple[Attrs, bytes]:
-        if a.kind == Kind.DIR:
+    """Answered later (``nfsd.rpc.Later``): once the write's group is durable, on the
+    store's committer thread; no worker waits for it.  What is refused before a byte
+    is written is answered now; either way with wcc."""
+    s, fid = svc.target(args.file)
+    return write_to(svc, ctx, args, s, fid)
+
+
+def write_to(
+    svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args, s: Session, fid: int
+) -> Reply:
+    """:func:`write3` on the handle's (session, fileid), resolved by the caller."""
+    version = s.ns.store.version()  # once for the wcc read and the write
+    before = svc.attrs(s, fid, version)
+    out: Later[Reply | None] = Later()
+    tail = b""
+
+    def answer(outcome: Attrs | Exception) -> None:
+        """The store's ``done``, on its committer: the reply, settled straight into
+        ``out`` (not a Later mapped onto another: one fewer hop per WRITE)."""
+        try:
+            if isinstance(outcome, (NfsError, NamespaceError)):
+                status = nfs_error(outcome).status
+                wcc = svc.wcc(s, before, svc.maybe_attrs(s, fid))
+                reply = _wcc_reply(svc, ctx, status, wcc)
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                reply = Reply([wcc_ok_bytes(before, outcome, s.fsid) + tail])
+        except BaseException as e:  # handed on, raised where it is read
+            out.fail(e)
+            return
+        out.resolve(reply)
+
+    try:
+        if not svc.writable(ctx, s):
+            raise Refused(nfs3.NFS3ERR_ROFS)
+        if before.kind == Kind.DIR:
             raise Refused(nfs3.NFS3ERR_ISDIR)
-        if a.kind != Kind.REG:
+        if before.kind != Kind.REG:
             raise Refused(nfs3.NFS3ERR_INVAL)
-        if not (ctx.uid == a.uid or may(a, ctx, MAY_WRITE)):
+        if not (ctx.uid == before.uid or may(before, ctx, MAY_WRITE)):
             raise Refused(nfs3.NFS3ERR_ACCES)
         data = memoryview(args.data)[: args.count]
         ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={len(data)}"
-        after = s.ns.write(fid, args.offset, data)
-        return after, _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
-
-    return _file_change(svc, ctx, args.file, run)
+        tail = _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
+        s.ns.write_async(fid, args.offset, data, answer, version=version)
+    except (NfsError, NamespaceError) as e:
+        status = nfs_error(e).status
+        return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
+    return Reply([], later=out)
 
 
 # RFC 1813 §3.3.21: every WRITE was FILE_SYNC; nothing is left to flush.
