@@ -67,7 +67,9 @@ holds on disk and what the quota limits; ``Usage.live`` is what maps point
 at.  Overwritten bytes stay in the logs until a compaction (planned, not
 written: offline, with no other process on the session) copies the live
 pieces to a new log.  Past the quota a write is refused with ``NoSpace`` before any byte
-is written (a quick check), and again under the write lock (the exact one).
+is written (a quick check, which counts the bytes of this process's writes still
+waiting for their group: writes in flight cannot log past the quota), and again
+under the write lock (the exact one, counting every process's commits).
 A log file runs up to ``ZERO_AHEAD`` bytes of zeros past its committed end, so
 that small writes overwrite allocated blocks (:meth:`Store._zero_ahead`).
 """
@@ -305,6 +307,10 @@ class Store:
         self._log_end = 0
         self._log_zeroed = 0  # the log's bytes [_log_end, _log_zeroed) are zeros on disk
         self._used_hint = 0
+        # Bytes reserved in the log and not yet committed or given up: counted by
+        # the quick quota check, so writes in flight cannot log past the quota.
+        self._pending_bytes = 0
+        self._acct = threading.Lock()  # _used_hint, _pending_bytes; a leaf: no lock taken inside
 
     # -- writing -----------------------------------------------------------------
 
@@ -354,23 +360,27 @@ class Store:
         full, a storage error.  ``data`` is not needed once this returns.
         """
         n = len(data)
+        if self._closing:  # checked again below; here: no log reopened after close
+            raise StorageIOError("the session store is closed")
         if n == 0:
             done(self.size(obj, base_size))
             return
-        if self.quota is not None and self._used_hint + n > self.quota:
-            raise NoSpace(f"quota of {self.quota} bytes reached")
         pos = self._reserve(n)
-        self.hook("before-data")
-        _pwrite_all(self._log_fd, data, pos)
-        self.hook("after-data")
-        p = _Pending(obj, offset, n, pos, base_size, extra, done)
-        with self._qlock:
-            if self._closing:
-                raise StorageIOError("the session store is closed")
-            if self._committer is None:
-                self._start_committer()
-            self._queue.append(p)
-            self._qwake.notify()
+        try:
+            self.hook("before-data")
+            _pwrite_all(self._log_fd, data, pos)
+            self.hook("after-data")
+            p = _Pending(obj, offset, n, pos, base_size, extra, done)
+            with self._qlock:
+                if self._closing:
+                    raise StorageIOError("the session store is closed")
+                if self._committer is None:
+                    self._start_committer()
+                self._queue.append(p)
+                self._qwake.notify()
+        except BaseException:
+            self._unreserve(n)  # not queued: no group will settle these bytes
+            raise
 
     def _start_committer(self) -> None:
         """(``_qlock`` held) The committer thread, on the first write."""
@@ -382,14 +392,25 @@ class Store:
         self._committer = t
 
     def _commit_loop(self) -> None:
-        """The committer: a group per round, until closed with nothing queued."""
+        """The committer: a group per round, until closed with nothing queued.
+
+        It must outlive anything a round raises: a committer gone would leave
+        every later write queued and its call unanswered."""
         while True:
             with self._qlock:
                 while not self._queue and not self._closing:
                     self._qwake.wait()
                 if not self._queue:
                     return
-            self._commit_group()
+            try:
+                self._commit_group()
+            except BaseException:
+                log.exception("a session store's group commit failed")
+
+    def _unreserve(self, n: int) -> None:
+        """Bytes reserved that no commit will count (refused, failed, or committed)."""
+        with self._acct:
+            self._pending_bytes -= n
 
     def _reserve(self, n: int) -> int:
         """``[pos, pos+n)`` at the log's end; in :meth:`nowait`, WouldWait rather
@@ -402,8 +423,15 @@ class Store:
                 self._log_fd < 0 or (n < SMALL_WRITE and self._log_end + n > self._log_zeroed)
             ):
                 raise WouldWait
+            if self._closing:
+                raise StorageIOError("the session store is closed")
             if self._log_fd < 0:
                 self._open_log()
+            with self._acct:
+                held = self._used_hint + self._pending_bytes
+                if self.quota is not None and held + n > self.quota:
+                    raise NoSpace(f"quota of {self.quota} bytes reached")
+                self._pending_bytes += n
             pos = self._log_end
             self._log_end += n
             if n < SMALL_WRITE and self._log_end > self._log_zeroed:
@@ -446,6 +474,7 @@ class Store:
         """Commit every queued write as one group: one fdatasync, one COMMIT;
         then tell each of them (an error to all if the group failed)."""
         batch: list[_Pending] = []
+        settled = False  # the batch's reserved bytes taken off _pending_bytes
         try:
             with self.transaction() as tx:
                 with self._qlock:
@@ -454,6 +483,7 @@ class Store:
                 self.stats.data_syncs += 1
                 self.hook("after-sync")
                 self._apply(tx, batch)
+                settled = True
             self._drop_cached(batch)
             self.stats.commits += 1
             self.stats.groups += 1
@@ -467,13 +497,15 @@ class Store:
                 p.error = p.error or err
             if not isinstance(e, Exception):  # the thread goes on: later writes need it
                 log.error("the session store's group commit was interrupted: %r", e)
+        if not settled:
+            self._unreserve(sum(p.length for p in batch))
         for p in batch:
             if p.error is None:
                 self.stats.writes += 1
                 self.stats.bytes_written += p.length
             try:
                 p.done(p.size if p.error is None else p.error)
-            except Exception:
+            except BaseException:  # never the committer's end: later writes need it
                 log.exception("a write's completion failed")
 
     def _drop_cached(self, batch: list[_Pending]) -> None:
@@ -515,7 +547,9 @@ class Store:
             if p.extra is not None:
                 p.extra(tx)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
-        self._used_hint = used
+        with self._acct:  # this batch now counts in ``used`` (or was refused): one count
+            self._used_hint = used
+            self._pending_bytes -= sum(p.length for p in batch)
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -734,7 +768,8 @@ class Store:
         with self._rlock:
             logged = self._r.execute("SELECT COALESCE(SUM(end), 0) FROM logs").fetchone()[0]
             live = self._r.execute("SELECT COALESCE(SUM(length), 0) FROM pieces").fetchone()[0]
-        self._used_hint = logged
+        with self._acct:
+            self._used_hint = logged
         return Usage(logged, live, self.quota)
 
     def close(self) -> None:
@@ -749,9 +784,10 @@ class Store:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-            if self._log_fd >= 0:
-                os.close(self._log_fd)
-                self._log_fd = -1
+            with self._log_lock:  # no write takes the descriptor once it is closed
+                fd, self._log_fd = self._log_fd, -1
+            if fd >= 0:
+                os.close(fd)
             self._r.close()
             self._w.close()
             with self._vlock:

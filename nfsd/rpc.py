@@ -177,7 +177,7 @@ class Later(Generic[T]):
 def _call_back(fn: Callable[[Later[Any]], None], src: Later[Any]) -> None:
     try:
         fn(src)
-    except Exception:
+    except BaseException:  # whatever it is, the thread settling the Later goes on
         log.exception("a deferred reply's callback failed")
 
 
@@ -223,13 +223,16 @@ class Reply:
     it is sent the connection reads no more records and a TLS handshake
     must follow (``nfsd.transport.tls``).  ``later``: the reply is not
     ready; ``parts`` is empty and the real reply (or None: no reply) comes
-    from it (see "Deferred replies" above).
+    from it (see "Deferred replies" above).  ``dropped``: no reply, on
+    purpose (a duplicate of a call still running, :class:`DropCall`); the
+    connection goes on, unlike after None (a record that is no RPC call).
     """
 
     parts: list[Part]  # FileRun only where the context allowed it (``CallContext.sendfile``)
     release: Callable[[], None] | None = None
     starttls: bool = False
     later: Later[Reply | None] | None = None
+    dropped: bool = False
 
     def free(self) -> None:
         """Give back what the reply holds (a pooled buffer), if anything."""
@@ -238,10 +241,11 @@ class Reply:
 
 
 def settle(reply: Reply | None, timeout: float | None = None) -> Reply | None:
-    """``reply`` itself, or the reply a deferred one resolves to (waiting for it)."""
-    if reply is None or reply.later is None:
-        return reply
-    return reply.later.wait(timeout)
+    """``reply`` itself, or the reply a deferred one resolves to (waiting for it);
+    None for no reply (a ``dropped`` one too)."""
+    if reply is not None and reply.later is not None:
+        reply = reply.later.wait(timeout)
+    return None if reply is None or reply.dropped else reply
 
 
 @dataclass(slots=True)
@@ -387,7 +391,9 @@ class Dispatcher:
         alone: bool = False,
         sendfile: bool = False,
     ) -> Reply | None:
-        """Serve one call; None when no reply may be sent.
+        """Serve one call; None when the record is no RPC call to answer (the
+        connection should go), a ``dropped`` reply for a call deliberately
+        left unanswered (a duplicate of one still running).
 
         ``security`` is what the connection proved (``nfsd.transport.tls``): it
         decides the answer to AUTH_TLS and is handed to the procedures.
@@ -528,7 +534,7 @@ class Dispatcher:
                 body = self._run(program, proc, ctx, args)
             except DropCall as e:
                 log.debug("xid=%#x %s from %s dropped: %s", xid, proc.name, peer, e)
-                return None
+                return Reply([], dropped=True)
         if body is not None and body.later is not None:
             # Deferred: the same finishing work, once the body is there.
             size = len(record)
@@ -538,7 +544,7 @@ class Dispatcher:
                     done = self._mapped(program, proc, ctx, args, src.result)
                 except DropCall as e:
                     log.debug("xid=%#x %s from %s dropped: %s", xid, proc.name, peer, e)
-                    return None
+                    return Reply([], dropped=True)
                 return self._finish(program, proc, ctx, size=size, started=started, body=done)
 
             return Reply([], later=body.later.map(finish))

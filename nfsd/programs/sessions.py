@@ -182,10 +182,16 @@ class SessionManager:
         return s if s is not None and self._alive(s) else None
 
     def export_of(self, key: bytes) -> str | None:
-        """The export path of a session key, for the per-call access check."""
+        """The export path of a session key, for the per-call access check.
+
+        A key this process does not know makes it look at the registry's
+        listing at once, not after :data:`REFRESH_EVERY`: a session just
+        started may have been mounted through another worker, whose client
+        calls this one milliseconds later (one ``scandir`` of the small
+        registry folder; the sessions are read again only if it moved)."""
         s = self._by_key.get(key)
         if s is None:
-            self.refresh()
+            self.refresh(throttled=False)
             s = self._by_key.get(key)
         return s.info.export_path if s is not None else None
 
@@ -207,10 +213,14 @@ class SessionManager:
         self.refresh(force=True)
         return False
 
-    def refresh(self, *, force: bool = False) -> None:
-        """Open the sessions published since the last look, retire the stopped ones."""
+    def refresh(self, *, force: bool = False, throttled: bool = True) -> None:
+        """Open the sessions published since the last look, retire the stopped ones.
+
+        At most every :data:`REFRESH_EVERY` seconds unless ``throttled`` is
+        False; the sessions are read again when the registry's listing moved,
+        or always with ``force``."""
         now = time.monotonic()
-        if not force and now - self._checked < REFRESH_EVERY:
+        if throttled and not force and now - self._checked < REFRESH_EVERY:
             return
         with self._lock:
             self._checked = now

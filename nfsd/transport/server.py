@@ -788,6 +788,8 @@ class RpcServer:
                     conn.inflight += 1
                 self._workers.submit(self._serve, conn, record)
                 continue
+            if reply is not None and reply.dropped:
+                continue  # a duplicate of a call still running: no reply; the connection goes on
             if reply is not None and reply.later is not None:  # in flight until it resolves
                 with conn.lock:
                     conn.inflight += 1
@@ -855,7 +857,7 @@ class RpcServer:
         as a worker's reply is; a connection closed meanwhile just frees it."""
         try:
             reply = done.result()
-        except Exception:
+        except BaseException:  # still delivered (None: the connection goes), inflight kept right
             log.exception("a deferred reply failed for %s", conn.peer)
             reply = None
         self._deliver(conn, reply)
@@ -867,6 +869,8 @@ class RpcServer:
             conn.inflight -= 1
             if conn.closed:
                 wake = False
+            elif reply is not None and reply.dropped:
+                wake = conn.paused or bool(conn.backlog)  # a slot is free again
             elif reply is None:
                 conn.failed = ("not_rpc", "a record that is not an RPC call")
                 wake = True
@@ -1232,7 +1236,7 @@ class RpcServer:
 
     @staticmethod
     def _send_udp(sock: socket.socket, addr: tuple, peer: str, reply: Reply | None) -> None:
-        if reply is None:
+        if reply is None or reply.dropped:
             return
         try:
             parts = [memoryview(cast(Buffer, p)).cast("B") for p in reply.parts]  # no FileRun

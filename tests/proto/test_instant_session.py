@@ -222,6 +222,22 @@ def test_handles_survive_a_restart(c: SessionCaller, base: FakeNamespace, tmp_pa
     c2.manager.close()
 
 
+def test_a_session_mounted_through_one_worker_is_served_at_once_by_another(
+    c: SessionCaller, base: FakeNamespace, tmp_path: Path
+) -> None:
+    """Two worker processes over one state dir: a session started just now and
+    mounted through one is served by the other at the client's first call, not
+    STALE until that worker's next periodic look at the registry."""
+    other = SessionCaller(base, tmp_path / "state")
+    try:
+        assert other.getattr(c.session_root("s1")).status == nfs3.NFS3_OK  # it looked just now
+        c.start("s2", {"web01": ("vm",)})
+        root = c.session_root("s2")  # MOUNT through the first worker
+        assert other.getattr(root).status == nfs3.NFS3_OK
+    finally:
+        other.manager.close()
+
+
 def test_forged_and_foreign_handles(c: SessionCaller) -> None:
     d = folder(c)
     bad = nfs3.nfs_fh3(d.data[:-1] + bytes([d.data[-1] ^ 1]))

@@ -8,7 +8,9 @@ a group that fails answers each of its WRITEs with an error and wcc.
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,7 +92,8 @@ def test_a_write_is_answered_only_once_durable_and_its_duplicate_meanwhile_is_dr
     assert first is not None and first.later is not None
     threading.Event().wait(0.05)
     assert not first.later.done  # the group is not durable: no answer yet
-    assert c.dispatcher.dispatch(rec, c.peer, "tcp") is None  # a duplicate while it runs
+    dup = c.dispatcher.dispatch(rec, c.peer, "tcp")
+    assert dup is not None and dup.dropped and not dup.parts  # a duplicate while it runs
     hold.set()
     answer = first.later.wait(10)
     assert answer is not None
@@ -221,3 +224,29 @@ def test_an_inline_write_does_not_need_the_read_lock_when_its_answers_are_kept(
         assert reply is not None and reply.later is not None
     assert write_res(settle(reply, 10).parts).status == nfs3.NFS3_OK  # type: ignore[union-attr]
     assert c.read_all(fh, len(DISK))[4096:8192] == b"L" * 4096
+
+
+class _Record(bytearray):
+    """A record buffer that can be weakly referenced."""
+
+
+def test_a_queued_write_holds_no_reference_to_its_record(c: SessionCaller) -> None:
+    """A WRITE waiting for its group holds its metadata only: its bytes are in
+    the log, and the deferred chain (reply cache, dispatcher) must not keep
+    the record its data viewed (a flood of 1 MiB WRITEs would hold them all)."""
+    fh = disk(c)
+    store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
+    assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK
+    hold = threading.Event()
+    store.hook = lambda point: hold.wait(10) if point == "after-sync" else None
+    rec = _Record(write_record(fh, 1 << 20, b"M" * (1 << 20), xid=991))
+    ref = weakref.ref(rec)
+    reply = c.dispatcher.dispatch(rec, c.peer, "tcp")
+    assert reply is not None and reply.later is not None and not reply.later.done
+    del rec
+    gc.collect()
+    alive = ref() is not None
+    hold.set()
+    res = write_res(reply.later.wait(10).parts)  # type: ignore[union-attr]
+    assert res.status == nfs3.NFS3_OK
+    assert not alive, "the 1 MiB record is held while its WRITE waits for its group"

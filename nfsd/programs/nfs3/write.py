@@ -369,6 +369,9 @@ def write_to(
         ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={len(data)}"
         tail = _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
         s.ns.write_async(fid, args.offset, data, answer, version=version)
+        # In the log now: the deferred chain (reply cache, dispatcher) keeps ``args``
+        # until the group commits, and must not keep the record its data views.
+        args.data = b""
     except (NfsError, NamespaceError) as e:
         status = nfs_error(e).status
         return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
