@@ -344,6 +344,8 @@ class Program:
     than its call (portmapper DUMP: no reflection amplifier).  ``fast``: a
     shortcut for the program's commonest calls over TCP, tried before the
     general path (``nfsd.programs.nfs3.fastpath``; see :data:`FastPath`).
+    ``idle(now)``: housekeeping the transport runs every sweep, between calls
+    (the READ buffer pool giving back the pages of buffers long unused).
     """
 
     number: int
@@ -355,6 +357,7 @@ class Program:
     udp: bool = True
     udp_no_amplify: bool = False
     fast: FastPath | None = None
+    idle: Callable[[float], object] | None = None
     low: int = field(init=False)
     high: int = field(init=False)
 
@@ -379,6 +382,12 @@ class Dispatcher:
         fast = [p.fast for p in programs if p.fast is not None]
         self._fast: FastPath | None = fast[0] if len(fast) == 1 else None
         self.fast_failures = 0  # calls the fast path raised on (served the usual way)
+
+    def idle(self, now: float) -> None:
+        """The programs' housekeeping (``Program.idle``), from the transport's sweep."""
+        for program in self.programs.values():
+            if program.idle is not None:
+                program.idle(now)
 
     def dispatch(
         self,

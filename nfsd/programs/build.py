@@ -56,6 +56,7 @@ def build_programs(
     fast = FastPath(nfs, access)
     nfs_program.fast = fast.serve  # GETATTR, READ and LOOKUP: the same answers, sooner
     nfs_program.udp = udp
+    nfs_program.idle = nfs.buffers.trim  # buffers unused for a while give their pages back
     if sessions is not None:
         router = route_sessions(nfs_program, nfs, access, sessions)
         fast.sessions = router.quick

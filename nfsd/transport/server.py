@@ -1154,6 +1154,10 @@ class RpcServer:
             held += conn.held()
         if held > lim.max_buffered:
             self._shed()
+        try:
+            self.dispatcher.idle(now)
+        except Exception:
+            log.exception("%s: the programs' housekeeping failed", self.name)
 
     def _expired(self, conn: _Connection, now: float) -> tuple[str, str] | None:
         """The (kind, why) of a timeout that closes ``conn`` now, if any."""
