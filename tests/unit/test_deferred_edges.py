@@ -9,7 +9,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,22 +79,11 @@ def test_a_dropped_duplicate_keeps_the_connection_and_its_calls_in_flight() -> N
         server.stop()
 
 
-@pytest.fixture
-def base_fd(tmp_path: Path) -> Iterator[int]:
-    p = tmp_path / "base"
-    p.write_bytes(BASE)
-    fd = os.open(p, os.O_RDONLY)
-    yield fd
-    os.close(fd)
-
-
 class Boom(BaseException):
     """Not an Exception: what ``except Exception`` around ``done`` lets through."""
 
 
-def test_a_done_raising_a_base_exception_leaves_no_write_unanswered(
-    tmp_path: Path, base_fd: int
-) -> None:
+def test_a_done_raising_a_base_exception_leaves_no_write_unanswered(tmp_path: Path) -> None:
     """Each ``done`` of a group is told, and later writes are still committed,
     whatever one ``done`` raises (else: the committer thread dies, every later
     write is queued forever, its call never answered, conn.inflight leaks)."""
@@ -126,9 +114,7 @@ def test_a_done_raising_a_base_exception_leaves_no_write_unanswered(
         s.close()
 
 
-def test_a_write_after_close_opens_no_log_and_leaks_no_descriptor(
-    tmp_path: Path, base_fd: int
-) -> None:
+def test_a_write_after_close_opens_no_log_and_leaks_no_descriptor(tmp_path: Path) -> None:
     """A write racing a session's close (``instant stop``, 30 s after): refused
     as a storage error; no new log file in the state folder, no descriptor left open."""
     d = tmp_path / "s"
@@ -143,7 +129,7 @@ def test_a_write_after_close_opens_no_log_and_leaks_no_descriptor(
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 
-def test_queued_writes_cannot_log_more_than_the_quota(tmp_path: Path, base_fd: int) -> None:
+def test_queued_writes_cannot_log_more_than_the_quota(tmp_path: Path) -> None:
     """The quick quota check counts only committed bytes (``_used_hint``): while a
     group commits, every write in flight passes it and is written into the log, so
     the log (the cache file system) grows past the quota by every byte in flight
@@ -170,9 +156,7 @@ def test_queued_writes_cannot_log_more_than_the_quota(tmp_path: Path, base_fd: i
     assert refused_at_once >= 11
 
 
-def test_of_overlapping_writes_the_last_told_is_the_one_that_reads_back(
-    tmp_path: Path, base_fd: int
-) -> None:
+def test_of_overlapping_writes_the_last_told_is_the_one_that_reads_back(tmp_path: Path) -> None:
     """Two WRITEs of one range in flight: whichever order they are applied in, the
     one acknowledged last must be the one a READ returns once both are acknowledged
     (within one process: done is called in the group's order, groups in order)."""
@@ -204,7 +188,12 @@ def test_of_overlapping_writes_the_last_told_is_the_one_that_reads_back(
             t.join()
         hold.set()
         assert all_told.wait(5)
-        got = read(s, 1, base_fd)[:BLOCK]
+        (tmp_path / "base").write_bytes(BASE)
+        base_fd = os.open(tmp_path / "base", os.O_RDONLY)
+        try:
+            got = read(s, 1, base_fd)[:BLOCK]
+        finally:
+            os.close(base_fd)
         assert got == bytes([order[-1] + 1]) * BLOCK
     finally:
         hold.set()
