@@ -113,6 +113,18 @@ class FastPath:
         # Session WRITEs: ``nfs3.fastwrite.FastWrite.serve``, set by ``programs.build``.
         self.writes: SessionWrite | None = None
 
+    @staticmethod
+    def _context(  # noqa: PLR0917 (what serve has read)
+        xid: int, prog: int, proc: int, fields: tuple, peer: str, inline: bool,
+        alone: bool, security: Security, sendfile: bool,
+    ) -> CallContext:  # fmt: skip
+        """The call's context, its AUTH_SYS credential from the dispatcher's cache."""
+        cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
+        return CallContext(
+            xid, prog, 3, proc, AUTH_SYS, cred, peer, "tcp",
+            inline=inline, alone=alone, security=security, sendfile=sendfile,
+        )  # fmt: skip
+
     def serve(  # noqa: PLR0917 (FastPath's signature)
         self,
         record: bytes,
@@ -152,7 +164,8 @@ class FastPath:
         if proc == _WRITE:
             if self.writes is None:
                 return None
-            return self.writes(record, pos, xid, fh, fields, peer, inline, security, alone)
+            ctx = self._context(xid, prog, proc, fields, peer, inline, alone, security, sendfile)
+            return self.writes(record, pos, fh, ctx)
         name = b""
         if proc == _LOOKUP:
             if pos + 4 > size:
@@ -169,21 +182,7 @@ class FastPath:
                 return None
             if inline and not alone:
                 raise WouldBlock  # what the router says, once all is decoded: a worker's
-        cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
-        ctx = CallContext(
-            xid,
-            prog,
-            3,
-            proc,
-            AUTH_SYS,
-            cred,
-            peer,
-            "tcp",
-            inline=inline,
-            alone=alone,
-            security=security,
-            sendfile=sendfile,
-        )
+        ctx = self._context(xid, prog, proc, fields, peer, inline, alone, security, sendfile)
         if session:
             return self._session(record, ctx, proc, fh, pos, name)
         if self.access.nfs_status(ctx):

@@ -50,13 +50,10 @@ from typing import Any, cast
 from nfsd.programs.nfs3.service import failure_body
 from nfsd.programs.sessions import is_session_handle
 from nfsd.rpc import Buffer, CallContext, Reply
-from nfsd.transport.tls import Security
 from xdr import nfs3
 from xdr.rpc import (
-    AUTH_SYS,
     SUCCESS,
     accepted_header,
-    authsys_parms,
 )
 
 log = logging.getLogger("recovery_fs.rpc")
@@ -78,20 +75,10 @@ class FastWrite:
     def __init__(self, quick: QuickWrite) -> None:
         self.quick = quick
 
-    def serve(  # noqa: PLR0917 (what FastPath.serve has read)
-        self,
-        record: bytes,
-        pos: int,
-        xid: int,
-        fh: bytes,
-        fields: tuple[int, bytes, int, int, tuple[int, ...]],
-        peer: str,
-        inline: bool,
-        security: Security,
-        alone: bool,
-    ) -> Reply | None:
+    def serve(self, record: bytes, pos: int, fh: bytes, ctx: CallContext) -> Reply | None:
         """A WRITE whose RPC header, credentials and handle ``FastPath.serve`` has
-        read and checked (``pos``: where the handle's padding ends)."""
+        read and checked (``pos``: where the handle's padding ends; ``ctx``: the
+        call's context it made)."""
         size = len(record)
         if not is_session_handle(fh):
             return None  # the read-only export's (ROFS) or garbage: the general path's
@@ -101,20 +88,6 @@ class FastWrite:
         pos += _WRITE_HEAD.size
         if count != dlen or stable not in _STABLE or size != pos + ((dlen + 3) & ~3):
             return None
-        cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
-        ctx = CallContext(
-            xid,
-            nfs3.NFS_PROGRAM,
-            3,
-            nfs3.NFSPROC3_WRITE,
-            AUTH_SYS,
-            cred,
-            peer,
-            "tcp",
-            inline=inline,
-            alone=alone,
-            security=security,
-        )
         args = nfs3.WRITE3args(
             nfs3.nfs_fh3(fh), offset, count, stable, memoryview(record)[pos : pos + dlen]
         )
