@@ -45,6 +45,8 @@ VM_MEMORY_MB = 256
 # `secure` (the default): run as root, libnfs binds a port below 1024, as ESXi does.
 EXPORTS = "/recover/images 127.0.0.1\n"
 CLIENTS = "127.0.0.1"
+# How long the RPC tracer may take to see a reply already sent (loopback, a thread).
+CAPTURE_DRAIN = 0.1
 
 
 @dataclass
@@ -131,6 +133,7 @@ class _Inside:
                 exports=EXPORTS,
             )
         )
+        self.server.own_group = True
         self.state = self.work / "server" / "state"
         self.tracer: rpctrace.Tracer | None = None
 
@@ -187,10 +190,17 @@ class _Inside:
         inflight = ""
         deadline = time.monotonic() + 3
         while self.tracer is not None and time.monotonic() < deadline:
-            xids = self.tracer.outstanding("WRITE")
-            if xids:
-                inflight = f" with WRITE in flight: xid {', '.join(xids)}"
-                break
+            if self.tracer.outstanding("WRITE"):
+                # Stopped, the server answers nothing more; once the capture has
+                # drained, the WRITEs still unanswered are those the kill will cut.
+                # (Killed at once, the server sometimes answered the WRITE first.)
+                self.server.freeze()
+                time.sleep(CAPTURE_DRAIN)
+                xids = self.tracer.outstanding("WRITE")
+                if xids:
+                    inflight = f" with WRITE in flight: xid {', '.join(xids)}"
+                    break
+                self.server.thaw()
             time.sleep(0.0005)
         self.event(f"server kill on {key}{inflight}")
         self.server.kill()

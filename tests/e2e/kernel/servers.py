@@ -96,6 +96,9 @@ class Server:
     kind = ""
     # True when the server shows the storage as it is (no recovery rules).
     presents_storage_raw = False
+    # True: the server runs in a process group of its own, so that `freeze`, `thaw`
+    # and `kill` reach the supervisor and every worker at once.
+    own_group = False
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -146,6 +149,7 @@ class Server:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env=self.env(),
+            start_new_session=self.own_group,
         )
         out.close()
         self._wait_ready(timeout)
@@ -173,10 +177,24 @@ class Server:
             time.sleep(0.1)
 
     def kill(self) -> None:
-        """SIGKILL by PID, as a crash would end it."""
+        """SIGKILL by PID, as a crash would end it (with `own_group`, every process of
+        the server at the same instant)."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            if self.own_group:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the server (`own_group`): nothing more is answered
+        until `thaw` or `kill`, so what is in flight now is in flight at a kill."""
+        assert self.own_group and self.proc, "freeze needs a server in its own group"
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.own_group and self.proc, "thaw needs a server in its own group"
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self, grace: float = 5.0) -> None:
         if self.proc and self.proc.poll() is None:
