@@ -43,6 +43,17 @@ log line and UDP amplification rule; the session router's duplicate request
 cache; the transport's send.  So no thread waits for the storage, and the
 reply leaves exactly as a plain one would, only later.  :func:`settle` waits
 for one (for callers that are themselves synchronous: tests, benchmarks).
+
+The replies a storage settles together (a WRITE group's, on the store's
+committer) are sent together: the procedure hands the storage
+:func:`sends_held` (the store enters it around the group's ``done`` calls), and
+a transport's send of a reply settled inside it asks :func:`hold` to keep it
+until the block ends; then each connection's replies go in one ``sendmsg``,
+one release of the GIL per group and connection instead of one per reply.
+The batch is the settling thread's own (thread-local): a reply settled on
+any other thread, or outside the block, is sent at once, as before.  The
+block's end sends even when a ``done`` raised (``finally``): no reply stays
+held.
 """
 
 from __future__ import annotations
@@ -52,7 +63,8 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -172,6 +184,49 @@ class Later(Generic[T]):
             if not ev.wait(timeout):
                 raise TimeoutError("a deferred reply did not come")
         return self.result()
+
+
+class _Held(threading.local):
+    batches: dict[Any, tuple[Callable[[Any, list[Any]], None], list[Any]]] | None = None
+
+
+_held = _Held()
+
+
+@contextmanager
+def sends_held() -> Iterator[None]:
+    """Keep the sends of deferred replies settled on this thread (:func:`hold`)
+    until the block ends, then make them: one ``flush(key, items)`` per key, in
+    the order the keys came.  Nested, only the outermost block sends."""
+    if _held.batches is not None:
+        yield
+        return
+    batches: dict[Any, tuple[Callable[[Any, list[Any]], None], list[Any]]] = {}
+    _held.batches = batches
+    try:
+        yield
+    finally:
+        _held.batches = None  # what the flushes settle is sent at once
+        for key, (flush, items) in batches.items():
+            try:
+                flush(key, items)
+            except BaseException:  # the other keys' replies still go
+                log.exception("sending held replies failed")
+
+
+def hold(key: Any, item: Any, flush: Callable[[Any, list[Any]], None]) -> bool:
+    """In a :func:`sends_held` block on this thread: keep ``item`` for
+    ``flush(key, [items of key...])`` at the block's end, True; else False
+    (the caller sends it now)."""
+    batches = _held.batches
+    if batches is None:
+        return False
+    entry = batches.get(key)
+    if entry is None:
+        batches[key] = (flush, [item])
+    else:
+        entry[1].append(item)
+    return True
 
 
 def _call_back(fn: Callable[[Later[Any]], None], src: Later[Any]) -> None:
