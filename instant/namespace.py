@@ -65,7 +65,7 @@ from instant.errors import (
     NotSync,
     Stale,
 )
-from instant.store import Gather, Hook, Store, Tx, waited
+from instant.store import Gather, Hook, Store, Tx, WakeLater, waited
 from merge.attrs import ROOT_FILEID
 from merge.namespace import (
     Attrs,
@@ -571,6 +571,7 @@ class SessionNamespace:
         *,
         version: int | None = None,
         gather: Gather | None = None,
+        wake_later: WakeLater | None = None,
     ) -> None:
         """WRITE, FILE_SYNC, answered later: ``done(attrs after)`` once the data and
         the new mtime are durable, or ``done(error)``; on the store's committer thread
@@ -608,7 +609,14 @@ class SessionNamespace:
             done(after)
 
         self.store.write_async(
-            node, offset, data, n.base_size, extra=stamp, done=written, gather=gather
+            node,
+            offset,
+            data,
+            n.base_size,
+            extra=stamp,
+            done=written,
+            gather=gather,
+            wake_later=wake_later,
         )
 
     def commit(self, fileid: int) -> None:

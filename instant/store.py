@@ -153,6 +153,11 @@ Done = Callable[[int | Exception], None]
 """``done(size)`` once a write is durable (the file's size just after it), or
 ``done(error)``; called once, on the store's committer thread."""
 
+WakeLater = Callable[[Callable[[], None]], bool]
+"""Offered the committer's wake-up when a write is queued: True if the caller
+calls it soon itself (a server's loop, once it has served the calls it read
+together: a group then holds them all), False to have it at once."""
+
 Gather = Callable[[], AbstractContextManager[object]]
 """Entered on the committer around a group's ``done`` calls, once per distinct
 ``gather`` of the group's writes: a caller that batches what its ``done`` calls
@@ -355,6 +360,7 @@ class Store:
         extra: Callable[[Tx], None] | None = None,
         done: Done,
         gather: Gather | None = None,
+        wake_later: WakeLater | None = None,
     ) -> None:
         """Write ``data`` at ``offset`` of ``obj``; ``done`` is told once it is durable.
 
@@ -390,10 +396,16 @@ class Store:
                 if self._committer is None:
                     self._start_committer()
                 self._queue.append(p)
-                self._qwake.notify()
+                if wake_later is None or not wake_later(self._wake):
+                    self._qwake.notify()
         except BaseException:
             self._unreserve(n)  # not queued: no group will settle these bytes
             raise
+
+    def _wake(self) -> None:
+        """The committer's wake-up a ``wake_later`` took on (:data:`WakeLater`)."""
+        with self._qlock:
+            self._qwake.notify()
 
     def _start_committer(self) -> None:
         """(``_qlock`` held) The committer thread, on the first write."""

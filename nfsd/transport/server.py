@@ -44,7 +44,7 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   it resolves, on whichever thread resolves it; it is then sent or queued
   as a worker's reply is (``_deliver``); a connection closed meanwhile
   just frees it.  Those a store's committer settles in a group (inside
-  ``nfsd.rpc.sends_held``) go when the group's are all there, one
+  ``nfsd.rpc.batched``) go when the group's are all there, one
   ``sendmsg`` per connection (``_deliver_all``): one GIL hand-over to the
   loop per group, not per reply (measured: docs/performance-writes.md).
 * READ replies are built in pooled buffers (``nfsd.programs.buffers``).  A queue
@@ -175,7 +175,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
-from nfsd.rpc import Buffer, Dispatcher, FileRun, Later, Reply, WouldBlock, hold
+from nfsd.rpc import Buffer, Dispatcher, FileRun, Later, Reply, WouldBlock, batched, hold
 from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 from nfsd.transport.tls import (
@@ -502,19 +502,20 @@ class RpcServer:
                 timeout = self._next_sweep - now
                 if self._accept_paused_until is not None:
                     timeout = min(timeout, self._accept_paused_until - now)
-                for data, mask in self._sel.poll(max(timeout, 0.0)):
-                    try:
-                        if isinstance(data, _Connection):
-                            self._ready(data, mask)
-                        elif isinstance(data, socket.socket):
-                            self._accept(data)
-                        else:
-                            self._drain_wakes()
-                    except Exception:
-                        # A bug must cost one connection, never the server.
-                        log.exception("%s: serving %s failed", self.name, data)
-                        if isinstance(data, _Connection):
-                            self._close(data, "error", "an internal error")
+                with batched():  # what the calls read together put off (nfsd.rpc)
+                    for data, mask in self._sel.poll(max(timeout, 0.0)):
+                        try:
+                            if isinstance(data, _Connection):
+                                self._ready(data, mask)
+                            elif isinstance(data, socket.socket):
+                                self._accept(data)
+                            else:
+                                self._drain_wakes()
+                        except Exception:
+                            # A bug must cost one connection, never the server.
+                            log.exception("%s: serving %s failed", self.name, data)
+                            if isinstance(data, _Connection):
+                                self._close(data, "error", "an internal error")
                 now = time.monotonic()
                 if self._accept_paused_until is not None and now >= self._accept_paused_until:
                     self._accept_paused_until = None
@@ -868,7 +869,7 @@ class RpcServer:
     def _deliver(self, conn: _Connection, reply: Reply | None) -> None:
         """Send or queue a reply of a call counted in ``conn.inflight``, and
         wake the loop if it has something to do about this connection; in a
-        :func:`~nfsd.rpc.sends_held` block, with the block's others (``_deliver_all``)."""
+        :func:`~nfsd.rpc.batched` block, with the block's others (``_deliver_all``)."""
         if hold(conn, reply, self._deliver_all):
             return
         with conn.lock:
@@ -892,7 +893,7 @@ class RpcServer:
 
     def _deliver_all(self, conn: _Connection, replies: list[Reply | None]) -> None:
         """``_deliver`` of several replies (a WRITE group's, held by
-        ``sends_held``): one ``sendmsg`` when nothing is queued before them (and
+        ``batched``): one ``sendmsg`` when nothing is queued before them (and
         one lock, one wake-up of the loop at most), else queued and flushed."""
         drop = replies
         wake = False

@@ -1,4 +1,4 @@
-"""A WRITE group's replies sent together (``nfsd.rpc.sends_held``, ``Store`` gather).
+"""A WRITE group's replies sent together (``nfsd.rpc.batched``, ``Store`` gather).
 
 The store's committer settles a group's deferred replies in a row inside the
 writes' ``gather`` block; the transport keeps the sends of replies settled
@@ -30,10 +30,11 @@ from nfsd.rpc import (
     Procedure,
     Program,
     Reply,
+    at_end,
     hold,
     no_args,
 )
-from nfsd.rpc import sends_held as held
+from nfsd.rpc import batched as held
 from nfsd.transport.record import LAST_FRAGMENT, RecordReader
 from nfsd.transport.server import Limits, RpcServer
 from tests.proto.calls import call, parse
@@ -42,7 +43,7 @@ from tests.unit.test_instant_store import BASE, BLOCK
 
 PROG = 400079
 
-# -- nfsd.rpc: hold / sends_held ---------------------------------------------------
+# -- nfsd.rpc: hold / batched ---------------------------------------------------
 
 
 def test_outside_a_block_nothing_is_held() -> None:
@@ -93,7 +94,46 @@ def test_a_block_is_the_threads_own() -> None:
     assert seen == [False]
 
 
+def test_at_end_calls_once_at_the_end_of_the_batch_however_often_asked() -> None:
+    calls: list[int] = []
+    assert at_end(lambda: calls.append(0)) is False  # outside a batch: the caller's
+
+    def kick() -> None:
+        calls.append(1)
+
+    with held():
+        assert all(at_end(kick) for _ in range(3))
+        assert calls == []
+    assert calls == [1]
+
+
 # -- instant.store: the dones of a group inside its gathers ---------------------------
+
+
+def test_writes_queued_in_a_batch_wake_the_committer_at_its_end_one_group(
+    tmp_path: Path,
+) -> None:
+    s = Store(tmp_path / "s")
+    told: list[int] = []
+    all_told = threading.Event()
+
+    def done(outcome: object) -> None:
+        assert isinstance(outcome, int)
+        told.append(outcome)
+        if len(told) == 5:
+            all_told.set()
+
+    try:
+        s.write(1, 0, b"o" * BLOCK, len(BASE))  # the log open, the committer started
+        groups = s.stats.groups
+        with held():
+            for i in range(5):
+                s.write_async(1, i * BLOCK, b"w" * BLOCK, len(BASE), done=done, wake_later=at_end)
+            assert not all_told.wait(0.2)  # queued, the committer not woken
+        assert all_told.wait(5)
+        assert s.stats.groups - groups == 1
+    finally:
+        s.close()
 
 
 def test_a_groups_dones_run_inside_each_distinct_gather_once(tmp_path: Path) -> None:
