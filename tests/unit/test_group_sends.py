@@ -136,10 +136,16 @@ def test_writes_queued_in_a_batch_wake_the_committer_at_its_end_one_group(
         s.close()
 
 
-def test_a_groups_dones_run_inside_each_distinct_gather_once(tmp_path: Path) -> None:
+def _held_at_sync(tmp_path: Path) -> tuple[Store, threading.Event]:
+    """A store whose committer waits after each group's sync until the event is set."""
     s = Store(tmp_path / "s")
-    hold_group = threading.Event()
-    s.hook = lambda p: hold_group.wait(5) if p == "after-sync" else None
+    release = threading.Event()
+    s.hook = lambda p: release.wait(5) if p == "after-sync" else None
+    return s, release
+
+
+def test_a_groups_dones_run_inside_each_distinct_gather_once(tmp_path: Path) -> None:
+    s, hold_group = _held_at_sync(tmp_path)
     events: list[str] = []
     told = threading.Event()
 
@@ -228,6 +234,12 @@ def _server(d: Pending) -> tuple[RpcServer, int]:
     return server, port
 
 
+def _client(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(3)
+    return s
+
+
 def _replies(s: socket.socket, n: int) -> list[int]:
     reader = RecordReader(1 << 20)
     got: list[int] = []
@@ -252,12 +264,7 @@ def test_replies_settled_in_a_block_leave_at_its_end_in_one_send(
 
     monkeypatch.setattr(RpcServer, "_send_now", counted)
     try:
-        with (
-            socket.create_connection(("127.0.0.1", port)) as s,
-            socket.create_connection(("127.0.0.1", port)) as s2,
-        ):
-            s.settimeout(3)
-            s2.settimeout(3)
+        with _client(port) as s, _client(port) as s2:
             s.sendall(b"".join(_record(x) for x in (1, 2, 3)))
             s2.sendall(_record(9))
             _wait_for(lambda: len(d.pending) == 4)
@@ -291,12 +298,7 @@ def test_in_a_block_a_drop_keeps_its_connection_and_a_none_closes_its_own_only()
     d = Pending()
     server, port = _server(d)
     try:
-        with (
-            socket.create_connection(("127.0.0.1", port)) as s,
-            socket.create_connection(("127.0.0.1", port)) as s2,
-        ):
-            s.settimeout(3)
-            s2.settimeout(3)
+        with _client(port) as s, _client(port) as s2:
             s.sendall(_record(1) + _record(2) + _record(3))
             s2.sendall(_record(5))
             _wait_for(lambda: len(d.pending) == 4)
