@@ -23,6 +23,7 @@ from nfsd.rpc import Later, Reply, WouldBlock, batched, hold, settle
 from tests.proto.calls import call, parse
 from tests.proto.fakens import FakeNamespace
 from tests.proto.sessionclient import SessionCaller
+from tests.unit.test_group_sends import committer_waits
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer, NFS3Unpacker
 
@@ -263,6 +264,7 @@ def test_the_inline_writes_of_one_loop_round_form_one_group_and_leave_in_one_flu
     assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK  # the log open
     assert c.getattr(fh).status == nfs3.NFS3_OK  # the file's map loaded (else: a worker's)
     store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
+    _wait_until(lambda: committer_waits(store))  # not still finishing the first write's group
     groups = store.stats.groups
     sent: list[object] = []
 

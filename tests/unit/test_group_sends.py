@@ -110,6 +110,11 @@ def test_at_end_calls_once_at_the_end_of_the_batch_however_often_asked() -> None
 # -- instant.store: the dones of a group inside its gathers ---------------------------
 
 
+def committer_waits(s: Store) -> bool:
+    """Whether the store's committer waits for writes (CPython's Condition)."""
+    return len(s._qwake._waiters) == 1  # type: ignore[attr-defined]
+
+
 def test_writes_queued_in_a_batch_wake_the_committer_at_its_end_one_group(
     tmp_path: Path,
 ) -> None:
@@ -125,6 +130,7 @@ def test_writes_queued_in_a_batch_wake_the_committer_at_its_end_one_group(
 
     try:
         s.write(1, 0, b"o" * BLOCK, len(BASE))  # the log open, the committer started
+        _wait_for(lambda: committer_waits(s))  # not still finishing that group
         groups = s.stats.groups
         with held():
             for i in range(5):
@@ -136,16 +142,23 @@ def test_writes_queued_in_a_batch_wake_the_committer_at_its_end_one_group(
         s.close()
 
 
-def _held_at_sync(tmp_path: Path) -> tuple[Store, threading.Event]:
-    """A store whose committer waits after each group's sync until the event is set."""
+def _held_at_sync(tmp_path: Path) -> tuple[Store, threading.Event, threading.Event]:
+    """A store whose committer waits after each group's sync until ``release`` is
+    set; ``reached`` is set once it waits there."""
     s = Store(tmp_path / "s")
-    release = threading.Event()
-    s.hook = lambda p: release.wait(5) if p == "after-sync" else None
-    return s, release
+    release, reached = threading.Event(), threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-sync":
+            reached.set()
+            release.wait(5)
+
+    s.hook = hook
+    return s, release, reached
 
 
 def test_a_groups_dones_run_inside_each_distinct_gather_once(tmp_path: Path) -> None:
-    s, hold_group = _held_at_sync(tmp_path)
+    s, hold_group, held = _held_at_sync(tmp_path)
     events: list[str] = []
     told = threading.Event()
 
@@ -171,6 +184,7 @@ def test_a_groups_dones_run_inside_each_distinct_gather_once(tmp_path: Path) -> 
 
     try:
         s.write_async(1, 0, b"x" * BLOCK, len(BASE), done=lambda o: None)  # group 1 held
+        assert held.wait(5)  # the next four queue behind it: one group
         for i, g in enumerate([ga, gb, ga, None]):
             s.write_async(1, (i + 1) * BLOCK, b"y" * BLOCK, len(BASE), done=done(i), gather=g)
         hold_group.set()
