@@ -578,8 +578,9 @@ class SessionNamespace:
         (:meth:`instant.store.Store.write_async`).  What is refused before any byte
         is written (not a file, out of range, over the quota) is raised here, and
         ``done`` is never called.  ``version``: the store's ``version()`` the caller
-        just read the node at (its wcc read), not asked again.  ``gather``: the
-        store's (:data:`instant.store.Gather`)."""
+        just read the node at (its wcc read), not asked again.  ``gather``,
+        ``wake_later``: the store's (:data:`instant.store.Gather`,
+        :data:`instant.store.WakeLater`)."""
         # The node as kept for this version (the server's wcc read just asked for
         # it): the kept node is shared, so the new times go into the answer only.
         if version is None:

@@ -46,7 +46,10 @@ group each.  ``done`` is called after the COMMIT (step 5), never before;
 a group that fails calls every ``done`` of it with the error.  The
 ``done`` calls of a group are made in a row, inside the writes' ``gather``
 blocks (:data:`Gather`): a server sends a group's replies when the block
-ends, one ``sendmsg`` per connection, not one per reply.
+ends, one ``sendmsg`` per connection, not one per reply.  A writer that
+queues several writes together may wake the committer once, after the
+last (``wake_later``, :data:`WakeLater`: a server's loop, at the end of
+its round), so that the group holds them all rather than the first alone.
 ``Store.stats`` counts writes, groups and syncs.
 
 The group's map edits are written net (:class:`_Net`): per file one
