@@ -65,7 +65,7 @@ from instant.errors import (
     NotSync,
     Stale,
 )
-from instant.store import Hook, Store, Tx, waited
+from instant.store import Gather, Hook, Store, Tx, WakeLater, waited
 from merge.attrs import ROOT_FILEID
 from merge.namespace import (
     Attrs,
@@ -570,13 +570,17 @@ class SessionNamespace:
         done: Callable[[Attrs | Exception], None],
         *,
         version: int | None = None,
+        gather: Gather | None = None,
+        wake_later: WakeLater | None = None,
     ) -> None:
         """WRITE, FILE_SYNC, answered later: ``done(attrs after)`` once the data and
         the new mtime are durable, or ``done(error)``; on the store's committer thread
         (:meth:`instant.store.Store.write_async`).  What is refused before any byte
         is written (not a file, out of range, over the quota) is raised here, and
         ``done`` is never called.  ``version``: the store's ``version()`` the caller
-        just read the node at (its wcc read), not asked again."""
+        just read the node at (its wcc read), not asked again.  ``gather``,
+        ``wake_later``: the store's (:data:`instant.store.Gather`,
+        :data:`instant.store.WakeLater`)."""
         # The node as kept for this version (the server's wcc read just asked for
         # it): the kept node is shared, so the new times go into the answer only.
         if version is None:
@@ -605,7 +609,16 @@ class SessionNamespace:
             )  # fmt: skip
             done(after)
 
-        self.store.write_async(node, offset, data, n.base_size, extra=stamp, done=written)
+        self.store.write_async(
+            node,
+            offset,
+            data,
+            n.base_size,
+            extra=stamp,
+            done=written,
+            gather=gather,
+            wake_later=wake_later,
+        )
 
     def commit(self, fileid: int) -> None:
         """COMMIT: nothing to do, every write was FILE_SYNC; checks the file exists."""

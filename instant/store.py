@@ -43,7 +43,13 @@ no thread of the caller is held while a group commits: a server's worker
 group holds every write in flight, not one per worker.  While one process
 commits, the others' writes pile up behind sqlite's lock and go in one
 group each.  ``done`` is called after the COMMIT (step 5), never before;
-a group that fails calls every ``done`` of it with the error.
+a group that fails calls every ``done`` of it with the error.  The
+``done`` calls of a group are made in a row, inside the writes' ``gather``
+blocks (:data:`Gather`): a server sends a group's replies when the block
+ends, one ``sendmsg`` per connection, not one per reply.  A writer that
+queues several writes together may wake the committer once, after the
+last (``wake_later``, :data:`WakeLater`: a server's loop, at the end of
+its round), so that the group holds them all rather than the first alone.
 ``Store.stats`` counts writes, groups and syncs.
 
 The group's map edits are written net (:class:`_Net`): per file one
@@ -83,7 +89,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -150,6 +156,17 @@ Done = Callable[[int | Exception], None]
 """``done(size)`` once a write is durable (the file's size just after it), or
 ``done(error)``; called once, on the store's committer thread."""
 
+WakeLater = Callable[[Callable[[], None]], bool]
+"""Offered the committer's wake-up when a write is queued: True if the caller
+calls it soon itself (a server's loop, once it has served the calls it read
+together: a group then holds them all), False to have it at once."""
+
+Gather = Callable[[], AbstractContextManager[object]]
+"""Entered on the committer around a group's ``done`` calls, once per distinct
+``gather`` of the group's writes: a caller that batches what its ``done`` calls
+start (a server: the group's replies, one send per connection) ends the
+batch when the block does (see "Group commit")."""
+
 
 @dataclass(slots=True, eq=False)
 class _Pending:
@@ -162,6 +179,7 @@ class _Pending:
     base_size: int
     extra: Callable[[Tx], None] | None
     done: Done
+    gather: Gather | None = None
     error: Exception | None = None
     size: int = 0  # the file's size once written
 
@@ -344,6 +362,8 @@ class Store:
         *,
         extra: Callable[[Tx], None] | None = None,
         done: Done,
+        gather: Gather | None = None,
+        wake_later: WakeLater | None = None,
     ) -> None:
         """Write ``data`` at ``offset`` of ``obj``; ``done`` is told once it is durable.
 
@@ -354,6 +374,8 @@ class Store:
         file's size, used if this is ``obj``'s first change.  ``extra(tx)``
         runs in the group's transaction (the namespace sets mtime there, so a
         write's metadata is as durable as its data at no extra flush).
+        ``gather``: see :data:`Gather` (not entered for a write of no bytes,
+        whose ``done`` is called here and now).
 
         Raises (and ``done`` is never called) what fails before the write is
         queued: ``NoSpace`` past the quota or when the cache file system is
@@ -370,17 +392,23 @@ class Store:
             self.hook("before-data")
             _pwrite_all(self._log_fd, data, pos)
             self.hook("after-data")
-            p = _Pending(obj, offset, n, pos, base_size, extra, done)
+            p = _Pending(obj, offset, n, pos, base_size, extra, done, gather)
             with self._qlock:
                 if self._closing:
                     raise StorageIOError("the session store is closed")
                 if self._committer is None:
                     self._start_committer()
                 self._queue.append(p)
-                self._qwake.notify()
+                if wake_later is None or not wake_later(self._wake):
+                    self._qwake.notify()
         except BaseException:
             self._unreserve(n)  # not queued: no group will settle these bytes
             raise
+
+    def _wake(self) -> None:
+        """The committer's wake-up a ``wake_later`` took on (:data:`WakeLater`)."""
+        with self._qlock:
+            self._qwake.notify()
 
     def _start_committer(self) -> None:
         """(``_qlock`` held) The committer thread, on the first write."""
@@ -499,14 +527,20 @@ class Store:
                 log.error("the session store's group commit was interrupted: %r", e)
         if not settled:
             self._unreserve(sum(p.length for p in batch))
-        for p in batch:
-            if p.error is None:
-                self.stats.writes += 1
-                self.stats.bytes_written += p.length
-            try:
-                p.done(p.size if p.error is None else p.error)
-            except BaseException:  # never the committer's end: later writes need it
-                log.exception("a write's completion failed")
+        with ExitStack() as gathered:
+            for g in {p.gather: None for p in batch if p.gather is not None}:
+                try:
+                    gathered.enter_context(g())
+                except Exception:  # no batch then: each done does what it would alone
+                    log.exception("a write group's gather failed")
+            for p in batch:
+                if p.error is None:
+                    self.stats.writes += 1
+                    self.stats.bytes_written += p.length
+                try:
+                    p.done(p.size if p.error is None else p.error)
+                except BaseException:  # never the committer's end: later writes need it
+                    log.exception("a write's completion failed")
 
     def _drop_cached(self, batch: list[_Pending]) -> None:
         """Drop the page cache of ``batch``'s large writes, durable and clean by now.

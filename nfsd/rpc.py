@@ -43,6 +43,25 @@ log line and UDP amplification rule; the session router's duplicate request
 cache; the transport's send.  So no thread waits for the storage, and the
 reply leaves exactly as a plain one would, only later.  :func:`settle` waits
 for one (for callers that are themselves synchronous: tests, benchmarks).
+
+Batches (:func:`batched`, thread-local): work a thread does together puts
+off what it would otherwise do once per call to the batch's end, once.
+
+* The replies a storage settles together (a WRITE group's, on the store's
+  committer) are sent together: the procedure hands the storage
+  :func:`batched` (the store enters it around the group's ``done`` calls),
+  and the transport's send of a reply settled inside it asks :func:`hold` to
+  keep it; at the end each connection's replies go in one ``sendmsg``: one
+  release of the GIL to the loop per group and connection, not per reply.
+* The calls the transport's loop reads together (one ``epoll`` round) form
+  one batch too: a WRITE queued there wakes the store's committer at the
+  batch's end (:func:`at_end`), not at once, so the committer does not take
+  the GIL from the loop to commit the first of them alone: the group holds
+  them all (measured: docs/performance-writes.md).
+
+A reply settled, or a write queued, on any other thread or outside a batch is
+sent, or wakes the committer, at once, as before.  The batch's end runs even
+when what ran in it raised (``finally``): nothing stays held.
 """
 
 from __future__ import annotations
@@ -52,7 +71,8 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -172,6 +192,59 @@ class Later(Generic[T]):
             if not ev.wait(timeout):
                 raise TimeoutError("a deferred reply did not come")
         return self.result()
+
+
+class _Held(threading.local):
+    batches: dict[Any, tuple[Callable[[Any, list[Any]], None], list[Any]]] | None = None
+
+
+_held = _Held()
+
+
+@contextmanager
+def batched() -> Iterator[None]:
+    """A batch on this thread: what :func:`hold` and :func:`at_end` keep is done
+    when the block ends, one ``flush(key, items)`` per key, in the order the
+    keys came.  Nested, only the outermost block ends the batch."""
+    if _held.batches is not None:
+        yield
+        return
+    batches: dict[Any, tuple[Callable[[Any, list[Any]], None], list[Any]]] = {}
+    _held.batches = batches
+    try:
+        yield
+    finally:
+        _held.batches = None  # what the flushes settle is sent at once
+        for key, (flush, items) in batches.items():
+            try:
+                flush(key, items)
+            except BaseException:  # the other keys' still go
+                log.exception("the end of a batch failed")
+
+
+def hold(key: Any, item: Any, flush: Callable[[Any, list[Any]], None]) -> bool:
+    """In a :func:`batched` block on this thread: keep ``item`` for
+    ``flush(key, [items of key...])`` at the block's end, True; else False
+    (the caller sends it now)."""
+    batches = _held.batches
+    if batches is None:
+        return False
+    entry = batches.get(key)
+    if entry is None:
+        batches[key] = (flush, [item])
+    else:
+        entry[1].append(item)
+    return True
+
+
+def at_end(fn: Callable[[], None]) -> bool:
+    """In a :func:`batched` block on this thread: ``fn()`` once at its end
+    (however often asked), True; else False (the caller calls it now)."""
+    return hold(fn, None, _called)
+
+
+def _called(fn: Callable[[], None], items: list[Any]) -> None:
+    fn()
 
 
 def _call_back(fn: Callable[[Later[Any]], None], src: Later[Any]) -> None:

@@ -43,7 +43,12 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   when its group commits) keeps its call counted in ``conn.inflight`` until
   it resolves, on whichever thread resolves it; it is then sent or queued
   as a worker's reply is (``_deliver``); a connection closed meanwhile
-  just frees it.
+  just frees it.  Those a store's committer settles in a group (inside
+  ``nfsd.rpc.batched``) go when the group's are all there, one
+  ``sendmsg`` per connection (``_deliver_all``): one GIL hand-over to the
+  loop per group, not per reply (measured: docs/performance-writes.md).
+  Each round of the loop (one ``epoll`` result) is such a batch too: the
+  WRITEs it queued wake the committer when the round is served.
 * READ replies are built in pooled buffers (``nfsd.programs.buffers``).  A queue
   that makes no progress for ``DETACH_AFTER`` copies its replies out of
   the pool, so a client that does not read cannot starve the others of
@@ -172,7 +177,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
-from nfsd.rpc import Buffer, Dispatcher, FileRun, Later, Reply, WouldBlock
+from nfsd.rpc import Buffer, Dispatcher, FileRun, Later, Reply, WouldBlock, batched, hold
 from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
 from nfsd.transport.tls import (
@@ -499,19 +504,20 @@ class RpcServer:
                 timeout = self._next_sweep - now
                 if self._accept_paused_until is not None:
                     timeout = min(timeout, self._accept_paused_until - now)
-                for data, mask in self._sel.poll(max(timeout, 0.0)):
-                    try:
-                        if isinstance(data, _Connection):
-                            self._ready(data, mask)
-                        elif isinstance(data, socket.socket):
-                            self._accept(data)
-                        else:
-                            self._drain_wakes()
-                    except Exception:
-                        # A bug must cost one connection, never the server.
-                        log.exception("%s: serving %s failed", self.name, data)
-                        if isinstance(data, _Connection):
-                            self._close(data, "error", "an internal error")
+                with batched():  # what the calls read together put off (nfsd.rpc)
+                    for data, mask in self._sel.poll(max(timeout, 0.0)):
+                        try:
+                            if isinstance(data, _Connection):
+                                self._ready(data, mask)
+                            elif isinstance(data, socket.socket):
+                                self._accept(data)
+                            else:
+                                self._drain_wakes()
+                        except Exception:
+                            # A bug must cost one connection, never the server.
+                            log.exception("%s: serving %s failed", self.name, data)
+                            if isinstance(data, _Connection):
+                                self._close(data, "error", "an internal error")
                 now = time.monotonic()
                 if self._accept_paused_until is not None and now >= self._accept_paused_until:
                     self._accept_paused_until = None
@@ -864,7 +870,10 @@ class RpcServer:
 
     def _deliver(self, conn: _Connection, reply: Reply | None) -> None:
         """Send or queue a reply of a call counted in ``conn.inflight``, and
-        wake the loop if it has something to do about this connection."""
+        wake the loop if it has something to do about this connection; in a
+        :func:`~nfsd.rpc.batched` block, with the block's others (``_deliver_all``)."""
+        if hold(conn, reply, self._deliver_all):
+            return
         with conn.lock:
             conn.inflight -= 1
             if conn.closed:
@@ -878,16 +887,45 @@ class RpcServer:
                 self._enqueue(conn, reply)
                 reply = None
                 self._flush_locked(conn)
-                wake = (
-                    conn.failed is not None
-                    or conn.paused
-                    or bool(conn.backlog)
-                    or (bool(conn.outq) and not conn.events & WRITE)
-                )
+                wake = self._wanted(conn)
         if reply is not None:
             reply.free()
         if wake:
             self._wake(conn)
+
+    def _deliver_all(self, conn: _Connection, replies: list[Reply | None]) -> None:
+        """``_deliver`` of several replies (a WRITE group's, held by
+        ``batched``): one ``sendmsg`` when nothing is queued before them (and
+        one lock, one wake-up of the loop at most), else queued and flushed."""
+        drop = replies
+        wake = False
+        with conn.lock:
+            conn.inflight -= len(replies)
+            if not conn.closed:
+                if None in replies:
+                    conn.failed = ("not_rpc", "a record that is not an RPC call")
+                send = [r for r in replies if r is not None and not r.dropped]
+                drop = [r for r in replies if r is not None and r.dropped]
+                if send and not self._send_now(conn, send):
+                    for reply in send:
+                        self._enqueue(conn, reply)
+                    self._flush_locked(conn)
+                wake = self._wanted(conn)
+        for r in drop:
+            if r is not None:
+                r.free()
+        if wake:
+            self._wake(conn)
+
+    @staticmethod
+    def _wanted(conn: _Connection) -> bool:
+        """Whether the loop has something to do about ``conn`` after a reply went."""
+        return (
+            conn.failed is not None
+            or conn.paused
+            or bool(conn.backlog)
+            or (bool(conn.outq) and not conn.events & WRITE)
+        )
 
     def _update(self, conn: _Connection) -> None:
         """(loop) Serve what the limits allow, then watch for what is next:

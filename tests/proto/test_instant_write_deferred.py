@@ -19,10 +19,11 @@ import pytest
 
 from instant.store import Store
 from nfsd.programs.nfs3.router import INLINE_WRITE
-from nfsd.rpc import WouldBlock, settle
+from nfsd.rpc import Later, Reply, WouldBlock, batched, hold, settle
 from tests.proto.calls import call, parse
 from tests.proto.fakens import FakeNamespace
 from tests.proto.sessionclient import SessionCaller
+from tests.unit.test_group_sends import committer_waits
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer, NFS3Unpacker
 
@@ -250,3 +251,50 @@ def test_a_queued_write_holds_no_reference_to_its_record(c: SessionCaller) -> No
     res = write_res(reply.later.wait(10).parts)  # type: ignore[union-attr]
     assert res.status == nfs3.NFS3_OK
     assert not alive, "the 1 MiB record is held while its WRITE waits for its group"
+
+
+def test_the_inline_writes_of_one_loop_round_form_one_group_and_leave_in_one_flush(
+    c: SessionCaller,
+) -> None:
+    """The loop serves a round of calls in a batch (``nfsd.rpc.batched``): its WRITEs
+    wake the committer once the round ends, so they go in one group, and the
+    committer settles their replies in its own batch, so the transport's
+    ``hold`` gets them together (one send per connection)."""
+    fh = disk(c)
+    assert c.write(fh, 0, b"w" * 10, nfs3.FILE_SYNC).status == nfs3.NFS3_OK  # the log open
+    assert c.getattr(fh).status == nfs3.NFS3_OK  # the file's map loaded (else: a worker's)
+    store = c.manager.by_export("/recover/instant/s1").ns.store  # type: ignore[union-attr]
+    _wait_until(lambda: committer_waits(store))  # not still finishing the first write's group
+    groups = store.stats.groups
+    sent: list[object] = []
+
+    def send(done: Later[Reply | None]) -> None:  # as the transport's _deliver does
+        if not hold("conn", done.result(), lambda key, items: sent.append(len(items))):
+            sent.append("alone")
+
+    with batched():  # one round of the loop
+        replies = [
+            c.dispatcher.dispatch(
+                write_record(fh, i * 512, b"r" * 512, 900 + i), c.peer, "tcp", True
+            )
+            for i in range(6)
+        ]
+        for r in replies:
+            assert r is not None and r.later is not None
+            r.later.then(send)
+        threading.Event().wait(0.2)
+        assert not any(r.later.done for r in replies if r.later is not None)  # not woken yet
+    for r in replies:
+        assert r.later is not None and write_res(r.later.wait(10).parts).status == nfs3.NFS3_OK  # type: ignore[union-attr]
+    assert store.stats.groups - groups == 1
+    _wait_until(lambda: sent == [6])
+    assert c.read_all(fh, 6 * 512) == b"r" * 6 * 512
+
+
+def _wait_until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = threading.Event()
+    for _ in range(int(timeout / 0.005)):
+        if cond():
+            return
+        deadline.wait(0.005)
+    assert cond()

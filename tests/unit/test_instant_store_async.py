@@ -64,9 +64,12 @@ def test_writes_queued_while_a_group_commits_are_told_after_their_own_commit(
         hold.set()
         s.write(2, 0, b"o" * BLOCK, len(BASE))  # the log open, the committer started
         hold.clear()
+        points.clear()
         out.expect = 17
         s.write_async(2, BLOCK, b"h" * BLOCK, len(BASE), done=out.done(99))
-        while s._queue:  # the committer took it and waits in the hook
+        # The committer took it and waits in the hook, its sync counted (an
+        # empty queue alone is not enough: the sync may still run).
+        while ("after-sync", 0) not in points:
             threading.Event().wait(0.001)
         syncs, groups = s.stats.data_syncs, s.stats.groups
         for i in range(16):

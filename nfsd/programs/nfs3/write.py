@@ -32,7 +32,7 @@ from nfsd.programs.nfs3.fastattr import _BILLION, _OK, post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_EXEC, decode_name, may
 from nfsd.programs.nfs3.session import MAY_WRITE, SessionNfs
 from nfsd.programs.sessions import Session, is_session_handle
-from nfsd.rpc import CallContext, Later, Reply
+from nfsd.rpc import CallContext, Later, Reply, at_end, batched
 from xdr import nfs3
 from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
@@ -368,7 +368,9 @@ def write_to(
         data = memoryview(args.data)[: args.count]
         ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={len(data)}"
         tail = _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
-        s.ns.write_async(fid, args.offset, data, answer, version=version)
+        s.ns.write_async(
+            fid, args.offset, data, answer, version=version, gather=batched, wake_later=at_end
+        )
         # In the log now: the deferred chain (reply cache, dispatcher) keeps ``args``
         # until the group commits, and must not keep the record its data views.
         args.data = b""
