@@ -48,7 +48,16 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   that makes no progress for ``DETACH_AFTER`` copies its replies out of
   the pool, so a client that does not read cannot starve the others of
   buffers.
-* A large READ on plain TCP sends its file bytes by reference: its reply
+* A large READ on plain TCP whose bytes are in the page cache is sent from
+  the storage file's read-only mapping (``nfs3.read.by_mapping``): ``sendmsg``
+  copies the pages into the socket, no copy into a pooled buffer first.
+  Only the kernel reads such a view: a file cut short under it makes
+  ``sendmsg`` fail (EFAULT, or a short send then EFAULT: the connection is
+  closed, its record's length already sent) where a user-space read would
+  fault the process.  So a stalled queue copies only its writable (pooled)
+  buffers and keeps read-only parts as they are, and TLS, which reads the
+  bytes to encrypt them, never gets one.
+* To a remote peer, a large READ on plain TCP sends its file bytes by reference: its reply
   holds :class:`~nfsd.rpc.FileRun` parts (a descriptor of its own, an
   offset, a count), which the queue sends with ``os.sendfile`` (the kernel
   references page-cache pages: no copy in user space, none into a pooled
@@ -964,7 +973,7 @@ class RpcServer:
         runs = any(entry[1] is not None for entry in entries)
         if conn.detached:
             for entry in entries:
-                if entry[1] is None:
+                if entry[1] is None and _borrowed(entry[0]):
                     entry[0] = bytes(entry[0])
             if not runs:
                 reply.free()
@@ -1182,7 +1191,8 @@ class RpcServer:
             for entry in conn.outq:
                 if type(entry[0]) is FileRun:
                     continue  # no pooled buffer; its bytes count as the rest do
-                entry[0] = bytes(entry[0])
+                if _borrowed(entry[0]):
+                    entry[0] = bytes(entry[0])
                 if entry[1] is not None:
                     entry[1].free()
                     entry[1] = None
@@ -1279,6 +1289,15 @@ def bind_listeners(
             s.close()
         raise
     return out
+
+
+def _borrowed(part: Buffer) -> bool:
+    """Whether a queued buffer is borrowed: a view of a writable buffer (a
+    pooled READ buffer), which a stalled queue copies before the reply gives
+    it back.  A read-only one is the reply's own: bytes, or a view of a
+    storage file's mapping (``nfs3.read.by_mapping``), which only the kernel
+    may read (a page the file lost since would fault in user space)."""
+    return not memoryview(part).readonly
 
 
 def _loopback(peer: str) -> bool:

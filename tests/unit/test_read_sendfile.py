@@ -128,8 +128,13 @@ def recv_exact(c: socket.socket, n: int) -> bytes:
 
 
 def reference(served: Served, record: bytes) -> bytes:
-    """The reply of the copying path: the dispatcher without ``sendfile``."""
-    reply = served.caller.dispatcher.dispatch(record, PEER, "tcp")
+    """The reply of the copying path: the dispatcher without ``sendfile``, and no
+    file mapping (``read.MAP_MIN`` out of reach while it runs)."""
+    saved, read.MAP_MIN = read.MAP_MIN, 1 << 62
+    try:
+        reply = served.caller.dispatcher.dispatch(record, PEER, "tcp")
+    finally:
+        read.MAP_MIN = saved
     assert reply is not None
     assert not any(type(p) is FileRun for p in reply.parts)
     data = b"".join(bytes(p) for p in reply.parts)  # type: ignore[arg-type]

@@ -18,6 +18,22 @@ extent boundary.  A short read inside a run means an input changed under
 the server: the READ fails with ``NFS3ERR_IO`` rather than send bytes it
 is not sure of.
 
+From the file's mapping: a READ of at least :data:`MAP_MIN` bytes on
+plain TCP whose file bytes are all in the page cache (``cachestat``) is
+answered as ``[header, view | zeros ..., padding]`` (:func:`by_mapping`),
+each view a slice of the storage file's read-only mapping
+(``merge.sources``: ``maps()``): ``sendmsg`` copies the page-cache pages
+into the socket, where the copying path copies them into a buffer first
+and then into the socket.  One worker, 1 MiB READs 4 in flight on one
+loopback connection: the server's CPU per READ fell from ~340 to ~140-170
+µs, the client's did not rise (it reads the socket's copy, as before;
+compare by reference, below).  Only the kernel may read a view (a page
+the file lost since would fault in user space): not under TLS, never
+copied by the transport (a stalled queue keeps read-only parts as they
+are).  The pages a send maps into the process count in its RSS until
+:meth:`~nfsd.programs.buffers.BufferPool.mapped` unmaps them, past
+:data:`~nfsd.programs.buffers.MAP_BUDGET` bytes or at rest.
+
 By reference: a READ of at least :data:`SENDFILE_MIN` bytes whose context
 allows it (``CallContext.sendfile``: plain TCP to a remote peer, see
 ``nfsd.transport.server``) and whose file bytes are all in the page cache
@@ -42,6 +58,7 @@ from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may
 from nfsd.rpc import CallContext, FileRun, Part, Reply, WouldBlock
+from nfsd.transport.tls import PLAIN
 from xdr import nfs3
 
 ZEROS = bytes(RTMAX)
@@ -100,6 +117,10 @@ def read_reply(  # noqa: PLR0917
             parts[:0] = [head + _TAIL.pack(n, eof, n)]
             parts.append(PADDING[n & 3])
             return Reply(parts, release=lambda: _free_runs(parts))
+    if count >= MAP_MIN and ctx.transport == "tcp" and ctx.security is PLAIN:
+        reply = _mapped(svc, path, offset, count, head)
+        if reply is not None:
+            return reply
     if inline:
         buf = svc.buffers.try_acquire()
         if buf is None:
@@ -122,6 +143,72 @@ def read_reply(  # noqa: PLR0917
         [header, memoryview(buf)[:n], PADDING[n & 3]],
         release=lambda: svc.buffers.release(buf),
     )
+
+
+# READs of at least this many bytes on plain TCP are sent from the file's
+# mapping when its bytes are in the page cache (``by_mapping``).
+MAP_MIN = 64 * 1024
+
+
+def _mapped(
+    svc: Nfs3Service, path: PresentedPath, offset: int, count: int, head: bytes
+) -> Reply | None:
+    """The READ3resok sent from the file's mapping; None when it cannot be (no
+    mapping, bytes not all in the page cache): the caller copies instead."""
+    if not cachestat_works():
+        return None
+    try:
+        with svc.namespace.open(path) as reader:
+            maps_of = getattr(reader, "maps", None)  # optional: merge.sources readers have it
+            maps: dict[int, memoryview] = maps_of() if maps_of is not None else {}
+            if not maps:
+                return None
+            size = reader.size
+            parts = by_mapping(maps, reader.runs(offset, count))
+    except (OSError, NamespaceError) as e:
+        raise nfs_error(e) from e
+    if parts is None:
+        return None
+    n = sum(map(len, parts))
+    svc.buffers.mapped(maps.values(), n)
+    parts[:0] = [head + _TAIL.pack(n, offset + n >= size, n)]
+    parts.append(PADDING[n & 3])
+    return Reply(parts)
+
+
+def by_mapping(maps: dict[int, memoryview], runs: list[Run]) -> list[Part] | None:
+    """The data of a READ as views of the files' mappings (``maps``, by
+    descriptor) and of :data:`ZEROS`; None unless every run's file has a
+    mapping that covers it and all its bytes are in the page cache, so
+    that the thread that sends the views (maybe the loop) does not wait
+    for the disk.
+
+    One ``cachestat`` per span of a file's runs no more than :data:`BRIDGE`
+    apart (a merged image's base runs, its pancbt's runs): the bytes
+    between them must be cached too, or the READ is copied instead.
+    """
+    parts: list[Part] = []
+    spans: list[list[int]] = []  # [fd, start, end] to check
+    last: dict[int, list[int]] = {}  # fd: its span being extended
+    for fd, start, length in runs:
+        if fd == ZERO_FD:
+            parts.append(_ZEROS_VIEW[:length])
+            continue
+        view = maps.get(fd)
+        end = start + length
+        if view is None or end > len(view):
+            return None
+        parts.append(view[start:end])
+        span = last.get(fd)
+        if span is not None and span[2] <= start <= span[2] + BRIDGE:
+            span[2] = end
+        else:
+            span = last[fd] = [fd, start, end]
+            spans.append(span)
+    for fd, start, end in spans:
+        if not resident(fd, start, end - start):
+            return None
+    return parts
 
 
 # READs of at least this many bytes on plain TCP send their file runs by

@@ -1,0 +1,254 @@
+"""Large READs on plain TCP sent from the storage file's mapping (``read.by_mapping``).
+
+Through a real socket whose send buffer is small (every large reply goes
+out in many partial sends, the rest from the connection's queue on
+POLLOUT), a client receives exactly the copying path's bytes: merged
+images with changed extents at every boundary, zeros past the base, EOF,
+several calls in flight.  A stalled queue keeps the views as they are (it
+never reads them); a file cut short under a queued view closes the
+connection, and the process lives; the pages the sends map in are
+unmapped past the budget and at rest; TLS and UDP never get a view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from merge.sources import FileSource, Handle
+from merge.stack import build_namespace
+from nfsd.programs import buffers as buffers_mod
+from nfsd.programs.buffers import BufferPool
+from nfsd.programs.nfs3 import read
+from nfsd.transport import server as server_mod
+from nfsd.transport.tls import Security
+from tests.proto.nfsclient import Caller
+from tests.unit.merge_helpers import KIB, MIB
+from tests.unit.test_read_sendfile import (
+    CHANGES,
+    DISK,
+    Served,
+    _wait,
+    marked,
+    recv_record,
+    reference,
+    storage,  # noqa: F401 (the fixture)
+)
+
+PEER = "127.0.0.1:900"
+
+if not read.cachestat_works():
+    pytest.skip("no cachestat here: READs are never sent from a mapping", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def served(storage: Path) -> Iterator[Served]:  # noqa: F811 (the fixture above)
+    s = Served(storage)
+    s.server.sendfile_loopback = False  # loopback: mappings, not FileRuns
+    yield s
+    s.server.stop()
+
+
+def views(parts: list) -> list[memoryview]:  # type: ignore[type-arg]
+    """The parts that are views of a file mapping."""
+    return [
+        p
+        for p in parts
+        if isinstance(p, memoryview) and p.readonly and isinstance(p.obj, mmap.mmap)
+    ]
+
+
+reads = st.lists(
+    st.tuples(
+        st.booleans(),  # merged or plain
+        st.one_of(
+            st.integers(0, DISK + 10),
+            st.sampled_from([o for o, _ in CHANGES] + [3 * MIB - 5, DISK - 100, 0]),
+        ),
+        st.sampled_from([4096, read.MAP_MIN - 1, read.MAP_MIN, 200 * KIB, MIB - 1, MIB]),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(calls=reads)
+def test_bytes_received_are_the_copying_paths(served: Served, calls) -> None:  # type: ignore[no-untyped-def]
+    records = [
+        served.record(served.merged if merged else served.plain, offset, count)
+        for merged, offset, count in calls
+    ]
+    with served.connect() as c:
+        c.sendall(b"".join(marked(r) for r in records))  # all in flight at once
+        received = [recv_record(c) for _ in records]
+    by_xid = {r[:4]: r for r in received}  # replies may come in any order
+    for record in records:
+        assert by_xid[record[:4]] == reference(served, record)
+
+
+def test_a_large_read_goes_through_the_socket_from_the_mapping(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    made: list[int] = []
+    real = read.by_mapping
+
+    def spy(maps, runs):  # type: ignore[no-untyped-def]
+        parts = real(maps, runs)
+        made.append(len(views(parts or [])))
+        return parts
+
+    monkeypatch.setattr(read, "by_mapping", spy)
+    for fh, at in ((served.merged, 100 * KIB), (served.plain, 5)):
+        record = served.record(fh, at, MIB)
+        expected = reference(served, record)  # and now in the page cache
+        with served.connect() as c:
+            c.sendall(marked(record))
+            assert recv_record(c) == expected
+    assert len(made) == 2 and made[0] >= 3 and made[1] == 1  # base and pancbt runs; one
+
+
+def test_small_reads_uncached_data_tls_and_udp_are_copied(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    record = served.record(served.plain, 0, MIB)
+    reference(served, record)  # cached
+    dispatch = served.caller.dispatcher.dispatch
+    reply = dispatch(record, PEER, "tcp")
+    assert reply is not None and views(reply.parts)
+    reply.free()
+    small = dispatch(served.record(served.plain, 0, read.MAP_MIN - 1), PEER, "tcp")
+    assert small is not None and not views(small.parts)
+    small.free()
+    tls = dispatch(record, PEER, "tcp", security=Security("tls"))
+    assert tls is not None and not views(tls.parts)
+    tls.free()
+    udp = dispatch(record, PEER, "udp")
+    assert udp is not None and not views(udp.parts)
+    udp.free()
+    monkeypatch.setattr(read, "resident", lambda fd, start, length: False)
+    cold = dispatch(record, PEER, "tcp")
+    assert cold is not None and not views(cold.parts)
+    assert b"".join(bytes(p) for p in cold.parts) == reference(served, record)  # type: ignore[arg-type]
+    cold.free()
+
+
+def test_one_cachestat_per_span_of_a_file(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    asked: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(read, "resident", lambda fd, s, n: asked.append((fd, s, n)) or True)
+    maps = {3: memoryview(bytes(4 * MIB)), 4: memoryview(bytes(MIB))}
+    runs = [
+        (3, 0, 8192),
+        (4, 0, 4096),  # the pancbt's runs, one after another
+        (3, 12288, 4096),
+        (4, 4096, 4096),
+        (-1, 0, 4096),  # zeros
+        (3, 20480 + read.BRIDGE + 1, 4096),  # too far from the last: a span of its own
+    ]
+    parts = read.by_mapping(maps, runs)  # type: ignore[arg-type]
+    assert parts is not None and [len(p) for p in parts] == [r[2] for r in runs]
+    assert sorted(asked) == [(3, 0, 16384), (3, 20480 + read.BRIDGE + 1, 4096), (4, 0, 8192)]
+    assert read.by_mapping(maps, [(5, 0, 10)]) is None  # type: ignore[list-item]  # no mapping
+    assert read.by_mapping(maps, [(4, MIB - 10, 11)]) is None  # type: ignore[list-item]  # past it
+
+
+def test_a_stalled_queue_keeps_its_views(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(server_mod, "DETACH_AFTER", 0.05)
+    records = [served.record(served.plain, i * MIB // 2, MIB) for i in range(3)]
+    for r in records:
+        reference(served, r)  # cached
+    with served.connect() as c:
+        c.sendall(b"".join(marked(r) for r in records))
+        conns = lambda: list(served.server._conns)  # noqa: E731
+        _wait(lambda: any(k.detached for k in conns()))  # stalled: left the pool
+        (conn,) = conns()
+        with conn.lock:
+            assert views([e[0] for e in conn.outq])  # not copied by the transport
+        received = [recv_record(c) for _ in records]
+    by_xid = {r[:4]: r for r in received}
+    for r in records:
+        assert by_xid[r[:4]] == reference(served, r)
+
+
+def test_a_file_cut_short_under_a_queued_view_closes_the_connection(tmp_path: Path) -> None:
+    (tmp_path / "f.img").write_bytes(os.urandom(2 * MIB))
+    s = Served.__new__(Served)
+    s.caller = Caller(build_namespace(str(tmp_path)))
+    s.plain = s.caller.walk("f.img")
+    s.server = server_mod.RpcServer(s.caller.dispatcher, name="t", workers=1)
+    s.port = s.server.listen("127.0.0.1", 0, udp=False)
+    for ls in s.server._listeners:
+        ls.setsockopt(server_mod.socket.SOL_SOCKET, server_mod.socket.SO_SNDBUF, 8192)
+    s.server.start()
+    s.xid = 1
+    try:
+        record = s.record(s.plain, 0, MIB)
+        small = s.record(s.plain, 0, 4096)
+        expected_small = reference(s, small)
+        reference(s, record)  # cached
+        with s.connect() as c:
+            c.sendall(marked(record))
+            _wait(lambda: any(views([e[0] for e in k.outq]) for k in s.server._conns))
+            os.truncate(tmp_path / "f.img", 4096)  # never done to the storage: a fault
+            got = 0
+            with contextlib.suppress(ConnectionResetError):
+                while data := c.recv(65536):  # a timeout fails the test
+                    got += len(data)
+            assert got < 4 + MIB
+        _wait(lambda: not s.server._conns)
+        with s.connect() as c:  # the process lives, and serves the rest of the file
+            c.sendall(marked(small))
+            assert recv_record(c)[:100] == expected_small[:100]
+    finally:
+        s.server.stop()
+
+
+def _rss_of(path: Path) -> int:
+    """kB of ``path``'s mappings resident in this process (/proc/self/smaps)."""
+    total, ours = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's header
+            ours = line.endswith(str(path))
+        elif ours and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_mapped_pages_leave_the_rss_past_the_budget_and_at_rest(tmp_path: Path) -> None:
+    f = tmp_path / "big.img"
+    f.write_bytes(os.urandom(4 * MIB))
+    source = FileSource.open(str(f), lambda st: None)  # type: ignore[arg-type,return-value]
+    with Handle(source) as h:
+        (view,) = h.maps().values()
+        pool = BufferPool(MIB, 2)
+        assert _rss_of(f) == 0
+        bytes(view)  # what a send faults in (here read in user space: the file is ours)
+        assert _rss_of(f) >= 4 * 1024 - 64
+        pool.mapped([view], buffers_mod.MAP_BUDGET // 2)
+        assert _rss_of(f) >= 4 * 1024 - 64  # under the budget: kept
+        pool.mapped([view], buffers_mod.MAP_BUDGET // 2)
+        assert _rss_of(f) == 0
+        bytes(view)
+        pool.mapped([view], 4 * MIB)
+        pool.trim(time.monotonic())  # not at rest yet
+        assert _rss_of(f) > 0
+        pool.trim(time.monotonic() + buffers_mod.IDLE_TRIM)
+        assert _rss_of(f) == 0
+        assert bytes(view[:4]) == f.read_bytes()[:4]  # the mapping itself stays
+    source.release()  # the cache's reference: closed, unmapped with the last view
+    del view
+    assert _rss_of(f) == 0 and str(f) not in Path("/proc/self/maps").read_text()
+
+
+def test_no_mapping_for_an_empty_file(tmp_path: Path) -> None:
+    f = tmp_path / "empty"
+    f.write_bytes(b"")
+    source = FileSource.open(str(f), lambda st: None)  # type: ignore[arg-type,return-value]
+    assert source.maps() == {}
+    source.release()
