@@ -5,8 +5,9 @@ Design notes
 One *loop* thread (epoll) accepts and reads every TCP connection,
 reassembles records (``nfsd.transport.record``) and serves each call
 itself unless the procedure says it would wait on the storage (it raises
-``WouldBlock``: a READ of bytes not in the page cache, or over 64 KiB while
-the loop serves other connections too, a first listing of a folder); those
+``WouldBlock``: a READ of bytes not in the page cache, or one over 64 KiB
+to copy into a buffer while the loop serves other connections too, a first
+listing of a folder); those
 go to a fixed pool of *workers*, started with the server::
 
     loop --quick call, served inline, sent MSG_DONTWAIT----------> client
@@ -30,8 +31,11 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   them (``_send_now``).  With one connection open the loop has no one else
   to keep waiting, so a large READ from the page cache is served there too
   (``CallContext.alone``): on a worker its hand-off cost a third of its
-  CPU.  Workers send their own replies (the GIL is released in the
-  system call, so large READ replies are copied in parallel); nobody ever
+  CPU.  One sent from the file's mapping (below) is served there on any
+  connection: it costs the loop its send, which the loop makes anyway for
+  the part of a worker's reply that the socket did not take at once.
+  Workers send their own replies (the GIL is released in the system
+  call, so large READ replies are copied in parallel); nobody ever
   blocks on a socket: every send is ``MSG_DONTWAIT``, and the rest waits in
   the connection's queue for POLLOUT.
 * Only the loop touches the selector and closes sockets.  A worker that

@@ -252,3 +252,11 @@ def test_no_mapping_for_an_empty_file(tmp_path: Path) -> None:
     source = FileSource.open(str(f), lambda st: None)  # type: ignore[arg-type,return-value]
     assert source.maps() == {}
     source.release()
+
+
+def test_a_read_from_the_mapping_is_inline_on_any_connection(served: Served) -> None:
+    record = served.record(served.merged, 100 * KIB, MIB)
+    expected = reference(served, record)  # cached
+    reply = served.caller.dispatcher.dispatch(record, PEER, "tcp", inline=True, alone=False)
+    assert reply is not None and views(reply.parts)
+    assert b"".join(bytes(p) for p in reply.parts) == expected  # type: ignore[arg-type]
