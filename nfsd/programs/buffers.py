@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import cast
 
 IDLE_TRIM = 2.0  # seconds a free buffer keeps its pages
-MAP_BUDGET = 16 * 1024 * 1024  # bytes sent from file mappings before their pages are unmapped
+MAP_BUDGET = 4 * 1024 * 1024  # bytes sent from file mappings before their pages are unmapped
 CLEAN = float("inf")  # the release time of a buffer whose pages were given back
 
 
@@ -123,7 +123,10 @@ class BufferPool:
         past :data:`MAP_BUDGET` bytes, or at rest (:meth:`trim`), they are
         unmapped, the page cache keeping them (a later send maps them again,
         a minor fault each 64 KiB).  The RSS they add stays under about the
-        budget plus the replies in flight."""
+        budget plus the replies in flight.  (2 workers, 1 MiB READs on 1 and
+        4 connections: the peak RSS of all processes 93.9 MiB copying, 122.1
+        with a 16 MiB budget, 95.7 with 4 MiB, 95.3 with 2; the CPU a call
+        the same within the noise: unmapping is one ``madvise`` a budget.)"""
         with self._lock:
             for view in maps:
                 self._maps[id(view)] = view
