@@ -235,7 +235,7 @@ def test_mapped_pages_leave_the_rss_past_the_budget_and_at_rest(tmp_path: Path) 
         pool.mapped([view], buffers_mod.MAP_BUDGET // 2)
         assert _rss_of(f) == 0
         bytes(view)
-        pool.mapped([view], 4 * MIB)
+        pool.mapped([view], buffers_mod.MAP_BUDGET // 2)
         pool.trim(time.monotonic())  # not at rest yet
         assert _rss_of(f) > 0
         pool.trim(time.monotonic() + buffers_mod.IDLE_TRIM)
