@@ -132,17 +132,23 @@ def test_small_reads_uncached_data_tls_and_udp_are_copied(served: Served, monkey
     udp = dispatch(record, PEER, "udp")
     assert udp is not None and not views(udp.parts)
     udp.free()
-    monkeypatch.setattr(read, "resident", lambda fd, start, length: False)
+    monkeypatch.setattr(read, "mapped_resident", lambda view: False)
     cold = dispatch(record, PEER, "tcp")
     assert cold is not None and not views(cold.parts)
     assert b"".join(bytes(p) for p in cold.parts) == reference(served, record)  # type: ignore[arg-type]
     cold.free()
 
 
-def test_one_cachestat_per_span_of_a_file(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    asked: list[tuple[int, int, int]] = []
-    monkeypatch.setattr(read, "resident", lambda fd, s, n: asked.append((fd, s, n)) or True)
+def test_one_check_per_span_of_a_file(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     maps = {3: memoryview(bytes(4 * MIB)), 4: memoryview(bytes(MIB))}
+    asked: list[tuple[int, int]] = []
+
+    def spy(v: memoryview) -> bool:
+        fd = next(fd for fd, m in maps.items() if m.obj is v.obj)
+        asked.append((fd, len(v)))
+        return True
+
+    monkeypatch.setattr(read, "mapped_resident", spy)
     runs = [
         (3, 0, 8192),
         (4, 0, 4096),  # the pancbt's runs, one after another
@@ -153,9 +159,31 @@ def test_one_cachestat_per_span_of_a_file(monkeypatch) -> None:  # type: ignore[
     ]
     parts = read.by_mapping(maps, runs)  # type: ignore[arg-type]
     assert parts is not None and [len(p) for p in parts] == [r[2] for r in runs]
-    assert sorted(asked) == [(3, 0, 16384), (3, 20480 + read.BRIDGE + 1, 4096), (4, 0, 8192)]
+    assert sorted(asked) == [(3, 4096), (3, 16384), (4, 8192)]
     assert read.by_mapping(maps, [(5, 0, 10)]) is None  # type: ignore[list-item]  # no mapping
     assert read.by_mapping(maps, [(4, MIB - 10, 11)]) is None  # type: ignore[list-item]  # past it
+    monkeypatch.setattr(read, "mapped_resident", lambda v: False)
+    assert read.by_mapping(maps, runs[:1]) is None  # type: ignore[arg-type]
+
+
+def test_mapped_resident_sees_the_page_cache(tmp_path: Path) -> None:
+    f = tmp_path / "f.img"
+    f.write_bytes(os.urandom(MIB))
+    source = FileSource.open(str(f), lambda st: None)  # type: ignore[arg-type,return-value]
+    try:
+        (view,) = source.maps().values()
+        os.fsync(source.fd)
+        os.posix_fadvise(source.fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evicted
+        if read.mapped_resident(view[5 : 200 * KIB]):
+            pytest.skip("this file system keeps its pages (tmpfs)")
+        os.pread(source.fd, 4096, 100 * KIB)
+        assert not read.mapped_resident(view[5 : 200 * KIB])  # partly
+        assert read.mapped_resident(view[100 * KIB + 1 : 100 * KIB + 4000])
+        os.pread(source.fd, MIB, 0)
+        assert read.mapped_resident(view[5 : 200 * KIB])
+        assert read.mapped_resident(view)
+    finally:
+        source.release()
 
 
 def test_a_stalled_queue_keeps_its_views(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ the server: the READ fails with ``NFS3ERR_IO`` rather than send bytes it
 is not sure of.
 
 From the file's mapping: a READ of at least :data:`MAP_MIN` bytes on
-plain TCP whose file bytes are all in the page cache (``cachestat``) is
+plain TCP whose file bytes are all in the page cache (``mincore``) is
 answered as ``[header, view | zeros ..., padding]`` (:func:`by_mapping`),
 each view a slice of the storage file's read-only mapping
 (``merge.sources``: ``maps()``): ``sendmsg`` copies the page-cache pages
@@ -161,8 +161,6 @@ def _mapped(
 ) -> Reply | None:
     """The READ3resok sent from the file's mapping; None when it cannot be (no
     mapping, bytes not all in the page cache): the caller copies instead."""
-    if not cachestat_works():
-        return None
     try:
         with svc.namespace.open(path) as reader:
             maps_of = getattr(reader, "maps", None)  # optional: merge.sources readers have it
@@ -185,11 +183,11 @@ def _mapped(
 def by_mapping(maps: dict[int, memoryview], runs: list[Run]) -> list[Part] | None:
     """The data of a READ as views of the files' mappings (``maps``, by
     descriptor) and of :data:`ZEROS`; None unless every run's file has a
-    mapping that covers it and all its bytes are in the page cache, so
-    that the thread that sends the views (maybe the loop) does not wait
-    for the disk.
+    mapping that covers it and all its bytes are in the page cache, up to
+    date (:func:`mapped_resident`), so that the thread that sends the views
+    (maybe the loop) does not wait for the disk.
 
-    One ``cachestat`` per span of a file's runs no more than :data:`BRIDGE`
+    One ``mincore`` per span of a file's runs no more than :data:`BRIDGE`
     apart (a merged image's base runs, its pancbt's runs): the bytes
     between them must be cached too, or the READ is copied instead.
     """
@@ -212,7 +210,7 @@ def by_mapping(maps: dict[int, memoryview], runs: list[Run]) -> list[Part] | Non
             span = last[fd] = [fd, start, end]
             spans.append(span)
     for fd, start, end in spans:
-        if not resident(fd, start, end - start):
+        if not mapped_resident(maps[fd][start:end]):
             return None
     return parts
 
@@ -305,6 +303,54 @@ def resident(fd: int, start: int, length: int) -> bool:
         return False
     pages = (start + length - 1) // _PAGE - start // _PAGE + 1
     return stat[0] >= pages
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer``: how a view's address is asked for (a read-only
+    buffer has no ctypes ``from_buffer``)."""
+
+    _fields_ = (
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    )
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+_mincore = _libc.mincore
+_mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+
+
+def mapped_resident(view: memoryview) -> bool:
+    """Whether every page under ``view`` (a slice of a file's mapping) is in the
+    page cache and up to date: ``mincore``, which, unlike ``cachestat``, does
+    not count a page whose read is still under way (readahead), so that the
+    thread that sends the view (maybe the loop) never waits for the disk.
+    It looks at the page cache, not at this process's page tables, and
+    touches nothing (~2 µs with the address asked through ctypes)."""
+    info = _PyBuffer()
+    _get_buffer(view, ctypes.byref(info), 0)
+    try:
+        addr = info.buf or 0
+        first = addr - addr % _PAGE
+        pages = (addr + len(view) - first + _PAGE - 1) // _PAGE
+        vec = ctypes.create_string_buffer(pages)
+        if _mincore(first, pages * _PAGE, vec) != 0:
+            return False
+    finally:
+        _release_buffer(ctypes.byref(info))
+    return b"\0" not in vec.raw
 
 
 def cachestat_works() -> bool:
