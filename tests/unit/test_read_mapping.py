@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from merge.sources import FileSource, Handle
 from merge.stack import build_namespace
@@ -33,11 +32,11 @@ from nfsd.transport.tls import Security
 from tests.proto.nfsclient import Caller
 from tests.unit.merge_helpers import KIB, MIB
 from tests.unit.test_read_sendfile import (
-    CHANGES,
-    DISK,
     Served,
     _wait,
     marked,
+    reads,
+    received_are_the_copying_paths,
     recv_record,
     reference,
     storage,  # noqa: F401 (the fixture)
@@ -66,35 +65,12 @@ def views(parts: list) -> list[memoryview]:  # type: ignore[type-arg]
     ]
 
 
-reads = st.lists(
-    st.tuples(
-        st.booleans(),  # merged or plain
-        st.one_of(
-            st.integers(0, DISK + 10),
-            st.sampled_from([o for o, _ in CHANGES] + [3 * MIB - 5, DISK - 100, 0]),
-        ),
-        st.sampled_from([4096, read.MAP_MIN - 1, read.MAP_MIN, 200 * KIB, MIB - 1, MIB]),
-    ),
-    min_size=1,
-    max_size=4,
-)
-
-
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(calls=reads)
+@given(calls=reads([4096, read.MAP_MIN - 1, read.MAP_MIN, 200 * KIB, MIB - 1, MIB]))
 def test_bytes_received_are_the_copying_paths(served: Served, calls) -> None:  # type: ignore[no-untyped-def]
-    records = [
-        served.record(served.merged if merged else served.plain, offset, count)
-        for merged, offset, count in calls
-    ]
-    with served.connect() as c:
-        c.sendall(b"".join(marked(r) for r in records))  # all in flight at once
-        received = [recv_record(c) for _ in records]
-    by_xid = {r[:4]: r for r in received}  # replies may come in any order
-    for record in records:
-        assert by_xid[record[:4]] == reference(served, record)
+    received_are_the_copying_paths(served, calls)
 
 
 def test_a_large_read_goes_through_the_socket_from_the_mapping(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
