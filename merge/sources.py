@@ -39,7 +39,11 @@ name (a :class:`FileSource` maps its file once, on first asking, over the
 size it had at open), so that a READ reply can be sent from the page cache
 by ``sendmsg`` without a copy into a buffer (``nfsd.programs.nfs3.read``).
 A mapping outlives the source's descriptor for as long as a view of it is
-held (a queued reply): the kernel keeps the inode.  Nothing here reads
+held (a queued reply): the kernel keeps the inode.  It costs address space
+(none of memory until a send touches its pages), and one descriptor more
+(Python's ``mmap`` keeps a ``dup``) for as long as it lives; one that
+cannot be made (out of address space or descriptors: ``OSError``) leaves
+the READ to the copying path.  Nothing here reads
 through a mapping: a file cut short under it makes a user-space read of
 the lost pages fault (SIGBUS), while the kernel's own copy (``sendmsg``)
 only fails with EFAULT; so only code that hands the views to the kernel
