@@ -264,3 +264,15 @@ def test_a_read_from_the_mapping_is_inline_on_any_connection(served: Served) -> 
     reply = served.caller.dispatcher.dispatch(record, PEER, "tcp", inline=True, alone=False)
     assert reply is not None and views(reply.parts)
     assert b"".join(bytes(p) for p in reply.parts) == expected  # type: ignore[arg-type]
+
+
+def test_a_reply_counts_its_bytes_once_sent(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    counted: list[int] = []
+    monkeypatch.setattr(BufferPool, "mapped", lambda self, maps, n: counted.append(n))
+    record = served.record(served.plain, 0, MIB)
+    reference(served, record)  # cached
+    reply = served.caller.dispatcher.dispatch(record, PEER, "tcp")
+    assert reply is not None and views(reply.parts)
+    assert not counted  # made, not sent
+    reply.free()  # what the transport calls once the last byte is sent
+    assert counted == [MIB]

@@ -52,6 +52,7 @@ import errno
 import mmap
 import os
 import struct
+from functools import partial
 
 from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError, PresentedPath, Run
 from nfsd.programs.errors import NfsError, nfs_error
@@ -178,10 +179,10 @@ def _mapped(
     if parts is None:
         return None
     n = sum(map(len, parts))
-    svc.buffers.mapped(maps.values(), n)
     parts[:0] = [head + _TAIL.pack(n, offset + n >= size, n)]
     parts.append(PADDING[n & 3])
-    return Reply(parts)
+    # Counted once sent (the release): the pages a send maps in are there by then.
+    return Reply(parts, release=partial(svc.buffers.mapped, list(maps.values()), n))
 
 
 def by_mapping(maps: dict[int, memoryview], runs: list[Run]) -> list[Part] | None:
