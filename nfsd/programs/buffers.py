@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import cast
 
 IDLE_TRIM = 2.0  # seconds a free buffer keeps its pages
-MAP_BUDGET = 4 * 1024 * 1024  # bytes sent from file mappings before their pages are unmapped
+MAP_BUDGET = 2 * 1024 * 1024  # bytes sent from file mappings before their pages are unmapped
 CLEAN = float("inf")  # the release time of a buffer whose pages were given back
 
 
@@ -127,10 +127,11 @@ class BufferPool:
         past :data:`MAP_BUDGET` bytes, or at rest (:meth:`trim`), they are
         unmapped, the page cache keeping them (a later send maps them again,
         a minor fault each 64 KiB).  The RSS they add stays under about the
-        budget plus the replies being sent.  (2 workers, 1 MiB READs on 1 and
-        4 connections: the peak RSS of all processes 93.9 MiB copying, 122.1
-        with a 16 MiB budget, 95.7 with 4 MiB, 95.3 with 2; the CPU a call
-        the same within the noise: unmapping is one ``madvise`` a budget.)"""
+        budget plus the replies being sent.  (2 workers, 1 MiB READs of a
+        1 GiB file on 1 and 4 connections, peak RSS of all processes: 109.0
+        MiB with a 4 MiB budget, 106.2 with 2, 104.8 with 1, 103.3 copying;
+        the CPU a call the same with 4 and 2, a little more with 1 on the
+        merged image: unmapping is one ``madvise`` a budget.)"""
         with self._lock:
             for view in maps:
                 self._maps[id(view)] = view

@@ -128,7 +128,9 @@ to as much again allocated ahead of its bytes, and 64 KiB more a
 connection: ``nfsd.transport.record``), plus about 2.5 KB per connection
 (socket object, reader state: 1,024 connections ~ 2.5 MiB), plus, for at
 most ``DETACH_AFTER``, the small replies just queued (under ``max_unsent``
-a connection).
+a connection), plus the storage pages that sends from file mappings map
+into the process (not copies: ``nfsd.programs.buffers.MAP_BUDGET``, 2 MiB,
+and the replies being sent).
 
 UDP datagrams are read by a thread of their own and served by the workers;
 replies go back by ``sendto``.
