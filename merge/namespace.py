@@ -118,7 +118,9 @@ class Reader(Protocol):
     """An opened presented regular file.  Use as a context manager.
 
     While a reader is held its file descriptors stay open and valid, even if
-    the namespace drops it from its cache meanwhile.
+    the namespace drops it from its cache meanwhile.  A reader may also offer
+    ``maps() -> dict[int, memoryview]``: read-only mappings of its runs'
+    descriptors (``merge.sources``), which only the kernel may read.
     """
 
     @property

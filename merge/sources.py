@@ -33,11 +33,27 @@ source              ``runs(offset, count)``
 
 Every source can say whether its inputs are still the files it was built
 from (``is_current``: a ``stat`` per input, no reads).
+
+``maps()`` gives a read-only shared mapping of each descriptor its runs
+name (a :class:`FileSource` maps its file once, on first asking, over the
+size it had at open), so that a READ reply can be sent from the page cache
+by ``sendmsg`` without a copy into a buffer (``nfsd.programs.nfs3.read``).
+A mapping outlives the source's descriptor for as long as a view of it is
+held (a queued reply): the kernel keeps the inode.  It costs address space
+(none of memory until a send touches its pages), and one descriptor more
+(Python's ``mmap`` keeps a ``dup``) for as long as it lives; one that
+cannot be made (out of address space or descriptors: ``OSError``) leaves
+the READ to the copying path.  Nothing here reads
+through a mapping: a file cut short under it makes a user-space read of
+the lost pages fault (SIGBUS), while the kernel's own copy (``sendmsg``)
+only fails with EFAULT; so only code that hands the views to the kernel
+may take them.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 import threading
@@ -92,6 +108,11 @@ class Source:
     def runs(self, offset: int, count: int) -> list[Run]:
         raise NotImplementedError
 
+    def maps(self) -> dict[int, memoryview]:
+        """A read-only mapping of each descriptor of the runs, where there is one
+        (see the notes above); valid while a reference is held."""
+        return {}
+
     def direct(self) -> tuple[int, int] | None:
         """``(fd, size)`` when byte ``p`` is byte ``p`` of one descriptor, else None.
 
@@ -140,6 +161,9 @@ class Handle:
         if self._closed:
             raise InputChanged("read on a closed handle")
         return self.source.runs(offset, count)
+
+    def maps(self) -> dict[int, memoryview]:
+        return self.source.maps()
 
     def is_current(self) -> bool:
         return self.source.is_current()
@@ -191,6 +215,7 @@ class FileSource(Source):
         super().__init__(stamp.size, attrs)
         self.fd = fd
         self.stamp = stamp
+        self._map: dict[int, memoryview] | None = None  # {fd: the mapping}, once asked
 
     @classmethod
     def open(cls, path: str, make_attrs: Callable[[os.stat_result], Attrs]) -> FileSource:
@@ -214,11 +239,32 @@ class FileSource(Source):
     def direct(self) -> tuple[int, int] | None:
         return self.fd, self.size
 
+    def maps(self) -> dict[int, memoryview]:
+        mapped = self._map
+        if mapped is None:
+            with self._lock:
+                mapped = self._map
+                if mapped is None:
+                    mapped = self._map = self._mapping()
+        return mapped
+
+    def _mapping(self) -> dict[int, memoryview]:
+        """The file mapped over its size at open ({} when it cannot be: empty,
+        shorter now, or a file system without mappings)."""
+        if self.closed or not self.size:
+            return {}
+        try:
+            view = memoryview(mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ))
+        except (OSError, ValueError):
+            return {}
+        return {self.fd: view}
+
     def is_current(self) -> bool:
         return self.stamp.current()
 
     def _close(self) -> None:
         os.close(self.fd)
+        self._map = None  # unmapped once the last view of it (a queued reply) goes
 
 
 # --- composed sources -------------------------------------------------------
@@ -271,6 +317,9 @@ class MergedSource(Source):
                 out.append(Run(ZERO_FD, 0, length))
         return out
 
+    def maps(self) -> dict[int, memoryview]:
+        return self.base.maps() | self.overlay.maps()
+
     def is_current(self) -> bool:
         return self.overlay.is_current() and self.base.is_current()
 
@@ -292,6 +341,9 @@ class LinkSource(Source):
 
     def direct(self) -> tuple[int, int] | None:
         return self.target.source.direct()
+
+    def maps(self) -> dict[int, memoryview]:
+        return self.target.maps()
 
     def is_current(self) -> bool:
         return self.link_file.is_current() and self.target.is_current()

@@ -5,8 +5,9 @@ Design notes
 One *loop* thread (epoll) accepts and reads every TCP connection,
 reassembles records (``nfsd.transport.record``) and serves each call
 itself unless the procedure says it would wait on the storage (it raises
-``WouldBlock``: a READ of bytes not in the page cache, or over 64 KiB while
-the loop serves other connections too, a first listing of a folder); those
+``WouldBlock``: a READ of bytes not in the page cache, or one over 64 KiB
+to copy into a buffer while the loop serves other connections too, a first
+listing of a folder); those
 go to a fixed pool of *workers*, started with the server::
 
     loop --quick call, served inline, sent MSG_DONTWAIT----------> client
@@ -30,8 +31,11 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   them (``_send_now``).  With one connection open the loop has no one else
   to keep waiting, so a large READ from the page cache is served there too
   (``CallContext.alone``): on a worker its hand-off cost a third of its
-  CPU.  Workers send their own replies (the GIL is released in the
-  system call, so large READ replies are copied in parallel); nobody ever
+  CPU.  One sent from the file's mapping (below) is served there on any
+  connection: it costs the loop its send, which the loop makes anyway for
+  the part of a worker's reply that the socket did not take at once.
+  Workers send their own replies (the GIL is released in the system
+  call, so large READ replies are copied in parallel); nobody ever
   blocks on a socket: every send is ``MSG_DONTWAIT``, and the rest waits in
   the connection's queue for POLLOUT.
 * Only the loop touches the selector and closes sockets.  A worker that
@@ -53,7 +57,16 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   that makes no progress for ``DETACH_AFTER`` copies its replies out of
   the pool, so a client that does not read cannot starve the others of
   buffers.
-* A large READ on plain TCP sends its file bytes by reference: its reply
+* A large READ on plain TCP whose bytes are in the page cache is sent from
+  the storage file's read-only mapping (``nfs3.read.by_mapping``): ``sendmsg``
+  copies the pages into the socket, no copy into a pooled buffer first.
+  Only the kernel reads such a view: a file cut short under it makes
+  ``sendmsg`` fail (EFAULT, or a short send then EFAULT: the connection is
+  closed, its record's length already sent) where a user-space read would
+  fault the process.  So a stalled queue copies only its writable (pooled)
+  buffers and keeps read-only parts as they are, and TLS, which reads the
+  bytes to encrypt them, never gets one.
+* To a remote peer, a large READ on plain TCP sends its file bytes by reference: its reply
   holds :class:`~nfsd.rpc.FileRun` parts (a descriptor of its own, an
   offset, a count), which the queue sends with ``os.sendfile`` (the kernel
   references page-cache pages: no copy in user space, none into a pooled
@@ -120,7 +133,9 @@ to as much again allocated ahead of its bytes, and 64 KiB more a
 connection: ``nfsd.transport.record``), plus about 2.5 KB per connection
 (socket object, reader state: 1,024 connections ~ 2.5 MiB), plus, for at
 most ``DETACH_AFTER``, the small replies just queued (under ``max_unsent``
-a connection).
+a connection), plus the storage pages that sends from file mappings map
+into the process (not copies: ``nfsd.programs.buffers.MAP_BUDGET``, 2 MiB,
+and the replies being sent).
 
 UDP datagrams are read by a thread of their own and served by the workers;
 replies go back by ``sendto``.
@@ -1002,7 +1017,7 @@ class RpcServer:
         runs = any(entry[1] is not None for entry in entries)
         if conn.detached:
             for entry in entries:
-                if entry[1] is None:
+                if entry[1] is None and _borrowed(entry[0]):
                     entry[0] = bytes(entry[0])
             if not runs:
                 reply.free()
@@ -1220,7 +1235,8 @@ class RpcServer:
             for entry in conn.outq:
                 if type(entry[0]) is FileRun:
                     continue  # no pooled buffer; its bytes count as the rest do
-                entry[0] = bytes(entry[0])
+                if _borrowed(entry[0]):
+                    entry[0] = bytes(entry[0])
                 if entry[1] is not None:
                     entry[1].free()
                     entry[1] = None
@@ -1317,6 +1333,15 @@ def bind_listeners(
             s.close()
         raise
     return out
+
+
+def _borrowed(part: Buffer) -> bool:
+    """Whether a queued buffer is borrowed: a view of a writable buffer (a
+    pooled READ buffer), which a stalled queue copies before the reply gives
+    it back.  A read-only one is the reply's own: bytes, or a view of a
+    storage file's mapping (``nfs3.read.by_mapping``), which only the kernel
+    may read (a page the file lost since would fault in user space)."""
+    return not memoryview(part).readonly
 
 
 def _loopback(peer: str) -> bool:
