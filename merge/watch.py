@@ -49,8 +49,10 @@ module):
 
 Bounds: at most ``limit`` folders watched per process (16), only folders
 whose listing had ``min_entries`` entries or more (1,000: smaller ones
-cost little to scan); past the limit, the folder listed least recently is
-no longer watched.  One inotify descriptor per process, non-blocking and
+cost little to scan), or, at their first scan, whose size in bytes says
+they may (so a process that lists a large folder a second time, seconds
+or minutes later, does not scan it again); past the limit, the folder
+listed least recently is no longer watched.  One inotify descriptor per process, non-blocking and
 close-on-exec, opened on first use (a forked child opens its own); its
 events are read when a renewal is asked, never waited for.  If the kernel
 refuses (no descriptor, no watch left), nothing is watched: the folders
@@ -210,13 +212,17 @@ class FolderWatches:
         min_entries: int = 1000,
         span: float = 3.0,
         max_checks: int = 64,
+        first_size: float | None = None,
         fs_type_of: Callable[[str], int | None] = fs_type,
     ) -> None:
+        """``first_size``: the folder's size in bytes from which its first scan is
+        watched (``likely_large``; 16 bytes a name of ``min_entries`` by default)."""
         self._clock = clock
         self.limit = limit
         self.min_entries = min_entries
         self.span = span
         self.max_checks = max_checks
+        self.first_size = 16 * min_entries if first_size is None else first_size
         self._fs_type_of = fs_type_of
         self._lock = threading.Lock()
         self._fd = -1
@@ -232,6 +238,18 @@ class FolderWatches:
     def wants(self, entries: int) -> bool:
         """Whether a folder whose last listing had ``entries`` entries is worth a watch."""
         return not self._off and entries >= self.min_entries
+
+    def likely_large(self, spath: str) -> bool:
+        """Whether a folder never listed is worth a watch from its first scan on: its
+        size in bytes says it may hold ``min_entries`` names (ext4, xfs, btrfs and
+        tmpfs count at least 16 bytes a name of 8 characters or more).  Only saves the
+        second scan: a folder said small is watched from its second scan, as any."""
+        if self._off:
+            return False
+        try:
+            return os.stat(spath).st_size >= self.first_size
+        except OSError:
+            return False
 
     def prepare(self, path: PresentedPath, spath: str) -> tuple[_Watched, int] | None:
         """Before a scan of ``path``: watch it (if allowed) and clear its flag; what
@@ -275,6 +293,12 @@ class FolderWatches:
             checks = None  # as dear as a scan: scanned (a folder of hard links...)
         with self._lock:
             if self._by_wd.get(w.wd) is w and w.gen == gen:
+                if len(listing.entries) < self.min_entries:  # watched at its first scan
+                    for p, v in list(self._by_path.items()):
+                        if v is w:
+                            del self._by_path[p]
+                    self._forget(w)  # small after all: no slot taken
+                    return
                 w.listing = listing
                 w.checks = None if checks is None else tuple(checks)
 

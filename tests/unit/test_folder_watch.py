@@ -53,6 +53,7 @@ class Counted:
 
     def __init__(self, root: Path, clock: FakeClock, **kw) -> None:
         self.clock = clock
+        kw.setdefault("first_size", float("inf"))  # watched from the second scan, unless said
         self.watches = FolderWatches(clock, min_entries=3, **kw)
         self.pt = Passthrough(make_ctx(root, clock, ttl=1.0), watches=self.watches)
         self.scans = 0
@@ -329,7 +330,7 @@ def test_at_most_limit_folders_watched(root: Path, monkeypatch) -> None:
 def test_a_scan_prepared_again_meanwhile_is_not_recorded(root: Path) -> None:
     """Two scans of one folder at once: only the later one's listing can be renewed
     (its clearing of the flag may hide an event the earlier one missed)."""
-    w = FolderWatches(FakeClock(), min_entries=1)
+    w = FolderWatches(FakeClock(), min_entries=0)
     spath = str(root / "d")
     first = w.prepare(("d",), spath)
     second = w.prepare(("d",), spath)
@@ -433,7 +434,7 @@ def test_one_folder_under_two_paths_is_one_watch(root: Path) -> None:
     symbolic link to the folder itself is not watched (IN_DONT_FOLLOW)."""
     os.symlink(".", root / "alias")
     os.symlink("d", root / "link")
-    w = FolderWatches(FakeClock(), min_entries=1)
+    w = FolderWatches(FakeClock(), min_entries=0)
     first = w.prepare(("d",), str(root / "d"))
     assert first is not None
     a, b = Listing({}), Listing({})
@@ -472,3 +473,19 @@ def test_an_entry_named_while_the_checks_ran_means_no_renewal(root: Path, monkey
     monkeypatch.setattr(os, "lstat", real_lstat)
     c.clock.advance(1.0)
     assert c.listing(monkeypatch) is listed and c.scans == 3  # renewed
+
+
+def test_a_folder_large_in_bytes_is_watched_from_its_first_scan(root: Path, monkeypatch) -> None:
+    """Its second listing is a renewal, not a scan; a folder small in bytes, or whose
+    first listing is small after all, is watched from its second scan, as before."""
+    size = os.stat(root / "d").st_size
+    c = Counted(root, FakeClock(), first_size=size)
+    listed = c.listing(monkeypatch)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed and c.scans == 1 and c.watches.renewed == 1
+    c.listing(monkeypatch, ("other",))  # large enough in bytes, one entry: not kept watched
+    assert list(c.watches._by_path) == [("d",)]
+    c = Counted(root, FakeClock(), first_size=size + 1)
+    listed = c.listing(monkeypatch)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed and c.scans == 2 and c.watches.renewed == 0
