@@ -116,7 +116,7 @@ class Listing:
     READDIRPLUS), computing it on first use.
     """
 
-    __slots__ = ("_encoded", "cookies", "preloaded", "rows", "share", "sizes", "source")
+    __slots__ = ("_encoded", "_names", "cookies", "preloaded", "rows", "share", "sizes", "source")
 
     def __init__(
         self,
@@ -131,6 +131,7 @@ class Listing:
             rows, cookies = sorted_rows(source)
         self.rows = rows
         self.cookies = cookies
+        self._names: list[str] | None = None
         self._encoded: dict[str, list[bytes | None]] = {}
         # Called with the listing once a READDIRPLUS reaches its end, until it returns True.
         self.share: Callable[[Listing], bool] | None = None
@@ -140,9 +141,14 @@ class Listing:
         self.preloaded: set[str] = set()  # the kinds given whole by ``preload``
 
     def names(self) -> list[str]:
-        """The entries' names, in cookie order."""
-        rows = self.rows
-        return rows.names() if isinstance(rows, SortedView) else [r[0] for r in rows]
+        """The entries' names, in cookie order (made once: the paging sums and the
+        handles taken from another process both ask)."""
+        names = self._names
+        if names is None:
+            rows = self.rows
+            names = rows.names() if isinstance(rows, SortedView) else [r[0] for r in rows]
+            self._names = names
+        return names
 
     def preload(self, kind: str, encoded: list[bytes]) -> None:
         """Every entry's encoding for ``kind``, made elsewhere (the same bytes)."""
