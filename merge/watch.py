@@ -318,18 +318,23 @@ class FolderWatches:
             touched = tuple(w.touched)
             checks, spath, dev_ino = w.checks, w.spath, w.dev_ino
         entries = listing.entries
+        try:  # the entries looked up in the very folder whose dev and inode are checked
+            fd = os.open(spath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False
         try:
-            st = os.stat(spath)
+            st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != dev_ino:
                 return False
-            folder, lstat = os.path.join(spath, ""), os.lstat
             for name, entry in itertools.chain(checks, ((n, entries.get(n)) for n in touched)):
-                if entry is None or not stat_matches(entry.attrs, lstat(folder + name)):
+                if entry is None or not stat_matches(entry.attrs, os.lstat(name, dir_fd=fd)):
                     return False  # another entry, or one not in the listing: a scan
-            if every and not _times_match(folder, entries):
+            if every and not _times_match(fd, entries):
                 return False
         except OSError:
             return False
+        finally:
+            os.close(fd)
         with self._lock:  # no event while the checks ran (but on the names checked)
             self._drain()
             if w.dirty or self._by_wd.get(w.wd) is not w or w.listing is not listing:
@@ -433,7 +438,7 @@ class FolderWatches:
             w.dirty = True
 
 
-def _times_match(folder: str, entries: Mapping[str, Entry]) -> bool:
+def _times_match(folder_fd: int, entries: Mapping[str, Entry]) -> bool:
     """Whether every entry's ``lstat`` shows what a change without an event would move.
 
     Such a change (see the design notes) moves the ctime (a write through
@@ -446,7 +451,7 @@ def _times_match(folder: str, entries: Mapping[str, Entry]) -> bool:
     lstat = os.lstat
     for name, entry in entries.items():
         a = entry.attrs
-        st = lstat(folder + name)
+        st = lstat(name, dir_fd=folder_fd)
         if (
             st.st_ctime_ns != a.ctime_ns
             or st.st_mtime_ns != a.mtime_ns
