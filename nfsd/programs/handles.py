@@ -209,7 +209,9 @@ class HandleCodec:
 
     def _adopted_path(self, handle: bytes) -> PresentedPath | None:
         """The path of an adopted handle (then remembered as issued), else None."""
-        for directory, (by_handle, _) in list(self._adopted.items()):
+        with self._lock:
+            folders = list(self._adopted.items())
+        for directory, (by_handle, _) in folders:
             name = by_handle.get(handle)
             if name is not None:
                 path = (*directory, name)
