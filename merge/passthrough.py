@@ -177,6 +177,8 @@ class Passthrough(Layer):
                 self._listings.put(path, prev)
                 return prev
             watched = watches.prepare(path, self.storage_path(path))
+        elif watches is not None and prev is None and watches.likely_large(self.storage_path(path)):
+            watched = watches.prepare(path, self.storage_path(path))
         checks: list[tuple[str, Entry]] | None = [] if watched is not None else None
         max_checks = watches.max_checks if watches is not None else 0
         before: Mapping[str, Entry] = prev.entries if prev is not None else {}

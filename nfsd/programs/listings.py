@@ -17,7 +17,7 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 from merge.namespace import Attrs, PresentedPath
 
@@ -66,6 +66,47 @@ def sorted_rows(source: Sequence[Row]) -> tuple[list[Row], array[int]]:
     return [pairs[k] for k in order], array("q", [cookies[k] for k in order])
 
 
+class SortedView(Sequence[Row]):
+    """``source``'s rows in the order of the indexes ``order``, each taken from
+    ``source`` when asked: a shared listing's pairs are made on first use
+    (``merge.shared.PackedItems``), and a listing whose entries came encoded
+    (``nfsd.programs.shared_encodings``) seldom needs one."""
+
+    __slots__ = ("_order", "_source")
+
+    def __init__(self, source: Sequence[Row], order: Sequence[int]) -> None:
+        self._source = source
+        self._order = order
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @overload
+    def __getitem__(self, k: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[Row]: ...
+
+    def __getitem__(self, k: int | slice) -> Row | list[Row]:
+        if isinstance(k, slice):
+            return [self._source[i] for i in self._order[k]]
+        return self._source[self._order[k]]
+
+    def __eq__(self, other: object) -> bool:  # as a list of the same rows
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def names(self) -> list[str]:
+        """The rows' names, without their attributes where the source has them apart."""
+        names = getattr(self._source, "names", None)
+        if isinstance(names, list):
+            return [names[i] for i in self._order]
+        return [self._source[i][0] for i in self._order]
+
+
 class Listing:
     """One directory's entries in cookie order, and their encodings.
 
@@ -75,12 +116,12 @@ class Listing:
     READDIRPLUS), computing it on first use.
     """
 
-    __slots__ = ("_encoded", "cookies", "preloaded", "rows", "share", "sizes", "source")
+    __slots__ = ("_encoded", "_names", "cookies", "preloaded", "rows", "share", "sizes", "source")
 
     def __init__(
         self,
         source: Sequence[Row],
-        rows: list[Row] | None = None,
+        rows: Sequence[Row] | None = None,
         cookies: array[int] | None = None,
     ) -> None:
         """``rows`` and ``cookies``: the sorted rows and their cookies, when known already
@@ -90,6 +131,7 @@ class Listing:
             rows, cookies = sorted_rows(source)
         self.rows = rows
         self.cookies = cookies
+        self._names: list[str] | None = None
         self._encoded: dict[str, list[bytes | None]] = {}
         # Called with the listing once a READDIRPLUS reaches its end, until it returns True.
         self.share: Callable[[Listing], bool] | None = None
@@ -97,6 +139,16 @@ class Listing:
         # (nfsd.programs.nfs3.readdir's running sizes), made once.
         self.sizes: dict[str, Any] = {}
         self.preloaded: set[str] = set()  # the kinds given whole by ``preload``
+
+    def names(self) -> list[str]:
+        """The entries' names, in cookie order (made once: the paging sums and the
+        handles taken from another process both ask)."""
+        names = self._names
+        if names is None:
+            rows = self.rows
+            names = rows.names() if isinstance(rows, SortedView) else [r[0] for r in rows]
+            self._names = names
+        return names
 
     def preload(self, kind: str, encoded: list[bytes]) -> None:
         """Every entry's encoding for ``kind``, made elsewhere (the same bytes)."""

@@ -21,7 +21,10 @@ checked, within their deadline.
 A file that is damaged or of another key is ignored by ``merge.shared``
 (its digests); one that does not fit the listing (another count, offsets
 past its end) is ignored here: the reader encodes, as without this cache.
-The handles taken are remembered by the codec as if it had issued them.
+The handles taken are remembered by the codec as if it had issued them
+(``HandleCodec.adopt``: per folder, taken into its cache when a call
+presents one).  The sorted rows are a view of the shared entries
+(``SortedView``): their attributes are made only if something asks.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Sequence
 from merge.namespace import Attrs, PresentedPath
 from merge.shared import sharing
 from nfsd.programs.handles import HandleCodec
-from nfsd.programs.listings import Listing
+from nfsd.programs.listings import Listing, SortedView
 
 KIND = "readdirplus"  # the Listing kind readdir.py encodes READDIRPLUS entries under
 _FORMAT = b"rdp1"
@@ -101,13 +104,12 @@ def unpack(
         at += size
     if at + sum(lengths) != len(data) or (n and max(order) >= n):
         return None
-    rows = [entries[i] for i in order]
     ends = list(itertools.accumulate(lengths, initial=at))
     encoded = [data[a:b] for a, b in itertools.pairwise(ends)]
     hsize = handles.size_at(len(path) + 1)
-    if any(len(e) < hsize for e in encoded):
+    if min(lengths, default=hsize) < hsize:
         return None
-    listing = Listing(entries, rows, cookies)
+    listing = Listing(entries, SortedView(entries, order), cookies)
     listing.preload(KIND, encoded)
-    handles.adopt(path, ((r[0], e[-hsize:]) for r, e in zip(rows, encoded, strict=True)))
+    handles.adopt(path, listing.names(), [e[-hsize:] for e in encoded])
     return listing

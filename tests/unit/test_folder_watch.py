@@ -8,17 +8,20 @@ passthrough with nothing cached lists it; nothing changed, no scan.
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import shutil
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from merge import watch
+from merge.layer import Listing
 from merge.passthrough import Passthrough
 from merge.stack import build_stack
 from merge.watch import IN_Q_OVERFLOW, LOCAL_FS, FolderWatches, fs_type
@@ -50,6 +53,7 @@ class Counted:
 
     def __init__(self, root: Path, clock: FakeClock, **kw) -> None:
         self.clock = clock
+        kw.setdefault("first_size", float("inf"))  # watched from the second scan, unless said
         self.watches = FolderWatches(clock, min_entries=3, **kw)
         self.pt = Passthrough(make_ctx(root, clock, ttl=1.0), watches=self.watches)
         self.scans = 0
@@ -157,18 +161,110 @@ def test_a_file_with_other_names_is_checked_at_each_renewal(root: Path, monkeypa
     assert c.listing(monkeypatch).entries["f3"].attrs.size == 3 + len(b"through the other name")
 
 
-def test_no_renewal_past_the_span(root: Path, monkeypatch) -> None:
+def test_past_the_span_every_entry_is_checked(root: Path, monkeypatch) -> None:
     c = Counted(root, FakeClock(), span=3.0)
-    c.watched(monkeypatch)
+    listed = c.watched(monkeypatch)
     scans = c.scans
+    lstats = _count_lstats(monkeypatch)
     c.clock.advance(1.0)
     c.listing(monkeypatch)
     c.clock.advance(1.0)
     c.listing(monkeypatch)
-    assert c.scans == scans  # 2 s after the scan: renewed twice
+    assert c.scans == scans and c.watches.verified == 0  # 2 s after the scan: renewed twice
+    assert lstats == ["sub", "sub"]  # only the subfolder's lstat (no event covers it)
     c.clock.advance(1.0)
-    c.listing(monkeypatch)
-    assert c.scans == scans + 1  # 3 s: scanned again, whatever inotify says
+    assert c.listing(monkeypatch) is listed  # 3 s: every entry lstat'd, not a scan
+    assert c.scans == scans and c.watches.verified == 1
+    assert lstats[2] == "sub" and sorted(lstats[3:]) == sorted(listed.entries)  # type: ignore[attr-defined]
+    for _ in range(2):
+        c.clock.advance(1.0)
+        assert c.listing(monkeypatch) is listed  # the check counts as a scan for the span
+    assert c.watches.verified == 1 and len(lstats) == 3 + len(listed.entries) + 2  # type: ignore[attr-defined]
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed and c.watches.verified == 2
+
+
+def _count_lstats(monkeypatch) -> list[str]:
+    """The names ``os.lstat`` is asked of from now on (its path's last part)."""
+    seen: list[str] = []
+    real = os.lstat
+
+    def lstat(p, *a, **kw):  # type: ignore[no-untyped-def]
+        seen.append(os.path.basename(p))
+        return real(p, *a, **kw)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    return seen
+
+
+def _mmap_write(d: Path) -> None:
+    """Bytes written through a shared mapping, the file kept open: no event at all."""
+    f = open(d / "f4", "r+b")  # noqa: SIM115
+    m = mmap.mmap(f.fileno(), 4)
+    m[0:1] = b"Z"
+    m.flush()
+    _kept_open.append((m, f))
+
+
+_kept_open: list = []
+
+
+def _link_elsewhere(d: Path) -> None:
+    os.link(d / "f2", d.parent / "other" / "f2-link")  # f2's ctime moves
+
+
+@pytest.mark.parametrize("change", [_mmap_write, _link_elsewhere])
+def test_a_change_without_an_event_shows_past_the_span(root: Path, monkeypatch, change) -> None:
+    c = Counted(root, FakeClock(), span=3.0)
+    listed = c.watched(monkeypatch)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed
+    time_before = os.stat(root / "d").st_mtime_ns
+    time.sleep(0.01)  # a later ctime than the scan saw
+    change(root / "d")
+    assert os.stat(root / "d").st_mtime_ns == time_before  # the folder did not change
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed  # no event: within ttl + span, as documented
+    c.clock.advance(1.0)
+    now = c.listing(monkeypatch)
+    assert now is not listed and dict(now.entries) == fresh(root)
+    for m, f in _kept_open:
+        m.close()
+        f.close()
+    _kept_open.clear()
+
+
+def test_reads_that_change_nothing_cost_no_scan(root: Path, monkeypatch) -> None:
+    """The server's own reads (O_NOATIME) make an IN_ACCESS event each: the entry is
+    lstat'd, not the folder scanned; a read that moves the atime shows."""
+    os.utime(root / "d" / "f3", ns=(1, 2_000_000_000))  # atime before mtime: relatime moves it
+    c = Counted(root, FakeClock())
+    listed = c.watched(monkeypatch)
+    for name in ("f1", "f2", "f3"):
+        fd = os.open(root / "d" / name, os.O_RDONLY | os.O_NOATIME)
+        os.read(fd, 10)
+        os.close(fd)
+    c.clock.advance(1.0)
+    lstats = _count_lstats(monkeypatch)
+    assert c.listing(monkeypatch) is listed and c.scans == 2
+    assert sorted(lstats) == ["f1", "f2", "f3", "sub"]
+    with open(root / "d" / "f3", "rb") as f:  # another reader: f3's atime moves
+        f.read()
+    c.clock.advance(1.0)
+    now = c.listing(monkeypatch)
+    assert now is not listed and c.scans == 3 and dict(now.entries) == fresh(root)
+    assert now.entries["f3"].attrs.atime_ns != 1
+
+
+def test_too_many_entries_named_means_a_scan(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock(), max_checks=2)
+    listed = c.watched(monkeypatch)
+    for name in ("f1", "f2", "f3"):  # f0 is empty: a read of nothing makes no event
+        fd = os.open(root / "d" / name, os.O_RDONLY | os.O_NOATIME)
+        os.read(fd, 1)
+        os.close(fd)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed and c.scans == 3  # the same entries, but scanned
 
 
 def test_a_network_file_system_is_never_watched(root: Path, monkeypatch) -> None:
@@ -234,15 +330,16 @@ def test_at_most_limit_folders_watched(root: Path, monkeypatch) -> None:
 def test_a_scan_prepared_again_meanwhile_is_not_recorded(root: Path) -> None:
     """Two scans of one folder at once: only the later one's listing can be renewed
     (its clearing of the flag may hide an event the earlier one missed)."""
-    w = FolderWatches(FakeClock(), min_entries=1)
+    w = FolderWatches(FakeClock(), min_entries=0)
     spath = str(root / "d")
     first = w.prepare(("d",), spath)
     second = w.prepare(("d",), spath)
     assert first is not None and second is not None
-    w.scanned(first, "A", [])
-    assert not w.renew(("d",), "A")
-    w.scanned(second, "B", [])
-    assert w.renew(("d",), "B")
+    a, b = Listing({}), Listing({})
+    w.scanned(first, a, [])
+    assert not w.renew(("d",), a)
+    w.scanned(second, b, [])
+    assert w.renew(("d",), b)
     w.close()
 
 
@@ -337,14 +434,58 @@ def test_one_folder_under_two_paths_is_one_watch(root: Path) -> None:
     symbolic link to the folder itself is not watched (IN_DONT_FOLLOW)."""
     os.symlink(".", root / "alias")
     os.symlink("d", root / "link")
-    w = FolderWatches(FakeClock(), min_entries=1)
+    w = FolderWatches(FakeClock(), min_entries=0)
     first = w.prepare(("d",), str(root / "d"))
     assert first is not None
-    w.scanned(first, "A", [])
+    a, b = Listing({}), Listing({})
+    w.scanned(first, a, [])
     second = w.prepare(("alias", "d"), str(root / "alias" / "d"))
     assert second is not None and second[0] is not first[0]
-    w.scanned(second, "B", [])
+    w.scanned(second, b, [])
     assert list(w._by_path) == [("alias", "d")]
-    assert not w.renew(("d",), "A") and w.renew(("alias", "d"), "B")
+    assert not w.renew(("d",), a) and w.renew(("alias", "d"), b)
     assert w.prepare(("link",), str(root / "link")) is None
     w.close()
+
+
+def test_an_entry_named_while_the_checks_ran_means_no_renewal(root: Path, monkeypatch) -> None:
+    """An event on a name not yet checked, read after the checks: not renewed (a scan);
+    the name is checked at the next renewal."""
+    c = Counted(root, FakeClock())
+    listed = c.watched(monkeypatch)
+    wd = c.watches._by_path[("d",)].wd
+    name = b"f2".ljust(16, b"\0")
+    fed: list[bytes] = []
+    real_read, real_lstat = watch._read, os.lstat
+
+    def read(fd: int, n: int) -> bytes:
+        return fed.pop() if fed else real_read(fd, n)
+
+    def lstat(p, *a, **kw):  # type: ignore[no-untyped-def]
+        if not fed:  # while the checks run, an event comes
+            fed.append(struct.pack("iIII", wd, watch.IN_MODIFY, 0, len(name)) + name)
+        return real_lstat(p, *a, **kw)
+
+    monkeypatch.setattr(watch, "_read", read)
+    c.clock.advance(1.0)
+    monkeypatch.setattr(os, "lstat", lstat)
+    assert c.listing(monkeypatch) is listed and c.scans == 3  # the same entries, scanned
+    monkeypatch.setattr(os, "lstat", real_lstat)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed and c.scans == 3  # renewed
+
+
+def test_a_folder_large_in_bytes_is_watched_from_its_first_scan(root: Path, monkeypatch) -> None:
+    """Its second listing is a renewal, not a scan; a folder small in bytes, or whose
+    first listing is small after all, is watched from its second scan, as before."""
+    size = os.stat(root / "d").st_size
+    c = Counted(root, FakeClock(), first_size=size)
+    listed = c.listing(monkeypatch)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed and c.scans == 1 and c.watches.renewed == 1
+    c.listing(monkeypatch, ("other",))  # large enough in bytes, one entry: not kept watched
+    assert list(c.watches._by_path) == [("d",)]
+    c = Counted(root, FakeClock(), first_size=size + 1)
+    listed = c.listing(monkeypatch)
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed and c.scans == 2 and c.watches.renewed == 0

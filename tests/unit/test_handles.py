@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsd.programs.handles import MAX_SIZE, BadHandle, HandleCodec, StaleHandle, name_hash
+from nfsd.programs.handles import (
+    ADOPTED_FOLDERS,
+    MAX_SIZE,
+    BadHandle,
+    HandleCodec,
+    StaleHandle,
+    name_hash,
+)
 from tests.proto.fakens import FakeNamespace
 
 DEEP = tuple(f"d{i}" for i in range(15))
@@ -126,3 +133,25 @@ def test_the_mac_and_name_hashes_are_the_standard_ones(key: bytes, body: bytes, 
     assert codec._mac(body) == hmac.new(key, body, hashlib.sha256).digest()[:10]
     data = name.encode("utf-8", "surrogateescape")
     assert name_hash(name) == hashlib.blake2b(data, digest_size=4).digest()
+
+
+def test_adopted_folders_are_found_on_use_and_bounded() -> None:
+    """Handles another process made for a folder: found by a call that presents one
+    (no walk, no MAC: the namespace is None), reused by the encoders, the oldest
+    folders forgotten past ADOPTED_FOLDERS."""
+    made = HandleCodec(None, b"k" * 32)  # type: ignore[arg-type]
+    folders = [("top", f"f{i}") for i in range(ADOPTED_FOLDERS + 1)]
+    issued = {d: [made.encode((*d, n), 100 + k) for k, n in enumerate("ab")] for d in folders}
+    codec = HandleCodec(None, b"k" * 32)  # type: ignore[arg-type]
+    for d in folders:
+        codec.adopt(d, ["a", "b"], issued[d])
+    with pytest.raises(ValueError):
+        codec.adopt(("x",), ["a"], [])
+    assert codec.cached(issued[folders[0]][0]) is None  # the oldest folder: forgotten
+    last = folders[-1]
+    codec._mac = None  # type: ignore[assignment,method-assign]
+    assert codec.encode((*last, "b"), 101) == issued[last][1]  # no MAC made
+    assert codec.encoder_in(last)("a", 100) == issued[last][0]
+    assert codec.cached(issued[last][1]) == (*last, "b")
+    assert codec.resolve(issued[last][0]) == (*last, "a")
+    assert codec._by_handle[issued[last][1]] == (*last, "b")  # now in the cache itself

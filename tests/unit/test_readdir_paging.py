@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nfsd.programs.errors import NfsError
-from nfsd.programs.listings import Listing
+from nfsd.programs.listings import Listing, SortedView
 from nfsd.programs.nfs3 import readdir
 from tests.unit.test_shared_encodings import attrs, names
 
@@ -49,3 +49,26 @@ def test_pages_by_sums_are_the_loops(entries, start, maxsize, dir_budget) -> Non
     assert "k" in fast.sizes and "k" not in slow.sizes
     cookie = fast.cookies[start] if start < len(fast.cookies) else start * 7919
     assert page(fast, cookie, maxsize, dir_budget) == page(slow, cookie, maxsize, dir_budget)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entries=st.dictionaries(
+        names | st.text(st.sampled_from("aé漢"), min_size=80, max_size=130), attrs, min_size=1
+    ),
+    lazy=st.booleans(),
+)
+def test_dircount_sums_are_each_entrys_bytes(entries, lazy) -> None:
+    """The running dircount sums, by the table of name lengths, are the entries' own
+    (ASCII, UTF-8 and names past 255 bytes; rows of a shared listing's view too)."""
+    items = tuple(entries.items())
+    listing = Listing(items)
+    if lazy:
+        order = [items.index(r) for r in listing.rows]
+        listing = Listing(items, SortedView(items, order), listing.cookies)
+    listing.preload("k", [b"e" * 4] * len(items))
+    _, _, info = readdir._note_sizes(listing, "k")
+    want = [0]
+    for name, _ in listing.rows:
+        want.append(want[-1] + 20 + (len(name.encode("utf-8", "surrogateescape")) + 3) // 4 * 4)
+    assert list(info) == want

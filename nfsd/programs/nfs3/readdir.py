@@ -46,6 +46,7 @@ POST_OP_ATTR = 4 + 84
 VERF = 8
 LIST_END = 8  # the "no more entries" word and the eof bool
 ENTRY_FIXED = 8 + 4 + 8  # fileid, name length, cookie: what dircount counts
+_DIR_INFO = [ENTRY_FIXED + padded(k) for k in range(256)]  # an entry's, by name length
 
 
 def _listing(
@@ -143,12 +144,13 @@ def _note_sizes(
     if encoded is None:
         return None
     at = array("q", itertools.accumulate(map(len, encoded), initial=0))
-    info = array(
-        "q",
-        itertools.accumulate(
-            (ENTRY_FIXED + padded(raw_len(r[0])) for r in listing.rows), initial=0
-        ),
-    )
+    names = listing.names()
+    lengths = map(len, names) if all(map(str.isascii, names)) else map(raw_len, names)
+    try:  # by a table of name lengths (a storage name is at most 255 bytes)
+        info = array("q", itertools.accumulate(map(_DIR_INFO.__getitem__, lengths), initial=0))
+    except IndexError:  # longer: each the long way
+        each = (ENTRY_FIXED + padded(raw_len(name)) for name in names)
+        info = array("q", itertools.accumulate(each, initial=0))
     listing.sizes[kind] = sizes = (encoded, at, info)
     return sizes
 
