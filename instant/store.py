@@ -307,11 +307,15 @@ class Store:
         self._rlock = threading.RLock()  # the read connection, _rstates, _fds
         self._vlock = threading.Lock()  # the version connection; taken inside _rlock, never around
         self._nowait = threading.local()  # .on: this thread is in nowait() (see there)
-        self._qlock = threading.Lock()  # _queue, _committer, _closing
-        self._qwake = threading.Condition(self._qlock)  # the committer waits for writes
-        self._queue: list[_Pending] = []
+        self._qlock = threading.Lock()  # _queue, _synced, the threads, _closing, _sync_over
+        self._qwake = threading.Condition(self._qlock)  # the syncer waits for writes
+        self._swake = threading.Condition(self._qlock)  # the committer waits for synced writes
+        self._queue: list[_Pending] = []  # in the log, waiting for the syncer
+        self._synced: list[_Pending] = []  # synced (or failed), waiting for the committer
+        self._syncer: threading.Thread | None = None
         self._committer: threading.Thread | None = None
         self._closing = False
+        self._sync_over = False  # the syncer ended: the committer ends once _synced is empty
         self._wstates: dict[int, _Entry] = {}
         self._rstates: dict[int, _Entry] = {}
         # (old gen, new gen) of this process's changes from just before their
@@ -396,8 +400,8 @@ class Store:
             with self._qlock:
                 if self._closing:
                     raise StorageIOError("the session store is closed")
-                if self._committer is None:
-                    self._start_committer()
+                if self._committer is None or self._syncer is None:
+                    self._start_threads()
                 self._queue.append(p)
                 if wake_later is None or not wake_later(self._wake):
                     self._qwake.notify()
@@ -406,29 +410,70 @@ class Store:
             raise
 
     def _wake(self) -> None:
-        """The committer's wake-up a ``wake_later`` took on (:data:`WakeLater`)."""
+        """The syncer's wake-up a ``wake_later`` took on (:data:`WakeLater`)."""
         with self._qlock:
             self._qwake.notify()
 
-    def _start_committer(self) -> None:
-        """(``_qlock`` held) The committer thread, on the first write."""
-        t = threading.Thread(target=self._commit_loop, name="store-committer", daemon=True)
+    def _start_threads(self) -> None:
+        """(``_qlock`` held) The syncer and the committer, on the first write.
+
+        The syncer first: a committer never runs without one to end it (see
+        :meth:`close`).  A thread that cannot start fails this write, before it
+        is queued; the next write tries again."""
+        if self._syncer is None:
+            self._syncer = _started("store-syncer", self._sync_loop)
+        if self._committer is None:
+            self._committer = _started("store-committer", self._commit_loop)
+
+    def _sync_loop(self) -> None:
+        """The syncer: takes every queued write, one ``fdatasync`` for them, hands
+        them to the committer in that order; until closed with nothing queued.
+
+        Every write it takes reaches ``_synced``, failed or not (the ``finally``):
+        a write lost between the two threads would never be answered."""
+        while True:
+            with self._qlock:
+                while not self._queue and not self._closing:
+                    self._qwake.wait()
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._sync_over = True
+                    self._swake.notify()
+                    return
+            try:
+                self._sync(batch)
+            except BaseException:
+                log.exception("a session store's data sync failed")
+            finally:
+                with self._qlock:
+                    self._synced += batch
+                    self._swake.notify()
+
+    def _sync(self, batch: list[_Pending]) -> None:
+        """Step 3 for ``batch`` (its bytes were written before it was queued): on
+        failure, each of its writes carries the error to the committer, which maps
+        none of them."""
         try:
-            t.start()
-        except RuntimeError as e:  # no thread to be had: this write fails, the next tries again
-            raise StorageIOError(f"cannot start the committer: {e}") from e
-        self._committer = t
+            os.fdatasync(self._log_fd)
+            self.stats.data_syncs += 1
+            self.hook("after-sync")
+        except BaseException as e:
+            err = e if isinstance(e, NamespaceError) else _storage_error(e)
+            for p in batch:
+                p.error = p.error or err
+            if not isinstance(e, Exception):  # the thread goes on: later writes need it
+                log.error("the session store's data sync was interrupted: %r", e)
 
     def _commit_loop(self) -> None:
-        """The committer: a group per round, until closed with nothing queued.
+        """The committer: a group per round, until the syncer ended and nothing waits.
 
         It must outlive anything a round raises: a committer gone would leave
         every later write queued and its call unanswered."""
         while True:
             with self._qlock:
-                while not self._queue and not self._closing:
-                    self._qwake.wait()
-                if not self._queue:
+                while not self._synced and not self._sync_over:
+                    self._swake.wait()
+                if not self._synced:
                     return
             try:
                 self._commit_group()
@@ -499,17 +544,14 @@ class Store:
         self._log_fd = fd
 
     def _commit_group(self) -> None:
-        """Commit every queued write as one group: one fdatasync, one COMMIT;
-        then tell each of them (an error to all if the group failed)."""
+        """Commit every synced write as one group: one COMMIT; then tell each of
+        them (an error to all if the group failed)."""
         batch: list[_Pending] = []
         settled = False  # the batch's reserved bytes taken off _pending_bytes
         try:
             with self.transaction() as tx:
                 with self._qlock:
-                    batch, self._queue = self._queue, []
-                os.fdatasync(self._log_fd)
-                self.stats.data_syncs += 1
-                self.hook("after-sync")
+                    batch, self._synced = self._synced, []
                 self._apply(tx, batch)
                 settled = True
             self._drop_cached(batch)
@@ -518,9 +560,9 @@ class Store:
             self.hook("after-commit")
         except BaseException as e:  # every write of the group gets the error
             err = e if isinstance(e, NamespaceError) else _storage_error(e)
-            if not batch:  # failed before taking the queue: no write may go unanswered
+            if not batch:  # failed before taking its writes: no write may go unanswered
                 with self._qlock:
-                    batch, self._queue = self._queue, []
+                    batch, self._synced = self._synced, []
             for p in batch:
                 p.error = p.error or err
             if not isinstance(e, Exception):  # the thread goes on: later writes need it
@@ -570,6 +612,8 @@ class Store:
             (self._log_id,),
         ).fetchone()
         for p in batch:
+            if p.error is not None:  # its sync failed: never mapped
+                continue
             grow = max(0, p.pos + p.length - end)
             if self.quota is not None and used + grow > self.quota:
                 p.error = NoSpace(f"quota of {self.quota} bytes reached")
@@ -807,13 +851,17 @@ class Store:
         return Usage(logged, live, self.quota)
 
     def close(self) -> None:
-        """Commit what is queued (the committer's last groups), then close."""
+        """Commit what is queued (the syncer's and the committer's last groups), then close."""
         with self._qlock:
             self._closing = True
             self._qwake.notify()
-            committer = self._committer
-        if committer is not None and committer is not threading.current_thread():
-            committer.join()
+            if self._syncer is None:  # never started: nothing was queued
+                self._sync_over = True
+                self._swake.notify()
+            threads = (self._syncer, self._committer)
+        for t in threads:  # the syncer first: its end is what ends the committer
+            if t is not None and t is not threading.current_thread():
+                t.join()
         with self._rlock, self._wlock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -853,6 +901,16 @@ def waited(start: Callable[[Callable[[T | Exception], None]], None]) -> T:
     if isinstance(box[0], Exception):
         raise box[0]
     return box[0]
+
+
+def _started(name: str, loop: Callable[[], None]) -> threading.Thread:
+    """A store's thread, started; StorageIOError if none is to be had."""
+    t = threading.Thread(target=loop, name=name, daemon=True)
+    try:
+        t.start()
+    except RuntimeError as e:
+        raise StorageIOError(f"cannot start the store's {name}: {e}") from e
+    return t
 
 
 def _load(conn: sqlite3.Connection, obj: int) -> _Entry:

@@ -1,0 +1,124 @@
+"""The store's two stages: a group's data sync (the syncer) overlaps the previous
+group's COMMIT (the committer); a map is never committed before its data's sync."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from instant.store import Store
+from tests.unit.test_instant_store import BASE, BLOCK, read
+
+
+@pytest.fixture
+def base_fd(tmp_path: Path) -> Iterator[int]:
+    p = tmp_path / "base"
+    p.write_bytes(BASE)
+    fd = os.open(p, os.O_RDONLY)
+    yield fd
+    os.close(fd)
+
+
+def _until(cond: Callable[[], bool], what: str) -> None:
+    for _ in range(10_000):
+        if cond():
+            return
+        threading.Event().wait(0.001)
+    raise AssertionError(f"waited 10 s for {what}")
+
+
+def test_the_next_group_syncs_while_a_group_commits(tmp_path: Path, base_fd: int) -> None:
+    """The committer held after group A's COMMIT (before A is told): write B is
+    synced meanwhile, by the syncer; B is told only after its own COMMIT."""
+    hold_commit = threading.Event()
+    seen: list[tuple[str, str]] = []
+
+    def hook(point: str) -> None:
+        seen.append((threading.current_thread().name, point))
+        if point == "after-commit" and not hold_commit.is_set():
+            hold_commit.wait(10)
+
+    told: dict[str, object] = {}
+    with Store(tmp_path / "s", hook=hook) as s:
+        hold_commit.set()
+        s.write(1, 0, b"o" * BLOCK, len(BASE))  # the log open, both threads started
+        hold_commit.clear()
+        seen.clear()
+        s.write_async(1, BLOCK, b"a" * BLOCK, len(BASE), done=lambda o: told.update(a=o))
+        _until(lambda: ("store-committer", "after-commit") in seen, "A's COMMIT")
+        syncs = s.stats.data_syncs
+        s.write_async(1, 2 * BLOCK, b"b" * BLOCK, len(BASE), done=lambda o: told.update(b=o))
+        # B's data is synced while the committer is still held in A's round.
+        _until(lambda: s.stats.data_syncs == syncs + 1, "B's sync while A commits")
+        assert ("store-syncer", "after-sync") in seen
+        assert told == {}  # A's done comes after the hook, B's after B's COMMIT
+        assert read(s, 1, base_fd, 2 * BLOCK, BLOCK) == BASE[2 * BLOCK : 3 * BLOCK]
+        hold_commit.set()
+        _until(lambda: len(told) == 2, "both told")
+        assert told == {"a": len(BASE), "b": len(BASE)}
+        assert read(s, 1, base_fd, BLOCK, 2 * BLOCK) == b"a" * BLOCK + b"b" * BLOCK
+
+
+def test_no_map_is_committed_before_its_data_sync(tmp_path: Path, base_fd: int) -> None:
+    """Held between its ``fdatasync`` and the hand-over to the committer, a write is
+    not mapped: the committer, idle, commits nothing of it; a later write queued
+    meanwhile waits behind it and is told after it (groups commit in order)."""
+    hold_sync = threading.Event()
+    held = threading.Event()
+    order: list[str] = []
+
+    def hook(point: str) -> None:
+        if point == "after-sync" and not hold_sync.is_set():
+            held.set()
+            hold_sync.wait(10)
+
+    with Store(tmp_path / "s", hook=hook) as s:
+        hold_sync.set()
+        s.write(1, 0, b"o" * BLOCK, len(BASE))
+        hold_sync.clear()
+        commits = s.stats.commits
+        s.write_async(1, 0, b"1" * BLOCK, len(BASE), done=lambda o: order.append("first"))
+        assert held.wait(10)
+        s.write_async(1, 0, b"2" * BLOCK, len(BASE), done=lambda o: order.append("second"))
+        threading.Event().wait(0.05)
+        assert s.stats.commits == commits and order == []
+        assert read(s, 1, base_fd, 0, BLOCK) == b"o" * BLOCK
+        hold_sync.set()
+        _until(lambda: len(order) == 2, "both told")
+        assert order == ["first", "second"]
+        assert read(s, 1, base_fd, 0, BLOCK) == b"2" * BLOCK
+
+
+def test_close_drains_both_stages(tmp_path: Path, base_fd: int) -> None:
+    """Closed with one write held in its sync and one queued behind it: close
+    returns only after both are committed and told."""
+    hold = threading.Event()
+    held = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-sync" and not hold.is_set():
+            held.set()
+            hold.wait(10)
+
+    told: list[object] = []
+    s = Store(tmp_path / "s", hook=hook)
+    hold.set()
+    s.write(1, 0, b"o" * BLOCK, len(BASE))
+    hold.clear()
+    s.write_async(1, BLOCK, b"x" * BLOCK, len(BASE), done=told.append)
+    assert held.wait(10)
+    s.write_async(1, 2 * BLOCK, b"y" * BLOCK, len(BASE), done=told.append)
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    threading.Event().wait(0.05)
+    assert closer.is_alive() and told == []
+    hold.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert told == [len(BASE), len(BASE)]
+    with Store(tmp_path / "s") as again:
+        assert read(again, 1, base_fd, 0, 3 * BLOCK) == b"o" * BLOCK + b"x" * BLOCK + b"y" * BLOCK
