@@ -31,23 +31,39 @@ Group commit
 ------------
 Writers append their bytes in parallel (step 2), queue, and return
 (:meth:`Store.write_async`: the caller is told by ``done`` later; the
-synchronous :meth:`Store.write` waits for it).  One *committer* thread per
-store (started with the first write, stopped by :meth:`Store.close`) takes
-sqlite's write lock (``BEGIN IMMEDIATE``, waiting for another process's
-commit if one runs), *then* takes every write queued meanwhile, makes one
-``fdatasync`` and one COMMIT for all of them, and calls each ``done``.
+synchronous :meth:`Store.write` waits for it).  Two threads per store
+(started with the first write, stopped by :meth:`Store.close`) run the
+groups as a pipeline of two stages.  The *syncer* takes every queued write,
+makes one ``fdatasync`` of the log for them (step 3) and hands them on, in
+order, to the *committer*, which takes sqlite's write lock (``BEGIN
+IMMEDIATE``, waiting for another process's commit if one runs), *then* takes
+every write handed on meanwhile, makes one COMMIT for all of them (step 4)
+and calls each ``done``.  So one group's data sync runs while the previous
+group's map commits (both system calls release the GIL).  What holds:
+
+* a map is committed only after its data's sync: the committer sees a write
+  only once the syncer handed it on, after that write's ``fdatasync``;
+* groups are committed, published (read cache, quota) and told in the order
+  they were synced, as one committer takes the hand-over list whole, FIFO;
+* a failed sync marks each of its writes with the error; the committer maps
+  none of them (:meth:`Store._apply`) and tells each the error;
+* :meth:`Store.close` ends the syncer first (nothing queued), which ends the
+  committer (nothing handed on): both stages drained.
+
 Writes that arrive during a flush form the next group.  So 16 writes in
 flight cost one ``fdatasync`` and one WAL fsync, not sixteen of each, and
 no thread of the caller is held while a group commits: a server's worker
 (a few per process) hands its WRITE on and serves the next call, so a
 group holds every write in flight, not one per worker.  While one process
 commits, the others' writes pile up behind sqlite's lock and go in one
-group each.  ``done`` is called after the COMMIT (step 5), never before;
+group each.  A crash test that holds a stage uses its hook point:
+``after-sync`` runs on the syncer, ``after-commit`` on the committer.
+``done`` is called after the COMMIT (step 5), never before;
 a group that fails calls every ``done`` of it with the error.  The
 ``done`` calls of a group are made in a row, inside the writes' ``gather``
 blocks (:data:`Gather`): a server sends a group's replies when the block
 ends, one ``sendmsg`` per connection, not one per reply.  A writer that
-queues several writes together may wake the committer once, after the
+queues several writes together may wake the syncer once, after the
 last (``wake_later``, :data:`WakeLater`: a server's loop, at the end of
 its round), so that the group holds them all rather than the first alone.
 ``Store.stats`` counts writes, groups and syncs.
@@ -154,10 +170,10 @@ class _Entry:
 
 Done = Callable[[int | Exception], None]
 """``done(size)`` once a write is durable (the file's size just after it), or
-``done(error)``; called once, on the store's committer thread."""
+``done(error)``; called once, on the store's committer thread (a failed sync too)."""
 
 WakeLater = Callable[[Callable[[], None]], bool]
-"""Offered the committer's wake-up when a write is queued: True if the caller
+"""Offered the syncer's wake-up when a write is queued: True if the caller
 calls it soon itself (a server's loop, once it has served the calls it read
 together: a group then holds them all), False to have it at once."""
 
@@ -372,7 +388,7 @@ class Store:
         """Write ``data`` at ``offset`` of ``obj``; ``done`` is told once it is durable.
 
         Returns as soon as the bytes are in the log (steps 1-2) and the write
-        is queued for the committer; ``done(size)`` is called after its
+        is queued for the syncer; ``done(size)`` is called after its
         group's fdatasync and COMMIT, on the committer thread, or
         ``done(error)`` if the group failed.  ``base_size`` is the base
         file's size, used if this is ``obj``'s first change.  ``extra(tx)``
