@@ -46,7 +46,10 @@ group's map commits (both system calls release the GIL).  What holds:
 * groups are committed, published (read cache, quota) and told in the order
   they were synced, as one committer takes the hand-over list whole, FIFO;
 * a failed sync marks each of its writes with the error; the committer maps
-  none of them (:meth:`Store._apply`) and tells each the error;
+  none of them (:meth:`Store._apply`) and tells each the error; so are the
+  writes logged before the failure that a later sync covers (the failed one
+  may have lost their pages, and the later one would not say so:
+  :meth:`Store._sync`);
 * :meth:`Store.close` ends the syncer first (nothing queued), which ends the
   committer (nothing handed on): both stages drained.
 
@@ -332,6 +335,7 @@ class Store:
         self._committer: threading.Thread | None = None
         self._closing = False
         self._sync_over = False  # the syncer ended: the committer ends once _synced is empty
+        self._unsynced_below = 0  # log bytes a failed sync may have lost (see _sync); the syncer's
         self._wstates: dict[int, _Entry] = {}
         self._rstates: dict[int, _Entry] = {}
         # (old gen, new gen) of this process's changes from just before their
@@ -468,13 +472,26 @@ class Store:
     def _sync(self, batch: list[_Pending]) -> None:
         """Step 3 for ``batch`` (its bytes were written before it was queued): on
         failure, each of its writes carries the error to the committer, which maps
-        none of them."""
+        none of them.
+
+        A failed ``fdatasync`` reports the lost writeback of every dirty page of
+        the log once, and the next one may succeed without those pages on disk
+        (Linux marks them clean).  So a failure also condemns every byte already
+        reserved in the log (``_unsynced_below``): a write pwritten before it, but
+        queued after this batch was taken, fails in a later group although that
+        group's sync succeeds.  Conservative: such a write whose page did reach the
+        disk is refused too (an EIO the client retries), never acknowledged lost."""
         try:
             os.fdatasync(self._log_fd)
             self.stats.data_syncs += 1
             self.hook("after-sync")
+            for p in batch:
+                if p.pos < self._unsynced_below and p.error is None:
+                    p.error = StorageIOError("an earlier sync of the session's data log failed")
         except BaseException as e:
             err = e if isinstance(e, NamespaceError) else _storage_error(e)
+            with self._log_lock:  # every byte pwritten so far is under _log_end
+                self._unsynced_below = max(self._unsynced_below, self._log_end)
             for p in batch:
                 p.error = p.error or err
             if not isinstance(e, Exception):  # the thread goes on: later writes need it

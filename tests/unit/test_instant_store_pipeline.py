@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from instant.store import Store
+from merge.namespace import StorageIOError
 from tests.unit.test_instant_store import BASE, BLOCK, read
 
 
@@ -122,3 +123,36 @@ def test_close_drains_both_stages(tmp_path: Path, base_fd: int) -> None:
     assert told == [len(BASE), len(BASE)]
     with Store(tmp_path / "s") as again:
         assert read(again, 1, base_fd, 0, 3 * BLOCK) == b"o" * BLOCK + b"x" * BLOCK + b"y" * BLOCK
+
+
+def test_a_write_logged_before_a_failed_sync_is_never_acknowledged(
+    tmp_path: Path, base_fd: int
+) -> None:
+    """Write B is pwritten while group A's sync is failing (its page's writeback may
+    be what failed, and the next fdatasync would not say so): B goes in the next
+    group, whose sync succeeds, and is still told an error and never mapped; a
+    write logged after the failure is acknowledged."""
+    hold, held, fail = threading.Event(), threading.Event(), threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-sync" and fail.is_set():
+            fail.clear()
+            held.set()
+            hold.wait(10)
+            raise OSError(5, "I/O error")
+
+    told: dict[str, object] = {}
+    with Store(tmp_path / "s", hook=hook) as s:
+        s.write(1, 0, b"o" * BLOCK, len(BASE))
+        fail.set()
+        s.write_async(1, BLOCK, b"a" * BLOCK, len(BASE), done=lambda o: told.update(a=o))
+        assert held.wait(10)
+        s.write_async(1, 2 * BLOCK, b"b" * BLOCK, len(BASE), done=lambda o: told.update(b=o))
+        hold.set()
+        _until(lambda: len(told) == 2, "A and B told")
+        assert isinstance(told["a"], StorageIOError)
+        assert isinstance(told["b"], StorageIOError), told
+        assert s.write(1, 3 * BLOCK, b"c" * BLOCK, len(BASE)) == len(BASE)
+        assert read(s, 1, base_fd, 0, 4 * BLOCK) == (
+            b"o" * BLOCK + BASE[BLOCK : 3 * BLOCK] + b"c" * BLOCK
+        )
