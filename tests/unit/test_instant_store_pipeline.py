@@ -3,25 +3,16 @@ group's COMMIT (the committer); a map is never committed before its data's sync.
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from instant.store import Store
 from merge.namespace import StorageIOError
+from tests.unit import test_instant_store_async
 from tests.unit.test_instant_store import BASE, BLOCK, read
 
-
-@pytest.fixture
-def base_fd(tmp_path: Path) -> Iterator[int]:
-    p = tmp_path / "base"
-    p.write_bytes(BASE)
-    fd = os.open(p, os.O_RDONLY)
-    yield fd
-    os.close(fd)
+base_fd = test_instant_store_async.base_fd  # the fixture
 
 
 def _until(cond: Callable[[], bool], what: str) -> None:
