@@ -335,6 +335,8 @@ class Store:
         self._committer: threading.Thread | None = None
         self._closing = False
         self._sync_over = False  # the syncer ended: the committer ends once _synced is empty
+        self._committing = False  # the committer holds a group (taken, not all told yet)
+        self._large_queued = 0  # bytes of large writes in _queue (see _sync_loop)
         self._unsynced_below = 0  # log bytes a failed sync may have lost (see _sync); the syncer's
         self._wstates: dict[int, _Entry] = {}
         self._rstates: dict[int, _Entry] = {}
@@ -423,6 +425,8 @@ class Store:
                 if self._committer is None or self._syncer is None:
                     self._start_threads()
                 self._queue.append(p)
+                if n >= SMALL_WRITE:
+                    self._large_queued += n
                 if wake_later is None or not wake_later(self._wake):
                     self._qwake.notify()
         except BaseException:
@@ -453,9 +457,15 @@ class Store:
         a write lost between the two threads would never be answered."""
         while True:
             with self._qlock:
-                while not self._queue and not self._closing:
+                # Large writes are synced only while no group commits: their data's
+                # writeback would hold the WAL's fsync up on the same disk, and the
+                # groups would only get smaller (sequential 1 MiB: -9 % MB/s).
+                while (
+                    not self._queue or (self._large_queued and (self._committing or self._synced))
+                ) and not self._closing:
                     self._qwake.wait()
                 batch, self._queue = self._queue, []
+                self._large_queued = 0
                 if not batch:
                     self._sync_over = True
                     self._swake.notify()
@@ -512,6 +522,11 @@ class Store:
                 self._commit_group()
             except BaseException:
                 log.exception("a session store's group commit failed")
+            finally:
+                with self._qlock:
+                    self._committing = False
+                    if self._large_queued:  # the syncer waits for this (see _sync_loop)
+                        self._qwake.notify()
 
     def _unreserve(self, n: int) -> None:
         """Bytes reserved that no commit will count (refused, failed, or committed)."""
@@ -585,6 +600,7 @@ class Store:
             with self.transaction() as tx:
                 with self._qlock:
                     batch, self._synced = self._synced, []
+                    self._committing = True
                 self._apply(tx, batch)
                 settled = True
             self._drop_cached(batch)
@@ -596,6 +612,7 @@ class Store:
             if not batch:  # failed before taking its writes: no write may go unanswered
                 with self._qlock:
                     batch, self._synced = self._synced, []
+                    self._committing = True
             for p in batch:
                 p.error = p.error or err
             if not isinstance(e, Exception):  # the thread goes on: later writes need it

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from instant.store import Store
+from instant.store import SMALL_WRITE, Store
 from merge.namespace import StorageIOError
 from tests.unit import test_instant_store_async
 from tests.unit.test_instant_store import BASE, BLOCK, read
@@ -147,3 +147,32 @@ def test_a_write_logged_before_a_failed_sync_is_never_acknowledged(
         assert read(s, 1, base_fd, 0, 4 * BLOCK) == (
             b"o" * BLOCK + BASE[BLOCK : 3 * BLOCK] + b"c" * BLOCK
         )
+
+
+def test_a_large_write_is_synced_only_while_no_group_commits(tmp_path: Path, base_fd: int) -> None:
+    """The committer held in group A's round: a small write is synced meanwhile, a
+    large one (its writeback would hold the WAL's fsync up) waits for the round's end."""
+    big = SMALL_WRITE
+    hold_commit = threading.Event()
+    in_commit = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-commit" and not hold_commit.is_set():
+            in_commit.set()
+            hold_commit.wait(10)
+
+    told: list[object] = []
+    with Store(tmp_path / "s", hook=hook) as s:
+        hold_commit.set()
+        s.write(1, 0, b"o" * BLOCK, len(BASE))
+        hold_commit.clear()
+        s.write_async(1, BLOCK, b"a" * BLOCK, len(BASE), done=told.append)
+        assert in_commit.wait(10)
+        syncs = s.stats.data_syncs
+        s.write_async(1, big, b"L" * big, len(BASE), done=told.append)
+        threading.Event().wait(0.1)
+        assert s.stats.data_syncs == syncs  # held back while A's group commits
+        hold_commit.set()
+        _until(lambda: len(told) == 2, "both told")
+        assert s.stats.data_syncs == syncs + 1
+        assert read(s, 1, base_fd, big, big) == b"L" * big
