@@ -53,6 +53,10 @@ group's map commits (both system calls release the GIL).  What holds:
 * :meth:`Store.close` ends the syncer first (nothing queued), which ends the
   committer (nothing handed on): both stages drained.
 
+Large writes (``SMALL_WRITE`` and up) are synced only while no group commits
+(``_committing``, ``_large_queued``): their writeback held the WAL's fsync up
+on the same disk, and the groups only got smaller.
+
 Writes that arrive during a flush form the next group.  So 16 writes in
 flight cost one ``fdatasync`` and one WAL fsync, not sixteen of each, and
 no thread of the caller is held while a group commits: a server's worker
