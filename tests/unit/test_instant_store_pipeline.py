@@ -23,6 +23,25 @@ def _until(cond: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"waited 10 s for {what}")
 
 
+class _Gate:
+    """A store hook: once shut, the thread reaching ``point`` waits there until opened."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.opened = threading.Event()
+        self.opened.set()
+        self.held = threading.Event()
+
+    def shut(self) -> None:
+        self.held.clear()
+        self.opened.clear()
+
+    def __call__(self, point: str) -> None:
+        if point == self.point and not self.opened.is_set():
+            self.held.set()
+            self.opened.wait(10)
+
+
 def test_the_next_group_syncs_while_a_group_commits(tmp_path: Path, base_fd: int) -> None:
     """The committer held after group A's COMMIT (before A is told): write B is
     synced meanwhile, by the syncer; B is told only after its own COMMIT."""
@@ -88,27 +107,19 @@ def test_no_map_is_committed_before_its_data_sync(tmp_path: Path, base_fd: int) 
 def test_close_drains_both_stages(tmp_path: Path, base_fd: int) -> None:
     """Closed with one write held in its sync and one queued behind it: close
     returns only after both are committed and told."""
-    hold = threading.Event()
-    held = threading.Event()
-
-    def hook(point: str) -> None:
-        if point == "after-sync" and not hold.is_set():
-            held.set()
-            hold.wait(10)
-
+    gate = _Gate("after-sync")
     told: list[object] = []
-    s = Store(tmp_path / "s", hook=hook)
-    hold.set()
+    s = Store(tmp_path / "s", hook=gate)
     s.write(1, 0, b"o" * BLOCK, len(BASE))
-    hold.clear()
+    gate.shut()
     s.write_async(1, BLOCK, b"x" * BLOCK, len(BASE), done=told.append)
-    assert held.wait(10)
+    assert gate.held.wait(10)
     s.write_async(1, 2 * BLOCK, b"y" * BLOCK, len(BASE), done=told.append)
     closer = threading.Thread(target=s.close)
     closer.start()
     threading.Event().wait(0.05)
     assert closer.is_alive() and told == []
-    hold.set()
+    gate.opened.set()
     closer.join(10)
     assert not closer.is_alive()
     assert told == [len(BASE), len(BASE)]
@@ -153,26 +164,18 @@ def test_a_large_write_is_synced_only_while_no_group_commits(tmp_path: Path, bas
     """The committer held in group A's round: a small write is synced meanwhile, a
     large one (its writeback would hold the WAL's fsync up) waits for the round's end."""
     big = SMALL_WRITE
-    hold_commit = threading.Event()
-    in_commit = threading.Event()
-
-    def hook(point: str) -> None:
-        if point == "after-commit" and not hold_commit.is_set():
-            in_commit.set()
-            hold_commit.wait(10)
-
+    gate = _Gate("after-commit")
     told: list[object] = []
-    with Store(tmp_path / "s", hook=hook) as s:
-        hold_commit.set()
+    with Store(tmp_path / "s", hook=gate) as s:
         s.write(1, 0, b"o" * BLOCK, len(BASE))
-        hold_commit.clear()
+        gate.shut()
         s.write_async(1, BLOCK, b"a" * BLOCK, len(BASE), done=told.append)
-        assert in_commit.wait(10)
+        assert gate.held.wait(10)
         syncs = s.stats.data_syncs
         s.write_async(1, big, b"L" * big, len(BASE), done=told.append)
         threading.Event().wait(0.1)
         assert s.stats.data_syncs == syncs  # held back while A's group commits
-        hold_commit.set()
+        gate.opened.set()
         _until(lambda: len(told) == 2, "both told")
         assert s.stats.data_syncs == syncs + 1
         assert read(s, 1, base_fd, big, big) == b"L" * big
