@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -206,13 +207,18 @@ class _Interrupted(BaseException):
 def test_a_group_ended_by_a_base_exception_acknowledges_none_of_its_writes(
     tmp_path: Path, base_fd: int
 ) -> None:
-    """The committer is interrupted after a group's fdatasync, before COMMIT (the
-    transaction is rolled back): every writer of the group gets an error, none
-    returns as if its write were durable, and the committer goes on with later groups."""
-    interrupt = threading.Event()
+    """The syncer is interrupted after a group's fdatasync, before the committer
+    maps it: every writer of the group gets an error, none returns as if its write
+    were durable, nothing of it is mapped, and both threads go on with later groups."""
+    holding, go, interrupt = threading.Event(), threading.Event(), threading.Event()
 
     def hook(point: str) -> None:
-        if point == "after-sync" and interrupt.is_set():
+        if point != "after-sync":
+            return
+        if holding.is_set():  # the first group's sync: the three queue meanwhile
+            holding.clear()
+            go.wait(10)
+        elif interrupt.is_set():
             interrupt.clear()
             raise _Interrupted
 
@@ -226,25 +232,60 @@ def test_a_group_ended_by_a_base_exception_acknowledges_none_of_its_writes(
             except BaseException as e:  # the interruption too
                 outcome[i] = e
 
-        def queued(n: int) -> None:
-            while len(s._queue) < n:
-                threading.Event().wait(0.001)
-
         s.write(2, 0, b"o" * BLOCK, len(BASE))  # the log is open: a write only queues
-        with s.transaction():  # the committer waits for it with the writes queued
-            interrupt.set()
-            threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
-            for n, t in enumerate(threads, 1):
-                t.start()
-                queued(n)  # all three in one group
-        for t in threads:
+        holding.set()
+        held = threading.Thread(target=s.write, args=(2, BLOCK, b"h" * BLOCK, len(BASE)))
+        held.start()
+        _wait_for(lambda: not holding.is_set())  # the syncer holds the first group
+        interrupt.set()
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+        for n, t in enumerate(threads, 1):
+            t.start()
+            _wait_for(lambda n=n: len(s._queue) == n)  # all three in one group
+        go.set()
+        for t in [held, *threads]:
             t.join(10)
-        assert not any(t.is_alive() for t in threads)
+        assert not any(t.is_alive() for t in [held, *threads])
         assert all(isinstance(o, StorageIOError) for o in outcome.values()), outcome
         assert len(outcome) == 3
         assert read(s, 1, base_fd, 0, 3 * BLOCK) == BASE[: 3 * BLOCK]  # nothing committed
+        assert read(s, 2, base_fd, BLOCK, BLOCK) == b"h" * BLOCK  # the group before: whole
         s.write(1, 0, b"z" * BLOCK, len(BASE))  # the store still works
         assert read(s, 1, base_fd, 0, BLOCK) == b"z" * BLOCK
+
+
+def test_a_commit_ended_by_a_base_exception_acknowledges_none_of_its_writes(
+    tmp_path: Path, base_fd: int
+) -> None:
+    """The committer is interrupted inside the transaction (rolled back), its writes
+    synced: each of them is told an error, none is mapped, and later writes commit."""
+    with Store(tmp_path / "s") as s:
+        s.write(2, 0, b"o" * BLOCK, len(BASE))
+        apply_ = s._apply
+        calls = 0
+
+        def interrupted_once(tx: object, batch: list) -> None:  # type: ignore[type-arg]
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise _Interrupted
+            apply_(tx, batch)  # type: ignore[arg-type]
+
+        s._apply = interrupted_once  # type: ignore[method-assign]
+        with pytest.raises(StorageIOError):
+            s.write(1, 0, b"a" * BLOCK, len(BASE))
+        assert read(s, 1, base_fd, 0, BLOCK) == BASE[:BLOCK]  # rolled back
+        s.write(1, BLOCK, b"b" * BLOCK, len(BASE))
+        assert read(s, 1, base_fd, 0, 2 * BLOCK) == BASE[:BLOCK] + b"b" * BLOCK
+        assert s._pending_bytes == 0  # the failed group's bytes given up once
+
+
+def _wait_for(cond: Callable[[], bool]) -> None:
+    for _ in range(10_000):
+        if cond():
+            return
+        threading.Event().wait(0.001)
+    raise AssertionError("waited 10 s")
 
 
 def test_a_waiting_writer_interrupted_leaves_its_write_to_the_committer(
@@ -255,7 +296,7 @@ def test_a_waiting_writer_interrupted_leaves_its_write_to_the_committer(
     go_on = threading.Event()
 
     def hook(point: str) -> None:
-        if point == "after-sync" and threading.current_thread().name == "store-committer":
+        if point == "after-sync" and threading.current_thread().name == "store-syncer":
             go_on.wait(10)
 
     def interrupted(signum: int, frame: object) -> None:
@@ -267,7 +308,7 @@ def test_a_waiting_writer_interrupted_leaves_its_write_to_the_committer(
         go_on.clear()
         first = threading.Thread(target=s.write, args=(1, 0, b"a" * BLOCK, len(BASE)))
         first.start()
-        while s._queue or s.stats.data_syncs < 2:  # its group taken, the committer in its sync
+        while s._queue or s.stats.data_syncs < 2:  # its group taken, the syncer in its sync
             threading.Event().wait(0.001)
         main = threading.main_thread().ident
         assert main == threading.get_ident()
