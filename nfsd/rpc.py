@@ -54,13 +54,13 @@ off what it would otherwise do once per call to the batch's end, once.
   keep it; at the end each connection's replies go in one ``sendmsg``: one
   release of the GIL to the loop per group and connection, not per reply.
 * The calls the transport's loop reads together (one ``epoll`` round) form
-  one batch too: a WRITE queued there wakes the store's committer at the
-  batch's end (:func:`at_end`), not at once, so the committer does not take
-  the GIL from the loop to commit the first of them alone: the group holds
-  them all (measured: docs/performance-writes.md).
+  one batch too: a WRITE queued there wakes the store's first stage (its
+  syncer) at the batch's end (:func:`at_end`), not at once, so the store does
+  not take the GIL from the loop to sync and commit the first of them alone:
+  the group holds them all (measured: docs/performance-writes.md).
 
 A reply settled, or a write queued, on any other thread or outside a batch is
-sent, or wakes the committer, at once, as before.  The batch's end runs even
+sent, or wakes the store, at once, as before.  The batch's end runs even
 when what ran in it raised (``finally``): nothing stays held.
 """
 

@@ -52,7 +52,8 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
   ``sendmsg`` per connection (``_deliver_all``): one GIL hand-over to the
   loop per group, not per reply (measured: docs/performance-writes.md).
   Each round of the loop (one ``epoll`` result) is such a batch too: the
-  WRITEs it queued wake the committer when the round is served.
+  WRITEs it queued wake the store (its syncer, then its committer) when
+  the round is served.
 * READ replies are built in pooled buffers (``nfsd.programs.buffers``).  A queue
   that makes no progress for ``DETACH_AFTER`` copies its replies out of
   the pool, so a client that does not read cannot starve the others of
