@@ -817,6 +817,15 @@ class SessionReader:
             self._base = self._ns._base_reader(n.base, n.base_size)
         return self._base.reader.runs(offset, count)
 
+    def maps(self) -> dict[int, memoryview]:
+        """The base's mappings by descriptor (``merge.sources``), once a
+        ``runs`` has opened it; the overlay's logs have none, so a READ that
+        touches a rewritten region is copied (``nfsd.programs.nfs3.read``)."""
+        if self._base is None:
+            return {}
+        maps_of = getattr(self._base.reader, "maps", None)  # merge.sources readers have it
+        return maps_of() if maps_of is not None else {}
+
     def runs(self, offset: int, count: int) -> list[Run]:
         version, self._version = self._version, None
         return self._ns.store.runs(

@@ -27,8 +27,10 @@ root).
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
+from functools import partial
 
 from merge.namespace import Attrs, Kind, NamespaceError
 from nfsd.programs.access import AccessControl
@@ -39,7 +41,7 @@ from nfsd.programs.listings import Listing, Row, raw_name
 from nfsd.programs.nfs3.attrs import lookup3_ok
 from nfsd.programs.nfs3.fastattr import _OK, LastFattr3, entryplus3_bytes, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
-from nfsd.programs.nfs3.read import PADDING, _fill
+from nfsd.programs.nfs3.read import MAP_MIN, PADDING, _fill, by_mapping
 from nfsd.programs.nfs3.readdir import _page, dirlist_reply
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
@@ -54,6 +56,7 @@ from nfsd.programs.nfs3.service import (
 )
 from nfsd.programs.sessions import Session, SessionManager
 from nfsd.rpc import CallContext, Reply, WouldBlock
+from nfsd.transport.tls import PLAIN
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
 
@@ -211,7 +214,10 @@ def readlink3(svc: SessionNfs, ctx: CallContext, args: nfs3.READLINK3args) -> Re
     )
 
 
-# RFC 1813 §3.3.6: base bytes, overlay bytes and zeros in one pooled buffer.
+# RFC 1813 §3.3.6: base bytes, overlay bytes and zeros in one pooled buffer,
+# or, for a large READ on plain TCP of regions never written whose base bytes
+# are all in the page cache, views of the base's mappings (``read.by_mapping``,
+# as the read-only export's: one copy, the send's, instead of two).
 # The file's attributes, size and runs as of one look at the session database
 # (``SessionNamespace.open``); a directory is ISDIR, any other non-file INVAL.
 def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
@@ -225,27 +231,40 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
         raise NfsError(nfs3.NFS3ERR_ACCES)
     count = min(args.count, RTMAX if ctx.transport == "tcp" else UDP_RTMAX)
     ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={args.count}"
-    # Inline (the router allows it only when alone): a free buffer now, and
-    # every byte in the page cache (RWF_NOWAIT), or a worker serves it.
-    if ctx.inline:
-        buf = svc.buffers.try_acquire()
-        if buf is None:
-            raise WouldBlock
-    else:
-        buf = svc.buffers.acquire()
+    mappable = count >= MAP_MIN and ctx.transport == "tcp" and ctx.security is PLAIN
+    head = _OK_ATTRS + svc.fattr3.get(a, s.fsid)
+    buf: mmap.mmap | None = None
     try:
         try:
             with reader:
-                n = _fill(memoryview(buf), reader.runs(args.offset, count), ctx.inline)
+                runs = reader.runs(args.offset, count)
+                maps = reader.maps() if mappable else {}
+                parts = by_mapping(maps, runs) if maps else None
+                if parts is None:
+                    # Inline (the router allows it only when alone): a free buffer
+                    # now, and every byte in the page cache (RWF_NOWAIT), or a
+                    # worker serves it.
+                    buf = svc.buffers.try_acquire() if ctx.inline else svc.buffers.acquire()
+                    if buf is None:
+                        raise WouldBlock
+                    n = _fill(memoryview(buf), runs, ctx.inline)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
-        eof = args.offset + n >= a.size
-        header = _OK_ATTRS + svc.fattr3.get(a, s.fsid) + _TAIL.pack(n, eof, n)
     except BaseException:
-        svc.buffers.release(buf)
+        if buf is not None:
+            svc.buffers.release(buf)
         raise
+    if parts is not None:
+        n = sum(map(len, parts))
+        parts[:0] = [head + _TAIL.pack(n, args.offset + n >= a.size, n)]
+        parts.append(PADDING[n & 3])
+        return Reply(parts, release=partial(svc.buffers.mapped, list(maps.values()), n))
+    assert buf is not None
+    pooled = buf
+    header = head + _TAIL.pack(n, args.offset + n >= a.size, n)
     return Reply(
-        [header, memoryview(buf)[:n], PADDING[n & 3]], release=lambda: svc.buffers.release(buf)
+        [header, memoryview(pooled)[:n], PADDING[n & 3]],
+        release=lambda: svc.buffers.release(pooled),
     )
 
 
