@@ -21,6 +21,7 @@ renamed over it), and is run again after an interruption.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 _TMP = ".own-copy.tmp"  # the copy being written, renamed over the entry
@@ -40,8 +41,7 @@ def own_copies(folder: Path) -> int:
         if st.st_nlink < 2:
             continue
         tmp = folder / _TMP
-        tmp.write_bytes(path.read_bytes())
-        os.chmod(tmp, st.st_mode & 0o7777)
+        shutil.copy(path, tmp)  # the bytes and the mode
         os.replace(tmp, path)
         replaced += 1
     return replaced
@@ -53,6 +53,4 @@ def copy_folder(src: Path, dst: Path) -> None:
     with os.scandir(src) as it:
         for de in it:
             if de.is_file(follow_symlinks=False):
-                target = dst / de.name
-                target.write_bytes(Path(de.path).read_bytes())
-                os.chmod(target, de.stat(follow_symlinks=False).st_mode & 0o7777)
+                shutil.copy(de.path, dst / de.name)  # the bytes and the mode

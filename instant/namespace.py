@@ -79,6 +79,7 @@ from merge.namespace import (
     PresentedPath,
     Reader,
     Run,
+    reader_maps,
 )
 
 NAME_MAX = 255
@@ -821,10 +822,7 @@ class SessionReader:
         """The base's mappings by descriptor (``merge.sources``), once a
         ``runs`` has opened it; the overlay's logs have none, so a READ that
         touches a rewritten region is copied (``nfsd.programs.nfs3.read``)."""
-        if self._base is None:
-            return {}
-        maps_of = getattr(self._base.reader, "maps", None)  # merge.sources readers have it
-        return maps_of() if maps_of is not None else {}
+        return reader_maps(self._base.reader) if self._base is not None else {}
 
     def runs(self, offset: int, count: int) -> list[Run]:
         version, self._version = self._version, None

@@ -426,7 +426,7 @@ class Store:
             with self._qlock:
                 if self._closing:
                     raise StorageIOError("the session store is closed")
-                if self._committer is None or self._syncer is None:
+                if self._committer is None:  # the syncer starts first (_start_threads)
                     self._start_threads()
                 self._queue.append(p)
                 if n >= SMALL_WRITE:
@@ -909,9 +909,6 @@ class Store:
         with self._qlock:
             self._closing = True
             self._qwake.notify()
-            if self._syncer is None:  # never started: nothing was queued
-                self._sync_over = True
-                self._swake.notify()
             threads = (self._syncer, self._committer)
         for t in threads:  # the syncer first: its end is what ends the committer
             if t is not None and t is not threading.current_thread():

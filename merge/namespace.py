@@ -138,6 +138,12 @@ class Reader(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+def reader_maps(reader: object) -> dict[int, memoryview]:
+    """The reader's ``maps()`` (see :class:`Reader`), or ``{}`` when it offers none."""
+    maps = getattr(reader, "maps", None)
+    return maps() if maps is not None else {}
+
+
 class Namespace(Protocol):
     """A read-only tree of presented entries."""
 

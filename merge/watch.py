@@ -294,9 +294,7 @@ class FolderWatches:
         with self._lock:
             if self._by_wd.get(w.wd) is w and w.gen == gen:
                 if len(listing.entries) < self.min_entries:  # watched at its first scan
-                    for p, v in list(self._by_path.items()):
-                        if v is w:
-                            del self._by_path[p]
+                    self._unlist(w)
                     self._forget(w)  # small after all: no slot taken
                     return
                 w.listing = listing
@@ -387,9 +385,7 @@ class FolderWatches:
         known = self._by_wd.get(wd)  # the same folder under another path (a link)
         if known is not None:
             known.dirty = True
-            for p, v in list(self._by_path.items()):
-                if v is known:
-                    del self._by_path[p]
+            self._unlist(known)
         w = _Watched(wd, spath)
         self._by_path[path] = w
         self._by_wd[wd] = w
@@ -429,9 +425,12 @@ class FolderWatches:
                 w.dirty = True  # any other event kind in MASK, the folder's own ones too
                 if mask & IN_IGNORED:  # the kernel dropped the watch (deleted, unmounted)
                     self._by_wd.pop(wd, None)
-                    for p, v in list(self._by_path.items()):
-                        if v is w:
-                            del self._by_path[p]
+                    self._unlist(w)
+
+    def _unlist(self, w: _Watched) -> None:
+        """(lock held) Every path that names ``w`` forgotten."""
+        for p in [p for p, v in self._by_path.items() if v is w]:
+            del self._by_path[p]
 
     def _flag_all(self) -> None:
         for w in self._by_wd.values():

@@ -259,9 +259,7 @@ class HandleCodec:
 
     def resolve(self, handle: bytes) -> PresentedPath:
         """The presented path of ``handle``; raises BadHandle or StaleHandle."""
-        known = self._by_handle.get(handle)
-        if known is None and self._adopted:
-            known = self._adopted_path(handle)
+        known = self.cached(handle)
         if known is not None:
             return known
         if not MIN_SIZE <= len(handle) <= MAX_SIZE:

@@ -828,10 +828,7 @@ class RpcServer:
                 break
         if quick:
             with conn.lock:
-                if not self._send_now(conn, quick):
-                    for reply in quick:
-                        self._enqueue(conn, reply)
-                    self._flush_locked(conn)
+                self._send_or_queue(conn, quick)
             if quick[-1].starttls and conn.tls is None and self.tls is not None:
                 self._start_tls(conn)
 
@@ -922,10 +919,8 @@ class RpcServer:
                     conn.failed = ("not_rpc", "a record that is not an RPC call")
                 send = [r for r in replies if r is not None and not r.dropped]
                 drop = [r for r in replies if r is not None and r.dropped]
-                if send and not self._send_now(conn, send):
-                    for reply in send:
-                        self._enqueue(conn, reply)
-                    self._flush_locked(conn)
+                if send:
+                    self._send_or_queue(conn, send)
                 wake = self._wanted(conn)
         for r in drop:
             if r is not None:
@@ -1026,6 +1021,14 @@ class RpcServer:
             entries[-1][1] = reply
         conn.outq.extend(entries)
         conn.unsent += sum(map(len, parts))
+
+    def _send_or_queue(self, conn: _Connection, replies: list[Reply]) -> None:
+        """(``conn.lock`` held) ``replies`` sent in one ``sendmsg`` if the queue
+        is empty and the socket takes them all, else queued and flushed."""
+        if not self._send_now(conn, replies):
+            for reply in replies:
+                self._enqueue(conn, reply)
+            self._flush_locked(conn)
 
     def _send_now(self, conn: _Connection, replies: list[Reply]) -> bool:
         """(conn.lock held) Send a batch of replies in one ``sendmsg`` without

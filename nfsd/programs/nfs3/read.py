@@ -54,7 +54,16 @@ import os
 import struct
 from functools import partial
 
-from merge.namespace import ZERO_FD, InputChanged, Kind, NamespaceError, PresentedPath, Run
+from merge.namespace import (
+    ZERO_FD,
+    InputChanged,
+    Kind,
+    NamespaceError,
+    PresentedPath,
+    Run,
+    reader_maps,
+)
+from nfsd.programs.buffers import BufferPool
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may
@@ -168,21 +177,34 @@ def _mapped(
     mapping, bytes not all in the page cache): the caller copies instead."""
     try:
         with svc.namespace.open(path) as reader:
-            maps_of = getattr(reader, "maps", None)  # optional: merge.sources readers have it
-            maps: dict[int, memoryview] = maps_of() if maps_of is not None else {}
+            maps = reader_maps(reader)
             if not maps:
                 return None
-            size = reader.size
-            parts = by_mapping(maps, reader.runs(offset, count))
+            runs = reader.runs(offset, count)
+            return mapped_reply(svc.buffers, maps, runs, head, offset, reader.size)
     except (OSError, NamespaceError) as e:
         raise nfs_error(e) from e
+
+
+def mapped_reply(  # noqa: PLR0917
+    buffers: BufferPool,
+    maps: dict[int, memoryview],
+    runs: list[Run],
+    head: bytes,
+    offset: int,
+    size: int,
+) -> Reply | None:
+    """The READ3resok of ``runs`` (at ``offset`` of a file of ``size`` bytes)
+    as views of ``maps`` (:func:`by_mapping`), ``head`` before its count;
+    None when they cannot be sent from the mappings."""
+    parts = by_mapping(maps, runs)
     if parts is None:
         return None
     n = sum(map(len, parts))
     parts[:0] = [head + _TAIL.pack(n, offset + n >= size, n)]
     parts.append(PADDING[n & 3])
     # Counted once sent (the release): the pages a send maps in are there by then.
-    return Reply(parts, release=partial(svc.buffers.mapped, list(maps.values()), n))
+    return Reply(parts, release=partial(buffers.mapped, list(maps.values()), n))
 
 
 def by_mapping(maps: dict[int, memoryview], runs: list[Run]) -> list[Part] | None:

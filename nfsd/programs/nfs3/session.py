@@ -30,7 +30,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from functools import partial
 
 from merge.namespace import Attrs, Kind, NamespaceError
 from nfsd.programs.access import AccessControl
@@ -41,7 +40,7 @@ from nfsd.programs.listings import Listing, Row, raw_name
 from nfsd.programs.nfs3.attrs import lookup3_ok
 from nfsd.programs.nfs3.fastattr import _OK, LastFattr3, entryplus3_bytes, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
-from nfsd.programs.nfs3.read import MAP_MIN, PADDING, _fill, by_mapping
+from nfsd.programs.nfs3.read import MAP_MIN, PADDING, _fill, mapped_reply
 from nfsd.programs.nfs3.readdir import _page, dirlist_reply
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
@@ -239,27 +238,23 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
             with reader:
                 runs = reader.runs(args.offset, count)
                 maps = reader.maps() if mappable else {}
-                parts = by_mapping(maps, runs) if maps else None
-                if parts is None:
-                    # Inline (the router allows it only when alone): a free buffer
-                    # now, and every byte in the page cache (RWF_NOWAIT), or a
-                    # worker serves it.
-                    buf = svc.buffers.try_acquire() if ctx.inline else svc.buffers.acquire()
-                    if buf is None:
-                        raise WouldBlock
-                    n = _fill(memoryview(buf), runs, ctx.inline)
+                if maps:
+                    mapped = mapped_reply(svc.buffers, maps, runs, head, args.offset, a.size)
+                    if mapped is not None:
+                        return mapped
+                # Inline (the router allows it only when alone): a free buffer
+                # now, and every byte in the page cache (RWF_NOWAIT), or a
+                # worker serves it.
+                buf = svc.buffers.try_acquire() if ctx.inline else svc.buffers.acquire()
+                if buf is None:
+                    raise WouldBlock
+                n = _fill(memoryview(buf), runs, ctx.inline)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
     except BaseException:
         if buf is not None:
             svc.buffers.release(buf)
         raise
-    if parts is not None:
-        n = sum(map(len, parts))
-        parts[:0] = [head + _TAIL.pack(n, args.offset + n >= a.size, n)]
-        parts.append(PADDING[n & 3])
-        return Reply(parts, release=partial(svc.buffers.mapped, list(maps.values()), n))
-    assert buf is not None
     pooled = buf
     header = head + _TAIL.pack(n, args.offset + n >= a.size, n)
     return Reply(
