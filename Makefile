@@ -17,7 +17,9 @@ deps-run:
 deps-test: deps-run
 	tools/install-deps tools/apt-test.txt
 
-$(BIN)/.installed: setup.cfg
+# the C extensions (setup.py) are built in place by the editable install: rebuilt when a source changes
+NATIVE_SRC := $(wildcard $(addsuffix /*.c,xdr nfsd nfsd/* nfsd/*/* merge exports instant))
+$(BIN)/.installed: setup.cfg setup.py $(NATIVE_SRC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,bench]'

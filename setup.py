@@ -1,0 +1,23 @@
+"""The compiled parts of recovery-fs: optional C extensions of hot loops.
+
+Everything else is in setup.cfg.  Each extension sits in the package whose
+loop it speeds up (the arrows stay one way: merge's knows nothing of RPC)
+and has a pure-Python twin that it must equal byte for byte; the module that
+uses it imports it through ``try``/``except ImportError`` and falls back to
+the twin, also when ``RECOVERY_FS_PURE=1`` is set (the tests run both).
+``optional=True``: a machine without a C compiler or Python's headers still
+installs and runs, only slower; ``make`` installs both (tools/apt-run.txt),
+and under ``CI=true`` a test fails if an extension did not build.
+"""
+
+from setuptools import Extension, setup
+
+# (module, C source): one row per extension
+NATIVE: list[tuple[str, str]] = []
+
+setup(
+    ext_modules=[
+        Extension(name, [source], optional=True, extra_compile_args=["-O2", "-Wall"])
+        for name, source in NATIVE
+    ]
+)
