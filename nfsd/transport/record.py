@@ -49,6 +49,8 @@ import struct
 from collections.abc import Sized
 from typing import TypeVar
 
+from nfsd.native import fastcall
+
 LAST_FRAGMENT = 0x80000000
 _HEADER = struct.Struct(">I")
 _P = TypeVar("_P", bound=Sized)
@@ -160,6 +162,11 @@ class RecordReader:
         pos = 0
         end = len(src)
         with memoryview(src) as view:  # released before ``buf`` is resized
+            if fastcall is not None and not self._count:
+                # No fragment held: the common records in one C call; the loop
+                # below (their twin, as ``cut_records_py`` is) takes the rest.
+                cut, pos = fastcall.cut_records(view, 0, self.max_record)
+                records += cut
             while end - pos >= 4:
                 (header,) = _HEADER.unpack_from(view, pos)
                 length = header & ~LAST_FRAGMENT
@@ -219,6 +226,26 @@ class RecordReader:
         """Whether a record is begun and not complete, even one that holds no
         byte yet (empty fragments): the transport times it from its start."""
         return bool(self._buf or self._count or self._need)
+
+
+def cut_records_py(
+    data: bytes | bytearray | memoryview, pos: int, max_record: int
+) -> tuple[list[bytes], int]:
+    """The complete records of one last fragment each from ``pos`` of ``data``,
+    as bytes, up to the first that is not one (a fragment that does not end
+    its record, one over ``max_record`` bytes, one not all there); and the
+    offset where it stopped.  The twin of ``nfsd._fastcall.cut_records``."""
+    records = []
+    end = len(data)
+    with memoryview(data) as view:
+        while end - pos >= 4:
+            (header,) = _HEADER.unpack_from(view, pos)
+            length = header & ~LAST_FRAGMENT
+            if not header & LAST_FRAGMENT or length > max_record or end - pos - 4 < length:
+                break
+            records.append(view[pos + 4 : pos + 4 + length].tobytes())
+            pos += 4 + length
+    return records, pos
 
 
 def frame(parts: list[_P]) -> list[bytes | _P]:

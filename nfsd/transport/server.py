@@ -193,6 +193,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
+from nfsd.native import fastcall
 from nfsd.rpc import Buffer, Dispatcher, FileRun, Later, Reply, WouldBlock, batched, hold
 from nfsd.transport.proxy import HeaderReader, ProxyError, Trusted, peer_name, starts_like_header
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge, frame
@@ -1041,17 +1042,9 @@ class RpcServer:
         """
         if conn.outq or conn.tls is not None or conn.closed:
             return False
-        iov: list[Any] = []  # buffers, or a FileRun that sendmsg refuses
-        for reply in replies:
-            iov += frame(reply.parts)
-        total = sum(map(len, iov))
-        if len(iov) > IOV_BATCH:
-            return False
         try:
-            sent = conn.sock.sendmsg(iov, [], socket.MSG_DONTWAIT)
-        except (BlockingIOError, TypeError):
-            # TypeError: a FileRun, which sendmsg refuses before it sends a
-            # byte (it takes every buffer first): the queue sends the runs.
+            done = send_replies(conn.sock, [r.parts for r in replies], IOV_BATCH)
+        except BlockingIOError:
             return False
         except OSError as e:
             if conn.failed is None:
@@ -1059,6 +1052,9 @@ class RpcServer:
             for reply in replies:
                 reply.free()
             return True
+        if done is None:
+            return False  # a FileRun (the queue sends the runs), or too many buffers
+        sent, total = done
         if sent != total:
             # Part of it went: queue the rest from where the socket stopped.
             for reply in replies:
@@ -1307,6 +1303,39 @@ class RpcServer:
             log.info("UDP reply to %s failed: %s", peer, e)
         finally:
             reply.free()
+
+
+def send_replies_py(
+    sock: socket.socket, replies: list[list[Any]], max_iov: int
+) -> tuple[int, int] | None:
+    """Replies (each its parts) framed as one last fragment each, in one
+    ``sendmsg`` (``MSG_DONTWAIT``): (bytes sent, bytes there were).  None,
+    nothing sent, when a part is no buffer (a FileRun, which ``sendmsg``
+    refuses before it sends a byte: the queue sends the runs) or the batch
+    takes more than ``max_iov`` buffers.  A failed send raises OSError
+    (BlockingIOError: the socket takes nothing now).  The twin of
+    ``nfsd._fastcall.send_replies``."""
+    iov: list[Any] = []  # buffers, or a FileRun that sendmsg refuses
+    for parts in replies:
+        iov += frame(parts)
+    if len(iov) > max_iov:
+        return None
+    total = sum(map(len, iov))
+    try:
+        return sock.sendmsg(iov, [], socket.MSG_DONTWAIT), total
+    except TypeError:
+        return None
+
+
+def _send_replies_c(
+    sock: socket.socket, replies: list[list[Any]], max_iov: int
+) -> tuple[int, int] | None:
+    """``send_replies_py`` in one C call (``nfsd._fastcall.send_replies``)."""
+    assert fastcall is not None
+    return fastcall.send_replies(sock.fileno(), replies, max_iov, socket.MSG_DONTWAIT)
+
+
+send_replies = send_replies_py if fastcall is None else _send_replies_c
 
 
 def bind_listeners(

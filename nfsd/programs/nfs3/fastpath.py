@@ -48,6 +48,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
+from nfsd.native import fastcall
 from nfsd.programs.access import AccessControl
 from nfsd.programs.errors import NfsError
 from nfsd.programs.nfs3.attrs import access_granted, lookup3_ok
@@ -81,6 +82,7 @@ _VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle len
 _READ_ARGS = struct.Struct(">QI")  # offset, count
 _GETATTR, _READ, _LOOKUP = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP
 _ACCESS = nfs3.NFSPROC3_ACCESS
+_NFS_PROGRAM = nfs3.NFS_PROGRAM
 _ARGS_AFTER_HANDLE = {_GETATTR: 0, _READ: _READ_ARGS.size, _ACCESS: 4}  # LOOKUP: its name
 _WRITE = nfs3.NFSPROC3_WRITE  # a session's: nfs3.fastwrite (FastPath.writes)
 _SERVED = frozenset((*_ARGS_AFTER_HANDLE, _LOOKUP, _WRITE))
@@ -98,6 +100,70 @@ _ACCEPTED_OK = _ACCEPTED + struct.pack(">I", nfs3.NFS3_OK)
 _ACCEPTED_OK_ATTRS = _ACCEPTED + struct.pack(">II", nfs3.NFS3_OK, 1)
 
 
+Call = tuple[int, int, bytes, bytes, int, "int | bytes", int]
+"""What :func:`parse_call` reads: (xid, procedure, credential's bytes, handle,
+offset past the handle, a, b), (a, b) being READ's (offset, count), ACCESS's
+(mask, 0), LOOKUP's (name, 0), or (0, 0)."""
+
+
+def parse_call_py(record: bytes) -> Call | None:
+    """The header and arguments of a call the fast path may serve, else None.
+
+    An RPC v2 CALL of NFSv3 GETATTR, ACCESS, READ, LOOKUP or WRITE, AUTH_SYS
+    (of at most MAX_AUTH_BYTES), a null verifier, a handle of at most
+    NFS3_FHSIZE bytes, and past it no byte more or less than the
+    arguments (a LOOKUP's name at most MAXNAMLEN), but for a WRITE, whose
+    rest ``nfs3.fastwrite`` reads (its handle cut short by the record's end,
+    as a slice is).  The twin of ``nfsd._fastcall.parse_call``.
+    """
+    size = len(record)
+    if size < _HEAD.size + _VERF_FH.size:
+        return None
+    xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
+    if (
+        proc not in _SERVED
+        or mtype != CALL
+        or rpcvers != RPC_VERSION
+        or prog != nfs3.NFS_PROGRAM
+        or vers != 3
+        or flavor != AUTH_SYS
+        or n > MAX_AUTH_BYTES
+    ):
+        return None
+    end = _HEAD.size + ((n + 3) & ~3)
+    if end + _VERF_FH.size > size:
+        return None
+    vflavor, vlen, fhlen = _VERF_FH.unpack_from(record, end)
+    if vflavor or vlen or fhlen > nfs3.NFS3_FHSIZE:
+        return None
+    cred = record[_HEAD.size : _HEAD.size + n]
+    pos = end + _VERF_FH.size
+    fh = record[pos : pos + fhlen]
+    pos += (fhlen + 3) & ~3
+    a: int | bytes = 0
+    b = 0
+    if proc == _LOOKUP:
+        if pos + 4 > size:
+            return None
+        (namelen,) = _U32.unpack_from(record, pos)
+        if namelen > nfs3.MAXNAMLEN or size != pos + 4 + ((namelen + 3) & ~3):
+            return None
+        a = record[pos + 4 : pos + 4 + namelen]
+    elif proc != _WRITE:
+        if size != pos + _ARGS_AFTER_HANDLE[proc]:
+            return None
+        if proc == _READ:
+            a, b = _READ_ARGS.unpack_from(record, pos)
+        elif proc == _ACCESS:
+            (a,) = _U32.unpack_from(record, pos)
+    return xid, proc, cred, fh, pos, a, b
+
+
+parse_call: Callable[[bytes], Call | None] = (
+    fastcall.parse_call if fastcall is not None else parse_call_py
+)
+
+
 class FastPath:
     """Its :meth:`serve` is the NFS program's ``Program.fast``: see the notes above.
 
@@ -108,21 +174,33 @@ class FastPath:
         self.svc = svc
         self.access = access
         self._fattr3 = LastFattr3()
+        self._cred: tuple[tuple | None, authsys_parms] = (None, authsys_parms(0, b"", 0, 0, []))
         # Sessions routed: ``nfs3.router.Router.quick``, set by ``route_sessions``.
         self.sessions: SessionQuick | None = None
         # Session WRITEs: ``nfs3.fastwrite.FastWrite.serve``, set by ``programs.build``.
         self.writes: SessionWrite | None = None
 
-    @staticmethod
     def _context(  # noqa: PLR0917 (what serve has read)
-        xid: int, prog: int, proc: int, fields: tuple, peer: str, inline: bool,
+        self, xid: int, proc: int, fields: tuple, peer: str, inline: bool,
         alone: bool, security: Security, sendfile: bool,
     ) -> CallContext:  # fmt: skip
-        """The call's context, its AUTH_SYS credential from the dispatcher's cache."""
-        cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
+        """The call's context, its AUTH_SYS credential from the dispatcher's cache.
+
+        The ``authsys_parms`` of the fields used last is used again (one
+        client's calls carry the same credential): nothing changes one in
+        place (squashing, ``nfsd.programs.access.squash``, puts a new one in
+        the context), so sharing it is as good as a fresh one, 0.2 µs less.
+        """
+        last = self._cred  # one tuple: read and replaced whole, safe across threads
+        if last[0] is fields:
+            cred = last[1]
+        else:
+            cred = authsys_parms(fields[0], fields[1], fields[2], fields[3], list(fields[4]))
+            self._cred = (fields, cred)
+        # Positional (note, status: the defaults): 0.2 µs less than by keyword.
         return CallContext(
-            xid, prog, 3, proc, AUTH_SYS, cred, peer, "tcp",
-            inline=inline, alone=alone, security=security, sendfile=sendfile,
+            xid, _NFS_PROGRAM, 3, proc, AUTH_SYS, cred, peer, "tcp", "", 0,
+            inline, alone, security, sendfile,
         )  # fmt: skip
 
     def serve(  # noqa: PLR0917 (FastPath's signature)
@@ -135,54 +213,26 @@ class FastPath:
         alone: bool,
         sendfile: bool = False,
     ) -> Reply | None:
-        size = len(record)
-        if size < _HEAD.size + _VERF_FH.size:
+        call = parse_call(record)
+        if call is None:
             return None
-        xid, mtype, rpcvers, prog, vers, proc, flavor, n = _HEAD.unpack_from(record)
-        if (
-            proc not in _SERVED
-            or mtype != CALL
-            or rpcvers != RPC_VERSION
-            or prog != nfs3.NFS_PROGRAM
-            or vers != 3
-            or flavor != AUTH_SYS
-            or n > MAX_AUTH_BYTES
-        ):
-            return None
-        end = _HEAD.size + ((n + 3) & ~3)
-        if end + _VERF_FH.size > size:
-            return None
-        fields = creds.get(record[_HEAD.size : _HEAD.size + n])
+        xid, proc, cred, fh, pos, a, b = call
+        fields = creds.get(cred)
         if fields is None:
             return None  # not decoded yet: the general path decodes and keeps it
-        vflavor, vlen, fhlen = _VERF_FH.unpack_from(record, end)
-        if vflavor or vlen or fhlen > nfs3.NFS3_FHSIZE:
-            return None
-        pos = end + _VERF_FH.size
-        fh = record[pos : pos + fhlen]
-        pos += (fhlen + 3) & ~3
         if proc == _WRITE:
             if self.writes is None:
                 return None
-            ctx = self._context(xid, prog, proc, fields, peer, inline, alone, security, sendfile)
+            ctx = self._context(xid, proc, fields, peer, inline, alone, security, sendfile)
             return self.writes(record, pos, fh, ctx)
-        name = b""
-        if proc == _LOOKUP:
-            if pos + 4 > size:
-                return None
-            (namelen,) = _U32.unpack_from(record, pos)
-            if namelen > nfs3.MAXNAMLEN or size != pos + 4 + ((namelen + 3) & ~3):
-                return None
-            name = record[pos + 4 : pos + 4 + namelen]
-        elif size != pos + _ARGS_AFTER_HANDLE[proc]:
-            return None
+        name = cast(bytes, a) if proc == _LOOKUP else b""
         session = is_session_handle(fh)
         if session:
             if self.sessions is None:
                 return None
             if inline and not alone:
                 raise WouldBlock  # what the router says, once all is decoded: a worker's
-        ctx = self._context(xid, prog, proc, fields, peer, inline, alone, security, sendfile)
+        ctx = self._context(xid, proc, fields, peer, inline, alone, security, sendfile)
         if session:
             return self._session(record, ctx, proc, fh, pos, name)
         if self.access.nfs_status(ctx):
@@ -199,13 +249,12 @@ class FastPath:
             if proc == _GETATTR:
                 return Reply([record[:4] + _ACCEPTED_OK + fattr3])
             if proc == _ACCESS:
-                granted = access_granted(attrs, ctx, _U32.unpack_from(record, pos)[0])
+                granted = access_granted(attrs, ctx, cast(int, a))
                 return Reply([record[:4] + _ACCEPTED_OK_ATTRS + fattr3 + _U32.pack(granted)])
             if attrs.kind == Kind.DIR or not may(attrs, ctx, MAY_READ, owner_override=True):
                 return None
-            offset, count = _READ_ARGS.unpack_from(record, pos)
             head = record[:4] + _ACCEPTED_OK_ATTRS + fattr3
-            return read_reply(svc, path, offset, min(count, RTMAX), ctx, head)
+            return read_reply(svc, path, cast(int, a), min(b, RTMAX), ctx, head)
         except (NamespaceError, NfsError, XdrError):
             return None
 

@@ -63,6 +63,7 @@ from merge.namespace import (
     Run,
     reader_maps,
 )
+from nfsd.native import fastcall
 from nfsd.programs.buffers import BufferPool
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import post_op_attr_bytes
@@ -89,7 +90,7 @@ _OK = struct.pack(">I", nfs3.NFS3_OK)
 # mapping on 4 connections, on workers -> inline: 390 -> 280 µs of CPU a
 # call plain, 440 -> 300 merged, and 3,448 -> 4,111 and 1,896 -> 2,567
 # calls a second).
-INLINE_MAX = 64 * 1024
+INLINE_MAX = 64 * 1024  # MAP_MIN and SENDFILE_MIN are above it: tested only past it
 
 
 def read3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READ3args) -> Reply:
@@ -118,13 +119,15 @@ def read_reply(  # noqa: PLR0917
     # Served inline on the connection's reader only when it cannot wait:
     # a free buffer now, and every byte already in the page cache.
     inline = ctx.inline
-    by_ref = count >= SENDFILE_MIN and ctx.sendfile and cachestat_works()
-    if count >= MAP_MIN and not by_ref and ctx.transport == "tcp" and ctx.security is PLAIN:
-        reply = _mapped(svc, path, offset, count, head)  # inline on any connection
-        if reply is not None:
-            return reply
-    if inline and count > INLINE_MAX and not ctx.alone:
-        raise WouldBlock
+    by_ref = False
+    if count > INLINE_MAX:  # (a small READ, the commonest, skips these tests)
+        by_ref = count >= SENDFILE_MIN and ctx.sendfile and cachestat_works()
+        if count >= MAP_MIN and not by_ref and ctx.transport == "tcp" and ctx.security is PLAIN:
+            reply = _mapped(svc, path, offset, count, head)  # inline on any connection
+            if reply is not None:
+                return reply
+        if inline and not ctx.alone:
+            raise WouldBlock
     if by_ref:
         try:
             with svc.namespace.open(path) as reader:
@@ -411,11 +414,11 @@ def _fill(view: memoryview, runs: list, nowait: bool) -> int:
     With ``nowait``, data not in the page cache raises WouldBlock instead of
     waiting for the disk (RWF_NOWAIT).
     """
-    flags = os.RWF_NOWAIT if nowait else 0
     if len(runs) == 1 and runs[0][0] != ZERO_FD:  # a plain file's READ: what follows, shorter
         fd, start, length = runs[0]
-        _read(view, 0, fd, start, length, flags)
+        read_full(view, fd, start, length, nowait)
         return length
+    flags = os.RWF_NOWAIT if nowait else 0
     placed: list[tuple[int, int, int, int]] = []  # (view offset, fd, file pos, length)
     total = 0
     for fd, start, length in runs:
@@ -492,6 +495,19 @@ def _spans(
         else:
             spans.append(run)
     return spans, rest
+
+
+def read_full(view: memoryview, fd: int, start: int, length: int, nowait: bool) -> None:
+    """``_read`` of ``length`` bytes at the start of ``view`` (a plain file's
+    READ), in one C call (``nfsd._fastcall.pread_full``) when there is one."""
+    if fastcall is None:
+        _read(view, 0, fd, start, length, os.RWF_NOWAIT if nowait else 0)
+        return
+    got = fastcall.pread_full(fd, view, start, length, nowait)
+    if got != length:
+        if got < 0 or nowait:
+            raise WouldBlock  # not all cached, or no RWF_NOWAIT here: on a worker
+        raise InputChanged(f"short read: {length - got} bytes missing at {start + got}")
 
 
 def _read(view: memoryview, at: int, fd: int, start: int, length: int, flags: int) -> None:  # noqa: PLR0917
