@@ -802,15 +802,30 @@ class RpcServer:
         size = conn.unsent
         backlog = conn.backlog
         alone = len(self._conns) == 1  # no other connection waits while the loop serves this one
+        # What each call is dispatched with, read once a batch (nothing in
+        # the batch changes it: the peer, TLS and its security change only
+        # while reading, before the records are cut, or after the batch).
+        dispatch = self.dispatcher.dispatch
+        peer, security = conn.peer, conn.security
+        sendfile = conn.sendfile and conn.tls is None
         while backlog and conn.inflight < lim.max_inflight and size < lim.max_unsent:
             record = backlog.popleft()
             try:
-                reply = self._dispatch(conn, record, inline=True, alone=alone)
+                reply = dispatch(
+                    record, peer, "tcp", True, security, alone=alone, sendfile=sendfile
+                )
+                if reply is not None:
+                    self._calls_inline += 1  # the loop's own count: no lock
+                    if not conn.validated and not reply.starttls:
+                        self._validate(conn)
             except WouldBlock:
                 with conn.lock:
                     conn.inflight += 1
                 self._workers.submit(self._serve, conn, record)
                 continue
+            except Exception:
+                log.exception("dispatch failed for %s", conn.peer)
+                reply = None
             if reply is not None and reply.dropped:
                 continue  # a duplicate of a call still running: no reply; the connection goes on
             if reply is not None and reply.later is not None:  # in flight until it resolves
@@ -858,10 +873,14 @@ class RpcServer:
                 with self._lock:
                     self._calls += 1
             if not conn.validated and not reply.starttls:
-                with self._lock:
-                    conn.validated = True
-                    self._unvalidated.pop(conn, None)
+                self._validate(conn)
         return reply
+
+    def _validate(self, conn: _Connection) -> None:
+        """A call of ``conn`` was answered: it no longer counts as unvalidated."""
+        with self._lock:
+            conn.validated = True
+            self._unvalidated.pop(conn, None)
 
     def _serve(self, conn: _Connection, record: bytes | bytearray) -> None:
         """A worker's call: dispatch, send or queue the reply, wake the loop
