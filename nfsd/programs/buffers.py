@@ -70,6 +70,9 @@ class BufferPool:
     def try_acquire(self) -> mmap.mmap | None:
         """A buffer if one is free (or may be created) now; None otherwise."""
         with self._lock:
+            if self._free:  # _take's common case, one Python call less
+                self._since.pop()
+                return self._free.pop()
             return self._take()
 
     def _take(self) -> mmap.mmap | None:

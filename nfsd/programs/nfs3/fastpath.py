@@ -62,7 +62,8 @@ from nfsd.programs.nfs3.service import (
     decode_name,
     may,
 )
-from nfsd.programs.sessions import is_session_handle
+from nfsd.programs.sessions import HANDLE_SIZE as _SESSION_SIZE
+from nfsd.programs.sessions import VERSION as _SESSION_VERSION
 from nfsd.rpc import Buffer, CallContext, CredCache, Reply, WouldBlock
 from nfsd.transport.tls import Security
 from xdr import nfs3
@@ -83,6 +84,7 @@ _READ_ARGS = struct.Struct(">QI")  # offset, count
 _GETATTR, _READ, _LOOKUP = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP
 _ACCESS = nfs3.NFSPROC3_ACCESS
 _NFS_PROGRAM = nfs3.NFS_PROGRAM
+_DIR = Kind.DIR
 _ARGS_AFTER_HANDLE = {_GETATTR: 0, _READ: _READ_ARGS.size, _ACCESS: 4}  # LOOKUP: its name
 _WRITE = nfs3.NFSPROC3_WRITE  # a session's: nfs3.fastwrite (FastPath.writes)
 _SERVED = frozenset((*_ARGS_AFTER_HANDLE, _LOOKUP, _WRITE))
@@ -226,7 +228,7 @@ class FastPath:
             ctx = self._context(xid, proc, fields, peer, inline, alone, security, sendfile)
             return self.writes(record, pos, fh, ctx)
         name = cast(bytes, a) if proc == _LOOKUP else b""
-        session = is_session_handle(fh)
+        session = len(fh) == _SESSION_SIZE and fh[0] == _SESSION_VERSION  # is_session_handle
         if session:
             if self.sessions is None:
                 return None
@@ -251,7 +253,7 @@ class FastPath:
             if proc == _ACCESS:
                 granted = access_granted(attrs, ctx, cast(int, a))
                 return Reply([record[:4] + _ACCEPTED_OK_ATTRS + fattr3 + _U32.pack(granted)])
-            if attrs.kind == Kind.DIR or not may(attrs, ctx, MAY_READ, owner_override=True):
+            if attrs.kind == _DIR or not may(attrs, ctx, MAY_READ, owner_override=True):
                 return None
             head = record[:4] + _ACCEPTED_OK_ATTRS + fattr3
             return read_reply(svc, path, cast(int, a), min(b, RTMAX), ctx, head)

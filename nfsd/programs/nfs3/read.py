@@ -147,22 +147,19 @@ def read_reply(  # noqa: PLR0917
             raise WouldBlock
     else:
         buf = svc.buffers.acquire()
+    view = memoryview(buf)
     try:
         try:
             with svc.namespace.open(path) as reader:
                 size = reader.size
-                n = _fill(memoryview(buf), reader.runs(offset, count), inline)
+                n = _fill(view, reader.runs(offset, count), inline)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
-        eof = offset + n >= size
-        header = head + _TAIL.pack(n, eof, n)
+        header = head + _TAIL.pack(n, offset + n >= size, n)
     except BaseException:
         svc.buffers.release(buf)
         raise
-    return Reply(
-        [header, memoryview(buf)[:n], PADDING[n & 3]],
-        release=lambda: svc.buffers.release(buf),
-    )
+    return Reply([header, view[:n], PADDING[n & 3]], release=partial(svc.buffers.release, buf))
 
 
 # READs of at least this many bytes on plain TCP are sent from the file's
