@@ -31,7 +31,9 @@ Invariants checked on every input (:class:`Broken` when one fails):
   procedure's result type with no byte left over;
 * no NFS3ERR_SERVERFAULT, and nothing logged at ERROR (the dispatcher logs
   an unexpected exception there before it answers SERVERFAULT/SYSTEM_ERR);
-* every pooled READ buffer handed out comes back.
+* every pooled READ buffer handed out comes back;
+* the C parser of the fast path (``nfsd._fastcall.parse_call``, when built)
+  reads every record as its pure-Python twin does.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from typing import Any
 
 from merge.demo import make_demo
 from merge.stack import build_namespace
+from nfsd.native import compiled
+from nfsd.programs.nfs3.fastpath import parse_call_py
 from nfsd.programs.nfs3.service import RTMAX
 from nfsd.programs.portmap import build_portmap
 from nfsd.rpc import Dispatcher, WouldBlock
@@ -198,6 +202,10 @@ class Harness:
 
     def serve(self, record: bytes, peer: str, transport: str, inline: bool) -> bytes | None:
         """Dispatch one record as the transport does; check and return the reply bytes."""
+        if compiled is not None and type(record) is bytes:
+            got, want = compiled.parse_call(record), parse_call_py(record)
+            if got != want:
+                raise Broken(f"nfsd._fastcall.parse_call: {got!r}, its twin: {want!r}")
         try:
             reply = self.dispatcher.dispatch(record, peer, transport, inline=inline)
         except WouldBlock:
