@@ -31,6 +31,13 @@ arrive, at most doubling (never more than ``STRAIGHT_MIN`` past twice what
 arrived, never past the fragment): what a header claims is still not
 allocated up front, and ``pending`` counts only what arrived.
 
+With nothing held from before, the complete records of one last fragment
+each are cut in one C call (``nfsd._fastcall.cut_records``, whose twin is
+:func:`cut_records_py`); the loop of :meth:`RecordReader.feed` takes what
+it stops at (a fragment that does not end its record, a large or
+incomplete one, one too large), as it does every record without the
+extension.
+
 A client can claim up to 2 GiB per fragment and chain fragments forever:
 the reader never allocates what a header claims.  It only keeps what has
 arrived, and raises :class:`RecordTooLarge` as soon as the claimed size of

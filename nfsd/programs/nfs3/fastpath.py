@@ -8,8 +8,10 @@ path (``nfsd.rpc.Dispatcher``) such a call builds a ``call_body``, two
 ``opaque_auth``, an argument unpacker and its objects, then routes through
 the procedure table, ``nfs3.router`` and ``Nfs3Service.path_of``: about
 half a GETATTR's time in the dispatcher (``bench/dispatch_micro.py``).
-Here one ``struct`` call reads the header, the arguments are sliced out
-of the record, and the reply goes out as one buffer (plus a READ's data).
+Here one call reads the header and the arguments (:func:`parse_call`:
+``nfsd._fastcall.parse_call``, or its twin :func:`parse_call_py` without
+the extension or with ``RECOVERY_FS_PURE=1``), and the reply goes out as
+one buffer (plus a READ's data).
 
 What it may skip and what it may not:
 

@@ -8,7 +8,9 @@ The data flow, in order::
            -> reply = [header, buffer[:n], padding], sent as it lies
 
 No reply allocates its data: the buffer comes from ``nfsd.programs.buffers`` and
-goes back once the writer has sent it.  A small READ whose bytes are all in
+goes back once the writer has sent it.  A plain file's one run is read by
+one C call (:func:`read_full`: ``nfsd._fastcall.pread_full``, or ``_read``
+without the extension).  A small READ whose bytes are all in
 the page cache is served on the connection's reader thread (``RWF_NOWAIT``
 proves they are); any other goes to a worker, so that a read waiting on
 the disk holds up nothing else.  Base bytes, overlay bytes and
