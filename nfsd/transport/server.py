@@ -28,8 +28,9 @@ server 0.01 s of CPU a second.  The GIL serialised the readers anyway.
 * Quick calls stay on the loop (a hand-off to a worker costs more than a
   GETATTR), and the replies of one batch of records go out in one
   ``sendmsg``, straight from their buffers when nothing is queued before
-  them (``_send_now``; framed and sent by one C call, ``nfsd._fastcall``'s
-  ``send_replies``, or its twin :func:`send_replies_py`).  With one connection open the loop has no one else
+  them (``_send_now``: framed and sent by one C call,
+  ``nfsd._fastcall.send_replies``, or its twin :func:`send_replies_py`).
+  With one connection open the loop has no one else
   to keep waiting, so a large READ from the page cache is served there too
   (``CallContext.alone``): on a worker its hand-off cost a third of its
   CPU.  One sent from the file's mapping (below) is served there on any
