@@ -269,3 +269,25 @@ def test_a_failing_fast_path_leaves_the_call_to_the_general_path_and_logs_rarely
         )
     assert fast.fast_failures == 50
     assert caplog.text.count("the fast path failed") == 1
+
+
+def test_the_fast_paths_context_is_what_keywords_would_build() -> None:
+    """``FastPath._context`` builds ``CallContext`` positionally: a field
+    moved or added in ``CallContext`` must not shift its arguments."""
+    from nfsd.programs.nfs3.fastpath import FastPath
+    from nfsd.rpc import CallContext
+    from nfsd.transport.tls import PLAIN
+
+    fp = FastPath.__new__(FastPath)
+    fp._cred = (None, authsys_parms(0, b"", 0, 0, []))
+    fields = (7, b"host", 1000, 100, (5, 6))
+    for inline, alone, sendfile in ((True, False, True), (False, True, False)):
+        got = fp._context(0x1234, nfs3.NFSPROC3_READ, fields, "10.0.0.1:900", inline, alone,
+                          PLAIN, sendfile)  # fmt: skip
+        want = CallContext(
+            0x1234, nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READ, AUTH_SYS,
+            authsys_parms(7, b"host", 1000, 100, [5, 6]), "10.0.0.1:900", "tcp",
+            inline=inline, alone=alone, security=PLAIN, sendfile=sendfile,
+        )  # fmt: skip
+        assert got == want
+    assert fp._context(1, 1, fields, "p", True, True, PLAIN, False).cred is got.cred  # kept
