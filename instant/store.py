@@ -85,12 +85,19 @@ groups as a pipeline of two stages.  The *syncer* takes every queued write,
 makes one ``fdatasync`` of the log for them (step 3) and hands them on, in
 order, to the *committer*, which takes sqlite's write lock (``BEGIN
 IMMEDIATE``, waiting for another process's commit if one runs), *then* takes
-every write handed on meanwhile, makes one COMMIT for all of them (step 4)
+every write handed on meanwhile, and the batch the syncer is syncing if any
+(``_syncing``, claimed: the syncer then hands it to no one), makes the map
+edits of them all, waits for that sync to return, makes one COMMIT (step 4)
 and calls each ``done``.  So one group's data sync runs while the previous
-group's map commits (both system calls release the GIL).  What holds:
+group's map commits, or while its own map edits are made (the system calls
+and sqlite release the GIL; measured: the sync's return to the first reply
+sent ~370-490 -> ~270 µs).  What holds:
 
-* a map is committed only after its data's sync: the committer sees a write
-  only once the syncer handed it on, after that write's ``fdatasync``;
+* a map is committed only after its data's sync: the committer commits a
+  write only once the syncer handed it on, or returned from the sync of the
+  batch the committer claimed (:meth:`Store._await_sync`); a write of that
+  batch whose sync failed after it was mapped rolls the transaction back,
+  and the group is mapped again without it (``_Redo``);
 * groups are committed, published (read cache, quota) and told in the order
   they were synced, as one committer takes the hand-over list whole, FIFO;
 * a failed sync marks each of its writes with the error; the committer maps
@@ -409,6 +416,8 @@ class Store:
         self._swake = threading.Condition(self._qlock)  # the committer waits for synced writes
         self._queue: list[_Pending] = []  # in the log, waiting for the syncer
         self._synced: list[_Pending] = []  # synced (or failed), waiting for the committer
+        self._syncing: list[_Pending] | None = None  # the syncer's batch while it syncs
+        self._claimed = False  # the committer took _syncing: its writes skip _synced
         self._syncer: threading.Thread | None = None
         self._committer: threading.Thread | None = None
         self._closing = False
@@ -545,8 +554,10 @@ class Store:
         """The syncer: takes every queued write, one ``fdatasync`` for them, hands
         them to the committer in that order; until closed with nothing queued.
 
-        Every write it takes reaches ``_synced``, failed or not (the ``finally``):
-        a write lost between the two threads would never be answered."""
+        Every write it takes reaches ``_synced``, failed or not (the ``finally``),
+        unless the committer claimed the batch (``_claimed``), which then waits for
+        this sync's end: a write lost between the two threads would never be
+        answered."""
         while True:
             with self._qlock:
                 # Large writes are synced only while no group commits: their data's
@@ -562,13 +573,17 @@ class Store:
                     self._sync_over = True
                     self._swake.notify()
                     return
+                self._syncing = batch  # the committer may map it meanwhile (_commit_group)
+                self._swake.notify()
             try:
                 self._sync(batch)
             except BaseException:
                 log.exception("a session store's data sync failed")
             finally:
                 with self._qlock:
-                    self._synced += batch
+                    if not self._claimed:
+                        self._synced += batch
+                    self._syncing, self._claimed = None, False
                     self._swake.notify()
 
     def _sync(self, batch: list[_Pending]) -> None:
@@ -606,9 +621,9 @@ class Store:
         every later write queued and its call unanswered."""
         while True:
             with self._qlock:
-                while not self._synced and not self._sync_over:
+                while not self._synced and not self._mappable() and not self._sync_over:
                     self._swake.wait()
-                if not self._synced:
+                if not self._synced and self._syncing is None:
                     return
             try:
                 self._commit_group()
@@ -688,18 +703,46 @@ class Store:
             )
         self._log_fd = fd
 
+    def _mappable(self) -> bool:
+        """(``_qlock`` held) Whether the syncer's batch may be taken while it syncs."""
+        return self._syncing is not None and not self._claimed
+
     def _commit_group(self) -> None:
         """Commit every synced write as one group: one COMMIT; then tell each of
-        them (an error to all if the group failed)."""
+        them (an error to all if the group failed).
+
+        The group also takes the batch the syncer is syncing, if any (``_syncing``):
+        its map edits are made while its ``fdatasync`` runs, and committed only once
+        that returned (:meth:`_await_sync`).  A write whose sync failed meanwhile
+        was mapped already: the transaction is rolled back and the group mapped
+        again without it (``_Redo``)."""
         batch: list[_Pending] = []
         settled = False  # the batch's reserved bytes taken off _pending_bytes
+        pend: list[_Pending] | None = None  # the syncer's batch, claimed: still syncing
         try:
-            with self.transaction(lazy=True) as tx:
-                with self._qlock:
-                    batch, self._synced = self._synced, []
-                    self._committing = True
-                must_sync = self._apply(tx, batch)
-                settled = True
+            while True:
+                try:
+                    with self.transaction(lazy=True) as tx:
+                        if not batch:
+                            with self._qlock:
+                                batch, self._synced = self._synced, []
+                                if self._mappable():
+                                    pend, self._claimed = self._syncing, True
+                                    batch += pend or []
+                                self._committing = True
+                        must_sync, used, at, mapped = self._apply(tx, batch)
+                        self._await_sync(pend)
+                        pend = None
+                        if any(p.error is not None for p in mapped):
+                            raise _Redo
+                except _Redo:
+                    continue
+                break
+            self._next = max(self._next, at)
+            with self._acct:  # this batch now counts in ``used`` (or was refused): one count
+                self._used_hint = used
+                self._pending_bytes -= sum(p.span for p in batch)
+            settled = True
             if must_sync:
                 self._sync_wal()
             self._drop_cached(batch)
@@ -713,6 +756,7 @@ class Store:
                 with self._qlock:
                     batch, self._synced = self._synced, []
                     self._committing = True
+            self._await_sync(pend)  # never told before its own sync ended
             for p in batch:
                 p.error = p.error or err
             if not isinstance(e, Exception):  # the thread goes on: later writes need it
@@ -734,6 +778,13 @@ class Store:
                 except BaseException:  # never the committer's end: later writes need it
                     log.exception("a write's completion failed")
 
+    def _await_sync(self, pend: list[_Pending] | None) -> None:
+        """Wait until the syncer is done with the batch ``pend`` the committer took."""
+        if pend is not None:
+            with self._qlock:
+                while self._syncing is pend:
+                    self._swake.wait()
+
     def _drop_cached(self, batch: list[_Pending]) -> None:
         """Drop the page cache of ``batch``'s large writes, durable and clean by now.
 
@@ -754,10 +805,12 @@ class Store:
                 except OSError:
                     return
 
-    def _apply(self, tx: Tx, batch: list[_Pending]) -> bool:
+    def _apply(self, tx: Tx, batch: list[_Pending]) -> tuple[bool, int, int, list[_Pending]]:
         """Map every write of ``batch`` (quota permitting), in the log's order, and
-        move the log's end past all of them; whether the commit must sync the WAL
-        (the group is not one the log's replay would redo: see the notes)."""
+        move the log's end past all of them.  Whether the commit must sync the WAL
+        (the group is not one the log's replay would redo: see the notes), the
+        bytes the logs then hold, where the group ends in the log, the writes
+        mapped."""
         c = tx.conn
         used, end, wal_log = c.execute(
             "SELECT (SELECT COALESCE(SUM(end), 0) FROM logs), (SELECT end FROM logs WHERE id=?),"
@@ -767,6 +820,7 @@ class Store:
         batch.sort(key=_by_pos)  # the order of the replay (several threads append at once)
         must_sync = not self._locked or self._resync or wal_log != self._log_id
         at = self._next
+        mapped = []
         for p in batch:
             # A gap (a write not in this group, or one that failed to log), a write
             # that failed, a large one: the replay would stop there, so the map syncs.
@@ -784,16 +838,13 @@ class Store:
             used += grow
             piece = Piece(p.offset, p.length, self._log_id, p.pos + HEAD)
             p.size = tx.write_piece(p.obj, piece, p.base_size)
+            mapped.append(p)
             if p.stamp is not None and self.stamp is not None:
                 self.stamp(tx, p.obj, p.stamp)
-        self._next = max(self._next, at)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
         if must_sync and wal_log != self._log_id and self._locked:
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (WAL_LOG, self._log_id))
-        with self._acct:  # this batch now counts in ``used`` (or was refused): one count
-            self._used_hint = used
-            self._pending_bytes -= sum(p.span for p in batch)
-        return must_sync
+        return must_sync, used, at, mapped
 
     def _sync_wal(self) -> None:
         """Sync sqlite's WAL (what ``synchronous=FULL`` does at a COMMIT): the
@@ -1155,6 +1206,10 @@ def _load(conn: sqlite3.Connection, obj: int) -> _Entry:
         )
     ]
     return _Entry(FileState(row[0], row[1], RangeMap(pieces)), row[2])
+
+
+class _Redo(Exception):
+    """A write mapped in a group's transaction failed its sync meanwhile."""
 
 
 def _by_pos(p: _Pending) -> int:

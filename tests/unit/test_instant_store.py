@@ -264,12 +264,12 @@ def test_a_commit_ended_by_a_base_exception_acknowledges_none_of_its_writes(
         apply_ = s._apply
         calls = 0
 
-        def interrupted_once(tx: object, batch: list) -> None:  # type: ignore[type-arg]
+        def interrupted_once(tx: object, batch: list) -> object:  # type: ignore[type-arg]
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise _Interrupted
-            apply_(tx, batch)  # type: ignore[arg-type]
+            return apply_(tx, batch)  # type: ignore[arg-type]
 
         s._apply = interrupted_once  # type: ignore[method-assign]
         with pytest.raises(StorageIOError):
