@@ -34,8 +34,9 @@ The data log as the map's log
 Each write is a *record* in the log: a header (``HEAD`` bytes: the file,
 offset, length, the base's size, the write's ``stamp``, the record's own
 place, a CRC-32 of the header and, for a small write, of its data), then
-the data.  So the log can redo the map, and most groups' COMMITs skip the
-WAL's fsync (``synchronous=NORMAL``: visible to every process at once, the
+the data (a large write's on the next page: zeros between, ``ALIGN``).
+So the log can redo the map, and most groups' COMMITs skip the WAL's
+fsync (``synchronous=NORMAL``: visible to every process at once, the
 replies sent after it, durable at the next sync of the WAL); one
 ``fdatasync`` a group (the data's) instead of two.  What holds, at any
 crash:
@@ -200,6 +201,8 @@ ZERO_AHEAD = 4 * 1024 * 1024
 _HEAD = struct.Struct(">4sIqqqqq")  # magic, length, obj, offset, base_size, stamp (-1: none), pos
 _CRC = struct.Struct(">I")  # crc32 of the header before it (and of a small write's data)
 HEAD = _HEAD.size + _CRC.size
+ALIGN = 4096
+"""A large write's data starts at a multiple of this in the log."""
 """Bytes of a record's header in the data log, before the write's data."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
@@ -273,6 +276,7 @@ class _Pending:
     offset: int
     length: int
     pos: int  # the record's place in the log: its header, then the data
+    span: int  # the record's bytes in the log (header, a large write's padding, data)
     base_size: int
     stamp: int | None  # the write's time, for the store's ``stamp`` (see Store)
     done: Done
@@ -281,9 +285,9 @@ class _Pending:
     size: int = 0  # the file's size once written
 
     @property
-    def span(self) -> int:
-        """The record's bytes in the log (header and data)."""
-        return HEAD + self.length
+    def data_pos(self) -> int:
+        """Where the data starts in the log (the record's end less its length)."""
+        return self.pos + self.span - self.length
 
 
 @dataclass(slots=True)
@@ -512,14 +516,13 @@ class Store:
         if n == 0:
             done(self.size(obj, base_size))
             return
-        span = HEAD + n
-        pos = self._reserve(span)
+        pos, span = self._reserve(n)
         try:
             self.hook("before-data")
-            rec = _record(obj, offset, data, base_size, stamp=stamp, pos=pos)
+            rec = _record(obj, offset, data, base_size, stamp=stamp, pos=pos, span=span)
             _pwrite_all(self._log_fd, rec, pos)
             self.hook("after-data")
-            p = _Pending(obj, offset, n, pos, base_size, stamp, done, gather)
+            p = _Pending(obj, offset, n, pos, span, base_size, stamp, done, gather)
             with self._qlock:
                 if self._closing:
                     raise StorageIOError("the session store is closed")
@@ -640,16 +643,19 @@ class Store:
         with self._acct:
             self._pending_bytes -= n
 
-    def _reserve(self, n: int) -> int:
-        """``[pos, pos+n)`` at the log's end; in :meth:`nowait`, WouldWait rather
-        than wait for the log's lock, open the log or write the zeros ahead."""
+    def _reserve(self, n: int) -> tuple[int, int]:
+        """A record for ``n`` bytes of data at the log's end: its ``(pos, span)``.
+        A large write's data starts on a page (``ALIGN``: its header padded), as it
+        did before records had headers: unaligned, a sequential 1 MiB write cost
+        ~10 % more CPU.  In :meth:`nowait`, WouldWait rather than wait for the
+        log's lock, open the log or write the zeros ahead."""
         nowait = getattr(self._nowait, "on", False)
         if not self._log_lock.acquire(blocking=not nowait):
             raise WouldWait
         try:
-            if nowait and (
-                self._log_fd < 0 or (n < SMALL_WRITE and self._log_end + n > self._log_zeroed)
-            ):
+            pos = self._log_end
+            span = HEAD + n if n < SMALL_WRITE else -(-(pos + HEAD) // ALIGN) * ALIGN - pos + n
+            if nowait and (self._log_fd < 0 or (n < SMALL_WRITE and pos + span > self._log_zeroed)):
                 raise WouldWait
             if self._closing:
                 raise StorageIOError("the session store is closed")
@@ -657,14 +663,13 @@ class Store:
                 self._open_log()
             with self._acct:
                 held = self._used_hint + self._pending_bytes
-                if self.quota is not None and held + n > self.quota:
+                if self.quota is not None and held + span > self.quota:
                     raise NoSpace(f"quota of {self.quota} bytes reached")
-                self._pending_bytes += n
-            pos = self._log_end
-            self._log_end += n
+                self._pending_bytes += span
+            self._log_end += span
             if n < SMALL_WRITE and self._log_end > self._log_zeroed:
                 self._zero_ahead()
-            return pos
+            return pos, span
         finally:
             self._log_lock.release()
 
@@ -836,7 +841,7 @@ class Store:
                 p.error = NoSpace(f"quota of {self.quota} bytes reached")
                 continue
             used += grow
-            piece = Piece(p.offset, p.length, self._log_id, p.pos + HEAD)
+            piece = Piece(p.offset, p.length, self._log_id, p.data_pos)
             p.size = tx.write_piece(p.obj, piece, p.base_size)
             mapped.append(p)
             if p.stamp is not None and self.stamp is not None:
@@ -1238,11 +1243,19 @@ def _pwrite_all(fd: int, bufs: list[bytes | memoryview], pos: int) -> None:
 
 
 def _record(
-    obj: int, offset: int, data: bytes | memoryview, base_size: int, *, stamp: int | None, pos: int
+    obj: int,
+    offset: int,
+    data: bytes | memoryview,
+    base_size: int,
+    *,
+    stamp: int | None,
+    pos: int,
+    span: int,
 ) -> list[bytes | memoryview]:
-    """A write's record at ``pos`` of the log: its header, then its data (see
-    "The data log as the map's log").  A small write's checksum covers the data
-    too; a large one's only its header (its group always syncs the map)."""
+    """A write's record at ``pos`` of the log, ``span`` bytes: its header, zeros to
+    a large write's data's page, its data (see "The data log as the map's log").
+    A small write's checksum covers the data too; a large one's only its header
+    (its group always syncs the map, and the replay stops at it)."""
     n = len(data)
     small = n < SMALL_WRITE
     head = _HEAD.pack(
@@ -1250,7 +1263,8 @@ def _record(
         -1 if stamp is None else stamp, pos,
     )  # fmt: skip
     crc = zlib.crc32(data, zlib.crc32(head)) if small else zlib.crc32(head)
-    return [head + _CRC.pack(crc), data]
+    pad = span - n - HEAD
+    return [head + _CRC.pack(crc) + bytes(pad), data]
 
 
 class _Replayed(NamedTuple):
