@@ -71,18 +71,27 @@ def run_op(store: Store, obj: int, op: list) -> None:  # type: ignore[type-arg]
 
 
 _edge = st.sampled_from([0, 1, 511, 512, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 60_000, 70_000])
-ops = st.lists(
-    st.one_of(
-        st.tuples(
-            st.just("w"),
-            st.one_of(_edge, st.integers(0, 80_000)),
-            st.integers(1, 9000),
-            st.integers(1, 255),
-        ),
-        st.tuples(st.just("t"), st.one_of(_edge, st.integers(0, 80_000)), st.just(0), st.just(0)),
-    ).map(list),
-    max_size=20,
-)
+
+
+def op_lists(sizes: st.SearchStrategy[int], **lists: int) -> st.SearchStrategy[list]:  # type: ignore[type-arg]
+    """Scripts of writes (``sizes`` bytes) and truncates, for :func:`run_op` and :func:`apply`."""
+    return st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("w"),
+                st.one_of(_edge, st.integers(0, 80_000)),
+                sizes,
+                st.integers(1, 255),
+            ),
+            st.tuples(
+                st.just("t"), st.one_of(_edge, st.integers(0, 80_000)), st.just(0), st.just(0)
+            ),
+        ).map(list),
+        **lists,
+    )
+
+
+ops = op_lists(st.integers(1, 9000), max_size=20)
 
 
 @settings(

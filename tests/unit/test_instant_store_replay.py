@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from instant import db
-from instant.store import HEAD, Store, Tx
+from instant.store import HEAD, Hook, Store, Tx
 from tests.unit import test_instant_store_async
-from tests.unit.test_instant_store import BASE, BLOCK, apply, read, run_op
+from tests.unit.test_instant_store import BASE, BLOCK, apply, op_lists, read, run_op
 
 base_fd = test_instant_store_async.base_fd  # the fixture
 
@@ -50,20 +50,21 @@ def log_of(d: Path) -> Path:
     return log
 
 
-_edge = st.sampled_from([0, 1, BLOCK - 1, BLOCK, 2 * BLOCK, 60_000])
-ops = st.lists(
-    st.one_of(
-        st.tuples(
-            st.just("w"),
-            st.one_of(_edge, st.integers(0, 80_000)),
-            st.one_of(st.integers(1, 9000), st.just(70_000)),  # a large write: synced
-            st.integers(1, 255),
-        ),
-        st.tuples(st.just("t"), st.one_of(_edge, st.integers(0, 80_000)), st.just(0), st.just(0)),
-    ).map(list),
-    min_size=1,
-    max_size=12,
-)
+# 70,000 bytes: a large write, whose group syncs the map
+ops = op_lists(st.one_of(st.integers(1, 9000), st.just(70_000)), min_size=1, max_size=12)
+
+
+def holding(point: str, thread: str) -> tuple[Hook, threading.Event, threading.Event]:
+    """A store hook that holds the thread named ``thread`` at ``point`` (``held``
+    set) until ``go`` is set."""
+    held, go = threading.Event(), threading.Event()
+
+    def hook(p: str) -> None:
+        if p == point and threading.current_thread().name == thread:
+            held.set()
+            go.wait(10)
+
+    return hook, held, go
 
 
 @settings(
@@ -182,13 +183,7 @@ def test_a_replay_interrupted_is_redone_whole(tmp_path: Path, base_fd: int) -> N
 def test_a_live_log_is_never_replayed(tmp_path: Path, base_fd: int) -> None:
     """A record its process has logged but not committed stays its own."""
     d = tmp_path / "s"
-    held, go = threading.Event(), threading.Event()
-
-    def hook(point: str) -> None:
-        if point == "after-data" and threading.current_thread().name == "writer":
-            held.set()
-            go.wait(10)
-
+    hook, held, go = holding("after-data", "writer")
     with Store(d, hook=hook) as a:
         a.write(1, 0, b"a" * BLOCK, len(BASE))
         a.write(1, BLOCK, b"a" * BLOCK, len(BASE))  # lazy: a's log is the one replayed
@@ -224,13 +219,7 @@ def test_a_write_s_stamp_is_replayed_with_it(tmp_path: Path) -> None:
 def test_a_group_past_a_record_not_yet_written_syncs_the_map(tmp_path: Path, base_fd: int) -> None:
     """The replay stops at a gap in the log: a group after one must not depend on it."""
     d, snap = tmp_path / "s", tmp_path / "snap"
-    held, go = threading.Event(), threading.Event()
-
-    def hook(point: str) -> None:
-        if point == "before-data" and threading.current_thread().name == "slow":
-            held.set()
-            go.wait(10)
-
+    hook, held, go = holding("before-data", "slow")
     with Store(d, hook=hook) as s:
         s.write(1, 0, b"a" * BLOCK, len(BASE))
         s.write(1, BLOCK, b"b" * BLOCK, len(BASE))  # lazy
