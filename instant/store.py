@@ -201,9 +201,9 @@ ZERO_AHEAD = 4 * 1024 * 1024
 _HEAD = struct.Struct(">4sIqqqqq")  # magic, length, obj, offset, base_size, stamp (-1: none), pos
 _CRC = struct.Struct(">I")  # crc32 of the header before it (and of a small write's data)
 HEAD = _HEAD.size + _CRC.size
+"""Bytes of a record's header in the data log, before the write's data."""
 ALIGN = 4096
 """A large write's data starts at a multiple of this in the log."""
-"""Bytes of a record's header in the data log, before the write's data."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
 WAL_LOG = "wal_log"
