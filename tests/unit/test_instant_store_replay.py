@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from hypothesis import strategies as st
 from instant import db
 from instant.store import HEAD, Hook, Store, Tx
 from tests.unit import test_instant_store_async
-from tests.unit.test_instant_store import BASE, BLOCK, apply, op_lists, read, run_op
+from tests.unit.test_instant_store import BASE, BLOCK, ROOT, apply, op_lists, read, run_op
 
 base_fd = test_instant_store_async.base_fd  # the fixture
 
@@ -175,6 +178,37 @@ def test_a_replay_interrupted_is_redone_whole(tmp_path: Path, base_fd: int) -> N
 
     with pytest.raises(KeyboardInterrupt):
         Store(d, hook=hook)
+    with Store(d) as s:
+        assert s.stats.replayed == 4
+        assert read(s, 1, base_fd, 0, 5 * BLOCK) == b"".join(datas)
+
+
+_REPLAYER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from instant.store import Store
+seen = []
+def hook(point):
+    seen.append(point)
+    if seen.count("replay") == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+Store(sys.argv[1], hook=hook)
+"""
+
+
+def test_a_replay_killed_halfway_is_redone_whole(tmp_path: Path, base_fd: int) -> None:
+    d, snap = tmp_path / "s", tmp_path / "snap"
+    datas = _lazy_writes(d, snap)
+    power_loss(d, snap)
+    child = _REPLAYER.format(root=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", child, str(d)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     with Store(d) as s:
         assert s.stats.replayed == 4
         assert read(s, 1, base_fd, 0, 5 * BLOCK) == b"".join(datas)
