@@ -4,8 +4,10 @@ Design notes
 ------------
 Why sqlite3 and not a journal of our own: it gives atomic, durable,
 multi-process transactions (WAL, ``synchronous=FULL``: a COMMIT returns
-after the WAL is fsynced) and readers that never wait for a writer, in the
-standard library.  Data never goes through it (only maps and names), so
+after the WAL is fsynced; a write group's COMMIT mostly ``NORMAL``, its
+writes redone from the data log after a power loss: ``instant.store``,
+"The data log as the map's log") and readers that never wait for a writer,
+in the standard library.  Data never goes through it (only maps and names), so
 its write cost per commit is a few small pages: the page size is 1 KiB.
 
 ==========  ==================================================================
@@ -18,7 +20,8 @@ table       rows
 ``pieces``  ``(obj, start) → length, log, pos``: ``instant.rangemap.Piece``
 ``nodes``   an entry of the writable namespace (``instant.namespace``)
 ``dirents`` ``(parent, name) → node``; node 0 is a whiteout
-``meta``    key/value: the session's fixed facts (id, quota)
+``meta``    key/value: the session's fixed facts (id, quota); ``wal_log``: the
+            data log whose groups may commit without a WAL fsync
 ``calls``   the server's duplicate request cache keys of changes that
             succeeded, committed with the change (``SessionNamespace.recording``)
 ==========  ==================================================================

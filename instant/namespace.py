@@ -164,7 +164,7 @@ class SessionNamespace:
         self.dir = Path(directory)
         self.base = base
         self.clock = clock
-        self.store = Store(self.dir, quota=quota, hook=hook)
+        self.store = Store(self.dir, quota=quota, hook=hook, stamp=_stamp_times)
         self._calls = threading.local()
         self._recorded = 0
         self._answers = Answers()  # nodes, directories' attributes, names: per db version
@@ -590,12 +590,6 @@ class SessionNamespace:
         if offset < 0 or offset + len(data) > 1 << 63:
             raise InvalidArgument("offset out of range")
         now = self.clock()
-        node = n.id
-
-        def stamp(tx: Tx) -> None:
-            tx.last(
-                ("times", node), "UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, node)
-            )
 
         def written(outcome: int | Exception) -> None:
             if isinstance(outcome, Exception):
@@ -611,11 +605,11 @@ class SessionNamespace:
             done(after)
 
         self.store.write_async(
-            node,
+            n.id,
             offset,
             data,
             n.base_size,
-            extra=stamp,
+            stamp=now,
             done=written,
             gather=gather,
             wake_later=wake_later,
@@ -837,3 +831,9 @@ class SessionReader:
         if self._base is not None:
             self._base.drop()
             self._base = None
+
+
+def _stamp_times(tx: Tx, node: int, now: int) -> None:
+    """A WRITE's times, set in its group's commit (and again if the write is
+    replayed from the data log): the store's ``stamp``."""
+    tx.last(("times", node), "UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, node))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from instant.errors import NoSpace
-from instant.store import Store
+from instant.store import HEAD, Store
 from merge.namespace import StorageIOError
 from tests.unit.test_instant_store import BASE, BLOCK, read
 
@@ -100,7 +100,7 @@ def test_writes_queued_while_a_group_commits_are_told_after_their_own_commit(
 
 def test_over_the_quota_a_write_is_refused_at_once_and_never_told(tmp_path: Path) -> None:
     out = Outcomes()
-    with Store(tmp_path / "s", quota=2 * BLOCK) as s:
+    with Store(tmp_path / "s", quota=2 * (BLOCK + HEAD)) as s:  # records: headers and data
         s.write(1, 0, b"a" * BLOCK, len(BASE))
         s.write(1, BLOCK, b"b" * BLOCK, len(BASE))
         with pytest.raises(NoSpace):

@@ -179,3 +179,82 @@ def test_a_large_write_is_synced_only_while_no_group_commits(tmp_path: Path, bas
         _until(lambda: len(told) == 2, "both told")
         assert s.stats.data_syncs == syncs + 1
         assert read(s, 1, base_fd, big, big) == b"L" * big
+
+
+def test_a_group_is_mapped_while_its_data_syncs(tmp_path: Path, base_fd: int) -> None:
+    """The committer maps the batch the syncer is syncing (its edits in the open
+    transaction), and commits and tells it only once that sync has returned."""
+    gate = _Gate("after-sync")
+    mapped: list[int] = []
+    told: list[object] = []
+    with Store(tmp_path / "s", hook=gate) as s:
+        s.write(1, 0, b"o" * BLOCK, len(BASE))
+        apply_ = s._apply
+
+        def apply(tx: object, batch: list) -> object:  # type: ignore[type-arg]
+            mapped.append(len(batch))
+            return apply_(tx, batch)  # type: ignore[arg-type]
+
+        s._apply = apply  # type: ignore[method-assign]
+        commits = s.stats.commits
+        gate.shut()
+        s.write_async(1, BLOCK, b"x" * BLOCK, len(BASE), done=told.append)
+        assert gate.held.wait(10)  # its fdatasync done, the syncer not through yet
+        _until(lambda: mapped == [1], "the map edits during the sync")
+        threading.Event().wait(0.05)
+        assert s.stats.commits == commits and told == []
+        assert read(s, 1, base_fd, BLOCK, BLOCK) == BASE[BLOCK : 2 * BLOCK]
+        gate.opened.set()
+        _until(lambda: told == [len(BASE)], "told after the sync")
+        assert read(s, 1, base_fd, BLOCK, BLOCK) == b"x" * BLOCK
+
+
+def test_a_sync_failing_after_its_map_edits_maps_the_group_again_without_it(
+    tmp_path: Path, base_fd: int
+) -> None:
+    """A write whose sync fails once the committer mapped it: the transaction is
+    rolled back and the group mapped again without it: it is told its error and
+    never mapped; later writes commit."""
+    gate = _Gate("after-sync")
+    fail = threading.Event()
+    told: dict[str, object] = {}
+    with Store(tmp_path / "s", hook=gate) as s:
+        s.write(1, 0, b"o" * BLOCK, len(BASE))
+        real = s._sync
+
+        def sync(batch: list) -> None:  # type: ignore[type-arg]
+            real(batch)  # the gate holds it here (after-sync) while the committer maps
+            if fail.is_set():
+                for p in batch:
+                    p.error = StorageIOError("the sync failed")
+
+        s._sync = sync  # type: ignore[method-assign]
+        redos = 0
+        apply_ = s._apply
+
+        def apply(tx: object, batch: list) -> object:  # type: ignore[type-arg]
+            nonlocal redos
+            redos += 1
+            return apply_(tx, batch)  # type: ignore[arg-type]
+
+        s._apply = apply  # type: ignore[method-assign]
+        gate.shut()
+        fail.set()
+        s.write_async(1, BLOCK, b"x" * BLOCK, len(BASE), done=lambda o: told.update(x=o))
+        assert gate.held.wait(10)
+        _until(lambda: redos == 1, "mapped during its sync")
+        gate.opened.set()
+        _until(lambda: "x" in told, "told")
+        assert isinstance(told["x"], StorageIOError) and redos == 2
+        fail.clear()
+        assert read(s, 1, base_fd, BLOCK, BLOCK) == BASE[BLOCK : 2 * BLOCK]
+        s.write(1, 2 * BLOCK, b"y" * BLOCK, len(BASE))
+        assert (
+            read(s, 1, base_fd, 0, 3 * BLOCK)
+            == b"o" * BLOCK + BASE[BLOCK : 2 * BLOCK] + b"y" * BLOCK
+        )
+    with Store(tmp_path / "s") as again:
+        assert (
+            read(again, 1, base_fd, 0, 3 * BLOCK)
+            == b"o" * BLOCK + BASE[BLOCK : 2 * BLOCK] + b"y" * BLOCK
+        )
