@@ -95,7 +95,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from stat import S_ISDIR, S_ISREG
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from merge.attrs import stat_matches
 from merge.layer import Context, Entry, Layer, Linked, Merged, Stored
@@ -113,6 +113,8 @@ from merge.shared import SharedListings, folder_stamp
 from merge.sources import FileSource, Handle, LinkSource, MergedSource, Source
 
 _KEPT_ERRORS = (NotFound, NotADirectory)
+_stat = os.stat  # a plain file's, at each reopen
+_DIR = Kind.DIR
 
 
 class _Kept:
@@ -194,18 +196,20 @@ class _Kept:
         source = self.source
         if source is None:
             return None
-        if self.spath is not None:
-            assert isinstance(source, FileSource)
+        spath = self.spath
+        if spath is not None:
             try:
-                if not source.stamp.matches(os.stat(self.spath)):
-                    return None  # replaced: the passthrough opens the new file
+                st = _stat(spath)
             except OSError:
                 return None
-        if not source.try_retain():
+            if not cast(FileSource, source).stamp.matches(st):
+                return None  # replaced: the passthrough opens the new file
+        handle = source.handle()
+        if handle is None:
             return None  # closed by the caches since
-        handle = Handle.adopt(source)
-        for link_file, attrs in reversed(self.links):
-            handle = Handle.adopt(LinkSource(handle, link_file, attrs))
+        if self.links:
+            for link_file, attrs in reversed(self.links):
+                handle = Handle.adopt(LinkSource(handle, link_file, attrs))
         return handle
 
 
@@ -322,7 +326,7 @@ class MemoLayer(Layer):
         if kept is not None and kept.current(now, self._ttl):
             if kept.attrs is None:
                 kept.raise_error()
-            if kept.attrs.kind == Kind.DIR:
+            if kept.attrs.kind == _DIR:
                 raise IsADirectory("/" + "/".join(path))
             handle = kept.reopen()
             if handle is not None:

@@ -91,11 +91,43 @@ class Source:
             self._refs += 1
             return True
 
+    def handle(self) -> Handle | None:
+        """A handle holding a reference taken now, or None if the source is closed.
+
+        ``try_retain`` and ``Handle.adopt`` in one: a memoized READ's open
+        (``merge.memo``) takes its handle this way, in one call.
+        """
+        with self._lock:
+            if self._refs <= 0:
+                return None
+            self._refs += 1
+        handle = _new_handle(Handle)
+        handle.source = self
+        handle._closed = False
+        return handle
+
     def release(self) -> None:
         """Drop a reference; the last one closes the source."""
         with self._lock:
             if self._refs <= 0:
                 return  # already closed: a stray release must not close twice
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self._close()
+
+    def _release_from(self, handle: Handle) -> None:
+        """``handle``'s reference dropped, once however often it is closed.
+
+        Its ``_closed`` is tested and set under this source's lock, the one
+        its reference count takes anyway: one lock per close, and none made
+        per handle.
+        """
+        with self._lock:
+            if handle._closed or self._refs <= 0:  # closed twice, or a stray close
+                handle._closed = True
+                return
+            handle._closed = True
             self._refs -= 1
             last = self._refs == 0
         if last:
@@ -129,24 +161,26 @@ class Source:
 
 
 class Handle:
-    """An opened presented file (``merge.namespace.Reader``): one reference on a source."""
+    """An opened presented file (``merge.namespace.Reader``): one reference on a source.
 
-    __slots__ = ("_closed", "_lock", "source")
+    Closed once, whatever the threads: ``close`` tests and sets ``_closed``
+    under the source's lock (``Source._release_from``).
+    """
+
+    __slots__ = ("_closed", "source")
 
     def __init__(self, source: Source) -> None:
         if not source.try_retain():
             raise InputChanged("the file was closed while being opened")
         self.source = source
         self._closed = False
-        self._lock = threading.Lock()
 
     @classmethod
     def adopt(cls, source: Source) -> Handle:
         """A handle that takes over the reference ``source`` was born with."""
-        handle = cls.__new__(cls)
+        handle = _new_handle(cls)
         handle.source = source
         handle._closed = False
-        handle._lock = threading.Lock()
         return handle
 
     @property
@@ -169,17 +203,16 @@ class Handle:
         return self.source.is_current()
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self.source.release()
+        self.source._release_from(self)
 
     def __enter__(self) -> Handle:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.source._release_from(self)
+
+
+_new_handle = object.__new__  # a Handle without __init__: its reference is taken already
 
 
 # --- plain files ------------------------------------------------------------
