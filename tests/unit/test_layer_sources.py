@@ -41,6 +41,8 @@ def test_file_source_runs_are_bounded_by_size_at_open(tmp_path: Path) -> None:
     src = file_source(tmp_path / "f", b"0123456789")
     with Handle.adopt(src) as h:
         assert h.runs(0, 100) == [Run(src.fd, 0, 10)]
+        (run,) = h.runs(2, 3)  # made without Run's own __new__: a Run all the same
+        assert type(run) is Run and (run.fd, run.pos, run.length) == (src.fd, 2, 3)
         assert h.runs(4, 3) == [Run(src.fd, 4, 3)]
         assert h.runs(10, 5) == [] and h.runs(11, 5) == [] and h.runs(3, 0) == []
         (tmp_path / "f").write_bytes(b"0123456789abcdef")  # grows in place
