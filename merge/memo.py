@@ -17,7 +17,7 @@ its attributes         one dict lookup, one clock reading
 ``NotADirectory``
 how to open it         the source the stack opened (a prepared merge, or a
                        plain file's cached descriptor) taken again with
-                       ``try_retain``, and the link sources of a chain above
+                       ``Source.handle``, and the link sources of a chain above
                        it made again (as ``LinksLayer.open_file`` does); a
                        plain file is re-``stat``ed first, as the passthrough
                        does at every open
@@ -73,8 +73,12 @@ up below this layer (``LinksLayer.top`` is the hide layer), so loop
 detection and ``Context.fresh`` never meet a memoized answer.
 
 Readers.  The memo holds no reference on a source, so it keeps no descriptor
-open: a hit takes one with ``try_retain``, which fails on a source the
-caches have closed since; the stack then opens the path as it always did.
+open: a hit takes one with ``Source.handle`` (``try_retain`` and a handle in
+one call), which fails on a source the caches have closed since; the stack
+then opens the path as it always did.  A plain file's reopen is one
+``os.stat``, its four numbers compared one by one, and one lock taken on
+the source to open and one to close (1.6 µs with the close, 0.9 of it the
+``stat``; the memo's ``open`` and the close 2.2, 2.8 before).
 
 Shared listings.  Given a :class:`merge.shared.SharedListings`, a large
 listing computed here is also written there, with the deadline it holds
@@ -95,7 +99,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from stat import S_ISDIR, S_ISREG
-from typing import NoReturn, cast
+from typing import NoReturn
 
 from merge.attrs import stat_matches
 from merge.layer import Context, Entry, Layer, Linked, Merged, Stored
@@ -202,7 +206,8 @@ class _Kept:
                 st = _stat(spath)
             except OSError:
                 return None
-            if not cast(FileSource, source).stamp.matches(st):
+            # a FileSource (spath is set for no other): no cast() called at run time
+            if not source.stamp.matches(st):  # type: ignore[attr-defined]
                 return None  # replaced: the passthrough opens the new file
         handle = source.handle()
         if handle is None:
