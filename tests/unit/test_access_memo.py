@@ -122,18 +122,18 @@ options = st.builds(
 
 
 def fresh(cred: authsys_parms | None, o: ExportOptions) -> authsys_parms | None:
-    """What squash made before it remembered anything (its old body, as is)."""
+    """What squashing makes, written again from exports(5), remembering nothing."""
     if cred is None or o.squash == "all":
         return authsys_parms(0, b"", o.anonuid, o.anongid, [])
-    if o.squash == "root" and (cred.uid == 0 or cred.gid == 0 or 0 in cred.gids):
-        return authsys_parms(
-            cred.stamp,
-            cred.machinename,
-            o.anonuid if cred.uid == 0 else cred.uid,
-            o.anongid if cred.gid == 0 else cred.gid,
-            [o.anongid if g == 0 else g for g in cred.gids],
-        )
-    return cred
+    if o.squash != "root" or 0 not in (cred.uid, cred.gid, *cred.gids):
+        return cred  # kept as is: the very object
+
+    def anon(i: int, to: int) -> int:
+        return to if i == 0 else i
+
+    gids = [anon(g, o.anongid) for g in cred.gids]
+    uid, gid = anon(cred.uid, o.anonuid), anon(cred.gid, o.anongid)
+    return authsys_parms(cred.stamp, cred.machinename, uid, gid, gids)
 
 
 @given(
