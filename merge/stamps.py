@@ -28,11 +28,13 @@ class Stamp:
         return cls(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def matches(self, st: os.stat_result) -> bool:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
-            self.dev,
-            self.ino,
-            self.size,
-            self.mtime_ns,
+        """Whether ``st`` is of this version: the same four numbers (compared
+        one by one, the likeliest to differ first: no tuple built, on every READ)."""
+        return (
+            st.st_mtime_ns == self.mtime_ns
+            and st.st_size == self.size
+            and st.st_ino == self.ino
+            and st.st_dev == self.dev
         )
 
     def current(self) -> bool:

@@ -28,10 +28,15 @@ level is part of the key of a remembered decision.)
 keep the refusal inside NFS, where the Linux client turns it into an
 ordinary errno - ``ESTALE``, ``EPERM``, ``EACCES`` - rather than retrying.)
 
-Cost on the READ path: one dict look-up by the peer's ``host:port``
-string and a clock read.  Decisions are kept per peer and per list
-*generation*, for at most :data:`DECISION_TTL` seconds (a decision made
-from a host name must not outlive the resolver's answer); a reload starts
+Cost on the READ path: a clock read and, for a call whose peer string,
+flavour, export and ``Security`` are the very objects of the previous
+call's (one connection's calls), the decision that call found, if the
+dict it came from is still the one in force (``decide``); else one dict
+look-up by the peer's ``host:port`` string.  Squashing gives the
+credential it made last for the same credential object and options.
+Decisions are kept per peer and per list *generation*, for at most
+:data:`DECISION_TTL` seconds (a decision made from a host name must not
+outlive the resolver's answer); a reload starts
 a new generation, so a client taken off the list is refused from its next
 call on, while connections of clients still allowed are kept.
 Host names and wildcards are resolved by ``exports.Resolver`` on its own
@@ -180,6 +185,9 @@ class AccessControl:
         self.loaded_at = time.time()
         self.last_error: str | None = None
         self._decisions: dict[tuple, Decision] = {}  # (peer, flavour, ..., security)
+        # The last decision found in _decisions, with its key's parts and that dict:
+        # see decide.  One tuple, read and replaced whole.
+        self._last: tuple = (None, None, None, None, None, None)
         self._logged: set[tuple[str, int, int]] = set()
         self._mountpoints = _MountpointCheck()
         self._reload_lock = threading.Lock()
@@ -257,10 +265,31 @@ class AccessControl:
 
     def decide(self, ctx: CallContext, wait: float = 0.0, export: str | None = None) -> Decision:
         """The list's verdict on this call's peer, port and flavour, for ``export``."""
-        key = (ctx.peer, ctx.flavor, export, ctx.security)
-        d = self._decisions.get(key)
+        # One connection's calls carry the same peer string and Security object:
+        # the last call's key, its parts compared by identity, finds the same
+        # decision in the same dict (not replaced since: a reload, the sessions
+        # set, the bound) without a key built and hashed (Security's hash is
+        # Python code).  Still checked for its generation and expiry below.
+        peer, security = ctx.peer, ctx.security
+        decisions = self._decisions
+        last = self._last
         now = time.monotonic()
+        if (
+            last[0] is peer
+            and last[3] is security
+            and last[2] is export
+            and last[1] == ctx.flavor
+            and last[5] is decisions
+        ):
+            d = last[4]
+            if d.generation == self.generation and now < d.until:
+                if d.reason == OK and not self._mounted(d.spec):
+                    return Decision(NOT_MOUNTED, d.spec, d.generation)
+                return d
+        key = (peer, ctx.flavor, export, security)
+        d = decisions.get(key)
         if d is not None and d.generation == self.generation and now < d.until:
+            self._last = (peer, ctx.flavor, export, security, d, decisions)
             if d.reason == OK and not self._mounted(d.spec):
                 return Decision(NOT_MOUNTED, d.spec, d.generation)
             return d
@@ -369,15 +398,43 @@ def squash(ctx: CallContext, o: ExportOptions) -> None:
     AUTH_NONE is always the anonymous user; `root_squash` maps uid 0 and
     gid 0 (in the primary and the supplementary groups) to anonuid/anongid;
     `all_squash` maps everyone.
+
+    The credential it made last is given again for the same credential
+    object and options (the fast path hands a connection's calls the same
+    ``authsys_parms``: ``nfsd.programs.nfs3.fastpath``): what it would make
+    is a function of those alone, and nothing changes a credential in place.
     """
     cred = ctx.cred
+    last = _last_squash
+    if last[0] is cred and last[1] is o:
+        if last[2] is not None:
+            ctx.cred = last[2]
+        return
+    squashed = _squashed(cred, o)
+    _remember_squash(cred, o, squashed)
+    if squashed is not None:
+        ctx.cred = squashed
+
+
+def _squashed(cred: authsys_parms | None, o: ExportOptions) -> authsys_parms | None:
+    """The credential ``squash`` puts in the call's place, or None to keep ``cred``."""
     if cred is None or o.squash == "all":
-        ctx.cred = authsys_parms(0, b"", o.anonuid, o.anongid, [])
-    elif o.squash == "root" and (cred.uid == 0 or cred.gid == 0 or 0 in cred.gids):
-        ctx.cred = authsys_parms(
+        return authsys_parms(0, b"", o.anonuid, o.anongid, [])
+    if o.squash == "root" and (cred.uid == 0 or cred.gid == 0 or 0 in cred.gids):
+        return authsys_parms(
             cred.stamp,
             cred.machinename,
             o.anonuid if cred.uid == 0 else cred.uid,
             o.anongid if cred.gid == 0 else cred.gid,
             [o.anongid if g == 0 else g for g in cred.gids],
         )
+    return None
+
+
+# (credential, options, what squash made of them or None): one tuple, replaced whole.
+_last_squash: tuple[object, object, authsys_parms | None] = (object(), object(), None)
+
+
+def _remember_squash(cred: object, o: object, squashed: authsys_parms | None) -> None:
+    global _last_squash  # noqa: PLW0603 (one tuple, replaced whole: safe across threads)
+    _last_squash = (cred, o, squashed)

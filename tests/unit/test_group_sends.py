@@ -85,6 +85,23 @@ def test_an_exception_in_the_block_or_a_flush_loses_no_other_key() -> None:
     assert flushed == ["good"]
 
 
+def test_an_inner_block_that_raises_leaves_the_batch_to_the_outer() -> None:
+    flushed: list[tuple[str, list[Any]]] = []
+
+    def flush(key: str, got: list[Any]) -> None:
+        flushed.append((key, got))
+
+    with held():
+        with pytest.raises(ValueError), held():
+            hold("k", 1, flush)
+            raise ValueError("inner")
+        assert flushed == [] and hold("k", 2, flush)
+    assert flushed == [("k", [1, 2])]
+    with held():  # a new batch after it
+        hold("k", 3, flush)
+    assert flushed[-1] == ("k", [3])
+
+
 def test_a_block_is_the_threads_own() -> None:
     seen: list[bool] = []
     with held():

@@ -41,6 +41,8 @@ def test_file_source_runs_are_bounded_by_size_at_open(tmp_path: Path) -> None:
     src = file_source(tmp_path / "f", b"0123456789")
     with Handle.adopt(src) as h:
         assert h.runs(0, 100) == [Run(src.fd, 0, 10)]
+        (run,) = h.runs(2, 3)  # made without Run's own __new__: a Run all the same
+        assert type(run) is Run and (run.fd, run.pos, run.length) == (src.fd, 2, 3)
         assert h.runs(4, 3) == [Run(src.fd, 4, 3)]
         assert h.runs(10, 5) == [] and h.runs(11, 5) == [] and h.runs(3, 0) == []
         (tmp_path / "f").write_bytes(b"0123456789abcdef")  # grows in place
@@ -61,6 +63,62 @@ def test_descriptor_stays_open_while_a_handle_holds_it(tmp_path: Path) -> None:
         Handle(src)
     with pytest.raises(InputChanged):
         reader.runs(0, 1)
+
+
+def test_source_handle_takes_a_reference_or_none_once_closed(tmp_path: Path) -> None:
+    """``Source.handle`` is ``try_retain`` + ``Handle.adopt``: the same counts."""
+    before = open_fds()
+    src = file_source(tmp_path / "f", b"abc")
+    h = src.handle()
+    assert h is not None and src._refs == 2 and read_all(h) == b"abc"
+    src.release()  # the cache's reference: the handle's keeps it open
+    assert src.fd in open_fds() and not src.closed
+    with h:
+        pass
+    h.close()  # closed twice: one reference dropped
+    assert src.closed and open_fds() == before
+    assert src.handle() is None
+
+
+def test_a_handle_closed_by_many_threads_drops_one_reference(tmp_path: Path) -> None:
+    """``_closed`` is tested and set under the source's lock: each handle,
+    closed concurrently from several threads, drops exactly its reference."""
+    import threading
+
+    src = file_source(tmp_path / "f", b"abc")
+    for _ in range(50):
+        handles = [src.handle() for _ in range(8)]
+        assert src._refs == 9
+        gate = threading.Barrier(4)
+
+        def close_all(hs: list, gate: threading.Barrier = gate) -> None:
+            gate.wait()
+            for h in hs:
+                h.close()
+
+        threads = [threading.Thread(target=close_all, args=(handles,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert src._refs == 1
+    src.release()
+    assert src.closed
+
+
+@given(
+    st.tuples(*[st.integers(0, 3)] * 4),
+    st.tuples(*[st.integers(0, 3)] * 4),
+)
+def test_stamp_matches_is_the_four_numbers_equal(a: tuple, b: tuple) -> None:
+    """``Stamp.matches`` compares field by field: the same as the tuples it used to build."""
+    from types import SimpleNamespace
+
+    from merge.stamps import Stamp
+
+    stamp = Stamp("p", *a)
+    st_ = SimpleNamespace(st_dev=b[0], st_ino=b[1], st_size=b[2], st_mtime_ns=b[3])
+    assert stamp.matches(st_) == (a == b)  # type: ignore[arg-type]
 
 
 def test_evicted_descriptor_number_is_not_reused_under_a_reader(tmp_path: Path) -> None:
