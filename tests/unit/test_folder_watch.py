@@ -194,6 +194,17 @@ def _count_lstats(monkeypatch) -> list[str]:
         return real(p, *a, **kw)
 
     monkeypatch.setattr(os, "lstat", lstat)
+    if watch.native is not None:  # the pass in C (merge/_native.c): its entries, in turn
+
+        class Counting:
+            @staticmethod
+            def times_match(fd, entries):  # type: ignore[no-untyped-def]
+                found = real_native.times_match(fd, entries)
+                seen.extend(entries if found else ())
+                return found
+
+        real_native = watch.native
+        monkeypatch.setattr(watch, "native", Counting)
     return seen
 
 
