@@ -86,13 +86,7 @@ from merge.attrs import stat_matches
 from merge.cache import Clock
 from merge.layer import Entry, Listing
 from merge.namespace import PresentedPath
-
-try:  # the pass's loop in C (merge/_native.c), the twin below when absent or refused
-    from merge import _native as native
-except ImportError:  # pragma: no cover - a machine without the compiled extension
-    native = None  # type: ignore[assignment]
-if os.environ.get("RECOVERY_FS_PURE") == "1":
-    native = None  # type: ignore[assignment]
+from merge.native import native  # the pass's loop in C, or None (then the twin below)
 
 # linux/magic.h: file systems where every change goes through this kernel.
 LOCAL_FS = frozenset(

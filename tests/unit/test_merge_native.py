@@ -1,4 +1,4 @@
-"""merge._native (merge/_native.c) against its pure-Python twin, on the same inputs.
+"""merge._native (merge/_native.c) against its pure-Python twins, on the same inputs.
 
 ``times_match``: merge.watch's pass over a folder's entries.  On a real
 folder (names of every kind: ASCII, UTF-8, bytes that are not UTF-8), with
@@ -6,12 +6,19 @@ the kept values either the entries' own or one of them moved, names that
 are not there and names holding a NUL byte: the C loop must answer what the
 twin answers, raise what it raises (type, errno, file name), and decline
 (None) only where a kept value does not fit its 64 bits.
+
+``scan``: merge.passthrough's scan.  On real folders of files, folders with
+subfolders, files with other hard links, symbolic links and FIFOs, with a
+``before`` of entries kept from an earlier scan (some of them stale): the
+same entries (attributes, origins, the very objects kept), the same checks,
+and None (the twin's own path) wherever an entry is not a file or a folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from merge import watch
-from merge.attrs import attrs_from_stat
+from merge import passthrough, watch
+from merge.attrs import _PERMS, _USED, attrs_from_stat, ids_in
 from merge.layer import Entry, Stored
+from merge.namespace import Attrs
+from merge.passthrough import Passthrough
+from tests.unit.fake_layer import make_ctx
 
 native = pytest.importorskip("merge._native")
 
@@ -160,3 +170,120 @@ def test_pure_mode_uses_the_twin() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+# -- scan: merge.passthrough's scan of a folder of files and folders -------------------
+
+KINDS = ("file", "dir", "hardlink", "symlink", "fifo")
+
+
+def _make(folder: Path, name: str, kind: str, i: int) -> None:
+    p = os.path.join(os.fsencode(folder), os.fsencode(name))
+    if kind == "dir":
+        os.mkdir(p)
+        for k in range(i % 4):
+            os.mkdir(os.path.join(p, b"s%d" % k))  # nlink 2 + k
+    elif kind == "symlink":
+        os.symlink(b"elsewhere", p)
+    elif kind == "fifo":
+        os.mkfifo(p)
+    else:
+        with open(p, "wb") as f:
+            f.write(b"y" * (i * 700))
+        if kind == "hardlink":
+            os.link(p, os.path.join(os.fsencode(folder.parent), b"other-%d" % i))
+
+
+def _shape(entries: dict[str, Entry]) -> list[tuple[Any, ...]]:
+    """Everything of the entries that answers or memory depends on."""
+    out = []
+    for name, e in entries.items():
+        a = e.attrs
+        assert type(e) is Entry and type(e.origin) is Stored and type(a) is Attrs
+        assert a.mode is _PERMS[a.mode] and (a.used >= 256 * 512 or a.used is _USED[a.used // 512])
+        assert e.origin.name is name or e.origin.name == name
+        out.append((name, a, e.origin.folder, e.origin.name, e.depth))
+    return out
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    made=st.dictionaries(names, st.sampled_from(KINDS), max_size=10),
+    kept=st.sets(st.integers(0, 9), max_size=10),
+    stale=st.sets(st.integers(0, 9), max_size=3),
+    want_checks=st.booleans(),
+    max_checks=st.integers(0, 4),
+)
+def test_scan_equals_its_twin(  # noqa: PLR0917
+    tmp_path: Path,
+    made: dict[str, str],
+    kept: set[int],
+    stale: set[int],
+    want_checks: bool,
+    max_checks: int,
+) -> None:
+    shutil.rmtree(tmp_path / "s", ignore_errors=True)
+    root = tmp_path / "s" / "root"
+    folder = root / "f"
+    folder.mkdir(parents=True)
+    for i, (name, kind) in enumerate(made.items()):
+        _make(folder, name, kind, i)
+    pt = Passthrough(make_ctx(root))
+    spath = pt.storage_path(("f",))
+    fid = ids_in(("f",))
+    sep = os.path.join(spath, "")
+    first, _ = pt._scan_py(("f",), {}, fid, sep, None, [], set(), None, 0)
+    names_in = list(first)
+    before: dict[str, Entry] = {}
+    for k in sorted(kept):  # some kept from a scan before, some of them stale
+        if k < len(names_in):
+            e = first[names_in[k]]
+            before[names_in[k]] = moved(e, "size", 1) if k in stale else e
+    before["gone"] = next(iter(first.values()), None) or Entry(
+        attrs_from_stat(os.lstat(folder), ("f",)), Stored(spath)
+    )
+    withheld: set[str] = set()
+    checks = [] if want_checks else None
+    want = pt._scan_py(("f",), before, fid, sep, None, [], withheld, checks, max_checks)
+    got = native.scan(spath, before, fid, sep, want_checks, max_checks)
+    plain = all(kind in {"file", "dir", "hardlink"} for kind in made.values())
+    if not plain:
+        assert got is None  # a link or a special file: the twin's path
+        return
+    assert got is not None and not withheld
+    entries, got_checks = got
+    assert _shape(entries) == _shape(want[0])
+    for name, e in entries.items():  # an entry kept exactly when its attributes still match
+        assert (e is before.get(name)) == (want[0][name] is before.get(name))
+    if want[1] is None:
+        assert got_checks is None
+    else:
+        assert got_checks is not None
+        assert [(n, e.attrs) for n, e in got_checks] == [(n, e.attrs) for n, e in want[1]]
+        assert all(e is entries[n] for n, e in got_checks)
+
+
+def test_scan_declines_what_it_cannot_read(tmp_path: Path) -> None:
+    """A folder that is not there or not a folder: None (the twin raises as always)."""
+    fid = ids_in(("f",))
+    assert native.scan(str(tmp_path / "missing"), {}, fid, "/x/", False, 0) is None
+    (tmp_path / "file").write_bytes(b"")
+    assert native.scan(str(tmp_path / "file"), {}, fid, "/x/", False, 0) is None
+    entries, checks = native.scan(str(tmp_path), {}, fid, "/x/", True, 0)
+    assert list(entries) == ["file"] and checks == []
+
+
+def test_the_passthrough_lists_the_same_with_and_without_the_c_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(30):
+        (tmp_path / "f").mkdir(exist_ok=True)
+        (tmp_path / "f" / f"n{i}").write_bytes(b"z" * i)
+    (tmp_path / "f" / "sub").mkdir()
+    c_scan = Passthrough(make_ctx(tmp_path)).listing(("f",))
+    monkeypatch.setattr(passthrough, "native", None)
+    py_scan = Passthrough(make_ctx(tmp_path)).listing(("f",))
+    assert _shape(dict(c_scan.entries)) == _shape(dict(py_scan.entries))
+    assert c_scan.withheld == py_scan.withheld
