@@ -46,6 +46,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from stat import S_ISDIR, S_ISREG
+from types import ModuleType
 
 from merge.attrs import _PERMS, _USED, attrs_from_stat, attrs_of, ids_in, stat_matches
 from merge.cache import TtlLru
@@ -56,8 +57,11 @@ from merge.native import native
 from merge.sources import FileSource, Handle, os_error
 from merge.watch import FolderWatches
 
-if native is not None:  # what merge._native.scan builds entries with, as attrs_of does
-    native.layout(
+
+def give_layout(compiled: ModuleType) -> None:
+    """What ``merge._native.scan`` builds entries with, as ``attrs_of`` and
+    ``stored_entry`` do (the types, their slots' descriptors, the shared ints)."""
+    compiled.layout(
         object.__new__,
         (Attrs, Stored, Entry),
         tuple(
@@ -75,6 +79,10 @@ if native is not None:  # what merge._native.scan builds entries with, as attrs_
         _USED,
         0,
     )
+
+
+if native is not None:
+    give_layout(native)
 
 
 class _Withheld:

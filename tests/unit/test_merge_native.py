@@ -34,6 +34,7 @@ from merge.passthrough import Passthrough
 from tests.unit.fake_layer import make_ctx
 
 native = pytest.importorskip("merge._native")
+passthrough.give_layout(native)  # as merge.passthrough does unless RECOVERY_FS_PURE=1
 
 FIELDS = ("ctime_ns", "mtime_ns", "atime_ns", "used")
 
