@@ -157,6 +157,10 @@ class Listing:
         self._encoded[kind] = list(encoded)
         self.preloaded.add(kind)
 
+    def started(self, kind: str) -> bool:
+        """Whether any entry of ``kind`` was encoded (or given) yet."""
+        return kind in self._encoded
+
     def encodings(self, kind: str) -> list[bytes] | None:
         """Every entry's encoding for ``kind``, if all were made."""
         cache = self._encoded.get(kind)
