@@ -17,9 +17,10 @@ def layout(
 def scan(
     path: str,
     before: dict[str, Any],
-    fileid: Callable[[str], int],
+    fileid: Callable[[str], int] | tuple[bytes, bytes],
     folder: str,
     want_checks: bool,
     max_checks: int,
     /,
 ) -> tuple[dict[str, Any], list[tuple[str, Any]] | None] | None: ...
+def hash64(names: list[str], person: bytes, prefix: bytes, suffix: bytes, /) -> list[int]: ...

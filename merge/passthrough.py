@@ -48,7 +48,15 @@ from collections.abc import Callable, Mapping
 from stat import S_ISDIR, S_ISREG
 from types import ModuleType
 
-from merge.attrs import _PERMS, _USED, attrs_from_stat, attrs_of, ids_in, stat_matches
+from merge.attrs import (
+    _PERMS,
+    _USED,
+    attrs_from_stat,
+    attrs_of,
+    id_hash,
+    ids_in,
+    stat_matches,
+)
 from merge.cache import TtlLru
 from merge.layer import Context, Entry, Layer, Listing, Stored, stored_entry, stored_in
 from merge.names import valid_name
@@ -227,8 +235,9 @@ class Passthrough(Layer):
         scanned = None
         if native is not None and peek is None and type(before) is dict:
             # every entry a file or folder (else None): the loop below, in C
+            ids = id_hash(path)  # ids_in's hash, made in C
             scanned = native.scan(
-                self.storage_path(path), before, fileid, folder, checks is not None, max_checks
+                self.storage_path(path), before, ids, folder, checks is not None, max_checks
             )
         if scanned is not None:
             entries, checks = scanned

@@ -17,6 +17,7 @@ and None (the twin's own path) wherever an entry is not a file or a folder.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -27,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from merge import passthrough, watch
-from merge.attrs import _PERMS, _USED, attrs_from_stat, ids_in
+from merge.attrs import _PERMS, _USED, attrs_from_stat, id_hash, ids_in
 from merge.layer import Entry, Stored
 from merge.namespace import Attrs
 from merge.passthrough import Passthrough
@@ -216,6 +217,7 @@ def _shape(entries: dict[str, Entry]) -> list[tuple[Any, ...]]:
     stale=st.sets(st.integers(0, 9), max_size=3),
     want_checks=st.booleans(),
     max_checks=st.integers(0, 4),
+    ids_in_c=st.booleans(),
 )
 def test_scan_equals_its_twin(  # noqa: PLR0917
     tmp_path: Path,
@@ -224,6 +226,7 @@ def test_scan_equals_its_twin(  # noqa: PLR0917
     stale: set[int],
     want_checks: bool,
     max_checks: int,
+    ids_in_c: bool,
 ) -> None:
     shutil.rmtree(tmp_path / "s", ignore_errors=True)
     root = tmp_path / "s" / "root"
@@ -248,7 +251,8 @@ def test_scan_equals_its_twin(  # noqa: PLR0917
     withheld: set[str] = set()
     checks = [] if want_checks else None
     want = pt._scan_py(("f",), before, fid, sep, None, [], withheld, checks, max_checks)
-    got = native.scan(spath, before, fid, sep, want_checks, max_checks)
+    ids = id_hash(("f",)) if ids_in_c else fid  # the ids hashed in C, or ids_in's own
+    got = native.scan(spath, before, ids, sep, want_checks, max_checks)
     plain = all(kind in {"file", "dir", "hardlink"} for kind in made.values())
     if not plain:
         assert got is None  # a link or a special file: the twin's path
@@ -288,3 +292,52 @@ def test_the_passthrough_lists_the_same_with_and_without_the_c_scan(
     py_scan = Passthrough(make_ctx(tmp_path)).listing(("f",))
     assert _shape(dict(c_scan.entries)) == _shape(dict(py_scan.entries))
     assert c_scan.withheld == py_scan.withheld
+
+
+# -- hash64: BLAKE2b-64 (RFC 7693) in C -------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    listed=st.lists(names | st.text(max_size=300), max_size=8),
+    person=st.binary(max_size=16),
+    prefix=st.binary(max_size=300) | st.sampled_from([b"", b"p" * 127, b"p" * 128, b"p" * 129]),
+    suffix=st.sampled_from([b"", b"\0", b"s" * 128]),
+)
+def test_hash64_is_blake2b(listed: list[str], person: bytes, prefix: bytes, suffix: bytes) -> None:
+    """Every length around the 128-byte blocks, names not UTF-8, any personalization."""
+    want = [
+        int.from_bytes(
+            hashlib.blake2b(
+                prefix + n.encode("utf-8", "surrogateescape") + suffix,
+                digest_size=8,
+                person=person,
+            ).digest(),
+            "big",
+        )
+        for n in listed
+    ]
+    assert native.hash64(listed, person, prefix, suffix) == want
+
+
+def test_hash64_refuses_what_it_cannot_hash() -> None:
+    with pytest.raises(ValueError):
+        native.hash64(["a"], b"p" * 17, b"", b"")
+    with pytest.raises(TypeError):
+        native.hash64([b"a"], b"", b"", b"")
+    with pytest.raises(TypeError):
+        native.hash64(("a",), b"", b"", b"")
+
+
+def test_the_ids_and_cookies_made_in_c_are_the_python_ones() -> None:
+    """What merge.attrs and nfsd.programs.listings persist: the same with and without C."""
+    from nfsd.programs import listings
+
+    listed = ["a", "é", os.fsdecode(b"\xff"), "x" * 255, "0"]
+    pairs = [(n, None) for n in listed]
+    got = [(h >> 1) or 1 for h in native.hash64(listed, b"", b"", b"")]
+    assert got == listings._cookies_py(pairs) == [listings.cookie_of(n) for n in listed]
+    for folder in ((), ("big",), ("a", "é" * 100)):
+        person, prefix = id_hash(folder)
+        ids = [h & (2**63 - 1) for h in native.hash64(listed, person, prefix, b"\0")]
+        assert [i if i > 1 else 2 for i in ids] == [ids_in(folder)(n) for n in listed]
