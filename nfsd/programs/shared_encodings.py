@@ -111,5 +111,5 @@ def unpack(
         return None
     listing = Listing(entries, SortedView(entries, order), cookies)
     listing.preload(KIND, encoded)
-    handles.adopt(path, listing.names(), [e[-hsize:] for e in encoded])
+    handles.adopt(path, listing.names(), lambda: [e[-hsize:] for e in encoded])
     return listing
