@@ -13,8 +13,12 @@ client never sees ``NFS3ERR_BAD_COOKIE``.
 The sorted listing of a directory, with each entry's encoding, is cached
 while the namespace returns the same listing object (``nfsd.programs.listings``);
 a large one's READDIRPLUS entries are shared with the server's other
-processes (``nfsd.programs.shared_encodings``).  Once every entry is
-encoded, a page is cut by running sums of the sizes (``_note_sizes``).
+processes (``nfsd.programs.shared_encodings``).  A folder's first
+READDIRPLUS encodes all its entries at once (up to ``AT_ONCE_MAX``; in C,
+``_native.c``, its twin ``_entries_plus_py``; page by page where one
+cannot be encoded, so an error comes where it always did).  Once every
+entry is encoded, a page is cut by running sums of the sizes
+(``_note_sizes``).
 
 Sizes: ``count`` (READDIR) and ``maxcount`` (READDIRPLUS) bound the whole
 reply body; ``dircount`` bounds the fileid, name and cookie bytes of the
