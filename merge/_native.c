@@ -796,9 +796,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "merge._native",
-                                    "Two loops over a large storage folder, in C (merge.watch, merge.passthrough).",
-                                    -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "merge._native",
+    "Loops over a large storage folder in C (merge.watch, merge.passthrough).", -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
     s_attrs = PyUnicode_InternFromString("attrs");
