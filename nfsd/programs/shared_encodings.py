@@ -71,6 +71,7 @@ def listing_for(path: PresentedPath, entries: Entries, fsid: int, handles: Handl
         if encoded is None:
             return False  # a client started midway: not yet
         shared.store_extra(digest, key, pack(listing, encoded))
+        listing.order = None  # its only use
         return True
 
     listing = Listing(entries)
@@ -80,8 +81,10 @@ def listing_for(path: PresentedPath, entries: Entries, fsid: int, handles: Handl
 
 def pack(listing: Listing, encoded: list[bytes]) -> bytes:
     """The count; each row's index in the source, cookie and encoding's length; the encodings."""
-    pos = {name: i for i, (name, _) in enumerate(listing.source)}
-    order = array("I", [pos[r[0]] for r in listing.rows])
+    order = listing.order  # kept from the sort
+    if order is None or len(order) != len(encoded):
+        pos = {name: i for i, (name, _) in enumerate(listing.source)}
+        order = array("I", [pos[r[0]] for r in listing.rows])
     cookies = array("q", listing.cookies)
     lengths = array("I", map(len, encoded))
     return b"".join(

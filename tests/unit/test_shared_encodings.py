@@ -242,3 +242,17 @@ def test_the_other_worker_replies_with_the_bytes_of_its_own_encoding(
     assert len(pages[0]) > 3
     for s in stacks:
         s.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=listings)
+def test_the_order_kept_from_the_sort_packs_the_same_bytes(items) -> None:
+    """``Listing.order`` (each row's index in the source, kept from the sort) packs what
+    finding each row's name in the source packs."""
+    listing = Listing(items)
+    assert listing.order is not None
+    assert [items[k] for k in listing.order] == list(listing.rows)
+    encoded = [b"e%d" % i for i in range(len(items))]
+    kept = shared_encodings.pack(listing, encoded)
+    listing.order = None
+    assert shared_encodings.pack(listing, encoded) == kept
