@@ -39,8 +39,11 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from merge.namespace import Kind, Namespace, NamespaceError, PresentedPath
+
+_T = TypeVar("_T")
 
 VERSION = 1
 MAX_COMPONENTS = 11
@@ -88,19 +91,17 @@ def hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
 _SHA256_BLOCK = 64
 
 
+Given = Sequence[_T] | Callable[[], Sequence[_T]]  # a sequence, or what makes it when asked
+
+
 class _Adopted:
     """One folder's handles made by another process (``HandleCodec.adopt``): handle
     -> name and name -> handle, made on first use."""
 
     __slots__ = ("_given", "_maps")
 
-    def __init__(
-        self, names: list[str], handles: Sequence[bytes] | Callable[[], Sequence[bytes]]
-    ) -> None:
-        self._given: tuple[list[str], Sequence[bytes] | Callable[[], Sequence[bytes]]] | None = (
-            names,
-            handles,
-        )
+    def __init__(self, names: Given[str], handles: Given[bytes]) -> None:
+        self._given: tuple[Given[str], Given[bytes]] | None = (names, handles)
         self._maps: tuple[dict[bytes, str], dict[str, bytes]] | None = None
 
     def maps(self) -> tuple[dict[bytes, str], dict[str, bytes]]:
@@ -109,8 +110,8 @@ class _Adopted:
             given = self._given
             if given is None:  # another thread made them meanwhile (maps set first)
                 return self._maps  # type: ignore[return-value]
-            names, handles = given
-            made = handles() if callable(handles) else handles
+            names = given[0]() if callable(given[0]) else given[0]
+            made = given[1]() if callable(given[1]) else given[1]
             maps = (dict(zip(made, names, strict=True)), dict(zip(names, made, strict=True)))
             self._maps = maps  # one tuple, set whole: two threads at once make the same
             self._given = None
@@ -210,12 +211,7 @@ class HandleCodec:
         """The size of every handle of a path of ``depth`` components."""
         return HEAD.size + 4 * min(depth, MAX_COMPONENTS) + MAC_SIZE
 
-    def adopt(
-        self,
-        directory: PresentedPath,
-        names: list[str],
-        handles: Sequence[bytes] | Callable[[], Sequence[bytes]],
-    ) -> None:
+    def adopt(self, directory: PresentedPath, names: Given[str], handles: Given[bytes]) -> None:
         """Remember handles ``encoder_in(directory)`` made for these names, elsewhere.
 
         Only for bytes this server made with this secret (checked by their
@@ -224,9 +220,10 @@ class HandleCodec:
         when a call presents one or a reply needs one: two dicts made at once
         (~2.5 ms for 10,000) rather than a path tuple and four dict entries each,
         and only then (a listing that is only read needs neither): ``handles``
-        may be a function that gives them, one a name (the caller's promise).
+        and ``names`` may be functions that give them, one a name (the caller's
+        promise).
         """
-        if not callable(handles) and len(names) != len(handles):
+        if not callable(handles) and not callable(names) and len(names) != len(handles):
             raise ValueError("one handle a name")
         with self._lock:
             self._adopted[directory] = _Adopted(names, handles)

@@ -256,3 +256,35 @@ def test_the_order_kept_from_the_sort_packs_the_same_bytes(items) -> None:
     kept = shared_encodings.pack(listing, encoded)
     listing.order = None
     assert shared_encodings.pack(listing, encoded) == kept
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(items=listings, paged=st.booleans())
+def test_the_paging_sums_taken_are_the_ones_the_reader_would_make(
+    tmp_path_factory, items, paged: bool
+) -> None:
+    """A writer that paged by sums shares them; the reader pages by the very sums it
+    would have made (and makes them itself when the writer had none)."""
+    tmp_path = tmp_path_factory.mktemp("sums")
+    a, b = Worker(tmp_path), Worker(tmp_path)
+    handed = a.shared.store(PATH, items, 10.0, STAMP)
+    first = listing_for(PATH, handed, FSID, a.codec)
+    first.share, share_it = None, first.share
+    encode_all(first, PATH, a.codec)
+    if paged:
+        readdir._note_sizes(first, KIND)
+    assert share_it is not None and share_it(first)
+    got = b.shared.load(PATH, 1.0, STAMP)
+    assert got is not None
+    taken = listing_for(PATH, got[0], FSID, b.codec)
+    assert (KIND in taken.sizes) == paged  # given whole, or made on the first page
+    if not paged:
+        readdir._note_sizes(taken, KIND)
+    encoded, at, info = taken.sizes[KIND]
+    want, enc = Listing(got[0]), taken.encodings(KIND)
+    assert enc is not None
+    want.preload(KIND, enc)
+    _, want_at, want_info = readdir._note_sizes(want, KIND)  # type: ignore[misc]
+    assert encoded == enc and list(at) == list(want_at) and list(info) == list(want_info)
