@@ -145,7 +145,9 @@ static PyObject *times_match(PyObject *self, PyObject *args) {
         want[i].at = nul ? NO_NAME : len;
         len = need;
 
+        Py_INCREF(value); /* held: its attributes' code may change the dict */
         PyObject *a = PyObject_GetAttr(value, s_attrs);
+        Py_DECREF(value);
         if (a == NULL)
             goto done;
         int ok = 1;
@@ -733,15 +735,18 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             goto done;
         }
         if (old != NULL) {
+            Py_INCREF(old); /* held: comparing its attributes may run Python code */
             PyObject *a = PyObject_GetAttr(old, s_attrs);
             int eq = a == NULL ? -1 : matches(a, r);
             Py_XDECREF(a);
             if (eq < 0) {
+                Py_DECREF(old);
                 Py_DECREF(name);
                 goto done;
             }
             if (eq)
                 entry = Py_NewRef(old);
+            Py_DECREF(old);
         }
         if (entry == NULL) {
             PyObject *fid;

@@ -341,3 +341,33 @@ def test_the_ids_and_cookies_made_in_c_are_the_python_ones() -> None:
         person, prefix = id_hash(folder)
         ids = [h & (2**63 - 1) for h in native.hash64(listed, person, prefix, b"\0")]
         assert [i if i > 1 else 2 for i in ids] == [ids_in(folder)(n) for n in listed]
+
+
+def test_entries_whose_attributes_change_the_dicts_do_not_crash(tmp_path: Path) -> None:
+    """Hostile values (never a listing's): an ``attrs`` that empties the dict being read.
+    An answer or an exception, never a read of freed memory (run under a debug build
+    or valgrind to see it; here: no crash, and the objects still whole)."""
+    for i in range(50):
+        (tmp_path / f"n{i}").write_bytes(b"n")
+    real = Entry(attrs_from_stat(os.lstat(tmp_path / "n0"), ("n0",)), Stored("/x/n0"))
+
+    class Evil:
+        def __init__(self, d: dict) -> None:
+            self.d = d
+
+        @property
+        def attrs(self):  # type: ignore[no-untyped-def]
+            self.d.clear()
+            return real.attrs
+
+    entries: dict[str, Any] = {}
+    entries.update({f"n{i}": Evil(entries) for i in range(50)})
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert native.times_match(fd, entries) in {True, False}  # what was read: n0 at most
+    finally:
+        os.close(fd)
+    before: dict[str, Any] = {}
+    before.update({f"n{i}": Evil(before) for i in range(50)})
+    found = native.scan(str(tmp_path), before, ids_in(()), str(tmp_path) + "/", False, 0)
+    assert found is not None and len(found[0]) == 50 and not before
