@@ -15,6 +15,8 @@ from setuptools import Extension, setup
 # (module, C source): one row per extension
 NATIVE: list[tuple[str, str]] = [
     ("nfsd._fastcall", "nfsd/_fastcall.c"),
+    ("merge._native", "merge/_native.c"),  # merge.watch's pass over a folder's entries
+    ("nfsd.programs.nfs3._native", "nfsd/programs/nfs3/_native.c"),  # READDIRPLUS entries
 ]
 
 setup(

@@ -43,8 +43,7 @@ def ids_in(directory: PresentedPath) -> Callable[[str], int]:
     The digest of each name followed by a NUL byte, in turn: the directory's
     part is hashed once, and copied for each entry.
     """
-    prefix = "".join(name + "\0" for name in directory).encode("utf-8", "surrogateescape")
-    start = _blake2b(prefix, digest_size=8, person=_PERSON)
+    start = _blake2b(id_prefix(directory), digest_size=8, person=_PERSON)
 
     def fileid(name: str) -> int:
         digest = start.copy()
@@ -52,6 +51,17 @@ def ids_in(directory: PresentedPath) -> Callable[[str], int]:
         return _fileid(digest)
 
     return fileid
+
+
+def id_prefix(directory: PresentedPath) -> bytes:
+    """The bytes hashed before an entry's name for its id (``ids_in``)."""
+    return "".join(name + "\0" for name in directory).encode("utf-8", "surrogateescape")
+
+
+def id_hash(directory: PresentedPath) -> tuple[bytes, bytes]:
+    """``ids_in(directory)`` as ``merge._native.scan`` computes it itself: the
+    BLAKE2b personalization and the folder's prefix (then name, NUL)."""
+    return _PERSON, id_prefix(directory)
 
 
 def _fileid(digest: _blake2b) -> int:

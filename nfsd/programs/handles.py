@@ -38,9 +38,12 @@ import itertools
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from merge.namespace import Kind, Namespace, NamespaceError, PresentedPath
+
+_T = TypeVar("_T")
 
 VERSION = 1
 MAX_COMPONENTS = 11
@@ -88,6 +91,33 @@ def hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
 _SHA256_BLOCK = 64
 
 
+Given = Sequence[_T] | Callable[[], Sequence[_T]]  # a sequence, or what makes it when asked
+
+
+class _Adopted:
+    """One folder's handles made by another process (``HandleCodec.adopt``): handle
+    -> name and name -> handle, made on first use."""
+
+    __slots__ = ("_given", "_maps")
+
+    def __init__(self, names: Given[str], handles: Given[bytes]) -> None:
+        self._given: tuple[Given[str], Given[bytes]] | None = (names, handles)
+        self._maps: tuple[dict[bytes, str], dict[str, bytes]] | None = None
+
+    def maps(self) -> tuple[dict[bytes, str], dict[str, bytes]]:
+        maps = self._maps
+        if maps is None:
+            given = self._given
+            if given is None:  # another thread made them meanwhile (maps set first)
+                return self._maps  # type: ignore[return-value]
+            names = given[0]() if callable(given[0]) else given[0]
+            made = given[1]() if callable(given[1]) else given[1]
+            maps = (dict(zip(made, names, strict=True)), dict(zip(names, made, strict=True)))
+            self._maps = maps  # one tuple, set whole: two threads at once make the same
+            self._given = None
+        return maps
+
+
 class HandleCodec:
     """Encodes presented paths as handles and resolves handles back.
 
@@ -108,9 +138,7 @@ class HandleCodec:
         self._lock = threading.Lock()
         # Handles of whole folders made by another process (``adopt``), per folder:
         # handle -> name and name -> handle, taken into the maps above when used.
-        self._adopted: OrderedDict[PresentedPath, tuple[dict[bytes, str], dict[str, bytes]]] = (
-            OrderedDict()
-        )
+        self._adopted: OrderedDict[PresentedPath, _Adopted] = OrderedDict()
 
     # -- encoding -------------------------------------------------------
     def encode(self, path: PresentedPath, fileid: int) -> bytes:
@@ -153,13 +181,12 @@ class HandleCodec:
         hashed = depth <= MAX_COMPONENTS
         head, by_path, mac = HEAD.pack, self._by_path, self._mac
         adopted = self._adopted.get(directory)
-        by_name = adopted[1] if adopted is not None else None
 
         def encode(name: str, fileid: int) -> bytes:
             path = (*directory, name)
             handle = by_path.get(path)
-            if handle is None and by_name is not None:
-                handle = by_name.get(name)
+            if handle is None and adopted is not None:
+                handle = adopted.maps()[1].get(name)
             if handle is not None and handle[_FILEID] == fileid.to_bytes(8, "big"):
                 return handle
             body = head(VERSION, byte_depth, fileid) + prefix
@@ -184,35 +211,36 @@ class HandleCodec:
         """The size of every handle of a path of ``depth`` components."""
         return HEAD.size + 4 * min(depth, MAX_COMPONENTS) + MAC_SIZE
 
-    def adopt(self, directory: PresentedPath, names: list[str], handles: list[bytes]) -> None:
+    def adopt(self, directory: PresentedPath, names: Given[str], handles: Given[bytes]) -> None:
         """Remember handles ``encoder_in(directory)`` made for these names, elsewhere.
 
         Only for bytes this server made with this secret (checked by their
         digest: ``nfsd.programs.shared_encodings``), as the MAC-checked cache.
         Kept per folder (the last ``ADOPTED_FOLDERS``) and taken into the cache
         when a call presents one or a reply needs one: two dicts made at once
-        (~1 ms for 10,000) rather than a path tuple and four dict entries each.
+        (~2.5 ms for 10,000) rather than a path tuple and four dict entries each,
+        and only then (a listing that is only read needs neither): ``handles``
+        and ``names`` may be functions that give them, one a name (the caller's
+        promise).
         """
-        if len(names) != len(handles):
+        if not callable(handles) and not callable(names) and len(names) != len(handles):
             raise ValueError("one handle a name")
-        by_handle = dict(zip(handles, names, strict=True))
-        by_name = dict(zip(names, handles, strict=True))
         with self._lock:
-            self._adopted[directory] = (by_handle, by_name)
+            self._adopted[directory] = _Adopted(names, handles)
             self._adopted.move_to_end(directory)
             while len(self._adopted) > ADOPTED_FOLDERS:
                 self._adopted.popitem(last=False)
 
     def _adopted_handle(self, directory: PresentedPath, name: str) -> bytes | None:
         adopted = self._adopted.get(directory)
-        return None if adopted is None else adopted[1].get(name)
+        return None if adopted is None else adopted.maps()[1].get(name)
 
     def _adopted_path(self, handle: bytes) -> PresentedPath | None:
         """The path of an adopted handle (then remembered as issued), else None."""
         with self._lock:
             folders = list(self._adopted.items())
-        for directory, (by_handle, _) in folders:
-            name = by_handle.get(handle)
+        for directory, adopted in folders:
+            name = adopted.maps()[0].get(handle)
             if name is not None:
                 path = (*directory, name)
                 self._remember(handle, path)

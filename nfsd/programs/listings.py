@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 from merge.namespace import Attrs, PresentedPath
+from merge.native import native
 
 
 def cookie_of(name: str) -> int:
@@ -44,8 +45,15 @@ def raw_len(name: str) -> int:
 
 
 def sorted_rows(source: Sequence[Row]) -> tuple[list[Row], array[int]]:
+    """``source``'s rows in cookie order and their cookies: ``_sorted``'s first two."""
+    rows, cookies, _ = _sorted(source)
+    return rows, cookies
+
+
+def _sorted(source: Sequence[Row]) -> tuple[list[Row], array[int], list[int]]:
     """``source``'s own ``(name, attrs)`` pairs in cookie order (then raw name), and
-    their cookies (a 64-bit array, in the same order).
+    their cookies (a 64-bit array, in the same order), and each row's index in
+    ``source`` (what sharing the encoded entries records).
 
     Memory: no tuple, int or bytes per entry beyond the cookies' 8 bytes (a row
     of its own with the cookie and the raw name was ~160 bytes an entry of a
@@ -53,6 +61,18 @@ def sorted_rows(source: Sequence[Row]) -> tuple[list[Row], array[int]]:
     and again by (cookie, raw name) only if two names share a cookie.
     """
     pairs = source if isinstance(source, (list, tuple)) else list(source)
+    if native is not None:  # the same BLAKE2b in C (merge/_native.c), for all names at once
+        cookies = [(h >> 1) or 1 for h in native.hash64([n for n, _ in pairs], b"", b"", b"")]
+    else:
+        cookies = _cookies_py(pairs)
+    order = sorted(range(len(pairs)), key=cookies.__getitem__)
+    if len(set(cookies)) < len(cookies):
+        order.sort(key=lambda k: (cookies[k], raw_name(pairs[k][0])))
+    return [pairs[k] for k in order], array("q", [cookies[k] for k in order]), order
+
+
+def _cookies_py(pairs: Sequence[Row]) -> list[int]:
+    """``cookie_of`` each name: the twin of ``merge._native.hash64``'s use above."""
     empty, from_bytes = _EMPTY_COOKIE_HASH, int.from_bytes
     cookies: list[int] = []
     append = cookies.append
@@ -60,10 +80,7 @@ def sorted_rows(source: Sequence[Row]) -> tuple[list[Row], array[int]]:
         h = empty.copy()
         h.update(name.encode("utf-8", "surrogateescape"))
         append((from_bytes(h.digest(), "big") >> 1) or 1)
-    order = sorted(range(len(pairs)), key=cookies.__getitem__)
-    if len(set(cookies)) < len(cookies):
-        order.sort(key=lambda k: (cookies[k], raw_name(pairs[k][0])))
-    return [pairs[k] for k in order], array("q", [cookies[k] for k in order])
+    return cookies
 
 
 class SortedView(Sequence[Row]):
@@ -116,7 +133,17 @@ class Listing:
     READDIRPLUS), computing it on first use.
     """
 
-    __slots__ = ("_encoded", "_names", "cookies", "preloaded", "rows", "share", "sizes", "source")
+    __slots__ = (
+        "_encoded",
+        "_names",
+        "cookies",
+        "order",
+        "preloaded",
+        "rows",
+        "share",
+        "sizes",
+        "source",
+    )
 
     def __init__(
         self,
@@ -127,8 +154,13 @@ class Listing:
         """``rows`` and ``cookies``: the sorted rows and their cookies, when known already
         (what ``sorted_rows`` gives for ``source``)."""
         self.source = source
+        # Each row's index in ``source`` (32-bit), kept from the sort until the listing
+        # is shared (then None; None as well when the rows were given).
+        self.order: array[int] | None = None
         if rows is None or cookies is None:
-            rows, cookies = sorted_rows(source)
+            rows, cookies, order = _sorted(source)
+            if len(order) < 1 << 32:
+                self.order = array("I", order)
         self.rows = rows
         self.cookies = cookies
         self._names: list[str] | None = None
@@ -156,6 +188,10 @@ class Listing:
             raise ValueError("one encoding per entry")
         self._encoded[kind] = list(encoded)
         self.preloaded.add(kind)
+
+    def started(self, kind: str) -> bool:
+        """Whether any entry of ``kind`` was encoded (or given) yet."""
+        return kind in self._encoded
 
     def encodings(self, kind: str) -> list[bytes] | None:
         """Every entry's encoding for ``kind``, if all were made."""

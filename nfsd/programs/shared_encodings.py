@@ -40,7 +40,7 @@ from nfsd.programs.handles import HandleCodec
 from nfsd.programs.listings import Listing, SortedView
 
 KIND = "readdirplus"  # the Listing kind readdir.py encodes READDIRPLUS entries under
-_FORMAT = b"rdp1"
+_FORMAT = b"rdp2"  # 2: the dircount sums follow the lengths
 _COUNT = struct.Struct("=Q")
 
 Entries = Sequence[tuple[str, Attrs]]
@@ -71,6 +71,7 @@ def listing_for(path: PresentedPath, entries: Entries, fsid: int, handles: Handl
         if encoded is None:
             return False  # a client started midway: not yet
         shared.store_extra(digest, key, pack(listing, encoded))
+        listing.order = None  # its only use
         return True
 
     listing = Listing(entries)
@@ -79,13 +80,29 @@ def listing_for(path: PresentedPath, entries: Entries, fsid: int, handles: Handl
 
 
 def pack(listing: Listing, encoded: list[bytes]) -> bytes:
-    """The count; each row's index in the source, cookie and encoding's length; the encodings."""
-    pos = {name: i for i, (name, _) in enumerate(listing.source)}
-    order = array("I", [pos[r[0]] for r in listing.rows])
+    """The count; each row's index in the source, cookie and encoding's length; the
+    running sums of the entries' dircount bytes (``readdir``'s paging sums, so the
+    reader need not make them) if the listing has them, else none (a count of 0);
+    the encodings."""
+    n = len(encoded)
+    order = listing.order  # kept from the sort
+    if order is None or len(order) != n:
+        pos = {name: i for i, (name, _) in enumerate(listing.source)}
+        order = array("I", [pos[r[0]] for r in listing.rows])
     cookies = array("q", listing.cookies)
     lengths = array("I", map(len, encoded))
+    sizes = listing.sizes.get(KIND)
+    info = sizes[2] if sizes is not None and len(sizes[2]) == n + 1 else array("q")
     return b"".join(
-        [_COUNT.pack(len(encoded)), order.tobytes(), cookies.tobytes(), lengths.tobytes(), *encoded]
+        [
+            _COUNT.pack(n),
+            order.tobytes(),
+            cookies.tobytes(),
+            lengths.tobytes(),
+            _COUNT.pack(len(info)),
+            array("q", info).tobytes(),
+            *encoded,
+        ]
     )
 
 
@@ -102,14 +119,25 @@ def unpack(
         size = n * arr.itemsize
         arr.frombytes(data[at : at + size])
         at += size
-    if at + sum(lengths) != len(data) or (n and max(order) >= n):
+    if len(data) < at + _COUNT.size:
         return None
-    ends = list(itertools.accumulate(lengths, initial=at))
-    encoded = [data[a:b] for a, b in itertools.pairwise(ends)]
+    (k,) = _COUNT.unpack_from(data, at)
+    at += _COUNT.size
+    if k not in {0, n + 1} or len(data) < at + 8 * k:
+        return None
+    info = array("q")
+    info.frombytes(data[at : at + 8 * k])
+    at += 8 * k
+    if at + sum(lengths) != len(data) or (n and max(order) >= n) or (k and info[0] != 0):
+        return None
+    sums = array("q", itertools.accumulate(lengths, initial=0))
+    encoded = [data[at + a : at + b] for a, b in itertools.pairwise(sums)]
     hsize = handles.size_at(len(path) + 1)
     if min(lengths, default=hsize) < hsize:
         return None
     listing = Listing(entries, SortedView(entries, order), cookies)
     listing.preload(KIND, encoded)
-    handles.adopt(path, listing.names(), [e[-hsize:] for e in encoded])
+    if k:  # the writer's paging sums: readdir pages by them at once
+        listing.sizes[KIND] = (listing.encodings(KIND), sums, info)
+    handles.adopt(path, listing.names, lambda: [e[-hsize:] for e in encoded])
     return listing

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from merge import watch
+from merge import passthrough, watch
 from merge.layer import Listing
 from merge.passthrough import Passthrough
 from merge.stack import build_stack
@@ -68,10 +68,23 @@ class Counted:
 
     def listing(self, monkeypatch: pytest.MonkeyPatch, path: tuple = ("d",)):  # type: ignore[no-untyped-def]
         monkeypatch.setattr(os, "scandir", self.scandir)
+        real_native = passthrough.native
+        if real_native is not None:  # the scan in C (merge/_native.c): counted as well
+            counted = self
+
+            class Counting:
+                @staticmethod
+                def scan(*args):  # type: ignore[no-untyped-def]
+                    found = real_native.scan(*args)
+                    counted.scans += found is not None  # None: the Python loop scans
+                    return found
+
+            monkeypatch.setattr(passthrough, "native", Counting)
         try:
             return self.pt.listing(path)
         finally:
             monkeypatch.setattr(os, "scandir", self._real)
+            monkeypatch.setattr(passthrough, "native", real_native)
 
     def watched(self, monkeypatch: pytest.MonkeyPatch) -> object:
         """List until the folder is watched and its listing renewable (first + one scan)."""
@@ -194,6 +207,17 @@ def _count_lstats(monkeypatch) -> list[str]:
         return real(p, *a, **kw)
 
     monkeypatch.setattr(os, "lstat", lstat)
+    if watch.native is not None:  # the pass in C (merge/_native.c): its entries, in turn
+
+        class Counting:
+            @staticmethod
+            def times_match(fd, entries):  # type: ignore[no-untyped-def]
+                found = real_native.times_match(fd, entries)
+                seen.extend(entries if found else ())
+                return found
+
+        real_native = watch.native
+        monkeypatch.setattr(watch, "native", Counting)
     return seen
 
 

@@ -155,3 +155,29 @@ def test_adopted_folders_are_found_on_use_and_bounded() -> None:
     assert codec.cached(issued[last][1]) == (*last, "b")
     assert codec.resolve(issued[last][0]) == (*last, "a")
     assert codec._by_handle[issued[last][1]] == (*last, "b")  # now in the cache itself
+
+
+def test_adopted_handles_given_by_a_function_are_made_on_first_use() -> None:
+    """A listing another process shared is often only read: its handles' maps are
+    made when a call presents one or an encoder needs one, the same as given whole."""
+    made = HandleCodec(None, b"k" * 32)  # type: ignore[arg-type]
+    folder = ("top", "big")
+    names = [f"n{i}" for i in range(5)]
+    issued = [made.encode((*folder, n), 100 + k) for k, n in enumerate(names)]
+    asked: list[int] = []
+
+    def handles() -> list[bytes]:
+        asked.append(1)
+        return list(issued)
+
+    codec = HandleCodec(None, b"k" * 32)  # type: ignore[arg-type]
+    codec.adopt(folder, names, handles)
+    with codec.issuing(("elsewhere",)) as enc:
+        assert len(enc("x", 7)) == HandleCodec.size_at(2)
+    with codec.issuing(folder):
+        pass
+    assert asked == []  # nothing asked yet: not made
+    codec._mac = None  # type: ignore[assignment,method-assign]
+    assert codec.resolve(issued[3]) == (*folder, "n3")  # found without a walk or a MAC
+    assert codec.encoder_in(folder)("n1", 101) == issued[1]
+    assert asked == [1]  # made once

@@ -246,3 +246,17 @@ def test_link_reader_is_current_while_link_and_target_are(tmp_path: Path) -> Non
         assert not r.is_current()
         assert read_all(r) == b"A"  # its own descriptor: the old, consistent bytes
     assert lower.open_handles == 0
+
+
+def test_a_folder_without_link_files_is_handed_on_not_copied(tmp_path: Path) -> None:
+    """No ``.json`` file: the listing below itself (its entries not copied: memory), and
+    a lookup in it finds the same entries; one ``.json`` file: an index of its own."""
+    ns, _ = stack(tmp_path, {"plain/a": b"a", "plain/b": b"bb", "with/x": b"x"})
+    listed = ns.listing(("plain",))
+    index = ns._index(("plain",))
+    assert listed is index.low and index.real is index.low.entries
+    assert ns.lookup(("plain", "b")).attrs.size == 2
+    ns2, _ = stack(tmp_path / "2", {"d/t": b"t", "d/l.json": link("t")})
+    index = ns2._index(("d",))
+    assert index.real is not index.low.entries and set(index.links) == {"l"}
+    assert names(ns2, "d") == {"t", "l"}

@@ -216,6 +216,17 @@ def test_the_other_worker_replies_with_the_bytes_of_its_own_encoding(
         return entryplus3_bytes(*args)
 
     monkeypatch.setattr(readdir, "entryplus3_bytes", counted)
+    if readdir.native is not None:  # the entries encoded at once in C: counted as well
+        real = readdir.native
+
+        class Counting:
+            @staticmethod
+            def entries_plus(*args):  # type: ignore[no-untyped-def]
+                found = real.entries_plus(*args)
+                encoded[0] += len(found) if found is not None else 0
+                return found
+
+        monkeypatch.setattr(readdir, "native", Counting)
     pages, stacks = [], []
     for shared in (True, True, False):
         caller, stack = worker(shared)
@@ -231,3 +242,49 @@ def test_the_other_worker_replies_with_the_bytes_of_its_own_encoding(
     assert len(pages[0]) > 3
     for s in stacks:
         s.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=listings)
+def test_the_order_kept_from_the_sort_packs_the_same_bytes(items) -> None:
+    """``Listing.order`` (each row's index in the source, kept from the sort) packs what
+    finding each row's name in the source packs."""
+    listing = Listing(items)
+    assert listing.order is not None
+    assert [items[k] for k in listing.order] == list(listing.rows)
+    encoded = [b"e%d" % i for i in range(len(items))]
+    kept = shared_encodings.pack(listing, encoded)
+    listing.order = None
+    assert shared_encodings.pack(listing, encoded) == kept
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(items=listings, paged=st.booleans())
+def test_the_paging_sums_taken_are_the_ones_the_reader_would_make(
+    tmp_path_factory, items, paged: bool
+) -> None:
+    """A writer that paged by sums shares them; the reader pages by the very sums it
+    would have made (and makes them itself when the writer had none)."""
+    tmp_path = tmp_path_factory.mktemp("sums")
+    a, b = Worker(tmp_path), Worker(tmp_path)
+    handed = a.shared.store(PATH, items, 10.0, STAMP)
+    first = listing_for(PATH, handed, FSID, a.codec)
+    first.share, share_it = None, first.share
+    encode_all(first, PATH, a.codec)
+    if paged:
+        readdir._note_sizes(first, KIND)
+    assert share_it is not None and share_it(first)
+    got = b.shared.load(PATH, 1.0, STAMP)
+    assert got is not None
+    taken = listing_for(PATH, got[0], FSID, b.codec)
+    assert (KIND in taken.sizes) == paged  # given whole, or made on the first page
+    if not paged:
+        readdir._note_sizes(taken, KIND)
+    encoded, at, info = taken.sizes[KIND]
+    want, enc = Listing(got[0]), taken.encodings(KIND)
+    assert enc is not None
+    want.preload(KIND, enc)
+    _, want_at, want_info = readdir._note_sizes(want, KIND)  # type: ignore[misc]
+    assert encoded == enc and list(at) == list(want_at) and list(info) == list(want_info)

@@ -13,8 +13,12 @@ client never sees ``NFS3ERR_BAD_COOKIE``.
 The sorted listing of a directory, with each entry's encoding, is cached
 while the namespace returns the same listing object (``nfsd.programs.listings``);
 a large one's READDIRPLUS entries are shared with the server's other
-processes (``nfsd.programs.shared_encodings``).  Once every entry is
-encoded, a page is cut by running sums of the sizes (``_note_sizes``).
+processes (``nfsd.programs.shared_encodings``).  A folder's first
+READDIRPLUS encodes all its entries at once (up to ``AT_ONCE_MAX``; in C,
+``_native.c``, its twin ``_entries_plus_py``; page by page where one
+cannot be encoded, so an error comes where it always did).  Once every
+entry is encoded, a page is cut by running sums of the sizes
+(``_note_sizes``).
 
 Sizes: ``count`` (READDIR) and ``maxcount`` (READDIRPLUS) bound the whole
 reply body; ``dircount`` bounds the fileid, name and cookie bytes of the
@@ -26,19 +30,38 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
 from array import array
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.listings import Listing, Row, raw_len, raw_name
 from nfsd.programs.nfs3.fastattr import entryplus3_bytes, padded
-from nfsd.programs.nfs3.service import MAY_READ, RTMAX, UDP_RTMAX, Nfs3Service, may, post_op_attr_of
+from nfsd.programs.nfs3.service import (
+    _FTYPE,
+    MAY_READ,
+    RTMAX,
+    UDP_RTMAX,
+    Nfs3Service,
+    may,
+    post_op_attr_of,
+)
 from nfsd.programs.shared_encodings import KIND as PLUS
 from nfsd.programs.shared_encodings import listing_for
 from nfsd.rpc import CallContext, Reply, WouldBlock
 from xdr import nfs3
+from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
+
+native: ModuleType | None
+try:  # the entries encoded in C (_native.c); None: the twin, _entries_plus_py
+    from nfsd.programs.nfs3 import _native as native
+except ImportError:  # pragma: no cover - a machine without a C compiler
+    native = None
+if os.environ.get("RECOVERY_FS_PURE") == "1":
+    native = None
 
 # Fixed XDR sizes (bytes) of the parts of a reply.
 STATUS = 4
@@ -206,11 +229,50 @@ def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Rep
 
 
 # RFC 1813 §3.3.17
+AT_ONCE_MAX = 65536  # a listing of more entries is encoded page by page, as it is asked
+
+
+def _entries_plus(
+    listing: Listing, fsid: int, handle_in: Callable[[str, int], bytes]
+) -> list[bytes] | None:
+    """Every entry of ``listing`` as READDIRPLUS encodes it, at once (the first
+    READDIRPLUS of a folder: no paging loop over its entries), or None where one
+    cannot be encoded (then each page encodes its own, and fails where it did).
+
+    ``nfsd.programs.nfs3._native.entries_plus`` or its twin ``_entries_plus_py``.
+    """
+    rows = listing.rows
+    if not isinstance(rows, list):
+        return None  # a view of a shared listing: those come encoded
+    handles = [handle_in(name, a.fileid) for name, a in rows]
+    if native is not None:
+        found = native.entries_plus(listing.cookies, rows, fsid, handles, _FTYPE)
+        if found is not None:
+            return found
+    return _entries_plus_py(listing.cookies, rows, fsid, handles)
+
+
+def _entries_plus_py(
+    cookies: Sequence[int], rows: Sequence[Row], fsid: int, handles: Sequence[bytes]
+) -> list[bytes] | None:
+    try:
+        return [
+            entryplus3_bytes(cookie, raw_name(name), a, fsid, fh)
+            for cookie, (name, a), fh in zip(cookies, rows, handles, strict=True)
+        ]
+    except (XdrError, KeyError, ValueError):
+        return None  # encoded page by page: the error where it always was
+
+
 def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
     path, dattrs, listing = _listing(svc, ctx, args.dir)
 
     fsid = svc.fsid
     with svc.handles.issuing(path) as handle_in:
+        if not listing.started(PLUS) and len(listing.rows) <= AT_ONCE_MAX:
+            encoded = _entries_plus(listing, fsid, handle_in)
+            if encoded is not None:
+                listing.preload(PLUS, encoded)  # then paged by running sums
 
         def encode(cookie: int, row: Row) -> bytes:
             name, a = row
