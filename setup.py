@@ -19,9 +19,18 @@ NATIVE: list[tuple[str, str]] = [
     ("nfsd.programs.nfs3._native", "nfsd/programs/nfs3/_native.c"),  # READDIRPLUS entries
 ]
 
+# module: the libraries it links (their -dev packages in tools/apt-run.txt)
+LIBRARIES: dict[str, list[str]] = {"merge._native": ["b2"]}  # libb2: BLAKE2b
+
 setup(
     ext_modules=[
-        Extension(name, [source], optional=True, extra_compile_args=["-O2", "-Wall"])
+        Extension(
+            name,
+            [source],
+            libraries=LIBRARIES.get(name, []),
+            optional=True,
+            extra_compile_args=["-O2", "-Wall"],
+        )
         for name, source in NATIVE
     ]
 )

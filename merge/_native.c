@@ -5,7 +5,7 @@
  * 2. scan: merge.passthrough's scan of a folder whose entries are all
  *    regular files and folders (see scan's own comment further down).
  * 3. hash64: BLAKE2b-64 of many names (the file ids scan makes, and
- *    nfsd.programs.listings's cookies), RFC 7693 in plain C.
+ *    nfsd.programs.listings's cookies), by libb2.
  *
  * Why: past its span, a watched folder of 10,000 entries is renewed only
  * after every entry's lstat shows the four fields a change without an
@@ -33,6 +33,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <blake2.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -220,115 +221,43 @@ done:
 
 
 /* ------------------------------------------------------------------------
- * BLAKE2b (RFC 7693), unkeyed, 8-byte digests, with a personalization: the
- * hash of merge.attrs's file ids (persistent: the same bytes as
+ * BLAKE2b, unkeyed, 8-byte digests, with a personalization: the hash of
+ * merge.attrs's file ids (persistent: the same bytes as
  * hashlib.blake2b(data, digest_size=8, person=...) or the test fails) and
- * of nfsd's cookies.  Read as a big-endian integer, as the Python does.
+ * of nfsd's cookies, read as a big-endian integer, as the Python does.
+ * The hash itself is libb2's (Debian's libb2-dev: the BLAKE2 authors'
+ * implementation, with its SIMD dispatch): only the parameter block and
+ * the byte order are here.
  * ------------------------------------------------------------------------ */
 
-static const uint64_t B2_IV[8] = {
-    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
-    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL};
-
-static const uint8_t B2_SIGMA[12][16] = {
-    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
-    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
-    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
-    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
-    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
-    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
-    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
-    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
-    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
-    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
-
-static uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
-
-static uint64_t load64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-#define B2_G(a, b, c, d, x, y)                                                                      \
-    do {                                                                                           \
-        v[a] = v[a] + v[b] + (x);                                                                  \
-        v[d] = rotr64(v[d] ^ v[a], 32);                                                            \
-        v[c] = v[c] + v[d];                                                                        \
-        v[b] = rotr64(v[b] ^ v[c], 24);                                                            \
-        v[a] = v[a] + v[b] + (y);                                                                  \
-        v[d] = rotr64(v[d] ^ v[a], 16);                                                            \
-        v[c] = v[c] + v[d];                                                                        \
-        v[b] = rotr64(v[b] ^ v[c], 63);                                                            \
-    } while (0)
-
-static void b2_compress(uint64_t h[8], const unsigned char block[128], uint64_t t, int last) {
-    uint64_t m[16], v[16];
-    for (int i = 0; i < 16; i++)
-        m[i] = load64(block + 8 * i);
-    for (int i = 0; i < 8; i++) {
-        v[i] = h[i];
-        v[i + 8] = B2_IV[i];
+/* The state for 8-byte digests with this 16-byte personalization, before any input. */
+static int b2_start(blake2b_state *start, const unsigned char person[16]) {
+    blake2b_param p;
+    memset(&p, 0, sizeof p);
+    p.digest_length = 8;
+    p.fanout = 1; /* sequential mode, as hashlib's defaults */
+    p.depth = 1;
+    memcpy(p.personal, person, sizeof p.personal);
+    if (blake2b_init_param(start, &p) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "blake2b_init_param failed");
+        return -1;
     }
-    v[12] ^= t; /* messages here are far below 2^64 bytes: the high word stays 0 */
-    if (last)
-        v[14] = ~v[14];
-    for (int r = 0; r < 12; r++) {
-        const uint8_t *s = B2_SIGMA[r];
-        B2_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
-        B2_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
-        B2_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
-        B2_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
-        B2_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
-        B2_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
-        B2_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
-        B2_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
-    }
-    for (int i = 0; i < 8; i++)
-        h[i] ^= v[i] ^ v[i + 8];
-}
-
-/* The initial state for 8-byte digests with this 16-byte personalization. */
-static void b2_start(uint64_t h[8], const unsigned char person[16]) {
-    memcpy(h, B2_IV, sizeof B2_IV);
-    h[0] ^= 0x01010000ULL ^ 8; /* fanout 1, depth 1, no key, digest 8 bytes */
-    h[6] ^= load64(person);
-    h[7] ^= load64(person + 8);
+    return 0;
 }
 
 /* BLAKE2b-64 of a ++ b ++ c from the state start, as a big-endian integer. */
-static uint64_t b2_hash3(const uint64_t start[8], const char *a, size_t na, const char *b,
+static uint64_t b2_hash3(const blake2b_state *start, const char *a, size_t na, const char *b,
                          size_t nb, const char *c, size_t nc) {
-    uint64_t h[8];
-    unsigned char block[128];
-    size_t fill = 0;
-    uint64_t t = 0;
-    const char *parts[3] = {a, b, c};
-    size_t sizes[3] = {na, nb, nc};
-    memcpy(h, start, sizeof h);
-    for (int k = 0; k < 3; k++) {
-        const char *p = parts[k];
-        size_t n = sizes[k];
-        while (n > 0) {
-            if (fill == 128) { /* a full block with more to come: not the last */
-                t += 128;
-                b2_compress(h, block, t, 0);
-                fill = 0;
-            }
-            size_t take = 128 - fill < n ? 128 - fill : n;
-            memcpy(block + fill, p, take);
-            fill += take;
-            p += take;
-            n -= take;
-        }
-    }
-    t += fill;
-    memset(block + fill, 0, 128 - fill);
-    b2_compress(h, block, t, 1);
-    return __builtin_bswap64(h[0]); /* the digest's 8 bytes, little-endian h[0], read big */
+    blake2b_state st = *start; /* a copy: start serves every name */
+    unsigned char out[8];
+    blake2b_update(&st, (const uint8_t *)a, na);
+    blake2b_update(&st, (const uint8_t *)b, nb);
+    blake2b_update(&st, (const uint8_t *)c, nc);
+    blake2b_final(&st, out, sizeof out);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | out[i];
+    return v;
 }
 
 /* A str's bytes as os.fsencode / .encode("utf-8", "surrogateescape") make them:
@@ -374,10 +303,11 @@ static PyObject *hash64(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *out = NULL;
     unsigned char pers[16];
-    uint64_t start[8];
+    blake2b_state start;
     if (person_of(person, pers) != 0)
         goto done;
-    b2_start(start, pers);
+    if (b2_start(&start, pers) != 0)
+        goto done;
     Py_ssize_t n = PyList_GET_SIZE(names);
     out = PyList_New(n);
     if (out == NULL)
@@ -390,7 +320,7 @@ static PyObject *hash64(PyObject *self, PyObject *args) {
             Py_CLEAR(out);
             goto done;
         }
-        uint64_t v = b2_hash3(start, prefix.buf, (size_t)prefix.len, data, (size_t)size,
+        uint64_t v = b2_hash3(&start, prefix.buf, (size_t)prefix.len, data, (size_t)size,
                               suffix.buf, (size_t)suffix.len);
         Py_XDECREF(hold);
         PyObject *num = PyLong_FromUnsignedLongLong(v);
@@ -635,7 +565,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         return NULL;
     }
     /* fileid: a callable, or (person, prefix): merge.attrs.ids_in's hash, made here */
-    uint64_t id_start[8];
+    blake2b_state id_start;
     const char *id_prefix = NULL;
     Py_ssize_t id_prefix_len = 0;
     if (PyTuple_Check(fileid_fn)) {
@@ -643,11 +573,10 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         PyObject *person, *prefix;
         if (!PyArg_ParseTuple(fileid_fn, "O!O!:scan's fileid", &PyBytes_Type, &person,
                               &PyBytes_Type, &prefix) ||
-            person_of(person, pers) != 0) {
+            person_of(person, pers) != 0 || b2_start(&id_start, pers) != 0) {
             Py_DECREF(path);
             return NULL;
         }
-        b2_start(id_start, pers);
         id_prefix = PyBytes_AS_STRING(prefix); /* the tuple holds it for the call */
         id_prefix_len = PyBytes_GET_SIZE(prefix);
     }
@@ -751,7 +680,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         if (entry == NULL) {
             PyObject *fid;
             if (id_prefix != NULL) { /* merge.attrs._fileid: 63 bits, never 0 nor the root's */
-                uint64_t v = b2_hash3(id_start, id_prefix, (size_t)id_prefix_len,
+                uint64_t v = b2_hash3(&id_start, id_prefix, (size_t)id_prefix_len,
                                       buf + r->at, r->len, "", 1) &
                              0x7FFFFFFFFFFFFFFFULL;
                 fid = PyLong_FromUnsignedLongLong(v > 1 ? v : 2);

@@ -294,7 +294,7 @@ def test_the_passthrough_lists_the_same_with_and_without_the_c_scan(
     assert c_scan.withheld == py_scan.withheld
 
 
-# -- hash64: BLAKE2b-64 (RFC 7693) in C -------------------------------------------------
+# -- hash64: BLAKE2b-64 by libb2, against hashlib -------------------------------------------------
 
 
 @settings(max_examples=300, deadline=None)
