@@ -206,7 +206,7 @@ ALIGN = 4096
 """A large write's data starts at a multiple of this in the log."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
-WAL_LOG = "wal_log"
+WAL_LOG = db.WAL_LOG
 """``meta`` key: the log whose groups may commit without a WAL sync (see the notes)."""
 
 
@@ -326,6 +326,7 @@ class Tx:
     changes: list[_Change] = field(default_factory=list)
     nets: dict[int, _Net] = field(default_factory=dict)
     lasts: dict[object, tuple[str, tuple]] = field(default_factory=dict)
+    turn: int | None = None  # the log named ``wal_log`` after the edits (see _flush)
 
     def truncate(self, obj: int, size: int, base_size: int) -> None:
         """Set the size of ``obj``; bytes past ``size`` are gone for good."""
@@ -389,6 +390,8 @@ class Tx:
         for sql, params in self.lasts.values():
             c.execute(sql, params)
         self.lasts = {}
+        if self.turn is not None:  # after every edit: each one deleted the row (db.TURN_ENDERS)
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (WAL_LOG, self.turn))
 
 
 class Store:
@@ -833,22 +836,27 @@ class Store:
             at = p.pos + p.span
             # Past every record of the group, refused or failed ones too: the replay
             # starts at the log's end and must never redo a write that was refused.
+            # Their bytes are in the log: counted in ``used`` (the SUM(end) committed).
             grow = max(0, at - end)
             end += grow
+            over = self.quota is not None and used + grow > self.quota
+            used += grow
             if p.error is not None:  # its sync failed: never mapped
                 continue
-            if self.quota is not None and used + grow > self.quota:
+            if over:
                 p.error = NoSpace(f"quota of {self.quota} bytes reached")
+                # Synced, so that no replay starts before this record (the end moved
+                # past it durably): a write told NOSPC never appears after a power loss.
+                must_sync = True
                 continue
-            used += grow
             piece = Piece(p.offset, p.length, self._log_id, p.data_pos)
             p.size = tx.write_piece(p.obj, piece, p.base_size)
             mapped.append(p)
             if p.stamp is not None and self.stamp is not None:
                 self.stamp(tx, p.obj, p.stamp)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
-        if must_sync and wal_log != self._log_id and self._locked:
-            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (WAL_LOG, self._log_id))
+        if self._locked:  # keeps (lazy) or takes (synced) the turn; unlocked: ends it
+            tx.turn = self._log_id
         return must_sync, used, at, mapped
 
     def _sync_wal(self) -> None:
@@ -885,12 +893,16 @@ class Store:
             try:
                 fd = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
+                tx.conn.execute("DELETE FROM meta WHERE key=?", (WAL_LOG,))
                 return
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return  # its process is alive: nothing of it was lost
+                # Redone once: the turn ends with this commit (a record left past
+                # the new end is never redone, whatever changes after it).
+                tx.conn.execute("DELETE FROM meta WHERE key=?", (WAL_LOG,))
                 pos = end
                 while (rec := _read_record(fd, pos)) is not None:
                     piece = Piece(rec.offset, rec.length, log_id, pos + HEAD)
@@ -1146,6 +1158,8 @@ class Store:
         for t in threads:  # the syncer first: its end is what ends the committer
             if t is not None and t is not threading.current_thread():
                 t.join()
+        if self._log_fd >= 0 and threading.current_thread() not in threads:
+            self._end_turn()
         with self._rlock, self._wlock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -1161,6 +1175,23 @@ class Store:
             self._w.close()
             with self._vlock:
                 self._v.close()
+
+    def _end_turn(self) -> None:
+        """(Closing, both stages drained) The log's end moved to where the log ends,
+        and its replay turn ended, in one durable transaction: the records past
+        the committed end (writes refused, failed, or given up at close) are
+        never redone, and a later group of another process needs no WAL sync
+        to be safe from this log's replay.  Failing costs nothing but that: the
+        next open may redo those records (allowed: none was acknowledged) as long
+        as no file or name changed since (``db.TURN_ENDERS``)."""
+        try:
+            with self.transaction() as tx:
+                tx.conn.execute(
+                    "UPDATE logs SET end=MAX(end, ?) WHERE id=?", (self._log_end, self._log_id)
+                )
+                tx.conn.execute("DELETE FROM meta WHERE key=? AND value=?", (WAL_LOG, self._log_id))
+        except (sqlite3.Error, OSError) as e:
+            log.warning("%s: the data log's end not recorded at close: %s", self.dir, e)
 
     def __enter__(self) -> Store:
         return self
