@@ -45,36 +45,68 @@ crash:
   WAL), and every commit that syncs the WAL (every transaction of
   :meth:`Store.transaction` but a group's, and the groups below) makes all
   before it durable.
-* A group commits lazily only if the ``meta`` row ``wal_log`` already names
-  its log, durably: the first group of a log, and the first after another
-  log's group, syncs and names its log (:meth:`Store._apply`).  So every
-  lazy commit after the last durable one is a group of that one log.
+* The replay turn: the ``meta`` row ``wal_log`` names the one log whose
+  groups may commit lazily.  Triggers delete it at every change of a file
+  (an ``objects`` row: each commit of one bumps its ``gen``) or a name (a
+  ``nodes`` row), in the change's own transaction, whatever code commits
+  it (``db.TURN_ENDERS``: an older version's commits too).  A group of a
+  locked log names its log again after its edits (``Tx.turn``), and commits
+  lazily only if the row named its log when it began (:meth:`Store._apply`):
+  so the first group of a log, and its first after any other change, syncs
+  the WAL.  Every other change (the namespace's transactions, a group of
+  another log or of a log that could not be locked, the replay, an older
+  version's commit) ends the turn and syncs the WAL.  :meth:`Store.close`
+  moves its log's end to where the log ends and ends its turn, in one
+  durable transaction.  So while the committed row names log ``L``, no file
+  or name changed since ``L``'s last group.
 * A lazy group starts in the log where the previous group of the process
-  ended and has no gap (``_next``), no failed or refused write, no large
-  one (whose record has no data checksum), and follows no failed group
+  ended and has no gap (``_next``), no failed or refused write (a refusal
+  is known only under the write lock: the group then syncs), no large one
+  (whose record has no data checksum), and follows no failed group
   (``_resync``); else it syncs.  Its writes are mapped in the log's order.
   Every record before its end was written before its data sync (a gap is
-  a write not yet there).  So the log, read from the durable ``end`` of
-  the ``wal_log`` log on, holds each lost group's records in the order
-  they were committed, whole, and a durable ``end`` is always a record's
-  start (it moves past refused and failed records too).
+  a write not yet there).  A durable ``end`` is always a record's start,
+  and moves past refused and failed records too (they count in the quota:
+  their bytes are in the log).
 * :meth:`Store._replay` (when a store opens, in one durable transaction,
-  under sqlite's write lock) maps the records from there while their
-  checksum, length and place hold, and stops at the first that does not
-  (zeros, the end, a torn record: never acknowledged, nor anything after
-  it), then moves the log's ``end`` past them.  It replays a log only when
-  the log's process is gone: a live one holds an ``flock`` on its log
-  (:meth:`Store._open_log`), and its records past ``end`` are writes not
-  committed yet.  A crash during the replay leaves the database as before
-  it; the next open redoes it.  A write whose record is whole but was
-  never acknowledged (killed before its commit, or its sync failed) may be
-  redone whole: allowed, as step 4.
-* The namespace's changes (truncate, remove, rename) commit durably and
-  with them every lazy group before them; the replay redoes only groups
-  after them, so a truncated file regrown by a later write reads zeros
-  between, as before the crash.
-* Sizes: the quota counts the records (headers too).  Logs written before
-  this format have no ``wal_log`` row and are never replayed.
+  under sqlite's write lock) reads the ``wal_log`` log from its ``end``,
+  maps the records while their checksum, length and place hold, stops at
+  the first that does not (zeros, the end, a torn record: never
+  acknowledged, nor anything after it), moves the log's ``end`` past them
+  and ends the turn.  It replays a log only when the log's process is
+  gone: a live one holds an ``flock`` on its log (:meth:`Store._open_log`),
+  and its records past ``end`` are writes not committed yet.  A crash
+  during the replay leaves the database as before it; the next open redoes
+  it.
+
+What the replay redoes, then:
+
+* After a process is killed (the machine runs on: every commit is there):
+  the records past ``L``'s end are writes ``L`` logged and never committed
+  (in flight, or their group failed: told an error, never acknowledged; a
+  closed store leaves none).  Nothing changed since ``L``'s last group (the
+  turn), so redoing them is the same as their group committing just before
+  the kill, in the log's order: allowed, as for step 4.  They are never
+  redone over a later truncate, remove, rename, create (node ids are reused)
+  or another process's write: any of those ended the turn.
+* After a power loss: the database is a prefix ending at a commit that
+  synced the WAL.  Every commit lost after it is a lazy group of the log
+  ``L`` the row then named (any other change syncs and ends the turn: none
+  was lost, or no lazy group was lost), and ``L``'s records from its durable
+  end hold those groups whole, in their commit order, then at most what a
+  kill leaves (above).  So every acknowledged write is there after the
+  replay, and no change acknowledged after a replayed record is undone.
+* The replay does not check the quota: after a power loss its records are
+  writes the exact check accepted in their lost group (a refused one's
+  group synced: the end is past it), and after a kill their bytes are in the
+  log and counted in ``logged`` whether mapped or not: refusing them would
+  free nothing.  ``logged`` may pass the quota by such records and by the
+  records the exact check refused.
+* Versions: logs written before this format have no ``wal_log`` row and are
+  never replayed; an older version's change ends the turn (the triggers).
+  Code older than this format does not replay: run after a power loss, it
+  loses the lost lazy groups' writes (acknowledged) unless a store of this
+  version opened the session first (see docs/instant-design.md).
 
 Group commit
 ------------
