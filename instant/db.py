@@ -66,13 +66,13 @@ WAL_LOG = "wal_log"
 TURN_ENDERS = [
     f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_ends_wal_log AFTER {op} ON {table}"
     f" BEGIN DELETE FROM meta WHERE key='{WAL_LOG}'; END"
-    for table in ("objects", "nodes")
+    for table in ("objects", "nodes", "dirents")
     for op in ("INSERT", "UPDATE", "DELETE")
 ]
-"""Every change of a file's size or map (``objects``: each commit of one bumps its
-``gen``) or of a name (``nodes``) deletes the ``wal_log`` row in its own
-transaction, whatever the code that commits it (an older version's too: the
-triggers are in the database).  A group that may keep the log's replay turn names
+"""Every change of a file's size or map (``objects``: each commit of one bumps
+its ``gen``) or of a name (``nodes``, ``dirents``) deletes the ``wal_log`` row in
+its own transaction, whatever the code that commits it (an older version's too:
+the triggers are in the database).  A group that may keep the log's replay turn names
 its log again after its edits (``instant.store``, "The data log as the map's
 log"); every other change ends the turn, so a replay never redoes a record
 over a change made after it."""

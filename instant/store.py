@@ -48,8 +48,8 @@ crash:
 * The replay turn: the ``meta`` row ``wal_log`` names the one log whose
   groups may commit lazily.  Triggers delete it at every change of a file
   (an ``objects`` row: each commit of one bumps its ``gen``) or a name (a
-  ``nodes`` row), in the change's own transaction, whatever code commits
-  it (``db.TURN_ENDERS``: an older version's commits too).  A group of a
+  ``nodes`` or ``dirents`` row), in the change's own transaction, whatever
+  code commits it (``db.TURN_ENDERS``: an older version's commits too).  A group of a
   locked log names its log again after its edits (``Tx.turn``), and commits
   lazily only if the row named its log when it began (:meth:`Store._apply`):
   so the first group of a log, and its first after any other change, syncs

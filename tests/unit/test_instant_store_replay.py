@@ -466,3 +466,33 @@ def test_a_closed_store_s_records_past_its_end_are_never_redone(
             read(c, 1, base_fd, 0, 3 * BLOCK)
             == b"a" * BLOCK + b"b" * BLOCK + BASE[2 * BLOCK : 3 * BLOCK]
         )
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO objects(id, size, base_limit) VALUES (9, 0, 0)",
+        "UPDATE objects SET gen=gen+1 WHERE id=1",
+        "DELETE FROM objects WHERE id=1",
+        "INSERT INTO nodes VALUES (9, 9, 1, NULL, 1, 420, 0, 0, 0, 0, 0, NULL, NULL)",
+        "UPDATE nodes SET mtime=1 WHERE id=1",
+        "DELETE FROM nodes WHERE id=1",
+        "INSERT INTO dirents VALUES (1, 'x', 9)",
+        "UPDATE dirents SET name='y' WHERE parent=1",
+        "DELETE FROM dirents WHERE parent=1",
+    ],
+)
+def test_every_change_of_a_file_or_a_name_ends_the_turn(tmp_path: Path, sql: str) -> None:
+    conn = db.connect(tmp_path)
+    try:
+        conn.execute("INSERT INTO objects(id, size, base_limit) VALUES (1, 0, 0)")
+        conn.execute("INSERT INTO nodes VALUES (1, 1, 1, NULL, 1, 420, 0, 0, 0, 0, 0, NULL, NULL)")
+        conn.execute("INSERT INTO dirents VALUES (1, 'a', 1)")
+        conn.execute("INSERT INTO meta VALUES (?, 7)", (db.WAL_LOG,))
+        conn.execute("INSERT INTO logs(name) VALUES ('l')")  # not a change of a file
+        conn.execute("UPDATE logs SET end=5")
+        assert conn.execute("SELECT value FROM meta WHERE key=?", (db.WAL_LOG,)).fetchone() == (7,)
+        conn.execute(sql)
+        assert conn.execute("SELECT value FROM meta WHERE key=?", (db.WAL_LOG,)).fetchone() is None
+    finally:
+        conn.close()
