@@ -496,3 +496,23 @@ def test_every_change_of_a_file_or_a_name_ends_the_turn(tmp_path: Path, sql: str
         assert conn.execute("SELECT value FROM meta WHERE key=?", (db.WAL_LOG,)).fetchone() is None
     finally:
         conn.close()
+
+
+def test_after_a_namespace_change_one_group_syncs_and_takes_the_turn_back(
+    tmp_path: Path, base_fd: int
+) -> None:
+    d = tmp_path / "s"
+    with Store(d) as s:
+        s.write(1, 0, b"a" * BLOCK, len(BASE))
+        s.write(1, BLOCK, b"b" * BLOCK, len(BASE))
+        assert s.stats.map_syncs == 1
+        with s.transaction() as tx:
+            tx.truncate(2, 0, len(BASE))
+        s.write(1, 2 * BLOCK, b"c" * BLOCK, len(BASE))
+        assert s.stats.map_syncs == 2
+        s.write(1, 3 * BLOCK, b"d" * BLOCK, len(BASE))
+        assert s.stats.map_syncs == 2
+        with s.read() as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key='wal_log'").fetchone() == (
+                s._log_id,
+            )
