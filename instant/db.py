@@ -21,7 +21,9 @@ table       rows
 ``nodes``   an entry of the writable namespace (``instant.namespace``)
 ``dirents`` ``(parent, name) → node``; node 0 is a whiteout
 ``meta``    key/value: the session's fixed facts (id, quota); ``wal_log``: the
-            data log whose groups may commit without a WAL fsync
+            data log whose groups may commit without a WAL fsync, deleted
+            by triggers (``TURN_ENDERS``) at every other change of a file or
+            a name
 ``calls``   the server's duplicate request cache keys of changes that
             succeeded, committed with the change (``SessionNamespace.recording``)
 ==========  ==================================================================
@@ -58,6 +60,23 @@ CREATE INDEX IF NOT EXISTS dirents_node ON dirents(node);
 CREATE TABLE IF NOT EXISTS calls(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
 """
 
+WAL_LOG = "wal_log"
+"""``meta`` key: the data log whose groups may commit without a WAL fsync."""
+
+TURN_ENDERS = [
+    f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_ends_wal_log AFTER {op} ON {table}"
+    f" BEGIN DELETE FROM meta WHERE key='{WAL_LOG}'; END"
+    for table in ("objects", "nodes", "dirents")
+    for op in ("INSERT", "UPDATE", "DELETE")
+]
+"""Every change of a file's size or map (``objects``: each commit of one bumps
+its ``gen``) or of a name (``nodes``, ``dirents``) deletes the ``wal_log`` row in
+its own transaction, whatever the code that commits it (an older version's too:
+the triggers are in the database).  A group that may keep the log's replay turn names
+its log again after its edits (``instant.store``, "The data log as the map's
+log"); every other change ends the turn, so a replay never redoes a record
+over a change made after it."""
+
 
 def connect(directory: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), schema ready."""
@@ -72,6 +91,8 @@ def connect(directory: Path) -> sqlite3.Connection:
     for stmt in SCHEMA.split(";"):
         if stmt.strip():
             conn.execute(stmt)
+    for stmt in TURN_ENDERS:
+        conn.execute(stmt)
     conn.execute("COMMIT")
     return conn
 

@@ -45,36 +45,68 @@ crash:
   WAL), and every commit that syncs the WAL (every transaction of
   :meth:`Store.transaction` but a group's, and the groups below) makes all
   before it durable.
-* A group commits lazily only if the ``meta`` row ``wal_log`` already names
-  its log, durably: the first group of a log, and the first after another
-  log's group, syncs and names its log (:meth:`Store._apply`).  So every
-  lazy commit after the last durable one is a group of that one log.
+* The replay turn: the ``meta`` row ``wal_log`` names the one log whose
+  groups may commit lazily.  Triggers delete it at every change of a file
+  (an ``objects`` row: each commit of one bumps its ``gen``) or a name (a
+  ``nodes`` or ``dirents`` row), in the change's own transaction, whatever
+  code commits it (``db.TURN_ENDERS``: an older version's commits too).  A group of a
+  locked log names its log again after its edits (``Tx.turn``), and commits
+  lazily only if the row named its log when it began (:meth:`Store._apply`):
+  so the first group of a log, and its first after any other change, syncs
+  the WAL.  Every other change (the namespace's transactions, a group of
+  another log or of a log that could not be locked, the replay, an older
+  version's commit) ends the turn and syncs the WAL.  :meth:`Store.close`
+  moves its log's end to where the log ends and ends its turn, in one
+  durable transaction.  So while the committed row names log ``L``, no file
+  or name changed since ``L``'s last group.
 * A lazy group starts in the log where the previous group of the process
-  ended and has no gap (``_next``), no failed or refused write, no large
-  one (whose record has no data checksum), and follows no failed group
+  ended and has no gap (``_next``), no failed or refused write (a refusal
+  is known only under the write lock: the group then syncs), no large one
+  (whose record has no data checksum), and follows no failed group
   (``_resync``); else it syncs.  Its writes are mapped in the log's order.
   Every record before its end was written before its data sync (a gap is
-  a write not yet there).  So the log, read from the durable ``end`` of
-  the ``wal_log`` log on, holds each lost group's records in the order
-  they were committed, whole, and a durable ``end`` is always a record's
-  start (it moves past refused and failed records too).
+  a write not yet there).  A durable ``end`` is always a record's start,
+  and moves past refused and failed records too (they count in the quota:
+  their bytes are in the log).
 * :meth:`Store._replay` (when a store opens, in one durable transaction,
-  under sqlite's write lock) maps the records from there while their
-  checksum, length and place hold, and stops at the first that does not
-  (zeros, the end, a torn record: never acknowledged, nor anything after
-  it), then moves the log's ``end`` past them.  It replays a log only when
-  the log's process is gone: a live one holds an ``flock`` on its log
-  (:meth:`Store._open_log`), and its records past ``end`` are writes not
-  committed yet.  A crash during the replay leaves the database as before
-  it; the next open redoes it.  A write whose record is whole but was
-  never acknowledged (killed before its commit, or its sync failed) may be
-  redone whole: allowed, as step 4.
-* The namespace's changes (truncate, remove, rename) commit durably and
-  with them every lazy group before them; the replay redoes only groups
-  after them, so a truncated file regrown by a later write reads zeros
-  between, as before the crash.
-* Sizes: the quota counts the records (headers too).  Logs written before
-  this format have no ``wal_log`` row and are never replayed.
+  under sqlite's write lock) reads the ``wal_log`` log from its ``end``,
+  maps the records while their checksum, length and place hold, stops at
+  the first that does not (zeros, the end, a torn record: never
+  acknowledged, nor anything after it), moves the log's ``end`` past them
+  and ends the turn.  It replays a log only when the log's process is
+  gone: a live one holds an ``flock`` on its log (:meth:`Store._open_log`),
+  and its records past ``end`` are writes not committed yet.  A crash
+  during the replay leaves the database as before it; the next open redoes
+  it.
+
+What the replay redoes, then:
+
+* After a process is killed (the machine runs on: every commit is there):
+  the records past ``L``'s end are writes ``L`` logged and never committed
+  (in flight, or their group failed: told an error, never acknowledged; a
+  closed store leaves none).  Nothing changed since ``L``'s last group (the
+  turn), so redoing them is the same as their group committing just before
+  the kill, in the log's order: allowed, as for step 4.  They are never
+  redone over a later truncate, remove, rename, create (node ids are reused)
+  or another process's write: any of those ended the turn.
+* After a power loss: the database is a prefix ending at a commit that
+  synced the WAL.  Every commit lost after it is a lazy group of the log
+  ``L`` the row then named (any other change syncs and ends the turn: none
+  was lost, or no lazy group was lost), and ``L``'s records from its durable
+  end hold those groups whole, in their commit order, then at most what a
+  kill leaves (above).  So every acknowledged write is there after the
+  replay, and no change acknowledged after a replayed record is undone.
+* The replay does not check the quota: after a power loss its records are
+  writes the exact check accepted in their lost group (a refused one's
+  group synced: the end is past it), and after a kill their bytes are in the
+  log and counted in ``logged`` whether mapped or not: refusing them would
+  free nothing.  ``logged`` may pass the quota by such records and by the
+  records the exact check refused.
+* Versions: logs written before this format have no ``wal_log`` row and are
+  never replayed; an older version's change ends the turn (the triggers).
+  Code older than this format does not replay: run after a power loss, it
+  loses the lost lazy groups' writes (acknowledged) unless a store of this
+  version opened the session first (see docs/instant-design.md).
 
 Group commit
 ------------
@@ -206,7 +238,7 @@ ALIGN = 4096
 """A large write's data starts at a multiple of this in the log."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
-WAL_LOG = "wal_log"
+WAL_LOG = db.WAL_LOG
 """``meta`` key: the log whose groups may commit without a WAL sync (see the notes)."""
 
 
@@ -326,6 +358,7 @@ class Tx:
     changes: list[_Change] = field(default_factory=list)
     nets: dict[int, _Net] = field(default_factory=dict)
     lasts: dict[object, tuple[str, tuple]] = field(default_factory=dict)
+    turn: int | None = None  # the log named ``wal_log`` after the edits (see _flush)
 
     def truncate(self, obj: int, size: int, base_size: int) -> None:
         """Set the size of ``obj``; bytes past ``size`` are gone for good."""
@@ -389,6 +422,8 @@ class Tx:
         for sql, params in self.lasts.values():
             c.execute(sql, params)
         self.lasts = {}
+        if self.turn is not None:  # after every edit: each one deleted the row (db.TURN_ENDERS)
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (WAL_LOG, self.turn))
 
 
 class Store:
@@ -833,22 +868,27 @@ class Store:
             at = p.pos + p.span
             # Past every record of the group, refused or failed ones too: the replay
             # starts at the log's end and must never redo a write that was refused.
+            # Their bytes are in the log: counted in ``used`` (the SUM(end) committed).
             grow = max(0, at - end)
             end += grow
+            over = self.quota is not None and used + grow > self.quota
+            used += grow
             if p.error is not None:  # its sync failed: never mapped
                 continue
-            if self.quota is not None and used + grow > self.quota:
+            if over:
                 p.error = NoSpace(f"quota of {self.quota} bytes reached")
+                # Synced, so that no replay starts before this record (the end moved
+                # past it durably): a write told NOSPC never appears after a power loss.
+                must_sync = True
                 continue
-            used += grow
             piece = Piece(p.offset, p.length, self._log_id, p.data_pos)
             p.size = tx.write_piece(p.obj, piece, p.base_size)
             mapped.append(p)
             if p.stamp is not None and self.stamp is not None:
                 self.stamp(tx, p.obj, p.stamp)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
-        if must_sync and wal_log != self._log_id and self._locked:
-            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (WAL_LOG, self._log_id))
+        if self._locked:  # keeps (lazy) or takes (synced) the turn; unlocked: ends it
+            tx.turn = self._log_id
         return must_sync, used, at, mapped
 
     def _sync_wal(self) -> None:
@@ -885,12 +925,16 @@ class Store:
             try:
                 fd = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
+                tx.conn.execute("DELETE FROM meta WHERE key=?", (WAL_LOG,))
                 return
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return  # its process is alive: nothing of it was lost
+                # Redone once: the turn ends with this commit (a record left past
+                # the new end is never redone, whatever changes after it).
+                tx.conn.execute("DELETE FROM meta WHERE key=?", (WAL_LOG,))
                 pos = end
                 while (rec := _read_record(fd, pos)) is not None:
                     piece = Piece(rec.offset, rec.length, log_id, pos + HEAD)
@@ -1146,6 +1190,8 @@ class Store:
         for t in threads:  # the syncer first: its end is what ends the committer
             if t is not None and t is not threading.current_thread():
                 t.join()
+        if self._log_fd >= 0 and threading.current_thread() not in threads:
+            self._end_turn()
         with self._rlock, self._wlock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -1161,6 +1207,23 @@ class Store:
             self._w.close()
             with self._vlock:
                 self._v.close()
+
+    def _end_turn(self) -> None:
+        """(Closing, both stages drained) The log's end moved to where the log ends,
+        and its replay turn ended, in one durable transaction: the records past
+        the committed end (writes refused, failed, or given up at close) are
+        never redone, and a later group of another process needs no WAL sync
+        to be safe from this log's replay.  Failing costs nothing but that: the
+        next open may redo those records (allowed: none was acknowledged) as long
+        as no file or name changed since (``db.TURN_ENDERS``)."""
+        try:
+            with self.transaction() as tx:
+                tx.conn.execute(
+                    "UPDATE logs SET end=MAX(end, ?) WHERE id=?", (self._log_end, self._log_id)
+                )
+                tx.conn.execute("DELETE FROM meta WHERE key=? AND value=?", (WAL_LOG, self._log_id))
+        except (sqlite3.Error, OSError) as e:
+            log.warning("%s: the data log's end not recorded at close: %s", self.dir, e)
 
     def __enter__(self) -> Store:
         return self
