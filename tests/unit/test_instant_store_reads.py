@@ -104,3 +104,34 @@ def test_nowait_nests_and_restores(tmp_path_factory, depth: int, fail_at: int) -
         assert getattr(s._nowait, "on", False) is False  # back as before, raised or not
     finally:
         s.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=3), short=st.integers(0, 900))
+def test_pwrite_all_finishes_a_short_pwritev(
+    tmp_path_factory, sizes: list[int], short: int
+) -> None:  # type: ignore[no-untyped-def]
+    """``_pwrite_all`` (the loop's WRITE puts its record with it): a ``pwritev`` that
+    wrote less is finished by ``pwrite``s, every byte in place."""
+    import os
+
+    import instant.store as store_mod
+
+    bufs: list[bytes | memoryview] = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
+    bufs[-1] = memoryview(bufs[-1])
+    path = tmp_path_factory.mktemp("w") / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    real = os.pwritev
+
+    def shorter(f: int, b: list, pos: int) -> int:  # type: ignore[type-arg]
+        whole = b"".join(bytes(x) for x in b)
+        return os.pwrite(f, whole[: min(short, len(whole))], pos)
+
+    try:
+        store_mod.os.pwritev = shorter  # type: ignore[assignment]
+        store_mod._pwrite_all(fd, bufs, 10)
+    finally:
+        store_mod.os.pwritev = real  # type: ignore[assignment]
+        os.close(fd)
+    whole = b"".join(bytes(b) for b in bufs)
+    assert path.read_bytes() == (bytes(10) + whole if whole else b"")
