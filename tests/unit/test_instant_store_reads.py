@@ -10,14 +10,13 @@ lock.  ``nowait`` is a small class now: it must nest and restore the flag.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instant.errors import WouldWait
 from instant.store import Store
+from tests.proto.test_instant_write_deferred import read_lock_held
 
 SQL = "SELECT size, gen FROM objects WHERE id=?"
 
@@ -56,22 +55,8 @@ def test_read_one_inside_a_read_block_is_that_snapshot(store: Store, tmp_path) -
 
 
 def test_read_one_in_nowait_does_not_wait_for_the_read_lock(store: Store) -> None:
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with store.read():
-            held.set()
-            release.wait(10)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert held.wait(10)
-        with store.nowait(), pytest.raises(WouldWait):
-            store.read_one(SQL, (7,))
-    finally:
-        release.set()
-        t.join()
+    with read_lock_held(store), store.nowait(), pytest.raises(WouldWait):
+        store.read_one(SQL, (7,))
     assert store.read_one(SQL, (7,)) is None  # outside nowait: it takes the lock
 
 
