@@ -345,11 +345,10 @@ class SessionNamespace:
         """
         n = self._answers.get(version, fileid)
         if n is None:
-            try:
-                with self.store.read() as conn:
-                    n = self._by_fileid(conn, fileid)
-            except Stale:
-                n = _GONE
+            # One statement, no BEGIN/COMMIT around it (Store.read_one): after each
+            # group this process commits, the loop's next WRITE reads its node again.
+            row = self.store.read_one(f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?", (fileid,))
+            n = _GONE if row is None else _node(row)
             self._answers.put(version, fileid, n)
         if n is _GONE:
             raise Stale(f"no entry with fileid {fileid}")

@@ -446,6 +446,7 @@ class Store:
         self._w = db.connect(self.dir)
         self._r = db.connect(self.dir)
         self._v = db.connect(self.dir)  # only asked for data_version (see version())
+        self._vcur = self._v.cursor()  # kept: one cursor object less a version()
         self._wlock = threading.Lock()  # the write connection, _wstates
         self._rlock = threading.RLock()  # the read connection, _rstates, _fds
         self._vlock = threading.Lock()  # the version connection; taken inside _rlock, never around
@@ -1058,8 +1059,21 @@ class Store:
         finally:
             self._rlock.release()
 
-    @contextmanager
-    def nowait(self) -> Iterator[None]:
+    def read_one(self, sql: str, params: tuple[object, ...]) -> tuple | None:
+        """The first row of one query on the read connection: what :meth:`read` gives
+        for a single statement, without its ``BEGIN`` and ``COMMIT`` (one statement
+        is a snapshot of its own; inside a :meth:`read` block, that block's)."""
+        self._rtake()
+        try:
+            cur = self._r.execute(sql, params)
+            try:
+                return cur.fetchone()
+            finally:
+                cur.close()  # its statement reset now: no read transaction left open
+        finally:
+            self._rlock.release()
+
+    def nowait(self) -> AbstractContextManager[None]:
         """Read answers for a thread that must not wait (the server's loop): in the
         block, the read lock is taken at once or :class:`WouldWait` (:meth:`_rtake`),
         each time it is needed, not held for the whole block; a file's map that
@@ -1072,13 +1086,10 @@ class Store:
         it checked, wrote its bytes and queued them, and the committer's
         ``_publish`` waited for it (a context switch) or the next inline call
         found it taken and went to a worker.  Each read is a snapshot of its own,
-        as on a worker, which never held the lock across a call's reads either."""
-        before = getattr(self._nowait, "on", False)
-        self._nowait.on = True
-        try:
-            yield
-        finally:
-            self._nowait.on = before
+        as on a worker, which never held the lock across a call's reads either.
+        A small class, not a generator (``contextmanager``): every inline call
+        enters it, 0.3 against 0.8 µs."""
+        return _NoWait(self._nowait)
 
     def _rtake(self) -> None:
         """Take the read lock; in :meth:`nowait`, at once or :class:`WouldWait`."""
@@ -1095,7 +1106,7 @@ class Store:
         (``version=``), so a call costs one such look, not one per question.
         """
         with self._vlock:
-            return self._v.execute("PRAGMA data_version").fetchone()[0]
+            return self._vcur.execute("PRAGMA data_version").fetchone()[0]
 
     def state(self, obj: int, version: int | None = None) -> FileState | None:
         """A copy-free look at ``obj``'s overlay (None: never changed); for sizes.
@@ -1276,6 +1287,23 @@ def _load(conn: sqlite3.Connection, obj: int) -> _Entry:
     return _Entry(FileState(row[0], row[1], RangeMap(pieces)), row[2])
 
 
+class _NoWait:
+    """:meth:`Store.nowait`'s block: the thread's flag set, and put back after."""
+
+    __slots__ = ("_before", "_local")
+
+    def __init__(self, local: threading.local) -> None:
+        self._local = local
+        self._before = False
+
+    def __enter__(self) -> None:
+        self._before = getattr(self._local, "on", False)
+        self._local.on = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._local.on = self._before
+
+
 class _Redo(Exception):
     """A write mapped in a group's transaction failed its sync meanwhile."""
 
@@ -1294,7 +1322,9 @@ def _pwrite_all(fd: int, bufs: list[bytes | memoryview], pos: int) -> None:
     """``bufs`` one after the other at ``pos`` (one ``pwritev``, more if it wrote less)."""
     try:
         n = os.pwritev(fd, bufs, pos)
-        rest = sum(len(b) for b in bufs) - n
+        rest = -n
+        for b in bufs:  # not sum() over a generator: ~1 µs less on the loop's WRITE
+            rest += len(b)
         if rest:
             view = memoryview(b"".join(bufs))[n:]
             pos += n

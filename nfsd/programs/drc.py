@@ -15,12 +15,26 @@ The port is left out so that a reconnect from a new source port still
 matches (knfsd keys on it and relies on the client reusing its port; the
 Linux client does, others need not); the argument checksum (BLAKE2b of
 every decoded field) makes a reused xid with other arguments a new call.
-Of an opaque longer than ``2 * SAMPLE`` (WRITE's data) only its length,
-first and last ``SAMPLE`` bytes are hashed: the checksum of a 1 MiB WRITE
-took 992 µs of thread CPU, about a quarter of the call's, and now 13 µs
-(best of 5 × 50 here); knfsd checksums only the first 256 bytes of a call.  A reused
-xid *and* the same handle, offset, count, head and tail is not a case a
-client produces (xids wrap after 2^32 calls; entries live 600 s).
+Of an opaque longer than ``2 * SAMPLE`` only its length, first and last
+``SAMPLE`` bytes are hashed (a 1 MiB WRITE's checksum: 992 → 13 µs).
+
+WRITE's key is cheaper still (:func:`_write_input`): its handle, offset,
+count, stable and data length as they are, and of the data only a CRC-32
+(of all of it up to ``2 * SAMPLE`` bytes, else of its first and last
+``SAMPLE``), not a BLAKE2b over 4 KiB: the hash of a 4 KiB WRITE's data was
+~13 % of the loop's time on random 4 KiB WRITEs.  knfsd keys its cache on
+xid, procedure, version, protocol, the call's length, the client's address
+and a checksum of only the first 256 bytes of the call (``RC_CSUMLEN``,
+fs/nfsd/cache.h).  The reply cache guards against a *retransmission*: the
+same xid from the same client within :data:`MAX_AGE` (600 s) of the first;
+a client moves its xid with every call and wraps it after 2^32 calls, so a
+reused xid with the same handle, offset and count but other data is not a
+case a client produces, and should one, the CRC still tells such data
+apart but for a chance of 2^-32.  A WRITE's key is never stored (only
+:data:`~nfsd.programs.nfs3.router.RECORDED` procedures' keys are committed
+to the session database, and WRITE is not one), so its form may change
+between versions; the keys of the recorded procedures may not
+(``tests/unit/test_drc_checksum.py`` pins them).
 
 * a duplicate of a call that has finished gets the recorded reply bytes;
 * a duplicate of a call still running is dropped (:class:`nfsd.rpc.DropCall`):
@@ -41,6 +55,7 @@ import functools
 import hashlib
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from typing import Any
 
@@ -56,7 +71,8 @@ _RUNNING = b""
 
 def checksum(args: Any) -> bytes:
     """A digest of decoded arguments: every field; of an opaque longer than
-    ``2 * SAMPLE``, its length and first and last ``SAMPLE`` bytes (see above)."""
+    ``2 * SAMPLE``, its length and first and last ``SAMPLE`` bytes; of a WRITE's
+    data a CRC-32 (see above)."""
     if type(args) is WRITE3args:
         return hashlib.blake2b(_write_input(args), digest_size=16).digest()
     out = bytearray()
@@ -65,10 +81,11 @@ def checksum(args: Any) -> bytes:
 
 
 def _write_input(a: WRITE3args) -> bytes:
-    """What :func:`_feed` appends for a WRITE3args, without its walk over the fields
-    (a third of a 4 KiB session WRITE's key on the loop); equal byte for byte
-    (``tests/unit/test_drc.py``), else the general walk: fields of other types
-    take :func:`_feed`'s other branches."""
+    """WRITE's digest input (see above): its fields as they are and a CRC-32 of its
+    data (all of it up to ``2 * SAMPLE`` bytes, else its first and last ``SAMPLE``);
+    fields of unexpected types (not from the decoder) take the general walk.  The
+    fast path and the general path build the same ``WRITE3args``, so a call and its
+    retransmission by the other path have the same key (``tests/unit/test_drc_checksum.py``)."""
     fh, data = a.file.data, a.data
     if not (
         type(a.offset) is int
@@ -82,13 +99,14 @@ def _write_input(a: WRITE3args) -> bytes:
         _feed(out, a)
         return bytes(out)
     n = len(data)
-    head = b"WRITE3argsnfs_fh3%b%b%d;%d;%d;%b" % (
-        len(fh).to_bytes(8, "big"), fh, a.offset, a.count, a.stable, n.to_bytes(8, "big"),
-    )  # fmt: skip
     if n > 2 * SAMPLE:
         view = memoryview(data)
-        return b"".join((head, view[:SAMPLE], view[-SAMPLE:]))
-    return b"".join((head, data))
+        crc = zlib.crc32(view[-SAMPLE:], zlib.crc32(view[:SAMPLE]))
+    else:
+        crc = zlib.crc32(data)
+    return b"WRITE3/crc32 %b%b%d;%d;%d;%d;%d" % (
+        len(fh).to_bytes(8, "big"), fh, a.offset, a.count, a.stable, n, crc,
+    )  # fmt: skip
 
 
 @functools.cache
