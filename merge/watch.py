@@ -52,6 +52,30 @@ module):
   names, which only events change (a file created, deleted, renamed,
   moved), need no such pass.
 
+Refresh ahead (``refresh_ahead``, on in the stack): a listing past the
+span pays the pass (~5–14 ms for 10,000 entries), though a listing within
+it costs ~2.6 ms.  So one thread per process runs the pass of a renewable
+folder ``ahead`` (0.5 s) before its span ends, as a listing past the span
+would, and a listing then finds it checked less than ``span`` ago.  Rule
+8's bound is the same: a pass, the thread's or a listing's, counts from
+its *start* (``scanned_at`` is the time taken before its first ``lstat``,
+never moved back), so a change made while it ran, after it looked at the
+entry, is found by the pass ``span`` after that start, the thread's or
+else the next listing's, exactly as without the thread; a pass that finds
+a change flags the folder (the next listing scans at once).  The C pass
+makes its ``fstatat`` calls without the GIL.  Bounded: only folders listed
+(scanned or renewed) in the last ``idle`` seconds (:data:`IDLE`, 10 min),
+the most recently listed first, at most ``refresh_entries`` entries a
+round (:data:`REFRESH_ENTRIES`, 65,536; a folder past what is left waits
+for its listing's own pass), only the watched folders (an evicted or
+flagged one is not refreshed).  The thread ends when no folder was listed
+within ``idle`` (the next listing starts another) and at ``close``; it is a
+daemon, so it never holds the process.  Its cost when idle: one pass a
+folder every ``span - ahead`` (2.5 s) for 10 minutes after the last listing
+(measured: docs/performance.md).  A process forked while the thread holds
+the lock would inherit it held; the server's workers are new interpreters
+(``nfsd.service.supervisor``), and a forked child starts its own thread.
+
 Bounds: at most ``limit`` folders watched per process (16), only folders
 whose listing had ``min_entries`` entries or more (1,000: smaller ones
 cost little to scan), or, at their first scan, whose size in bytes says

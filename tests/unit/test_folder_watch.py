@@ -551,7 +551,7 @@ def test_a_change_after_a_refresh_shows_within_the_bound(root: Path, monkeypatch
     assert c.listing(monkeypatch) is listed  # within the bound, as documented
     c.clock.advance(1.5)
     c.watches.refresh_due()  # the pass ahead finds the change: no pass in the listing
-    assert c.watches.refreshed == 1
+    assert c.watches.refreshed == 1 and c.watches._by_path[("d",)].dirty
     c.clock.advance(0.5)
     scans = c.scans
     now = c.listing(monkeypatch)
