@@ -74,7 +74,7 @@ def build_stack(
     ctx = Context(root, clock, Problems(), ttl=ttl, recheck=recheck)
     # Large folders on a local file system renewed without a rescan while inotify
     # says nothing changed (merge.watch); elsewhere, and when off, scanned.
-    watches = FolderWatches(clock) if watch_folders else None
+    watches = FolderWatches(clock, refresh_ahead=True) if watch_folders else None
     passthrough = Passthrough(ctx, fd_cache=fd_cache, watches=watches)
     links = LinksLayer(passthrough, ctx)
     merge = MergeLayer(links, ctx, cache_size=merge_cache)

@@ -52,6 +52,30 @@ module):
   names, which only events change (a file created, deleted, renamed,
   moved), need no such pass.
 
+Refresh ahead (``refresh_ahead``, on in the stack): a listing past the
+span pays the pass (~5–14 ms for 10,000 entries), though a listing within
+it costs ~2.6 ms.  So one thread per process runs the pass of a renewable
+folder ``ahead`` (0.5 s) before its span ends, as a listing past the span
+would, and a listing then finds it checked less than ``span`` ago.  Rule
+8's bound is the same: a pass, the thread's or a listing's, counts from
+its *start* (``scanned_at`` is the time taken before its first ``lstat``,
+never moved back), so a change made while it ran, after it looked at the
+entry, is found by the pass ``span`` after that start, the thread's or
+else the next listing's, exactly as without the thread; a pass that finds
+a change flags the folder (the next listing scans at once).  The C pass
+makes its ``fstatat`` calls without the GIL.  Bounded: only folders listed
+(scanned or renewed) in the last ``idle`` seconds (:data:`IDLE`, 10 min),
+the most recently listed first, at most ``refresh_entries`` entries a
+round (:data:`REFRESH_ENTRIES`, 65,536; a folder past what is left waits
+for its listing's own pass), only the watched folders (an evicted or
+flagged one is not refreshed).  The thread ends when no folder was listed
+within ``idle`` (the next listing starts another) and at ``close``; it is a
+daemon, so it never holds the process.  Its cost when idle: one pass a
+folder every ``span - ahead`` (2.5 s) for 10 minutes after the last listing
+(measured: docs/performance.md).  A process forked while the thread holds
+the lock would inherit it held; the server's workers are new interpreters
+(``nfsd.service.supervisor``), and a forked child starts its own thread.
+
 Bounds: at most ``limit`` folders watched per process (16), only folders
 whose listing had ``min_entries`` entries or more (1,000: smaller ones
 cost little to scan), or, at their first scan, whose size in bytes says
@@ -140,6 +164,11 @@ _ONE_ENTRY = IN_ACCESS | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_ISDIR
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 _read = os.read  # the descriptor's events (a test feeds its own)
 
+# The refresh ahead (design notes): only folders listed in the last IDLE seconds,
+# at most REFRESH_ENTRIES entries passed a round.
+IDLE = 600.0
+REFRESH_ENTRIES = 65536
+
 
 @functools.cache
 def _libc() -> Any:
@@ -188,6 +217,7 @@ class _Watched:
         "dev_ino",
         "dirty",
         "gen",
+        "listed_at",
         "listing",
         "scanned_at",
         "spath",
@@ -205,6 +235,7 @@ class _Watched:
         self.dev_ino: tuple[int, int] | None = None
         self.checks: tuple[tuple[str, Entry], ...] | None = None  # None: never renewed
         self.gen = 0  # scans prepared: only the last one's listing is recorded
+        self.listed_at = float("-inf")  # the last listing asked (scan or renewal)
 
 
 class FolderWatches:
@@ -220,9 +251,17 @@ class FolderWatches:
         max_checks: int = 64,
         first_size: float | None = None,
         fs_type_of: Callable[[str], int | None] = fs_type,
+        refresh_ahead: bool = False,
+        ahead: float = 0.5,
+        idle: float = IDLE,
+        refresh_entries: int = REFRESH_ENTRIES,
     ) -> None:
         """``first_size``: the folder's size in bytes from which its first scan is
-        watched (``likely_large``; 16 bytes a name of ``min_entries`` by default)."""
+        watched (``likely_large``; 16 bytes a name of ``min_entries`` by default).
+        ``refresh_ahead``: a thread runs the pass of a folder listed in the last
+        ``idle`` seconds ``ahead`` seconds before its span ends, ``refresh_entries``
+        entries at most a round (see the design notes); ``refresh_due`` runs one
+        round (the thread's, or a test's)."""
         self._clock = clock
         self.limit = limit
         self.min_entries = min_entries
@@ -238,6 +277,14 @@ class FolderWatches:
         self._by_wd: dict[int, _Watched] = {}
         self.renewed = 0  # listings handed out again without a scan (for tests, stats)
         self.verified = 0  # of them, after every entry was lstat'd (past the span)
+        self.refresh_ahead = refresh_ahead
+        self.ahead = ahead
+        self.idle = idle
+        self.refresh_entries = refresh_entries
+        self.refreshed = 0  # passes run ahead that renewed a listing (for tests, stats)
+        self._thread_pid = 0  # the process whose refresh thread runs (0: none)
+        self._wake = threading.Event()  # close(), or a listing recorded: look again
+        self._stopped = False
 
     # -- the passthrough's calls ------------------------------------------------------
 
@@ -280,7 +327,7 @@ class FolderWatches:
             w.listing = None
             w.checks = None
             w.dev_ino = (st.st_dev, st.st_ino)
-            w.scanned_at = self._clock()
+            w.scanned_at = w.listed_at = self._clock()
             w.gen += 1
             return w, w.gen
 
@@ -305,12 +352,71 @@ class FolderWatches:
                     return
                 w.listing = listing
                 w.checks = None if checks is None else tuple(checks)
+                if w.checks is not None and self.refresh_ahead:
+                    self._start_refresh()
 
     def renew(self, path: PresentedPath, listing: Listing) -> bool:
         """Whether ``listing`` (of ``path``, past its ttl) still presents the storage."""
         with self._lock:
             w = self._by_path.get(path)
-            if w is None or w.listing is not listing or w.checks is None:
+            if w is None:
+                return False
+            w.listed_at = self._clock()
+            if self.refresh_ahead and w.listing is listing and w.checks is not None:
+                self._start_refresh()
+        if not self._verify(w, listing, ahead=False):
+            return False
+        self.renewed += 1
+        return True
+
+    def refresh_due(self) -> float | None:
+        """One round of the refresh ahead: the pass of every folder listed in the last
+        ``idle`` seconds whose span ends within ``ahead`` seconds, the most recently
+        listed first, ``refresh_entries`` entries at most.  Returns the seconds until
+        the next one is due, or None when no folder was listed recently (the thread
+        ends; the next listing recorded starts another)."""
+        with self._lock:
+            if self._stopped or not self._ready():
+                return None
+            self._drain()
+            now = self._clock()
+            due: list[tuple[_Watched, Listing]] = []
+            budget = self.refresh_entries
+            wake: float | None = None
+            for w in sorted(self._by_path.values(), key=lambda w: -w.listed_at):
+                listing = w.listing
+                if (
+                    listing is None
+                    or w.checks is None
+                    or w.dirty
+                    or self._by_wd.get(w.wd) is not w
+                    or now - w.listed_at >= self.idle
+                ):
+                    continue
+                at = w.scanned_at + self.span - self.ahead
+                if at > now:
+                    wake = at - now if wake is None else min(wake, at - now)
+                elif len(listing.entries) <= budget:
+                    budget -= len(listing.entries)
+                    due.append((w, listing))
+            if not due and wake is None and self._thread_pid == os.getpid():
+                self._thread_pid = 0  # this round the last: a listing starts another thread
+        for w, listing in due:
+            if self._verify(w, listing, ahead=True):
+                self.refreshed += 1
+            else:  # changed (or about to be scanned): the next listing scans, no pass first
+                with self._lock:
+                    if w.listing is listing:
+                        w.dirty = True
+        if due:
+            return 0.0 if wake is None else wake  # the next round looks at the rest again
+        return wake
+
+    def _verify(self, w: _Watched, listing: Listing, *, ahead: bool) -> bool:
+        """Whether ``listing``, ``w``'s, still presents the storage: the checks, the
+        entries events named, and past the span (or ``ahead``) every entry's times."""
+        with self._lock:
+            if w.listing is not listing or w.checks is None:
                 return False
             if not self._ready():
                 return False
@@ -318,7 +424,7 @@ class FolderWatches:
             if w.dirty:
                 return False
             now = self._clock()
-            every = now - w.scanned_at >= self.span  # every entry lstat'd, not a scan
+            every = ahead or now - w.scanned_at >= self.span  # every entry lstat'd, not a scan
             touched = tuple(w.touched)
             checks, spath, dev_ino = w.checks, w.spath, w.dev_ino
         entries = listing.entries
@@ -346,18 +452,50 @@ class FolderWatches:
             if not every and len(w.touched) > len(touched):
                 return False  # a name not checked: it is, next time
             if every:
-                w.scanned_at = now  # as good as a scan begun now
-                self.verified += 1
-            self.renewed += 1
+                # As good as a scan begun now; never moved back (the thread's pass
+                # and a listing's may overlap: each began after the other's start).
+                w.scanned_at = max(w.scanned_at, now)
+                self.verified += not ahead
             return True
 
     def close(self) -> None:
         with self._lock:
+            self._stopped = True
+            self._wake.set()
             if self._fd >= 0 and self._pid == os.getpid():
                 os.close(self._fd)
             self._fd = -1
             self._by_path.clear()
             self._by_wd.clear()
+
+    # -- the refresh ahead --------------------------------------------------------------------
+
+    def _start_refresh(self) -> None:
+        """(lock held) The process's refresh thread, started if none runs (a forked
+        child starts its own); else woken to look at the listing just recorded."""
+        pid = os.getpid()
+        if self._thread_pid == pid or self._stopped:
+            self._wake.set()
+            return
+        self._thread_pid = pid
+        self._wake = threading.Event()  # a child's own (the parent's may be set)
+        threading.Thread(
+            target=self._refresh_loop, args=(self._wake,), name="folder-refresh", daemon=True
+        ).start()
+
+    def _refresh_loop(self, wake: threading.Event) -> None:
+        """Rounds until no folder was listed in the last ``idle`` seconds, or close()."""
+        try:
+            while True:
+                wake.clear()  # a listing recorded during the round: another round at once
+                wait = self.refresh_due()
+                if wait is None:
+                    return  # refresh_due let another thread start
+                wake.wait(wait)
+        except Exception:  # never a crash: the listings run their own passes
+            with self._lock:
+                if self._wake is wake:
+                    self._thread_pid = 0
 
     # -- inotify ----------------------------------------------------------------------------
 

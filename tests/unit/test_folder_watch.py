@@ -513,3 +513,156 @@ def test_a_folder_large_in_bytes_is_watched_from_its_first_scan(root: Path, monk
     listed = c.listing(monkeypatch)
     c.clock.advance(1.0)
     assert c.listing(monkeypatch) is listed and c.scans == 2 and c.watches.renewed == 0
+
+
+# -- the refresh ahead (FolderWatches.refresh_due, the thread's round) ---------------------
+
+
+def test_refresh_ahead_runs_the_pass_before_the_span_ends(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock(), span=3.0)
+    listed = c.watched(monkeypatch)  # scanned at t (now)
+    scans = c.scans
+    c.clock.advance(2.4)
+    wait = c.watches.refresh_due()
+    assert c.watches.refreshed == 0 and wait == pytest.approx(0.1)  # due at t + 2.5
+    c.clock.advance(0.1)
+    lstats = _count_lstats(monkeypatch)
+    c.watches.refresh_due()
+    assert c.watches.refreshed == 1 and sorted(lstats) == sorted(["sub", *listed.entries])  # type: ignore[attr-defined]
+    assert c.watches.refresh_due() == pytest.approx(2.5)  # the next one: 2.5 s after the pass
+    c.clock.advance(1.0)  # t + 3.5: past the span since the scan, not since the pass
+    del lstats[:]
+    assert c.listing(monkeypatch) is listed and c.scans == scans
+    assert c.watches.verified == 0 and lstats == ["sub"]  # no pass in the listing
+
+
+def test_a_change_after_a_refresh_shows_within_the_bound(root: Path, monkeypatch) -> None:
+    """A change no event reports, made just after a pass ahead: the next pass ahead
+    finds it, and the listing after it is a scan, within ttl + span of the change."""
+    c = Counted(root, FakeClock(), span=3.0)
+    listed = c.watched(monkeypatch)
+    c.clock.advance(2.5)
+    c.watches.refresh_due()
+    assert c.watches.refreshed == 1
+    time.sleep(0.01)  # a later ctime than the scan saw
+    changed_at = c.clock()
+    _link_elsewhere(root / "d")
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed  # within the bound, as documented
+    c.clock.advance(1.5)
+    c.watches.refresh_due()  # the pass ahead finds the change: no pass in the listing
+    assert c.watches.refreshed == 1 and c.watches._by_path[("d",)].dirty
+    c.clock.advance(0.5)
+    scans = c.scans
+    now = c.listing(monkeypatch)
+    assert c.clock() - changed_at <= 1.0 + 3.0
+    assert now is not listed and c.scans == scans + 1 and dict(now.entries) == fresh(root)
+
+
+def test_a_change_during_a_refresh_shows_within_the_bound(root: Path, monkeypatch) -> None:
+    """The pass ahead counts from its start: a change made while it ran (after it
+    looked at the entry) is found by a listing ``span`` after that start."""
+    c = Counted(root, FakeClock(), span=3.0)
+    listed = c.watched(monkeypatch)
+    c.clock.advance(2.5)
+    started = c.clock()
+    real = watch._times_match
+
+    def slow_pass(fd, entries):  # type: ignore[no-untyped-def]
+        found = real(fd, entries)
+        time.sleep(0.01)  # a later ctime than the pass saw
+        _link_elsewhere(root / "d")  # after every entry was looked at
+        c.clock.advance(1.0)  # the pass took a second
+        return found
+
+    monkeypatch.setattr(watch, "_times_match", slow_pass)
+    c.watches.refresh_due()
+    monkeypatch.setattr(watch, "_times_match", real)
+    assert c.watches.refreshed == 1
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is listed  # 2 s after the pass began
+    c.clock.now = started + 3.0  # span after the start: the listing runs the pass itself
+    now = c.listing(monkeypatch)
+    assert now is not listed and dict(now.entries) == fresh(root)
+
+
+def test_a_folder_changed_meanwhile_is_not_refreshed(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock(), span=3.0)
+    listed = c.watched(monkeypatch)
+    write(root / "d" / "new", b"n")  # an event: flagged
+    c.clock.advance(2.5)
+    lstats = _count_lstats(monkeypatch)
+    assert c.watches.refresh_due() is None and c.watches.refreshed == 0 and not lstats
+    c.clock.advance(1.0)
+    assert c.listing(monkeypatch) is not listed
+
+
+def test_refresh_ahead_stops_after_the_idle_limit(root: Path, monkeypatch) -> None:
+    c = Counted(root, FakeClock(), span=3.0, idle=10.0)
+    c.watched(monkeypatch)
+    lstats = _count_lstats(monkeypatch)
+    for _ in range(3):  # 7.5 s: passes at 2.5, 5.0, 7.5
+        c.clock.advance(2.5)
+        c.watches.refresh_due()
+    assert c.watches.refreshed == 3 and lstats
+    c.clock.advance(2.5)  # 10 s since the listing
+    del lstats[:]
+    assert c.watches.refresh_due() is None and c.watches.refreshed == 3 and not lstats
+    c.clock.advance(100.0)
+    assert c.watches.refresh_due() is None and not lstats
+
+
+def test_refresh_ahead_is_bounded_in_entries_and_by_the_watches(root: Path, monkeypatch) -> None:
+    for i in range(4):
+        write(root / "e" / f"f{i}", b"e")
+    c = Counted(root, FakeClock(), span=3.0, refresh_entries=6)  # d: 6 entries, e: 4
+    c.watched(monkeypatch)
+    c.listing(monkeypatch, ("e",))
+    c.clock.advance(1.0)
+    c.listing(monkeypatch, ("e",))  # e listed last: first to be refreshed
+    c.clock.advance(2.5)
+    c.watches.refresh_due()
+    assert c.watches.refreshed == 1  # e: 4 entries; d's 6 past what is left
+    assert c.watches._by_path[("e",)].scanned_at == c.clock()
+    assert c.watches._by_path[("d",)].scanned_at == c.clock() - 3.5
+    c.watches.limit = 1
+    c.clock.advance(1.0)
+    write(root / "f" / "x", b"x")
+    for i in range(4):
+        write(root / "g" / f"f{i}", b"g")
+    c.listing(monkeypatch, ("g",))
+    c.clock.advance(1.0)
+    c.listing(monkeypatch, ("g",))  # watched: d and e are not any more
+    assert list(c.watches._by_path) == [("g",)]
+    c.clock.advance(2.5)
+    c.watches.refresh_due()
+    assert c.watches.refreshed == 2  # g only
+
+
+def test_the_refresh_thread_runs_and_ends(root: Path, monkeypatch) -> None:
+    """A real thread, a real clock: passes ahead while listed, none after the idle
+    limit (the thread ends), another thread on the next listing, none after close."""
+    w = FolderWatches(
+        time.monotonic, min_entries=3, span=0.3, ahead=0.1, idle=1.0, refresh_ahead=True
+    )
+    pt = Passthrough(make_ctx(root, time.monotonic, ttl=0.05), watches=w)
+    listed = pt.listing(("d",))
+    time.sleep(0.06)
+    listed = pt.listing(("d",))  # watched from this scan
+    assert w._thread_pid == os.getpid()
+    deadline = time.monotonic() + 5.0
+    while w.refreshed < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert w.refreshed >= 2
+    while w._thread_pid and time.monotonic() < deadline + 5.0:
+        time.sleep(0.05)
+    assert w._thread_pid == 0  # idle: ended
+    ended = w.refreshed
+    time.sleep(0.5)
+    assert w.refreshed == ended
+    assert not [t for t in threading.enumerate() if t.name == "folder-refresh"]
+    assert pt.listing(("d",)) is listed  # renewed (its own pass): a thread again
+    assert w._thread_pid == os.getpid()
+    pt.close()
+    time.sleep(0.5)
+    assert not [t for t in threading.enumerate() if t.name == "folder-refresh"]
