@@ -48,9 +48,11 @@ lint: venv
 check: lint
 	$(BIN)/pytest -m "not e2e and not slow" tests
 
-## make test: everything CI runs.
+## make test: everything CI runs; then the unit and protocol suites again on the
+## pure-Python twins of the C extensions (setup.py), as a machine without a compiler runs.
 test: deps-test venv lint
 	$(BIN)/pytest tests
+	RECOVERY_FS_PURE=1 $(BIN)/pytest -q tests/unit tests/proto
 
 bench: deps-test venv
 	bench/run --full && bench/instant_bench --full
