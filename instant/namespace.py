@@ -100,6 +100,7 @@ _FILES = 1 << 32
 
 _NODE_COLS = "id, fileid, kind, base, mode, uid, gid, atime, mtime, ctime, target, verifier"
 _N_NODE_COLS = ", ".join("n." + c.strip() for c in _NODE_COLS.split(","))  # joined with dirents
+_NODE_BY_FILEID = f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?"
 
 
 @dataclass(slots=True)
@@ -212,7 +213,7 @@ class SessionNamespace:
     # -- nodes -------------------------------------------------------------------------
 
     def _by_fileid(self, conn: Connection, fileid: int) -> Node:
-        row = conn.execute(f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?", (fileid,)).fetchone()
+        row = conn.execute(_NODE_BY_FILEID, (fileid,)).fetchone()
         if row is None:
             raise Stale(f"no entry with fileid {fileid}")
         return _node(row)
@@ -347,7 +348,7 @@ class SessionNamespace:
         if n is None:
             # One statement, no BEGIN/COMMIT around it (Store.read_one): after each
             # group this process commits, the loop's next WRITE reads its node again.
-            row = self.store.read_one(f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?", (fileid,))
+            row = self.store.read_one(_NODE_BY_FILEID, (fileid,))
             n = _GONE if row is None else _node(row)
             self._answers.put(version, fileid, n)
         if n is _GONE:

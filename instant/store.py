@@ -238,8 +238,6 @@ ALIGN = 4096
 """A large write's data starts at a multiple of this in the log."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
-WAL_LOG = db.WAL_LOG
-"""``meta`` key: the log whose groups may commit without a WAL sync (see the notes)."""
 
 
 @dataclass(slots=True)
@@ -423,7 +421,7 @@ class Tx:
             c.execute(sql, params)
         self.lasts = {}
         if self.turn is not None:  # after every edit: each one deleted the row (db.TURN_ENDERS)
-            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (WAL_LOG, self.turn))
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (db.WAL_LOG, self.turn))
 
 
 class Store:
@@ -856,7 +854,7 @@ class Store:
         used, end, wal_log = c.execute(
             "SELECT (SELECT COALESCE(SUM(end), 0) FROM logs), (SELECT end FROM logs WHERE id=?),"
             " (SELECT value FROM meta WHERE key=?)",
-            (self._log_id, WAL_LOG),
+            (self._log_id, db.WAL_LOG),
         ).fetchone()
         batch.sort(key=_by_pos)  # the order of the replay (several threads append at once)
         must_sync = not self._locked or self._resync or wal_log != self._log_id
@@ -918,7 +916,7 @@ class Store:
             row = tx.conn.execute(
                 "SELECT l.id, l.name, l.end FROM meta m JOIN logs l ON l.id = m.value"
                 " WHERE m.key=?",
-                (WAL_LOG,),
+                (db.WAL_LOG,),
             ).fetchone()
             if row is None:
                 return
@@ -926,7 +924,7 @@ class Store:
             try:
                 fd = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                tx.conn.execute("DELETE FROM meta WHERE key=?", (WAL_LOG,))
+                tx.conn.execute("DELETE FROM meta WHERE key=?", (db.WAL_LOG,))
                 return
             try:
                 try:
@@ -935,7 +933,7 @@ class Store:
                     return  # its process is alive: nothing of it was lost
                 # Redone once: the turn ends with this commit (a record left past
                 # the new end is never redone, whatever changes after it).
-                tx.conn.execute("DELETE FROM meta WHERE key=?", (WAL_LOG,))
+                tx.conn.execute("DELETE FROM meta WHERE key=?", (db.WAL_LOG,))
                 pos = end
                 while (rec := _read_record(fd, pos)) is not None:
                     piece = Piece(rec.offset, rec.length, log_id, pos + HEAD)
@@ -1232,7 +1230,9 @@ class Store:
                 tx.conn.execute(
                     "UPDATE logs SET end=MAX(end, ?) WHERE id=?", (self._log_end, self._log_id)
                 )
-                tx.conn.execute("DELETE FROM meta WHERE key=? AND value=?", (WAL_LOG, self._log_id))
+                tx.conn.execute(
+                    "DELETE FROM meta WHERE key=? AND value=?", (db.WAL_LOG, self._log_id)
+                )
         except (sqlite3.Error, OSError) as e:
             log.warning("%s: the data log's end not recorded at close: %s", self.dir, e)
 

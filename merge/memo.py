@@ -212,9 +212,8 @@ class _Kept:
         handle = source.handle()
         if handle is None:
             return None  # closed by the caches since
-        if self.links:
-            for link_file, attrs in reversed(self.links):
-                handle = Handle.adopt(LinkSource(handle, link_file, attrs))
+        for link_file, attrs in reversed(self.links):
+            handle = Handle.adopt(LinkSource(handle, link_file, attrs))
         return handle
 
 

@@ -14,7 +14,7 @@
  * generated and hostile inputs):
  *
  *   parse_call     nfsd.programs.nfs3.fastpath.parse_call_py
- *   pread_full     nfsd.programs.nfs3.read._read_py (one run at 0 of a buffer)
+ *   pread_full     nfsd.programs.nfs3.read._read (one run at 0 of a buffer)
  *   cut_records    nfsd.transport.record.cut_records_py
  *   send_replies   nfsd.transport.server.send_replies_py
  *

@@ -850,17 +850,16 @@ class RpcServer:
             if quick[-1].starttls and conn.tls is None and self.tls is not None:
                 self._start_tls(conn)
 
-    def _dispatch(
-        self, conn: _Connection, record: bytes | bytearray, inline: bool, alone: bool = False
-    ) -> Reply | None:
+    def _dispatch(self, conn: _Connection, record: bytes | bytearray) -> Reply | None:
+        """A worker's dispatch of one call (the loop's inline calls are
+        dispatched in :meth:`_process`, with what it reads once a batch)."""
         try:
             reply = self.dispatcher.dispatch(
                 record,
                 conn.peer,
                 "tcp",
-                inline,
+                False,
                 security=conn.security,
-                alone=alone,
                 sendfile=conn.sendfile and conn.tls is None,
             )
         except WouldBlock:
@@ -869,11 +868,8 @@ class RpcServer:
             log.exception("dispatch failed for %s", conn.peer)
             return None
         if reply is not None:
-            if inline:
-                self._calls_inline += 1  # the loop's own count: no lock
-            else:
-                with self._lock:
-                    self._calls += 1
+            with self._lock:
+                self._calls += 1
             if not conn.validated and not reply.starttls:
                 self._validate(conn)
         return reply
@@ -887,7 +883,7 @@ class RpcServer:
     def _serve(self, conn: _Connection, record: bytes | bytearray) -> None:
         """A worker's call: dispatch, send or queue the reply, wake the loop
         if it has something to do about this connection."""
-        reply = self._dispatch(conn, record, inline=False)
+        reply = self._dispatch(conn, record)
         if reply is not None and reply.later is not None:
             reply.later.then(partial(self._deferred, conn))  # conn.inflight counts it meanwhile
             return
