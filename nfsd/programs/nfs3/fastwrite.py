@@ -33,21 +33,21 @@ What it may skip and what it may not:
   (an error status, a deferred answer) is answered here, and what raises
   (WouldBlock, a bug) has already been forgotten by the cache
   (``Router._keep``).
-* An unexpected exception in the deferred answer is logged and answered
+* The deferred reply is one Later (``router._Recorded``): settled with the
+  body on the store's committer, it records it in the reply cache and puts
+  the RPC header on in the same step (no Later mapped onto another).  An
+  unexpected exception in the deferred answer is logged and answered
   ``NFS3ERR_SERVERFAULT`` with WRITE's failure body, as the dispatcher's
   ``_mapped`` does.  The bytes are the general path's
-  (``tests/unit/test_fastpath.py`` compares them).
+  (``tests/proto/test_instant_write_fast.py`` compares them).
 """
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Callable
-from functools import partial
-from typing import Any, cast
+from typing import cast
 
-from nfsd.programs.nfs3.service import failure_body
 from nfsd.programs.sessions import is_session_handle
 from nfsd.rpc import Buffer, CallContext, Reply
 from xdr import nfs3
@@ -56,16 +56,11 @@ from xdr.rpc import (
     accepted_header,
 )
 
-log = logging.getLogger("recovery_fs.rpc")
-
 _WRITE_HEAD = struct.Struct(">QIII")  # offset, count, stable, data length
 _ACCEPTED = accepted_header(0, SUCCESS)[4:]  # after the xid
 _STABLE = frozenset((nfs3.UNSTABLE, nfs3.DATA_SYNC, nfs3.FILE_SYNC))
-_FAIL = failure_body(nfs3.NFSPROC3_WRITE)
 
-QuickWrite = Callable[
-    [CallContext, nfs3.WRITE3args, Callable[[Callable[[], Reply]], Reply]], "Reply | None"
-]
+QuickWrite = Callable[[CallContext, nfs3.WRITE3args, bytes], "Reply | None"]
 """``nfs3.router.Router.quick_write``."""
 
 
@@ -92,21 +87,8 @@ class FastWrite:
             nfs3.nfs_fh3(fh), offset, count, stable, memoryview(record)[pos : pos + dlen]
         )
         head = record[:4] + _ACCEPTED
-        reply = self.quick(ctx, args, partial(_headed, head, ctx, args))
+        reply = self.quick(ctx, args, head)
         if reply is None or reply.later is not None:
-            return reply  # deferred: _headed puts the header on
+            return reply  # deferred: the router's _Recorded puts the header on
         reply.parts[0] = head + bytes(cast(Buffer, reply.parts[0]))  # a WRITE's: no FileRun
         return reply
-
-
-def _headed(head: bytes, ctx: CallContext, args: Any, recorded: Callable[[], Reply]) -> Reply:
-    """A deferred reply (``recorded()``, from the reply cache) with its RPC header;
-    an unexpected failure as the dispatcher answers one (logged, NFS3ERR_SERVERFAULT)."""
-    try:
-        reply = recorded()
-    except Exception:
-        log.exception("unexpected error in WRITE xid=%#x from %s", ctx.xid, ctx.peer)
-        ctx.status = nfs3.NFS3ERR_SERVERFAULT
-        reply = _FAIL(nfs3.NFS3ERR_SERVERFAULT, args)
-    reply.parts[0] = head + bytes(cast(Buffer, reply.parts[0]))  # a WRITE's: no FileRun
-    return reply

@@ -44,6 +44,7 @@ NOENT or EXIST.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
@@ -55,7 +56,7 @@ from nfsd.programs.drc import ReplyCache, key_of
 from nfsd.programs.errors import NfsError
 from nfsd.programs.nfs3 import session, write
 from nfsd.programs.nfs3.replay import replay
-from nfsd.programs.nfs3.service import Nfs3Service
+from nfsd.programs.nfs3.service import Nfs3Service, failure_body
 from nfsd.programs.nfs3.session import SessionNfs
 from nfsd.programs.sessions import SessionManager, is_session_handle
 from nfsd.rpc import (
@@ -73,8 +74,10 @@ from xdr import nfs3
 from xdr.base import XdrError
 
 Run = Callable[[CallContext, Any], Reply]
-Finish = Callable[[Callable[[], Reply]], Reply]
-"""Given the recorded reply's maker (which may raise), the reply to send."""
+Keep = Callable[[bytes, Procedure, CallContext, Any, "Reply | BaseException"], Reply]
+"""``Router._keep``."""
+_FAIL = failure_body(nfs3.NFSPROC3_WRITE)
+log = logging.getLogger("recovery_fs.rpc")
 
 # The handle each procedure is routed (and access-checked) by.
 HANDLE: dict[int, Callable[[Any], nfs3.nfs_fh3]] = {
@@ -233,8 +236,9 @@ class Router:
             raise WouldBlock from None
 
     def _inline_write(
-        self, fh: nfs3.nfs_fh3, svc: SessionNfs, ctx: CallContext, args: Any
-    ) -> Reply:
+        self, fh: nfs3.nfs_fh3, svc: SessionNfs, ctx: CallContext, args: Any, *,
+        out: Later[Reply | None] | None = None,
+    ) -> Reply:  # fmt: skip
         """A small WRITE on the loop: decoded, checked, its bytes in the log and
         queued for the committer, answered later (``write.write3``); anything that
         would wait on the database or on the log's lock is WouldBlock.  The handle
@@ -242,17 +246,18 @@ class Router:
         s, fid = svc.target(fh)
         try:
             with s.ns.nowait():
-                return write.write_to(svc, ctx, args, s, fid)
+                return write.write_to(svc, ctx, args, s, fid, out=out)
         except WouldWait:
             raise WouldBlock from None
 
-    def quick_write(self, ctx: CallContext, args: nfs3.WRITE3args, finish: Finish) -> Reply | None:
+    def quick_write(self, ctx: CallContext, args: nfs3.WRITE3args, head: bytes) -> Reply | None:
         """A session WRITE for the fast path (``nfs3.fastwrite``): what :meth:`_route`
         does with it, in the same order.  None leaves the call to the general path,
         always before the reply cache has begun it: a refused client or an unknown
         session (that path answers and logs them), a duplicate of a call still
         running (that path drops it, or finds its reply if it has finished since).
-        ``finish``: see :meth:`_cached`."""
+        ``head``: the reply's RPC header, which a deferred reply gets as it settles
+        (:class:`_Recorded`); a reply returned now is the body alone."""
         if ctx.inline and args.count > INLINE_WRITE:
             raise WouldBlock
         assert self._ro_write is not None, "quick_write before table()"
@@ -265,7 +270,7 @@ class Router:
         number = nfs3.NFSPROC3_WRITE
         run = partial(self._inline_write, args.file) if ctx.inline else write.write3
         try:
-            return self._cached(number, self._ro_write, ctx, args, run, finish=finish)
+            return self._cached(number, self._ro_write, ctx, args, run, head=head)
         except DropCall:
             return None
 
@@ -299,10 +304,11 @@ class Router:
 
     def _cached(
         self, number: int, ro: Procedure, ctx: CallContext, args: Any,
-        run: Callable[[SessionNfs, CallContext, Any], Reply], *, finish: Finish | None = None,
+        run: Callable[..., Reply], *, head: bytes | None = None,
     ) -> Reply:  # fmt: skip
-        """``run`` under the reply cache.  ``finish``: what the fast path does with a
-        deferred reply once recorded (its RPC header), in the same step."""
+        """``run`` under the reply cache.  ``head``: the fast path's WRITE, whose
+        deferred reply ``run`` settles into a :class:`_Recorded` given to it, which
+        records it and puts this RPC header on in the same step."""
         key = key_of(ctx, args)
         hit = self.drc.begin(key)
         if hit is not None:
@@ -317,10 +323,16 @@ class Router:
                 else:
                     with s.ns.recording(key):
                         reply = run(self.svc, ctx, args)
+            elif head is not None:
+                reply = run(
+                    self.svc, ctx, args, out=_Recorded(self._keep, key, ro, ctx, args, head=head)
+                )
             else:
                 reply = run(self.svc, ctx, args)
         except BaseException as e:
             return self._keep(key, ro, ctx, args, e)
+        if reply.later is not None and head is not None:
+            return reply  # its _Recorded records it
         if reply.later is not None:
             # Deferred (WRITE): recorded once its answer is there; until then a
             # duplicate finds the call running and is dropped.
@@ -332,9 +344,7 @@ class Router:
                 assert settled is not None
                 return self._keep(key, ro, ctx, args, settled)
 
-            if finish is None:
-                return Reply([], later=reply.later.map(kept))
-            return Reply([], later=reply.later.map(lambda done: finish(lambda: kept(done))))
+            return Reply([], later=reply.later.map(kept))
         return self._keep(key, ro, ctx, args, reply)
 
     def _keep(
@@ -353,6 +363,52 @@ class Router:
         outcome.free()
         self.drc.finish(key, data)
         return Reply([data])
+
+
+class _Recorded(Later["Reply | None"]):
+    """The fast path's deferred WRITE reply: settled by ``write.write_to`` with the
+    body (or the failure), it records that in the reply cache (``Router._keep``) and
+    settles itself with the whole reply, the RPC header put on, in the same step.
+
+    One Later a WRITE, its settling the only hop, where the general path's reply
+    is a Later mapped onto the procedure's (the cache's step) and the fast path's
+    header was a third: two Laters, their locks and four closures fewer on the
+    store's committer a WRITE (docs/performance-writes.md).  The bytes are the
+    general path's (``tests/proto/test_instant_write_fast.py``).  An unexpected
+    failure (what ``_keep`` raises once it has forgotten the call) is logged
+    and answered ``NFS3ERR_SERVERFAULT`` with WRITE's failure body, as the
+    dispatcher's ``_mapped`` does."""
+
+    __slots__ = ("_args", "_ctx", "_head", "_keep", "_key", "_ro")
+
+    def __init__(
+        self, keep: Keep, key: bytes, ro: Procedure, ctx: CallContext, args: Any, *, head: bytes
+    ) -> None:
+        super().__init__()
+        self._keep, self._key, self._ro = keep, key, ro
+        self._ctx, self._args, self._head = ctx, args, head
+
+    def resolve(self, value: Reply | None) -> None:
+        assert value is not None  # write_to's body
+        self._record(value)
+
+    def fail(self, error: BaseException) -> None:
+        self._record(error)
+
+    def _record(self, outcome: Reply | BaseException) -> None:
+        ctx = self._ctx
+        try:
+            try:
+                reply = self._keep(self._key, self._ro, ctx, self._args, outcome)
+            except Exception:
+                log.exception("unexpected error in WRITE xid=%#x from %s", ctx.xid, ctx.peer)
+                ctx.status = nfs3.NFS3ERR_SERVERFAULT
+                reply = _FAIL(nfs3.NFS3ERR_SERVERFAULT, self._args)
+            reply.parts[0] = self._head + bytes(cast(Buffer, reply.parts[0]))  # no FileRun
+        except BaseException as e:  # handed on (the transport logs it and closes)
+            self._settle(None, e)
+            return
+        self._settle(reply, None)
 
 
 def route_sessions(

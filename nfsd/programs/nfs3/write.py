@@ -322,26 +322,32 @@ def setattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.SETATTR3args) -> Repl
 
 
 # RFC 1813 §3.3.7: on stable storage before the reply, always FILE_SYNC.
-def write3(svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args) -> Reply:
+def write3(
+    svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args, *,
+    out: Later[Reply | None] | None = None,
+) -> Reply:  # fmt: skip
     """Answered later (``nfsd.rpc.Later``): once the write's group is durable, on the
     store's committer thread; no worker waits for it.  What is refused before a byte
-    is written is answered now; either way with wcc."""
+    is written is answered now; either way with wcc.  ``out``: the Later to settle
+    with the reply's body (the fast path's, which records it in the reply cache and
+    puts the RPC header on as it settles: ``nfs3.router``); else a new one."""
     s, fid = svc.target(args.file)
-    return write_to(svc, ctx, args, s, fid)
+    return write_to(svc, ctx, args, s, fid, out=out)
 
 
 def write_to(
-    svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args, s: Session, fid: int
-) -> Reply:
+    svc: SessionNfs, ctx: CallContext, args: nfs3.WRITE3args, s: Session, fid: int, *,
+    out: Later[Reply | None] | None = None,
+) -> Reply:  # fmt: skip
     """:func:`write3` on the handle's (session, fileid), resolved by the caller."""
     version = s.ns.store.version()  # once for the wcc read and the write
     before = svc.attrs(s, fid, version)
-    out: Later[Reply | None] = Later()
+    settled: Later[Reply | None] = Later() if out is None else out
     tail = b""
 
     def answer(outcome: Attrs | Exception) -> None:
         """The store's ``done``, on its committer: the reply, settled straight into
-        ``out`` (not a Later mapped onto another: one fewer hop per WRITE)."""
+        ``settled`` (not a Later mapped onto another: one fewer hop per WRITE)."""
         try:
             if isinstance(outcome, (NfsError, NamespaceError)):
                 status = nfs_error(outcome).status
@@ -352,9 +358,9 @@ def write_to(
             else:
                 reply = Reply([wcc_ok_bytes(before, outcome, s.fsid) + tail])
         except BaseException as e:  # handed on, raised where it is read
-            out.fail(e)
+            settled.fail(e)
             return
-        out.resolve(reply)
+        settled.resolve(reply)
 
     try:
         if not svc.writable(ctx, s):
@@ -377,7 +383,7 @@ def write_to(
     except (NfsError, NamespaceError) as e:
         status = nfs_error(e).status
         return _wcc_reply(svc, ctx, status, svc.wcc(s, before, svc.maybe_attrs(s, fid)))
-    return Reply([], later=out)
+    return Reply([], later=settled)
 
 
 # RFC 1813 §3.3.21: every WRITE was FILE_SYNC; nothing is left to flush.
