@@ -223,6 +223,7 @@ that small writes overwrite allocated blocks (:meth:`Store._zero_ahead`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -266,6 +267,8 @@ _CRC = struct.Struct(">I")  # crc32 of the header before it (and of a small writ
 HEAD = _HEAD.size + _CRC.size
 """Bytes of a record's header in the data log, before the write's data."""
 ALIGN = 4096
+READ_AHEAD = 8 * 1024 * 1024
+"""Log bytes read ahead of a sequential READ stream (:meth:`Store.read_ahead`)."""
 """A large write's data starts at a multiple of this in the log."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
@@ -504,6 +507,10 @@ class Store:
         # A read-only mapping of each log read here, by its descriptor in _fds
         # (None: none made yet); see "Sending from the logs' mappings".
         self._lmaps: dict[int, memoryview | None] = {}
+        # read_ahead's: where the last READ's run of each log ended; how far
+        # the kernel was asked to read ahead in it.
+        self._seq: dict[int, int] = {}
+        self._ahead: dict[int, int] = {}
         self._log_lock = threading.Lock()
         self._log_id = 0
         self._log_fd = -1
@@ -1243,6 +1250,32 @@ class Store:
                     continue
             out[fd] = view
         return out
+
+    def read_ahead(self, runs: list[Run]) -> None:
+        """Start reading the log bytes after ``runs``' log runs into the page
+        cache (``POSIX_FADV_WILLNEED``: the kernel reads them without waiting),
+        when they continue a sequential stream of READs in that log: a
+        sequential READ of a region rewritten by large writes, whose pages
+        were dropped once durable (:meth:`_drop_cached`), then finds the next
+        ones cached and is sent from the mapping.  A run that starts far from
+        where the last one of its log ended starts no read ahead (random READs
+        read nothing more).  Only a hint: it changes no byte, failing costs
+        only speed; it may wait for the disk's queue, so not on a loop."""
+        for fd, start, length in runs:
+            if fd not in self._lmaps:
+                continue
+            end = start + length
+            last = self._seq.get(fd)
+            self._seq[fd] = end
+            if last is None or abs(start - last) > READ_AHEAD:
+                continue
+            done = self._ahead.get(fd, 0)
+            lo = done if end <= done <= end + READ_AHEAD else end
+            if end + READ_AHEAD - lo < READ_AHEAD // 2:
+                continue  # most of what follows is asked for already
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, lo, end + READ_AHEAD - lo, os.POSIX_FADV_WILLNEED)
+            self._ahead[fd] = end + READ_AHEAD
 
     def _map_log(self, fd: int, end: int) -> memoryview | None:
         """A mapping of the log open as ``fd`` over its size now (None if that

@@ -3,15 +3,21 @@
 A mapping covers every run of its log, is made again over the log's new
 size when a run lies past it, and the one it replaces keeps its bytes for
 as long as a view of it lives (a reply still queued); the base's runs and
-zeros are left out, and a closed store maps nothing.
+zeros are left out, and a closed store maps nothing.  ``Store.read_ahead``
+asks the kernel for the log bytes after a sequential stream of READs.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 from pathlib import Path
 
-from instant.store import SMALL_WRITE, Store
+import pytest
+
+from instant import store as store_mod
+from instant.store import READ_AHEAD, SMALL_WRITE, Store
 from merge.namespace import ZERO_FD, Run
 from tests.unit import test_instant_store_async
 from tests.unit.test_instant_store import BASE, BLOCK, base_runs
@@ -77,3 +83,48 @@ def test_zeros_and_a_file_never_written_map_nothing(tmp_path: Path, base_fd: int
     with Store(tmp_path / "s") as s:
         assert s.log_maps(_runs(s, base_fd, 0, 2 * BLOCK)) == {}
         assert s.log_maps([Run(ZERO_FD, 0, BLOCK)]) == {}
+
+
+def test_read_ahead_follows_a_sequential_stream_of_a_log_only(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel is asked to read the log bytes after a READ's log run only
+    when the run continues the last one of its log (a stream: the next READs
+    then find them cached), each byte once, never for the base or zeros; a
+    failed hint is ignored."""
+    asked: list[tuple[int, int, int]] = []
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice != os.POSIX_FADV_DONTNEED:  # (the large write's own, once durable)
+            assert advice == os.POSIX_FADV_WILLNEED
+            asked.append((fd, offset, length))
+
+    monkeypatch.setattr(store_mod.os, "posix_fadvise", fadvise)
+    with Store(tmp_path / "s") as s:
+        s.write(1, 0, b"x" * BIG, len(BASE))
+        runs = _runs(s, base_fd, 0, BIG + BLOCK)  # a log run, then the base's
+        (log_fd,) = s.log_maps(runs)
+        step = READ_AHEAD // 4
+
+        def read(pos: int) -> None:
+            s.read_ahead([Run(base_fd, 0, BLOCK), Run(ZERO_FD, 0, BLOCK), Run(log_fd, pos, step)])
+
+        read(0)  # the first READ of the log: no stream yet
+        assert asked == []
+        read(step)  # continues it: the next READ_AHEAD bytes
+        assert asked == [(log_fd, 2 * step, READ_AHEAD)]
+        read(2 * step)  # most of what follows asked for already
+        assert len(asked) == 1
+        read(3 * step)  # half of it not asked for yet: that half
+        read(4 * step)
+        assert asked[1:] == [(log_fd, 2 * step + READ_AHEAD, READ_AHEAD // 2)]
+        asked.clear()
+        read(10 * READ_AHEAD)  # a jump: random READs read nothing more
+        read(3 * READ_AHEAD)
+        assert asked == []
+
+        def failing(*_: int) -> None:
+            raise OSError(errno.EINVAL, "no")
+
+        monkeypatch.setattr(store_mod.os, "posix_fadvise", failing)
+        read(3 * READ_AHEAD + step)  # ignored
