@@ -826,6 +826,12 @@ class SessionReader:
             maps = {**maps, **logs} if maps else logs
         return maps
 
+    def read_ahead(self) -> None:
+        """The logs' bytes after the last ``runs`` read ahead when they continue
+        a sequential stream (``Store.read_ahead``): for a READ on a worker that
+        found them out of the page cache."""
+        self._ns.store.read_ahead(self._runs)
+
     def runs(self, offset: int, count: int) -> list[Run]:
         version, self._version = self._version, None
         self._runs = self._ns.store.runs(

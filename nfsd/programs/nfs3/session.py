@@ -251,6 +251,8 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
                 buf = svc.buffers.try_acquire() if ctx.inline else svc.buffers.acquire()
                 if buf is None:
                     raise WouldBlock
+                if mappable and not ctx.inline:  # not sent from the mappings: not all cached
+                    reader.read_ahead()
                 n = _fill(memoryview(buf), runs, ctx.inline)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
