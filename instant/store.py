@@ -234,7 +234,6 @@ import struct
 import threading
 import uuid
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -271,8 +270,6 @@ ALIGN = 4096
 """A large write's data starts at a multiple of this in the log."""
 READ_AHEAD = 8 * 1024 * 1024
 """Log bytes read ahead of a sequential READ stream (:meth:`Store.read_ahead`)."""
-KEEP_CACHED = 256 * 1024 * 1024
-"""The last bytes of large writes a store leaves in the page cache (:meth:`Store._drop_cached`)."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
 
@@ -513,9 +510,6 @@ class Store:
         # read_ahead's: where the last READ's run of each log ended; how far
         # the kernel was asked to read ahead in it.
         self._seq: dict[int, int] = {}
-        # _drop_cached's (the committer's): the large writes still cached, oldest first
-        self._kept: deque[tuple[int, int]] = deque()
-        self._kept_bytes = 0
         self._ahead: dict[int, int] = {}
         self._log_lock = threading.Lock()
         self._log_id = 0
@@ -872,39 +866,24 @@ class Store:
                     self._swake.wait()
 
     def _drop_cached(self, batch: list[_Pending]) -> None:
-        """Drop the page cache of the large writes older than the last
-        :data:`KEEP_CACHED` bytes of them (``batch``'s counted in), durable and
-        clean by now.
+        """Drop the page cache of ``batch``'s large writes, durable and clean by now.
 
         A long run of large writes otherwise fills the page cache with pages
         nobody reads soon, and on this kind of host (a VM) taking fresh pages
         gets ten times dearer once a few hundred MiB are cached: ``pwrite``
         of 1 MiB 0.25 -> 2.5 ms of system time after ~600 MiB, the cost per
         GiB of a long sequential run growing with its size.  Dropped pages
-        are reused by the next writes at the early cost.  The last 256 MiB
-        stay, so that a region just rewritten is read back from the page
-        cache (and sent from the log's mapping), not the disk: the page cache
-        the logs hold stays bounded, and the writes past it reuse the pages
-        dropped (one worker, sequential 1 MiB FILE_SYNC WRITEs of 512 MiB: CPU
-        a MiB the same or lower; the first pass of 1 MiB READs over them 500
-        -> 1,717 MB/s).  Small writes keep theirs (a random 4 KiB write is
-        often read back, and lands in the zeroed stretch).  Only a hint: it
-        changes no byte, and failing costs only speed.
+        are reused by the next writes at the early cost.  Small writes keep
+        theirs (a random 4 KiB write is often read back, and lands in the
+        zeroed stretch).  Only a hint: it changes no byte, and failing costs
+        only speed.
         """
-        kept = self._kept
         for p in batch:
             if p.length >= SMALL_WRITE:
-                kept.append((p.pos, p.span))
-                self._kept_bytes += p.span
-        while self._kept_bytes > KEEP_CACHED:
-            pos, span = kept.popleft()
-            self._kept_bytes -= span
-            try:
-                os.posix_fadvise(self._log_fd, pos, span, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                kept.clear()
-                self._kept_bytes = 0
-                return
+                try:
+                    os.posix_fadvise(self._log_fd, p.pos, p.span, os.POSIX_FADV_DONTNEED)
+                except OSError:
+                    return
 
     def _apply(self, tx: Tx, batch: list[_Pending]) -> tuple[bool, int, int, list[_Pending]]:
         """Map every write of ``batch`` (quota permitting), in the log's order, and

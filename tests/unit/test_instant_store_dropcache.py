@@ -43,9 +43,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:  # type: ignore[type-
 def test_a_large_write_is_dropped_from_the_cache_after_its_sync(
     tmp_path: Path,
     calls: list[tuple],  # type: ignore[type-arg]
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(store_mod, "KEEP_CACHED", 0)  # none kept
     data = os.urandom(MIB)
     with Store(tmp_path / "s") as s:
         s.write(1, 4096, data, 0)
@@ -57,34 +55,6 @@ def test_a_large_write_is_dropped_from_the_cache_after_its_sync(
         assert read(s, 1, 4096, MIB) == data
     with Store(tmp_path / "s") as s:
         assert read(s, 1, 4096, MIB) == data
-
-
-def test_the_last_large_writes_stay_cached_and_older_ones_go_oldest_first(
-    tmp_path: Path,
-    calls: list[tuple],  # type: ignore[type-arg]
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    span = store_mod.ALIGN + MIB  # a 1 MiB write's record: a header page, then the data
-    monkeypatch.setattr(store_mod, "KEEP_CACHED", 2 * span)
-    with Store(tmp_path / "s") as s:
-        for i in range(2):
-            s.write(1, i * MIB, bytes([i + 1]) * MIB, 0)
-        s.write(1, 10 * MIB, b"s" * 4096, 0)  # small: kept, not counted
-        assert [c for c in calls if c[0] == "drop"] == []
-        for i in range(2, 5):
-            s.write(1, i * MIB, bytes([i + 1]) * MIB, 0)
-        fd = s._log_fd
-        drops = [c[1:4] for c in calls if c[0] == "drop"]
-        # the first three large records, in the log's order (the small one between: kept)
-        small = store_mod.HEAD + 4096
-        third = 2 * span + small
-        pad = -(third + store_mod.HEAD) % store_mod.ALIGN
-        assert drops == [
-            (fd, 0, span),
-            (fd, span, span),
-            (fd, third, store_mod.HEAD + pad + MIB),
-        ]
-        assert read(s, 1, 0, 5 * MIB) == b"".join(bytes([i + 1]) * MIB for i in range(5))
 
 
 def test_small_writes_keep_their_cache(tmp_path: Path, calls: list[tuple]) -> None:  # type: ignore[type-arg]
