@@ -793,6 +793,7 @@ class SessionReader:
         self._node = node
         self._version = version
         self._base: _KeptBase | None = None
+        self._runs: list[Run] = []  # the last runs(): what maps() must cover
 
     @property
     def attrs(self) -> Attrs:
@@ -813,16 +814,30 @@ class SessionReader:
         return self._base.reader.runs(offset, count)
 
     def maps(self) -> dict[int, memoryview]:
-        """The base's mappings by descriptor (``merge.sources``), once a
-        ``runs`` has opened it; the overlay's logs have none, so a READ that
-        touches a rewritten region is copied (``nfsd.programs.nfs3.read``)."""
-        return reader_maps(self._base.reader) if self._base is not None else {}
+        """Read-only mappings by descriptor covering the runs of the last
+        ``runs``: the base's (``merge.sources``, once a ``runs`` has opened
+        it) and the overlay's data logs' (``Store.log_maps``), so that a READ
+        of rewritten regions is sent from the page cache as one of the base's
+        (``nfsd.programs.nfs3.read.by_mapping``).  A run left uncovered
+        makes that READ copy instead."""
+        maps = reader_maps(self._base.reader) if self._base is not None else {}
+        logs = self._ns.store.log_maps(self._runs)
+        if logs:
+            maps = {**maps, **logs} if maps else logs
+        return maps
+
+    def read_ahead(self) -> None:
+        """The logs' bytes after the last ``runs`` read ahead when they continue
+        a sequential stream (``Store.read_ahead``): for a READ on a worker that
+        found them out of the page cache."""
+        self._ns.store.read_ahead(self._runs)
 
     def runs(self, offset: int, count: int) -> list[Run]:
         version, self._version = self._version, None
-        return self._ns.store.runs(
+        self._runs = self._ns.store.runs(
             self._node.id, offset, count, self._base_runs, self._node.base_size, version=version
         )
+        return self._runs
 
     def __enter__(self) -> SessionReader:
         return self

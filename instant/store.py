@@ -177,6 +177,36 @@ one indexed query of the file's ``gen`` says whether *this* file changed.
 Commits of this process apply their edits to the cache directly.  A read of
 a file never written costs that pragma and the base's own runs.
 
+Sending from the logs' mappings
+-------------------------------
+A large READ on plain TCP is sent from read-only shared mappings of the
+files its runs name (``nfsd.programs.nfs3.read.by_mapping``), the data logs
+too (:meth:`Store.log_maps`): one copy of the bytes (the ``sendmsg``'s)
+instead of two.  What makes a view of a log safe to send later (a reply
+queued behind others):
+
+* The bytes under a committed map never change: a log is append-only, a
+  write reserves its record past every committed one, and the zeros ahead
+  (:meth:`Store._zero_ahead`) go past the reserved end.  So a view holds the
+  bytes as of the runs it was cut for: a WRITE racing the READ gives the old
+  bytes or the new ones (RFC 1813 allows either), never others.
+* A mapping covers every run it is asked for (a log is mapped over its size
+  when asked, and mapped again when a run lies past that: the log grew); a
+  run it cannot cover is left to the copying READ.  A replaced mapping lives
+  as long as a view of it does (Python's ``mmap`` is freed with its last
+  view), so no address is unmapped under a queued reply.
+* No log is ever cut short: nothing here truncates one (the torn tail a
+  replay finds stays, past ``end``), and removing a session unlinks its
+  logs, which keeps a mapped file's pages.  A compaction (not written) must
+  keep that: write new logs, never truncate or rewrite an old one in place.
+  And were a log cut short anyway, only the kernel reads a view (the
+  transport never copies a read-only part; TLS and UDP never get one), where
+  a lost page makes ``sendmsg`` fail with EFAULT (the connection closes),
+  not the process fault (SIGBUS).
+* The descriptor a run names is still the log's when mapped: a mapping is
+  made under the read lock, under which :meth:`close` closes the logs'
+  descriptors and forgets their mappings.
+
 Space
 -----
 ``Usage.logged`` (the sum of the logs' committed ends) is what the session
@@ -193,9 +223,11 @@ that small writes overwrite allocated blocks (:meth:`Store._zero_ahead`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import sqlite3
 import struct
@@ -236,6 +268,8 @@ HEAD = _HEAD.size + _CRC.size
 """Bytes of a record's header in the data log, before the write's data."""
 ALIGN = 4096
 """A large write's data starts at a multiple of this in the log."""
+READ_AHEAD = 8 * 1024 * 1024
+"""Log bytes read ahead of a sequential READ stream (:meth:`Store.read_ahead`)."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
 
@@ -470,6 +504,13 @@ class Store:
         self._publishing: dict[int, list[tuple[int, int]]] = {}
         self._plock = threading.Lock()
         self._fds: dict[int, int] = {}
+        # A read-only mapping of each log read here, by its descriptor in _fds
+        # (None: none made yet); see "Sending from the logs' mappings".
+        self._lmaps: dict[int, memoryview | None] = {}
+        # read_ahead's: where the last READ's run of each log ended; how far
+        # the kernel was asked to read ahead in it.
+        self._seq: dict[int, int] = {}
+        self._ahead: dict[int, int] = {}
         self._log_lock = threading.Lock()
         self._log_id = 0
         self._log_fd = -1
@@ -1180,7 +1221,82 @@ class Store:
         if fd is None:
             (name,) = self._r.execute("SELECT name FROM logs WHERE id=?", (log,)).fetchone()
             fd = self._fds[log] = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
+            self._lmaps[fd] = None
         return fd
+
+    def log_maps(self, runs: list[Run]) -> dict[int, memoryview]:
+        """Read-only mappings of the data logs that ``runs`` (of :meth:`runs`) name,
+        by descriptor, each covering every run of its log: for a READ sent from
+        them (``nfsd.programs.nfs3.read.by_mapping``).  A log none can cover
+        (no mapping possible) is left out, and the READ copies.
+
+        A mapping is made on first need and made again, over the log's size
+        then, when a run lies past it (the log grew); the one replaced lives
+        on as long as a view of it does (a queued reply).  Only the kernel may
+        read the views (a ``sendmsg``): see "Sending from the logs' mappings".
+        """
+        out: dict[int, memoryview] = {}
+        lmaps = self._lmaps
+        for fd, start, length in runs:
+            if fd not in lmaps:
+                continue  # the base's or zeros
+            view = out.get(fd)
+            if view is None:
+                view = lmaps.get(fd)
+            if view is None or start + length > len(view):
+                view = self._map_log(fd, start + length)
+                if view is None:
+                    out.pop(fd, None)
+                    continue
+            out[fd] = view
+        return out
+
+    def read_ahead(self, runs: list[Run]) -> None:
+        """Start reading the log bytes after ``runs``' log runs into the page
+        cache (``POSIX_FADV_WILLNEED``: the kernel reads them without waiting),
+        when they continue a sequential stream of READs in that log: a
+        sequential READ of a region rewritten by large writes, whose pages
+        were dropped once durable (:meth:`_drop_cached`), then finds the next
+        ones cached and is sent from the mapping.  A run that starts far from
+        where the last one of its log ended starts no read ahead (random READs
+        read nothing more).  Only a hint: it changes no byte, failing costs
+        only speed; it may wait for the disk's queue, so not on a loop."""
+        for fd, start, length in runs:
+            if fd not in self._lmaps:
+                continue
+            end = start + length
+            last = self._seq.get(fd)
+            self._seq[fd] = end
+            if last is None or abs(start - last) > READ_AHEAD:
+                continue
+            done = self._ahead.get(fd, 0)
+            lo = done if end <= done <= end + READ_AHEAD else end
+            if end + READ_AHEAD - lo < READ_AHEAD // 2:
+                continue  # most of what follows is asked for already
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, lo, end + READ_AHEAD - lo, os.POSIX_FADV_WILLNEED)
+            self._ahead[fd] = end + READ_AHEAD
+
+    def _map_log(self, fd: int, end: int) -> memoryview | None:
+        """A mapping of the log open as ``fd`` over its size now (None if that
+        does not reach ``end``, or it cannot be mapped); kept for the next READs.
+        Under the read lock: :meth:`close` closes the descriptor under it, so
+        ``fd`` is still the log's here."""
+        with self._rlock:
+            if fd not in self._lmaps:
+                return None  # closed meanwhile
+            view = self._lmaps[fd]
+            if view is not None and end <= len(view):
+                return view
+            try:
+                size = os.fstat(fd).st_size
+                if size < end:
+                    return None
+                view = memoryview(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ))
+            except (OSError, ValueError):
+                return None
+            self._lmaps[fd] = view
+            return view
 
     def usage(self) -> Usage:
         with self._rlock:
@@ -1205,6 +1321,7 @@ class Store:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            self._lmaps.clear()  # a view still queued keeps its mapping
             with self._log_lock:  # no write takes the descriptor once it is closed
                 fd, self._log_fd = self._log_fd, -1
             if fd >= 0:

@@ -214,9 +214,12 @@ def readlink3(svc: SessionNfs, ctx: CallContext, args: nfs3.READLINK3args) -> Re
 
 
 # RFC 1813 §3.3.6: base bytes, overlay bytes and zeros in one pooled buffer,
-# or, for a large READ on plain TCP of regions never written whose base bytes
-# are all in the page cache, views of the base's mappings (``read.by_mapping``,
-# as the read-only export's: one copy, the send's, instead of two).
+# or, for a large READ on plain TCP whose bytes are all in the page cache,
+# views of the base's and the overlay's data logs' mappings
+# (``SessionReader.maps``, ``read.by_mapping``, as the read-only export's: one
+# copy, the send's, instead of two).  A log's bytes under a committed map
+# never change, so a view sent later holds the bytes as of the runs: a WRITE
+# racing the READ gives the old bytes or the new, never a mix of other bytes.
 # The file's attributes, size and runs as of one look at the session database
 # (``SessionNamespace.open``); a directory is ISDIR, any other non-file INVAL.
 def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
@@ -248,6 +251,8 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
                 buf = svc.buffers.try_acquire() if ctx.inline else svc.buffers.acquire()
                 if buf is None:
                     raise WouldBlock
+                if mappable and not ctx.inline:  # not sent from the mappings: not all cached
+                    reader.read_ahead()
                 n = _fill(memoryview(buf), runs, ctx.inline)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
