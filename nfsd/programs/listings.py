@@ -137,6 +137,7 @@ class Listing:
         "_encoded",
         "_names",
         "cookies",
+        "head",
         "order",
         "preloaded",
         "rows",
@@ -171,6 +172,9 @@ class Listing:
         # (nfsd.programs.nfs3.readdir's running sizes), made once.
         self.sizes: dict[str, Any] = {}
         self.preloaded: set[str] = set()  # the kinds given whole by ``preload``
+        # A reply's head (the procedures' own, nfsd.programs.nfs3.readdir._head): the
+        # folder's Attrs object, fsid and verifier it was made for, and its bytes.
+        self.head: tuple[Attrs, int, bytes, bytes] | None = None
 
     def names(self) -> list[str]:
         """The entries' names, in cookie order (made once: the paging sums and the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from nfsd.programs.errors import NfsError
 from nfsd.programs.listings import Listing, SortedView
 from nfsd.programs.nfs3 import readdir
+from nfsd.programs.nfs3.service import post_op_attr_of
 from tests.unit.test_shared_encodings import attrs, names
 
 CTX = types.SimpleNamespace(transport="tcp")
@@ -72,3 +74,26 @@ def test_dircount_sums_are_each_entrys_bytes(entries, lazy) -> None:
     for name, _ in listing.rows:
         want.append(want[-1] + 20 + (len(name.encode("utf-8", "surrogateescape")) + 3) // 4 * 4)
     assert list(info) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    folder=st.lists(attrs, min_size=1, max_size=4),
+    fsid=st.sampled_from([0, 1, 2**64 - 1]),
+    verf=st.binary(min_size=8, max_size=8),
+)
+def test_a_kept_head_is_the_packed_one(folder, fsid, verf) -> None:
+    """``_head`` keeps the reply's head for the folder's very ``Attrs`` object (and
+    fsid, verifier); each time it equals the head ``dirlist_reply`` packs."""
+
+    def packed(a, fsid, verf):
+        return readdir.dirlist_reply(post_op_attr_of(a, fsid), verf, [], True).parts[0]
+
+    listing = Listing(())
+    asked = [(a, fsid, verf) for a in folder]
+    asked += [(dataclasses.replace(folder[0]), fsid, verf)]  # equal fields, another object
+    asked += [(folder[0], fsid ^ 1, verf), (folder[0], fsid, bytes(8)), (folder[0], fsid, verf)]
+    for a, f, v in asked + asked:  # each twice: packed, then kept
+        assert readdir._head(listing, a, f, v) == packed(a, f, v)
+        assert listing.head is not None and listing.head[:3] == (a, f, v)
+        assert listing.head[0] is a
