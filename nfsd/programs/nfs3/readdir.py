@@ -41,6 +41,7 @@ from types import ModuleType
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.errors import NfsError, nfs_error
+from nfsd.programs.handles import HandleCodec
 from nfsd.programs.listings import Listing, Row, raw_len, raw_name
 from nfsd.programs.nfs3.fastattr import entryplus3_bytes, padded, post_op_attr_bytes
 from nfsd.programs.nfs3.service import (
@@ -253,7 +254,7 @@ AT_ONCE_MAX = 65536  # a listing of more entries is encoded page by page, as it 
 
 
 def _entries_plus(
-    listing: Listing, fsid: int, handle_in: Callable[[str, int], bytes]
+    listing: Listing, fsid: int, codec: HandleCodec, path: PresentedPath
 ) -> list[bytes] | None:
     """Every entry of ``listing`` as READDIRPLUS encodes it, at once (the first
     READDIRPLUS of a folder: no paging loop over its entries), or None where one
@@ -264,7 +265,7 @@ def _entries_plus(
     rows = listing.rows
     if not isinstance(rows, list):
         return None  # a view of a shared listing: those come encoded
-    handles = [handle_in(name, a.fileid) for name, a in rows]
+    handles = codec.encode_all(path, listing.names(), [a.fileid for _, a in rows])
     if native is not None:
         found = native.entries_plus(listing.cookies, rows, fsid, handles, _FTYPE)
         if found is not None:
@@ -326,7 +327,7 @@ def _plus_page(
     fsid = svc.fsid
     with svc.handles.issuing(path) as handle_in:
         if not listing.started(PLUS) and len(listing.rows) <= AT_ONCE_MAX:
-            encoded = _entries_plus(listing, fsid, handle_in)
+            encoded = _entries_plus(listing, fsid, svc.handles, path)
             if encoded is not None:
                 listing.preload(PLUS, encoded)  # then paged by running sums
 
