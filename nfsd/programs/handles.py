@@ -21,6 +21,11 @@ The root handle is 20 bytes, a handle at depth 11 or more 64.  A handle
 whose MAC does not verify is *bad* (``NFS3ERR_BADHANDLE``); a well-formed
 one whose entry cannot be found again is *stale* (``NFS3ERR_STALE``).
 
+READDIRPLUS makes a folder's handles at once (``HandleCodec.encode_all``):
+in C (``nfsd.programs.nfs3._native.handles``, HMAC-SHA256 by the libcrypto
+``hashlib`` uses, the key's pads hashed once a folder; BLAKE2b by libb2),
+or its twin ``_handles_py``, the same bytes.
+
 Resolution first looks in a bounded cache of the handles issued or
 verified lately (only exact, MAC-checked bytes are ever in it).  On a miss
 (after a restart) it walks down from the root, at each level following the

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from array import array
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nfsd.programs.errors import NfsError
-from nfsd.programs.listings import Listing, SortedView
+from nfsd.programs.listings import Listing, PackedEntries, SortedView
 from nfsd.programs.nfs3 import readdir
 from nfsd.programs.nfs3.service import post_op_attr_of
 from tests.unit.test_shared_encodings import attrs, names
@@ -97,3 +99,53 @@ def test_a_kept_head_is_the_packed_one(folder, fsid, verf) -> None:
         assert readdir._head(listing, a, f, v) == packed(a, f, v)
         assert listing.head is not None and listing.head[:3] == (a, f, v)
         assert listing.head[0] is a
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    encoded=st.lists(st.binary(min_size=1, max_size=40), max_size=30),
+    before=st.binary(max_size=10),
+    data=st.data(),
+)
+def test_packed_entries_are_the_list(encoded, before, data) -> None:
+    """``PackedEntries`` (one bytes object and its sums, at an offset in a larger
+    one, as read from a shared file) is the list it packs, entry for entry."""
+    packed = PackedEntries.of(encoded)
+    after = PackedEntries(before + packed.data + b"tail", packed.at, len(before))
+    for p in (packed, after):
+        assert len(p) == len(encoded) and list(p) == encoded and p == encoded
+        assert list(p.lengths()) == [len(e) for e in encoded]
+        i = data.draw(st.integers(0, len(encoded)))
+        j = data.draw(st.integers(i, len(encoded)))
+        assert p.join(i, j) == b"".join(encoded[i:j])
+        assert p[i:j] == encoded[i:j]
+        if encoded:
+            assert p[-1] == encoded[-1]
+    with pytest.raises(IndexError):
+        packed[len(encoded)]
+    with pytest.raises(ValueError):
+        PackedEntries(packed.data[:-1], packed.at) if encoded else PackedEntries(b"", array("q"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entries=st.dictionaries(names, attrs, min_size=1, max_size=30),
+    start=st.integers(0, 40),
+    maxsize=st.integers(0, 3000),
+    dir_budget=st.none() | st.integers(0, 600),
+)
+def test_a_packed_listings_page_is_the_lists(entries, start, maxsize, dir_budget) -> None:
+    """A page of a listing whose entries are packed is one part, the bytes of the
+    same entries the list gives, and counts them."""
+    items = tuple(entries.items())
+    plain, packed = Listing(items), Listing(items)
+    encoded = [encode(c, r) for c, r in zip(plain.cookies, plain.rows, strict=True)]
+    plain.preload("k", encoded)
+    packed.preload("k", PackedEntries.of(encoded))
+    cookie = plain.cookies[start] if start < len(plain.cookies) else start * 7919
+    want, got = page(plain, cookie, maxsize, dir_budget), page(packed, cookie, maxsize, dir_budget)
+    if isinstance(want, int):  # NFS3ERR_TOOSMALL
+        assert got == want
+        return
+    assert got[1] == want[1] and b"".join(got[0]) == b"".join(want[0])
+    assert len(got[0]) <= 1 and readdir.entries_in(got[0]) == len(want[0])

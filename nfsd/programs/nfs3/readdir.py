@@ -15,10 +15,14 @@ while the namespace returns the same listing object (``nfsd.programs.listings``)
 a large one's READDIRPLUS entries are shared with the server's other
 processes (``nfsd.programs.shared_encodings``).  A folder's first
 READDIRPLUS encodes all its entries at once (up to ``AT_ONCE_MAX``; in C,
-``_native.c``, its twin ``_entries_plus_py``; page by page where one
+``_native.c``, its twin ``_entries_plus_py``; their handles at once too,
+``HandleCodec.encode_all``; page by page where one
 cannot be encoded, so an error comes where it always did).  Once every
 entry is encoded, a page is cut by running sums of the sizes
-(``_note_sizes``), with no handle encoder set up, and the reply's head
+(``_note_sizes``), with no handle encoder set up; entries encoded at once
+(or taken from another process) are kept packed in one bytes object
+(``nfsd.programs.listings.PackedEntries``), so a page is one slice of it,
+one buffer for the transport's ``sendmsg`` rather than ~50, and the reply's head
 (status, the folder's attributes, the verifier) is kept on the listing for
 the folder's ``Attrs`` object (``_head``): ``nfs-ls`` pages a 10,000-entry
 folder in ~205 calls of 8 KiB, so what a page costs besides its entries
@@ -42,7 +46,7 @@ from types import ModuleType
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.handles import HandleCodec
-from nfsd.programs.listings import Listing, Row, raw_len, raw_name
+from nfsd.programs.listings import Listing, PackedEntries, Row, raw_len, raw_name
 from nfsd.programs.nfs3.fastattr import entryplus3_bytes, padded, post_op_attr_bytes
 from nfsd.programs.nfs3.service import (
     _FTYPE,
@@ -156,9 +160,24 @@ def _page(
     return out, eof
 
 
+class Page(list[bytes]):
+    """A page's parts (a packed listing's page is one part) and how many entries."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, parts: list[bytes], entries: int) -> None:
+        super().__init__(parts)
+        self.entries = entries
+
+
+def entries_in(out: list[bytes]) -> int:
+    """The entries of a page ``_page`` gave."""
+    return out.entries if isinstance(out, Page) else len(out)
+
+
 def _note_sizes(
     listing: Listing, kind: str
-) -> tuple[list[bytes], Sequence[int], Sequence[int]] | None:
+) -> tuple[Sequence[bytes], Sequence[int], Sequence[int]] | None:
     """Once every entry of ``kind`` is encoded: the running sums a page is cut by.
 
     ``at[k]``: the bytes of entries ``0 .. k-1``; ``info[k]``: their dircount
@@ -170,7 +189,10 @@ def _note_sizes(
     encoded = listing.encodings(kind)
     if encoded is None:
         return None
-    at = array("q", itertools.accumulate(map(len, encoded), initial=0))
+    if isinstance(encoded, PackedEntries):
+        at = encoded.at  # the same sums, made when packed
+    else:
+        at = array("q", itertools.accumulate(map(len, encoded), initial=0))
     names = listing.names()
     lengths = map(len, names) if all(map(str.isascii, names)) else map(raw_len, names)
     try:  # by a table of name lengths (a storage name is at most 255 bytes)
@@ -183,7 +205,7 @@ def _note_sizes(
 
 
 def _page_by_sizes(
-    sizes: tuple[list[bytes], Sequence[int], Sequence[int]],
+    sizes: tuple[Sequence[bytes], Sequence[int], Sequence[int]],
     i: int,
     *,
     budget: int,
@@ -199,7 +221,9 @@ def _page_by_sizes(
     eof = j == n
     if j <= i and not eof:
         raise NfsError(nfs3.NFS3ERR_TOOSMALL)
-    return encoded[i:j], eof
+    if isinstance(encoded, PackedEntries):  # one part: the entries' bytes are contiguous
+        return Page([encoded.join(i, j)] if j > i else [], max(j - i, 0)), eof
+    return list(encoded[i:j]), eof
 
 
 def dirlist_reply(
@@ -244,7 +268,9 @@ def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Rep
     out, eof = _page(
         ctx, listing, args.cookie, "readdir", encode, maxsize=args.count, dir_budget=None
     )
-    ctx.note = f"/{'/'.join(path)} cookie={args.cookie} count={args.count} entries={len(out)}"
+    ctx.note = (
+        f"/{'/'.join(path)} cookie={args.cookie} count={args.count} entries={entries_in(out)}"
+    )
     head = _head(listing, dattrs, svc.fsid, svc.cookieverf)
     return Reply([head, *out, nfs3.dirlist_end_bytes(eof)])
 
@@ -305,7 +331,7 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
         listing.share = None
     ctx.note = (
         f"/{'/'.join(path)} cookie={args.cookie} dircount={args.dircount} "
-        f"maxcount={args.maxcount} entries={len(out)}"
+        f"maxcount={args.maxcount} entries={entries_in(out)}"
     )
     verf = svc.cookieverf
     return Reply([_head(listing, dattrs, fsid, verf), *out, nfs3.dirlist_end_bytes(eof)])
@@ -328,8 +354,8 @@ def _plus_page(
     with svc.handles.issuing(path) as handle_in:
         if not listing.started(PLUS) and len(listing.rows) <= AT_ONCE_MAX:
             encoded = _entries_plus(listing, fsid, svc.handles, path)
-            if encoded is not None:
-                listing.preload(PLUS, encoded)  # then paged by running sums
+            if encoded is not None:  # then paged by running sums, a page one part
+                listing.preload(PLUS, PackedEntries.of(encoded))
 
         def encode(cookie: int, row: Row) -> bytes:
             name, a = row
