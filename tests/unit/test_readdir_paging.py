@@ -33,13 +33,17 @@ def page(listing: Listing, cookie: int, maxsize: int, dir_budget: int | None):
         return e.status
 
 
+# A page asked of a listing: its entries, where it starts, its two budgets.
+ASKED = {
+    "entries": st.dictionaries(names, attrs, min_size=1, max_size=30),
+    "start": st.integers(0, 40),
+    "maxsize": st.integers(0, 3000),
+    "dir_budget": st.none() | st.integers(0, 600),
+}
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    entries=st.dictionaries(names, attrs, min_size=1, max_size=30),
-    start=st.integers(0, 40),
-    maxsize=st.integers(0, 3000),
-    dir_budget=st.none() | st.integers(0, 600),
-)
+@given(**ASKED)
 def test_pages_by_sums_are_the_loops(entries, start, maxsize, dir_budget) -> None:
     items = tuple(entries.items())
     slow, fast = Listing(items), Listing(items)
@@ -128,12 +132,7 @@ def test_packed_entries_are_the_list(encoded, before, data) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    entries=st.dictionaries(names, attrs, min_size=1, max_size=30),
-    start=st.integers(0, 40),
-    maxsize=st.integers(0, 3000),
-    dir_budget=st.none() | st.integers(0, 600),
-)
+@given(**ASKED)
 def test_a_packed_listings_page_is_the_lists(entries, start, maxsize, dir_budget) -> None:
     """A page of a listing whose entries are packed is one part, the bytes of the
     same entries the list gives, and counts them."""

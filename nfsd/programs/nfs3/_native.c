@@ -114,6 +114,23 @@ static void split(long long t, uint32_t *sec, uint32_t *nsec) {
     *nsec = (uint32_t)r;
 }
 
+/* The name's bytes on the wire (UTF-8, surrogate-escaped) in *data, *len: the
+ * str's own buffer if ASCII, else the new bytes object *raw (the caller's to
+ * release).  -1 with an error set where the encoding fails. */
+static int wire_name(PyObject *name, PyObject **raw, const char **data, Py_ssize_t *len) {
+    *raw = NULL;
+    if (PyUnicode_IS_ASCII(name)) {
+        *data = (const char *)PyUnicode_DATA(name);
+        *len = PyUnicode_GET_LENGTH(name);
+        return 0;
+    }
+    if ((*raw = PyUnicode_AsEncodedString(name, "utf-8", "surrogateescape")) == NULL)
+        return -1;
+    *data = PyBytes_AS_STRING(*raw);
+    *len = PyBytes_GET_SIZE(*raw);
+    return 0;
+}
+
 /* One entry; NULL with no error set: ask the twin. */
 static PyObject *entry(long long cookie, PyObject *row, unsigned long long fsid, PyObject *fh,
                        PyObject *ftypes) {
@@ -122,19 +139,11 @@ static PyObject *entry(long long cookie, PyObject *row, unsigned long long fsid,
     PyObject *name = PyTuple_GET_ITEM(row, 0), *a = PyTuple_GET_ITEM(row, 1);
     if (!PyUnicode_Check(name))
         return NULL;
-    PyObject *raw = NULL;
+    PyObject *raw;
     const char *nbytes;
     Py_ssize_t nlen;
-    if (PyUnicode_IS_ASCII(name)) {
-        nbytes = (const char *)PyUnicode_DATA(name);
-        nlen = PyUnicode_GET_LENGTH(name);
-    } else {
-        raw = PyUnicode_AsEncodedString(name, "utf-8", "surrogateescape");
-        if (raw == NULL)
-            return NULL; /* an error set: raised */
-        nbytes = PyBytes_AS_STRING(raw);
-        nlen = PyBytes_GET_SIZE(raw);
-    }
+    if (wire_name(name, &raw, &nbytes, &nlen) < 0)
+        return NULL; /* an error set: raised */
     Py_ssize_t flen = PyBytes_GET_SIZE(fh);
     PyObject *out = NULL;
     long long kind_ft = 0, v[10];
@@ -311,19 +320,11 @@ static PyObject *handles(PyObject *self, PyObject *args) {
             goto twin; /* negative or past 64 bits: struct.error from the twin */
         put64(body + 2, id);
         if (hashed) {
-            PyObject *raw = NULL;
+            PyObject *raw;
             const char *data;
             Py_ssize_t len;
-            if (PyUnicode_IS_ASCII(name)) {
-                data = (const char *)PyUnicode_DATA(name);
-                len = PyUnicode_GET_LENGTH(name);
-            } else {
-                raw = PyUnicode_AsEncodedString(name, "utf-8", "surrogateescape");
-                if (raw == NULL)
-                    goto twin;
-                data = PyBytes_AS_STRING(raw);
-                len = PyBytes_GET_SIZE(raw);
-            }
+            if (wire_name(name, &raw, &data, &len) < 0)
+                goto twin;
             int bad = blake2b(body + 10 + prefix.len, data, NULL, 4, (size_t)len, 0);
             Py_XDECREF(raw);
             if (bad != 0)
