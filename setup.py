@@ -20,7 +20,10 @@ NATIVE: list[tuple[str, str]] = [
 ]
 
 # module: the libraries it links (their -dev packages in tools/apt-run.txt)
-LIBRARIES: dict[str, list[str]] = {"merge._native": ["b2"]}  # libb2: BLAKE2b
+LIBRARIES: dict[str, list[str]] = {
+    "merge._native": ["b2"],  # libb2: BLAKE2b
+    "nfsd.programs.nfs3._native": ["b2", "crypto"],  # handles: BLAKE2b, HMAC-SHA256's SHA-256
+}
 
 setup(
     ext_modules=[

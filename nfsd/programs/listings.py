@@ -13,6 +13,8 @@ with the server's other processes (``nfsd.programs.shared_encodings``).
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 import threading
 from array import array
 from collections import OrderedDict
@@ -124,6 +126,69 @@ class SortedView(Sequence[Row]):
         return [self._source[i][0] for i in self._order]
 
 
+class PackedEntries(Sequence[bytes]):
+    """A listing's encoded entries as one bytes object: entry ``i`` is
+    ``data[base + at[i] : base + at[i + 1]]``.
+
+    What a folder's READDIRPLUS entries encoded at once, or read from another
+    process's file (``nfsd.programs.shared_encodings``), are kept as: a page
+    is one slice of ``data`` (``join``), one buffer for the transport's
+    ``sendmsg`` rather than one an entry (~50 a page of 8 KiB), and a file
+    read from another process is not cut into 10,000 objects.  ``at`` (64-bit
+    running sums, ``at[0] == 0``) is also what a page is cut by
+    (``nfsd.programs.nfs3.readdir._page_by_sizes``).
+    """
+
+    __slots__ = ("at", "base", "data")
+
+    def __init__(self, data: bytes, at: array[int], base: int = 0) -> None:
+        if not at or at[0] != 0 or base < 0 or base + at[-1] > len(data):
+            raise ValueError("offsets past the data")
+        self.data, self.at, self.base = data, at, base
+
+    @classmethod
+    def of(cls, encoded: Sequence[bytes]) -> PackedEntries:
+        """The entries of a list, packed (one copy of their bytes)."""
+        return cls(
+            b"".join(encoded), array("q", itertools.accumulate(map(len, encoded), initial=0))
+        )
+
+    def __len__(self) -> int:
+        return len(self.at) - 1
+
+    @overload
+    def __getitem__(self, k: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[bytes]: ...
+
+    def __getitem__(self, k: int | slice) -> bytes | list[bytes]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        n = len(self)
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError("entry index out of range")
+        return self.data[self.base + self.at[k] : self.base + self.at[k + 1]]
+
+    def __eq__(self, other: object) -> bool:  # as a list of the same entries
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def join(self, i: int, j: int) -> bytes:
+        """Entries ``i .. j-1`` as one bytes object (``0 <= i <= j <= len``)."""
+        return self.data[self.base + self.at[i] : self.base + self.at[j]]
+
+    def lengths(self) -> array[int]:
+        """Each entry's size (32-bit, as ``shared_encodings`` writes them)."""
+        at = self.at
+        return array("I", map(operator.sub, itertools.islice(at, 1, None), at))
+
+
 class Listing:
     """One directory's entries in cookie order, and their encodings.
 
@@ -137,6 +202,7 @@ class Listing:
         "_encoded",
         "_names",
         "cookies",
+        "head",
         "order",
         "preloaded",
         "rows",
@@ -164,13 +230,16 @@ class Listing:
         self.rows = rows
         self.cookies = cookies
         self._names: list[str] | None = None
-        self._encoded: dict[str, list[bytes | None]] = {}
+        self._encoded: dict[str, list[bytes | None] | PackedEntries] = {}
         # Called with the listing once a READDIRPLUS reaches its end, until it returns True.
         self.share: Callable[[Listing], bool] | None = None
         # Per kind whose entries are all encoded: what the procedure pages by
         # (nfsd.programs.nfs3.readdir's running sizes), made once.
         self.sizes: dict[str, Any] = {}
         self.preloaded: set[str] = set()  # the kinds given whole by ``preload``
+        # A reply's head (the procedures' own, nfsd.programs.nfs3.readdir._head): the
+        # folder's Attrs object, fsid and verifier it was made for, and its bytes.
+        self.head: tuple[Attrs, int, bytes, bytes] | None = None
 
     def names(self) -> list[str]:
         """The entries' names, in cookie order (made once: the paging sums and the
@@ -182,20 +251,23 @@ class Listing:
             self._names = names
         return names
 
-    def preload(self, kind: str, encoded: list[bytes]) -> None:
-        """Every entry's encoding for ``kind``, made elsewhere (the same bytes)."""
+    def preload(self, kind: str, encoded: Sequence[bytes]) -> None:
+        """Every entry's encoding for ``kind``, made elsewhere (the same bytes); kept
+        as they are if packed, else as a list."""
         if len(encoded) != len(self.rows):
             raise ValueError("one encoding per entry")
-        self._encoded[kind] = list(encoded)
+        self._encoded[kind] = encoded if isinstance(encoded, PackedEntries) else list(encoded)
         self.preloaded.add(kind)
 
     def started(self, kind: str) -> bool:
         """Whether any entry of ``kind`` was encoded (or given) yet."""
         return kind in self._encoded
 
-    def encodings(self, kind: str) -> list[bytes] | None:
+    def encodings(self, kind: str) -> Sequence[bytes] | None:
         """Every entry's encoding for ``kind``, if all were made."""
         cache = self._encoded.get(kind)
+        if isinstance(cache, PackedEntries):
+            return cache
         if cache is None or None in cache:
             return None
         return cache  # type: ignore[return-value]
@@ -206,7 +278,7 @@ class Listing:
             cache = self._encoded.setdefault(kind, [None] * len(self.rows))
         b = cache[i]
         if b is None:
-            b = cache[i] = encode(self.cookies[i], self.rows[i])
+            b = cache[i] = encode(self.cookies[i], self.rows[i])  # type: ignore[index]
         return b
 
 

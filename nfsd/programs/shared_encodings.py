@@ -24,7 +24,9 @@ past its end) is ignored here: the reader encodes, as without this cache.
 The handles taken are remembered by the codec as if it had issued them
 (``HandleCodec.adopt``: per folder, taken into its cache when a call
 presents one).  The sorted rows are a view of the shared entries
-(``SortedView``): their attributes are made only if something asks.
+(``SortedView``): their attributes are made only if something asks; the
+encoded entries stay in the bytes read (``PackedEntries``: no 10,000
+slices), a page one slice of them.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collections.abc import Sequence
 from merge.namespace import Attrs, PresentedPath
 from merge.shared import sharing
 from nfsd.programs.handles import HandleCodec
-from nfsd.programs.listings import Listing, SortedView
+from nfsd.programs.listings import Listing, PackedEntries, SortedView
 
 KIND = "readdirplus"  # the Listing kind readdir.py encodes READDIRPLUS entries under
 _FORMAT = b"rdp2"  # 2: the dircount sums follow the lengths
@@ -79,7 +81,7 @@ def listing_for(path: PresentedPath, entries: Entries, fsid: int, handles: Handl
     return listing
 
 
-def pack(listing: Listing, encoded: list[bytes]) -> bytes:
+def pack(listing: Listing, encoded: Sequence[bytes]) -> bytes:
     """The count; each row's index in the source, cookie and encoding's length; the
     running sums of the entries' dircount bytes (``readdir``'s paging sums, so the
     reader need not make them) if the listing has them, else none (a count of 0);
@@ -90,7 +92,9 @@ def pack(listing: Listing, encoded: list[bytes]) -> bytes:
         pos = {name: i for i, (name, _) in enumerate(listing.source)}
         order = array("I", [pos[r[0]] for r in listing.rows])
     cookies = array("q", listing.cookies)
-    lengths = array("I", map(len, encoded))
+    lengths = (
+        encoded.lengths() if isinstance(encoded, PackedEntries) else array("I", map(len, encoded))
+    )
     sizes = listing.sizes.get(KIND)
     info = sizes[2] if sizes is not None and len(sizes[2]) == n + 1 else array("q")
     return b"".join(
@@ -101,7 +105,7 @@ def pack(listing: Listing, encoded: list[bytes]) -> bytes:
             lengths.tobytes(),
             _COUNT.pack(len(info)),
             array("q", info).tobytes(),
-            *encoded,
+            *([encoded.join(0, n)] if isinstance(encoded, PackedEntries) else encoded),
         ]
     )
 
@@ -131,13 +135,13 @@ def unpack(
     if at + sum(lengths) != len(data) or (n and max(order) >= n) or (k and info[0] != 0):
         return None
     sums = array("q", itertools.accumulate(lengths, initial=0))
-    encoded = [data[at + a : at + b] for a, b in itertools.pairwise(sums)]
+    encoded = PackedEntries(data, sums, at)  # not cut into 10,000 objects
     hsize = handles.size_at(len(path) + 1)
     if min(lengths, default=hsize) < hsize:
         return None
     listing = Listing(entries, SortedView(entries, order), cookies)
     listing.preload(KIND, encoded)
     if k:  # the writer's paging sums: readdir pages by them at once
-        listing.sizes[KIND] = (listing.encodings(KIND), sums, info)
+        listing.sizes[KIND] = (encoded, sums, info)
     handles.adopt(path, listing.names, lambda: [e[-hsize:] for e in encoded])
     return listing

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nfsd.programs.handles as handles_module
 from nfsd.programs.handles import (
     ADOPTED_FOLDERS,
     MAX_SIZE,
@@ -181,3 +184,85 @@ def test_adopted_handles_given_by_a_function_are_made_on_first_use() -> None:
     assert codec.resolve(issued[3]) == (*folder, "n3")  # found without a walk or a MAC
     assert codec.encoder_in(folder)("n1", 101) == issued[1]
     assert asked == [1]  # made once
+
+
+_NAMES = st.one_of(
+    st.text(min_size=0, max_size=30),  # surrogates too: some cannot be encoded
+    st.binary(min_size=1, max_size=300).map(os.fsdecode),  # non-UTF-8, surrogate-escaped
+)
+_FILEIDS = st.one_of(
+    st.integers(1, 2**63 - 1),
+    st.sampled_from([0, 2**64 - 1, 2**64, -1, 2**70]),  # past the handle's 64 bits
+)
+
+
+@given(
+    rows=st.lists(st.tuples(_NAMES, _FILEIDS), max_size=20, unique_by=lambda r: r[0]),
+    depth=st.integers(0, 14),
+    key=st.binary(min_size=0, max_size=100),
+    pure=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_folders_handles_at_once_are_the_encoders(
+    rows: list, depth: int, key: bytes, pure: bool
+) -> None:
+    """``encode_all`` (C, ``_native.handles``, or its twin): each handle is the one
+    ``encoder_in`` makes, remembered as ``issuing`` remembers it; where the
+    encoder raises (a fileid past 64 bits, a name that cannot be encoded),
+    it raises the same error."""
+    directory = DEEP[:depth]
+    names, fileids = [n for n, _ in rows], [f for _, f in rows]
+    with pytest.MonkeyPatch.context() as m:
+        if pure:
+            m.setattr(handles_module, "native", None)
+        codec = HandleCodec(None, key)  # type: ignore[arg-type]
+        try:
+            want = [HandleCodec(None, key).encoder_in(directory)(n, f) for n, f in rows]  # type: ignore[arg-type]
+        except Exception as e:
+            with pytest.raises(type(e)):
+                codec.encode_all(directory, names, fileids)
+            return
+        assert codec.encode_all(directory, names, fileids) == want
+    for h in want:
+        assert codec.cached(h) is not None  # remembered (no walk: the namespace is None)
+    if rows:
+        last = {n: h for (n, _), h in zip(rows, want, strict=True)}
+        assert codec.cached(last[names[-1]]) == (*directory, names[-1])
+
+
+def test_the_c_handles_decline_what_the_twin_decides() -> None:
+    """``_native.handles`` returns None (the twin then runs and raises where it
+    did) for a fileid past 64 bits, a name not encodable, a non-str name, a
+    depth or prefix out of the layout, lists of unequal lengths."""
+    native = pytest.importorskip("nfsd.programs.nfs3._native")
+    ok = native.handles(["a"], [1], 1, b"", True, b"k")
+    assert ok is not None and len(ok[0]) == HandleCodec.size_at(1)
+    for args in (
+        (["a"], [2**64], 1, b"", True, b"k"),
+        (["a"], [-1], 1, b"", True, b"k"),
+        (["\ud800"], [1], 1, b"", True, b"k"),
+        ([b"a"], [1], 1, b"", True, b"k"),
+        (["a"], [1.0], 1, b"", True, b"k"),
+        (["a"], [1], 256, b"", True, b"k"),
+        (["a"], [1], -1, b"", True, b"k"),
+        (["a"], [1], 1, b"x" * 45, True, b"k"),
+        (["a", "b"], [1], 1, b"", True, b"k"),
+    ):
+        assert native.handles(*args) is None, args
+    with pytest.raises(TypeError):
+        native.handles(("a",), [1], 1, b"", True, b"k")
+
+
+def test_pure_mode_makes_handles_in_python() -> None:
+    """``RECOVERY_FS_PURE=1`` (read at import) selects the twin."""
+    import subprocess
+    import sys
+
+    code = "import nfsd.programs.handles as h; print(h.native is None)"
+    for pure, want in (("1", "True"), ("0", "False")):
+        env = {**os.environ, "RECOVERY_FS_PURE": pure}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        built = handles_module.native is not None or os.environ.get("RECOVERY_FS_PURE") == "1"
+        assert out.stdout.strip() == (want if built else "True")

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merge.namespace import Attrs, Kind
+from nfsd.programs.handles import HandleCodec
 from nfsd.programs.listings import Listing
 from nfsd.programs.nfs3 import readdir
 from nfsd.programs.nfs3.service import _FTYPE
@@ -114,10 +115,9 @@ def test_a_listing_encoded_at_once_is_the_one_encoded_by_pages(entries: dict, fs
     items = tuple(entries.items())
     listing = Listing(items)
 
-    def handle_in(name: str, fileid: int) -> bytes:
-        return (name.encode("utf-8", "surrogateescape")[:40] + fileid.to_bytes(8, "big"))[:64]
-
-    at_once = readdir._entries_plus(listing, fsid, handle_in)
+    codec = HandleCodec(None, b"s" * 32)  # type: ignore[arg-type]
+    handle_in = HandleCodec(None, b"s" * 32).encoder_in(("d",))  # type: ignore[arg-type]
+    at_once = readdir._entries_plus(listing, fsid, codec, ("d",))
     by_one = [
         readdir.entryplus3_bytes(c, readdir.raw_name(n), a, fsid, handle_in(n, a.fileid))
         if len(readdir.raw_name(n)) <= 255
