@@ -205,7 +205,13 @@ queued behind others):
   not the process fault (SIGBUS).
 * The descriptor a run names is still the log's when mapped: a mapping is
   made under the read lock, under which :meth:`close` closes the logs'
-  descriptors and forgets their mappings.
+  descriptors and forgets their mappings.  Under :meth:`nowait` (a READ
+  served on the loop) a mapping that would wait for that lock is not made:
+  the READ copies.
+* Bounded: a log is mapped again at most once every ``REMAP_INTERVAL``
+  (a READ past the mapping copies meanwhile), so the mappings alive at once
+  per log, each the log's size and a descriptor, are at most one plus the
+  longest time a queued reply holds a view over that interval.
 
 Space
 -----
@@ -232,6 +238,7 @@ import os
 import sqlite3
 import struct
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -270,6 +277,12 @@ ALIGN = 4096
 """A large write's data starts at a multiple of this in the log."""
 READ_AHEAD = 8 * 1024 * 1024
 """Log bytes read ahead of a sequential READ stream (:meth:`Store.read_ahead`)."""
+REMAP_INTERVAL = 0.5
+"""Seconds between two mappings of one log (:meth:`Store.log_maps`): a READ
+past the last one's end copies meanwhile.  Each mapping covers the whole log
+and holds a descriptor (Python's ``mmap`` keeps a ``dup``) for as long as a
+queued reply holds a view of it, so a log growing under READs of its newest
+bytes would otherwise be mapped once a READ, each mapping as large as the log."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
 
@@ -511,6 +524,7 @@ class Store:
         # the kernel was asked to read ahead in it.
         self._seq: dict[int, int] = {}
         self._ahead: dict[int, int] = {}
+        self._mapped_at: dict[int, float] = {}  # when each log was last mapped
         self._log_lock = threading.Lock()
         self._log_id = 0
         self._log_fd = -1
@@ -1267,8 +1281,8 @@ class Store:
             end = start + length
             last = self._seq.get(fd)
             self._seq[fd] = end
-            if last is None or abs(start - last) > READ_AHEAD:
-                continue
+            if last is None or not last - length <= start <= last + length:
+                continue  # not the next READ of a stream (random, strided, backwards)
             done = self._ahead.get(fd, 0)
             lo = done if end <= done <= end + READ_AHEAD else end
             if end + READ_AHEAD - lo < READ_AHEAD // 2:
@@ -1282,12 +1296,17 @@ class Store:
         does not reach ``end``, or it cannot be mapped); kept for the next READs.
         Under the read lock: :meth:`close` closes the descriptor under it, so
         ``fd`` is still the log's here."""
-        with self._rlock:
+        if not self._rlock.acquire(blocking=not getattr(self._nowait, "on", False)):
+            return None  # on the loop, the lock held elsewhere: the READ copies
+        try:
             if fd not in self._lmaps:
                 return None  # closed meanwhile
             view = self._lmaps[fd]
             if view is not None and end <= len(view):
                 return view
+            now = time.monotonic()
+            if view is not None and now - self._mapped_at.get(fd, 0.0) < REMAP_INTERVAL:
+                return None  # mapped lately: the READ of the newest bytes copies
             try:
                 size = os.fstat(fd).st_size
                 if size < end:
@@ -1296,7 +1315,10 @@ class Store:
             except (OSError, ValueError):
                 return None
             self._lmaps[fd] = view
+            self._mapped_at[fd] = now
             return view
+        finally:
+            self._rlock.release()
 
     def usage(self) -> Usage:
         with self._rlock:

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from instant import store as store_mod
 from merge.stack import build_namespace
 from nfsd.programs.nfs3 import read
 from nfsd.rpc import Reply
@@ -112,10 +113,14 @@ def served_udp(c: SessionCaller, fh: nfs3.nfs_fh3) -> tuple[int, bytes]:
         reply.free()
 
 
-def test_a_queued_view_keeps_its_bytes_over_later_writes_and_the_logs_growth(session) -> None:  # type: ignore[no-untyped-def]
+def test_a_queued_view_keeps_its_bytes_over_later_writes_and_the_logs_growth(
+    session, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     """A reply made before a WRITE of its region holds the old bytes (the
     log's bytes under a committed map never change); a READ past the log's
-    mapping maps it again, the old mapping living on under its views."""
+    mapping maps it again (no ``REMAP_INTERVAL`` here), the old mapping
+    living on under its views."""
+    monkeypatch.setattr(store_mod, "REMAP_INTERVAL", 0.0)
     c, fh, _ = session
     c.write(fh, 0, b"a" * (256 * KIB))
     served(c, fh, 0, 256 * KIB, security=Security("tls"))  # into the page cache

@@ -39,8 +39,9 @@ def _bytes(maps: dict[int, memoryview], runs: list[Run]) -> bytes:
 
 
 def test_the_maps_cover_the_runs_and_are_made_again_as_the_log_grows(
-    tmp_path: Path, base_fd: int
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(store_mod, "REMAP_INTERVAL", 0.0)
     with Store(tmp_path / "s") as s:
         s.write(1, BLOCK, b"a" * BIG, len(BASE))
         runs = _runs(s, base_fd, 0, 2 * BLOCK + BIG)
@@ -122,9 +123,65 @@ def test_read_ahead_follows_a_sequential_stream_of_a_log_only(
         read(10 * READ_AHEAD)  # a jump: random READs read nothing more
         read(3 * READ_AHEAD)
         assert asked == []
+        for i in range(1, 6):  # strided READs (one READ every three): not a stream
+            read(3 * READ_AHEAD + 3 * i * step)
+        for i in range(5):  # a stream read backwards: the hints would be useless
+            read(2 * READ_AHEAD - i * step)
+        assert asked == []
 
         def failing(*_: int) -> None:
             raise OSError(errno.EINVAL, "no")
 
         monkeypatch.setattr(store_mod.os, "posix_fadvise", failing)
         read(3 * READ_AHEAD + step)  # ignored
+
+
+def test_a_log_is_mapped_again_at_most_once_an_interval(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A READ of bytes past the mapping within ``REMAP_INTERVAL`` of the last
+    mapping copies (no mapping the size of the log made a READ); the next
+    one past the interval maps the log again."""
+    clock = [100.0]
+    monkeypatch.setattr(store_mod.time, "monotonic", lambda: clock[0])
+    with Store(tmp_path / "s") as s:
+        s.write(1, 0, b"a" * BIG, len(BASE))
+        runs = _runs(s, base_fd, 0, BIG)
+        (log_fd,) = s.log_maps(runs)
+        first = s.log_maps(runs)[log_fd]
+        s.write(1, BIG, b"b" * BIG, len(BASE))  # past the mapping's end
+        runs2 = _runs(s, base_fd, BIG, BIG)
+        assert s.log_maps(runs2) == {}  # mapped lately: copied
+        assert s.log_maps(runs)[log_fd] is first  # the older bytes still mapped
+        clock[0] += store_mod.REMAP_INTERVAL
+        again = s.log_maps(runs2)[log_fd]
+        assert again is not first and _bytes({log_fd: again}, runs2) == b"b" * BIG
+
+
+def test_a_mapping_on_the_loop_never_waits_for_the_read_lock(tmp_path: Path, base_fd: int) -> None:
+    """Under ``nowait`` (a READ served on the loop) a log not mapped yet is
+    left to the copying READ when another thread holds the read lock; with
+    the lock free it is mapped."""
+    import threading
+
+    with Store(tmp_path / "s") as s:
+        s.write(1, 0, b"a" * BIG, len(BASE))
+        runs = _runs(s, base_fd, 0, BIG)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with s._rlock:
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        try:
+            assert held.wait(10)
+            with s.nowait():
+                assert s.log_maps(runs) == {}
+        finally:
+            release.set()
+            t.join()
+        with s.nowait():
+            assert len(s.log_maps(runs)) == 1
