@@ -19,6 +19,7 @@ import pytest
 from instant import store as store_mod
 from instant.store import READ_AHEAD, SMALL_WRITE, Store
 from merge.namespace import ZERO_FD, Run
+from tests.proto.test_instant_write_deferred import read_lock_held
 from tests.unit import test_instant_store_async
 from tests.unit.test_instant_store import BASE, BLOCK, base_runs
 
@@ -162,26 +163,10 @@ def test_a_mapping_on_the_loop_never_waits_for_the_read_lock(tmp_path: Path, bas
     """Under ``nowait`` (a READ served on the loop) a log not mapped yet is
     left to the copying READ when another thread holds the read lock; with
     the lock free it is mapped."""
-    import threading
-
     with Store(tmp_path / "s") as s:
         s.write(1, 0, b"a" * BIG, len(BASE))
         runs = _runs(s, base_fd, 0, BIG)
-        held, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with s._rlock:
-                held.set()
-                release.wait(10)
-
-        t = threading.Thread(target=hold)
-        t.start()
-        try:
-            assert held.wait(10)
-            with s.nowait():
-                assert s.log_maps(runs) == {}
-        finally:
-            release.set()
-            t.join()
+        with read_lock_held(s), s.nowait():
+            assert s.log_maps(runs) == {}
         with s.nowait():
             assert len(s.log_maps(runs)) == 1
