@@ -19,8 +19,9 @@ the very object the namespace handed out, so the entries are the ones it
 checked, within their deadline.
 
 A file that is damaged or of another key is ignored by ``merge.shared``
-(its digests); one that does not fit the listing (another count, offsets
-past its end) is ignored here: the reader encodes, as without this cache.
+(its CRC-32 and length, the digests it names); one that does not fit
+the listing (another count, offsets past its end) is ignored here: the
+reader encodes, as without this cache.
 The handles taken are remembered by the codec as if it had issued them
 (``HandleCodec.adopt``: per folder, taken into its cache when a call
 presents one).  The sorted rows are a view of the shared entries
