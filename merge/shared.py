@@ -28,8 +28,9 @@ what it likes):
 
 =====================  ====================================================
 ``<digest>.entries``   the entries, ``marshal``-ed names and integers; named
-                       by the digest of their bytes (``_digest``), written once
-                       per content and never changed
+                       by the digest of their bytes (``_digest``), which the
+                       file repeats with their length and checksum
+                       (``_check``); written once per content, never changed
 ``<path hash>.head``   one folder's latest: boot, path, deadline, the
                        folder's stamp, the digest of its entries; rewritten
                        (small) each time the writer's memo renews the listing
@@ -39,9 +40,18 @@ what it likes):
 
 Each is written to a temporary name and renamed into place, so a reader
 sees a whole file or the one before.  A file that is truncated, corrupt (its
-digest does not match), of another boot or format, or gone meanwhile is
-ignored: the reader scans, as without this cache.  Nothing of the storage is
-ever written.
+checksum does not match), of another boot, format or content (the digest it
+names is not the one asked for), or gone meanwhile is ignored: the reader
+scans, as without this cache.  Nothing of the storage is ever written.
+
+Digest and checksum.  The writer names a content by its SHA-1 (``_digest``:
+a reader that holds the entries of that digest takes them for the same
+content); a reader checks the bytes it reads with a CRC-32 the file carries
+(``_check``), not by hashing them again: both find a damaged or torn file
+(neither is a defence against a process that can write the folder, see
+above), and the CRC costs the reader of a 10,000-entry folder ~0.4 ms of
+its two files, SHA-1 ~1.3 ms.  The length, also carried, finds a truncated
+file whatever the checksum.
 
 A reader that already holds the entries of the digest a head names (it read
 or wrote them before) hands out the very same object again, so the server's
@@ -80,16 +90,23 @@ import struct
 import threading
 import time
 import weakref
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, overload
+from typing import BinaryIO, NamedTuple, overload
 
 from merge.attrs import attrs_from_fields
 from merge.namespace import Attrs, Kind, PresentedPath
 
 _MAGIC = b"rfs-lst2"  # 2: SHA-1 digests (1: BLAKE2b), see _digest
-_EXTRA_MAGIC = b"rfs-ext2"
+_ENTRIES_MAGIC = b"rfs-ent3"  # 3: the digest, length and CRC in the file (2: bare)
+_EXTRA_MAGIC = b"rfs-ext3"  # 3: checked by their CRC (2: by their SHA-1)
 _DIGEST = 16
+# After a magic: the CRC-32 and length of what follows the header, then
+# (entries) the content's digest, (extras) the entries' digest and the tag's.
+_CHECK = struct.Struct("=IQ")
+_ENTRIES_HEAD = len(_ENTRIES_MAGIC) + _CHECK.size + _DIGEST
+_EXTRA_HEAD = len(_EXTRA_MAGIC) + _CHECK.size + 2 * _DIGEST
 _MAX_ENTRIES_BYTES = 256 << 20
 
 Items = Sequence[tuple[str, Attrs]]
@@ -253,8 +270,8 @@ class SharedListings:
 
     def _read_entries(self, path: PresentedPath, digest: bytes) -> Items | None:
         with open(self._entries_path(digest), "rb") as f:
-            data = f.read(_MAX_ENTRIES_BYTES)
-        if _digest(data) != digest:
+            data = _checked(f, _ENTRIES_MAGIC, _ENTRIES_HEAD, digest)
+        if data is None:
             return None
         names, kinds, packed = marshal.loads(data)
         n = len(names)
@@ -288,13 +305,14 @@ class SharedListings:
                 try:
                     os.utime(self._entries_path(digest))  # in use: not the oldest
                 except FileNotFoundError:
-                    self._write(self._entries_path(digest), marshal.dumps(_rows(items)))
+                    data = marshal.dumps(_rows(items))
+                    self._write(self._entries_path(digest), *_frame(_ENTRIES_MAGIC, digest, data))
             else:
                 data = marshal.dumps(_rows(items))
                 digest = _digest(data)
                 target = self._entries_path(digest)
                 if not os.path.exists(target):
-                    self._write(target, data)
+                    self._write(target, *_frame(_ENTRIES_MAGIC, digest, data))
                     self._prune()
                 if known is not None and known.digest == digest:
                     self._remember(path, digest, known.items, source=items)
@@ -307,11 +325,12 @@ class SharedListings:
         known = self._known.get(path)
         return known.items if known is not None and known.digest == digest else items
 
-    def _write(self, target: str, data: bytes) -> None:
+    def _write(self, target: str, *parts: bytes) -> None:
         tmp = os.path.join(self.folder, f".{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                for data in parts:
+                    f.write(data)
             os.replace(tmp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -356,26 +375,18 @@ class SharedListings:
             return None
         try:
             with open(self._extra_path(digest, tag), "rb") as f:
-                data = f.read(_MAX_ENTRIES_BYTES)
+                return _checked(f, _EXTRA_MAGIC, _EXTRA_HEAD, digest + _digest(tag))
         except OSError:
             return None
-        n = len(_EXTRA_MAGIC)
-        if not data.startswith(_EXTRA_MAGIC) or len(data) < n + 3 * _DIGEST:
-            return None
-        body = memoryview(data)[n + _DIGEST :]
-        if _digest(body) != data[n : n + _DIGEST]:
-            return None
-        if body[:_DIGEST] != digest or body[_DIGEST : 2 * _DIGEST] != _digest(tag):
-            return None
-        return bytes(body[2 * _DIGEST :])
 
     def store_extra(self, digest: bytes, tag: bytes, data: bytes) -> None:
         """Keep ``data`` for the entries ``digest`` and ``tag`` (best effort)."""
         if self._boot is None:
             return
-        body = digest + _digest(tag) + data
         try:
-            self._write(self._extra_path(digest, tag), _EXTRA_MAGIC + _digest(body) + body)
+            self._write(
+                self._extra_path(digest, tag), *_frame(_EXTRA_MAGIC, digest + _digest(tag), data)
+            )
             self._prune()
         except OSError:
             pass  # not shared: the other processes encode their own
@@ -419,12 +430,38 @@ def sharing(items: Items) -> tuple[SharedListings, bytes] | None:
 
 
 def _digest(data: bytes | memoryview) -> bytes:
-    """16 bytes of SHA-1: what finds a damaged or torn file, not an attacker (the
-    folder must be the server's own, see the notes).  SHA-1, not BLAKE2b, for its
-    speed on the 3.2 MB of a 10,000-entry folder's encoded READDIRPLUS entries,
-    hashed by the writer and by each reader: 1.7 against 3.8 ms where the CPU has
-    SHA instructions (OpenSSL's), about as fast as BLAKE2b where it has not."""
+    """16 bytes of SHA-1: what names a content (entries, a tag; a head's check),
+    not a defence against an attacker (the folder must be the server's own, see
+    the notes).  SHA-1, not BLAKE2b, for its speed where the CPU has SHA
+    instructions (OpenSSL's): 0.4 against 0.9 ms for the ~1 MB of a 10,000-entry
+    folder's entries, about as fast as BLAKE2b where it has not.  The large files
+    are checked by their CRC-32 when read (``_checked``), 2.5 times faster still."""
     return hashlib.sha1(data, usedforsecurity=False).digest()[:_DIGEST]
+
+
+def _frame(magic: bytes, names: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """A file's header and body: ``magic``, the CRC-32 and length of ``data``,
+    ``names`` (the digests the file is of; in the CRC too), then ``data``."""
+    return magic + _CHECK.pack(zlib.crc32(data, zlib.crc32(names)), len(data)) + names, data
+
+
+def _checked(f: BinaryIO, magic: bytes, size: int, names: bytes) -> bytes | None:
+    """What follows the header of ``size`` bytes in ``f``, if the header is
+    ``magic``'s, names ``names``, and the rest has its length and CRC-32.
+
+    The rest is read into its own bytes object: no copy of a few MB to cut
+    the header off.
+    """
+    head = f.read(size)
+    if len(head) != size or not head.startswith(magic) or head[len(magic) + _CHECK.size :] != names:
+        return None
+    crc, length = _CHECK.unpack_from(head, len(magic))
+    if length > _MAX_ENTRIES_BYTES:
+        return None
+    data = f.read(length + 1)  # one more: a longer file is not this one
+    if len(data) != length or zlib.crc32(data, zlib.crc32(names)) != crc:
+        return None
+    return data
 
 
 def _rows(items: Items) -> tuple[list[str], bytes, bytes]:

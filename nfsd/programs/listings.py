@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import operator
 import threading
 from array import array
 from collections import OrderedDict
@@ -182,11 +181,6 @@ class PackedEntries(Sequence[bytes]):
     def join(self, i: int, j: int) -> bytes:
         """Entries ``i .. j-1`` as one bytes object (``0 <= i <= j <= len``)."""
         return self.data[self.base + self.at[i] : self.base + self.at[j]]
-
-    def lengths(self) -> array[int]:
-        """Each entry's size (32-bit, as ``shared_encodings`` writes them)."""
-        at = self.at
-        return array("I", map(operator.sub, itertools.islice(at, 1, None), at))
 
 
 class Listing:

@@ -163,6 +163,17 @@ def test_bytes_that_do_not_fit_the_listing_are_not_taken(tmp_path: Path) -> None
     assert shared_encodings.unpack(items_b, data + b"x", PATH, codec) is None  # long
     bad_order = data[:8] + (10**6).to_bytes(4, "little") + data[12:]
     assert shared_encodings.unpack(items_b, bad_order, PATH, codec) is None
+    n = len(items)
+    sums_at = 8 + 12 * n  # after the count, the order and the cookies
+    for cut in (4, 8 + 3, sums_at + 5, sums_at + 8 * (n + 1) + 3):  # within the fixed sections
+        assert shared_encodings.unpack(items_b, data[:cut], PATH, codec) is None
+    first_sum = data[:sums_at] + (1).to_bytes(8, "little") + data[sums_at + 8 :]
+    assert shared_encodings.unpack(items_b, first_sum, PATH, codec) is None
+    last = sums_at + 8 * n
+    total = int.from_bytes(data[last : last + 8], "little")
+    for wrong in (total - 1, total + 1):
+        last_sum = data[:last] + wrong.to_bytes(8, "little") + data[last + 8 :]
+        assert shared_encodings.unpack(items_b, last_sum, PATH, codec) is None
 
 
 def test_extras_are_bounded(tmp_path: Path) -> None:

@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from merge.namespace import Attrs
-from merge.shared import SharedListings
+from merge.shared import (
+    _ENTRIES_HEAD,
+    _ENTRIES_MAGIC,
+    SharedListings,
+    _digest,
+    _frame,
+    folder_stamp,
+)
 from merge.stack import Stack, build_stack
 from tests.unit.merge_helpers import FakeClock, write, write_link
 
@@ -269,11 +276,22 @@ def test_bytes_that_do_not_match_their_digest_are_not_unpacked(tmp_path: Path) -
     listed = without_atime(a.top.readdir(("big",)))
     (entries,) = (tmp_path / "listings").glob("*.entries")
     good = entries.read_bytes()
-    names, kinds, packed = marshal.loads(good)
+    head_size = _ENTRIES_HEAD
+    names, kinds, packed = marshal.loads(good[head_size:])
     ints = array("q", packed)
     ints[0] += 1  # the first entry's size
-    entries.write_bytes(marshal.dumps((names, kinds, ints.tobytes())))
+    altered = marshal.dumps((names, kinds, ints.tobytes()))
+    assert len(altered) == len(good) - head_size
+    entries.write_bytes(good[:head_size] + altered)  # the CRC is the old content's
     assert without_atime(b.top.readdir(("big",))) == listed
+    # Whole and checked, but of another content: the digest it names is not the head's.
+    entries.write_bytes(b"".join(_frame(_ENTRIES_MAGIC, _digest(altered), altered)))
+    b2 = workers(tmp_path, clock, 1)[0]
+    stamp = folder_stamp(str(tmp_path / "storage" / "big"))
+    assert stamp is not None and b2.memo._shared is not None
+    assert b2.memo._shared.load(("big",), clock(), stamp) is None
+    assert without_atime(b2.top.readdir(("big",))) == listed
+    b2.close()
     entries.write_bytes(good)
     (head,) = (tmp_path / "listings").glob("*.head")
     data = head.read_bytes()
@@ -282,8 +300,6 @@ def test_bytes_that_do_not_match_their_digest_are_not_unpacked(tmp_path: Path) -
     c = workers(tmp_path, clock, 1)[0]
     clock.advance(TTL)  # past the real deadline; the forged one is not believed
     assert c.memo._shared is not None
-    from merge.shared import folder_stamp
-
     stamp_now = folder_stamp(str(tmp_path / "storage" / "big"))
     assert stamp_now is not None
     assert c.memo._shared.load(("big",), clock(), stamp_now) is None
