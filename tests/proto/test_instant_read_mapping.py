@@ -153,10 +153,12 @@ def test_a_queued_view_keeps_its_bytes_over_later_writes_and_the_logs_growth(
         st.tuples(st.integers(0, 3 * MIB), st.integers(read.MAP_MIN, MIB)), min_size=1, max_size=4
     ),
 )
-def test_mapped_reads_equal_a_naive_model(session, ops, reads) -> None:  # type: ignore[no-untyped-def]
+def test_mapped_reads_equal_a_naive_model(session, monkeypatch, ops, reads) -> None:  # type: ignore[no-untyped-def]
     """Writes (small, large, past the end), truncates and regrowths, then
-    READs sent from the mappings where they can be: the bytes of a naive
-    model of the file, and of the same READ copied."""
+    READs sent from the mappings where they can be (a log mapped again as
+    soon as it grew: no ``REMAP_INTERVAL`` here): the bytes of a naive model
+    of the file, and of the same READ copied."""
+    monkeypatch.setattr(store_mod, "REMAP_INTERVAL", 0.0)
     c, fh, _ = session
     model = bytearray(c.read_all(fh, SIZE + 4 * MIB))
     rnd = random.Random(repr(ops))
