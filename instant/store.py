@@ -936,14 +936,21 @@ class Store:
                 must_sync = True
                 continue
             piece = Piece(p.offset, p.length, self._log_id, p.data_pos)
-            p.size = tx.write_piece(p.obj, piece, p.base_size)
+            p.size = self._map_write(tx, p.obj, piece, p.base_size, p.stamp)
             mapped.append(p)
-            if p.stamp is not None and self.stamp is not None:
-                self.stamp(tx, p.obj, p.stamp)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
         if self._locked:  # keeps (lazy) or takes (synced) the turn; unlocked: ends it
             tx.turn = self._log_id
         return must_sync, used, at, mapped
+
+    def _map_write(self, tx: Tx, obj: int, piece: Piece, base_size: int, stamp: int | None) -> int:
+        """One logged write put in the map, with its times: what a group's commit
+        (:meth:`_apply`) and the log's replay (:meth:`_replay`) do for each record.
+        The file's size after it."""
+        size = tx.write_piece(obj, piece, base_size)
+        if stamp is not None and self.stamp is not None:
+            self.stamp(tx, obj, stamp)
+        return size
 
     def _sync_wal(self) -> None:
         """Sync sqlite's WAL (what ``synchronous=FULL`` does at a COMMIT): the
@@ -966,7 +973,11 @@ class Store:
         In one durable transaction (a crash during it redoes it all at the next
         open), under sqlite's write lock (no group commits meanwhile), and only
         once the log's process is gone (its lock on the log free): a live one's
-        records past the log's end are writes it has not committed yet."""
+        records past the log's end are writes it has not committed yet.  Looked
+        for first on the read connection: with no log to redo (the common open),
+        no write lock is taken (it would wait for another process's commit)."""
+        if self.read_one("SELECT 1 FROM meta WHERE key=?", (db.WAL_LOG,)) is None:
+            return  # set later, it is a live process's own log: not to redo
         with self.transaction() as tx:
             row = tx.conn.execute(
                 "SELECT l.id, l.name, l.end FROM meta m JOIN logs l ON l.id = m.value"
@@ -992,9 +1003,7 @@ class Store:
                 pos = end
                 while (rec := _read_record(fd, pos)) is not None:
                     piece = Piece(rec.offset, rec.length, log_id, pos + HEAD)
-                    tx.write_piece(rec.obj, piece, rec.base_size)
-                    if rec.stamp is not None and self.stamp is not None:
-                        self.stamp(tx, rec.obj, rec.stamp)
+                    self._map_write(tx, rec.obj, piece, rec.base_size, rec.stamp)
                     pos += HEAD + rec.length
                     self.stats.replayed += 1
                     self.hook("replay")

@@ -15,12 +15,27 @@ import importlib
 import os
 from types import ModuleType
 
-compiled: ModuleType | None
-try:
-    compiled = importlib.import_module("nfsd._fastcall")
-except ImportError:  # no compiler or headers at install: the twins serve
-    compiled = None
-
 PURE = os.environ.get("RECOVERY_FS_PURE") == "1"
+
+
+def built(name: str) -> ModuleType | None:
+    """The compiled module ``name``, or None if it was not built (no compiler or
+    headers at install: the twins serve)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def load(name: str) -> ModuleType | None:
+    """The compiled module ``name`` for the hot paths to use: None for their
+    pure-Python twins (not built, or ``RECOVERY_FS_PURE=1``).  Also what
+    ``nfsd.programs.nfs3``'s extension (READDIRPLUS entries, a folder's
+    handles) is loaded by, where it is used, so that importing this module
+    imports no program."""
+    return None if PURE else built(name)
+
+
+compiled = built("nfsd._fastcall")
 fastcall: ModuleType | None = None if PURE else compiled
 """The extension the hot paths use: None for their pure-Python twins."""

@@ -40,23 +40,17 @@ import contextlib
 import hashlib
 import hmac
 import itertools
-import os
 import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from types import ModuleType
 from typing import TypeVar
 
 from merge.namespace import Kind, Namespace, NamespaceError, PresentedPath
+from nfsd.native import load
 
-native: ModuleType | None
-try:  # a folder's handles at once in C (nfsd/programs/nfs3/_native.c); twin: _handles_py
-    from nfsd.programs.nfs3 import _native as native
-except ImportError:  # pragma: no cover - a machine without a C compiler
-    native = None
-if os.environ.get("RECOVERY_FS_PURE") == "1":
-    native = None
+# a folder's handles at once in C (nfsd/programs/nfs3/_native.c); twin: _handles_py
+native = load("nfsd.programs.nfs3._native")
 
 _T = TypeVar("_T")
 

@@ -125,6 +125,14 @@ class SortedView(Sequence[Row]):
         return [self._source[i][0] for i in self._order]
 
 
+def running_sums(encoded: Sequence[bytes]) -> array[int]:
+    """``at[k]``: the bytes of entries ``0 .. k-1`` (64-bit; ``at[0] == 0``): a
+    packed listing's own (:attr:`PackedEntries.at`), else added up."""
+    if isinstance(encoded, PackedEntries):
+        return encoded.at
+    return array("q", itertools.accumulate(map(len, encoded), initial=0))
+
+
 class PackedEntries(Sequence[bytes]):
     """A listing's encoded entries as one bytes object: entry ``i`` is
     ``data[base + at[i] : base + at[i + 1]]``.
@@ -148,9 +156,7 @@ class PackedEntries(Sequence[bytes]):
     @classmethod
     def of(cls, encoded: Sequence[bytes]) -> PackedEntries:
         """The entries of a list, packed (one copy of their bytes)."""
-        return cls(
-            b"".join(encoded), array("q", itertools.accumulate(map(len, encoded), initial=0))
-        )
+        return cls(b"".join(encoded), running_sums(encoded))
 
     def __len__(self) -> int:
         return len(self.at) - 1

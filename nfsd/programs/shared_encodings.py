@@ -32,7 +32,6 @@ slices), a page one slice of them.
 
 from __future__ import annotations
 
-import itertools
 import struct
 from array import array
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from collections.abc import Sequence
 from merge.namespace import Attrs, PresentedPath
 from merge.shared import sharing
 from nfsd.programs.handles import HandleCodec
-from nfsd.programs.listings import Listing, PackedEntries, SortedView
+from nfsd.programs.listings import Listing, PackedEntries, SortedView, running_sums
 
 KIND = "readdirplus"  # the Listing kind readdir.py encodes READDIRPLUS entries under
 _FORMAT = b"rdp3"  # 3: the encodings' running sums (2: their lengths); 2: the dircount sums
@@ -94,11 +93,7 @@ def pack(listing: Listing, encoded: Sequence[bytes]) -> bytes:
         pos = {name: i for i, (name, _) in enumerate(listing.source)}
         order = array("I", [pos[r[0]] for r in listing.rows])
     cookies = array("q", listing.cookies)
-    sums = (
-        encoded.at
-        if isinstance(encoded, PackedEntries)
-        else array("q", itertools.accumulate(map(len, encoded), initial=0))
-    )
+    sums = running_sums(encoded)
     sizes = listing.sizes.get(KIND)
     info = sizes[2] if sizes is not None and len(sizes[2]) == n + 1 else array("q")
     return b"".join(

@@ -38,15 +38,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import os
 from array import array
 from collections.abc import Callable, Sequence
-from types import ModuleType
 
 from merge.namespace import Attrs, Kind, NamespaceError, PresentedPath
+from nfsd.native import load
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.handles import HandleCodec
-from nfsd.programs.listings import Listing, PackedEntries, Row, raw_len, raw_name
+from nfsd.programs.listings import Listing, PackedEntries, Row, raw_len, raw_name, running_sums
 from nfsd.programs.nfs3.fastattr import entryplus3_bytes, padded, post_op_attr_bytes
 from nfsd.programs.nfs3.service import (
     _FTYPE,
@@ -63,13 +62,8 @@ from xdr import nfs3
 from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
 
-native: ModuleType | None
-try:  # the entries encoded in C (_native.c); None: the twin, _entries_plus_py
-    from nfsd.programs.nfs3 import _native as native
-except ImportError:  # pragma: no cover - a machine without a C compiler
-    native = None
-if os.environ.get("RECOVERY_FS_PURE") == "1":
-    native = None
+# the entries encoded in C (_native.c); None: the twin, _entries_plus_py
+native = load("nfsd.programs.nfs3._native")
 
 # Fixed XDR sizes (bytes) of the parts of a reply.
 STATUS = 4
@@ -189,10 +183,7 @@ def _note_sizes(
     encoded = listing.encodings(kind)
     if encoded is None:
         return None
-    if isinstance(encoded, PackedEntries):
-        at = encoded.at  # the same sums, made when packed
-    else:
-        at = array("q", itertools.accumulate(map(len, encoded), initial=0))
+    at = running_sums(encoded)  # a packed listing's own
     names = listing.names()
     lengths = map(len, names) if all(map(str.isascii, names)) else map(raw_len, names)
     try:  # by a table of name lengths (a storage name is at most 255 bytes)
