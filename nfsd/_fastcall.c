@@ -46,6 +46,8 @@
 #define PROC_ACCESS 4
 #define PROC_READ 6
 #define PROC_WRITE 7
+#define PROC_READDIRPLUS 17
+#define READDIRPLUS_ARGS 24 /* cookie, cookie verifier, dircount, maxcount */
 #define LAST_FRAGMENT 0x80000000u
 #define MAX_IOV 1024 /* the kernel's IOV_MAX */
 
@@ -63,11 +65,12 @@ padded(size_t n)
 
 /* parse_call(record: bytes) -> (xid, proc, cred, fh, pos, a, b) | None
  *
- * An RPC v2 CALL of NFSv3 GETATTR, LOOKUP, ACCESS, READ or WRITE with an
+ * An RPC v2 CALL of NFSv3 GETATTR, LOOKUP, ACCESS, READ, WRITE or READDIRPLUS with an
  * AUTH_SYS credential (its bytes: ``cred``) and a null verifier, and the
  * arguments that follow the handle: None for anything else.  ``pos`` is the
  * offset just past the handle's padding; (a, b) are READ's (offset, count),
- * ACCESS's (mask, 0), LOOKUP's (name, 0), else (0, 0).  Past the handle the
+ * ACCESS's (mask, 0), LOOKUP's (name, 0), else (0, 0) (READDIRPLUS's
+ * arguments are read by the caller).  Past the handle the
  * record must hold no byte more or less than the arguments, but for a WRITE,
  * whose handle (cut short by the record's end, as a slice is) and ``pos``
  * are handed on as they are.
@@ -86,7 +89,7 @@ parse_call(PyObject *self, PyObject *arg)
     uint32_t xid = be32(r), mtype = be32(r + 4), rpcvers = be32(r + 8), prog = be32(r + 12);
     uint32_t vers = be32(r + 16), proc = be32(r + 20), flavor = be32(r + 24), n = be32(r + 28);
     if ((proc != PROC_GETATTR && proc != PROC_LOOKUP && proc != PROC_ACCESS
-         && proc != PROC_READ && proc != PROC_WRITE)
+         && proc != PROC_READ && proc != PROC_WRITE && proc != PROC_READDIRPLUS)
         || mtype != CALL || rpcvers != RPC_VERSION || prog != NFS_PROGRAM || vers != 3
         || flavor != AUTH_SYS || n > MAX_AUTH_BYTES)
         Py_RETURN_NONE;
@@ -116,6 +119,10 @@ parse_call(PyObject *self, PyObject *arg)
             return NULL;
         break;
     }
+    case PROC_READDIRPLUS:
+        if (size != pos + READDIRPLUS_ARGS)
+            Py_RETURN_NONE;
+        break;
     case PROC_GETATTR:
         if (size != pos)
             Py_RETURN_NONE;

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(c is None, reason="nfsd._fastcall did not build 
 U32 = st.integers(0, 2**32 - 1)
 # Header words: mostly the values the parser looks for, now and then any.
 SERVED = [nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_LOOKUP, nfs3.NFSPROC3_ACCESS]
-SERVED += [nfs3.NFSPROC3_READ, nfs3.NFSPROC3_WRITE]
+SERVED += [nfs3.NFSPROC3_READ, nfs3.NFSPROC3_WRITE, nfs3.NFSPROC3_READDIRPLUS]
 
 
 def word(*likely: int) -> st.SearchStrategy[int]:

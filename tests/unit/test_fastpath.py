@@ -1,4 +1,4 @@
-"""The GETATTR/ACCESS/READ/LOOKUP fast path answers exactly what the general path answers.
+"""The fast path (GETATTR, ACCESS, READ, LOOKUP, READDIRPLUS) answers what the general path does.
 
 Every generated call goes through two dispatchers over the same namespace
 and the same exports: one with the NFS program's fast path, one without.
@@ -24,13 +24,14 @@ from merge.namespace import Attrs, PresentedPath
 from nfsd.programs import build_programs
 from nfsd.programs.access import AccessControl
 from nfsd.programs.handles import HandleCodec
+from nfsd.programs.listings import cookie_of
 from nfsd.programs.sessions import HANDLE_SIZE
 from nfsd.programs.sessions import VERSION as SESSION_VERSION
 from nfsd.rpc import Dispatcher, WouldBlock
-from tests.proto.calls import call
+from tests.proto.calls import call, parse
 from tests.proto.fakens import FakeNamespace, fileid_of
 from xdr import nfs3
-from xdr.nfs3 import NFS3Packer
+from xdr.nfs3 import NFS3Packer, NFS3Unpacker
 from xdr.rpc import AUTH_NONE, AUTH_SYS, RpcPacker, authsys_parms, opaque_auth
 
 SECRET = b"s" * 32
@@ -62,9 +63,17 @@ PATHS: list[PresentedPath] = [
     ("closed",),
     ("locked",),
     ("locked", "inside"),
+    ("many",),
 ]
+MANY = [f"entry-{i:03}" for i in range(120)]  # a folder paged in several READDIRPLUS calls
 NAMES = [b"f", b"d", b"private", b"locked", b"inside", b"nope", b".", b"..", b"", b"a/b", b"x\0"]
 PROCS = [nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP, nfs3.NFSPROC3_ACCESS]
+PROCS += [nfs3.NFSPROC3_READDIRPLUS] * 2
+FOLDERS = [(), ("d",), ("locked",), ("many",), ("many",), ("f",)]
+# Cookies: from the start, each entry's (a page starting after it), none, the largest.
+COOKIES = [0, 1, 2**63, 2**64 - 1, *(cookie_of(n) for n in (*MANY[::7], "f", "locked"))]
+# dircount, maxcount: too small for one entry, nfs-ls's, a few entries, past 1 MiB.
+COUNTS = [0, 8, 120, 300, 512, 1024, 4096, 8192, 2**20 + 1, 2**32 - 1]
 LOOKUPS = [((), b"f"), ((), b"locked"), ((), b"nope"), (("locked",), b"inside")]
 
 EXPORTS = [
@@ -88,6 +97,8 @@ def ns() -> Iterator[Moded]:
             ("closed",): b"x",
             ("locked",): None,
             ("locked", "inside"): b"in",
+            ("many",): None,
+            **{("many", name): name.encode() for name in MANY},
         }
     )
     yield n
@@ -169,6 +180,8 @@ def records(draw: st.DrawFn) -> bytes:
     if proc == nfs3.NFSPROC3_LOOKUP and draw(st.booleans()):  # mostly a name in a folder
         folder, name = draw(st.sampled_from(LOOKUPS))
         fh = _handle(folder)
+    if proc == nfs3.NFSPROC3_READDIRPLUS and draw(st.booleans()):  # mostly a folder
+        fh = _handle(draw(st.sampled_from(FOLDERS)))
     p = NFS3Packer()
     p.pack_uint(len(fh))
     p.pack_fopaque(len(fh), fh)
@@ -180,6 +193,11 @@ def records(draw: st.DrawFn) -> bytes:
         p.pack_fopaque(len(name), name)
     elif proc == nfs3.NFSPROC3_ACCESS:
         p.pack_uint(draw(st.sampled_from([0x3F, 0x1, 0x2, 0x20, 0xFFFFFFFF, 0])))
+    elif proc == nfs3.NFSPROC3_READDIRPLUS:
+        p.pack_uhyper(draw(st.sampled_from(COOKIES)))
+        p.pack_fopaque(8, draw(st.sampled_from([b"\0" * 8, b"verifier"])))
+        p.pack_uint(draw(st.sampled_from(COUNTS)))  # dircount
+        p.pack_uint(draw(st.sampled_from(COUNTS)))  # maxcount
     record = call(
         nfs3.NFS_PROGRAM,
         2 if flaw == "vers" else 3,
@@ -218,9 +236,9 @@ def test_fast_path_answers_as_the_general_path(  # noqa: PLR0917 (hypothesis arg
         )
 
 
-def test_fast_path_serves_the_ordinary_calls(ns: Moded, monkeypatch: pytest.MonkeyPatch) -> None:
-    fast, _ = _dispatchers(ns, EXPORTS[0])
-    served = []
+def _counting(fast: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the fast path served each call from now on (a reply, not None)."""
+    served: list[bool] = []
     inner = fast._fast
     assert inner is not None
 
@@ -230,6 +248,12 @@ def test_fast_path_serves_the_ordinary_calls(ns: Moded, monkeypatch: pytest.Monk
         return reply
 
     monkeypatch.setattr(fast, "_fast", counting)
+    return served
+
+
+def test_fast_path_serves_the_ordinary_calls(ns: Moded, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, _ = _dispatchers(ns, EXPORTS[0])
+    served = _counting(fast, monkeypatch)
     fh = HandleCodec(ns, SECRET).encode(("f",), fileid_of(("f",)))  # type: ignore[arg-type]
     for args in (nfs3.GETATTR3args(nfs3.nfs_fh3(fh)), nfs3.READ3args(nfs3.nfs_fh3(fh), 5, 4096)):
         p = NFS3Packer()
@@ -247,6 +271,36 @@ def test_fast_path_serves_the_ordinary_calls(ns: Moded, monkeypatch: pytest.Monk
             reply.free()
         # The first call may fill the caches; the others take the fast path.
         assert served[1:] == [True, True]
+
+
+def test_fast_path_pages_a_listing_after_its_first_call(
+    ns: Moded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READDIRPLUS through a folder: the first call lists and encodes it (the
+    general path), every later page is the fast path's, and each page's bytes
+    are the general path's, to the last entry and eof."""
+    fast, general = _dispatchers(ns, EXPORTS[0])
+    served = _counting(fast, monkeypatch)
+    fh = nfs3.nfs_fh3(_handle(("many",)))
+    cookie, names, eof, xid = 0, [], False, 7
+    while not eof:
+        p = NFS3Packer()
+        p.pack_READDIRPLUS3args(nfs3.READDIRPLUS3args(fh, cookie, b"\0" * 8, 512, 1024))
+        record = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READDIRPLUS, p.get_buffer(), xid=xid,
+                      cred=_cred(1, 1, []))  # fmt: skip
+        xid += 1
+        answer = _answer(fast, record, "10.0.0.2:1", False)
+        assert answer == _answer(general, record, "10.0.0.2:1", False)
+        assert isinstance(answer, bytes)
+        res = NFS3Unpacker(parse([answer]).body).unpack_READDIRPLUS3res()
+        assert res.status == nfs3.NFS3_OK
+        entries = res.resok.reply.entries
+        names += [e.name for e in entries]
+        cookie, eof = entries[-1].cookie, res.resok.reply.eof
+    assert names == sorted((n.encode() for n in MANY), key=lambda n: cookie_of(n.decode()))
+    assert len(served) > 5
+    assert served[0] is False  # the folder listed first by the general path
+    assert all(served[1:])
 
 
 def test_a_failing_fast_path_leaves_the_call_to_the_general_path_and_logs_rarely(

@@ -1,4 +1,4 @@
-"""GETATTR, ACCESS, READ and LOOKUP of the read-only export, from the record's bytes.
+"""GETATTR, ACCESS, READ, LOOKUP and READDIRPLUS of the read-only export, from the record's bytes.
 
 Design notes
 ------------
@@ -16,7 +16,9 @@ one buffer (plus a READ's data).
 What it may skip and what it may not:
 
 * It serves only what it recognises *exactly*: an RPC v2 CALL of NFSv3
-  GETATTR, ACCESS, READ or LOOKUP (of a name that exists) over TCP, AUTH_SYS
+  GETATTR, ACCESS, READ, LOOKUP (of a name that exists) or READDIRPLUS (a
+  page of a listing already encoded whole: ``readdir.readdirplus_encoded``)
+  over TCP, AUTH_SYS
   whose bytes the dispatcher already decoded (its credential cache), a
   null verifier, a handle of the read-only export that ``HandleCodec``
   has already verified (its cache holds only MAC-checked bytes), and no
@@ -38,7 +40,8 @@ What it may skip and what it may not:
   replaced file noticed by ``open``) and ``may`` exactly as the general
   path does, in the same order: the access check before the handle.
 * READ shares ``read.read_reply`` with the general path, LOOKUP
-  ``attrs.lookup3_ok``, ACCESS ``attrs.access_granted``; the bytes are
+  ``attrs.lookup3_ok``, ACCESS ``attrs.access_granted``, READDIRPLUS
+  ``readdir``'s page and reply body; the bytes are
   the same (``tests/unit/test_fastpath.py`` runs generated calls through
   both and compares the replies byte for byte).
 """
@@ -56,6 +59,7 @@ from nfsd.programs.errors import NfsError
 from nfsd.programs.nfs3.attrs import access_granted, lookup3_ok
 from nfsd.programs.nfs3.fastattr import LastFattr3
 from nfsd.programs.nfs3.read import read_reply
+from nfsd.programs.nfs3.readdir import readdirplus_encoded
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
     MAY_READ,
@@ -83,11 +87,17 @@ from xdr.rpc import (
 _HEAD = struct.Struct(">8I")  # xid, msg_type, rpcvers, prog, vers, proc, cred flavour, length
 _VERF_FH = struct.Struct(">3I")  # verifier flavour, verifier length, handle length
 _READ_ARGS = struct.Struct(">QI")  # offset, count
+_PLUS_ARGS = struct.Struct(">Q8xII")  # cookie, (its verifier: never checked), dircount, maxcount
 _GETATTR, _READ, _LOOKUP = nfs3.NFSPROC3_GETATTR, nfs3.NFSPROC3_READ, nfs3.NFSPROC3_LOOKUP
-_ACCESS = nfs3.NFSPROC3_ACCESS
+_ACCESS, _READDIRPLUS = nfs3.NFSPROC3_ACCESS, nfs3.NFSPROC3_READDIRPLUS
 _NFS_PROGRAM = nfs3.NFS_PROGRAM
 _DIR = Kind.DIR
-_ARGS_AFTER_HANDLE = {_GETATTR: 0, _READ: _READ_ARGS.size, _ACCESS: 4}  # LOOKUP: its name
+_ARGS_AFTER_HANDLE = {  # LOOKUP: its name
+    _GETATTR: 0,
+    _READ: _READ_ARGS.size,
+    _ACCESS: 4,
+    _READDIRPLUS: _PLUS_ARGS.size,
+}
 _WRITE = nfs3.NFSPROC3_WRITE  # a session's: nfs3.fastwrite (FastPath.writes)
 _SERVED = frozenset((*_ARGS_AFTER_HANDLE, _LOOKUP, _WRITE))
 _U32 = struct.Struct(">I")
@@ -113,7 +123,7 @@ offset past the handle, a, b), (a, b) being READ's (offset, count), ACCESS's
 def parse_call_py(record: bytes) -> Call | None:
     """The header and arguments of a call the fast path may serve, else None.
 
-    An RPC v2 CALL of NFSv3 GETATTR, ACCESS, READ, LOOKUP or WRITE, AUTH_SYS
+    An RPC v2 CALL of NFSv3 GETATTR, ACCESS, READ, LOOKUP, WRITE or READDIRPLUS, AUTH_SYS
     (of at most MAX_AUTH_BYTES), a null verifier, a handle of at most
     NFS3_FHSIZE bytes, and past it no byte more or less than the
     arguments (a LOOKUP's name at most MAXNAMLEN), but for a WRITE, whose
@@ -232,8 +242,8 @@ class FastPath:
         name = cast(bytes, a) if proc == _LOOKUP else b""
         session = len(fh) == _SESSION_SIZE and fh[0] == _SESSION_VERSION  # is_session_handle
         if session:
-            if self.sessions is None:
-                return None
+            if self.sessions is None or proc == _READDIRPLUS:
+                return None  # a session's listing: the general path's
             if inline and not alone:
                 raise WouldBlock  # what the router says, once all is decoded: a worker's
         ctx = self._context(xid, proc, fields, peer, inline, alone, security, sendfile)
@@ -249,6 +259,13 @@ class FastPath:
             attrs = svc.namespace.getattr(path)
             if proc == _LOOKUP:
                 return self._lookup(record[:4], ctx, path, attrs, name)
+            if proc == _READDIRPLUS:
+                cookie, dircount, maxcount = _PLUS_ARGS.unpack_from(record, pos)
+                body = readdirplus_encoded(svc, ctx, path, attrs, cookie, dircount, maxcount)
+                if body is None:
+                    return None
+                body[0] = record[:4] + _ACCEPTED + cast(bytes, body[0])
+                return Reply(body)
             fattr3 = self._fattr3.get(attrs, svc.fsid)
             if proc == _GETATTR:
                 return Reply([record[:4] + _ACCEPTED_OK + fattr3])
