@@ -54,7 +54,7 @@ def build_programs(
     nfs_program = nfs3_program.build(nfs)
     nfs_program.guard = access.nfs_status
     fast = FastPath(nfs, access)
-    nfs_program.fast = fast.serve  # GETATTR, READ and LOOKUP: the same answers, sooner
+    nfs_program.fast = fast.serve  # GETATTR, ACCESS, READ, LOOKUP, READDIRPLUS: the same, sooner
     nfs_program.udp = udp
     nfs_program.idle = nfs.buffers.trim  # buffers unused for a while give their pages back
     if sessions is not None:

@@ -115,7 +115,7 @@ def test_the_c_constants_are_the_protocols() -> None:
 
 
 def test_fuzz_parse_call_on_mutated_calls() -> None:
-    """Many records, each a valid READ, LOOKUP or WRITE with random bytes
+    """Many records, each a valid READ, LOOKUP, WRITE or READDIRPLUS with random bytes
     overwritten, cut or grown: the two parsers agree on every one."""
     rnd = __import__("random").Random(9)
     bases = []
@@ -123,6 +123,7 @@ def test_fuzz_parse_call_on_mutated_calls() -> None:
         (nfs3.NFSPROC3_READ, struct.pack(">QI", 4096, 4096)),
         (nfs3.NFSPROC3_LOOKUP, struct.pack(">I", 3) + b"abc\0"),
         (nfs3.NFSPROC3_WRITE, b"\0" * 40),
+        (nfs3.NFSPROC3_READDIRPLUS, struct.pack(">Q8sII", 77, b"verifier", 8192, 8192)),
     ):
         cred = struct.pack(">II", 0, 4) + b"host" + struct.pack(">III", 0, 0, 0)
         bases.append(

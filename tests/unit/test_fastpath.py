@@ -11,6 +11,7 @@ only compare the general path with itself).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +24,14 @@ from exports import parse as parse_exports
 from merge.namespace import Attrs, PresentedPath
 from nfsd.programs import build_programs
 from nfsd.programs.access import AccessControl
+from nfsd.programs.errors import NfsError
 from nfsd.programs.handles import HandleCodec
 from nfsd.programs.listings import cookie_of
+from nfsd.programs.nfs3.readdir import readdirplus3
+from nfsd.programs.nfs3.service import Nfs3Service
 from nfsd.programs.sessions import HANDLE_SIZE
 from nfsd.programs.sessions import VERSION as SESSION_VERSION
-from nfsd.rpc import Dispatcher, WouldBlock
+from nfsd.rpc import CallContext, Dispatcher, WouldBlock
 from tests.proto.calls import call, parse
 from tests.proto.fakens import FakeNamespace, fileid_of
 from xdr import nfs3
@@ -105,13 +109,19 @@ def ns() -> Iterator[Moded]:
     n.close()
 
 
-def _dispatchers(ns: Moded, exports: str) -> tuple[Dispatcher, Dispatcher]:
+def _dispatchers(ns: Moded, exports: str, listed: bool = False) -> tuple[Dispatcher, Dispatcher]:
+    """Two dispatchers over ``ns``, with and without the fast path; ``listed``:
+    each folder listed already in both (as on a server where an allowed client
+    has listed them: the fast path's READDIRPLUS then reaches its checks)."""
     out = []
     for fast in (True, False):
         access = AccessControl(
             None, "/recover/images", Path("/nonexistent"), table=parse_exports(exports, "<t>")
         )
         programs = build_programs(ns, SECRET, access)
+        if listed:
+            nfs = next(p for p in programs if p.fast is not None)
+            _list_folders(nfs.fast.__self__.svc)  # type: ignore[union-attr]
         if not fast:
             for p in programs:
                 p.fast = None
@@ -124,6 +134,18 @@ def _dispatchers(ns: Moded, exports: str) -> tuple[Dispatcher, Dispatcher]:
                 codec.resolve(codec.encode(path, fileid_of(path)))
         out.append(d)
     return out[0], out[1]
+
+
+def _list_folders(svc: Nfs3Service) -> None:
+    """Every folder of FOLDERS listed by READDIRPLUS, past any access check."""
+    cred = authsys_parms(0, b"", 0, 0, [])
+    for folder in dict.fromkeys(FOLDERS):
+        ctx = CallContext(
+            1, nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READDIRPLUS, AUTH_SYS, cred, "", "tcp"
+        )
+        args = nfs3.READDIRPLUS3args(nfs3.nfs_fh3(_handle(folder)), 0, b"\0" * 8, 4096, 8192)
+        with contextlib.suppress(NfsError):  # not a folder
+            readdirplus3(svc, ctx, args)
 
 
 def _cred(uid: int, gid: int, gids: list[int]) -> opaque_auth:
@@ -225,15 +247,17 @@ def records(draw: st.DrawFn) -> bytes:
     # Inline READs of these memfd files are always WouldBlock (no RWF_NOWAIT): mostly not inline.
     inline=st.sampled_from([False, False, False, True]),
     alone=st.booleans(),
+    listed=st.booleans(),
 )
 def test_fast_path_answers_as_the_general_path(  # noqa: PLR0917 (hypothesis arguments)
-    ns: Moded, exports: str, peer: str, record: bytes, inline: bool, alone: bool
+    ns: Moded, exports: str, peer: str, record: bytes, inline: bool, alone: bool, listed: bool
 ) -> None:
-    fast, general = _dispatchers(ns, exports)
+    fast, general = _dispatchers(ns, exports, listed)
     for _ in range(2):
         assert _answer(fast, record, peer, inline, alone) == _answer(
             general, record, peer, inline, alone
         )
+    assert fast.fast_failures == 0  # a failure would be answered by the general path
 
 
 def _counting(fast: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
@@ -301,6 +325,27 @@ def test_fast_path_pages_a_listing_after_its_first_call(
     assert len(served) > 5
     assert served[0] is False  # the folder listed first by the general path
     assert all(served[1:])
+    assert fast.fast_failures == 0
+
+
+def test_a_sessions_listing_is_left_to_the_general_path(ns: Moded) -> None:
+    """READDIRPLUS of a session's handle never reaches the sessions' quick path
+    (it serves GETATTR, ACCESS, READ and LOOKUP only)."""
+    fast, general = _dispatchers(ns, EXPORTS[0])
+    asked = []
+    fast._fast.__self__.sessions = lambda *args: asked.append(args)  # type: ignore[union-attr]
+    fh = nfs3.nfs_fh3(bytes([SESSION_VERSION]) + b"\0" * (HANDLE_SIZE - 1))
+    p = NFS3Packer()
+    p.pack_READDIRPLUS3args(nfs3.READDIRPLUS3args(fh, 0, b"\0" * 8, 8192, 8192))
+    record = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READDIRPLUS, p.get_buffer(),
+                  cred=_cred(1, 1, []))  # fmt: skip
+    for inline in (False, True):
+        for _ in range(2):
+            assert _answer(fast, record, "10.0.0.2:1", inline) == _answer(
+                general, record, "10.0.0.2:1", inline
+            )
+    assert asked == []
+    assert fast.fast_failures == 0
 
 
 def test_a_failing_fast_path_leaves_the_call_to_the_general_path_and_logs_rarely(

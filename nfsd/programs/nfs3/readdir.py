@@ -82,24 +82,31 @@ def _listing(
 ) -> tuple[PresentedPath, Attrs, Listing]:
     path = svc.path_of(fh)
     dattrs = svc.attrs(path)
-    if dattrs.kind != Kind.DIR:
-        raise NfsError(nfs3.NFS3ERR_NOTDIR)
-    if not may(dattrs, ctx, MAY_READ):
-        raise NfsError(nfs3.NFS3ERR_ACCES)
+    _readable_folder(ctx, dattrs)
     if ctx.inline and not svc.listings.known(path):
         # A first listing may scan a large folder: not on the reader.  The
         # pages after it (a client pages through in many calls) come inline.
         raise WouldBlock
+    return path, dattrs, _listed(svc, path)
+
+
+def _readable_folder(ctx: CallContext, dattrs: Attrs) -> None:
+    """A listing's checks of its folder (the general path's and the fast path's)."""
+    if dattrs.kind != Kind.DIR:
+        raise NfsError(nfs3.NFS3ERR_NOTDIR)
+    if not may(dattrs, ctx, MAY_READ):
+        raise NfsError(nfs3.NFS3ERR_ACCES)
+
+
+def _listed(svc: Nfs3Service, path: PresentedPath) -> Listing:
+    """The folder's listing: the one held while the namespace hands out the same
+    entries, else made (and taken from another process if it shared it)."""
     try:
         entries = svc.namespace.readdir(path)
     except NamespaceError as e:
         raise nfs_error(e) from e
     fsid, handles = svc.fsid, svc.handles
-    return (
-        path,
-        dattrs,
-        svc.listings.get(path, entries, lambda e: listing_for(path, e, fsid, handles)),
-    )
+    return svc.listings.get(path, entries, lambda e: listing_for(path, e, fsid, handles))
 
 
 def _cap(ctx: CallContext, count: int) -> int:
@@ -334,19 +341,13 @@ def readdirplus_encoded(  # noqa: PLR0917 (READDIRPLUS3args, read by the fast pa
 
     A client pages through a large folder in ~200 calls; all but the first
     are this (``nfs-ls``: 8 KiB pages of a 10,000-entry folder)."""
-    if dattrs.kind != Kind.DIR or not may(dattrs, ctx, MAY_READ):
-        return None
-    if not svc.listings.known(path):
-        return None
     try:
-        entries = svc.namespace.readdir(path)
-    except NamespaceError:
-        return None
-    fsid, handles = svc.fsid, svc.handles
-    listing = svc.listings.get(path, entries, lambda e: listing_for(path, e, fsid, handles))
-    if PLUS not in listing.sizes:
-        return None
-    try:
+        _readable_folder(ctx, dattrs)
+        if not svc.listings.known(path):
+            return None
+        listing = _listed(svc, path)
+        if PLUS not in listing.sizes:
+            return None
         out, eof = _plus_encoded(ctx, listing, cookie, dircount, maxcount)
     except NfsError:
         return None
