@@ -328,6 +328,31 @@ def test_fast_path_pages_a_listing_after_its_first_call(
     assert fast.fast_failures == 0
 
 
+@pytest.mark.parametrize("exports", EXPORTS)
+def test_every_caller_of_a_listed_folder_gets_the_general_paths_answer(
+    ns: Moded, monkeypatch: pytest.MonkeyPatch, exports: str
+) -> None:
+    """Each folder listed already (by an allowed client): every host and user,
+    allowed or not, gets from the fast path what the general path answers (a
+    refused host, a folder it may not read, a file: the general path's error)."""
+    fast, general = _dispatchers(ns, exports, listed=True)
+    served = _counting(fast, monkeypatch)
+    for folder in dict.fromkeys(FOLDERS):
+        fh = nfs3.nfs_fh3(_handle(folder))
+        p = NFS3Packer()
+        p.pack_READDIRPLUS3args(nfs3.READDIRPLUS3args(fh, 0, b"\0" * 8, 1024, 2048))
+        for uid in (0, 7, 1000, 1001):
+            record = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READDIRPLUS, p.get_buffer(),
+                          cred=_cred(uid, uid, []))  # fmt: skip
+            for peer in PEERS:
+                for _ in range(2):  # the first call decodes the credential
+                    want = _answer(general, record, peer, False)
+                    assert _answer(fast, record, peer, False) == want
+    assert fast.fast_failures == 0
+    if exports == EXPORTS[0]:  # every host allowed: the readable folders' pages are fast
+        assert served.count(True) >= len(PEERS) * 4 * 3
+
+
 def test_a_sessions_listing_is_left_to_the_general_path(ns: Moded) -> None:
     """READDIRPLUS of a session's handle never reaches the sessions' quick path
     (it serves GETATTR, ACCESS, READ and LOOKUP only)."""
