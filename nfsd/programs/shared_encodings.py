@@ -101,7 +101,7 @@ def pack(listing: Listing, encoded: Sequence[bytes]) -> bytes:
             _COUNT.pack(n),
             order.tobytes(),
             cookies.tobytes(),
-            array("q", sums).tobytes(),
+            sums.tobytes(),  # 64-bit already (running_sums)
             _COUNT.pack(len(info)),
             array("q", info).tobytes(),
             *([encoded.join(0, n)] if isinstance(encoded, PackedEntries) else encoded),
