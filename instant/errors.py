@@ -15,6 +15,7 @@ error                    nfsstat3
 ``NotSync``              ``NFS3ERR_NOT_SYNC``
 ``NameTooLong``          ``NFS3ERR_NAMETOOLONG``
 ``Stale``                ``NFS3ERR_STALE``
+``TooLarge``             ``NFS3ERR_FBIG``
 =======================  ===================
 
 ``NotFound``, ``NotADirectory``, ``IsADirectory`` and ``StorageIOError``
@@ -56,6 +57,15 @@ class NameTooLong(NamespaceError):
 
 class Stale(NamespaceError):
     """The session was stopped (or the entry's node is gone) while in use."""
+
+
+class TooLarge(NamespaceError):
+    """A file would end past :data:`MAX_FILE_SIZE` (a WRITE's end, a SETATTR's size)."""
+
+
+MAX_FILE_SIZE = (1 << 63) - 1
+"""The largest size of a session's file: FSINFO's ``maxfilesize``, and the most a
+size or a piece's end can be in the session's database (sqlite's INTEGER)."""
 
 
 class WouldWait(Exception):

@@ -27,11 +27,18 @@ CHUNK = 8 * 1024 * 1024
 def walk(ns: SessionNamespace, fileid: int = ROOT_FILEID, rel: Path = Path()) -> Iterator[
     tuple[Path, Attrs]
 ]:  # fmt: skip
-    """Every entry below ``fileid``, parents first."""
-    for name, a in sorted(ns.readdir(fileid)):
-        yield rel / name, a
-        if a.kind == Kind.DIR:
-            yield from walk(ns, a.fileid, rel / name)
+    """Every entry below ``fileid``, parents first, names in order: a stack of
+    folders, not recursion (a client may nest folders thousands deep)."""
+    stack = [(rel, iter(sorted(ns.readdir(fileid))))]
+    while stack:
+        at, entries = stack[-1]
+        for name, a in entries:
+            yield at / name, a
+            if a.kind == Kind.DIR:
+                stack.append((at / name, iter(sorted(ns.readdir(a.fileid)))))
+                break
+        else:
+            stack.pop()
 
 
 def total_bytes(ns: SessionNamespace) -> int:

@@ -51,12 +51,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
-from sqlite3 import Connection
+from sqlite3 import Connection, IntegrityError
 from typing import Any
 
 from instant.answers import Answers
 from instant.callvalues import NOW, CreateHow
 from instant.errors import (
+    MAX_FILE_SIZE,
     Exists,
     InvalidArgument,
     NameTooLong,
@@ -64,6 +65,7 @@ from instant.errors import (
     NotSupported,
     NotSync,
     Stale,
+    TooLarge,
 )
 from instant.store import Gather, Hook, Store, Tx, WakeLater, waited
 from merge.attrs import ROOT_FILEID
@@ -87,6 +89,7 @@ MAX_COPIED_ENTRIES = 100_000
 CALLS_KEPT_NS = 3600 * 10**9  # recorded call keys older than this are pruned
 CALLS_PRUNE_EVERY = 256
 _MASK63 = (1 << 63) - 1
+_U64 = (1 << 64) - 1  # FSSTAT's fields
 BASE_KEPT_FOR = 1.0
 """Seconds a base file's reader is shared by READs before it is opened again.
 
@@ -101,6 +104,11 @@ _FILES = 1 << 32
 _NODE_COLS = "id, fileid, kind, base, mode, uid, gid, atime, mtime, ctime, target, verifier"
 _N_NODE_COLS = ", ".join("n." + c.strip() for c in _NODE_COLS.split(","))  # joined with dirents
 _NODE_BY_FILEID = f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?"
+_NODE_SEQ = "node_seq"  # meta: the last node id given (see _insert)
+_NEXT_NODE = (
+    f"SELECT MAX(COALESCE((SELECT value FROM meta WHERE key='{_NODE_SEQ}'), 0),"
+    " COALESCE((SELECT MAX(id) FROM nodes), 0)) + 1"
+)
 
 
 @dataclass(slots=True)
@@ -165,7 +173,7 @@ class SessionNamespace:
         self.dir = Path(directory)
         self.base = base
         self.clock = clock
-        self.store = Store(self.dir, quota=quota, hook=hook, stamp=_stamp_times)
+        self.store = Store(self.dir, quota=quota, hook=hook, stamp=_stamp_times, live=_live_files)
         self._calls = threading.local()
         self._recorded = 0
         self._answers = Answers()  # nodes, directories' attributes, names: per db version
@@ -190,7 +198,10 @@ class SessionNamespace:
         budget = [MAX_COPIED_ENTRIES]
         for name, path in roots.items():
             check_name(name)
-            self._copy(tx, 1, name, path, a=self.base.getattr(path), budget=budget)
+            try:
+                self._copy(tx, 1, name, path, a=self.base.getattr(path), budget=budget)
+            except RecursionError:
+                raise InvalidArgument(f"{'/'.join(path)}: folders nested too deep") from None
 
     def _copy(
         self, tx: Tx, parent: int, name: str, path: PresentedPath, *, a: Attrs, budget: list[int]
@@ -200,11 +211,16 @@ class SessionNamespace:
         if budget[0] < 0:
             raise InvalidArgument(f"more than {MAX_COPIED_ENTRIES} entries in the session")
         base = _encode_path(path, a.size) if a.kind == Kind.REG else None
-        node = tx.conn.execute(
-            f"INSERT INTO nodes({_NODE_COLS}) VALUES (NULL,?,?,?,?,?,?,?,?,?,NULL,NULL)",
-            (a.fileid, int(a.kind), base, a.mode | 0o200, a.uid, a.gid,
-             a.atime_ns, a.mtime_ns, a.ctime_ns),
-        ).lastrowid  # fmt: skip
+        try:
+            node = tx.conn.execute(
+                f"INSERT INTO nodes({_NODE_COLS}) VALUES (NULL,?,?,?,?,?,?,?,?,?,NULL,NULL)",
+                (a.fileid, int(a.kind), base, a.mode | 0o200, a.uid, a.gid,
+                 a.atime_ns, a.mtime_ns, a.ctime_ns),
+            ).lastrowid  # fmt: skip
+        except IntegrityError:  # the fileid is kept: one entry cannot be two nodes
+            raise InvalidArgument(
+                f"{'/'.join(path)} is in the session twice: its folders overlap"
+            ) from None
         tx.conn.execute("INSERT INTO dirents VALUES (?,?,?)", (parent, name, node))
         if a.kind == Kind.DIR:
             for child, ca in self.base.readdir(path):
@@ -306,12 +322,14 @@ class SessionNamespace:
     ) -> Node:  # fmt: skip
         now = self.clock()
         c = tx.conn
-        node = (
-            c.execute(
-                f"INSERT INTO nodes({_NODE_COLS}) VALUES (NULL,0,?,NULL,?,?,?,?,?,?,?,?)",
-                (int(kind), mode & 0o7777, uid, gid, now, now, now, target, verifier),
-            ).lastrowid
-            or 0
+        # A node id is never given twice (sqlite's own would reuse the largest after
+        # it is removed): the fileid, and so the handle, are made from it, and a
+        # handle of a removed file must never name a new one.
+        node = c.execute(_NEXT_NODE).fetchone()[0]
+        c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_NODE_SEQ, node))
+        c.execute(
+            f"INSERT INTO nodes({_NODE_COLS}) VALUES (?,0,?,NULL,?,?,?,?,?,?,?,?)",
+            (node, int(kind), mode & 0o7777, uid, gid, now, now, now, target, verifier),
         )
         fid = self._new_fileid(c, node)
         c.execute("UPDATE nodes SET fileid=? WHERE id=?", (fid, node))
@@ -491,7 +509,8 @@ class SessionNamespace:
         if use.quota is None:
             total, free = fs_total, fs_free
         else:
-            total, free = use.quota, min(fs_free, max(0, use.quota - use.logged))
+            total = min(use.quota, fs_total) if use.quota > _U64 else use.quota
+            free = min(fs_free, max(0, use.quota - use.logged))
         return FsStats(total, free, free, _FILES, _FILES, _FILES)
 
     # -- writing -----------------------------------------------------------------------
@@ -587,8 +606,8 @@ class SessionNamespace:
         if version is None:
             version = self.store.version()
         n = _check_regular(self._node_at(version, fileid))
-        if offset < 0 or offset + len(data) > 1 << 63:
-            raise InvalidArgument("offset out of range")
+        if offset < 0 or offset + len(data) > MAX_FILE_SIZE:
+            raise TooLarge(f"a write ending at {offset + len(data)} (at most {MAX_FILE_SIZE})")
         now = self.clock()
 
         def written(outcome: int | Exception) -> None:
@@ -635,6 +654,8 @@ class SessionNamespace:
                     raise IsADirectory(str(fileid))
                 if n.kind != Kind.REG or size < 0:
                     raise InvalidArgument("size of a non-file")
+                if size > MAX_FILE_SIZE:
+                    raise TooLarge(f"a size of {size} (at most {MAX_FILE_SIZE})")
                 tx.truncate(n.id, size, n.base_size)
                 n.mtime = now
             n.mode = n.mode if mode is None else mode & 0o7777
@@ -846,6 +867,15 @@ class SessionReader:
         if self._base is not None:
             self._base.drop()
             self._base = None
+
+
+def _live_files(tx: Tx, nodes: list[int]) -> set[int]:
+    """Which of ``nodes`` are still regular files: the store's ``live``."""
+    marks = ",".join("?" * len(nodes))
+    rows = tx.conn.execute(
+        f"SELECT id FROM nodes WHERE kind=? AND id IN ({marks})", (int(Kind.REG), *nodes)
+    )
+    return {r[0] for r in rows}
 
 
 def _stamp_times(tx: Tx, node: int, now: int) -> None:

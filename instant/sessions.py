@@ -36,9 +36,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from exports import ExportsError
+from exports import ExportsError, ExportTable
 from exports import parse as parse_exports
-from merge.namespace import Namespace, PresentedPath
+from merge.namespace import Namespace, NamespaceError, PresentedPath
 
 EXPORT_PREFIX = "/recover/instant/"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -79,6 +79,21 @@ class SessionInfo:
         """The session's line in exports(5) syntax: its path, defaults, clients."""
         return f"{self.export_path} -{DEFAULT_OPTIONS} {self.clients}\n"
 
+    def exports_table(self) -> ExportTable:
+        """:meth:`exports_line` parsed: one export, of this session's path alone.
+
+        The client list is one line of hosts and options: a newline, a ``#`` or a
+        ``\\`` in it would make more lines of the table every session's exports
+        are merged into (another session's path, with clients of this one's
+        choosing), so anything but that one export is refused here.  Raises
+        ``ExportsError``."""
+        if any(c in self.clients for c in "\n\r#\\") or not self.clients.isprintable():
+            raise ExportsError("a client list is hosts and options on one line")
+        t = parse_exports(self.exports_line(), self.name, allow_rw=True)
+        if [e.path for e in t.exports] != [self.export_path]:
+            raise ExportsError(f"a client list must export {self.export_path} alone")
+        return t
+
 
 def _fsync_dir(path: Path) -> None:
     """``instant.store``'s, imported when the CLI publishes or removes a session.
@@ -100,6 +115,17 @@ def check_session_name(name: str) -> None:
         )
 
 
+def file_ident(st: os.stat_result) -> tuple[int, int]:
+    """A registry file's identity: its inode and its ctime.
+
+    Not the inode alone: a session stopped and started again under its name
+    gets a new file, and ext4 often gives it the inode the old one had; the
+    servers would then go on serving the stopped session (its old handles, its
+    old client list, writes into its removed overlay).  The new file's ctime
+    is when it was made, not the old one's."""
+    return st.st_ino, st.st_ctime_ns
+
+
 def new_key() -> str:
     return secrets.token_hex(8)
 
@@ -113,13 +139,21 @@ class SessionRegistry:
     def path_of(self, name: str) -> Path:
         return self.dir / f"{name}.json"
 
-    def stamp(self) -> tuple[tuple[str, int], ...]:
-        """Changes whenever a session is published or removed: names and inodes."""
+    def stamp(self) -> tuple[tuple[str, tuple[int, int]], ...]:
+        """Changes whenever a session is published or removed: names and files
+        (:func:`file_ident`)."""
+        out = []
         try:
             with os.scandir(self.dir) as it:
-                return tuple(sorted((e.name, e.inode()) for e in it if e.name.endswith(".json")))
+                for e in it:
+                    if e.name.endswith(".json"):
+                        try:
+                            out.append((e.name, file_ident(e.stat(follow_symlinks=False))))
+                        except FileNotFoundError:  # removed meanwhile
+                            continue
         except FileNotFoundError:
             return ()
+        return tuple(sorted(out))
 
     def list(self) -> list[SessionInfo]:
         """Every published session, by name; unreadable files are skipped."""
@@ -237,7 +271,7 @@ def create_session(
         name, roots, overlay, key, clients=clients, quota=quota, sources=sources, storage=storage
     )
     try:
-        parse_exports(info.exports_line(), "--clients", allow_rw=True)
+        info.exports_table()
     except ExportsError as e:
         raise SessionError(f"bad client list: {e}") from None
     from instant.namespace import SessionNamespace  # noqa: PLC0415  (see _fsync_dir)
@@ -246,6 +280,9 @@ def create_session(
         overlay.mkdir(parents=True, mode=0o700)
         SessionNamespace(overlay, base, roots, quota=quota).close()
         registry.publish(info)
+    except NamespaceError as e:  # the folders cannot make one session: a usage error
+        shutil.rmtree(overlay, ignore_errors=True)
+        raise SessionError(str(e)) from None
     except BaseException:
         shutil.rmtree(overlay, ignore_errors=True)
         raise

@@ -248,7 +248,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from instant import db
-from instant.errors import NoSpace, WouldWait
+from instant.errors import MAX_FILE_SIZE, NoSpace, Stale, TooLarge, WouldWait
 from instant.rangemap import Edits, FileState, Piece, RangeMap
 from merge.namespace import NamespaceError, Run, StorageIOError
 
@@ -337,6 +337,11 @@ Stamp = Callable[["Tx", int, int], None]
 """``stamp(tx, obj, time)``: what a write's ``stamp`` sets in its group's
 transaction (the namespace: the file's mtime); called again when a write is
 replayed (see "The data log as the map's log")."""
+
+Live = Callable[["Tx", list[int]], "set[int]"]
+"""``live(tx, objs)``: which of ``objs`` are still files, in a group's transaction
+(the namespace: their nodes).  A write whose file was removed after it was
+logged is refused then, never mapped: see "Group commit"."""
 
 Gather = Callable[[], AbstractContextManager[object]]
 """Entered on the committer around a group's ``done`` calls, once per distinct
@@ -481,12 +486,14 @@ class Store:
         quota: int | None = None,
         hook: Hook | None = None,
         stamp: Stamp | None = None,
+        live: Live | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.quota = quota
         self.hook: Hook = hook or _no_hook
         self.stamp = stamp
+        self.live = live
         self.stats = Stats()
         self._w = db.connect(self.dir)
         self._r = db.connect(self.dir)
@@ -600,6 +607,8 @@ class Store:
         full, a storage error.  ``data`` is not needed once this returns.
         """
         n = len(data)
+        if offset < 0 or offset + n > MAX_FILE_SIZE:
+            raise TooLarge(f"a write ending at {offset + n} (at most {MAX_FILE_SIZE})")
         if self._closing:  # checked again below; here: no log reopened after close
             raise StorageIOError("the session store is closed")
         if n == 0:
@@ -915,6 +924,7 @@ class Store:
         must_sync = not self._locked or self._resync or wal_log != self._log_id
         at = self._next
         mapped = []
+        live = None if self.live is None else self.live(tx, list({p.obj: None for p in batch}))
         for p in batch:
             # A gap (a write not in this group, or one that failed to log), a write
             # that failed, a large one: the replay would stop there, so the map syncs.
@@ -933,6 +943,13 @@ class Store:
                 p.error = NoSpace(f"quota of {self.quota} bytes reached")
                 # Synced, so that no replay starts before this record (the end moved
                 # past it durably): a write told NOSPC never appears after a power loss.
+                must_sync = True
+                continue
+            if live is not None and p.obj not in live:
+                # Its file was removed after the write was logged (a REMOVE, or a
+                # RENAME over it, committed first): mapped, it would bring the file's
+                # overlay back under an id no name holds.  Refused, synced as above.
+                p.error = Stale("the file was removed before the write was committed")
                 must_sync = True
                 continue
             piece = Piece(p.offset, p.length, self._log_id, p.data_pos)
@@ -1029,15 +1046,25 @@ class Store:
                 self._w_sync = want
             self._w.execute("BEGIN IMMEDIATE")
             tx = Tx(self, self._w)
+            marked = False
             try:
                 yield tx
                 tx._flush()
                 self._mark(tx.changes, publishing=True)
+                marked = True
                 self._w.execute("COMMIT")
-            except BaseException:
-                self._w.execute("ROLLBACK")
-                self._wstates.clear()
-                self._mark(tx.changes, publishing=False)
+            except BaseException as e:
+                try:
+                    # A COMMIT that failed (SQLITE_FULL: the cache file system full)
+                    # has rolled back already, and ROLLBACK would raise over ``e``.
+                    if self._w.in_transaction:
+                        self._w.execute("ROLLBACK")
+                finally:
+                    self._wstates.clear()
+                    if marked:
+                        self._mark(tx.changes, publishing=False)
+                if isinstance(e, sqlite3.Error):  # a client is told NOSPC or IO, not a fault
+                    raise _storage_error(e) from e
                 raise
         try:
             self._publish(tx.changes)
@@ -1526,6 +1553,8 @@ def _read_record(fd: int, pos: int) -> _Replayed | None:
     magic, n, obj, offset, base_size, stamp, at = _HEAD.unpack_from(raw)
     (crc,) = _CRC.unpack_from(raw, _HEAD.size)
     if magic != _SMALL or at != pos or not 0 < n < SMALL_WRITE or min(obj, offset, base_size) < 0:
+        return None
+    if offset + n > MAX_FILE_SIZE:  # never acknowledged (write_async refuses it): not redone
         return None
     data = os.pread(fd, n, pos + HEAD)
     if len(data) < n or zlib.crc32(data, zlib.crc32(raw[: _HEAD.size])) != crc:

@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from instant.errors import MAX_FILE_SIZE
 from instant.export import export_tree, total_bytes
 from instant.namespace import SessionNamespace
 from instant.sessions import (
@@ -37,6 +38,7 @@ from nfsd.cli.commands import EXIT_FAILED, EXIT_USAGE, fail, load_config, state_
 from nfsd.programs import EXPORT_PATH
 from nfsd.service.config import Config
 
+QUOTA_MIN = 1 << 20
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)?", re.IGNORECASE)
 
 
@@ -47,6 +49,15 @@ def parse_size(text: str) -> int:
         raise click.BadParameter(f"{text!r} is not a size (e.g. 20G, 500M)")
     power = " KMGTP".index((m.group(2) or " ").upper())
     return int(float(m.group(1)) * 1024**power)
+
+
+def parse_quota(text: str) -> int:
+    """A session's quota: a size (:func:`parse_size`) from 1 MiB (room for a
+    write's record) to the largest file size (FSSTAT's fields, sqlite's sizes)."""
+    n = parse_size(text)
+    if not QUOTA_MIN <= n <= MAX_FILE_SIZE:
+        raise click.BadParameter(f"{text!r}: a quota is from 1M to {MAX_FILE_SIZE} bytes")
+    return n
 
 
 def human(n: int) -> str:
@@ -126,7 +137,7 @@ def instant_start(
 ) -> None:
     """Start a session holding each PATH's folder under its own name."""
     cfg = _config(config_file, state_dir=state_dir, storage=storage)
-    limit = parse_size(quota) if quota else None
+    limit = parse_quota(quota) if quota is not None else None
     try:
         cfg.check_storage()
         base = build_namespace(str(cfg.storage))

@@ -17,6 +17,7 @@ from instant.errors import (
     NotSupported,
     NotSync,
     Stale,
+    TooLarge,
 )
 from merge.namespace import (
     AccessDenied,
@@ -51,6 +52,7 @@ _NAMESPACE_STATUS: dict[type[NamespaceError], int] = {
     NotSync: nfs3.NFS3ERR_NOT_SYNC,
     NameTooLong: nfs3.NFS3ERR_NAMETOOLONG,
     Stale: nfs3.NFS3ERR_STALE,
+    TooLarge: nfs3.NFS3ERR_FBIG,
 }
 
 _ERRNO_STATUS = {

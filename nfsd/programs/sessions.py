@@ -42,8 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exports import Export, ExportsError, ExportTable
-from exports import parse as parse_exports
-from instant.sessions import SessionInfo, SessionRegistry
+from instant.sessions import SessionInfo, SessionRegistry, file_ident
 from merge.namespace import Namespace
 from nfsd.programs.access import split_peer
 from nfsd.programs.handles import BadHandle, StaleHandle
@@ -75,7 +74,7 @@ class Session:
 
     info: SessionInfo
     ns: SessionNamespace
-    ino: int  # the registry file's inode when opened
+    ident: tuple[int, int]  # the registry file's (inode, ctime) when opened: see file_ident
     key: bytes = b""  # the handles' session key (from ``info``; asked on every call)
     fsid: int = 0  # one file system per session: fileids are unique only within it
 
@@ -98,7 +97,7 @@ class SessionManager:
         self._by_key: dict[bytes, Session] = {}
         self._by_export: dict[str, Session] = {}
         self._paths: dict[str, str] = {}  # session name -> its registry file
-        self._stamp: tuple[tuple[str, int], ...] | None = None
+        self._stamp: tuple[tuple[str, tuple[int, int]], ...] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
         self._retired: list[tuple[float, Session]] = []
@@ -205,10 +204,10 @@ class SessionManager:
         if path is None:  # a str, not a Path built and formatted on every call
             path = self._paths[s.info.name] = os.fspath(self.registry.path_of(s.info.name))
         try:
-            ino = os.stat(path).st_ino
+            ident = file_ident(os.stat(path))
         except OSError:
-            ino = -1
-        if ino == s.ino:
+            ident = (-1, -1)
+        if ident == s.ident:
             return True
         self.refresh(force=True)
         return False
@@ -248,13 +247,13 @@ class SessionManager:
 
     def _same_file(self, s: Session) -> bool:
         try:
-            return os.stat(self.registry.path_of(s.info.name)).st_ino == s.ino
+            return file_ident(os.stat(self.registry.path_of(s.info.name))) == s.ident
         except OSError:
             return False
 
     def _open(self, info: SessionInfo) -> Session | None:
         try:
-            ino = os.stat(self.registry.path_of(info.name)).st_ino
+            ident = file_ident(os.stat(self.registry.path_of(info.name)))
             if not os.path.isdir(info.overlay):
                 raise FileNotFoundError(f"overlay {info.overlay} is missing")
             from instant.namespace import SessionNamespace  # noqa: PLC0415  (TYPE_CHECKING)
@@ -264,7 +263,7 @@ class SessionManager:
             log.error("cannot open instant-recovery session %s: %s", info.name, e)
             return None
         log.info("instant-recovery session %s served at %s", info.name, info.export_path)
-        return Session(info, ns, ino)
+        return Session(info, ns, ident)
 
     def _retire(self, s: Session, now: float) -> None:
         del self._by_key[s.key]
@@ -284,7 +283,7 @@ class SessionManager:
         exports: list[Export] = []
         for s in self._by_key.values():
             try:
-                t = parse_exports(s.info.exports_line(), s.info.name, allow_rw=True)
+                t = s.info.exports_table()
             except ExportsError as e:
                 log.error("session %s: bad client list, nobody may mount it: %s", s.info.name, e)
                 continue

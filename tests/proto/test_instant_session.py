@@ -7,13 +7,14 @@ The base is an in-memory read-only tree; the session copies its folder
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from instant.sessions import SessionError
 from nfsd.programs.nfs3.router import CACHED
-from nfsd.rpc import Reply, WouldBlock
-from tests.proto.calls import auth_sys, call, unchanged_sattr
+from nfsd.rpc import Reply, WouldBlock, settle
+from tests.proto.calls import auth_sys, call, parse, unchanged_sattr
 from tests.proto.fakens import FakeNamespace
 from tests.proto.sessionclient import SessionCaller, raw_nfs
 from xdr import mount3, nfs3
@@ -544,3 +545,67 @@ def test_a_session_call_inline_never_waits_on_the_database(c: SessionCaller) -> 
     assert b"N" * 100 in b"".join(bytes(x) for x in served.parts)
     served.free()
     on_worker.free()
+
+
+def as_user(c: SessionCaller, uid: int, proc: int, kind: str, args: object) -> Any:
+    """One NFSv3 call with AUTH_SYS uid = gid = ``uid``; its decoded result."""
+    p = NFS3Packer()
+    getattr(p, f"pack_{kind}args")(args)
+    c.xid += 1
+    rec = call(nfs3.NFS_PROGRAM, 3, proc, p.get_buffer(), xid=c.xid, cred=auth_sys(uid, uid))
+    reply = settle(c.dispatcher.dispatch(rec, c.peer, "tcp"), 30)
+    assert reply is not None
+    r = parse(reply.parts)
+    reply.free()
+    u = NFS3Unpacker(r.body)
+    res = getattr(u, f"unpack_{kind}res")()
+    u.done()
+    return res
+
+
+def test_create_applies_the_initial_size_and_times(c: SessionCaller) -> None:
+    """RFC 1813 §3.3.8: obj_attributes are the new file's (knfsd applies them all)."""
+    d = folder(c)
+    for how in (nfs3.UNCHECKED, nfs3.GUARDED):
+        s = sattr(size=4096, mode=0o600, mtime=10**9)
+        s.atime = nfs3.set_atime(nfs3.SET_TO_CLIENT_TIME, nfs3.nfstime3(10**9 - 5, 0))
+        a = ok(c.create(d, f"new{how}".encode(), how, sattr=s)).obj_attributes.attributes
+        assert (a.size, a.mode, a.mtime.seconds, a.atime.seconds) == (4096, 0o600, 10**9, 10**9 - 5)
+
+
+def test_setting_times_needs_the_owner_or_write_permission(c: SessionCaller) -> None:
+    """As utimensat(2) and knfsd: a time of one's choosing only by the owner (PERM);
+    "now" by anyone who may write the file (ACCES otherwise)."""
+    fh = ok(c.create(folder(c), b"roots", sattr=sattr(mode=0o644))).obj.handle
+    chosen, now = unchanged_sattr(), unchanged_sattr()
+    chosen.mtime = nfs3.set_mtime(nfs3.SET_TO_CLIENT_TIME, nfs3.nfstime3(86400, 0))
+    now.mtime = nfs3.set_mtime(nfs3.SET_TO_SERVER_TIME)
+    guard = nfs3.sattrguard3(False)
+    for s, status in ((chosen, nfs3.NFS3ERR_PERM), (now, nfs3.NFS3ERR_ACCES)):
+        args = nfs3.SETATTR3args(fh, s, guard)
+        assert as_user(c, 1000, nfs3.NFSPROC3_SETATTR, "SETATTR3", args).status == status
+    before = c.getattr(fh).resok.obj_attributes.mtime
+    assert before.seconds != 86400
+    ok(c.setattr(fh, sattr(mode=0o666)))  # now anyone may write it: "now" is allowed
+    args = nfs3.SETATTR3args(fh, now, guard)
+    assert as_user(c, 1000, nfs3.NFSPROC3_SETATTR, "SETATTR3", args).status == nfs3.NFS3_OK
+    args = nfs3.SETATTR3args(fh, chosen, guard)
+    assert as_user(c, 1000, nfs3.NFSPROC3_SETATTR, "SETATTR3", args).status == nfs3.NFS3ERR_PERM
+    ok(c.setattr(fh, chosen))  # root may
+    assert c.getattr(fh).resok.obj_attributes.mtime.seconds == 86400
+
+
+def test_sizes_past_the_largest_file_are_fbig(c: SessionCaller) -> None:
+    fh = ok(c.create(folder(c), b"big")).obj.handle
+    assert c.write(fh, (1 << 63) - 1, b"x").status == nfs3.NFS3ERR_FBIG
+    assert c.setattr(fh, sattr(size=1 << 63)).status == nfs3.NFS3ERR_FBIG
+    ok(c.write(fh, 0, b"still fine"))
+    assert c.read_all(fh, 10) == b"still fine"
+
+
+def test_rename_from_the_read_only_export_into_a_session_is_rofs(c: SessionCaller) -> None:
+    ro = ok(c.lookup(ok(c.lookup(c.root(), b"vm")).object, b"disk-flat.vmdk")).object
+    ro_dir = ok(c.lookup(c.root(), b"vm")).object
+    res = c.rename(ro_dir, b"disk-flat.vmdk", folder(c), b"moved")
+    assert res.status == nfs3.NFS3ERR_ROFS
+    assert c.getattr(ro).status == nfs3.NFS3_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -57,6 +58,32 @@ def test_parse_size() -> None:
     assert parse_size("20G") == 20 << 30
     assert parse_size("500MiB") == 500 << 20
     assert parse_size("4096") == 4096
+
+
+@pytest.mark.parametrize("quota", ["0", "1K", "99999999999P", "9E"])
+def test_a_quota_out_of_bounds_is_a_usage_error(tmp_path: Path, demo: Path, quota: str) -> None:
+    """From 1 MiB (room for a record) to 2^63 - 1 (FSSTAT's fields, sqlite's sizes)."""
+    state = str(tmp_path / "state")
+    code, out = invoke(
+        "instant", "start", "--storage", str(demo), "--state-dir", state, "--quota", quota,
+        "latest/web01",
+    )  # fmt: skip
+    assert code == 2, out
+    assert not (tmp_path / "state" / "instant").exists() or not any(
+        (tmp_path / "state" / "instant").iterdir()
+    )
+
+
+def test_overlapping_folders_are_a_usage_error(tmp_path: Path, demo: Path) -> None:
+    """``latest`` is a link to a day that holds web01: the same files twice."""
+    state = str(tmp_path / "state")
+    day = os.readlink(demo / "latest")
+    code, out = invoke(
+        "instant", "start", "--storage", str(demo), "--state-dir", state, "latest", f"{day}/web01"
+    )  # fmt: skip
+    assert code == 2, out
+    assert "overlap" in out
+    assert "Traceback" not in out
 
 
 def test_start_list_export_stop_while_serving(tmp_path: Path, demo: Path) -> None:

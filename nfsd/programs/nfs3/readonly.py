@@ -12,9 +12,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from merge.namespace import Attrs
+from merge.namespace import Attrs, NamespaceError
 from nfsd.programs.nfs3.service import Nfs3Service, nfstime, post_op_attr_of
-from nfsd.rpc import CallContext, Reply
+from nfsd.rpc import CallContext, ProcedureError, Reply
 from xdr import nfs3
 from xdr.nfs3 import NFS3Packer
 
@@ -34,6 +34,13 @@ def _attrs(svc: Nfs3Service, fh: nfs3.nfs_fh3) -> Attrs:
     return svc.attrs(svc.path_of(fh))
 
 
+def _attrs_or_none(svc: Nfs3Service, fh: nfs3.nfs_fh3) -> Attrs | None:
+    try:
+        return _attrs(svc, fh)
+    except (ProcedureError, NamespaceError):
+        return None
+
+
 def refuse(
     *fields: Callable[[Any], nfs3.nfs_fh3 | tuple[str, nfs3.nfs_fh3]],
 ) -> Callable[[Nfs3Service, CallContext, Any], Reply]:
@@ -46,12 +53,17 @@ def refuse(
     def run(svc: Nfs3Service, ctx: CallContext, args: Any) -> Reply:
         p = NFS3Packer()
         p.pack_raw(_ROFS)
-        for get in fields:
+        for i, get in enumerate(fields):
             f = get(args)
+            fh = f[1] if isinstance(f, tuple) else f
+            # The first handle is checked (a bad or stale one gets its own error);
+            # a second one (RENAME's target folder, LINK's) may be another
+            # export's, a session's: ROFS still, its attributes left out.
+            a = _attrs(svc, fh) if i == 0 else _attrs_or_none(svc, fh)
             if isinstance(f, tuple):
-                p.pack_post_op_attr(post_op_attr_of(_attrs(svc, f[1]), svc.fsid))
+                p.pack_post_op_attr(post_op_attr_of(a, svc.fsid))
             else:
-                _wcc(svc, p, _attrs(svc, f))
+                _wcc(svc, p, a)
         ctx.status = nfs3.NFS3ERR_ROFS
         return Reply([p.get_buffer()])
 

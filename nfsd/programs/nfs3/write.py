@@ -26,7 +26,7 @@ import struct
 from typing import Any
 
 from instant.callvalues import NOW, CreateHow
-from merge.namespace import Attrs, Kind, NamespaceError, NotFound
+from merge.namespace import Attrs, Kind, NamespaceError
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import _BILLION, _OK, post_op_attr_bytes
 from nfsd.programs.nfs3.service import MAY_EXEC, decode_name, may
@@ -139,17 +139,17 @@ def create3(svc: SessionNfs, ctx: CallContext, args: nfs3.CREATE3args) -> Reply:
             return created_body(svc, s, a, dfid, before)
         assert how.obj_attributes is not None
         kw = sattr_changes(how.obj_attributes)
-        try:
-            old: Attrs | None = s.ns.lookup(dfid, name)
-        except NotFound:
-            old = None
         a = s.ns.create(
             dfid, name, how=_HOW[how.mode], mode=kw.pop("mode", 0o644),
             uid=kw.pop("uid", uid), gid=kw.pop("gid", gid),
         )  # fmt: skip
-        size = kw.get("size")
-        if old is not None and size is not None and size != a.size:
-            a = s.ns.setattr(a.fileid, size=size)
+        # The rest of obj_attributes: the new (or truncated) file's initial size
+        # and times (RFC 1813 §3.3.8), as knfsd's nfsd_create_setattr applies them.
+        rest = {k: kw[k] for k in ("size", "atime_ns", "mtime_ns") if k in kw}
+        if rest.get("size") == a.size:
+            del rest["size"]
+        if rest:
+            a = s.ns.setattr(a.fileid, **rest)
         return created_body(svc, s, a, dfid, before)
 
     return _dir_change(svc, ctx, args.where.dir, run)
@@ -308,6 +308,12 @@ def setattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.SETATTR3args) -> Repl
             raise Refused(nfs3.NFS3ERR_PERM)
         if "mode" in kw and not owner:
             raise Refused(nfs3.NFS3ERR_PERM)
+        times = [kw[k] for k in ("atime_ns", "mtime_ns") if k in kw]
+        if times and not owner:  # as utimensat(2): a time of one's choosing is the owner's
+            if any(t != NOW for t in times):
+                raise Refused(nfs3.NFS3ERR_PERM)
+            if not may(a, ctx, MAY_WRITE):  # "now": anyone who may write the file
+                raise Refused(nfs3.NFS3ERR_ACCES)
         if "size" in kw and not (owner or may(a, ctx, MAY_WRITE)):
             raise Refused(nfs3.NFS3ERR_ACCES)
         if args.guard.check:

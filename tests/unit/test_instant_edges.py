@@ -1,0 +1,255 @@
+"""Edges of the writable sessions found by review: each test fails on the code before its fix.
+
+* a WRITE whose file is removed before its group commits never lands in a
+  file made later (the store's ``live``; node ids never given twice);
+* sizes and write ends past 2^63 - 1 are ``TooLarge`` (FBIG), and a record
+  past it in a log is never redone;
+* a failed COMMIT raises what failed (NOSPC), not ROLLBACK's error, and
+  leaves no change marked as publishing;
+* a registry file is known by inode and ctime (a session started again under
+  its name often gets the old inode on ext4);
+* a client list is one export of the session's path; overlapping folders and
+  nesting too deep are refused cleanly; the export walks a deep tree.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from instant.errors import MAX_FILE_SIZE, NoSpace, Stale, TooLarge
+from instant.export import walk
+from instant.namespace import SessionNamespace
+from instant.sessions import SessionError, SessionInfo, SessionRegistry, create_session, file_ident
+from instant.store import HEAD, Store, _read_record, _record
+from merge.namespace import Kind
+from merge.stack import build_namespace
+from nfsd.programs import sessions as server_sessions
+from tests.unit.test_instant_namespace import cat, make_storage, open_session
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    make_storage(tmp_path)
+    return tmp_path
+
+
+def _folder(ns: SessionNamespace) -> int:
+    return ns.lookup(ns.root(), "web01").fileid
+
+
+def test_a_write_racing_remove_never_lands_in_a_new_file(storage: Path) -> None:
+    """The write is logged, its file removed, a new file made, then the group
+    commits: the write is refused (Stale) and the new file is empty."""
+    logged = threading.Event()
+    go = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-data" and threading.current_thread().name == "writer":
+            logged.set()
+            assert go.wait(10)
+
+    ns = SessionNamespace(
+        storage / "s", build_namespace(str(storage / "storage")), {"web01": ("day1", "web01")},
+        hook=hook,
+    )  # fmt: skip
+    try:
+        d = _folder(ns)
+        victim = ns.create(d, "victim").fileid
+        ns.write(victim, 0, b"before")
+        outcome: list[object] = []
+
+        def write() -> None:
+            try:
+                outcome.append(ns.write(victim, 0, b"SECRET" * 100))
+            except Exception as e:  # what the write was told
+                outcome.append(e)
+
+        t = threading.Thread(target=write, name="writer")
+        t.start()
+        assert logged.wait(10)
+        ns.remove(d, "victim")
+        fresh = ns.create(d, "fresh")
+        go.set()
+        t.join(10)
+        assert isinstance(outcome[0], Stale), outcome
+        assert fresh.fileid != victim
+        assert ns.getattr(fresh.fileid).size == 0
+        assert cat(ns, fresh.fileid) == b""
+    finally:
+        go.set()
+        ns.close()
+
+
+def test_node_ids_and_fileids_are_never_given_twice(storage: Path) -> None:
+    """A handle of a removed file must never name a file made after it."""
+    ns = open_session(storage)
+    try:
+        d = _folder(ns)
+        seen = set()
+        for i in range(5):
+            a = ns.create(d, f"f{i}")
+            assert a.fileid not in seen
+            seen.add(a.fileid)
+            ns.write(a.fileid, 0, b"x" * (i + 1))
+            ns.remove(d, f"f{i}")
+        with pytest.raises(Stale):
+            ns.getattr(a.fileid)
+    finally:
+        ns.close()
+    ns = open_session(storage)  # and after a restart (the counter is in the database)
+    try:
+        assert ns.create(_folder(ns), "again").fileid not in seen
+    finally:
+        ns.close()
+
+
+def test_sizes_past_the_largest_file_are_too_large(storage: Path) -> None:
+    ns = open_session(storage)
+    try:
+        f = ns.create(_folder(ns), "big").fileid
+        with pytest.raises(TooLarge):
+            ns.write(f, MAX_FILE_SIZE, b"x")
+        with pytest.raises(TooLarge):
+            ns.setattr(f, size=MAX_FILE_SIZE + 1)
+        with pytest.raises(TooLarge):
+            ns.store.write(1, MAX_FILE_SIZE - 1, b"xy", 0)
+        ns.write(f, MAX_FILE_SIZE - 1, b"x")  # ends at the largest size: allowed
+        assert ns.getattr(f).size == MAX_FILE_SIZE
+        assert ns.setattr(f, size=MAX_FILE_SIZE).size == MAX_FILE_SIZE
+    finally:
+        ns.close()
+
+
+def test_a_record_past_the_largest_file_is_never_redone(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    ok = b"".join(_record(1, 4096, b"data", 0, stamp=None, pos=0, span=HEAD + 4))
+    bad = b"".join(_record(1, MAX_FILE_SIZE, b"data", 0, stamp=None, pos=0, span=HEAD + 4))
+    for raw, want in ((ok, True), (bad, False)):
+        log.write_bytes(raw)
+        fd = os.open(log, os.O_RDONLY)
+        try:
+            assert (_read_record(fd, 0) is not None) is want
+        finally:
+            os.close(fd)
+
+
+def test_a_failed_commit_raises_what_failed_and_cleans_up(tmp_path: Path) -> None:
+    """SQLITE_FULL at COMMIT rolls the transaction back itself: ROLLBACK must not
+    be run over it (it raised "no transaction is active" and skipped the clean-up)."""
+    with Store(tmp_path / "s") as s:
+        s.write(1, 0, b"a" * 100, 0)
+        with pytest.raises(NoSpace), s.transaction() as tx:
+            tx.truncate(1, 10, 0)
+            tx.conn.execute("ROLLBACK")  # what a COMMIT that found the disk full leaves
+            raise sqlite3.OperationalError("database or disk is full")
+        assert s._publishing == {}
+        assert s.size(1, 0) == 100
+        s.write(1, 100, b"b", 0)  # the store goes on
+        assert s.size(1, 0) == 101
+
+
+def test_a_registry_file_is_known_by_inode_and_ctime(tmp_path: Path) -> None:
+    p = tmp_path / "a.json"
+    p.write_text("1")
+    first = file_ident(os.stat(p))
+    assert first == (os.stat(p).st_ino, os.stat(p).st_ctime_ns)
+    os.utime(p, ns=(1, 1))  # a change of the same file moves its ctime too
+    assert file_ident(os.stat(p)) != first
+
+
+def test_manager_retires_a_session_whose_file_changed_under_one_inode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same name, same inode, another file: the old session is stale."""
+    make_storage(tmp_path)
+    base = build_namespace(str(tmp_path / "storage"))
+    registry = SessionRegistry(tmp_path / "state")
+    create_session(registry, base, "s", {"web01": ("day1", "web01")}, clients="*")
+    manager = server_sessions.SessionManager(registry, base, b"k" * 32)
+    try:
+        s = manager.by_key(registry.get("s").key_bytes)  # type: ignore[union-attr]
+        real = os.stat
+
+        def reused(path: object, *a: object, **kw: object) -> os.stat_result:
+            st = real(path, *a, **kw)  # type: ignore[arg-type]
+            if str(path).endswith("s.json"):
+                fields = list(st)
+                return os.stat_result(fields, {"st_ctime_ns": st.st_ctime_ns + 1})
+            return st
+
+        monkeypatch.setattr(server_sessions.os, "stat", reused)
+        assert not manager._alive(s)
+    finally:
+        monkeypatch.undo()
+        manager.close()
+
+
+@pytest.mark.parametrize(
+    "clients",
+    [
+        "127.0.0.1(insecure)\n/recover/instant/victim 127.0.0.2(rw,no_root_squash)",
+        "127.0.0.1 # comment",
+        "127.0.0.1\\",
+        "127.0.0.1\r127.0.0.2",
+    ],
+)
+def test_a_client_list_is_one_line_of_the_sessions_export(storage: Path, clients: str) -> None:
+    base = build_namespace(str(storage / "storage"))
+    registry = SessionRegistry(storage / "state")
+    with pytest.raises(SessionError):
+        create_session(registry, base, "s", {"web01": ("day1", "web01")}, clients=clients)
+    assert registry.get("s") is None
+
+
+def test_a_published_bad_client_list_exports_nothing(storage: Path) -> None:
+    info = SessionInfo.__new__(SessionInfo)
+    object.__setattr__(info, "name", "s")
+    object.__setattr__(info, "clients", "h\n/recover/instant/other *(rw)")
+    with pytest.raises(Exception, match="one line"):
+        info.exports_table()
+
+
+def test_overlapping_folders_are_refused_cleanly(storage: Path) -> None:
+    base = build_namespace(str(storage / "storage"))
+    registry = SessionRegistry(storage / "state")
+    with pytest.raises(SessionError, match="overlap"):
+        create_session(registry, base, "s", {"day1": ("day1",), "web01": ("day1", "web01")})
+    assert registry.get("s") is None
+    assert not list((storage / "state" / "instant").glob("s*"))
+
+
+def test_the_export_walks_a_tree_deeper_than_pythons_recursion(storage: Path) -> None:
+    ns = open_session(storage)
+    try:
+        d = _folder(ns)
+        for i in range(1200):
+            d = ns.mkdir(d, f"d{i}").fileid
+        ns.create(d, "leaf")
+        entries = list(walk(ns))
+        leaf = [p for p, _ in entries if p.name == "leaf"]
+        assert len(leaf) == 1
+        assert len(leaf[0].parts) == 1 + 1200 + 1
+        nested = [p for p, a in entries if a.kind == Kind.DIR and p.name.startswith("d")]
+        assert [len(p.parts) for p in nested] == list(range(2, 1202))  # parents first
+    finally:
+        ns.close()
+
+
+def test_the_walk_order_is_parents_first_names_in_order(storage: Path) -> None:
+    ns = open_session(storage)
+    try:
+        d = _folder(ns)
+        b = ns.mkdir(d, "b").fileid
+        ns.create(b, "z")
+        ns.create(d, "a")
+        got = [str(p) for p, _ in walk(ns)]
+        assert got.index("web01") < got.index("web01/a") < got.index("web01/b")
+        assert got.index("web01/b") + 1 == got.index("web01/b/z")
+        assert got == sorted(got, key=lambda s: s.split("/"))
+    finally:
+        ns.close()
