@@ -133,6 +133,11 @@ sent ~370-490 -> ~270 µs).  What holds:
   and the group is mapped again without it (``_Redo``);
 * groups are committed, published (read cache, quota) and told in the order
   they were synced, as one committer takes the hand-over list whole, FIFO;
+* a write whose file is gone by its group's commit (the namespace's ``live``
+  says so, in the group's transaction: a REMOVE committed after the write
+  was logged) is refused with ``Stale``, never mapped, as a write past the
+  quota is: mapped, it would make the file's overlay again under an id no
+  name holds;
 * a failed sync marks each of its writes with the error; the committer maps
   none of them (:meth:`Store._apply`) and tells each the error; so are the
   writes logged before the failure that a later sync covers (the failed one
