@@ -67,7 +67,7 @@ from instant.errors import (
     Stale,
     TooLarge,
 )
-from instant.store import Gather, Hook, Store, Tx, WakeLater, waited
+from instant.store import ALIGN, HEAD, Gather, Hook, Store, Tx, WakeLater, waited
 from merge.attrs import ROOT_FILEID
 from merge.namespace import (
     Attrs,
@@ -90,6 +90,7 @@ CALLS_KEPT_NS = 3600 * 10**9  # recorded call keys older than this are pruned
 CALLS_PRUNE_EVERY = 256
 _MASK63 = (1 << 63) - 1
 _U64 = (1 << 64) - 1  # FSSTAT's fields
+_RECORD_MOST = HEAD + ALIGN - 1  # the most a write's record adds to its bytes in the log
 BASE_KEPT_FOR = 1.0
 """Seconds a base file's reader is shared by READs before it is opened again.
 
@@ -501,7 +502,11 @@ class SessionNamespace:
         return fresh
 
     def fsstat(self) -> FsStats:
-        """The quota's room, or the cache file system's when that is smaller."""
+        """The quota's room, or the cache file system's when that is smaller.
+
+        The room is what one more WRITE may carry: a write takes its bytes
+        and its record's header (a large one's padded to a page) in the
+        quota, so a client told N bytes are free can write N bytes."""
         st = os.statvfs(self.dir)
         fs_free = st.f_bavail * st.f_frsize
         fs_total = st.f_blocks * st.f_frsize
@@ -510,7 +515,7 @@ class SessionNamespace:
             total, free = fs_total, fs_free
         else:
             total = min(use.quota, fs_total) if use.quota > _U64 else use.quota
-            free = min(fs_free, max(0, use.quota - use.logged))
+            free = min(fs_free, max(0, use.quota - use.logged - _RECORD_MOST))
         return FsStats(total, free, free, _FILES, _FILES, _FILES)
 
     # -- writing -----------------------------------------------------------------------

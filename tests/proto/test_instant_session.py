@@ -199,6 +199,22 @@ def test_quota_gives_nospc_at_once(base: FakeNamespace, tmp_path: Path) -> None:
     c.manager.close()
 
 
+@pytest.mark.parametrize("first", [1000, 70_000, 300_000])
+def test_fsstats_free_bytes_can_be_written(base: FakeNamespace, tmp_path: Path, first: int) -> None:
+    """FSSTAT's room is what a WRITE may still carry (its record's header counted)."""
+    c = SessionCaller(base, tmp_path / "state")
+    c.start("q", {"web01": ("vm",)}, quota=1 << 20)
+    d = ok(c.lookup(c.session_root("q"), b"web01")).object
+    fh = ok(c.create(d, b"f")).obj.handle
+    ok(c.write(fh, 0, b"a" * first))
+    free = ok(c.fsstat(fh)).fbytes
+    assert 0 < free < (1 << 20) - first
+    ok(c.write(fh, first, b"b" * free))
+    assert ok(c.fsstat(fh)).fbytes < 8192
+    assert c.write(fh, first + free, b"c" * 8192).status == nfs3.NFS3ERR_NOSPC
+    c.manager.close()
+
+
 def test_stop_makes_handles_stale_never_old_bytes(c: SessionCaller) -> None:
     d = folder(c)
     fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
