@@ -61,6 +61,7 @@ from instant.errors import (
     Exists,
     InvalidArgument,
     NameTooLong,
+    NoSpace,
     NotEmpty,
     NotSupported,
     NotSync,
@@ -106,6 +107,11 @@ _NODE_COLS = "id, fileid, kind, base, mode, uid, gid, atime, mtime, ctime, targe
 _N_NODE_COLS = ", ".join("n." + c.strip() for c in _NODE_COLS.split(","))  # joined with dirents
 _NODE_BY_FILEID = f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?"
 _NODE_SEQ = "node_seq"  # meta: the last node id given (see _insert)
+_DB_PAGES = "db_pages"  # meta: the database's pages once the session was made (_check_room)
+_ROOM = (
+    "SELECT (SELECT COALESCE(SUM(end), 0) FROM logs), (SELECT page_count FROM pragma_page_count()),"
+    " (SELECT page_size FROM pragma_page_size()), (SELECT value FROM meta WHERE key=?)"
+)
 _NEXT_NODE = (
     f"SELECT MAX(COALESCE((SELECT value FROM meta WHERE key='{_NODE_SEQ}'), 0),"
     " COALESCE((SELECT MAX(id) FROM nodes), 0)) + 1"
@@ -203,6 +209,9 @@ class SessionNamespace:
                 self._copy(tx, 1, name, path, a=self.base.getattr(path), budget=budget)
             except RecursionError:
                 raise InvalidArgument(f"{'/'.join(path)}: folders nested too deep") from None
+        tx.conn.execute(
+            "INSERT INTO meta SELECT ?, page_count FROM pragma_page_count()", (_DB_PAGES,)
+        )
 
     def _copy(
         self, tx: Tx, parent: int, name: str, path: PresentedPath, *, a: Attrs, budget: list[int]
@@ -321,6 +330,7 @@ class SessionNamespace:
         self, tx: Tx, parent: Node, name: str, *, kind: Kind, mode: int, uid: int, gid: int,
         target: bytes | None = None, verifier: bytes | None = None,
     ) -> Node:  # fmt: skip
+        self._check_room(tx)
         now = self.clock()
         c = tx.conn
         # A node id is never given twice (sqlite's own would reuse the largest after
@@ -337,6 +347,24 @@ class SessionNamespace:
         c.execute("INSERT INTO dirents VALUES (?,?,?)", (parent.id, name, node))
         self._touch_dir(tx, parent, now)
         return self._by_fileid(c, fid)
+
+    def _check_room(self, tx: Tx) -> None:
+        """A new name, in a session with a quota: refused (``NoSpace``) once the
+        session holds its quota, counting its data logs and what its database
+        grew since the session was made (names, links' targets, maps): without
+        it a client past the quota could still fill the cache file system with
+        names.  Data writes count their logs only (the store's check), so a
+        session holds at most about twice its quota."""
+        quota = self.store.quota
+        if quota is None:
+            return
+        c = tx.conn
+        logged, pages, page, base = c.execute(_ROOM, (_DB_PAGES,)).fetchone()
+        if base is None:  # a session made before this was counted: from now on
+            c.execute("INSERT INTO meta VALUES (?, ?)", (_DB_PAGES, pages))
+            base = pages
+        if logged + max(0, pages - base) * page >= quota:
+            raise NoSpace(f"quota of {quota} bytes reached (data and names)")
 
     def _touch_dir(self, tx: Tx, d: Node, now: int) -> None:
         tx.conn.execute("UPDATE nodes SET mtime=?, ctime=? WHERE id=?", (now, now, d.id))

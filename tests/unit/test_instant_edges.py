@@ -253,3 +253,27 @@ def test_the_walk_order_is_parents_first_names_in_order(storage: Path) -> None:
         assert got == sorted(got, key=lambda s: s.split("/"))
     finally:
         ns.close()
+
+
+def test_names_count_in_the_quota(storage: Path) -> None:
+    """Past the quota, names are refused too: links of 4 KiB targets once filled
+    the cache file system (3,000 accepted, 15 MB, under a 1 MiB quota)."""
+    ns = SessionNamespace(
+        storage / "s", build_namespace(str(storage / "storage")), {"web01": ("day1", "web01")},
+        quota=1 << 20,
+    )  # fmt: skip
+    try:
+        d = _folder(ns)
+        made = 0
+        with pytest.raises(NoSpace):
+            for made in range(5000):
+                ns.symlink(d, f"l{made}", b"t" * 4096)
+        assert 50 < made < 1000
+        with pytest.raises(NoSpace):
+            ns.mkdir(d, "more")
+        db = storage / "s" / "session.sqlite"
+        grown = db.stat().st_size + Path(f"{db}-wal").stat().st_size
+        assert grown < 4 << 20
+        ns.remove(d, "l0")  # removing still works
+    finally:
+        ns.close()
