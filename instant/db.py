@@ -104,7 +104,17 @@ def _wal(conn: sqlite3.Connection) -> None:
         try:
             if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
                 return
-        except sqlite3.OperationalError:
-            if time.monotonic() > deadline:
+        except sqlite3.OperationalError as e:
+            # Only BUSY is worth waiting for: a file that cannot be opened (no
+            # descriptor left, no such directory) fails now, not after 120 s.
+            if not _busy(e) or time.monotonic() > deadline:
                 raise
         time.sleep(0.005)
+
+
+def _busy(e: sqlite3.Error) -> bool:
+    """Whether ``e`` is sqlite's SQLITE_BUSY or SQLITE_LOCKED (another connection's lock)."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "locked" in str(e) or "busy" in str(e)

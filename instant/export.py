@@ -77,16 +77,20 @@ def _copy_file(ns: SessionNamespace, a: Attrs, path: Path, progress: Callable[[i
             offset = 0
             while offset < size:
                 count = min(CHUNK, size - offset)
+                got = 0
                 for run in reader.runs(offset, count):
                     if run.fd != ZERO_FD:
-                        _copy_run(run.fd, run.pos, run.length, fd, offset)
-                    offset += run.length
+                        _copy_run(run.fd, run.pos, run.length, fd, offset + got)
+                    got += run.length
+                offset += got
                 progress(count)
+                if got < count:  # a client cut the file short meanwhile: it ends here
+                    size = offset
             os.ftruncate(fd, size)
             os.fsync(fd)
     finally:
         os.close(fd)
-    return a.size
+    return size
 
 
 def _copy_run(src: int, at: int, length: int, dst: int, to: int) -> None:

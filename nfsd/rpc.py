@@ -306,6 +306,8 @@ class Reply:
     from it (see "Deferred replies" above).  ``dropped``: no reply, on
     purpose (a duplicate of a call still running, :class:`DropCall`); the
     connection goes on, unlike after None (a record that is no RPC call).
+    ``admitted``: the exports admitted the call (``CallContext.admitted``): only
+    such a call validates a connection (``nfsd.transport.server``).
     """
 
     parts: list[Part]  # FileRun only where the context allowed it (``CallContext.sendfile``)
@@ -313,6 +315,7 @@ class Reply:
     starttls: bool = False
     later: Later[Reply | None] | None = None
     dropped: bool = False
+    admitted: bool = False
 
     def free(self) -> None:
         """Give back what the reply holds (a pooled buffer), if anything."""
@@ -346,6 +349,7 @@ class CallContext:
     alone: bool = False  # inline on the server's only connection: no one waits behind it
     security: Security = PLAIN  # what the connection proved: none, tls, mtls (+ names)
     sendfile: bool = False  # the transport takes FileRun parts (plain TCP, not TLS)
+    admitted: bool = False  # the exports admitted the caller (set by the access check)
 
     @property
     def uid(self) -> int:
@@ -392,6 +396,7 @@ class Procedure:
     decode: Callable[[Any], Any]
     run: Callable[[CallContext, Any], Reply]
     fail: Callable[[int, Any], Reply] | None = None
+    udp_no_amplify: bool = False  # as the program's, for this procedure alone
 
 
 def no_args(u: Unpacker) -> None:
@@ -535,6 +540,7 @@ class Dispatcher:
                         proc,
                         elapsed * 1000,
                     )
+                reply.admitted = True  # the fast path answers only what the exports admit
                 return reply
         try:
             xid, mtype, call, args_at = decode_call(record)
@@ -636,8 +642,11 @@ class Dispatcher:
                     return Reply([], dropped=True)
                 return self._finish(program, proc, ctx, size=size, started=started, body=done)
 
-            return Reply([], later=body.later.map(finish))
-        return self._finish(program, proc, ctx, size=len(record), started=started, body=body)
+            return Reply([], later=body.later.map(finish), admitted=ctx.admitted)
+        reply = self._finish(program, proc, ctx, size=len(record), started=started, body=body)
+        if reply is not None:
+            reply.admitted = ctx.admitted
+        return reply
 
     def _finish(
         self, program: Program, proc: Procedure, ctx: CallContext, *, size: int,
@@ -662,7 +671,7 @@ class Dispatcher:
         if body is None:
             return Reply([head])
         body.parts.insert(0, head)
-        if ctx.transport == "udp" and program.udp_no_amplify:
+        if ctx.transport == "udp" and (program.udp_no_amplify or proc.udp_no_amplify):
             total = sum(len(b) for b in body.parts)
             if total > size:
                 log.info(

@@ -375,7 +375,9 @@ class AccessControl:
         (``nfsd.programs.xprtsec``)."""
         d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
         if d.reason == WRONG_XPRTSEC and ctx.security.level == "none":
-            return Decision(OK, d.spec, d.generation)
+            d = Decision(OK, d.spec, d.generation)
+        if d.reason == OK:
+            ctx.admitted = True
         return d
 
     def nfs_status(self, ctx: CallContext, export: str | None = None) -> int:
@@ -389,6 +391,7 @@ class AccessControl:
             return _NFS_STATUS[d.reason]
         assert d.spec is not None
         squash(ctx, d.spec.options)
+        ctx.admitted = True
         return nfs3.NFS3_OK
 
 

@@ -34,6 +34,13 @@ from xdr.mount3 import Mount3Packer, Mount3Unpacker
 log = logging.getLogger("recovery_fs.mountd")
 
 
+def _listed(path: bytes) -> bytes:
+    """A mounted path as the mount list holds it: one entry per directory, however
+    it was spelled (``/a//b/``), so that a client cannot grow DUMP's answer with
+    spellings of one directory."""
+    return b"/" + b"/".join(p for p in path.split(b"/") if p)
+
+
 class MountService:
     """State and procedures of the MOUNT program."""
 
@@ -111,7 +118,7 @@ class MountService:
             log.info("MNT of %r from %s refused: status %d", path, ctx.peer, status)
             p.pack_mountres3(mount3.mountres3(status))
             return Reply([p.get_buffer()])
-        self._mounts.add(self._host(ctx), path)
+        self._mounts.add(self._host(ctx), _listed(path))
         log.info("MNT %s from %s", path.decode(errors="replace"), ctx.peer)
         p.pack_mountres3(mount3.mountres3(mount3.MNT3_OK, mount3.mountres3_ok(fh, flavors or [])))
         return Reply([p.get_buffer()])
@@ -127,7 +134,7 @@ class MountService:
 
     # RFC 1813 §5.2.3
     def umnt(self, ctx: CallContext, path: bytes) -> Reply:
-        self._mounts.remove(self._host(ctx), path)
+        self._mounts.remove(self._host(ctx), _listed(path))
         return Reply([])
 
     # RFC 1813 §5.2.4
@@ -160,7 +167,11 @@ class MountService:
                     mount3.MOUNTPROC3_MNT: Procedure(
                         "MNT", Mount3Unpacker.unpack_dirpath, self.mnt
                     ),
-                    mount3.MOUNTPROC3_DUMP: Procedure("DUMP", no_args, self.dump),
+                    # Over UDP, no DUMP reply larger than its call (the portmapper's
+                    # rule): a forged source would have it reflect the list, ~1000x.
+                    mount3.MOUNTPROC3_DUMP: Procedure(
+                        "DUMP", no_args, self.dump, udp_no_amplify=True
+                    ),
                     mount3.MOUNTPROC3_UMNT: Procedure(
                         "UMNT", Mount3Unpacker.unpack_dirpath, self.umnt
                     ),

@@ -60,6 +60,8 @@ MAX_CLIENTS_SEEN = 256
 CLIENT_TOUCH_EVERY = 60.0  # seconds between two notes of the same client
 REFRESH_EVERY = 0.2  # seconds between looks at the registry folder
 CLOSE_AFTER = 30.0  # seconds a stopped session's namespace stays open for calls in flight
+OPEN_RETRY = 1.0  # seconds before a session that failed to open is tried again (doubling)
+OPEN_RETRY_MAX = 30.0
 VERIFIED_MAX = 16384  # handles whose MAC verified, kept (~200 bytes each)
 
 
@@ -101,6 +103,11 @@ class SessionManager:
         self._checked = 0.0
         self._lock = threading.Lock()
         self._retired: list[tuple[float, Session]] = []
+        # Sessions listed that could not be opened (their overlay's file system not
+        # mounted yet, no descriptor left): key -> (when to try again, the delay).
+        # Without it a worker that failed once answered STALE for the session for
+        # as long as the registry did not move (its stamp was taken already).
+        self._failed: dict[bytes, tuple[float, float]] = {}
         self.table = ExportTable(())
         self.on_change: list[Callable[[ExportTable], None]] = []  # run when sessions change
         self._clients: dict[bytes, dict[str, float]] = {}  # key → client address → last call
@@ -224,7 +231,8 @@ class SessionManager:
         with self._lock:
             self._checked = now
             stamp = self.registry.stamp()
-            if stamp == self._stamp and not force:
+            due = any(when <= now for when, _ in self._failed.values())
+            if stamp == self._stamp and not force and not due:
                 self._close_retired(now)
                 return
             self._stamp = stamp
@@ -236,10 +244,18 @@ class SessionManager:
                     changed = True
             for key, info in wanted.items():
                 if key not in self._by_key:
+                    failed = self._failed.get(key)
+                    if failed is not None and now < failed[0] and not force:
+                        continue
                     s2 = self._open(info)
-                    if s2 is not None:
-                        self._by_key[key] = s2
-                        changed = True
+                    if s2 is None:  # tried again later, not only when the registry moves
+                        delay = min(OPEN_RETRY_MAX, failed[1] * 2) if failed else OPEN_RETRY
+                        self._failed[key] = (now + delay, delay)
+                        continue
+                    self._failed.pop(key, None)
+                    self._by_key[key] = s2
+                    changed = True
+            self._failed = {k: v for k, v in self._failed.items() if k in wanted}
             self._by_export = {s.info.export_path: s for s in self._by_key.values()}
             self._close_retired(now)
             if changed or force:

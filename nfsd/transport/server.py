@@ -105,9 +105,11 @@ limit                  when it bites
 ``max_connections``    a new connection past it: the oldest unvalidated one
                        is closed, or, if every one has made a valid call,
                        the new one is refused
-``max_unvalidated``    connections that have not yet had a call answered
-                       (a complete record that decoded as an RPC CALL): a
-                       new one past it closes the oldest (as knfsd does)
+``max_unvalidated``    connections that have not yet had a call the exports
+                       admit answered (a NULL, a portmapper query or a
+                       refused call does not count: a host not listed could
+                       otherwise hold every slot): a new one past it closes
+                       the oldest (as knfsd does)
 ``idle_timeout``       nothing received and nothing in flight: closed
 ``record_timeout``     a record begun and not completed, from its first
                        byte (a byte-a-second trickle is not progress)
@@ -158,8 +160,8 @@ sent like any other.  The invariants:
   enter the queue under ``conn.lock``, taken from the session's output in
   the same critical section: TLS records leave in the order they were
   made, whichever thread made them.
-* A connection is validated by its first call answered *inside* TLS, not
-  by the STARTTLS reply; a handshake unfinished after
+* A connection is validated by its first admitted call answered *inside*
+  TLS, not by the STARTTLS reply; a handshake unfinished after
   ``handshake_timeout`` is closed; ciphertext of an incomplete TLS record
   counts as a record begun (``record_timeout``) and as bytes held
   (``max_buffered``).
@@ -818,7 +820,7 @@ class RpcServer:
                 )
                 if reply is not None:
                     self._calls_inline += 1  # the loop's own count: no lock
-                    if not conn.validated and not reply.starttls:
+                    if not conn.validated and reply.admitted and not reply.starttls:
                         self._validate(conn)
             except WouldBlock:
                 with conn.lock:
@@ -870,12 +872,14 @@ class RpcServer:
         if reply is not None:
             with self._lock:
                 self._calls += 1
-            if not conn.validated and not reply.starttls:
+            if not conn.validated and reply.admitted and not reply.starttls:
                 self._validate(conn)
         return reply
 
     def _validate(self, conn: _Connection) -> None:
-        """A call of ``conn`` was answered: it no longer counts as unvalidated."""
+        """A call of ``conn`` the exports admitted was answered: it no longer counts
+        as unvalidated.  Not any call: a host the exports do not list could hold
+        every connection slot with NULL calls or refused ones (never evicted)."""
         with self._lock:
             conn.validated = True
             self._unvalidated.pop(conn, None)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from instant import db
 from instant.errors import MAX_FILE_SIZE, NoSpace, Stale, TooLarge
-from instant.export import walk
+from instant.export import export_tree, walk
 from instant.namespace import SessionNamespace
 from instant.sessions import SessionError, SessionInfo, SessionRegistry, create_session, file_ident
 from instant.store import HEAD, Store, _read_record, _record
@@ -277,3 +279,65 @@ def test_names_count_in_the_quota(storage: Path) -> None:
         ns.remove(d, "l0")  # removing still works
     finally:
         ns.close()
+
+
+def test_a_database_that_cannot_be_opened_fails_at_once(tmp_path: Path) -> None:
+    """Only BUSY is waited for (up to 120 s): a worker out of descriptors waited
+    that long for a file it could not open, then failed anyway."""
+    (tmp_path / f"{db.DB_NAME}-wal").mkdir()  # the WAL cannot be made
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError):
+        db.connect(tmp_path)
+    assert time.monotonic() - started < 5
+
+
+def test_the_export_ends_when_a_file_is_cut_short_under_it(storage: Path, tmp_path: Path) -> None:
+    """A client truncating a file the export is copying: the export ends with what
+    was there (it spun forever: the runs past the new end were empty)."""
+    ns = open_session(storage)
+    try:
+        f = ns.create(_folder(ns), "big").fileid
+        chunk = bytes(range(256)) * 4096  # 1 MiB
+        for i in range(20):
+            ns.write(f, i << 20, chunk)
+        cut = []
+
+        def progress(n: int) -> None:
+            if not cut:
+                cut.append(n)
+                ns.setattr(f, size=4096)
+
+        out: list[object] = []
+        t = threading.Thread(
+            target=lambda: out.append(export_tree(ns, tmp_path / "out", progress)), daemon=True
+        )
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "the export did not end"
+        copied = (tmp_path / "out" / "web01" / "big").read_bytes()
+        assert 0 < len(copied) <= 20 << 20
+        assert copied == (chunk * 20)[: len(copied)]
+    finally:
+        ns.close()
+
+
+def test_a_session_that_failed_to_open_is_tried_again(
+    storage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its overlay missing at first (a file system not mounted yet): once it is
+    back, the worker serves the session without a MNT or a registry change."""
+    monkeypatch.setattr(server_sessions, "OPEN_RETRY", 0.05)
+    base = build_namespace(str(storage / "storage"))
+    registry = SessionRegistry(storage / "state")
+    info = create_session(registry, base, "s", {"web01": ("day1", "web01")}, clients="*")
+    overlay = Path(info.overlay)
+    hidden = overlay.with_name("away")
+    overlay.rename(hidden)
+    manager = server_sessions.SessionManager(registry, base, b"k" * 32)
+    try:
+        assert manager.export_of(info.key_bytes) is None  # could not be opened
+        hidden.rename(overlay)
+        time.sleep(0.2)
+        assert manager.export_of(info.key_bytes) == info.export_path
+    finally:
+        manager.close()

@@ -32,7 +32,7 @@ from xdr.base import Unpacker
 
 REPO = Path(__file__).resolve().parents[2]
 PROG_NO = 400002
-NULL, READ, SLOW = 0, 1, 2
+NULL, READ, SLOW, STRANGER = 0, 1, 2, 3
 READ_SIZE = 64 * 1024
 PATTERN = bytes(i % 251 for i in range(READ_SIZE + 251))
 RELEASE = threading.Event()
@@ -43,8 +43,15 @@ def expected(offset: int) -> bytes:
     return PATTERN[offset % 251 : offset % 251 + READ_SIZE]
 
 
+def admitted(ctx, args):  # type: ignore[no-untyped-def]
+    """A NULL the exports admitted (an access check said so): it validates."""
+    ctx.admitted = True
+    return Reply([])
+
+
 def toy_program(pool: BufferPool) -> Program:
-    """NULL (inline), READ of 64 KiB from the pool (on a worker), SLOW."""
+    """NULL (inline, admitted), READ of 64 KiB from the pool (on a worker), SLOW,
+    STRANGER (a NULL no access check admitted: a host the exports do not list)."""
 
     def read(ctx, offset):  # type: ignore[no-untyped-def]
         if ctx.inline:
@@ -67,9 +74,10 @@ def toy_program(pool: BufferPool) -> Program:
         name="TOY",
         versions={
             1: {
-                NULL: Procedure("NULL", no_args, lambda c, a: Reply([])),
+                NULL: Procedure("NULL", no_args, admitted),
                 READ: Procedure("READ", offset_arg, read),
                 SLOW: Procedure("SLOW", no_args, slow),
+                STRANGER: Procedure("STRANGER", no_args, lambda c, a: Reply([])),
             }
         },
     )
@@ -157,6 +165,21 @@ def test_past_max_unvalidated_the_oldest_unvalidated_connection_is_closed(serve)
     assert null_ok(valid, xid=2)  # validated connections are never counted
     stats = server.stats()
     assert (stats["unvalidated"], stats["closed"]) == (3, {"unvalidated": 1})
+
+
+def test_calls_the_exports_do_not_admit_never_validate_a_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    """A host not listed, answered (a NULL, a refusal), cannot hold the slots:
+    its connections stay unvalidated and the oldest goes for a new one."""
+    server, port = serve(Limits(max_connections=3, max_unvalidated=10))
+    strangers = [connect(server, port) for _ in range(3)]
+    for i, s in enumerate(strangers):
+        send(s, call(PROG_NO, 1, STRANGER, xid=i + 1))
+        assert len(recv_records(s, 1, timeout=1.0)) == 1  # answered...
+    assert server.stats()["unvalidated"] == 3  # ...and still unvalidated
+    client = connect(server, port)
+    assert null_ok(client)  # a listed client gets in: the oldest stranger goes
+    assert closed_by_server(strangers[0], 1.0)
+    assert server.stats()["unvalidated"] == 2
 
 
 def test_at_max_connections_an_unvalidated_one_goes_first_then_new_ones_are_refused(serve) -> None:  # type: ignore[no-untyped-def]

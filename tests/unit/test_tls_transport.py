@@ -36,12 +36,14 @@ PATTERN = bytes(i % 253 for i in range(BIG))
 def _level(ctx: CallContext, args: object) -> Reply:
     """The connection's security as the procedures see it: "none", "tls" or "mtls names"."""
     text = " ".join((ctx.security.level, *ctx.security.names))
+    ctx.admitted = True  # as an access check that admits the caller (it validates)
     return Reply([text.encode()])
 
 
 def _big(ctx: CallContext, args: object) -> Reply:
     if ctx.inline:
         raise WouldBlock  # served by a worker, as a large READ is
+    ctx.admitted = True  # as an access check that admits the caller (it validates)
     return Reply([memoryview(PATTERN)])
 
 
