@@ -41,7 +41,11 @@ a new generation, so a client taken off the list is refused from its next
 call on, while connections of clients still allowed are kept.
 Host names and wildcards are resolved by ``exports.Resolver`` on its own
 thread: a per-call check never waits for a resolver (``wait=0``); MNT waits
-at most :data:`MOUNT_RESOLVE_WAIT`.
+at most :data:`MOUNT_RESOLVE_WAIT`, and only on a worker over TCP: on the
+server's loop it is handed to a worker (WouldBlock: a name whose look-up
+never answers must not stall every connection), and over UDP it gets no
+reply while the look-up runs (DropCall: the client sends it again and finds
+the answer; a forged source cannot tie a worker up for each datagram).
 
 Squashing (``root_squash``, ``all_squash``, AUTH_NONE) rewrites the call's
 credentials here, once: ACCESS and the permission checks below then see the
@@ -64,7 +68,7 @@ from pathlib import Path
 from exports import ClientSpec, ExportOptions, ExportsError, ExportTable, Resolver, loopback_only
 from exports import load as load_exports
 from nfsd.programs.xprtsec import lookups_for
-from nfsd.rpc import CallContext
+from nfsd.rpc import CallContext, DropCall, WouldBlock
 from nfsd.transport.tls import PLAIN, Security
 from xdr import mount3
 from xdr import nfs3const as nfs3
@@ -173,7 +177,7 @@ class AccessControl:
         self.source = source
         self.export_path = export_path
         self.storage = storage
-        self.resolver = resolver or Resolver()
+        self.resolver = resolver if resolver is not None else Resolver()  # (an empty one is falsy)
         self.on_change = on_change
         # ``table`` given (tests, embedders) is used as is; else read: an
         # ExportsError here stops the server at start.
@@ -185,6 +189,11 @@ class AccessControl:
         self.loaded_at = time.time()
         self.last_error: str | None = None
         self._decisions: dict[tuple, Decision] = {}  # (peer, flavour, ..., security)
+        # The decisions that admitted, apart: a flood of strangers empties
+        # _decisions (its bound) and the resolver's cache (its own), and an
+        # admitted client whose name is being looked up again is not refused
+        # meanwhile (it was: NFS3ERR_STALE); only admitted peers enter here.
+        self._admitted: dict[tuple, Decision] = {}
         # The last decision found in _decisions, with its key's parts and that dict:
         # see decide.  One tuple, read and replaced whole.
         self._last: tuple = (None, None, None, None, None, None)
@@ -227,6 +236,7 @@ class AccessControl:
             self.loaded_at = time.time()
             self.last_error = None
             self._decisions = {}
+            self._admitted = {}
             for w in table.warnings:
                 log.warning("%s", w)
             log.warning("exports reloaded from %s (generation %d)", self.source, self.generation)
@@ -241,6 +251,7 @@ class AccessControl:
         """
         self.sessions_table = table
         self._decisions = {}
+        self._admitted = {}
 
     def table_for(self, export: str | None) -> ExportTable:
         """The list holding ``export`` (None: the read-only export)."""
@@ -299,8 +310,16 @@ class AccessControl:
         spec = self._spec(addr, wait, export, ctx.security)
         if spec is None:
             d = Decision(NOT_LISTED, None, generation, until)
-            # A name not resolved yet is no verdict: ask again next call.
+            # A name not resolved yet is no verdict: ask again next call; one
+            # admitted before stays admitted while a look-up runs.
             if wait == 0.0 and self._has_names(export):
+                before = self._admitted.get(key)
+                if before is not None and before.generation == generation:
+                    if self.resolver.pending():
+                        if not self._mounted(before.spec):
+                            return Decision(NOT_MOUNTED, before.spec, generation)
+                        return before
+                    self._admitted.pop(key, None)  # answered since: not listed now
                 return d
         else:
             o = spec.options
@@ -315,6 +334,10 @@ class AccessControl:
         if len(self._decisions) >= MAX_DECISIONS:
             self._decisions = {}
         self._decisions[key] = d
+        if d.reason == OK:
+            if len(self._admitted) >= MAX_DECISIONS:
+                self._admitted = {}
+            self._admitted[key] = d
         if d.reason == OK and not self._mounted(spec):
             return Decision(NOT_MOUNTED, spec, generation)
         return d
@@ -373,7 +396,17 @@ class AccessControl:
         """:meth:`decide` for MOUNT's procedures, which Linux sends in clear even
         with ``xprtsec=tls``: a plain connection is not held to ``xprtsec``
         (``nfsd.programs.xprtsec``)."""
-        d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
+        d = self.decide(ctx, export=export)
+        if d.reason == NOT_LISTED and self._has_names(export):
+            # Maybe no verdict yet: a look-up this answer needs may be running.
+            if not ctx.inline and ctx.transport != "udp":
+                d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
+            elif self.resolver.pending():
+                if ctx.inline:
+                    raise WouldBlock
+                raise DropCall("a name look-up is running")
+            else:  # the look-ups it started have answered meanwhile
+                d = self.decide(ctx, export=export)
         if d.reason == WRONG_XPRTSEC and ctx.security.level == "none":
             d = Decision(OK, d.spec, d.generation)
         if d.reason == OK:

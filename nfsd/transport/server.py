@@ -220,6 +220,10 @@ DETACH_AFTER = 1.0  # seconds a queue may make no progress before it leaves the 
 BACKOFF_FIRST = 0.01
 BACKOFF_MAX = 1.0
 UDP_MAX = 65535
+UDP_BACKLOG = 256
+"""Datagrams waiting for a worker past which new ones are dropped: UDP is lossy
+(a client sends again), and a flood with forged sources must not queue without
+bound behind calls that wait (a MNT's name look-up)."""
 FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 READ, WRITE = select.EPOLLIN, select.EPOLLOUT
 TROUBLE = select.EPOLLERR | select.EPOLLHUP
@@ -371,6 +375,10 @@ class _Workers:
     def submit(self, fn: Callable[..., None], *args: object) -> None:
         self._queue.put((fn, args))
 
+    def backlog(self) -> int:
+        """Tasks waiting for a thread (approximate: another thread may take one)."""
+        return self._queue.qsize()
+
     def stop(self) -> None:
         for _ in self._threads:
             self._queue.put(None)
@@ -441,6 +449,8 @@ class RpcServer:
         self._next_sweep = 0.0
         self._calls = 0  # answered by workers
         self._calls_inline = 0  # answered by the loop
+        self._udp_dropped = 0  # datagrams dropped past UDP_BACKLOG (the UDP thread's)
+        self._udp_dropped_logged = -1e9
         self._accepted = 0
         # Large READs by reference to a peer on this machine too (tests):
         # see the design notes, "not to a loopback peer".
@@ -1288,6 +1298,16 @@ class RpcServer:
                     return
                 continue
             if addr is None:  # shut down
+                continue
+            if self._workers.backlog() >= UDP_BACKLOG:
+                self._udp_dropped += 1
+                now = time.monotonic()
+                if now - self._udp_dropped_logged >= self.limits.log_interval:
+                    self._udp_dropped_logged = now
+                    log.warning(
+                        "%s: %d UDP calls waiting for a worker: new ones dropped (%d so far)",
+                        self.name, UDP_BACKLOG, self._udp_dropped,
+                    )  # fmt: skip
                 continue
             self._workers.submit(self._serve_udp, sock, data, addr)
 

@@ -12,7 +12,7 @@ import pytest
 
 from nfsd.rpc import Dispatcher, Procedure, Program, Reply, WouldBlock, no_args
 from nfsd.transport.record import LAST_FRAGMENT, RecordReader
-from nfsd.transport.server import Limits, RpcServer
+from nfsd.transport.server import UDP_BACKLOG, Limits, RpcServer
 from tests.proto.calls import call, parse
 from xdr import rpc
 from xdr.base import Unpacker
@@ -168,6 +168,29 @@ def test_udp_calls_are_answered(server) -> None:  # type: ignore[no-untyped-def]
         u.sendto(b"\x01\x02", ("127.0.0.1", port))  # garbage: no answer, no harm
         u.sendto(call(400001, 1, 2, xid=78), ("127.0.0.1", port))
         assert parse([u.recv(65535)]).xid == 78
+
+
+def test_udp_calls_waiting_for_a_worker_are_bounded(server) -> None:  # type: ignore[no-untyped-def]
+    """Datagrams past UDP_BACKLOG waiting for a worker are dropped (UDP is lossy),
+    not queued without bound (a flood with forged sources behind slow calls)."""
+    s, port = server
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        for i in range(3 * UDP_BACKLOG):  # SLOW: every worker waits for RELEASE
+            u.sendto(call(400001, 1, 1, xid=i + 1), ("127.0.0.1", port))
+        deadline = time.monotonic() + 5
+        while s._udp_dropped == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s._udp_dropped > 0
+        assert s._workers.backlog() <= UDP_BACKLOG
+        RELEASE.set()
+    deadline = time.monotonic() + 5
+    while s._workers.backlog() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v:  # served again
+        v.settimeout(5)
+        v.sendto(call(400001, 1, 2, xid=99999), ("127.0.0.1", port))
+        r = parse([v.recv(65535)])
+        assert (r.xid, r.body) == (99999, b"fast")
 
 
 def test_stop_ends_every_thread(server) -> None:  # type: ignore[no-untyped-def]
