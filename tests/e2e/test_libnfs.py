@@ -28,6 +28,9 @@ import pytest
 from tests.e2e.support.prereq import require as _require
 from tests.e2e.support.server import Server, null_call, ping, recovery_fs_command, recv_record
 from tests.e2e.support.storage import KIB, MIB, Presented, big_dir_name, build_big_dir, build_sample
+from tests.proto.calls import auth_sys, call
+from xdr.base import Packer
+from xdr.mount3 import MOUNT_PROGRAM, MOUNTPROC3_MNT
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +62,14 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Presented]:
     presented = build_sample(root)
     presented |= build_big_dir(root, BIG, BIG_COUNT)
     return root, presented
+
+
+def _mnt_call(xid: int) -> bytes:
+    """One record: MNT of the export, AUTH_SYS as root (a call the exports admit)."""
+    p = Packer()
+    p.pack_string(b"/recover/images")
+    body = call(MOUNT_PROGRAM, 3, MOUNTPROC3_MNT, p.get_buffer(), xid=xid, cred=auth_sys())
+    return struct.pack(">I", 0x80000000 | len(body)) + body
 
 
 def _start(storage_root: Path, workdir: Path) -> Server:
@@ -313,16 +324,17 @@ def test_server_survives_hostile_clients(storage, tmp_path):
             with _connect(srv):
                 pass
 
-        # Many connections open at once, each having made a valid call (NULL):
-        # all kept and answered.  (Connections that make no call are capped at
-        # 64, the oldest closed first: tests/unit/test_server_limits.py.)
+        # Many connections open at once, each having made a valid call (a MNT the
+        # exports admit): all kept and answered.  (Connections that make no such
+        # call, a NULL alone included, are capped at 64, the oldest closed first:
+        # tests/unit/test_server_limits.py.)
         many: list[socket.socket] = []
         answered = 0
         try:
             for i in range(400):
                 s = _connect(srv)
                 many.append(s)
-                s.sendall(null_call(0x1000 + i))
+                s.sendall(_mnt_call(0x1000 + i))
                 answered += recv_record(s)[:4] == struct.pack(">I", 0x1000 + i)
             for i, s in enumerate(many):  # still open, still served
                 s.sendall(null_call(0x2000 + i))
