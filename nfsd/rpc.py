@@ -396,7 +396,6 @@ class Procedure:
     decode: Callable[[Any], Any]
     run: Callable[[CallContext, Any], Reply]
     fail: Callable[[int, Any], Reply] | None = None
-    udp_no_amplify: bool = False  # as the program's, for this procedure alone
 
 
 def no_args(u: Unpacker) -> None:
@@ -671,7 +670,7 @@ class Dispatcher:
         if body is None:
             return Reply([head])
         body.parts.insert(0, head)
-        if ctx.transport == "udp" and (program.udp_no_amplify or proc.udp_no_amplify):
+        if ctx.transport == "udp" and program.udp_no_amplify:
             total = sum(len(b) for b in body.parts)
             if total > size:
                 log.info(

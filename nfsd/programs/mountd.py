@@ -34,6 +34,10 @@ from xdr.mount3 import Mount3Packer, Mount3Unpacker
 log = logging.getLogger("recovery_fs.mountd")
 
 
+UDP_DUMP_MAX = 512
+"""Bytes of mount list a DUMP over UDP answers at most (TCP: all of it)."""
+
+
 def _listed(path: bytes) -> bytes:
     """A mounted path as the mount list holds it: one entry per directory, however
     it was spelled (``/a//b/``), so that a client cannot grow DUMP's answer with
@@ -128,6 +132,16 @@ class MountService:
         mounts = []
         if self.access.admits(ctx):
             mounts = [mount3.mountbody(h, d) for h, d in self._mounts.entries()]
+        if ctx.transport == "udp":
+            # A forged source would have a long list reflected at it (a 60-byte
+            # call drew 60 KB): over UDP the list stops at UDP_DUMP_MAX bytes.
+            room, kept = UDP_DUMP_MAX, []
+            for m in mounts:
+                room -= 20 + len(m.ml_hostname) + len(m.ml_directory)  # XDR, padded
+                if room < 0:
+                    break
+                kept.append(m)
+            mounts = kept
         p = Mount3Packer()
         p.pack_mountlist(mounts)
         return Reply([p.get_buffer()])
@@ -167,11 +181,7 @@ class MountService:
                     mount3.MOUNTPROC3_MNT: Procedure(
                         "MNT", Mount3Unpacker.unpack_dirpath, self.mnt
                     ),
-                    # Over UDP, no DUMP reply larger than its call (the portmapper's
-                    # rule): a forged source would have it reflect the list, ~1000x.
-                    mount3.MOUNTPROC3_DUMP: Procedure(
-                        "DUMP", no_args, self.dump, udp_no_amplify=True
-                    ),
+                    mount3.MOUNTPROC3_DUMP: Procedure("DUMP", no_args, self.dump),
                     mount3.MOUNTPROC3_UMNT: Procedure(
                         "UMNT", Mount3Unpacker.unpack_dirpath, self.umnt
                     ),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nfsd.programs.access import AccessControl
+from nfsd.programs.mountd import UDP_DUMP_MAX
 from nfsd.programs.portmap import build_portmap
 from nfsd.rpc import Dispatcher
 from tests.proto.calls import auth_sys, call, parse
@@ -253,6 +254,24 @@ def test_export_and_dump_only_to_admitted_hosts(ns) -> None:
     ).unpack_exports()
     assert exports[0].ex_dir == b"/recover/images"
     assert exports[0].ex_groups == [ALLOWED.encode(), b"192.168.0.0/16"]
+
+
+def test_dump_over_udp_is_bounded_and_spellings_are_one_entry(ns) -> None:
+    """A forged-source DUMP over UDP reflected the whole list (60 bytes drew
+    60 KB); over UDP it stops at UDP_DUMP_MAX bytes, over TCP it is whole."""
+    d, _ = build(ns, "/recover/images 10.0.0.0/16(insecure)\n")
+    for i in range(200):
+        Peer(d, f"10.0.{i // 250}.{i % 250 + 1}:700").mnt()
+    friend = Peer(d, "10.0.0.1:700")
+    for spelling in (b"/recover/images/", b"//recover//images", b"/recover/images/d/"):
+        friend.mnt(spelling)
+    dump = mount3.MOUNTPROC3_DUMP
+    whole = Mount3Unpacker(friend.raw(mount3.MOUNT_PROGRAM, dump, b"").body).unpack_mountlist()
+    assert len(whole) == 201  # 200 hosts' /recover/images, and 10.0.0.1's /recover/images/d
+    assert {m.ml_directory for m in whole} == {b"/recover/images", b"/recover/images/d"}
+    udp = friend.raw(mount3.MOUNT_PROGRAM, dump, b"", "udp")
+    assert 0 < len(Mount3Unpacker(udp.body).unpack_mountlist()) < len(whole)
+    assert len(udp.body) <= UDP_DUMP_MAX + 4
 
 
 def test_nfs_over_udp_only_when_enabled(ns) -> None:
