@@ -41,7 +41,9 @@ a new generation, so a client taken off the list is refused from its next
 call on, while connections of clients still allowed are kept.
 Host names and wildcards are resolved by ``exports.Resolver`` on its own
 thread: a per-call check never waits for a resolver (``wait=0``); MNT waits
-at most :data:`MOUNT_RESOLVE_WAIT`, and only on a worker over TCP: on the
+at most :data:`MOUNT_RESOLVE_WAIT`, and only on a worker over TCP, at most
+:data:`MOUNT_WAITERS` at once (past it a MNT whose name is not known yet is
+refused, not held: look-ups that never answer must not hold every worker): on the
 server's loop it is handed to a worker (WouldBlock: a name whose look-up
 never answers must not stall every connection), and over UDP it gets no
 reply while the look-up runs (DropCall: the client sends it again and finds
@@ -77,6 +79,7 @@ from xdr.rpc import AUTH_NONE, AUTH_SYS, authsys_parms
 log = logging.getLogger("recovery_fs.access")
 
 MOUNT_RESOLVE_WAIT = 2.0  # seconds a MNT may wait for a first name look-up
+MOUNT_WAITERS = 2  # MNTs waiting for a look-up at once; past it one does not wait (refused)
 MOUNTPOINT_RECHECK = 1.0  # seconds between checks of a `mountpoint` export
 DECISION_TTL = 30.0  # seconds a peer's decision is reused before it is made again
 MAX_DECISIONS = 8192  # peers remembered; past that the memo starts again
@@ -198,6 +201,10 @@ class AccessControl:
         # see decide.  One tuple, read and replaced whole.
         self._last: tuple = (None, None, None, None, None, None)
         self._logged: set[tuple[str, int, int]] = set()
+        # Workers a MNT may hold waiting for names: a client with a reverse zone
+        # that never answers, from many addresses, would otherwise hold them all
+        # (2 s each, again and again) and every call needing a worker with them.
+        self._mount_waiters = threading.BoundedSemaphore(MOUNT_WAITERS)
         self._mountpoints = _MountpointCheck()
         self._reload_lock = threading.Lock()
 
@@ -400,7 +407,13 @@ class AccessControl:
         if d.reason == NOT_LISTED and self._has_names(export):
             # Maybe no verdict yet: a look-up this answer needs may be running.
             if not ctx.inline and ctx.transport != "udp":
-                d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
+                if self._mount_waiters.acquire(blocking=False):
+                    try:
+                        d = self.decide(ctx, wait=MOUNT_RESOLVE_WAIT, export=export)
+                    finally:
+                        self._mount_waiters.release()
+                # else: MOUNT_WAITERS MNTs wait already: this one is answered from
+                # what is known (refused unless its name is known), not held.
             elif self.resolver.pending():
                 if ctx.inline:
                     raise WouldBlock

@@ -88,3 +88,23 @@ def test_strangers_cannot_get_an_admitted_client_refused(
     slow_dns.resolver._cache.clear()  # evicted by the flood (its LRU bound)
     for _ in range(50):
         assert slow_dns.decide(nfs).reason == OK
+
+
+def test_at_most_a_few_mnts_hold_a_worker_waiting_for_names(slow_dns: AccessControl) -> None:
+    """Strangers whose names never resolve: MOUNT_WAITERS of them wait, the next
+    is answered at once (refused), so they cannot hold every worker."""
+    waiting = [
+        threading.Thread(target=slow_dns.check_mount, args=(ctx(f"10.7.0.{i}"),), daemon=True)
+        for i in range(access_mod.MOUNT_WAITERS)
+    ]
+    for t in waiting:
+        t.start()
+    time.sleep(0.2)  # they are waiting now
+    started = time.monotonic()
+    status, _ = slow_dns.check_mount(ctx("10.7.1.1"))
+    assert status == mount3.MNT3ERR_ACCES
+    assert time.monotonic() - started < 0.5
+    assert slow_dns.check_mount(ctx(GOOD))[0] in (mount3.MNT3_OK, mount3.MNT3ERR_ACCES)
+    for t in waiting:
+        t.join(5)
+    assert slow_dns.check_mount(ctx(GOOD))[0] == mount3.MNT3_OK  # waited for once free
