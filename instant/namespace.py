@@ -542,7 +542,7 @@ class SessionNamespace:
         if use.quota is None:
             total, free = fs_total, fs_free
         else:
-            total = min(use.quota, fs_total) if use.quota > _U64 else use.quota
+            total = min(use.quota, _U64)
             free = min(fs_free, max(0, use.quota - use.logged - _RECORD_MOST))
         return FsStats(total, free, free, _FILES, _FILES, _FILES)
 
@@ -639,8 +639,6 @@ class SessionNamespace:
         if version is None:
             version = self.store.version()
         n = _check_regular(self._node_at(version, fileid))
-        if offset < 0 or offset + len(data) > MAX_FILE_SIZE:
-            raise TooLarge(f"a write ending at {offset + len(data)} (at most {MAX_FILE_SIZE})")
         now = self.clock()
 
         def written(outcome: int | Exception) -> None:

@@ -450,7 +450,6 @@ class RpcServer:
         self._calls = 0  # answered by workers
         self._calls_inline = 0  # answered by the loop
         self._udp_dropped = 0  # datagrams dropped past UDP_BACKLOG (the UDP thread's)
-        self._udp_dropped_logged = -1e9
         self._accepted = 0
         # Large READs by reference to a peer on this machine too (tests):
         # see the design notes, "not to a loopback peer".
@@ -1301,13 +1300,10 @@ class RpcServer:
                 continue
             if self._workers.backlog() >= UDP_BACKLOG:
                 self._udp_dropped += 1
-                now = time.monotonic()
-                if now - self._udp_dropped_logged >= self.limits.log_interval:
-                    self._udp_dropped_logged = now
-                    log.warning(
-                        "%s: %d UDP calls waiting for a worker: new ones dropped (%d so far)",
-                        self.name, UDP_BACKLOG, self._udp_dropped,
-                    )  # fmt: skip
+                self._throttle.warn(
+                    "udp_backlog", "%s: %d UDP calls wait for a worker: dropping new ones",
+                    self.name, UDP_BACKLOG,
+                )  # fmt: skip
                 continue
             self._workers.submit(self._serve_udp, sock, data, addr)
 
