@@ -175,11 +175,15 @@ def test_udp_calls_waiting_for_a_worker_are_bounded(server) -> None:  # type: ig
     not queued without bound (a flood with forged sources behind slow calls)."""
     s, port = server
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        for i in range(3 * UDP_BACKLOG):  # SLOW: every worker waits for RELEASE
-            u.sendto(call(400001, 1, 1, xid=i + 1), ("127.0.0.1", port))
-        deadline = time.monotonic() + 5
+        # SLOW: every worker waits for RELEASE.  Sent in bursts the server reads
+        # before the next (a socket buffer overflowing would drop them first).
+        deadline = time.monotonic() + 10
+        xid = 0
         while s._udp_dropped == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+            for _ in range(16):
+                xid += 1
+                u.sendto(call(400001, 1, 1, xid=xid), ("127.0.0.1", port))
+            time.sleep(0.005)
         assert s._udp_dropped > 0
         assert s._workers.backlog() <= UDP_BACKLOG
         RELEASE.set()
