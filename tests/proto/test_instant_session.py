@@ -85,6 +85,16 @@ def test_write_is_file_sync_and_read_back_over_the_base(c: SessionCaller) -> Non
     assert ok(c.commit(fh)).verf == w.verf
 
 
+def test_commit_names_a_regular_file(c: SessionCaller) -> None:
+    """COMMIT of a folder is ISDIR and of a symlink INVAL, as WRITE's (knfsd's fh_verify)."""
+    d = folder(c)
+    r = c.commit(d)
+    assert r.status == nfs3.NFS3ERR_ISDIR
+    assert r.resfail.file_wcc.after.attributes_follow
+    link = ok(c.symlink(d, b"l", b"disk-flat.vmdk")).obj.handle
+    assert c.commit(link).status == nfs3.NFS3ERR_INVAL
+
+
 def test_create_modes_and_exclusive_verifier(c: SessionCaller) -> None:
     d = folder(c)
     a = ok(c.create(d, b"new"))

@@ -392,10 +392,15 @@ def write_to(
     return Reply([], later=settled)
 
 
-# RFC 1813 §3.3.21: every WRITE was FILE_SYNC; nothing is left to flush.
+# RFC 1813 §3.3.21: every WRITE was FILE_SYNC; nothing is left to flush.  COMMIT
+# names a regular file: a directory is ISDIR, anything else INVAL, as WRITE's
+# (knfsd's ``fh_verify`` for S_IFREG).
 def commit3(svc: SessionNfs, ctx: CallContext, args: nfs3.COMMIT3args) -> Reply:
     s, fid = svc.target(args.file)
     a = svc.attrs(s, fid)
+    if a.kind != Kind.REG:
+        status = nfs3.NFS3ERR_ISDIR if a.kind == Kind.DIR else nfs3.NFS3ERR_INVAL
+        return _wcc_reply(svc, ctx, status, svc.wcc(s, a, a))
     s.ns.commit(fid)
     p = NFS3Packer()
     p.pack_uint(nfs3.NFS3_OK)
