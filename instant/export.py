@@ -4,7 +4,11 @@ The "migrate to production" step for hosts without Storage vMotion: the
 session's tree is walked by fileid and each file written from its runs
 (base bytes, overlay bytes, zeros).  Zero runs are left as holes (the
 target file is extended with ``ftruncate``), so a 100 GiB disk that is
-mostly empty costs what it holds.  Symbolic links, modes and times are
+mostly empty costs what it holds.  A run is copied in the kernel
+(``copy_file_range``) where the file systems allow it, else through a
+chunk buffer: 2 GiB of a session (two 1 GiB disks, ext4) took 2.4-3.9 s and
+0.8-1.5 s of system time against 4.8-6.0 s and 3.2-3.4 s read and written.
+Symbolic links, modes and times are
 kept; owners when run as root.  Nothing is written outside ``target``, and
 the target must not be inside the storage.  The session may keep serving
 meanwhile (reads only: a client writing during the export gets some of
@@ -94,6 +98,17 @@ def _copy_file(ns: SessionNamespace, a: Attrs, path: Path, progress: Callable[[i
 
 
 def _copy_run(src: int, at: int, length: int, dst: int, to: int) -> None:
+    """``length`` bytes of ``src`` at ``at`` to ``dst`` at ``to``: in the kernel
+    (``copy_file_range``: no buffer of ours, no copy through Python) where the
+    file systems allow it, else read and written in chunks."""
+    while length > 0:
+        try:
+            n = os.copy_file_range(src, dst, min(length, CHUNK), at, to)
+        except OSError:  # EXDEV/EINVAL/ENOSYS: file systems or a kernel that cannot
+            break
+        if n == 0:
+            raise OSError(f"short read at {at}: the input changed")
+        at, to, length = at + n, to + n, length - n
     while length > 0:
         data = os.pread(src, min(length, CHUNK), at)
         if not data:
