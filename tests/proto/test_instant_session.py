@@ -635,3 +635,44 @@ def test_rename_from_the_read_only_export_into_a_session_is_rofs(c: SessionCalle
     res = c.rename(ro_dir, b"disk-flat.vmdk", folder(c), b"moved")
     assert res.status == nfs3.NFS3ERR_ROFS
     assert c.getattr(ro).status == nfs3.NFS3_OK
+
+
+def _chown_sattr(mode: int, uid: int, gid: int) -> nfs3.sattr3:
+    s = sattr(mode=mode)
+    s.uid, s.gid = nfs3.set_uid3(True, uid), nfs3.set_gid3(True, gid)
+    return s
+
+
+def test_new_objects_belong_to_the_caller_unless_root_asks(
+    base: FakeNamespace, tmp_path: Path
+) -> None:
+    """knfsd's nfsd_create_setattr: the uid/gid in CREATE's, MKDIR's and SYMLINK's
+    attributes are honoured for root only (after squashing); anyone else, a squashed
+    root included, gets an object of its own, never a setuid file owned by root."""
+    c = SessionCaller(base, tmp_path / "state")
+    c.start("s1", {"web01": ("vm",)}, clients="127.0.0.2(insecure) 127.0.0.1(insecure,root_squash)")
+    try:
+        c.peer = "127.0.0.2:900"
+        d = ok(c.lookup(c.session_root("s1"), b"web01")).object
+        pub = nfs3.MKDIR3args(nfs3.diropargs3(d, b"pub"), sattr(mode=0o777))
+        pub_fh = ok(as_user(c, 0, nfs3.NFSPROC3_MKDIR, "MKDIR3", pub)).obj.handle
+        cases = (("127.0.0.1:900", 0, (65534, 65534)), ("127.0.0.1:900", 1000, (1000, 1000)),
+                 ("127.0.0.2:900", 1000, (1000, 1000)), ("127.0.0.2:900", 0, (7, 8)))  # fmt: skip
+        for i, (peer, uid, owner) in enumerate(cases):
+            c.peer = peer
+            asked = _chown_sattr(0o4755, 7, 8)
+            where = nfs3.diropargs3(pub_fh, f"f{i}".encode())
+            how = nfs3.createhow3(nfs3.UNCHECKED, obj_attributes=asked)
+            made = [
+                as_user(c, uid, nfs3.NFSPROC3_CREATE, "CREATE3", nfs3.CREATE3args(where, how)),
+                as_user(c, uid, nfs3.NFSPROC3_MKDIR, "MKDIR3",
+                        nfs3.MKDIR3args(nfs3.diropargs3(pub_fh, f"d{i}".encode()), asked)),
+                as_user(c, uid, nfs3.NFSPROC3_SYMLINK, "SYMLINK3", nfs3.SYMLINK3args(
+                    nfs3.diropargs3(pub_fh, f"l{i}".encode()), nfs3.symlinkdata3(asked, b"t"))),
+            ]  # fmt: skip
+            for res in made:
+                a = ok(res).obj_attributes.attributes
+                assert (a.uid, a.gid) == owner, (peer, uid)
+                assert c.getattr(ok(res).obj.handle).resok.obj_attributes.uid == owner[0]
+    finally:
+        c.manager.close()

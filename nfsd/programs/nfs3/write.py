@@ -12,6 +12,9 @@ Design notes
   refetch, which is what wcc is for).  A failure carries them too.
 * A change on a client entry marked ``ro`` is ``NFS3ERR_ROFS``; a change
   the mode bits forbid ``NFS3ERR_ACCES`` (root passes, as in knfsd).
+* A new object's owner is the caller's (squashed) uid and gid; the ones
+  the client asks for in its attributes are honoured only for root, as
+  knfsd's ``nfsd_create_setattr`` (``_new_owner``).
 * LINK and MKNOD are refused with ``NFS3ERR_NOTSUPP`` (no hypervisor needs
   them; one name per node keeps the namespace simple).
 * CREATE UNCHECKED over an existing file applies only the size (knfsd's
@@ -79,6 +82,22 @@ def _owner(ctx: CallContext) -> tuple[int, int]:
     return ctx.uid, (ctx.cred.gid if ctx.cred else 65534)
 
 
+def _new_owner(ctx: CallContext, kw: dict[str, Any]) -> tuple[int, int]:
+    """The owner of a new object, taking ``uid``/``gid`` out of ``kw`` (``sattr_changes``).
+
+    The caller's (squashed) uid and gid; the ones the client asked for only when
+    that caller is root.  As knfsd's ``nfsd_create_setattr``, which drops
+    ``ATTR_UID|ATTR_GID`` unless the fsuid is 0: otherwise a squashed root, or
+    anyone, could CREATE a setuid file owned by root (SETATTR refuses the same
+    change with ``NFS3ERR_PERM``).
+    """
+    uid, gid = _owner(ctx)
+    asked_uid, asked_gid = kw.pop("uid", uid), kw.pop("gid", gid)
+    if ctx.uid != 0:
+        return uid, gid
+    return asked_uid, asked_gid
+
+
 def _may_change_dir(svc: SessionNfs, ctx: CallContext, s: Session, d: Attrs) -> None:
     if not svc.writable(ctx, s):
         raise Refused(nfs3.NFS3ERR_ROFS)
@@ -139,10 +158,10 @@ def create3(svc: SessionNfs, ctx: CallContext, args: nfs3.CREATE3args) -> Reply:
             return created_body(svc, s, a, dfid, before)
         assert how.obj_attributes is not None
         kw = sattr_changes(how.obj_attributes)
+        uid, gid = _new_owner(ctx, kw)
         a = s.ns.create(
-            dfid, name, how=_HOW[how.mode], mode=kw.pop("mode", 0o644),
-            uid=kw.pop("uid", uid), gid=kw.pop("gid", gid),
-        )  # fmt: skip
+            dfid, name, how=_HOW[how.mode], mode=kw.pop("mode", 0o644), uid=uid, gid=gid
+        )
         # The rest of obj_attributes: the new (or truncated) file's initial size
         # and times (RFC 1813 §3.3.8), as knfsd's nfsd_create_setattr applies them.
         rest = {k: kw[k] for k in ("size", "atime_ns", "mtime_ns") if k in kw}
@@ -160,11 +179,9 @@ def mkdir3(svc: SessionNfs, ctx: CallContext, args: nfs3.MKDIR3args) -> Reply:
     def run(s: Session, dfid: int, before: Attrs) -> bytes:
         name = decode_name(args.where.name)
         kw = sattr_changes(args.attributes)
-        uid, gid = _owner(ctx)
+        uid, gid = _new_owner(ctx, kw)
         ctx.note = f"{s.info.name} dir={dfid} name={name!r}"
-        a = s.ns.mkdir(
-            dfid, name, mode=kw.get("mode", 0o755), uid=kw.get("uid", uid), gid=kw.get("gid", gid)
-        )
+        a = s.ns.mkdir(dfid, name, mode=kw.get("mode", 0o755), uid=uid, gid=gid)
         return created_body(svc, s, a, dfid, before)
 
     return _dir_change(svc, ctx, args.where.dir, run)
@@ -175,10 +192,10 @@ def symlink3(svc: SessionNfs, ctx: CallContext, args: nfs3.SYMLINK3args) -> Repl
     def run(s: Session, dfid: int, before: Attrs) -> bytes:
         name = decode_name(args.where.name)
         kw = sattr_changes(args.symlink.symlink_attributes)
-        uid, gid = _owner(ctx)
+        uid, gid = _new_owner(ctx, kw)
         a = s.ns.symlink(
             dfid, name, bytes(args.symlink.symlink_data), mode=kw.get("mode", 0o777),
-            uid=kw.get("uid", uid), gid=kw.get("gid", gid),
+            uid=uid, gid=gid,
         )  # fmt: skip
         return created_body(svc, s, a, dfid, before)
 
