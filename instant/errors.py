@@ -16,6 +16,7 @@ error                    nfsstat3
 ``NameTooLong``          ``NFS3ERR_NAMETOOLONG``
 ``Stale``                ``NFS3ERR_STALE``
 ``TooLarge``             ``NFS3ERR_FBIG``
+``NotPermitted``         ``NFS3ERR_PERM``
 =======================  ===================
 
 ``NotFound``, ``NotADirectory``, ``IsADirectory`` and ``StorageIOError``
@@ -61,6 +62,12 @@ class Stale(NamespaceError):
 
 class TooLarge(NamespaceError):
     """A file would end past :data:`MAX_FILE_SIZE` (a WRITE's end, a SETATTR's size)."""
+
+
+class NotPermitted(NamespaceError):
+    """The caller may not remove or rename an entry of a sticky directory: Linux's
+    ``EPERM`` from ``may_delete`` (``check_sticky``), which knfsd answers
+    ``NFS3ERR_PERM``."""
 
 
 MAX_FILE_SIZE = (1 << 63) - 1

@@ -37,6 +37,11 @@ Consequences, the invariants the server relies on:
 * *Hard links are refused* (``NotSupported``): one name per node keeps
   REMOVE, RENAME and the fileid→path map simple, and no hypervisor needs
   them.  MKNOD likewise (the server answers it without calling here).
+* *The sticky bit* is the namespace's to check, where the entry's owner is
+  known: REMOVE, RMDIR and RENAME take the caller's uid, and refuse
+  (``NotPermitted``) an entry of a sticky directory that neither root, the
+  directory's owner nor the entry's owner asks for (Linux's
+  ``check_sticky``).  The other permission checks are the server's.
 * A base file whose size is no longer the one recorded (the storage was
   changed under a running session) is not read: ``InputChanged``.
 """
@@ -63,6 +68,7 @@ from instant.errors import (
     NameTooLong,
     NoSpace,
     NotEmpty,
+    NotPermitted,
     NotSupported,
     NotSync,
     Stale,
@@ -701,20 +707,23 @@ class SessionNamespace:
         # After the commit: a truncate reaches this process's size cache only then.
         return self.getattr(fileid)
 
-    def remove(self, dir_fileid: int, name: str) -> None:
-        """REMOVE a file or symbolic link (a base file too: the session forgets it)."""
-        self._delete(dir_fileid, name, want_dir=False)
+    def remove(self, dir_fileid: int, name: str, *, caller: int = 0) -> None:
+        """REMOVE a file or symbolic link (a base file too: the session forgets it).
 
-    def rmdir(self, dir_fileid: int, name: str) -> None:
-        """RMDIR of an empty directory."""
-        self._delete(dir_fileid, name, want_dir=True)
+        ``caller``: the uid asking, for a sticky directory (``_check_sticky``)."""
+        self._delete(dir_fileid, name, want_dir=False, caller=caller)
 
-    def _delete(self, dir_fileid: int, name: str, *, want_dir: bool) -> None:
+    def rmdir(self, dir_fileid: int, name: str, *, caller: int = 0) -> None:
+        """RMDIR of an empty directory; ``caller`` as :meth:`remove`'s."""
+        self._delete(dir_fileid, name, want_dir=True, caller=caller)
+
+    def _delete(self, dir_fileid: int, name: str, *, want_dir: bool, caller: int) -> None:
         with self._changing() as tx:
             d = self._by_fileid(tx.conn, dir_fileid)
             n = self._child(tx.conn, d, name)
             if n is None:
                 raise NotFound(name)
+            _check_sticky(d, n, caller)
             if want_dir and n.kind != Kind.DIR:
                 raise NotADirectory(name)
             if not want_dir and n.kind == Kind.DIR:
@@ -724,8 +733,14 @@ class SessionNamespace:
             self._unlink(tx, d, name, n)
             self._touch_dir(tx, d, self.clock())
 
-    def rename(self, from_dir: int, from_name: str, to_dir: int, to_name: str) -> None:
-        """RENAME (RFC 1813 §3.3.14): over an existing name, across directories; atomic."""
+    def rename(
+        self, from_dir: int, from_name: str, to_dir: int, to_name: str, *, caller: int = 0
+    ) -> None:
+        """RENAME (RFC 1813 §3.3.14): over an existing name, across directories; atomic.
+
+        ``caller``: the uid asking; a sticky directory's entry, the one renamed or
+        the one it replaces, as for :meth:`remove` (Linux's ``vfs_rename`` calls
+        ``may_delete`` on both)."""
         check_name(to_name)
         with self._changing() as tx:
             c = tx.conn
@@ -737,6 +752,9 @@ class SessionNamespace:
             dst = self._child(c, td, to_name)
             if dst is not None and dst.id == src.id:
                 return
+            _check_sticky(fd, src, caller)
+            if dst is not None:
+                _check_sticky(td, dst, caller)
             if src.kind == Kind.DIR and self._is_below(c, td.id, src.id):
                 raise InvalidArgument("a directory cannot move below itself")
             if dst is not None:
@@ -821,6 +839,15 @@ def _check_regular(n: Node) -> Node:
     if n.kind != Kind.REG:
         raise InvalidArgument("not a regular file")
     return n
+
+
+def _check_sticky(d: Node, n: Node, caller: int) -> None:
+    """``NotPermitted`` when ``caller`` may not unlink ``n`` from ``d``: in a sticky
+    directory (``S_ISVTX``) only root (``CAP_FOWNER``), the directory's owner and
+    the entry's may (Linux's ``check_sticky`` in ``may_delete``, which answers
+    ``EPERM``; the server has checked write permission on ``d`` already)."""
+    if d.mode & 0o1000 and caller not in (0, d.uid, n.uid):
+        raise NotPermitted(f"sticky directory: uid {caller} owns neither it nor the entry")
 
 
 def _has_entries(conn: Connection, d: Node) -> bool:

@@ -14,6 +14,7 @@ from instant.errors import (
     NameTooLong,
     NoSpace,
     NotEmpty,
+    NotPermitted,
     NotSupported,
     NotSync,
     Stale,
@@ -53,6 +54,7 @@ _NAMESPACE_STATUS: dict[type[NamespaceError], int] = {
     NameTooLong: nfs3.NFS3ERR_NAMETOOLONG,
     Stale: nfs3.NFS3ERR_STALE,
     TooLarge: nfs3.NFS3ERR_FBIG,
+    NotPermitted: nfs3.NFS3ERR_PERM,  # knfsd's nfserrno: EPERM -> nfserr_perm
 }
 
 _ERRNO_STATUS = {

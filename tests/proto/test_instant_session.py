@@ -676,3 +676,45 @@ def test_new_objects_belong_to_the_caller_unless_root_asks(
                 assert c.getattr(ok(res).obj.handle).resok.obj_attributes.uid == owner[0]
     finally:
         c.manager.close()
+
+
+def test_sticky_folder_entries_removed_or_renamed_by_their_owners_only(c: SessionCaller) -> None:
+    """Linux's may_delete (check_sticky), answered NFS3ERR_PERM as knfsd's EPERM: in a
+    sticky folder only root, the folder's owner and the entry's owner remove or
+    rename an entry, or rename another over it."""
+    d = folder(c)
+    tmp_args = nfs3.MKDIR3args(nfs3.diropargs3(d, b"tmp"), _chown_sattr(0o1777, 3000, 3000))
+    tmp = ok(as_user(c, 0, nfs3.NFSPROC3_MKDIR, "MKDIR3", tmp_args)).obj.handle
+
+    def make(uid: int, name: bytes) -> None:
+        how = nfs3.createhow3(nfs3.UNCHECKED, obj_attributes=sattr(mode=0o666))
+        args = nfs3.CREATE3args(nfs3.diropargs3(tmp, name), how)
+        ok(as_user(c, uid, nfs3.NFSPROC3_CREATE, "CREATE3", args))
+
+    def remove(uid: int, name: bytes, proc: int = nfs3.NFSPROC3_REMOVE) -> int:
+        kind = "REMOVE3" if proc == nfs3.NFSPROC3_REMOVE else "RMDIR3"
+        args = nfs3.REMOVE3args(nfs3.diropargs3(tmp, name))
+        return int(as_user(c, uid, proc, kind, args).status)
+
+    def rename(uid: int, src: bytes, dst: bytes) -> int:
+        args = nfs3.RENAME3args(nfs3.diropargs3(tmp, src), nfs3.diropargs3(tmp, dst))
+        return int(as_user(c, uid, nfs3.NFSPROC3_RENAME, "RENAME3", args).status)
+
+    for name in (b"a", b"b", b"c", b"d"):
+        make(1000, name)
+    make(2000, b"mine")
+    sub = nfs3.MKDIR3args(nfs3.diropargs3(tmp, b"sub"), sattr(mode=0o777))
+    ok(as_user(c, 1000, nfs3.NFSPROC3_MKDIR, "MKDIR3", sub))
+    assert remove(2000, b"a") == nfs3.NFS3ERR_PERM
+    assert remove(2000, b"sub", nfs3.NFSPROC3_RMDIR) == nfs3.NFS3ERR_PERM
+    assert rename(2000, b"a", b"taken") == nfs3.NFS3ERR_PERM  # the entry renamed
+    assert rename(2000, b"mine", b"a") == nfs3.NFS3ERR_PERM  # the entry replaced
+    assert ok(c.lookup(tmp, b"a")) and ok(c.lookup(tmp, b"mine")) and ok(c.lookup(tmp, b"sub"))
+    assert remove(2000, b"nothing") == nfs3.NFS3ERR_NOENT  # a missing name is still NOENT
+    assert remove(1000, b"a") == nfs3.NFS3_OK  # the entry's owner
+    assert rename(3000, b"b", b"b2") == nfs3.NFS3_OK  # the folder's owner
+    assert remove(0, b"c") == nfs3.NFS3_OK  # root
+    assert rename(2000, b"mine", b"mine2") == nfs3.NFS3_OK  # one's own, to a free name
+    assert remove(1000, b"sub", nfs3.NFSPROC3_RMDIR) == nfs3.NFS3_OK
+    ok(c.setattr(tmp, sattr(mode=0o777)))  # not sticky: write permission is enough
+    assert remove(2000, b"d") == nfs3.NFS3_OK

@@ -11,7 +11,10 @@ Design notes
   around the change (another client's change in between makes the client
   refetch, which is what wcc is for).  A failure carries them too.
 * A change on a client entry marked ``ro`` is ``NFS3ERR_ROFS``; a change
-  the mode bits forbid ``NFS3ERR_ACCES`` (root passes, as in knfsd).
+  the mode bits forbid ``NFS3ERR_ACCES`` (root passes, as in knfsd).  In a
+  sticky directory, REMOVE, RMDIR and RENAME (of the entry, and of one it
+  replaces) by neither root nor the directory's nor the entry's owner are
+  ``NFS3ERR_PERM`` (Linux's ``may_delete``; the namespace checks it).
 * A new object's owner is the caller's (squashed) uid and gid; the ones
   the client asks for in its attributes are honoured only for root, as
   knfsd's ``nfsd_create_setattr`` (``_new_owner``).
@@ -216,7 +219,7 @@ def _unlink(svc: SessionNfs, ctx: CallContext, args: Any, *, directory: bool) ->
         ctx.note = f"{s.info.name} dir={dfid} name={name!r}"
         if name in (".", ".."):
             raise Refused(nfs3.NFS3ERR_INVAL if name == "." else nfs3.NFS3ERR_EXIST)
-        (s.ns.rmdir if directory else s.ns.remove)(dfid, name)
+        (s.ns.rmdir if directory else s.ns.remove)(dfid, name, caller=ctx.uid)
         p = NFS3Packer()
         p.pack_wcc_data(svc.wcc(s, before, svc.maybe_attrs(s, dfid)))
         return p.get_buffer()
@@ -253,7 +256,7 @@ def rename3(svc: SessionNfs, ctx: CallContext, args: nfs3.RENAME3args) -> Reply:
         ctx.note = f"{s.info.name} {fdid}/{src!r} -> {tdid}/{dst!r}"
         if src in (".", "..") or dst in (".", ".."):
             raise Refused(nfs3.NFS3ERR_INVAL)
-        s.ns.rename(fdid, src, tdid, dst)
+        s.ns.rename(fdid, src, tdid, dst, caller=ctx.uid)
         status = nfs3.NFS3_OK
     except (NfsError, NamespaceError) as e:
         status = nfs_error(e).status
