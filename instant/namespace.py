@@ -60,7 +60,7 @@ from sqlite3 import Connection, IntegrityError
 from typing import Any
 
 from instant.answers import Answers
-from instant.callvalues import NOW, CreateHow
+from instant.callvalues import NOW, CreateHow, without_setid
 from instant.errors import (
     MAX_FILE_SIZE,
     Exists,
@@ -679,8 +679,14 @@ class SessionNamespace:
         self, fileid: int, *, size: int | None = None, mode: int | None = None,
         uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
         mtime_ns: int | None = None, guard_ctime_ns: int | None = None,
+        drop_setid: bool = False,
     ) -> Attrs:  # fmt: skip
-        """SETATTR (RFC 1813 §3.3.2); times may be ``NOW``; guarded by ctime when asked."""
+        """SETATTR (RFC 1813 §3.3.2); times may be ``NOW``; guarded by ctime when asked.
+
+        ``drop_setid`` (no ``mode`` given): a regular file's mode loses its set-ID
+        bits as :func:`instant.callvalues.without_setid` says, from the mode read in
+        this transaction (a chmod just before is not undone); the server asks it
+        for a write or a truncate by a caller who is not root."""
         with self._changing() as tx:
             n = self._by_fileid(tx.conn, fileid)
             if guard_ctime_ns is not None and guard_ctime_ns != n.ctime:
@@ -695,7 +701,10 @@ class SessionNamespace:
                     raise TooLarge(f"a size of {size} (at most {MAX_FILE_SIZE})")
                 tx.truncate(n.id, size, n.base_size)
                 n.mtime = now
-            n.mode = n.mode if mode is None else mode & 0o7777
+            if mode is not None:
+                n.mode = mode & 0o7777
+            elif drop_setid and n.kind == Kind.REG:
+                n.mode = without_setid(n.mode)
             n.uid = n.uid if uid is None else uid
             n.gid = n.gid if gid is None else gid
             n.atime = n.atime if atime_ns is None else (now if atime_ns == NOW else atime_ns)

@@ -1043,7 +1043,10 @@ class Store:
         (``synchronous=NORMAL``): visible to every process at once, durable at
         the next sync of the WAL (any process's durable commit, or the group's
         own :meth:`_sync_wal`).  A commit that is not lazy syncs the WAL, and with
-        it every lazy commit before it."""
+        it every lazy commit before it.  In :meth:`nowait`: :class:`WouldWait`,
+        before anything is begun (it would wait for the write lock and a sync)."""
+        if getattr(self._nowait, "on", False):
+            raise WouldWait
         with self._wlock:
             want = "NORMAL" if lazy else "FULL"
             if self._w_sync != want:  # sqlite takes it only outside a transaction
@@ -1173,7 +1176,8 @@ class Store:
         each time it is needed, not held for the whole block; a file's map that
         would have to be loaded (another thread may hold the lock for seconds
         doing that for a large one) is :class:`WouldWait` too, and so is a write
-        that would wait for the log (:meth:`_reserve`).  The caller hands the
+        that would wait for the log (:meth:`_reserve`), and a write transaction
+        (:meth:`transaction`).  The caller hands the
         call to a thread that may wait; nothing was changed.
 
         Not holding the lock for the block: the loop's small WRITE held it while

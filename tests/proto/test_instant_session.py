@@ -718,3 +718,82 @@ def test_sticky_folder_entries_removed_or_renamed_by_their_owners_only(c: Sessio
     assert remove(1000, b"sub", nfs3.NFSPROC3_RMDIR) == nfs3.NFS3_OK
     ok(c.setattr(tmp, sattr(mode=0o777)))  # not sticky: write permission is enough
     assert remove(2000, b"d") == nfs3.NFS3_OK
+
+
+def test_a_write_or_truncate_by_a_user_drops_the_set_id_bits(c: SessionCaller) -> None:
+    """Linux's file_remove_privs (should_remove_suid): a WRITE or a truncate by a caller
+    without CAP_FSETID (anyone but root) drops set-user-ID, and set-group-ID when
+    group execute is set; durably (a later GETATTR sees it); root's keep them."""
+    d = ok(c.mkdir(folder(c), b"pub")).obj.handle
+    ok(c.setattr(d, sattr(mode=0o777)))
+
+    def make(name: bytes, mode: int) -> nfs3.nfs_fh3:
+        fh = ok(c.create(d, name, sattr=sattr(mode=0o666))).obj.handle
+        ok(c.setattr(fh, sattr(mode=mode)))  # root's: mode as asked, set-ID bits too
+        return fh
+
+    def mode(fh: nfs3.nfs_fh3) -> int:
+        return int(ok(c.getattr(fh)).obj_attributes.mode)
+
+    def write(uid: int, fh: nfs3.nfs_fh3) -> int:
+        args = nfs3.WRITE3args(fh, 0, 4, nfs3.FILE_SYNC, b"evil")
+        return int(
+            ok(as_user(c, uid, nfs3.NFSPROC3_WRITE, "WRITE3", args)).file_wcc.after.attributes.mode
+        )
+
+    def truncate(uid: int, fh: nfs3.nfs_fh3) -> None:
+        args = nfs3.SETATTR3args(fh, sattr(size=0), nfs3.sattrguard3(False))
+        ok(as_user(c, uid, nfs3.NFSPROC3_SETATTR, "SETATTR3", args))
+
+    for mode_before, dropped in (
+        (0o6777, 0o777),
+        (0o4757, 0o757),
+        (0o2676, 0o676),
+        (0o2666, 0o2666),
+    ):
+        fh = make(b"w%o" % mode_before, mode_before)
+        assert write(0, fh) == mode_before and mode(fh) == mode_before  # root keeps them
+        assert write(1000, fh) == dropped  # the reply's attributes after the write
+        assert mode(fh) == dropped
+        assert c.read_all(fh, 4) == b"evil"
+        fh = make(b"t%o" % mode_before, mode_before)
+        truncate(0, fh)
+        assert mode(fh) == mode_before
+        truncate(1000, fh)
+        assert mode(fh) == dropped
+        fh = make(b"c%o" % mode_before, mode_before)  # CREATE over it: a truncate
+        ok(c.write(fh, 0, b"data"))
+        how = nfs3.createhow3(nfs3.UNCHECKED, obj_attributes=sattr(size=0))
+        args = nfs3.CREATE3args(nfs3.diropargs3(d, b"c%o" % mode_before), how)
+        ok(as_user(c, 1000, nfs3.NFSPROC3_CREATE, "CREATE3", args))
+        assert mode(fh) == dropped
+
+
+def test_an_inline_write_to_a_set_id_file_goes_to_a_worker(c: SessionCaller) -> None:
+    """Dropping the bits is a transaction: the loop's WRITE (nowait) hands the call to
+    a worker before anything changed; a WRITE to a file without them stays inline."""
+    fh = ok(c.create(folder(c), b"tool", sattr=sattr(mode=0o666))).obj.handle
+    ok(c.setattr(fh, sattr(mode=0o4777)))
+    p = NFS3Packer()
+    p.pack_WRITE3args(nfs3.WRITE3args(fh, 0, 4, nfs3.FILE_SYNC, b"evil"))
+    rec = call(
+        nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_WRITE, p.get_buffer(), xid=91, cred=auth_sys(1000, 1000)
+    )
+    with pytest.raises(WouldBlock):
+        c.dispatcher.dispatch(rec, c.peer, "tcp", True)
+    assert ok(c.getattr(fh)).obj_attributes.mode == 0o4777
+    assert c.read_all(fh, 4) == b""
+    reply = settle(c.dispatcher.dispatch(rec, c.peer, "tcp"), 30)  # a worker's
+    assert reply is not None
+    reply.free()
+    assert ok(c.getattr(fh)).obj_attributes.mode == 0o777
+    assert c.read_all(fh, 4) == b"evil"
+    p = NFS3Packer()
+    p.pack_WRITE3args(nfs3.WRITE3args(fh, 4, 4, nfs3.FILE_SYNC, b"more"))
+    again = call(
+        nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_WRITE, p.get_buffer(), xid=92, cred=auth_sys(1000, 1000)
+    )
+    inline = settle(c.dispatcher.dispatch(again, c.peer, "tcp", True), 30)
+    assert inline is not None
+    inline.free()
+    assert c.read_all(fh, 8) == b"evilmore"

@@ -18,6 +18,10 @@ Design notes
 * A new object's owner is the caller's (squashed) uid and gid; the ones
   the client asks for in its attributes are honoured only for root, as
   knfsd's ``nfsd_create_setattr`` (``_new_owner``).
+* A WRITE or a truncate (SETATTR's size, a CREATE over a file) by a caller
+  who is not root drops the file's set-ID bits (``without_setid``), as
+  Linux's ``file_remove_privs``: a WRITE in a transaction before its bytes
+  are logged, only when the file has them (``_drop_setid``).
 * LINK and MKNOD are refused with ``NFS3ERR_NOTSUPP`` (no hypervisor needs
   them; one name per node keeps the namespace simple).
 * CREATE UNCHECKED over an existing file applies only the size (knfsd's
@@ -31,7 +35,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from instant.callvalues import NOW, CreateHow
+from instant.callvalues import NOW, CreateHow, without_setid
 from merge.namespace import Attrs, Kind, NamespaceError
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import _BILLION, _OK, post_op_attr_bytes
@@ -101,6 +105,14 @@ def _new_owner(ctx: CallContext, kw: dict[str, Any]) -> tuple[int, int]:
     return asked_uid, asked_gid
 
 
+def _drops_setid(ctx: CallContext) -> bool:
+    """Whether a truncate by this caller drops a file's set-ID bits: anyone's but
+    root's (``CAP_FSETID``), as truncate(2) does (``do_truncate``: Linux's
+    ``should_remove_suid``).  The stricter rule: knfsd's ``nfsd_setattr`` asks
+    ``notify_change`` for the size alone, with no ``ATTR_KILL_SUID``."""
+    return ctx.uid != 0
+
+
 def _may_change_dir(svc: SessionNfs, ctx: CallContext, s: Session, d: Attrs) -> None:
     if not svc.writable(ctx, s):
         raise Refused(nfs3.NFS3ERR_ROFS)
@@ -167,9 +179,11 @@ def create3(svc: SessionNfs, ctx: CallContext, args: nfs3.CREATE3args) -> Reply:
         )
         # The rest of obj_attributes: the new (or truncated) file's initial size
         # and times (RFC 1813 §3.3.8), as knfsd's nfsd_create_setattr applies them.
-        rest = {k: kw[k] for k in ("size", "atime_ns", "mtime_ns") if k in kw}
+        rest: dict[str, Any] = {k: kw[k] for k in ("size", "atime_ns", "mtime_ns") if k in kw}
         if rest.get("size") == a.size:
             del rest["size"]
+        if "size" in rest:
+            rest["drop_setid"] = _drops_setid(ctx)
         if rest:
             a = s.ns.setattr(a.fileid, **rest)
         return created_body(svc, s, a, dfid, before)
@@ -342,6 +356,8 @@ def setattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.SETATTR3args) -> Repl
             raise Refused(nfs3.NFS3ERR_ISDIR)
         if "size" in kw and a.kind != Kind.REG:
             raise Refused(nfs3.NFS3ERR_INVAL)
+        if "size" in kw:
+            kw["drop_setid"] = _drops_setid(ctx)
         return s.ns.setattr(fid, **kw), b""
 
     return _file_change(svc, ctx, args.object, run)
@@ -359,6 +375,21 @@ def write3(
     puts the RPC header on as it settles: ``nfs3.router``); else a new one."""
     s, fid = svc.target(args.file)
     return write_to(svc, ctx, args, s, fid, out=out)
+
+
+_SETID = 0o6000
+
+
+def _drop_setid(s: Session, fid: int) -> int:
+    """A WRITE by a caller who is not root (no ``CAP_FSETID``) to a set-ID file: the
+    bits dropped first, in a transaction of their own, durable before a byte is
+    logged, as Linux's ``file_remove_privs`` before the write (a write that fails
+    after it leaves them dropped there too).  Only such a WRITE pays a transaction,
+    and once: the next finds the bits gone.  On the loop (``nowait``) it is
+    ``WouldWait`` before anything changed, and a worker serves the call.  The
+    store's version after it: the write's answer then carries the new mode."""
+    s.ns.setattr(fid, drop_setid=True)
+    return s.ns.store.version()
 
 
 def write_to(
@@ -397,6 +428,8 @@ def write_to(
             raise Refused(nfs3.NFS3ERR_INVAL)
         if not (ctx.uid == before.uid or may(before, ctx, MAY_WRITE)):
             raise Refused(nfs3.NFS3ERR_ACCES)
+        if before.mode & _SETID and ctx.uid != 0 and without_setid(before.mode) != before.mode:
+            version = _drop_setid(s, fid)
         data = memoryview(args.data)[: args.count]
         ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={len(data)}"
         tail = _WRITE_TAIL.pack(len(data), nfs3.FILE_SYNC, svc.write_verf)
