@@ -4,7 +4,9 @@ Each session is an export of its own (``nfsd.programs.sessions``), with
 its own client list: a MNT of its path (or of a folder below it) is
 checked against that list, not the read-only export's, and answers the
 handle of the session's root (or of the folder).  EXPORT lists a session
-only to a host its list admits.
+only to a host its list admits, and a MNT of a session that does not exist
+is ``MNT3ERR_ACCES``, as one the host may not mount: a name is not learnt
+by trying it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ def mount_session(
         return mount3.MNT3ERR_NOENT, b"", []
     s = sessions.by_export(EXPORT_PREFIX + parts[0])
     if s is None:
-        # No such session: the same answer a host not listed gets, nothing learnt.
-        return mount3.MNT3ERR_NOENT, b"", []
+        # No such session: MNT3ERR_ACCES, what a host its list would not admit gets
+        # (check_mount), so a stranger learns no session's name.  As mountd's
+        # get_rootfh: a path exported to no entry for this host (auth_authenticate
+        # finds none) is MNT3ERR_ACCES, whether or not it exists.
+        return mount3.MNT3ERR_ACCES, b"", []
     status, options = access.check_mount(ctx, s.info.export_path)
     if options is None:
         return status, b"", []

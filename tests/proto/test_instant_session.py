@@ -797,3 +797,22 @@ def test_an_inline_write_to_a_set_id_file_goes_to_a_worker(c: SessionCaller) -> 
     assert inline is not None
     inline.free()
     assert c.read_all(fh, 8) == b"evilmore"
+
+
+def test_a_missing_session_is_answered_as_one_not_admitted(
+    base: FakeNamespace, tmp_path: Path
+) -> None:
+    """mountd's get_rootfh: a path exported to no entry for this host is
+    MNT3ERR_ACCES whether it exists or not: a stranger cannot tell which
+    session names exist; a listed host's missing folder below one is NOENT."""
+    c = SessionCaller(base, tmp_path / "state", peer="10.66.6.6:900")
+    c.start("payroll-db", {"web01": ("vm",)}, clients="10.0.0.9(insecure)")
+    try:
+        for name in (b"payroll-db", b"no-such-session", b"payroll-db/web01"):
+            assert c.mount(b"/recover/instant/" + name).fhs_status == mount3.MNT3ERR_ACCES
+        c.peer = "10.0.0.9:900"
+        assert c.mount(b"/recover/instant/no-such-session").fhs_status == mount3.MNT3ERR_ACCES
+        assert c.mount(b"/recover/instant/payroll-db/nothing").fhs_status == mount3.MNT3ERR_NOENT
+        assert c.mount(b"/recover/instant/payroll-db").fhs_status == mount3.MNT3_OK
+    finally:
+        c.manager.close()
