@@ -4,8 +4,9 @@ Design notes
 ------------
 * Lines: ``PATH [-DEFAULTS] CLIENT[(OPTIONS)] ...``.  A backslash at the end
   of a line joins the next one (the leading blanks of which are dropped), as
-  nfs-utils' reader does, before anything else; ``#`` outside double quotes
-  starts a comment; blank lines are skipped.  An error names the first
+  nfs-utils' reader does; ``#`` outside double quotes starts a comment,
+  which ends at its newline, a backslash there included (nfs-utils'
+  ``xskipcomment``); blank lines are skipped.  An error names the first
   physical line of the logical line.
 * PATH may be double-quoted and may hold ``\\NNN`` octal escapes
   (``\\040`` for a blank); it must be absolute and is normalized lexically.
@@ -108,15 +109,23 @@ class _Builder:
 
 
 def _logical_lines(text: str) -> list[tuple[str, int]]:
-    """The logical lines of ``text`` (continuations joined), each with its first line number."""
+    """The logical lines of ``text`` (continuations joined), each with its first line number.
+
+    A backslash ending a line joins the next one, unless it ends a comment: a
+    comment runs to its newline and never joins, as in nfs-utils, whose
+    ``xskipcomment`` reads a comment with a plain ``getc`` (not ``xgetc``, which
+    undoes backslash-newlines) up to the newline.
+    """
     out: list[tuple[str, int]] = []
     parts: list[str] = []
     first = 1
+    quoted = False
     for number, physical in enumerate(text.split("\n"), 1):
         line = physical.lstrip(" \t") if parts else physical
         if not parts:
-            first = number
-        if line.endswith("\\"):
+            first, quoted = number, False
+        commented, quoted = _comment_in(line, quoted)
+        if line.endswith("\\") and not commented:
             parts.append(line[:-1])
             continue
         parts.append(line)
@@ -125,6 +134,17 @@ def _logical_lines(text: str) -> list[tuple[str, int]]:
     if parts:
         out.append((" ".join(parts), first))
     return out
+
+
+def _comment_in(line: str, quoted: bool) -> tuple[bool, bool]:
+    """Whether ``line`` holds a ``#`` outside double quotes (``_tokens``' rule), and
+    whether a quote is still open at its end; ``quoted``: one open at its start."""
+    for c in line:
+        if c == '"':
+            quoted = not quoted
+        elif c == "#" and not quoted:
+            return True, quoted
+    return False, quoted
 
 
 def _tokens(line: str, where: str) -> list[str]:

@@ -62,10 +62,21 @@ def test_continuation_joins_lines_and_keeps_the_first_line_number() -> None:
     assert table.exports[1].clients[0].source == "f:5"
 
 
-def test_continuation_inside_a_comment_continues_the_comment() -> None:
-    # As nfs-utils' reader does: the backslash-newline is undone first.
-    table = parse("# comment \\\n/hidden a\n/e b\n", "f")
-    assert [e.path for e in table.exports] == ["/e"]
+def test_a_comment_ends_at_its_newline_even_after_a_backslash() -> None:
+    # As nfs-utils' xskipcomment: a comment is read to the newline, never joined.
+    table = parse("# retired: old \\\n/kept a\n/e b # c \\\n/f c\n", "f")
+    assert [(e.path, [c.text for c in e.clients]) for e in table.exports] == [
+        ("/kept", ["a"]),
+        ("/e", ["b"]),
+        ("/f", ["c"]),
+    ]
+    assert table.exports[2].clients[0].source == "f:4"
+    # a backslash before the comment still joins; a quoted # starts none
+    table = parse('/e a \\\n  b # c\n"/g#1" d \\\n e\n', "f")
+    assert [(e.path, [c.text for c in e.clients]) for e in table.exports] == [
+        ("/e", ["a", "b"]),
+        ("/g#1", ["d", "e"]),
+    ]
 
 
 def test_error_on_a_continued_line_names_its_first_line() -> None:
