@@ -134,6 +134,17 @@ class Resolver:
         """How many look-ups are waiting or running."""
         return len(self._pending)
 
+    def looking_up(self, kind: str, arg: str) -> bool:
+        """Whether a look-up of ``arg`` is waiting or running: ``kind`` ``"addresses"``
+        (``arg`` a name) or ``"names"`` (an address).  A caller given no answer (None)
+        learns whether one may come (a verdict not known yet) or none will (the
+        look-up failed, found nothing, or was not started)."""
+        try:
+            key = (kind, normalize_name(arg) if kind == "addresses" else normalize_addr(arg))
+        except ValueError:
+            return False
+        return key in self._pending
+
     def _answer(self, key: Key, wait: float) -> frozenset[str] | None:
         """The cached answer for ``key``, fresh or stale; else wait up to ``wait`` for a look-up."""
         with self._lock:

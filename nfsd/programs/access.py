@@ -48,6 +48,12 @@ server's loop it is handed to a worker (WouldBlock: a name whose look-up
 never answers must not stall every connection), and over UDP it gets no
 reply while the look-up runs (DropCall: the client sends it again and finds
 the answer; a forged source cannot tie a worker up for each datagram).
+A peer admitted before whose match now waits on a look-up stays admitted
+meanwhile (its name's answer evicted by a flood must not refuse it), but
+only while a look-up *its* match asked for runs (``_Asked``: a stranger's
+never-answering reverse zone is not this client's) and for at most one
+more :data:`DECISION_TTL` past that decision's expiry: a look-up kept
+pending does not keep a host in after its name stopped resolving to it.
 
 Squashing (``root_squash``, ``all_squash``, AUTH_NONE) rewrites the call's
 credentials here, once: ACCESS and the permission checks below then see the
@@ -69,6 +75,7 @@ from pathlib import Path
 
 from exports import ClientSpec, ExportOptions, ExportsError, ExportTable, Resolver, loopback_only
 from exports import load as load_exports
+from exports.clients import Lookups
 from nfsd.programs.xprtsec import lookups_for
 from nfsd.rpc import CallContext, DropCall, WouldBlock
 from nfsd.transport.tls import PLAIN, Security
@@ -142,6 +149,36 @@ class Decision:
     spec: ClientSpec | None
     generation: int
     until: float = 0.0  # monotonic time after which it is made again
+    waiting: bool = False  # NOT_LISTED while a look-up it asked runs: no verdict yet
+
+
+class _Asked:
+    """One decision's look-ups (``lookups_for``'s), noting whether a question it
+    asked got no answer while its look-up runs (``Resolver.looking_up``): then the
+    decision is no verdict yet.  Another client's look-up is not this one's."""
+
+    __slots__ = ("lookups", "resolver", "waiting")
+
+    def __init__(self, lookups: Lookups, resolver: Resolver) -> None:
+        self.lookups = lookups
+        self.resolver = resolver
+        self.waiting = False
+
+    def addresses(self, name: str, wait: float = 0.0) -> set[str] | None:
+        return self._ask("addresses", name, wait, self.lookups.addresses)
+
+    def names(self, addr: str, wait: float = 0.0) -> set[str] | None:
+        return self._ask("names", addr, wait, self.lookups.names)
+
+    def _ask(
+        self, kind: str, arg: str, wait: float, ask: Callable[[str, float], set[str] | None]
+    ) -> set[str] | None:
+        found = ask(arg, wait)
+        if found is None and not self.resolver.looking_up(kind, arg):
+            found = ask(arg, 0.0)  # it may have ended just now: its answer is kept
+        if found is None and self.resolver.looking_up(kind, arg):
+            self.waiting = True
+        return found
 
 
 class _MountpointCheck:
@@ -275,11 +312,13 @@ class AccessControl:
     # -- decisions ----------------------------------------------------------
     def _spec(
         self, addr: str, wait: float, export: str | None = None, security: Security = PLAIN
-    ) -> ClientSpec | None:
+    ) -> tuple[ClientSpec | None, bool]:
+        """The spec admitting ``addr``, and whether a look-up the match asked for
+        is still running (no answer yet: a None spec is then no verdict)."""
         path = export or self.export_path
-        return self.table_for(export).match(
-            path, addr, lookups_for(self.resolver, addr, security), wait=wait
-        )
+        asked = _Asked(lookups_for(self.resolver, addr, security), self.resolver)
+        spec = self.table_for(export).match(path, addr, asked, wait=wait)
+        return spec, asked.waiting
 
     def decide(self, ctx: CallContext, wait: float = 0.0, export: str | None = None) -> Decision:
         """The list's verdict on this call's peer, port and flavour, for ``export``."""
@@ -314,19 +353,22 @@ class AccessControl:
         addr, port = split_peer(ctx.peer)  # only when deciding: ipaddress costs ~4 µs a call
         generation = self.generation
         until = now + DECISION_TTL
-        spec = self._spec(addr, wait, export, ctx.security)
+        spec, waiting = self._spec(addr, wait, export, ctx.security)
         if spec is None:
-            d = Decision(NOT_LISTED, None, generation, until)
+            d = Decision(NOT_LISTED, None, generation, until, waiting)
             # A name not resolved yet is no verdict: ask again next call; one
-            # admitted before stays admitted while a look-up runs.
+            # admitted before stays admitted while a look-up this decision asked
+            # for runs (not anyone's: a stranger's slow reverse zone must not keep
+            # a host in after its name stopped resolving to it), and at most one
+            # more DECISION_TTL past that decision's expiry.
             if wait == 0.0 and self._has_names(export):
                 before = self._admitted.get(key)
                 if before is not None and before.generation == generation:
-                    if self.resolver.pending():
+                    if waiting and now < before.until + DECISION_TTL:
                         if not self._mounted(before.spec):
                             return Decision(NOT_MOUNTED, before.spec, generation)
                         return before
-                    self._admitted.pop(key, None)  # answered since: not listed now
+                    self._admitted.pop(key, None)  # answered since, or too old: not listed
                 return d
         else:
             o = spec.options
@@ -414,7 +456,7 @@ class AccessControl:
                         self._mount_waiters.release()
                 # else: MOUNT_WAITERS MNTs wait already: this one is answered from
                 # what is known (refused unless its name is known), not held.
-            elif self.resolver.pending():
+            elif d.waiting:  # its own look-ups: another client's are not this MNT's
                 if ctx.inline:
                     raise WouldBlock
                 raise DropCall("a name look-up is running")

@@ -252,3 +252,20 @@ def test_the_system_resolver_knows_localhost(closing: list[Resolver]) -> None:
     r = make(closing)
     found = r.addresses("localhost", wait=10)
     assert found is not None and found & {"127.0.0.1", "::1"}
+
+
+def test_looking_up_names_the_look_ups_still_running(closing: list[Resolver]) -> None:
+    """``looking_up``: whether a None answer may still become one (the access check
+    keeps a host admitted only while its own look-ups run), keys normalized."""
+    forward, reverse = Table({"h": {"10.0.0.1"}}, hold=True), Table({}, hold=True)
+    r = make(closing, forward=forward, reverse=reverse)
+    assert r.addresses("H.") is None and r.names("::ffff:10.0.0.9") is None
+    assert r.looking_up("addresses", "h") and r.looking_up("names", "10.0.0.9")
+    assert not r.looking_up("addresses", "other") and not r.looking_up("names", "10.0.0.8")
+    assert not r.looking_up("names", "not an address")
+    forward.release.set()
+    reverse.release.set()
+    eventually(lambda: r.pending() == 0)
+    assert not r.looking_up("addresses", "h") and not r.looking_up("names", "10.0.0.9")
+    assert r.names("10.0.0.9") is None  # failed: kept, no look-up runs
+    assert not r.looking_up("names", "10.0.0.9")
