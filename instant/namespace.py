@@ -181,12 +181,17 @@ class SessionNamespace:
         quota: int | None = None,
         clock: Callable[[], int] = time.time_ns,
         hook: Hook | None = None,
+        clean: bool = True,
     ) -> None:
-        """Open the session in ``directory``, made from ``roots`` if it is new."""
+        """Open the session in ``directory``, made from ``roots`` if it is new.
+        ``clean``: this process empties the session's overwritten logs (see
+        ``instant.store``, "Space"); a short-lived reader (a CLI command) does not."""
         self.dir = Path(directory)
         self.base = base
         self.clock = clock
-        self.store = Store(self.dir, quota=quota, hook=hook, stamp=_stamp_times, live=_live_files)
+        self.store = Store(
+            self.dir, quota=quota, hook=hook, stamp=_stamp_times, live=_live_files, clean=clean
+        )
         self._calls = threading.local()
         self._recorded = 0
         self._answers = Answers()  # nodes, directories' attributes, names: per db version

@@ -150,6 +150,35 @@ class RangeMap:
                 return self._replace(prev.start, piece.end, [joined])
         return self._replace(piece.start, piece.end, [piece])
 
+    def relocate(
+        self, start: int, length: int, old: tuple[int, int], new: tuple[int, int]
+    ) -> Edits:
+        """Point the bytes of ``[start, start+length)`` that are still at ``old``
+        (``(log, pos)`` of ``start``) at ``new`` instead, where a copy of them was
+        written (the store's cleaning, see ``instant.store``, "Space").  Bytes
+        written, cut or moved since the copy was taken are left as they are: only
+        a piece of ``old``'s log whose offset to ``old`` holds is rewritten."""
+        old_log, old_pos = old
+        new_log, new_pos = new
+        end = start + length
+        i, j = self._span(start, end)
+        keep = old_pos - start
+        moved = []
+        for p in self._pieces[i:j]:
+            if p.log != old_log or p.pos - p.start != keep:
+                continue
+            lo, hi = max(start, p.start), min(end, p.end)
+            moved.append(Piece(lo, hi - lo, new_log, new_pos + (lo - start)))
+        removed: list[int] = []
+        added: dict[int, Piece] = {}
+        for piece in moved:  # each over the bytes it copies, and nothing else
+            e = self._replace(piece.start, piece.end, [piece])
+            for s in e.removed:  # net of the ones before: a piece cut twice is one edit
+                if added.pop(s, None) is None:
+                    removed.append(s)
+            added.update((a.start, a) for a in e.added)
+        return Edits(removed, sorted(added.values()))
+
     def apply(self, edits: Edits) -> None:
         """Make edits found on another copy of this map (a cache following a commit)."""
         for start in edits.removed:
@@ -180,6 +209,11 @@ class FileState:
     def write(self, piece: Piece) -> Edits:
         self.size = max(self.size, piece.end)
         return self.map.put(piece)
+
+    def relocate(
+        self, start: int, length: int, old: tuple[int, int], new: tuple[int, int]
+    ) -> Edits:
+        return self.map.relocate(start, length, old, new)
 
     def truncate(self, size: int) -> Edits:
         self.base_limit = min(self.base_limit, size)

@@ -278,7 +278,7 @@ def create_session(
 
     try:
         overlay.mkdir(parents=True, mode=0o700)
-        SessionNamespace(overlay, base, roots, quota=quota).close()
+        SessionNamespace(overlay, base, roots, quota=quota, clean=False).close()
         registry.publish(info)
     except NamespaceError as e:  # the folders cannot make one session: a usage error
         shutil.rmtree(overlay, ignore_errors=True)

@@ -202,8 +202,8 @@ queued behind others):
   view), so no address is unmapped under a queued reply.
 * No log is ever cut short: nothing here truncates one (the torn tail a
   replay finds stays, past ``end``), and removing a session unlinks its
-  logs, which keeps a mapped file's pages.  A compaction (not written) must
-  keep that: write new logs, never truncate or rewrite an old one in place.
+  logs, which keeps a mapped file's pages.  The cleaning keeps that: it
+  copies into other logs and unlinks, never truncates or rewrites in place.
   And were a log cut short anyway, only the kernel reads a view (the
   transport never copies a read-only part; TLS and UDP never get one), where
   a lost page makes ``sendmsg`` fail with EFAULT (the connection closes),
@@ -222,14 +222,60 @@ Space
 -----
 ``Usage.logged`` (the sum of the logs' committed ends) is what the session
 holds on disk and what the quota limits; ``Usage.live`` is what maps point
-at.  Overwritten bytes stay in the logs until a compaction (planned, not
-written: offline, with no other process on the session) copies the live
-pieces to a new log.  Past the quota a write is refused with ``NoSpace`` before any byte
-is written (a quick check, which counts the bytes of this process's writes still
-waiting for their group: writes in flight cannot log past the quota), and again
-under the write lock (the exact one, counting every process's commits).
+at (the cleaning below gives back the rest).  Past the quota a write is
+refused with ``NoSpace`` before any byte is written (a quick check, which
+counts the bytes of this process's writes still waiting for their group:
+writes in flight cannot log past the quota), and again under the write lock
+(the exact one, counting every process's commits).
 A log file runs up to ``ZERO_AHEAD`` bytes of zeros past its committed end, so
 that small writes overwrite allocated blocks (:meth:`Store._zero_ahead`).
+
+Cleaning
+--------
+A log is append-only, so a disk rewritten in place (a running VM's) would grow
+the logs without bound: the bytes a write replaced stay where they were.  The
+cleaning gives them back while the session serves, in every process that
+writes it:
+
+* *Sealing* (:meth:`Store._rotate`): once this process's log passes
+  :func:`rotate_size` (``LOG_ROTATE``, or an eighth of a small quota), its next
+  write that may wait (never the loop's: ``WouldWait``) waits until every byte
+  reserved in the log is committed or given up, then one durable transaction
+  registers a new log, moves the old one's end to where it ends and ends its
+  replay turn; the old log's lock is let go.  A sealed log is never written
+  again and has no record past its end that could ever be redone.
+* *Emptying* (:meth:`Store.clean`, on the ``store-cleaner`` thread, every
+  ``CLEAN_INTERVAL`` and at each sealing, on a connection of its own): sealed
+  logs with at most ``CLEAN_BELOW`` of their bytes mapped (``CLEAN_PRESSED``
+  once the logs hold three quarters of the quota), the most overwritten bytes
+  first, not the replay turn's.  The cleaner takes the log's ``flock`` (a live
+  writer holds its own log's: never emptied under it; two cleaners never empty
+  one log) and copies each mapped piece into its own log through the write
+  path as a *move* (``_Pending.move``): a record that is never replayed
+  (``_MOVED``), whose group always syncs the map, counts nothing against the
+  quota (it is what makes room) and sets no time; in that group's transaction
+  only the bytes the file still has at the old place are pointed at the copy
+  (:meth:`Tx.move_piece`, ``RangeMap.relocate``): a write, a truncate or a
+  remove committed since the piece was read wins, in any process.
+* *Removing* (:meth:`Store._drop_log`): ``MOVE_SETTLE`` after its last move, the
+  log's row is deleted in a durable transaction if no piece points at it and
+  it is not the replay turn; then its file is unlinked.  A crash between the two
+  leaves a file no row names, removed by a later pass once ``ORPHAN_AGE`` old
+  and unlocked (:meth:`Store._sweep_orphans`).
+* *Descriptors*: a READ that found its runs before the moves reads the old
+  bytes through this process's descriptor of the log (unlinked, the file lives
+  on); each process closes its descriptors of removed logs ``RETIRE_GRACE``
+  after it first sees them gone (:meth:`Store._retire`), and log ids are never
+  given twice (``meta`` ``log_seq``), so no descriptor ever stands for another
+  log.  A queued reply's view keeps its mapping (see above).
+* *Crashes*: a move is a group like any other: its bytes are synced before
+  its map edits commit, and the log it empties stays until no piece points at
+  it, so a move killed at any step either happened or did not; the replay
+  stops at a move's record, and no lazy group commits past a record not yet
+  committed (the gap rule of "The data log as the map's log").
+
+With random overwrites of a working set of ``W`` bytes the logs hold about
+``2 W`` plus a sealed log or two (measured in ``tests/unit/test_instant_store_clean.py``).
 """
 
 from __future__ import annotations
@@ -290,6 +336,28 @@ queued reply holds a view of it, so a log growing under READs of its newest
 bytes would otherwise be mapped once a READ, each mapping as large as the log."""
 _SMALL = b"RFw1"  # a small write's record: replayable
 _LARGE = b"RFW1"  # a large write's: never replayed
+_MOVED = b"RFm1"  # bytes the cleaning copied: never replayed (their group syncs the map)
+LOG_ROTATE = 256 * 1024 * 1024
+"""A process's data log is sealed past this many bytes and a new one begun, so
+that the cleaning has logs to empty (see "Space"); smaller for a small quota."""
+CLEAN_INTERVAL = 5.0
+"""Seconds between two looks of the cleaner at the session's logs."""
+CLEAN_BELOW = 0.5
+"""A sealed log is emptied once at most this share of its bytes is still mapped..."""
+CLEAN_PRESSED = 0.875
+"""...or this share, once the logs hold three quarters of the quota."""
+MOVE_CHUNK = 1024 * 1024
+"""The most bytes of one piece copied by one move (a piece may be a whole disk)."""
+MOVE_BATCH = 4 * 1024 * 1024
+"""Bytes of moves in flight at once: client writes take their turns between batches."""
+RETIRE_GRACE = 30.0
+"""Seconds a descriptor of a log the cleaning removed stays open: a READ that
+found its runs just before the move still reads the log's bytes (the file is
+unlinked; the descriptor keeps it), never another file's under a reused number."""
+MOVE_SETTLE = 2.0
+"""Seconds between a log's last move and the removal of its row (see _empty_log)."""
+ORPHAN_AGE = 60.0
+"""A log file no row names is removed once this old (a new log is named in ms)."""
 
 
 @dataclass(slots=True)
@@ -303,6 +371,9 @@ class Stats:
     commits: int = 0
     map_syncs: int = 0  # group commits that synced the WAL (the others are lazy)
     replayed: int = 0  # writes redone from a log when the store opened
+    rotations: int = 0  # logs sealed, a new one begun
+    moved: int = 0  # bytes the cleaning copied out of sealed logs
+    cleaned: int = 0  # logs emptied and removed by the cleaning
 
 
 class Usage(NamedTuple):
@@ -370,6 +441,7 @@ class _Pending:
     gather: Gather | None = None
     error: Exception | None = None
     size: int = 0  # the file's size once written
+    move: tuple[int, int] | None = None  # the cleaning's: (log, pos) the bytes were copied from
 
     @property
     def data_pos(self) -> int:
@@ -427,6 +499,27 @@ class Tx:
         st = net.ent.state
         assert st is not None
         net.add(st.write(piece))
+        return st.size
+
+    def move_piece(self, obj: int, piece: Piece, old: tuple[int, int]) -> int | None:
+        """Point what of ``piece``'s bytes ``obj`` still has at ``old`` (a ``(log,
+        pos)``) at ``piece``, the cleaning's copy of them; the file's size, or
+        None if ``obj`` has no overlay now (removed: nothing to move, and no
+        overlay made for it)."""
+        net = self.nets.get(obj)
+        if net is None:
+            if self.conn.execute("SELECT 1 FROM objects WHERE id=?", (obj,)).fetchone() is None:
+                return None
+            ent = self.store._wstate(self.conn, obj, 0)
+        else:
+            ent = net.ent
+        st = ent.state
+        assert st is not None
+        edits = st.relocate(piece.start, piece.length, old, (piece.log, piece.pos))
+        if edits.removed or edits.added:
+            if net is None:
+                net = self.nets[obj] = _Net(ent, ent.gen)
+            net.add(edits)
         return st.size
 
     def last(self, key: object, sql: str, params: tuple) -> None:
@@ -492,6 +585,8 @@ class Store:
         hook: Hook | None = None,
         stamp: Stamp | None = None,
         live: Live | None = None,
+        rotate: int | None = None,
+        clean: bool = True,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -556,7 +651,20 @@ class Store:
         self._resync = False
         self._wal_fd = -1
         self._w_sync = "FULL"  # the write connection's synchronous setting
+        # The cleaning's (see "Space"): the log is sealed once its end passes
+        # _rotate_at; the cleaner's thread and wake-up; descriptors of logs gone,
+        # by log id, with the time they are closed.
+        self._rotate_size = rotate or rotate_size(quota)
+        self._rotate_at = self._rotate_size
+        self._cwake = threading.Condition(self._qlock)
+        self._cleaner: threading.Thread | None = None
+        self._retiring: dict[int, float] = {}
         self._replay()
+        if clean:
+            try:
+                self._cleaner = _started("store-cleaner", self._clean_loop)
+            except StorageIOError as e:  # costs space, not data: the writes go on
+                log.warning("%s: no cleaning of the data logs: %s", self.dir, e)
 
     # -- writing -----------------------------------------------------------------
 
@@ -592,6 +700,7 @@ class Store:
         done: Done,
         gather: Gather | None = None,
         wake_later: WakeLater | None = None,
+        move: tuple[int, int] | None = None,
     ) -> None:
         """Write ``data`` at ``offset`` of ``obj``; ``done`` is told once it is durable.
 
@@ -610,6 +719,9 @@ class Store:
         Raises (and ``done`` is never called) what fails before the write is
         queued: ``NoSpace`` past the quota or when the cache file system is
         full, a storage error.  ``data`` is not needed once this returns.
+
+        ``move``: the cleaning's copy of bytes at ``(log, pos)`` (see "Space"),
+        mapped only where the file still has those bytes there, outside the quota.
         """
         n = len(data)
         if offset < 0 or offset + n > MAX_FILE_SIZE:
@@ -619,13 +731,16 @@ class Store:
         if n == 0:
             done(self.size(obj, base_size))
             return
-        pos, span = self._reserve(n)
+        pos, span = self._reserve(n, housekeeping=move is not None)
         try:
             self.hook("before-data")
-            rec = _record(obj, offset, data, base_size, stamp=stamp, pos=pos, span=span)
+            moved = move is not None
+            rec = _record(
+                obj, offset, data, base_size, stamp=stamp, pos=pos, span=span, moved=moved
+            )
             _pwrite_all(self._log_fd, rec, pos)
             self.hook("after-data")
-            p = _Pending(obj, offset, n, pos, span, base_size, stamp, done, gather)
+            p = _Pending(obj, offset, n, pos, span, base_size, stamp, done, gather, move=move)
             with self._qlock:
                 if self._closing:
                     raise StorageIOError("the session store is closed")
@@ -746,16 +861,22 @@ class Store:
         with self._acct:
             self._pending_bytes -= n
 
-    def _reserve(self, n: int) -> tuple[int, int]:
+    def _reserve(self, n: int, *, housekeeping: bool = False) -> tuple[int, int]:
         """A record for ``n`` bytes of data at the log's end: its ``(pos, span)``.
         A large write's data starts on a page (``ALIGN``: its header padded), as it
         did before records had headers: unaligned, a sequential 1 MiB write cost
         ~10 % more CPU.  In :meth:`nowait`, WouldWait rather than wait for the
-        log's lock, open the log or write the zeros ahead."""
+        log's lock, open the log, seal it (:meth:`_rotate`) or write the zeros
+        ahead.  ``housekeeping``: the cleaning's copy, outside the quota (it is
+        what makes room)."""
         nowait = getattr(self._nowait, "on", False)
         if not self._log_lock.acquire(blocking=not nowait):
             raise WouldWait
         try:
+            if self._log_fd >= 0 and self._log_end >= self._rotate_at:
+                if nowait:
+                    raise WouldWait
+                self._rotate()
             pos = self._log_end
             span = HEAD + n if n < SMALL_WRITE else -(-(pos + HEAD) // ALIGN) * ALIGN - pos + n
             if nowait and (self._log_fd < 0 or (n < SMALL_WRITE and pos + span > self._log_zeroed)):
@@ -766,7 +887,7 @@ class Store:
                 self._open_log()
             with self._acct:
                 held = self._used_hint + self._pending_bytes
-                if self.quota is not None and held + span > self.quota:
+                if not housekeeping and self.quota is not None and held + span > self.quota:
                     raise NoSpace(f"quota of {self.quota} bytes reached")
                 self._pending_bytes += span
             self._log_end += span
@@ -795,8 +916,45 @@ class Store:
             return
         self._log_zeroed = start + ZERO_AHEAD
 
-    def _open_log(self) -> None:
-        """This process's data log: created, its name durable, then registered."""
+    def _rotate(self) -> None:
+        """(``_log_lock`` held, off the loop) Seal this log and begin a new one, once
+        every byte reserved in it is committed or given up: the committer's
+        groups are of one log, and a sealed log's records are all behind its end
+        (none is ever redone).  The old log's end moves to where it ends and its
+        replay turn ends, in the new log's registering transaction; its lock is
+        let go, so the cleaning may empty it.  A wait that does not end (a
+        commit stuck behind another process's lock), or a new log that cannot be
+        made, leaves this one in use: tried again a quarter of a log later."""
+        with self._qlock:  # a wake-up a loop put off (``wake_later``) is not waited for
+            self._qwake.notify()
+        deadline = time.monotonic() + 30
+        while True:
+            with self._acct:
+                if self._pending_bytes == 0:
+                    break
+            if self._closing or time.monotonic() > deadline:
+                self._rotate_at = self._log_end + self._rotate_size // 4
+                return
+            time.sleep(0.0005)
+        old_fd, sealing = self._log_fd, (self._log_id, self._log_end)
+        try:
+            self._open_log(sealing)
+        except (NamespaceError, OSError) as e:
+            log.warning("%s: the data log not sealed, a new one not made: %s", self.dir, e)
+            self._rotate_at = self._log_end + self._rotate_size // 4
+            return
+        os.close(old_fd)
+        self._log_end = self._log_zeroed = self._next = self._unsynced_below = 0
+        self._rotate_at = self._rotate_size
+        self.stats.rotations += 1
+        with self._qlock:
+            self._cwake.notify()
+
+    def _open_log(self, sealing: tuple[int, int] | None = None) -> None:
+        """This process's data log: created, its name durable, then registered;
+        ``sealing``: the ``(id, end)`` of the log it follows (:meth:`_rotate`).
+        Log ids are never given twice (``meta`` ``log_seq``): a process that has
+        a removed log open (see "Space") never takes a new one for it."""
         name = f"log-{uuid.uuid4().hex}.dat"
         fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:  # held while this process lives: the replay leaves a live log alone
@@ -805,10 +963,20 @@ class Store:
         except OSError:  # no locks here: every group syncs the map (never replayed)
             log.warning("cannot lock %s: every write group syncs the session's map", name)
         _fsync_dir(self.dir)
-        with self.transaction() as tx:
-            self._log_id = (
-                tx.conn.execute("INSERT INTO logs(name) VALUES (?)", (name,)).lastrowid or 0
-            )
+        try:
+            with self.transaction() as tx:
+                c = tx.conn
+                if sealing is not None:
+                    log_id, end = sealing
+                    c.execute("UPDATE logs SET end=MAX(end, ?) WHERE id=?", (end, log_id))
+                    c.execute("DELETE FROM meta WHERE key=? AND value=?", (db.WAL_LOG, log_id))
+                (new_id,) = c.execute(_NEXT_LOG).fetchone()
+                c.execute("INSERT INTO logs(id, name) VALUES (?, ?)", (new_id, name))
+                c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_LOG_SEQ, new_id))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._log_id = new_id
         self._log_fd = fd
 
     def _mappable(self) -> bool:
@@ -878,7 +1046,9 @@ class Store:
                 except Exception:  # no batch then: each done does what it would alone
                     log.exception("a write group's gather failed")
             for p in batch:
-                if p.error is None:
+                if p.error is None and p.move is not None:
+                    self.stats.moved += p.length
+                elif p.error is None:
                     self.stats.writes += 1
                     self.stats.bytes_written += p.length
                 try:
@@ -933,14 +1103,17 @@ class Store:
         for p in batch:
             # A gap (a write not in this group, or one that failed to log), a write
             # that failed, a large one: the replay would stop there, so the map syncs.
-            must_sync = must_sync or p.pos != at or p.error is not None or p.length >= SMALL_WRITE
+            must_sync = (
+                must_sync or p.pos != at or p.error is not None or p.length >= SMALL_WRITE
+                or p.move is not None  # a copy's record is never redone: the map syncs
+            )  # fmt: skip
             at = p.pos + p.span
             # Past every record of the group, refused or failed ones too: the replay
             # starts at the log's end and must never redo a write that was refused.
             # Their bytes are in the log: counted in ``used`` (the SUM(end) committed).
             grow = max(0, at - end)
             end += grow
-            over = self.quota is not None and used + grow > self.quota
+            over = self.quota is not None and used + grow > self.quota and p.move is None
             used += grow
             if p.error is not None:  # its sync failed: never mapped
                 continue
@@ -958,7 +1131,10 @@ class Store:
                 must_sync = True
                 continue
             piece = Piece(p.offset, p.length, self._log_id, p.data_pos)
-            p.size = self._map_write(tx, p.obj, piece, p.base_size, p.stamp)
+            if p.move is not None:
+                p.size = tx.move_piece(p.obj, piece, p.move) or 0
+            else:
+                p.size = self._map_write(tx, p.obj, piece, p.base_size, p.stamp)
             mapped.append(p)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
         if self._locked:  # keeps (lazy) or takes (synced) the turn; unlocked: ends it
@@ -1378,7 +1554,8 @@ class Store:
         with self._qlock:
             self._closing = True
             self._qwake.notify()
-            threads = (self._syncer, self._committer)
+            self._cwake.notify()
+            threads = (self._syncer, self._committer, self._cleaner)
         for t in threads:  # the syncer first: its end is what ends the committer
             if t is not None and t is not threading.current_thread():
                 t.join()
@@ -1419,6 +1596,195 @@ class Store:
                 )
         except (sqlite3.Error, OSError) as e:
             log.warning("%s: the data log's end not recorded at close: %s", self.dir, e)
+
+    # -- cleaning (see "Space") -------------------------------------------------
+
+    def _clean_loop(self) -> None:
+        """The cleaner: a pass every ``CLEAN_INTERVAL`` or when a log was sealed,
+        on a connection of its own (its scans of the maps hold no lock of the
+        readers'); until the store closes."""
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                with self._qlock:
+                    if not self._closing:
+                        self._cwake.wait(CLEAN_INTERVAL)
+                    if self._closing:
+                        return
+                try:
+                    if conn is None:
+                        conn = db.connect(self.dir)
+                    self.clean(conn)
+                except Exception:  # space, not data: the next pass tries again
+                    if not self._closing:
+                        log.exception("%s: a cleaning pass failed", self.dir)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def clean(self, conn: sqlite3.Connection) -> int:
+        """One pass: descriptors of removed logs closed once their grace is over,
+        forgotten log files removed, then every sealed log mostly overwritten
+        emptied into this process's log and removed.  The logs removed."""
+        self._retire(conn)
+        self._sweep_orphans(conn)
+        removed = 0
+        for log_id, name in self._victims(conn):
+            if self._closing:
+                break
+            removed += self._empty_log(conn, log_id, name)
+        return removed
+
+    def _victims(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
+        """Sealed logs worth emptying, the most overwritten bytes first: at most
+        ``CLEAN_BELOW`` of their bytes still mapped (``CLEAN_PRESSED`` once the logs
+        hold three quarters of the quota).  Never this process's log, nor the one
+        whose replay turn it is (it ends at the next change of anyone's)."""
+        logs = conn.execute("SELECT id, name, end FROM logs").fetchall()
+        mapped = dict(conn.execute("SELECT log, SUM(length) FROM pieces GROUP BY log").fetchall())
+        turn = conn.execute("SELECT value FROM meta WHERE key=?", (db.WAL_LOG,)).fetchone()
+        logged = sum(end for _, _, end in logs)
+        pressed = self.quota is not None and logged * 4 >= self.quota * 3
+        share = CLEAN_PRESSED if pressed else CLEAN_BELOW
+        found = [
+            (end - mapped.get(log_id, 0), log_id, name)
+            for log_id, name, end in logs
+            if log_id != self._log_id
+            and (turn is None or turn[0] != log_id)
+            and mapped.get(log_id, 0) <= end * share
+        ]
+        return [(log_id, name) for _, log_id, name in sorted(found, reverse=True)]
+
+    def _empty_log(self, conn: sqlite3.Connection, log_id: int, name: str) -> bool:
+        """Copy the log's mapped bytes into this process's log and remove it; False
+        if another process writes it or empties it (its ``flock``), or bytes of
+        it are still mapped after the copies (a copy failed: the next pass)."""
+        try:
+            fd = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return self._drop_log(log_id, name)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # a live writer's log, or another cleaner's
+            pieces = conn.execute(
+                "SELECT obj, start, length, pos FROM pieces WHERE log=? ORDER BY pos", (log_id,)
+            ).fetchall()
+            self._move_out(fd, log_id, pieces)
+            # A READ that found its runs before the moves may still ask for this
+            # log's descriptor by its id (_fd_of): the row goes a little later.
+            with self._qlock:
+                if not self._closing:
+                    self._cwake.wait(MOVE_SETTLE)
+            return not self._closing and self._drop_log(log_id, name)
+        finally:
+            os.close(fd)
+
+    def _move_out(self, fd: int, log_id: int, pieces: list[tuple[int, int, int, int]]) -> None:
+        """Each piece copied through the write path as a move (``MOVE_CHUNK`` at
+        most a copy), ``MOVE_BATCH`` bytes in flight at most: its group maps it
+        only where the file still has those bytes in this log (a write since, a
+        truncate or a remove wins), syncs the map, and never counts in the quota."""
+        gate = threading.Condition()
+        flight = [0]
+
+        def done(n: int) -> Done:
+            def settled(outcome: int | Exception) -> None:
+                with gate:
+                    flight[0] -= n
+                    gate.notify()
+
+            return settled
+
+        for obj, start, length, pos in pieces:
+            for k in range(0, length, MOVE_CHUNK):
+                n = min(MOVE_CHUNK, length - k)
+                data = os.pread(fd, n, pos + k)
+                if len(data) < n:
+                    raise StorageIOError(f"log {log_id} is shorter than its map")
+                with gate:
+                    flight[0] += n
+                try:
+                    self.write_async(
+                        obj, start + k, data, 0, done=done(n), move=(log_id, pos + k),
+                        wake_later=_later,
+                    )  # fmt: skip
+                except BaseException:
+                    with gate:
+                        flight[0] -= n
+                    raise
+                if flight[0] >= MOVE_BATCH:
+                    self._wake()
+                    with gate:
+                        gate.wait_for(lambda: flight[0] < MOVE_BATCH // 2)
+        self._wake()
+        with gate:
+            gate.wait_for(lambda: flight[0] == 0)
+
+    def _drop_log(self, log_id: int, name: str) -> bool:
+        """Remove a log no map points at: its row, then its file.  The quota counts
+        it no more; a crash between the two leaves a file no row names, which
+        :meth:`_sweep_orphans` removes."""
+        with self.transaction() as tx:
+            gone = tx.conn.execute(
+                "DELETE FROM logs WHERE id=? AND NOT EXISTS (SELECT 1 FROM pieces WHERE log=?)"
+                " AND NOT EXISTS (SELECT 1 FROM meta WHERE key=? AND value=?)",
+                (log_id, log_id, db.WAL_LOG, log_id),
+            ).rowcount
+        if not gone:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.dir / name)
+        _fsync_dir(self.dir)
+        self.stats.cleaned += 1
+        log.info("%s: data log %s emptied and removed", self.dir, name)
+        return True
+
+    def _retire(self, conn: sqlite3.Connection) -> None:
+        """Close this process's descriptors of logs removed ``RETIRE_GRACE`` ago
+        (the grace: see there; ids are never reused, so a descriptor open for a
+        removed log's id is never asked for a new log's bytes)."""
+        ids = {row[0] for row in conn.execute("SELECT id FROM logs")}
+        now = time.monotonic()
+        with self._rlock:
+            for log_id in [i for i in self._fds if i not in ids]:
+                at = self._retiring.setdefault(log_id, now + RETIRE_GRACE)
+                if at <= now:
+                    fd = self._fds.pop(log_id)
+                    del self._retiring[log_id]
+                    for d in (self._lmaps, self._seq, self._ahead, self._mapped_at):
+                        d.pop(fd, None)
+                    os.close(fd)
+
+    def _sweep_orphans(self, conn: sqlite3.Connection) -> None:
+        """Remove log files no row names, ``ORPHAN_AGE`` old and locked by no one:
+        a log removed by a cleaner that died before its ``unlink``, or one made by
+        a process that died before naming it.  A live process's new log is locked
+        from the moment it is made, and named within milliseconds."""
+        names = {row[0] for row in conn.execute("SELECT name FROM logs")}
+        now = time.time()
+        for entry in os.scandir(self.dir):
+            if not entry.name.startswith("log-") or not entry.name.endswith(".dat"):
+                continue
+            if entry.name in names:
+                continue
+            try:
+                if now - entry.stat().st_mtime < ORPHAN_AGE:
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                named = conn.execute("SELECT 1 FROM logs WHERE name=?", (entry.name,)).fetchone()
+                if named is None:
+                    os.unlink(entry.path)
+                    log.info("%s: data log %s no longer named: removed", self.dir, entry.name)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
 
     def __enter__(self) -> Store:
         return self
@@ -1492,6 +1858,26 @@ class _Redo(Exception):
     """A write mapped in a group's transaction failed its sync meanwhile."""
 
 
+_LOG_SEQ = "log_seq"  # meta: the last log id given (see Store._open_log)
+_NEXT_LOG = (
+    f"SELECT MAX(COALESCE((SELECT value FROM meta WHERE key='{_LOG_SEQ}'), 0),"
+    " COALESCE((SELECT MAX(id) FROM logs), 0)) + 1"
+)
+
+
+def rotate_size(quota: int | None) -> int:
+    """Where a log is sealed: ``LOG_ROTATE``, or an eighth of a small quota (at
+    least 16 MiB), so that a session's logs can be emptied well before it is full."""
+    if quota is None:
+        return LOG_ROTATE
+    return min(LOG_ROTATE, max(16 * 1024 * 1024, quota // 8))
+
+
+def _later(wake: Callable[[], None]) -> bool:
+    """The cleaning's ``wake_later``: its copies wake the syncer once a batch."""
+    return True
+
+
 def _by_pos(p: _Pending) -> int:
     return p.pos
 
@@ -1528,6 +1914,7 @@ def _record(
     stamp: int | None,
     pos: int,
     span: int,
+    moved: bool = False,
 ) -> list[bytes | memoryview]:
     """A write's record at ``pos`` of the log, ``span`` bytes: its header, zeros to
     a large write's data's page, its data (see "The data log as the map's log").
@@ -1536,7 +1923,7 @@ def _record(
     n = len(data)
     small = n < SMALL_WRITE
     head = _HEAD.pack(
-        _SMALL if small else _LARGE, n, obj, offset, base_size,
+        _MOVED if moved else _SMALL if small else _LARGE, n, obj, offset, base_size,
         -1 if stamp is None else stamp, pos,
     )  # fmt: skip
     crc = zlib.crc32(data, zlib.crc32(head)) if small else zlib.crc32(head)

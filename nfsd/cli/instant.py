@@ -243,7 +243,7 @@ def instant_export(
     try:
         _outside(cfg.storage, target)
         base = build_namespace(str(cfg.storage))
-        with SessionNamespace(info.overlay, base, None, quota=info.quota) as ns:
+        with SessionNamespace(info.overlay, base, None, quota=info.quota, clean=False) as ns:
             total = total_bytes(ns)
             with click.progressbar(
                 length=total, label=f"exporting {name}", show_pos=False, file=None

@@ -1,0 +1,368 @@
+"""instant.store: the cleaning (sealed logs emptied and removed) keeps every byte.
+
+* ``RangeMap.relocate`` against a model of where each byte lives: only bytes
+  still at the old place move, and its edits replayed on a copy give the same map;
+* a store cleaned after random writes and truncates reads as the model, before
+  and after reopening, and its logs shrink to about what is mapped;
+* a write, a truncate or a remove committed between a move's copy and its
+  commit wins over the move;
+* a process killed at every step of a move, or between a log's row and its
+  file going, loses nothing and leaves no file behind for long;
+* another process reading through a cleaning reads the same bytes, and closes
+  its descriptor of the removed log after the grace;
+* a quota far smaller than the bytes written holds a working set rewritten
+  over and over, the cleaning giving the overwritten bytes back.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from instant import db
+from instant import store as store_mod
+from instant.errors import NoSpace
+from instant.rangemap import Piece, RangeMap
+from instant.store import Store
+from tests.unit import test_instant_store_async
+from tests.unit.test_instant_store import BASE, ROOT, apply, op_lists, read, run_op
+
+base_fd = test_instant_store_async.base_fd  # the fixture
+
+ROTATE = 64 * 1024
+HOOKS = ("before-data", "after-data", "after-sync", "after-commit")
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "MOVE_SETTLE", 0.0)
+
+
+# --- RangeMap.relocate against a model ------------------------------------------------
+
+SPAN = 200
+
+
+def _bytes_of(m: RangeMap) -> dict[int, tuple[int, int]]:
+    """Byte → (log, pos) it is read from."""
+    return {b: (p.log, p.pos + b - p.start) for p in m for b in range(p.start, p.end)}
+
+
+_put = st.tuples(
+    st.just("put"), st.integers(0, SPAN - 1), st.integers(1, 40), st.integers(1, 3),
+    st.integers(0, 1000),
+)  # fmt: skip
+_cut = st.tuples(st.just("cut"), st.integers(0, SPAN), st.just(0), st.just(0), st.just(0))
+_move = st.tuples(
+    st.just("move"), st.integers(0, SPAN - 1), st.integers(1, 60), st.integers(1, 3),
+    st.integers(0, 1000),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_put, _cut, _move), max_size=30), st.booleans())
+def test_relocate_moves_only_the_bytes_still_at_the_old_place(ops: list, aimed: bool) -> None:
+    m = RangeMap()
+    model: dict[int, tuple[int, int]] = {}
+    new_pos = 10_000
+    for kind, start, n, log, pos in ops:
+        if kind == "put":
+            m.put(Piece(start, n, log, pos))
+            model.update({start + i: (log, pos + i) for i in range(n)})
+        elif kind == "cut":
+            m.cut(start)
+            model = {b: v for b, v in model.items() if b < start}
+        else:
+            old = model.get(start, (log, pos)) if aimed else (log, pos)
+            before = RangeMap(list(m))
+            edits = m.relocate(start, n, old, (9, new_pos))
+            for b in range(start, start + n):
+                if model.get(b) == (old[0], old[1] + b - start):
+                    model[b] = (9, new_pos + b - start)
+            new_pos += 100
+            before.apply(edits)  # the cache following the commit: the same map
+            assert list(before) == list(m)
+        assert _bytes_of(m) == model
+        pieces = list(m)
+        assert all(a.end <= b.start for a, b in pairwise(pieces))
+
+
+# --- a store cleaned ----------------------------------------------------------------
+
+
+def _clean(s: Store) -> int:
+    conn = db.connect(s.dir)
+    try:
+        return s.clean(conn)
+    finally:
+        conn.close()
+
+
+def _logs(d: Path) -> list[Path]:
+    return sorted(d.glob("log-*.dat"))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(op_lists(st.integers(1, 9000), min_size=1, max_size=40))
+def test_a_cleaned_store_reads_as_the_model(tmp_path_factory, base_fd: int, ops: list) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path_factory.mktemp("s")
+    model = bytearray(BASE)
+    with Store(d, rotate=16 * 1024, clean=False) as s:
+        for op in ops:
+            run_op(s, 1, op)
+            apply(model, op)
+            if op[0] == "w" and op[3] % 5 == 0:
+                _clean(s)  # between writes too: moves over pieces later rewritten
+        _clean(s)
+        assert read(s, 1, base_fd) == bytes(model)
+        # every sealed log left is more than half mapped: nothing left to empty
+        conn = db.connect(d)
+        assert s._victims(conn) == []
+        sealed = conn.execute("SELECT SUM(end) FROM logs WHERE id != ?", (s._log_id,)).fetchone()
+        mapped = conn.execute("SELECT SUM(length) FROM pieces WHERE log != ?", (s._log_id,))
+        assert (sealed[0] or 0) <= 2 * (mapped.fetchone()[0] or 0)
+        conn.close()
+    with Store(d, clean=False) as s:
+        assert read(s, 1, base_fd) == bytes(model)
+
+
+def test_cleaning_gives_the_overwritten_bytes_back(tmp_path: Path, base_fd: int) -> None:
+    d = tmp_path / "s"
+    rnd = random.Random(7)
+    model = bytearray(BASE)
+    with Store(d, rotate=ROTATE, clean=False) as s:
+        for _ in range(600):  # a 48 KiB working set rewritten ~50 times over
+            off = rnd.randrange(0, 12) * 4096
+            fill = rnd.randrange(1, 256)
+            s.write(1, off, bytes([fill]) * 4096, len(BASE))
+            apply(model, ["w", off, 4096, fill])
+        before = s.usage()
+        sealed = len(_logs(d)) - 1
+        assert _clean(s) == sealed > 30
+        after = s.usage()
+        assert read(s, 1, base_fd) == bytes(model)
+        print(f"logged {before.logged} -> {after.logged} bytes, {after.live} mapped")
+        assert before.logged > 2_000_000 and after.logged < 2 * ROTATE + after.live
+        assert s.stats.cleaned == sealed and 0 < s.stats.moved <= 12 * 4096 * 2
+        assert len(_logs(d)) == 1  # the files went with the rows
+    with Store(d, clean=False) as s:
+        assert read(s, 1, base_fd) == bytes(model)
+
+
+def test_the_cleaner_thread_keeps_a_small_quota_enough(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quota 512 KiB, 10 MiB of 4 KiB writes over a 128 KiB working set: without
+    cleaning a write past the first 512 KiB is refused for good; with it every one
+    lands (told NOSPC while the cleaner catches up, the writer retries, as a
+    client does)."""
+    monkeypatch.setattr(store_mod, "CLEAN_INTERVAL", 0.05)
+    d = tmp_path / "s"
+    rnd = random.Random(3)
+    model = bytearray(BASE)
+    refused = 0
+    with Store(d, quota=512 << 10, rotate=ROTATE) as s:
+        for _ in range(2_500):
+            off = rnd.randrange(0, 32) * 4096
+            fill = rnd.randrange(1, 256)
+            for _attempt in range(200):
+                try:
+                    s.write(1, off, bytes([fill]) * 4096, len(BASE))
+                    break
+                except NoSpace:
+                    refused += 1
+                    threading.Event().wait(0.01)
+            else:
+                pytest.fail("the cleaning never made room")
+            apply(model, ["w", off, 4096, fill])
+        assert read(s, 1, base_fd) == bytes(model)
+        assert s.usage().logged <= 512 << 10
+        print(f"{s.stats.cleaned} logs emptied, {s.stats.moved} bytes moved, {refused} NOSPC")
+        assert s.stats.cleaned > 50
+
+
+# --- races -----------------------------------------------------------------------------
+
+
+def _race(tmp_path: Path, base_fd: int, change) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+    """A sealed log with one mapped piece; ``change(s)`` runs (on another thread,
+    committed) after the cleaner copied the piece and before its move commits.
+    What the file reads then, and what it read before ``change``."""
+    d = tmp_path / "s"
+    holding = threading.Event()
+    ready = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "after-data" and threading.current_thread().name == "cleaner":
+            holding.set()
+            assert ready.wait(10)
+
+    s = Store(d, rotate=ROTATE, clean=False, hook=hook)
+    try:
+        s.write(1, 8192, b"K" * 4096, len(BASE))  # the piece the move copies
+        for i in range(20):  # sealed: a later write starts a new log
+            s.write(1, 40_000, bytes([i + 1]) * 4096, len(BASE))
+        assert len(_logs(d)) >= 2
+        first = read(s, 1, base_fd)
+        t = threading.Thread(target=_clean, args=(s,), name="cleaner")
+        t.start()
+        assert holding.wait(10)
+        change(s)
+        ready.set()
+        t.join(10)
+        assert not t.is_alive()
+        return read(s, 1, base_fd), first
+    finally:
+        s.close()
+
+
+def test_a_write_committed_during_a_move_wins(tmp_path: Path, base_fd: int) -> None:
+    got, _ = _race(tmp_path, base_fd, lambda s: s.write(1, 10_000, b"W" * 100, len(BASE)))
+    assert got[8192:10_000] == b"K" * 1808
+    assert got[10_000:10_100] == b"W" * 100
+    assert got[10_100:12_288] == b"K" * 2188
+
+
+def test_a_truncate_committed_during_a_move_wins(tmp_path: Path, base_fd: int) -> None:
+    def cut(s: Store) -> None:
+        with s.transaction() as tx:
+            tx.truncate(1, 9000, len(BASE))
+        with s.transaction() as tx:
+            tx.truncate(1, 20_000, len(BASE))
+
+    got, _ = _race(tmp_path, base_fd, cut)
+    assert got[8192:9000] == b"K" * 808
+    assert got[9000:20_000] == bytes(11_000)  # cut away: zeros, never the old bytes
+
+
+def test_a_remove_committed_during_a_move_wins(tmp_path: Path, base_fd: int) -> None:
+    def drop(s: Store) -> None:
+        with s.transaction() as tx:
+            tx.drop(1)
+
+    got, _ = _race(tmp_path, base_fd, drop)
+    assert got == BASE  # no overlay made again by the move
+    with Store(tmp_path / "s", clean=False) as s:
+        assert s.read_one("SELECT COUNT(*) FROM objects", ()) == (0,)
+
+
+# --- crashes ---------------------------------------------------------------------------
+
+_CLEANER = """
+import os, signal, sys, json, threading
+sys.path.insert(0, {root!r})
+from instant import db, store
+from instant.store import Store
+store.MOVE_SETTLE = 0.0
+point, kill_at, d, script = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+seen = {{"on": False, "n": 0}}
+def hook(p):  # every write is acknowledged before the cleaning: what follows is its moves
+    if not seen["on"] or p != point:
+        return
+    if seen["n"] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    seen["n"] += 1
+s = Store(d, hook=hook, rotate={rotate}, clean=False)
+for off, n, fill in script:
+    s.write(1, off, bytes([fill]) * n, {size})
+print("written", flush=True)
+seen["on"] = True
+if point == "unlink":
+    store.os.unlink = lambda path: os.kill(os.getpid(), signal.SIGKILL)
+t = threading.Thread(target=lambda: s.clean(db.connect(s.dir)), name="cleaner")
+t.start(); t.join()
+print("cleaned", s.stats.cleaned, flush=True)
+"""
+
+
+def _script() -> list[list[int]]:
+    rnd = random.Random(11)
+    return [[rnd.randrange(0, 30) * 2048, rnd.randrange(1, 9000), i % 250 + 1] for i in range(120)]
+
+
+@pytest.mark.parametrize(
+    ("point", "kill_at"),
+    [
+        *((p, k) for p in HOOKS for k in (0, 3)),
+        ("unlink", 0),
+    ],
+)
+def test_killed_while_cleaning_loses_nothing(
+    tmp_path: Path, base_fd: int, point: str, kill_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = tmp_path / "s"
+    script = _script()
+    child = _CLEANER.format(root=str(ROOT), size=len(BASE), rotate=ROTATE)
+    proc = subprocess.run(
+        [sys.executable, "-c", child, point, str(kill_at), str(d), json.dumps(script)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["written"]  # every write acknowledged, then killed cleaning
+    model = bytearray(BASE)
+    for op in script:
+        apply(model, ["w", *op])
+    monkeypatch.setattr(store_mod, "ORPHAN_AGE", 0.0)
+    with Store(d, clean=False) as s:
+        assert read(s, 1, base_fd) == bytes(model)
+        _clean(s)  # the next pass finishes the job, an orphan file too
+        assert read(s, 1, base_fd) == bytes(model)
+        named = {r[0] for r in s._r.execute("SELECT name FROM logs")}
+    assert {p.name for p in _logs(d)} == named
+    with Store(d, clean=False) as s:
+        assert read(s, 1, base_fd) == bytes(model)
+
+
+# --- another process ----------------------------------------------------------------
+
+
+def test_another_process_reads_through_a_cleaning_and_lets_the_log_go(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = tmp_path / "s"
+    model = bytearray(BASE)
+    with Store(d, rotate=ROTATE, clean=False) as w, Store(d, clean=False) as r:
+        for i in range(40):
+            off = (i % 6) * 4096
+            w.write(1, off, bytes([i + 1]) * 4096, len(BASE))
+            apply(model, ["w", off, 4096, i + 1])
+            if i in (5, 20):
+                assert read(r, 1, base_fd) == bytes(model)  # the reader opens logs sealed later
+        held = set(r._fds)
+        assert _clean(w) >= 1
+        assert read(r, 1, base_fd) == bytes(model)
+        _clean(r)  # within the grace: the removed logs' descriptors stay
+        assert set(r._fds) >= held
+        monkeypatch.setattr(store_mod, "RETIRE_GRACE", 0.0)
+        r._retiring.clear()
+        _clean(r)
+        gone = {i for i in held if r.read_one("SELECT 1 FROM logs WHERE id=?", (i,)) is None}
+        assert gone and not gone & set(r._fds)
+        assert read(r, 1, base_fd) == bytes(model)
+        # a new log never takes a removed log's id
+        w.write(1, 0, b"n" * 10, len(BASE))
+        assert w._log_id not in gone and w._log_id > max(gone)
+
+
+def test_a_live_writers_log_is_never_emptied(tmp_path: Path, base_fd: int) -> None:
+    """Another process's current log, however overwritten, is locked by it."""
+    d = tmp_path / "s"
+    with Store(d, clean=False) as a, Store(d, clean=False) as b:
+        for i in range(50):
+            a.write(1, 0, bytes([i + 1]) * 4096, len(BASE))
+        b.write(2, 0, b"b", len(BASE))
+        assert _clean(b) == 0
+        assert a.read_one("SELECT COUNT(*) FROM logs", ()) == (2,)
+        assert read(a, 1, base_fd, 0, 4096) == bytes([50]) * 4096
