@@ -257,15 +257,18 @@ writes it:
   only the bytes the file still has at the old place are pointed at the copy
   (:meth:`Tx.move_piece`, ``RangeMap.relocate``): a write, a truncate or a
   remove committed since the piece was read wins, in any process.
-* *Removing* (:meth:`Store._drop_log`): ``MOVE_SETTLE`` after its last move, the
-  log's row is deleted in a durable transaction if no piece points at it and
-  it is not the replay turn; then its file is unlinked.  A crash between the two
+* *Removing* (:meth:`Store._drop_log`): once its moves are committed, the log's
+  row is deleted in a durable transaction if no piece points at it and it is
+  not the replay turn; then its file is unlinked.  A crash between the two
   leaves a file no row names, removed by a later pass once ``ORPHAN_AGE`` old
   and unlocked (:meth:`Store._sweep_orphans`).
 * *Descriptors*: a READ that found its runs before the moves reads the old
   bytes through this process's descriptor of the log (unlinked, the file lives
-  on); each process closes its descriptors of removed logs ``RETIRE_GRACE``
-  after it first sees them gone (:meth:`Store._retire`), and log ids are never
+  on); one whose map (read before the moves) names a log this process has no
+  descriptor of and whose row or file is gone reads the map again
+  (``_LogGone``, :meth:`Store.runs`).  Each process closes its descriptors of
+  removed logs ``RETIRE_GRACE`` after it first sees them gone
+  (:meth:`Store._retire`), and log ids are never
   given twice (``meta`` ``log_seq``), so no descriptor ever stands for another
   log.  A queued reply's view keeps its mapping (see above).
 * *Crashes*: a move is a group like any other: its bytes are synced before
@@ -354,8 +357,6 @@ RETIRE_GRACE = 30.0
 """Seconds a descriptor of a log the cleaning removed stays open: a READ that
 found its runs just before the move still reads the log's bytes (the file is
 unlinked; the descriptor keeps it), never another file's under a reused number."""
-MOVE_SETTLE = 2.0
-"""Seconds between a log's last move and the removal of its row (see _empty_log)."""
 ORPHAN_AGE = 60.0
 """A log file no row names is removed once this old (a new log is named in ms)."""
 
@@ -731,7 +732,14 @@ class Store:
         if n == 0:
             done(self.size(obj, base_size))
             return
-        pos, span = self._reserve(n, housekeeping=move is not None)
+        try:
+            pos, span = self._reserve(n, housekeeping=move is not None)
+        except NoSpace:
+            # The quick check's count of the logs may be out of date: the cleaning
+            # (this process's or another's) gives bytes back without a group here.
+            if not self._recount():
+                raise
+            pos, span = self._reserve(n, housekeeping=move is not None)
         try:
             self.hook("before-data")
             moved = move is not None
@@ -887,9 +895,13 @@ class Store:
                 self._open_log()
             with self._acct:
                 held = self._used_hint + self._pending_bytes
-                if not housekeeping and self.quota is not None and held + span > self.quota:
-                    raise NoSpace(f"quota of {self.quota} bytes reached")
-                self._pending_bytes += span
+                full = not housekeeping and self.quota is not None and held + span > self.quota
+                if not full:
+                    self._pending_bytes += span
+            if full:
+                with self._qlock:  # overwritten bytes may be what fills it: clean now
+                    self._cwake.notify()
+                raise NoSpace(f"quota of {self.quota} bytes reached")
             self._log_end += span
             if n < SMALL_WRITE and self._log_end > self._log_zeroed:
                 self._zero_ahead()
@@ -1415,10 +1427,17 @@ class Store:
         """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros."""
         self._rtake()
         try:
-            st = self._rstate(obj, version).state
-            if st is None:
-                st = FileState(base_size, base_size)
-            return st.runs(offset, count, base, self._fd_of)
+            try:
+                st = self._rstate(obj, version).state
+                return (st or FileState(base_size, base_size)).runs(
+                    offset, count, base, self._fd_of
+                )
+            except _LogGone:  # a map read before the cleaning moved it: read it again
+                self._rstates.pop(obj, None)
+                st = self._rstate(obj).state
+                return (st or FileState(base_size, base_size)).runs(
+                    offset, count, base, self._fd_of
+                )
         finally:
             self._rlock.release()
 
@@ -1452,10 +1471,17 @@ class Store:
         return ent
 
     def _fd_of(self, log: int) -> int:
+        """(Read lock held) This process's descriptor of a log; :class:`_LogGone` if
+        the cleaning removed it (a map older than the moves names it)."""
         fd = self._fds.get(log)
         if fd is None:
-            (name,) = self._r.execute("SELECT name FROM logs WHERE id=?", (log,)).fetchone()
-            fd = self._fds[log] = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
+            row = self._r.execute("SELECT name FROM logs WHERE id=?", (log,)).fetchone()
+            try:
+                if row is None:
+                    raise FileNotFoundError(log)
+                fd = self._fds[log] = os.open(self.dir / row[0], os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError as e:  # its row, or its file, gone by now
+                raise _LogGone(log) from e
             self._lmaps[fd] = None
         return fd
 
@@ -1540,6 +1566,14 @@ class Store:
             return view
         finally:
             self._rlock.release()
+
+    def _recount(self) -> bool:
+        """The quick quota check's count of the logs read again (on the loop only
+        if the read lock is free: WouldWait); whether it went down."""
+        (logged,) = self.read_one("SELECT COALESCE(SUM(end), 0) FROM logs", ()) or (0,)
+        with self._acct:
+            lower, self._used_hint = logged < self._used_hint, logged
+        return lower
 
     def usage(self) -> Usage:
         with self._rlock:
@@ -1628,12 +1662,21 @@ class Store:
         emptied into this process's log and removed.  The logs removed."""
         self._retire(conn)
         self._sweep_orphans(conn)
-        removed = 0
-        for log_id, name in self._victims(conn):
-            if self._closing:
-                break
-            removed += self._empty_log(conn, log_id, name)
-        return removed
+        emptied: list[tuple[int, int, str]] = []  # (descriptor holding its flock, id, name)
+        try:
+            for log_id, name in self._victims(conn):
+                if self._closing:
+                    break
+                fd = self._claim(log_id, name)
+                if fd is not None:
+                    emptied.append((fd, log_id, name))
+                    self._move_out(fd, log_id, conn)
+            return sum(
+                not self._closing and self._drop_log(log_id, name) for _, log_id, name in emptied
+            )
+        finally:
+            for fd, _, _ in emptied:
+                os.close(fd)
 
     def _victims(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
         """Sealed logs worth emptying, the most overwritten bytes first: at most
@@ -1655,37 +1698,31 @@ class Store:
         ]
         return [(log_id, name) for _, log_id, name in sorted(found, reverse=True)]
 
-    def _empty_log(self, conn: sqlite3.Connection, log_id: int, name: str) -> bool:
-        """Copy the log's mapped bytes into this process's log and remove it; False
-        if another process writes it or empties it (its ``flock``), or bytes of
-        it are still mapped after the copies (a copy failed: the next pass)."""
+    def _claim(self, log_id: int, name: str) -> int | None:
+        """The log opened and ``flock``ed, for this cleaner alone; None if another
+        process writes or empties it (its lock), or it is gone (its row then too,
+        if no piece points at it)."""
         try:
             fd = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return self._drop_log(log_id, name)
+            self._drop_log(log_id, name)
+            return None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return False  # a live writer's log, or another cleaner's
-            pieces = conn.execute(
-                "SELECT obj, start, length, pos FROM pieces WHERE log=? ORDER BY pos", (log_id,)
-            ).fetchall()
-            self._move_out(fd, log_id, pieces)
-            # A READ that found its runs before the moves may still ask for this
-            # log's descriptor by its id (_fd_of): the row goes a little later.
-            with self._qlock:
-                if not self._closing:
-                    self._cwake.wait(MOVE_SETTLE)
-            return not self._closing and self._drop_log(log_id, name)
-        finally:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer's log, or another cleaner's
             os.close(fd)
+            return None
+        return fd
 
-    def _move_out(self, fd: int, log_id: int, pieces: list[tuple[int, int, int, int]]) -> None:
-        """Each piece copied through the write path as a move (``MOVE_CHUNK`` at
+    def _move_out(self, fd: int, log_id: int, conn: sqlite3.Connection) -> None:
+        """The log's mapped pieces (as the map is now, in the log's order) each
+        copied through the write path as a move (``MOVE_CHUNK`` at
         most a copy), ``MOVE_BATCH`` bytes in flight at most: its group maps it
         only where the file still has those bytes in this log (a write since, a
         truncate or a remove wins), syncs the map, and never counts in the quota."""
+        pieces = conn.execute(
+            "SELECT obj, start, length, pos FROM pieces WHERE log=? ORDER BY pos", (log_id,)
+        ).fetchall()
         gate = threading.Condition()
         flight = [0]
 
@@ -1852,6 +1889,10 @@ class _NoWait:
 
     def __exit__(self, *exc: object) -> None:
         self._local.on = self._before
+
+
+class _LogGone(Exception):
+    """A map named a log the cleaning has removed since (see ``Store._fd_of``)."""
 
 
 class _Redo(Exception):
