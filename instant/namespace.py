@@ -562,8 +562,17 @@ class SessionNamespace:
     def create(
         self, dir_fileid: int, name: str, *, mode: int = 0o644,
         how: CreateHow = CreateHow.UNCHECKED, verifier: bytes = b"", uid: int = 0, gid: int = 0,
+        size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+        drop_setid: bool = False,
     ) -> Attrs:  # fmt: skip
-        """CREATE (RFC 1813 §3.3.8): a retried EXCLUSIVE with the same verifier succeeds."""
+        """CREATE (RFC 1813 §3.3.8): a retried EXCLUSIVE with the same verifier succeeds.
+
+        ``size`` and the times (``NOW`` allowed): obj_attributes' initial ones, for
+        the new file or the one UNCHECKED finds (a re-create truncates), set in the
+        create's own transaction: the call's key (:meth:`recording`) commits with
+        the whole change, so a crash leaves all of it or none, never a recorded
+        create whose truncate is lost.  ``drop_setid``: a size change drops the
+        file's set-ID bits, as :meth:`setattr`'s."""
         check_name(name)
         with self._changing() as tx:
             d = self._by_fileid(tx.conn, dir_fileid)
@@ -580,7 +589,16 @@ class SessionNamespace:
                 n = self._insert(
                     tx, d, name, kind=Kind.REG, mode=mode, uid=uid, gid=gid, verifier=keep
                 )
-            return self._attrs(tx.conn, n)
+            a = self._attrs(tx.conn, n)
+            if size == a.size:
+                size = None
+            if size is None and atime_ns is None and mtime_ns is None:
+                return a
+            if size is not None and drop_setid:
+                n.mode = without_setid(n.mode)
+            self._change_file(tx, n, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        # After the commit: a truncate reaches this process's size cache only then.
+        return self.getattr(n.fileid)
 
     def mkdir(
         self, dir_fileid: int, name: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0
@@ -696,30 +714,37 @@ class SessionNamespace:
             n = self._by_fileid(tx.conn, fileid)
             if guard_ctime_ns is not None and guard_ctime_ns != n.ctime:
                 raise NotSync(str(fileid))
-            now = self.clock()
-            if size is not None:
-                if n.kind == Kind.DIR:
-                    raise IsADirectory(str(fileid))
-                if n.kind != Kind.REG or size < 0:
-                    raise InvalidArgument("size of a non-file")
-                if size > MAX_FILE_SIZE:
-                    raise TooLarge(f"a size of {size} (at most {MAX_FILE_SIZE})")
-                tx.truncate(n.id, size, n.base_size)
-                n.mtime = now
             if mode is not None:
                 n.mode = mode & 0o7777
             elif drop_setid and n.kind == Kind.REG:
                 n.mode = without_setid(n.mode)
             n.uid = n.uid if uid is None else uid
             n.gid = n.gid if gid is None else gid
-            n.atime = n.atime if atime_ns is None else (now if atime_ns == NOW else atime_ns)
-            n.mtime = n.mtime if mtime_ns is None else (now if mtime_ns == NOW else mtime_ns)
-            tx.conn.execute(
-                "UPDATE nodes SET mode=?, uid=?, gid=?, atime=?, mtime=?, ctime=? WHERE id=?",
-                (n.mode, n.uid, n.gid, n.atime, n.mtime, now, n.id),
-            )
+            self._change_file(tx, n, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns)
         # After the commit: a truncate reaches this process's size cache only then.
         return self.getattr(fileid)
+
+    def _change_file(
+        self, tx: Tx, n: Node, *, size: int | None, atime_ns: int | None, mtime_ns: int | None
+    ) -> None:
+        """Write ``n``'s mode, owner and the given size and times (``NOW`` allowed) in
+        ``tx``; a size change through the store (``Tx.truncate``) sets mtime too."""
+        now = self.clock()
+        if size is not None:
+            if n.kind == Kind.DIR:
+                raise IsADirectory(str(n.fileid))
+            if n.kind != Kind.REG or size < 0:
+                raise InvalidArgument("size of a non-file")
+            if size > MAX_FILE_SIZE:
+                raise TooLarge(f"a size of {size} (at most {MAX_FILE_SIZE})")
+            tx.truncate(n.id, size, n.base_size)
+            n.mtime = now
+        n.atime = n.atime if atime_ns is None else (now if atime_ns == NOW else atime_ns)
+        n.mtime = n.mtime if mtime_ns is None else (now if mtime_ns == NOW else mtime_ns)
+        tx.conn.execute(
+            "UPDATE nodes SET mode=?, uid=?, gid=?, atime=?, mtime=?, ctime=? WHERE id=?",
+            (n.mode, n.uid, n.gid, n.atime, n.mtime, now, n.id),
+        )
 
     def remove(self, dir_fileid: int, name: str, *, caller: int = 0) -> None:
         """REMOVE a file or symbolic link (a base file too: the session forgets it).

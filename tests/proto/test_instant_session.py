@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from instant.sessions import SessionError
+from instant.store import Tx
 from nfsd.programs.nfs3.router import CACHED
 from nfsd.rpc import Reply, WouldBlock, settle
 from tests.proto.calls import auth_sys, call, parse, unchanged_sattr
@@ -113,6 +114,44 @@ def test_unchecked_create_with_size_zero_truncates(c: SessionCaller) -> None:
     ok(c.write(fh, 0, b"hello"))
     res = ok(c.create(d, b"f", nfs3.UNCHECKED, sattr=sattr(size=0)))
     assert res.obj_attributes.attributes.size == 0
+
+
+class Killed(Exception):
+    """The process killed at this point (the test then opens the session again)."""
+
+
+def test_create_and_its_initial_size_commit_together(
+    c: SessionCaller, base: FakeNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """obj_attributes' size is set in the create's own transaction, which records the
+    call's key: killed at the truncate, neither commits, and the retransmission after
+    a restart runs the call.  (Committed apart, the key was there without the size,
+    and the retransmission was answered OK from the record: old bytes kept.)"""
+    d = folder(c)
+    fh = ok(c.create(d, b"f")).obj.handle
+    ok(c.write(fh, 0, b"hello"))
+
+    def killed(*args: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(Tx, "truncate", killed)
+        c.fixed_xid = 41
+        assert c.create(d, b"f", sattr=sattr(size=0)).status == nfs3.NFS3ERR_SERVERFAULT
+        c.fixed_xid = 42
+        new = c.create(d, b"g", nfs3.GUARDED, sattr=sattr(size=10))
+        assert new.status == nfs3.NFS3ERR_SERVERFAULT
+    assert c.lookup(d, b"g").status == nfs3.NFS3ERR_NOENT  # neither the file nor its size
+    c.manager.close()
+    c2 = SessionCaller(base, tmp_path / "state")
+    c2.fixed_xid = 41
+    assert ok(c2.create(d, b"f", sattr=sattr(size=0))).obj_attributes.attributes.size == 0
+    assert c2.getattr(fh).resok.obj_attributes.size == 0
+    c2.fixed_xid = 42
+    assert ok(c2.create(d, b"g", nfs3.GUARDED, sattr=sattr(size=10))).obj.handle_follows
+    c2.fixed_xid = None
+    assert ok(c2.lookup(d, b"g")).obj_attributes.attributes.size == 10
+    c2.manager.close()
 
 
 def test_setattr_size_down_and_up_reads_zeros_and_guard(c: SessionCaller) -> None:

@@ -27,7 +27,11 @@ Design notes
 * CREATE UNCHECKED over an existing file applies only the size (knfsd's
   rule: a re-create truncates, it does not chmod); EXCLUSIVE keeps its
   verifier with the file (a retransmission succeeds, another verifier gets
-  EXIST), and the client sends the attributes by SETATTR after it.
+  EXIST), and the client sends the attributes by SETATTR after it.  The
+  initial size and times are set in the create's own transaction, which
+  also records the call's key (``nfs3.router``): a crash between a create
+  and its truncate would leave a recorded call whose retransmission is
+  answered success, the old bytes kept.
 """
 
 from __future__ import annotations
@@ -174,18 +178,14 @@ def create3(svc: SessionNfs, ctx: CallContext, args: nfs3.CREATE3args) -> Reply:
         assert how.obj_attributes is not None
         kw = sattr_changes(how.obj_attributes)
         uid, gid = _new_owner(ctx, kw)
-        a = s.ns.create(
-            dfid, name, how=_HOW[how.mode], mode=kw.pop("mode", 0o644), uid=uid, gid=gid
-        )
         # The rest of obj_attributes: the new (or truncated) file's initial size
-        # and times (RFC 1813 §3.3.8), as knfsd's nfsd_create_setattr applies them.
-        rest: dict[str, Any] = {k: kw[k] for k in ("size", "atime_ns", "mtime_ns") if k in kw}
-        if rest.get("size") == a.size:
-            del rest["size"]
-        if "size" in rest:
-            rest["drop_setid"] = _drops_setid(ctx)
-        if rest:
-            a = s.ns.setattr(a.fileid, **rest)
+        # and times (RFC 1813 §3.3.8), as knfsd's nfsd_create_setattr applies them;
+        # in the create's own transaction, with the call's recorded key.
+        a = s.ns.create(
+            dfid, name, how=_HOW[how.mode], mode=kw.get("mode", 0o644), uid=uid, gid=gid,
+            size=kw.get("size"), atime_ns=kw.get("atime_ns"), mtime_ns=kw.get("mtime_ns"),
+            drop_setid=_drops_setid(ctx),
+        )  # fmt: skip
         return created_body(svc, s, a, dfid, before)
 
     return _dir_change(svc, ctx, args.where.dir, run)
