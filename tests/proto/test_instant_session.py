@@ -381,6 +381,53 @@ def test_duplicate_after_restart_is_success(
     c2.manager.close()
 
 
+def test_a_recorded_call_is_never_run_again(
+    c: SessionCaller, base: FakeNamespace, tmp_path: Path
+) -> None:
+    """A retransmission whose key is recorded is answered success, whatever changed
+    since, and never run again (it brought back a file removed since, or answered
+    STALE for a folder removed since); what is no longer known is left out."""
+    d = folder(c)
+    other = SessionCaller(base, tmp_path / "state")  # another worker: a reply cache of its own
+
+    def first(xid: int) -> None:
+        c.fixed_xid = other.fixed_xid = xid
+
+    try:
+        first(61)
+        ok(c.create(d, b"x", nfs3.GUARDED))
+        c.fixed_xid = None
+        ok(c.remove(d, b"x"))  # by another call
+        again = ok(other.create(d, b"x", nfs3.GUARDED))
+        assert not again.obj.handle_follows and not again.obj_attributes.attributes_follow
+        assert again.dir_wcc.after.attributes_follow
+        assert c.lookup(d, b"x").status == nfs3.NFS3ERR_NOENT  # not made again
+        first(62)
+        ok(c.mkdir(d, b"m"))
+        c.fixed_xid = None
+        ok(c.remove(d, b"m", nfs3.NFSPROC3_RMDIR))
+        ok(c.create(d, b"m"))
+        assert not ok(other.mkdir(d, b"m")).obj.handle_follows  # a file is not what it made
+        sub = ok(c.mkdir(d, b"sub")).obj.handle
+        ok(c.create(sub, b"f"))
+        ok(c.create(sub, b"g"))
+        first(63)
+        ok(c.remove(sub, b"f"))
+        first(64)
+        ok(c.rename(sub, b"g", d, b"g"))
+        c.fixed_xid = None
+        ok(c.remove(d, b"sub", nfs3.NFSPROC3_RMDIR))  # both changes' folder gone since
+        other.fixed_xid = 63
+        assert not ok(other.remove(sub, b"f")).dir_wcc.after.attributes_follow
+        other.fixed_xid = 64
+        moved = ok(other.rename(sub, b"g", d, b"g"))
+        assert not moved.fromdir_wcc.after.attributes_follow
+        assert moved.todir_wcc.after.attributes_follow
+        assert ok(c.lookup(d, b"g"))
+    finally:
+        other.manager.close()
+
+
 def test_duplicate_of_a_running_call_is_dropped(c: SessionCaller) -> None:
     from nfsd.programs.drc import ReplyCache
     from nfsd.rpc import DropCall

@@ -39,7 +39,7 @@ duplicate of a call still running.  A cache miss for REMOVE, RMDIR, RENAME,
 CREATE, MKDIR or SYMLINK also asks the session database whether the same
 call already succeeded before a restart (the key commits in the change's
 transaction): such a retransmission is answered success rather than
-NOENT or EXIST.
+NOENT or EXIST, and never run again (``nfs3.replay``).
 """
 
 from __future__ import annotations
