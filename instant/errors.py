@@ -80,3 +80,11 @@ class WouldWait(Exception):
     session's read connection is another thread's, or the answer needs a
     file's map loaded.  Not a NamespaceError: no client ever sees it; the
     server hands the call to a thread that may wait."""
+
+
+class MadeAlready(Exception):
+    """A change made under a call's key (``SessionNamespace.recording``) whose key
+    was committed already, by the same call served by another process while this
+    one waited for the write lock: not made again.  Not a NamespaceError: it is no
+    failure; the server answers the first call's success
+    (``nfsd.programs.nfs3.replay``)."""

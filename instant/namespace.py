@@ -34,6 +34,11 @@ Consequences, the invariants the server relies on:
 * *Multi-process.*  All state is in the database and the logs: two
   processes on the same session directory see each other's changes at
   their next call.
+* *A recorded call changes once.*  A change made under a call's key
+  (``recording``) commits the key with it, and looks it up first in its own
+  write transaction (``BEGIN IMMEDIATE``: one process at a time): the same
+  call served meanwhile by another process (a retransmission after a
+  reconnect) finds it and makes nothing (``MadeAlready``).
 * *Hard links are refused* (``NotSupported``): one name per node keeps
   REMOVE, RENAME and the fileid→path map simple, and no hypervisor needs
   them.  MKNOD likewise (the server answers it without calling here).
@@ -65,6 +70,7 @@ from instant.errors import (
     MAX_FILE_SIZE,
     Exists,
     InvalidArgument,
+    MadeAlready,
     NameTooLong,
     NoSpace,
     NotEmpty,
@@ -112,6 +118,7 @@ _FILES = 1 << 32
 _NODE_COLS = "id, fileid, kind, base, mode, uid, gid, atime, mtime, ctime, target, verifier"
 _N_NODE_COLS = ", ".join("n." + c.strip() for c in _NODE_COLS.split(","))  # joined with dirents
 _NODE_BY_FILEID = f"SELECT {_NODE_COLS} FROM nodes WHERE fileid=?"
+_RECORDED = "SELECT 1 FROM calls WHERE key=?"
 _NODE_SEQ = "node_seq"  # meta: the last node id given (see _insert)
 _DB_PAGES = "db_pages"  # meta: the database's pages once the session was made (_check_room)
 _ROOM = (
@@ -290,9 +297,20 @@ class SessionNamespace:
 
     @contextmanager
     def _changing(self) -> Iterator[Tx]:
+        """A change's write transaction; under :meth:`recording`, it records the key.
+
+        The key is looked up first, under the write lock (``BEGIN IMMEDIATE``
+        takes it in turn across processes): found, the same call served by
+        another process made the change while this one waited for the lock,
+        and ``MadeAlready`` is raised, nothing changed.  The look before the
+        call (``recorded``) cannot know of a call still running elsewhere.
+        The check is one lookup of the ``calls`` primary key, in the
+        transaction the change takes anyway, and only under a recorded key."""
         with self.store.transaction() as tx:
-            yield tx
             key = getattr(self._calls, "key", None)
+            if key is not None and tx.conn.execute(_RECORDED, (key,)).fetchone() is not None:
+                raise MadeAlready("the call's change was made by another process")
+            yield tx
             if key is not None:
                 self._calls.key = None
                 self._record_call(tx, key)
@@ -309,8 +327,10 @@ class SessionNamespace:
         """The first change made by this thread in the block records ``key`` with it.
 
         The server's duplicate request cache (``nfsd.programs.drc``) uses it
-        so that a retransmission after a restart learns the change was made:
-        the key commits in the change's own transaction, or not at all.
+        so that a retransmission after a restart, or served by another
+        process, learns the change was made: the key commits in the change's
+        own transaction, or not at all; a change whose key is recorded already
+        is not made again (``MadeAlready``, see :meth:`_changing`).
         """
         self._calls.key = key
         try:
@@ -321,7 +341,7 @@ class SessionNamespace:
     def recorded(self, key: bytes) -> bool:
         """Whether a change recorded under ``key`` committed."""
         with self.store.read() as conn:
-            return conn.execute("SELECT 1 FROM calls WHERE key=?", (key,)).fetchone() is not None
+            return conn.execute(_RECORDED, (key,)).fetchone() is not None
 
     def _new_fileid(self, conn: Connection, node: int) -> int:
         salt = 0

@@ -6,6 +6,7 @@ The base is an in-memory read-only tree; the session copies its folder
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +427,73 @@ def test_a_recorded_call_is_never_run_again(
         assert ok(c.lookup(d, b"g"))
     finally:
         other.manager.close()
+
+
+@pytest.mark.parametrize("proc", [nfs3.NFSPROC3_CREATE, nfs3.NFSPROC3_REMOVE])
+def test_a_duplicate_in_another_process_while_the_call_runs_gets_its_answer(
+    c: SessionCaller,
+    base: FakeNamespace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    proc: int,
+) -> None:
+    """The same call reaching another worker process while the first still runs
+    there: its look at the database before the call finds nothing yet, and its
+    change's transaction, which waits for the first's, finds the key under the
+    write lock and makes nothing.  Answered the first call's success, not EXIST
+    for its own GUARDED CREATE or NOENT for its own REMOVE."""
+    d = folder(c)
+    ok(c.create(d, b"x"))
+    other = SessionCaller(base, tmp_path / "state")  # another worker: a reply cache of its own
+    ok(other.lookup(d, b"x"))
+    mine = c.manager.by_export("/recover/instant/s1")
+    theirs = other.manager.by_export("/recover/instant/s1")
+    assert mine is not None and theirs is not None
+    holding, looked = threading.Event(), threading.Event()
+    record, recorded = mine.ns._record_call, theirs.ns.recorded
+
+    def held(tx: Tx, key: bytes) -> None:  # the first call, its change not committed
+        record(tx, key)
+        holding.set()
+        assert looked.wait(10)
+
+    def look(key: bytes) -> bool:  # the duplicate, before its call
+        try:
+            return recorded(key)
+        finally:
+            looked.set()
+
+    monkeypatch.setattr(mine.ns, "_record_call", held)
+    monkeypatch.setattr(theirs.ns, "recorded", look)
+
+    def send(caller: SessionCaller) -> bytes | None:
+        if proc == nfs3.NFSPROC3_CREATE:
+            how = nfs3.createhow3(nfs3.GUARDED, obj_attributes=unchanged_sattr())
+            return raw_nfs(
+                caller, proc,
+                lambda p: p.pack_CREATE3args(nfs3.CREATE3args(nfs3.diropargs3(d, b"y"), how)),
+            )  # fmt: skip
+        return raw_nfs(
+            caller, proc,
+            lambda p: p.pack_REMOVE3args(nfs3.REMOVE3args(nfs3.diropargs3(d, b"x"))),
+        )  # fmt: skip
+
+    c.fixed_xid = other.fixed_xid = 71
+    replies: list[bytes | None] = []
+    first = threading.Thread(target=lambda: replies.append(send(c)))
+    first.start()
+    try:
+        assert holding.wait(10)
+        again = send(other)
+    finally:
+        looked.set()
+        first.join(10)
+        other.manager.close()
+    assert replies[0] is not None and replies[0][:4] == b"\0\0\0\0"
+    assert again is not None and again[:4] == b"\0\0\0\0"  # not EXIST, not NOENT
+    c.fixed_xid = None
+    gone = b"x" if proc == nfs3.NFSPROC3_REMOVE else b"nothing"
+    assert c.lookup(d, gone).status == nfs3.NFS3ERR_NOENT
 
 
 def test_duplicate_of_a_running_call_is_dropped(c: SessionCaller) -> None:

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from instant.errors import Exists, InvalidArgument, NotEmpty, NotSupported, NotSync
+from instant.errors import (
+    Exists,
+    InvalidArgument,
+    MadeAlready,
+    NotEmpty,
+    NotSupported,
+    NotSync,
+)
 from instant.namespace import NOW, CreateHow, SessionNamespace
 from merge.namespace import ZERO_FD, IsADirectory, Kind, NotADirectory, NotFound
 from merge.stack import build_namespace
@@ -223,6 +230,28 @@ def test_another_process_sees_changes_at_once(storage: Path) -> None:
         with pytest.raises(NotFound):
             ns.lookup(w, "web01.vmx")
         assert cat(ns, ns.resolve(("web01", "web01-flat.vmdk")))[:2] == b"C" + FLAT[1:2]
+
+
+def test_a_recorded_call_changes_once_across_processes(storage: Path) -> None:
+    """A change under a key another process committed already (the same call,
+    retransmitted to another worker) is not made: ``MadeAlready``, found in the
+    change's own write transaction, nothing changed and the key not consumed."""
+    with open_session(storage) as one, open_session(storage) as two:
+        w = one.resolve(("web01",))
+        with one.recording(b"k1"):
+            one.create(w, "new", how=CreateHow.GUARDED, size=7)
+        with one.recording(b"k2"):
+            one.remove(w, "web01.vmx")
+        assert two.recorded(b"k1") and not two.recorded(b"k3")
+        with two.recording(b"k1"), pytest.raises(MadeAlready):
+            two.create(w, "new", how=CreateHow.GUARDED, size=7)
+        with two.recording(b"k2"), pytest.raises(MadeAlready):
+            two.remove(w, "web01.vmx")
+        with two.recording(b"k2"), pytest.raises(MadeAlready):
+            two.create(w, "web01.vmx")  # not made: the key names a change made already
+        with pytest.raises(NotFound):
+            one.lookup(w, "web01.vmx")
+        assert one.lookup(w, "new").size == 7
 
 
 names = st.sampled_from(["a", "b"])

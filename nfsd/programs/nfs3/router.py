@@ -39,7 +39,15 @@ duplicate of a call still running.  A cache miss for REMOVE, RMDIR, RENAME,
 CREATE, MKDIR or SYMLINK also asks the session database whether the same
 call already succeeded before a restart (the key commits in the change's
 transaction): such a retransmission is answered success rather than
-NOENT or EXIST, and never run again (``nfs3.replay``).
+NOENT or EXIST, and never run again (``nfs3.replay``).  That look, a plain
+read before the call, cannot see the same call still running in another
+worker process (a retransmission on a new connection may reach another
+worker): the change's own transaction looks again under sqlite's write lock,
+which the processes take in turn, and makes nothing if the key is there
+(``instant.errors.MadeAlready``), the call then answered as a recorded one.
+This costs nothing measurable: one lookup of the ``calls`` table's primary
+key in the transaction the change takes anyway, and for these six
+procedures only (not WRITE or SETATTR).
 """
 
 from __future__ import annotations
@@ -49,16 +57,16 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
-from instant.errors import WouldWait
+from instant.errors import MadeAlready, WouldWait
 from merge.namespace import NamespaceError
 from nfsd.programs.access import AccessControl
 from nfsd.programs.drc import ReplyCache, key_of
 from nfsd.programs.errors import NfsError
 from nfsd.programs.nfs3 import session, write
-from nfsd.programs.nfs3.replay import replay
+from nfsd.programs.nfs3.replay import made_reply, replay
 from nfsd.programs.nfs3.service import Nfs3Service, failure_body
 from nfsd.programs.nfs3.session import SessionNfs
-from nfsd.programs.sessions import SessionManager, is_session_handle
+from nfsd.programs.sessions import Session, SessionManager, is_session_handle
 from nfsd.rpc import (
     Buffer,
     CallContext,
@@ -318,11 +326,9 @@ class Router:
             if number in RECORDED:
                 s, _ = self.svc.target(HANDLE[number](args))
                 again = replay(self.svc, ctx, number, args, s, key)
-                if again is not None:
-                    reply = again
-                else:
-                    with s.ns.recording(key):
-                        reply = run(self.svc, ctx, args)
+                if again is None:
+                    again = self._recording(number, ctx, args, s, key, run)
+                reply = again
             elif head is not None:
                 reply = run(
                     self.svc, ctx, args, out=_Recorded(self._keep, key, ro, ctx, args, head=head)
@@ -346,6 +352,20 @@ class Router:
 
             return Reply([], later=reply.later.map(kept))
         return self._keep(key, ro, ctx, args, reply)
+
+    def _recording(  # noqa: PLR0917
+        self, number: int, ctx: CallContext, args: Any, s: Session, key: bytes,
+        run: Callable[..., Reply],
+    ) -> Reply:  # fmt: skip
+        """One of RECORDED, its change recording ``key``; if the same call served by
+        another process made it meanwhile (found under the write lock), answered as
+        a recorded call, nothing made again."""
+        try:
+            with s.ns.recording(key):
+                return run(self.svc, ctx, args)
+        except MadeAlready:
+            ctx.note += " (made meanwhile by another process: success again)"
+            return made_reply(self.svc, number, args, s)
 
     def _keep(
         self, key: bytes, ro: Procedure, ctx: CallContext, args: Any,
