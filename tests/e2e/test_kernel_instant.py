@@ -97,6 +97,27 @@ def test_merged_image_random_writes_across_a_server_kill(instant_run, kernel_env
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_rewriting_in_place_past_the_quota(instant_run, kernel_env, kernel_report) -> None:
+    """160 MiB of 1 MiB O_DIRECT writes over one 4 MiB region of a 64 MiB session:
+    every one accepted and the last pass read back (the cleaning gave the
+    overwritten bytes back; without it the 15th pass got ENOSPC)."""
+    run, _, _ = instant_run
+    done = (run.result.one("REWRITE_DONE") or "").split(" ")
+    problems = [f"REWRITE_ERR {v}" for v in run.result.values("REWRITE_ERR")]
+    if done[:2] != ["passes=40", "errors=0"] or len(done) < 4 or done[2] != done[3]:
+        problems.append(f"rewrite: {done}")
+    held, count, made = ir.logs_of_session(kernel_env)
+    if held > ir.QUOTA_MIB << 20 or made <= count:
+        problems.append(f"logs: {held} bytes in {count} logs, {made} ever made")
+    kernel_report.append(
+        f"instant: 160 MiB rewritten in a {ir.QUOTA_MIB} MiB session, "
+        f"{held >> 20} MiB held in {count} logs after, {made - count} logs emptied and removed"
+    )
+    assert not problems, run.fail("rewriting past the quota", problems)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_storage_untouched(instant_run) -> None:
     run, before, after = instant_run
     assert before == after, run.fail("storage changed", [f"{before} before, {after} after"])

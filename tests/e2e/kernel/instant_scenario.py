@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ DESCRIPTOR = "web01.vmdk"
 SESSION = "ir"
 EXPORT = f"/recover/instant/{SESSION}"
 HASH_LIMIT = 64 * 1024 * 1024
+QUOTA_MIB = 64
+"""The session's quota: the guest rewrites 2.5 times as much (sh/instant.sh)."""
 
 
 def tree_digest(root: Path) -> str:
@@ -54,10 +57,28 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def state_dir(env: Env) -> Path:
+    """The state directory of the server the guest mounts (its sessions)."""
+    return env.work / "instant" / "server" / "state"
+
+
+def logs_of_session(env: Env) -> tuple[int, int, int]:
+    """The session's data logs now: bytes they hold, how many, how many were ever made."""
+    (overlay,) = (state_dir(env) / "instant").glob(f"{SESSION}.*.d")
+    conn = sqlite3.connect(f"file:{overlay / 'session.sqlite'}?mode=ro", uri=True)
+    try:
+        held, count = conn.execute("SELECT COALESCE(SUM(end), 0), COUNT(*) FROM logs").fetchone()
+        made = conn.execute("SELECT value FROM meta WHERE key='log_seq'").fetchone()
+    finally:
+        conn.close()
+    return held, count, made[0] if made else count
+
+
 def start_session(env: Env, state: Path) -> str:
     """``recovery-fs instant start`` as an administrator would; its output."""
     cmd = [sys.executable, "-m", "nfsd.cli", "instant", "start", "--storage", str(env.exported)]
     cmd += ["--state-dir", str(state), "--name", SESSION, "--clients", "127.0.0.1(insecure)"]
+    cmd += ["--quota", f"{QUOTA_MIB}M"]
     cmd += [FOLDER_PATH]
     env_vars = dict(os.environ)
     env_vars["PYTHONPATH"] = os.pathsep.join(
@@ -77,7 +98,7 @@ def run_instant(env: Env, *, ops: int = 300, seed: int = 10, kill_after: float =
 ]:  # fmt: skip
     """Boot the guest against a session; (run, storage digest before, after)."""
     before = tree_digest(env.exported)
-    start_session(env, env.work / "instant" / "server" / "state")
+    start_session(env, state_dir(env))
     run = scenarios._run(
         env,
         "instant",
