@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS calls(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITH
 
 WAL_LOG = "wal_log"
 """``meta`` key: the data log whose groups may commit without a WAL fsync."""
+GIVEN_BACK = "given_back"
+"""``meta`` key: log bytes the cleaning removed, less what its copies took
+(``instant.store``, "Cleaning"): the logs' bytes plus this are the bytes ever written."""
 
 TURN_ENDERS = [
     f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_ends_wal_log AFTER {op} ON {table}"

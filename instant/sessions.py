@@ -293,7 +293,8 @@ def create_session(
 class SessionUsage:
     """What ``instant list`` shows of a session's overlay."""
 
-    written: int  # bytes in the data logs (what the quota counts)
+    written: int  # bytes the data logs ever took (given back by the cleaning or not)
+    held: int  # bytes in the data logs now (what the quota counts)
     live: int  # bytes the maps point at
     clients: list[str]  # clients seen lately by any server process
 
@@ -302,15 +303,17 @@ def usage(registry: SessionRegistry, info: SessionInfo, seen_for: float = 600.0)
     """Read the overlay's figures without writing anything (sqlite opened read-only)."""
     import sqlite3  # noqa: PLC0415  (see _fsync_dir)
 
-    from instant.db import DB_NAME  # noqa: PLC0415
+    from instant.db import DB_NAME, GIVEN_BACK  # noqa: PLC0415
 
-    written = live = 0
+    held = given = live = 0
     db_path = Path(info.overlay) / DB_NAME
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
         try:
-            written = conn.execute("SELECT COALESCE(SUM(end), 0) FROM logs").fetchone()[0]
+            held = conn.execute("SELECT COALESCE(SUM(end), 0) FROM logs").fetchone()[0]
             live = conn.execute("SELECT COALESCE(SUM(length), 0) FROM pieces").fetchone()[0]
+            row = conn.execute("SELECT value FROM meta WHERE key=?", (GIVEN_BACK,)).fetchone()
+            given = row[0] if row else 0
         finally:
             conn.close()
     except sqlite3.Error:
@@ -323,4 +326,4 @@ def usage(registry: SessionRegistry, info: SessionInfo, seen_for: float = 600.0)
             clients = sorted(e.name for e in it if now - e.stat().st_mtime < seen_for)
     except FileNotFoundError:
         pass
-    return SessionUsage(written, live, clients)
+    return SessionUsage(held + given, held, live, clients)

@@ -1664,6 +1664,7 @@ class Store:
         self._retire(conn)
         self._sweep_orphans(conn)
         emptied: list[tuple[int, int, str]] = []  # (descriptor holding its flock, id, name)
+        moved = 0  # log bytes the moves took, not yet set against a removed log
         try:
             for log_id, name in self._victims(conn):
                 if self._closing:
@@ -1671,10 +1672,12 @@ class Store:
                 fd = self._claim(log_id, name)
                 if fd is not None:
                     emptied.append((fd, log_id, name))
-                    self._move_out(fd, log_id, conn)
-            return sum(
-                not self._closing and self._drop_log(log_id, name) for _, log_id, name in emptied
-            )
+                    moved += self._move_out(fd, log_id, conn)
+            removed = 0
+            for _, log_id, name in emptied:
+                if not self._closing and self._drop_log(log_id, name, moved):
+                    removed, moved = removed + 1, 0
+            return removed
         finally:
             for fd, _, _ in emptied:
                 os.close(fd)
@@ -1715,7 +1718,7 @@ class Store:
             return None
         return fd
 
-    def _move_out(self, fd: int, log_id: int, conn: sqlite3.Connection) -> None:
+    def _move_out(self, fd: int, log_id: int, conn: sqlite3.Connection) -> int:
         """The log's mapped pieces (as the map is now, in the log's order) each
         copied through the write path as a move (``MOVE_CHUNK`` at
         most a copy), ``MOVE_BATCH`` bytes in flight at most: its group maps it
@@ -1759,18 +1762,28 @@ class Store:
         self._wake()
         with gate:
             gate.wait_for(lambda: flight[0] == 0)
+        return sum(length + HEAD for _, _, length, _ in pieces)  # about: headers, no padding
 
-    def _drop_log(self, log_id: int, name: str) -> bool:
+    def _drop_log(self, log_id: int, name: str, moved: int = 0) -> bool:
         """Remove a log no map points at: its row, then its file.  The quota counts
         it no more; a crash between the two leaves a file no row names, which
-        :meth:`_sweep_orphans` removes."""
+        :meth:`_sweep_orphans` removes.  ``moved``: log bytes the pass's moves took
+        in this process's log, not given back (``meta`` ``given_back``: what
+        ``instant list`` adds to the logs' bytes for the bytes ever written)."""
         with self.transaction() as tx:
-            gone = tx.conn.execute(
-                "DELETE FROM logs WHERE id=? AND NOT EXISTS (SELECT 1 FROM pieces WHERE log=?)"
+            row = tx.conn.execute(
+                "SELECT end FROM logs WHERE id=? AND NOT EXISTS (SELECT 1 FROM pieces WHERE log=?)"
                 " AND NOT EXISTS (SELECT 1 FROM meta WHERE key=? AND value=?)",
                 (log_id, log_id, db.WAL_LOG, log_id),
-            ).rowcount
-        if not gone:
+            ).fetchone()
+            if row is not None:
+                tx.conn.execute("DELETE FROM logs WHERE id=?", (log_id,))
+                tx.conn.execute(
+                    "INSERT INTO meta VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                    (db.GIVEN_BACK, row[0] - moved),
+                )
+        if row is None:
             return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.dir / name)

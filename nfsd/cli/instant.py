@@ -198,7 +198,7 @@ def instant_list(config_file: Path | None, state_dir: Path | None) -> None:
     for info in sessions:
         u = usage(registry, info)
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created))
-        used = f"{100 * u.written / info.quota:.0f}%" if info.quota else "-"
+        used = f"{100 * u.held / info.quota:.0f}%" if info.quota else "-"
         folders = ",".join(info.roots)
         who = ",".join(u.clients) or "none"
         click.echo(
