@@ -661,6 +661,8 @@ class Store:
         self._cwake = threading.Condition(self._qlock)
         self._cleaner: threading.Thread | None = None
         self._retiring: dict[int, float] = {}
+        # (connection, its data_version) at the cleaner's last scan of the maps
+        self._scanned: tuple[sqlite3.Connection, int] | None = None
         self._replay()
         if clean:
             try:
@@ -1660,9 +1662,17 @@ class Store:
     def clean(self, conn: sqlite3.Connection) -> int:
         """One pass: descriptors of removed logs closed once their grace is over,
         forgotten log files removed, then every sealed log mostly overwritten
-        emptied into this process's log and removed.  The logs removed."""
+        emptied into this process's log and removed.  The logs removed.
+
+        The maps are scanned (every piece: ``_victims``) only when a commit was
+        made since the last scan (``PRAGMA data_version`` of ``conn``, which
+        never writes): an idle session costs a look, not a scan, a pass."""
         self._retire(conn)
         self._sweep_orphans(conn)
+        seen = (conn, conn.execute("PRAGMA data_version").fetchone()[0])  # per connection
+        if seen == self._scanned:
+            return 0
+        self._scanned = seen
         emptied: list[tuple[int, int, str]] = []  # (descriptor holding its flock, id, name)
         moved = 0  # log bytes the moves took, not yet set against a removed log
         try:

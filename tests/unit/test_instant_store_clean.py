@@ -396,3 +396,24 @@ def test_room_the_cleaning_made_is_seen_at_once(tmp_path: Path) -> None:
         assert _clean(s) >= 1
         s.write(1, 0, b"x" * 4096, len(BASE))
         assert s.usage().logged < 256 << 10
+
+
+def test_an_idle_session_is_not_scanned_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The maps are scanned for victims only after a commit since the last scan."""
+    with Store(tmp_path / "s", clean=False) as s:
+        s.write(1, 0, b"a" * 4096, len(BASE))
+        scans: list[int] = []
+        victims = s._victims
+        monkeypatch.setattr(s, "_victims", lambda c: scans.append(1) or victims(c))
+        conn = db.connect(s.dir)
+        try:
+            s.clean(conn)
+            s.clean(conn)
+            assert len(scans) == 1
+            s.write(1, 0, b"b" * 4096, len(BASE))
+            s.clean(conn)
+            assert len(scans) == 2
+        finally:
+            conn.close()
