@@ -1653,6 +1653,8 @@ class Store:
                         conn = db.connect(self.dir)
                     self.clean(conn)
                 except Exception:  # space, not data: the next pass tries again
+                    if not self.dir.is_dir():
+                        return  # the session was stopped: its store is closed soon
                     if not self._closing:
                         log.exception("%s: a cleaning pass failed", self.dir)
         finally:
