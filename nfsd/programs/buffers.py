@@ -57,7 +57,15 @@ class BufferPool:
         self._mapped_at = 0.0
 
     def acquire(self) -> mmap.mmap:
-        """A buffer, waiting for one to come back if all ``count`` are out."""
+        """A buffer, waiting for one to come back if all ``count`` are out.
+
+        The wait has no bound: it relies on every buffer given out coming
+        back, which the transport ensures (each reply freed exactly once,
+        whether sent, refused by TLS or dropped with its connection; a
+        stalled queue leaves the pool after ``DETACH_AFTER``:
+        ``nfsd.transport.server``).  A buffer lost breaks that for good;
+        a stop does not wait for a thread left here (``_Workers.stop``).
+        """
         with self._lock:
             while (buf := self._take()) is None:
                 self._waiting += 1

@@ -168,6 +168,9 @@ sent like any other.  The invariants:
 * A refusal (:class:`~nfsd.transport.tls.TlsRefused`: a failed handshake,
   a plain call, garbage or an alert inside TLS) closes that connection
   only, counted and logged as ``tls``; a close_notify is an ordinary close.
+  A worker encrypting a reply after the loop's refusal gets one too: it
+  frees the reply (its pooled READ buffer) and the connection fails.
+  Whatever fails, every reply taken to be sent is freed exactly once.
 * The plain path pays one attribute test per reply and per read.
 
 Behind a TCP balancer, connections from the ``proxy_from`` networks must
@@ -217,6 +220,7 @@ RECV_SIZE = 64 * 1024
 IOV_BATCH = 512  # buffers per sendmsg, under the kernel's IOV_MAX of 1024
 ACCEPT_BATCH = 64  # connections accepted per wake-up before others are served
 DETACH_AFTER = 1.0  # seconds a queue may make no progress before it leaves the pool
+STOP_WAIT = 5.0  # seconds a stop waits for all the worker threads together
 BACKOFF_FIRST = 0.01
 BACKOFF_MAX = 1.0
 UDP_MAX = 65535
@@ -284,7 +288,7 @@ class _Throttle:
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
 
-    def warn(self, kind: str, msg: str, *args: object) -> None:
+    def warn(self, kind: str, msg: str, *args: object, exc_info: bool = False) -> None:
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
@@ -295,7 +299,7 @@ class _Throttle:
         if held:
             msg += " (and %d more since the last report)"
             args = (*args, held)
-        log.warning(msg, *args)
+        log.warning(msg, *args, exc_info=exc_info)
 
 
 class _Connection:
@@ -380,11 +384,17 @@ class _Workers:
         return self._queue.qsize()
 
     def stop(self) -> None:
+        """Ask every thread to end and wait for them, :data:`STOP_WAIT` seconds
+        for all together: a thread stuck in a call (a READ waiting for a
+        pooled buffer, a storage that does not answer) is a daemon, left
+        behind, and cannot hold a stop (SIGTERM) for the pool's size times
+        a per-thread wait."""
         for _ in self._threads:
             self._queue.put(None)
+        deadline = time.monotonic() + STOP_WAIT
         for t in self._threads:
-            if t.is_alive():
-                t.join(timeout=5)
+            if t.is_alive():  # never started: a server that could not listen
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -928,9 +938,12 @@ class RpcServer:
                 conn.failed = ("not_rpc", "a record that is not an RPC call")
                 wake = True
             else:
-                self._enqueue(conn, reply)
-                reply = None
-                self._flush_locked(conn)
+                sending, reply = reply, None  # the queue's now: freed by it, whatever happens
+                try:
+                    self._enqueue(conn, sending)
+                    self._flush_locked(conn)
+                except Exception:
+                    self._send_failed(conn)
                 wake = self._wanted(conn)
         if reply is not None:
             reply.free()
@@ -951,7 +964,10 @@ class RpcServer:
                 send = [r for r in replies if r is not None and not r.dropped]
                 drop = [r for r in replies if r is not None and r.dropped]
                 if send:
-                    self._send_or_queue(conn, send)
+                    try:
+                        self._send_or_queue(conn, send)  # theirs now, freed whatever happens
+                    except Exception:
+                        self._send_failed(conn)
                 wake = self._wanted(conn)
         for r in drop:
             if r is not None:
@@ -968,6 +984,17 @@ class RpcServer:
             or bool(conn.backlog)
             or (bool(conn.outq) and not conn.events & WRITE)
         )
+
+    def _send_failed(self, conn: _Connection) -> None:
+        """(``conn.lock`` held, in an ``except``) Sending or queueing replies
+        raised something unexpected (a bug; the replies were freed where it
+        was raised): the connection is closed by the loop, the traceback
+        logged at most once per ``log_interval``, and the worker goes on."""
+        self._throttle.warn(
+            "send_error", "%s: a reply to %s failed", self.name, conn.peer, exc_info=True
+        )
+        if conn.failed is None:
+            conn.failed = ("error", "an internal error sending a reply")
 
     def _update(self, conn: _Connection) -> None:
         """(loop) Serve what the limits allow, then watch for what is next:
@@ -1024,41 +1051,72 @@ class RpcServer:
     # -- sending ----------------------------------------------------------
     def _enqueue(self, conn: _Connection, reply: Reply) -> None:
         """(conn.lock held) Queue a reply's framed buffers; it is freed once
-        its last byte is sent."""
+        its last byte is sent.
+
+        The reply is the queue's from this call on: one that cannot be
+        queued is freed here, once, before the exception goes on (a pooled
+        READ buffer never freed is lost to the pool for good, and once all
+        are lost every READ waits for ever).
+        """
         if conn.tls is not None:
-            try:
-                plain = frame(cast(list[Buffer], reply.parts))  # no FileRun: not plain TCP
-                self._queue_bytes(conn, conn.tls.encrypt(plain))
-            except TlsRefused as e:
-                if conn.failed is None:
-                    conn.failed = ("tls", str(e))
-            reply.free()
+            self._enqueue_tls(conn, reply)
             return
-        parts = [p for p in frame(reply.parts) if len(p)]
-        if not conn.outq:
-            conn.send_progress = time.monotonic()
-        # A FileRun is its own entry's to free (its descriptor: once sent, or
-        # with the connection); a reply with runs holds no pooled buffer, so
-        # it is not kept (its release would close runs still queued).
-        entries: list[list[Any]] = [[p, p if type(p) is FileRun else None] for p in parts]
-        runs = any(entry[1] is not None for entry in entries)
+        try:
+            parts = [p for p in frame(reply.parts) if len(p)]
+            # A FileRun is its own entry's to free (its descriptor: once sent, or
+            # with the connection); a reply with runs holds no pooled buffer, so
+            # it is not kept (its release would close runs still queued).
+            entries: list[list[Any]] = [[p, p if type(p) is FileRun else None] for p in parts]
+            runs = any(entry[1] is not None for entry in entries)
+            if conn.detached:
+                for entry in entries:
+                    if entry[1] is None and _borrowed(entry[0]):
+                        entry[0] = bytes(entry[0])
+        except BaseException:
+            reply.free()
+            raise
         if conn.detached:
-            for entry in entries:
-                if entry[1] is None and _borrowed(entry[0]):
-                    entry[0] = bytes(entry[0])
             if not runs:
                 reply.free()
         elif not runs:
             entries[-1][1] = reply
+        if not conn.outq:
+            conn.send_progress = time.monotonic()
         conn.outq.extend(entries)
         conn.unsent += sum(map(len, parts))
 
+    def _enqueue_tls(self, conn: _Connection, reply: Reply) -> None:
+        """(conn.lock held) Encrypt a reply into the queue; it is freed at once
+        (the ciphertext is a copy), whatever happens.  A session that refuses
+        (it refused a record on the loop meanwhile) closes the connection."""
+        assert conn.tls is not None
+        try:
+            plain = frame(cast(list[Buffer], reply.parts))  # no FileRun: not plain TCP
+            self._queue_bytes(conn, conn.tls.encrypt(plain))
+        except TlsRefused as e:
+            if conn.failed is None:
+                conn.failed = ("tls", str(e))
+        finally:
+            reply.free()
+
+    def _enqueue_all(self, conn: _Connection, replies: list[Reply]) -> None:
+        """(conn.lock held) :meth:`_enqueue` each reply; if one raises, those
+        after it are freed before the exception goes on (each freed once)."""
+        for i, reply in enumerate(replies):
+            try:
+                self._enqueue(conn, reply)
+            except BaseException:
+                for rest in replies[i + 1 :]:
+                    rest.free()
+                raise
+
     def _send_or_queue(self, conn: _Connection, replies: list[Reply]) -> None:
         """(``conn.lock`` held) ``replies`` sent in one ``sendmsg`` if the queue
-        is empty and the socket takes them all, else queued and flushed."""
+        is empty and the socket takes them all, else queued and flushed.
+        They are this method's from the call on: each freed once, when sent
+        or before an exception goes on."""
         if not self._send_now(conn, replies):
-            for reply in replies:
-                self._enqueue(conn, reply)
+            self._enqueue_all(conn, replies)
             self._flush_locked(conn)
 
     def _send_now(self, conn: _Connection, replies: list[Reply]) -> bool:
@@ -1082,13 +1140,16 @@ class RpcServer:
             for reply in replies:
                 reply.free()
             return True
+        except BaseException:
+            for reply in replies:
+                reply.free()
+            raise
         if done is None:
             return False  # a FileRun (the queue sends the runs), or too many buffers
         sent, total = done
         if sent != total:
             # Part of it went: queue the rest from where the socket stopped.
-            for reply in replies:
-                self._enqueue(conn, reply)
+            self._enqueue_all(conn, replies)
             conn.unsent -= sent
             conn.send_progress = time.monotonic()
             self._drop_sent(conn.outq, sent)

@@ -69,7 +69,10 @@ before its certificate, a mismatch) keeps the previous context and is
 logged once per change.
 
 A session's SSL object is used by the loop (receive) and by workers
-(encrypt): its lock serialises the two, as OpenSSL requires.
+(encrypt): its lock serialises the two, as OpenSSL requires.  Once one
+side has failed (a record refused, an alert) OpenSSL fails the other too;
+both raise :class:`TlsRefused`, never a bare ``ssl.SSLError``, so that a
+worker holding a pooled READ reply frees it and closes the connection.
 """
 
 from __future__ import annotations
@@ -520,23 +523,37 @@ class TlsSession:
         """The ciphertext of ``parts`` (and of anything else pending), in order.
 
         Small parts are joined so that a reply header and its body share a
-        TLS record.
+        TLS record.  Raises :class:`TlsRefused` for any ``ssl.SSLError``:
+        once :meth:`receive` has refused a record (a bad MAC, an alert) on
+        the loop, OpenSSL refuses to write too (``SSLEOFError``), and a
+        worker encrypting a reply meanwhile must see the refusal it knows
+        how to handle (the reply freed, the connection closed), not an
+        exception that escapes it.
         """
+        import ssl  # noqa: PLC0415  (see the imports)
+
         with self._lock:
             if self.security is None:
                 raise TlsRefused("reply before the TLS handshake finished")
-            small = bytearray()
-            for part in parts:
-                if len(part) < COALESCE:
-                    small += part
-                    continue
-                if small:
-                    self._obj.write(small)
-                    small = bytearray()
-                self._obj.write(part)
+            try:
+                self._write(parts)
+            except ssl.SSLError as e:
+                raise TlsRefused(f"TLS refused to encrypt a reply: {e.reason or e}") from e
+            return self._out.read()
+
+    def _write(self, parts: Sequence[Buffer]) -> None:
+        """(lock held) Write ``parts`` to the SSL object, small ones joined."""
+        small = bytearray()
+        for part in parts:
+            if len(part) < COALESCE:
+                small += part
+                continue
             if small:
                 self._obj.write(small)
-            return self._out.read()
+                small = bytearray()
+            self._obj.write(part)
+        if small:
+            self._obj.write(small)
 
     def outgoing(self) -> bytes:
         """Ciphertext waiting to be sent (handshake, alerts, key updates)."""

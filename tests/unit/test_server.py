@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from nfsd.rpc import Dispatcher, Procedure, Program, Reply, WouldBlock, no_args
+from nfsd.transport import server as server_module
 from nfsd.transport.record import LAST_FRAGMENT, RecordReader
-from nfsd.transport.server import UDP_BACKLOG, Limits, RpcServer
+from nfsd.transport.server import UDP_BACKLOG, Limits, RpcServer, _Workers
 from tests.proto.calls import call, parse
 from xdr import rpc
 from xdr.base import Unpacker
@@ -239,3 +240,21 @@ def test_half_a_record_left_hanging_closes_the_connection(server) -> None:  # ty
         started = time.monotonic()
         assert s.recv(10) == b""
         assert time.monotonic() - started < 4
+
+
+def test_a_stop_waits_for_stuck_worker_threads_once_not_once_each(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Threads stuck in a call (a READ waiting for a pooled buffer that never
+    comes back) are left behind after STOP_WAIT for all of them: 5 s each
+    held a worker process's SIGTERM past its supervisor's patience."""
+    monkeypatch.setattr(server_module, "STOP_WAIT", 0.3)
+    stuck = threading.Event()
+    workers = _Workers(4, "stuck")
+    workers.start()
+    for _ in range(4):
+        workers.submit(stuck.wait, 30)
+    started = time.monotonic()
+    try:
+        workers.stop()
+        assert time.monotonic() - started < 1.5
+    finally:
+        stuck.set()

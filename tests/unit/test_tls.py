@@ -31,7 +31,7 @@ from nfsd.transport.tls import (
     starttls_refusal,
     starttls_reply,
 )
-from tests.unit.tls_helpers import MemoryClient, Pki, client_context
+from tests.unit.tls_helpers import MemoryClient, Pki, client_context, refused_session
 from xdr.rpc import (
     AUTH_BADCRED,
     AUTH_BADVERF,
@@ -220,6 +220,14 @@ def test_close_notify_ends_the_session(pki: Pki) -> None:
         client.obj.unwrap()
     with pytest.raises(TlsRefused, match="close_notify"):
         client.pump()
+
+
+def test_encrypt_after_a_refused_record_is_refused_not_an_ssl_error(pki: Pki) -> None:
+    """OpenSSL fails writes once a read failed (SSLEOFError): a worker
+    encrypting a reply meanwhile must get the refusal it handles."""
+    server = refused_session(pki)
+    with pytest.raises(TlsRefused, match="encrypt"):
+        server.encrypt([b"reply", b"x" * (1 << 20)])
 
 
 def test_handshake_deadline(pki: Pki) -> None:

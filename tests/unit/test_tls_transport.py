@@ -9,23 +9,36 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
+import os
 import socket
 import ssl
 import struct
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nfsd.rpc import CallContext, Dispatcher, Procedure, Program, Reply, WouldBlock, no_args
+from nfsd.programs.buffers import BufferPool
+from nfsd.rpc import (
+    CallContext,
+    Dispatcher,
+    Procedure,
+    Program,
+    Reply,
+    WouldBlock,
+    batched,
+    no_args,
+)
 from nfsd.transport.record import LAST_FRAGMENT, RecordReader
-from nfsd.transport.server import Limits, RpcServer
+from nfsd.transport.server import Limits, RpcServer, _Connection
 from nfsd.transport.tls import AUTH_TLS, ContextSource, TlsSettings
 from tests.proto.calls import call, parse
 from tests.unit.test_server_limits import wait_for
-from tests.unit.tls_helpers import Pki, client_context
+from tests.unit.tls_helpers import Pki, client_context, refused_session
 from xdr import rpc
 
 PROG = 400003
@@ -60,6 +73,44 @@ TOY = Program(
 )
 
 
+POOLED = 3  # a READ-like procedure of TOY_POOLED: 1 MiB in a pooled buffer, on a worker
+
+
+def _take(pool: BufferPool, wait: float = 3.0) -> mmap.mmap:
+    """A buffer of ``pool`` within ``wait`` seconds, or a failed call: a pool
+    that lost its buffers fails the test in bounded time, not by hanging."""
+    deadline = time.monotonic() + wait
+    while (buf := pool.try_acquire()) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no pooled buffer came back")
+        time.sleep(0.002)
+    return buf
+
+
+def pooled_program(pool: BufferPool) -> Program:
+    """TOY with POOLED: a 1 MiB reply in a buffer of ``pool``, as a large READ is."""
+
+    def pooled(ctx: CallContext, args: object) -> Reply:
+        if ctx.inline:
+            raise WouldBlock
+        ctx.admitted = True
+        buf = _take(pool)
+        buf[:BIG] = PATTERN
+        return Reply([memoryview(buf)[:BIG]], release=partial(pool.release, buf))
+
+    versions = {1: {**TOY.versions[1], POOLED: Procedure("POOLED", no_args, pooled)}}
+    return Program(number=PROG, name="TLSTOY", versions=versions)
+
+
+def pool_full(pool: BufferPool) -> bool:
+    """Every buffer of ``pool`` is free (taken and given back to count them)."""
+    taken = [pool.try_acquire() for _ in range(pool.count)]
+    for buf in taken:
+        if buf is not None:
+            pool.release(buf)
+    return None not in taken
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
@@ -70,9 +121,11 @@ def serve(pki: Pki) -> Iterator:
     """``serve(**limits)`` → (server, port): TLS with the client CA, stopped after."""
     servers: list[RpcServer] = []
 
-    def start(**limits: Any) -> tuple[RpcServer, int]:
+    def start(program: Program = TOY, **limits: Any) -> tuple[RpcServer, int]:
         source = ContextSource(TlsSettings(pki.server_cert, pki.server_key, pki.ca_file))
-        s = RpcServer(Dispatcher([TOY]), name="tls", workers=4, limits=Limits(**limits), tls=source)
+        s = RpcServer(
+            Dispatcher([program]), name="tls", workers=4, limits=Limits(**limits), tls=source
+        )
         port = s.listen("127.0.0.1", 0, udp=False)
         s.start()
         servers.append(s)
@@ -337,3 +390,54 @@ def test_a_tls_record_trickled_is_closed_at_the_record_timeout(serve, pki) -> No
     assert closed or closed_by_server(sock, timeout=3)
     assert wait_for(lambda: closed_count(server, "record_timeout") == 1)
     assert time.monotonic() - started < 3.5
+
+
+# ---------------------------------------------------------------- refused with replies in flight
+
+
+def _pooled_reply(pool: BufferPool) -> Reply:
+    buf = _take(pool)
+    buf[:5] = b"reply"
+    return Reply([memoryview(buf)[:5]], release=partial(pool.release, buf))
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one by one", "a batch"])
+def test_replies_encrypted_after_the_loop_refused_a_record_are_freed(serve, pki, batch) -> None:
+    """Workers deliver replies to a session the loop has just refused (a bad
+    MAC): OpenSSL refuses to encrypt them; their pooled buffers come back and
+    the connection is closed (they were lost, and every READ waited for ever
+    once the pool was empty)."""
+    server, _ = serve()
+    pool = BufferPool(4096, 2)
+    sock, peer = socket.socketpair()
+    conn = _Connection(sock, "tester", 1 << 20, time.monotonic())
+    conn.tls = refused_session(pki)
+    conn.inflight = 2
+    with peer, batched() if batch else contextlib.nullcontext():
+        for _ in range(2):
+            server._deliver(conn, _pooled_reply(pool))
+    assert pool_full(pool)
+    assert wait_for(lambda: conn.closed)
+    assert closed_count(server) == 1
+
+
+def test_garbage_mid_stream_with_reads_in_flight_loses_no_pooled_buffer(serve, pki) -> None:
+    """Clients send a bad TLS record while 1 MiB replies are being encrypted,
+    round after round; another TLS client's large calls are still answered
+    (more of them than the pool holds), and the pool is whole at the end."""
+    pool = BufferPool(BIG, 4)
+    _, port = serve(program=pooled_program(pool))
+    for _ in range(30):
+        s = tls_connect(pki, port)
+        s.sendall(b"".join(record(call(PROG, 1, POOLED, xid=100 + k)) for k in range(8)))
+        s.settimeout(1.0)  # a round of a pool that lost its buffers: one second, not five
+        with contextlib.suppress(OSError, ssl.SSLError):
+            s.recv(1)  # replies on their way: workers are encrypting
+        os.write(s.fileno(), bytes([0x17, 3, 3, 0, 64]) + os.urandom(64))  # a bad MAC
+        s.close()
+    with tls_connect(pki, port) as good:
+        for xid in range(2 * pool.count):
+            good.sendall(record(call(PROG, 1, POOLED, xid=xid)))
+            (reply,) = read_records(good, 1)
+            assert parse([reply]).body == PATTERN
+    assert wait_for(lambda: pool_full(pool))

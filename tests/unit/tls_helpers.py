@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from nfsd.cli.tls import make_certificate
-from nfsd.transport.tls import TlsSession
+from nfsd.transport.tls import TlsRefused, TlsSession, TlsSettings, server_context
 
 
 @dataclass
@@ -111,3 +111,21 @@ class MemoryClient:
                 chunks.append(self.obj.read(1 << 20))
             except ssl.SSLWantReadError:
                 return b"".join(chunks)
+
+
+def refused_session(pki: Pki) -> TlsSession:
+    """An established session whose last record (a bad MAC) ``receive`` refused,
+    as the loop's session is when a worker comes to encrypt a reply."""
+    server = TlsSession(
+        server_context(TlsSettings(pki.server_cert, pki.server_key, pki.ca_file)), now=100.0
+    )
+    client = MemoryClient(client_context(pki, alpn=["sunrpc"]), server)
+    client.handshake()
+    client.obj.write(b"x" * 100)
+    record = bytearray(client.out.read())
+    record[-1] ^= 1
+    try:
+        server.receive(bytes(record))
+    except TlsRefused:
+        return server
+    raise AssertionError("a record with a bad MAC was accepted")
