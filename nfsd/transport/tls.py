@@ -65,8 +65,11 @@ The policy of :func:`server_context`:
 Certificate files replaced on disk are used for new connections
 (:class:`ContextSource`): their (device, inode, size, mtime) are compared
 at most once a second; a set of files that does not load (a key written
-before its certificate, a mismatch) keeps the previous context and is
-logged once per change.
+before its certificate, a mismatch, a key that needs a passphrase) keeps
+the previous context and is logged once per change.  A passphrase is never
+asked for (:func:`_no_passphrase`): OpenSSL would prompt on the terminal,
+and the reload runs on the event loop - a foreground server would stop
+answering every client, and SIGTERM, until someone typed.
 
 A session's SSL object is used by the loop (receive) and by workers
 (encrypt): its lock serialises the two, as OpenSSL requires.  Once one
@@ -352,6 +355,12 @@ class TlsSettings:
         return (self.cert, self.key) + ((self.client_ca,) if self.client_ca else ())
 
 
+def _no_passphrase() -> bytes:
+    """``load_cert_chain``'s password callback: a key that needs a passphrase
+    fails at once (without a callback OpenSSL reads one from the terminal)."""
+    raise TlsConfigError("the key is encrypted: the server cannot ask for its passphrase")
+
+
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
     """The server's SSLContext under the policy of the design notes."""
     import ssl  # noqa: PLC0415  (see the imports)
@@ -362,8 +371,8 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
     ctx.num_tickets = 0
     ctx.options |= getattr(ssl, "OP_ENABLE_KTLS", 0)
     try:
-        ctx.load_cert_chain(settings.cert, settings.key)
-    except (OSError, ssl.SSLError) as e:
+        ctx.load_cert_chain(settings.cert, settings.key, password=_no_passphrase)
+    except (OSError, ssl.SSLError, TlsConfigError) as e:
         raise TlsConfigError(f"certificate {settings.cert} with key {settings.key}: {e}") from e
     if settings.client_ca is not None:
         try:

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
 import socket
 import ssl
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from nfsd.transport.tls import (
     AUTH_TLS,
@@ -356,6 +361,99 @@ def test_replaced_certificate_files_are_used_for_new_connections(
 def test_first_context_failure_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TlsConfigError):
         ContextSource(TlsSettings(tmp_path / "none.pem", tmp_path / "none.key"))
+
+
+REPO = Path(__file__).resolve().parents[2]
+KEY_FORMATS = {
+    "pkcs8": serialization.PrivateFormat.PKCS8,
+    "traditional": serialization.PrivateFormat.TraditionalOpenSSL,  # Proc-Type: 4,ENCRYPTED
+}
+
+
+def encrypted_copy(key: Path, to: Path, key_format: str) -> Path:
+    """``key`` rewritten under a passphrase, as ``openssl ec -aes256`` does."""
+    loaded = serialization.load_pem_private_key(key.read_bytes(), None)
+    to.write_bytes(
+        loaded.private_bytes(
+            serialization.Encoding.PEM,
+            KEY_FORMATS[key_format],
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    return to
+
+
+@pytest.mark.parametrize("key_format", list(KEY_FORMATS))
+def test_a_key_that_needs_a_passphrase_does_not_load(
+    pki: Pki, tmp_path: Path, key_format: str
+) -> None:
+    key = encrypted_copy(pki.server_key, tmp_path / "server.key", key_format)
+    started = time.monotonic()
+    with pytest.raises(TlsConfigError, match=r"server\.key.*passphrase"):
+        server_context(TlsSettings(pki.server_cert, key))
+    assert time.monotonic() - started < 2
+
+
+# The reload of a child whose controlling terminal is a pseudo-terminal: where
+# OpenSSL, given no password callback, asks for a passphrase and waits.
+RELOAD_ON_A_TERMINAL = """
+import os, shutil, sys, time
+from pathlib import Path
+from nfsd.transport.tls import ContextSource, TlsSettings
+os.close(os.open(os.ttyname(0), os.O_RDWR))  # a session leader: now its terminal
+cert, key, encrypted = map(Path, sys.argv[1:])
+now = [0.0]
+source = ContextSource(TlsSettings(cert, key), clock=lambda: now[0])
+first = source.context()
+shutil.copy(encrypted, key)
+now[0] = 5.0
+started = time.monotonic()
+kept = source.context() is first
+print(f"kept={kept} after {time.monotonic() - started:.1f} s", flush=True)
+"""
+
+
+def test_a_replaced_key_that_needs_a_passphrase_is_never_asked_for(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """The reload runs on the event loop: a prompt on the server's terminal
+    stopped a foreground server (every client, SIGTERM too) until someone typed."""
+    key = tmp_path / "server.key"
+    shutil.copy(pki.server_key, key)
+    encrypted = encrypted_copy(pki.server_key, tmp_path / "encrypted.key", "traditional")
+    primary, secondary = os.openpty()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RELOAD_ON_A_TERMINAL,
+            str(pki.server_cert),
+            str(key),
+            str(encrypted),
+        ],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    os.close(secondary)
+    out = b""
+    deadline = time.monotonic() + 20
+    try:
+        while b"kept=" not in out and b"pass phrase" not in out and time.monotonic() < deadline:
+            if select.select([primary], [], [], 0.2)[0]:
+                try:
+                    out += os.read(primary, 4096)
+                except OSError:  # EIO: the child has gone
+                    break
+    finally:
+        child.kill()
+        child.wait()
+        os.close(primary)
+    assert b"pass phrase" not in out
+    assert b"kept=True" in out, out
+    assert b"cannot ask for its passphrase" in out  # the warning, on stderr
 
 
 def test_ktls_is_not_claimed_on_a_plain_socket() -> None:
