@@ -10,7 +10,13 @@ What a site needs to try RPC-with-TLS, with no PKI of its own::
 
 Keys are ECDSA P-256 (GnuTLS, which tlshd uses, and OpenSSL both take it;
 signing is cheap), written mode 0600 by a rename, so that a server
-reloading its files never reads half of one.  A client certificate's DNS
+reloading its files never reads half of one.  The file renamed is a new
+one of a name no one could guess (``mkstemp``: ``O_EXCL``, no symlink
+followed): a fixed ``.NAME.tmp`` opened with ``O_TRUNC`` wrote the CA's key
+through a symlink planted there, over any file its target named.  DIR
+(and ``DIR/clients``) must belong to the user running the command and be
+writable by no one else: another user who can write there can swap the
+keys themselves.  A client certificate's DNS
 name is the identity an ``mtls`` export's client list may name.  tlshd
 checks the server certificate against the name the client mounted (an IP
 address is checked against the IP entries), so give every name and address
@@ -24,11 +30,14 @@ tests (expired, untrusted, wrong purpose) on any machine.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
 import re
+import stat
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,16 +73,40 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` by a rename, with ``mode`` from the start."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Write ``data`` to ``path`` by a rename, with ``mode`` from the start.
+
+    The temporary file is created new (``mkstemp``: mode 0600, ``O_EXCL``, a
+    random name), never an existing file or a symlink planted in its place.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _private_directory(directory: Path) -> Path:
+    """``directory``, made if missing (mode 0755); TlsInitError unless it is a
+    directory of the effective user that no one else may write to (then
+    another user could replace the keys, or plant links where they go)."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid != os.geteuid():
+        raise TlsInitError(f"{directory} belongs to uid {st.st_uid}, not to this user")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise TlsInitError(
+            f"{directory} is writable by its group or others"
+            f" (mode {stat.S_IMODE(st.st_mode):04o}): use a private directory"
+        )
+    return directory
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -191,7 +224,9 @@ def init(
     check_names([*names, *clients], addresses)
     if not names and not addresses:
         raise TlsInitError("give the server's names (--name) or addresses (--address)")
-    directory.mkdir(parents=True, exist_ok=True)
+    _private_directory(directory)
+    if clients:
+        _private_directory(directory / "clients")
     issued: list[Issued] = []
     ca = _load_ca(directory)
     if ca is None:
@@ -208,8 +243,6 @@ def init(
         days=days,
     )
     issued.append(_save("server", *server, directory / "server.pem"))
-    if clients:
-        (directory / "clients").mkdir(exist_ok=True)
     for name in clients:
         client = make_certificate(name, issuer=ca, dns=[name], usage="client", days=days)
         issued.append(_save(f"client {name}", *client, directory / "clients" / f"{name}.pem"))
@@ -290,8 +323,9 @@ def tls_init(
     certificate for the names and addresses given, and client certificates
     on request; print the fingerprints and the client's tlshd configuration.
 
-    Keys are written mode 0600.  A running server picks up a replaced
-    server certificate for its new connections.
+    Keys are written mode 0600.  DIRECTORY must be yours and writable by
+    no one else.  A running server picks up a replaced server certificate
+    for its new connections.
     """
     try:
         issued = init(directory, names, addresses, clients, days)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 import stat
 from pathlib import Path
@@ -111,3 +112,62 @@ def test_bad_names_are_usage_errors(
     assert result.exit_code == 2
     assert re.search(r"DNS name|IP address|--name", result.output)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_symlink_planted_where_a_key_is_written_is_not_followed(tmp_path: Path) -> None:
+    """A fixed ``.ca.key.tmp`` opened with O_TRUNC wrote the CA's key through
+    a planted symlink, over the file it named (and made it mode 0600)."""
+    d = tmp_path / "tls"
+    d.mkdir(mode=0o755)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    victim.chmod(0o644)
+    for name in ("ca.key", "ca.pem", "server.key", "server.pem"):
+        (d / f".{name}.tmp").symlink_to(victim)
+    result = CliRunner().invoke(cli.main, ["tls", "init", str(d), "--name", "localhost"])
+    assert result.exit_code == 0, result.output
+    assert victim.read_bytes() == b"precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    for name in ("ca.key", "server.key"):
+        assert not (d / name).is_symlink()
+        assert stat.S_IMODE((d / name).lstat().st_mode) == 0o600
+    server_context(TlsSettings(d / "server.pem", d / "server.key", d / "ca.pem"))
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o1777], ids=lambda m: f"{m:04o}")
+def test_a_directory_others_may_write_to_is_refused(tmp_path: Path, mode: int) -> None:
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(mode)
+    result = CliRunner().invoke(cli.main, ["tls", "init", str(d), "--name", "localhost"])
+    assert result.exit_code == 2
+    assert "writable by its group or others" in result.output
+    assert list(d.iterdir()) == []
+
+
+def test_a_clients_directory_others_may_write_to_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients").chmod(0o777)
+    with pytest.raises(TlsInitError, match="clients is writable"):
+        init(tmp_path, ["localhost"], [], ["a.example"])
+    assert list(tmp_path.iterdir()) == [tmp_path / "clients"]
+    assert list((tmp_path / "clients").iterdir()) == []
+
+
+def test_a_directory_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: tmp_path.stat().st_uid + 1)
+    with pytest.raises(TlsInitError, match="belongs to uid"):
+        init(tmp_path, ["localhost"], [])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_directory_is_made_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        init(tmp_path / "new", ["localhost"], [], ["a.example"])
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "new", tmp_path / "new" / "clients"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o755
