@@ -9,7 +9,8 @@ certificate that verified against ``--tls-client-ca``;
 * **The export's ``xprtsec=``** lists the levels it admits, as knfsd reads
   it: ``xprtsec=tls`` admits TLS without a client certificate only,
   ``xprtsec=mtls`` verified certificates only, ``xprtsec=tls:mtls`` both
-  (the default is ``none``: plain only).  A call on a connection of another
+  (without ``xprtsec=`` all three, ``none`` included, as knfsd:
+  ``exports.options``).  A call on a connection of another
   level is refused with ``NFS3ERR_ACCES`` (``nfsd.programs.access``).
 * **Certificate identities.**  On an ``mtls`` connection a host-name or
   wildcard client (``guest.example``, ``*.backup.example``) also admits a

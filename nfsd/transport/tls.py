@@ -52,8 +52,10 @@ The policy of :func:`server_context`:
   a NewSessionTicket arriving after tlshd handed the socket to the kernel
   is one more record the Linux client must discard.
 * With a client CA, certificates are asked for (``CERT_OPTIONAL``: a client
-  without one is ``tls``, with a verified one ``mtls``; ``CERT_REQUIRED``
-  when every export wants ``mtls``).  A certificate that does not verify
+  without one is ``tls``, with a verified one ``mtls``; each export's
+  ``xprtsec=`` then admits or refuses its calls).  ``CERT_REQUIRED`` only
+  with ``TlsSettings.require_client_cert``, which the server's options do
+  not set.  A certificate that does not verify
   (untrusted, expired) fails the handshake: OpenSSL does that part.
 * ``OP_ENABLE_KTLS`` is set where this Python has it (3.12 and later).
   It takes effect only on a socket BIO and with the kernel's ``tls``
@@ -341,8 +343,9 @@ class TlsSettings:
     """The files of ``--tls-cert``, ``--tls-key`` and ``--tls-client-ca``.
 
     ``require_client_cert``: refuse a handshake without a client
-    certificate (every export is ``mtls``); otherwise one is asked for
-    whenever a client CA is given.
+    certificate; otherwise one is asked for whenever a client CA is given.
+    No option of the server sets it (``nfsd.service.tlsconfig``): a client
+    without one is ``tls``, refused by the ``mtls`` exports only.
     """
 
     cert: Path
