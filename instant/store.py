@@ -106,7 +106,10 @@ What the replay redoes, then:
   never replayed; an older version's change ends the turn (the triggers).
   Code older than this format does not replay: run after a power loss, it
   loses the lost lazy groups' writes (acknowledged) unless a store of this
-  version opened the session first (see docs/instant-design.md).
+  version opened the session first (see docs/instant-design.md).  Code older
+  than the cleaning (see "Cleaning") must not serve a session beside this
+  version: it knows no ``log_seq`` and could give a new log a removed log's id,
+  which a process of this version may still hold open under that id.
 
 Group commit
 ------------
