@@ -664,6 +664,7 @@ class Store:
         self._cwake = threading.Condition(self._qlock)
         self._cleaner: threading.Thread | None = None
         self._retiring: dict[int, float] = {}
+        self._moved = 0  # log bytes the moves took, not yet set against a removed log
         # (connection, its data_version) at the cleaner's last scan of the maps
         self._scanned: tuple[sqlite3.Connection, int] | None = None
         self._replay()
@@ -842,8 +843,10 @@ class Store:
                     p.error = StorageIOError("an earlier sync of the session's data log failed")
         except BaseException as e:
             err = e if isinstance(e, NamespaceError) else _storage_error(e)
-            with self._log_lock:  # every byte pwritten so far is under _log_end
-                self._unsynced_below = max(self._unsynced_below, self._log_end)
+            # Every byte pwritten so far is under _log_end (a reservation moves it
+            # before its bytes are written); read without the log's lock, which a
+            # sealing holds while it waits for this very batch (_rotate).
+            self._unsynced_below = max(self._unsynced_below, self._log_end)
             for p in batch:
                 p.error = p.error or err
             if not isinstance(e, Exception):  # the thread goes on: later writes need it
@@ -943,10 +946,13 @@ class Store:
         let go, so the cleaning may empty it.  A wait that does not end (a
         commit stuck behind another process's lock), or a new log that cannot be
         made, leaves this one in use: tried again a quarter of a log later."""
-        with self._qlock:  # a wake-up a loop put off (``wake_later``) is not waited for
-            self._qwake.notify()
         deadline = time.monotonic() + 30
         while True:
+            # The syncer woken at each look: a wake-up put off (a loop's
+            # ``wake_later``, the cleaning's moves) is not waited for, nor one
+            # queued after the last look.
+            with self._qlock:
+                self._qwake.notify()
             with self._acct:
                 if self._pending_bytes == 0:
                     break
@@ -979,6 +985,7 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._locked = True
         except OSError:  # no locks here: every group syncs the map (never replayed)
+            self._locked = False
             log.warning("cannot lock %s: every write group syncs the session's map", name)
         _fsync_dir(self.dir)
         try:
@@ -1433,17 +1440,17 @@ class Store:
         """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros."""
         self._rtake()
         try:
-            try:
-                st = self._rstate(obj, version).state
-                return (st or FileState(base_size, base_size)).runs(
-                    offset, count, base, self._fd_of
-                )
-            except _LogGone:  # a map read before the cleaning moved it: read it again
-                self._rstates.pop(obj, None)
-                st = self._rstate(obj).state
-                return (st or FileState(base_size, base_size)).runs(
-                    offset, count, base, self._fd_of
-                )
+            for tries in range(8):
+                try:
+                    st = self._rstate(obj, version).state
+                    empty = FileState(base_size, base_size)
+                    return (st or empty).runs(offset, count, base, self._fd_of)
+                except _LogGone:  # a map read before a cleaning moved it: read it again
+                    if tries == 7:
+                        raise StorageIOError("the session's logs moved under eight reads") from None
+                    self._rstates.pop(obj, None)
+                    version = None  # each time a newer map (another cleaner may be at work)
+            raise AssertionError("unreachable")
         finally:
             self._rlock.release()
 
@@ -1601,13 +1608,15 @@ class Store:
                 t.join()
         if self._log_fd >= 0 and threading.current_thread() not in threads:
             self._end_turn()
+        # The log's lock first, alone: a write opening or sealing a log holds it
+        # while it takes _wlock (_open_log), so taking it under _wlock deadlocks.
+        with self._log_lock:  # no write takes the descriptor once it is closed
+            fd, self._log_fd = self._log_fd, -1
         with self._rlock, self._wlock:
-            for fd in self._fds.values():
-                os.close(fd)
+            for rfd in self._fds.values():
+                os.close(rfd)
             self._fds.clear()
             self._lmaps.clear()  # a view still queued keeps its mapping
-            with self._log_lock:  # no write takes the descriptor once it is closed
-                fd, self._log_fd = self._log_fd, -1
             if fd >= 0:
                 os.close(fd)
             if self._wal_fd >= 0:
@@ -1679,7 +1688,6 @@ class Store:
             return 0
         self._scanned = seen
         emptied: list[tuple[int, int, str]] = []  # (descriptor holding its flock, id, name)
-        moved = 0  # log bytes the moves took, not yet set against a removed log
         try:
             for log_id, name in self._victims(conn):
                 if self._closing:
@@ -1687,11 +1695,11 @@ class Store:
                 fd = self._claim(log_id, name)
                 if fd is not None:
                     emptied.append((fd, log_id, name))
-                    moved += self._move_out(fd, log_id, conn)
+                    self._moved += self._move_out(fd, log_id, conn)
             removed = 0
             for _, log_id, name in emptied:
-                if not self._closing and self._drop_log(log_id, name, moved):
-                    removed, moved = removed + 1, 0
+                if not self._closing and self._drop_log(log_id, name, self._moved):
+                    removed, self._moved = removed + 1, 0
             return removed
         finally:
             for fd, _, _ in emptied:
@@ -1811,9 +1819,11 @@ class Store:
         """Close this process's descriptors of logs removed ``RETIRE_GRACE`` ago
         (the grace: see there; ids are never reused, so a descriptor open for a
         removed log's id is never asked for a new log's bytes)."""
-        ids = {row[0] for row in conn.execute("SELECT id FROM logs")}
         now = time.monotonic()
-        with self._rlock:
+        with self._rlock:  # no log opened by a READ between the look and the sweep
+            ids = {row[0] for row in conn.execute("SELECT id FROM logs")}
+            for log_id in [i for i in self._retiring if i in ids]:
+                del self._retiring[log_id]  # seen gone by a stale look: not gone
             for log_id in [i for i in self._fds if i not in ids]:
                 at = self._retiring.setdefault(log_id, now + RETIRE_GRACE)
                 if at <= now:

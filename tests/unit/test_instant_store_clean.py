@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -417,3 +419,138 @@ def test_an_idle_session_is_not_scanned_again(
             assert len(scans) == 2
         finally:
             conn.close()
+
+
+# --- found by review: each fails on the code before its fix --------------------------
+
+
+def test_a_sealing_never_waits_for_a_move_whose_wake_up_is_put_off(tmp_path: Path) -> None:
+    """Writers sealing 4 MiB logs while the cleaner's moves (whose syncer wake-up
+    waits for the end of their batch) are queued: the sealing wakes the syncer
+    itself (it waited 30 s for them, holding every write of the process)."""
+    s = Store(tmp_path / "s", quota=64 << 20)  # logs sealed at 4 MiB; the cleaner on
+    stop = time.monotonic() + 4
+    worst = [0.0]
+
+    def writer(n: int, seed: int) -> None:
+        rnd = random.Random(seed)
+        while time.monotonic() < stop:
+            at = time.monotonic()
+            s.write(1, rnd.randrange(0, (12 << 20) // n) * n, b"x" * n, 12 << 20)
+            worst[0] = max(worst[0], time.monotonic() - at)
+
+    try:
+        ts = [threading.Thread(target=writer, args=(4096, i)) for i in range(4)]
+        ts.append(threading.Thread(target=writer, args=(131072, 9)))
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert s.stats.rotations > 3 and s.stats.cleaned > 0
+        assert worst[0] < 5, f"a write waited {worst[0]:.1f} s"
+    finally:
+        s.close()
+
+
+def test_close_racing_a_sealing_does_not_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write sealing the log holds the log's lock and takes the write lock;
+    close() took them the other way round."""
+    s = Store(tmp_path / "s", rotate=ROTATE, clean=False)
+    i = 0
+    while s._log_end < s._rotate_at:
+        i += 1
+        s.write(1, 0, bytes([i % 250 + 1]) * 4096, 0)
+    fsync_dir = store_mod._fsync_dir
+
+    def slow(path: Path) -> None:
+        if threading.current_thread().name == "writer":
+            time.sleep(0.3)  # the sealing's new log, made while close() comes
+        fsync_dir(path)
+
+    monkeypatch.setattr(store_mod, "_fsync_dir", slow)
+    told: list[object] = []
+
+    def write() -> None:
+        try:
+            told.append(s.write(1, 0, b"x" * 4096, 0))
+        except Exception as e:
+            told.append(e)
+
+    w = threading.Thread(target=write, name="writer")
+    w.start()
+    time.sleep(0.1)
+    closer = threading.Thread(target=s.close, daemon=True)
+    closer.start()
+    closer.join(10)
+    w.join(10)
+    assert not closer.is_alive(), "close() deadlocked with the sealing"
+    assert told
+
+
+def test_a_map_that_names_two_removed_logs_is_read_again_till_it_names_none(
+    tmp_path: Path,
+) -> None:
+    """Two cleaners (two worker processes) remove two logs a cached map names, the
+    second between the first retry's reload and its descriptor: read again."""
+    d = tmp_path / "s"
+    with Store(d, rotate=ROTATE, clean=False) as w:
+
+        def seal() -> int:
+            first, n = w._log_id, 0
+            while w._log_id == first:
+                n += 1
+                w.write(9, 0, bytes([n % 250 + 1]) * 4096, 0)
+            return first
+
+        w.write(1, 0, b"X" * 4096, 0)
+        x = seal()
+        w.write(1, 8192, b"Y" * 4096, 0)
+        y = seal()
+        w.write(1, 16384, b"Z" * 4096, 0)
+        with Store(d, clean=False) as r:
+            version = r.version()
+            r.runs(1, 16384, 4096, lambda o, c: [], 0, version=version)  # map cached
+            names = dict(w._r.execute("SELECT id, name FROM logs").fetchall())
+            hold = os.open(d / names[y], os.O_RDONLY)
+            fcntl.flock(hold, fcntl.LOCK_EX)  # another cleaner's: x alone goes now
+            with Store(d, clean=False) as a:
+                _clean(a)
+            os.close(hold)
+            fd_of = r._fd_of
+            late = []
+
+            def racing(log: int) -> int:
+                if log == y and log not in r._fds and not late:
+                    with Store(d, clean=False) as b:
+                        late.append(_clean(b))  # y goes between the reload and this
+                return fd_of(log)
+
+            r._fd_of = racing  # type: ignore[method-assign]
+            runs = r.runs(1, 0, 20480, lambda o, c: [], 0, version=version)
+            got = b"".join(
+                bytes(x.length) if x.fd < 0 else os.pread(x.fd, x.length, x.pos) for x in runs
+            )
+            assert late == [1]
+            assert got == b"X" * 4096 + bytes(4096) + b"Y" * 4096 + bytes(4096) + b"Z" * 4096
+    with Store(d, clean=False) as s:
+        assert s.read_one("SELECT COUNT(*) FROM logs WHERE id IN (?, ?)", (x, y)) == (0,)
+
+
+def test_a_live_log_a_stale_look_saw_gone_keeps_its_grace(tmp_path: Path, base_fd: int) -> None:
+    """A look at the logs made before a log was registered (and opened by a READ)
+    marked it gone: the next pass that sees it clears the mark, so its descriptor
+    gets the whole grace when it really goes (it was closed at once, under a READ)."""
+    d = tmp_path / "s"
+    with Store(d, clean=False) as w, Store(d, clean=False) as r:
+        w.write(1, 0, b"A" * 4096, len(BASE))
+        assert read(r, 1, base_fd, 0, 4096) == b"A" * 4096
+        (live,) = r._fds
+        r._retiring[live] = time.monotonic() - 1  # the stale look's mark, its grace over
+        conn = db.connect(d)
+        try:
+            r._retire(conn)
+        finally:
+            conn.close()
+        assert live in r._fds and live not in r._retiring
