@@ -410,7 +410,10 @@ class LinksLayer(Layer):
         name = parts[-1]
         if is_pancbt(name):
             return f"target {written!r} is a pancbt file, never presented (rule 2)"
-        real = os.path.realpath(os.path.join(self.ctx.root, *parts))
+        try:
+            real = os.path.realpath(os.path.join(self.ctx.root, *parts))
+        except ValueError:  # a NUL, a lone surrogate: no such file (parse_link refuses them)
+            return f"target {written!r} is missing (no such presented file)"
         if real != self.ctx.root and not real.startswith(self.ctx.root.rstrip(os.sep) + os.sep):
             return f"target {written!r} leads outside the storage root through a symbolic link"
         if name.endswith(SUFFIX):

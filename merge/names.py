@@ -3,6 +3,13 @@
 ``NAME-pancbt.vmdk`` overlays ``NAME-flat.vmdk`` in the same directory
 (namespace.md rule 4); matching is case-sensitive, as the spec writes the
 suffixes, and ``NAME`` may be empty.
+
+A presented name is a string as Python reads storage names: UTF-8, bytes
+that do not decode as surrogate escapes.  A name is presentable only when
+that reading gives it back from its bytes (:func:`storage_bytes`): a lone
+surrogate such as ``"\\ud800"`` has no bytes at all, and escapes of bytes
+that are UTF-8 (``"\\udcc3\\udca9"``) would be sent as ``é`` and looked up
+as ``é``, another name.  Both can come only from a link's JSON.
 """
 
 from __future__ import annotations
@@ -12,8 +19,23 @@ FLAT_SUFFIX = "-flat.vmdk"
 
 
 def valid_name(name: str) -> bool:
-    """Whether ``name`` can be one presented path component."""
-    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+    """Whether ``name`` can be one presented path component: not empty, ``.``
+    or ``..``, no ``/`` nor NUL, and its own bytes' reading."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        return False
+    return storage_bytes(name) is not None
+
+
+def storage_bytes(text: str) -> bytes | None:
+    """The bytes that ``text`` spells in the storage, or ``None`` when it spells
+    none: reading them again (as Python reads names) would not give ``text``."""
+    if text.isascii():
+        return text.encode("ascii")
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+    return raw if raw.decode("utf-8", "surrogateescape") == text else None
 
 
 def is_pancbt(name: str) -> bool:

@@ -338,6 +338,8 @@ class Passthrough(Layer):
             if isinstance(err, NotFound):
                 return _Missing
             raise err from e
+        except ValueError:  # a NUL or a lone surrogate in a folder's name: no such path
+            return _Missing
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             reason = "neither a regular file nor a directory"
             self.ctx.problems.report(5, spath, reason)
@@ -380,6 +382,8 @@ class Passthrough(Layer):
             st = os.stat(spath)
         except OSError as e:
             raise os_error(e, spath) from e
+        except ValueError:  # a NUL or a lone surrogate: no file is named so
+            raise NotFound(spath) from None
         cached = self._files.get(path)
         if cached is not None and cached.stamp.matches(st) and cached.try_retain():
             return Handle.adopt(cached)

@@ -15,7 +15,11 @@ Where the spec is silent (also in ``docs/namespace-notes.md``):
 * JSON is decoded as ``json.loads`` does (UTF-8, -16 or -32);
 * a link whose ``"name"`` is present but not a usable name (not a string,
   empty, ``.``/``..``, or holding ``/`` or NUL) is a link that cannot be
-  presented: it is withheld and reported (rule 5), not shown as a file.
+  presented: it is withheld and reported (rule 5), not shown as a file;
+* so is a link whose ``"name"`` or ``"target"`` JSON escapes spell no
+  storage bytes (a lone surrogate ``\\ud800``, or escapes of bytes that
+  read back as other text, ``merge.names.storage_bytes``), or whose target
+  holds a NUL: no file can be named so, and no path could be looked up.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-from merge.names import valid_name
+from merge.names import storage_bytes, valid_name
 
 MAX_LINK_SIZE = 64 * 1024
 SUFFIX = ".json"
@@ -43,7 +47,7 @@ class BadLink(Exception):
 def parse_link(file_name: str, raw: bytes) -> LinkDoc | None:
     """The link in ``raw`` (the content of ``file_name``), or ``None`` if not a link.
 
-    Raises :class:`BadLink` for a link with an unusable ``"name"``.
+    Raises :class:`BadLink` for a link with an unusable ``"name"`` or ``"target"``.
     """
     if not file_name.endswith(SUFFIX) or len(raw) > MAX_LINK_SIZE or _surely_no_marker(raw):
         return None
@@ -57,6 +61,8 @@ def parse_link(file_name: str, raw: bytes) -> LinkDoc | None:
     target = doc.get("target")
     if type(marker) is not int or marker != 1 or not isinstance(target, str):
         return None
+    if "\0" in target or storage_bytes(target) is None:
+        raise BadLink(f'SmartMotion link with an unusable "target": {target!r}')
     if "name" not in doc:
         return LinkDoc(target, file_name[: -len(SUFFIX)])
     name = doc["name"]

@@ -185,11 +185,30 @@ def test_json_that_is_not_a_link_is_an_ordinary_file(tmp_path: Path, content: by
     assert problems(ns) == []
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "nul\0", 5, None])
+# JSON escapes that spell no storage bytes: a lone surrogate; escapes of the bytes
+# of "é", which the client would be sent as "é" and look up as "é", another name
+NO_BYTES = ["\ud800x", "\udcc3\udca9"]
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "nul\0", 5, None, *NO_BYTES])
 def test_link_with_an_unusable_name_is_withheld(tmp_path: Path, bad: object) -> None:
-    ns, _ = stack(tmp_path, {"c/f": b"x", "c/l.json": link("f", name=bad)})
-    assert names(ns, "c") == {"f"}
+    ns, _ = stack(tmp_path, {"c/f": b"x", "c/g": b"y", "c/l.json": link("f", name=bad)})
+    assert names(ns, "c") == {"f", "g"}
+    assert ns.getattr(("c", "g")).size == 1
     assert len(problems(ns)) == 1 and "unusable" in problems(ns)[0]
+
+
+@pytest.mark.parametrize("bad", ["f\0", "sub/\0/f", "/\0", *NO_BYTES, "sub/\ud800/f"])
+def test_link_with_an_unusable_target_is_withheld(tmp_path: Path, bad: str) -> None:
+    ns, _ = stack(tmp_path, {"c/f": b"x", "c/sub/f": b"y", "c/l.json": link(bad)})
+    for _ in range(2):
+        assert names(ns, "c") == {"f", "sub"}
+        with pytest.raises(NotFound):
+            ns.lookup(("c", "l"))
+    assert ns.lookup(("c", "f")).attrs.size == 1
+    assert problems(ns) == [
+        f'5 {ns.ctx.root}/c/l.json SmartMotion link with an unusable "target": {bad!r}'
+    ]
 
 
 def test_rule_6_a_real_file_wins_over_a_link(

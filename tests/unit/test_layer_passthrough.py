@@ -70,6 +70,25 @@ def test_errors(storage: Path) -> None:
             pt.getattr((bad,))
 
 
+@pytest.mark.parametrize("bad", ["a\0", "\ud800", "\udcc3\udca9", "a\ud800"])
+def test_names_no_storage_bytes_spell_are_not_found(storage: Path, bad: str) -> None:
+    """A lone surrogate, escapes of bytes that read as other text, a NUL: in a
+    link's target they reach the lookups (merge.names.storage_bytes)."""
+    write(storage / "é" / "f", b"x")  # what "\udcc3\udca9" would reach
+    pt = layer(storage)
+    for path in ((bad,), (bad, "f"), ("a", bad), ("a", bad, "f")):
+        with pytest.raises(NotFound):
+            pt.getattr(path)
+        with pytest.raises(NotFound):
+            pt.readdir(path)
+        with pytest.raises(NotFound):
+            pt.open(path)
+        if bad != "\udcc3\udca9":  # (that one names é: open_file comes after a lookup)
+            with pytest.raises(NotFound):
+                pt.open_file(path)  # straight to the storage, no lookup before
+    assert {n for n, _ in pt.readdir(())} == {"a", "x.json", "é"}
+
+
 def test_symlink_outside_the_root_is_withheld_and_logged_once(
     storage: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

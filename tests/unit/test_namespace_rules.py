@@ -263,6 +263,8 @@ HOSTILE_LINKS = {
     "loop-a.json": ("loop-b", "loop"),
     "loop-b.json": ("loop-a", "loop"),
     "self.json": ("self", "loop"),
+    "nul.json": ("sub/\0/f", 'unusable "target"'),  # a NUL in a folder's name
+    "no-bytes.json": ("\ud800", 'unusable "target"'),  # a lone surrogate
 }
 
 
