@@ -362,13 +362,13 @@ done:
  * with nlink > 1 or folders, None past ``max_checks`` or if not wanted).
  * Anything else (a symbolic link, a special file, an entry that vanished
  * between readdir and fstatat, a folder that cannot be opened or read, a
- * value past 64 bits) returns None: the caller runs the Python loop from
- * the start, which presents or withholds such entries (and raises) as it
- * always did.
+ * value past 64 bits, a name longer than NAME_MAX) returns None: the caller
+ * runs the Python loop from the start, which presents or withholds such
+ * entries (and raises) as it always did.
  *
- * Bounds: names are copied with their lengths (d_name is NUL-terminated
- * and at most 255 bytes) into one growing buffer, every size summed with
- * overflow checks; the rows array grows the same way.
+ * Bounds: names are copied with their lengths (d_name is NUL-terminated,
+ * at most NAME_MAX, 255 bytes, here) into one growing buffer, every size
+ * summed with overflow checks; the rows array grows the same way.
  * ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -612,7 +612,11 @@ static PyObject *scan(PyObject *self, PyObject *args) {
                 bail = 1;
                 break;
             }
-            size_t nlen = strnlen(n, sizeof de->d_name), need;
+            size_t nlen = strnlen(n, NAME_MAX + 1), need;
+            if (nlen > NAME_MAX) {
+                bail = 1; /* a FUSE or CIFS name too long to present: the twin withholds it */
+                break;
+            }
             Row r;
             int ok = 1;
             r.atime = ns(st.st_atim, &ok);

@@ -18,12 +18,24 @@ PANCBT_SUFFIX = "-pancbt.vmdk"
 FLAT_SUFFIX = "-flat.vmdk"
 
 
+NAME_MAX = 255  # bytes in one name: Linux's NAME_MAX, NFSv3's MAXNAMLEN
+SURELY_SHORT = NAME_MAX // 4  # characters: at most 4 bytes each, so never too long
+
+
 def valid_name(name: str) -> bool:
     """Whether ``name`` can be one presented path component: not empty, ``.``
-    or ``..``, no ``/`` nor NUL, and its own bytes' reading."""
+    or ``..``, no ``/`` nor NUL, its own bytes' reading, and at most
+    :data:`NAME_MAX` bytes (a longer one cannot be sent in a listing)."""
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         return False
-    return storage_bytes(name) is not None
+    raw = storage_bytes(name)
+    return raw is not None and len(raw) <= NAME_MAX
+
+
+def too_long(name: str) -> bool:
+    """Whether the storage name ``name`` is more than :data:`NAME_MAX` bytes (a
+    FUSE or CIFS storage can list one; local file systems refuse them)."""
+    return len(name) > SURELY_SHORT and len(name.encode("utf-8", "surrogateescape")) > NAME_MAX
 
 
 def storage_bytes(text: str) -> bytes | None:

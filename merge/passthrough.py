@@ -14,6 +14,8 @@ Design notes
   symbolic link to a directory holding    the tree would be infinite
   it (or to one of its presented parents)  (spec silent)
   FIFO, socket, device                    not a file nor a directory
+  a name of more than 255 bytes (FUSE,    NFSv3 cannot send it (READDIR
+  CIFS storage)                           would fail for the whole folder)
   ======================================  =================================
 
 * Nothing in the storage is ever written, renamed or locked.  Files are
@@ -59,7 +61,7 @@ from merge.attrs import (
 )
 from merge.cache import TtlLru
 from merge.layer import Context, Entry, Layer, Listing, Stored, stored_entry, stored_in
-from merge.names import valid_name
+from merge.names import NAME_MAX, SURELY_SHORT, too_long, valid_name
 from merge.namespace import Attrs, FsStats, Kind, NamespaceError, NotFound, PresentedPath
 from merge.native import native
 from merge.sources import FileSource, Handle, os_error
@@ -282,7 +284,11 @@ class Passthrough(Layer):
                         st = None if de.is_symlink() else de.stat()
                     except OSError:
                         st = None
-                    if st is not None and (S_ISREG(st.st_mode) or S_ISDIR(st.st_mode)):
+                    if (
+                        st is not None
+                        and (S_ISREG(st.st_mode) or S_ISDIR(st.st_mode))
+                        and (len(name) <= SURELY_SHORT or not too_long(name))
+                    ):
                         old = before.get(name)
                         if old is None and peek is not None:
                             key = (*path, name)
@@ -322,7 +328,11 @@ class Passthrough(Layer):
         """What the storage holds at ``path``: an entry, or why it is not presented."""
         spath = self.storage_path(path)
         if path and not valid_name(path[-1]):
-            return _Missing
+            if de is None or not too_long(path[-1]):
+                return _Missing
+            too = f"a name longer than {NAME_MAX} bytes (NFSv3 cannot send it)"
+            self.ctx.problems.report(5, spath, too)
+            return _Withheld(too)
         try:
             is_link = de.is_symlink() if de is not None else os.path.islink(spath)
             if is_link:

@@ -14,7 +14,8 @@ Where the spec is silent (also in ``docs/namespace-notes.md``):
   one whose bytes cannot hold the ``"smartmotion"`` key is not parsed;
 * JSON is decoded as ``json.loads`` does (UTF-8, -16 or -32);
 * a link whose ``"name"`` is present but not a usable name (not a string,
-  empty, ``.``/``..``, or holding ``/`` or NUL) is a link that cannot be
+  empty, ``.``/``..``, holding ``/`` or NUL, or longer than 255 bytes, which
+  NFSv3 cannot send) is a link that cannot be
   presented: it is withheld and reported (rule 5), not shown as a file;
 * so is a link whose ``"name"`` or ``"target"`` JSON escapes spell no
   storage bytes (a lone surrogate ``\\ud800``, or escapes of bytes that

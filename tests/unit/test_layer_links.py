@@ -190,12 +190,23 @@ def test_json_that_is_not_a_link_is_an_ordinary_file(tmp_path: Path, content: by
 NO_BYTES = ["\ud800x", "\udcc3\udca9"]
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "nul\0", 5, None, *NO_BYTES])
+# longer than NFSv3 can send (255 bytes): in bytes, not in characters
+TOO_LONG = ["L" * 256, "é" * 128]
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "nul\0", 5, None, *NO_BYTES, *TOO_LONG])
 def test_link_with_an_unusable_name_is_withheld(tmp_path: Path, bad: object) -> None:
     ns, _ = stack(tmp_path, {"c/f": b"x", "c/g": b"y", "c/l.json": link("f", name=bad)})
     assert names(ns, "c") == {"f", "g"}
     assert ns.getattr(("c", "g")).size == 1
     assert len(problems(ns)) == 1 and "unusable" in problems(ns)[0]
+
+
+@pytest.mark.parametrize("name", ["L" * 255, "é" * 127 + "x"])
+def test_link_name_of_255_bytes_is_presented(tmp_path: Path, name: str) -> None:
+    ns, _ = stack(tmp_path, {"c/f": b"x", "c/l.json": link("f", name=name)})
+    assert names(ns, "c") == {"f", name}
+    assert problems(ns) == []
 
 
 @pytest.mark.parametrize("bad", ["f\0", "sub/\0/f", "/\0", *NO_BYTES, "sub/\ud800/f"])

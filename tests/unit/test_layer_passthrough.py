@@ -89,6 +89,41 @@ def test_names_no_storage_bytes_spell_are_not_found(storage: Path, bad: str) -> 
     assert {n for n, _ in pt.readdir(())} == {"a", "x.json", "é"}
 
 
+def test_a_storage_name_longer_than_255_bytes_is_withheld(storage: Path, monkeypatch) -> None:
+    """A FUSE or CIFS storage can list one (local file systems refuse to make
+    it: faked here); NFSv3 cannot send it, so READDIR of its folder would fail."""
+    write(storage / "a" / "long", b"x")
+    long = "é" * 128  # 256 bytes
+    scandir = os.scandir
+
+    class Renamed:  # the DirEntry of "long", listed under the long name
+        def __init__(self, de: os.DirEntry[str]) -> None:
+            self._de = de
+            self.name = long if de.name == "long" else de.name
+
+        def __getattr__(self, attr: str):
+            return getattr(self._de, attr)
+
+    class Scan:
+        def __init__(self, path: str) -> None:
+            self._it = scandir(path)
+
+        def __enter__(self):
+            return (Renamed(de) for de in self._it)
+
+        def __exit__(self, *exc: object) -> None:
+            self._it.close()
+
+    monkeypatch.setattr("merge.passthrough.native", None)  # the C scan bails on it
+    monkeypatch.setattr("merge.passthrough.os.scandir", Scan)
+    pt = layer(storage)
+    assert {n for n, _ in pt.readdir(("a",))} == {"f.txt", "b"}
+    with pytest.raises(NotFound):
+        pt.getattr(("a", long))
+    [p] = pt.ctx.problems.all()
+    assert p.rule == 5 and "longer than 255 bytes" in p.reason
+
+
 def test_symlink_outside_the_root_is_withheld_and_logged_once(
     storage: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
