@@ -107,17 +107,20 @@ def test_a_handle_closed_by_many_threads_drops_one_reference(tmp_path: Path) -> 
 
 
 @given(
-    st.tuples(*[st.integers(0, 3)] * 4),
-    st.tuples(*[st.integers(0, 3)] * 4),
+    st.tuples(*[st.integers(0, 3)] * 5),
+    st.tuples(*[st.integers(0, 3)] * 5),
 )
-def test_stamp_matches_is_the_four_numbers_equal(a: tuple, b: tuple) -> None:
-    """``Stamp.matches`` compares field by field: the same as the tuples it used to build."""
+def test_stamp_matches_is_the_five_numbers_equal(a: tuple, b: tuple) -> None:
+    """``Stamp.matches`` compares field by field: the same as the tuples it used to
+    build, the ctime included (a file rewritten in place with its mtime set back)."""
     from types import SimpleNamespace
 
     from merge.stamps import Stamp
 
     stamp = Stamp("p", *a)
-    st_ = SimpleNamespace(st_dev=b[0], st_ino=b[1], st_size=b[2], st_mtime_ns=b[3])
+    st_ = SimpleNamespace(
+        st_dev=b[0], st_ino=b[1], st_size=b[2], st_mtime_ns=b[3], st_ctime_ns=b[4]
+    )
     assert stamp.matches(st_) == (a == b)  # type: ignore[arg-type]
 
 

@@ -499,6 +499,43 @@ def test_replaced_input_never_mixes_old_and_new(new, tmp_path: Path) -> None:
     old.close()
 
 
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """``data`` written over ``path``'s bytes, its size and mtime kept (``cp -p``
+    over an existing file, ``rsync --inplace -t``): only its ctime tells."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    time.sleep(0.05)  # past the kernel's coarse clock tick: the ctime moves
+    with path.open("r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns
+
+
+def test_rule_8_pancbt_rewritten_in_place_with_its_mtime_kept(new, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    base = rnd_bytes(64 * KIB, 1)
+    write(root / "vm" / "d-flat.vmdk", base)
+    p1 = build([(1000, b"A" * 4096)], len(base), base_size=len(base))
+    p2 = build([(50_000, b"B" * 4096)], len(base), base_size=len(base))
+    bad = p2[:-1] + bytes([p2[-1] ^ 1])  # the table's CRC broken (rule 1)
+    pancbt = write(root / "vm" / "d-pancbt.vmdk", p1)
+    clock = FakeClock()
+    ns = new(clock=clock).top
+    path = ("vm", "d-flat.vmdk")
+    with ns.open(path) as r:
+        assert read_all(r) == naive_merged(base, p1)
+    rewrite_in_place(pancbt, bad)
+    clock.advance(1.0)
+    with pytest.raises(NotFound):
+        ns.getattr(path)  # a prepared merge re-checked
+    rewrite_in_place(pancbt, p2)
+    clock.advance(1.0)
+    with ns.open(path) as r:  # and a rejected one
+        assert read_all(r) == naive_merged(base, p2)
+
+
 # --- the server calls from many threads ---
 
 
