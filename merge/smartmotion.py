@@ -12,7 +12,12 @@ Where the spec is silent (also in ``docs/namespace-notes.md``):
 * a file larger than :data:`MAX_LINK_SIZE` is not read and is an ordinary
   file: a link is a few hundred bytes, and a listing must not read images;
   one whose bytes cannot hold the ``"smartmotion"`` key is not parsed;
-* JSON is decoded as ``json.loads`` does (UTF-8, -16 or -32);
+* JSON is decoded as ``json.loads`` does (UTF-8, -16 or -32), but as RFC
+  8259 defines it: ``NaN``, ``Infinity`` and ``-Infinity`` make invalid
+  JSON (an ordinary file), and an integer of any length is valid (one too
+  long for ``int()``'s digit limit is read as a float: never ``1``, never a
+  string, all a link's keys need to know; it raised ``ValueError`` and made
+  the link an ordinary file);
 * a link whose ``"name"`` is present but not a usable name (not a string,
   empty, ``.``/``..``, holding ``/`` or NUL, or longer than 255 bytes, which
   NFSv3 cannot send) is a link that cannot be
@@ -26,7 +31,7 @@ Where the spec is silent (also in ``docs/namespace-notes.md``):
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from merge.names import storage_bytes, valid_name
 
@@ -53,7 +58,7 @@ def parse_link(file_name: str, raw: bytes) -> LinkDoc | None:
     if not file_name.endswith(SUFFIX) or len(raw) > MAX_LINK_SIZE or _surely_no_marker(raw):
         return None
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_int=_integer, parse_constant=_not_json)
     except (ValueError, RecursionError):
         return None
     if not isinstance(doc, dict):
@@ -70,6 +75,19 @@ def parse_link(file_name: str, raw: bytes) -> LinkDoc | None:
     if not isinstance(name, str) or not valid_name(name):
         raise BadLink(f'SmartMotion link with an unusable "name": {name!r}')
     return LinkDoc(target, name)
+
+
+_INT_DIGITS = 100  # far below the digit limit of int() (640 at the least)
+
+
+def _integer(text: str) -> int | float:
+    """A JSON integer: an ``int``, or a ``float`` when too long for ``int()``."""
+    return int(text) if len(text) <= _INT_DIGITS else float(text)
+
+
+def _not_json(text: str) -> NoReturn:
+    """``NaN``, ``Infinity``, ``-Infinity``: ``json`` accepts them, JSON does not."""
+    raise ValueError(f"{text} is not JSON")
 
 
 def _surely_no_marker(raw: bytes) -> bool:

@@ -173,6 +173,11 @@ def test_target_kinds_that_fail(tmp_path: Path) -> None:
         b'{"smartmotion": 1, "target": 5}',
         b'{"smartmotion": 1}',
         b"\xff\xfe\x00",
+        b'{"smartmotion": 1, "target": "f", "x": NaN}',  # not JSON (RFC 8259)
+        b'{"smartmotion": 1, "target": "f", "x": -Infinity}',
+        b'{"smartmotion": Infinity, "target": "f"}',
+        b'{"smartmotion": 1' + b"0" * 5000 + b', "target": "f"}',  # not 1
+        b'{"smartmotion": 1, "target": ' + b"1" * 5000 + b"}",  # not a string
         b"[" * 100_000,  # too deep to parse, too big to be a link
         json.dumps({"smartmotion": 1, "target": "f", "pad": "x" * 70_000}).encode(),  # > 64 KiB
     ],
@@ -192,6 +197,21 @@ NO_BYTES = ["\ud800x", "\udcc3\udca9"]
 
 # longer than NFSv3 can send (255 bytes): in bytes, not in characters
 TOO_LONG = ["L" * 256, "é" * 128]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"smartmotion": 1, "target": "f", "x": ' + b"1" * 5000 + b"}",  # any length: JSON
+        b'{"smartmotion": 1, "target": "f", "x": -' + b"9" * 60_000 + b"}",
+        b'{"smartmotion": 1, "target": "f", "x": [1e999, -1e999, 0.5]}',
+    ],
+)
+def test_link_with_large_numbers_under_unknown_keys(tmp_path: Path, content: bytes) -> None:
+    ns, _ = stack(tmp_path, {"c/f": b"target", "c/l.json": content})
+    assert names(ns, "c") == {"f", "l"}
+    with ns.open(("c", "l")) as r:
+        assert read_all(r) == b"target"
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "nul\0", 5, None, *NO_BYTES, *TOO_LONG])
