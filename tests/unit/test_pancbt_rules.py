@@ -69,7 +69,7 @@ def test_rule_1_header_crc_covers_every_byte() -> None:
 def test_rule_1_table_crc() -> None:
     assert rule_of(valid(table_crc=12345)) == 1
     raw = bytearray(valid())
-    raw[-5] ^= 0x80  # last entry byte
+    raw[-4 - 64] ^= 1  # the first entry's offset 100 -> 101: still a valid entry
     assert rule_of(bytes(raw)) == 1
 
 
@@ -119,6 +119,30 @@ def test_rule_3_huge_claimed_count_allocates_nothing() -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_huge_claimed_table_inside_the_file_is_read_a_chunk_at_a_time() -> None:
+    """A sparse file as long as its header claims: its table of zeros fails at
+    its first entry, read with its chunk, and never whole (or 3x, as it was)."""
+    count = 1 << 20  # a 32 MiB table
+    head = encode([], disk_size=10, extent_count=count, table_offset=512)[:512]
+    size = 512 + 32 * count + 4
+    asked: list[int] = []
+
+    def pread(pos: int, n: int) -> bytes:
+        asked.append(n)
+        return head[pos : pos + n] if pos < 512 else bytes(min(n, size - pos))
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(PancbtError) as e:
+            read_pancbt(pread, size, PATH)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert e.value.rule == 5 and "extent 0 " in e.value.message
+    assert max(asked) <= 64 * 1024 and sum(asked) <= 512 + 64 * 1024
     assert peak < 1 << 20
 
 
@@ -246,3 +270,23 @@ def test_header_rules_come_before_table_rules() -> None:
 def test_each_extent_in_file_order() -> None:
     raw = encode([(0, 4, 0, 9), (0, 0, 0, ZERO)], disk_size=10)  # extent 0: rule 7 first
     assert rule_of(raw) == 7
+
+
+def test_extent_rules_before_the_table_crc() -> None:
+    """The CRC is known only once the whole table is read: a bad entry is named first."""
+    raw = encode([(0, 4, 0, ZERO), (2, 4, 0, ZERO)], disk_size=10, table_crc=1)
+    assert rule_of(raw) == 4
+
+
+@pytest.mark.parametrize("count", [2047, 2048, 2049, 4097])
+def test_tables_across_chunks(count: int) -> None:
+    """Entries checked a chunk (2,048) at a time: the order across chunk edges."""
+    extents = [(2 * i, 1, 0, ZERO) for i in range(count)]
+    assert parse(encode(extents, disk_size=2 * count)).extents == tuple(extents)
+    for at in sorted({min(2048, count - 1), count - 1}):  # a second chunk's first, the last
+        unsorted = [*extents[:at], (0, 1, 0, ZERO), *extents[at + 1 :]]
+        with pytest.raises(PancbtError) as e:
+            parse(encode(unsorted, disk_size=2 * count))
+        assert e.value.rule == 4 and e.value.message.startswith(f"extent {at} ")
+    past = [*extents[:-1], (2 * count, 1, 0, ZERO)]
+    assert rule_of(encode(past, disk_size=2 * count)) == 5
