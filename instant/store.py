@@ -1440,17 +1440,15 @@ class Store:
         """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros."""
         self._rtake()
         try:
-            for tries in range(8):
+            for _ in range(8):
                 try:
                     st = self._rstate(obj, version).state
                     empty = FileState(base_size, base_size)
                     return (st or empty).runs(offset, count, base, self._fd_of)
                 except _LogGone:  # a map read before a cleaning moved it: read it again
-                    if tries == 7:
-                        raise StorageIOError("the session's logs moved under eight reads") from None
                     self._rstates.pop(obj, None)
                     version = None  # each time a newer map (another cleaner may be at work)
-            raise AssertionError("unreachable")
+            raise StorageIOError("the session's logs moved under eight reads")
         finally:
             self._rlock.release()
 
@@ -1730,16 +1728,10 @@ class Store:
         process writes or empties it (its lock), or it is gone (its row then too,
         if no piece points at it)."""
         try:
-            fd = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
+            return _locked(self.dir / name)
         except FileNotFoundError:
             self._drop_log(log_id, name)
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # a live writer's log, or another cleaner's
-            os.close(fd)
-            return None
-        return fd
 
     def _move_out(self, fd: int, log_id: int, conn: sqlite3.Connection) -> int:
         """The log's mapped pieces (as the map is now, in the log's order) each
@@ -1848,11 +1840,12 @@ class Store:
             try:
                 if now - entry.stat().st_mtime < ORPHAN_AGE:
                     continue
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = _locked(Path(entry.path))
             except FileNotFoundError:
                 continue
+            if fd is None:
+                continue  # a live process's
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 named = conn.execute("SELECT 1 FROM logs WHERE name=?", (entry.name,)).fetchone()
                 if named is None:
                     os.unlink(entry.path)
@@ -1951,6 +1944,18 @@ def rotate_size(quota: int | None) -> int:
     if quota is None:
         return LOG_ROTATE
     return min(LOG_ROTATE, max(4 * 1024 * 1024, quota // 16))
+
+
+def _locked(path: Path) -> int | None:
+    """``path`` opened and ``flock``ed at once, or None if another holds its lock (a
+    live writer's log, another cleaner's); FileNotFoundError if it is gone."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _later(wake: Callable[[], None]) -> bool:
