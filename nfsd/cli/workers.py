@@ -10,8 +10,8 @@ def mib(n: int | float | None) -> str:
 
 
 def worker_lines(st: dict[str, Any]) -> list[str]:
-    """One line per worker (pid, connections, calls, RSS), then the total;
-    nothing for a single-process server."""
+    """One line per worker (pid, connections, calls, RSS), the spare's, then the
+    total; nothing for a single-process server."""
     workers = st.get("workers")
     if not workers:
         return []
@@ -24,9 +24,12 @@ def worker_lines(st: dict[str, Any]) -> list[str]:
             f"{w.get('connections') or 0} connections, {w.get('calls') or 0} calls, "
             f"RSS {mib(w.get('rss'))}{restarts}"
         )
+    spare = st.get("spare")
+    if spare:
+        lines.append(f"    spare:    pid {spare.get('pid')}, RSS {mib(spare.get('rss'))}")
     t = st.get("transport") or {}
     lines.append(
         f"    total:    {t.get('connections', 0)} connections, {t.get('calls', 0)} calls, "
-        f"RSS {mib(st.get('rss_total'))} (supervisor included)"
+        f"RSS {mib(st.get('rss_total'))} (supervisor{' and spare' if spare else ''} included)"
     )
     return lines

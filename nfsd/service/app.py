@@ -451,7 +451,7 @@ class Service:
             if ready is not None:
                 ready(self)
             next_status = time.monotonic() + STATUS_INTERVAL
-            while not self._stop_requested.wait(0.1):
+            while not self._idle(0.1):
                 self._tick()
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
@@ -464,6 +464,10 @@ class Service:
             self.stop()
             for s, handler in saved.items():
                 signal.signal(s, handler)
+
+    def _idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` between ticks: whether a stop was requested."""
+        return self._stop_requested.wait(timeout)
 
     def _tick(self) -> None:
         """What a subclass does every 0.1 s of :meth:`run` (a supervisor

@@ -5,7 +5,7 @@ What each test holds the supervised server to (``nfsd.service.supervisor``):
 * ``status`` shows each worker (pid, connections, calls, RSS) and the total;
 * a worker killed with SIGKILL mid-read is replaced within a second, and the
   reading client (libnfs's ``nfs-cat``, which reconnects and retransmits)
-  gets every byte right;
+  gets every byte right; the spare takes its slot, and is itself replaced;
 * ``exports reload`` reaches every worker (a host taken off the list is
   refused on connections held by both workers) and reports a bad file;
 * ``appliance.debug.level`` reaches every process, each line naming it;
@@ -164,6 +164,53 @@ def test_a_worker_killed_mid_read_is_replaced_and_the_read_is_byte_exact(
     assert replaced["restarts"] == holder["restarts"] + 1
     assert took < 1.0, f"replaced after {took:.2f} s"
     assert "killed by signal 9" in server.log.read_text()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: its parent has not waited yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _spare_other_than(srv: Server, pid: int) -> int | None:
+    """The spare's pid in status.json, if there is one and it is not ``pid``."""
+    spare = status_file(srv).get("spare")
+    return spare["pid"] if spare and spare["pid"] != pid else None
+
+
+def test_a_spare_takes_a_killed_workers_place_and_is_itself_replaced(
+    storage: Path, tmp_path: Path
+) -> None:
+    """The spare (``nfsd.service.supervisor``): started once the workers are
+    ready; a killed worker's slot goes to it, not to a fresh interpreter; a new
+    spare follows; a spare killed unused is started again; none outlives stop."""
+    srv = start(storage, tmp_path / "s", "/recover/images 127.0.0.0/8(insecure)\n")
+    try:
+        first = wait_for(lambda: status_file(srv).get("spare"))["pid"]
+        assert _alive(first) and "spare:    pid" in cli(srv, "status").stdout
+        victim = status_file(srv)["workers"][1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        took = wait_for(
+            lambda: (
+                (x := status_file(srv)["workers"][1])["pid"] != victim["pid"] and x["ready"] and x
+            ),
+            every=0.005,
+        )
+        assert took["pid"] == first, "the slot went to a fresh process, not to the spare"
+        assert took["restarts"] == victim["restarts"] + 1
+        client = Client((srv.host, srv.port), "127.0.0.1")
+        assert client.mount()[1]  # served (by either worker)
+        client.close()
+        second = wait_for(lambda: _spare_other_than(srv, first))
+        time.sleep(2.1)  # past FLAP_SECONDS: the next spare starts without a delay
+        os.kill(second, signal.SIGKILL)
+        third = wait_for(lambda: _spare_other_than(srv, second))
+        assert _alive(third) and "spare worker pid" in srv.log.read_text()
+    finally:
+        srv.stop()
+    assert not _alive(third)
 
 
 def test_exports_reload_reaches_every_worker(storage: Path, tmp_path: Path) -> None:
