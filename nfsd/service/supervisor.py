@@ -65,8 +65,9 @@ compete with the clients reconnecting; without a spare (two workers dead
 at once, or the spare itself died) a fresh worker is started as before.
 The spare costs one idle process (about 30 MiB RSS, in ``status``).  A
 worker that dies within ``FLAP_SECONDS`` of its start is restarted after a
-growing delay (1 s to 30 s) and logged, so a broken installation does not
-spin; a spare that dies before it is used is started again after such a
+growing delay (1 s to 30 s) and logged with the reason it sent (a storage
+it cannot read, TLS files it cannot load), so a broken installation does
+not spin and says why; a spare that dies before it is used is started again after such a
 delay too.  Clients of a killed worker see their connection reset; the
 Linux client and libnfs reconnect and retransmit, and any worker answers
 with the same bytes.
@@ -487,14 +488,17 @@ class Supervisor(Service):
                 min(FLAP_DELAY_MAX, max(1.0, slot.delay * 2)) if lived < FLAP_SECONDS else 0.0
             )
             slot.not_before = now + slot.delay
+            self._pump(0.0)  # its last words, if it said why
             log.warning(
-                "worker %d pid %d %s after %.1f s: %s",
+                "worker %d pid %d %s after %.1f s%s: %s",
                 slot.index,
                 slot.proc.pid,
                 how,
                 lived,
+                f" ({slot.error})" if slot.error and not slot.ready else "",
                 f"restarting in {slot.delay:.0f} s" if slot.delay else "restarting",
             )
+            slot.error = None
             self._lost(slot)
             slot.proc = None
             slot.ready = False

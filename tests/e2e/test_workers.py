@@ -213,6 +213,32 @@ def test_a_spare_takes_a_killed_workers_place_and_is_itself_replaced(
     assert not _alive(third)
 
 
+def test_a_worker_that_cannot_start_says_why_and_comes_back(tmp_path: Path) -> None:
+    """A replacement that fails to start (here: the storage gone) is logged
+    with the reason it sent, restarted with a growing delay, and serves again
+    once the cause is gone."""
+    store = tmp_path / "storage"
+    store.mkdir()
+    (store / "a.txt").write_text("a\n")
+    srv = start(store, tmp_path / "s", "/recover/images 127.0.0.0/8(insecure)\n")
+    try:
+        victim = status_file(srv)["workers"][0]
+        store.rename(tmp_path / "away")
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_for(lambda: "cannot read the storage" in srv.log.read_text())
+        lines = srv.log.read_text().splitlines()
+        line = next(ln for ln in lines if "cannot read the storage" in ln)
+        assert re.search(r"worker 0 pid \d+ exited with status 1 after [0-9.]+ s \(", line), line
+        assert "restarting in" in line, line
+        (tmp_path / "away").rename(store)
+        wait_for(
+            lambda: (x := status_file(srv)["workers"][0])["ready"] and x["pid"] != victim["pid"],
+            timeout=20,
+        )
+    finally:
+        srv.stop()
+
+
 def test_exports_reload_reaches_every_worker(storage: Path, tmp_path: Path) -> None:
     srv = start(
         storage, tmp_path / "s", "/recover/images 127.0.0.2(insecure) 127.0.0.3(insecure)\n"
