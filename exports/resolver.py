@@ -12,8 +12,14 @@ Design notes
   client whose name does not resolve is refused quickly, and the name
   server is asked again at most every ``neg_ttl``.
 * An expired answer is still given (stale) while one refresh runs in the
-  background; a refresh that fails replaces it (fail closed: a name that
-  no longer resolves admits nobody).
+  background, for at most ``stale`` seconds (30) past its expiry; a refresh
+  that fails replaces it (fail closed: a name that no longer resolves
+  admits nobody).  Past ``stale`` it is not given any more: a refresh that
+  hangs (a name server that never answers, a stuck NSS module) or one that
+  could not even be queued (the look-ups bounded, below) must not keep a
+  host admitted on an answer of any age.  Callers then wait up to ``wait``
+  for the refresh, as for a name never looked up (RFC 8767 bounds a
+  resolver's stale answers the same way).
 * Bounded: at most ``maxsize`` answers (least recently used evicted) and
   ``maxsize`` look-ups waiting or running.  Past that, a new name is
   answered ``None`` without a look-up: a crowd of strangers' addresses
@@ -68,7 +74,8 @@ class Resolver:
     A failing or slow resolver never stalls a caller beyond ``wait``.
     Positive answers are kept ``ttl`` seconds, negative or failed ones
     ``neg_ttl``; an expired entry is still answered (stale) while a refresh
-    runs in the background.  The cache and the queue are bounded.
+    runs in the background, for at most ``stale`` seconds past its expiry.
+    The cache and the queue are bounded.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class Resolver:
         ttl: float = 300.0,
         neg_ttl: float = 30.0,
         *,
+        stale: float = 30.0,
         forward: Lookup | None = None,
         reverse: Lookup | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -86,6 +94,7 @@ class Resolver:
             raise ValueError("maxsize and threads must be at least 1")
         self._ttl = ttl
         self._neg_ttl = neg_ttl
+        self._stale = stale
         self._lookups: dict[str, Lookup] = {
             "addresses": forward or forward_lookup,
             "names": reverse or reverse_lookup,
@@ -146,22 +155,29 @@ class Resolver:
         return key in self._pending
 
     def _answer(self, key: Key, wait: float) -> frozenset[str] | None:
-        """The cached answer for ``key``, fresh or stale; else wait up to ``wait`` for a look-up."""
+        """The cached answer for ``key``, fresh or stale (at most ``stale`` past its
+        expiry); else wait up to ``wait`` for a look-up."""
+        stale = None
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None:
                 self._cache.move_to_end(key)
-                if self._clock() < entry.expires:
+                now = self._clock()
+                if now < entry.expires:
                     return entry.value
+                if now < entry.expires + self._stale:
+                    stale = entry.value
             event = self._schedule(key)
-        if entry is not None and entry.value is not None:
-            return entry.value
+        if stale is not None:
+            return stale
         if event is None or wait <= 0:
             return None
         event.wait(wait)
         with self._lock:
             entry = self._cache.get(key)
-            return None if entry is None else entry.value
+            if entry is None or self._clock() >= entry.expires + self._stale:
+                return None  # still the old answer, too old: the refresh did not end
+            return entry.value
 
     def _schedule(self, key: Key) -> threading.Event | None:
         """The event set when ``key``'s look-up ends; starts one unless one runs (lock held)."""

@@ -100,6 +100,48 @@ def test_positive_answers_live_ttl_then_are_stale_while_refreshed(
     assert len(forward.calls) == 2
 
 
+def test_a_stale_answer_is_given_at_most_stale_seconds_while_its_refresh_hangs(
+    closing: list[Resolver], clock: Clock
+) -> None:
+    """A name server that never answers the refresh must not keep a host admitted
+    on an answer of any age: past ``stale``, not known (None), as a new name."""
+    forward = Table({"h": {"10.0.0.1"}})
+    r = make(closing, ttl=300, neg_ttl=30, stale=30, forward=forward, clock=clock)
+    assert r.addresses("h", wait=5) == {"10.0.0.1"}
+    forward.release.clear()  # every refresh hangs from now on
+    clock.now += 300 + 29
+    assert r.addresses("h") == {"10.0.0.1"}  # stale, its refresh begun
+    eventually(lambda: len(forward.calls) == 2)
+    clock.now += 1
+    assert r.addresses("h") is None
+    start = time.monotonic()
+    assert r.addresses("h", wait=0.2) is None  # waited for the refresh, which did not end
+    assert time.monotonic() - start >= 0.2
+    assert len(forward.calls) == 2  # still the one refresh
+    forward.release.set()
+    eventually(lambda: r.addresses("h") == {"10.0.0.1"})  # fresh again once it answers
+
+
+def test_a_stale_answer_whose_refresh_cannot_be_queued_ends_too(
+    closing: list[Resolver], clock: Clock
+) -> None:
+    """With the look-ups bounded and full (a crowd of strangers), an expired answer
+    gets no refresh: it is still not given past ``stale``."""
+    forward = Table({"h": {"10.0.0.1"}})
+    r = make(closing, ttl=300, stale=30, forward=forward, clock=clock, maxsize=3, threads=1)
+    assert r.addresses("h", wait=5) == {"10.0.0.1"}
+    forward.release.clear()
+    for i in range(3):
+        r.addresses(f"stranger{i}.example")
+    assert r.pending() == 3
+    clock.now += 300 + 10
+    assert r.addresses("h") == {"10.0.0.1"}
+    assert r.pending() == 3 and not r.looking_up("addresses", "h")  # no refresh queued
+    clock.now += 20
+    assert r.addresses("h", wait=0.05) is None
+    forward.release.set()
+
+
 def test_failures_are_cached_neg_ttl(closing: list[Resolver], clock: Clock) -> None:
     forward = Table({})
     r = make(closing, ttl=300, neg_ttl=30, forward=forward, clock=clock)
