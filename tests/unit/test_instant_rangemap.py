@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import pairwise
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,11 +69,43 @@ def _read(state: FileState, logs: dict[int, bytearray], offset: int, count: int)
     return bytes(out)
 
 
+@contextmanager
+def chunks_of(load: int) -> Iterator[None]:
+    """Maps made and changed meanwhile cut into chunks of ``load`` to ``2 * load``
+    pieces: a few pieces then cross chunks, as a map of thousands does."""
+    saved = RangeMap.LOAD
+    RangeMap.LOAD = load
+    try:
+        yield
+    finally:
+        RangeMap.LOAD = saved
+
+
+loads = st.sampled_from([2, 3, 8, 16, 512])
+
+
+def check_chunks(m: RangeMap) -> None:
+    """The chunks' bookkeeping: none empty, each one's starts and first start its
+    own, none past twice the load, the count, and the pieces sorted apart."""
+    chunks, starts, firsts = m._chunks, m._starts, m._firsts
+    assert len(chunks) == len(starts) == len(firsts)
+    assert all(chunks) and all(len(c) <= 2 * RangeMap.LOAD for c in chunks)
+    assert starts == [[p.start for p in c] for c in chunks]
+    assert firsts == [s[0] for s in starts]
+    assert len(m) == sum(map(len, chunks))
+    assert all(a.end <= b.start and a.length > 0 for a, b in pairwise(m))
+
+
 @settings(max_examples=300, deadline=None)
-@given(ops, st.data())
+@given(ops, st.data(), loads)
 def test_file_state_reads_as_the_model(
-    script: list[tuple[str, int, int]], data: st.DataObject
+    script: list[tuple[str, int, int]], data: st.DataObject, load: int
 ) -> None:
+    with chunks_of(load):
+        _file_state_reads_as_the_model(script, data)
+
+
+def _file_state_reads_as_the_model(script: list[tuple[str, int, int]], data: st.DataObject) -> None:
     state = FileState(len(BASE), len(BASE))
     logs = {1: bytearray(), 2: bytearray()}
     model = Model()
@@ -83,6 +121,7 @@ def test_file_state_reads_as_the_model(
             state.truncate(off)
             model.truncate(off)
         assert state.size == len(model.data)
+        check_chunks(state.map)
     assert _read(state, logs, 0, 1 << 20) == bytes(model.data)
     for _ in range(5):
         off = data.draw(offsets)
@@ -91,17 +130,64 @@ def test_file_state_reads_as_the_model(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(offsets, lengths, st.booleans()), max_size=30))
-def test_edits_replayed_on_a_copy_give_the_same_map(script: list[tuple[int, int, bool]]) -> None:
+@given(st.lists(st.tuples(offsets, lengths, st.booleans()), max_size=30), loads)
+def test_edits_replayed_on_a_copy_give_the_same_map(
+    script: list[tuple[int, int, bool]], load: int
+) -> None:
     """What the read cache does: apply the writer's edits to its own copy."""
-    a, b = RangeMap(), RangeMap()
-    pos = 0
-    for off, n, cut in script:
-        edits = a.cut(off) if cut else a.put(Piece(off, n, 1, pos))
-        pos += n
-        b.apply(edits)
-        assert list(a) == list(b)
-        assert all(p.end <= q.start for p, q in zip(a, list(a)[1:], strict=False))
+    with chunks_of(load):
+        a, b = RangeMap(), RangeMap()
+        pos = 0
+        for off, n, cut in script:
+            edits = a.cut(off) if cut else a.put(Piece(off, n, 1, pos))
+            pos += n
+            b.apply(edits)
+            assert list(a) == list(b)
+            check_chunks(a)
+            check_chunks(b)
+        assert list(RangeMap(list(a))) == list(a)  # a map made from its pieces
+        check_chunks(RangeMap(list(a)))
+
+
+@pytest.mark.parametrize("load", [2, 5, 16, 512])
+def test_many_random_small_writes_and_truncates_keep_a_flat_model(load: int) -> None:
+    """Thousands of pieces over many chunks, against a plain sorted list of them
+    (the map before it held chunks) and a copy that follows by its edits."""
+    rnd = random.Random(load)
+    with chunks_of(load):
+        m, copy = RangeMap(), RangeMap()
+        flat: list[Piece] = []
+        for i in range(4000):
+            if rnd.random() < 0.01:
+                size = rnd.randrange(1 << 22)
+                edits = m.cut(size)
+                flat = [p if p.end <= size else Piece(p.start, size - p.start, p.log, p.pos)
+                        for p in flat if p.start < size]  # fmt: skip
+            else:
+                piece = Piece(rnd.randrange(1 << 10) * BLOCK + rnd.choice((0, 512)), BLOCK, 1, i)
+                edits = m.put(piece)
+                flat = _flat_put(flat, piece)
+            copy.apply(edits)
+            if i % 97 == 0:
+                assert list(m) == flat == list(copy)
+                check_chunks(m)
+                check_chunks(copy)
+        assert list(m) == flat == list(copy) and len(m) > 40
+
+
+def _flat_put(flat: list[Piece], piece: Piece) -> list[Piece]:
+    """``piece`` over a sorted list of pieces (no joining: positions never continue)."""
+    out = []
+    for p in flat:
+        if p.end <= piece.start or p.start >= piece.end:
+            out.append(p)
+            continue
+        if p.start < piece.start:
+            out.append(Piece(p.start, piece.start - p.start, p.log, p.pos))
+        if p.end > piece.end:
+            out.append(Piece(piece.end, p.end - piece.end, p.log, p.pos + piece.end - p.start))
+    out.append(piece)
+    return sorted(out)
 
 
 def test_a_sequential_writer_stays_one_piece() -> None:
@@ -109,6 +195,22 @@ def test_a_sequential_writer_stays_one_piece() -> None:
     for i in range(1000):
         m.put(Piece(i * BLOCK, BLOCK, 7, 100 + i * BLOCK))
     assert list(m) == [Piece(0, 1000 * BLOCK, 7, 100)]
+
+
+def test_a_piece_continuing_the_last_of_the_chunk_before_is_joined_to_it() -> None:
+    """The piece before a write may end the previous chunk, however many there are."""
+    with chunks_of(2):  # pieces end to end, none continuing the one before (its log)
+        m = RangeMap([Piece(i * 10, 10, 1 + i % 2, 1000 * i) for i in range(40)])
+        for first in list(m._firsts[1:]):  # each chunk's first start
+            before = next(p for p in reversed(list(m)) if p.start < first)
+            assert before.end == first
+            m.put(Piece(first, 3, before.log, before.pos + before.length))
+            assert next(p for p in m if p.start == before.start).length == before.length + 3
+            check_chunks(m)
+        m = RangeMap()
+        for i in range(100):
+            m.put(Piece(i * BLOCK, BLOCK, 7, 100 + i * BLOCK))
+        assert list(m) == [Piece(0, 100 * BLOCK, 7, 100)]
 
 
 def test_truncated_and_regrown_reads_zeros_not_the_base() -> None:
