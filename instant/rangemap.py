@@ -76,8 +76,9 @@ class Edits(NamedTuple):
 class RangeMap:
     """Sorted, non-overlapping pieces, held in chunks; lookups bisect the starts.
 
-    The pieces are cut into chunks of ``LOAD`` to ``2 * LOAD`` (a chunk past that
-    is halved; one left with fewer than ``LOAD // 4`` is joined to the next), as
+    The pieces are cut into chunks of at most ``2 * LOAD`` (a chunk past that is
+    cut into equal parts of ``LOAD`` or a little more; one left with fewer than
+    ``LOAD // 4`` is joined to the next: only the last may be smaller), as
     ``sortedcontainers`` does: a change moves the pieces of one chunk, not of the
     whole map.  A VM's random 4 KiB writes leave a piece each: in one flat list
     a write's insert moved every piece after it (measured: 10 us a write at
@@ -149,10 +150,11 @@ class RangeMap:
             d += 1
         if len(pieces) <= 2 * load:
             chunks, chunk_starts = ([pieces], [starts]) if pieces else ([], [])
-        else:
-            cuts = range(0, len(pieces), load)
-            chunks = [pieces[k : k + load] for k in cuts]
-            chunk_starts = [starts[k : k + load] for k in cuts]
+        else:  # cut into equal parts of LOAD or a little more: none left small
+            n = len(pieces)
+            cuts = [n * k // (n // load) for k in range(n // load + 1)]
+            chunks = [pieces[a:b] for a, b in pairwise(cuts)]
+            chunk_starts = [starts[a:b] for a, b in pairwise(cuts)]
         self._chunks[c:d] = chunks
         self._starts[c:d] = chunk_starts
         self._firsts[c:d] = [s[0] for s in chunk_starts]

@@ -55,9 +55,12 @@ reload outcomes).  A worker that exits or is killed is replaced at once:
 its control socket's end wakes the supervisor, which hands the slot to
 the *spare*, a worker process started ahead (``--standby``) that has made
 every import and waits for a slot's spec (the list in force then, not at
-its start).  A fresh interpreter took 0.5-0.6 s from the kill to serving
-on an idle 2-core host, most of it imports (0.2 s, twice that without
-bytecode caches: ``PYTHONDONTWRITEBYTECODE``), and 1.2-1.6 s while a
+its start) and, with inherited listeners, the listening sockets
+(``SCM_RIGHTS``: holding them while it imported, it kept the port bound
+after a supervisor killed with SIGKILL).  A fresh interpreter took
+0.5-0.6 s from the kill to serving on an idle 2-core host, most of it
+imports (0.2 s, twice that without bytecode caches:
+``PYTHONDONTWRITEBYTECODE``), and 1.2-1.6 s while a
 client read through the other worker, past the second a killed worker
 must be replaced in; the spare serves within tens of milliseconds.  A
 new spare is started ``SPARE_DELAY`` later, so that its imports do not
@@ -292,15 +295,17 @@ class Supervisor(Service):
             "listeners": self._inherited(),
         }
 
-    def _popen(self, args: list[str], control: socket.socket) -> subprocess.Popen[bytes]:
-        """``python -m nfsd.service.worker ARGS``, given the listeners and ``control``."""
+    def _popen(
+        self, args: list[str], control: socket.socket, listeners: list[int]
+    ) -> subprocess.Popen[bytes]:
+        """``python -m nfsd.service.worker ARGS``, given ``listeners`` and ``control``."""
         root = str(Path(nfsd.__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         return subprocess.Popen(
             [sys.executable, "-m", "nfsd.service.worker", *args],
             stdin=subprocess.DEVNULL,
-            pass_fds=(*self._inherited(), control.fileno()),
+            pass_fds=(*listeners, control.fileno()),
             env=env,
         )
 
@@ -308,7 +313,7 @@ class Supervisor(Service):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         spec = self._spec(slot) | {"control": theirs.fileno()}
         try:
-            proc = self._popen([json.dumps(spec)], theirs)
+            proc = self._popen([json.dumps(spec)], theirs, spec["listeners"])
         except OSError as e:
             ours.close()
             slot.error = f"cannot start: {e}"
@@ -323,15 +328,20 @@ class Supervisor(Service):
         """``slot`` is now served by ``proc``, its control socket ``ours``."""
         ours.setblocking(False)
         slot.proc, slot.control, slot.buf, slot.ready = proc, ours, b"", False
+        slot.error = None  # a failed start's, before this process: not its reason
         slot.started = time.monotonic()
         slot.stats = {}
 
     # --- the spare --------------------------------------------------------
     def _start_spare(self, now: float) -> None:
-        """Start a spare worker (see the notes); a failure is logged and retried."""
+        """Start a spare worker (see the notes); a failure is logged and retried.
+
+        It inherits no listening socket: it is given them with its spec.  Holding
+        them while it imports, it would keep the port bound for as long after a
+        supervisor killed with SIGKILL (a new one could not bind it)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            proc = self._popen(["--standby", str(theirs.fileno())], theirs)
+            proc = self._popen(["--standby", str(theirs.fileno())], theirs, [])
         except OSError as e:
             ours.close()
             self._spare_at = now + FLAP_DELAY_MAX
@@ -367,8 +377,9 @@ class Supervisor(Service):
             return False
         if spare.proc.poll() is None:
             line = json.dumps({"spec": self._spec(slot)}).encode() + b"\n"
-            try:
-                spare.control.sendall(line)
+            try:  # the listeners (inherited ones) with the line: its first bytes
+                sent = socket.send_fds(spare.control, [line], self._inherited())
+                spare.control.sendall(line[sent:])
             except OSError:
                 pass
             else:

@@ -131,9 +131,9 @@ class Worker(Service):
 class Channel:
     """The worker's end of the control socket: JSON lines."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
         self.sock = sock
-        self._buf = b""
+        self._buf = pending  # received already, not yet read as lines
 
     def send(self, message: dict[str, Any]) -> None:
         self.sock.sendall(json.dumps(message).encode() + b"\n")
@@ -207,8 +207,9 @@ def serve(spec: dict[str, Any], channel: Channel | None = None) -> int:
 
 def standby(control: int) -> int:
     """A spare worker (``--standby FD``): everything a worker imports loaded, then
-    wait for the supervisor to give it a slot's spec and serve it (the exit code),
-    or to go (0).
+    wait for the supervisor to give it a slot's spec (and, with inherited
+    listeners, their descriptors: ``SCM_RIGHTS``) and serve it (the exit code), or
+    to go (0).
 
     Most of a fresh worker's start is its imports (0.2-0.4 s idle, more on a busy
     host or without bytecode caches): the spare has made them already, so a
@@ -219,18 +220,20 @@ def standby(control: int) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import nfsd.service.serving  # noqa: F401, PLC0415  (what Service._programs imports)
 
-    channel = Channel(socket.socket(fileno=control))
-    while True:
+    sock = socket.socket(fileno=control)
+    buf, fds = b"", list[int]()
+    while b"\n" not in buf:
         try:
-            messages = channel.receive(1.0)
+            chunk, got, _, _ = socket.recv_fds(sock, 65536, 16, socket.MSG_CMSG_CLOEXEC)
         except OSError:
             return 0
-        if messages is None:
+        if not chunk:
             return 0  # the supervisor is gone
-        for m in messages:
-            if "spec" in m:
-                spec = dict(m["spec"], control=control)
-                return serve(spec, channel)
+        buf, fds = buf + chunk, fds + got
+    line, _, rest = buf.partition(b"\n")
+    # The listeners as they came (their numbers here), in the supervisor's order.
+    spec = dict(json.loads(line)["spec"], control=control, listeners=fds)
+    return serve(spec, Channel(sock, rest))
 
 
 def main() -> None:

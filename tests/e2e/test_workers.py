@@ -17,6 +17,7 @@ What each test holds the supervised server to (``nfsd.service.supervisor``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -211,6 +212,48 @@ def test_a_spare_takes_a_killed_workers_place_and_is_itself_replaced(
     finally:
         srv.stop()
     assert not _alive(third)
+
+
+def _holds_listener(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a TCP socket listening on ``port`` (/proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                f = row.split()
+                if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A":
+                    listening.add(f"socket:[{f[9]}]")
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fds / fd) in listening for fd in os.listdir(fds))
+
+
+def test_with_inherited_listeners_the_spare_holds_none_until_it_takes_a_slot(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RECOVERY_FS_LISTEN=inherit``: the spare gets the listening sockets with its
+    spec, not at its start (holding them while it imported, it kept the port
+    bound after a supervisor killed with SIGKILL), and serves on them."""
+    monkeypatch.setenv("RECOVERY_FS_LISTEN", "inherit")
+    srv = start(storage, tmp_path / "s", "/recover/images 127.0.0.0/8(insecure)\n")
+    try:
+        assert status_file(srv)["listen_mode"] == "inherit"
+        spare = wait_for(lambda: status_file(srv).get("spare"))["pid"]
+        victim = status_file(srv)["workers"][0]
+        assert _holds_listener(victim["pid"], srv.port) and not _holds_listener(spare, srv.port)
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_for(lambda: (x := status_file(srv)["workers"][0])["pid"] == spare and x["ready"])
+        assert _holds_listener(spare, srv.port)
+        other = status_file(srv)["workers"][1]["pid"]
+        os.kill(other, signal.SIGSTOP)  # every new connection is the spare's to accept
+        try:
+            for _ in range(4):
+                client = Client((srv.host, srv.port), "127.0.0.1")
+                assert client.mount()[1]
+                client.close()
+        finally:
+            os.kill(other, signal.SIGCONT)
+    finally:
+        srv.stop()
 
 
 def test_a_worker_that_cannot_start_says_why_and_comes_back(tmp_path: Path) -> None:

@@ -85,11 +85,13 @@ loads = st.sampled_from([2, 3, 8, 16, 512])
 
 
 def check_chunks(m: RangeMap) -> None:
-    """The chunks' bookkeeping: none empty, each one's starts and first start its
-    own, none past twice the load, the count, and the pieces sorted apart."""
+    """The chunks' bookkeeping: none empty, none past twice the load, none but the
+    last under a quarter of it, each one's starts and first start its own, the
+    count, and the pieces sorted apart."""
     chunks, starts, firsts = m._chunks, m._starts, m._firsts
     assert len(chunks) == len(starts) == len(firsts)
     assert all(chunks) and all(len(c) <= 2 * RangeMap.LOAD for c in chunks)
+    assert all(len(c) >= RangeMap.LOAD // 4 for c in chunks[:-1]), [len(c) for c in chunks]
     assert starts == [[p.start for p in c] for c in chunks]
     assert firsts == [s[0] for s in starts]
     assert len(m) == sum(map(len, chunks))
