@@ -103,9 +103,10 @@ Everything issue 7 built holds per worker:
 * the exports list: SIGHUP (``recovery-fs exports reload``) makes the
   supervisor read the file (a bad file: refused, the workers are not
   asked), then every worker; the outcome written to ``status.json`` is a
-  success only when every worker applied it, else the first error (or
-  "worker N did not answer").  A worker restarted later reads the file
-  as it is then;
+  success only when every worker serving applied it, else the first error
+  (or "worker N did not answer").  A worker starting then (it may have read
+  the list before) is asked again once it serves, its error reported as
+  late; one started later reads the list in force;
 * the limits: ``max-connections`` and ``max-unvalidated`` are totals,
   shared out (``nfsd.service.limits``); the others are per connection;
 * the ``mountpoint`` check is made in each worker; a refusal is logged
@@ -177,6 +178,7 @@ class WorkerProc:
     not_before: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    reload_due: bool = False  # a reload came while it was not serving: asked once it is
 
     @property
     def pid(self) -> int | None:
@@ -450,11 +452,19 @@ class Supervisor(Service):
             slot.ready = True
             slot.error = None
             self._next_status = 0.0  # a replaced worker shows at once
+            if slot.reload_due and slot.control is not None:
+                # It may have read the list before the reload wrote it: read again.
+                slot.reload_due = False
+                with contextlib.suppress(OSError):
+                    line = json.dumps({"reload": self._reload_serial}).encode() + b"\n"
+                    slot.control.sendall(line)
             for w in m.get("warnings", []):
                 if w not in self.warnings:
                     self.warnings.append(w)
         elif "reload" in m:
             self._replies[slot.index] = m
+            if m.get("error") and m.get("reload") == self._reload_serial:
+                self._reload_error = f"worker {slot.index}: {m['error']}"  # a late one's too
         elif "error" in m:
             slot.error = str(m["error"])
 
@@ -551,6 +561,7 @@ class Supervisor(Service):
         asked = []
         for slot in self.slots:
             if slot.control is None or not slot.ready:
+                slot.reload_due = True  # starting, or to start: asked once it serves
                 continue
             with contextlib.suppress(OSError):
                 slot.control.sendall(json.dumps({"reload": serial}).encode() + b"\n")
@@ -563,7 +574,7 @@ class Supervisor(Service):
         for slot in self.slots:
             reply = self._replies.get(slot.index)
             if slot not in asked:
-                return f"worker {slot.index} was not running to apply it"
+                continue  # reload_due: it reads the list in force as it starts serving
             if reply is None or reply.get("reload") != serial:
                 return f"worker {slot.index} (pid {slot.pid}) did not answer"
             if reply.get("error"):

@@ -256,6 +256,44 @@ def test_with_inherited_listeners_the_spare_holds_none_until_it_takes_a_slot(
         srv.stop()
 
 
+def test_a_reload_while_a_worker_starts_succeeds_and_reaches_it(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker starting when the list is reloaded (here the spare, stopped before
+    it serves) is no failure of the reload ("was not running to apply it": the
+    list is in force everywhere else) and serves the new list once it runs."""
+    monkeypatch.setenv("RECOVERY_FS_LISTEN", "inherit")  # a stopped worker takes no connection
+    exports = tmp_path / "s" / "exports"
+    srv = start(
+        storage, tmp_path / "s", "/recover/images 127.0.0.2(insecure) 127.0.0.3(insecure)\n"
+    )
+    spare = wait_for(lambda: status_file(srv).get("spare"))["pid"]
+    stopped = [spare]
+    try:
+        os.kill(spare, signal.SIGSTOP)
+        victim = status_file(srv)["workers"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_for(lambda: (x := status_file(srv)["workers"][0])["pid"] == spare and not x["ready"])
+        exports.write_text("/recover/images 127.0.0.2(insecure)\n")
+        p = cli(srv, "exports", "reload")
+        assert p.returncode == 0, p.stdout + p.stderr
+        other = status_file(srv)["workers"][1]["pid"]
+        os.kill(spare, signal.SIGCONT)
+        stopped = [other]
+        wait_for(lambda: status_file(srv)["workers"][0]["ready"])
+        os.kill(other, signal.SIGSTOP)  # the new connections are the started worker's
+        allowed = Client((srv.host, srv.port), "127.0.0.2")
+        stranger = Client((srv.host, srv.port), "127.0.0.3")
+        assert allowed.mount()[1] and not stranger.mount()[1]
+        allowed.close()
+        stranger.close()
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        srv.stop()
+
+
 def test_a_worker_that_cannot_start_says_why_and_comes_back(tmp_path: Path) -> None:
     """A replacement that fails to start (here: the storage gone) is logged
     with the reason it sent, restarted with a growing delay, and serves again
