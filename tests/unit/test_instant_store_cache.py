@@ -11,6 +11,7 @@ elsewhere is read back.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,61 @@ def test_small_writes_land_in_a_zeroed_stretch_invisible_past_the_end(tmp_path: 
             os.pread(r.fd, r.length, r.pos) if r.fd >= 0 else bytes(r.length) for r in runs
         )
         assert got == b"z" * 4096 + bytes(4096) + b"x" * 4096
+
+
+def _bytes(store: Store, offset: int, count: int, base_size: int) -> bytes:
+    """What a READ of ``[offset, offset+count)`` returns (the base: no bytes, zeros)."""
+    out = bytearray()
+    for r in store.runs(1, offset, count, no_base, base_size):
+        out += bytes(r.length) if r.fd < 0 else os.pread(r.fd, r.length, r.pos)
+    return bytes(out)
+
+
+def test_a_large_file_changed_by_another_process_is_read_by_windows(
+    tmp_path: Path, loads: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its map is large (``RANGED_MIN`` pieces), a file the other process keeps
+    changing is never reloaded whole: each read takes its row and the pieces over
+    the bytes asked for, and gives what the writer's own map gives."""
+    monkeypatch.setattr(store_mod, "RANGED_MIN", 16)
+    rnd = random.Random(5)
+    base = 256 * 4096
+    with Store(tmp_path / "s") as a, Store(tmp_path / "s") as b:
+        for i in range(40):  # pieces apart: 40 of them
+            a.write(
+                1, rnd.randrange(256) * 4096 + rnd.choice((0, 100)), bytes([i + 1]) * 3000, base
+            )
+        assert _bytes(b, 0, base, base) == _bytes(a, 0, base, base)  # b loads it whole, once
+        loads.clear()
+        for i in range(60):
+            off = rnd.randrange(base + 8192)
+            a.write(1, off, bytes([100 + i % 100]) * rnd.randrange(1, 9000), base)
+            lo, n = rnd.randrange(base + 16384), rnd.randrange(1, 20000)
+            assert _bytes(b, lo, n, base) == _bytes(a, lo, n, base), (lo, n)
+            assert b.size(1, base) == a.size(1, base)
+        with a.transaction() as tx:  # a truncate, as SETATTR makes it
+            tx.truncate(1, base // 2, base)
+        assert _bytes(b, 0, base, base) == _bytes(a, 0, base, base)
+        assert loads == [] and 1 not in b._rstates and 1 in b._ranged
+        assert 1 in a._rstates  # the writer follows its own commits in its map
+
+
+def test_a_window_holds_every_piece_over_its_bytes(tmp_path: Path) -> None:
+    """``_load_window`` against the whole map, over windows at and around every
+    piece's edges: the same runs."""
+    rnd = random.Random(9)
+    with Store(tmp_path / "s") as s:
+        for i in range(120):
+            s.write(
+                1, rnd.randrange(1 << 16), bytes([i % 250 + 1]) * rnd.randrange(1, 700), 1 << 16
+            )
+        with s.read() as conn:
+            whole = store_mod._load(conn, 1).state
+            assert whole is not None
+            edges = sorted({e + d for p in whole.map for e in (p.start, p.end) for d in (-1, 0, 1)})
+            for lo in edges[::3]:
+                for n in (0, 1, 700, 5000):
+                    part = store_mod._load_window(conn, 1, lo, lo + n).state
+                    assert part is not None and part.size == whole.size
+                    got = part.runs(lo, n, no_base, lambda log: log)
+                    assert got == whole.runs(lo, n, no_base, lambda log: log), (lo, n)
