@@ -95,11 +95,11 @@ class RangeMap:
         for a, b in pairwise(ordered):
             if a.end > b.start or a.length < 1:
                 raise ValueError(f"pieces {a} and {b} overlap")
-        load = self.LOAD
-        self._chunks = [ordered[k : k + load] for k in range(0, len(ordered), load)]
-        self._starts = [[p.start for p in c] for c in self._chunks]
-        self._firsts = [s[0] for s in self._starts]
+        self._chunks: list[list[Piece]] = []
+        self._starts: list[list[int]] = []
+        self._firsts: list[int] = []
         self._len = len(ordered)
+        self._put_back(0, 0, ordered, [p.start for p in ordered])
 
     def __iter__(self) -> Iterator[Piece]:
         return chain.from_iterable(self._chunks)

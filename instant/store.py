@@ -1432,7 +1432,7 @@ class Store:
                 return ent.state
         self._rtake()
         try:
-            return self._rstate(obj, version, (0, 0)).state
+            return self._rstate(obj, (0, 0), version).state
         finally:
             self._rlock.release()
 
@@ -1455,7 +1455,7 @@ class Store:
         try:
             for _ in range(8):
                 try:
-                    st = self._rstate(obj, version, (offset, offset + count)).state
+                    st = self._rstate(obj, (offset, offset + count), version).state
                     empty = FileState(base_size, base_size)
                     return (st or empty).runs(offset, count, base, self._fd_of)
                 except _LogGone:  # a map read before a cleaning moved it: read it again
@@ -1465,10 +1465,9 @@ class Store:
         finally:
             self._rlock.release()
 
-    def _rstate(
-        self, obj: int, version: int | None = None, window: tuple[int, int] | None = None
-    ) -> _Entry:
-        """``obj``'s read entry, checked against ``version`` (``version()`` if not given).
+    def _rstate(self, obj: int, window: tuple[int, int], version: int | None = None) -> _Entry:
+        """``obj``'s read entry for the bytes of ``window``, checked against ``version``
+        (``version()`` if not given).
 
         A large file another process changed (see the notes, "Reading"): an entry
         of its row and the pieces over ``window`` alone, not cached."""
@@ -1493,7 +1492,7 @@ class Store:
         if ent is None or ent.gen != gen:
             if ent is not None and ent.state is not None and len(ent.state.map) >= RANGED_MIN:
                 self._ranged.add(obj)
-            if window is not None and obj in self._ranged:
+            if obj in self._ranged:
                 self._rstates.pop(obj, None)  # never followed again: its memory back
                 with self.read() as conn:
                     return _load_window(conn, obj, *window)
@@ -1918,37 +1917,28 @@ def _started(name: str, loop: Callable[[], None]) -> threading.Thread:
 
 
 def _load(conn: sqlite3.Connection, obj: int) -> _Entry:
-    row = conn.execute("SELECT size, base_limit, gen FROM objects WHERE id=?", (obj,)).fetchone()
-    if row is None:
-        return _Entry(None, ABSENT)
-    pieces = [
-        Piece(*r)
-        for r in conn.execute(
-            "SELECT start, length, log, pos FROM pieces WHERE obj=? ORDER BY start", (obj,)
-        )
-    ]
-    return _Entry(FileState(row[0], row[1], RangeMap(pieces)), row[2])
+    """``obj``'s size, base limit, gen and whole map."""
+    return _loaded(conn, obj, "", ())
 
 
 def _load_window(conn: sqlite3.Connection, obj: int, lo: int, hi: int) -> _Entry:
     """``obj``'s size, base limit and gen with the pieces over ``[lo, hi)`` alone:
     all a read of those bytes needs (in one read transaction: ``conn``'s)."""
-    row = conn.execute("SELECT size, base_limit, gen FROM objects WHERE id=?", (obj,)).fetchone()
-    if row is None:
-        return _Entry(None, ABSENT)
     # The last piece that starts at or before lo (it may cover lo), then the rest:
     # a piece before it ends before it, the pieces never overlapping.
     (first,) = conn.execute(
         "SELECT MAX(start) FROM pieces WHERE obj=? AND start <= ?", (obj, lo)
     ).fetchone()
-    pieces = [
-        Piece(*r)
-        for r in conn.execute(
-            "SELECT start, length, log, pos FROM pieces WHERE obj=? AND start >= ? AND start < ?"
-            " ORDER BY start",
-            (obj, lo if first is None else first, hi),
-        )
-    ]
+    return _loaded(conn, obj, " AND start >= ? AND start < ?", (lo if first is None else first, hi))
+
+
+def _loaded(conn: sqlite3.Connection, obj: int, where: str, params: tuple[int, ...]) -> _Entry:
+    """``obj``'s row with its pieces that also meet ``where`` (ANDed, ``params``)."""
+    row = conn.execute("SELECT size, base_limit, gen FROM objects WHERE id=?", (obj,)).fetchone()
+    if row is None:
+        return _Entry(None, ABSENT)
+    sql = f"SELECT start, length, log, pos FROM pieces WHERE obj=?{where} ORDER BY start"
+    pieces = [Piece(*r) for r in conn.execute(sql, (obj, *params))]
     return _Entry(FileState(row[0], row[1], RangeMap(pieces)), row[2])
 
 

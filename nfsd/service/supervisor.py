@@ -366,11 +366,9 @@ class Supervisor(Service):
         spare.control.close()
         self._spare = None
         lived = now - spare.started
-        young = lived < FLAP_SECONDS
-        self._spare_delay = min(FLAP_DELAY_MAX, max(1.0, self._spare_delay * 2)) if young else 0.0
+        self._spare_delay = _backoff(self._spare_delay, lived)
         self._spare_at = now + self._spare_delay
-        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        log.warning("spare worker pid %d %s after %.1f s", spare.proc.pid, how, lived)
+        log.warning("spare worker pid %d %s after %.1f s", spare.proc.pid, _ended(code), lived)
 
     def _promote(self, slot: WorkerProc, now: float) -> bool:
         """Hand ``slot`` to the spare, if there is one alive: whether it took it."""
@@ -378,7 +376,7 @@ class Supervisor(Service):
         if spare is None:
             return False
         if spare.proc.poll() is None:
-            line = json.dumps({"spec": self._spec(slot)}).encode() + b"\n"
+            line = _line({"spec": self._spec(slot)})
             try:  # the listeners (inherited ones) with the line: its first bytes
                 sent = socket.send_fds(spare.control, [line], self._inherited())
                 spare.control.sendall(line[sent:])
@@ -452,12 +450,10 @@ class Supervisor(Service):
             slot.ready = True
             slot.error = None
             self._next_status = 0.0  # a replaced worker shows at once
-            if slot.reload_due and slot.control is not None:
+            if slot.reload_due:
                 # It may have read the list before the reload wrote it: read again.
                 slot.reload_due = False
-                with contextlib.suppress(OSError):
-                    line = json.dumps({"reload": self._reload_serial}).encode() + b"\n"
-                    slot.control.sendall(line)
+                self._ask_reload(slot, self._reload_serial)
             for w in m.get("warnings", []):
                 if w not in self.warnings:
                     self.warnings.append(w)
@@ -502,19 +498,15 @@ class Supervisor(Service):
     def _replace(self, slot: WorkerProc, now: float) -> None:
         """Start a worker in place of one that is gone (see the notes)."""
         if slot.proc is not None:
-            code = slot.proc.returncode
             lived = now - slot.started
-            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            slot.delay = (
-                min(FLAP_DELAY_MAX, max(1.0, slot.delay * 2)) if lived < FLAP_SECONDS else 0.0
-            )
+            slot.delay = _backoff(slot.delay, lived)
             slot.not_before = now + slot.delay
             self._pump(0.0)  # its last words, if it said why
             log.warning(
                 "worker %d pid %d %s after %.1f s%s: %s",
                 slot.index,
                 slot.proc.pid,
-                how,
+                _ended(slot.proc.returncode),
                 lived,
                 f" ({slot.error})" if slot.error and not slot.ready else "",
                 f"restarting in {slot.delay:.0f} s" if slot.delay else "restarting",
@@ -563,8 +555,7 @@ class Supervisor(Service):
             if slot.control is None or not slot.ready:
                 slot.reload_due = True  # starting, or to start: asked once it serves
                 continue
-            with contextlib.suppress(OSError):
-                slot.control.sendall(json.dumps({"reload": serial}).encode() + b"\n")
+            if self._ask_reload(slot, serial):
                 asked.append(slot)
         deadline = time.monotonic() + RELOAD_TIMEOUT
         while time.monotonic() < deadline and not all(
@@ -580,6 +571,16 @@ class Supervisor(Service):
             if reply.get("error"):
                 return f"worker {slot.index}: {reply['error']}"
         return None
+
+    def _ask_reload(self, slot: WorkerProc, serial: int) -> bool:
+        """Tell ``slot``'s worker to read the list again: whether it was told."""
+        if slot.control is None:
+            return False
+        try:
+            slot.control.sendall(_line({"reload": serial}))
+        except OSError:
+            return False
+        return True
 
     def status(self) -> dict[str, Any]:
         st = super().status()
@@ -642,6 +643,22 @@ class Supervisor(Service):
         for slot in self.slots:
             self._lost(slot)
             slot.proc = None
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    """One message to a worker: a JSON line (``nfsd.service.worker``'s notes)."""
+    return json.dumps(message).encode() + b"\n"
+
+
+def _backoff(delay: float, lived: float) -> float:
+    """The delay before starting again a process that ended after ``lived``
+    seconds, ``delay`` the one before: growing while it dies young (see the notes)."""
+    return min(FLAP_DELAY_MAX, max(1.0, delay * 2)) if lived < FLAP_SECONDS else 0.0
+
+
+def _ended(code: int) -> str:
+    """How a process ended, from its return code."""
+    return f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
 def advertised_programs(*, udp: bool) -> list[Program]:
