@@ -5,7 +5,8 @@ and across folders, over a base file), removes a base file, makes and
 removes a folder, a symbolic link, a sparse 2 GiB swap file, truncates up
 and down; then runs 300 random writes (half O_DIRECT), truncates and
 verified reads over the merged disk image against a model in its memory,
-while the host SIGKILLs and restarts the server.  The storage tree is
+while the host SIGKILLs and restarts the server; mounted with ``nconnect``,
+so both worker processes serve the guest's calls.  The storage tree is
 fingerprinted before and after.
 """
 
@@ -79,6 +80,9 @@ def test_merged_image_random_writes_across_a_server_kill(instant_run, kernel_env
     final = (r.one("FSX_FINAL") or "").split(" ")
     if len(final) < 4 or final[0] != final[1] or final[2] != final[3]:
         problems.append(f"after the run, model and server differ: {final}")
+    held = next((e for _, e in r.events if e.startswith("connections held by")), "")
+    if len(set(held.split()[4:])) < 2:
+        problems.append(f"the guest's connections were not spread over both workers: {held!r}")
     killed = r.event_time("server killed")
     restarted = [t for t, e in r.events if e.startswith("server started")]
     finished = r.time_of("FSX_DONE")
@@ -89,7 +93,7 @@ def test_merged_image_random_writes_across_a_server_kill(instant_run, kernel_env
     again = r.rpc.get("retransmitted", [])
     kill = next((e for _, e in r.events if e.startswith("server kill pid")), "no kill")
     kernel_report.append(
-        f"instant: 300 fsx ops over the merged image, {kill} at {killed} s, "
+        f"instant: 300 fsx ops over the merged image ({held}), {kill} at {killed} s, "
         f"done at {finished} s, {len(again)} calls retransmitted"
     )
     assert not problems, run.fail("fsx over the merged image", problems)

@@ -214,7 +214,8 @@ def run_guest(
     """Run one guest boot with `scenario` (sh/<scenario>.sh) against `server`.
 
     `actions`: guest line key -> {"do": "restart_server" | "kill_server", "delay": s,
-    "in_flight": "READ"} or {"do": "set_exports", "text": EXPORTS} (rewrite + reload).
+    "in_flight": "READ"}, {"do": "set_exports", "text": EXPORTS} (rewrite + reload) or
+    {"do": "connections"} (an event naming the workers that hold the guest's connections).
     `timeout`: seconds for the whole boot; `deadline_after`: key -> seconds, a shorter
     host timeout counted from that guest line."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +336,10 @@ class _Runner:
                 inflight = self._wait_in_flight(spec.get("in_flight"))
                 self.event(f"worker kill{inflight}")
                 self.event(self.server.kill_worker())  # type: ignore[attr-defined]
+            elif what == "connections":
+                held = self.server.connection_pids()  # type: ignore[attr-defined]
+                pids = sorted(w["pid"] for w in self.server.workers() if w["pid"] in held)  # type: ignore[attr-defined]
+                self.event(f"connections held by workers {' '.join(map(str, pids))}")
             elif what == "kill_server":
                 self.event("server kill")
                 self.server.kill()

@@ -7,7 +7,8 @@ operations, then an fsx-style run of random writes, truncates and reads
 over the merged disk image, checked against a model in the guest's memory.
 Two seconds into that run, as soon as a WRITE is in flight, the host
 SIGKILLs the server and starts it again (hard mount: the run must complete
-and verify).
+and verify).  The guest mounts with ``nconnect`` (:data:`NCONNECT`): its
+calls, a file's WRITEs and READs among them, go to both worker processes.
 
 The storage is fingerprinted before and after (:func:`tree_digest`): every
 entry's name, type, size, mode, mtime and ctime, and the bytes of every
@@ -36,6 +37,10 @@ EXPORT = f"/recover/instant/{SESSION}"
 HASH_LIMIT = 64 * 1024 * 1024
 QUOTA_MIB = 64
 """The session's quota: the guest rewrites 2.5 times as much (sh/instant.sh)."""
+NCONNECT = 16
+"""The guest's connections (``nconnect``): SO_REUSEPORT hashes each to one of the
+server's 2 workers, so a file's calls are served by both processes, each with its
+own store, group commit and map cache (all 16 on one worker: 2 runs in 65,536)."""
 
 
 def tree_digest(root: Path) -> str:
@@ -112,8 +117,10 @@ def run_instant(env: Env, *, ops: int = 300, seed: int = 10, kill_after: float =
             "OPS": ops,
             "SEED": seed,
         },
+        mount_extra=f",nconnect={NCONNECT}",
         actions={
-            "FSX_STARTED": {"do": "restart_server", "delay": kill_after, "in_flight": "WRITE"}
+            "BASE_SHA": {"do": "connections"},
+            "FSX_STARTED": {"do": "restart_server", "delay": kill_after, "in_flight": "WRITE"},
         },
         timeout=600,
     )

@@ -100,6 +100,7 @@ def _run(
     portmap: bool = False,
     exports: str | None = None,
     mount_options: str | None = None,
+    mount_extra: str = "",
     checks: list[Check] | None = None,
     params: dict | None = None,
     data: dict[str, bytes] | None = None,
@@ -113,7 +114,7 @@ def _run(
     p = {
         "SERVER": guest.GUEST_HOST_ADDR,
         "EXPORT": EXPORT,
-        "MOUNT_OPTS": mount_options or explicit_mount_options(server),
+        "MOUNT_OPTS": (mount_options or explicit_mount_options(server)) + mount_extra,
         "MOUNT_TIMEOUT": 90,
         **(params or {}),
     }
