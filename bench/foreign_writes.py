@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""One fragmented session file written by two processes in turns.
+
+    .venv/bin/python bench/foreign_writes.py --pieces 2000 10000 40000 100000
+
+Two stores on one session directory, as two worker processes serving one
+client's ``nconnect`` connections have: store A first makes random 4 KiB
+writes to one file of a 16 GiB disk until its map holds ``--pieces``
+pieces, then A and B take turns, 16 writes in flight each (a group), for
+``--seconds`` or ``--writes``.  Each store's group follows a commit of the
+other's: the cost of changing a map another process changed
+(``instant/store.py``'s notes, "Writing a large file").  The session's
+folder is made under ``--dir`` (default ``.cache/foreign-writes``) and
+removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from foreign_reads import burst  # noqa: E402  (the same random 4 KiB writes to file 1)
+
+from instant.store import Store  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--pieces", type=int, nargs="+", default=[2000, 10_000, 40_000, 100_000])
+    ap.add_argument("--seconds", type=float, default=3.0, help="of turns, at each size")
+    ap.add_argument("--writes", type=int, default=4000, help="at most, at each size")
+    ap.add_argument("--dir", type=Path, default=REPO / ".cache" / "foreign-writes")
+    args = ap.parse_args()
+    shutil.rmtree(args.dir, ignore_errors=True)
+    args.dir.mkdir(parents=True)
+    rnd = random.Random(1)
+    a, b = Store(args.dir, clean=False), Store(args.dir, clean=False)
+    try:
+        written = 0
+        for target in sorted(args.pieces):
+            while written < target:
+                burst(a, rnd, 2000)
+                written += 2000
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < args.seconds and n < args.writes:
+                burst(a, rnd, 16)
+                burst(b, rnd, 16)
+                n += 32
+            dt = time.perf_counter() - t0
+            written += n
+            print(f"{target:>9,} pieces: A and B in turns, 16 writes each: {n / dt:8,.0f} writes/s")
+    finally:
+        a.close()
+        b.close()
+        shutil.rmtree(args.dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

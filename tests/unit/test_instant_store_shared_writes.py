@@ -1,0 +1,209 @@
+"""instant.store: two processes writing one large file (the notes, "Writing a large file").
+
+Two stores on one session directory stand for two worker processes serving
+one client's ``nconnect`` connections.  With ``PARTIAL_MIN`` made small, every
+file is "large": a store whose file the other changed keeps its writer's
+entry partial, loading the pieces each change needs (``_fill``).  Checked:
+
+* random writes, truncates and the cleaning, each by either store in turn,
+  read as a byte model from both stores, and after reopening (hypothesis);
+* neither store loads a large file's map whole again, whoever changes it,
+  and a store opened on a large file (after a restart) writes without it;
+* a piece the entry holds is never loaded a second time over this process's
+  own edit of it (the ``known`` stretches), within a group and across groups:
+  after every change a current entry holds exactly the database's pieces
+  over its known stretches (:func:`check_entries`).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from instant import db
+from instant import store as store_mod
+from instant.rangemap import Piece
+from instant.store import Store
+from tests.unit import test_instant_store_async, test_instant_store_cache
+from tests.unit.test_instant_store import BASE, apply, op_lists, read, run_op
+from tests.unit.test_instant_store_clean import _clean
+
+base_fd = test_instant_store_async.base_fd  # the fixtures
+loads = test_instant_store_cache.loads
+
+
+def _group(s: Store, obj: int, writes: list[list]) -> None:  # type: ignore[type-arg]
+    """``writes`` (``["w", off, n, fill]``) queued together, the syncer woken once
+    after the last: one group (one transaction) makes them all, in their order."""
+    told: list[object] = []
+    ended = threading.Event()
+    wakes: list = []  # type: ignore[type-arg]
+
+    def done(outcome: object) -> None:
+        told.append(outcome)
+        if len(told) == len(writes):
+            ended.set()
+
+    def later(wake) -> bool:  # type: ignore[no-untyped-def]
+        wakes.append(wake)
+        return True
+
+    for _, off, n, fill in writes:
+        s.write_async(obj, off, bytes([fill]) * n, len(BASE), done=done, wake_later=later)
+    wakes[-1]()
+    assert ended.wait(30) and not [e for e in told if isinstance(e, Exception)], told
+
+
+def check_entries(s: Store) -> None:
+    """Each writer's entry that is current holds the database's pieces: all of them,
+    or (partial) those that meet its known stretches; none twice, none stale."""
+    conn = db.connect(s.dir)
+    try:
+        for obj, ent in s._wstates.items():
+            row = conn.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
+            if row is None or row[0] != ent.gen or ent.state is None:
+                continue  # another process changed it since: not used again as it is
+            sql = "SELECT start, length, log, pos FROM pieces WHERE obj=? ORDER BY start"
+            pieces = [Piece(*r) for r in conn.execute(sql, (obj,))]
+            if ent.known is not None:
+                pieces = [p for p in pieces if ent.known.overlapping(p.start, p.end)]
+            assert list(ent.state.map) == pieces, obj
+    finally:
+        conn.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    op_lists(st.integers(1, 9000), min_size=1, max_size=40),
+    st.lists(st.booleans(), min_size=40, max_size=40),
+    st.sampled_from([1, 3, 8]),
+)
+def test_two_stores_writing_in_turns_read_as_the_model(
+    tmp_path_factory, base_fd: int, ops: list, who: list[bool], ranged: int
+) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path_factory.mktemp("s")
+    model = bytearray(BASE)
+    real = store_mod.PARTIAL_MIN, store_mod.RANGED_MIN
+    # hypothesis runs the body many times: no monkeypatch.  Readers by windows too.
+    store_mod.PARTIAL_MIN = store_mod.RANGED_MIN = ranged
+    try:
+        with Store(d, rotate=16 * 1024, clean=False) as a, Store(d, clean=False) as b:
+            i = 0
+            while i < len(ops):
+                s, other = (a, b) if who[i] else (b, a)
+                op = ops[i]
+                if op[0] == "w":  # with the writes after it by the same store: one group
+                    j = i + 1
+                    while j < min(i + 4, len(ops)) and ops[j][0] == "w" and who[j] == who[i]:
+                        j += 1
+                    _group(s, 1, ops[i:j])
+                    for w in ops[i:j]:
+                        apply(model, w)
+                    i = j
+                else:
+                    run_op(s, 1, op)
+                    apply(model, op)
+                    i += 1
+                check_entries(s)
+                if op[0] == "w" and op[3] % 7 == 0:
+                    _clean(other)  # moves the other store's edits: its map changes under s
+                    check_entries(other)
+                if op[0] == "w" and op[3] % 5 == 0:
+                    assert read(other, 1, base_fd) == bytes(model)
+            assert read(a, 1, base_fd) == bytes(model)
+            assert read(b, 1, base_fd) == bytes(model)
+        with Store(d, clean=False) as s:
+            assert read(s, 1, base_fd) == bytes(model)
+    finally:
+        store_mod.PARTIAL_MIN, store_mod.RANGED_MIN = real
+
+
+def test_a_large_file_written_in_turns_is_never_loaded_whole(
+    tmp_path: Path, base_fd: int, loads: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a file's map is large, writes by two stores in turns load only the
+    pieces each one meets; nobody loads the map whole, and the bytes are right."""
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)
+    rnd = random.Random(3)
+    model = bytearray(BASE)
+    with Store(tmp_path / "s", clean=False) as a, Store(tmp_path / "s", clean=False) as b:
+        for i in range(40):  # 40 pieces apart, all by a: its map followed its own commits
+            op = ["w", rnd.randrange(15) * 4096 + rnd.choice((0, 100)), 3000, i + 1]
+            run_op(a, 1, op)
+            apply(model, op)
+        assert len(a._wstates[1].state.map) >= 16
+        loads.clear()
+        for i in range(200):
+            s = (a, b)[i % 2]
+            op = ["w", rnd.randrange(70_000), rnd.randrange(1, 9000), i % 250 + 1]
+            if i % 37 == 36:
+                op = ["t", rnd.randrange(70_000), 0, 0]
+            run_op(s, 1, op)
+            apply(model, op)
+            check_entries(s)
+        assert loads == []
+        assert a._wstates[1].known is not None and b._wstates[1].known is not None
+        assert read(a, 1, base_fd) == bytes(model) == read(b, 1, base_fd)
+
+
+def test_a_store_opened_on_a_large_file_writes_without_loading_it(
+    tmp_path: Path, base_fd: int, loads: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart: the first write to a file of many pieces takes its row and
+    the pieces it meets, not the whole map (890,000 pieces: ~2.5 s with every
+    write of the process waiting)."""
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)
+    model = bytearray(BASE)
+    d = tmp_path / "s"
+    with Store(d, clean=False) as s:
+        for i in range(30):
+            op = ["w", i * 2000, 1000, i + 1]
+            run_op(s, 1, op)
+            apply(model, op)
+        run_op(s, 2, ["w", 0, 10, 9])  # a small file beside it
+    loads.clear()
+    with Store(d, clean=False) as s:
+        for op in (["w", 1500, 1000, 77], ["w", 59_500, 9000, 78], ["t", 50_000, 0, 0]):
+            run_op(s, 1, op)
+            apply(model, op)
+        run_op(s, 2, ["w", 5, 10, 8])
+        assert loads == [2]  # the small one is loaded whole, as before
+        ent = s._wstates[1]
+        assert ent.known is not None and ent.state is not None
+        assert len(ent.state.map) < 30  # only the pieces met: around 1,500, past 50,000
+        assert read(s, 1, base_fd) == bytes(model)
+    with Store(d, clean=False) as s:
+        assert read(s, 1, base_fd) == bytes(model)
+
+
+def test_a_piece_this_process_cut_is_not_loaded_again(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database's piece under an edit this process made in an earlier group
+    meets a known stretch: a later change beside it does not load it over the edit."""
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 4)
+    model = bytearray(BASE)
+    d = tmp_path / "s"
+    with Store(d, clean=False) as a, Store(d, clean=False) as b:
+        for i in range(6):
+            op = ["w", i * 10_000, 8000, i + 1]
+            run_op(a, 1, op)
+            apply(model, op)
+        run_op(b, 1, ["w", 60_000, 10, 50])  # a's entry of the file is partial from now on
+        apply(model, ["w", 60_000, 10, 50])
+        for op in (["w", 2000, 100, 60], ["w", 7000, 2000, 61], ["w", 1000, 10, 62]):
+            run_op(a, 1, op)  # each meets the piece [0, 8000) the first one cut
+            apply(model, op)
+        ent = a._wstates[1]
+        assert ent.known is not None and ent.state is not None
+        got = {p.start: p for p in ent.state.map}
+        assert 0 in got and got[0].length == 1000  # the piece as cut, not as loaded
+        assert all(isinstance(p, Piece) for p in got.values())
+        assert read(a, 1, base_fd) == bytes(model) == read(b, 1, base_fd)
