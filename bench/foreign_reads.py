@@ -20,6 +20,8 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +52,20 @@ def burst(a: Store, rnd: random.Random, k: int) -> None:
     ended.wait(600)
 
 
+@contextmanager
+def two_stores(folder: Path) -> Iterator[tuple[Store, Store]]:
+    """Two stores on one new session folder, as two processes; the folder removed after."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    a, b = Store(folder, clean=False), Store(folder, clean=False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -58,11 +74,8 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=50_000, help="writes between two timings")
     ap.add_argument("--dir", type=Path, default=REPO / ".cache" / "foreign-reads")
     args = ap.parse_args()
-    shutil.rmtree(args.dir, ignore_errors=True)
-    args.dir.mkdir(parents=True)
     rnd = random.Random(1)
-    a, b = Store(args.dir, clean=False), Store(args.dir, clean=False)
-    try:
+    with two_stores(args.dir) as (a, b):
         written = 0
         while written < args.pieces:
             burst(a, rnd, 2000)
@@ -83,10 +96,6 @@ def main() -> int:
                 f" after A's commit; after the next {s2 * 1e3:7.1f} and {r2 * 1e3:6.1f} ms",
                 flush=True,
             )
-    finally:
-        a.close()
-        b.close()
-        shutil.rmtree(args.dir, ignore_errors=True)
     return 0
 
 

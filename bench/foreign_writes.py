@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,9 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from foreign_reads import burst  # noqa: E402  (the same random 4 KiB writes to file 1)
-
-from instant.store import Store  # noqa: E402
+from foreign_reads import burst, two_stores  # noqa: E402  (A's random 4 KiB writes)
 
 
 def main() -> int:
@@ -40,11 +37,8 @@ def main() -> int:
     ap.add_argument("--writes", type=int, default=4000, help="at most, at each size")
     ap.add_argument("--dir", type=Path, default=REPO / ".cache" / "foreign-writes")
     args = ap.parse_args()
-    shutil.rmtree(args.dir, ignore_errors=True)
-    args.dir.mkdir(parents=True)
     rnd = random.Random(1)
-    a, b = Store(args.dir, clean=False), Store(args.dir, clean=False)
-    try:
+    with two_stores(args.dir) as (a, b):
         written = 0
         for target in sorted(args.pieces):
             while written < target:
@@ -58,10 +52,6 @@ def main() -> int:
             dt = time.perf_counter() - t0
             written += n
             print(f"{target:>9,} pieces: A and B in turns, 16 writes each: {n / dt:8,.0f} writes/s")
-    finally:
-        a.close()
-        b.close()
-        shutil.rmtree(args.dir, ignore_errors=True)
     return 0
 
 
