@@ -187,13 +187,21 @@ a file never written costs that pragma and the base's own runs.
 
 A file whose map another process changed is loaded again whole, unless the
 map it had held ``RANGED_MIN`` pieces or more (a VM's random writes leave
-a piece each): such a file is read from then on by what the read needs
-alone, its row and the pieces over the bytes asked for (two indexed
-queries in one read transaction: :func:`_load_window`), never cached.
-Reloading it whole after each of the writer's commits cost 0.6-0.8 s a
-READ or GETATTR at 200,000 pieces (about 2.5 s at 890,000), with the read
-lock held: ``instant export`` of a running VM paid it every 8 MiB, and so
-did a client served by another worker.
+a piece each); nor is a file of that many pieces this process never read
+(after a restart).  Its entry is *partial*, as a writer's (next section):
+its row, and the pieces over the bytes each read asks for, loaded then and
+kept with the stretches they cover (``known``), in a read transaction that
+finds the file at the entry's ``gen`` (else that read is answered from its
+own window, :func:`_load_window`, and nothing is kept: the entry is behind
+the database until this process's commit is published, or another
+process's change replaces it at the next call).  This process's commits
+apply their edits to it as to a whole map, the pieces they remove that it
+never held left out, the pieces they add known from then on
+(:func:`_follow`).  Loading such a map whole cost 0.6-0.8 s a READ or
+GETATTR at 200,000 pieces (about 2.5 s at 890,000), with the read lock
+held, so every reply of the process's commits waited too: ``instant
+export`` of a running VM paid it every 8 MiB, a client served by another
+worker at every call, and the first READ after a restart once.
 
 Writing a large file
 --------------------
@@ -353,7 +361,7 @@ HOOK_POINTS = ("before-data", "after-data", "after-sync", "after-commit")
 ABSENT = -1
 """``gen`` of a file without an overlay."""
 CACHE_MAX = 4096
-RANGED_MIN = 4096  # pieces: a map this large is not reloaded whole after a foreign change
+RANGED_MIN = 4096  # pieces: a reader's map this large is not loaded whole (see "Reading")
 PARTIAL_MIN = 512
 """Pieces: a writer's map this large is not loaded whole again after another process
 changed the file, nor after a restart (see the notes, "Writing a large file")."""
@@ -666,7 +674,6 @@ class Store:
         self._unsynced_below = 0  # log bytes a failed sync may have lost (see _sync); the syncer's
         self._wstates: dict[int, _Entry] = {}
         self._rstates: dict[int, _Entry] = {}
-        self._ranged: set[int] = set()  # files read by windows (see the notes, "Reading")
         # (old gen, new gen) of this process's changes from just before their
         # COMMIT until _publish has applied them to _rstates (see _rstate).
         self._publishing: dict[int, list[tuple[int, int]]] = {}
@@ -1365,7 +1372,7 @@ class Store:
                     cached.state is not None and len(cached.state.map) >= PARTIAL_MIN
                 )
             else:
-                large = _many_pieces(conn, obj)
+                large = _many_pieces(conn, obj, PARTIAL_MIN)
             ent = _unfilled(conn, obj) if large else _load(conn, obj)
         _bounded_put(self._wstates, obj, ent)
         return ent
@@ -1384,7 +1391,7 @@ class Store:
                 if ch.edits is None or ent.state is None or ent.gen != ch.old_gen:
                     del self._rstates[ch.obj]
                     continue
-                ent.state.map.apply(ch.edits)
+                _follow(ent, ch.edits)
                 ent.state.size, ent.state.base_limit = ch.size, ch.base_limit
                 ent.gen = ch.new_gen
 
@@ -1503,16 +1510,16 @@ class Store:
             self._rlock.release()
 
     def _rstate(self, obj: int, window: tuple[int, int], version: int | None = None) -> _Entry:
-        """``obj``'s read entry for the bytes of ``window``, checked against ``version``
-        (``version()`` if not given).
+        """``obj``'s read entry holding the pieces over ``window``, checked against
+        ``version`` (``version()`` if not given).
 
-        A large file another process changed (see the notes, "Reading"): an entry
-        of its row and the pieces over ``window`` alone, not cached."""
+        A large file (see the notes, "Reading"): a partial entry, filled over
+        ``window``; or, when that cannot be kept, an entry of the window alone."""
         if version is None:
             version = self.version()
         ent = self._rstates.get(obj)
         if ent is not None and ent.checked == version:
-            return ent
+            return self._filled(obj, ent, window)
         row = self._r.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
         gen = ABSENT if row is None else row[0]
         # This process's commit of obj is between COMMIT and _publish: answer from
@@ -1525,20 +1532,34 @@ class Store:
             and ent.gen != gen
             and self._being_published(obj, ent.gen, gen)
         ):
-            return ent
+            return self._filled(obj, ent, window)  # a window of its own, if any
         if ent is None or ent.gen != gen:
-            if ent is not None and ent.state is not None and len(ent.state.map) >= RANGED_MIN:
-                self._ranged.add(obj)
-            if obj in self._ranged:
-                self._rstates.pop(obj, None)  # never followed again: its memory back
-                with self.read() as conn:
-                    return _load_window(conn, obj, *window)
-            if getattr(self._nowait, "on", False):
+            if ent is not None:  # another process changed it: was it large?
+                large = ent.known is not None or (
+                    ent.state is not None and len(ent.state.map) >= RANGED_MIN
+                )
+                self._rstates.pop(obj, None)
+            else:
+                large = _many_pieces(self._r, obj, RANGED_MIN)
+            if not large and getattr(self._nowait, "on", False):
                 raise WouldWait
             with self.read() as conn:
-                ent = _load(conn, obj)
+                ent = _unfilled(conn, obj) if large else _load(conn, obj)
             _bounded_put(self._rstates, obj, ent)
         ent.checked = version
+        return self._filled(obj, ent, window)
+
+    def _filled(self, obj: int, ent: _Entry, window: tuple[int, int]) -> _Entry:
+        """(Read lock held) ``ent`` holding the pieces over ``window``: a partial entry
+        filled there if the database still has the file at the entry's ``gen``, else
+        an entry of that window alone (not kept)."""
+        if ent.known is None or ent.state is None or not _unknown(ent.known, *window):
+            return ent
+        with self.read() as conn:
+            row = conn.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
+            if row is None or row[0] != ent.gen:
+                return _load_window(conn, obj, *window)
+            _fill(conn, obj, ent, *window)
         return ent
 
     def _fd_of(self, log: int) -> int:
@@ -1978,19 +1999,49 @@ def _over(conn: sqlite3.Connection, obj: int, lo: int, hi: int) -> tuple[int, in
     return (lo if first is None else first, hi)
 
 
-def _many_pieces(conn: sqlite3.Connection, obj: int) -> bool:
-    """Whether ``obj``'s map holds ``PARTIAL_MIN`` pieces or more (the primary key's
+def _many_pieces(conn: sqlite3.Connection, obj: int, least: int) -> bool:
+    """Whether ``obj``'s map holds ``least`` pieces or more (the primary key's
     index stepped that far, not the map loaded)."""
     sql = "SELECT 1 FROM pieces WHERE obj=? LIMIT 1 OFFSET ?"
-    return conn.execute(sql, (obj, PARTIAL_MIN - 1)).fetchone() is not None
+    return conn.execute(sql, (obj, least - 1)).fetchone() is not None
 
 
 def _unfilled(conn: sqlite3.Connection, obj: int) -> _Entry:
-    """A writer's entry of a large file: its row, no piece, nothing known yet
-    (:func:`_fill` loads what each change needs)."""
+    """A partial entry of a large file: its row, no piece, nothing known yet
+    (:func:`_fill` loads what each change or read needs)."""
     ent = _loaded(conn, obj, " AND 0", ())
-    ent.known = RangeMap()
+    if ent.state is not None:
+        ent.known = RangeMap()
     return ent
+
+
+def _unknown(known: RangeMap, lo: int, hi: int) -> bool:
+    """Whether some byte of ``[lo, hi)`` lies outside the ``known`` stretches."""
+    pos = lo
+    for k in known.overlapping(lo, hi):
+        if pos < k.start:
+            return True
+        pos = max(pos, k.end)
+    return pos < hi
+
+
+def _follow(ent: _Entry, edits: Edits) -> None:
+    """This process's committed ``edits`` applied to a read entry at their old gen.
+
+    A partial entry (see the notes, "Reading") drops the removed pieces it holds
+    (one it does not hold lies outside its known stretches: it holds every piece
+    that meets them) and knows the added ones' stretches from then on: the change
+    replaced every piece over them, so the entry holds all that is there."""
+    assert ent.state is not None
+    known = ent.known
+    if known is None:
+        ent.state.map.apply(edits)
+        return
+    m = ent.state.map
+    held = [s for s in edits.removed if any(p.start == s for p in m.overlapping(s, s + 1))]
+    m.apply(Edits(held, edits.added))
+    for p in edits.added:
+        known.put(Piece(p.start, p.length, 0, p.start))
 
 
 def _fill(conn: sqlite3.Connection, obj: int, ent: _Entry, lo: int, hi: int) -> None:
@@ -2004,7 +2055,8 @@ def _fill(conn: sqlite3.Connection, obj: int, ent: _Entry, lo: int, hi: int) -> 
     known = ent.known
     if known is None or lo >= hi:
         return
-    gaps, pos = [], lo
+    gaps: list[tuple[int, int]] = []
+    pos = lo
     for k in known.overlapping(lo, hi):
         if pos < k.start:
             gaps.append((pos, k.start))

@@ -8,7 +8,10 @@ entry partial, loading the pieces each change needs (``_fill``).  Checked:
 * random writes, truncates and the cleaning, each by either store in turn,
   read as a byte model from both stores, and after reopening (hypothesis);
 * neither store loads a large file's map whole again, whoever changes it,
-  and a store opened on a large file (after a restart) writes without it;
+  and a store opened on a large file (after a restart) writes and reads
+  without it;
+* a read while this process's commit is being published is answered from
+  its own window, keeping nothing the commit's edits would then add twice;
 * a piece the entry holds is never loaded a second time over this process's
   own edit of it (the ``known`` stretches), within a group and across groups:
   after every change a current entry holds exactly the database's pieces
@@ -17,6 +20,7 @@ entry partial, loading the pieces each change needs (``_fill``).  Checked:
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from pathlib import Path
@@ -29,8 +33,10 @@ from instant import db
 from instant import store as store_mod
 from instant.rangemap import Piece
 from instant.store import Store
+from merge.namespace import ZERO_FD
 from tests.unit import test_instant_store_async, test_instant_store_cache
-from tests.unit.test_instant_store import BASE, apply, op_lists, read, run_op
+from tests.unit.test_instant_store import BASE, apply, base_runs, op_lists, read, run_op
+from tests.unit.test_instant_store_cache import in_publish_window
 from tests.unit.test_instant_store_clean import _clean
 
 base_fd = test_instant_store_async.base_fd  # the fixtures
@@ -60,11 +66,12 @@ def _group(s: Store, obj: int, writes: list[list]) -> None:  # type: ignore[type
 
 
 def check_entries(s: Store) -> None:
-    """Each writer's entry that is current holds the database's pieces: all of them,
-    or (partial) those that meet its known stretches; none twice, none stale."""
+    """Each writer's and reader's entry that is current holds the database's pieces:
+    all of them, or (partial) those that meet its known stretches; none twice, none
+    stale."""
     conn = db.connect(s.dir)
     try:
-        for obj, ent in s._wstates.items():
+        for obj, ent in [*s._wstates.items(), *s._rstates.items()]:
             row = conn.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
             if row is None or row[0] != ent.gen or ent.state is None:
                 continue  # another process changed it since: not used again as it is
@@ -112,6 +119,9 @@ def test_two_stores_writing_in_turns_read_as_the_model(
                     apply(model, op)
                     i += 1
                 check_entries(s)
+                if op[3] % 3 == 0:  # a read after its own change: its entry followed it
+                    assert read(s, 1, base_fd, op[1], 9000) == bytes(model[op[1] : op[1] + 9000])
+                    check_entries(s)
                 if op[0] == "w" and op[3] % 7 == 0:
                     _clean(other)  # moves the other store's edits: its map changes under s
                     check_entries(other)
@@ -207,3 +217,107 @@ def test_a_piece_this_process_cut_is_not_loaded_again(
         assert 0 in got and got[0].length == 1000  # the piece as cut, not as loaded
         assert all(isinstance(p, Piece) for p in got.values())
         assert read(a, 1, base_fd) == bytes(model) == read(b, 1, base_fd)
+
+
+def test_a_store_opened_on_a_large_file_reads_without_loading_it(
+    tmp_path: Path, base_fd: int, loads: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart: READs and GETATTRs of a file of many pieces take its row and
+    the pieces they meet, kept for the next ones, not the whole map under the
+    read lock (at 890,000 pieces ~2.5 s, every reply of the process waiting)."""
+    monkeypatch.setattr(store_mod, "RANGED_MIN", 16)
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)  # and its write: the writer's
+    model = bytearray(BASE)
+    d = tmp_path / "s"
+    with Store(d, clean=False) as s:
+        for i in range(30):
+            op = ["w", i * 2000, 1000, i + 1]
+            run_op(s, 1, op)
+            apply(model, op)
+    loads.clear()
+    with Store(d, clean=False) as s:
+        assert s.size(1, len(BASE)) == len(BASE)
+        assert read(s, 1, base_fd, 3000, 5000) == bytes(model[3000:8000])
+        ent = s._rstates[1]
+        assert ent.known is not None and ent.state is not None
+        assert 0 < len(ent.state.map) < 30
+        for op in (["w", 3500, 10, 99], ["w", 40_100, 300, 98]):
+            run_op(s, 1, op)  # its own commits, in and out of what it holds: followed
+            apply(model, op)
+            assert s._rstates[1] is ent
+            check_entries(s)
+        assert read(s, 1, base_fd, 39_000, 3000) == bytes(model[39_000:42_000])
+        check_entries(s)  # the piece the commit added is not loaded a second time
+        assert read(s, 1, base_fd) == bytes(model)
+        check_entries(s)
+        assert loads == []
+
+
+def test_a_read_while_a_commit_is_published_keeps_nothing(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between this process's COMMIT and its publication, a READ of bytes its partial
+    entry does not hold is answered from a window of its own: filled into the entry,
+    the commit's new pieces would be added a second time when published."""
+    monkeypatch.setattr(store_mod, "RANGED_MIN", 4)
+    model = bytearray(BASE)
+    d = tmp_path / "s"
+    with Store(d, clean=False) as s:
+        for i in range(8):
+            op = ["w", i * 8000, 1000, i + 1]
+            run_op(s, 1, op)
+            apply(model, op)
+    with Store(d, clean=False) as s:
+        run_op(s, 2, ["w", 0, 10, 5])  # its log opened (a commit, published): not the one
+        assert read(s, 1, base_fd, 0, 100) == bytes(model[:100])  # a partial entry, [0, 100)
+        seen = in_publish_window(s, lambda: read(s, 1, base_fd, 40_000, 9000))
+        op = ["w", 41_000, 500, 77]
+        run_op(s, 1, op)
+        (during,) = seen
+        assert during in (bytes(model[40_000:49_000]), bytes(apply_to(model, op)[40_000:49_000]))
+        apply(model, op)
+        check_entries(s)
+        assert read(s, 1, base_fd) == bytes(model)
+        check_entries(s)
+
+
+def test_a_read_checked_before_a_commit_is_not_filled_after_it(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's ``version`` read before this process's commit, its read made after
+    the COMMIT and before the publication: the entry, checked at that version, must
+    not be filled from the newer database (its pieces would be added twice)."""
+    monkeypatch.setattr(store_mod, "RANGED_MIN", 4)
+    model = bytearray(BASE)
+    d = tmp_path / "s"
+    with Store(d, clean=False) as s:
+        for i in range(8):
+            op = ["w", i * 8000, 1000, i + 1]
+            run_op(s, 1, op)
+            apply(model, op)
+    with Store(d, clean=False) as s:
+        run_op(s, 2, ["w", 0, 10, 5])  # its log opened (a commit, published): not the one
+        v = s.version()
+        assert s.size(1, len(BASE), v) == len(BASE)  # a partial entry, checked at v
+        op = ["w", 41_000, 500, 77]
+
+        def late_read() -> bytes:
+            out = bytearray()
+            for r in s.runs(1, 40_000, 9000, base_runs(base_fd), len(BASE), version=v):
+                out += bytes(r.length) if r.fd == ZERO_FD else os.pread(r.fd, r.length, r.pos)
+            return bytes(out)
+
+        seen = in_publish_window(s, late_read)
+        run_op(s, 1, op)
+        (during,) = seen
+        assert during in (bytes(model[40_000:49_000]), bytes(apply_to(model, op)[40_000:49_000]))
+        apply(model, op)
+        check_entries(s)
+        assert read(s, 1, base_fd) == bytes(model)
+        check_entries(s)
+
+
+def apply_to(model: bytearray, op: list) -> bytearray:  # type: ignore[type-arg]
+    after = bytearray(model)
+    apply(after, op)
+    return after
