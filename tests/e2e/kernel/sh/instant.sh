@@ -95,6 +95,24 @@ done
 sync
 echo 3 >/proc/sys/vm/drop_caches
 say "REWRITE_DONE passes=$i errors=$err $(sha256sum </tmp/chunk4 | cut -d' ' -f1) $(sha256sum <"$D/rewrite.bin" | cut -d' ' -f1)"
+# Scattered 4 KiB writes, as a VM's: ~900 pieces in one file, written over nconnect's
+# connections (both workers), so each process edits a map the other keeps changing.
+step scatter
+S=$D/scatter.img
+truncate -s 8M "$S"
+dd if=/dev/zero of=/tmp/smodel bs=1M count=8 2>/dev/null
+awk -v seed="$SEED" 'BEGIN { srand(seed + 1); for (i = 0; i < 1200; i++) print int(rand() * 2048) }' >/tmp/sops
+err=0
+while read -r blk; do
+    dd if=/dev/urandom of=/tmp/b4 bs=4096 count=1 2>/dev/null
+    dd if=/tmp/b4 of=/tmp/smodel bs=4096 seek="$blk" conv=notrunc 2>/dev/null
+    dd if=/tmp/b4 of="$S" bs=4096 seek="$blk" oflag=direct conv=notrunc 2>/tmp/dd.err \
+        || { err=$((err + 1)); say "SCATTER_ERR $blk $(oneline </tmp/dd.err)"; }
+done </tmp/sops
+sync
+echo 3 >/proc/sys/vm/drop_caches
+say "SCATTER_DONE writes=1200 errors=$err $(sha256sum </tmp/smodel | cut -d' ' -f1) $(sha256sum <"$S" | cut -d' ' -f1)"
+rm -f /tmp/smodel
 list_tree /mnt FINAL
 step umount
 out=$(umount /mnt 2>&1)
