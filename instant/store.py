@@ -186,7 +186,7 @@ Commits of this process apply their edits to the cache directly.  A read of
 a file never written costs that pragma and the base's own runs.
 
 A file whose map another process changed is loaded again whole, unless the
-map it had held ``RANGED_MIN`` pieces or more (a VM's random writes leave
+map it had held ``PARTIAL_MIN`` pieces or more (a VM's random writes leave
 a piece each); nor is a file of that many pieces this process never read
 (after a restart).  Its entry is *partial*, as a writer's (next section):
 its row, and the pieces over the bytes each read asks for, loaded then and
@@ -201,7 +201,9 @@ never held left out, the pieces they add known from then on
 GETATTR at 200,000 pieces (about 2.5 s at 890,000), with the read lock
 held, so every reply of the process's commits waited too: ``instant
 export`` of a running VM paid it every 8 MiB, a client served by another
-worker at every call, and the first READ after a restart once.
+worker at every call, and the first READ after a restart once; at 2,000
+and 4,000 pieces a GETATTR after each of the other process's commits cost
+5-13 ms, 0.1-0.3 ms partial (``bench/foreign_reads.py``).
 
 Writing a large file
 --------------------
@@ -220,8 +222,7 @@ change since.  Reloading the whole map at each group after the other
 process's cost 3 µs a piece: two stores writing one file of 100,000 pieces
 in turns made 44 writes a second, ~5,000 now (``bench/foreign_writes.py``);
 at ~2,000 pieces 2,300 against 7,100 with partial entries from 512 pieces
-on, the bound for a writer (a reader's, ``RANGED_MIN``, is higher: a
-windowed read costs two queries at every call, a partial entry is kept).
+on (``PARTIAL_MIN``, for readers too).
 
 Sending from the logs' mappings
 -------------------------------
@@ -361,10 +362,9 @@ HOOK_POINTS = ("before-data", "after-data", "after-sync", "after-commit")
 ABSENT = -1
 """``gen`` of a file without an overlay."""
 CACHE_MAX = 4096
-RANGED_MIN = 4096  # pieces: a reader's map this large is not loaded whole (see "Reading")
 PARTIAL_MIN = 512
-"""Pieces: a writer's map this large is not loaded whole again after another process
-changed the file, nor after a restart (see the notes, "Writing a large file")."""
+"""Pieces: a map this large is not loaded whole again after another process changed
+the file, nor after a restart (see the notes, "Reading", "Writing a large file")."""
 _END = (1 << 63) - 1  # past every file's end: a truncate's window
 SMALL_WRITE = 64 * 1024
 """Writes below this land in a zeroed stretch of the log (:meth:`Store._zero_ahead`)."""
@@ -1372,7 +1372,7 @@ class Store:
                     cached.state is not None and len(cached.state.map) >= PARTIAL_MIN
                 )
             else:
-                large = _many_pieces(conn, obj, PARTIAL_MIN)
+                large = _many_pieces(conn, obj)
             ent = _unfilled(conn, obj) if large else _load(conn, obj)
         _bounded_put(self._wstates, obj, ent)
         return ent
@@ -1536,11 +1536,11 @@ class Store:
         if ent is None or ent.gen != gen:
             if ent is not None:  # another process changed it: was it large?
                 large = ent.known is not None or (
-                    ent.state is not None and len(ent.state.map) >= RANGED_MIN
+                    ent.state is not None and len(ent.state.map) >= PARTIAL_MIN
                 )
                 self._rstates.pop(obj, None)
             else:
-                large = _many_pieces(self._r, obj, RANGED_MIN)
+                large = _many_pieces(self._r, obj)
             if not large and getattr(self._nowait, "on", False):
                 raise WouldWait
             with self.read() as conn:
@@ -1999,11 +1999,11 @@ def _over(conn: sqlite3.Connection, obj: int, lo: int, hi: int) -> tuple[int, in
     return (lo if first is None else first, hi)
 
 
-def _many_pieces(conn: sqlite3.Connection, obj: int, least: int) -> bool:
-    """Whether ``obj``'s map holds ``least`` pieces or more (the primary key's
+def _many_pieces(conn: sqlite3.Connection, obj: int) -> bool:
+    """Whether ``obj``'s map holds ``PARTIAL_MIN`` pieces or more (the primary key's
     index stepped that far, not the map loaded)."""
     sql = "SELECT 1 FROM pieces WHERE obj=? LIMIT 1 OFFSET ?"
-    return conn.execute(sql, (obj, least - 1)).fetchone() is not None
+    return conn.execute(sql, (obj, PARTIAL_MIN - 1)).fetchone() is not None
 
 
 def _unfilled(conn: sqlite3.Connection, obj: int) -> _Entry:

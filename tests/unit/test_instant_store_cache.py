@@ -119,11 +119,11 @@ def _bytes(store: Store, offset: int, count: int, base_size: int) -> bytes:
 def test_a_large_file_changed_by_another_process_is_read_by_windows(
     tmp_path: Path, loads: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Once its map is large (``RANGED_MIN`` pieces), a file the other process keeps
+    """Once its map is large (``PARTIAL_MIN`` pieces), a file the other process keeps
     changing is never reloaded whole: its read entry is partial, holding its row
     and the pieces over the bytes the reads asked for since the other's last
     change, and gives what the writer's own map gives."""
-    monkeypatch.setattr(store_mod, "RANGED_MIN", 16)
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)
     rnd = random.Random(5)
     base = 256 * 4096
     with Store(tmp_path / "s") as a, Store(tmp_path / "s") as b:

@@ -97,9 +97,8 @@ def test_two_stores_writing_in_turns_read_as_the_model(
 ) -> None:  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("s")
     model = bytearray(BASE)
-    real = store_mod.PARTIAL_MIN, store_mod.RANGED_MIN
-    # hypothesis runs the body many times: no monkeypatch.  Readers by windows too.
-    store_mod.PARTIAL_MIN = store_mod.RANGED_MIN = ranged
+    real = store_mod.PARTIAL_MIN
+    store_mod.PARTIAL_MIN = ranged  # hypothesis runs the body many times: no monkeypatch
     try:
         with Store(d, rotate=16 * 1024, clean=False) as a, Store(d, clean=False) as b:
             i = 0
@@ -132,7 +131,7 @@ def test_two_stores_writing_in_turns_read_as_the_model(
         with Store(d, clean=False) as s:
             assert read(s, 1, base_fd) == bytes(model)
     finally:
-        store_mod.PARTIAL_MIN, store_mod.RANGED_MIN = real
+        store_mod.PARTIAL_MIN = real
 
 
 def test_a_large_file_written_in_turns_is_never_loaded_whole(
@@ -225,8 +224,7 @@ def test_a_store_opened_on_a_large_file_reads_without_loading_it(
     """After a restart: READs and GETATTRs of a file of many pieces take its row and
     the pieces they meet, kept for the next ones, not the whole map under the
     read lock (at 890,000 pieces ~2.5 s, every reply of the process waiting)."""
-    monkeypatch.setattr(store_mod, "RANGED_MIN", 16)
-    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)  # and its write: the writer's
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)
     model = bytearray(BASE)
     d = tmp_path / "s"
     with Store(d, clean=False) as s:
@@ -262,7 +260,7 @@ def test_a_read_while_a_commit_is_published_keeps_nothing(
     the commit's new pieces would be added a second time when published.  Also when
     the caller's ``version`` was read before the commit (``checked_before``): the
     entry, checked at that version, is not filled from the newer database."""
-    monkeypatch.setattr(store_mod, "RANGED_MIN", 4)
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 4)
     model = bytearray(BASE)
     d = tmp_path / "s"
     with Store(d, clean=False) as s:
