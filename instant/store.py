@@ -1367,12 +1367,9 @@ class Store:
             cached = self._wstates.get(obj)
             if cached is not None and cached.gen == row[0]:
                 return cached
-            if cached is not None:  # another process changed it: was it large?
-                large = cached.known is not None or (
-                    cached.state is not None and len(cached.state.map) >= PARTIAL_MIN
-                )
-            else:
-                large = _many_pieces(conn, obj)
+            # Another process changed it (or this one never loaded it): large already,
+            # or grown large since (the database says)?
+            large = _was_large(cached) or _many_pieces(conn, obj)
             ent = _unfilled(conn, obj) if large else _load(conn, obj)
         _bounded_put(self._wstates, obj, ent)
         return ent
@@ -1408,6 +1405,8 @@ class Store:
             self._r.execute("BEGIN")
             try:
                 yield self._r
+            except sqlite3.Error as e:  # a client is told IO, not a fault
+                raise _storage_error(e) from e
             finally:
                 self._r.execute("COMMIT")
         finally:
@@ -1534,13 +1533,10 @@ class Store:
         ):
             return self._filled(obj, ent, window)  # a window of its own, if any
         if ent is None or ent.gen != gen:
-            if ent is not None:  # another process changed it: was it large?
-                large = ent.known is not None or (
-                    ent.state is not None and len(ent.state.map) >= PARTIAL_MIN
-                )
-                self._rstates.pop(obj, None)
-            else:
-                large = _many_pieces(self._r, obj)
+            # Another process changed it (or this one never read it): large already,
+            # or grown large since (the database says)?
+            large = _was_large(ent) or _many_pieces(self._r, obj)
+            self._rstates.pop(obj, None)
             if not large and getattr(self._nowait, "on", False):
                 raise WouldWait
             with self.read() as conn:
@@ -1555,11 +1551,16 @@ class Store:
         an entry of that window alone (not kept)."""
         if ent.known is None or ent.state is None or not _unknown(ent.known, *window):
             return ent
-        with self.read() as conn:
-            row = conn.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
-            if row is None or row[0] != ent.gen:
-                return _load_window(conn, obj, *window)
-            _fill(conn, obj, ent, *window)
+        try:
+            with self.read() as conn:
+                row = conn.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
+                if row is None or row[0] != ent.gen:
+                    return _load_window(conn, obj, *window)
+                _fill(conn, obj, ent, *window)
+        except BaseException:
+            if self._rstates.get(obj) is ent:  # whatever _fill did, it is not kept
+                del self._rstates[obj]
+            raise
         return ent
 
     def _fd_of(self, log: int) -> int:
@@ -1999,6 +2000,13 @@ def _over(conn: sqlite3.Connection, obj: int, lo: int, hi: int) -> tuple[int, in
     return (lo if first is None else first, hi)
 
 
+def _was_large(ent: _Entry | None) -> bool:
+    """Whether a cached entry is partial, or whole with ``PARTIAL_MIN`` pieces or more."""
+    if ent is None or ent.state is None:
+        return False
+    return ent.known is not None or len(ent.state.map) >= PARTIAL_MIN
+
+
 def _many_pieces(conn: sqlite3.Connection, obj: int) -> bool:
     """Whether ``obj``'s map holds ``PARTIAL_MIN`` pieces or more (the primary key's
     index stepped that far, not the map loaded)."""
@@ -2063,17 +2071,21 @@ def _fill(conn: sqlite3.Connection, obj: int, ent: _Entry, lo: int, hi: int) -> 
         pos = max(pos, k.end)
     if pos < hi:
         gaps.append((pos, hi))
-    new: list[Piece] = []
+    # Every query first, the entry changed after: a query that fails leaves it as it
+    # was (a read entry is kept; a stretch known without its pieces would read as base).
+    fetched: dict[int, Piece] = {}  # a piece over two gaps comes twice
     sql = f"SELECT start, length, log, pos FROM pieces WHERE obj=?{_OVER} ORDER BY start"
     for a, b in gaps:
         for p in map(Piece._make, conn.execute(sql, (obj, *_over(conn, obj, a, b)))):
-            if not known.overlapping(p.start, p.end):
-                new.append(p)
-                known.put(Piece(p.start, p.length, 0, p.start))  # joins the one it continues
-        known.put(Piece(a, b - a, 0, a))
+            fetched[p.start] = p
+    new = [p for p in fetched.values() if not known.overlapping(p.start, p.end)]
     if new:
         assert ent.state is not None
         ent.state.map.apply(Edits([], new))
+    for p in new:
+        known.put(Piece(p.start, p.length, 0, p.start))  # joins the one it continues
+    for a, b in gaps:
+        known.put(Piece(a, b - a, 0, a))
 
 
 def _loaded(conn: sqlite3.Connection, obj: int, where: str, params: tuple[int, ...]) -> _Entry:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from instant import db
 from instant import store as store_mod
 from instant.rangemap import Piece
 from instant.store import Store
-from merge.namespace import ZERO_FD
+from merge.namespace import ZERO_FD, StorageIOError
 from tests.unit import test_instant_store_async, test_instant_store_cache
 from tests.unit.test_instant_store import BASE, apply, base_runs, op_lists, read, run_op
 from tests.unit.test_instant_store_cache import in_publish_window
@@ -294,3 +295,61 @@ def apply_to(model: bytearray, op: list) -> bytearray:  # type: ignore[type-arg]
     after = bytearray(model)
     apply(after, op)
     return after
+
+
+@pytest.mark.parametrize("cached", ["absent", "small"])
+def test_a_small_entry_the_other_grew_large_is_not_loaded_whole(
+    tmp_path: Path, base_fd: int, loads: list[int], monkeypatch: pytest.MonkeyPatch, cached: str
+) -> None:
+    """Whether a file is large is the database's answer when the entry this process
+    has is not: a file it saw with no overlay or a few pieces, grown past
+    ``PARTIAL_MIN`` by another process, is read and written partially."""
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)
+    model = bytearray(BASE)
+    with Store(tmp_path / "s", clean=False) as a, Store(tmp_path / "s", clean=False) as b:
+        if cached == "small":
+            run_op(a, 1, ["w", 0, 10, 3])
+            apply(model, ["w", 0, 10, 3])
+        assert a.size(1, len(BASE)) == len(BASE)
+        for i in range(40):
+            op = ["w", i * 1500 + 20, 100, i + 7]
+            run_op(b, 1, op)
+            apply(model, op)
+        loads.clear()
+        assert a.size(1, len(BASE)) == len(BASE)
+        run_op(a, 1, ["w", 5, 1, 9])
+        apply(model, ["w", 5, 1, 9])
+        assert loads == []
+        assert read(a, 1, base_fd) == bytes(model) == read(b, 1, base_fd)
+        check_entries(a)
+
+
+def test_a_fill_that_fails_keeps_nothing(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read whose fill fails half way (an I/O error on its second query) leaves no
+    stretch known without its pieces: the next read gives the written bytes."""
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 4)
+    model = bytearray(BASE)
+    d = tmp_path / "s"
+    with Store(d, clean=False) as s:
+        for i in range(8):
+            op = ["w", i * 8000, 1000, i + 1]
+            run_op(s, 1, op)
+            apply(model, op)
+    with Store(d, clean=False) as s:
+        assert read(s, 1, base_fd, 24_000, 1000) == bytes(model[24_000:25_000])
+        real, calls = store_mod._over, [0]
+
+        def failing(*a):  # type: ignore[no-untyped-def]
+            calls[0] += 1
+            if calls[0] == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(*a)
+
+        monkeypatch.setattr(store_mod, "_over", failing)
+        with pytest.raises(StorageIOError):  # gaps [0, 24000) and [25000, 40000)
+            read(s, 1, base_fd, 0, 40_000)
+        monkeypatch.setattr(store_mod, "_over", real)
+        assert read(s, 1, base_fd) == bytes(model)
+        check_entries(s)
