@@ -262,13 +262,8 @@ def test_a_read_while_a_commit_is_published_keeps_nothing(
     the caller's ``version`` was read before the commit (``checked_before``): the
     entry, checked at that version, is not filled from the newer database."""
     monkeypatch.setattr(store_mod, "PARTIAL_MIN", 4)
-    model = bytearray(BASE)
     d = tmp_path / "s"
-    with Store(d, clean=False) as s:
-        for i in range(8):
-            op = ["w", i * 8000, 1000, i + 1]
-            run_op(s, 1, op)
-            apply(model, op)
+    model = _eight_pieces(d)
     with Store(d, clean=False) as s:
         run_op(s, 2, ["w", 0, 10, 5])  # its log opened (a commit, published): not the one
         v = s.version() if checked_before else None
@@ -289,6 +284,18 @@ def test_a_read_while_a_commit_is_published_keeps_nothing(
         check_entries(s)
         assert read(s, 1, base_fd) == bytes(model)
         check_entries(s)
+
+
+def _eight_pieces(d: Path) -> bytearray:
+    """A session whose file 1 has 8 pieces of 1,000 bytes, 8,000 apart, written by a
+    store closed since (the next one opens it as after a restart); the model."""
+    model = bytearray(BASE)
+    with Store(d, clean=False) as s:
+        for i in range(8):
+            op = ["w", i * 8000, 1000, i + 1]
+            run_op(s, 1, op)
+            apply(model, op)
+    return model
 
 
 def apply_to(model: bytearray, op: list) -> bytearray:  # type: ignore[type-arg]
@@ -330,13 +337,8 @@ def test_a_fill_that_fails_keeps_nothing(
     """A read whose fill fails half way (an I/O error on its second query) leaves no
     stretch known without its pieces: the next read gives the written bytes."""
     monkeypatch.setattr(store_mod, "PARTIAL_MIN", 4)
-    model = bytearray(BASE)
     d = tmp_path / "s"
-    with Store(d, clean=False) as s:
-        for i in range(8):
-            op = ["w", i * 8000, 1000, i + 1]
-            run_op(s, 1, op)
-            apply(model, op)
+    model = _eight_pieces(d)
     with Store(d, clean=False) as s:
         assert read(s, 1, base_fd, 24_000, 1000) == bytes(model[24_000:25_000])
         real, calls = store_mod._over, [0]
