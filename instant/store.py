@@ -447,8 +447,9 @@ class _Entry:
     gen: int
     checked: int = -1
     known: RangeMap | None = None
-    """A writer's entry of a large file (see the notes, "Writing a large file"): the
-    stretches of the file whose pieces its map holds, every one (None: all)."""
+    """A partial entry of a large file, a reader's or a writer's (see the notes,
+    "Reading", "Writing a large file"): the stretches of the file whose pieces its
+    map holds, every one (None: a whole entry, all of them)."""
 
 
 Done = Callable[[int | Exception], None]
