@@ -66,13 +66,19 @@ def two_stores(folder: Path) -> Iterator[tuple[Store, Store]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def main() -> int:
+def parser(doc: str | None, folder: str) -> argparse.ArgumentParser:
+    """A bench's arguments: its ``doc`` as the help, ``--dir`` (default ``.cache/folder``)."""
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--dir", type=Path, default=REPO / ".cache" / folder)
+    return ap
+
+
+def main() -> int:
+    ap = parser(__doc__, "foreign-reads")
     ap.add_argument("--pieces", type=int, default=200_000, help="random writes in all")
     ap.add_argument("--every", type=int, default=50_000, help="writes between two timings")
-    ap.add_argument("--dir", type=Path, default=REPO / ".cache" / "foreign-reads")
     args = ap.parse_args()
     rnd = random.Random(1)
     with two_stores(args.dir) as (a, b):

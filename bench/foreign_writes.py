@@ -16,7 +16,6 @@ removed at the end.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -25,17 +24,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from foreign_reads import burst, two_stores  # noqa: E402  (A's random 4 KiB writes)
+from foreign_reads import burst, parser, two_stores  # noqa: E402  (A's random 4 KiB writes)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__, "foreign-writes")
     ap.add_argument("--pieces", type=int, nargs="+", default=[2000, 10_000, 40_000, 100_000])
     ap.add_argument("--seconds", type=float, default=3.0, help="of turns, at each size")
     ap.add_argument("--writes", type=int, default=4000, help="at most, at each size")
-    ap.add_argument("--dir", type=Path, default=REPO / ".cache" / "foreign-writes")
     args = ap.parse_args()
     rnd = random.Random(1)
     with two_stores(args.dir) as (a, b):

@@ -103,14 +103,11 @@ class RangeMap:
             ordered.sort()
             starts = [p[0] for p in ordered]
         lengths = [p[1] for p in ordered]
-        ends = list(map(add, starts, lengths))
-        if (lengths and min(lengths) < 1) or not all(map(le, ends, islice(starts, 1, None))):
-            bad = (
-                next((a, b) for a, b in pairwise(ordered) if a.length < 1 or a.end > b.start)
-                if min(lengths) >= 1
-                else (next(a for a in ordered if a.length < 1), None)
-            )
-            raise ValueError(f"pieces {bad[0]} and {bad[1]} overlap, or the first is empty")
+        if lengths and min(lengths) < 1:
+            raise ValueError(f"piece {next(p for p in ordered if p.length < 1)} is empty")
+        if not all(map(le, map(add, starts, lengths), islice(starts, 1, None))):
+            a, b = next((a, b) for a, b in pairwise(ordered) if a.end > b.start)
+            raise ValueError(f"pieces {a} and {b} overlap")
         self._chunks: list[list[Piece]] = []
         self._starts: list[list[int]] = []
         self._firsts: list[int] = []

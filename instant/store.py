@@ -1368,10 +1368,7 @@ class Store:
             cached = self._wstates.get(obj)
             if cached is not None and cached.gen == row[0]:
                 return cached
-            # Another process changed it (or this one never loaded it): large already,
-            # or grown large since (the database says)?
-            large = _was_large(cached) or _many_pieces(conn, obj)
-            ent = _unfilled(conn, obj) if large else _load(conn, obj)
+            ent = _unfilled(conn, obj) if _large(conn, obj, cached) else _load(conn, obj)
         _bounded_put(self._wstates, obj, ent)
         return ent
 
@@ -1465,7 +1462,7 @@ class Store:
 
     def state(self, obj: int, version: int | None = None) -> FileState | None:
         """A copy-free look at ``obj``'s overlay (None: never changed); for sizes
-        (of a large file's, the map may hold none of its pieces: ``_load_window``).
+        (of a large file's, a partial entry: the map may hold none of its pieces).
 
         An entry already checked at ``version`` is answered without the read
         lock (a dict read): a GETATTR never waits for another file's reload.
@@ -1534,9 +1531,7 @@ class Store:
         ):
             return self._filled(obj, ent, window)  # a window of its own, if any
         if ent is None or ent.gen != gen:
-            # Another process changed it (or this one never read it): large already,
-            # or grown large since (the database says)?
-            large = _was_large(ent) or _many_pieces(self._r, obj)
+            large = _large(self._r, obj, ent)
             self._rstates.pop(obj, None)
             if not large and getattr(self._nowait, "on", False):
                 raise WouldWait
@@ -1550,7 +1545,7 @@ class Store:
         """(Read lock held) ``ent`` holding the pieces over ``window``: a partial entry
         filled there if the database still has the file at the entry's ``gen``, else
         an entry of that window alone (not kept)."""
-        if ent.known is None or ent.state is None or not _unknown(ent.known, *window):
+        if ent.known is None or ent.state is None or not _gaps(ent.known, *window):
             return ent
         try:
             with self.read() as conn:
@@ -2001,16 +1996,17 @@ def _over(conn: sqlite3.Connection, obj: int, lo: int, hi: int) -> tuple[int, in
     return (lo if first is None else first, hi)
 
 
-def _was_large(ent: _Entry | None) -> bool:
-    """Whether a cached entry is partial, or whole with ``PARTIAL_MIN`` pieces or more."""
-    if ent is None or ent.state is None:
-        return False
-    return ent.known is not None or len(ent.state.map) >= PARTIAL_MIN
-
-
-def _many_pieces(conn: sqlite3.Connection, obj: int) -> bool:
-    """Whether ``obj``'s map holds ``PARTIAL_MIN`` pieces or more (the primary key's
-    index stepped that far, not the map loaded)."""
+def _large(conn: sqlite3.Connection, obj: int, cached: _Entry | None) -> bool:
+    """Whether ``obj``'s entry, to be made again (another process changed the file,
+    or this one never loaded it), is to be partial: the one ``cached`` was (partial,
+    or whole with ``PARTIAL_MIN`` pieces or more), or the database's map has that
+    many pieces now (the primary key's index stepped that far, not the map loaded)."""
+    if (
+        cached is not None
+        and cached.state is not None
+        and (cached.known is not None or len(cached.state.map) >= PARTIAL_MIN)
+    ):
+        return True
     sql = "SELECT 1 FROM pieces WHERE obj=? LIMIT 1 OFFSET ?"
     return conn.execute(sql, (obj, PARTIAL_MIN - 1)).fetchone() is not None
 
@@ -2024,14 +2020,23 @@ def _unfilled(conn: sqlite3.Connection, obj: int) -> _Entry:
     return ent
 
 
-def _unknown(known: RangeMap, lo: int, hi: int) -> bool:
-    """Whether some byte of ``[lo, hi)`` lies outside the ``known`` stretches."""
+def _gaps(known: RangeMap, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The stretches of ``[lo, hi)`` outside the ``known`` ones."""
+    gaps: list[tuple[int, int]] = []
     pos = lo
     for k in known.overlapping(lo, hi):
         if pos < k.start:
-            return True
+            gaps.append((pos, k.start))
         pos = max(pos, k.end)
-    return pos < hi
+    if pos < hi:
+        gaps.append((pos, hi))
+    return gaps
+
+
+def _know(known: RangeMap, start: int, length: int) -> None:
+    """``[start, start+length)`` known from now on (joined to a known stretch it
+    continues: ``pos`` is the start, as ``RangeMap.put`` joins)."""
+    known.put(Piece(start, length, 0, start))
 
 
 def _follow(ent: _Entry, edits: Edits) -> None:
@@ -2050,12 +2055,13 @@ def _follow(ent: _Entry, edits: Edits) -> None:
     held = [s for s in edits.removed if any(p.start == s for p in m.overlapping(s, s + 1))]
     m.apply(Edits(held, edits.added))
     for p in edits.added:
-        known.put(Piece(p.start, p.length, 0, p.start))
+        _know(known, p.start, p.length)
 
 
 def _fill(conn: sqlite3.Connection, obj: int, ent: _Entry, lo: int, hi: int) -> None:
-    """Load into a writer's entry of a large file the pieces over ``[lo, hi)`` it
-    does not hold yet (inside the write transaction of the change that needs them).
+    """Load into a partial entry the pieces over ``[lo, hi)`` it does not hold yet
+    (a writer's inside the write transaction of the change that needs them, a
+    reader's in a read transaction that finds the file at the entry's ``gen``).
 
     A piece is loaded whole and its stretch known from then on, so a piece of the
     database that meets a known stretch is one the entry holds already (or held:
@@ -2064,14 +2070,7 @@ def _fill(conn: sqlite3.Connection, obj: int, ent: _Entry, lo: int, hi: int) -> 
     known = ent.known
     if known is None or lo >= hi:
         return
-    gaps: list[tuple[int, int]] = []
-    pos = lo
-    for k in known.overlapping(lo, hi):
-        if pos < k.start:
-            gaps.append((pos, k.start))
-        pos = max(pos, k.end)
-    if pos < hi:
-        gaps.append((pos, hi))
+    gaps = _gaps(known, lo, hi)
     # Every query first, the entry changed after: a query that fails leaves it as it
     # was (a read entry is kept; a stretch known without its pieces would read as base).
     fetched: dict[int, Piece] = {}  # a piece over two gaps comes twice
@@ -2084,9 +2083,9 @@ def _fill(conn: sqlite3.Connection, obj: int, ent: _Entry, lo: int, hi: int) -> 
         assert ent.state is not None
         ent.state.map.apply(Edits([], new))
     for p in new:
-        known.put(Piece(p.start, p.length, 0, p.start))  # joins the one it continues
+        _know(known, p.start, p.length)
     for a, b in gaps:
-        known.put(Piece(a, b - a, 0, a))
+        _know(known, a, b - a)
 
 
 def _loaded(conn: sqlite3.Connection, obj: int, where: str, params: tuple[int, ...]) -> _Entry:

@@ -170,13 +170,9 @@ def test_a_store_opened_on_a_large_file_writes_without_loading_it(
     the pieces it meets, not the whole map (890,000 pieces: ~2.5 s with every
     write of the process waiting)."""
     monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)
-    model = bytearray(BASE)
     d = tmp_path / "s"
+    model = _closed_session(d, 30, 2000)
     with Store(d, clean=False) as s:
-        for i in range(30):
-            op = ["w", i * 2000, 1000, i + 1]
-            run_op(s, 1, op)
-            apply(model, op)
         run_op(s, 2, ["w", 0, 10, 9])  # a small file beside it
     loads.clear()
     with Store(d, clean=False) as s:
@@ -226,13 +222,8 @@ def test_a_store_opened_on_a_large_file_reads_without_loading_it(
     the pieces they meet, kept for the next ones, not the whole map under the
     read lock (at 890,000 pieces ~2.5 s, every reply of the process waiting)."""
     monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)
-    model = bytearray(BASE)
     d = tmp_path / "s"
-    with Store(d, clean=False) as s:
-        for i in range(30):
-            op = ["w", i * 2000, 1000, i + 1]
-            run_op(s, 1, op)
-            apply(model, op)
+    model = _closed_session(d, 30, 2000)
     loads.clear()
     with Store(d, clean=False) as s:
         assert s.size(1, len(BASE)) == len(BASE)
@@ -263,7 +254,7 @@ def test_a_read_while_a_commit_is_published_keeps_nothing(
     entry, checked at that version, is not filled from the newer database."""
     monkeypatch.setattr(store_mod, "PARTIAL_MIN", 4)
     d = tmp_path / "s"
-    model = _eight_pieces(d)
+    model = _closed_session(d, 8, 8000)
     with Store(d, clean=False) as s:
         run_op(s, 2, ["w", 0, 10, 5])  # its log opened (a commit, published): not the one
         v = s.version() if checked_before else None
@@ -286,13 +277,14 @@ def test_a_read_while_a_commit_is_published_keeps_nothing(
         check_entries(s)
 
 
-def _eight_pieces(d: Path) -> bytearray:
-    """A session whose file 1 has 8 pieces of 1,000 bytes, 8,000 apart, written by a
-    store closed since (the next one opens it as after a restart); the model."""
+def _closed_session(d: Path, pieces: int, apart: int) -> bytearray:
+    """A session whose file 1 has ``pieces`` pieces of 1,000 bytes, ``apart`` bytes
+    apart, written by a store closed since (the next one opens it as after a
+    restart); the model."""
     model = bytearray(BASE)
     with Store(d, clean=False) as s:
-        for i in range(8):
-            op = ["w", i * 8000, 1000, i + 1]
+        for i in range(pieces):
+            op = ["w", i * apart, 1000, i + 1]
             run_op(s, 1, op)
             apply(model, op)
     return model
@@ -338,7 +330,7 @@ def test_a_fill_that_fails_keeps_nothing(
     stretch known without its pieces: the next read gives the written bytes."""
     monkeypatch.setattr(store_mod, "PARTIAL_MIN", 4)
     d = tmp_path / "s"
-    model = _eight_pieces(d)
+    model = _closed_session(d, 8, 8000)
     with Store(d, clean=False) as s:
         assert read(s, 1, base_fd, 24_000, 1000) == bytes(model[24_000:25_000])
         real, calls = store_mod._over, [0]
