@@ -224,6 +224,18 @@ in turns made 44 writes a second, ~5,000 now (``bench/foreign_writes.py``);
 at ~2,000 pieces 2,300 against 7,100 with partial entries from 512 pieces
 on (``PARTIAL_MIN``, for readers too).
 
+A partial entry costs each write a fill (two queries and the known
+stretches' edits: ~50 µs of CPU a 4 KiB write in-process, a third of the
+rate), so it is made whole again once it is kept: when ``SWEEP_AFTER``
+groups of this process in a row found it current (one writer again: a
+client reconnected to this worker, or the process restarted), each group
+also loads the next ``SWEEP_PIECES`` pieces of the database's map past
+its ``swept`` mark, in the log's transaction, and knows the stretch up to
+the first piece it left (:func:`_sweep`; every stretch before the mark is
+known).  Past the last piece the entry is whole (``known`` None).  Two
+processes writing in turns remake their entries at every group, never
+kept: they never sweep.
+
 Sending from the logs' mappings
 -------------------------------
 A large READ on plain TCP is sent from read-only shared mappings of the
@@ -365,6 +377,11 @@ CACHE_MAX = 4096
 PARTIAL_MIN = 512
 """Pieces: a map this large is not loaded whole again after another process changed
 the file, nor after a restart (see the notes, "Reading", "Writing a large file")."""
+SWEEP_AFTER = 4
+"""Groups in a row that find a partial writer's entry current before they make it
+whole, :data:`SWEEP_PIECES` a group (see the notes, "Writing a large file")."""
+SWEEP_PIECES = 128
+"""Pieces a group loads into a kept partial writer's entry (~2-3 µs each)."""
 _END = (1 << 63) - 1  # past every file's end: a truncate's window
 SMALL_WRITE = 64 * 1024
 """Writes below this land in a zeroed stretch of the log (:meth:`Store._zero_ahead`)."""
@@ -450,6 +467,10 @@ class _Entry:
     """A partial entry of a large file, a reader's or a writer's (see the notes,
     "Reading", "Writing a large file"): the stretches of the file whose pieces its
     map holds, every one (None: a whole entry, all of them)."""
+    kept: int = 0
+    """A writer's: the groups in a row that found it current (see :func:`_sweep`)."""
+    swept: int = 0
+    """A partial writer's: every stretch before it is known (see :func:`_sweep`)."""
 
 
 Done = Callable[[int | Exception], None]
@@ -1212,6 +1233,9 @@ class Store:
             else:
                 p.size = self._map_write(tx, p.obj, piece, p.base_size, p.stamp)
             mapped.append(p)
+        for obj, net in tx.nets.items():
+            if net.ent.known is not None and net.ent.kept >= SWEEP_AFTER:
+                _sweep(c, obj, net.ent)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
         if self._locked:  # keeps (lazy) or takes (synced) the turn; unlocked: ends it
             tx.turn = self._log_id
@@ -1367,6 +1391,7 @@ class Store:
         else:
             cached = self._wstates.get(obj)
             if cached is not None and cached.gen == row[0]:
+                cached.kept += 1
                 return cached
             ent = _unfilled(conn, obj) if _large(conn, obj, cached) else _load(conn, obj)
         _bounded_put(self._wstates, obj, ent)
@@ -1979,21 +2004,22 @@ def _load(conn: sqlite3.Connection, obj: int) -> _Entry:
 def _load_window(conn: sqlite3.Connection, obj: int, lo: int, hi: int) -> _Entry:
     """``obj``'s size, base limit and gen with the pieces over ``[lo, hi)`` alone:
     all a read of those bytes needs (in one read transaction: ``conn``'s)."""
-    return _loaded(conn, obj, _OVER, _over(conn, obj, lo, hi))
+    return _loaded(conn, obj, _OVER, _over(obj, lo, hi))
 
 
-_OVER = " AND start >= ? AND start < ?"
-"""The pieces over a window, with :func:`_over`'s parameters."""
+_OVER = (
+    " AND start >= COALESCE((SELECT MAX(start) FROM pieces WHERE obj=? AND start <= ?), ?)"
+    " AND start < ?"
+)
+"""The pieces over a window, with :func:`_over`'s parameters: from the last piece
+that starts at or before its start (it may cover it; a piece before that one ends
+before it, the pieces never overlapping), to its end.  One statement: the
+subquery is run once, and both steps walk the primary key's index."""
 
 
-def _over(conn: sqlite3.Connection, obj: int, lo: int, hi: int) -> tuple[int, int]:
-    """:data:`_OVER`'s parameters for ``[lo, hi)``: from the last piece that starts at
-    or before ``lo`` (it may cover ``lo``; a piece before it ends before it, the
-    pieces never overlapping), to ``hi``."""
-    (first,) = conn.execute(
-        "SELECT MAX(start) FROM pieces WHERE obj=? AND start <= ?", (obj, lo)
-    ).fetchone()
-    return (lo if first is None else first, hi)
+def _over(obj: int, lo: int, hi: int) -> tuple[int, int, int, int]:
+    """:data:`_OVER`'s parameters for ``[lo, hi)``."""
+    return (obj, lo, lo, hi)
 
 
 def _large(conn: sqlite3.Connection, obj: int, cached: _Entry | None) -> bool:
@@ -2074,18 +2100,58 @@ def _fill(conn: sqlite3.Connection, obj: int, ent: _Entry, lo: int, hi: int) -> 
     # Every query first, the entry changed after: a query that fails leaves it as it
     # was (a read entry is kept; a stretch known without its pieces would read as base).
     fetched: dict[int, Piece] = {}  # a piece over two gaps comes twice
+    out: set[int] = set()  # pieces not inside a gap: one may meet a known stretch
     sql = f"SELECT start, length, log, pos FROM pieces WHERE obj=?{_OVER} ORDER BY start"
     for a, b in gaps:
-        for p in map(Piece._make, conn.execute(sql, (obj, *_over(conn, obj, a, b)))):
+        for p in map(Piece._make, conn.execute(sql, (obj, *_over(obj, a, b)))):
             fetched[p.start] = p
-    new = [p for p in fetched.values() if not known.overlapping(p.start, p.end)]
+            if p.start < a or p.start + p.length > b:
+                out.add(p.start)
+    # A piece inside a gap meets no known stretch, and is known with its gap.
+    new = [
+        p for p in fetched.values() if p.start not in out or not known.overlapping(p.start, p.end)
+    ]
     if new:
         assert ent.state is not None
         ent.state.map.apply(Edits([], new))
     for p in new:
-        _know(known, p.start, p.length)
+        if p.start in out:
+            _know(known, p.start, p.length)
     for a, b in gaps:
         _know(known, a, b - a)
+
+
+def _sweep(conn: sqlite3.Connection, obj: int, ent: _Entry) -> None:
+    """Load into a kept partial writer's entry the next :data:`SWEEP_PIECES` pieces
+    past its ``swept`` mark that it does not hold; whole once past the last.
+
+    In the group's transaction, which found the entry at the database's ``gen``.
+    Every stretch before ``swept`` is known, so a piece that starts before it is
+    held (it meets one); of those that start from it, one that meets a known
+    stretch is held, and any other lies inside a gap.  The stretch from the mark
+    to the first piece not loaded (past every piece: the end) is known after."""
+    known = ent.known
+    assert known is not None and ent.state is not None
+    lo = ent.swept
+    sql = "SELECT start, length, log, pos FROM pieces WHERE obj=? AND start >= ? ORDER BY start"
+    rows = list(map(Piece._make, conn.execute(f"{sql} LIMIT ?", (obj, lo, SWEEP_PIECES + 1))))
+    hi = rows.pop().start if len(rows) > SWEEP_PIECES else _END
+    new: list[Piece] = []
+    gaps = iter(_gaps(known, lo, hi))
+    gap = next(gaps, None)
+    for p in rows:  # both in order: each piece against the gap it may lie in
+        while gap is not None and gap[1] <= p.start:
+            gap = next(gaps, None)
+        if gap is None:
+            break
+        if gap[0] <= p.start and p.start + p.length <= gap[1]:
+            new.append(p)
+    if new:
+        ent.state.map.apply(Edits([], new))
+    _know(known, lo, hi - lo)
+    ent.swept = hi
+    if hi == _END:
+        ent.known = None
 
 
 def _loaded(conn: sqlite3.Connection, obj: int, where: str, params: tuple[int, ...]) -> _Entry:
