@@ -230,11 +230,14 @@ rate), so it is made whole again once it is kept: when ``SWEEP_AFTER``
 groups of this process in a row found it current (one writer again: a
 client reconnected to this worker, or the process restarted), each group
 also loads the next ``SWEEP_PIECES`` pieces of the database's map past
-its ``swept`` mark, in the log's transaction, and knows the stretch up to
+its ``swept`` mark, in the group's transaction, and knows the stretch up to
 the first piece it left (:func:`_sweep`; every stretch before the mark is
 known).  Past the last piece the entry is whole (``known`` None).  Two
 processes writing in turns remake their entries at every group, never
-kept: they never sweep.
+kept: they never sweep.  A partial read entry is swept the same way, on the
+committer, once it followed ``SWEEP_AFTER`` of this process's commits in a
+row (:meth:`Store._sweep_read`): each publication of a commit otherwise
+marks its pieces known one by one.
 
 Sending from the logs' mappings
 -------------------------------
@@ -468,9 +471,10 @@ class _Entry:
     "Reading", "Writing a large file"): the stretches of the file whose pieces its
     map holds, every one (None: a whole entry, all of them)."""
     kept: int = 0
-    """A writer's: the groups in a row that found it current (see :func:`_sweep`)."""
+    """A partial entry's: the groups in a row that found it current (a writer's), or
+    this process's commits it followed in a row (a reader's; see :func:`_sweep`)."""
     swept: int = 0
-    """A partial writer's: every stretch before it is known (see :func:`_sweep`)."""
+    """A partial entry's: every stretch before it is known (see :func:`_sweep`)."""
 
 
 Done = Callable[[int | Exception], None]
@@ -1414,6 +1418,27 @@ class Store:
                 _follow(ent, ch.edits)
                 ent.state.size, ent.state.base_limit = ch.size, ch.base_limit
                 ent.gen = ch.new_gen
+                if ent.known is not None:
+                    ent.kept += 1
+                    if ent.kept >= SWEEP_AFTER:
+                        self._sweep_read(ch.obj, ent)
+
+    def _sweep_read(self, obj: int, ent: _Entry) -> None:
+        """(Read lock held) A step of :func:`_sweep` for a partial read entry that
+        followed ``SWEEP_AFTER`` of this process's commits in a row, in a read
+        transaction that finds the file at the entry's ``gen`` (else nothing: the
+        next call remakes it).  Its edits of a map held partially cost each
+        commit's publication a known stretch a piece (:func:`_follow`).  The
+        commit is done: a failure here drops the entry, never fails the group."""
+        try:
+            with self.read() as conn:
+                row = conn.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
+                if row is not None and row[0] == ent.gen:
+                    _sweep(conn, obj, ent)
+        except Exception:
+            log.debug("%s: a read entry's sweep failed", self.dir, exc_info=True)
+            if self._rstates.get(obj) is ent:
+                del self._rstates[obj]
 
     # -- reading -----------------------------------------------------------------
 
@@ -2122,10 +2147,12 @@ def _fill(conn: sqlite3.Connection, obj: int, ent: _Entry, lo: int, hi: int) -> 
 
 
 def _sweep(conn: sqlite3.Connection, obj: int, ent: _Entry) -> None:
-    """Load into a kept partial writer's entry the next :data:`SWEEP_PIECES` pieces
-    past its ``swept`` mark that it does not hold; whole once past the last.
+    """Load into a kept partial entry the next :data:`SWEEP_PIECES` pieces past its
+    ``swept`` mark that it does not hold; whole once past the last.
 
-    In the group's transaction, which found the entry at the database's ``gen``.
+    A writer's in its group's transaction, which found the entry at the database's
+    ``gen``; a reader's in a read transaction that finds it there
+    (:meth:`Store._sweep_read`).
     Every stretch before ``swept`` is known, so a piece that starts before it is
     held (it meets one); of those that start from it, one that meets a known
     stretch is held, and any other lies inside a gap.  The stretch from the mark

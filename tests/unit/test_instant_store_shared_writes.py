@@ -176,7 +176,8 @@ def test_a_kept_partial_entry_is_made_whole_again(
     """One writer again (after the other process's change, or a restart): once
     ``SWEEP_AFTER`` groups in a row found its partial entry current, each group
     loads ``SWEEP_PIECES`` more pieces, never the whole map at once, until the
-    entry is whole (no fill a write from then on: ~50 µs of CPU a 4 KiB WRITE)."""
+    entry is whole (no fill a write from then on: ~50 µs of CPU a 4 KiB WRITE).
+    So is a partial read entry that follows this process's commits."""
     monkeypatch.setattr(store_mod, "PARTIAL_MIN", 8)
     monkeypatch.setattr(store_mod, "SWEEP_AFTER", 3)
     monkeypatch.setattr(store_mod, "SWEEP_PIECES", 12)
@@ -190,6 +191,8 @@ def test_a_kept_partial_entry_is_made_whole_again(
             run_op(b, 1, ["w", 7, 4, 2])
             apply(model, ["w", 7, 4, 2])
         loads.clear()
+        assert a.size(1, len(BASE)) == len(BASE)  # a partial read entry, following a's commits
+        assert a._rstates[1].known is not None
         whole_after = None
         for g in range(12):
             ops = [["w", rnd.randrange(62_000), rnd.randrange(1, 900), g * 3 + k + 3]
@@ -206,6 +209,7 @@ def test_a_kept_partial_entry_is_made_whole_again(
         # kept from the second group on (the first made the entry), swept from the
         # SWEEP_AFTER-th kept one on: 40 pieces and more, at 12 a group
         assert whole_after is not None and 3 <= whole_after < 12
+        assert a._rstates[1].known is None  # swept on publication
         fills: list[int] = []
         real_fill = store_mod._fill
         monkeypatch.setattr(
