@@ -48,7 +48,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice, pairwise
-from operator import add, le, lt
+from operator import add, itemgetter, le, lt
 from typing import NamedTuple
 
 from merge.namespace import ZERO_FD, Run
@@ -323,13 +323,23 @@ class FileState:
         """Cut ``[offset, min(offset+count, size))`` into runs: head, body, tail.
 
         ``base(offset, count)`` gives the base's runs (``[]`` past its end,
-        short at its end: the rest is zeros); ``log_fd(log)`` the descriptor
-        of a data log.
+        short at its end: the rest is zeros), a new list each call, which is
+        returned as it is when the base alone is read; ``log_fd(log)`` the
+        descriptor of a data log.
         """
         end = min(offset + count, self.size)
+        if offset >= end:
+            return []
         out: list[Run] = []
+        pieces = self.map.overlapping(offset, end)
+        if not pieces and end <= self.base_limit:  # the base's alone (a READ never written)
+            got = base(offset, end - offset)
+            short = (end - offset) - sum(map(_LENGTH, got))
+            if short > 0:
+                _zeros(got, short)
+            return got
         pos = offset
-        for p in self.map.overlapping(offset, end) if offset < end else []:
+        for p in pieces:
             if pos < p.start:
                 self._gap(out, pos, p.start, base)
             lo, hi = max(pos, p.start), min(end, p.end)
@@ -347,11 +357,14 @@ class FileState:
         if start < split:
             got = base(start, split - start)
             out.extend(got)
-            short = (split - start) - sum(r.length for r in got)
+            short = (split - start) - sum(map(_LENGTH, got))
             if short > 0:
                 _zeros(out, short)
         if split < end:
             _zeros(out, end - split)
+
+
+_LENGTH = itemgetter(2)  # a Run's length
 
 
 def _zeros(out: list[Run], n: int) -> None:

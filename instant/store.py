@@ -1547,8 +1547,9 @@ class Store:
             for _ in range(8):
                 try:
                     st = self._rstate(obj, (offset, offset + count), version).state
-                    empty = FileState(base_size, base_size)
-                    return (st or empty).runs(offset, count, base, self._fd_of)
+                    if st is None:  # never changed: the base's bytes as they are
+                        st = FileState(base_size, base_size)
+                    return st.runs(offset, count, base, self._fd_of)
                 except _LogGone:  # a map read before a cleaning moved it: read it again
                     self._rstates.pop(obj, None)
                     version = None  # each time a newer map (another cleaner may be at work)

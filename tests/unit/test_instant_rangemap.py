@@ -224,6 +224,32 @@ def test_truncated_and_regrown_reads_zeros_not_the_base() -> None:
     assert _read(state, {1: bytearray(b"x")}, BLOCK - 2, 4) == b"\0\0x\0"
 
 
+@pytest.mark.parametrize("window", [(0, 100), (BLOCK, 2 * BLOCK), (len(BASE) - 50, 40)])
+def test_a_base_read_short_ends_in_zeros(window: tuple[int, int]) -> None:
+    """A base that gives fewer bytes than asked (its runs end early) reads as zeros
+    after them: with no piece in the window (the base's runs returned as they
+    are) and with one (each gap between pieces)."""
+    offset, count = window
+    short = len(BASE) - 2 * BLOCK  # the base's runs end here, below base_limit
+
+    def base(o: int, n: int) -> list[Run]:
+        end = min(o + n, short)
+        return [Run(BASE_FD, o, end - o)] if o < end else []
+
+    def read(state: FileState) -> bytes:
+        out = bytearray()
+        for r in state.runs(offset, count, base, lambda log: log):
+            assert r.length > 0
+            out += bytes(r.length) if r.fd == ZERO_FD else BASE[r.pos : r.pos + r.length]
+        return bytes(out)
+
+    want = bytes(BASE[:short]) + bytes(len(BASE) - short)
+    state = FileState(len(BASE), len(BASE))
+    assert read(state) == want[offset : offset + count]
+    state.write(Piece(offset, 1, 0, 0))  # a piece of log 0, whose bytes are BASE's own
+    assert read(state) == BASE[0:1] + want[offset + 1 : offset + count]
+
+
 def test_a_small_write_maps_only_its_bytes() -> None:
     """No copy-up: a 4 KiB write in the middle of a big file adds one 4 KiB piece."""
     state = FileState(1 << 30, 1 << 30)
