@@ -355,6 +355,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -1638,6 +1639,8 @@ class Store:
         """
         out: dict[int, memoryview] = {}
         lmaps = self._lmaps
+        if lmaps.keys().isdisjoint(map(_FD, runs)):  # a READ of the base alone: in C
+            return out
         for fd, start, length in runs:
             if fd not in lmaps:
                 continue  # the base's or zeros
@@ -2020,6 +2023,9 @@ def _started(name: str, loop: Callable[[], None]) -> threading.Thread:
     except RuntimeError as e:
         raise StorageIOError(f"cannot start the store's {name}: {e}") from e
     return t
+
+
+_FD = itemgetter(0)  # a Run's descriptor
 
 
 def _load(conn: sqlite3.Connection, obj: int) -> _Entry:
