@@ -61,6 +61,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from merge import stamps
 from merge.attrs import fileid_for
 from merge.cache import TtlLru
 from merge.layer import Context, Entry, Layer, Linked, Listing
@@ -219,6 +220,7 @@ class LinksLayer(Layer):
         cached = self._docs.get(spath)
         if cached is not None and cached[1] == key and not fresh:
             return cached
+        opened = stamps.now_ns()
         try:
             with self.lower.open_file(path) as handle:
                 raw = read_at(handle, 0, MAX_LINK_SIZE + 1)
@@ -236,7 +238,8 @@ class LinksLayer(Layer):
         except BadLink as e:
             doc = e
         found = (doc, key, source)
-        self._docs.put(spath, found)
+        if not stamps.racy(source.attrs.mtime_ns, source.attrs.ctime_ns, opened):
+            self._docs.put(spath, found)  # a racy one is read again next time (merge.stamps)
         return found
 
     # -- the index of a directory ----------------------------------------------------------

@@ -30,11 +30,13 @@ import json
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from merge import stamps
 from merge.namespace import ZERO_FD, InputChanged, Kind, Namespace, Reader, Run
 
 MAGIC = b"PANCBT\0\0"
@@ -239,3 +241,29 @@ def tree_files(tree: Mapping[str, bytes | None]) -> dict[tuple[str, ...], bytes 
             out.setdefault(parts[:i], None)
         out[parts] = data
     return out
+
+
+def same_tick_rewrite(monkeypatch: Any, path: Path, data: bytes) -> None:
+    """``path`` rewritten in place with ``data`` (its size) within the tick of its
+    last change: every ``stat`` of it from now on shows the stat from before (what
+    a file system whose times have a coarse grain shows; ``merge.stamps``)."""
+    before = os.stat(path)
+    assert len(data) == before.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+
+    def as_before(real: Any) -> Any:
+        def look(p: Any, *a: Any, **kw: Any) -> Any:
+            st = real(p, *a, **kw)
+            return before if st.st_ino == before.st_ino and st.st_dev == before.st_dev else st
+
+        return look
+
+    for name in ("stat", "lstat", "fstat"):
+        monkeypatch.setattr(os, name, as_before(getattr(os, name)))
+
+
+def stamps_settled(monkeypatch: Any) -> None:
+    """The stamps' clock moved past every racy stamp's tick (``merge.stamps``)."""
+    real = time.time_ns
+    monkeypatch.setattr(stamps, "now_ns", lambda: real() + stamps.RACY_NS)

@@ -16,7 +16,7 @@ from merge.attrs import fileid_for
 from merge.links import LinksLayer
 from merge.namespace import Kind, NotFound
 from tests.unit.fake_layer import FakeLower, make_ctx
-from tests.unit.merge_helpers import FakeClock, read_all
+from tests.unit.merge_helpers import FakeClock, read_all, same_tick_rewrite, stamps_settled
 
 
 def link(target: object, **extra: object) -> bytes:
@@ -278,14 +278,43 @@ def test_changed_link_is_followed_after_the_ttl(tmp_path: Path) -> None:
         assert read_all(r) == b"BB"
 
 
-def test_link_files_are_read_once_per_change(tmp_path: Path) -> None:
+def test_link_files_are_read_once_per_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     ns, lower = stack(tmp_path, {"c/a": b"A", "c/l.json": link("a")}, clock)
+    stamps_settled(monkeypatch)  # written long ago
     for _ in range(5):
         names(ns, "c")
         ns.getattr(("c", "l"))
         clock.advance(1.0)
     assert lower.calls["open"] == 1  # listed five times, read once
+
+
+def test_a_link_file_read_in_its_change_s_tick_is_read_again_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link file read less than ``RACY_NS`` after its last change may have been
+    changed again in that tick, after the read, with the same stat: its target is
+    not kept, until a read after the tick (then once per change again).  The
+    rewrite within the tick is simulated: the file's new bytes, its old stat."""
+    clock = FakeClock()
+    ns, lower = stack(tmp_path, {"c/a": b"A", "c/b": b"B", "c/l.json": link("a")}, clock)
+    blob = lower.tree[("c", "l.json")]
+    assert blob is not None
+    with ns.open(("c", "l")) as r:
+        assert read_all(r) == b"A"  # read in its tick: not kept
+    same_tick_rewrite(monkeypatch, blob, link("b"))  # same size, another target
+    clock.advance(1.0)
+    with ns.open(("c", "l")) as r:
+        assert read_all(r) == b"B"  # not the target kept from the racy read
+    stamps_settled(monkeypatch)  # the tick over
+    opened = lower.calls["open"]
+    for _ in range(3):
+        clock.advance(1.0)
+        with ns.open(("c", "l")) as r:
+            assert read_all(r) == b"B"
+    assert lower.calls["open"] - opened <= 3 + 1  # the targets, and the link once more
 
 
 def test_link_reader_is_current_while_link_and_target_are(tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ from tests.unit.merge_helpers import (
     read_all,
     read_range,
     run_threads,
+    same_tick_rewrite,
+    stamps_settled,
 )
 
 BASE = bytes(range(256)) * 40  # 10240 bytes
@@ -159,6 +161,34 @@ def test_replaced_pancbt_is_seen_after_the_recheck(tmp_path: Path) -> None:
     old.close()
     ns.close()
     assert lower.open_handles == 0
+
+
+def test_pancbt_rewritten_in_its_stamp_s_tick_is_seen_after_the_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pancbt rewritten in place in the same tick of its file system's clock as
+    the read that parsed it keeps every number of its stat (simulated here: its
+    new bytes, its old stat).  The merge parsed from it is prepared again once
+    that tick is surely over (``merge.stamps``: a racy stamp), not kept for good."""
+    clock = FakeClock()
+    ns, lower = stack(tmp_path, vm(), clock)
+    with ns.open(("d", "disk-flat.vmdk")) as r:
+        assert read_all(r) == naive_merged(BASE, PANCBT)
+    blob = lower.tree[("d", "disk-pancbt.vmdk")]
+    assert blob is not None
+    moved = build([(100, b"head"), (6000, 100), (9000, b"x" * 1000)], 12_000, base_size=len(BASE))
+    assert len(moved) == len(PANCBT) and moved != PANCBT
+    same_tick_rewrite(monkeypatch, blob, moved)
+    stamps_settled(monkeypatch)  # the tick over
+    clock.advance(1.0)
+    with ns.open(("d", "disk-flat.vmdk")) as r:
+        assert read_all(r) == naive_merged(BASE, moved)
+    opened = lower.calls["open"]
+    for _ in range(3):  # prepared under settled stamps: not again
+        clock.advance(1.0)
+        with ns.open(("d", "disk-flat.vmdk")) as r:
+            assert read_all(r) == naive_merged(BASE, moved)
+    assert lower.calls["open"] == opened
 
 
 def test_replaced_base_is_seen_after_the_recheck(tmp_path: Path) -> None:
