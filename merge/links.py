@@ -111,6 +111,7 @@ class _Index(NamedTuple):
     links: dict[str, _Spec]  # presented name -> the one link presenting it
     withheld: frozenset[str]
     low: Listing  # the lower listing it was made from
+    racy: bool = False  # a link file of it was read while racy (merge.stamps): read again
 
 
 _Doc = LinkDoc | None | BadLink  # what a .json file is: a link, an ordinary file, a bad link
@@ -238,7 +239,7 @@ class LinksLayer(Layer):
         except BadLink as e:
             doc = e
         found = (doc, key, source)
-        if not stamps.racy(source.attrs.mtime_ns, source.attrs.ctime_ns, opened):
+        if not stamps.racy(source.attrs.ctime_ns, opened):
             self._docs.put(spath, found)  # a racy one is read again next time (merge.stamps)
         return found
 
@@ -249,9 +250,13 @@ class LinksLayer(Layer):
         if hit is not None and hit[1]:
             return hit[0]
         low = self.lower.listing(path)
-        if hit is not None and hit[0].low is low:  # nothing changed below: nor here
+        if hit is not None and hit[0].low is low and not hit[0].racy:  # nothing changed below
             self._indexes.put(path, hit[0])
             return hit[0]
+        # A link file read in its last change's tick may have changed again in it, after
+        # the read, with the same stat: the index made now is not reused as it is for an
+        # unchanged listing below, but made again (its files read again) once expired.
+        opened = stamps.now_ns()
         withheld = set(low.withheld)
         by_name: defaultdict[str, list[_Spec]] = defaultdict(list)
         if type(low.entries) is dict and not any(n.endswith(SUFFIX) for n in low.entries):
@@ -260,10 +265,12 @@ class LinksLayer(Layer):
             self._indexes.put(path, found)
             return found
         real: dict[str, Entry] = {}
+        racy = False
         for name, entry in low.entries.items():
             if not name.endswith(SUFFIX):
                 real[name] = entry  # not a link file (_read_doc would say so)
                 continue
+            racy = racy or stamps.racy(entry.attrs.ctime_ns, opened)
             doc, key, source = self._read_doc((*path, name), entry, fresh=False)
             if doc is None:
                 real[name] = entry
@@ -286,7 +293,7 @@ class LinksLayer(Layer):
                 withheld.add(name)
             else:
                 links[name] = specs[0]
-        found = _Index(real, links, frozenset(withheld), low)
+        found = _Index(real, links, frozenset(withheld), low, racy)
         self._indexes.put(path, found)
         return found
 

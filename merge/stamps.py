@@ -12,8 +12,8 @@ in place with its size and mtime kept (``cp -p`` over it, ``rsync
 change of attributes alone (``chmod``, a hard link) also moves it: the
 inputs are then prepared again, for nothing but a little work.
 
-A stamp is *racy* (git's word, for its index) when the file changed less
-than :data:`RACY_NS` before the stamp was taken: a file system keeps times
+A stamp is *racy* (git's word, for its index) when the file changed (its
+ctime) less than :data:`RACY_NS` before the stamp was taken: a file system keeps times
 at the grain of its clock's tick (Linux's coarse clock: 1-4 ms; FAT 2 s; a
 network file system the server's), so a write later in that same tick, after
 the file was read, leaves every number of the stamp as it was.  Bytes read
@@ -40,10 +40,13 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def racy(mtime_ns: int, ctime_ns: int, taken_ns: int) -> bool:
-    """Whether a file of these times, read at ``taken_ns`` (``time.time_ns``) or
-    later, may not show a change made after the read, in its last change's tick."""
-    return max(mtime_ns, ctime_ns) > taken_ns - RACY_NS
+def racy(ctime_ns: int, taken_ns: int) -> bool:
+    """Whether a file of this ctime, read at ``taken_ns`` (``time.time_ns``) or later,
+    may not show a change made after the read, in its last change's tick.  The
+    ctime, not the mtime: every change moves it to the clock's time, and no
+    ``utime`` sets it (an mtime set in the future would keep a file racy until
+    then)."""
+    return ctime_ns > taken_ns - RACY_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +65,7 @@ class Stamp:
     @classmethod
     def of(cls, path: str, st: os.stat_result) -> Stamp:
         """The stamp of ``st``, taken (``fstat``) just before the file is read."""
-        settled = 0
-        if racy(st.st_mtime_ns, st.st_ctime_ns, now_ns()):
-            settled = max(st.st_mtime_ns, st.st_ctime_ns) + RACY_NS
+        settled = st.st_ctime_ns + RACY_NS if racy(st.st_ctime_ns, now_ns()) else 0
         return cls(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, settled)
 
     def matches(self, st: os.stat_result) -> bool:

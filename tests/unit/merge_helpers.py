@@ -261,6 +261,38 @@ def same_tick_rewrite(monkeypatch: Any, path: Path, data: bytes) -> None:
 
     for name in ("stat", "lstat", "fstat"):
         monkeypatch.setattr(os, name, as_before(getattr(os, name)))
+    # A folder's scan too: Python's (entries' stat()) and not the C one, which
+    # cannot be patched (merge.passthrough's ``native``).
+    import merge.passthrough
+
+    monkeypatch.setattr(merge.passthrough, "native", None)
+    scandir = os.scandir
+
+    class _Entry:
+        def __init__(self, de: Any) -> None:
+            self._de, self.name, self.path = de, de.name, de.path
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._de, name)
+
+        def stat(self, **kw: Any) -> Any:
+            st = self._de.stat(**kw)
+            return before if st.st_ino == before.st_ino and st.st_dev == before.st_dev else st
+
+    class _Scan:
+        def __init__(self, *a: Any) -> None:
+            self._it = scandir(*a)
+
+        def __enter__(self) -> _Scan:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._it.close()
+
+        def __iter__(self) -> Any:
+            return (_Entry(d) for d in self._it)
+
+    monkeypatch.setattr(os, "scandir", _Scan)
 
 
 def stamps_settled(monkeypatch: Any) -> None:
