@@ -333,11 +333,7 @@ class FileState:
         out: list[Run] = []
         pieces = self.map.overlapping(offset, end)
         if not pieces and end <= self.base_limit:  # the base's alone (a READ never written)
-            got = base(offset, end - offset)
-            short = (end - offset) - sum(map(_LENGTH, got))
-            if short > 0:
-                _zeros(got, short)
-            return got
+            return _base_runs(offset, end - offset, base)
         pos = offset
         for p in pieces:
             if pos < p.start:
@@ -355,13 +351,22 @@ class FileState:
         """Bytes no write covers: the base below ``base_limit``, zeros above."""
         split = min(max(start, self.base_limit), end)
         if start < split:
-            got = base(start, split - start)
+            got = _base_runs(start, split - start, base)
+            if out and got and out[-1].fd == ZERO_FD == got[0].fd:
+                _zeros(out, got.pop(0).length)
             out.extend(got)
-            short = (split - start) - sum(map(_LENGTH, got))
-            if short > 0:
-                _zeros(out, short)
         if split < end:
             _zeros(out, end - split)
+
+
+def _base_runs(start: int, n: int, base: Callable[[int, int], list[Run]]) -> list[Run]:
+    """The base's runs of ``[start, start+n)``, ended in zeros where the base is short
+    (``base``'s own new list)."""
+    got = base(start, n)
+    short = n - sum(map(_LENGTH, got))
+    if short > 0:
+        _zeros(got, short)
+    return got
 
 
 _LENGTH = itemgetter(2)  # a Run's length

@@ -253,10 +253,6 @@ class LinksLayer(Layer):
         if hit is not None and hit[0].low is low and not hit[0].racy:  # nothing changed below
             self._indexes.put(path, hit[0])
             return hit[0]
-        # A link file read in its last change's tick may have changed again in it, after
-        # the read, with the same stat: the index made now is not reused as it is for an
-        # unchanged listing below, but made again (its files read again) once expired.
-        opened = stamps.now_ns()
         withheld = set(low.withheld)
         by_name: defaultdict[str, list[_Spec]] = defaultdict(list)
         if type(low.entries) is dict and not any(n.endswith(SUFFIX) for n in low.entries):
@@ -265,7 +261,10 @@ class LinksLayer(Layer):
             self._indexes.put(path, found)
             return found
         real: dict[str, Entry] = {}
-        racy = False
+        # A link file read in its last change's tick may have changed again in it, after
+        # the read, with the same stat: the index made now is not reused as it is for an
+        # unchanged listing below, but made again (its files read again) once expired.
+        opened, racy = stamps.now_ns(), False
         for name, entry in low.entries.items():
             if not name.endswith(SUFFIX):
                 real[name] = entry  # not a link file (_read_doc would say so)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import merge.passthrough
 from merge import stamps
 from merge.namespace import ZERO_FD, InputChanged, Kind, Namespace, Reader, Run
 
@@ -263,8 +264,6 @@ def same_tick_rewrite(monkeypatch: Any, path: Path, data: bytes) -> None:
         monkeypatch.setattr(os, name, as_before(getattr(os, name)))
     # A folder's scan too: Python's (entries' stat()) and not the C one, which
     # cannot be patched (merge.passthrough's ``native``).
-    import merge.passthrough
-
     monkeypatch.setattr(merge.passthrough, "native", None)
     scandir = os.scandir
 
