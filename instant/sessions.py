@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from exports import ExportsError, ExportTable
@@ -64,8 +65,10 @@ class SessionInfo:
     sources: dict[str, str] = field(default_factory=dict)  # folder name → as the user gave it
     storage: str = ""  # the storage directory the folders were read from
 
-    @property
+    @cached_property
     def export_path(self) -> str:
+        """Made once: the access check's memo of its last decision finds a
+        session's calls by this string's identity (``AccessControl.decide``)."""
         return EXPORT_PREFIX + self.name
 
     @property

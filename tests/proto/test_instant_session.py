@@ -279,6 +279,59 @@ def test_stop_makes_handles_stale_never_old_bytes(c: SessionCaller) -> None:
     assert c.read_all(new, 6) == DISK[:6]
 
 
+def test_a_call_looks_at_its_session_once_and_the_next_call_again(
+    c: SessionCaller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's liveness (a ``stat`` of its registry file) is looked at once a
+    call, though a call on the loop resolves its handle twice (for its nowait block,
+    then in its procedure); and a call after ``instant stop`` is STALE at once."""
+    import nfsd.programs.sessions as sessions_mod
+
+    fh = ok(c.lookup(folder(c), b"disk-flat.vmdk")).object
+    ok(c.write(fh, 0, b"SECRET"))
+    p = NFS3Packer()
+    p.pack_READ3args(nfs3.READ3args(fh, 0, 6))
+    read = call(nfs3.NFS_PROGRAM, 3, nfs3.NFSPROC3_READ, p.get_buffer(), xid=91)
+    looks: list[str] = []
+    real_stat = sessions_mod.os.stat
+
+    def stat(path: Any, *a: Any, **kw: Any) -> Any:
+        looks.append(str(path))
+        return real_stat(path, *a, **kw)
+
+    monkeypatch.setattr(sessions_mod.os, "stat", stat)
+    for inline in (False, True):  # on a worker first: the file's map is then loaded
+        looks.clear()
+        reply = c.dispatcher.dispatch(read, c.peer, "tcp", inline, alone=True)
+        assert reply is not None and b"SECRET" in b"".join(bytes(x) for x in reply.parts)
+        reply.free()
+        assert len(looks) == 1, looks
+    c.registry.remove("s1")
+    reply = c.dispatcher.dispatch(read, c.peer, "tcp", True, alone=True)
+    assert reply is not None
+    assert NFS3Unpacker(parse(reply.parts).body).unpack_uint() == nfs3.NFS3ERR_STALE
+
+
+def test_a_connections_session_calls_reuse_its_access_decision(
+    c: SessionCaller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access check's memo of its last decision (``AccessControl.decide``) holds
+    for a session's calls: its export path is one string object, not one made per
+    call, so no call after the first builds and hashes a key."""
+    from nfsd.transport.tls import Security
+
+    fh = ok(c.lookup(folder(c), b"disk-flat.vmdk")).object
+    hashed: list[int] = []
+    real_hash = Security.__hash__
+    monkeypatch.setattr(Security, "__hash__", lambda s: hashed.append(1) or real_hash(s))
+    ok(c.getattr(fh))
+    hashed.clear()
+    for _ in range(5):
+        ok(c.getattr(fh))
+        ok(c.write(fh, 0, b"x"))
+    assert hashed == []
+
+
 def test_handles_survive_a_restart(c: SessionCaller, base: FakeNamespace, tmp_path: Path) -> None:
     d = folder(c)
     fh = ok(c.create(d, b"f")).obj.handle
