@@ -95,8 +95,12 @@ def start(
     raise SystemExit(f"{tree}: the server did not start within 60 s")
 
 
-def run(nfsload: Path, pid: int, port: int, args: list[str], seconds: float) -> dict:
-    url = f"nfs://127.0.0.1/recover/images/?version=3&nfsport={port}&mountport={port}"
+def run(
+    nfsload: Path, pid: int, port: int, args: list[str], seconds: float, *, url: str | None = None
+) -> dict:
+    """One timed nfsload run (of the read-only export, or ``url``): its result, and
+    the server's user and system CPU seconds in it."""
+    url = url or f"nfs://127.0.0.1/recover/images/?version=3&nfsport={port}&mountport={port}"
     before = cpu_ticks(pid)
     done = subprocess.run(
         [str(nfsload), "--url", url, *args, "--seconds", str(seconds)],

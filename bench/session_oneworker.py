@@ -28,39 +28,23 @@ data is ``instant_bench``'s (``--data``): run ``bench/instant_bench
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.oneworker import cpu_ticks, start  # noqa: E402
+from bench.oneworker import run, start  # noqa: E402
 
 PORT = 20713
 MIB = 1 << 20
 SESSION = "bench1"
 PLAIN, MERGED = "/vm/data-flat.vmdk", "/vm/disk-flat.vmdk"
-
-
-def nfsload(exe: Path, pid: int, url: str, args: list[str]) -> dict:
-    """One nfsload run against ``url``; its JSON result and the server's CPU in it."""
-    before = cpu_ticks(pid)
-    done = subprocess.run(
-        [str(exe), "--url", url, *args], capture_output=True, text=True, check=False
-    )
-    after = cpu_ticks(pid)
-    if done.returncode != 0:
-        raise SystemExit(f"nfsload {' '.join(args)}: {done.stderr.strip()}")
-    out = json.loads(done.stdout)
-    tick = os.sysconf("SC_CLK_TCK")
-    out["user"] = (after[0] - before[0]) / tick
-    out["sys"] = (after[1] - before[1]) / tick
-    return out
 
 
 def one_round(tree: Path, args: argparse.Namespace, state: Path) -> dict[str, dict]:
@@ -83,14 +67,15 @@ def one_round(tree: Path, args: argparse.Namespace, state: Path) -> dict[str, di
         exe = Path(args.nfsload)
         half = (storage / MERGED.lstrip("/")).stat().st_size // 2 // MIB * MIB
         write = ["--op", "write", "--path", PLAIN, "--size", "4096", "--inflight", "16"]
-        write += ["--random", "--stable", "2", "--seconds"]
+        write += ["--random", "--stable", "2"]
         read = ["--op", "read", "--path", MERGED, "--size", str(MIB), "--inflight", "4"]
-        read += ["--offset", str(half), "--bytes", str(half), "--seconds"]
-        nfsload(exe, proc.pid, session, [*write, "1"])  # warm: the session's log, its map
-        out = {"rand_write_4k": nfsload(exe, proc.pid, session, [*write, str(args.seconds)])}
-        nfsload(exe, proc.pid, ro, [*read, "1"])  # warm: the page cache, the base's reader
-        out["read_ro"] = nfsload(exe, proc.pid, ro, [*read, str(args.seconds)])
-        out["read_session"] = nfsload(exe, proc.pid, session, [*read, str(args.seconds)])
+        read += ["--offset", str(half), "--bytes", str(half)]
+        load = partial(run, exe, proc.pid, args.port)
+        load(write, 1, url=session)  # warm: the session's log, its map
+        out = {"rand_write_4k": load(write, args.seconds, url=session)}
+        load(read, 1, url=ro)  # warm: the page cache, the base's reader
+        out["read_ro"] = load(read, args.seconds, url=ro)
+        out["read_session"] = load(read, args.seconds, url=session)
         return out
     finally:
         proc.terminate()
