@@ -148,14 +148,36 @@ class Node:
     base_size: int = 0
 
 
-def _encode_path(path: PresentedPath, size: int) -> str:
-    return "\0".join((str(size), *path))
+def _db_text(text: str) -> str | bytes:
+    """A name (or a base path) as the database keeps it: TEXT when it is UTF-8
+    (every name a client spells in UTF-8, and every name of a session made
+    before names that are not), else a BLOB of its bytes.  A name that is not
+    UTF-8 arrives with surrogate escapes (``decode_name``: NFS names are bytes,
+    and Linux clients send Latin-1 ones), which sqlite3 cannot bind as text.
+    One name has one form, so look-ups and the dirents' key hold; a BLOB sorts
+    after every TEXT."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
 
 
-def _decode_path(text: str | None) -> tuple[PresentedPath | None, int]:
+def _from_db(value: str | bytes) -> str:
+    """What :func:`_db_text` kept, as the namespace spells it."""
+    return value if isinstance(value, str) else value.decode("utf-8", "surrogateescape")
+
+
+def _encode_path(path: PresentedPath, size: int) -> str | bytes:
+    return _db_text("\0".join((str(size), *path)))
+
+
+def _decode_path(text: str | bytes | None) -> tuple[PresentedPath | None, int]:
     if text is None:
         return None, 0
-    size, *names = text.split("\0")
+    size, *names = _from_db(text).split("\0")
     return tuple(names), int(size)
 
 
@@ -172,7 +194,11 @@ def check_name(name: str) -> None:
     """A name NFS may create: not empty, ``.``, ``..``, and no ``/`` or NUL."""
     if name in ("", ".", "..") or "/" in name or "\0" in name:
         raise InvalidArgument(f"invalid name {name!r}")
-    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that escapes no byte: no bytes name it
+        raise InvalidArgument(f"invalid name {name!r}") from None
+    if len(raw) > NAME_MAX:
         raise NameTooLong(name)
 
 
@@ -249,7 +275,7 @@ class SessionNamespace:
             raise InvalidArgument(
                 f"{'/'.join(path)} is in the session twice: its folders overlap"
             ) from None
-        tx.conn.execute("INSERT INTO dirents VALUES (?,?,?)", (parent, name, node))
+        tx.conn.execute("INSERT INTO dirents VALUES (?,?,?)", (parent, _db_text(name), node))
         if a.kind == Kind.DIR:
             for child, ca in self.base.readdir(path):
                 self._copy(tx, node or 0, child, (*path, child), a=ca, budget=budget)
@@ -268,7 +294,7 @@ class SessionNamespace:
         row = conn.execute(
             f"SELECT {_N_NODE_COLS} "
             "FROM dirents d JOIN nodes n ON n.id = d.node WHERE d.parent=? AND d.name=?",
-            (parent.id, name),
+            (parent.id, _db_text(name)),
         ).fetchone()
         return None if row is None else _node(row)
 
@@ -375,7 +401,7 @@ class SessionNamespace:
         )
         fid = self._new_fileid(c, node)
         c.execute("UPDATE nodes SET fileid=? WHERE id=?", (fid, node))
-        c.execute("INSERT INTO dirents VALUES (?,?,?)", (parent.id, name, node))
+        c.execute("INSERT INTO dirents VALUES (?,?,?)", (parent.id, _db_text(name), node))
         self._touch_dir(tx, parent, now)
         return self._by_fileid(c, fid)
 
@@ -402,7 +428,9 @@ class SessionNamespace:
 
     def _unlink(self, tx: Tx, parent: Node, name: str, n: Node) -> None:
         """Delete the dirent and its node (one name per node) with its overlay."""
-        tx.conn.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent.id, name))
+        tx.conn.execute(
+            "DELETE FROM dirents WHERE parent=? AND name=?", (parent.id, _db_text(name))
+        )
         tx.conn.execute("DELETE FROM nodes WHERE id=?", (n.id,))
         if n.kind == Kind.REG:
             tx.drop(n.id)
@@ -513,7 +541,7 @@ class SessionNamespace:
                     "FROM dirents d JOIN nodes n ON n.id = d.node WHERE d.parent=?",
                     (d.id,),
                 ).fetchall()
-            entries = [(r[0], _node(r[1:])) for r in rows]
+            entries = [(_from_db(r[0]), _node(r[1:])) for r in rows]
             self._answers.put(v, key, entries)
         assert isinstance(entries, list)
         return [(name, self._attrs_at(v, n)) for name, n in entries]
@@ -824,7 +852,7 @@ class SessionNamespace:
                 self._unlink(tx, td, to_name, dst)
             c.execute(
                 "UPDATE dirents SET parent=?, name=? WHERE parent=? AND name=?",
-                (td.id, to_name, fd.id, from_name),
+                (td.id, _db_text(to_name), fd.id, _db_text(from_name)),
             )
             now = self.clock()
             c.execute("UPDATE nodes SET ctime=? WHERE id=?", (now, src.id))

@@ -9,9 +9,10 @@ input that breaks one raises, and libFuzzer writes it as ``crash-<sha1>``
 under ``-artifact_prefix``; kept in ``tests/fuzz/crashes/``, it is replayed
 by ``tests/unit/test_fuzz_corpus.py`` from then on.
 
-``xdr``, ``nfsd`` and ``merge`` are imported under
-``atheris.instrument_imports`` so that their branches guide the search:
-nothing of theirs may be imported before :func:`main` runs.
+``xdr``, ``nfsd``, ``merge``, ``instant`` (the harness's session) and
+``exports`` are imported under ``atheris.instrument_imports`` so that their
+branches guide the search: nothing of theirs may be imported before
+:func:`main` runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 def main() -> None:
     import atheris
 
-    with atheris.instrument_imports(include=["xdr", "nfsd", "merge"]):
+    with atheris.instrument_imports(include=["xdr", "nfsd", "merge", "instant", "exports"]):
         from tests.fuzz.harness import Harness
 
     harness = Harness(quiet=True)

@@ -4,9 +4,14 @@ Design notes
 ------------
 One :class:`Harness` per process: the demo storage (``merge.demo``: plain
 files, merged images with pancbt, SmartMotion links, folders) built once in
-a temporary folder, the real namespace over it, and one dispatcher holding
-the real MOUNT, NFS and portmapper programs.  The secret is fixed, so the
-handles kept in ``tests/fuzz/corpus`` resolve.
+a temporary folder, the real namespace over it, an instant-recovery session
+of two of its folders (``/recover/instant/fz``, its overlay in the same
+temporary folder, a quota of :data:`SESSION_QUOTA`), and one dispatcher
+holding the real MOUNT, NFS and portmapper programs, the session's exports
+routed as the server routes them.  The secret and the session's key are
+fixed, so the handles kept in ``tests/fuzz/corpus`` resolve.  The session
+changes as inputs run (a REMOVE removes, a WRITE writes): an input may find
+what an earlier one left, as a server does.
 
 An input is one byte of *mode*, then what the peer sends:
 
@@ -32,6 +37,8 @@ Invariants checked on every input (:class:`Broken` when one fails):
 * no NFS3ERR_SERVERFAULT, and nothing logged at ERROR (the dispatcher logs
   an unexpected exception there before it answers SERVERFAULT/SYSTEM_ERR);
 * every pooled READ buffer handed out comes back;
+* a session's deferred reply (WRITE: answered once its group commits) comes
+  within :data:`SETTLE_SECONDS`;
 * the C parser of the fast path (``nfsd._fastcall.parse_call``, when built)
   reads every record as its pure-Python twin does.
 """
@@ -39,21 +46,27 @@ Invariants checked on every input (:class:`Broken` when one fails):
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
+import os
 import shutil
 import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+from instant.sessions import SessionRegistry, create_session
 from merge.demo import make_demo
 from merge.stack import build_namespace
 from nfsd.native import compiled
+from nfsd.programs.build import build_programs
 from nfsd.programs.nfs3.fastpath import parse_call_py
 from nfsd.programs.nfs3.service import RTMAX
 from nfsd.programs.portmap import build_portmap
-from nfsd.rpc import Dispatcher, WouldBlock
+from nfsd.programs.sessions import SessionManager
+from nfsd.rpc import Dispatcher, Reply, WouldBlock
 from nfsd.transport.record import DEFAULT_MAX_RECORD, RecordReader, RecordTooLarge
 from tests.proto.nfsclient import Caller
 from xdr import mount3, nfs3, rpc
@@ -67,6 +80,12 @@ SECRET = b"recovery-fs fuzz corpus secret!!"
 PEERS = ("127.0.0.1:900", "127.0.0.1:40000", "192.0.2.7:900", "127.0.0.1:900")
 MAX_REPLY = RTMAX + 4096  # the largest READ, with every header
 MAX_PENDING = DEFAULT_MAX_RECORD + 4  # one record's bytes and a header
+SESSION = "fz"
+SESSION_KEY = "f022f022f022f022"  # the session handles' key: fixed, as the secret
+SESSION_ROOTS = {"web01": ("latest", "web01"), "problems": ("problems",)}
+SESSION_CLIENTS = "127.0.0.1 ::1"  # rw,no_root_squash; a privileged port (PEERS[1] is not)
+SESSION_QUOTA = 64 << 20
+SETTLE_SECONDS = 30
 
 
 class Broken(AssertionError):
@@ -153,8 +172,18 @@ class Harness:
         self.storage = Path(self._tmp) / "storage"
         make_demo(self.storage)
         self.namespace = build_namespace(str(self.storage))
+        self.registry = SessionRegistry(Path(self._tmp) / "state")
+        with mock.patch("instant.sessions.new_key", return_value=SESSION_KEY):
+            create_session(
+                self.registry, self.namespace, SESSION, SESSION_ROOTS,
+                clients=SESSION_CLIENTS, quota=SESSION_QUOTA,
+            )  # fmt: skip
+        self.sessions = SessionManager(self.registry, self.namespace, SECRET)
         self.caller = Caller(self.namespace, SECRET)
-        programs = list(self.caller.dispatcher.programs.values())
+        programs = build_programs(
+            self.namespace, SECRET, self.caller.access, udp=True, sessions=self.sessions
+        )
+        self.caller.dispatcher = Dispatcher(programs)  # the seeds' handles: this server's
         portmap = build_portmap(programs, "127.0.0.1", 2049, 111)
         self.dispatcher = Dispatcher([*programs, portmap])
         self.errors = _Errors()
@@ -167,7 +196,9 @@ class Harness:
         self.out = 0  # READ buffers handed out and not yet back
 
     def close(self) -> None:
-        """Give the server's logger back as it was (other tests share the process)."""
+        """Close the session, give the server's logger back as it was (other tests
+        share the process)."""
+        self.sessions.close()
         server_log = logging.getLogger("recovery_fs")
         server_log.removeHandler(self.errors)
         server_log.setLevel(self._saved_log[0])
@@ -212,6 +243,8 @@ class Harness:
             if not inline:
                 raise Broken("WouldBlock from a call not served inline") from None
             reply = self.dispatcher.dispatch(record, peer, transport)
+        if reply is not None and reply.later is not None:
+            reply = _settled(reply)
         if reply is None:
             data = None
         else:
@@ -219,6 +252,31 @@ class Harness:
             reply.free()
         check_reply(record, data, transport)
         return data
+
+    def storage_digest(self) -> str:
+        """Every path, size, time and byte of the storage tree: the same after any input
+        (a session writes into its overlay, never into the storage)."""
+        h = hashlib.sha256()
+        for top, dirs, files in sorted(os.walk(self.storage)):
+            dirs.sort()
+            for name in [*dirs, *sorted(files)]:
+                path = Path(top, name)
+                st = path.lstat()
+                h.update(f"{path.relative_to(self.storage)}\0{st.st_mode}\0{st.st_size}".encode())
+                h.update(f"\0{st.st_mtime_ns}\0".encode())
+                if path.is_file() and not path.is_symlink():
+                    h.update(path.read_bytes())
+        return h.hexdigest()
+
+
+def _settled(reply: Reply) -> Reply | None:
+    """A deferred reply once it came (None: dropped); Broken if it does not come."""
+    assert reply.later is not None
+    try:
+        done = reply.later.wait(SETTLE_SECONDS)
+    except TimeoutError:
+        raise Broken(f"a deferred reply did not come within {SETTLE_SECONDS} s") from None
+    return None if done is None or done.dropped else done
 
 
 def check_reply(record: bytes, data: bytes | None, transport: str) -> None:

@@ -4,9 +4,12 @@ Each seed is an input of :mod:`tests.fuzz.harness` (a mode byte, then the
 bytes a peer sends), built with the project's own client code
 (``tests.proto.calls``, the ``xdr`` packers) and handles asked of the
 server itself over the dispatcher, so that they resolve in the demo tree:
-22 NFSv3 procedures, 6 MOUNT, portmap v2 and rpcbind v3/v4, then streams
-no honest client sends.  ``tests/fuzz/corpus`` holds exactly these files;
-``python -m tests.fuzz.seeds`` writes them again after a change of format.
+22 NFSv3 procedures, 6 MOUNT, portmap v2 and rpcbind v3/v4, the 22 NFSv3
+procedures again on the harness's instant-recovery session (``nfs3s-``:
+the changes a hypervisor makes, on its own copy of the folders), then
+streams no honest client sends (``x-``; ``xs-`` on the session).
+``tests/fuzz/corpus`` holds exactly these files; ``python -m
+tests.fuzz.seeds`` writes them again after a change of format.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.fuzz.harness import Harness
+from tests.fuzz.harness import SESSION, Harness
 from tests.proto.calls import auth_sys, call, unchanged_sattr
 from xdr import mount3, nfs3
 from xdr import portmap as pm
@@ -189,6 +192,152 @@ def seeds(h: Harness) -> dict[str, bytes]:
         )
 
     out.update(_hostile(root, merged))
+    out.update(_session(h, names))
+    return out
+
+
+def session_args(root: bytes, folder: bytes, file: bytes, merged: bytes) -> dict[int, bytes]:
+    """Valid arguments of every NFSv3 procedure on the session: its root, its copy
+    of ``latest/web01`` (``folder``), a plain file and the merged image in it."""
+    r, d, f, m = (nfs3.nfs_fh3(h) for h in (root, folder, file, merged))
+    verf = b"\0" * 8
+    size = nfs3.sattr3(
+        nfs3.set_mode3(False), nfs3.set_uid3(False), nfs3.set_gid3(False),
+        nfs3.set_size3(True, 1 << 20), nfs3.set_atime(nfs3.DONT_CHANGE),
+        nfs3.set_mtime(nfs3.DONT_CHANGE),
+    )  # fmt: skip
+    return {
+        nfs3.NFSPROC3_NULL: b"",
+        nfs3.NFSPROC3_GETATTR: args3("GETATTR", nfs3.GETATTR3args(m)),
+        nfs3.NFSPROC3_SETATTR: args3(
+            "SETATTR", nfs3.SETATTR3args(f, size, nfs3.sattrguard3(False))
+        ),
+        nfs3.NFSPROC3_LOOKUP: args3(
+            "LOOKUP", nfs3.LOOKUP3args(nfs3.diropargs3(d, b"web01-flat.vmdk"))
+        ),
+        nfs3.NFSPROC3_ACCESS: args3("ACCESS", nfs3.ACCESS3args(m, 0x3F)),
+        nfs3.NFSPROC3_READLINK: args3("READLINK", nfs3.READLINK3args(f)),
+        nfs3.NFSPROC3_READ: args3("READ", nfs3.READ3args(m, 4096, 65536)),
+        nfs3.NFSPROC3_WRITE: args3(
+            "WRITE", nfs3.WRITE3args(m, 8192, 4096, nfs3.FILE_SYNC, b"\xa5" * 4096)
+        ),
+        nfs3.NFSPROC3_CREATE: args3(
+            "CREATE",
+            nfs3.CREATE3args(
+                nfs3.diropargs3(d, b"web01.vmx.lck"),
+                nfs3.createhow3(nfs3.EXCLUSIVE, verf=b"8bytes!!"),
+            ),
+        ),
+        nfs3.NFSPROC3_MKDIR: args3(
+            "MKDIR", nfs3.MKDIR3args(nfs3.diropargs3(r, b"web01-snap"), unchanged_sattr())
+        ),
+        nfs3.NFSPROC3_SYMLINK: args3(
+            "SYMLINK",
+            nfs3.SYMLINK3args(
+                nfs3.diropargs3(d, b"ln"), nfs3.symlinkdata3(unchanged_sattr(), b"web01.vmx")
+            ),
+        ),
+        nfs3.NFSPROC3_MKNOD: args3(
+            "MKNOD",
+            nfs3.MKNOD3args(
+                nfs3.diropargs3(d, b"fifo"),
+                nfs3.mknoddata3(nfs3.NF3FIFO, pipe_attributes=unchanged_sattr()),
+            ),
+        ),
+        nfs3.NFSPROC3_REMOVE: args3("REMOVE", nfs3.REMOVE3args(nfs3.diropargs3(d, b"web01.vmdk"))),
+        nfs3.NFSPROC3_RMDIR: args3("RMDIR", nfs3.RMDIR3args(nfs3.diropargs3(r, b"web01-snap"))),
+        nfs3.NFSPROC3_RENAME: args3(
+            "RENAME",
+            nfs3.RENAME3args(nfs3.diropargs3(d, b"web01.vmx"), nfs3.diropargs3(r, b"web01.vmx~")),
+        ),
+        nfs3.NFSPROC3_LINK: args3("LINK", nfs3.LINK3args(f, nfs3.diropargs3(d, b"hard"))),
+        nfs3.NFSPROC3_READDIR: args3("READDIR", nfs3.READDIR3args(d, 0, verf, 4096)),
+        nfs3.NFSPROC3_READDIRPLUS: args3(
+            "READDIRPLUS", nfs3.READDIRPLUS3args(d, 0, verf, 1024, 8192)
+        ),
+        nfs3.NFSPROC3_FSSTAT: args3("FSSTAT", nfs3.FSSTAT3args(r)),
+        nfs3.NFSPROC3_FSINFO: args3("FSINFO", nfs3.FSINFO3args(r)),
+        nfs3.NFSPROC3_PATHCONF: args3("PATHCONF", nfs3.PATHCONF3args(r)),
+        nfs3.NFSPROC3_COMMIT: args3("COMMIT", nfs3.COMMIT3args(m, 0, 0)),
+    }
+
+
+def _session(h: Harness, names: dict[int, str]) -> dict[str, bytes]:
+    """The session's seeds: every procedure, then what no honest client sends."""
+    c = h.caller
+    export = f"/recover/instant/{SESSION}".encode()
+    res = c.mount(export)
+    assert res.fhs_status == mount3.MNT3_OK and res.mountinfo is not None
+    root = nfs3.nfs_fh3(res.mountinfo.fhandle)
+
+    def look(d: nfs3.nfs_fh3, name: bytes) -> nfs3.nfs_fh3:
+        found = c.lookup(d, name)
+        assert found.status == nfs3.NFS3_OK, (name, found.status)
+        return found.resok.object
+
+    folder = look(root, b"web01")
+    file, merged = look(folder, b"web01.vmx"), look(folder, b"web01-flat.vmdk")
+    out: dict[str, bytes] = {}
+    args = session_args(root.data, folder.data, file.data, merged.data)
+    for proc, body in args.items():
+        out[f"nfs3s-{proc:02d}-{names[proc]}"] = framed(call(nfs3.NFS_PROGRAM, 3, proc, body))
+    m = merged
+    forged = bytes([*m.data[:4], m.data[4] ^ 1, *m.data[5:]])  # the key's first byte
+
+    def nfs(proc: int, body: bytes, xid: int = 1) -> bytes:
+        return call(nfs3.NFS_PROGRAM, 3, proc, body, xid=xid)
+
+    def write(offset: int, count: int, data: bytes, fh: nfs3.nfs_fh3 = m) -> bytes:
+        return nfs(
+            nfs3.NFSPROC3_WRITE,
+            args3("WRITE", nfs3.WRITE3args(fh, offset, count, nfs3.FILE_SYNC, data)),
+            xid=offset % 997 + 1,
+        )
+
+    def mnt(path: bytes) -> bytes:
+        return framed(call(mount3.MOUNT_PROGRAM, 3, mount3.MOUNTPROC3_MNT, _dirpath(path)))
+
+    huge = nfs3.sattr3(
+        nfs3.set_mode3(False),
+        nfs3.set_uid3(False),
+        nfs3.set_gid3(False),
+        nfs3.set_size3(True, 2**64 - 1),
+        nfs3.set_atime(nfs3.DONT_CHANGE),
+        nfs3.set_mtime(nfs3.DONT_CHANGE),
+    )
+    create = args[nfs3.NFSPROC3_CREATE]
+    into_itself = nfs3.RENAME3args(
+        nfs3.diropargs3(root, b"web01"), nfs3.diropargs3(folder, b"inside")
+    )
+    far = nfs3.SYMLINK3args(
+        nfs3.diropargs3(folder, b"far"), nfs3.symlinkdata3(unchanged_sattr(), b"../" * 400)
+    )
+    out.update(
+        {
+            "xs-mount": mnt(export),
+            "xs-mount-no-such-session": mnt(export + b"-gone"),
+            "xs-mount-dotdot": mnt(export + b"/web01/../../../images"),
+            "xs-write-at-2-64": framed(write(2**64 - 4096, 4096, b"\0" * 4096)),
+            "xs-write-count-not-length": framed(write(0, 1 << 20, b"x" * 16)),
+            "xs-write-32k-udp": bytes([UDP]) + write(1 << 30, 1 << 15, b"\x5a" * (1 << 15)),
+            "xs-write-forged-key": framed(write(0, 4, b"evil", nfs3.nfs_fh3(forged))),
+            "xs-setattr-size-2-64": framed(
+                nfs(
+                    nfs3.NFSPROC3_SETATTR,
+                    args3("SETATTR", nfs3.SETATTR3args(m, huge, nfs3.sattrguard3(False))),
+                )
+            ),
+            "xs-create-exclusive-twice": framed(
+                nfs(nfs3.NFSPROC3_CREATE, create, xid=7),
+                nfs(nfs3.NFSPROC3_CREATE, create, xid=7),
+                nfs(nfs3.NFSPROC3_CREATE, create.replace(b"8bytes!!", b"another!"), xid=8),
+            ),
+            "xs-rename-into-itself": framed(
+                nfs(nfs3.NFSPROC3_RENAME, args3("RENAME", into_itself))
+            ),
+            "xs-symlink-long-target": framed(nfs(nfs3.NFSPROC3_SYMLINK, args3("SYMLINK", far))),
+        }
+    )
     return out
 
 

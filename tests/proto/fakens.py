@@ -27,7 +27,13 @@ from merge.namespace import (
 
 def fileid_of(path: PresentedPath) -> int:
     return (
-        int.from_bytes(hashlib.blake2b("/".join(path).encode(), digest_size=8).digest()) >> 1 or 1
+        int.from_bytes(
+            hashlib.blake2b(
+                "/".join(path).encode("utf-8", "surrogateescape"), digest_size=8
+            ).digest()
+        )
+        >> 1
+        or 1
     )
 
 

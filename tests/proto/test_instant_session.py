@@ -332,6 +332,48 @@ def test_a_connections_session_calls_reuse_its_access_decision(
     assert hashed == []
 
 
+def listed(c: SessionCaller, d: nfs3.nfs_fh3) -> set[bytes]:
+    return {bytes(e.name) for e in ok(c.readdir(d)).reply.entries}
+
+
+def test_names_that_are_not_utf8_are_kept_byte_for_byte(tmp_path: Path) -> None:
+    """NFS names are bytes (a Linux client sends a Latin-1 name as it is): CREATE,
+    LOOKUP, READDIR, RENAME and REMOVE keep them byte for byte, beside the UTF-8
+    spelling of the same letters, in the folders copied from the storage too, and
+    after a restart.  (They failed with a server fault: the database could not
+    hold them.)"""
+    base = FakeNamespace(
+        {("vm",): None, ("vm", "caf\udce9.vmx"): b"old=1\n"}  # stored as b"caf\xe9.vmx"
+    )
+    c = SessionCaller(base, tmp_path / "state")
+    try:
+        c.start("s1", {"web01": ("vm",)})
+        d = folder(c)
+        latin1, utf8 = b"r\xe9sum\xe9.log", "résumé.log".encode()
+        a = ok(c.create(d, latin1, nfs3.GUARDED)).obj.handle
+        ok(c.write(a, 0, b"latin-1"))
+        b = ok(c.create(d, utf8, nfs3.GUARDED)).obj.handle
+        ok(c.write(b, 0, b"utf-8"))
+        assert c.create(d, latin1, nfs3.GUARDED).status == nfs3.NFS3ERR_EXIST
+        assert {latin1, utf8, b"caf\xe9.vmx"} <= listed(c, d)
+        found = ok(c.lookup(d, latin1)).object
+        assert c.read_all(found, 7) == b"latin-1"
+        assert c.read_all(ok(c.lookup(d, b"caf\xe9.vmx")).object, 6) == b"old=1\n"
+        ok(c.rename(d, latin1, d, b"r\xe9sum\xe9.old"))
+        assert c.lookup(d, latin1).status == nfs3.NFS3ERR_NOENT
+        c.manager.close()
+        c = SessionCaller(base, tmp_path / "state")  # a restart: the names as they were
+        d = folder(c)
+        assert {b"r\xe9sum\xe9.old", utf8, b"caf\xe9.vmx"} <= listed(c, d)
+        assert c.read_all(ok(c.lookup(d, utf8)).object, 5) == b"utf-8"
+        ok(c.remove(d, b"r\xe9sum\xe9.old"))
+        ok(c.remove(d, b"caf\xe9.vmx"))
+        assert not {b"r\xe9sum\xe9.old", b"caf\xe9.vmx"} & listed(c, d)
+    finally:
+        c.manager.close()
+        base.close()
+
+
 def test_handles_survive_a_restart(c: SessionCaller, base: FakeNamespace, tmp_path: Path) -> None:
     d = folder(c)
     fh = ok(c.create(d, b"f")).obj.handle
