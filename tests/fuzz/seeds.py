@@ -206,8 +206,9 @@ def session_args(root: bytes, folder: bytes, file: bytes, merged: bytes) -> dict
         nfs3.set_size3(True, 1 << 20), nfs3.set_atime(nfs3.DONT_CHANGE),
         nfs3.set_mtime(nfs3.DONT_CHANGE),
     )  # fmt: skip
-    return {
-        nfs3.NFSPROC3_NULL: b"",
+    # READDIRPLUS of the folder, FSSTAT, FSINFO and PATHCONF of the root, COMMIT
+    # of the merged image: as the read-only export's; the rest are the session's own
+    return nfs_args(root, merged, merged, folder) | {
         nfs3.NFSPROC3_GETATTR: args3("GETATTR", nfs3.GETATTR3args(m)),
         nfs3.NFSPROC3_SETATTR: args3(
             "SETATTR", nfs3.SETATTR3args(f, size, nfs3.sattrguard3(False))
@@ -252,13 +253,6 @@ def session_args(root: bytes, folder: bytes, file: bytes, merged: bytes) -> dict
         ),
         nfs3.NFSPROC3_LINK: args3("LINK", nfs3.LINK3args(f, nfs3.diropargs3(d, b"hard"))),
         nfs3.NFSPROC3_READDIR: args3("READDIR", nfs3.READDIR3args(d, 0, verf, 4096)),
-        nfs3.NFSPROC3_READDIRPLUS: args3(
-            "READDIRPLUS", nfs3.READDIRPLUS3args(d, 0, verf, 1024, 8192)
-        ),
-        nfs3.NFSPROC3_FSSTAT: args3("FSSTAT", nfs3.FSSTAT3args(r)),
-        nfs3.NFSPROC3_FSINFO: args3("FSINFO", nfs3.FSINFO3args(r)),
-        nfs3.NFSPROC3_PATHCONF: args3("PATHCONF", nfs3.PATHCONF3args(r)),
-        nfs3.NFSPROC3_COMMIT: args3("COMMIT", nfs3.COMMIT3args(m, 0, 0)),
     }
 
 
