@@ -4,9 +4,11 @@ What ``tests/unit/test_instant_namespace.py`` does for the namespace alone,
 here through the dispatcher (the session's procedures, the router, the reply
 cache, the deferred WRITE): a hypothesis state machine makes files and
 folders, writes, truncates and extends, renames (over files too), removes,
-restarts the server, and after every step the session answers as a plain
-file system would: each file's bytes and size, each folder's names, and
-never ``NFS3ERR_SERVERFAULT``.  Names include bytes that are not UTF-8 (a
+restarts the server, and moves its calls to the other of two servers on the
+same state directory (two worker processes: each its own store and caches),
+and after every step the session answers as a plain file system would: each
+file's bytes and size, each folder's names, and never
+``NFS3ERR_SERVERFAULT``.  Names include bytes that are not UTF-8 (a
 Linux client's Latin-1 names), beside their UTF-8 spelling.  The fuzz
 harness (``tests/fuzz``) cannot get here: the handles of new entries carry
 a MAC, and only the replies give them.
@@ -29,7 +31,6 @@ from xdr import nfs3
 
 BASE = bytes(range(256)) * 96  # 24 KiB: the copied file's base bytes
 NAMES = [b"a", b"b", "é".encode(), b"\xe9", b"x.vmx~"]
-FOLDERS = ["web01", "web01/sub"]
 OFFSETS = st.sampled_from([0, 1, 511, 4095, 4096, 8191, 20_000, 24_576, 40_000])
 
 
@@ -52,6 +53,7 @@ class SessionOverRpc(RuleBasedStateMachine):
         self.tmp = tempfile.TemporaryDirectory()
         self.base = FakeNamespace({("vm",): None, ("vm", "disk-flat.vmdk"): BASE})
         self.c = self.caller(start=True)
+        self.other = self.caller()  # the second worker
         root = self.c.session_root("s")
         web01 = ok(self.c.lookup(root, b"web01")).object
         sub = ok(self.c.mkdir(web01, b"sub")).obj.handle
@@ -73,6 +75,7 @@ class SessionOverRpc(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.c.manager.close()
+        self.other.manager.close()
         self.base.close()
         self.tmp.cleanup()
 
@@ -84,8 +87,34 @@ class SessionOverRpc(RuleBasedStateMachine):
     def path(folder: str, name: bytes) -> str:
         return f"{folder}/{name.decode('utf-8', 'surrogateescape')}"
 
-    @rule(folder=st.sampled_from(FOLDERS), name=st.sampled_from(NAMES))
-    def create(self, folder: str, name: bytes) -> None:
+    @rule(data=st.data(), name=st.sampled_from(NAMES))
+    def mkdir(self, data: st.DataObject, name: bytes) -> None:
+        folder = data.draw(st.sampled_from(sorted(self.dirs)))
+        path = self.path(folder, name)
+        res = self.c.mkdir(self.dirs[folder], name)
+        if path in self.files or path in self.dirs:
+            assert res.status == nfs3.NFS3ERR_EXIST, res.status
+            return
+        self.dirs[path] = ok(res).obj.handle
+
+    @rule(data=st.data())
+    def rmdir(self, data: st.DataObject) -> None:
+        path = data.draw(st.sampled_from(sorted(self.dirs)))
+        if "/" not in path:
+            return  # the session's own folder: kept, its handle is the model's start
+        folder, name = path.rsplit("/", 1)
+        res = self.c.remove(
+            self.dirs[folder], name.encode("utf-8", "surrogateescape"), nfs3.NFSPROC3_RMDIR
+        )
+        if self.names_in(path):
+            assert res.status == nfs3.NFS3ERR_NOTEMPTY, res.status
+            return
+        assert res.status == nfs3.NFS3_OK, res.status
+        del self.dirs[path]
+
+    @rule(data=st.data(), name=st.sampled_from(NAMES))
+    def create(self, data: st.DataObject, name: bytes) -> None:
+        folder = data.draw(st.sampled_from(sorted(self.dirs)))
         path = self.path(folder, name)
         res = self.c.create(self.dirs[folder], name, nfs3.GUARDED)
         if path in self.files or path in self.dirs:
@@ -112,9 +141,10 @@ class SessionOverRpc(RuleBasedStateMachine):
         self.files[path] = (fh, old[:size] + bytes(max(0, size - len(old))))
 
     @precondition(lambda self: self.files)
-    @rule(data=st.data(), to=st.sampled_from(FOLDERS), name=st.sampled_from(NAMES))
-    def rename(self, data: st.DataObject, to: str, name: bytes) -> None:
+    @rule(data=st.data(), name=st.sampled_from(NAMES))
+    def rename(self, data: st.DataObject, name: bytes) -> None:
         path = data.draw(st.sampled_from(sorted(self.files)))
+        to = data.draw(st.sampled_from(sorted(self.dirs)))
         folder, old = path.rsplit("/", 1)
         target = self.path(to, name)
         res = self.c.rename(
@@ -126,8 +156,9 @@ class SessionOverRpc(RuleBasedStateMachine):
         assert res.status == nfs3.NFS3_OK, res.status
         self.files[target] = self.files.pop(path)  # over a file: that one is gone
 
-    @rule(folder=st.sampled_from(FOLDERS), name=st.sampled_from(NAMES))
-    def remove(self, folder: str, name: bytes) -> None:
+    @rule(data=st.data(), name=st.sampled_from(NAMES))
+    def remove(self, data: st.DataObject, name: bytes) -> None:
+        folder = data.draw(st.sampled_from(sorted(self.dirs)))
         path = self.path(folder, name)
         res = self.c.remove(self.dirs[folder], name)
         if path in self.files:
@@ -142,7 +173,15 @@ class SessionOverRpc(RuleBasedStateMachine):
     def restart(self) -> None:
         """The server stopped and started: every handle still names its entry."""
         self.c.manager.close()
+        self.other.manager.close()
         self.c = self.caller()
+        self.other = self.caller()
+
+    @rule()
+    def other_worker(self) -> None:
+        """The next calls reach the other worker (a reconnect, or ``nconnect``)."""
+        self.c, self.other = self.other, self.c
+        self.c.xid = self.other.xid + 1_000  # one client: its xids go on
 
     @invariant()
     def answers_as_the_model(self) -> None:
