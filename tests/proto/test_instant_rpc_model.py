@@ -24,6 +24,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from instant import store
+from instant.rangemap import RangeMap
 from tests.proto.calls import unchanged_sattr
 from tests.proto.fakens import FakeNamespace
 from tests.proto.sessionclient import SessionCaller
@@ -193,10 +195,30 @@ class SessionOverRpc(RuleBasedStateMachine):
             assert self.c.read_all(fh, len(want) + 1) == want, path
 
 
-SessionOverRpc.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+class SessionOverRpcSmallMaps(SessionOverRpc):
+    """The same with every file's map "large" from two pieces (``PARTIAL_MIN``):
+    the entries another worker's change, or a restart, left partial are filled
+    piece by piece and swept whole again at once, in maps of chunks of four
+    pieces (``RangeMap.LOAD``) — the paths a VM's random writes take."""
+
+    def __init__(self) -> None:
+        self.real = (store.PARTIAL_MIN, store.SWEEP_AFTER, store.SWEEP_PIECES, RangeMap.LOAD)
+        store.PARTIAL_MIN, store.SWEEP_AFTER, store.SWEEP_PIECES, RangeMap.LOAD = 2, 1, 2, 4
+        super().__init__()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            store.PARTIAL_MIN, store.SWEEP_AFTER, store.SWEEP_PIECES, RangeMap.LOAD = self.real
+
+
+for machine in (SessionOverRpc, SessionOverRpcSmallMaps):
+    machine.TestCase.settings = settings(
+        max_examples=60,
+        stateful_step_count=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 test_a_session_over_rpc_answers_as_a_file_system = SessionOverRpc.TestCase
+test_the_same_with_partial_maps = SessionOverRpcSmallMaps.TestCase
