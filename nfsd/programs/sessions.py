@@ -188,7 +188,13 @@ class SessionManager:
         return s if s is not None and self._alive(s) else None
 
     def export_of(self, key: bytes) -> str | None:
-        """The export path of a session key, for the per-call access check.
+        """The export path of a session key, for the per-call access check."""
+        s = self.known(key)
+        return s.info.export_path if s is not None else None
+
+    def known(self, key: bytes) -> Session | None:
+        """The session of ``key`` as this process knows it, not looked at for liveness
+        (:meth:`by_key` does that).
 
         A key this process does not know makes it look at the registry's
         listing at once, not after :data:`REFRESH_EVERY`: a session just
@@ -199,7 +205,7 @@ class SessionManager:
         if s is None:
             self.refresh(throttled=False)
             s = self._by_key.get(key)
-        return s.info.export_path if s is not None else None
+        return s
 
     def sessions(self) -> list[Session]:
         """Every live session, the registry read again (EXPORT: rare, and must be current)."""

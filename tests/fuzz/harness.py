@@ -46,9 +46,7 @@ Invariants checked on every input (:class:`Broken` when one fails):
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
-import os
 import shutil
 import struct
 import tempfile
@@ -252,21 +250,6 @@ class Harness:
             reply.free()
         check_reply(record, data, transport)
         return data
-
-    def storage_digest(self) -> str:
-        """Every path, size, time and byte of the storage tree: the same after any input
-        (a session writes into its overlay, never into the storage)."""
-        h = hashlib.sha256()
-        for top, dirs, files in sorted(os.walk(self.storage)):
-            dirs.sort()
-            for name in [*dirs, *sorted(files)]:
-                path = Path(top, name)
-                st = path.lstat()
-                h.update(f"{path.relative_to(self.storage)}\0{st.st_mode}\0{st.st_size}".encode())
-                h.update(f"\0{st.st_mtime_ns}\0".encode())
-                if path.is_file() and not path.is_symlink():
-                    h.update(path.read_bytes())
-        return h.hexdigest()
 
 
 def _settled(reply: Reply) -> Reply | None:

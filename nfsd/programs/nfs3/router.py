@@ -235,8 +235,14 @@ class Router:
         """One of INLINE_ALONE on the loop: never waiting on the session's database
         (``Store.nowait``), else a worker serves it (WouldBlock).  A READ of a file
         whose map another thread is loading would otherwise stall the loop, and with
-        it this connection's heartbeat GETATTRs, for as long as the load takes."""
-        s, _ = self.svc.target(fh)
+        it this connection's heartbeat GETATTRs, for as long as the load takes.
+        The session is the one the handle claims, as known: its handle is verified,
+        and its liveness looked at, once, by the procedure (``SessionNfs.target``),
+        which answers one it does not name before anything could wait."""
+        manager = self.svc.manager
+        s = manager.known(manager.session_key(fh.data))
+        if s is None:
+            return run(self.svc, ctx, args)  # STALE or BADHANDLE: nothing waits
         try:
             with s.ns.nowait():
                 return run(self.svc, ctx, args)

@@ -84,30 +84,19 @@ class SessionNfs:
         # GETATTR's and READ's fattr3 of the Attrs object asked last (the namespace
         # gives a file's same object again while it holds: instant.namespace).
         self.fattr3 = LastFattr3()
-        # The handle resolved last and its answer: a call served on the loop
-        # resolves its handle for the nowait block (router._inline) and again in
-        # its procedure.  Kept by the handle object's identity, which is the same
-        # call's (each call decodes a handle object of its own, and this holds it).
-        self._last_target: tuple[nfs3.nfs_fh3 | None, tuple[Session, int] | None] = (None, None)
 
     # -- handles and attributes ------------------------------------------------
     def target(self, fh: nfs3.nfs_fh3) -> tuple[Session, int]:
         """(session, fileid) a handle names; BADHANDLE or STALE otherwise.  The
-        session's liveness (a ``stat``) is looked at once a call, not once a
-        look-up: the same handle object asked again is the same call's."""
-        last_fh, last = self._last_target
-        if last_fh is fh and last is not None:
-            return last
+        session's liveness (a ``stat``): a call asks this once."""
         try:
             key, fileid = self.manager.decode(fh.data)
         except BadHandle as e:
             raise NfsError(nfs3.NFS3ERR_BADHANDLE, str(e)) from None
         try:
-            found = self.manager.by_key(key), fileid
+            return self.manager.by_key(key), fileid
         except StaleHandle as e:
             raise NfsError(nfs3.NFS3ERR_STALE, str(e)) from None
-        self._last_target = (fh, found)
-        return found
 
     def attrs(self, s: Session, fileid: int, version: int | None = None) -> Attrs:
         """Attributes of an entry named by a handle: gone is STALE.  ``version``:

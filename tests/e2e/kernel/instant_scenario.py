@@ -17,12 +17,13 @@ file up to 64 MiB; a write to a larger file would change its ctime.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.tree_digest import tree_digest
 
 from . import scenarios, servers
 from .scenarios import Env, Run
@@ -34,32 +35,12 @@ VMX = "web01.vmx"
 DESCRIPTOR = "web01.vmdk"
 SESSION = "ir"
 EXPORT = f"/recover/instant/{SESSION}"
-HASH_LIMIT = 64 * 1024 * 1024
 QUOTA_MIB = 64
 """The session's quota: the guest rewrites 2.5 times as much (sh/instant.sh)."""
 NCONNECT = 16
 """The guest's connections (``nconnect``): SO_REUSEPORT hashes each to one of the
 server's 2 workers, so a file's calls are served by both processes, each with its
 own store, group commit and map cache (all 16 on one worker: 2 runs in 65,536)."""
-
-
-def tree_digest(root: Path) -> str:
-    """A fingerprint of a storage tree: names, kinds, sizes, modes, times, small files' bytes."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted([*dirnames, *filenames]):
-            p = Path(dirpath) / name
-            st = p.lstat()
-            rel = p.relative_to(root).as_posix()
-            h.update(
-                f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode()
-            )
-            if p.is_file() and not p.is_symlink() and st.st_size <= HASH_LIMIT:
-                with open(p, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        h.update(chunk)
-    return h.hexdigest()
 
 
 def state_dir(env: Env) -> Path:
