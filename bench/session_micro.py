@@ -7,7 +7,9 @@
 In-process, no socket (as ``bench/dispatch_micro.py``): a session of the
 storage's ``vm`` folder is made in a temporary state directory, its merged
 image's first ``--rewrite`` MiB rewritten (1 MiB writes), then each figure
-is the median of ``--repeat`` passes of thread CPU µs per call:
+is the median of ``--repeat`` passes of thread CPU µs per call, the figures
+taking turns (so that their ratios, printed against the first, hold on a
+busy machine):
 
 =========================  =================================================
 figure                     calls
@@ -40,8 +42,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -79,6 +83,28 @@ def run_ns(read: Callable[[int], None], offsets: list[int]) -> float:
     return (time.thread_time() - t0) / len(offsets) * 1e6
 
 
+def opcodes(fn: Callable[[], float]) -> Counter[str]:
+    """The Python opcodes one pass of ``fn`` runs, by function (``sys.settrace``):
+    a count a busy machine does not move, unlike a time; it leaves out what C
+    does (system calls, sqlite, the extensions)."""
+    counts: Counter[str] = Counter()
+
+    def trace(frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            where = "/".join(code.co_filename.rsplit("/", 2)[-2:])
+            counts[f"{where}:{code.co_firstlineno} {code.co_name}"] += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return counts
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -88,6 +114,10 @@ def main() -> int:
     ap.add_argument("--rewrite", type=int, default=16, help="MiB rewritten at the start")
     ap.add_argument("--only", nargs="*", help="figures to measure (default: all)")
     ap.add_argument("--profile", help="cProfile this figure instead")
+    ap.add_argument("--top", type=int, default=40, help="functions listed by --opcodes")
+    ap.add_argument(
+        "--opcodes", help="count the Python opcodes a call of this figure runs, by function"
+    )
     args = ap.parse_args()
     base = build_namespace(str(Path(args.storage)))
     rnd = random.Random(7)
@@ -114,6 +144,7 @@ def main() -> int:
             return [_encode(rnd, nfs3.NFSPROC3_GETATTR, lambda p: p.pack_GETATTR3args(args))] * 2000
 
         figures: dict[str, Callable[[], float]] = {}
+        calls: dict[str, int] = {}  # a pass's calls, by figure
         for name, recs in {
             "ro_read_1m": _reads(rnd, ro, mibs, MIB),
             "ses_read_1m_unwritten": _reads(rnd, ses, mibs, MIB),
@@ -143,10 +174,12 @@ def main() -> int:
             * 2000,
         }.items():
             figures[name] = lambda recs=recs: run(c.dispatcher, recs, True)
+            calls[name] = len(recs)
             if "_read_" in name:
                 figures[name + "_alone"] = lambda recs=recs: run(
                     c.dispatcher, recs, True, alone=True
                 )
+                calls[name + "_alone"] = len(recs)
         path = ("vm", "disk-flat.vmdk")
 
         def ro_read(o: int) -> None:
@@ -162,18 +195,39 @@ def main() -> int:
         figures["ns_ro_read_4k"] = lambda: run_ns(ro_read, blocks)
         figures["ns_ses_read_4k_unwritten"] = lambda: run_ns(ses_read, blocks)
         figures["ns_ses_read_4k_rewritten"] = lambda: run_ns(ses_read, rw_blocks)
+        calls.update(dict.fromkeys(("ns_ro_read_4k", "ns_ses_read_4k_unwritten"), len(blocks)))
+        calls["ns_ses_read_4k_rewritten"] = len(rw_blocks)
+        if args.opcodes:
+            fn = figures[args.opcodes]
+            fn()  # warm
+            per_pass = calls[args.opcodes]
+            counts = opcodes(fn)
+            total = sum(counts.values())
+            print(f"{args.opcodes}: {total / per_pass:.0f} opcodes a call")
+            for where, n in counts.most_common(args.top):
+                print(f"{n / per_pass:8.1f}  {where}")
+            c.manager.close()
+            return 0
         if args.profile:
             prof = cProfile.Profile()
             prof.runcall(lambda: [figures[args.profile]() for _ in range(args.repeat)])
             pstats.Stats(prof).sort_stats("tottime").print_stats(30)
             c.manager.close()
             return 0
-        for name, fn in figures.items():
-            if args.only and name not in args.only:
-                continue
-            fn()  # warm
-            runs = [fn() for _ in range(args.repeat)]
-            print(f"{name:26s} {statistics.median(runs):8.1f} µs a call (best {min(runs):.1f})")
+        names = [n for n in figures if not args.only or n in args.only]
+        for name in names:
+            figures[name]()  # warm
+        runs: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.repeat):  # in turns: a busy machine weighs on each alike
+            for name in names:
+                runs[name].append(figures[name]())
+        first = statistics.median(runs[names[0]])
+        for name in names:
+            mid = statistics.median(runs[name])
+            print(
+                f"{name:26s} {mid:8.1f} µs a call (best {min(runs[name]):.1f};"
+                f" {mid / first:.3f}× the first)"
+            )
         c.manager.close()
     return 0
 

@@ -173,6 +173,12 @@ class RangeMap:
         self._firsts[c:d] = [s[0] for s in chunk_starts]
 
     def overlapping(self, start: int, end: int) -> list[Piece]:
+        chunks = self._chunks
+        if not chunks or self._firsts[0] >= end:
+            return []
+        last = chunks[-1][-1]
+        if last.start + last.length <= start:  # past every piece: a READ of what no
+            return []  # write reached, after the rewritten part (no bisect, no window)
         _, _, pieces, _, i, j = self._window(start, end)
         return pieces[i:j]
 
@@ -357,6 +363,15 @@ class FileState:
             out.extend(got)
         if split < end:
             _zeros(out, end - split)
+
+
+def unchanged_runs(
+    size: int, offset: int, count: int, base: Callable[[int, int], list[Run]]
+) -> list[Run]:
+    """What :meth:`FileState.runs` answers for a file no write or truncate ever
+    changed (a ``FileState(size, size)`` with an empty map), without building one."""
+    end = min(offset + count, size)
+    return _base_runs(offset, end - offset, base) if offset < end else []
 
 
 def _base_runs(start: int, n: int, base: Callable[[int, int], list[Run]]) -> list[Run]:

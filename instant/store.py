@@ -361,7 +361,7 @@ from typing import NamedTuple, TypeVar
 
 from instant import db
 from instant.errors import MAX_FILE_SIZE, NoSpace, Stale, TooLarge, WouldWait
-from instant.rangemap import Edits, FileState, Piece, RangeMap
+from instant.rangemap import Edits, FileState, Piece, RangeMap, unchanged_runs
 from merge.namespace import NamespaceError, Run, StorageIOError
 
 log = logging.getLogger("recovery_fs.instant")
@@ -1542,14 +1542,21 @@ class Store:
         *,
         version: int | None = None,
     ) -> list[Run]:
-        """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros."""
+        """``[offset, offset+count)`` of ``obj`` as runs of the base, the logs and zeros.
+
+        A file never changed, as already checked at ``version``, is answered
+        without the read lock (as :meth:`state`): the base's runs alone."""
+        if version is not None:
+            ent = self._rstates.get(obj)
+            if ent is not None and ent.checked == version and ent.state is None:
+                return unchanged_runs(base_size, offset, count, base)
         self._rtake()
         try:
             for _ in range(8):
                 try:
                     st = self._rstate(obj, (offset, offset + count), version).state
                     if st is None:  # never changed: the base's bytes as they are
-                        st = FileState(base_size, base_size)
+                        return unchanged_runs(base_size, offset, count, base)
                     return st.runs(offset, count, base, self._fd_of)
                 except _LogGone:  # a map read before a cleaning moved it: read it again
                     self._rstates.pop(obj, None)

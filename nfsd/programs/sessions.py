@@ -111,6 +111,9 @@ class SessionManager:
         self.table = ExportTable(())
         self.on_change: list[Callable[[ExportTable], None]] = []  # run when sessions change
         self._clients: dict[bytes, dict[str, float]] = {}  # key → client address → last call
+        # (key, peer, until): the last call's client, noted; its next calls until then
+        # have nothing to note (one tuple, replaced whole: safe across threads).
+        self._noted: tuple[bytes, str, float] = (b"", "", 0.0)
 
     # -- handles ----------------------------------------------------------------
     def encode(self, s: Session, fileid: int) -> bytes:
@@ -151,15 +154,20 @@ class SessionManager:
     def note_client(self, s: Session | bytes, peer: str) -> None:
         """A client called (or mounted) a session: for ``instant list``."""
         key = s.key if isinstance(s, Session) else s
+        now = time.time()
+        noted = self._noted
+        if noted[1] is peer and noted[0] == key and now < noted[2]:
+            return  # a connection's calls: its peer is one string
         seen = self._clients.setdefault(key, {})
         addr = split_peer(peer)[0]
-        now = time.time()
         last = seen.get(addr)
         if last is not None and now - last < CLIENT_TOUCH_EVERY:
+            self._noted = (key, peer, last + CLIENT_TOUCH_EVERY)
             return
         if last is None and len(seen) >= MAX_CLIENTS_SEEN:
             return
         seen[addr] = now
+        self._noted = (key, peer, now + CLIENT_TOUCH_EVERY)
         session = self._by_key.get(key)
         if session is not None:
             try:  # shared with the other processes and the CLI

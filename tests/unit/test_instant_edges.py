@@ -341,3 +341,44 @@ def test_a_session_that_failed_to_open_is_tried_again(
         assert manager.export_of(info.key_bytes) == info.export_path
     finally:
         manager.close()
+
+
+def test_a_client_is_noted_once_a_minute_whatever_its_calls(
+    storage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``instant list``'s clients: a client's calls touch its registry entry once per
+    CLIENT_TOUCH_EVERY, whether they come on one connection (its peer string, the
+    memo of the last call) or on several; a new client, or the same one after
+    that time, is noted at once."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(server_sessions.time, "time", lambda: now[0])
+    base = build_namespace(str(storage / "storage"))
+    registry = SessionRegistry(storage / "state")
+    info = create_session(registry, base, "s", {"web01": ("day1", "web01")}, clients="*")
+    touched: list[str] = []
+    monkeypatch.setattr(registry, "touch_client", lambda name, addr: touched.append(addr))
+    manager = server_sessions.SessionManager(registry, base, b"k" * 32)
+    try:
+        key = info.key_bytes
+        assert manager.known(key) is not None
+        conn = "10.0.0.5:801"
+        parsed: list[str] = []
+        split = server_sessions.split_peer
+        monkeypatch.setattr(server_sessions, "split_peer", lambda p: parsed.append(p) or split(p))
+        for _ in range(3):
+            manager.note_client(key, conn)
+        assert parsed == [conn]  # a connection's next calls: nothing parsed, nothing looked up
+        manager.note_client(key, "10.0.0.5:802")  # its second connection
+        assert touched == ["10.0.0.5"]
+        manager.note_client(key, "10.0.0.6:801")
+        manager.note_client(key, conn)
+        assert touched == ["10.0.0.5", "10.0.0.6"]
+        now[0] += server_sessions.CLIENT_TOUCH_EVERY + 1
+        manager.note_client(key, conn)
+        manager.note_client(key, conn)
+        assert touched == ["10.0.0.5", "10.0.0.6", "10.0.0.5"]
+        manager.note_client(b"o" * 8, conn)  # another session's key: its own list
+        assert touched[-1] == "10.0.0.5" and len(touched) == 3  # not known: not touched
+        assert manager._clients[b"o" * 8] == {"10.0.0.5": now[0]}
+    finally:
+        manager.close()

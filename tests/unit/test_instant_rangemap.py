@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from instant.rangemap import FileState, Piece, RangeMap
+from instant.rangemap import FileState, Piece, RangeMap, unchanged_runs
 from merge.namespace import ZERO_FD, Run
 
 BLOCK = 4096
@@ -129,6 +129,33 @@ def _file_state_reads_as_the_model(script: list[tuple[str, int, int]], data: st.
         off = data.draw(offsets)
         n = data.draw(st.integers(0, 3 * BLOCK))
         assert _read(state, logs, off, n) == bytes(model.data[off : off + n])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(offsets, lengths), max_size=30), offsets, st.integers(0, 3 * BLOCK), loads
+)
+def test_overlapping_is_every_piece_the_window_touches(
+    writes: list[tuple[int, int]], start: int, n: int, load: int
+) -> None:
+    """``overlapping`` against a scan of every piece: windows before the first
+    piece, after the last (answered without a bisect), between and across
+    chunks, and empty ones."""
+    with chunks_of(load):
+        m = RangeMap()
+        for i, (off, length) in enumerate(writes):
+            m.put(Piece(off, length, 1 + i % 2, i * 10_000))
+        want = [p for p in m if p.start < start + n and p.end > start]
+        assert m.overlapping(start, start + n) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, len(BASE) + BLOCK), offsets, st.integers(0, 3 * BLOCK))
+def test_unchanged_runs_are_a_fresh_file_states(size: int, offset: int, count: int) -> None:
+    """What a store answers for a file no write ever changed, without a FileState,
+    is what an empty one (as loaded for such a file) answers."""
+    want = FileState(size, size).runs(offset, count, _base, lambda log: log)
+    assert unchanged_runs(size, offset, count, _base) == want
 
 
 @settings(max_examples=200, deadline=None)

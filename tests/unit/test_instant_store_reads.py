@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 
 from instant.errors import WouldWait
 from instant.store import Store
+from merge.namespace import Run
 from tests.proto.test_instant_write_deferred import read_lock_held
 
 SQL = "SELECT size, gen FROM objects WHERE id=?"
+BASE_FD = 1000  # a base file's runs, as merge.sources gives them
 
 
 @pytest.fixture
@@ -120,3 +122,31 @@ def test_pwrite_all_finishes_a_short_pwritev(
         os.close(fd)
     whole = b"".join(bytes(b) for b in bufs)
     assert path.read_bytes() == (bytes(10) + whole if whole else b"")
+
+
+def test_runs_of_a_file_never_changed_need_no_read_lock(store: Store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A READ of a file no write changed, at a version its entry was checked at, is
+    the base's runs, answered on the loop while another thread holds the read lock
+    (as ``state`` is); once another process changed it, the version moved and the
+    read must look again: it does not answer from what it knew."""
+
+    def base(offset: int, count: int) -> list[Run]:
+        end = min(offset + count, 100)
+        return [Run(BASE_FD, offset, end - offset)] if offset < end else []
+
+    v = store.version()
+    assert store.runs(7, 10, 50, base, 100, version=v) == [Run(BASE_FD, 10, 50)]  # checked
+    with read_lock_held(store), store.nowait():
+        assert store.runs(7, 90, 50, base, 100, version=v) == [Run(BASE_FD, 90, 10)]
+        assert store.runs(7, 200, 5, base, 100, version=v) == []  # past its end
+    other = Store(tmp_path / "s")  # another process's store on the same session
+    try:
+        other.write(7, 20, b"z" * 10, 100)
+    finally:
+        other.close()
+    v2 = store.version()
+    assert v2 != v
+    with read_lock_held(store), store.nowait(), pytest.raises(WouldWait):
+        store.runs(7, 10, 50, base, 100, version=v2)
+    runs = store.runs(7, 10, 50, base, 100, version=v2)
+    assert runs[0] == Run(BASE_FD, 10, 10) and runs[1].fd != BASE_FD and runs[1].length == 10

@@ -213,36 +213,33 @@ class Router:
             raise WouldBlock
         manager = self.svc.manager
         key = manager.session_key(fh.data)
-        export = manager.export_of(key)
-        if export is None:
+        s = manager.known(key)
+        if s is None:
             raise NfsError(nfs3.NFS3ERR_STALE, "no such session")
-        self._check(ctx, export)
+        self._check(ctx, s.info.export_path)
         manager.note_client(key, ctx.peer)
         run = SESSION_RUN[number]
         if ctx.inline and number == nfs3.NFSPROC3_WRITE:
             inline = partial(self._inline_write, fh)
             return self._cached(number, ro, ctx, args, inline)
         if ctx.inline:
-            return self._inline(run, ctx, args, fh)
+            return self._inline(run, ctx, args, s)
         if number not in CACHED:
             return run(self.svc, ctx, args)
         return self._cached(number, ro, ctx, args, run)
 
     def _inline(
         self, run: Callable[[SessionNfs, CallContext, Any], Reply], ctx: CallContext, args: Any,
-        fh: nfs3.nfs_fh3,
+        s: Session,
     ) -> Reply:  # fmt: skip
         """One of INLINE_ALONE on the loop: never waiting on the session's database
         (``Store.nowait``), else a worker serves it (WouldBlock).  A READ of a file
         whose map another thread is loading would otherwise stall the loop, and with
         it this connection's heartbeat GETATTRs, for as long as the load takes.
-        The session is the one the handle claims, as known: its handle is verified,
-        and its liveness looked at, once, by the procedure (``SessionNfs.target``),
-        which answers one it does not name before anything could wait."""
-        manager = self.svc.manager
-        s = manager.known(manager.session_key(fh.data))
-        if s is None:
-            return run(self.svc, ctx, args)  # STALE or BADHANDLE: nothing waits
+        ``s``: the session the handle claims, as known (``SessionManager.known``):
+        its handle is verified, and its liveness looked at, once, by the procedure
+        (``SessionNfs.target``), which answers one it does not name before
+        anything could wait."""
         try:
             with s.ns.nowait():
                 return run(self.svc, ctx, args)
@@ -293,15 +290,14 @@ class Router:
         its reply, or None to leave the call to the general path (a refusal, an
         error, a failure body: that path answers and logs them)."""
         manager = self.svc.manager
-        fh = HANDLE[number](args)
-        key = manager.session_key(fh.data)
-        export = manager.export_of(key)
-        if export is None or self.access.nfs_status(ctx, export):
+        key = manager.session_key(HANDLE[number](args).data)
+        s = manager.known(key)
+        if s is None or self.access.nfs_status(ctx, s.info.export_path):
             return None
         manager.note_client(key, ctx.peer)
         try:
             if ctx.inline:
-                reply = self._inline(SESSION_RUN[number], ctx, args, fh)
+                reply = self._inline(SESSION_RUN[number], ctx, args, s)
             else:
                 reply = SESSION_RUN[number](self.svc, ctx, args)
         except (ProcedureError, NamespaceError, XdrError):
