@@ -16,6 +16,8 @@ credential / verifier over 400 bytes   AUTH_BADCRED / AUTH_BADVERF
 AUTH_SYS name > 255, gids > 16         AUTH_BADCRED
 an XDR length of 0xFFFFFFFF            GARBAGE_ARGS, nothing allocated
 bytes after the arguments              GARBAGE_ARGS
+WRITE whose count is not its data's    GARBAGE_ARGS, nothing written (knfsd:
+length                                 nfs3svc_decode_writeargs)
 handle of 65 bytes or more             GARBAGE_ARGS (knfsd: nfs_fh3<64>
                                        fails to decode)
 handle of 0 bytes, forged, bit         NFS3ERR_BADHANDLE (the MAC does not
@@ -64,7 +66,7 @@ from nfsd.transport.record import (
     RecordTooLarge,
 )
 from tests.fuzz.harness import PEERS, SECRET, Harness
-from tests.fuzz.seeds import MERGED, PLAIN, args3, fragments, nfs_args, sys_cred
+from tests.fuzz.seeds import MERGED, PLAIN, SESSION, args3, fragments, nfs_args, sys_cred
 from tests.proto.calls import ParsedReply, call, parse
 from xdr import mount3, nfs3, rpc
 from xdr import portmap as pm
@@ -354,6 +356,26 @@ def getattr_status(h: Harness, fh: bytes) -> int:
     r = getattr_of(h, fh)
     assert rpc_stat(r) == (rpc.MSG_ACCEPTED, rpc.SUCCESS)
     return result("GETATTR", r.body).status  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("count", "length"), [(16, 8), (8, 16), (1 << 20, 16), (0, 4), (4, 0)])
+def test_a_write_whose_count_is_not_its_data_length_is_garbage_args(
+    h: Harness, handles: dict[str, bytes], count: int, length: int
+) -> None:
+    """Both exports: the read-only one (else ROFS) and a session's file, which
+    keeps its bytes and size (the call writes neither length's worth)."""
+    c = h.caller
+    res = c.mount(f"/recover/instant/{SESSION}".encode())
+    assert res.mountinfo is not None
+    folder = c.lookup(nfs3.nfs_fh3(res.mountinfo.fhandle), b"web01").resok.object
+    disk = c.lookup(folder, b"web01-flat.vmdk").resok.object
+    before = c.read(disk, 0, 64).resok.data, c.getattr(disk).resok.obj_attributes.size
+    for fh in (handles["file"], disk.data):
+        data = bytes([0x5A]) * length
+        args = nfs3.WRITE3args(nfs3.nfs_fh3(fh), 0, count, nfs3.FILE_SYNC, data)
+        r = ask(h, call(NFS, 3, nfs3.NFSPROC3_WRITE, args3("WRITE", args)))
+        assert rpc_stat(r) == (rpc.MSG_ACCEPTED, rpc.GARBAGE_ARGS)
+    assert (c.read(disk, 0, 64).resok.data, c.getattr(disk).resok.obj_attributes.size) == before
 
 
 @pytest.mark.parametrize("size", [65, 128, 400])

@@ -8,7 +8,19 @@ from nfsd.programs.nfs3 import attrs, fsinfo, read, readdir, readonly
 from nfsd.programs.nfs3.service import Nfs3Service, failure_body
 from nfsd.rpc import Procedure, Program, Reply, no_args
 from xdr import nfs3
+from xdr.base import XdrError
 from xdr.nfs3 import NFS3Unpacker as U
+
+
+def write_args(u: U) -> nfs3.WRITE3args:
+    """WRITE3args whose ``count`` is its data's length (RFC 1813 §3.3.7: count is
+    "the number of bytes of data to be written"), else undecodable: GARBAGE_ARGS,
+    as knfsd's ``nfs3svc_decode_writeargs`` answers.  A client that says one
+    length and sends another is broken; writing either would be a guess."""
+    args = u.unpack_WRITE3args()
+    if args.count != len(args.data):
+        raise XdrError(f"WRITE count {args.count} is not its data's length {len(args.data)}")
+    return args
 
 
 def build(svc: Nfs3Service) -> Program:
@@ -24,7 +36,7 @@ def build(svc: Nfs3Service) -> Program:
             proc(nfs3.NFSPROC3_ACCESS, "ACCESS", U.unpack_ACCESS3args, attrs.access3),
             proc(nfs3.NFSPROC3_READLINK, "READLINK", U.unpack_READLINK3args, attrs.readlink3),
             proc(nfs3.NFSPROC3_READ, "READ", U.unpack_READ3args, read.read3),
-            proc(nfs3.NFSPROC3_WRITE, "WRITE", U.unpack_WRITE3args, readonly.write3),
+            proc(nfs3.NFSPROC3_WRITE, "WRITE", write_args, readonly.write3),
             proc(nfs3.NFSPROC3_CREATE, "CREATE", U.unpack_CREATE3args, readonly.create3),
             proc(nfs3.NFSPROC3_MKDIR, "MKDIR", U.unpack_MKDIR3args, readonly.mkdir3),
             proc(nfs3.NFSPROC3_SYMLINK, "SYMLINK", U.unpack_SYMLINK3args, readonly.symlink3),
