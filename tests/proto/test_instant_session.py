@@ -638,10 +638,11 @@ def test_replies_packed_from_attrs_are_the_packers_bytes(c: SessionCaller) -> No
             assert p.get_buffer() == body, (kind, args)
 
 
-def test_quick_reads_inline_only_when_the_loop_serves_one_connection(c: SessionCaller) -> None:
-    """READ, GETATTR, ACCESS and LOOKUP of a session are served inline while the loop
-    serves this connection alone (same bytes as on a worker); not otherwise, and
-    never a change."""
+def test_quick_reads_inline_on_any_connection(c: SessionCaller) -> None:
+    """READ, GETATTR, ACCESS and LOOKUP of a session are served inline, whether the
+    loop serves this connection alone or others too (same bytes as on a worker), as
+    the read-only export's; a READ whose bytes are not in the page cache, and a
+    change, never."""
     d = folder(c)
     fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
     ok(c.write(fh, 4096, b"N" * 100))
@@ -670,31 +671,42 @@ def test_quick_reads_inline_only_when_the_loop_serves_one_connection(c: SessionC
         nfs3.SETATTR3args(fh, sattr(mode=0o600), nfs3.sattrguard3(False, None)),
     )  # fmt: skip
     base_read = record(nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 0, 1 << 20))
-    with pytest.raises(WouldBlock):
-        c.dispatcher.dispatch(base_read, c.peer, "tcp", True, alone=True)
+    for alone in (True, False):
+        with pytest.raises(WouldBlock):
+            c.dispatcher.dispatch(base_read, c.peer, "tcp", True, alone=alone)
     assert body(c.dispatcher.dispatch(base_read, c.peer, "tcp"))
     for rec in quick:
         on_worker = body(c.dispatcher.dispatch(rec, c.peer, "tcp"))
         assert body(c.dispatcher.dispatch(rec, c.peer, "tcp", True, alone=True)) == on_worker
+        assert body(c.dispatcher.dispatch(rec, c.peer, "tcp", True)) == on_worker
+    for alone in (True, False):
         with pytest.raises(WouldBlock):
-            c.dispatcher.dispatch(rec, c.peer, "tcp", True)
+            c.dispatcher.dispatch(change, c.peer, "tcp", True, alone=alone)
+    # A READ past INLINE_MAX but too small to send from the mappings is copied:
+    # inline only while no other connection waits behind it (as the read-only
+    # export's, read.read_reply).
+    ok(c.write(fh, 1 << 20, b"C" * (100 << 10)))
+    copied = record(nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 1 << 20, 100 << 10))
+    on_worker = body(c.dispatcher.dispatch(copied, c.peer, "tcp"))
+    assert body(c.dispatcher.dispatch(copied, c.peer, "tcp", True, alone=True)) == on_worker
     with pytest.raises(WouldBlock):
-        c.dispatcher.dispatch(change, c.peer, "tcp", True, alone=True)
+        c.dispatcher.dispatch(copied, c.peer, "tcp", True)
 
 
-def test_a_session_call_that_goes_to_a_worker_is_not_decoded_on_the_loop(
+def test_a_sessions_quick_calls_on_a_shared_loop_take_the_fast_path(
     c: SessionCaller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fast path sees a session's GETATTR, READ or LOOKUP and sends it to a
-    worker at once (the router would, after the whole general decode)."""
+    """A session's GETATTR, READ or LOOKUP on a loop that serves other connections
+    too is answered by the fast path: never decoded by the general path."""
     import nfsd.rpc
 
     d = folder(c)
     fh = ok(c.lookup(d, b"disk-flat.vmdk")).object
+    ok(c.write(fh, 4096, b"N" * 100))  # the fake base's memfd reads on a worker
     recs = []
     for proc, kind, args in [
         (nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(fh)),
-        (nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 0, 4096)),
+        (nfs3.NFSPROC3_READ, "READ3", nfs3.READ3args(fh, 4096, 100)),  # in the data log
         (nfs3.NFSPROC3_LOOKUP, "LOOKUP3", nfs3.LOOKUP3args(nfs3.diropargs3(d, b"a.vmx"))),
     ]:
         p = NFS3Packer()
@@ -708,8 +720,9 @@ def test_a_session_call_that_goes_to_a_worker_is_not_decoded_on_the_loop(
     real = nfsd.rpc.decode_call
     monkeypatch.setattr(nfsd.rpc, "decode_call", lambda r: decoded.append(1) or real(r))
     for rec in recs:
-        with pytest.raises(WouldBlock):
-            c.dispatcher.dispatch(rec, c.peer, "tcp", True)
+        reply = c.dispatcher.dispatch(rec, c.peer, "tcp", True)
+        assert reply is not None and parse(reply.parts).stat == 0
+        reply.free()
     assert decoded == []
 
 

@@ -25,12 +25,10 @@ What it may skip and what it may not:
   byte more or less than the arguments.  Anything else - and every refusal or error - returns None:
   the general path then serves the call and writes the answer, so no
   failure reply is ever built here.
-* A session's handle (``nfs3.router``): inline while the loop serves
-  several connections, sent to a worker at once (WouldBlock, as the router
-  would say after the whole decode); otherwise answered by the router's
-  ``quick`` (the session's access check and procedure, the same code as the
-  general path's; None on any refusal or failure), or left to the general
-  path when no sessions are routed.
+* A session's handle (``nfs3.router``): answered by the router's ``quick``
+  (the session's access check and procedure, the same code as the general
+  path's, never waiting on the session's database; None on any refusal or
+  failure), or left to the general path when no sessions are routed.
 * A WRITE: a session's only, its header read here, the rest by
   ``nfs3.fastwrite`` (``FastPath.writes``); None without sessions.
 * It keeps no state of its own (but the fattr3 bytes of the last
@@ -70,7 +68,7 @@ from nfsd.programs.nfs3.service import (
 )
 from nfsd.programs.sessions import HANDLE_SIZE as _SESSION_SIZE
 from nfsd.programs.sessions import VERSION as _SESSION_VERSION
-from nfsd.rpc import Buffer, CallContext, CredCache, Reply, WouldBlock
+from nfsd.rpc import Buffer, CallContext, CredCache, Reply
 from nfsd.transport.tls import Security
 from xdr import nfs3
 from xdr.base import XdrError
@@ -241,11 +239,8 @@ class FastPath:
             return self.writes(record, pos, fh, ctx)
         name = cast(bytes, a) if proc == _LOOKUP else b""
         session = len(fh) == _SESSION_SIZE and fh[0] == _SESSION_VERSION  # is_session_handle
-        if session:
-            if self.sessions is None or proc == _READDIRPLUS:
-                return None  # a session's listing: the general path's
-            if inline and not alone:
-                raise WouldBlock  # what the router says, once all is decoded: a worker's
+        if session and (self.sessions is None or proc == _READDIRPLUS):
+            return None  # a session's listing: the general path's
         ctx = self._context(xid, proc, fields, peer, inline, alone, security, sendfile)
         if session:
             return self._session(record, ctx, proc, fh, pos, name)
