@@ -775,8 +775,9 @@ def test_fast_path_answers_a_session_as_the_general_path(
     assert "fast path failed" not in caplog.text
 
 
-def test_a_session_call_inline_never_waits_on_the_database(c: SessionCaller) -> None:
-    """Served inline (the loop, one connection alone), a session's READ or GETATTR
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_session_call_inline_never_waits_on_the_database(c: SessionCaller, alone: bool) -> None:
+    """Served inline (the loop, its connection alone or not), a session's READ or GETATTR
     that would wait - the read connection held by another thread, or a file's map
     to load - goes to a worker instead (WouldBlock): the loop, and this
     connection's heartbeat GETATTRs with it, never stall behind a large map."""
@@ -796,7 +797,7 @@ def test_a_session_call_inline_never_waits_on_the_database(c: SessionCaller) -> 
     getattr3 = record(nfs3.NFSPROC3_GETATTR, "GETATTR3", nfs3.GETATTR3args(fh))
 
     def inline(rec: bytes) -> Reply | None:
-        return c.dispatcher.dispatch(rec, c.peer, "tcp", True, alone=True)
+        return c.dispatcher.dispatch(rec, c.peer, "tcp", True, alone=alone)
 
     for rec in (read, getattr3):  # the map loaded, every answer checked: inline serves
         assert c.dispatcher.dispatch(rec, c.peer, "tcp") is not None
