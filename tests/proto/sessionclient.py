@@ -11,7 +11,7 @@ from merge.namespace import Namespace
 from nfsd.programs import build_programs
 from nfsd.programs.access import AccessControl
 from nfsd.programs.sessions import SessionManager
-from nfsd.rpc import Dispatcher, settle
+from nfsd.rpc import Dispatcher, WouldBlock, settle
 from tests.proto.calls import call, parse, unchanged_sattr
 from tests.proto.nfsclient import OPEN_EXPORTS, SECRET, Caller
 from xdr import mount3, nfs3
@@ -34,6 +34,11 @@ class SessionCaller(Caller):
         )
         self.peer = peer
         self.fixed_xid: int | None = None
+        # How calls are served: None on a worker (the general path); True or False as
+        # the transport's loop serves them first (inline: the fast path, never
+        # waiting), the connection alone on it or not, then on a worker if that
+        # raised WouldBlock.
+        self.loop: bool | None = None
 
     def start(self, name: str, roots: dict, **kw: Any) -> SessionInfo:
         kw.setdefault("clients", "*(insecure)")
@@ -49,9 +54,15 @@ class SessionCaller(Caller):
         if self.fixed_xid is None:
             self.xid += 1
         xid = self.fixed_xid or self.xid
-        reply = settle(
-            self.dispatcher.dispatch(call(prog, vers, proc, args, xid=xid), self.peer, "tcp"), 30
-        )
+        record = call(prog, vers, proc, args, xid=xid)
+        if self.loop is None:
+            reply = self.dispatcher.dispatch(record, self.peer, "tcp")
+        else:
+            try:
+                reply = self.dispatcher.dispatch(record, self.peer, "tcp", True, alone=self.loop)
+            except WouldBlock:  # as the loop does: the same record, on a worker
+                reply = self.dispatcher.dispatch(record, self.peer, "tcp")
+        reply = settle(reply, 30)
         if reply is None:
             return None
         r = parse(reply.parts)

@@ -4,8 +4,9 @@ What ``tests/unit/test_instant_namespace.py`` does for the namespace alone,
 here through the dispatcher (the session's procedures, the router, the reply
 cache, the deferred WRITE): a hypothesis state machine makes files and
 folders, writes, truncates and extends, renames (over files too), removes,
-restarts the server, and moves its calls to the other of two servers on the
+restarts the server, moves its calls to the other of two servers on the
 same state directory (two worker processes: each its own store and caches),
+serves them on the transport's loop first (inline) or on a worker,
 and after every step the session answers as a plain file system would: each
 file's bytes and size, each folder's names, and never
 ``NFS3ERR_SERVERFAULT``.  Names include bytes that are not UTF-8 (a
@@ -178,6 +179,12 @@ class SessionOverRpc(RuleBasedStateMachine):
         self.other.manager.close()
         self.c = self.caller()
         self.other = self.caller()
+
+    @rule(loop=st.sampled_from([None, True, False]))
+    def served_from(self, loop: bool | None) -> None:
+        """The next calls served on a worker, or on the loop first (the fast path,
+        ``Store.nowait``), its connection alone there or not, as the transport does."""
+        self.c.loop = loop
 
     @rule()
     def other_worker(self) -> None:
