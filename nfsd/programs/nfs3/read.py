@@ -109,6 +109,13 @@ def read3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READ3args) -> Reply:
     return read_reply(svc, path, offset, count, ctx, head)
 
 
+def copy_waits(ctx: CallContext, count: int) -> bool:
+    """Whether a READ of ``count`` bytes to be copied (not sent from a mapping) goes
+    to a worker: on the loop, a copy past :data:`INLINE_MAX` only while the loop
+    serves this connection alone (no other connection waits behind it)."""
+    return ctx.inline and not ctx.alone and count > INLINE_MAX
+
+
 def read_reply(  # noqa: PLR0917
     svc: Nfs3Service, path: PresentedPath, offset: int, count: int, ctx: CallContext, head: bytes
 ) -> Reply:
@@ -128,7 +135,7 @@ def read_reply(  # noqa: PLR0917
             reply = _mapped(svc, path, offset, count, head)  # inline on any connection
             if reply is not None:
                 return reply
-        if inline and not ctx.alone:
+        if copy_waits(ctx, count):
             raise WouldBlock
     if by_ref:
         try:

@@ -212,13 +212,7 @@ class Router:
             number in INLINE or (number == nfs3.NFSPROC3_WRITE and args.count <= INLINE_WRITE)
         ):
             raise WouldBlock
-        manager = self.svc.manager
-        key = manager.session_key(fh.data)
-        s = manager.known(key)
-        if s is None:
-            raise NfsError(nfs3.NFS3ERR_STALE, "no such session")
-        self._check(ctx, s.info.export_path)
-        manager.note_client(key, ctx.peer)
+        s = self._admitted(ctx, fh.data)
         run = SESSION_RUN[number]
         if ctx.inline and number == nfs3.NFSPROC3_WRITE:
             inline = partial(self._inline_write, fh)
@@ -273,12 +267,10 @@ class Router:
         if ctx.inline and args.count > INLINE_WRITE:
             raise WouldBlock
         assert self._ro_write is not None, "quick_write before table()"
-        manager = self.svc.manager
-        key = manager.session_key(args.file.data)
-        export = manager.export_of(key)
-        if export is None or self.access.nfs_status(ctx, export):
-            return None
-        manager.note_client(key, ctx.peer)
+        try:
+            self._admitted(ctx, args.file.data)
+        except NfsError:
+            return None  # the general path answers (and logs) it
         number = nfs3.NFSPROC3_WRITE
         run = partial(self._inline_write, args.file) if ctx.inline else write.write3
         try:
@@ -290,12 +282,10 @@ class Router:
         """A session's GETATTR, ACCESS, READ or LOOKUP for the fast path (``nfs3.fastpath``):
         its reply, or None to leave the call to the general path (a refusal, an
         error, a failure body: that path answers and logs them)."""
-        manager = self.svc.manager
-        key = manager.session_key(HANDLE[number](args).data)
-        s = manager.known(key)
-        if s is None or self.access.nfs_status(ctx, s.info.export_path):
-            return None
-        manager.note_client(key, ctx.peer)
+        try:
+            s = self._admitted(ctx, HANDLE[number](args).data)
+        except NfsError:
+            return None  # the general path answers (and logs) it
         try:
             if ctx.inline:
                 reply = self._inline(SESSION_RUN[number], ctx, args, s)
@@ -312,6 +302,20 @@ class Router:
         status = self.access.nfs_status(ctx, export)
         if status:
             raise NfsError(status)
+
+    def _admitted(self, ctx: CallContext, data: bytes) -> Session:
+        """The session a handle's bytes claim, as this process knows it, once its
+        client list admitted the caller (who is noted for ``instant list``):
+        NfsError STALE for a session it does not know, the refusal's status for a
+        caller the list does not admit."""
+        manager = self.svc.manager
+        key = manager.session_key(data)
+        s = manager.known(key)
+        if s is None:
+            raise NfsError(nfs3.NFS3ERR_STALE, "no such session")
+        self._check(ctx, s.info.export_path)
+        manager.note_client(key, ctx.peer)
+        return s
 
     def _cached(
         self, number: int, ro: Procedure, ctx: CallContext, args: Any,

@@ -40,7 +40,7 @@ from nfsd.programs.listings import Listing, Row, raw_name
 from nfsd.programs.nfs3.attrs import lookup3_ok
 from nfsd.programs.nfs3.fastattr import _OK, LastFattr3, entryplus3_bytes, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
-from nfsd.programs.nfs3.read import INLINE_MAX, MAP_MIN, PADDING, _fill, mapped_reply
+from nfsd.programs.nfs3.read import MAP_MIN, PADDING, _fill, copy_waits, mapped_reply
 from nfsd.programs.nfs3.readdir import _page, dirlist_reply
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
@@ -247,10 +247,10 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
                     if mapped is not None:
                         return mapped
                 # Inline: a large copy only when the loop serves this connection
-                # alone (others would wait behind it), as the read-only export's
-                # (read.read_reply); then a free buffer now, and every byte in the
-                # page cache (RWF_NOWAIT), or a worker serves it.
-                if ctx.inline and not ctx.alone and count > INLINE_MAX:
+                # alone, as the read-only export's (read.copy_waits); then a free
+                # buffer now, and every byte in the page cache (RWF_NOWAIT), or a
+                # worker serves it.
+                if copy_waits(ctx, count):
                     raise WouldBlock
                 buf = svc.buffers.try_acquire() if ctx.inline else svc.buffers.acquire()
                 if buf is None:
