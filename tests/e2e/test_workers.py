@@ -32,6 +32,7 @@ import pytest
 
 from tests.e2e.support import rpcwire as w
 from tests.e2e.support.prereq import require as _require
+from tests.e2e.support.procs import suspend
 from tests.e2e.support.rpcwire import Client
 from tests.e2e.support.server import Server, recovery_fs_command
 
@@ -244,7 +245,7 @@ def test_with_inherited_listeners_the_spare_holds_none_until_it_takes_a_slot(
         wait_for(lambda: (x := status_file(srv)["workers"][0])["pid"] == spare and x["ready"])
         assert _holds_listener(spare, srv.port)
         other = status_file(srv)["workers"][1]["pid"]
-        os.kill(other, signal.SIGSTOP)  # every new connection is the spare's to accept
+        suspend(other)  # every new connection is the spare's to accept
         try:
             for _ in range(4):
                 client = Client((srv.host, srv.port), "127.0.0.1")
@@ -270,7 +271,7 @@ def test_a_reload_while_a_worker_starts_succeeds_and_reaches_it(
     spare = wait_for(lambda: status_file(srv).get("spare"))["pid"]
     stopped = [spare]
     try:
-        os.kill(spare, signal.SIGSTOP)
+        suspend(spare)
         victim = status_file(srv)["workers"][0]
         os.kill(victim["pid"], signal.SIGKILL)
         wait_for(lambda: (x := status_file(srv)["workers"][0])["pid"] == spare and not x["ready"])
@@ -281,7 +282,7 @@ def test_a_reload_while_a_worker_starts_succeeds_and_reaches_it(
         os.kill(spare, signal.SIGCONT)
         stopped = [other]
         wait_for(lambda: status_file(srv)["workers"][0]["ready"])
-        os.kill(other, signal.SIGSTOP)  # the new connections are the started worker's
+        suspend(other)  # the new connections are the started worker's
         allowed = Client((srv.host, srv.port), "127.0.0.2")
         stranger = Client((srv.host, srv.port), "127.0.0.3")
         assert allowed.mount()[1] and not stranger.mount()[1]

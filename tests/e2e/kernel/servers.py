@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..support.procs import suspend_group
 from ..support.server import null_call, recv_record
 
 REPO = Path(__file__).resolve().parents[3]
@@ -188,9 +189,10 @@ class Server:
 
     def freeze(self) -> None:
         """SIGSTOP every process of the server (`own_group`): nothing more is answered
-        until `thaw` or `kill`, so what is in flight now is in flight at a kill."""
+        until `thaw` or `kill`, so what is in flight now is in flight at a kill.
+        Returns once every thread of each is stopped, not once the signal is sent."""
         assert self.own_group and self.proc, "freeze needs a server in its own group"
-        os.killpg(self.proc.pid, signal.SIGSTOP)
+        suspend_group(self.proc.pid)
 
     def thaw(self) -> None:
         assert self.own_group and self.proc, "thaw needs a server in its own group"
