@@ -225,7 +225,13 @@ def _holds_listener(pid: int, port: int) -> bool:
                 if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A":
                     listening.add(f"socket:[{f[9]}]")
     fds = Path(f"/proc/{pid}/fd")
-    return any(os.readlink(fds / fd) in listening for fd in os.listdir(fds))
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(fds / fd) in listening:
+                return True
+        except FileNotFoundError:
+            continue  # closed as we looked: a process starting opens and closes files
+    return False
 
 
 def test_with_inherited_listeners_the_spare_holds_none_until_it_takes_a_slot(
