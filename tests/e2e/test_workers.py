@@ -32,7 +32,7 @@ import pytest
 
 from tests.e2e.support import rpcwire as w
 from tests.e2e.support.prereq import require as _require
-from tests.e2e.support.procs import suspend
+from tests.e2e.support.procs import stat_fields, suspend
 from tests.e2e.support.rpcwire import Client
 from tests.e2e.support.server import Server, recovery_fs_command
 
@@ -170,10 +170,8 @@ def test_a_worker_killed_mid_read_is_replaced_and_the_read_is_byte_exact(
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not: its parent has not waited yet)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = stat_fields(Path(f"/proc/{pid}/stat"))
+    return fields is not None and fields[0] != "Z"
 
 
 def _spare_other_than(srv: Server, pid: int) -> int | None:

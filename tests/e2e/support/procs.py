@@ -22,20 +22,23 @@ from pathlib import Path
 STOP_TIMEOUT = 10.0
 
 
+def stat_fields(path: Path) -> list[str] | None:
+    """The fields of a ``/proc`` ``stat`` file after the command's name (the state
+    first, then the parent, the process group...); None once it is gone."""
+    try:
+        return path.read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def _states(pid: int) -> list[str]:
     """The scheduler state of each thread of ``pid`` (empty once it is gone)."""
-    states = []
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except FileNotFoundError:
         return []
-    for task in tasks:
-        try:
-            stat = (task / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended as we looked
-        states.append(stat.rpartition(")")[2].split()[0])
-    return states
+    found = (stat_fields(task / "stat") for task in tasks)
+    return [fields[0] for fields in found if fields is not None]  # None: a thread ended
 
 
 def is_stopped(pid: int) -> bool:
@@ -44,11 +47,10 @@ def is_stopped(pid: int) -> bool:
     return bool(states) and all(s == "T" for s in states)
 
 
-def suspend(*pids: int, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGSTOP each of ``pids`` and return once every thread of each is stopped."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    _wait_stopped(lambda: list(pids), str(pids), timeout)
+def suspend(pid: int, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped."""
+    os.kill(pid, signal.SIGSTOP)
+    _wait_stopped(lambda: [pid], f"pid {pid}", timeout)
 
 
 def suspend_group(pgid: int, timeout: float = STOP_TIMEOUT) -> None:
@@ -70,13 +72,8 @@ def group_members(pgid: int) -> list[int]:
     """The processes of group ``pgid`` (from ``/proc``; zombies left out)."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        fields = stat.rpartition(")")[2].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
+        if entry.name.isdigit():
+            fields = stat_fields(entry / "stat")
+            if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
     return members
