@@ -50,7 +50,7 @@ PLAIN, MERGED = "/vm/data-flat.vmdk", "/vm/disk-flat.vmdk"
 def one_round(tree: Path, args: argparse.Namespace, state: Path) -> dict[str, dict]:
     """A server from ``tree``, a session of the VM folder, each workload once."""
     storage = Path(args.data) / "storage"
-    proc = start(tree, storage, state, args.port)
+    proc = start(tree, storage, state, args.port, args.workers)
     try:
         cli = [sys.executable, "-c", "import sys; from nfsd.cli import main; sys.exit(main())"]
         cli += ["instant", "start", "--storage", str(storage), "--state-dir", str(state)]
@@ -92,6 +92,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--port", type=int, default=PORT, help="a free TCP port of 127.0.0.1")
+    ap.add_argument("--workers", type=int, default=1, help="the server's worker processes")
     args = ap.parse_args()
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     results: dict[Path, list[dict[str, dict]]] = {t: [] for t in trees}

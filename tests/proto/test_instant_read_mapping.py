@@ -138,21 +138,30 @@ def test_a_queued_view_keeps_its_bytes_over_later_writes_and_the_logs_growth(
         early.free()
 
 
-@settings(
+MODEL_CASES = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    ops=st.lists(
-        st.one_of(
-            st.tuples(st.just("write"), st.integers(0, 3 * MIB), st.integers(1, MIB)),
-            st.tuples(st.just("size"), st.integers(0, 3 * MIB), st.just(0)),
-        ),
-        max_size=6,
+"""The settings of a test run on the ``session`` fixture with changes (:data:`OPS`)."""
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(0, 3 * MIB), st.integers(1, MIB)),
+        st.tuples(st.just("size"), st.integers(0, 3 * MIB), st.just(0)),
     ),
-    reads=st.lists(
-        st.tuples(st.integers(0, 3 * MIB), st.integers(read.MAP_MIN, MIB)), min_size=1, max_size=4
-    ),
+    max_size=6,
 )
+"""Changes to make on the file (:func:`changed`): small and large writes, past the
+end too, truncates and regrowths."""
+
+
+def reads_of(least: int) -> st.SearchStrategy[list[tuple[int, int]]]:
+    """1-4 READs (offset, count) of ``least`` bytes or more, past the end too."""
+    return st.lists(
+        st.tuples(st.integers(0, 3 * MIB), st.integers(least, MIB)), min_size=1, max_size=4
+    )
+
+
+@MODEL_CASES
+@given(ops=OPS, reads=reads_of(read.MAP_MIN))
 def test_mapped_reads_equal_a_naive_model(session, monkeypatch, ops, reads) -> None:  # type: ignore[no-untyped-def]
     """Writes (small, large, past the end), truncates and regrowths, then
     READs sent from the mappings where they can be (a log mapped again as
@@ -160,6 +169,21 @@ def test_mapped_reads_equal_a_naive_model(session, monkeypatch, ops, reads) -> N
     of the file, and of the same READ copied."""
     monkeypatch.setattr(store_mod, "REMAP_INTERVAL", 0.0)
     c, fh, _ = session
+    model = changed(c, fh, ops)
+    for at, n in reads:
+        _, copied = served(c, fh, at, n, security=Security("tls"))  # (brings pages in)
+        n_views, mapped = served(c, fh, at, n)
+        want = bytes(model[at : at + n])
+        assert copied == mapped
+        if want.strip(b"\0"):  # some bytes of the base or a log: sent from their mappings
+            assert n_views >= 1
+        assert mapped.endswith(want + b"\0" * (-len(want) % 4))
+        assert int.from_bytes(mapped[-len(want) - (-len(want) % 4) - 4 :][:4], "big") == len(want)
+
+
+def changed(c: SessionCaller, fh: nfs3.nfs_fh3, ops: list[tuple[str, int, int]]) -> bytearray:
+    """``ops`` (``("write", offset, length)`` of random bytes, ``("size", size, 0)``)
+    made on the file; a naive model of its bytes after them."""
     model = bytearray(c.read_all(fh, SIZE + 4 * MIB))
     rnd = random.Random(repr(ops))
     for kind, at, n in ops:
@@ -173,15 +197,7 @@ def test_mapped_reads_equal_a_naive_model(session, monkeypatch, ops, reads) -> N
             assert c.setattr(fh, sattr_size(at)).status == nfs3.NFS3_OK
             del model[at:]
             model.extend(bytes(max(0, at - len(model))))
-    for at, n in reads:
-        _, copied = served(c, fh, at, n, security=Security("tls"))  # (brings pages in)
-        n_views, mapped = served(c, fh, at, n)
-        want = bytes(model[at : at + n])
-        assert copied == mapped
-        if want.strip(b"\0"):  # some bytes of the base or a log: sent from their mappings
-            assert n_views >= 1
-        assert mapped.endswith(want + b"\0" * (-len(want) % 4))
-        assert int.from_bytes(mapped[-len(want) - (-len(want) % 4) - 4 :][:4], "big") == len(want)
+    return model
 
 
 def sattr_size(size: int) -> nfs3.sattr3:

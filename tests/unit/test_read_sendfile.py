@@ -182,7 +182,8 @@ def test_bytes_received_are_the_copying_paths(served: Served, calls) -> None:  #
     received_are_the_copying_paths(served, calls)
 
 
-def test_a_large_read_goes_through_the_socket_by_reference(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def runs_made(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, how many FileRuns each ``read.by_reference`` made (0: None)."""
     made: list[int] = []
     real = read.by_reference
 
@@ -192,6 +193,11 @@ def test_a_large_read_goes_through_the_socket_by_reference(served: Served, monke
         return parts
 
     monkeypatch.setattr(read, "by_reference", spy)
+    return made
+
+
+def test_a_large_read_goes_through_the_socket_by_reference(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    made = runs_made(monkeypatch)
     record = served.record(served.merged, 100 * 1024, MIB)
     expected = reference(served, record)
     with served.connect() as c:

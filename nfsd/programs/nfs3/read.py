@@ -130,7 +130,7 @@ def read_reply(  # noqa: PLR0917
     inline = ctx.inline
     by_ref = False
     if count > INLINE_MAX:  # (a small READ, the commonest, skips these tests)
-        by_ref = count >= SENDFILE_MIN and ctx.sendfile and cachestat_works()
+        by_ref = sends_by_reference(ctx, count)
         if count >= MAP_MIN and not by_ref and ctx.transport == "tcp" and ctx.security is PLAIN:
             reply = _mapped(svc, path, offset, count, head)  # inline on any connection
             if reply is not None:
@@ -140,16 +140,11 @@ def read_reply(  # noqa: PLR0917
     if by_ref:
         try:
             with svc.namespace.open(path) as reader:
-                size = reader.size
-                parts = by_reference(reader.runs(offset, count))
+                referenced = referenced_reply(reader.runs(offset, count), head, offset, reader.size)
         except (OSError, NamespaceError) as e:
             raise nfs_error(e) from e
-        if parts is not None:
-            n = sum(map(len, parts))
-            eof = offset + n >= size
-            parts[:0] = [head + _TAIL.pack(n, eof, n)]
-            parts.append(PADDING[n & 3])
-            return Reply(parts, release=lambda: _free_runs(parts))
+        if referenced is not None:
+            return referenced
     if inline:
         buf = svc.buffers.try_acquire()
         if buf is None:
@@ -259,6 +254,27 @@ def by_mapping(maps: dict[int, memoryview], runs: list[Run]) -> list[Part] | Non
 # 1.05-1.13, 256 KiB 0.89-0.96, 1 MiB 0.64-0.70.
 SENDFILE_MIN = 256 * 1024
 RUN_MIN = 16 * 1024
+
+
+def sends_by_reference(ctx: CallContext, count: int) -> bool:
+    """Whether a READ of ``count`` bytes sends its file runs by reference: a large
+    one, on a transport that takes :class:`FileRun` parts (plain TCP to a peer
+    that is not loopback: ``CallContext.sendfile``), where ``cachestat`` can
+    tell that their bytes are in the page cache."""
+    return count >= SENDFILE_MIN and ctx.sendfile and cachestat_works()
+
+
+def referenced_reply(runs: list[Run], head: bytes, offset: int, size: int) -> Reply | None:
+    """The READ3resok of ``runs`` (at ``offset`` of a file of ``size`` bytes) with
+    its file runs by reference (:func:`by_reference`), ``head`` before its count;
+    None, nothing held, when a byte is not in the page cache (the caller copies)."""
+    parts = by_reference(runs)
+    if parts is None:
+        return None
+    n = sum(map(len, parts))
+    parts[:0] = [head + _TAIL.pack(n, offset + n >= size, n)]
+    parts.append(PADDING[n & 3])
+    return Reply(parts, release=partial(_free_runs, parts))
 
 
 def by_reference(runs: list[Run]) -> list[Part] | None:

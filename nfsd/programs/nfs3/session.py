@@ -40,7 +40,15 @@ from nfsd.programs.listings import Listing, Row, raw_name
 from nfsd.programs.nfs3.attrs import lookup3_ok
 from nfsd.programs.nfs3.fastattr import _OK, LastFattr3, entryplus3_bytes, post_op_attr_bytes
 from nfsd.programs.nfs3.fsinfo import fsinfo_resok, pathconf_resok
-from nfsd.programs.nfs3.read import MAP_MIN, PADDING, _fill, copy_waits, mapped_reply
+from nfsd.programs.nfs3.read import (
+    MAP_MIN,
+    PADDING,
+    _fill,
+    copy_waits,
+    mapped_reply,
+    referenced_reply,
+    sends_by_reference,
+)
 from nfsd.programs.nfs3.readdir import _page, dirlist_reply
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
@@ -216,11 +224,15 @@ def readlink3(svc: SessionNfs, ctx: CallContext, args: nfs3.READLINK3args) -> Re
 
 # RFC 1813 §3.3.6: base bytes, overlay bytes and zeros in one pooled buffer,
 # or, for a large READ on plain TCP whose bytes are all in the page cache,
-# views of the base's and the overlay's data logs' mappings
-# (``SessionReader.maps``, ``read.by_mapping``, as the read-only export's: one
-# copy, the send's, instead of two).  A log's bytes under a committed map
-# never change, so a view sent later holds the bytes as of the runs: a WRITE
-# racing the READ gives the old bytes or the new, never a mix of other bytes.
+# sent as they lie, as the read-only export's: to a peer that is not
+# loopback by reference (``read.by_reference``: ``sendfile`` of a ``dup`` of
+# the base's and the data logs' descriptors, no copy in user space), else
+# as views of their mappings (``SessionReader.maps``, ``read.by_mapping``:
+# one copy, the send's, instead of two).  A log's bytes under a committed
+# map never change (append-only; a log the cleaning removes lives on behind
+# a ``dup`` or a mapping), so a run or view sent later holds the bytes as of
+# the runs: a WRITE racing the READ gives the old bytes or the new, never a
+# mix of other bytes.
 # The file's attributes, size and runs as of one look at the session database
 # (``SessionNamespace.open``); a directory is ISDIR, any other non-file INVAL.
 def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
@@ -234,13 +246,18 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
         raise NfsError(nfs3.NFS3ERR_ACCES)
     count = min(args.count, RTMAX if ctx.transport == "tcp" else UDP_RTMAX)
     ctx.note = f"{s.info.name} fileid={fid} off={args.offset} count={args.count}"
-    mappable = count >= MAP_MIN and ctx.transport == "tcp" and ctx.security is PLAIN
+    by_ref = sends_by_reference(ctx, count)
+    mappable = not by_ref and count >= MAP_MIN and ctx.transport == "tcp" and ctx.security is PLAIN
     head = _OK_ATTRS + svc.fattr3.get(a, s.fsid)
     buf: mmap.mmap | None = None
     try:
         try:
             with reader:
                 runs = reader.runs(args.offset, count)
+                if by_ref:
+                    referenced = referenced_reply(runs, head, args.offset, a.size)
+                    if referenced is not None:
+                        return referenced
                 maps = reader.maps() if mappable else {}
                 if maps:
                     mapped = mapped_reply(svc.buffers, maps, runs, head, args.offset, a.size)
@@ -255,7 +272,7 @@ def read3(svc: SessionNfs, ctx: CallContext, args: nfs3.READ3args) -> Reply:
                 buf = svc.buffers.try_acquire() if ctx.inline else svc.buffers.acquire()
                 if buf is None:
                     raise WouldBlock
-                if mappable and not ctx.inline:  # not sent from the mappings: not all cached
+                if (mappable or by_ref) and not ctx.inline:  # not all cached: copied
                     reader.read_ahead()
                 n = _fill(memoryview(buf), runs, ctx.inline)
         except (OSError, NamespaceError) as e:
