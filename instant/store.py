@@ -476,6 +476,9 @@ class _Entry:
     this process's commits it followed in a row (a reader's; see :func:`_sweep`)."""
     swept: int = 0
     """A partial entry's: every stretch before it is known (see :func:`_sweep`)."""
+    near: tuple[int, int] = (0, 0)
+    """A partial entry's: the known stretch ``[start, end)`` that held the last window
+    asked (:func:`_covered`); a stretch once known stays known while the entry lives."""
 
 
 Done = Callable[[int | Exception], None]
@@ -1604,7 +1607,7 @@ class Store:
         """(Read lock held) ``ent`` holding the pieces over ``window``: a partial entry
         filled there if the database still has the file at the entry's ``gen``, else
         an entry of that window alone (not kept)."""
-        if ent.known is None or ent.state is None or not _gaps(ent.known, *window):
+        if ent.known is None or ent.state is None or _covered(ent, *window):
             return ent
         try:
             with self.read() as conn:
@@ -2096,6 +2099,23 @@ def _gaps(known: RangeMap, lo: int, hi: int) -> list[tuple[int, int]]:
     if pos < hi:
         gaps.append((pos, hi))
     return gaps
+
+
+def _covered(ent: _Entry, lo: int, hi: int) -> bool:
+    """Whether a partial entry knows every stretch of ``[lo, hi)``.
+
+    A READ stream asks one window after another inside one known stretch (the
+    never-written part of a disk, read once already): the stretch that held the
+    last window is kept (``near``) and asked first, no bisect of ``known``."""
+    near = ent.near
+    if near[0] <= lo and hi <= near[1]:
+        return True
+    assert ent.known is not None
+    around = ent.known.overlapping(lo, hi)
+    if len(around) == 1 and around[0].start <= lo and hi <= around[0].end:
+        ent.near = (around[0].start, around[0].end)
+        return True
+    return not _gaps(ent.known, lo, hi)
 
 
 def _know(known: RangeMap, start: int, length: int) -> None:

@@ -311,6 +311,32 @@ def test_a_store_opened_on_a_large_file_reads_without_loading_it(
         assert loads == []
 
 
+def test_a_read_stream_inside_a_known_stretch_looks_for_no_gap(
+    tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial read entry answers a window inside the known stretch that held the
+    last one without looking for gaps (``near``: a READ stream over a part of the
+    disk read once already); a window past it still fills, with the right bytes."""
+    monkeypatch.setattr(store_mod, "PARTIAL_MIN", 16)
+    d = tmp_path / "s"
+    model = _closed_session(d, 30, 2000)
+    looks: list[int] = []
+    real = store_mod._gaps
+    monkeypatch.setattr(store_mod, "_gaps", lambda *a: looks.append(1) or real(*a))
+    with Store(d, clean=False) as s:
+        assert read(s, 1, base_fd, 0, 30_000) == bytes(model[:30_000])  # known from now on
+        ent = s._rstates[1]
+        assert ent.known is not None
+        looks.clear()
+        for at in range(0, 29_000, 1000):
+            assert read(s, 1, base_fd, at, 1000) == bytes(model[at : at + 1000])
+        assert len(looks) <= 1 and ent.near[0] <= 0 and ent.near[1] >= 30_000
+        assert read(s, 1, base_fd, 29_000, 20_000) == bytes(model[29_000:49_000])  # fills past it
+        assert ent.known.overlapping(0, 49_000)[0].end >= 49_000
+        check_entries(s)
+        assert read(s, 1, base_fd) == bytes(model)
+
+
 @pytest.mark.parametrize("checked_before", [False, True])
 def test_a_read_while_a_commit_is_published_keeps_nothing(
     tmp_path: Path, base_fd: int, monkeypatch: pytest.MonkeyPatch, checked_before: bool
