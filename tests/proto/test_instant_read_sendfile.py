@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 
 from instant import store as store_mod
+from merge.stack import build_namespace
 from nfsd.programs.nfs3 import read
 from nfsd.rpc import FileRun, Reply
 from nfsd.transport.server import RpcServer
@@ -30,6 +32,7 @@ from nfsd.transport.tls import Security
 from tests.proto import test_instant_read_mapping as mapping
 from tests.proto.sessionclient import SessionCaller
 from tests.proto.test_instant_read_mapping import SIZE, record
+from tests.unit import test_read_sendfile as sendfile_test
 from tests.unit.merge_helpers import KIB, MIB
 from tests.unit.test_read_sendfile import marked, recv_record, runs_made
 from xdr import nfs3
@@ -90,6 +93,32 @@ def test_never_written_rewritten_and_mixed_regions_are_sent_by_reference(session
     small, _ = served(c, fh, 0, read.SENDFILE_MIN - 1, sendfile=True)
     loopback, _ = served(c, fh, 0, MIB)  # sendfile off: views of mappings instead
     assert small == 0 and loopback == 0
+
+
+def test_a_merged_image_its_changed_extents_and_rewrites_by_reference(tmp_path: Path) -> None:
+    """A session of a merged image (``test_read_sendfile``'s: changed extents at every
+    boundary, zeros past the base): its base's runs by reference, the pancbt's
+    short ones copied in, a rewrite's from the log; the bytes of a naive model."""
+    storage = tmp_path / "storage"
+    (storage / "d").mkdir(parents=True)
+    (storage / "d" / "disk-flat.vmdk").write_bytes(sendfile_test.BASE)
+    (storage / "d" / "disk-pancbt.vmdk").write_bytes(sendfile_test.PANCBT)
+    c = SessionCaller(build_namespace(str(storage)), tmp_path / "state")
+    try:
+        c.start("m", {"d": ("d",)})
+        d = c.lookup(c.session_root("m"), b"d").resok.object
+        fh = c.lookup(d, b"disk-flat.vmdk").resok.object
+        model = bytearray(sendfile_test.MERGED)
+        c.write(fh, 2 * MIB + 50 * KIB, b"r" * (100 * KIB))  # over a changed extent
+        model[2 * MIB + 50 * KIB : 2 * MIB + 150 * KIB] = b"r" * (100 * KIB)
+        for at in (0, 100 * KIB, MIB - 4096, 2 * MIB, len(model) - 300 * KIB):
+            want = copied(c, fh, at, MIB)
+            runs, sent = served(c, fh, at, MIB, sendfile=True)
+            tail = bytes(model[at : at + MIB])
+            assert sent == want and sent.endswith(tail + b"\0" * (-len(tail) % 4))
+            assert runs >= 1 or at >= len(sendfile_test.BASE), at  # past the base: zeros
+    finally:
+        c.manager.close()
 
 
 def test_uncached_bytes_are_copied(session, monkeypatch) -> None:  # type: ignore[no-untyped-def]
