@@ -17,6 +17,7 @@ NATIVE: list[tuple[str, str]] = [
     ("nfsd._fastcall", "nfsd/_fastcall.c"),
     ("merge._native", "merge/_native.c"),  # merge.watch's pass over a folder's entries
     ("nfsd.programs.nfs3._native", "nfsd/programs/nfs3/_native.c"),  # READDIRPLUS entries
+    ("instant._native", "instant/_native.c"),  # the maps' pieces out of the cyclic collector
 ]
 
 # module: the libraries it links (their -dev packages in tools/apt-run.txt)

@@ -1,0 +1,112 @@
+"""instant._native (instant/_native.c): a map's pieces kept out of the cyclic collector.
+
+``untrack`` takes a tuple off the collector's lists only when no reference
+cycle can go through it: every field an int, and no instance dict.  Every
+piece that enters a ``RangeMap`` (built whole, put, applied from another
+copy's edits, relocated, cut) is untracked, so the collector's work no
+longer grows with a map's pieces; the map reads the same either way (its
+model tests run on both, ``RECOVERY_FS_PURE=1`` giving the twin).
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import tracemalloc
+from typing import NamedTuple
+
+import pytest
+
+from instant import rangemap
+from instant.rangemap import Edits, Piece, RangeMap
+
+native = pytest.importorskip("instant._native")
+
+
+def tracked(m: RangeMap) -> int:
+    return sum(gc.is_tracked(p) for p in m)
+
+
+class WithDict(tuple):
+    pass
+
+
+class Pair(NamedTuple):
+    a: object
+    b: object
+
+
+def test_only_tuples_of_ints_without_a_dict_are_untracked() -> None:
+    gc.disable()  # a collection untracks a plain tuple of ints by itself
+    try:
+        only_tuples_of_ints_untracked()
+    finally:
+        gc.enable()
+
+
+def only_tuples_of_ints_untracked() -> None:
+    piece = Piece(1, 2, 3, 4)
+    plain = tuple([5, 6])  # made at run time: tracked until a collection
+    with_list = Pair(1, [])
+    with_str = Pair(1, "x")
+    with_dict = WithDict((1, 2))
+    big = Piece(1 << 62, (1 << 63) - 1, 0, -(1 << 70))  # ints of any size
+    items = [piece, plain, with_list, with_str, with_dict, big, [1, 2], {"a": [1]}]
+    assert all(gc.is_tracked(x) for x in items)
+    native.untrack(items)
+    assert not gc.is_tracked(piece) and not gc.is_tracked(plain) and not gc.is_tracked(big)
+    assert gc.is_tracked(with_list) and gc.is_tracked(with_str) and gc.is_tracked(with_dict)
+    assert gc.is_tracked(items[6]) and gc.is_tracked(items[7])
+    native.untrack(tuple(items))  # a tuple of them too; twice is nothing
+    native.untrack([])
+    with pytest.raises(TypeError):
+        native.untrack(5)
+    assert piece.end == 3 and big == (1 << 62, (1 << 63) - 1, 0, -(1 << 70))
+
+
+def test_an_untracked_piece_is_freed_by_its_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No leak: the reference count frees what the collector no longer sees."""
+    monkeypatch.setattr(rangemap, "_untrack", native.untrack)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            m = RangeMap([Piece(i * 10, 5, 1, i) for i in range(20_000)])
+            assert tracked(m) == 0
+            del m
+        assert tracemalloc.get_traced_memory()[0] - base < 1_000_000  # a map of them: ~2 MB
+    finally:
+        tracemalloc.stop()
+
+
+def test_every_piece_entering_a_map_is_untracked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rangemap, "_untrack", native.untrack)  # as without RECOVERY_FS_PURE
+    monkeypatch.setattr(RangeMap, "LOAD", 8)  # many chunks, cut and joined
+    rnd = random.Random(3)
+    m = RangeMap([Piece(i * 100, 50, 1, i * 50) for i in range(300)])
+    copy = RangeMap(list(m))
+    assert tracked(m) == 0
+    for _ in range(500):
+        start = rnd.randrange(0, 40_000)
+        op = rnd.random()
+        if op < 0.7:
+            edits = m.put(Piece(start, rnd.randrange(1, 400), rnd.randrange(1, 4), start))
+        elif op < 0.9:
+            edits = m.relocate(start, 300, (1, start), (9, start * 2))
+        else:
+            edits = m.cut(start + 20_000)
+        copy.apply(Edits(edits.removed, [Piece(*p) for p in edits.added]))  # fresh objects
+        assert tracked(m) == 0 and tracked(copy) == 0
+        assert list(m) == list(copy)
+
+
+def test_the_collector_no_longer_walks_a_maps_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The objects the collector tracks grow by the map's chunks, not its pieces."""
+    monkeypatch.setattr(rangemap, "_untrack", native.untrack)
+    gc.collect()
+    before = len(gc.get_objects())
+    m = RangeMap([Piece(i * 8192, 4096, 1, i * 4096) for i in range(100_000)])
+    for i in range(2_000):
+        m.put(Piece(i * 8192 + 100, 5000, 2, i))
+    assert len(gc.get_objects()) - before < 1_000  # ~200 chunks and their starts
+    assert len(m) > 100_000
