@@ -239,6 +239,22 @@ committer, once it followed ``SWEEP_AFTER`` of this process's commits in a
 row (:meth:`Store._sweep_read`): each publication of a commit otherwise
 marks its pieces known one by one.
 
+Bounded memory
+--------------
+A map's pieces cost ~175 bytes each in a process (``Piece`` tuples in
+chunks), and a VM's scattered 4 KiB writes leave a piece each: a day of
+them over a large disk would hold millions, in every process that writes
+or reads the file, for as long as it runs.  So no entry is kept holding
+more than ``HELD_MAX`` pieces.  A writer's entry past it is remade, at its
+next transaction, as a partial entry holding none (:func:`_unfilled`: its
+row only), filled again as each change needs (:func:`_fill`); a reader's,
+at its next fill (inside that fill's read transaction, at the same ``gen``)
+or dropped at this process's next commit of its file (the next read remakes
+it partial: the map is large).  The sweeps that make a kept partial entry
+whole stop short of the bound (:func:`_sweepable`), so a map larger than it
+is served partially for good.  What a partial entry costs is above (a fill
+a write, ~50 µs); a map under the bound is not affected.
+
 Sending from the logs' mappings
 -------------------------------
 A large READ on plain TCP is sent from read-only shared mappings of the
@@ -381,6 +397,11 @@ CACHE_MAX = 4096
 PARTIAL_MIN = 512
 """Pieces: a map this large is not loaded whole again after another process changed
 the file, nor after a restart (see the notes, "Reading", "Writing a large file")."""
+HELD_MAX = 500_000
+"""Pieces one cached entry may hold (~175 bytes each: ~90 MiB).  Past this a
+writer's entry, at its next transaction, and a reader's, at its next fill or
+this process's next commit of its file, is remade partial holding none, and no
+sweep takes one past it (see the notes, "Bounded memory")."""
 SWEEP_AFTER = 4
 """Groups in a row that find a partial writer's entry current before they make it
 whole, :data:`SWEEP_PIECES` a group (see the notes, "Writing a large file")."""
@@ -1242,7 +1263,7 @@ class Store:
                 p.size = self._map_write(tx, p.obj, piece, p.base_size, p.stamp)
             mapped.append(p)
         for obj, net in tx.nets.items():
-            if net.ent.known is not None and net.ent.kept >= SWEEP_AFTER:
+            if net.ent.known is not None and net.ent.kept >= SWEEP_AFTER and _sweepable(net.ent):
                 _sweep(c, obj, net.ent)
         c.execute("UPDATE logs SET end=? WHERE id=?", (end, self._log_id))
         if self._locked:  # keeps (lazy) or takes (synced) the turn; unlocked: ends it
@@ -1398,10 +1419,13 @@ class Store:
             ent = _Entry(FileState(base_size, base_size), 0)
         else:
             cached = self._wstates.get(obj)
-            if cached is not None and cached.gen == row[0]:
+            if cached is not None and cached.gen == row[0] and not _overfull(cached):
                 cached.kept += 1
                 return cached
-            ent = _unfilled(conn, obj) if _large(conn, obj, cached) else _load(conn, obj)
+            if cached is not None and _overfull(cached):
+                ent = _unfilled(conn, obj)  # current, but too large to keep: refilled as used
+            else:
+                ent = _unfilled(conn, obj) if _large(conn, obj, cached) else _load(conn, obj)
         _bounded_put(self._wstates, obj, ent)
         return ent
 
@@ -1422,9 +1446,12 @@ class Store:
                 _follow(ent, ch.edits)
                 ent.state.size, ent.state.base_limit = ch.size, ch.base_limit
                 ent.gen = ch.new_gen
+                if _overfull(ent):  # the next read remakes it partial (its map is large)
+                    del self._rstates[ch.obj]
+                    continue
                 if ent.known is not None:
                     ent.kept += 1
-                    if ent.kept >= SWEEP_AFTER:
+                    if ent.kept >= SWEEP_AFTER and _sweepable(ent):
                         self._sweep_read(ch.obj, ent)
 
     def _sweep_read(self, obj: int, ent: _Entry) -> None:
@@ -1614,6 +1641,12 @@ class Store:
                 row = conn.execute("SELECT gen FROM objects WHERE id=?", (obj,)).fetchone()
                 if row is None or row[0] != ent.gen:
                     return _load_window(conn, obj, *window)
+                if _overfull(ent):  # remade holding none, at the same gen (this transaction)
+                    fresh = _unfilled(conn, obj)
+                    fresh.checked = ent.checked
+                    if self._rstates.get(obj) is ent:
+                        self._rstates[obj] = fresh
+                    ent = fresh
                 _fill(conn, obj, ent, *window)
         except BaseException:
             if self._rstates.get(obj) is ent:  # whatever _fill did, it is not kept
@@ -2213,6 +2246,17 @@ def _sweep(conn: sqlite3.Connection, obj: int, ent: _Entry) -> None:
     ent.swept = hi
     if hi == _END:
         ent.known = None
+
+
+def _overfull(ent: _Entry) -> bool:
+    """Whether ``ent`` holds more pieces than a kept entry may (:data:`HELD_MAX`)."""
+    return ent.state is not None and len(ent.state.map) > HELD_MAX
+
+
+def _sweepable(ent: _Entry) -> bool:
+    """Whether a sweep's step keeps a partial entry within :data:`HELD_MAX`: a map
+    larger than that is never made whole, its entry stays partial."""
+    return ent.state is not None and len(ent.state.map) + SWEEP_PIECES <= HELD_MAX
 
 
 def _loaded(conn: sqlite3.Connection, obj: int, where: str, params: tuple[int, ...]) -> _Entry:

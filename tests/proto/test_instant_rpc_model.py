@@ -206,11 +206,14 @@ class SessionOverRpcSmallMaps(SessionOverRpc):
     """The same with every file's map "large" from two pieces (``PARTIAL_MIN``):
     the entries another worker's change, or a restart, left partial are filled
     piece by piece and swept whole again at once, in maps of chunks of four
-    pieces (``RangeMap.LOAD``) — the paths a VM's random writes take."""
+    pieces (``RangeMap.LOAD``), and an entry past six pieces (``HELD_MAX``) is
+    remade holding none — the paths a VM's random writes take."""
 
     def __init__(self) -> None:
         self.real = (store.PARTIAL_MIN, store.SWEEP_AFTER, store.SWEEP_PIECES, RangeMap.LOAD)
+        self.real_held = store.HELD_MAX
         store.PARTIAL_MIN, store.SWEEP_AFTER, store.SWEEP_PIECES, RangeMap.LOAD = 2, 1, 2, 4
+        store.HELD_MAX = 6  # entries past 6 pieces remade holding none
         super().__init__()
 
     def teardown(self) -> None:
@@ -218,6 +221,7 @@ class SessionOverRpcSmallMaps(SessionOverRpc):
             super().teardown()
         finally:
             store.PARTIAL_MIN, store.SWEEP_AFTER, store.SWEEP_PIECES, RangeMap.LOAD = self.real
+            store.HELD_MAX = self.real_held
 
 
 for machine in (SessionOverRpc, SessionOverRpcSmallMaps):

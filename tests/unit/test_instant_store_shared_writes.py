@@ -91,20 +91,26 @@ def check_entries(s: Store) -> None:
 @given(
     op_lists(st.integers(1, 9000), min_size=1, max_size=40),
     st.lists(st.booleans(), min_size=40, max_size=40),
-    st.tuples(st.sampled_from([1, 3, 8]), st.sampled_from([(0, 1), (1, 2), (2, 5), (10**9, 1)])),
+    st.tuples(
+        st.sampled_from([1, 3, 8]),
+        st.sampled_from([(0, 1), (1, 2), (2, 5), (10**9, 1)]),
+        st.sampled_from([4, 10**9]),
+    ),
 )
 def test_two_stores_writing_in_turns_read_as_the_model(
     tmp_path_factory, base_fd: int, ops: list, who: list[bool], bounds: tuple
 ) -> None:  # type: ignore[no-untyped-def]
-    """``bounds``: ``PARTIAL_MIN``, and when a kept partial writer's entry is made
+    """``bounds``: ``PARTIAL_MIN``, when a kept partial writer's entry is made
     whole again (``SWEEP_AFTER``, ``SWEEP_PIECES``): at every group, after a group
-    or two, or never."""
-    ranged, sweep = bounds
+    or two, or never; and the pieces an entry may hold (``HELD_MAX``: past it,
+    remade holding none)."""
+    ranged, sweep, held = bounds
     d = tmp_path_factory.mktemp("s")
     model = bytearray(BASE)
     real = store_mod.PARTIAL_MIN, store_mod.SWEEP_AFTER, store_mod.SWEEP_PIECES
+    real_held = store_mod.HELD_MAX
     # hypothesis runs the body many times: no monkeypatch
-    store_mod.PARTIAL_MIN = ranged
+    store_mod.PARTIAL_MIN, store_mod.HELD_MAX = ranged, held
     store_mod.SWEEP_AFTER, store_mod.SWEEP_PIECES = sweep
     try:
         with Store(d, rotate=16 * 1024, clean=False) as a, Store(d, clean=False) as b:
@@ -139,6 +145,7 @@ def test_two_stores_writing_in_turns_read_as_the_model(
             assert read(s, 1, base_fd) == bytes(model)
     finally:
         store_mod.PARTIAL_MIN, store_mod.SWEEP_AFTER, store_mod.SWEEP_PIECES = real
+        store_mod.HELD_MAX = real_held
 
 
 def test_a_large_file_written_in_turns_is_never_loaded_whole(
