@@ -110,7 +110,10 @@ limit                  when it bites
                        refused call does not count: a host not listed could
                        otherwise hold every slot): a new one past it closes
                        the oldest (as knfsd does)
-``idle_timeout``       nothing received and nothing in flight: closed
+``idle_timeout``       nothing received, in flight or queued for that long
+                       (counted from the last sweep that found a call in
+                       flight or a reply queued, so a slow call's connection
+                       is not closed the moment its reply is out): closed
 ``record_timeout``     a record begun and not completed, from its first
                        byte (a byte-a-second trickle is not progress)
 ``max_inflight``,      past either, the connection is no longer read until
@@ -311,6 +314,7 @@ class _Connection:
         "detached",
         "events",
         "failed",
+        "idle_from",
         "inflight",
         "last_recv",
         "lock",
@@ -347,6 +351,7 @@ class _Connection:
         self.proxy: HeaderReader | None = None  # a PROXY header still to come
         self.failed: tuple[str, str] | None = None  # (kind, why), set by a worker
         self.last_recv = now
+        self.idle_from = now  # the last receive, or the last sweep that found it busy
         self.record_started: float | None = None
         self.send_progress = now
         self.tls: TlsSession | None = None  # set once STARTTLS was answered
@@ -715,7 +720,7 @@ class RpcServer:
             self._close(conn)
             return
         now = time.monotonic()
-        conn.last_recv = now
+        conn.last_recv = conn.idle_from = now
         before = conn.reader.pending
         if space is not None:
             records = conn.reader.filled(n)
@@ -1315,9 +1320,10 @@ class RpcServer:
         started = conn.record_started
         if started is not None and not conn.paused and now - started > lim.record_timeout:
             return "record_timeout", f"a record unfinished after {lim.record_timeout:.0f} s"
-        busy = conn.outq or conn.inflight or conn.backlog or started is not None
-        if not busy and now - conn.last_recv > lim.idle_timeout:
-            return "idle", f"idle for {lim.idle_timeout:.0f} s"
+        if conn.outq or conn.inflight or conn.backlog or started is not None:
+            conn.idle_from = now  # idle, if ever, from its reply on: not from its call
+        elif now - conn.idle_from > lim.idle_timeout:
+            return "idle", f"idle for {lim.idle_timeout:g} s"
         return None
 
     def _detach(self, conn: _Connection) -> None:

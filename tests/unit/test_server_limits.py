@@ -215,6 +215,26 @@ def test_an_idle_connection_is_closed_but_not_one_waiting_for_a_reply(serve) -> 
     assert server.stats()["closed"] == {"idle": 1}
 
 
+def test_a_slow_calls_connection_is_idle_from_its_reply_not_from_its_call(serve) -> None:  # type: ignore[no-untyped-def]
+    """A call that ran longer than the idle timeout: its connection was closed by
+    the first sweep after its reply went out (idle counted from the call), so a
+    client's next call right after a slow one found it gone.  Now the idle time
+    starts at the reply (within a sweep): closed no sooner than the timeout after
+    the call was let go, and still closed once idle that long."""
+    server, port = serve(Limits(idle_timeout=0.5))
+    waiting = connect(server, port)
+    send(waiting, call(PROG_NO, 1, SLOW, xid=6))
+    time.sleep(1.5)  # three idle timeouts while the call runs: not idle, busy
+    let_go = time.monotonic()
+    RELEASE.set()
+    assert parse(recv_records(waiting, 1, timeout=2.0)).body == b"slow"
+    assert closed_by_server(waiting, 3.0)
+    # The reply left after let_go; idle from the last sweep that saw it queued, at
+    # most a sweep (0.125 s here) before it: closed 0.5 s after that at the soonest.
+    assert time.monotonic() - let_go >= 0.35
+    assert server.stats()["closed"] == {"idle": 1}
+
+
 def test_a_record_trickled_a_byte_at_a_time_is_closed_at_the_record_timeout(serve) -> None:  # type: ignore[no-untyped-def]
     server, port = serve(Limits(record_timeout=1.5, idle_timeout=0.5))
     trickle = connect(server, port)
