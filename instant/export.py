@@ -4,7 +4,10 @@ The "migrate to production" step for hosts without Storage vMotion: the
 session's tree is walked by fileid and each file written from its runs
 (base bytes, overlay bytes, zeros).  Zero runs are left as holes (the
 target file is extended with ``ftruncate``), so a 100 GiB disk that is
-mostly empty costs what it holds.  A run is copied in the kernel
+mostly empty costs what it holds; a chunk of zeros skips to the hole's end
+(``SessionReader.data_from``) in one step, so a file a client grew to 2^63
+bytes costs its data, not 2^63 / CHUNK looks (the export then fails on a
+target file system that cannot hold such a size: a clear error).  A run is copied in the kernel
 (``copy_file_range``) where the file systems allow it, else through a
 chunk buffer: 2 GiB of a session (two 1 GiB disks, ext4) took 2.4-3.9 s and
 0.8-1.5 s of system time against 4.8-6.0 s and 3.2-3.4 s read and written.
@@ -17,6 +20,7 @@ its writes in the copy, as with any copy of a live disk).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,13 +68,23 @@ def export_tree(
             path.mkdir()
             dirs.append((path, a))
         elif a.kind == Kind.LNK:
-            os.symlink(os.fsdecode(ns.readlink(a.fileid)), path)
+            _link(ns.readlink(a.fileid), path)
         else:
             copied += _copy_file(ns, a, path, progress)
             _finish(path, a)
     for path, a in reversed(dirs):  # after their contents: keeps their mtime
         _finish(path, a)
     return copied
+
+
+def _link(target: bytes, path: Path) -> None:
+    """A symbolic link; one no file system can hold (a session made before links
+    were checked, ``instant.namespace.check_target``) fails the export with its
+    name, not a traceback."""
+    if not target or b"\0" in target:
+        why = f"a link's target {target[:64]!r} cannot be written"
+        raise OSError(errno.EINVAL, why, str(path))
+    os.symlink(os.fsdecode(target), path)
 
 
 def _copy_file(ns: SessionNamespace, a: Attrs, path: Path, progress: Callable[[int], None]) -> int:
@@ -82,14 +96,18 @@ def _copy_file(ns: SessionNamespace, a: Attrs, path: Path, progress: Callable[[i
             while offset < size:
                 count = min(CHUNK, size - offset)
                 got = 0
+                copied = False
                 for run in reader.runs(offset, count):
                     if run.fd != ZERO_FD:
                         _copy_run(run.fd, run.pos, run.length, fd, offset + got)
+                        copied = True
                     got += run.length
-                offset += got
-                progress(count)
                 if got < count:  # a client cut the file short meanwhile: it ends here
-                    size = offset
+                    size = offset + got
+                elif not copied:  # a hole: skipped to its end, however large
+                    got = max(got, min(reader.data_from(offset + got), size) - offset)
+                offset += got
+                progress(got)
             os.ftruncate(fd, size)
             os.fsync(fd)
     finally:

@@ -98,6 +98,9 @@ from merge.namespace import (
 )
 
 NAME_MAX = 255
+LINK_MAX = 4095
+"""Bytes of a symbolic link's target: Linux's ``PATH_MAX`` less its NUL, the
+longest ``symlink(2)`` takes (knfsd answers longer ``NFS3ERR_NAMETOOLONG``)."""
 MAX_COPIED_ENTRIES = 100_000
 CALLS_KEPT_NS = 3600 * 10**9  # recorded call keys older than this are pruned
 CALLS_PRUNE_EVERY = 256
@@ -200,6 +203,17 @@ def check_name(name: str) -> None:
         raise InvalidArgument(f"invalid name {name!r}") from None
     if len(raw) > NAME_MAX:
         raise NameTooLong(name)
+
+
+def check_target(target: bytes) -> None:
+    """A target a symbolic link may hold: a path ``symlink(2)`` takes (not empty,
+    no NUL, at most :data:`LINK_MAX` bytes), so that ``instant export`` can write
+    every link a session holds.  knfsd refuses the same (``NFS3ERR_INVAL``,
+    ``NFS3ERR_NAMETOOLONG``)."""
+    if not target or b"\0" in target:
+        raise InvalidArgument("a link's target is a path: not empty, no NUL byte")
+    if len(target) > LINK_MAX:
+        raise NameTooLong(f"a link's target of {len(target)} bytes (at most {LINK_MAX})")
 
 
 class SessionNamespace:
@@ -671,6 +685,7 @@ class SessionNamespace:
         gid: int = 0,
     ) -> Attrs:
         check_name(name)
+        check_target(target)
         with self._changing() as tx:
             d = self._by_fileid(tx.conn, dir_fileid)
             if self._child(tx.conn, d, name) is not None:
@@ -989,6 +1004,11 @@ class SessionReader:
         if logs:
             maps = {**maps, **logs} if maps else logs
         return maps
+
+    def data_from(self, offset: int) -> int:
+        """The first byte at or after ``offset`` that may hold data, else the
+        file's size: the end of a hole (``Store.data_from``)."""
+        return self._ns.store.data_from(self._node.id, offset, self._node.base_size)
 
     def read_ahead(self) -> None:
         """The logs' bytes after the last ``runs`` read ahead when they continue

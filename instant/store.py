@@ -298,8 +298,13 @@ holds on disk and what the quota limits; ``Usage.live`` is what maps point
 at (the cleaning below gives back the rest).  Past the quota a write is
 refused with ``NoSpace`` before any byte is written (a quick check, which
 counts the bytes of this process's writes still waiting for their group:
-writes in flight cannot log past the quota), and again under the write lock
-(the exact one, counting every process's commits).
+this process's writes in flight cannot log past the quota), and again under
+the write lock (the exact one, counting every process's commits).  Another
+process's writes in flight were logged before that check refused them, so
+the logs may hold more than the quota by at most the bytes the other
+processes had in flight (measured: 113 % of an 8 MiB quota, 16 × 64 KiB
+writes in flight on each of three connections), never mapped, given back by
+the cleaning like any overwritten bytes.
 A log file runs up to ``ZERO_AHEAD`` bytes of zeros past its committed end, so
 that small writes overwrite allocated blocks (:meth:`Store._zero_ahead`).
 
@@ -317,6 +322,13 @@ writes it:
   registers a new log, moves the old one's end to where it ends and ends its
   replay turn; the old log's lock is let go.  A sealed log is never written
   again and has no record past its end that could ever be redone.
+* *Sealing one's own* (:meth:`Store._seal_own`, at the cleaner's pass): a
+  process's live log is also sealed when a write of its was refused for the
+  quota since the last pass, or when it was not written since the last pass
+  and the logs hold half the quota or more.  Otherwise several processes'
+  live logs, each under the sealing size, could hold the whole quota in
+  overwritten or removed bytes, and every write was refused until a restart
+  (four workers and an 8 MiB quota did).
 * *Emptying* (:meth:`Store.clean`, on the ``store-cleaner`` thread, every
   ``CLEAN_INTERVAL`` and at each sealing, on a connection of its own): sealed
   logs with at most ``CLEAN_BELOW`` of their bytes mapped (``CLEAN_PRESSED``
@@ -745,7 +757,7 @@ class Store:
         self._log_zeroed = 0  # the log's bytes [_log_end, _log_zeroed) are zeros on disk
         self._used_hint = 0
         # Bytes reserved in the log and not yet committed or given up: counted by
-        # the quick quota check, so writes in flight cannot log past the quota.
+        # the quick quota check: this process's writes in flight cannot log past it.
         self._pending_bytes = 0
         self._acct = threading.Lock()  # _used_hint, _pending_bytes; a leaf: no lock taken inside
         # The committer's (see "The data log as the map's log"): where the next
@@ -768,6 +780,11 @@ class Store:
         self._moved = 0  # log bytes the moves took, not yet set against a removed log
         # (connection, its data_version) at the cleaner's last scan of the maps
         self._scanned: tuple[sqlite3.Connection, int] | None = None
+        # Whether a write was refused for the quota since the cleaner's last pass,
+        # and the reservations made by then (see "Space": sealing one's own log).
+        self._seal_asked = False
+        self._reserves = 0
+        self._reserves_seen = -1
         self._replay()
         if clean:
             try:
@@ -1009,9 +1026,13 @@ class Store:
                 if not full:
                     self._pending_bytes += span
             if full:
-                with self._qlock:  # overwritten bytes may be what fills it: clean now
+                # Overwritten bytes may be what fills it: this log sealed and the
+                # rest cleaned now, by the cleaner (never waited for here).
+                self._seal_asked = True
+                with self._qlock:
                     self._cwake.notify()
                 raise NoSpace(f"quota of {self.quota} bytes reached")
+            self._reserves += 1
             self._log_end += span
             if n < SMALL_WRITE and self._log_end > self._log_zeroed:
                 self._zero_ahead()
@@ -1245,6 +1266,7 @@ class Store:
                 continue
             if over:
                 p.error = NoSpace(f"quota of {self.quota} bytes reached")
+                self._seal_asked = True  # as the quick check's refusal (_reserve)
                 # Synced, so that no replay starts before this record (the end moved
                 # past it durably): a write told NOSPC never appears after a power loss.
                 must_sync = True
@@ -1558,6 +1580,35 @@ class Store:
         finally:
             self._rlock.release()
 
+    def data_from(self, obj: int, offset: int, base_size: int) -> int:
+        """The first byte at or after ``offset`` that may hold data, or the file's
+        size if none does (then at least ``offset``): ``SEEK_DATA`` for ``instant
+        export``, which skips a hole of any size in one step (a client may grow a
+        file to 2^63 bytes).  The base's bytes while they show count as data (its
+        own holes are the base's file system's), and so does every piece; as of
+        one read transaction of the database."""
+        with self.read() as conn:
+            row = conn.execute("SELECT size, base_limit FROM objects WHERE id=?", (obj,)).fetchone()
+            if row is None:  # never changed: the base as it is
+                return offset if offset < base_size else max(offset, base_size)
+            size, base_limit = row
+            if offset >= size:
+                return offset
+            if offset < base_limit:
+                return offset
+            before = conn.execute(
+                "SELECT start + length FROM pieces WHERE obj=? AND start<=? "
+                "ORDER BY start DESC LIMIT 1",
+                (obj, offset),
+            ).fetchone()
+            if before is not None and before[0] > offset:
+                return offset
+            after = conn.execute(
+                "SELECT start FROM pieces WHERE obj=? AND start>? ORDER BY start LIMIT 1",
+                (obj, offset),
+            ).fetchone()
+            return size if after is None else min(after[0], size)
+
     def size(self, obj: int, base_size: int, version: int | None = None) -> int:
         st = self.state(obj, version)
         return base_size if st is None else st.size
@@ -1856,6 +1907,7 @@ class Store:
         never writes): an idle session costs a look, not a scan, a pass."""
         self._retire(conn)
         self._sweep_orphans(conn)
+        self._seal_own(conn)
         seen = (conn, conn.execute("PRAGMA data_version").fetchone()[0])  # per connection
         if seen == self._scanned:
             return 0
@@ -1877,6 +1929,31 @@ class Store:
         finally:
             for fd, _, _ in emptied:
                 os.close(fd)
+
+    def _seal_own(self, conn: sqlite3.Connection) -> None:
+        """This process's log sealed (:meth:`_rotate`), so that any process's
+        cleaner may empty it, when it holds bytes and a write was refused for the
+        quota since the last pass, or the logs hold half the quota or more and
+        nothing was written into it since the last pass.
+
+        Only a sealed log is ever emptied, and a log is sealed at a write past
+        :func:`rotate_size`: each process's live log, under that size, held its
+        overwritten and removed bytes for good.  With four worker processes
+        and a quota of 16 MiB or less (or sixteen and any quota), their four
+        live logs could hold the whole quota, dead, and every write was refused
+        until the server restarted.  At most one seal a log (a new log holds
+        nothing), so a full session costs a log file a process, not one a pass."""
+        asked, self._seal_asked = self._seal_asked, False
+        idle, self._reserves_seen = self._reserves == self._reserves_seen, self._reserves
+        if self._log_fd < 0 or self._log_end == 0 or not (asked or idle) or self.quota is None:
+            return
+        if not asked:
+            logged = conn.execute("SELECT COALESCE(SUM(end), 0) FROM logs").fetchone()[0]
+            if logged * 2 < self.quota:
+                return
+        with self._log_lock:
+            if self._log_fd >= 0 and self._log_end > 0 and not self._closing:
+                self._rotate()
 
     def _victims(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
         """Sealed logs worth emptying, the most overwritten bytes first: at most

@@ -36,7 +36,7 @@ from merge import build_namespace
 from merge.namespace import Kind, Namespace, NamespaceError, PresentedPath
 from nfsd.cli.commands import EXIT_FAILED, EXIT_USAGE, fail, load_config, state_options
 from nfsd.programs import EXPORT_PATH
-from nfsd.service.config import Config
+from nfsd.service.config import Config, ConfigError
 
 QUOTA_MIN = 1 << 20
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)?", re.IGNORECASE)
@@ -157,7 +157,7 @@ def instant_start(
             registry, base, name, roots, cache_dir=cache_dir, clients=clients, quota=limit,
             sources=sources, storage=str(cfg.storage.resolve()),
         )  # fmt: skip
-    except SessionError as e:
+    except (SessionError, ConfigError) as e:
         fail(str(e), EXIT_USAGE)
     except OSError as e:
         fail(f"cannot make the session: {e}", EXIT_FAILED)

@@ -17,9 +17,9 @@ from xdr.rpc import (
 )
 
 
-def auth_sys(uid: int = 0, gid: int = 0) -> opaque_auth:
+def auth_sys(uid: int = 0, gid: int = 0, gids: list[int] | None = None) -> opaque_auth:
     p = RpcPacker()
-    p.pack_authsys_parms(authsys_parms(0, b"test", uid, gid, []))
+    p.pack_authsys_parms(authsys_parms(0, b"test", uid, gid, gids or []))
     return opaque_auth(AUTH_SYS, p.get_buffer())
 
 

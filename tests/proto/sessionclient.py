@@ -160,8 +160,15 @@ class SessionCaller(Caller):
             "unpack_LINK3res",
         )
 
-    def mknod(self, d: nfs3.nfs_fh3, name: bytes) -> nfs3.MKNOD3res:
-        what = nfs3.mknoddata3(nfs3.NF3FIFO, pipe_attributes=unchanged_sattr())
+    def mknod(self, d: nfs3.nfs_fh3, name: bytes, kind: int = nfs3.NF3FIFO) -> nfs3.MKNOD3res:
+        if kind in (nfs3.NF3CHR, nfs3.NF3BLK):
+            what = nfs3.mknoddata3(
+                kind, device=nfs3.devicedata3(unchanged_sattr(), nfs3.specdata3(1, 3))
+            )
+        elif kind in (nfs3.NF3SOCK, nfs3.NF3FIFO):
+            what = nfs3.mknoddata3(kind, pipe_attributes=unchanged_sattr())
+        else:
+            what = nfs3.mknoddata3(kind)
         return self.nfs(
             nfs3.NFSPROC3_MKNOD,
             lambda p: p.pack_MKNOD3args(nfs3.MKNOD3args(nfs3.diropargs3(d, name), what)),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from instant.namespace import LINK_MAX
 from instant.sessions import SessionError
 from instant.store import Tx
 from nfsd.programs.nfs3.router import CACHED
@@ -221,6 +222,31 @@ def test_link_and_mknod_refused_cleanly(c: SessionCaller) -> None:
     m = c.mknod(d, b"fifo")
     assert m.status == nfs3.NFS3ERR_NOTSUPP
     assert m.resfail.dir_wcc.before.attributes_follow
+    for kind in (nfs3.NF3CHR, nfs3.NF3BLK, nfs3.NF3SOCK):
+        assert c.mknod(d, b"node", kind).status == nfs3.NFS3ERR_NOTSUPP
+    for kind in (nfs3.NF3REG, nfs3.NF3DIR, nfs3.NF3LNK):  # RFC 1813 §3.3.11: illegal types
+        m = c.mknod(d, b"node", kind)
+        assert m.status == nfs3.NFS3ERR_BADTYPE, kind
+        assert m.resfail.dir_wcc.after.attributes_follow
+    assert c.lookup(d, b"node").status == nfs3.NFS3ERR_NOENT
+
+
+def test_a_link_target_no_file_system_holds_is_refused(c: SessionCaller) -> None:
+    """Empty, with a NUL byte, or longer than symlink(2) takes: refused as knfsd
+    refuses them, nothing made, so that ``instant export`` can write every link."""
+    d = folder(c)
+    for target, status in [
+        (b"", nfs3.NFS3ERR_INVAL),
+        (b"a\0b", nfs3.NFS3ERR_INVAL),
+        (b"\0", nfs3.NFS3ERR_INVAL),
+        (b"t" * (LINK_MAX + 1), nfs3.NFS3ERR_NAMETOOLONG),
+    ]:
+        r = c.symlink(d, b"ln", target)
+        assert r.status == status, target[:8]
+        assert r.resfail.dir_wcc.after.attributes_follow
+        assert c.lookup(d, b"ln").status == nfs3.NFS3ERR_NOENT
+    ln = ok(c.symlink(d, b"ln", b"t" * LINK_MAX))
+    assert ok(c.readlink(ln.obj.handle)).data == b"t" * LINK_MAX
 
 
 def test_access_grants_modify_extend_delete(c: SessionCaller) -> None:
@@ -836,12 +862,16 @@ def test_a_session_call_inline_never_waits_on_the_database(c: SessionCaller, alo
     on_worker.free()
 
 
-def as_user(c: SessionCaller, uid: int, proc: int, kind: str, args: object) -> Any:
-    """One NFSv3 call with AUTH_SYS uid = gid = ``uid``; its decoded result."""
+def as_user(  # noqa: PLR0917
+    c: SessionCaller, uid: int, proc: int, kind: str, args: object, gids: list[int] | None = None
+) -> Any:
+    """One NFSv3 call with AUTH_SYS uid = gid = ``uid`` (and ``gids`` besides); its
+    decoded result."""
     p = NFS3Packer()
     getattr(p, f"pack_{kind}args")(args)
     c.xid += 1
-    rec = call(nfs3.NFS_PROGRAM, 3, proc, p.get_buffer(), xid=c.xid, cred=auth_sys(uid, uid))
+    cred = auth_sys(uid, uid, gids)
+    rec = call(nfs3.NFS_PROGRAM, 3, proc, p.get_buffer(), xid=c.xid, cred=cred)
     reply = settle(c.dispatcher.dispatch(rec, c.peer, "tcp"), 30)
     assert reply is not None
     r = parse(reply.parts)
@@ -939,6 +969,100 @@ def test_new_objects_belong_to_the_caller_unless_root_asks(
                 assert c.getattr(ok(res).obj.handle).resok.obj_attributes.uid == owner[0]
     finally:
         c.manager.close()
+
+
+def _set(
+    c: SessionCaller, uid: int, fh: nfs3.nfs_fh3, s: nfs3.sattr3, gids: list[int] | None = None
+) -> int:
+    args = nfs3.SETATTR3args(fh, s, nfs3.sattrguard3(False))
+    return int(as_user(c, uid, nfs3.NFSPROC3_SETATTR, "SETATTR3", args, gids).status)
+
+
+def _owner_mode(c: SessionCaller, fh: nfs3.nfs_fh3) -> tuple[int, int, int]:
+    a = c.getattr(fh).resok.obj_attributes
+    return a.uid, a.gid, a.mode
+
+
+def test_owner_and_group_changes_as_linux_decides_them(c: SessionCaller) -> None:
+    """chown(2)'s rules (Linux's chown_ok, chgrp_ok, setattr_prepare; knfsd's
+    nfsd_sanitize_attrs): the owner may give its file a group of its own, only
+    root another owner; a set-group-ID bit for a group the caller is not in is
+    dropped; a change of owner or group drops a file's set-ID bits; 0xFFFFFFFF is
+    no id (chown's -1)."""
+    d = folder(c)
+    fh = ok(c.create(d, b"f", sattr=_chown_sattr(0o644, 1000, 1000))).obj.handle
+
+    def group(gid: int) -> nfs3.sattr3:
+        s = unchanged_sattr()
+        s.gid = nfs3.set_gid3(True, gid)
+        return s
+
+    def owner(uid: int) -> nfs3.sattr3:
+        s = unchanged_sattr()
+        s.uid = nfs3.set_uid3(True, uid)
+        return s
+
+    assert _set(c, 1000, fh, group(7), [7]) == nfs3.NFS3_OK  # a supplementary group
+    assert _owner_mode(c, fh)[:2] == (1000, 7)
+    assert _set(c, 1000, fh, group(1000)) == nfs3.NFS3_OK  # its primary group
+    assert _set(c, 1000, fh, group(1000)) == nfs3.NFS3_OK  # the same group again
+    assert _set(c, 1000, fh, group(9), [7]) == nfs3.NFS3ERR_PERM  # not one of its groups
+    assert _set(c, 2000, fh, group(2000)) == nfs3.NFS3ERR_PERM  # not its file
+    assert _set(c, 1000, fh, owner(1000)) == nfs3.NFS3_OK  # its own uid again
+    assert _set(c, 1000, fh, owner(2000)) == nfs3.NFS3ERR_PERM
+    assert _owner_mode(c, fh)[:2] == (1000, 1000)
+    ok(c.setattr(fh, group(9)))  # root: a group the owner is not in
+    assert _set(c, 1000, fh, sattr(mode=0o2755), [7]) == nfs3.NFS3_OK
+    assert _owner_mode(c, fh) == (1000, 9, 0o755)  # set-group-ID dropped, not refused
+    ok(c.setattr(fh, group(7)))
+    assert _set(c, 1000, fh, sattr(mode=0o2755), [7]) == nfs3.NFS3_OK
+    assert _owner_mode(c, fh) == (1000, 7, 0o2755)  # its group: kept
+    ok(c.setattr(fh, sattr(mode=0o6755)))
+    ok(c.setattr(fh, owner(0)))  # root chowns a set-ID file: the bits go
+    assert _owner_mode(c, fh) == (0, 7, 0o755)
+    ok(c.setattr(fh, _chown_sattr(0o4755, 1000, 7)))  # with a mode: that mode, less them
+    assert _owner_mode(c, fh) == (1000, 7, 0o755)
+    ok(c.setattr(fh, sattr(mode=0o2745)))  # set-group-ID without group execute: a lock mark
+    ok(c.setattr(fh, group(7)))
+    assert _owner_mode(c, fh) == (1000, 7, 0o2745)
+    ok(c.setattr(fh, _chown_sattr(0o644, 0xFFFFFFFF, 0xFFFFFFFF)))  # -1: no change
+    assert _owner_mode(c, fh) == (1000, 7, 0o644)
+    sub = ok(c.mkdir(d, b"sub")).obj.handle
+    ok(c.setattr(sub, sattr(mode=0o2755)))
+    ok(c.setattr(sub, owner(1000)))  # a folder keeps its set-group-ID bit
+    assert _owner_mode(c, sub) == (1000, 0, 0o2755)
+
+
+def test_a_set_group_id_folder_gives_new_entries_its_group(c: SessionCaller) -> None:
+    """Linux's inode_init_owner: in a set-group-ID folder a new entry takes the
+    folder's group, a new folder the bit too; a new group-executable file keeps a
+    set-group-ID bit only for a group of the caller's."""
+    d = folder(c)
+    shared = ok(c.mkdir(d, b"shared")).obj.handle
+    ok(c.setattr(shared, _chown_sattr(0o2777, 0, 7)))
+
+    def made(proc: int, kind: str, name: bytes, mode: int) -> tuple[int, int, int]:
+        where = nfs3.diropargs3(shared, name)
+        s = sattr(mode=mode)
+        args: object
+        if proc == nfs3.NFSPROC3_CREATE:
+            args = nfs3.CREATE3args(where, nfs3.createhow3(nfs3.GUARDED, obj_attributes=s))
+        elif proc == nfs3.NFSPROC3_MKDIR:
+            args = nfs3.MKDIR3args(where, s)
+        else:
+            args = nfs3.SYMLINK3args(where, nfs3.symlinkdata3(s, b"target"))
+        return _owner_mode(c, ok(as_user(c, 1000, proc, kind, args)).obj.handle)
+
+    assert made(nfs3.NFSPROC3_CREATE, "CREATE3", b"f", 0o644) == (1000, 7, 0o644)
+    assert made(nfs3.NFSPROC3_MKDIR, "MKDIR3", b"d", 0o755) == (1000, 7, 0o2755)
+    assert made(nfs3.NFSPROC3_SYMLINK, "SYMLINK3", b"l", 0o777)[:2] == (1000, 7)
+    assert made(nfs3.NFSPROC3_CREATE, "CREATE3", b"x", 0o2755) == (1000, 7, 0o755)
+    assert made(nfs3.NFSPROC3_CREATE, "CREATE3", b"m", 0o2644) == (1000, 7, 0o2644)
+    plain = ok(c.mkdir(d, b"plain")).obj.handle
+    ok(c.setattr(plain, sattr(mode=0o777)))
+    args = nfs3.MKDIR3args(nfs3.diropargs3(plain, b"d"), sattr(mode=0o755))
+    new = ok(as_user(c, 1000, nfs3.NFSPROC3_MKDIR, "MKDIR3", args)).obj.handle
+    assert _owner_mode(c, new) == (1000, 1000, 0o755)  # an ordinary folder: the caller's
 
 
 def test_sticky_folder_entries_removed_or_renamed_by_their_owners_only(c: SessionCaller) -> None:

@@ -86,6 +86,18 @@ def test_overlapping_folders_are_a_usage_error(tmp_path: Path, demo: Path) -> No
     assert "Traceback" not in out
 
 
+def test_a_state_dir_inside_the_storage_is_a_usage_error(tmp_path: Path, demo: Path) -> None:
+    """Refused in a line, as ``--cache-dir`` there is (a ConfigError's traceback before),
+    and nothing made in the storage."""
+    before = digest(demo)
+    args = ["instant", "start", "--storage", str(demo), "--state-dir", str(demo / "state")]
+    r = CliRunner().invoke(cli.main, [*args, "latest/web01"])
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert "inside the storage" in r.output
+    assert digest(demo) == before
+
+
 def test_start_list_export_stop_while_serving(tmp_path: Path, demo: Path) -> None:
     before = digest(demo)
     state = tmp_path / "state"

@@ -25,7 +25,7 @@ import pytest
 from instant import db
 from instant.errors import MAX_FILE_SIZE, NoSpace, Stale, TooLarge
 from instant.export import export_tree, walk
-from instant.namespace import SessionNamespace
+from instant.namespace import LINK_MAX, SessionNamespace
 from instant.sessions import SessionError, SessionInfo, SessionRegistry, create_session, file_ident
 from instant.store import HEAD, Store, _read_record, _record
 from merge.namespace import Kind
@@ -269,7 +269,7 @@ def test_names_count_in_the_quota(storage: Path) -> None:
         made = 0
         with pytest.raises(NoSpace):
             for made in range(5000):
-                ns.symlink(d, f"l{made}", b"t" * 4096)
+                ns.symlink(d, f"l{made}", b"t" * LINK_MAX)
         assert 50 < made < 1000
         with pytest.raises(NoSpace):
             ns.mkdir(d, "more")

@@ -411,6 +411,79 @@ def test_room_the_cleaning_made_is_seen_at_once(tmp_path: Path) -> None:
         assert s.usage().logged < 256 << 10
 
 
+def _fill_until_refused(stores: list[Store], obj: int) -> int:
+    """4 KiB writes to ``obj``, the stores in turn, until each was refused once."""
+    refused: set[int] = set()
+    n = 0
+    while len(refused) < len(stores):
+        for i, s in enumerate(stores):
+            try:
+                s.write(obj, n * 4096, bytes([n % 250 + 1]) * 4096, len(BASE))
+            except NoSpace:
+                refused.add(i)
+            n += 1
+            assert n < 10_000, "the quota was never reached"
+    return n
+
+
+@pytest.mark.parametrize("refused", [True, False])
+def test_live_logs_holding_the_quota_dead_are_sealed_and_emptied(
+    tmp_path: Path, base_fd: int, refused: bool
+) -> None:
+    """Four processes' live logs, each under the sealing size, together at the
+    quota, then every byte in them removed: each cleaner seals its own log (it
+    was refused a write, at its quick check or at its group's exact one; or it
+    holds bytes, is idle and the logs hold half the quota), the logs are
+    emptied and a write lands again.  Found by a probe of
+    four worker processes and an 8 MiB quota: NOSPC for good, until a restart
+    (a log was sealed only at a write past the sealing size, which the quota
+    refused first).  ``refused``: whether the cleaners' passes come right after
+    the refusals or only after an idle pass."""
+    d = tmp_path / "s"
+    quota = 1 << 20
+    stores = [Store(d, quota=quota, rotate=quota, clean=False) for _ in range(4)]
+    try:
+        _fill_until_refused(stores, 1)
+        assert all(s._log_end < quota for s in stores)  # none sealed by its size
+        with stores[0].transaction() as tx:
+            tx.drop(1)  # the file removed: every logged byte dead
+        if not refused:
+            for s in stores:
+                s._seal_asked = False
+                _clean(s)  # a pass: they were written since the last
+        for s in stores:
+            _clean(s)  # seals its own log (refused, or idle and pressed)
+        for s in stores:
+            _clean(s)  # the others' logs, sealed since its pass
+        logged = stores[0].usage().logged
+        # Refused: every log sealed and emptied.  Idle: sealed while the logs hold
+        # half the quota or more, so at most one dead log under that is left.
+        assert logged < (quota // 16 if refused else quota // 2), logged
+        stores[1].write(2, 0, b"room" * 1024, len(BASE))
+        assert read(stores[2], 2, base_fd, 0, 4096) == b"room" * 1024
+        assert len(_logs(d)) <= 5  # one live log a process, at most, and the one written
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_busy_processs_log_is_not_sealed_for_being_full(tmp_path: Path) -> None:
+    """Half the quota logged, but written since the last pass and never refused:
+    the log is kept (a seal a pass would make a log file a pass)."""
+    with Store(tmp_path / "s", quota=1 << 20, rotate=1 << 20, clean=False) as s:
+        for i in range(150):  # ~600 KiB: over half the quota, under it
+            s.write(1, i * 4096, b"w" * 4096, len(BASE))
+        log_id = s._log_id
+        for i in range(3):
+            s.write(1, i * 4096, b"v" * 4096, len(BASE))
+            _clean(s)
+            assert s._log_id == log_id
+        _clean(s)  # idle now, and pressed: sealed
+        assert s._log_id != log_id
+        _clean(s)
+        assert s._log_end == 0  # once: a new log holds nothing, so no second seal
+
+
 def test_an_idle_session_is_not_scanned_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

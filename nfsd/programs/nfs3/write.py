@@ -17,13 +17,23 @@ Design notes
   ``NFS3ERR_PERM`` (Linux's ``may_delete``; the namespace checks it).
 * A new object's owner is the caller's (squashed) uid and gid; the ones
   the client asks for in its attributes are honoured only for root, as
-  knfsd's ``nfsd_create_setattr`` (``_new_owner``).
+  knfsd's ``nfsd_create_setattr`` (``_new_owner``).  In a set-group-ID
+  folder it takes the folder's group, and a new folder the bit (Linux's
+  ``inode_init_owner``).  An id of 0xFFFFFFFF is no id (chown(2)'s -1,
+  which knfsd ignores): never stored.
+* SETATTR's owner and mode as Linux's ``setattr_prepare`` decides them: the
+  owner may change a file's group to one of its own groups, only root its
+  owner (``NFS3ERR_PERM``); a set-group-ID bit for a group the caller is
+  not in is dropped, not kept; a change of owner or group drops a
+  non-folder's set-ID bits (knfsd's ``nfsd_sanitize_attrs``: a file chowned
+  to root never keeps a user's set-user-ID).
 * A WRITE or a truncate (SETATTR's size, a CREATE over a file) by a caller
   who is not root drops the file's set-ID bits (``without_setid``), as
   Linux's ``file_remove_privs``: a WRITE in a transaction before its bytes
   are logged, only when the file has them (``_drop_setid``).
 * LINK and MKNOD are refused with ``NFS3ERR_NOTSUPP`` (no hypervisor needs
-  them; one name per node keeps the namespace simple).
+  them; one name per node keeps the namespace simple); MKNOD of a file,
+  folder or link type with ``NFS3ERR_BADTYPE`` (RFC 1813 §3.3.11).
 * CREATE UNCHECKED over an existing file applies only the size (knfsd's
   rule: a re-create truncates, it does not chmod); EXCLUSIVE keeps its
   verifier with the file (a retransmission succeeds, another verifier gets
@@ -39,7 +49,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from instant.callvalues import NOW, CreateHow, without_setid
+from instant.callvalues import NOW, S_ISGID, S_IXGRP, CreateHow, without_setid
 from merge.namespace import Attrs, Kind, NamespaceError
 from nfsd.programs.errors import NfsError, nfs_error
 from nfsd.programs.nfs3.fastattr import _BILLION, _OK, post_op_attr_bytes
@@ -50,6 +60,8 @@ from nfsd.rpc import CallContext, Later, Reply, at_end, batched
 from xdr import nfs3
 from xdr.base import XdrError
 from xdr.nfs3 import NFS3Packer
+
+_NO_ID = 0xFFFFFFFF  # chown(2)'s -1: "no change", an id nobody has (knfsd: invalid, ignored)
 
 _HOW = {
     nfs3.UNCHECKED: CreateHow.UNCHECKED,
@@ -72,9 +84,9 @@ def sattr_changes(sa: nfs3.sattr3) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if sa.mode.set_it:
         kw["mode"] = sa.mode.mode
-    if sa.uid.set_it:
+    if sa.uid.set_it and sa.uid.uid != _NO_ID:
         kw["uid"] = sa.uid.uid
-    if sa.gid.set_it:
+    if sa.gid.set_it and sa.gid.gid != _NO_ID:
         kw["gid"] = sa.gid.gid
     if sa.size.set_it:
         kw["size"] = sa.size.size
@@ -93,20 +105,56 @@ def _owner(ctx: CallContext) -> tuple[int, int]:
     return ctx.uid, (ctx.cred.gid if ctx.cred else 65534)
 
 
-def _new_owner(ctx: CallContext, kw: dict[str, Any]) -> tuple[int, int]:
-    """The owner of a new object, taking ``uid``/``gid`` out of ``kw`` (``sattr_changes``).
+def _new_owner(ctx: CallContext, kw: dict[str, Any], d: Attrs) -> tuple[int, int]:
+    """The owner of a new object in folder ``d``, taking ``uid``/``gid`` out of ``kw``
+    (``sattr_changes``).
 
-    The caller's (squashed) uid and gid; the ones the client asked for only when
-    that caller is root.  As knfsd's ``nfsd_create_setattr``, which drops
+    The caller's (squashed) uid, and its gid or, in a set-group-ID folder, the
+    folder's (Linux's ``inode_init_owner``); the ones the client asked for only
+    when that caller is root.  As knfsd's ``nfsd_create_setattr``, which drops
     ``ATTR_UID|ATTR_GID`` unless the fsuid is 0: otherwise a squashed root, or
     anyone, could CREATE a setuid file owned by root (SETATTR refuses the same
     change with ``NFS3ERR_PERM``).
     """
     uid, gid = _owner(ctx)
+    if d.mode & S_ISGID:
+        gid = d.gid
     asked_uid, asked_gid = kw.pop("uid", uid), kw.pop("gid", gid)
     if ctx.uid != 0:
         return uid, gid
     return asked_uid, asked_gid
+
+
+def _new_mode(ctx: CallContext, mode: int, gid: int, d: Attrs, *, folder: bool) -> int:
+    """A new object's mode: a folder made in a set-group-ID folder gets the bit
+    too; anything else, set-group-ID and group-executable, keeps the bit only
+    for a group of the caller's (or root's), as Linux's ``inode_init_owner``
+    (``mode_strip_sgid``; without group execute the bit is a locking mark)."""
+    if folder:
+        return mode | S_ISGID if d.mode & S_ISGID else mode
+    return _sgid_checked(ctx, mode, gid) if mode & S_IXGRP else mode
+
+
+def _sgid_checked(ctx: CallContext, mode: int, gid: int) -> int:
+    """``mode`` without its set-group-ID bit when ``gid`` is none of the caller's
+    groups and the caller is not root (Linux's ``setattr_prepare``: dropped, not
+    refused)."""
+    if mode & S_ISGID and ctx.uid != 0 and gid not in ctx.gids:
+        return mode & ~S_ISGID
+    return mode
+
+
+def _may_chown(ctx: CallContext, a: Attrs, kw: dict[str, Any]) -> bool:
+    """Whether the caller may set the owner and group ``kw`` asks for (Linux's
+    ``chown_ok`` and ``chgrp_ok``): root anything; the owner its own uid again
+    and a group of its own (or the file's again); nobody else either."""
+    if ctx.uid == 0 or ("uid" not in kw and "gid" not in kw):
+        return True
+    if ctx.uid != a.uid:
+        return False
+    if "uid" in kw and kw["uid"] != a.uid:
+        return False
+    return "gid" not in kw or kw["gid"] == a.gid or kw["gid"] in ctx.gids
 
 
 def _drops_setid(ctx: CallContext) -> bool:
@@ -177,12 +225,13 @@ def create3(svc: SessionNfs, ctx: CallContext, args: nfs3.CREATE3args) -> Reply:
             return created_body(svc, s, a, dfid, before)
         assert how.obj_attributes is not None
         kw = sattr_changes(how.obj_attributes)
-        uid, gid = _new_owner(ctx, kw)
+        uid, gid = _new_owner(ctx, kw, before)
+        mode = _new_mode(ctx, kw.get("mode", 0o644), gid, before, folder=False)
         # The rest of obj_attributes: the new (or truncated) file's initial size
         # and times (RFC 1813 §3.3.8), as knfsd's nfsd_create_setattr applies them;
         # in the create's own transaction, with the call's recorded key.
         a = s.ns.create(
-            dfid, name, how=_HOW[how.mode], mode=kw.get("mode", 0o644), uid=uid, gid=gid,
+            dfid, name, how=_HOW[how.mode], mode=mode, uid=uid, gid=gid,
             size=kw.get("size"), atime_ns=kw.get("atime_ns"), mtime_ns=kw.get("mtime_ns"),
             drop_setid=_drops_setid(ctx),
         )  # fmt: skip
@@ -196,9 +245,10 @@ def mkdir3(svc: SessionNfs, ctx: CallContext, args: nfs3.MKDIR3args) -> Reply:
     def run(s: Session, dfid: int, before: Attrs) -> bytes:
         name = decode_name(args.where.name)
         kw = sattr_changes(args.attributes)
-        uid, gid = _new_owner(ctx, kw)
+        uid, gid = _new_owner(ctx, kw, before)
+        mode = _new_mode(ctx, kw.get("mode", 0o755), gid, before, folder=True)
         ctx.note = f"{s.info.name} dir={dfid} name={name!r}"
-        a = s.ns.mkdir(dfid, name, mode=kw.get("mode", 0o755), uid=uid, gid=gid)
+        a = s.ns.mkdir(dfid, name, mode=mode, uid=uid, gid=gid)
         return created_body(svc, s, a, dfid, before)
 
     return _dir_change(svc, ctx, args.where.dir, run)
@@ -209,7 +259,7 @@ def symlink3(svc: SessionNfs, ctx: CallContext, args: nfs3.SYMLINK3args) -> Repl
     def run(s: Session, dfid: int, before: Attrs) -> bytes:
         name = decode_name(args.where.name)
         kw = sattr_changes(args.symlink.symlink_attributes)
-        uid, gid = _new_owner(ctx, kw)
+        uid, gid = _new_owner(ctx, kw, before)
         a = s.ns.symlink(
             dfid, name, bytes(args.symlink.symlink_data), mode=kw.get("mode", 0o777),
             uid=uid, gid=gid,
@@ -219,9 +269,16 @@ def symlink3(svc: SessionNfs, ctx: CallContext, args: nfs3.SYMLINK3args) -> Repl
     return _dir_change(svc, ctx, args.where.dir, run)
 
 
-# RFC 1813 §3.3.11: device nodes, sockets and FIFOs have no place in a datastore.
+# RFC 1813 §3.3.11: device nodes, sockets and FIFOs have no place in a datastore
+# (NOTSUPP); a regular file, a directory or a link is no type MKNOD makes
+# (BADTYPE, as the RFC says and knfsd answers).
+_NOT_MKNOD = frozenset((nfs3.NF3REG, nfs3.NF3DIR, nfs3.NF3LNK))
+
+
 def mknod3(svc: SessionNfs, ctx: CallContext, args: nfs3.MKNOD3args) -> Reply:
     def run(s: Session, dfid: int, before: Attrs) -> bytes:
+        if args.what.type in _NOT_MKNOD:
+            raise Refused(nfs3.NFS3ERR_BADTYPE, "MKNOD makes no file, directory or link")
         raise Refused(nfs3.NFS3ERR_NOTSUPP, "MKNOD is not supported in a session")
 
     return _dir_change(svc, ctx, args.where.dir, run)
@@ -336,12 +393,17 @@ def setattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.SETATTR3args) -> Repl
         kw = sattr_changes(args.new_attributes)
         ctx.note = f"{s.info.name} fileid={fid} {sorted(kw)}"
         owner = ctx.uid in (0, a.uid)
-        if (("uid" in kw and kw["uid"] != a.uid) or ("gid" in kw and kw["gid"] != a.gid)) and (
-            ctx.uid != 0
-        ):
+        if not _may_chown(ctx, a, kw):
             raise Refused(nfs3.NFS3ERR_PERM)
         if "mode" in kw and not owner:
             raise Refused(nfs3.NFS3ERR_PERM)
+        if "mode" in kw:
+            kw["mode"] = _sgid_checked(ctx, kw["mode"], kw.get("gid", a.gid))
+        if ("uid" in kw or "gid" in kw) and a.kind != Kind.DIR:
+            if "mode" in kw:  # knfsd's nfsd_sanitize_attrs: a chown drops set-ID bits
+                kw["mode"] = without_setid(kw["mode"])
+            else:
+                kw["drop_setid"] = True
         times = [kw[k] for k in ("atime_ns", "mtime_ns") if k in kw]
         if times and not owner:  # as utimensat(2): a time of one's choosing is the owner's
             if any(t != NOW for t in times):
@@ -356,8 +418,8 @@ def setattr3(svc: SessionNfs, ctx: CallContext, args: nfs3.SETATTR3args) -> Repl
             raise Refused(nfs3.NFS3ERR_ISDIR)
         if "size" in kw and a.kind != Kind.REG:
             raise Refused(nfs3.NFS3ERR_INVAL)
-        if "size" in kw:
-            kw["drop_setid"] = _drops_setid(ctx)
+        if "size" in kw and _drops_setid(ctx):
+            kw["drop_setid"] = True
         return s.ns.setattr(fid, **kw), b""
 
     return _file_change(svc, ctx, args.object, run)
