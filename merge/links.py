@@ -74,6 +74,7 @@ from merge.namespace import (
     NotADirectory,
     NotFound,
     PresentedPath,
+    Withheld,
 )
 from merge.smartmotion import MAX_LINK_SIZE, SUFFIX, BadLink, LinkDoc, parse_link, target_path
 from merge.sources import Handle, LinkSource, Source, read_at
@@ -145,7 +146,17 @@ class LinksLayer(Layer):
         real = self._real(path)
         if real is not None:
             return real  # rule 6: a real entry wins over a link of the same name
-        return self._resolve(path[:-1], self._spec(path))
+        try:
+            spec = self._spec(path)
+        except NotFound:
+            self.lower.lookup(path)  # Withheld when the storage holds the name
+            raise
+        try:
+            return self._resolve(path[:-1], spec)
+        except Withheld:
+            raise
+        except NotFound as e:  # a link presents the name, but cannot be followed
+            raise Withheld(str(e)) from None
 
     def listing(self, path: PresentedPath) -> Listing:
         hit = self._listings.find(path)

@@ -43,6 +43,13 @@ class NotFound(NamespaceError):
     """No such presented entry (also: hidden, or rule 5 of namespace.md)."""
 
 
+class Withheld(NotFound):
+    """The storage holds the name, but rule 5 withholds it (a symbolic link leading
+    outside or nowhere, a FIFO...): "no such file" to every client, but a layer
+    above may need to know the name is there (``merge.overlay``: a flat image
+    beside a pancbt that is not a regular file is withheld too)."""
+
+
 class NotADirectory(NamespaceError):
     """A path component, or the target of a directory operation, is a file."""
 

@@ -46,7 +46,15 @@ from merge.cache import TtlLru
 from merge.extents import ExtentMap
 from merge.layer import Context, Entry, Layer, Listing, Merged
 from merge.names import PANCBT_SUFFIX, flat_of, is_flat, pancbt_of
-from merge.namespace import Attrs, InputChanged, Kind, NamespaceError, NotFound, PresentedPath
+from merge.namespace import (
+    Attrs,
+    InputChanged,
+    Kind,
+    NamespaceError,
+    NotFound,
+    PresentedPath,
+    Withheld,
+)
 from merge.pancbt import PancbtError, read_pancbt
 from merge.sources import Handle, MergedSource, read_at
 
@@ -119,19 +127,23 @@ class MergeLayer(Layer):
             self._listings.put(path, low)  # pancbt (else a listing of ours is kept)
             return low  # (not a loop over 10,000 names: merge.watch renews it often)
         pancbts = [name for name in low.entries if name.endswith(PANCBT_SUFFIX)]
+        pancbts += [name for name in low.withheld if name.endswith(PANCBT_SUFFIX)]
         if not pancbts:  # nothing to merge here: the listing below, as it is
             self._listings.put(path, low)
             return low
         entries = dict(low.entries)
         withheld = set(low.withheld)
         for name in pancbts:
-            entry = low.entries[name]
+            entry = low.entries.get(name)
             flat = flat_of(name)
-            if entry.attrs.kind != Kind.REG:
-                continue
             base = entries.get(flat)
             if base is None or base.attrs.kind != Kind.REG:
                 continue  # an orphan: the hide layer reports it
+            if entry is None or entry.attrs.kind != Kind.REG:  # not a file: as _is_merged
+                del entries[flat]
+                withheld.add(flat)
+                self._not_a_file(base, flat, name)
+                continue
             try:
                 entries[flat] = self._merge((*path, flat)).entry
             except NotFound:
@@ -157,15 +169,39 @@ class MergeLayer(Layer):
     # -- preparing and checking merges --------------------------------------------------
 
     def _is_merged(self, path: PresentedPath) -> bool:
-        """Whether ``path`` is a flat image (a file) with a pancbt (a file) beside it."""
+        """Whether ``path`` is a flat image (a file) with a pancbt (a file) beside it.
+
+        A pancbt the directory holds but that is no regular file the layers
+        below present (a folder, a FIFO, a symbolic link leading nowhere or
+        out of the storage: ``Withheld``) withholds the flat image: NotFound,
+        reported (rule 5: the unmerged base is an older disk than its name
+        says).  An unmounted volume behind a link to the pancbts served every
+        merged image as the day before."""
         if not path or not is_flat(path[-1]):
             return False
+        name = pancbt_of(path[-1])
         try:
-            pancbt = self.lower.lookup((*path[:-1], pancbt_of(path[-1])))
             base = self.lower.lookup(path)
         except NotFound:
             return False
-        return pancbt.attrs.kind == Kind.REG and base.attrs.kind == Kind.REG
+        if base.attrs.kind != Kind.REG:
+            return False
+        try:
+            pancbt = self.lower.lookup((*path[:-1], name))
+        except Withheld:
+            pancbt = None
+        except NotFound:
+            return False
+        if pancbt is None or pancbt.attrs.kind != Kind.REG:
+            self._not_a_file(base, path[-1], name)
+            raise NotFound(f"{'/'.join(path)}: its pancbt is not a regular file")
+        return True
+
+    def _not_a_file(self, base: Entry, flat: str, pancbt: str) -> None:
+        """Report a flat image withheld for its pancbt, which is no regular file."""
+        self.ctx.problems.report(
+            5, base.origin.where, f"{flat} not presented: {pancbt} is not a regular file"
+        )
 
     def _merge(self, path: PresentedPath, *, retain: bool = False) -> _Prepared:
         """The prepared merge at ``path``, re-prepared if an input changed.

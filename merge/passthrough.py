@@ -62,7 +62,15 @@ from merge.attrs import (
 from merge.cache import TtlLru
 from merge.layer import Context, Entry, Layer, Listing, Stored, stored_entry, stored_in
 from merge.names import NAME_MAX, SURELY_SHORT, too_long, valid_name
-from merge.namespace import Attrs, FsStats, Kind, NamespaceError, NotFound, PresentedPath
+from merge.namespace import (
+    Attrs,
+    FsStats,
+    Kind,
+    NamespaceError,
+    NotFound,
+    PresentedPath,
+    Withheld,
+)
 from merge.native import native
 from merge.sources import FileSource, Handle, os_error
 from merge.watch import FolderWatches
@@ -161,7 +169,7 @@ class Passthrough(Layer):
                 self._looked_in.add(path[:-1])
             self._stats.put(path, found)
         if isinstance(found, _Withheld):
-            raise NotFound("/" + "/".join(path))
+            raise (NotFound if found is _Missing else Withheld)("/" + "/".join(path))
         return found
 
     # One Entry for a name both looked up and listed (memory, not speed): a lookup

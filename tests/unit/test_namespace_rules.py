@@ -323,6 +323,43 @@ def test_rule_5_invalid_pancbt_hides_the_flat_instead_of_showing_the_base(
     assert len(reasons) == 3  # not also reported as orphans
 
 
+@pytest.mark.parametrize("listed_first", [True, False])
+def test_rule_5_a_pancbt_that_is_no_file_hides_the_flat(
+    new, tmp_path: Path, listed_first: bool
+) -> None:
+    """A pancbt that is a symbolic link leading nowhere or out of the storage, a
+    FIFO or a folder: the flat is withheld and reported, never served unmerged
+    (the base is the day before; an unmounted volume behind a link to the pancbts
+    once did that to every merged image).  Looked up first, or listed first."""
+    root = tmp_path / "storage"
+    write(tmp_path / "outside" / "vm-pancbt.vmdk", build([(0, b"new")], 100, base_size=100))
+    for name in ("dangling", "outside", "fifo", "folder", "linked", "good"):
+        write(root / name / "vm-flat.vmdk", b"\1" * 100)
+        write(root / name / "vm.vmx", b"x")
+    os.symlink("nowhere-pancbt.vmdk", root / "dangling" / "vm-pancbt.vmdk")
+    os.symlink(str(tmp_path / "outside" / "vm-pancbt.vmdk"), root / "outside" / "vm-pancbt.vmdk")
+    os.mkfifo(root / "fifo" / "vm-pancbt.vmdk")
+    (root / "folder" / "vm-pancbt.vmdk").mkdir()
+    write_link(root / "linked" / "vm-pancbt.vmdk.json", "nowhere")  # a link presenting it
+    write(root / "good" / "vm-pancbt.vmdk", build([(0, b"new")], 100, base_size=100))
+    s = new()
+    bad = ("dangling", "outside", "fifo", "folder", "linked")
+    if not listed_first:
+        for name in bad:
+            with pytest.raises(NotFound):
+                s.top.getattr((name, "vm-flat.vmdk"))
+    tree = presented_tree(s.top)
+    for name in bad:
+        assert (name, tree.get(f"{name}/vm-flat.vmdk", "withheld")) == (name, "withheld")
+        assert tree[f"{name}/vm.vmx"] == b"x"
+        with pytest.raises(NotFound):
+            s.top.getattr((name, "vm-flat.vmdk"))
+    assert tree["good/vm-flat.vmdk"] == b"new" + b"\1" * 97
+    reasons = {p.storage_path.split("storage/")[1]: p.reason for p in s.problems.all()}
+    for name in bad:
+        assert "not a regular file" in reasons[f"{name}/vm-flat.vmdk"], reasons
+
+
 def test_rule_5_orphan_pancbt(new, tmp_path: Path) -> None:
     root = tmp_path / "storage"
     write(root / "d" / "orphan-pancbt.vmdk", build([], 10))
