@@ -150,25 +150,48 @@ class _Kept:
         self.renewable: Stored | None = None  # the entry whose lstat alone decides: see renew
 
     def current(self, now: float, ttl: float) -> bool:
-        """Whether the answer holds now: unexpired, or expired and renewed."""
-        return self.holds(now) or self.renew(now, ttl)
+        """Whether the answer holds now: unexpired, or expired and renewed, and so
+        every expired answer up its chain (:meth:`renew`).
+
+        A loop up the chain, then down it, not a recursion: a folder nested
+        ~500 deep (a client's or a tree's) went past Python's recursion limit
+        once its parents' answers had expired, and every call on it was a
+        SERVERFAULT with a traceback of thousands of lines in the log."""
+        if self.holds(now):
+            return True
+        expired: list[_Kept] = []  # self first, then the parents whose answers expired
+        kept: _Kept | None = self
+        while kept is not None and now >= kept.until:
+            if kept.renewable is None or kept.dead:
+                return False
+            expired.append(kept)
+            kept = kept.parent
+        if not self.holds_above(kept):
+            return False
+        return all(k.renew(now, ttl) for k in reversed(expired))  # outermost first
+
+    @staticmethod
+    def holds_above(kept: _Kept | None) -> bool:
+        """Whether no answer from ``kept`` up was dropped (an unexpired one holds)."""
+        while kept is not None:
+            if kept.dead:
+                return False
+            kept = kept.parent
+        return True
 
     def renew(self, now: float, ttl: float) -> bool:
-        """Whether this expired answer still holds, and if so keep it ``ttl`` more.
+        """Whether this expired answer still holds, its parents' held or renewed
+        (:meth:`current`), and if so keep it ``ttl`` more.
 
         Only for an answer :func:`_renewable_at` chose: a storage file or
         directory presented as it is, under a name no sibling can change the
         presentation of.  What the stack would answer for it now depends on
         that entry's own ``stat`` alone, so an ``lstat`` that matches the kept
         attributes (a symbolic link never does) is the stack's answer again,
-        for one system call instead of a walk through every layer.  Its
-        parents must hold (or be renewed) as before.
+        for one system call instead of a walk through every layer.
         """
         stored = self.renewable
         if stored is None or self.dead:
-            return False
-        parent = self.parent
-        if parent is not None and not parent.current(now, ttl):
             return False
         try:
             st = os.lstat(stored.folder + stored.name)

@@ -488,6 +488,36 @@ def test_rule_8_changes_show_within_the_ttl(new, tmp_path: Path) -> None:
     assert ns.getattr(("plain", "vm-flat.vmdk")).size == 70
 
 
+def test_a_folder_1000_deep_is_answered_after_its_parents_expired(new, tmp_path: Path) -> None:
+    """Each answer holds while its parents' hold, renewed up the chain once expired:
+    a loop, not a recursion (past ~500 levels a call was a RecursionError, answered
+    SERVERFAULT with a traceback of thousands of lines); a folder renamed half way
+    down is still seen."""
+    root = tmp_path / "storage"
+    depth = 1000
+    deep = root
+    for _ in range(depth):  # one level at a time: pathlib's parents=True recurses
+        deep /= "a"
+        deep.mkdir(parents=deep.parent == root)
+    (deep / "f").write_bytes(b"bottom")
+    clock = FakeClock()
+    ns = new(clock=clock).top
+    path: tuple[str, ...] = ()
+    for _ in range(depth):  # a client's LOOKUPs, one level at a time
+        path = (*path, "a")
+        assert ns.getattr(path).kind == Kind.DIR
+    assert ns.getattr((*path, "f")).size == 6
+    clock.advance(1.5)  # every answer up the chain expired
+    assert ns.getattr((*path, "f")).size == 6
+    with ns.open((*path, "f")) as r:
+        assert read_all(r) == b"bottom"
+    half = root.joinpath(*["a"] * (depth // 2))
+    half.rename(half.with_name("b"))
+    clock.advance(1.5)
+    with pytest.raises(NotFound):
+        ns.getattr((*path, "f"))
+
+
 def test_rule_8_with_the_default_settings_in_a_few_seconds(fds, tmp_path: Path) -> None:
     root = tmp_path / "storage"
     root.mkdir()
