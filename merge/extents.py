@@ -31,6 +31,7 @@ costs O(log n + pieces it touches), whatever the number of extents.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
 
@@ -42,6 +43,9 @@ BASE = -2
 
 OVERLAY = -3
 """Source tag: ``Run(OVERLAY, pos, n)`` is ``n`` bytes at ``pos`` of the pancbt file."""
+
+
+_DATA = int(ExtentKind.DATA)  # a plain int: compared once an extent a READ meets
 
 
 class ExtentMap:
@@ -59,10 +63,13 @@ class ExtentMap:
             if e.kind not in (ExtentKind.DATA, ExtentKind.ZERO):
                 raise ValueError(f"extent {e} has an unknown kind")
             prev_end = e.offset + e.length
-        self._starts = [e.offset for e in extents]
-        self._ends = [e.offset + e.length for e in extents]
-        self._data = [e.data_offset for e in extents]
-        self._kinds = [e.kind for e in extents]
+        # Arrays of machine integers, not lists of int objects: 25 bytes an
+        # extent instead of ~113, for as long as the merge is prepared (a pancbt
+        # of a million scattered changes is a million extents).
+        self._starts = array("Q", [e.offset for e in extents])
+        self._ends = array("Q", [e.offset + e.length for e in extents])
+        self._data = array("Q", [e.data_offset for e in extents])
+        self._kinds = bytes(e.kind for e in extents)
         self.disk_size = disk_size
         self.base_size = base_size
 
@@ -80,7 +87,7 @@ class ExtentMap:
         end = min(offset + count, self.disk_size)
         if offset >= end:
             return []
-        starts, ends = self._starts, self._ends
+        starts, ends, kinds, data = self._starts, self._ends, self._kinds, self._data
         n = len(starts)
         # The piece the read starts in: extent i if it holds `offset`, else
         # the gap just before extent i (i == n: the gap after the last one).
@@ -96,8 +103,8 @@ class ExtentMap:
             if i < n and starts[i] <= pos:
                 # Extent i, from pos.
                 stop = min(ends[i], end)
-                if self._kinds[i] == ExtentKind.DATA:
-                    append_run(out, Run(OVERLAY, self._data[i] + (pos - starts[i]), stop - pos))
+                if kinds[i] == _DATA:
+                    append_run(out, Run(OVERLAY, data[i] + (pos - starts[i]), stop - pos))
                 else:
                     append_run(out, Run(ZERO_FD, 0, stop - pos))
                 i += 1

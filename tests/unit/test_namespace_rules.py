@@ -512,10 +512,17 @@ def test_a_folder_1000_deep_is_answered_after_its_parents_expired(new, tmp_path:
     with ns.open((*path, "f")) as r:
         assert read_all(r) == b"bottom"
     half = root.joinpath(*["a"] * (depth // 2))
-    half.rename(half.with_name("b"))
+    moved = half.rename(half.with_name("b"))
     clock.advance(1.5)
     with pytest.raises(NotFound):
         ns.getattr((*path, "f"))
+    # Removed from the bottom up: pytest's clean-up of old temporary folders
+    # (shutil.rmtree, recursive) fails on a tree 1,000 deep, in a later run.
+    levels = [root.joinpath(*["a"] * k) for k in range(1, depth // 2)]
+    levels += [moved.joinpath(*["a"] * k) for k in range(depth - depth // 2 + 1)]
+    (levels[-1] / "f").unlink()
+    for level in reversed(levels):
+        level.rmdir()
 
 
 def test_rule_8_with_the_default_settings_in_a_few_seconds(fds, tmp_path: Path) -> None:
