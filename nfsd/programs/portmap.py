@@ -13,8 +13,13 @@ only the IPv4 ones, as ``IPPROTO_TCP``/``IPPROTO_UDP`` mappings.  The
 server's own bindings (MOUNT, NFS, the portmapper itself) are *fixed*: no
 call replaces or removes them.
 
-``SET`` and ``UNSET`` are taken only from loopback callers (anyone else is
-answered FALSE), as rpcbind does, and only while the table holds fewer
+``SET`` and ``UNSET`` are taken only from a process of this host with the
+privilege to bind a reserved port: from ``127.0.0.1`` or ``::1`` and a
+source port under 1024 (:func:`may_register`; anyone else is answered
+FALSE).  rpcbind takes them over its local socket, where the kernel names
+the caller, or with ``-L`` from 127.0.0.1; any local user calling from an
+unprivileged port of any 127/8 address once could point showmount's MOUNT
+v1 or NLM lookups at a port of its own.  And only while the table holds fewer
 than :data:`MAX_BINDINGS` rows, with an owner of at most 255 bytes: a
 local process cannot grow the table, or a DUMP reply, without bound.
 ``GETPORT`` and ``GETADDR`` fall back to another version of the program
@@ -109,6 +114,25 @@ def parse_uaddr(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addres
     if not (0 <= hi <= 255 and 0 <= lo <= 255):
         raise ValueError(f"bad port bytes in {text!r}")
     return ipaddress.ip_address(host), hi << 8 | lo
+
+
+def may_register(peer: str) -> bool:
+    """Whether a ``host:port`` peer may SET or UNSET: 127.0.0.1 or ::1 (or the
+    IPv4-mapped 127.0.0.1), from a reserved port, which only a privileged
+    process can bind."""
+    host, _, port = peer.rpartition(":")
+    host = host.strip("[]").split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host)
+        privileged = int(port) < 1024
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return privileged and ip in (_V4_LOCAL, _V6_LOCAL)
+
+
+_V4_LOCAL, _V6_LOCAL = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")
 
 
 def peer_is_loopback(peer: str) -> bool:
@@ -220,7 +244,7 @@ class PortmapService:
     def pmap_set(self, ctx: CallContext, m: pm.mapping) -> Reply:
         ctx.note = f"prog={m.prog} vers={m.vers} prot={m.prot} port={m.port}"
         netid = V2_NETIDS.get(m.prot)
-        if netid is None or not peer_is_loopback(ctx.peer) or not 0 < m.port <= 0xFFFF:
+        if netid is None or not may_register(ctx.peer) or not 0 < m.port <= 0xFFFF:
             return _bool(False)
         done = self.table.add(Binding(m.prog, m.vers, netid, None, m.port, owner="unknown"))
         if done:
@@ -230,7 +254,7 @@ class PortmapService:
     # RFC 1833 §3.2 PMAPPROC_UNSET: the protocol and port are ignored
     def pmap_unset(self, ctx: CallContext, m: pm.mapping) -> Reply:
         ctx.note = f"prog={m.prog} vers={m.vers}"
-        if not peer_is_loopback(ctx.peer):
+        if not may_register(ctx.peer):
             return _bool(False)
         return _bool(self.table.remove(m.prog, m.vers, ("tcp", "udp")))
 
@@ -259,7 +283,7 @@ class PortmapService:
     def rpcb_set(self, ctx: CallContext, r: pm.rpcb) -> Reply:
         netid = r.r_netid.decode(errors="replace")
         ctx.note = f"prog={r.r_prog} vers={r.r_vers} {netid} {r.r_addr!r}"
-        if netid not in NETIDS or not peer_is_loopback(ctx.peer) or len(r.r_owner) > MAX_OWNER:
+        if netid not in NETIDS or not may_register(ctx.peer) or len(r.r_owner) > MAX_OWNER:
             return _bool(False)
         try:
             ip, port = parse_uaddr(r.r_addr.decode("ascii"))
@@ -278,7 +302,7 @@ class PortmapService:
     def rpcb_unset(self, ctx: CallContext, r: pm.rpcb) -> Reply:
         netid = r.r_netid.decode(errors="replace")
         ctx.note = f"prog={r.r_prog} vers={r.r_vers} {netid}"
-        if not peer_is_loopback(ctx.peer) or (netid and netid not in NETIDS):
+        if not may_register(ctx.peer) or (netid and netid not in NETIDS):
             return _bool(False)
         netids = (netid,) if netid else tuple(NETIDS)
         return _bool(self.table.remove(r.r_prog, r.r_vers, netids))

@@ -95,7 +95,9 @@ class HostPortmapper:
     def _client(self) -> RpcClient:
         if self.socket is not None:
             return RpcClient(str(self.socket), transport="unix", timeout=PROBE_TIMEOUT)
-        return RpcClient("127.0.0.1", self.tcp_port, timeout=PROBE_TIMEOUT)
+        # From a reserved port: a portmapper takes SET and UNSET from a privileged
+        # process only (nfsd.programs.portmap.may_register, rpcbind).
+        return RpcClient("127.0.0.1", self.tcp_port, timeout=PROBE_TIMEOUT, reserved=True)
 
     @staticmethod
     def answers(tcp_port: int) -> bool:

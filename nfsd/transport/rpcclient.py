@@ -21,6 +21,7 @@ bytes that follow them.
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
 import struct
@@ -96,6 +97,9 @@ def decode_reply(record: bytes) -> tuple[int, CallResult]:
     return xid, CallResult(reply_stat, stat, record[u.get_position() :])
 
 
+RESERVED_LOW, RESERVED_HIGH = 600, 1023  # bindresvport's range
+
+
 class RpcClient:
     """Calls to one server over one transport.  Use as a context manager.
 
@@ -111,6 +115,7 @@ class RpcClient:
         timeout: float = 5.0,
         cred: opaque_auth = NULL_AUTH,
         retransmit: float = 1.0,
+        reserved: bool = False,
     ) -> None:
         if transport not in ("tcp", "udp", "unix"):
             raise ValueError(f"unknown transport {transport!r}")
@@ -120,6 +125,7 @@ class RpcClient:
         self.timeout = timeout
         self.cred = cred
         self.retransmit = retransmit
+        self.reserved = reserved  # TCP from a port under 1024 when allowed (see _reserved)
         self._sock: socket.socket | None = None
         self._reader = RecordReader(MAX_REPLY)
         self._xid = random.getrandbits(32)
@@ -184,7 +190,10 @@ class RpcClient:
                     s.close()
                     raise
             elif self.transport == "tcp":
-                s = socket.create_connection((self.host, self.port), timeout=remaining)
+                held = self._reserved(remaining) if self.reserved else None
+                if held is None:
+                    held = socket.create_connection((self.host, self.port), timeout=remaining)
+                s = held
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             else:
                 family, kind, proto, _, addr = socket.getaddrinfo(
@@ -195,6 +204,24 @@ class RpcClient:
             self._sock = s
             self._reader = RecordReader(MAX_REPLY)
         return self._sock
+
+    def _reserved(self, timeout: float) -> socket.socket | None:
+        """A TCP connection from a reserved port (under 1024: a privileged
+        process's, which is what a portmapper asks of SET and UNSET, as
+        ``bindresvport`` gives libtirpc's ``pmap_set``); None when this process
+        may not bind one (not root) or none is free: the caller connects from
+        any port."""
+        for port in range(RESERVED_HIGH, RESERVED_LOW - 1, -1):
+            try:
+                return socket.create_connection(
+                    (self.host, self.port), timeout=timeout, source_address=("", port)
+                )
+            except PermissionError:
+                return None
+            except OSError as e:
+                if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                    raise
+        return None
 
     def _exchange_stream(self, message: bytes, xid: int | None, deadline: float) -> bytes:
         sock = self._connect(deadline)

@@ -141,11 +141,26 @@ def test_set_and_unset_from_loopback() -> None:
     assert not boolean(ask(d, 2, pm.PMAPPROC_UNSET, mapping(OTHER, 1)))
 
 
-def test_set_and_unset_refused_from_elsewhere() -> None:
+@pytest.mark.parametrize(
+    "peer",
+    [REMOTE, "127.0.0.1:40123", "127.0.0.3:801", "[::1]:40123", "[::ffff:127.0.0.2]:801"],
+    ids=["remote", "unprivileged port", "other loopback", "::1 unprivileged", "mapped other"],
+)
+def test_set_and_unset_refused_from_elsewhere(peer: str) -> None:
+    """Only 127.0.0.1 or ::1 from a reserved port (a privileged process of this
+    host) may register or unregister: any local user could point showmount's
+    MOUNT v1 or NLM lookups at its own port (found by a probe)."""
     d = dispatcher()
-    assert not boolean(ask(d, 2, pm.PMAPPROC_SET, mapping(OTHER, 1, port=4000), peer=REMOTE))
+    assert boolean(ask(d, 2, pm.PMAPPROC_SET, mapping(OTHER + 1, 2, port=4002)))  # LOCAL: 801
+    assert not boolean(ask(d, 2, pm.PMAPPROC_SET, mapping(OTHER, 1, port=4000), peer=peer))
+    assert not boolean(
+        ask(d, 3, pm.RPCBPROC_SET, rpcb(OTHER, 1, "tcp", "127.0.0.1.15.160"), peer=peer)
+    )
     assert getport(d, OTHER, 1) == 0
-    assert not boolean(ask(d, 2, pm.PMAPPROC_UNSET, mapping(NFS, 3), peer=REMOTE))
+    assert not boolean(ask(d, 2, pm.PMAPPROC_UNSET, mapping(OTHER + 1, 2), peer=peer))
+    assert not boolean(ask(d, 3, pm.RPCBPROC_UNSET, rpcb(OTHER + 1, 2, ""), peer=peer))
+    assert getport(d, OTHER + 1, 2) == 4002
+    assert boolean(ask(d, 2, pm.PMAPPROC_SET, mapping(OTHER + 2, 3, port=4003), peer="[::1]:900"))
 
 
 def test_our_own_bindings_cannot_be_replaced_or_removed() -> None:
