@@ -12,12 +12,14 @@ directory that does not exist, a bad option).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn, cast
 
 import click
 
@@ -128,8 +130,8 @@ def inspect_command(file: Path, base: Path | None, show_extents: bool) -> None:
 
     Exit status 1 when the file breaks a rule of "What a valid file is".
     """
-    size = file.stat().st_size
-    with open(file, "rb") as f:
+    with _regular(file, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
 
         def pread(pos: int, n: int) -> bytes:
             return os.pread(f.fileno(), n, pos)
@@ -183,6 +185,22 @@ def _show_header(pread: Callable[[int, int], bytes], size: int) -> None:
     click.echo(f"extents       {h.extent_count} at {h.table_offset}")
 
 
+@contextlib.contextmanager
+def _regular(path: Path, mode: str) -> Iterator[BinaryIO]:
+    """``path`` opened if it is a regular file, else a usage error: a FIFO would
+    block the command for ever (opened without waiting, then checked)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise click.BadParameter(f"{path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise click.BadParameter(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, mode) as f:
+        yield cast(BinaryIO, f)
+
+
 @pancbt_group.command("create")
 @click.option(
     "--base",
@@ -214,9 +232,19 @@ def create_command(base: Path, new: Path, out: str, block_size: int) -> None:
     """
     if not 512 <= block_size <= 64 * 1024 * 1024 or block_size & (block_size - 1):
         raise click.BadParameter("not a power of two from 512 to 64 MiB", param_hint="--block-size")
+    for given, what in ((base, "--base"), (new, "--new")):
+        with _regular(given, "rb"):
+            pass
+        if os.path.exists(out) and os.path.samefile(given, out):
+            raise click.BadParameter(f"{out} is the {what} image", param_hint="-o")
     total = new.stat().st_size
-    with click.progressbar(length=total, label="comparing", file=sys.stderr) as bar:
-        header = create_pancbt(str(base), str(new), out, block_size=block_size, progress=bar.update)
+    try:
+        with click.progressbar(length=total, label="comparing", file=sys.stderr) as bar:
+            header = create_pancbt(
+                str(base), str(new), out, block_size=block_size, progress=bar.update
+            )
+    except OSError as e:
+        _fail(f"cannot write {out}: {e.strerror or e}", EXIT_FAILED)
     size = os.path.getsize(out)
     with open(out, "rb") as f:
         pancbt = read_pancbt(lambda p, n: os.pread(f.fileno(), n, p), size, out)

@@ -214,3 +214,45 @@ def test_pancbt_create_bad_block_size(tmp_path: Path) -> None:
         "-o", str(tmp_path / "o"), "--block-size", "1000", code=2,
     )  # fmt: skip
     assert "power of two" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("which", ["--base", "--new"])
+def test_pancbt_create_never_writes_over_its_input(tmp_path: Path, which: str) -> None:
+    """``-o`` naming an input (or a link to it) is a usage error: it once replaced
+    a 1 MiB image with its own 66 KB pancbt, exit 0 (found by a probe)."""
+    base, new = os.urandom(65_536), os.urandom(65_536)
+    write(tmp_path / "old.img", base)
+    write(tmp_path / "new.img", new)
+    target = tmp_path / ("old.img" if which == "--base" else "new.img")
+    os.symlink(target, tmp_path / "alias")
+    for out in (target, tmp_path / "alias"):
+        _, err = run(
+            "pancbt", "create", "--base", str(tmp_path / "old.img"),
+            "--new", str(tmp_path / "new.img"), "-o", str(out), code=2,
+        )  # fmt: skip
+        assert which in err
+    assert (tmp_path / "old.img").read_bytes() == base
+    assert (tmp_path / "new.img").read_bytes() == new
+
+
+def test_pancbt_create_to_a_folder_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
+    write(tmp_path / "a", b"a" * 4096)
+    _, err = run(
+        "pancbt", "create", "--base", str(tmp_path / "a"), "--new", str(tmp_path / "a"),
+        "-o", str(tmp_path / "missing" / "out"), code=1,
+    )  # fmt: skip
+    assert "recovery-fs: cannot write" in err and "Traceback" not in err
+
+
+def test_pancbt_commands_refuse_a_fifo_instead_of_blocking(tmp_path: Path) -> None:
+    """A FIFO as the file to inspect or as an input: refused at once (it blocked
+    for ever)."""
+    os.mkfifo(tmp_path / "fifo")
+    write(tmp_path / "a", b"a" * 4096)
+    _, err = run("pancbt", "inspect", str(tmp_path / "fifo"), code=2)
+    assert "not a regular file" in err
+    _, err = run(
+        "pancbt", "create", "--base", str(tmp_path / "fifo"), "--new", str(tmp_path / "a"),
+        "-o", str(tmp_path / "o"), code=2,
+    )  # fmt: skip
+    assert "not a regular file" in err and not (tmp_path / "o").exists()
