@@ -18,6 +18,8 @@ import os
 import threading
 from dataclasses import dataclass
 
+from merge.names import printable
+
 log = logging.getLogger("recovery_fs.merge")
 
 MAX_REMEMBERED = 100_000  # past this, the oldest are forgotten (and may be logged again)
@@ -32,7 +34,8 @@ class Problem:
     rule: int = 5
 
     def __str__(self) -> str:
-        return f"rule {self.rule}: {self.storage_path}: {self.reason}"
+        """One line, whatever the storage names hold (``names.printable``)."""
+        return printable(f"rule {self.rule}: {self.storage_path}: {self.reason}")
 
 
 def canonical(storage_path: str) -> str:

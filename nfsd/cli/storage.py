@@ -26,6 +26,7 @@ import click
 from merge import report
 from merge.create import DEFAULT_BLOCK_SIZE, create_pancbt
 from merge.demo import DemoError, make_demo
+from merge.names import printable
 from merge.namespace import NamespaceError
 from merge.pancbt import (
     HEADER_SIZE,
@@ -76,7 +77,7 @@ def ls_command(path: str, storage: Path) -> None:
     with report.quiet():
         try:
             for line in report.ls_lines(stack, start):
-                click.echo(line)
+                click.echo(printable(line))
         except NamespaceError as e:
             _fail(f"{path}: not a presented path ({type(e).__name__})", EXIT_FAILED)
         finally:

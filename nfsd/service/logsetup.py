@@ -33,6 +33,7 @@ import sys
 import threading
 from pathlib import Path
 
+from merge.names import printable
 from nfsd.service.logline import AppendLineHandler
 from nfsd.service.registry import DEBUG_LEVEL, Registry
 from nfsd.service.state import StateError
@@ -43,6 +44,17 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 LOG_NAME_IN_DIRECTORY = "recovery_fs.log"
 
 log = logging.getLogger("recovery_fs.logsetup")
+
+
+class OneLineFormatter(logging.Formatter):
+    """A record's message on its line: control characters escaped
+    (``merge.names.printable``), so that a storage name holding a newline (a
+    warning names the path at fault) cannot forge a log line.  A traceback
+    still follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 def levels_for(debug_level: int) -> tuple[int, int]:
@@ -96,7 +108,7 @@ class LogSetup:
         if stderr:
             self.handlers.append(logging.StreamHandler(sys.stderr))
         fmt = FORMAT if tag is None else FORMAT.replace("%(name)s", f"{tag} %(name)s")
-        formatter = logging.Formatter(fmt, DATE_FORMAT)
+        formatter = OneLineFormatter(fmt, DATE_FORMAT)
         root = logging.getLogger()
         for h in self.handlers:
             h.setFormatter(formatter)

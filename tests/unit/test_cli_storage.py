@@ -256,3 +256,17 @@ def test_pancbt_commands_refuse_a_fifo_instead_of_blocking(tmp_path: Path) -> No
         "-o", str(tmp_path / "o"), code=2,
     )  # fmt: skip
     assert "not a regular file" in err and not (tmp_path / "o").exists()
+
+
+def test_check_and_ls_print_one_line_a_name_whatever_it_holds(tmp_path: Path) -> None:
+    """Storage names may hold newlines and escapes: ``check`` prints one line a
+    problem and ``ls`` one line an entry, the controls escaped (a FIFO named
+    "evil\\n<a forged line>" made ``check`` print 4 lines for 2 problems)."""
+    root = tmp_path / "storage"
+    write(root / "d" / "ok\nrule 5: forged: a forged problem", b"x")
+    os.mkfifo(root / "d" / "evil\n2026-12-03 09:00:00.000 ERROR forged")
+    out, err = run("check", "--storage", str(root), code=1)
+    assert out.count("\n") == 1 and "evil\\n2026-12-03" in out, out
+    assert "1 problem(s)" in err
+    out, _ = run("ls", "--storage", str(root))
+    assert out.count("\n") == 2 and "ok\\nrule 5: forged" in out, out

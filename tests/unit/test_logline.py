@@ -11,6 +11,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from merge.names import printable
 from nfsd.service.logline import PIPE_BUF, AppendLineHandler, chunks
 from nfsd.service.logsetup import LogSetup
 
@@ -83,3 +84,35 @@ def test_the_tag_names_the_process_on_each_line(tmp_path: Path) -> None:
         setup.close()
     line = (tmp_path / "t.log").read_text()
     assert re.match(r"^\S+ \S+ WARNING worker 3 pid 77 recovery_fs.test: hello\n$", line), line
+
+
+def test_a_name_holding_a_newline_cannot_forge_a_log_line(tmp_path: Path) -> None:
+    """A warning naming a storage file called "evil\\n<a whole forged line>" is one
+    line, the name's control characters escaped; a traceback still follows on its
+    own lines (found by a probe: the forged ERROR line appeared in the log)."""
+    forged = "2026-12-03 09:00:00.000 ERROR recovery_fs.rpc: FORGED LOG LINE"
+    setup = LogSetup(tmp_path / "t.log", debug_level=0)
+    try:
+        log = logging.getLogger("recovery_fs.merge")
+        log.warning("not presented: %s", f"/storage/evil\n{forged}\r\x1b[2K")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("with a traceback")
+    finally:
+        setup.close()
+    lines = (tmp_path / "t.log").read_text().splitlines()
+    assert lines[0].endswith(f"not presented: /storage/evil\\n{forged}\\r\\x1b[2K"), lines[0]
+    assert not any(line.startswith("2026-12-03 09:00:00.000") for line in lines)
+    assert lines[1].endswith("with a traceback") and lines[2].startswith("Traceback")
+    assert lines[-1] == "ValueError: boom"
+
+
+@given(st.text(), st.text())
+def test_printable_is_one_line_and_tells_names_apart(text: str, other: str) -> None:
+    """Any text escapes to one line without a control character, and two texts
+    never to the same."""
+    out = printable(text)
+    assert len(out.splitlines()) <= 1
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in out)
+    assert (printable(other) == out) == (other == text)
