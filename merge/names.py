@@ -66,20 +66,3 @@ def flat_of(pancbt: str) -> str:
 def pancbt_of(flat: str) -> str:
     """``NAME-pancbt.vmdk`` for ``NAME-flat.vmdk``."""
     return flat[: -len(FLAT_SUFFIX)] + PANCBT_SUFFIX
-
-
-# C0 controls, DEL, C1 controls and the Unicode line and paragraph separators:
-# what a terminal or a log reader may take as the end of a line or a command.
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
-_CONTROLS |= {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
-_CONTROLS[ord("\\")] = "\\\\"  # so that an escape in a name cannot pass for one of ours
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped (``\\n``, ``\\x1b``...) and ``\\``
-    doubled: a storage name holding a newline, printed in a log line or by
-    ``check`` and ``ls``, cannot forge another line (names may hold any byte
-    but ``/`` and NUL)."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return text.translate(_CONTROLS)

@@ -18,8 +18,6 @@ import os
 import threading
 from dataclasses import dataclass
 
-from merge.names import printable
-
 log = logging.getLogger("recovery_fs.merge")
 
 MAX_REMEMBERED = 100_000  # past this, the oldest are forgotten (and may be logged again)
@@ -34,8 +32,7 @@ class Problem:
     rule: int = 5
 
     def __str__(self) -> str:
-        """One line, whatever the storage names hold (``names.printable``)."""
-        return printable(f"rule {self.rule}: {self.storage_path}: {self.reason}")
+        return f"rule {self.rule}: {self.storage_path}: {self.reason}"
 
 
 def canonical(storage_path: str) -> str:

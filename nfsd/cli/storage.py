@@ -26,7 +26,6 @@ import click
 from merge import report
 from merge.create import DEFAULT_BLOCK_SIZE, create_pancbt
 from merge.demo import DemoError, make_demo
-from merge.names import printable
 from merge.namespace import NamespaceError
 from merge.pancbt import (
     HEADER_SIZE,
@@ -37,6 +36,7 @@ from merge.pancbt import (
     read_pancbt,
 )
 from merge.stack import Stack, build_stack
+from nfsd.service.logline import printable
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -107,7 +107,7 @@ def check_command(storage: Path) -> None:
         finally:
             stack.close()
     for problem in problems:
-        click.echo(str(problem))
+        click.echo(printable(str(problem)))
     click.echo(f"{len(problems)} problem(s)", err=True)
     if problems:
         raise click.exceptions.Exit(EXIT_FAILED)

@@ -33,6 +33,24 @@ PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
 CUT_MARK = b" [...]\n"
 
 
+# C0 controls, DEL, C1 controls and the Unicode line and paragraph separators:
+# what a terminal or a log reader may take as the end of a line or a command.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROLS |= {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_CONTROLS[ord("\\")] = "\\\\"  # so that an escape in a name cannot pass for one of ours
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...) and ``\\``
+    doubled: a storage name holding a newline, printed in a log line or by
+    ``check`` and ``ls``, cannot forge another line (names may hold any byte
+    but ``/`` and NUL).  Here, not in ``merge``: the supervisor logs too, and
+    imports nothing of the storage side (tests/unit/test_lean_processes.py)."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return text.translate(_CONTROLS)
+
+
 def chunks(data: bytes, limit: int = PIPE_BUF) -> list[bytes]:
     """``data`` (lines ending in ``\\n``) as pieces of whole lines, each at
     most ``limit`` bytes; a longer line is cut and marked."""

@@ -33,8 +33,7 @@ import sys
 import threading
 from pathlib import Path
 
-from merge.names import printable
-from nfsd.service.logline import AppendLineHandler
+from nfsd.service.logline import AppendLineHandler, printable
 from nfsd.service.registry import DEBUG_LEVEL, Registry
 from nfsd.service.state import StateError
 
@@ -48,7 +47,7 @@ log = logging.getLogger("recovery_fs.logsetup")
 
 class OneLineFormatter(logging.Formatter):
     """A record's message on its line: control characters escaped
-    (``merge.names.printable``), so that a storage name holding a newline (a
+    (``logline.printable``), so that a storage name holding a newline (a
     warning names the path at fault) cannot forge a log line.  A traceback
     still follows on lines of its own."""
 

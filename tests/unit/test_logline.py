@@ -11,8 +11,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from merge.names import printable
-from nfsd.service.logline import PIPE_BUF, AppendLineHandler, chunks
+from nfsd.service.logline import PIPE_BUF, AppendLineHandler, chunks, printable
 from nfsd.service.logsetup import LogSetup
 
 
