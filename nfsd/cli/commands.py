@@ -122,7 +122,8 @@ def server_options(f: F) -> F:
                 "--max-connections",
                 type=click.IntRange(1),
                 help="TCP connections open at once; past it the oldest not yet "
-                "validated is closed, else the new one refused.  [default: 1024]",
+                "validated (again, since the exports changed) is closed, else the "
+                "new one refused.  [default: 1024]",
             ),
             click.option(
                 "--max-unvalidated",

@@ -38,7 +38,11 @@ Decisions are kept per peer and per list *generation*, for at most
 :data:`DECISION_TTL` seconds (a decision made from a host name must not
 outlive the resolver's answer); a reload starts
 a new generation, so a client taken off the list is refused from its next
-call on, while connections of clients still allowed are kept.
+call on, while connections of clients still allowed are kept.  Each change
+of the lists in force (a reload, a session's clients) is also told to the
+transport (``changed``): a connection then holds its slot only once a call
+the new lists admit validates it again, so that a host taken off the list
+cannot keep the slots with NULLs (``RpcServer.exports_changed``).
 Host names and wildcards are resolved by ``exports.Resolver`` on its own
 thread: a per-call check never waits for a resolver (``wait=0``); MNT waits
 at most :data:`MOUNT_RESOLVE_WAIT`, and only on a worker over TCP, at most
@@ -211,14 +215,16 @@ class AccessControl:
         storage: Path,
         *,
         resolver: Resolver | None = None,
-        on_change: Callable[[AccessControl], None] | None = None,
         table: ExportTable | None = None,
     ) -> None:
         self.source = source
         self.export_path = export_path
         self.storage = storage
         self.resolver = resolver if resolver is not None else Resolver()  # (an empty one is falsy)
-        self.on_change = on_change
+        # Run after the lists in force changed (a reload, the sessions' lists):
+        # the transport then asks every connection to be admitted again
+        # (nfsd.transport.server.RpcServer.exports_changed).
+        self.changed: list[Callable[[], None]] = []
         # ``table`` given (tests, embedders) is used as is; else read: an
         # ExportsError here stops the server at start.
         self.table: ExportTable = table if table is not None else self._read()
@@ -272,8 +278,6 @@ class AccessControl:
                 why = str(e) if isinstance(e, ExportsError) else f"{self.source}: {e.strerror or e}"
                 self.last_error = why
                 log.error("exports not reloaded, the previous list stays in force: %s", why)
-                if self.on_change:
-                    self.on_change(self)
                 return why
             self.table = table
             self.generation += 1
@@ -284,9 +288,8 @@ class AccessControl:
             for w in table.warnings:
                 log.warning("%s", w)
             log.warning("exports reloaded from %s (generation %d)", self.source, self.generation)
-            if self.on_change:
-                self.on_change(self)
-            return None
+        self._changed()
+        return None
 
     def set_sessions(self, table: ExportTable) -> None:
         """The sessions' exports changed: every decision is made again.
@@ -296,6 +299,14 @@ class AccessControl:
         self.sessions_table = table
         self._decisions = {}
         self._admitted = {}
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.changed:
+            try:
+                callback()
+            except Exception:
+                log.exception("a listener of the exports' changes failed")
 
     def table_for(self, export: str | None) -> ExportTable:
         """The list holding ``export`` (None: the read-only export)."""

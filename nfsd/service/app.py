@@ -253,6 +253,8 @@ class Service:
             proxy_from=self.config.proxy_from,
             tls=self._tls_source(),
         )
+        if self.access is not None:  # a host taken off the lists loses its slots' hold
+            self.access.changed.append(server.exports_changed)
         self._servers.append(server)
         return server
 

@@ -103,8 +103,10 @@ per ``log_interval`` (a flood cannot flood the log):
 limit                  when it bites
 =====================  =====================================================
 ``max_connections``    a new connection past it: the oldest unvalidated one
-                       is closed, or, if every one has made a valid call,
-                       the new one is refused
+                       is closed, else the oldest not validated again since
+                       the exports last changed, or, if every one has made a
+                       valid call under the lists in force, the new one is
+                       refused
 ``max_unvalidated``    connections that have not yet had a call the exports
                        admit answered (a NULL, a portmapper query or a
                        refused call does not count: a host not listed could
@@ -439,7 +441,10 @@ class RpcServer:
         self._sel = _Poller()
         self._conns: dict[_Connection, None] = {}
         self._unvalidated: OrderedDict[_Connection, None] = OrderedDict()
-        self._lock = threading.Lock()  # _unvalidated, validated flags, _calls
+        # Validated under lists no longer in force, not since (exports_changed).
+        self._stale: OrderedDict[_Connection, None] = OrderedDict()
+        self._rejudge = False  # exports_changed asked; the sweep demotes
+        self._lock = threading.Lock()  # _unvalidated, _stale, validated flags, _calls
         self._stopping = threading.Event()
         self._throttle = _Throttle(limits.log_interval)
         self._buf = bytearray(RECV_SIZE)
@@ -537,6 +542,7 @@ class RpcServer:
             return {
                 "connections": len(self._conns),
                 "unvalidated": len(self._unvalidated),
+                "stale": len(self._stale),
                 "accepted": self._accepted,
                 "calls": self._calls + self._calls_inline,
                 "refused": dict(self._refused),
@@ -638,7 +644,7 @@ class RpcServer:
         listeners aside for a growing delay: never spin on accept."""
         with self._lock:
             self._refused["fd_limit"] += 1
-        if self._evict_oldest("fd_limit", f"out of descriptors ({e.strerror})"):
+        if self._evict_oldest("fd_limit", f"out of descriptors ({e.strerror})", stale=True):
             return
         self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
         if self._backoff == BACKOFF_FIRST:
@@ -659,7 +665,7 @@ class RpcServer:
         if len(self._unvalidated) >= lim.max_unvalidated:
             self._evict_oldest("unvalidated", f"over {lim.max_unvalidated} unvalidated")
         if len(self._conns) >= lim.max_connections and not self._evict_oldest(
-            "max_connections", f"{len(self._conns)} connections open"
+            "max_connections", f"{len(self._conns)} connections open", stale=True
         ):
             with self._lock:
                 self._refused["max_connections"] += 1
@@ -692,14 +698,35 @@ class RpcServer:
         self._sel.register(sock, READ, conn)
         log.info("%s: connection from %s", self.name, peer)
 
-    def _evict_oldest(self, kind: str, why: str) -> bool:
-        """Close the oldest unvalidated connection; False if there is none."""
+    def _evict_oldest(self, kind: str, why: str, stale: bool = False) -> bool:
+        """Close the oldest unvalidated connection, or with ``stale`` the oldest
+        not validated again since the exports changed; False if there is none."""
         with self._lock:
-            if not self._unvalidated:
+            if self._unvalidated:
+                conn, what = next(iter(self._unvalidated)), "unvalidated connection"
+            elif stale and self._stale:
+                conn = next(iter(self._stale))
+                what = "connection not validated since the exports changed"
+            else:
                 return False
-            conn = next(iter(self._unvalidated))
-        self._close(conn, kind, f"{why}: closing the oldest unvalidated connection")
+        self._close(conn, kind, f"{why}: closing the oldest {what}")
         return True
+
+    def exports_changed(self) -> None:
+        """(any thread) The lists of who may call changed: the exports file was
+        reloaded, or a session's client list came or went.
+
+        A connection validated under the old lists is so no longer: its peer may
+        have been taken off them, and its NULLs (which every client sends, and
+        which are answered whoever calls) would keep its slot for good, so that a
+        listed host could be refused for want of one.  Within a sweep every
+        validated connection moves to the stale set, oldest first; its next call
+        the lists admit validates it again.  A stale connection is closed, after
+        every unvalidated one, only to make room under ``max_connections`` or
+        the descriptor limit: a listed client that was idle reconnects, as after
+        an idle timeout; a host taken off the lists gets no slot back."""
+        with self._lock:
+            self._rejudge = True
 
     # -- reading and serving --------------------------------------------
     def _on_readable(self, conn: _Connection) -> None:
@@ -909,6 +936,7 @@ class RpcServer:
         with self._lock:
             conn.validated = True
             self._unvalidated.pop(conn, None)
+            self._stale.pop(conn, None)
 
     def _serve(self, conn: _Connection, record: bytes | bytearray) -> None:
         """A worker's call: dispatch, send or queue the reply, wake the loop
@@ -1298,13 +1326,22 @@ class RpcServer:
         self._conns.pop(conn, None)
         with self._lock:
             self._unvalidated.pop(conn, None)
+            self._stale.pop(conn, None)
         if not kind and why:
             log.info("%s: closing the connection of %s: %s", self.name, conn.peer, why)
 
     def _sweep(self, now: float) -> None:
-        """(loop) The timeouts, stalled queues leaving the pool, the budget."""
+        """(loop) The timeouts, stalled queues leaving the pool, the budget,
+        the demotion asked by :meth:`exports_changed`."""
         lim = self.limits
         held = 0
+        if self._rejudge:
+            with self._lock:
+                self._rejudge = False
+                for conn in self._conns:  # in the order they were accepted
+                    if conn.validated:
+                        conn.validated = False
+                        self._stale[conn] = None
         for conn in list(self._conns):
             why = self._expired(conn, now)
             if why is not None:

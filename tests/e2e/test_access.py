@@ -26,6 +26,7 @@ the server in a private network namespace (``support.netns_probe``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -304,6 +305,63 @@ def test_reload_revokes_and_adds_clients_on_live_connections(storage, tmp_path):
     finally:
         revoked.close()
         kept.close()
+        srv.stop()
+
+
+def _served(srv: Server, source: str, fh: bytes) -> Client | None:
+    """A connection from ``source`` whose GETATTR was answered NFS3_OK, or None
+    when the server closed it (refused for want of a slot)."""
+    c = client(srv, source, timeout=2.0)
+    try:
+        if getattr_status(c, fh) == w.NFS3_OK:
+            return c
+    except (OSError, EOFError, ConnectionError):
+        pass
+    c.close()
+    return None
+
+
+def test_a_host_taken_off_the_list_cannot_keep_the_connection_slots(storage, tmp_path):
+    """A host validated before a reload took it off kept its connections, and
+    its NULLs (answered whoever calls: the Linux client's pings) kept them
+    alive: at --max-connections a listed host was refused for good.  After the
+    reload they must be validated again, and the listed host gets a slot."""
+    srv, path = start(
+        storage[0], tmp_path, RELOAD_BEFORE, "--workers", "1", "--max-connections", "3"
+    )
+    held: list[Client] = []
+    try:
+        _, _, file = handles(srv)
+        for _ in range(3):
+            c = _served(srv, "127.0.0.2", file)
+            assert c is not None, srv.diagnostics()
+            held.append(c)
+        assert _served(srv, "127.0.0.4", file) is None, "all three slots validated: refused"
+
+        path.write_text(RELOAD_AFTER)
+        res = srv.exports("reload")
+        assert res.returncode == 0, res.stdout + res.stderr + srv.diagnostics()
+        for c in held:  # the removed host keeps pinging: answered, yet not admitted
+            assert c.call(w.NFS_PROGRAM, 3, 0).accept_stat == 0
+        got: list[Client] = []
+
+        def listed_host_served() -> bool:
+            c = _served(srv, "127.0.0.4", file)
+            got.extend([c] if c is not None else [])
+            return c is not None
+
+        _wait_for(listed_host_served, "a slot for the listed host")
+        for c in held:  # refused as before, on the connections it still has
+            with contextlib.suppress(OSError, EOFError):  # the one closed to make room
+                assert getattr_status(c, file) == w.NFS3ERR_STALE
+        held += got
+        assert srv.alive()
+        log = srv.log.read_text(errors="replace")
+        assert "not validated since the exports changed" in log, log[-4000:]
+        assert "Traceback" not in log, log[-4000:]
+    finally:
+        for c in held:
+            c.close()
         srv.stop()
 
 

@@ -200,6 +200,46 @@ def test_at_max_connections_an_unvalidated_one_goes_first_then_new_ones_are_refu
     assert stats["connections"] == 3
 
 
+def test_after_the_exports_change_a_host_taken_off_cannot_keep_its_slots(serve) -> None:  # type: ignore[no-untyped-def]
+    """Validated under the old lists, a host taken off them kept every slot
+    with NULLs (answered whoever calls), and a listed host was refused.  After
+    ``exports_changed`` a connection keeps its hold only by a call the lists
+    admit again; the others make room, oldest first, after the unvalidated."""
+    server, port = serve(Limits(max_connections=4, max_unvalidated=10))
+    removed = [connect(server, port) for _ in range(3)]
+    kept = connect(server, port)
+    for i, s in enumerate((*removed, kept)):
+        assert null_ok(s, xid=i)
+    refused = socket.create_connection(("127.0.0.1", port))
+    assert closed_by_server(refused, 1.0)  # all four validated: as before
+
+    server.exports_changed()
+    assert wait_for(lambda: server.stats()["stale"] == 4)
+    assert null_ok(kept, xid=5)  # admitted again: validated again
+    assert server.stats()["stale"] == 3
+    for i, s in enumerate(removed):  # refused now: they stay stale
+        send(s, call(PROG_NO, 1, STRANGER, xid=10 + i))
+        assert len(recv_records(s, 1, timeout=1.0)) == 1
+    assert server.stats()["stale"] == 3
+    newcomer = connect(server, port)  # the oldest stale connection makes room
+    assert closed_by_server(removed[0], 1.0)
+    assert null_ok(newcomer)
+    silent = connect(server, port)  # the next stale one goes for it...
+    assert closed_by_server(removed[1], 1.0)
+    late = connect(server, port)  # ...but an unvalidated one goes before a stale one
+    assert closed_by_server(silent, 1.0)
+    assert not closed_by_server(removed[2], 0.2)
+    assert null_ok(late)
+    last = connect(server, port)  # then the last stale one
+    assert closed_by_server(removed[2], 1.0)
+    assert null_ok(last)
+    again = socket.create_connection(("127.0.0.1", port))  # all validated again
+    assert closed_by_server(again, 1.0)
+    assert all(null_ok(s, xid=20) for s in (kept, newcomer, late, last))
+    stats = server.stats()
+    assert (stats["stale"], stats["unvalidated"], stats["connections"]) == (0, 0, 4)
+
+
 def test_an_idle_connection_is_closed_but_not_one_waiting_for_a_reply(serve) -> None:  # type: ignore[no-untyped-def]
     server, port = serve(Limits(idle_timeout=0.5))
     started = time.monotonic()
