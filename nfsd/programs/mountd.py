@@ -35,7 +35,34 @@ log = logging.getLogger("recovery_fs.mountd")
 
 
 UDP_DUMP_MAX = 512
-"""Bytes of mount list a DUMP over UDP answers at most (TCP: all of it)."""
+"""Bytes of list a DUMP or an EXPORT over UDP answers at most (TCP: all of it).
+
+A forged source gets the reply: a 60-byte call drew 60 KB of mount list,
+and 11.5 KB of client groups (192 times the call) with 400 of them.  The
+Linux ``showmount`` asks over TCP first, and so gets the whole list."""
+
+
+def _xdr_string(data: bytes) -> int:
+    """Bytes of an XDR string or opaque: its length word and padded bytes."""
+    return 4 + (len(data) + 3 & ~3)
+
+
+def _udp_exports(nodes: list[mount3.exportnode]) -> list[mount3.exportnode]:
+    """The rows (and groups) of ``nodes`` that fit in :data:`UDP_DUMP_MAX` bytes,
+    in order: a row whose groups do not all fit lists those that do."""
+    room, kept = UDP_DUMP_MAX - 4, list[mount3.exportnode]()  # the list's end word
+    for node in nodes:
+        room -= 4 + _xdr_string(node.ex_dir) + 4  # value follows, dir, groups' end
+        if room < 0:
+            break
+        groups = []
+        for g in node.ex_groups:
+            room -= 4 + _xdr_string(g)
+            if room < 0:
+                break
+            groups.append(g)
+        kept.append(mount3.exportnode(node.ex_dir, groups))
+    return kept
 
 
 def _listed(path: bytes) -> bytes:
@@ -133,8 +160,8 @@ class MountService:
         if self.access.admits(ctx):
             mounts = [mount3.mountbody(h, d) for h, d in self._mounts.entries()]
         if ctx.transport == "udp":
-            # A forged source would have a long list reflected at it (a 60-byte
-            # call drew 60 KB): over UDP the list stops at UDP_DUMP_MAX bytes.
+            # A forged source would have a long list reflected at it: over UDP
+            # the list stops at UDP_DUMP_MAX bytes.
             room, kept = UDP_DUMP_MAX, []
             for m in mounts:
                 room -= 20 + len(m.ml_hostname) + len(m.ml_directory)  # XDR, padded
@@ -165,6 +192,8 @@ class MountService:
             nodes.append(mount3.exportnode(self.export_path, groups))
         if self.sessions is not None:
             nodes += session_exports(self.sessions, self.access, ctx)
+        if ctx.transport == "udp":
+            nodes = _udp_exports(nodes)
         p = Mount3Packer()
         p.pack_exports(nodes)
         return Reply([p.get_buffer()])

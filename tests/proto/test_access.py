@@ -274,6 +274,32 @@ def test_dump_over_udp_is_bounded_and_spellings_are_one_entry(ns) -> None:
     assert len(udp.body) <= UDP_DUMP_MAX + 4
 
 
+def test_export_over_udp_is_bounded(ns) -> None:
+    """A forged-source EXPORT over UDP reflected every client group (11.5 KB
+    for a 60-byte call with 400 groups); over UDP the list stops at
+    UDP_DUMP_MAX bytes, whole groups in order, and over TCP it is whole."""
+    groups = [f"10.{i // 250}.{i % 250}.0/24" for i in range(400)]
+    d, _ = build(ns, "/recover/images " + " ".join(f"{g}(insecure)" for g in groups) + "\n")
+    friend = Peer(d, "10.0.0.1:700")
+    export = mount3.MOUNTPROC3_EXPORT
+    tcp = friend.raw(mount3.MOUNT_PROGRAM, export, b"")
+    whole = Mount3Unpacker(tcp.body).unpack_exports()
+    assert [g.decode() for g in whole[0].ex_groups] == groups
+    udp = friend.raw(mount3.MOUNT_PROGRAM, export, b"", "udp")
+    assert len(udp.body) <= UDP_DUMP_MAX
+    (row,) = Mount3Unpacker(udp.body).unpack_exports()
+    assert row.ex_dir == b"/recover/images"
+    assert 0 < len(row.ex_groups) < len(groups)
+    assert row.ex_groups == whole[0].ex_groups[: len(row.ex_groups)]
+    # a short list fits whole over UDP too
+    d, _ = build(ns, EXPORTS)
+    short = Peer(d, f"{ALLOWED}:40000").raw(mount3.MOUNT_PROGRAM, export, b"", "udp")
+    assert Mount3Unpacker(short.body).unpack_exports()[0].ex_groups == [
+        ALLOWED.encode(),
+        b"192.168.0.0/16",
+    ]
+
+
 def test_nfs_over_udp_only_when_enabled(ns) -> None:
     getattr_args = NFS3Packer()
     getattr_args.pack_nfs_fh3(nfs3.nfs_fh3(b"x" * 8))
