@@ -207,6 +207,39 @@ def test_dangling_symlink_and_special_files_are_withheld(storage: Path) -> None:
             pt.getattr((name,))
 
 
+def test_a_folder_above_swapped_for_a_link_outside_never_shows_what_is_outside(
+    storage: Path,
+) -> None:
+    """``a`` renamed away and replaced by a symbolic link leading outside the
+    root, while the root's listing (made later) still says ``a`` is a folder:
+    the listing of ``a/b`` and the lookups in it, renewed, listed the outside
+    folder's names and gave its files' attributes (never contents: opens were
+    checked) until the root's listing expired."""
+    outside = storage.parent / "elsewhere"
+    write(outside / "b" / "secret-name.txt", b"s" * 123)
+    clock = FakeClock()
+    pt = layer(storage, clock, ttl=1.0)
+    assert set(dict(pt.readdir(("a", "b")))) == {"g.bin"}  # a/b listed at 0
+    clock.advance(0.6)
+    assert set(dict(pt.readdir(()))) == {"a", "x.json"}  # the root at 0.6
+    os.rename(storage / "a", storage / "a.old")
+    os.symlink(str(outside), storage / "a")
+    clock.advance(0.5)  # a/b's listing expired, the root's still fresh
+    with pytest.raises(NotFound):
+        pt.readdir(("a", "b"))
+    with pytest.raises(NotFound):
+        pt.getattr(("a", "b", "secret-name.txt"))
+    with pytest.raises(NotFound):
+        pt.open(("a", "b", "secret-name.txt"))
+    clock.advance(1.0)  # and once the root is listed again, ``a`` is withheld
+    assert "a" not in dict(pt.readdir(()))
+    os.unlink(storage / "a")
+    os.rename(storage / "a.old", storage / "a")
+    clock.advance(1.0)
+    assert set(dict(pt.readdir(("a", "b")))) == {"g.bin"}
+    assert pt.getattr(("a", "b", "g.bin")).size == 10
+
+
 def test_new_and_removed_entries_show_within_the_ttl(storage: Path) -> None:
     clock = FakeClock()
     pt = layer(storage, clock, ttl=1.0)

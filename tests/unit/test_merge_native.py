@@ -238,7 +238,7 @@ def test_scan_equals_its_twin(  # noqa: PLR0917
     spath = pt.storage_path(("f",))
     fid = ids_in(("f",))
     sep = os.path.join(spath, "")
-    first, _ = pt._scan_py(("f",), {}, fid, sep, None, [], set(), None, 0)
+    first, _ = pt._scan_py(("f",), spath, {}, fid, sep, None, [], set(), None, 0)
     names_in = list(first)
     before: dict[str, Entry] = {}
     for k in sorted(kept):  # some kept from a scan before, some of them stale
@@ -250,7 +250,7 @@ def test_scan_equals_its_twin(  # noqa: PLR0917
     )
     withheld: set[str] = set()
     checks = [] if want_checks else None
-    want = pt._scan_py(("f",), before, fid, sep, None, [], withheld, checks, max_checks)
+    want = pt._scan_py(("f",), spath, before, fid, sep, None, [], withheld, checks, max_checks)
     ids = id_hash(("f",)) if ids_in_c else fid  # the ids hashed in C, or ids_in's own
     got = native.scan(spath, before, ids, sep, want_checks, max_checks)
     plain = all(kind in {"file", "dir", "hardlink"} for kind in made.values())
