@@ -37,6 +37,7 @@ from tests.unit.merge_helpers import (
     KIB,
     FakeClock,
     build,
+    leaked_fds,
     naive_merged,
     open_fds,
     read_all,
@@ -68,7 +69,8 @@ def stacks(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     yield new
     for s in made:
         s.close()
-    assert not open_fds() - before, "descriptors leaked"
+    leaked = leaked_fds(before)
+    assert not leaked, f"descriptors leaked: {leaked}"
 
 
 def storage(root: Path) -> list[bytes]:
