@@ -914,6 +914,30 @@ def test_setting_times_needs_the_owner_or_write_permission(c: SessionCaller) -> 
     assert c.getattr(fh).resok.obj_attributes.mtime.seconds == 86400
 
 
+def test_a_time_with_a_second_or_more_of_nanoseconds_is_inval(c: SessionCaller) -> None:
+    """nfstime3's nseconds is below 10^9 (RFC 1813 §2.6); ganesha answers INVAL and
+    changes nothing.  Carried into the seconds, (2^32 - 1, 10^9) read back 1970."""
+    d = folder(c)
+    fh = ok(c.create(d, b"timed", sattr=sattr(mtime=86400))).obj.handle
+    for seconds, nseconds in ((1000, 10**9), (1000, 2**32 - 1), (2**32 - 1, 10**9)):
+        bad = unchanged_sattr()
+        bad.mtime = nfs3.set_mtime(nfs3.SET_TO_CLIENT_TIME, nfs3.nfstime3(seconds, nseconds))
+        res = c.setattr(fh, bad)
+        assert res.status == nfs3.NFS3ERR_INVAL, (seconds, nseconds)
+        assert res.resfail.obj_wcc.after.attributes_follow  # wcc data, as every failure
+        bad.mtime = nfs3.set_mtime(nfs3.DONT_CHANGE)
+        bad.atime = nfs3.set_atime(nfs3.SET_TO_CLIENT_TIME, nfs3.nfstime3(seconds, nseconds))
+        assert c.setattr(fh, bad).status == nfs3.NFS3ERR_INVAL
+        made = c.create(d, b"made-%d" % nseconds, nfs3.GUARDED, sattr=bad)
+        assert made.status == nfs3.NFS3ERR_INVAL
+        assert c.lookup(d, b"made-%d" % nseconds).status == nfs3.NFS3ERR_NOENT
+    assert c.getattr(fh).resok.obj_attributes.mtime == nfs3.nfstime3(86400, 0)
+    last = unchanged_sattr()
+    last.mtime = nfs3.set_mtime(nfs3.SET_TO_CLIENT_TIME, nfs3.nfstime3(2**32 - 1, 10**9 - 1))
+    ok(c.setattr(fh, last))
+    assert c.getattr(fh).resok.obj_attributes.mtime == nfs3.nfstime3(2**32 - 1, 10**9 - 1)
+
+
 def test_sizes_past_the_largest_file_are_fbig(c: SessionCaller) -> None:
     fh = ok(c.create(folder(c), b"big")).obj.handle
     assert c.write(fh, (1 << 63) - 1, b"x").status == nfs3.NFS3ERR_FBIG

@@ -79,6 +79,17 @@ def _ns_time(t: nfs3.nfstime3 | None) -> int:
     return t.seconds * 1_000_000_000 + t.nseconds
 
 
+def _client_time(t: nfs3.nfstime3 | None) -> int:
+    """A time to set, as the client gave it: ``nseconds`` is the part of a second
+    below one (RFC 1813 §2.6, nfstime3), so 10^9 or more is ``NFS3ERR_INVAL``, as
+    ganesha answers; carried into the seconds it would wrap a time near 2^32 s
+    to 1970 (a guard's ctime is only compared: a wrong one is ``NOT_SYNC``)."""
+    assert t is not None
+    if t.nseconds >= 1_000_000_000:
+        raise Refused(nfs3.NFS3ERR_INVAL)
+    return _ns_time(t)
+
+
 def sattr_changes(sa: nfs3.sattr3) -> dict[str, Any]:
     """The keyword arguments of ``SessionNamespace.setattr`` a sattr3 asks for."""
     kw: dict[str, Any] = {}
@@ -97,7 +108,7 @@ def sattr_changes(sa: nfs3.sattr3) -> dict[str, Any]:
         if how == nfs3.SET_TO_SERVER_TIME:
             kw[name] = NOW
         elif how == nfs3.SET_TO_CLIENT_TIME:
-            kw[name] = _ns_time(t)
+            kw[name] = _client_time(t)
     return kw
 
 
