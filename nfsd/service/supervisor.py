@@ -94,9 +94,10 @@ about 42 MiB (it builds the programs to register them with the
 portmapper); caches are per worker and bounded as in a single server.
 
 A supervisor killed with SIGKILL takes its workers with it (each sees its
-control socket end and stops); a new one binds the port beside the
-sockets of workers still stopping (SO_REUSEPORT), so a restart never waits
-for them.
+control socket end and stops); a new one waits for them to let the port
+go (``_port_of_our_own``: at most ``PORT_WAIT``), since a port where
+another server listens must be refused, not shared (SO_REUSEPORT would
+let it: half of each server's connections answered by the other).
 
 Everything issue 7 built holds per worker:
 
@@ -123,6 +124,7 @@ Logs: every process appends whole lines to the one log file
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -159,6 +161,7 @@ RELOAD_TIMEOUT = 10.0
 REAP_WAIT = 0.05  # for a worker whose control socket ended to become waitable
 SPARE_DELAY = 1.0  # from a spare's promotion to the start of the next (see the notes)
 STOP_TIMEOUT = 10.0
+PORT_WAIT = 3.0  # for a killed supervisor's workers to let the port go (~10-20 ms here)
 STATUS_EVERY = 1.0  # seconds between rewrites of status.json
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -257,7 +260,8 @@ class Supervisor(Service):
         try:
             # With SO_REUSEPORT the workers bind their own; ours is bound to
             # hold the port, never listened on (it would take a share).
-            self._listeners = bind_listeners(cfg.bind, cfg.port, udp=not reuse, reuse_port=reuse)
+            port = _port_of_our_own(cfg.bind, cfg.port, udp=cfg.udp) if reuse else cfg.port
+            self._listeners = bind_listeners(cfg.bind, port, udp=not reuse, reuse_port=reuse)
         except OSError as e:
             raise ServiceError(f"cannot listen on {cfg.bind} port {cfg.port}: {e.strerror}") from e
         self.port = self._listeners[0].getsockname()[1]
@@ -668,6 +672,33 @@ def advertised_programs(*, udp: bool) -> list[Program]:
         Program(number=mount3.MOUNT_PROGRAM, name="MOUNT", versions={3: {}}),
         Program(number=nfs3.NFS_PROGRAM, name="NFS", versions={3: {}}, udp=udp),
     ]
+
+
+def _port_of_our_own(host: str, port: int, *, udp: bool) -> int:
+    """``port`` (or a free one for 0) once no other server listens there.
+
+    SO_REUSEPORT lets any process of the same user bind a port its workers
+    listen on: a second server started on the port of a running one would
+    share it and take part of its connections, each answered with the other's
+    secret, exports and sessions (STALE, refused MNTs).  So the port is first
+    bound as a plain server binds it (SO_REUSEADDR only: a listener there, or a
+    UDP socket with ``--udp``, makes that EADDRINUSE), never listened on, then
+    let go.  The workers of a supervisor killed by SIGKILL close their listeners
+    within :data:`PORT_WAIT` (they stop once its control socket ends): a restart
+    waits for them, and a port still taken after that is another server's."""
+    deadline = time.monotonic() + PORT_WAIT
+    while True:
+        try:
+            probe = bind_listeners(host, port, udp=udp, listen=False)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+            continue
+        bound = probe[0].getsockname()[1]
+        for s in probe:
+            s.close()
+        return bound
 
 
 def _reserve(host: str, port: int) -> socket.socket:

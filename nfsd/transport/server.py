@@ -1496,10 +1496,11 @@ send_replies = send_replies_py if fastcall is None else _send_replies_c
 
 
 def bind_listeners(
-    host: str, port: int, *, tcp: bool = True, udp: bool = True, reuse_port: bool = False
-) -> list[socket.socket]:
+    host: str, port: int, *, tcp: bool = True, udp: bool = True, reuse_port: bool = False,
+    listen: bool = True,
+) -> list[socket.socket]:  # fmt: skip
     """TCP and/or UDP sockets bound to ``host:port`` (0: a free port, the
-    same for both), the TCP one listening and non-blocking."""
+    same for both), the TCP one listening (unless not ``listen``) and non-blocking."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     out: list[socket.socket] = []
     bound = port
@@ -1515,7 +1516,7 @@ def bind_listeners(
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             s.bind((host, bound))
             bound = s.getsockname()[1]
-            if kind == socket.SOCK_STREAM:
+            if kind == socket.SOCK_STREAM and listen:
                 s.listen(128)
                 s.setblocking(False)
     except BaseException:

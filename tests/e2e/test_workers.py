@@ -455,6 +455,33 @@ def test_two_servers_with_one_secret_are_interchangeable(storage: Path, tmp_path
         a.stop()
 
 
+def test_a_second_server_on_a_port_in_use_is_refused_not_shared(
+    server: Server, storage: Path, tmp_path: Path
+) -> None:
+    """SO_REUSEPORT would let a second server of the same user bind the port the
+    workers of a running one listen on and take part of its connections, each
+    answered with the other's secret (a held handle STALE): it is refused, and
+    every connection still reaches the first."""
+    (tmp_path / "exports").write_text("/recover/images 127.0.0.0/8(insecure)\n")
+    started = time.monotonic()
+    p = subprocess.run(
+        [*server.command, "serve", "--storage", str(storage), "--bind", server.host,
+         "--port", str(server.port), "--no-portmap", "--state-dir", str(tmp_path / "state"),
+         "--log-file", str(tmp_path / "log"), "--exports", str(tmp_path / "exports"),
+         "--workers", "2"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "Address already in use" in p.stderr, p.stderr
+    assert time.monotonic() - started < 60
+    with Client((server.host, server.port), "127.0.0.2") as c:
+        root = c.mount()[1]
+    assert root is not None
+    for _ in range(20):  # new connections, each hashed to some listener of the port
+        with Client((server.host, server.port), "127.0.0.2") as c:
+            assert c.nfs(w.GETATTR, w.fh_args(root)).status() == w.NFS3_OK
+
+
 def test_proxy_from_the_client_behind_the_balancer_is_checked(
     storage: Path, tmp_path: Path
 ) -> None:
