@@ -66,6 +66,7 @@ from typing import Any
 
 from instant.answers import Answers
 from instant.callvalues import NOW, CreateHow, without_setid
+from instant.db import DB_NAME
 from instant.errors import (
     MAX_FILE_SIZE,
     Exists,
@@ -234,6 +235,11 @@ class SessionNamespace:
         ``clean``: this process empties the session's overwritten logs (see
         ``instant.store``, "Space"); a short-lived reader (a CLI command) does not."""
         self.dir = Path(directory)
+        if roots is None and not (self.dir / DB_NAME).is_file():
+            # Opening a session, not making one: a missing overlay (its disk not
+            # mounted, a relative path from another folder) is made by nobody here
+            # (an empty one would export, or serve, the backup as if unchanged).
+            raise NotFound(f"the session's overlay {self.dir} is missing")
         self.base = base
         self.clock = clock
         self.store = Store(

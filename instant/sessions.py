@@ -172,6 +172,10 @@ class SessionRegistry:
         return out
 
     def get(self, name: str) -> SessionInfo | None:
+        """The session published as ``name``; None if there is none, its file cannot
+        be read, or ``name`` is no session name (``../x`` names no file here)."""
+        if not NAME_RE.fullmatch(name):
+            return None
         try:
             raw = json.loads(self.path_of(name).read_text())
             raw["roots"] = {k: list(v) for k, v in raw["roots"].items()}
@@ -189,11 +193,20 @@ class SessionRegistry:
         (folder / address.replace("/", "_")).touch()
 
     def overlay_for(self, name: str, key: str, cache_dir: Path | None) -> Path:
-        return Path(cache_dir or self.dir) / f"{name}.{key}.d"
+        """Absolute: the servers (started elsewhere, a daemon in /) read the path
+        from the session's file."""
+        return Path(cache_dir or self.dir).absolute() / f"{name}.{key}.d"
+
+    def make_dir(self) -> None:
+        """The ``instant`` folder, and the state directory if missing, both 0700 as
+        ``serve`` makes the state directory (an overlay's ``mkdir(parents=True)``
+        made them 0755: any user could list the sessions)."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir.mkdir(exist_ok=True, mode=0o700)
 
     def publish(self, info: SessionInfo) -> None:
         """Write the session's file atomically; refuse a name in use."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.make_dir()
         target = self.path_of(info.name)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{info.name}.")
         try:
@@ -217,7 +230,8 @@ class SessionRegistry:
             raise SessionError(f"no session named {name}")
         self.path_of(name).unlink()
         _fsync_dir(self.dir)
-        shutil.rmtree(info.overlay, ignore_errors=True)
+        if os.path.isabs(info.overlay):  # a relative one (older versions) names no place
+            shutil.rmtree(info.overlay, ignore_errors=True)
         shutil.rmtree(self.clients_dir(name), ignore_errors=True)
         return info
 
@@ -280,6 +294,7 @@ def create_session(
     from instant.namespace import SessionNamespace  # noqa: PLC0415  (see _fsync_dir)
 
     try:
+        registry.make_dir()
         overlay.mkdir(parents=True, mode=0o700)
         SessionNamespace(overlay, base, roots, quota=quota, clean=False).close()
         registry.publish(info)

@@ -48,7 +48,9 @@ def parse_size(text: str) -> int:
     if not m:
         raise click.BadParameter(f"{text!r} is not a size (e.g. 20G, 500M)")
     power = " KMGTP".index((m.group(2) or " ").upper())
-    return int(float(m.group(1)) * 1024**power)
+    whole, _, frac = m.group(1).partition(".")
+    # In integers: through a float, sizes past 2^53 bytes lost their last digits.
+    return int(whole) * 1024**power + int(frac or "0") * 1024**power // 10 ** len(frac)
 
 
 def parse_quota(text: str) -> int:
@@ -150,7 +152,10 @@ def instant_start(
                 raise SessionError(f"two folders named {folder}")
             roots[folder], sources[folder] = presented, text
         registry = SessionRegistry(cfg.state_dir)
-        name = name or _free_name(registry, f"{next(iter(roots))}-ir")
+        if name is None:  # not given; an empty one ("$NAME" unset) is refused below
+            name = _free_name(registry, f"{next(iter(roots))}-ir")
+        if clients is not None and not clients.strip():
+            raise SessionError("an empty client list (--clients): no one could mount it")
         if cache_dir is not None:
             _outside(cfg.storage, cache_dir)
         info = create_session(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -145,3 +146,95 @@ def test_start_list_export_stop_while_serving(tmp_path: Path, demo: Path) -> Non
     finally:
         service.stop()
     assert digest(demo) == before
+
+
+def test_sizes_are_parsed_exactly() -> None:
+    """In integers: through a float, 2^53 + 1 became 2^53 and the largest quota
+    the message names was refused."""
+    assert parse_size("9007199254740993") == 2**53 + 1
+    assert parse_size("9223372036854775807") == 2**63 - 1
+    assert parse_size("1.5T") == 3 << 39
+    assert parse_size("0.5K") == 512
+
+
+def _start(demo: Path, state: Path, *args: str) -> tuple[int, str]:
+    return invoke(
+        "instant", "start", "--storage", str(demo), "--state-dir", str(state), *args,
+        "latest/web01",
+    )  # fmt: skip
+
+
+def test_an_empty_name_or_client_list_is_refused_not_taken_for_the_default(
+    tmp_path: Path, demo: Path
+) -> None:
+    """A script's unset ``$NAME`` must not make a session under a name it does not know."""
+    state = tmp_path / "state"
+    for args in (("--name", ""), ("--clients", ""), ("--clients", "  ")):
+        code, out = _start(demo, state, *args)
+        assert code == 2, (args, out)
+    assert not list((state / "instant").glob("*.json"))
+
+
+def test_names_that_are_no_session_name_reach_no_file(tmp_path: Path, demo: Path) -> None:
+    """``instant stop ../../x`` named a file outside the sessions' folder and removed
+    the folder it pointed to; ``export`` read it."""
+    state = tmp_path / "state"
+    other = tmp_path / "other" / "instant"
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep").write_text("mine")
+    other.mkdir(parents=True)
+    forged = {"name": "x", "key": "k", "roots": {}, "created": 0, "overlay": str(precious),
+              "clients": "127.0.0.1", "quota": None, "sources": {}, "storage": ""}  # fmt: skip
+    (other / "x.json").write_text(json.dumps(forged))
+    assert _start(demo, state, "--name", "real")[0] == 0
+    for name in ("../../other/instant/x", "../instant/real", "real/.", ""):
+        code, out = invoke("instant", "stop", name, "--state-dir", str(state))
+        assert code == 2 and "no session named" in out, (name, out)
+        code, out = invoke(
+            "instant", "export", name, "--to", str(tmp_path / "t"), "--state-dir", str(state)
+        )
+        assert code == 2 and "no session named" in out, (name, out)
+    assert (precious / "keep").read_text() == "mine"
+    assert (other / "x.json").exists() and (state / "instant" / "real.json").exists()
+
+
+def test_a_relative_cache_dir_is_kept_absolute(
+    tmp_path: Path, demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The servers (a daemon runs in /) read the overlay's path from the session's file."""
+    monkeypatch.chdir(tmp_path)
+    state = tmp_path / "state"
+    assert _start(demo, state, "--name", "rel", "--cache-dir", "cache")[0] == 0
+    overlay = Path(json.loads((state / "instant" / "rel.json").read_text())["overlay"])
+    assert overlay.is_absolute() and overlay.parent == tmp_path / "cache" and overlay.is_dir()
+    monkeypatch.chdir("/")
+    assert invoke("instant", "stop", "rel", "--state-dir", str(state))[0] == 0
+    assert not overlay.exists()
+
+
+def test_a_new_state_directory_is_private(tmp_path: Path, demo: Path) -> None:
+    """As ``serve`` makes it: 0700, and its ``instant`` folder too."""
+    state = tmp_path / "new" / "state"
+    assert _start(demo, state, "--name", "p")[0] == 0
+    assert (state.stat().st_mode & 0o777, (state / "instant").stat().st_mode & 0o777) == (
+        0o700,
+        0o700,
+    )
+
+
+def test_export_of_a_session_whose_overlay_is_missing_fails_and_makes_nothing(
+    tmp_path: Path, demo: Path
+) -> None:
+    """Its disk not mounted, say: an export that wrote the backup unchanged and said
+    so would let ``instant stop`` discard the changes it was meant to keep."""
+    state, cache = tmp_path / "state", tmp_path / "cachedisk"
+    assert _start(demo, state, "--name", "gone", "--cache-dir", str(cache))[0] == 0
+    cache.rename(tmp_path / "unmounted")
+    target = tmp_path / "exported"
+    code, out = invoke(
+        "instant", "export", "gone", "--to", str(target), "--storage", str(demo),
+        "--state-dir", str(state),
+    )  # fmt: skip
+    assert code != 0 and "missing" in out, out
+    assert not cache.exists() and not target.exists()
