@@ -1455,6 +1455,11 @@ class RpcServer:
             return
         try:
             parts = [memoryview(cast(Buffer, p)).cast("B") for p in reply.parts]  # no FileRun
+            if len(parts) > IOV_BATCH:
+                # A datagram is one sendmsg, whose buffers the kernel caps at IOV_MAX
+                # (1024; EMSGSIZE past it): a READDIR of ~1,000 names in one 32 KiB
+                # reply was never sent.  Joined: at most a UDP reply's 64 KiB copied.
+                parts = [memoryview(b"".join(parts))]
             sock.sendmsg(parts, [], 0, addr)
         except OSError as e:
             log.info("UDP reply to %s failed: %s", peer, e)

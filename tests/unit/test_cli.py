@@ -344,6 +344,50 @@ def test_service_with_udp_serves_nfs_over_udp(tmp_path: Path, storage: Path) -> 
         s.stop()
 
 
+def test_a_udp_reply_of_more_buffers_than_a_sendmsg_takes_is_sent(
+    tmp_path: Path, storage: Path
+) -> None:
+    """A READDIR of ~1,000 short names fits a 32 KiB reply, but as one buffer a
+    name it was more than the kernel's IOV_MAX (1024) for one datagram's sendmsg:
+    EMSGSIZE, no reply, the client retransmitting for ever."""
+    folder = storage / "many"
+    folder.mkdir()
+    for i in range(1500):
+        (folder / f"f{i}").touch()
+    s = Service(dataclasses.replace(cfg(tmp_path, storage), udp=True))
+    s.start()
+    try:
+        assert s.port
+        root = mnt_root(s.port)
+        with RpcClient("127.0.0.1", s.port, transport="udp", cred=auth_sys(), timeout=5) as c:
+            p = Packer()
+            p.pack_opaque(root)
+            p.pack_string(b"many")
+            r = c.call(NFS, 3, 3, p.get_buffer())  # LOOKUP
+            u = Unpacker(r.body)
+            assert u.unpack_uint() == 0
+            fh = u.unpack_opaque()
+            p = Packer()
+            p.pack_opaque(fh)
+            p.pack_uhyper(0)
+            p.pack_fopaque(8, bytes(8))
+            p.pack_uint(32768)
+            r = c.call(NFS, 3, 16, p.get_buffer())  # READDIR
+        assert r.ok and len(r.body) > 16384
+        u = Unpacker(r.body)
+        assert u.unpack_uint() == 0
+        if u.unpack_uint():  # dir_attributes follow
+            u.unpack_fopaque(84)
+        u.unpack_fopaque(8)  # cookieverf
+        entries = 0
+        while u.unpack_uint():
+            u.unpack_uhyper(), u.unpack_string(), u.unpack_uhyper()
+            entries += 1
+        assert entries > 1024
+    finally:
+        s.stop()
+
+
 def test_service_writes_status_then_cleans_up(tmp_path: Path, storage: Path) -> None:
     s = Service(cfg(tmp_path, storage))
     s.start()
