@@ -52,6 +52,7 @@ from nfsd.programs.listings import Listing, PackedEntries, Row, raw_len, raw_nam
 from nfsd.programs.nfs3.fastattr import entryplus3_bytes, padded, post_op_attr_bytes
 from nfsd.programs.nfs3.service import (
     _FTYPE,
+    MAY_EXEC,
     MAY_READ,
     RTMAX,
     UDP_RTMAX,
@@ -312,8 +313,34 @@ def _entries_plus_py(
         return None  # encoded page by page: the error where it always was
 
 
+BARE = "plus-bare"
+"""The kind of a listing's READDIRPLUS entries with no attributes and no handle."""
+_NEITHER = bytes(8)  # post_op_attr and post_op_fh3, neither following
+
+
+def entryplus3_bare(cookie: int, row: Row) -> bytes:
+    """An entryplus3 with neither the attributes nor the handle (RFC 1813 §3.3.17:
+    both optional): what a caller who may list a folder (r) but not look its names
+    up (x) is told, as knfsd answers (its entries' lookup fails the search check):
+    the handles of a folder one may not search would open its files."""
+    name, a = row
+    return nfs3.entry3_bytes(nfs3.entry3(a.fileid, raw_name(name), cookie)) + _NEITHER
+
+
+def searchable(ctx: CallContext, dattrs: Attrs) -> bool:
+    """Whether the caller may look names up in the folder: else ``entryplus3_bare``."""
+    return may(dattrs, ctx, MAY_EXEC)
+
+
 def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args) -> Reply:
     path, dattrs, listing = _listing(svc, ctx, args.dir)
+    if not searchable(ctx, dattrs):
+        out, eof = _page(
+            ctx, listing, args.cookie, BARE, entryplus3_bare,
+            maxsize=args.maxcount, dir_budget=args.dircount,
+        )  # fmt: skip
+        head = _head(listing, dattrs, svc.fsid, svc.cookieverf)
+        return Reply([head, *out, nfs3.dirlist_end_bytes(eof)])
     if PLUS in listing.sizes:  # every entry encoded: cut by the sums, no handle to make
         out, eof = _plus_encoded(ctx, listing, args.cookie, args.dircount, args.maxcount)
     else:
@@ -343,7 +370,7 @@ def readdirplus_encoded(  # noqa: PLR0917 (READDIRPLUS3args, read by the fast pa
     are this (``nfs-ls``: 8 KiB pages of a 10,000-entry folder)."""
     try:
         _readable_folder(ctx, dattrs)
-        if not svc.listings.known(path):
+        if not searchable(ctx, dattrs) or not svc.listings.known(path):
             return None
         listing = _listed(svc, path)
         if PLUS not in listing.sizes:

@@ -49,7 +49,7 @@ from nfsd.programs.nfs3.read import (
     referenced_reply,
     sends_by_reference,
 )
-from nfsd.programs.nfs3.readdir import _page, dirlist_reply
+from nfsd.programs.nfs3.readdir import BARE, _page, dirlist_reply, entryplus3_bare, searchable
 from nfsd.programs.nfs3.service import (
     MAY_EXEC,
     MAY_READ,
@@ -327,8 +327,12 @@ def readdirplus3(svc: SessionNfs, ctx: CallContext, args: nfs3.READDIRPLUS3args)
         name, a = row
         return entryplus3_bytes(cookie, raw_name(name), a, s.fsid, svc.manager.encode(s, a.fileid))
 
+    if not searchable(ctx, d):  # r but not x: names only, as the read-only export's
+        kind, encode = BARE, entryplus3_bare
+    else:
+        kind = "p"
     out, eof = _page(
-        ctx, listing, args.cookie, "p", encode, maxsize=args.maxcount, dir_budget=args.dircount
+        ctx, listing, args.cookie, kind, encode, maxsize=args.maxcount, dir_budget=args.dircount
     )
     return _dir_reply(svc, s, d, out, eof)
 
