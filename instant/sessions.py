@@ -158,15 +158,18 @@ class SessionRegistry:
             return ()
         return tuple(sorted(out))
 
+    def names(self) -> list[str]:
+        """The names of every session file, read or not (OSError but for no folder)."""
+        try:
+            return sorted(p[: -len(".json")] for p in os.listdir(self.dir) if p.endswith(".json"))
+        except FileNotFoundError:
+            return []
+
     def list(self) -> list[SessionInfo]:
         """Every published session, by name; unreadable files are skipped."""
         out = []
-        try:
-            names = sorted(p for p in os.listdir(self.dir) if p.endswith(".json"))
-        except FileNotFoundError:
-            return []
-        for n in names:
-            info = self.get(n[: -len(".json")])
+        for n in self.names():
+            info = self.get(n)
             if info is not None:
                 out.append(info)
         return out

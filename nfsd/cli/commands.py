@@ -635,7 +635,10 @@ def exports_reload(config_file: Path | None, state_dir: Path | None, timeout: fl
     if pid is None:
         fail("not running; nothing to reload", EXIT_NOT_RUNNING)
     before = ((state.read_status() or {}).get("exports") or {}).get("attempts", 0)
-    os.kill(pid, signal.SIGHUP)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:  # another user's server: as stop says it
+        fail(f"cannot signal the server (pid {pid}): {e.strerror}", EXIT_FAILED)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = (state.read_status() or {}).get("exports") or {}

@@ -195,9 +195,22 @@ def instant_list(config_file: Path | None, state_dir: Path | None) -> None:
     """Every session: folders, age, bytes written, quota used, clients seen lately."""
     cfg = _config(config_file, state_dir=state_dir)
     registry = SessionRegistry(cfg.state_dir)
+    try:
+        files = registry.names()
+    except OSError as e:
+        fail(f"cannot read the sessions in {registry.dir}: {e.strerror}", EXIT_FAILED)
     sessions = registry.list()
+    unread = sorted(set(files) - {s.name for s in sessions})
+    if unread:  # not the server's user, or a damaged file: never "no sessions"
+        click.echo(
+            f"recovery-fs: {len(unread)} session file(s) in {registry.dir} cannot be read "
+            f"(permissions, or damaged): {', '.join(unread)}",
+            err=True,
+        )
     if not sessions:
         click.echo("no instant-recovery sessions")
+        if unread:
+            raise click.exceptions.Exit(EXIT_FAILED)
         return
     click.echo(f"{'NAME':<20} {'CREATED':<20} {'WRITTEN':>10} {'QUOTA USED':>12}  FOLDERS; CLIENTS")
     for info in sessions:

@@ -749,6 +749,20 @@ def test_exports_reload_without_a_server(tmp_path: Path) -> None:
     assert code == 3 and "not running" in err
 
 
+def test_exports_reload_of_a_server_it_may_not_signal_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's server: one line and exit 1, as ``stop`` answers, not a traceback."""
+
+    def refused(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(cli, "_running_pid", lambda state: 4242)
+    monkeypatch.setattr(cli.os, "kill", refused)
+    code, _, err = invoke("exports", "reload", "--state-dir", str(tmp_path / "s"))
+    assert code == 1 and "cannot signal the server (pid 4242)" in err, err
+
+
 def test_service_reload_applies_or_keeps(tmp_path: Path, storage: Path) -> None:
     exports = tmp_path / "exports"
     exports.write_text("/recover/images 127.0.0.1(insecure)\n")

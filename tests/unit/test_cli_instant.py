@@ -238,3 +238,16 @@ def test_export_of_a_session_whose_overlay_is_missing_fails_and_makes_nothing(
     )  # fmt: skip
     assert code != 0 and "missing" in out, out
     assert not cache.exists() and not target.exists()
+
+
+def test_list_says_which_session_files_it_cannot_read(tmp_path: Path, demo: Path) -> None:
+    """A damaged (or, for another user, unreadable) file: never "no sessions"."""
+    state = tmp_path / "state"
+    assert _start(demo, state, "--name", "good")[0] == 0
+    (state / "instant" / "broken.json").write_text("{not json")
+    r = CliRunner().invoke(cli.main, ["instant", "list", "--state-dir", str(state)])
+    assert r.exit_code == 0 and "good" in r.stdout, r.output
+    assert "cannot be read" in r.stderr and "broken" in r.stderr, r.stderr
+    (state / "instant" / "good.json").write_text("")
+    r = CliRunner().invoke(cli.main, ["instant", "list", "--state-dir", str(state)])
+    assert r.exit_code == 1 and "broken, good" in r.stderr, r.output
