@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from exports.clients import KINDS, Lookups, Matcher, classify, client_ip
+from exports.errors import ExportsError
 from exports.options import ExportOptions
 
 
@@ -70,6 +71,17 @@ class ExportTable:
             pairs.sort(key=lambda pair: KINDS.index(pair[0].kind))  # stable: line order kept
             ordered[export.path] = tuple(pairs)
         object.__setattr__(self, "_ordered", ordered)
+
+    def check_only(self, path: str, source: object) -> None:
+        """Raise ``ExportsError`` naming the line of an export other than ``path``
+        (the one path a server serves): a typo there would make its clients
+        unknown to it.  ``source``: the file, for an export with no client."""
+        for export in self.exports:
+            if export.path != path:
+                where = export.clients[0].source if export.clients else str(source)
+                raise ExportsError(
+                    f"{where}: {export.path} is not an export of this server (it serves {path})"
+                )
 
     def get(self, path: str) -> Export | None:
         """The export of ``path`` (compared after normalization), or None."""

@@ -610,6 +610,7 @@ def exports_show(
     try:
         source = cfg.exports_file()
         table = load_exports(source) if source is not None else loopback_only(cfg.export_path)
+        table.check_only(cfg.export_path, source)  # as serve and reload refuse it
     except (ConfigError, ExportsError) as e:
         fail(str(e), EXIT_USAGE)
     except OSError as e:

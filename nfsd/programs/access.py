@@ -256,13 +256,7 @@ class AccessControl:
         if self.source is None:
             return loopback_only(self.export_path)
         table = load_exports(self.source)
-        for export in table.exports:
-            if export.path != self.export_path:
-                where = export.clients[0].source if export.clients else str(self.source)
-                raise ExportsError(
-                    f"{where}: {export.path} is not an export of this server "
-                    f"(it serves {self.export_path})"
-                )
+        table.check_only(self.export_path, self.source)
         if table.get(self.export_path) is None:
             log.warning(
                 "%s lists no client for %s: nobody can mount", self.source, self.export_path

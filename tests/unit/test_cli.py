@@ -744,6 +744,17 @@ def test_exports_show_of_a_file(tmp_path: Path) -> None:
     assert "*.example(ro,insecure,no_root_squash" in lines[1]
 
 
+def test_exports_show_refuses_the_path_serve_refuses(tmp_path: Path) -> None:
+    """``show`` checks a file before it is put in place: a typo that ``serve`` and
+    ``reload`` refuse must not pass it (exit 0) first."""
+    exports = tmp_path / "exports"
+    exports.write_text("/recover/images 10.0.0.1\n/recover/imagez 10.0.0.2\n")
+    code, _, err = invoke(
+        "exports", "show", "--exports", str(exports), "--state-dir", str(tmp_path / "s")
+    )
+    assert code == 2 and f"{exports}:2" in err and "not an export of this server" in err, err
+
+
 def test_exports_reload_without_a_server(tmp_path: Path) -> None:
     code, _, err = invoke("exports", "reload", "--state-dir", str(tmp_path / "s"))
     assert code == 3 and "not running" in err
