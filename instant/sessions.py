@@ -200,6 +200,11 @@ class SessionRegistry:
         from the session's file."""
         return Path(cache_dir or self.dir).absolute() / f"{name}.{key}.d"
 
+    def damaged_overlays(self, name: str) -> tuple[Path, ...]:
+        """Overlays in the sessions' folder a damaged session ``name`` may have had
+        (those made without ``--cache-dir``): for the operator to look at."""
+        return tuple(sorted(self.dir.glob(f"{name}.*.d")))
+
     def make_dir(self) -> None:
         """The ``instant`` folder, and the state directory if missing, both 0700 as
         ``serve`` makes the state directory (an overlay's ``mkdir(parents=True)``
@@ -226,9 +231,18 @@ class SessionRegistry:
             os.unlink(tmp)
         _fsync_dir(self.dir)
 
-    def remove(self, name: str) -> SessionInfo:
-        """Unpublish ``name`` (servers answer STALE from then on), then discard its overlay."""
+    def remove(self, name: str) -> SessionInfo | None:
+        """Unpublish ``name`` (servers answer STALE from then on), then discard its
+        overlay.  None: its file was there but damaged (no server serves it), and is
+        removed; the overlay it named cannot be known (``damaged_overlays``)."""
         info = self.get(name)
+        if info is None and name in self.names():
+            try:
+                self.path_of(name).unlink()
+            except FileNotFoundError:
+                raise SessionError(f"no session named {name}") from None
+            _fsync_dir(self.dir)
+            return None
         if info is None:
             raise SessionError(f"no session named {name}")
         self.path_of(name).unlink()

@@ -230,10 +230,18 @@ def instant_list(config_file: Path | None, state_dir: Path | None) -> None:
 def instant_stop(config_file: Path | None, state_dir: Path | None, name: str) -> None:
     """Stop a session: its export goes, its overlay (every change) is discarded."""
     cfg = _config(config_file, state_dir=state_dir)
+    registry = SessionRegistry(cfg.state_dir)
     try:
-        info = SessionRegistry(cfg.state_dir).remove(name)
+        info = registry.remove(name)
     except SessionError as e:
         fail(str(e), EXIT_USAGE)
+    if info is None:  # a damaged file: nothing served it; its overlay is not known
+        left = ", ".join(map(str, registry.damaged_overlays(name))) or "none found"
+        click.echo(
+            f"session {name}: its file was damaged and is removed; its overlay is left "
+            f"for you to remove (in the sessions' folder: {left})"
+        )
+        return
     click.echo(f"session {info.name} stopped; its changes are discarded")
 
 

@@ -251,3 +251,18 @@ def test_list_says_which_session_files_it_cannot_read(tmp_path: Path, demo: Path
     (state / "instant" / "good.json").write_text("")
     r = CliRunner().invoke(cli.main, ["instant", "list", "--state-dir", str(state)])
     assert r.exit_code == 1 and "broken, good" in r.stderr, r.output
+
+
+def test_stop_removes_a_damaged_session_file_and_says_what_is_left(
+    tmp_path: Path, demo: Path
+) -> None:
+    """A file no server can read serves nothing: ``stop`` takes it away (it said
+    "no session named", while ``start --name`` said the name was taken)."""
+    state = tmp_path / "state"
+    assert _start(demo, state, "--name", "dmg")[0] == 0
+    (overlay,) = (state / "instant").glob("dmg.*.d")
+    (state / "instant" / "dmg.json").write_text("{damaged")
+    code, out = invoke("instant", "stop", "dmg", "--state-dir", str(state))
+    assert code == 0 and "damaged" in out and str(overlay) in out, out
+    assert not (state / "instant" / "dmg.json").exists() and overlay.is_dir()
+    assert _start(demo, state, "--name", "dmg")[0] == 0  # the name is free again
