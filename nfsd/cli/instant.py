@@ -199,7 +199,7 @@ def instant_list(config_file: Path | None, state_dir: Path | None) -> None:
         files = registry.names()
     except OSError as e:
         fail(f"cannot read the sessions in {registry.dir}: {e.strerror}", EXIT_FAILED)
-    sessions = registry.list()
+    sessions = [info for n in files if (info := registry.get(n)) is not None]
     unread = sorted(set(files) - {s.name for s in sessions})
     if unread:  # not the server's user, or a damaged file: never "no sessions"
         click.echo(

@@ -273,6 +273,13 @@ def readdir3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIR3args) -> Rep
     ctx.note = (
         f"/{'/'.join(path)} cookie={args.cookie} count={args.count} entries={entries_in(out)}"
     )
+    return _names_reply(svc, listing, dattrs, out, eof)
+
+
+def _names_reply(
+    svc: Nfs3Service, listing: Listing, dattrs: Attrs, out: list[bytes], eof: bool
+) -> Reply:
+    """A page of entries as READDIR (and a READDIRPLUS of names only) answers it."""
     head = _head(listing, dattrs, svc.fsid, svc.cookieverf)
     return Reply([head, *out, nfs3.dirlist_end_bytes(eof)])
 
@@ -339,8 +346,7 @@ def readdirplus3(svc: Nfs3Service, ctx: CallContext, args: nfs3.READDIRPLUS3args
             ctx, listing, args.cookie, BARE, entryplus3_bare,
             maxsize=args.maxcount, dir_budget=args.dircount,
         )  # fmt: skip
-        head = _head(listing, dattrs, svc.fsid, svc.cookieverf)
-        return Reply([head, *out, nfs3.dirlist_end_bytes(eof)])
+        return _names_reply(svc, listing, dattrs, out, eof)
     if PLUS in listing.sizes:  # every entry encoded: cut by the sums, no handle to make
         out, eof = _plus_encoded(ctx, listing, args.cookie, args.dircount, args.maxcount)
     else:
