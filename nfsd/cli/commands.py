@@ -70,7 +70,7 @@ def state_options(f: F) -> F:
     """--config and --state-dir: what every command needs to find the server."""
     f = click.option(
         "--state-dir",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False, readable=False, path_type=Path),
         help="State directory: secret, pid, status, registry.  [default: /var/lib/recovery_fs]",
     )(f)
     return click.option(

@@ -170,6 +170,31 @@ def test_status_and_stop_when_nothing_runs(tmp_path: Path) -> None:
     assert code == 3 and "not running" in err
 
 
+def test_status_of_a_state_dir_it_cannot_read_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 4 (LSB "unknown"), as documented, not click's usage error (2): a user
+    who may not read the state directory asks about a server run by another.
+    (As root nothing is unreadable: ``os.access``, which click's check asks, and
+    the pid file's read are made to say what they say to that user.)"""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    real_access = os.access
+
+    def access(path: str | Path, mode: int, **kw: object) -> bool:
+        return False if Path(path) == state else real_access(path, mode, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+
+    def denied(self: StateDir) -> int | None:
+        raise PermissionError(13, "Permission denied", str(self.pid_path))
+
+    monkeypatch.setattr(StateDir, "running_pid", denied)
+    code, _, err = invoke("status", "--state-dir", str(state))
+    assert code == 4, err
+    assert "status unknown" in err and "Permission denied" in err
+
+
 def test_the_state_dir_can_come_from_the_config_file(tmp_path: Path) -> None:
     conf = tmp_path / "r.conf"
     conf.write_text(f"[server]\nstate-dir = {tmp_path / 'from-file'}\n")
