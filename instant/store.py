@@ -342,6 +342,13 @@ writes it:
   only the bytes the file still has at the old place are pointed at the copy
   (:meth:`Tx.move_piece`, ``RangeMap.relocate``): a write, a truncate or a
   remove committed since the piece was read wins, in any process.
+  A log another process sealed is left to it for ``FOREIGN_WAIT`` passes
+  (``foreign_wait``), counted whether or not anything was committed since, and
+  not at all once the logs hold half the quota: moves committed by another
+  process change the file under the writer's entry, which it then remakes
+  partial and fills at every write (see "Writing a large file") for as long as
+  the moves go on, while its own moves its entry follows.  A sealer that died
+  or stopped leaves its logs to the others after the wait.
 * *Removing* (:meth:`Store._drop_log`): once its moves are committed, the log's
   row is deleted in a durable transaction if no piece points at it and it is
   not the replay turn; then its file is unlinked.  A crash between the two
@@ -445,6 +452,8 @@ LOG_ROTATE = 256 * 1024 * 1024
 that the cleaning has logs to empty (see "Space"); smaller for a small quota."""
 CLEAN_INTERVAL = 5.0
 """Seconds between two looks of the cleaner at the session's logs."""
+FOREIGN_WAIT = 3
+"""Passes another process's cleaner leaves a sealed log to its sealer ("Cleaning")."""
 CLEAN_BELOW = 0.5
 """A sealed log is emptied once at most this share of its bytes is still mapped..."""
 CLEAN_PRESSED = 0.875
@@ -705,8 +714,10 @@ class Store:
         live: Live | None = None,
         rotate: int | None = None,
         clean: bool = True,
+        foreign_wait: int = FOREIGN_WAIT,
     ) -> None:
         self.dir = Path(directory)
+        self.foreign_wait = foreign_wait
         self.dir.mkdir(parents=True, exist_ok=True)
         self.quota = quota
         self.hook: Hook = hook or _no_hook
@@ -755,6 +766,8 @@ class Store:
         self._log_fd = -1
         self._log_end = 0
         self._log_zeroed = 0  # the log's bytes [_log_end, _log_zeroed) are zeros on disk
+        self._own_sealed: set[int] = set()
+        self._foreign: dict[int, int] = {}
         self._used_hint = 0
         # Bytes reserved in the log and not yet committed or given up: counted by
         # the quick quota check: this process's writes in flight cannot log past it.
@@ -1083,6 +1096,7 @@ class Store:
                 return
             time.sleep(0.0005)
         old_fd, sealing = self._log_fd, (self._log_id, self._log_end)
+        self._own_sealed.add(self._log_id)
         try:
             self._open_log(sealing)
         except (NamespaceError, OSError) as e:
@@ -1914,9 +1928,17 @@ class Store:
         self._scanned = seen
         emptied: list[tuple[int, int, str]] = []  # (descriptor holding its flock, id, name)
         try:
-            for log_id, name in self._victims(conn):
+            victims, pressed = self._victims(conn)
+            listed = {log_id for log_id, _ in victims}
+            self._foreign = {k: v for k, v in self._foreign.items() if k in listed}
+            for log_id, name in victims:
                 if self._closing:
                     break
+                if log_id not in self._own_sealed and not pressed:
+                    self._foreign[log_id] = self._foreign.get(log_id, 0) + 1
+                    if self._foreign[log_id] <= self.foreign_wait:
+                        self._scanned = None  # the next pass looks again, commits or not
+                        continue
                 fd = self._claim(log_id, name)
                 if fd is not None:
                     emptied.append((fd, log_id, name))
@@ -1955,7 +1977,7 @@ class Store:
             if self._log_fd >= 0 and self._log_end > 0 and not self._closing:
                 self._rotate()
 
-    def _victims(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    def _victims(self, conn: sqlite3.Connection) -> tuple[list[tuple[int, str]], bool]:
         """Sealed logs worth emptying, the most overwritten bytes first: at most
         ``CLEAN_BELOW`` of their bytes still mapped (``CLEAN_PRESSED`` once the logs
         hold half the quota).  Never this process's log, nor the one
@@ -1973,7 +1995,7 @@ class Store:
             and (turn is None or turn[0] != log_id)
             and mapped.get(log_id, 0) <= end * share
         ]
-        return [(log_id, name) for _, log_id, name in sorted(found, reverse=True)]
+        return [(log_id, name) for _, log_id, name in sorted(found, reverse=True)], pressed
 
     def _claim(self, log_id: int, name: str) -> int | None:
         """The log opened and ``flock``ed, for this cleaner alone; None if another

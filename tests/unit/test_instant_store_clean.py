@@ -112,6 +112,14 @@ def _clean(s: Store) -> int:
         conn.close()
 
 
+def _victim_ids(d: Path, s: Store) -> list[int]:
+    conn = db.connect(d)
+    try:
+        return [log_id for log_id, _ in s._victims(conn)[0]]
+    finally:
+        conn.close()
+
+
 def _logs(d: Path) -> list[Path]:
     return sorted(d.glob("log-*.dat"))
 
@@ -138,7 +146,7 @@ def test_a_cleaned_store_reads_as_the_model(tmp_path_factory, base_fd: int, ops:
         assert read(s, 1, base_fd) == bytes(model)
         # every sealed log left is more than half mapped: nothing left to empty
         conn = db.connect(d)
-        assert s._victims(conn) == []
+        assert s._victims(conn)[0] == []
         sealed = conn.execute("SELECT SUM(end) FROM logs WHERE id != ?", (s._log_id,)).fetchone()
         mapped = conn.execute("SELECT SUM(length) FROM pieces WHERE log != ?", (s._log_id,))
         assert (sealed[0] or 0) <= 2 * (mapped.fetchone()[0] or 0)
@@ -573,6 +581,51 @@ def test_close_racing_a_sealing_does_not_deadlock(
     assert told
 
 
+def test_another_processs_sealed_log_is_left_to_its_writer_for_a_while(
+    tmp_path: Path, base_fd: int
+) -> None:
+    """A sealed log is emptied by the process that wrote it (its moves are its own
+    commits, which its map of the file follows); another process's cleaner waits
+    ``foreign_wait`` passes first, a commit since or not (its writer may have died),
+    and not at all once the logs hold half the quota (space first)."""
+    d = tmp_path / "s"
+    rnd = random.Random(3)
+    model = bytearray(BASE)
+
+    def rewrite(w: Store, n: int) -> int:
+        """``n`` overwrites of a 48 KiB working set: the sealed logs worth emptying."""
+        for _ in range(n):
+            off, fill = rnd.randrange(0, 12) * 4096, rnd.randrange(1, 256)
+            w.write(1, off, bytes([fill]) * 4096, len(BASE))
+            apply(model, ["w", off, 4096, fill])
+        return len(_victim_ids(d, w))
+
+    with Store(d, rotate=ROTATE, clean=False) as w:
+        victims = rewrite(w, 200)
+        assert victims > 5
+        logs = _logs(d)
+        with Store(d, clean=False, foreign_wait=2) as other:
+            assert [_clean(other) for _ in range(2)] == [0, 0]  # its writer's to empty
+            assert _logs(d) == logs
+            assert _clean(other) == victims  # the wait is over: emptied by another
+        assert read(w, 1, base_fd) == bytes(model)
+        victims = rewrite(w, 200)
+        # its own at once; the log of the other's moves (closed: sealed) is not its own
+        own = len(w._own_sealed & set(_victim_ids(d, w)))
+        assert victims - 1 == own > 5
+        assert _clean(w) == own
+        assert read(w, 1, base_fd) == bytes(model)
+    quota = 64 * ROTATE
+    with Store(d, rotate=ROTATE, clean=False, quota=quota) as w:
+        victims = 0
+        while w.usage().logged * 2 < quota:
+            victims = rewrite(w, 20)
+        assert victims > 5
+        with Store(d, clean=False, quota=quota, foreign_wait=2) as other:
+            assert _clean(other) == victims  # pressed: no wait
+        assert read(w, 1, base_fd) == bytes(model)
+
+
 def test_a_map_that_names_two_removed_logs_is_read_again_till_it_names_none(
     tmp_path: Path,
 ) -> None:
@@ -599,7 +652,7 @@ def test_a_map_that_names_two_removed_logs_is_read_again_till_it_names_none(
             names = dict(w._r.execute("SELECT id, name FROM logs").fetchall())
             hold = os.open(d / names[y], os.O_RDONLY)
             fcntl.flock(hold, fcntl.LOCK_EX)  # another cleaner's: x alone goes now
-            with Store(d, clean=False) as a:
+            with Store(d, clean=False, foreign_wait=0) as a:
                 _clean(a)
             os.close(hold)
             fd_of = r._fd_of
@@ -607,7 +660,7 @@ def test_a_map_that_names_two_removed_logs_is_read_again_till_it_names_none(
 
             def racing(log: int) -> int:
                 if log == y and log not in r._fds and not late:
-                    with Store(d, clean=False) as b:
+                    with Store(d, clean=False, foreign_wait=0) as b:
                         late.append(_clean(b))  # y goes between the reload and this
                 return fd_of(log)
 
