@@ -209,6 +209,7 @@ class Service:
         self.access: AccessControl | None = None
         self.reload_attempts = 0
         self.tls: ContextSource | None = None  # RPC-with-TLS of every listener
+        self.tls_loaded: Path | None = None  # a worker's: the supervisor's copy of the files
         self.log_tag: str | None = None  # names the process on each log line
         self.mount_list: MountList | None = None  # DUMP's list; None: this process's own
         self.read_buffers = READ_BUFFERS  # this process's share of the READ buffers
@@ -335,7 +336,7 @@ class Service:
         """The TLS context of every listener, loaded once (``nfsd.service.tlsconfig``):
         files that cannot be used stop the start with a ConfigError."""
         if self.tls is None and self.config.tls_cert is not None:
-            self.tls = tls_source(self.config)
+            self.tls = tls_source(self.config, self.tls_loaded)
             log.info("RPC-with-TLS offered (%s)", describe_tls(self.config))
         return self.tls
 

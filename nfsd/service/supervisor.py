@@ -143,10 +143,12 @@ import nfsd
 from nfsd.programs.mountlist import MOUNTS_DIR, SharedMountList
 from nfsd.rpc import Program
 from nfsd.service.app import PMAP_PORT, RPCBIND_SOCKETS, Service, ServiceError
-from nfsd.service.config import Config
+from nfsd.service.config import Config, ConfigError
 from nfsd.service.state import atomic_write
+from nfsd.service.tlsconfig import Loaded, tls_settings
 from nfsd.service.worker import LISTINGS_DIR, config_to_json
 from nfsd.transport.server import bind_listeners
+from nfsd.transport.tls import RELOAD_INTERVAL, TlsConfigError
 from xdr import mount3
 from xdr import nfs3const as nfs3
 
@@ -238,6 +240,8 @@ class Supervisor(Service):
         self._reload_error: str | None = None
         self._replies: dict[int, dict[str, Any]] = {}
         self._next_status = 0.0
+        self._tls_loaded: Loaded | None = None  # the TLS files' copy for new workers
+        self._next_tls = 0.0
         self._spare: Spare | None = None
         self._spare_at = 0.0  # when the next spare may start
         self._spare_delay = 0.0  # grows while spares die before they are used
@@ -256,6 +260,7 @@ class Supervisor(Service):
         cfg = self.config
         programs = self._prepare()
         self._tls_source()  # TLS files that cannot be used stop the start here, once
+        self._keep_tls_loaded()
         reuse = self.listen_mode == "reuseport"
         try:
             # With SO_REUSEPORT the workers bind their own; ours is bound to
@@ -283,6 +288,18 @@ class Supervisor(Service):
         self._announce()
         log.info("%d workers: pids %s", self.count, " ".join(str(s.pid) for s in self.slots))
 
+    def _keep_tls_loaded(self) -> None:
+        """The copy of the TLS files every worker it starts falls back on
+        (``nfsd.service.tlsconfig.Loaded``): taken now, once loaded."""
+        settings = tls_settings(self.config)
+        if settings is None:
+            return
+        self._tls_loaded = Loaded(settings, self.state.path)
+        try:
+            self._tls_loaded.take()
+        except TlsConfigError as e:
+            raise ConfigError(f"TLS: {e}") from e
+
     def _inherited(self) -> list[int]:
         """The listening descriptors a worker inherits (none with SO_REUSEPORT)."""
         return [] if self.listen_mode == "reuseport" else [s.fileno() for s in self._listeners]
@@ -294,11 +311,13 @@ class Supervisor(Service):
         # Workers read the list the supervisor validated, never the file an
         # operator may be editing: a replaced worker serves what the others do.
         cfg_json["exports"] = str(self._exports_snapshot)
+        loaded = self._tls_loaded.current if self._tls_loaded is not None else None
         return {
             "config": cfg_json,
             "index": slot.index,
             "count": self.count,
             "listeners": self._inherited(),
+            "tls_loaded": str(loaded) if loaded is not None else None,
         }
 
     def _popen(
@@ -493,6 +512,9 @@ class Supervisor(Service):
             if slot.proc is None or slot.proc.poll() is not None:
                 self._replace(slot, now)
         self._watch_spare(now)
+        if self._tls_loaded is not None and now >= self._next_tls:
+            self._next_tls = now + RELOAD_INTERVAL
+            self._tls_loaded.refresh()
         if now >= self._next_status:
             # The workers' counters arrive every second: status.json follows.
             self._next_status = now + STATUS_EVERY
@@ -625,6 +647,8 @@ class Supervisor(Service):
             shutil.rmtree(self.state.path / LISTINGS_DIR, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 self._exports_snapshot.unlink()
+            if self._tls_loaded is not None:
+                self._tls_loaded.discard()
         for s in self._listeners:
             s.close()
         self._listeners = []

@@ -171,6 +171,8 @@ def serve(spec: dict[str, Any], channel: Channel | None = None) -> int:
     worker = Worker(
         config_from_json(spec["config"]), spec["index"], spec["count"], spec["listeners"]
     )
+    if spec.get("tls_loaded"):
+        worker.tls_loaded = Path(spec["tls_loaded"])
     try:
         worker.start()
     except Exception as e:

@@ -388,7 +388,9 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
     return ctx
 
 
-def _signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], ...]:
+def file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], ...]:
+    """Device, inode, size and mtime of each file (a missing one: zeros): a change
+    of any of them is a change of the files."""
     out = []
     for p in paths:
         try:
@@ -405,12 +407,17 @@ class ContextSource:
     """The context for a new connection, rebuilt when its files change on disk.
 
     The first build raises :class:`TlsConfigError` (the server does not
-    start); later ones that fail keep the context in force.
+    start); later ones that fail keep the context in force.  ``fallback``: the
+    files the server last loaded (a copy the supervisor keeps), built instead
+    when the first build of ``settings`` fails: a worker started while the
+    files on disk are broken serves what the running ones do, and takes the
+    files up once they load.
     """
 
     settings: TlsSettings
     clock: Callable[[], float] = time.monotonic
     interval: float = RELOAD_INTERVAL
+    fallback: TlsSettings | None = None
     _ctx: ssl.SSLContext = field(init=False)
     _sig: tuple = field(init=False)
     _failed_sig: tuple | None = field(init=False, default=None)
@@ -418,8 +425,15 @@ class ContextSource:
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self._sig = _signature(self.settings.files())
-        self._ctx = server_context(self.settings)
+        self._sig = file_signature(self.settings.files())
+        try:
+            self._ctx = server_context(self.settings)
+        except TlsConfigError as e:
+            if self.fallback is None:
+                raise
+            self._ctx = server_context(self.fallback)  # raises the same if that fails too
+            self._failed_sig, self._sig = self._sig, ()  # tried again once they change
+            log.warning("TLS files cannot be used, serving the ones last loaded: %s", e)
         self._checked = self.clock()
 
     def context(self) -> ssl.SSLContext:
@@ -433,7 +447,7 @@ class ContextSource:
             return self._ctx
 
     def _reload(self) -> None:
-        sig = _signature(self.settings.files())
+        sig = file_signature(self.settings.files())
         if sig in (self._sig, self._failed_sig):
             return
         try:

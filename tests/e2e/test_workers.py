@@ -24,6 +24,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ from tests.e2e.support.server import Server, recovery_fs_command
 pytestmark = pytest.mark.e2e
 
 BIG = 48 << 20
+NFS, AUTH_TLS = 100003, 7  # RFC 1813; RFC 9289 §4.1
 
 
 @pytest.fixture(scope="module")
@@ -323,6 +326,93 @@ def test_a_worker_that_cannot_start_says_why_and_comes_back(tmp_path: Path) -> N
         )
     finally:
         srv.stop()
+
+
+def _record(body: bytes) -> bytes:
+    return (0x80000000 | len(body)).to_bytes(4, "big") + body
+
+
+def _read_record(sock: socket.socket) -> bytes:
+    """One single-fragment reply record's body."""
+    head = b""
+    while len(head) < 4:
+        got = sock.recv(4 - len(head))
+        assert got, "closed"
+        head += got
+    n, body = int.from_bytes(head, "big") & 0x7FFFFFFF, b""
+    while len(body) < n:
+        got = sock.recv(n - len(body))
+        assert got, "closed"
+        body += got
+    return body
+
+
+def _tls_names(port: int, ca: Path) -> str:
+    """The server's certificate names, over RPC-with-TLS (RFC 9289: the AUTH_TLS
+    NULL probe, then TLS 1.3 with ALPN "sunrpc"), after a NULL call answered in it."""
+    probe = w.call_record(1, NFS, 3, 0, cred=w.u32(AUTH_TLS) + w.u32(0))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(_record(probe))
+        assert _read_record(sock).endswith(b"STARTTLS" + bytes(4))
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["sunrpc"])
+        with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+            tls.sendall(_record(w.call_record(2, NFS, 3, 0)))
+            assert _read_record(tls)[:4] == (2).to_bytes(4, "big")  # type: ignore[arg-type]
+            cert = tls.getpeercert()
+            assert cert is not None
+            return ",".join(str(v) for _, v in cert["subjectAltName"])
+
+
+def test_workers_started_while_the_tls_files_are_broken_serve_the_last_loaded(
+    storage: Path, tmp_path: Path
+) -> None:
+    """The running workers keep their TLS context when the files on disk stop
+    loading (a key replaced before its certificate); workers started then (every
+    one was killed: the spare's slot and a fresh one) must not exit for it,
+    leaving the port to no one, plain clients included: they serve the copy the
+    supervisor kept of the files it last loaded, and the new files once they load."""
+    pki = tmp_path / "pki"
+    init = [*recovery_fs_command(), "tls", "init", str(pki), "--name", "localhost"]  # type: ignore[misc]
+    subprocess.run([*init, "--address", "127.0.0.1"], check=True, capture_output=True)
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "server.pem", live / "server.key"
+    shutil.copy(pki / "server.pem", cert)
+    shutil.copy(pki / "server.key", key)
+    srv = start(
+        storage, tmp_path / "s", "/recover/images 127.0.0.0/8(insecure)\n",
+        "--tls-cert", str(cert), "--tls-key", str(key),
+    )  # fmt: skip
+    try:
+        assert _tls_names(srv.port, pki / "ca.pem") == "localhost,127.0.0.1"
+        renewed = tmp_path / "renewed"  # a new server pair of the same CA
+        subprocess.run([*init, "--name", "renewed.example", "--address", "127.0.0.1"], check=True,
+                       capture_output=True)  # fmt: skip
+        shutil.copytree(pki, renewed)
+        shutil.copy(renewed / "server.key", key)  # its key first: the pair does not match
+        time.sleep(1.5)  # the workers and the supervisor have looked: the files do not load
+        before = status(srv)["workers"]
+        for x in before:
+            os.kill(x["pid"], signal.SIGKILL)
+        wait_for(
+            lambda: all(
+                x["ready"] and x["restarts"] > y["restarts"]
+                for x, y in zip(status_file(srv)["workers"], before, strict=True)
+            ),
+            timeout=20,
+        )
+        for _ in range(6):  # over both workers
+            client = Client((srv.host, srv.port), "127.0.0.1")
+            assert client.mount()[1]  # plain TCP
+            client.close()
+            assert _tls_names(srv.port, pki / "ca.pem") == "localhost,127.0.0.1"
+        assert "serving the ones last loaded" in srv.log.read_text()
+        shutil.copy(renewed / "server.pem", cert)  # the pair matches again: taken up
+        wait_for(lambda: "renewed.example" in _tls_names(srv.port, pki / "ca.pem"), timeout=10)
+    finally:
+        srv.stop()
+    assert not (srv.state / "tls-loaded").exists()
 
 
 def test_exports_reload_reaches_every_worker(storage: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import select
 import shutil
 import socket
 import ssl
+import stat
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from nfsd.service.tlsconfig import LOADED_DIR, Loaded
 from nfsd.transport.tls import (
     AUTH_TLS,
     HANDSHAKE_TIMEOUT,
@@ -356,6 +358,51 @@ def test_replaced_certificate_files_are_used_for_new_connections(
     assert _server_names(source, pki) == "localhost"
     now[0] = 2.6
     assert _server_names(source, pki) == "localhost,renewed.example"
+
+
+def test_a_source_started_on_broken_files_serves_the_copy_last_loaded(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker started while the files on disk do not load (a new key before its
+    certificate): the supervisor's copy (``tlsconfig.Loaded``) is served, and the
+    files are taken up once they load; a supervisor's copy is made only of files
+    that load, in a folder of its own, and a failed copy keeps the one in force."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    shutil.copy(pki.server_cert, cert)
+    shutil.copy(pki.server_key, key)
+    state = tmp_path / "state"
+    state.mkdir()
+    loaded = Loaded(TlsSettings(cert, key), state)
+    loaded.take()
+    first = loaded.current
+    assert first is not None and first.parent == state / LOADED_DIR
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in first.iterdir())
+
+    new_cert, new_key = pki.issue("renewed", dns=["localhost", "renewed.example"])
+    shutil.copy(new_key, key)  # the pair does not match now
+    loaded.refresh()
+    assert loaded.current == first and first.is_dir()  # a failed copy keeps the one in force
+    with pytest.raises(TlsConfigError):
+        ContextSource(TlsSettings(cert, key))  # what a worker did: it exited
+    now = [0.0]
+    with caplog.at_level(logging.WARNING, "recovery_fs.tls"):
+        source = ContextSource(
+            TlsSettings(cert, key),
+            clock=lambda: now[0],
+            fallback=TlsSettings(first / "cert.pem", first / "key.pem"),
+        )
+    assert "serving the ones last loaded" in caplog.text
+    assert _server_names(source, pki) == "localhost"
+    now[0] = 1.5
+    assert _server_names(source, pki) == "localhost"  # the same broken files: not retried
+    shutil.copy(new_cert, cert)
+    now[0] = 3.0
+    assert _server_names(source, pki) == "localhost,renewed.example"
+    loaded.refresh()
+    assert loaded.current is not None and loaded.current != first and not first.exists()
+    loaded.discard()
+    assert not (state / LOADED_DIR).exists()
 
 
 def test_first_context_failure_is_an_error(tmp_path: Path) -> None:
