@@ -299,6 +299,11 @@ class Supervisor(Service):
             self._tls_loaded.take()
         except TlsConfigError as e:
             raise ConfigError(f"TLS: {e}") from e
+        except OSError as e:  # the state directory's: served as before, without the copy
+            self.warnings.append(
+                f"cannot keep a copy of the TLS files in {self._tls_loaded.root}: {e}; a worker"
+                " restarted while they do not load will not start"
+            )
 
     def _inherited(self) -> list[int]:
         """The listening descriptors a worker inherits (none with SO_REUSEPORT)."""

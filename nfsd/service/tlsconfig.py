@@ -99,8 +99,12 @@ class Loaded:
     def take(self) -> None:
         """Copy the files and check the copy loads; TlsConfigError (nothing kept) if not."""
         sig = file_signature(self.settings.files())
-        self.root.mkdir(mode=0o700, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="set-", dir=self.root))
+        try:
+            self.root.mkdir(mode=0o700, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix="set-", dir=self.root))
+        except OSError:
+            self._sig = sig  # not tried again before the files change
+            raise
         try:
             for src, name in zip(self.settings.files(), _NAMES, strict=False):
                 try:
@@ -127,6 +131,8 @@ class Loaded:
             self.take()
         except TlsConfigError as e:
             log.debug("TLS files changed but do not load; the workers keep the copy: %s", e)
+        except OSError as e:  # the state directory's, not the files': the copy in force stays
+            log.warning("cannot copy the TLS files into %s: %s", self.root, e)
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -405,6 +405,26 @@ def test_a_source_started_on_broken_files_serves_the_copy_last_loaded(
     assert not (state / LOADED_DIR).exists()
 
 
+def test_a_copy_the_state_directory_cannot_take_is_logged_not_raised(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state directory that cannot hold the copy (full, or not a folder): the
+    supervisor serves on without one (it warns at start), and a later look logs."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / LOADED_DIR).write_text("in the way")
+    loaded = Loaded(TlsSettings(pki.server_cert, pki.server_key), state)
+    with pytest.raises(OSError):
+        loaded.take()  # the supervisor turns it into a start-up warning
+    with caplog.at_level(logging.WARNING, "recovery_fs.tls"):
+        loaded.refresh()  # the supervisor's looks: the same files, not tried again
+        assert "cannot copy" not in caplog.text
+        shutil.copy(pki.server_cert, tmp_path / "cert.pem")
+        loaded.settings = TlsSettings(tmp_path / "cert.pem", pki.server_key)  # changed files
+        loaded.refresh()
+    assert caplog.text.count("cannot copy the TLS files") == 1 and loaded.current is None
+
+
 def test_first_context_failure_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TlsConfigError):
         ContextSource(TlsSettings(tmp_path / "none.pem", tmp_path / "none.key"))
