@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from nfsd.service.config import Config, ConfigError
+from nfsd.service.state import atomic_write
 from nfsd.transport.tls import (
     ContextSource,
     TlsConfigError,
@@ -99,24 +99,20 @@ class Loaded:
     def take(self) -> None:
         """Copy the files and check the copy loads; TlsConfigError (nothing kept) if not."""
         sig = file_signature(self.settings.files())
+        folder: Path | None = None
         try:
             self.root.mkdir(mode=0o700, exist_ok=True)
             folder = Path(tempfile.mkdtemp(prefix="set-", dir=self.root))
-        except OSError:
-            self._sig = sig  # not tried again before the files change
-            raise
-        try:
             for src, name in zip(self.settings.files(), _NAMES, strict=False):
                 try:
                     data = src.read_bytes()
                 except OSError as e:
                     raise TlsConfigError(f"{src}: {e.strerror}") from e
-                fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
+                atomic_write(folder / name, data, mode=0o600)
             server_context(_copied(self.settings, folder))
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             self._sig = sig  # not tried again before the files change
             raise
         old, self.current, self._sig = self.current, folder, sig
