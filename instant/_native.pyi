@@ -1,5 +1,10 @@
-"""Type stubs of instant/_native.c (a map's pieces kept out of the cyclic collector)."""
+"""Type stubs of instant/_native.c (a map's pieces kept out of the cyclic collector,
+RangeMap.put's common case)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 def untrack(pieces: Sequence[object], /) -> None: ...
+def put(
+    map: object, piece: tuple[int, int, int, int], load: int, piece_type: type, edits_type: type, /
+) -> Any: ...

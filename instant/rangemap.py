@@ -84,6 +84,10 @@ def _untrack_py(pieces: list[Piece]) -> None:
 _untrack: Callable[[list[Piece]], None] = native.untrack if native is not None else _untrack_py
 """Take the pieces entering a map off the cyclic collector's lists (see the notes)."""
 
+_put_native: Callable[..., Edits | None] | None = native.put if native is not None else None
+"""``RangeMap.put``'s common case in C (``instant/_native.c``: a window in one chunk
+that stays within its bounds), None when it leaves the put to the Python method."""
+
 
 class Edits(NamedTuple):
     """What one change did to a map: pieces gone (by start) and pieces new."""
@@ -243,6 +247,10 @@ class RangeMap:
 
     def put(self, piece: Piece) -> Edits:
         """Map ``piece`` over whatever was there; join it to a piece it continues."""
+        if _put_native is not None:
+            done = _put_native(self, piece, self.LOAD, Piece, Edits)
+            if done is not None:
+                return done
         if piece.length < 1:
             return Edits([], [])
         prev = self._before(piece.start)

@@ -1,5 +1,8 @@
 """instant._native (instant/_native.c): a map's pieces kept out of the cyclic collector.
 
+``put`` is ``RangeMap.put``'s common case (a window in one chunk that stays
+within its bounds), compared with the Python method put by put below.
+
 ``untrack`` takes a tuple off the collector's lists only when no reference
 cycle can go through it: every field an int, and no instance dict.  Every
 piece that enters a ``RangeMap`` (built whole, put, applied from another
@@ -16,9 +19,12 @@ import tracemalloc
 from typing import NamedTuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from instant import rangemap
 from instant.rangemap import Edits, Piece, RangeMap
+from tests.unit.test_instant_rangemap import check_chunks, chunks_of, loads
 
 native = pytest.importorskip("instant._native")
 
@@ -110,3 +116,67 @@ def test_the_collector_no_longer_walks_a_maps_pieces(monkeypatch: pytest.MonkeyP
         m.put(Piece(i * 8192 + 100, 5000, 2, i))
     assert len(gc.get_objects()) - before < 1_000  # ~200 chunks and their starts
     assert len(m) > 100_000
+
+
+def _snapshot(m: RangeMap) -> tuple:
+    return ([list(c) for c in m._chunks], [list(s) for s in m._starts], list(m._firsts), len(m))
+
+
+def _python_put(m: RangeMap, piece: Piece) -> Edits:
+    """``m.put(piece)`` by the Python method alone."""
+    native_put = rangemap._put_native  # None in a pure run: the Python method anyway
+    rangemap._put_native = None
+    try:
+        return m.put(piece)
+    finally:
+        rangemap._put_native = native_put
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4000), st.integers(1, 600), st.integers(0, 2), st.booleans()),
+        max_size=60,
+    ),
+    loads,
+)
+def test_the_c_put_is_the_python_put(writes: list[tuple[int, int, int, bool]], load: int) -> None:
+    """``_native.put`` against the Python method, put by put, on two copies of a map:
+    the same Edits and the same chunks, starts, firsts and count after each; when
+    it leaves a put to Python (a window over two chunks, a chunk to cut or join),
+    it changed nothing.  Pieces that continue their log's last are joined."""
+    native_put = native.put
+    with chunks_of(load):
+        c_map, py_map = RangeMap(), RangeMap()
+        ends: dict[int, int] = {}  # log -> where its next piece goes
+        for offset, length, log, continues in writes:
+            pos = ends.get(log, 0) + (0 if continues else 7)
+            ends[log] = pos + length
+            piece = Piece(offset, length, log, pos)
+            want = _python_put(py_map, piece)
+            before = _snapshot(c_map)
+            got = native_put(c_map, piece, RangeMap.LOAD, Piece, Edits)
+            if got is None:
+                assert _snapshot(c_map) == before
+                got = _python_put(c_map, piece)
+            assert type(got) is Edits and got == want
+            assert all(type(p) is Piece for p in got.added)
+            assert _snapshot(c_map) == _snapshot(py_map)
+            check_chunks(c_map)
+
+
+def test_the_c_put_serves_a_vms_random_writes() -> None:
+    """Random 4 KiB writes to a large map (chunks of 512 to 1,024 pieces): the C
+    put serves nearly all of them (it is not a fallback that never runs)."""
+    native_put = native.put
+    rng = random.Random(5)
+    m = RangeMap([Piece(b * 8192, 4096, 1, b * 4096) for b in range(20_000)])
+    served = 0
+    for k in range(5_000):
+        piece = Piece(rng.randrange(40_000) * 4096, 4096, 2, k * 4096 + 7)
+        got = native_put(m, piece, RangeMap.LOAD, Piece, Edits)
+        served += got is not None
+        if got is None:
+            m.put(piece)
+    check_chunks(m)
+    assert served > 4_900
