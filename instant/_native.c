@@ -46,6 +46,14 @@
  * untrack() does.  tests/unit/test_instant_rangemap.py runs the model tests
  * with and without it (RECOVERY_FS_PURE=1), with small chunks so that both
  * the fast case and the fallback are met.
+ *
+ * apply(map, removed, added, load): RangeMap.apply (a read cache following a
+ * commit's edits, on the committer before the group's replies) the same way:
+ * its steps in its order, each while it changes one chunk in place (a removal
+ * that leaves its chunk within bounds, an insertion that does not make it too
+ * large); it stops before the first that would not (a chunk to cut, join or
+ * drop, a start with no piece), and returns how many removals and additions it
+ * made; the Python method makes the rest, from there, as it would have.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -360,6 +368,103 @@ done:
     return result;
 }
 
+/* apply(map, removed, added, load): RangeMap.apply's steps while each is its common
+ * case; (removals done, additions done): the Python method does the rest. */
+static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "apply(map, removed: list, added: list, load)");
+        return NULL;
+    }
+    PyObject *map = args[0], *removed = args[1], *added = args[2];
+    int bad = 0;
+    long long load = as_i64(args[3], &bad);
+    Py_ssize_t r = 0, a = 0, nrem = PyList_GET_SIZE(removed), nadd = PyList_GET_SIZE(added);
+    PyObject *chunks = NULL, *starts = NULL, *firsts = NULL, *lenobj = NULL, *result = NULL;
+    chunks = PyObject_GetAttr(map, s_chunks);
+    starts = chunks ? PyObject_GetAttr(map, s_starts) : NULL;
+    firsts = starts ? PyObject_GetAttr(map, s_firsts) : NULL;
+    lenobj = firsts ? PyObject_GetAttr(map, s_len) : NULL;
+    if (lenobj == NULL)
+        goto done;
+    long long total = as_i64(lenobj, &bad);
+    if (bad || load < 1 || !PyList_CheckExact(chunks) || !PyList_CheckExact(starts) ||
+        !PyList_CheckExact(firsts))
+        goto out;
+    long long low = load / 4 ? load / 4 : 1;
+    for (; r < nrem; r++) {
+        Py_ssize_t nch = PyList_GET_SIZE(chunks);
+        long long x = as_i64(PyList_GET_ITEM(removed, r), &bad);
+        if (bad || nch == 0 || PyList_GET_SIZE(starts) != nch || PyList_GET_SIZE(firsts) != nch)
+            goto out;
+        Py_ssize_t c = bisect(firsts, x, 0, 1, &bad) - 1;
+        if (bad || c < 0)
+            goto out; /* no piece there: Python's ValueError */
+        PyObject *cs = PyList_GET_ITEM(starts, c), *cp = PyList_GET_ITEM(chunks, c);
+        if (!PyList_CheckExact(cs) || !PyList_CheckExact(cp) ||
+            PyList_GET_SIZE(cs) != PyList_GET_SIZE(cp))
+            goto out;
+        Py_ssize_t n = PyList_GET_SIZE(cs), k = bisect(cs, x, 0, 0, &bad);
+        if (bad || k == n || as_i64(PyList_GET_ITEM(cs, k), &bad) != x || bad)
+            goto out;
+        /* _put_back after it: in place unless the chunk empties or is to be joined */
+        if (n - 1 < 1 || (n - 1 < low && c + 1 < nch))
+            goto out;
+        if (PySequence_DelItem(cs, k) < 0 || PySequence_DelItem(cp, k) < 0)
+            goto done;
+        total -= 1;
+        PyObject *head = PyList_GET_ITEM(cs, 0);
+        Py_INCREF(head);
+        PyList_SetItem(firsts, c, head);
+    }
+    for (; a < nadd; a++) {
+        Py_ssize_t nch = PyList_GET_SIZE(chunks);
+        PyObject *p = PyList_GET_ITEM(added, a);
+        long long f[4];
+        if (nch == 0 || PyList_GET_SIZE(starts) != nch || PyList_GET_SIZE(firsts) != nch ||
+            !fields(p, f))
+            goto out;
+        Py_ssize_t c = bisect(firsts, f[0], 0, 1, &bad) - 1;
+        if (bad)
+            goto out;
+        if (c < 0)
+            c = 0;
+        PyObject *cs = PyList_GET_ITEM(starts, c), *cp = PyList_GET_ITEM(chunks, c);
+        if (!PyList_CheckExact(cs) || !PyList_CheckExact(cp) ||
+            PyList_GET_SIZE(cs) != PyList_GET_SIZE(cp) || PyList_GET_SIZE(cp) + 1 > 2 * load)
+            goto out; /* a chunk to cut: Python's */
+        Py_ssize_t k = bisect(cs, f[0], 0, 0, &bad);
+        if (bad)
+            goto out;
+        PyObject *st = PyTuple_GET_ITEM(p, 0);
+        if (PyList_Insert(cs, k, st) < 0)
+            goto done;
+        if (PyList_Insert(cp, k, p) < 0) {
+            PySequence_DelItem(cs, k);
+            goto done;
+        }
+        total += 1;
+        if (k == 0) {
+            Py_INCREF(st);
+            PyList_SetItem(firsts, c, st);
+        }
+    }
+out:
+    result = Py_BuildValue("(nn)", r, a);
+done:
+    if (lenobj != NULL && (r > 0 || a > 0)) {
+        /* the count of what was done, even when a step failed after it */
+        PyObject *newlen = PyLong_FromLongLong(total);
+        if (newlen == NULL || PyObject_SetAttr(map, s_len, newlen) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(newlen);
+    }
+    Py_XDECREF(chunks);
+    Py_XDECREF(starts);
+    Py_XDECREF(firsts);
+    Py_XDECREF(lenobj);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"untrack", untrack, METH_O,
      "untrack(pieces): take each tuple of ints among them off the cyclic collector's "
@@ -367,6 +472,9 @@ static PyMethodDef methods[] = {
     {"put", (PyCFunction)(void (*)(void))put, METH_FASTCALL,
      "put(map, piece, load, Piece, Edits): RangeMap.put when its window lies in one chunk "
      "that stays within its bounds (the Edits); None, nothing changed, otherwise."},
+    {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
+     "apply(map, removed, added, load): RangeMap.apply's steps while each changes one "
+     "chunk in place; (removals done, additions done)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -88,6 +88,10 @@ _put_native: Callable[..., Edits | None] | None = native.put if native is not No
 """``RangeMap.put``'s common case in C (``instant/_native.c``: a window in one chunk
 that stays within its bounds), None when it leaves the put to the Python method."""
 
+_apply_native: Callable[..., tuple[int, int]] | None = native.apply if native is not None else None
+"""``RangeMap.apply``'s steps in C while each changes one chunk in place; how many
+removals and additions it made (the Python method makes the rest)."""
+
 
 class Edits(NamedTuple):
     """What one change did to a map: pieces gone (by start) and pieces new."""
@@ -294,7 +298,13 @@ class RangeMap:
 
     def apply(self, edits: Edits) -> None:
         """Make edits found on another copy of this map (a cache following a commit)."""
-        for start in edits.removed:
+        _untrack(edits.added)
+        removed, added = edits
+        if _apply_native is not None and type(removed) is list and type(added) is list:
+            r, a = _apply_native(self, removed, added, self.LOAD)
+            if r or a:  # the rest from where the C steps stopped
+                removed, added = removed[r:], added[a:]
+        for start in removed:
             c = bisect_right(self._firsts, start) - 1
             starts = self._starts[c] if c >= 0 else []
             k = bisect_left(starts, start)
@@ -303,8 +313,7 @@ class RangeMap:
             del starts[k], self._chunks[c][k]
             self._len -= 1
             self._put_back(c, c + 1, self._chunks[c], starts)
-        _untrack(edits.added)
-        for p in edits.added:
+        for p in added:
             if not self._chunks:
                 self._put_back(0, 0, [p], [p.start])
                 self._len += 1

@@ -180,3 +180,82 @@ def test_the_c_put_serves_a_vms_random_writes() -> None:
             m.put(piece)
     check_chunks(m)
     assert served > 4_900
+
+
+def _python_apply(m: RangeMap, edits: Edits) -> None:
+    """``m.apply(edits)`` by the Python method alone."""
+    native_apply = rangemap._apply_native  # None in a pure run: the Python method anyway
+    rangemap._apply_native = None
+    try:
+        m.apply(edits)
+    finally:
+        rangemap._apply_native = native_apply
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4000), st.integers(1, 600), st.integers(0, 2), st.booleans()),
+        max_size=60,
+    ),
+    loads,
+)
+def test_the_c_apply_is_the_python_apply(
+    writes: list[tuple[int, int, int, bool]], load: int
+) -> None:
+    """Each put's edits applied to two copies of the map, one by ``_native.apply``
+    (its steps, then the Python method from where they stopped) and one by the
+    Python method alone: the same chunks, starts, firsts and count after each,
+    and the pieces of the map the edits came from."""
+    with chunks_of(load):
+        source, c_map, py_map = RangeMap(), RangeMap(), RangeMap()
+        ends: dict[int, int] = {}
+        for offset, length, log, continues in writes:
+            pos = ends.get(log, 0) + (0 if continues else 7)
+            ends[log] = pos + length
+            edits = source.put(Piece(offset, length, log, pos))
+            _python_apply(py_map, edits)
+            r, a = native.apply(c_map, list(edits.removed), list(edits.added), RangeMap.LOAD)
+            assert 0 <= r <= len(edits.removed) and 0 <= a <= len(edits.added)
+            assert a == 0 or r == len(edits.removed)  # in the method's order
+            _python_apply(c_map, Edits(edits.removed[r:], edits.added[a:]))
+            assert _snapshot(c_map) == _snapshot(py_map)
+            assert list(c_map) == list(source)
+            check_chunks(c_map)
+
+
+def test_the_c_apply_serves_a_vms_random_writes() -> None:
+    """A large map following another copy's random 4 KiB writes: the C steps make
+    nearly all of them."""
+    rng = random.Random(6)
+    start = [Piece(b * 8192, 4096, 1, b * 4096) for b in range(20_000)]
+    source, copy = RangeMap(start), RangeMap(start)
+    steps = made = 0
+    for k in range(5_000):
+        edits = source.put(Piece(rng.randrange(40_000) * 4096, 4096, 2, k * 4096 + 7))
+        r, a = native.apply(copy, list(edits.removed), list(edits.added), RangeMap.LOAD)
+        _python_apply(copy, Edits(edits.removed[r:], edits.added[a:]))
+        steps += len(edits.removed) + len(edits.added)
+        made += r + a
+    assert list(copy) == list(source)
+    check_chunks(copy)
+    assert made > 0.98 * steps
+
+
+def test_the_c_apply_leaves_a_chunk_to_join_or_drop_to_python() -> None:
+    """Removals that empty a chunk piece by piece: the C steps stop where a chunk
+    falls under a quarter of the load (joined to the next) and the maps agree."""
+    with chunks_of(8):
+        pieces = [Piece(b * 10, 5, 1, b * 5) for b in range(40)]
+        c_map, py_map = RangeMap(pieces), RangeMap(pieces)
+        assert len(c_map._chunks) > 2
+        stopped = 0
+        for p in pieces[:25]:
+            edits = Edits([p.start], [])
+            _python_apply(py_map, edits)
+            r, _ = native.apply(c_map, [p.start], [], RangeMap.LOAD)
+            stopped += r == 0
+            _python_apply(c_map, Edits(edits.removed[r:], []))
+            assert _snapshot(c_map) == _snapshot(py_map)
+            check_chunks(c_map)
+        assert stopped >= 2  # the joins, made by Python
