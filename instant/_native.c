@@ -157,6 +157,27 @@ static int fields(PyObject *p, long long f[4]) {
     return !bad;
 }
 
+/* A RangeMap's own lists (_chunks, _starts, _firsts: new references in lists[0..2])
+ * and its count (*total); -1 with an exception set, 0 when they are not lists of a
+ * RangeMap (the caller leaves the work to Python), 1 when they are. */
+static int map_lists(PyObject *map, PyObject *lists[3], long long *total) {
+    PyObject *names[3] = {s_chunks, s_starts, s_firsts};
+    lists[0] = lists[1] = lists[2] = NULL;
+    for (int k = 0; k < 3; k++) {
+        lists[k] = PyObject_GetAttr(map, names[k]);
+        if (lists[k] == NULL)
+            return -1;
+    }
+    PyObject *lenobj = PyObject_GetAttr(map, s_len);
+    if (lenobj == NULL)
+        return -1;
+    int bad = 0;
+    *total = as_i64(lenobj, &bad);
+    Py_DECREF(lenobj);
+    return !bad && PyList_CheckExact(lists[0]) && PyList_CheckExact(lists[1]) &&
+           PyList_CheckExact(lists[2]);
+}
+
 /* Append to `out` each item of `items` equal to none of `others` (its start, field 0,
  * if `starts`, else the item itself): Python's `[p for p in items if p not in kept]`. */
 static int not_in(PyObject *items, PyObject *others, PyObject *out, int starts) {
@@ -195,20 +216,17 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         Py_RETURN_NONE;
     long long start = pf[0], end = pf[0] + pf[1];
 
-    PyObject *result = NULL, *chunks = NULL, *starts = NULL, *firsts = NULL, *lenobj = NULL;
-    PyObject *old = NULL, *new = NULL, *new_starts = NULL, *removed = NULL, *added = NULL;
-    PyObject *middle = NULL;
-    chunks = PyObject_GetAttr(map, s_chunks);
-    starts = chunks ? PyObject_GetAttr(map, s_starts) : NULL;
-    firsts = starts ? PyObject_GetAttr(map, s_firsts) : NULL;
-    lenobj = firsts ? PyObject_GetAttr(map, s_len) : NULL;
-    if (lenobj == NULL)
+    PyObject *result = NULL, *lists[3], *old = NULL, *new = NULL, *new_starts = NULL;
+    PyObject *removed = NULL, *added = NULL, *middle = NULL;
+    long long total;
+    int got = map_lists(map, lists, &total);
+    PyObject *chunks = lists[0], *starts = lists[1], *firsts = lists[2];
+    if (got < 0)
         goto done;
-    if (!PyList_CheckExact(chunks) || !PyList_CheckExact(starts) || !PyList_CheckExact(firsts))
+    if (got == 0)
         goto fallback;
     Py_ssize_t nch = PyList_GET_SIZE(chunks);
-    long long total = as_i64(lenobj, &bad);
-    if (nch == 0 || PyList_GET_SIZE(starts) != nch || PyList_GET_SIZE(firsts) != nch || bad)
+    if (nch == 0 || PyList_GET_SIZE(starts) != nch || PyList_GET_SIZE(firsts) != nch)
         goto fallback;
 
     /* _before(start): the last piece that starts before it, to join a piece it continues. */
@@ -358,7 +376,6 @@ done:
     Py_XDECREF(chunks);
     Py_XDECREF(starts);
     Py_XDECREF(firsts);
-    Py_XDECREF(lenobj);
     Py_XDECREF(old);
     Py_XDECREF(new);
     Py_XDECREF(new_starts);
@@ -379,16 +396,13 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     int bad = 0;
     long long load = as_i64(args[3], &bad);
     Py_ssize_t r = 0, a = 0, nrem = PyList_GET_SIZE(removed), nadd = PyList_GET_SIZE(added);
-    PyObject *chunks = NULL, *starts = NULL, *firsts = NULL, *lenobj = NULL, *result = NULL;
-    chunks = PyObject_GetAttr(map, s_chunks);
-    starts = chunks ? PyObject_GetAttr(map, s_starts) : NULL;
-    firsts = starts ? PyObject_GetAttr(map, s_firsts) : NULL;
-    lenobj = firsts ? PyObject_GetAttr(map, s_len) : NULL;
-    if (lenobj == NULL)
+    PyObject *result = NULL, *lists[3];
+    long long total;
+    int got = map_lists(map, lists, &total);
+    PyObject *chunks = lists[0], *starts = lists[1], *firsts = lists[2];
+    if (got < 0)
         goto done;
-    long long total = as_i64(lenobj, &bad);
-    if (bad || load < 1 || !PyList_CheckExact(chunks) || !PyList_CheckExact(starts) ||
-        !PyList_CheckExact(firsts))
+    if (got == 0 || bad || load < 1)
         goto out;
     long long low = load / 4 ? load / 4 : 1;
     for (; r < nrem; r++) {
@@ -451,7 +465,7 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
 out:
     result = Py_BuildValue("(nn)", r, a);
 done:
-    if (lenobj != NULL && (r > 0 || a > 0)) {
+    if (r > 0 || a > 0) {
         /* the count of what was done, even when a step failed after it */
         PyObject *newlen = PyLong_FromLongLong(total);
         if (newlen == NULL || PyObject_SetAttr(map, s_len, newlen) < 0)
@@ -461,7 +475,6 @@ done:
     Py_XDECREF(chunks);
     Py_XDECREF(starts);
     Py_XDECREF(firsts);
-    Py_XDECREF(lenobj);
     return result;
 }
 

@@ -122,6 +122,13 @@ def _snapshot(m: RangeMap) -> tuple:
     return ([list(c) for c in m._chunks], [list(s) for s in m._starts], list(m._firsts), len(m))
 
 
+writes = st.lists(
+    st.tuples(st.integers(0, 4000), st.integers(1, 600), st.integers(0, 2), st.booleans()),
+    max_size=60,
+)
+"""Writes (offset, length, log, whether it continues its log's last piece)."""
+
+
 def _python_put(m: RangeMap, piece: Piece) -> Edits:
     """``m.put(piece)`` by the Python method alone."""
     native_put = rangemap._put_native  # None in a pure run: the Python method anyway
@@ -133,13 +140,7 @@ def _python_put(m: RangeMap, piece: Piece) -> Edits:
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 4000), st.integers(1, 600), st.integers(0, 2), st.booleans()),
-        max_size=60,
-    ),
-    loads,
-)
+@given(writes, loads)
 def test_the_c_put_is_the_python_put(writes: list[tuple[int, int, int, bool]], load: int) -> None:
     """``_native.put`` against the Python method, put by put, on two copies of a map:
     the same Edits and the same chunks, starts, firsts and count after each; when
@@ -193,13 +194,7 @@ def _python_apply(m: RangeMap, edits: Edits) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 4000), st.integers(1, 600), st.integers(0, 2), st.booleans()),
-        max_size=60,
-    ),
-    loads,
-)
+@given(writes, loads)
 def test_the_c_apply_is_the_python_apply(
     writes: list[tuple[int, int, int, bool]], load: int
 ) -> None:
