@@ -37,9 +37,9 @@
  * first; the names are its names) when the piece's window lies in one chunk
  * and that chunk stays within its bounds after the change, so no chunk is cut
  * or joined (the put of nearly every WRITE).  Anything else (an empty map, a
- * window over two chunks, a chunk that would be cut or joined, a value past
- * 64 bits, a piece that is not a tuple of four ints) returns None *before*
- * anything changed, and the Python method does the whole put.  The map's
+ * window over two chunks, a chunk that would be cut or joined, a value or a
+ * sum of them past 64 bits, a piece that is not a tuple of four ints) returns
+ * None *before* anything changed, and the Python method does the whole put.  The map's
  * lists are RangeMap's own (_chunks, _starts, _firsts, _len): changed in
  * place as the Python code changes them.  New pieces are made as Piece does
  * (a tuple subclass of four ints, no instance dict) and untracked as
@@ -99,6 +99,22 @@ static long long as_i64(PyObject *o, int *bad) {
         *bad = 1;
     }
     return v;
+}
+
+/* a + b and a - b, with *bad set when they do not fit in 64 bits (Python's ints
+ * would: the caller then leaves the work to Python). */
+static long long add(long long a, long long b, int *bad) {
+    long long r;
+    if (__builtin_add_overflow(a, b, &r))
+        *bad = 1;
+    return r;
+}
+
+static long long sub(long long a, long long b, int *bad) {
+    long long r;
+    if (__builtin_sub_overflow(a, b, &r))
+        *bad = 1;
+    return r;
 }
 
 /* bisect_left / bisect_right over a list of ints; -1 with *bad set on a non-int. */
@@ -243,9 +259,13 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         long long prev[4];
         if (bad || k < 0 || !fields(PyList_GET_ITEM(cp, k), prev))
             goto fallback;
-        if (prev[0] + prev[1] == start && prev[2] == pf[2] && prev[3] + prev[1] == pf[3]) {
+        long long prev_end = add(prev[0], prev[1], &bad), prev_next = add(prev[3], prev[1], &bad);
+        long long joined = add(prev[1], pf[1], &bad);
+        if (bad)
+            goto fallback;
+        if (prev_end == start && prev[2] == pf[2] && prev_next == pf[3]) {
             s = prev[0]; /* joined: the piece from the previous one's start */
-            middle = new_piece(piece_t, prev[0], prev[1] + pf[1], prev[2], prev[3]);
+            middle = new_piece(piece_t, prev[0], joined, prev[2], prev[3]);
             if (middle == NULL)
                 goto done;
         }
@@ -282,7 +302,10 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (i >= 0) {
         if (!fields(PyList_GET_ITEM(pieces, i), f))
             goto fallback;
-        if (f[0] + f[1] <= s)
+        long long f_end = add(f[0], f[1], &bad);
+        if (bad)
+            goto fallback;
+        if (f_end <= s)
             i += 1;
     } else
         i += 1;
@@ -295,12 +318,19 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (new == NULL)
         goto done;
     long long first[4] = {0, 0, 0, 0}, last[4] = {0, 0, 0, 0};
+    long long head_len = 0, last_end = 0, tail_len = 0, tail_pos = 0;
     if (i < j) {
         if (!fields(PyList_GET_ITEM(pieces, i), first) ||
             !fields(PyList_GET_ITEM(pieces, j - 1), last))
             goto fallback;
+        head_len = sub(s, first[0], &bad);
+        last_end = add(last[0], last[1], &bad);
+        tail_len = sub(last_end, end, &bad);
+        tail_pos = add(last[3], sub(end, last[0], &bad), &bad);
+        if (bad)
+            goto fallback;
         if (first[0] < s) {
-            PyObject *h = new_piece(piece_t, first[0], s - first[0], first[2], first[3]);
+            PyObject *h = new_piece(piece_t, first[0], head_len, first[2], first[3]);
             if (h == NULL || PyList_Append(new, h) < 0) {
                 Py_XDECREF(h);
                 goto done;
@@ -310,9 +340,8 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     if (PyList_Append(new, middle) < 0)
         goto done;
-    if (i < j && last[0] + last[1] > end) {
-        PyObject *t = new_piece(piece_t, end, last[0] + last[1] - end, last[2],
-                                last[3] + (end - last[0]));
+    if (i < j && last_end > end) {
+        PyObject *t = new_piece(piece_t, end, tail_len, last[2], tail_pos);
         if (t == NULL || PyList_Append(new, t) < 0) {
             Py_XDECREF(t);
             goto done;

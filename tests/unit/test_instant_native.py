@@ -19,7 +19,7 @@ import tracemalloc
 from typing import NamedTuple
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from instant import rangemap
@@ -254,3 +254,48 @@ def test_the_c_apply_leaves_a_chunk_to_join_or_drop_to_python() -> None:
             assert _snapshot(c_map) == _snapshot(py_map)
             check_chunks(c_map)
         assert stopped >= 2  # the joins, made by Python
+
+
+_EDGE = st.sampled_from([0, 1, 5, 10, 2**62, 2**63 - 5, 2**63 - 1, 2**63, -5, -(2**63), 2**64])
+_VALUE = st.one_of(_EDGE, st.integers(-(2**64), 2**64))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(_VALUE, _VALUE, st.integers(0, 1), _VALUE), min_size=1, max_size=3),
+    st.tuples(_VALUE, _VALUE, st.integers(0, 1), _VALUE),
+)
+# The probe's cases: a log position whose sum wraps to the next piece's (a false
+# join), two lengths whose sum wraps (a negative length), a cut from far below.
+@example([(0, 10, 1, 2**63 - 5)], (10, 5, 1, -(2**63) + 5))
+@example([(-100, 100, 1, 0)], (0, 2**63 - 1, 1, 100))
+@example([(-(2**63), 100, 1, 0)], (2**62, 1, 1, 100))
+@example([(-(2**63), 2**63 + 10, 1, 0)], (5, 10, 1, 7))
+def test_the_c_put_at_the_ends_of_64_bits_is_the_python_put(
+    held: list[tuple[int, int, int, int]], new: tuple[int, int, int, int]
+) -> None:
+    """Values and their sums at and past the 64-bit limits (a piece's end, the join
+    of two, a cut's offset): the C put gives the Python put's answer or leaves the
+    put to it, never a wrapped-around number (found by a probe: a join over
+    2**63 made a piece of negative length)."""
+    try:
+        pieces = [Piece(*p) for p in held]
+        c_map, py_map = RangeMap(pieces), RangeMap(pieces)
+    except ValueError:  # overlapping or empty: not a map
+        return
+    piece = Piece(*new)
+    try:
+        want: Edits | Exception = _python_put(py_map, piece)
+    except Exception as e:  # the same failure is expected of both
+        want = e
+    got = native.put(c_map, piece, RangeMap.LOAD, Piece, Edits)
+    if got is None:
+        try:
+            got = _python_put(c_map, piece)
+        except Exception as e:
+            got = e
+    if isinstance(want, Exception):
+        assert type(got) is type(want)
+    else:
+        assert got == want
+    assert _snapshot(c_map) == _snapshot(py_map)
