@@ -47,13 +47,18 @@
  * with and without it (RECOVERY_FS_PURE=1), with small chunks so that both
  * the fast case and the fallback are met.
  *
- * apply(map, removed, added, load): RangeMap.apply (a read cache following a
+ * apply(map, removed, added, load, Piece): RangeMap.apply (a read cache following a
  * commit's edits, on the committer before the group's replies) the same way:
  * its steps in its order, each while it changes one chunk in place (a removal
  * that leaves its chunk within bounds, an insertion that does not make it too
  * large); it stops before the first that would not (a chunk to cut, join or
  * drop, a start with no piece), and returns how many removals and additions it
  * made; the Python method makes the rest, from there, as it would have.
+ *
+ * Both touch only pieces of exactly the Piece type given (a NamedTuple of ints:
+ * comparing or dropping one runs no Python code, so nothing can change the
+ * map's lists under them) and values whose sums fit in 64 bits; anything else
+ * is left to Python.  Wrong argument types raise TypeError.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -173,6 +178,39 @@ static int fields(PyObject *p, long long f[4]) {
     return !bad;
 }
 
+/* fields(), of an object of exactly the Piece type: comparing, removing or
+ * dropping it then runs no Python code (no __eq__, no __del__ of its own). */
+static int is_piece(PyObject *p, PyTypeObject *piece_t, long long f[4]) {
+    return Py_TYPE(p) == piece_t && fields(p, f);
+}
+
+/* Whether `t` is a NamedTuple of ints as Piece and Edits are: a tuple subclass
+ * with the tuple's layout, compare, no instance dict, no finalizer, a `_fields`
+ * (a struct sequence such as os.stat_result, with a layout and a dealloc of its
+ * own, is not one).  The last two types that passed are kept (strong refs). */
+static PyTypeObject *ok_types[2];
+
+static int named_tuple_type(PyObject *o) {
+    if (!PyType_Check(o))
+        return 0;
+    PyTypeObject *t = (PyTypeObject *)o;
+    if (t == ok_types[0] || t == ok_types[1])
+        return 1;
+    if (t->tp_base != &PyTuple_Type || t->tp_dictoffset != 0 ||
+        t->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        t->tp_itemsize != PyTuple_Type.tp_itemsize ||
+        t->tp_richcompare != PyTuple_Type.tp_richcompare || t->tp_finalize != NULL ||
+        t->tp_del != NULL)
+        return 0;
+    int has = PyObject_HasAttrString(o, "_fields");
+    if (has <= 0)
+        return 0;
+    Py_INCREF(t);
+    Py_XSETREF(ok_types[1], ok_types[0]);
+    ok_types[0] = t;
+    return 1;
+}
+
 /* A RangeMap's own lists (_chunks, _starts, _firsts: new references in lists[0..2])
  * and its count (*total); -1 with an exception set, 0 when they are not lists of a
  * RangeMap (the caller leaves the work to Python), 1 when they are. */
@@ -218,16 +256,16 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     PyObject *map = args[0], *piece = args[1];
     PyTypeObject *piece_t = (PyTypeObject *)args[3], *edits_t = (PyTypeObject *)args[4];
-    if (!PyType_Check(args[3]) || !PyType_Check(args[4]) ||
-        !PyType_IsSubtype(piece_t, &PyTuple_Type) || !PyType_IsSubtype(edits_t, &PyTuple_Type) ||
-        piece_t->tp_dictoffset != 0 || edits_t->tp_dictoffset != 0) {
-        PyErr_SetString(PyExc_TypeError, "put: Piece and Edits must be tuple types");
+    if (!named_tuple_type(args[3]) || !named_tuple_type(args[4])) {
+        if (PyErr_Occurred())
+            return NULL;
+        PyErr_SetString(PyExc_TypeError, "put: Piece and Edits must be NamedTuple types");
         return NULL;
     }
     int bad = 0;
     long long load = as_i64(args[2], &bad);
     long long pf[4];
-    if (bad || load < 1 || !fields(piece, pf) || pf[1] < 1 || pf[0] < 0 ||
+    if (bad || load < 1 || !is_piece(piece, piece_t, pf) || pf[1] < 1 || pf[0] < 0 ||
         pf[0] > LLONG_MAX - pf[1])
         Py_RETURN_NONE;
     long long start = pf[0], end = pf[0] + pf[1];
@@ -257,7 +295,7 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             goto fallback;
         Py_ssize_t k = bisect(cs, start, 0, 0, &bad) - 1;
         long long prev[4];
-        if (bad || k < 0 || !fields(PyList_GET_ITEM(cp, k), prev))
+        if (bad || k < 0 || !is_piece(PyList_GET_ITEM(cp, k), piece_t, prev))
             goto fallback;
         long long prev_end = add(prev[0], prev[1], &bad), prev_next = add(prev[3], prev[1], &bad);
         long long joined = add(prev[1], pf[1], &bad);
@@ -300,7 +338,7 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         goto fallback;
     long long f[4];
     if (i >= 0) {
-        if (!fields(PyList_GET_ITEM(pieces, i), f))
+        if (!is_piece(PyList_GET_ITEM(pieces, i), piece_t, f))
             goto fallback;
         long long f_end = add(f[0], f[1], &bad);
         if (bad)
@@ -320,8 +358,11 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long first[4] = {0, 0, 0, 0}, last[4] = {0, 0, 0, 0};
     long long head_len = 0, last_end = 0, tail_len = 0, tail_pos = 0;
     if (i < j) {
-        if (!fields(PyList_GET_ITEM(pieces, i), first) ||
-            !fields(PyList_GET_ITEM(pieces, j - 1), last))
+        for (Py_ssize_t k = i; k < j; k++) { /* every piece it compares and cuts */
+            if (!is_piece(PyList_GET_ITEM(pieces, k), piece_t, last))
+                goto fallback;
+        }
+        if (!fields(PyList_GET_ITEM(pieces, i), first))
             goto fallback;
         head_len = sub(s, first[0], &bad);
         last_end = add(last[0], last[1], &bad);
@@ -382,8 +423,13 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     result = make(edits_t, 2, edits_items);
     if (result == NULL)
         goto done;
+    long long count = add(total, nnew - nold, &bad);
+    if (bad) {
+        Py_CLEAR(result);
+        goto fallback;
+    }
     /* Only now the map changes (nothing above can fail after this point but memory). */
-    PyObject *newlen = PyLong_FromLongLong(total + nnew - nold);
+    PyObject *newlen = PyLong_FromLongLong(count);
     if (newlen == NULL || PyList_SetSlice(pieces, i, j, new) < 0 ||
         PyList_SetSlice(cst, i, j, new_starts) < 0) {
         Py_XDECREF(newlen);
@@ -392,8 +438,8 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     PyObject *head = PyList_GET_ITEM(cst, 0);
     Py_INCREF(head);
-    PyList_SetItem(firsts, c, head); /* steals head */
-    if (PyObject_SetAttr(map, s_len, newlen) < 0)
+    if (PyList_SetItem(firsts, c, head) < 0 || /* steals head */
+        PyObject_SetAttr(map, s_len, newlen) < 0)
         Py_CLEAR(result);
     Py_DECREF(newlen);
     goto done;
@@ -417,11 +463,17 @@ done:
 /* apply(map, removed, added, load): RangeMap.apply's steps while each is its common
  * case; (removals done, additions done): the Python method does the rest. */
 static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "apply(map, removed: list, added: list, load)");
+    if (nargs != 5 || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "apply(map, removed: list, added: list, load, Piece)");
+        return NULL;
+    }
+    if (!named_tuple_type(args[4])) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "apply: Piece must be a NamedTuple type");
         return NULL;
     }
     PyObject *map = args[0], *removed = args[1], *added = args[2];
+    PyTypeObject *piece_t = (PyTypeObject *)args[4];
     int bad = 0;
     long long load = as_i64(args[3], &bad);
     Py_ssize_t r = 0, a = 0, nrem = PyList_GET_SIZE(removed), nadd = PyList_GET_SIZE(added);
@@ -447,7 +499,9 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
             PyList_GET_SIZE(cs) != PyList_GET_SIZE(cp))
             goto out;
         Py_ssize_t n = PyList_GET_SIZE(cs), k = bisect(cs, x, 0, 0, &bad);
-        if (bad || k == n || as_i64(PyList_GET_ITEM(cs, k), &bad) != x || bad)
+        long long gone[4];
+        if (bad || k == n || as_i64(PyList_GET_ITEM(cs, k), &bad) != x || bad ||
+            !is_piece(PyList_GET_ITEM(cp, k), piece_t, gone) || total < 1)
             goto out;
         /* _put_back after it: in place unless the chunk empties or is to be joined */
         if (n - 1 < 1 || (n - 1 < low && c + 1 < nch))
@@ -457,14 +511,15 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         total -= 1;
         PyObject *head = PyList_GET_ITEM(cs, 0);
         Py_INCREF(head);
-        PyList_SetItem(firsts, c, head);
+        if (PyList_SetItem(firsts, c, head) < 0)
+            goto done;
     }
     for (; a < nadd; a++) {
         Py_ssize_t nch = PyList_GET_SIZE(chunks);
         PyObject *p = PyList_GET_ITEM(added, a);
         long long f[4];
         if (nch == 0 || PyList_GET_SIZE(starts) != nch || PyList_GET_SIZE(firsts) != nch ||
-            !fields(p, f))
+            !is_piece(p, piece_t, f) || total == LLONG_MAX)
             goto out;
         Py_ssize_t c = bisect(firsts, f[0], 0, 1, &bad) - 1;
         if (bad)
@@ -488,7 +543,8 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         total += 1;
         if (k == 0) {
             Py_INCREF(st);
-            PyList_SetItem(firsts, c, st);
+            if (PyList_SetItem(firsts, c, st) < 0)
+                goto done;
         }
     }
 out:
@@ -515,8 +571,8 @@ static PyMethodDef methods[] = {
      "put(map, piece, load, Piece, Edits): RangeMap.put when its window lies in one chunk "
      "that stays within its bounds (the Edits); None, nothing changed, otherwise."},
     {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
-     "apply(map, removed, added, load): RangeMap.apply's steps while each changes one "
-     "chunk in place; (removals done, additions done)."},
+     "apply(map, removed, added, load, Piece): RangeMap.apply's steps while each changes "
+     "one chunk in place; (removals done, additions done)."},
     {NULL, NULL, 0, NULL},
 };
 

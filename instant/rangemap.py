@@ -301,7 +301,7 @@ class RangeMap:
         _untrack(edits.added)
         removed, added = edits
         if _apply_native is not None and type(removed) is list and type(added) is list:
-            r, a = _apply_native(self, removed, added, self.LOAD)
+            r, a = _apply_native(self, removed, added, self.LOAD, Piece)
             if r or a:  # the rest from where the C steps stopped
                 removed, added = removed[r:], added[a:]
         for start in removed:

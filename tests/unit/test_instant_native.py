@@ -210,7 +210,7 @@ def test_the_c_apply_is_the_python_apply(
             ends[log] = pos + length
             edits = source.put(Piece(offset, length, log, pos))
             _python_apply(py_map, edits)
-            r, a = native.apply(c_map, list(edits.removed), list(edits.added), RangeMap.LOAD)
+            r, a = native.apply(c_map, list(edits.removed), list(edits.added), RangeMap.LOAD, Piece)
             assert 0 <= r <= len(edits.removed) and 0 <= a <= len(edits.added)
             assert a == 0 or r == len(edits.removed)  # in the method's order
             _python_apply(c_map, Edits(edits.removed[r:], edits.added[a:]))
@@ -228,7 +228,7 @@ def test_the_c_apply_serves_a_vms_random_writes() -> None:
     steps = made = 0
     for k in range(5_000):
         edits = source.put(Piece(rng.randrange(40_000) * 4096, 4096, 2, k * 4096 + 7))
-        r, a = native.apply(copy, list(edits.removed), list(edits.added), RangeMap.LOAD)
+        r, a = native.apply(copy, list(edits.removed), list(edits.added), RangeMap.LOAD, Piece)
         _python_apply(copy, Edits(edits.removed[r:], edits.added[a:]))
         steps += len(edits.removed) + len(edits.added)
         made += r + a
@@ -248,7 +248,7 @@ def test_the_c_apply_leaves_a_chunk_to_join_or_drop_to_python() -> None:
         for p in pieces[:25]:
             edits = Edits([p.start], [])
             _python_apply(py_map, edits)
-            r, _ = native.apply(c_map, [p.start], [], RangeMap.LOAD)
+            r, _ = native.apply(c_map, [p.start], [], RangeMap.LOAD, Piece)
             stopped += r == 0
             _python_apply(c_map, Edits(edits.removed[r:], []))
             assert _snapshot(c_map) == _snapshot(py_map)
@@ -299,3 +299,41 @@ def test_the_c_put_at_the_ends_of_64_bits_is_the_python_put(
     else:
         assert got == want
     assert _snapshot(c_map) == _snapshot(py_map)
+
+
+class _Eq(Piece):
+    """A piece whose comparison runs Python code (it could change the map under C)."""
+
+    def __eq__(self, other: object) -> bool:
+        return tuple.__eq__(self, other)
+
+    __hash__ = tuple.__hash__
+
+
+def test_wrong_types_and_tampered_maps_never_crash_the_c_code() -> None:
+    """Found by a probe: struct sequences passed as Piece (their own layout and
+    dealloc), entries that are not pieces inside a window, and pieces whose
+    comparison or deletion runs Python code crashed or misled the C code.  Now
+    the types are checked and anything but exactly Piece is left to Python."""
+    import os
+    import time
+
+    m = RangeMap([Piece(0, 10, 1, 0), Piece(10, 10, 1, 10), Piece(20, 10, 1, 20)])
+    for bad_type in (time.struct_time, os.stat_result, tuple, int):
+        with pytest.raises(TypeError):
+            native.put(m, Piece(5, 1, 2, 0), RangeMap.LOAD, bad_type, Edits)
+        with pytest.raises(TypeError):
+            native.put(m, Piece(5, 1, 2, 0), RangeMap.LOAD, Piece, bad_type)
+        with pytest.raises(TypeError):
+            native.apply(m, [], [], RangeMap.LOAD, bad_type)
+    before = _snapshot(m)
+    assert native.put(m, (5, 1, 2, 0), RangeMap.LOAD, Piece, Edits) is None  # a plain tuple
+    assert native.put(m, _Eq(5, 1, 2, 0), RangeMap.LOAD, Piece, Edits) is None
+    for odd in ([1, 2, 3], object(), None, (), _Eq(10, 10, 1, 10)):
+        t = RangeMap([Piece(0, 10, 1, 0), Piece(10, 10, 1, 10), Piece(20, 10, 1, 20)])
+        t._chunks[0][1] = odd  # type: ignore[call-overload]
+        assert native.put(t, Piece(5, 20, 2, 0), RangeMap.LOAD, Piece, Edits) is None
+        assert native.apply(t, [10], [], RangeMap.LOAD, Piece) == (0, 0)
+    assert native.apply(m, [], [(40, 1, 2, 0)], RangeMap.LOAD, Piece) == (0, 0)
+    assert native.apply(m, [], [_Eq(40, 1, 2, 0)], RangeMap.LOAD, Piece) == (0, 0)
+    assert _snapshot(m) == before
