@@ -232,6 +232,15 @@ static int map_lists(PyObject *map, PyObject *lists[3], long long *total) {
            PyList_CheckExact(lists[2]);
 }
 
+/* Chunk c's lists: its starts (*cs) and its pieces (*cp), borrowed; 0 if they are
+ * not two lists of one length (not a RangeMap's: the caller leaves it to Python). */
+static int chunk(PyObject *starts, PyObject *chunks, Py_ssize_t c, PyObject **cs, PyObject **cp) {
+    *cs = PyList_GET_ITEM(starts, c);
+    *cp = PyList_GET_ITEM(chunks, c);
+    return PyList_CheckExact(*cs) && PyList_CheckExact(*cp) &&
+           PyList_GET_SIZE(*cs) == PyList_GET_SIZE(*cp);
+}
+
 /* Append to `out` each item of `items` equal to none of `others` (its start, field 0,
  * if `starts`, else the item itself): Python's `[p for p in items if p not in kept]`. */
 static int not_in(PyObject *items, PyObject *others, PyObject *out, int starts) {
@@ -289,9 +298,8 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (bad)
         goto fallback;
     if (c >= 0) {
-        PyObject *cs = PyList_GET_ITEM(starts, c), *cp = PyList_GET_ITEM(chunks, c);
-        if (!PyList_CheckExact(cs) || !PyList_CheckExact(cp) ||
-            PyList_GET_SIZE(cs) != PyList_GET_SIZE(cp))
+        PyObject *cs, *cp;
+        if (!chunk(starts, chunks, c, &cs, &cp))
             goto fallback;
         Py_ssize_t k = bisect(cs, start, 0, 0, &bad) - 1;
         long long prev[4];
@@ -328,9 +336,8 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if (bad || next_first < end)
             goto fallback; /* the window spans two chunks */
     }
-    PyObject *pieces = PyList_GET_ITEM(chunks, c), *cst = PyList_GET_ITEM(starts, c);
-    if (!PyList_CheckExact(pieces) || !PyList_CheckExact(cst) ||
-        PyList_GET_SIZE(pieces) != PyList_GET_SIZE(cst))
+    PyObject *pieces, *cst;
+    if (!chunk(starts, chunks, c, &cst, &pieces))
         goto fallback;
     Py_ssize_t n = PyList_GET_SIZE(pieces);
     Py_ssize_t i = bisect(cst, s, 0, 1, &bad) - 1;
@@ -396,12 +403,10 @@ static PyObject *put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long low = load / 4 ? load / 4 : 1;
     if (after > 2 * load || (after < low && c + 1 < nch))
         goto fallback;
-    if (middle != piece) {
-        /* a piece made here is untracked already; the caller's, as _untrack does */
-    } else if (PyTuple_Check(piece) && Py_TYPE(piece)->tp_dictoffset == 0 &&
-               PyObject_GC_IsTracked(piece) && all_ints(piece)) {
+    /* The caller's piece, as _untrack does (it is a Piece of four ints: is_piece);
+     * one made here is untracked already. */
+    if (middle == piece && PyObject_GC_IsTracked(piece))
         PyObject_GC_UnTrack(piece);
-    }
     new_starts = PyList_New(nnew);
     old = PyList_GetSlice(pieces, i, j);
     removed = PyList_New(0);
@@ -494,9 +499,8 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         Py_ssize_t c = bisect(firsts, x, 0, 1, &bad) - 1;
         if (bad || c < 0)
             goto out; /* no piece there: Python's ValueError */
-        PyObject *cs = PyList_GET_ITEM(starts, c), *cp = PyList_GET_ITEM(chunks, c);
-        if (!PyList_CheckExact(cs) || !PyList_CheckExact(cp) ||
-            PyList_GET_SIZE(cs) != PyList_GET_SIZE(cp))
+        PyObject *cs, *cp;
+        if (!chunk(starts, chunks, c, &cs, &cp))
             goto out;
         Py_ssize_t n = PyList_GET_SIZE(cs), k = bisect(cs, x, 0, 0, &bad);
         long long gone[4];
@@ -526,9 +530,8 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
             goto out;
         if (c < 0)
             c = 0;
-        PyObject *cs = PyList_GET_ITEM(starts, c), *cp = PyList_GET_ITEM(chunks, c);
-        if (!PyList_CheckExact(cs) || !PyList_CheckExact(cp) ||
-            PyList_GET_SIZE(cs) != PyList_GET_SIZE(cp) || PyList_GET_SIZE(cp) + 1 > 2 * load)
+        PyObject *cs, *cp;
+        if (!chunk(starts, chunks, c, &cs, &cp) || PyList_GET_SIZE(cp) + 1 > 2 * load)
             goto out; /* a chunk to cut: Python's */
         Py_ssize_t k = bisect(cs, f[0], 0, 0, &bad);
         if (bad)

@@ -1,5 +1,5 @@
 """Type stubs of instant/_native.c (a map's pieces kept out of the cyclic collector,
-RangeMap.put's common case)."""
+RangeMap.put's and apply's common cases)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -8,4 +8,6 @@ def untrack(pieces: Sequence[object], /) -> None: ...
 def put(
     map: object, piece: tuple[int, int, int, int], load: int, piece_type: type, edits_type: type, /
 ) -> Any: ...
-def apply(map: object, removed: list[int], added: list[Any], load: int, /) -> tuple[int, int]: ...
+def apply(
+    map: object, removed: list[int], added: list[Any], load: int, piece_type: type, /
+) -> tuple[int, int]: ...

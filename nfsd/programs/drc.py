@@ -22,11 +22,11 @@ WRITE's key is cheaper still (:func:`_write_input`): its handle, offset,
 count, stable and data length as they are, and of the data only a CRC-32
 (of all of it up to ``2 * SAMPLE`` bytes, else of its first and last
 ``SAMPLE``), not a BLAKE2b over 4 KiB: the hash of a 4 KiB WRITE's data was
-~13 % of the loop's time on random 4 KiB WRITEs.  And that input, prefixed with
-who and which call, is the key itself (:func:`key_of`): no hash at all.  knfsd keys its cache on
-xid, procedure, version, protocol, the call's length, the client's address
-and a checksum of only the first 256 bytes of the call (``RC_CSUMLEN``,
-fs/nfsd/cache.h).  The reply cache guards against a *retransmission*: the
+~13 % of the loop's time on random 4 KiB WRITEs.  And that input, prefixed
+with who and which call, is the key itself (:func:`key_of`): no hash at all.
+knfsd keys its cache on xid, procedure, version, protocol, the call's
+length, the client's address and a checksum of only the first 256 bytes of
+the call (``RC_CSUMLEN``, fs/nfsd/cache.h).  The reply cache guards against a *retransmission*: the
 same xid from the same client within :data:`MAX_AGE` (600 s) of the first;
 a client moves its xid with every call and wraps it after 2^32 calls, so a
 reused xid with the same handle, offset and count but other data is not a
@@ -154,10 +154,10 @@ def key_of(ctx: CallContext, args: Any) -> bytes:
     A WRITE's is its digest input itself (~100 bytes, never stored: no hash to
     make twice a call, ~1.5 µs of the loop's WRITE); every other procedure's a
     20-byte BLAKE2b, which no WRITE's key can equal (longer)."""
-    who = f"{split_peer(ctx.peer)[0]}/{ctx.xid}/{ctx.prog}/{ctx.vers}/{ctx.proc}/"
+    who = f"{split_peer(ctx.peer)[0]}/{ctx.xid}/{ctx.prog}/{ctx.vers}/{ctx.proc}".encode()
     if type(args) is WRITE3args:
-        return who.encode() + _write_input(args)
-    return hashlib.blake2b(who[:-1].encode() + checksum(args), digest_size=20).digest()
+        return who + b"/" + _write_input(args)
+    return hashlib.blake2b(who + checksum(args), digest_size=20).digest()
 
 
 class ReplyCache:
